@@ -1,0 +1,54 @@
+# One command each: `make serve` runs the server on the embedded models, `make test` runs the
+# whole suite. Both set everything up first (`make install`), idempotently.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+UNAME := $(shell uname -s)
+ifeq ($(UNAME),Linux)
+EXTRAS := cpu,dev
+else
+EXTRAS := dev
+endif
+
+.PHONY: install blas serve test lint bench clean
+
+install: $(STAMP) blas
+	$(VENV)/bin/mlxd import --embedded
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+# Linux only: MLX's CPU wheel bundles a slow reference BLAS; mlxd preloads OpenBLAS when present.
+blas:
+	@if [ "$(UNAME)" = "Linux" ] && ! $(PY) -m engines.blas --check >/dev/null 2>&1; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q libopenblas0-pthread >/dev/null \
+			|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libopenblas0-pthread >/dev/null; }; \
+		else \
+			echo "mlxd: OpenBLAS not found; CPU inference will be slow. Install it:"; \
+			echo "  Debian/Ubuntu: sudo apt-get install libopenblas0-pthread"; \
+			echo "  Fedora: sudo dnf install openblas   Arch: sudo pacman -S openblas"; \
+			echo "  then set MLXD_BLAS_PATH if it is not found automatically (see docs/configuration.md)"; \
+		fi; \
+	fi
+
+serve: install
+	$(VENV)/bin/mlxd serve
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check server engines tests bench
+	$(VENV)/bin/ruff format --check server engines tests bench
+	$(VENV)/bin/mypy
+
+test: install lint
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest
+
+bench: install
+	$(PY) bench/decode.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,84 @@
+"""RequestStream: the one bridge between an engine thread and the asyncio side.
+
+Invariants:
+- `push` is called only on the engine thread; it never blocks and never drops an event.
+- Iteration happens only on the event loop that created the stream.
+- When the reader is slower than the engine, queued TokenEvents are merged into one on the next
+  read (several tokens in one SSE chunk); FinishEvent/ErrorEvent are never merged and end the stream.
+- `cancel` may be called from anywhere; the engine sees `cancelled` at its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import AsyncIterator
+
+from engines.types import ErrorEvent, Event, FinishEvent, TokenEvent
+
+
+class RequestStream:
+    """Events of one sequence, from the engine thread to one asyncio reader."""
+
+    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.request_id = request_id
+        self._loop = loop or asyncio.get_running_loop()
+        self._events: deque[Event] = deque()
+        self._lock = threading.Lock()
+        self._ready = asyncio.Event()
+        self._cancelled = threading.Event()
+        self._finished = False
+
+    # -- engine thread side ------------------------------------------------------------------
+
+    def push(self, event: Event) -> None:
+        """Queue an event and wake the reader. Safe to call after the loop has closed."""
+        with self._lock:
+            self._events.append(event)
+        try:
+            self._loop.call_soon_threadsafe(self._ready.set)
+        except RuntimeError:
+            pass  # the loop is gone (shutdown): nobody is left to read
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    # -- asyncio side ------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Ask the engine to stop this sequence at its next step. Idempotent."""
+        self._cancelled.set()
+
+    async def next_events(self) -> list[Event]:
+        """Wait for and return everything queued, with consecutive TokenEvents merged."""
+        while True:
+            with self._lock:
+                pending = list(self._events)
+                self._events.clear()
+                self._ready.clear()
+            if pending:
+                return _coalesce(pending)
+            await self._ready.wait()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        while not self._finished:
+            for event in await self.next_events():
+                if isinstance(event, FinishEvent | ErrorEvent):
+                    self._finished = True
+                yield event
+
+
+def _coalesce(events: list[Event]) -> list[Event]:
+    merged: list[Event] = []
+    for event in events:
+        previous = merged[-1] if merged else None
+        if isinstance(event, TokenEvent) and isinstance(previous, TokenEvent):
+            previous.merge(event)
+        else:
+            merged.append(event)
+    return merged

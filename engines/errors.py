@@ -1,0 +1,41 @@
+"""Errors engines raise or deliver. The HTTP edge maps each class to a status in one table
+(server/errors.py); engines never know about status codes."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class: `param` names the request field at fault, when there is one."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class ModelNotFound(EngineError):
+    """No model of that name or alias is available."""
+
+
+class ContextTooLong(EngineError):
+    """The prompt (plus what must be generated) does not fit the model's context."""
+
+
+class InvalidRequest(EngineError):
+    """The request cannot be served by this model as asked (e.g. a template cannot render it)."""
+
+
+class Overloaded(EngineError):
+    """The engine's waiting queue is full: retry later."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EngineUnavailable(EngineError):
+    """The engine is not running (still loading, stopped, or failed to load)."""
+
+
+class EngineFailed(EngineError):
+    """The engine hit an internal error while serving the request."""

@@ -1,0 +1,1 @@
+"""The LLM engine: mlx-lm models served by one engine thread each."""

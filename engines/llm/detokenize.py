@@ -1,0 +1,81 @@
+"""Incremental detokenization and stop strings, on the engine thread.
+
+Invariants:
+- `IncrementalDetokenizer.add` returns only whole characters: bytes of a UTF-8 character split
+  across tokens are held until the character is complete.
+- `StopMatcher` never lets a stop string, or any prefix of one that might still complete, reach the
+  client; text is held back only while it could still become a stop string.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Tokens decoded again before the new ones, so that merges across token boundaries (leading
+# spaces, multi-byte characters) decode as they would in the whole text.
+_CONTEXT_TOKENS = 6
+
+
+class IncrementalDetokenizer:
+    """Decodes a growing token list into text deltas, via the tokenizer's own `decode`."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._tokens: list[int] = []
+        self._prefix_offset = 0  # start of the context window given to decode
+        self._read_offset = 0  # tokens before this have been returned as text
+
+    def _decode(self, tokens: list[int]) -> str:
+        return str(self._tokenizer.decode(tokens, skip_special_tokens=True))
+
+    def add(self, token: int) -> str:
+        self._tokens.append(token)
+        prefix_text = self._decode(self._tokens[self._prefix_offset : self._read_offset])
+        full_text = self._decode(self._tokens[self._prefix_offset :])
+        if full_text.endswith("\ufffd") or len(full_text) <= len(prefix_text):
+            return ""  # an incomplete character (or nothing visible yet): wait for more tokens
+        delta = full_text[len(prefix_text) :]
+        self._read_offset = len(self._tokens)
+        self._prefix_offset = max(0, self._read_offset - _CONTEXT_TOKENS)
+        return delta
+
+    def flush(self) -> str:
+        """Whatever is still held at the end (an incomplete character decodes as U+FFFD)."""
+        prefix_text = self._decode(self._tokens[self._prefix_offset : self._read_offset])
+        full_text = self._decode(self._tokens[self._prefix_offset :])
+        self._read_offset = len(self._tokens)
+        return full_text[len(prefix_text) :] if len(full_text) > len(prefix_text) else ""
+
+
+class StopMatcher:
+    """Finds stop strings in streamed text, holding back possible partial matches."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._stops = tuple(stop for stop in stops if stop)
+        self._held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Return (text safe to emit, whether a stop string was found)."""
+        if not self._stops:
+            return text, False
+        buffer = self._held + text
+        cut = min((i for i in (buffer.find(stop) for stop in self._stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self._held = ""
+            return buffer[:cut], True
+        keep = self._longest_partial_suffix(buffer)
+        self._held = buffer[len(buffer) - keep :] if keep else ""
+        return buffer[: len(buffer) - keep], False
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return held
+
+    def _longest_partial_suffix(self, buffer: str) -> int:
+        best = 0
+        for stop in self._stops:
+            for length in range(min(len(stop) - 1, len(buffer)), best, -1):
+                if stop.startswith(buffer[len(buffer) - length :]):
+                    best = length
+                    break
+        return best

@@ -1,0 +1,1 @@
+"""Model weights: the local model store and importers that convert other formats into it."""

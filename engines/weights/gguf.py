@@ -1,0 +1,319 @@
+"""GGUF → MLX model directory, for llama- and qwen2-architecture models.
+
+Output: `config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json` (with the
+chat template), then the store's completion marker. Facts this relies on:
+- `mx.load(path, return_metadata=True)` reads GGUF and keeps Q4_0/Q4_1/Q8_0 as MLX affine
+  quantized triples (weight/scales/biases, group 32); other types are dequantized with `gguf`.
+- llama.cpp permutes the Q and K rows of `llama` models for its RoPE layout; we undo it. qwen2 is
+  stored unpermuted.
+- The tokenizer is rebuilt from `tokenizer.ggml.*` with the `tokenizers` library (byte-level BPE).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from engines.weights.store import COMPLETE_MARKER
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+GROUP_SIZE = 32  # the block size of the GGUF quant types that mx.load keeps quantized
+
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+
+# Pre-tokenizer regexes as the upstream tokenizer.json files define them.
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# GGUF token types (llama.cpp `llama_token_type`).
+_CONTROL = 3
+_USER_DEFINED = 4
+
+
+class GGUFImportError(ValueError):
+    """The file is not a GGUF this importer can convert; the message says why."""
+
+
+def import_gguf(source: Path, destination: Path, dequantize: bool) -> Path:
+    """Convert `source` into the model directory `destination` (replaced if present).
+
+    `dequantize`: write float32 weights (fast path for MLX on CPU); otherwise keep the GGUF's
+    quantized linears as MLX affine quantization (Metal/CUDA).
+    """
+    import mlx.core as mx
+
+    tensors, metadata = _read(source)
+    arch = str(metadata.get("general.architecture", ""))
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise GGUFImportError(
+            f"unsupported GGUF architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+    config = _model_config(arch, metadata, tensors)
+    weights = _rename(tensors)
+    if arch == "llama":
+        _unpermute_qk(weights, config)
+    quantized = _quantized_bits(weights)
+    if dequantize:
+        for module, bits in quantized.items():
+            weights[f"{module}.weight"] = mx.dequantize(
+                weights[f"{module}.weight"],
+                weights.pop(f"{module}.scales"),
+                weights.pop(f"{module}.biases"),
+                group_size=GROUP_SIZE,
+                bits=bits,
+            )
+        weights = {name: value.astype(mx.float32) for name, value in weights.items()}
+    elif quantized:
+        default_bits = Counter(quantized.values()).most_common(1)[0][0]
+        quantization: dict[str, Any] = {"group_size": GROUP_SIZE, "bits": default_bits}
+        for module, bits in quantized.items():
+            if bits != default_bits:
+                quantization[module] = {"group_size": GROUP_SIZE, "bits": bits}
+        config["quantization"] = quantization
+
+    staging = destination.with_name(destination.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    mx.save_safetensors(str(staging / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (staging / "config.json").write_text(json.dumps(config, indent=2))
+    tokenizer, tokenizer_config = build_tokenizer(metadata, config["max_position_embeddings"])
+    tokenizer.save(str(staging / "tokenizer.json"))
+    (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    (staging / COMPLETE_MARKER).write_text(f"imported from {source.name}\n")
+    shutil.rmtree(destination, ignore_errors=True)
+    staging.rename(destination)
+    logger.info("imported %s into %s", source, destination)
+    return destination
+
+
+def _read(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    import mlx.core as mx
+
+    try:
+        tensors, metadata = mx.load(str(source), return_metadata=True)
+    except Exception as exc:  # MLX reads only some quant types; dequantize the rest with gguf
+        logger.info("mx.load could not read %s (%s); dequantizing with gguf", source, exc)
+        return _read_with_gguf(source)
+    return dict(tensors), {key: _plain(value) for key, value in metadata.items()}
+
+
+def _read_with_gguf(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    import mlx.core as mx
+    import numpy as np
+    from gguf import GGUFReader, GGUFValueType
+    from gguf.quants import dequantize
+
+    reader = GGUFReader(str(source))
+    metadata: dict[str, Any] = {}
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF."):
+            continue
+        kind = field.types[0] if field.types else None
+        if kind == GGUFValueType.ARRAY:
+            item_kind = field.types[-1]
+            if item_kind == GGUFValueType.STRING:
+                value: Any = [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+            else:
+                value = np.array([field.parts[i][0] for i in field.data])
+        elif kind == GGUFValueType.STRING:
+            value = bytes(field.parts[field.data[0]]).decode("utf-8")
+        else:
+            value = field.parts[field.data[0]][0].item()
+        metadata[field.name] = value
+    tensors = {}
+    for tensor in reader.tensors:
+        shape = tuple(int(d) for d in reversed(tensor.shape))
+        values = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+        tensors[tensor.name] = mx.array(values.astype(np.float32))
+    return tensors, metadata
+
+
+def _plain(value: Any) -> Any:
+    """Metadata values from mx.load: scalars and arrays come as mx.array; make them Python."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def _meta(metadata: dict[str, Any], key: str, default: Any = None) -> Any:
+    value = metadata.get(key, default)
+    if value is None:
+        raise GGUFImportError(f"GGUF metadata lacks {key!r}")
+    return value
+
+
+def _model_config(arch: str, metadata: dict[str, Any], tensors: dict[str, Any]) -> dict[str, Any]:
+    heads = int(_meta(metadata, f"{arch}.attention.head_count"))
+    hidden = int(_meta(metadata, f"{arch}.embedding_length"))
+    vocab = int(metadata.get(f"{arch}.vocab_size") or len(_meta(metadata, "tokenizer.ggml.tokens")))
+    config: dict[str, Any] = {
+        "model_type": arch,
+        "architectures": ["LlamaForCausalLM" if arch == "llama" else "Qwen2ForCausalLM"],
+        "hidden_size": hidden,
+        "num_hidden_layers": int(_meta(metadata, f"{arch}.block_count")),
+        "intermediate_size": int(_meta(metadata, f"{arch}.feed_forward_length")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(metadata.get(f"{arch}.attention.head_count_kv") or heads),
+        "head_dim": int(metadata.get(f"{arch}.rope.dimension_count") or hidden // heads),
+        "rms_norm_eps": float(_meta(metadata, f"{arch}.attention.layer_norm_rms_epsilon")),
+        "rope_theta": float(metadata.get(f"{arch}.rope.freq_base") or 10000.0),
+        "max_position_embeddings": int(metadata.get(f"{arch}.context_length") or 4096),
+        "vocab_size": vocab,
+        "tie_word_embeddings": "output.weight" not in tensors,
+    }
+    if "tokenizer.ggml.eos_token_id" in metadata:
+        config["eos_token_id"] = int(metadata["tokenizer.ggml.eos_token_id"])
+    if "tokenizer.ggml.bos_token_id" in metadata:
+        config["bos_token_id"] = int(metadata["tokenizer.ggml.bos_token_id"])
+    if arch == "llama":
+        config["attention_bias"] = "blk.0.attn_q.bias" in tensors
+        config["mlp_bias"] = False
+    return config
+
+
+def _rename(tensors: dict[str, Any]) -> dict[str, Any]:
+    renamed: dict[str, Any] = {}
+    for name, value in tensors.items():
+        base, _, suffix = name.rpartition(".")
+        match = re.fullmatch(r"blk\.(\d+)\.(\w+)", base)
+        if match and match.group(2) in _LAYER_NAMES:
+            target = f"model.layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}"
+        elif base in _TOP_NAMES:
+            target = _TOP_NAMES[base]
+        else:
+            logger.info("skipping GGUF tensor %s", name)
+            continue
+        renamed[f"{target}.{suffix}"] = value
+    return renamed
+
+
+def _unpermute_qk(weights: dict[str, Any], config: dict[str, Any]) -> None:
+    """Undo llama.cpp's row permutation of q_proj/k_proj (weights, and quant scales/biases)."""
+    for projection, heads in (
+        ("q_proj", config["num_attention_heads"]),
+        ("k_proj", config["num_key_value_heads"]),
+    ):
+        for name in [n for n in weights if f"self_attn.{projection}." in n]:
+            value = weights[name]
+            rows, rest = value.shape[0], value.shape[1:]
+            weights[name] = (
+                value.reshape(heads, rows // heads // 2, 2, *rest)
+                .swapaxes(1, 2)
+                .reshape(value.shape)
+            )
+
+
+def _quantized_bits(weights: dict[str, Any]) -> dict[str, int]:
+    """module name → bits, for every MLX-quantized module (packed uint32 weight + scales)."""
+    bits = {}
+    for name, scales in weights.items():
+        if name.endswith(".scales"):
+            module = name[: -len(".scales")]
+            packed_columns = weights[f"{module}.weight"].shape[-1]
+            input_features = scales.shape[-1] * GROUP_SIZE
+            bits[module] = packed_columns * 32 // input_features
+    return bits
+
+
+def build_tokenizer(metadata: dict[str, Any], context_length: int) -> tuple[Any, dict[str, Any]]:
+    """A `tokenizers.Tokenizer` and its tokenizer_config.json, from GGUF tokenizer metadata."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
+    from tokenizers import pre_tokenizers as pre
+    from tokenizers import processors
+
+    kind = metadata.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise GGUFImportError(f"unsupported GGUF tokenizer model {kind!r} (only byte-level BPE)")
+    tokens: list[str] = list(_meta(metadata, "tokenizer.ggml.tokens"))
+    merges = [tuple(m.split(" ", 1)) for m in metadata.get("tokenizer.ggml.merges", [])]
+    types = list(metadata.get("tokenizer.ggml.token_type", [1] * len(tokens)))
+    tokenizer = Tokenizer(
+        models.BPE(
+            vocab={token: i for i, token in enumerate(tokens)},
+            merges=merges,
+            ignore_merges=False,
+        )
+    )
+    flavour = metadata.get("tokenizer.ggml.pre", "default")
+    byte_level = pre.ByteLevel(add_prefix_space=False, use_regex=True)
+    if flavour == "smollm":
+        tokenizer.pre_tokenizer = pre.Sequence([pre.Digits(individual_digits=True), byte_level])
+    elif flavour in ("qwen2", "llama-bpe", "llama3"):
+        pattern = _QWEN2_SPLIT if flavour == "qwen2" else _LLAMA3_SPLIT
+        tokenizer.pre_tokenizer = pre.Sequence(
+            [
+                pre.Split(Regex(pattern), behavior="isolated", invert=False),
+                pre.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        if flavour == "qwen2":
+            tokenizer.normalizer = normalizers.NFC()
+    else:
+        tokenizer.pre_tokenizer = byte_level
+    tokenizer.decoder = decoders.ByteLevel()
+
+    tokenizer.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == _CONTROL]
+    )
+    tokenizer.add_tokens(
+        [AddedToken(t, normalized=False) for t, k in zip(tokens, types) if k == _USER_DEFINED]
+    )
+
+    def token_of(key: str) -> str | None:
+        index = metadata.get(f"tokenizer.ggml.{key}_token_id")
+        return tokens[int(index)] if index is not None and int(index) < len(tokens) else None
+
+    bos, eos = token_of("bos"), token_of("eos")
+    add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
+    byte_post = processors.ByteLevel(trim_offsets=False)
+    if add_bos and bos is not None:
+        bos_id = tokens.index(bos)
+        tokenizer.post_processor = processors.Sequence(
+            [
+                byte_post,
+                processors.TemplateProcessing(
+                    single=f"{bos}:0 $A:0",
+                    pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+                    special_tokens=[(bos, bos_id)],
+                ),
+            ]
+        )
+    else:
+        tokenizer.post_processor = byte_post
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": context_length,
+        "clean_up_tokenization_spaces": False,
+        "add_bos_token": add_bos,
+        "bos_token": bos,
+        "eos_token": eos,
+        "pad_token": token_of("padding"),
+        "unk_token": token_of("unknown"),
+    }
+    if "tokenizer.chat_template" in metadata:
+        config["chat_template"] = metadata["tokenizer.chat_template"]
+    return tokenizer, config

@@ -1,0 +1,126 @@
+"""EngineThread: one OS thread that owns an MLX stream and a model for its whole life.
+
+Invariants:
+- The thread creates its stream, loads the model and makes every MLX call; nothing else does.
+- Other threads talk to it only through `post` (a thread-safe inbox of plain Python messages).
+- If a step raises, every sequence in flight is failed with EngineFailed and the loop goes on;
+  requests accepted later are served normally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from typing import Any
+
+from engines.errors import EngineFailed, EngineUnavailable
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class EngineThread:
+    """Base class: subclasses implement `load`, `handle`, `has_work`, `step`, `fail_all`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
+        self._loaded = threading.Event()
+        self._load_error: BaseException | None = None
+        self._stopped = threading.Event()
+
+    # -- any thread ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def wait_loaded(self) -> None:
+        """Wait until the model is loaded; raise EngineUnavailable if loading failed."""
+        # Waiting on a threading.Event off the loop is fine: no MLX runs in that helper thread.
+        await asyncio.to_thread(self._loaded.wait)
+        if self._load_error is not None:
+            raise EngineUnavailable(f"model {self.name!r} failed to load: {self._load_error}")
+
+    @property
+    def running(self) -> bool:
+        return self._loaded.is_set() and self._load_error is None and not self._stopped.is_set()
+
+    def post(self, message: Any) -> None:
+        self._inbox.put(message)
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Ask the thread to finish its work in flight, unload and exit; wait for it."""
+        self._inbox.put(_STOP)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- engine thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        import mlx.core as mx
+
+        try:
+            stream = mx.new_stream(mx.default_device())
+            with mx.stream(stream):
+                self.load()
+        except BaseException as exc:
+            logger.exception("engine %s failed to load", self.name)
+            self._load_error = exc
+            self._loaded.set()
+            self._stopped.set()
+            return
+        self._loaded.set()
+        stopping = False
+        try:
+            with mx.stream(stream):
+                while not (stopping and not self.has_work()):
+                    stopping = self._drain_inbox(block=not self.has_work()) or stopping
+                    if not self.has_work():
+                        continue
+                    try:
+                        self.step()
+                    except Exception as exc:
+                        logger.exception("engine %s step failed", self.name)
+                        self.fail_all(EngineFailed(f"engine error: {type(exc).__name__}: {exc}"))
+        finally:
+            self._stopped.set()
+            # Anything that arrived with or after the stop order is refused, never left hanging.
+            self._drain_inbox(block=False)
+            self.fail_all(EngineUnavailable(f"model {self.name!r} is shutting down"))
+            self.unload()
+
+    def _drain_inbox(self, block: bool) -> bool:
+        """Handle queued messages (waiting for one if `block`); True once a stop was seen."""
+        stop_seen = False
+        while True:
+            try:
+                message = self._inbox.get(block=block, timeout=None)
+            except queue.Empty:
+                return stop_seen
+            block = False
+            if message is _STOP:
+                stop_seen = True
+            else:
+                self.handle(message)
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def unload(self) -> None:
+        """Release what `load` made; runs on the engine thread when it exits."""
+
+    def handle(self, message: Any) -> None:
+        raise NotImplementedError
+
+    def has_work(self) -> bool:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def fail_all(self, error: Exception) -> None:
+        raise NotImplementedError
