@@ -1,0 +1,150 @@
+"""The `mlxd` command: serve, import, doctor.
+
+OpenBLAS is preloaded first thing (before anything imports MLX); every other import that may pull
+in MLX happens inside the subcommand that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+
+from engines import blas
+
+
+def main(argv: list[str] | None = None) -> int:
+    blas_status = blas.preload_from_env()
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from server.settings import Settings
+
+    overrides = {
+        key: value
+        for key, value in (
+            ("model", getattr(args, "model", None)),
+            ("host", getattr(args, "host", None)),
+            ("port", getattr(args, "port", None)),
+            ("log_level", getattr(args, "log_level", None)),
+        )
+        if value is not None
+    }
+    settings = Settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "serve":
+        return _serve(settings)
+    if args.command == "import":
+        return _import(settings, args)
+    return _doctor(settings, blas_status)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlxd", description="OpenAI-compatible server on MLX")
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--model", help="store name or MLX model directory (default: embedded)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--log-level", help="debug, info, warning, error")
+    importer = commands.add_parser("import", help="convert a model into the store")
+    importer.add_argument("--embedded", action="store_true", help="import the embedded models")
+    importer.add_argument("format", nargs="?", choices=["gguf"], help="source format")
+    importer.add_argument("path", nargs="?", type=Path, help="source file")
+    importer.add_argument("--name", help="name in the store (default: the file's stem)")
+    importer.add_argument(
+        "--weights",
+        choices=["auto", "float32", "quantized"],
+        default="auto",
+        help="auto: float32 on CPU (faster there), quantized on Metal/CUDA",
+    )
+    commands.add_parser("doctor", help="report platform, backend, BLAS, memory and model store")
+    return parser
+
+
+def _serve(settings: object) -> int:
+    import uvicorn
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    assert isinstance(settings, Settings)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1,
+    )
+    return 0
+
+
+def _dequantize(choice: str) -> bool:
+    import mlx.core as mx
+
+    if choice != "auto":
+        return choice == "float32"
+    # MLX's CPU quantized matmul is no faster than float32; on GPUs quantized saves bandwidth.
+    return bool(mx.default_device() == mx.cpu)
+
+
+def _import(settings: object, args: argparse.Namespace) -> int:
+    from engines.weights.embedded import ensure_embedded_llm
+    from engines.weights.gguf import import_gguf
+    from engines.weights.store import ModelStore
+    from server.settings import Settings
+
+    assert isinstance(settings, Settings)
+    store = ModelStore(settings.home)
+    if args.embedded:
+        path = ensure_embedded_llm(store, dequantize=_dequantize(args.weights))
+        print(f"embedded chat model ready: {path}")
+        return 0
+    if args.format != "gguf" or args.path is None:
+        print("usage: mlxd import gguf PATH [--name NAME] | mlxd import --embedded", file=sys.stderr)
+        return 2
+    destination = store.path_for(args.name or args.path.stem)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    import_gguf(args.path, destination, dequantize=_dequantize(args.weights))
+    print(f"imported {args.path} as {destination.name} ({destination})")
+    return 0
+
+
+def _doctor(settings: object, blas_status: blas.BlasStatus) -> int:
+    import mlx.core as mx
+
+    from engines.weights.store import ModelStore
+    from server.settings import Settings
+
+    assert isinstance(settings, Settings)
+    device = mx.default_device()
+    if mx.metal.is_available():
+        backend = "metal"
+    elif mx.cuda.is_available():
+        backend = "cuda"
+    else:
+        backend = "cpu"
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    store = ModelStore(settings.home)
+    lines = [
+        f"platform: {platform.platform()} ({platform.machine()}), Python {platform.python_version()}",
+        f"mlx: {mx.__version__}, backend {backend}, default device {device}",
+        f"blas: {blas_status.library or 'bundled'} ({blas_status.detail})",
+        f"memory: {memory / 2**30:.1f} GiB physical",
+        f"model store: {store.models_dir} ({', '.join(store.names()) or 'empty'})",
+        f"default model: {settings.model}",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""One error shape, one mapping table.
+
+Every error leaves as `{"error": {"message", "type", "param", "code"}}`. Engine errors map to a
+status through `ERRORS`; HTTP-level errors (unknown route, wrong method) and anything unexpected
+are shaped here too, so no client ever sees a framework's own error body.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engines.errors import (
+    ContextTooLong,
+    EngineError,
+    EngineFailed,
+    EngineUnavailable,
+    InvalidRequest,
+    ModelNotFound,
+    Overloaded,
+)
+
+logger = logging.getLogger(__name__)
+
+# engine error class → (HTTP status, OpenAI error type, code)
+ERRORS: dict[type[EngineError], tuple[int, str, str | None]] = {
+    ModelNotFound: (404, "invalid_request_error", "model_not_found"),
+    ContextTooLong: (400, "invalid_request_error", "context_length_exceeded"),
+    InvalidRequest: (400, "invalid_request_error", None),
+    Overloaded: (429, "rate_limit_error", "overloaded"),
+    EngineUnavailable: (503, "server_error", "model_unavailable"),
+    EngineFailed: (500, "server_error", "engine_failed"),
+}
+
+
+class APIError(Exception):
+    """An HTTP-edge error with its OpenAI fields; raise it from routes."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def from_engine_error(error: Exception) -> APIError:
+    """The APIError for an engine error (unknown exceptions become a generic 500)."""
+    for cls in type(error).__mro__:
+        if cls in ERRORS:
+            assert isinstance(error, EngineError)
+            status, type_, code = ERRORS[cls]
+            headers = {}
+            if isinstance(error, Overloaded):
+                headers["Retry-After"] = str(error.retry_after_s)
+            return APIError(status, error.message, type_, error.param, code, headers)
+    return APIError(500, "internal error", "server_error", None, "internal_error")
+
+
+def _response(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+_HTTP_MESSAGES = {
+    404: ("Unknown request URL", "not_found"),
+    405: ("Method not allowed for this URL", "method_not_allowed"),
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError) -> JSONResponse:
+        return _response(exc)
+
+    @app.exception_handler(EngineError)
+    async def engine_error(_: Request, exc: EngineError) -> JSONResponse:
+        return _response(from_engine_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message, code = _HTTP_MESSAGES.get(exc.status_code, (str(exc.detail), "http_error"))
+        message = f"{message}: {request.method} {request.url.path}"
+        headers = dict(exc.headers or {})
+        return _response(APIError(exc.status_code, message, "invalid_request_error", None, code, headers))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        return _response(APIError(400, str(first["msg"]), param=loc_to_param(first["loc"])))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _response(APIError(500, "internal error", "server_error", None, "internal_error"))
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "literal"})
+
+
+def loc_to_param(loc: tuple[Any, ...] | list[Any]) -> str | None:
+    """pydantic error location → OpenAI `param` (`messages[0].role`)."""
+    parts: list[str] = []
+    for item in loc:
+        if item == "body" or (isinstance(item, str) and (item in _TYPE_TAGS or "[" in item)):
+            continue  # FastAPI's root, or the name of a union member pydantic tried
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif parts:
+            parts.append(f".{item}")
+        else:
+            parts.append(str(item))
+    return "".join(parts) or None

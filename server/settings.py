@@ -1,0 +1,33 @@
+"""Settings: one pydantic-settings class, from MLXD_* environment variables and CLI flags.
+
+Created once in `__main__` and passed explicitly (`create_app(settings)`); nothing reads the
+environment elsewhere, except `engines.blas`, which must act before MLX is imported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engines.weights.embedded import SMOLLM2
+from engines.weights.store import default_home
+
+
+class Settings(BaseSettings):
+    """Every field is documented in docs/configuration.md (env var = MLXD_ + upper-case name)."""
+
+    model_config = SettingsConfigDict(env_prefix="MLXD_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to bind; loopback by default.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    home: Path = Field(default_factory=default_home, description="mlxd's data directory.")
+    model: str = Field(SMOLLM2.name, description="Chat model: a store name or an MLX directory.")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Request body limit.")
+    max_stop_sequences: int = Field(4, ge=0, description="Most `stop` strings per request.")
+    prefill_chunk: int = Field(
+        512, ge=16, description="Prompt tokens processed per engine step, across requests."
+    )
+    drain_timeout_s: float = Field(30.0, ge=0, description="Grace period for work at shutdown.")
+    log_level: str = Field("info", description="Python logging level name.")
