@@ -37,7 +37,7 @@ _status: BlasStatus | None = None
 
 
 def find_openblas(explicit: str | None = None) -> str | None:
-    """Return the OpenBLAS path to load: `explicit` if given and present, else the first candidate."""
+    """The OpenBLAS to load: `explicit` if given and present, else the first candidate found."""
     if explicit:
         return explicit if os.path.exists(explicit) else None
     return next((path for path in CANDIDATES if os.path.exists(path)), None)

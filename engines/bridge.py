@@ -3,14 +3,15 @@
 Invariants:
 - `push` is called only on the engine thread; it never blocks and never drops an event.
 - Iteration happens only on the event loop that created the stream.
-- When the reader is slower than the engine, queued TokenEvents are merged into one on the next
-  read (several tokens in one SSE chunk); FinishEvent/ErrorEvent are never merged and end the stream.
+- When the reader is slower than the engine, queued TokenEvents are merged into one on the
+  next read (several tokens in one SSE chunk); Finish/ErrorEvents are never merged and end it.
 - `cancel` may be called from anywhere; the engine sees `cancelled` at its next step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import deque
 from collections.abc import AsyncIterator
@@ -36,10 +37,9 @@ class RequestStream:
         """Queue an event and wake the reader. Safe to call after the loop has closed."""
         with self._lock:
             self._events.append(event)
-        try:
+        # RuntimeError: the loop is gone (shutdown), so nobody is left to read.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._ready.set)
-        except RuntimeError:
-            pass  # the loop is gone (shutdown): nobody is left to read
 
     @property
     def cancelled(self) -> bool:

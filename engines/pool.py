@@ -28,10 +28,6 @@ class TextEngine(Protocol):
     info: ModelInfo | None
 
     @property
-    def draining(self) -> bool:
-        return self._draining
-
-    @property
     def active(self) -> int: ...
 
     @property

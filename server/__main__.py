@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 from engines import blas
@@ -109,7 +110,9 @@ def _import(settings: object, args: argparse.Namespace) -> int:
         print(f"embedded chat model ready: {path}")
         return 0
     if args.format != "gguf" or args.path is None:
-        print("usage: mlxd import gguf PATH [--name NAME] | mlxd import --embedded", file=sys.stderr)
+        print(
+            "usage: mlxd import gguf PATH [--name NAME] | mlxd import --embedded", file=sys.stderr
+        )
         return 2
     destination = store.path_for(args.name or args.path.stem)
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -135,8 +138,8 @@ def _doctor(settings: object, blas_status: blas.BlasStatus) -> int:
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     store = ModelStore(settings.home)
     lines = [
-        f"platform: {platform.platform()} ({platform.machine()}), Python {platform.python_version()}",
-        f"mlx: {mx.__version__}, backend {backend}, default device {device}",
+        f"platform: {platform.platform()}, Python {platform.python_version()}",
+        f"mlx: {version('mlx')}, backend {backend}, default device {device}",
         f"blas: {blas_status.library or 'bundled'} ({blas_status.detail})",
         f"memory: {memory / 2**30:.1f} GiB physical",
         f"model store: {store.models_dir} ({', '.join(store.names()) or 'empty'})",

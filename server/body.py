@@ -33,7 +33,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _too_large(limit: int) -> APIError:
-    return APIError(413, f"Request body is larger than the limit of {limit} bytes", code="body_too_large")
+    return APIError(
+        413, f"Request body is larger than the limit of {limit} bytes", code="body_too_large"
+    )
 
 
 def _reject_constant(name: str) -> Any:
@@ -45,13 +47,14 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise APIError(400, f"Request body is not valid UTF-8: {exc.reason} at byte {exc.start}")
+        reason = f"{exc.reason} at byte {exc.start}"
+        raise APIError(400, f"Request body is not valid UTF-8: {reason}") from None
     if not text.strip():
         raise APIError(400, "Request body is empty; expected a JSON object")
     try:
         body = json.loads(text, parse_constant=_reject_constant)
     except (json.JSONDecodeError, ValueError) as exc:
-        raise APIError(400, f"Request body is not valid JSON: {exc}")
+        raise APIError(400, f"Request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise APIError(400, f"Request body must be a JSON object, not {type(body).__name__}")
     return body
@@ -67,4 +70,4 @@ def validate(model: type[M], body: dict[str, Any]) -> M:
         message = str(error["msg"])
         if param:
             message = f"Invalid value for '{param}': {message}"
-        raise APIError(400, message, param=param, code="invalid_value")
+        raise APIError(400, message, param=param, code="invalid_value") from None

@@ -8,6 +8,7 @@ are shaped here too, so no client ever sees a framework's own error body.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -105,7 +106,9 @@ def install_error_handlers(app: FastAPI) -> None:
         message, code = _HTTP_MESSAGES.get(exc.status_code, (str(exc.detail), "http_error"))
         message = f"{message}: {request.method} {request.url.path}"
         headers = dict(exc.headers or {})
-        return _response(APIError(exc.status_code, message, "invalid_request_error", None, code, headers))
+        return _response(
+            APIError(exc.status_code, message, "invalid_request_error", None, code, headers)
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -121,7 +124,7 @@ def install_error_handlers(app: FastAPI) -> None:
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "literal"})
 
 
-def loc_to_param(loc: tuple[Any, ...] | list[Any]) -> str | None:
+def loc_to_param(loc: Sequence[Any]) -> str | None:
     """pydantic error location → OpenAI `param` (`messages[0].role`)."""
     parts: list[str] = []
     for item in loc:

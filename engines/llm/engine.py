@@ -132,7 +132,7 @@ class LLMEngine(EngineThread):
         import mlx.core as mx
         from mlx_lm.utils import load
 
-        model, tokenizer, config = load(str(self.path), return_config=True)
+        model, tokenizer, config = load(str(self.path), return_config=True)  # type: ignore[misc]
         self._model = model
         self.tokenizer = tokenizer
         context = int(
@@ -271,10 +271,10 @@ class LLMEngine(EngineThread):
         self._finish_with(sequence, FinishEvent(reason, usage))
 
     def _finish_with(self, sequence: _Sequence, event: FinishEvent | ErrorEvent) -> None:
-        sequence.stream.push(event)
         sequence.cache = []
         with self._active_lock:
             self._active -= 1
+        sequence.stream.push(event)  # last: a reader woken by it already sees the new count
 
     def _drop_cancelled(self) -> None:
         for group in (self._prefilling, self._running):

@@ -34,4 +34,6 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> str:
             tokenizer.apply_chat_template(normalised, tokenize=False, add_generation_prompt=True)
         )
     except Exception as exc:  # the template's own `raise_exception`, or a Jinja error
-        raise InvalidRequest(f"the model's chat template rejected the messages: {exc}", "messages")
+        raise InvalidRequest(
+            f"the model's chat template rejected the messages: {exc}", "messages"
+        ) from exc

@@ -17,7 +17,7 @@ import re
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from engines.weights.store import COMPLETE_MARKER
 
@@ -69,9 +69,8 @@ def import_gguf(source: Path, destination: Path, dequantize: bool) -> Path:
     tensors, metadata = _read(source)
     arch = str(metadata.get("general.architecture", ""))
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise GGUFImportError(
-            f"unsupported GGUF architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-        )
+        supported = ", ".join(SUPPORTED_ARCHITECTURES)
+        raise GGUFImportError(f"unsupported GGUF architecture {arch!r}; supported: {supported}")
     config = _model_config(arch, metadata, tensors)
     weights = _rename(tensors)
     if arch == "llama":
@@ -114,10 +113,11 @@ def _read(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     import mlx.core as mx
 
     try:
-        tensors, metadata = mx.load(str(source), return_metadata=True)
+        loaded = mx.load(str(source), return_metadata=True)
     except Exception as exc:  # MLX reads only some quant types; dequantize the rest with gguf
         logger.info("mx.load could not read %s (%s); dequantizing with gguf", source, exc)
         return _read_with_gguf(source)
+    tensors, metadata = cast(tuple[dict[str, Any], dict[str, Any]], loaded)
     return dict(tensors), {key: _plain(value) for key, value in metadata.items()}
 
 
@@ -241,9 +241,8 @@ def _quantized_bits(weights: dict[str, Any]) -> dict[str, int]:
 
 def build_tokenizer(metadata: dict[str, Any], context_length: int) -> tuple[Any, dict[str, Any]]:
     """A `tokenizers.Tokenizer` and its tokenizer_config.json, from GGUF tokenizer metadata."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
     from tokenizers import pre_tokenizers as pre
-    from tokenizers import processors
 
     kind = metadata.get("tokenizer.ggml.model")
     if kind != "gpt2":
@@ -277,10 +276,18 @@ def build_tokenizer(metadata: dict[str, Any], context_length: int) -> tuple[Any,
     tokenizer.decoder = decoders.ByteLevel()
 
     tokenizer.add_special_tokens(
-        [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == _CONTROL]
+        [
+            AddedToken(t, special=True, normalized=False)
+            for t, k in zip(tokens, types, strict=True)
+            if k == _CONTROL
+        ]
     )
     tokenizer.add_tokens(
-        [AddedToken(t, normalized=False) for t, k in zip(tokens, types) if k == _USER_DEFINED]
+        [
+            AddedToken(t, normalized=False)
+            for t, k in zip(tokens, types, strict=True)
+            if k == _USER_DEFINED
+        ]
     )
 
     def token_of(key: str) -> str | None:

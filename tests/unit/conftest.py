@@ -1,0 +1,46 @@
+"""Fake-engine apps, reachable in-process (ASGITransport) through the strict OpenAI client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from openai import AsyncOpenAI
+
+from engines.pool import EnginePool
+from server.app import create_app
+from server.settings import Settings
+from tests.fakes import FakeEngine
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(max_body_bytes=64 * 1024)
+
+
+@pytest.fixture
+async def http(fake_engine: FakeEngine, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    pool = EnginePool([fake_engine])
+    app = create_app(settings, pool)
+    await pool.start()  # ASGITransport runs no lifespan
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+    await pool.drain(timeout=1)
+
+
+@pytest.fixture
+def client(http: httpx.AsyncClient) -> AsyncOpenAI:
+    return AsyncOpenAI(
+        base_url="http://testserver/v1",
+        api_key="unused",
+        http_client=http,
+        _strict_response_validation=True,
+        max_retries=0,
+    )

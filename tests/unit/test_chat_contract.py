@@ -1,0 +1,283 @@
+"""The HTTP contract of /v1/chat/completions, /v1/models and /health, on a scripted fake engine."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from openai import AsyncOpenAI
+
+from tests.fakes import FakeEngine
+
+URL = "/v1/chat/completions"
+HELLO = [{"role": "user", "content": "hi"}]
+
+
+def chat_body(**fields: Any) -> dict[str, Any]:
+    return {"model": "fake", "messages": HELLO, **fields}
+
+
+async def test_non_streamed_completion_through_strict_sdk(client: AsyncOpenAI) -> None:
+    completion = await client.chat.completions.create(model="fake", messages=HELLO)  # type: ignore[arg-type]
+    choice = completion.choices[0]
+    assert choice.message.content == "Hello there!"
+    assert choice.message.role == "assistant"
+    assert choice.finish_reason == "stop"
+    assert completion.object == "chat.completion"
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == len("Hello there!")
+    assert completion.usage.prompt_tokens == len("<user>hi")
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + len("Hello there!")
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+async def test_max_tokens_truncates_with_length(client: AsyncOpenAI, field: str) -> None:
+    completion = await client.chat.completions.create(
+        model="fake",
+        messages=HELLO,  # type: ignore[arg-type]
+        **{field: 5},  # type: ignore[arg-type]
+    )
+    assert completion.choices[0].message.content == "Hello"
+    assert completion.choices[0].finish_reason == "length"
+
+
+async def test_streamed_completion_with_usage_through_strict_sdk(client: AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model="fake",
+        messages=HELLO,  # type: ignore[arg-type]
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello there!"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishing = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in finishing] == ["stop"]
+    assert all(c.usage is None for c in chunks[:-1])
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
+    assert len({c.id for c in chunks}) == 1
+
+
+async def test_sse_framing_and_done(http: httpx.AsyncClient) -> None:
+    response = await http.post(URL, json=chat_body(stream=True))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [e for e in response.text.replace("\r\n", "\n").split("\n\n") if e.strip()]
+    assert events[-1] == "data: [DONE]"
+    payloads = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    assert all(p["object"] == "chat.completion.chunk" for p in payloads)
+    assert "usage" not in payloads[0]  # only with stream_options.include_usage
+
+
+async def test_stream_without_usage_has_no_usage_chunk(client: AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(model="fake", messages=HELLO, stream=True)  # type: ignore[arg-type]
+    chunks = [chunk async for chunk in stream]
+    assert all(c.choices for c in chunks)
+
+
+def assert_openai_error(
+    response: httpx.Response, status: int, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    assert error["param"] == param
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+BAD_BODIES = [
+    (b"{not json", None),
+    (b"[1, 2]", None),
+    (b"", None),
+    (b'"a string"', None),
+    (b'{"model": "fake", "messages": [], "temperature": NaN}', None),
+    (json.dumps({"model": "fake"}).encode(), "messages"),
+    (json.dumps({"messages": HELLO}).encode(), "model"),
+    (json.dumps(chat_body(messages=[])).encode(), "messages"),
+    (json.dumps(chat_body(messages="hi")).encode(), "messages"),
+    (
+        json.dumps(chat_body(messages=[{"role": "wizard", "content": "x"}])).encode(),
+        "messages[0].role",
+    ),
+    (json.dumps(chat_body(messages=[{"content": "x"}])).encode(), "messages[0].role"),
+    (
+        json.dumps(chat_body(messages=[{"role": "user", "content": 5}])).encode(),
+        "messages[0].content",
+    ),
+    (json.dumps(chat_body(temperature="0.5")).encode(), "temperature"),
+    (json.dumps(chat_body(temperature=2.5)).encode(), "temperature"),
+    (json.dumps(chat_body(temperature=-1)).encode(), "temperature"),
+    (json.dumps(chat_body(top_p=0)).encode(), "top_p"),
+    (json.dumps(chat_body(top_p=1.5)).encode(), "top_p"),
+    (json.dumps(chat_body(top_k=-1)).encode(), "top_k"),
+    (json.dumps(chat_body(min_p=2)).encode(), "min_p"),
+    (json.dumps(chat_body(max_tokens=0)).encode(), "max_tokens"),
+    (json.dumps(chat_body(max_tokens=True)).encode(), "max_tokens"),
+    (json.dumps(chat_body(max_completion_tokens=-5)).encode(), "max_completion_tokens"),
+    (json.dumps(chat_body(stream="yes")).encode(), "stream"),
+    (json.dumps(chat_body(seed="1")).encode(), "seed"),
+    (json.dumps(chat_body(stop=5)).encode(), "stop"),
+    (json.dumps(chat_body(stop=["a", ""])).encode(), "stop"),
+    (json.dumps(chat_body(stop=["a", "b", "c", "d", "e"])).encode(), "stop"),
+    (json.dumps(chat_body(n=2)).encode(), "n"),
+    (
+        json.dumps(chat_body(stream_options={"include_usage": "yes"})).encode(),
+        "stream_options.include_usage",
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "param"), BAD_BODIES)
+async def test_bad_input_is_a_400_with_param(
+    http: httpx.AsyncClient, raw: bytes, param: str | None
+) -> None:
+    response = await http.post(URL, content=raw, headers={"content-type": "application/json"})
+    assert_openai_error(response, 400, param)
+
+
+async def test_invalid_utf8_is_a_400(http: httpx.AsyncClient) -> None:
+    raw = b'{"model": "fake", "messages": [{"role": "user", "content": "\xff\xfe"}]}'
+    error = assert_openai_error(await http.post(URL, content=raw), 400)
+    assert "UTF-8" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("logprobs", True),
+        ("presence_penalty", 0.5),
+        ("frequency_penalty", 0.5),
+        ("logit_bias", {"1": 5}),
+        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("response_format", {"type": "json_object"}),
+    ],
+)
+async def test_unsupported_fields_are_refused_not_dropped(
+    http: httpx.AsyncClient, field: str, value: Any
+) -> None:
+    response = await http.post(URL, json=chat_body(**{field: value}))
+    assert_openai_error(response, 400, field, "unsupported_parameter")
+
+
+async def test_ignored_fields_are_reported_in_a_header(http: httpx.AsyncClient) -> None:
+    response = await http.post(URL, json=chat_body(user="u1", metadata={"a": "b"}, vendor_x=1))
+    assert response.status_code == 200
+    assert response.headers["x-mlxd-ignored-fields"] == "user,metadata,vendor_x"
+    plain = await http.post(URL, json=chat_body(temperature=0))
+    assert "x-mlxd-ignored-fields" not in plain.headers
+
+
+async def test_unknown_model_is_404_model_not_found(http: httpx.AsyncClient) -> None:
+    response = await http.post(URL, json=chat_body(model="nope"))
+    assert_openai_error(response, 404, "model", "model_not_found")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_prompt_over_context_is_a_plain_400_even_when_streaming(
+    http: httpx.AsyncClient, stream: bool
+) -> None:
+    long = [{"role": "user", "content": "x" * 100}]  # the fake's context is 64 tokens
+    response = await http.post(URL, json=chat_body(messages=long, stream=stream))
+    error = assert_openai_error(response, 400, "messages", "context_length_exceeded")
+    assert "maximum context length" in error["message"]
+    assert not response.headers["content-type"].startswith("text/event-stream")
+
+
+async def test_prompt_plus_max_tokens_over_context_names_max_tokens(
+    http: httpx.AsyncClient,
+) -> None:
+    response = await http.post(URL, json=chat_body(max_tokens=60))
+    assert_openai_error(response, 400, "max_tokens", "context_length_exceeded")
+
+
+async def test_wrong_method_is_405_and_unknown_route_404(http: httpx.AsyncClient) -> None:
+    assert_openai_error(await http.get(URL), 405, code="method_not_allowed")
+    assert_openai_error(await http.post("/v1/nothing", json={}), 404, code="not_found")
+
+
+async def test_body_over_limit_is_413(http: httpx.AsyncClient) -> None:
+    huge = chat_body(messages=[{"role": "user", "content": "x" * 70_000}])
+    response = await http.post(URL, json=huge)
+    assert_openai_error(response, 413, code="body_too_large")
+
+
+async def test_body_over_limit_without_content_length_is_413(http: httpx.AsyncClient) -> None:
+    async def chunks() -> Any:
+        for _ in range(20):
+            yield b"x" * 8192
+
+    response = await http.post(URL, content=chunks())
+    assert_openai_error(response, 413, code="body_too_large")
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(reply="abcdefgh", fail_after=3)])
+async def test_engine_failure_mid_stream_is_an_error_event_then_done(
+    http: httpx.AsyncClient,
+) -> None:
+    response = await http.post(URL, json=chat_body(stream=True))
+    assert response.status_code == 200
+    events = [e for e in response.text.replace("\r\n", "\n").split("\n\n") if e.strip()]
+    assert events[-1] == "data: [DONE]"
+    error = json.loads(events[-2].removeprefix("data: "))["error"]
+    assert error["type"] == "server_error" and "scripted failure" in error["message"]
+    text = "".join(
+        json.loads(e.removeprefix("data: "))["choices"][0]["delta"].get("content", "")
+        for e in events[:-2]
+    )
+    assert text == "abc"
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(reply="abcdefgh", fail_after=3)])
+async def test_engine_failure_without_stream_is_openai_shaped(http: httpx.AsyncClient) -> None:
+    response = await http.post(URL, json=chat_body())
+    assert_openai_error(response, 500, code="engine_failed")
+
+
+async def test_sampling_fields_reach_the_engine(
+    http: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    body = chat_body(temperature=0.3, top_p=0.9, top_k=40, min_p=0.05, seed=11, stop=["!", "x"])
+    assert (await http.post(URL, json=body)).status_code == 200
+    request = fake_engine.requests[-1]
+    assert request.sampling.temperature == 0.3
+    assert request.sampling.top_p == 0.9
+    assert request.sampling.top_k == 40
+    assert request.sampling.min_p == 0.05
+    assert request.sampling.seed == 11
+    assert request.stop == ("!", "x")
+    assert request.max_tokens == 64 - len("<user>hi")
+
+
+async def test_content_parts_are_accepted(client: AsyncOpenAI) -> None:
+    completion = await client.chat.completions.create(
+        model="fake",
+        messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+    )
+    assert completion.choices[0].message.content == "Hello there!"
+
+
+async def test_models_list_and_retrieve(client: AsyncOpenAI) -> None:
+    models = await client.models.list()
+    assert [m.id for m in models.data] == ["fake"]
+    model = await client.models.retrieve("fake")
+    assert model.id == "fake" and model.owned_by == "mlxd"
+
+
+async def test_retrieve_unknown_model_is_404(http: httpx.AsyncClient) -> None:
+    assert_openai_error(await http.get("/v1/models/org/none"), 404, "model", "model_not_found")
+
+
+async def test_health(http: httpx.AsyncClient) -> None:
+    response = await http.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "models": ["fake"], "active": 0}

@@ -1,0 +1,75 @@
+"""Streaming, slow readers and client disconnects over a real socket (uvicorn on 127.0.0.1:0)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from engines.pool import EnginePool
+from server.app import create_app
+from server.settings import Settings
+from tests.fakes import FakeEngine
+from tests.servers import serve, wait_until
+
+
+@pytest.fixture
+def slow_server() -> Iterator[tuple[str, FakeEngine]]:
+    engine = FakeEngine(reply="word " * 200, token_delay_s=0.01, context_length=4096)
+    with serve(create_app(Settings(), EnginePool([engine]))) as url:
+        yield url, engine
+
+
+def body(stream: bool) -> dict[str, object]:
+    return {
+        "model": "fake",
+        "messages": [{"role": "user", "content": "go"}],
+        "stream": stream,
+        "max_tokens": 1000,
+    }
+
+
+async def test_streamed_client_disconnect_cancels(slow_server: tuple[str, FakeEngine]) -> None:
+    url, engine = slow_server
+    async with (
+        httpx.AsyncClient(base_url=url) as http,
+        http.stream("POST", "/v1/chat/completions", json=body(True)) as response,
+    ):
+        assert response.status_code == 200
+        seen = 0
+        async for line in response.aiter_lines():
+            if line.startswith("data: {"):
+                seen += 1
+            if seen >= 3:
+                break  # leaving the block closes the connection mid-stream
+    assert await wait_until(lambda: engine.active == 0, timeout=2)
+    assert engine.tokens_generated < 1000
+
+
+async def test_non_streamed_client_disconnect_cancels(slow_server: tuple[str, FakeEngine]) -> None:
+    url, engine = slow_server
+    async with httpx.AsyncClient(base_url=url, timeout=0.3) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post("/v1/chat/completions", json=body(False))
+    assert await wait_until(lambda: engine.active == 0, timeout=2)
+    assert 0 < engine.tokens_generated < 1000
+
+
+async def test_slow_reader_loses_nothing() -> None:
+    engine = FakeEngine(reply="wörd✓ " * 300, token_delay_s=0.0005, context_length=4096)
+    text = ""
+    with serve(create_app(Settings(), EnginePool([engine]))) as url:
+        async with (
+            httpx.AsyncClient(base_url=url) as http,
+            http.stream("POST", "/v1/chat/completions", json=body(True)) as response,
+        ):
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    if not text:
+                        await asyncio.sleep(0.5)  # stall while the engine runs ahead
+                    delta = json.loads(line.removeprefix("data: "))["choices"][0]["delta"]
+                    text += delta.get("content", "")
+    assert text == engine.reply[:1000]
