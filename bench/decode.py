@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engines import blas  # noqa: E402
+from engines import blas
 
 BLAS = blas.preload_from_env()
 
