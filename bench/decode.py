@@ -79,6 +79,8 @@ def server_run(url: str, model: str, prompt: str, tokens: int) -> tuple[float, i
     first = last = 0.0
     count = 0
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"server answered {response.status_code}: {response.read()!r}")
         for line in response.iter_lines():
             if not line.startswith("data: {"):
                 continue
@@ -115,7 +117,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/decode.json"))
     args = parser.parse_args()
 
-    _, path = ModelStore(default_home()).resolve(args.model)
+    served_name, path = ModelStore(default_home()).resolve(args.model)
     model, tokenizer = load(str(path))
     port = free_port()
     server = start_server(args.model, port)
@@ -126,7 +128,7 @@ def main() -> None:
     try:
         for prompt in PROMPTS[:1]:  # warm-up both sides
             raw_run(model, tokenizer, prompt, 16)
-            server_run(url, args.model, prompt, 16)
+            server_run(url, served_name, prompt, 16)
         for run in range(args.runs):
             prompt = PROMPTS[run % len(PROMPTS)]
             order = ("raw", "server") if run % 2 == 0 else ("server", "raw")
@@ -135,7 +137,7 @@ def main() -> None:
                 if side == "raw":
                     result[side] = raw_run(model, tokenizer, prompt, args.tokens)
                 else:
-                    result[side] = server_run(url, args.model, prompt, args.tokens)
+                    result[side] = server_run(url, served_name, prompt, args.tokens)
             raw.append(result["raw"][0])
             served.append(result["server"][0])
             counts.add((result["raw"][1], result["server"][1]))
