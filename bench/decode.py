@@ -126,9 +126,9 @@ def main() -> None:
     served: list[float] = []
     counts: set[tuple[int, int]] = set()
     try:
-        for prompt in PROMPTS[:1]:  # warm-up both sides
-            raw_run(model, tokenizer, prompt, 16)
-            server_run(url, served_name, prompt, 16)
+        for prompt in PROMPTS[:1]:  # warm-up both sides at full length (kernels compile per shape)
+            raw_run(model, tokenizer, prompt, args.tokens)
+            server_run(url, served_name, prompt, args.tokens)
         for run in range(args.runs):
             prompt = PROMPTS[run % len(PROMPTS)]
             order = ("raw", "server") if run % 2 == 0 else ("server", "raw")

@@ -6,6 +6,10 @@ Invariants:
 - When the reader is slower than the engine, queued TokenEvents are merged into one on the
   next read (several tokens in one SSE chunk); Finish/ErrorEvents are never merged and end it.
 - `cancel` may be called from anywhere; the engine sees `cancelled` at its next step.
+- The reader is woken at most once per batch of pushes (not once per token), and may ask for a
+  minimum interval between deliveries: on fast devices the event loop's per-chunk work (JSON,
+  SSE framing, socket writes) would otherwise compete with the engine thread for the GIL on
+  every token.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 
@@ -30,6 +35,7 @@ class RequestStream:
         self._ready = asyncio.Event()
         self._cancelled = threading.Event()
         self._finished = False
+        self._wake_pending = False  # a wake-up is already on its way to the loop
 
     # -- engine thread side ------------------------------------------------------------------
 
@@ -37,6 +43,9 @@ class RequestStream:
         """Queue an event and wake the reader. Safe to call after the loop has closed."""
         with self._lock:
             self._events.append(event)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
         # RuntimeError: the loop is gone (shutdown), so nobody is left to read.
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._ready.set)
@@ -58,16 +67,25 @@ class RequestStream:
                 pending = list(self._events)
                 self._events.clear()
                 self._ready.clear()
+                self._wake_pending = False
             if pending:
                 return _coalesce(pending)
             await self._ready.wait()
 
     def __aiter__(self) -> AsyncIterator[Event]:
-        return self._iterate()
+        return self.events()
 
-    async def _iterate(self) -> AsyncIterator[Event]:
+    async def events(self, min_interval_s: float = 0.0) -> AsyncIterator[Event]:
+        """Every event until the stream ends; deliveries at least `min_interval_s` apart."""
+        last_delivery = 0.0
         while not self._finished:
-            for event in await self.next_events():
+            if min_interval_s > 0:
+                wait = last_delivery + min_interval_s - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            batch = await self.next_events()
+            last_delivery = time.monotonic()
+            for event in batch:
                 if isinstance(event, FinishEvent | ErrorEvent):
                     self._finished = True
                 yield event

@@ -29,5 +29,8 @@ class Settings(BaseSettings):
     prefill_chunk: int = Field(
         512, ge=16, description="Prompt tokens processed per engine step, across requests."
     )
+    stream_interval_ms: float = Field(
+        0.0, ge=0, le=1000, description="Least time between two streamed chunks of a request."
+    )
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace period for work at shutdown.")
     log_level: str = Field("info", description="Python logging level name.")

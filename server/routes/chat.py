@@ -76,13 +76,14 @@ async def create_chat_completion(request: Request) -> Response:
     stream = engine.submit(generation)
     if chat.stream:
         include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-        events = _stream_chunks(stream, request_id, chat.model, include_usage)
+        interval = settings.stream_interval_ms / 1000
+        events = _stream_chunks(stream, request_id, chat.model, include_usage, interval)
         return sse.event_stream(events, headers, settings.drain_timeout_s)
     return await _complete(request, stream, request_id, chat.model, headers)
 
 
 async def _stream_chunks(
-    stream: RequestStream, request_id: str, model: str, include_usage: bool
+    stream: RequestStream, request_id: str, model: str, include_usage: bool, interval_s: float
 ) -> AsyncIterator[dict[str, str]]:
     created = int(time.time())
 
@@ -94,7 +95,7 @@ async def _stream_chunks(
     ended = False
     try:
         yield frame({"role": "assistant", "content": ""})
-        async for event in stream:
+        async for event in stream.events(interval_s):
             if isinstance(event, TokenEvent):
                 if event.text:
                     yield frame({"content": event.text})
