@@ -3,8 +3,9 @@
 Invariants:
 - `push` is called only on the engine thread; it never blocks and never drops an event.
 - Iteration happens only on the event loop that created the stream.
-- When the reader is slower than the engine, queued TokenEvents are merged into one on the
-  next read (several tokens in one SSE chunk); Finish/ErrorEvents are never merged and end it.
+- When the reader is slower than the engine, consecutive TokenEvents of the same choice are merged
+  on the next read (several tokens in one SSE chunk). The stream ends after one FinishEvent per
+  choice, or at the first ErrorEvent.
 - `cancel` may be called from anywhere; the engine sees `cancelled` at its next step.
 - The reader is woken at most once per batch of pushes (not once per token), and may ask for a
   minimum interval between deliveries: on fast devices the event loop's per-chunk work (JSON,
@@ -27,8 +28,11 @@ from engines.types import ErrorEvent, Event, FinishEvent, TokenEvent
 class RequestStream:
     """Events of one sequence, from the engine thread to one asyncio reader."""
 
-    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self, request_id: str, choices: int = 1, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         self.request_id = request_id
+        self._unfinished_choices = choices
         self._loop = loop or asyncio.get_running_loop()
         self._events: deque[Event] = deque()
         self._lock = threading.Lock()
@@ -86,7 +90,10 @@ class RequestStream:
             batch = await self.next_events()
             last_delivery = time.monotonic()
             for event in batch:
-                if isinstance(event, FinishEvent | ErrorEvent):
+                if isinstance(event, FinishEvent):
+                    self._unfinished_choices -= 1
+                    self._finished = self._unfinished_choices <= 0
+                elif isinstance(event, ErrorEvent):
                     self._finished = True
                 yield event
 
@@ -95,7 +102,11 @@ def _coalesce(events: list[Event]) -> list[Event]:
     merged: list[Event] = []
     for event in events:
         previous = merged[-1] if merged else None
-        if isinstance(event, TokenEvent) and isinstance(previous, TokenEvent):
+        if (
+            isinstance(event, TokenEvent)
+            and isinstance(previous, TokenEvent)
+            and previous.index == event.index
+        ):
             previous.merge(event)
         else:
             merged.append(event)

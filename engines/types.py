@@ -14,17 +14,30 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick each token. temperature 0 means greedy; top_k 0 and top_p 1 mean no filter."""
+    """How to pick each token. temperature 0 means greedy; top_k 0 and top_p 1 mean no filter.
+
+    Penalties: `presence_penalty` and `frequency_penalty` act on tokens generated so far (OpenAI's
+    definition); `repetition_penalty` (1 = off) divides positive / multiplies negative logits of
+    tokens in the last `REPETITION_WINDOW` tokens of prompt and output. `logit_bias` pairs are
+    (token id, bias added to the logit).
+    """
 
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     min_p: float = 0.0
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+REPETITION_WINDOW = 64
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,9 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    n: int = 1
+    logprobs: int | None = None  # None: off; k >= 0: the chosen token's logprob and the top k
+    prompt_logprobs: bool = False  # also score the prompt's tokens (completions' echo)
 
 
 @dataclass(frozen=True)
@@ -49,27 +65,57 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One output (or prompt) token: `text` is the part of the output text this token completed
+    (so the texts of a choice's tokens concatenate to its text), `raw` the token's own bytes,
+    `logprob` its log-probability and `top` the most likely alternatives (token, text, logprob).
+    `logprob` is None for the first prompt token, which nothing predicts."""
+
+    token: int
+    text: str
+    raw: bytes
+    logprob: float | None
+    top: tuple[tuple[int, str, float], ...] = ()
+
+
 @dataclass
 class TokenEvent:
-    """New output: `text` is whole UTF-8 characters, `token_ids` the tokens that produced it.
+    """New output of choice `index`: `text` is whole UTF-8 characters, `token_ids` the tokens that
+    produced it, `logprobs` (when asked) one entry per released token.
 
-    Consecutive TokenEvents may be merged (see `merge`) when the reader is slower than the engine.
+    Consecutive TokenEvents of the same choice may be merged when the reader is slower than the
+    engine (see `merge`).
     """
 
     text: str
     token_ids: list[int]
+    index: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
     def merge(self, later: TokenEvent) -> None:
         self.text += later.text
         self.token_ids.extend(later.token_ids)
+        self.logprobs.extend(later.logprobs)
+
+
+@dataclass(frozen=True)
+class PromptEvent:
+    """The prompt's own tokens with their logprobs (sent first, when `prompt_logprobs` is set)."""
+
+    logprobs: list[TokenLogprob]
 
 
 @dataclass(frozen=True)
 class FinishEvent:
-    """The sequence ended; it is the last event of a stream (with `text` flushed before it)."""
+    """Choice `index` ended; `usage` counts this choice's tokens (the prompt once per choice).
+
+    A request's stream ends after the FinishEvent of every choice.
+    """
 
     reason: FinishReason
     usage: Usage
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -79,4 +125,4 @@ class ErrorEvent:
     error: Exception
 
 
-Event = TokenEvent | FinishEvent | ErrorEvent
+Event = TokenEvent | PromptEvent | FinishEvent | ErrorEvent

@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     model: str = Field(SMOLLM2.name, description="Chat model: a store name or an MLX directory.")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Request body limit.")
     max_stop_sequences: int = Field(4, ge=0, description="Most `stop` strings per request.")
+    max_n: int = Field(16, ge=1, le=128, description="Most choices (`n`) per request.")
+    keepalive_interval_s: float = Field(
+        10.0, gt=0, description="Seconds between SSE keep-alive comments while a stream is idle."
+    )
     prefill_chunk: int = Field(
         512, ge=16, description="Prompt tokens processed per engine step, across requests."
     )

@@ -9,8 +9,9 @@ from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from server.settings import Settings
+
 DONE = "[DONE]"
-KEEPALIVE_INTERVAL_S = 10.0
 
 
 def data(payload: dict[str, Any]) -> dict[str, str]:
@@ -27,13 +28,14 @@ def _keepalive() -> ServerSentEvent:
 
 
 def event_stream(
-    events: AsyncIterator[dict[str, str]], headers: Mapping[str, str], grace_period_s: float
+    events: AsyncIterator[dict[str, str]], headers: Mapping[str, str], settings: Settings
 ) -> EventSourceResponse:
-    """The streaming response; `grace_period_s` lets streams in flight finish at shutdown."""
+    """The streaming response: a keep-alive comment every `keepalive_interval_s` (also while a
+    long prompt is prefilled); streams in flight may finish during the drain at shutdown."""
     return EventSourceResponse(
         events,
         headers=dict(headers),
-        ping=KEEPALIVE_INTERVAL_S,
+        ping=settings.keepalive_interval_s,
         ping_message_factory=_keepalive,
-        shutdown_grace_period=grace_period_s,
+        shutdown_grace_period=settings.drain_timeout_s,
     )

@@ -14,7 +14,14 @@ from typing import Any
 from engines.bridge import RequestStream
 from engines.errors import EngineFailed
 from engines.llm.engine import LLMEngine, ModelInfo
-from engines.types import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent, Usage
+from engines.types import (
+    ErrorEvent,
+    FinishEvent,
+    GenerationRequest,
+    TokenEvent,
+    TokenLogprob,
+    Usage,
+)
 
 
 class FakeEngine:
@@ -25,7 +32,9 @@ class FakeEngine:
         token_delay_s: float = 0.0,
         context_length: int = 64,
         fail_after: int | None = None,
+        prefill_delay_s: float = 0.0,
     ) -> None:
+        self.prefill_delay_s = prefill_delay_s
         self.name = name
         self.reply = reply
         self.token_delay_s = token_delay_s
@@ -63,35 +72,50 @@ class FakeEngine:
     check_fits = LLMEngine.check_fits
 
     def submit(self, request: GenerationRequest) -> RequestStream:
-        stream = RequestStream(request.request_id)
+        stream = RequestStream(request.request_id, choices=request.n)
         self.requests.append(request)
         with self._lock:
-            self._active += 1
+            self._active += request.n
         threading.Thread(target=self._generate, args=(request, stream), daemon=True).start()
         return stream
 
     def _generate(self, request: GenerationRequest, stream: RequestStream) -> None:
-        produced = 0
-        reason = "length"
-        for char in self.reply:
-            if stream.cancelled:
-                reason = "cancelled"
-                break
-            if produced >= request.max_tokens:
-                break
-            if self.fail_after is not None and produced == self.fail_after:
-                self._end(stream, ErrorEvent(EngineFailed("engine error: scripted failure")))
-                return
-            time.sleep(self.token_delay_s)
-            produced += 1
-            self.tokens_generated += 1
-            stream.push(TokenEvent(char, [ord(char)]))
-        else:
-            reason = "stop"
-        usage = Usage(len(request.prompt_tokens), produced)
-        self._end(stream, FinishEvent(reason, usage))  # type: ignore[arg-type]
+        """Choices take turns, one character each, like sequences sharing an engine step."""
+        time.sleep(self.prefill_delay_s)
+        produced = [0] * request.n
+        done = [False] * request.n
+        while not all(done):
+            for index in range(request.n):
+                if done[index]:
+                    continue
+                reason = None
+                if stream.cancelled:
+                    reason = "cancelled"
+                elif produced[index] >= len(self.reply):
+                    reason = "stop"
+                elif produced[index] >= request.max_tokens:
+                    reason = "length"
+                elif self.fail_after is not None and produced[index] == self.fail_after:
+                    self._end(stream, request.n, ErrorEvent(EngineFailed("scripted failure")))
+                    return
+                if reason is not None:
+                    done[index] = True
+                    usage = Usage(len(request.prompt_tokens), produced[index])
+                    self._end(stream, 1, FinishEvent(reason, usage, index))  # type: ignore[arg-type]
+                    continue
+                time.sleep(self.token_delay_s)
+                char = self.reply[produced[index]]
+                produced[index] += 1
+                self.tokens_generated += 1
+                logprobs = []
+                if request.logprobs is not None:
+                    top = tuple(
+                        (ord(c), c, -1.0 - i) for i, c in enumerate("xyz"[: request.logprobs])
+                    )
+                    logprobs = [TokenLogprob(ord(char), char, char.encode(), -0.5, top)]
+                stream.push(TokenEvent(char, [ord(char)], index, logprobs))
 
-    def _end(self, stream: RequestStream, event: FinishEvent | ErrorEvent) -> None:
+    def _end(self, stream: RequestStream, choices: int, event: FinishEvent | ErrorEvent) -> None:
         with self._lock:
-            self._active -= 1
+            self._active -= choices
         stream.push(event)

@@ -19,14 +19,15 @@ _CONTEXT_TOKENS = 6
 class IncrementalDetokenizer:
     """Decodes a growing token list into text deltas, via the tokenizer's own `decode`."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
         self._tokenizer = tokenizer
+        self._skip_special_tokens = skip_special_tokens
         self._tokens: list[int] = []
         self._prefix_offset = 0  # start of the context window given to decode
         self._read_offset = 0  # tokens before this have been returned as text
 
     def _decode(self, tokens: list[int]) -> str:
-        return str(self._tokenizer.decode(tokens, skip_special_tokens=True))
+        return str(self._tokenizer.decode(tokens, skip_special_tokens=self._skip_special_tokens))
 
     def add(self, token: int) -> str:
         self._tokens.append(token)
@@ -79,3 +80,48 @@ class StopMatcher:
                     best = length
                     break
         return best
+
+
+class TokenBytes:
+    """The raw bytes of single tokens (for logprobs' `bytes`), cached per token id."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._cache: dict[int, bytes] = {}
+        self._decoder = _gpt2_byte_decoder()
+        self._byte_level = _looks_byte_level(tokenizer)
+
+    def __call__(self, token: int) -> bytes:
+        cached = self._cache.get(token)
+        if cached is None:
+            cached = self._compute(token)
+            self._cache[token] = cached
+        return cached
+
+    def _compute(self, token: int) -> bytes:
+        piece = self._tokenizer.convert_ids_to_tokens([token])[0]
+        if self._byte_level and piece is not None and all(c in self._decoder for c in piece):
+            return bytes(self._decoder[c] for c in piece)
+        return str(self._tokenizer.decode([token])).encode("utf-8")
+
+
+def _looks_byte_level(tokenizer: Any) -> bool:
+    """Byte-level BPE vocabularies spell a space as 'Ġ' (U+0120)."""
+    ids = tokenizer.encode(" a", add_special_tokens=False)
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    return any(piece and piece.startswith("Ġ") for piece in pieces)
+
+
+def _gpt2_byte_decoder() -> dict[str, int]:
+    """GPT-2's printable stand-in character → byte value."""
+    printable = list(range(ord("!"), ord("~") + 1))
+    printable += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    mapping: dict[str, int] = {}
+    extra = 0
+    for byte in range(256):
+        if byte in printable:
+            mapping[chr(byte)] = byte
+        else:
+            mapping[chr(256 + extra)] = byte
+            extra += 1
+    return mapping

@@ -11,23 +11,20 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 
-from engines.types import SamplingParams
+from engines.types import TokenLogprob
+from server.schemas.common import SamplingFields, Strict
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")
-
-
-class TextPart(_Strict):
+class TextPart(Strict):
     type: Literal["text", "input_text"]
     text: str
 
 
-class ChatMessage(_Strict):
+class ChatMessage(Strict):
     role: Role
     content: str | list[TextPart] | None = None
     name: str | None = None
@@ -36,32 +33,13 @@ class ChatMessage(_Strict):
     refusal: str | None = None
 
 
-class StreamOptions(_Strict):
-    include_usage: bool = False
-    include_obfuscation: bool | None = None
-
-
-class ChatCompletionRequest(_Strict):
+class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    model: str
-    # Supported sampling and length controls.
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
-    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
-    top_k: int | None = Field(None, ge=0)
-    min_p: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
-    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
-    stop: str | list[str] | None = None
-    n: int | None = Field(None, ge=1, le=1)
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    # Fields of the spec that later work will support; rejected when they ask for something.
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False)
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, allow_inf_nan=False)
-    logit_bias: dict[str, int] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # Fields of the spec that later work will support; rejected when they ask for something.
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -72,38 +50,18 @@ class ChatCompletionRequest(_Strict):
     web_search_options: dict[str, Any] | None = None
     modalities: list[str] | None = None
 
-    @field_validator("stop")
-    @classmethod
-    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and any(not item for item in value):
-            raise ValueError("stop strings must not be empty")
-        return value
-
-    def stop_sequences(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=self.top_k or 0,
-            min_p=self.min_p or 0.0,
-            seed=None if self.seed is None else self.seed % 2**63,
-        )
+    def logprobs_count(self) -> int | None:
+        """None when logprobs are off, else how many alternatives to return per token."""
+        if self.top_logprobs and not self.logprobs:
+            return -1  # rejected by the route: the spec needs logprobs: true with top_logprobs
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def unsupported_field(self) -> str | None:
         """The first field that asks for something this server cannot do yet, if any."""
         asks = {
-            "frequency_penalty": bool(self.frequency_penalty),
-            "presence_penalty": bool(self.presence_penalty),
-            "logit_bias": bool(self.logit_bias),
-            "logprobs": bool(self.logprobs),
-            "top_logprobs": bool(self.top_logprobs),
             "response_format": bool(self.response_format)
             and (self.response_format or {}).get("type") != "text",
             "tools": bool(self.tools),
@@ -134,19 +92,27 @@ IGNORED_FIELDS = (
 )
 
 
-def ignored_fields(body: dict[str, Any]) -> list[str]:
-    """Fields present in the body that do nothing here: known-ignored ones and unknown ones."""
-    known = set(ChatCompletionRequest.model_fields)
-    return [key for key in body if key in IGNORED_FIELDS or key not in known]
+def logprob_content(entries: list[TokenLogprob]) -> list[dict[str, Any]]:
+    """Chat's `logprobs.content[]` (spec `ChatCompletionTokenLogprob`)."""
+    return [
+        {
+            "token": entry.text,
+            "logprob": entry.logprob,
+            "bytes": list(entry.raw),
+            "top_logprobs": [
+                {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+                for _, text, logprob in entry.top
+            ],
+        }
+        for entry in entries
+    ]
 
 
 def completion_response(
     request_id: str,
     model: str,
-    text: str,
-    finish_reason: str,
-    prompt_tokens: int,
-    completion_tokens: int,
+    choices: list[dict[str, Any]],
+    usage: dict[str, Any],
 ) -> dict[str, Any]:
     """A `chat.completion` object (spec `CreateChatCompletionResponse`)."""
     return {
@@ -154,16 +120,22 @@ def completion_response(
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-        ],
-        "usage": usage_body(prompt_tokens, completion_tokens),
+        "choices": choices,
+        "usage": usage,
         "system_fingerprint": None,
+    }
+
+
+def message_choice(
+    index: int, text: str, finish_reason: str, logprobs: list[TokenLogprob] | None
+) -> dict[str, Any]:
+    return {
+        "index": index,
+        "message": {"role": "assistant", "content": text, "refusal": None},
+        "logprobs": None
+        if logprobs is None
+        else {"content": logprob_content(logprobs), "refusal": None},
+        "finish_reason": finish_reason,
     }
 
 
@@ -171,15 +143,14 @@ def chunk(
     request_id: str,
     model: str,
     created: int,
-    delta: dict[str, Any] | None,
-    finish_reason: str | None = None,
+    choice: dict[str, Any] | None,
     usage: dict[str, Any] | None = None,
     include_usage: bool = False,
 ) -> dict[str, Any]:
     """A `chat.completion.chunk` (spec `CreateChatCompletionStreamResponse`).
 
     With include_usage, every chunk carries `usage: null` and the last one carries the totals with
-    an empty `choices` list (delta None).
+    an empty `choices` list (choice None).
     """
     body: dict[str, Any] = {
         "id": request_id,
@@ -187,20 +158,24 @@ def chunk(
         "created": created,
         "model": model,
         "system_fingerprint": None,
-        "choices": []
-        if delta is None
-        else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [] if choice is None else [choice],
     }
     if include_usage:
         body["usage"] = usage
     return body
 
 
-def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def delta_choice(
+    index: int,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+    logprobs: list[TokenLogprob] | None = None,
+) -> dict[str, Any]:
     return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0},
+        "index": index,
+        "delta": delta,
+        "logprobs": None
+        if logprobs is None
+        else {"content": logprob_content(logprobs), "refusal": None},
+        "finish_reason": finish_reason,
     }

@@ -129,7 +129,17 @@ BAD_BODIES = [
     (json.dumps(chat_body(stop=5)).encode(), "stop"),
     (json.dumps(chat_body(stop=["a", ""])).encode(), "stop"),
     (json.dumps(chat_body(stop=["a", "b", "c", "d", "e"])).encode(), "stop"),
-    (json.dumps(chat_body(n=2)).encode(), "n"),
+    (json.dumps(chat_body(n=0)).encode(), "n"),
+    (json.dumps(chat_body(n=17)).encode(), "n"),
+    (json.dumps(chat_body(logprobs="yes")).encode(), "logprobs"),
+    (json.dumps(chat_body(logprobs=True, top_logprobs=21)).encode(), "top_logprobs"),
+    (json.dumps(chat_body(top_logprobs=2)).encode(), "top_logprobs"),
+    (json.dumps(chat_body(presence_penalty=2.5)).encode(), "presence_penalty"),
+    (json.dumps(chat_body(frequency_penalty=-3)).encode(), "frequency_penalty"),
+    (json.dumps(chat_body(repetition_penalty=0)).encode(), "repetition_penalty"),
+    (json.dumps(chat_body(logit_bias={"abc": 1})).encode(), "logit_bias"),
+    (json.dumps(chat_body(logit_bias={"5": 101})).encode(), "logit_bias"),
+    (json.dumps(chat_body(logit_bias={"5": "1"})).encode(), "logit_bias.5"),
     (
         json.dumps(chat_body(stream_options={"include_usage": "yes"})).encode(),
         "stream_options.include_usage",
@@ -154,10 +164,6 @@ async def test_invalid_utf8_is_a_400(http: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("logprobs", True),
-        ("presence_penalty", 0.5),
-        ("frequency_penalty", 0.5),
-        ("logit_bias", {"1": 5}),
         ("tools", [{"type": "function", "function": {"name": "f"}}]),
         ("response_format", {"type": "json_object"}),
     ],
@@ -246,9 +252,24 @@ async def test_engine_failure_without_stream_is_openai_shaped(http: httpx.AsyncC
 async def test_sampling_fields_reach_the_engine(
     http: httpx.AsyncClient, fake_engine: FakeEngine
 ) -> None:
-    body = chat_body(temperature=0.3, top_p=0.9, top_k=40, min_p=0.05, seed=11, stop=["!", "x"])
+    body = chat_body(
+        temperature=0.3,
+        top_p=0.9,
+        top_k=40,
+        min_p=0.05,
+        seed=11,
+        stop=["!", "x"],
+        presence_penalty=0.5,
+        frequency_penalty=-0.25,
+        repetition_penalty=1.1,
+        logit_bias={"5": -100, "7": 2.5},
+    )
     assert (await http.post(URL, json=body)).status_code == 200
     request = fake_engine.requests[-1]
+    assert request.sampling.presence_penalty == 0.5
+    assert request.sampling.frequency_penalty == -0.25
+    assert request.sampling.repetition_penalty == 1.1
+    assert request.sampling.logit_bias == ((5, -100.0), (7, 2.5))
     assert request.sampling.temperature == 0.3
     assert request.sampling.top_p == 0.9
     assert request.sampling.top_k == 40
@@ -281,3 +302,71 @@ async def test_health(http: httpx.AsyncClient) -> None:
     response = await http.get("/health")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "models": ["fake"], "active": 0}
+
+
+async def test_n_choices_non_streamed(client: AsyncOpenAI) -> None:
+    completion = await client.chat.completions.create(model="fake", messages=HELLO, n=3)  # type: ignore[arg-type]
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    assert all(c.message.content == "Hello there!" for c in completion.choices)
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == 3 * 12
+    assert completion.usage.prompt_tokens == len("<user>hi")
+
+
+async def test_n_choices_streamed_interleaved_by_index(client: AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model="fake",
+        messages=HELLO,  # type: ignore[arg-type]
+        n=2,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [c async for c in stream]
+    texts = {0: "", 1: ""}
+    order = []
+    for c in chunks:
+        for choice in c.choices:
+            texts[choice.index] += choice.delta.content or ""
+            order.append(choice.index)
+    assert texts == {0: "Hello there!", 1: "Hello there!"}
+    assert order[:4] == [0, 1, 0, 1]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 24
+
+
+async def test_logprobs_shape_through_strict_sdk(client: AsyncOpenAI) -> None:
+    completion = await client.chat.completions.create(
+        model="fake",
+        messages=HELLO,  # type: ignore[arg-type]
+        logprobs=True,
+        top_logprobs=2,
+        max_tokens=5,
+    )
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None and logprobs.content is not None
+    assert "".join(t.token for t in logprobs.content) == "Hello"
+    first = logprobs.content[0]
+    assert first.logprob == -0.5 and first.bytes == list(b"H")
+    assert [t.token for t in first.top_logprobs] == ["x", "y"]
+
+
+async def test_logprobs_streamed_through_strict_sdk(client: AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model="fake",
+        messages=HELLO,  # type: ignore[arg-type]
+        logprobs=True,
+        stream=True,
+        max_tokens=4,
+    )
+    tokens = [
+        t.token
+        async for c in stream
+        for choice in c.choices
+        if choice.logprobs and choice.logprobs.content
+        for t in choice.logprobs.content
+    ]
+    assert "".join(tokens) == "Hell"
+
+
+async def test_without_logprobs_the_field_is_null(client: AsyncOpenAI) -> None:
+    completion = await client.chat.completions.create(model="fake", messages=HELLO)  # type: ignore[arg-type]
+    assert completion.choices[0].logprobs is None
