@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from engines.pool import EnginePool
 from server.errors import install_error_handlers
-from server.routes import chat, health, models
+from server.routes import chat, completions, health, models
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
     app.state.pool = engine_pool
     install_error_handlers(app)
     app.include_router(chat.router)
+    app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(health.router)
     return app

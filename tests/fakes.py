@@ -12,12 +12,13 @@ import time
 from typing import Any
 
 from engines.bridge import RequestStream
-from engines.errors import EngineFailed
+from engines.errors import EngineFailed, InvalidRequest
 from engines.llm.engine import LLMEngine, ModelInfo
 from engines.types import (
     ErrorEvent,
     FinishEvent,
     GenerationRequest,
+    PromptEvent,
     TokenEvent,
     TokenLogprob,
     Usage,
@@ -33,7 +34,9 @@ class FakeEngine:
         context_length: int = 64,
         fail_after: int | None = None,
         prefill_delay_s: float = 0.0,
+        fim_tokens: tuple[str, str, str] | None = None,
     ) -> None:
+        self.fim_tokens = fim_tokens
         self.prefill_delay_s = prefill_delay_s
         self.name = name
         self.reply = reply
@@ -56,7 +59,9 @@ class FakeEngine:
         return self._running
 
     def start(self) -> None:
-        self.info = ModelInfo(self.name, "/fake", self._context_length, frozenset({0}), 1700000000)
+        self.info = ModelInfo(
+            self.name, "/fake", self._context_length, frozenset({0}), 1700000000, self.fim_tokens
+        )
         self._running = True
 
     async def wait_loaded(self) -> None:
@@ -68,6 +73,22 @@ class FakeEngine:
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         text = "".join(f"<{m['role']}>{m.get('content') or ''}" for m in messages)
         return [ord(c) for c in text]
+
+    def encode_text(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    def encode_fim(self, prefix: str, suffix: str) -> list[int]:
+        if self.fim_tokens is None:
+            raise InvalidRequest("fake has no fill-in-the-middle tokens", param="suffix")
+        pre, suf, mid = self.fim_tokens
+        return self.encode_text(f"{pre}{prefix}{suf}{suffix}{mid}")
+
+    def decode(self, tokens: list[int]) -> str:
+        return "".join(chr(t) for t in tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return 0x110000
 
     check_fits = LLMEngine.check_fits
 
@@ -82,6 +103,12 @@ class FakeEngine:
     def _generate(self, request: GenerationRequest, stream: RequestStream) -> None:
         """Choices take turns, one character each, like sequences sharing an engine step."""
         time.sleep(self.prefill_delay_s)
+        if request.prompt_logprobs:
+            first = TokenLogprob(request.prompt_tokens[0], chr(request.prompt_tokens[0]), b"", None)
+            rest = [
+                TokenLogprob(t, chr(t), chr(t).encode(), -2.0) for t in request.prompt_tokens[1:]
+            ]
+            stream.push(PromptEvent([first, *rest]))
         produced = [0] * request.n
         done = [False] * request.n
         while not all(done):

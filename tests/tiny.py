@@ -19,7 +19,14 @@ from mlx.utils import tree_flatten
 from engines.weights.gguf import build_tokenizer
 from engines.weights.store import COMPLETE_MARKER
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|fim_prefix|>",
+    "<|fim_suffix|>",
+    "<|fim_middle|>",
+]
 EOS_ID = 2
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"

@@ -347,6 +347,12 @@ class LLMEngine(EngineThread):
         request = prefill.request
         if request.prompt_logprobs:
             prefill.stream.push(PromptEvent(self._prompt_logprobs(prefill)))
+        if request.max_tokens == 0:  # scoring only (completions' echo with max_tokens 0)
+            usage = Usage(len(request.prompt_tokens), 0)
+            self._release(request.n)
+            for index in range(request.n):
+                prefill.stream.push(FinishEvent("length", usage, index))
+            return
         last = mx.array(prefill.to_prefill)
         logits = self._model(last[None], cache=prefill.cache)[:, -1, :]
         if request.n > 1:

@@ -44,3 +44,12 @@ def client(http: httpx.AsyncClient) -> AsyncOpenAI:
         _strict_response_validation=True,
         max_retries=0,
     )
+
+
+@pytest.fixture
+def loose_client(http: httpx.AsyncClient) -> AsyncOpenAI:
+    """The SDK without strict validation: for streamed /v1/completions, whose chunks carry
+    `finish_reason: null` as OpenAI's API sends them, which the SDK's `Completion` type forbids."""
+    return AsyncOpenAI(
+        base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0
+    )

@@ -1,0 +1,212 @@
+"""`POST /v1/completions`: raw prompts (strings or token ids, one or many), `suffix` for
+fill-in-the-middle, `echo`, legacy `logprobs`, n, streaming.
+
+Choice indices follow OpenAI: prompt p's choice i has index p * n + i.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from engines.bridge import RequestStream
+from engines.pool import TextEngine
+from engines.types import (
+    ErrorEvent,
+    FinishEvent,
+    GenerationRequest,
+    PromptEvent,
+    TokenEvent,
+    TokenLogprob,
+)
+from server import sse
+from server.body import read_json_object, validate
+from server.errors import APIError, from_engine_error
+from server.generation import check_limits, collect, merge, unless_disconnected
+from server.schemas.common import ignored_fields, usage_body
+from server.schemas.completions import (
+    IGNORED_FIELDS,
+    CompletionRequest,
+    completion_body,
+    legacy_logprobs,
+    text_choice,
+)
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+
+
+def _encode(
+    engine: TextEngine, completion: CompletionRequest, prompt: str | list[int]
+) -> tuple[str, list[int]]:
+    """(prompt text, prompt tokens) for one prompt."""
+    if isinstance(prompt, list):
+        if completion.suffix is not None:
+            raise APIError(400, "suffix needs a text prompt, not token ids", param="suffix")
+        vocab = engine.vocab_size
+        if any(not 0 <= token < vocab for token in prompt):
+            raise APIError(400, f"prompt token ids must be in 0..{vocab - 1}", param="prompt")
+        return engine.decode(prompt), prompt
+    if completion.suffix is not None:
+        return prompt, engine.encode_fim(prompt, completion.suffix)
+    return prompt, engine.encode_text(prompt)
+
+
+@router.post("/v1/completions")
+async def create_completion(request: Request) -> Response:
+    settings = request.app.state.settings
+    pool = request.app.state.pool
+    body = await read_json_object(request, settings.max_body_bytes)
+    completion = validate(CompletionRequest, body)
+    check_limits(completion, settings.max_stop_sequences, settings.max_n)
+    if completion.best_of not in (None, completion.choices):
+        raise APIError(
+            400,
+            "best_of other than n is not supported; use n",
+            param="best_of",
+            code="unsupported_parameter",
+        )
+    if completion.echo and completion.suffix is not None:
+        raise APIError(400, "echo cannot be combined with suffix", param="echo")
+    prompts = completion.prompts()
+    if (total := len(prompts) * completion.choices) > settings.max_n:
+        raise APIError(
+            400, f"prompts × n must be at most {settings.max_n}, got {total}", param="prompt"
+        )
+    engine = pool.acquire(completion.model)
+    request_id = f"cmpl-{uuid.uuid4().hex}"
+    texts: list[str] = []
+    generations: list[GenerationRequest] = []
+    for position, prompt in enumerate(prompts):
+        text, tokens = _encode(engine, completion, prompt)
+        max_tokens = engine.check_fits(len(tokens), completion.max_tokens, param="prompt")
+        texts.append(text)
+        generations.append(
+            GenerationRequest(
+                f"{request_id}-{position}",
+                tokens,
+                max_tokens,
+                completion.sampling(),
+                completion.stop_sequences(),
+                n=completion.choices,
+                logprobs=completion.logprobs,
+                prompt_logprobs=bool(completion.echo) and completion.logprobs is not None,
+            )
+        )
+    headers = {"x-request-id": request_id}
+    if ignored := ignored_fields(body, CompletionRequest, IGNORED_FIELDS):
+        headers["x-mlxd-ignored-fields"] = ",".join(ignored)
+    logger.info(
+        "%s completion model=%s prompts=%d n=%d stream=%s",
+        request_id,
+        completion.model,
+        len(prompts),
+        completion.choices,
+        bool(completion.stream),
+    )
+    streams = [engine.submit(generation) for generation in generations]
+    if completion.stream:
+        events = _stream_chunks(request_id, completion, texts, generations, streams, settings)
+        return sse.event_stream(events, headers, settings)
+    return await _complete(request, request_id, completion, texts, streams, headers)
+
+
+async def _complete(
+    request: Request,
+    request_id: str,
+    completion: CompletionRequest,
+    texts: list[str],
+    streams: list[RequestStream],
+    headers: dict[str, str],
+) -> Response:
+    async def collect_all() -> list[Any]:
+        return [await collect(stream) for stream in streams]
+
+    results = await unless_disconnected(request, collect_all(), streams)
+    if results is None:
+        logger.info("%s client disconnected; cancelled", request_id)
+        return Response(status_code=499)
+    choices = []
+    prompt_tokens = completion_tokens = 0
+    for position, result in enumerate(results):
+        if result.error is not None:
+            error = from_engine_error(result.error)
+            return JSONResponse(error.body(), status_code=error.status, headers=headers)
+        prompt_tokens += result.prompt_tokens
+        for index, choice in sorted(result.choices.items()):
+            completion_tokens += choice.completion_tokens
+            prefix = texts[position] if completion.echo else ""
+            logprobs = None
+            if completion.logprobs is not None:
+                entries = (result.prompt_logprobs if completion.echo else []) + choice.logprobs
+                logprobs = legacy_logprobs(entries)
+            number = position * completion.choices + index
+            choices.append(
+                text_choice(number, prefix + choice.text, choice.finish_reason, logprobs)
+            )
+    usage = usage_body(prompt_tokens, completion_tokens)
+    body = completion_body(request_id, completion.model, choices, usage)
+    return JSONResponse(body, headers=headers)
+
+
+async def _stream_chunks(
+    request_id: str,
+    completion: CompletionRequest,
+    texts: list[str],
+    generations: list[GenerationRequest],
+    streams: list[RequestStream],
+    settings: Any,
+) -> AsyncIterator[dict[str, str]]:
+    created = int(time.time())
+    n = completion.choices
+    with_logprobs = completion.logprobs is not None
+    offsets: dict[int, int] = {}  # text_offset reached by each choice
+
+    def frame(choice: dict[str, Any] | None, usage: dict[str, Any] | None = None) -> dict[str, str]:
+        choices = [] if choice is None else [choice]
+        return sse.data(completion_body(request_id, completion.model, choices, usage, created))
+
+    def text_frame(number: int, text: str, entries: list[TokenLogprob]) -> dict[str, str]:
+        logprobs = None
+        if with_logprobs:
+            logprobs = legacy_logprobs(entries, offsets.get(number, 0))
+        offsets[number] = offsets.get(number, 0) + len(text)
+        return frame(text_choice(number, text, None, logprobs))
+
+    ended = False
+    completion_tokens = 0
+    try:
+        if completion.echo and not with_logprobs:  # with logprobs the PromptEvent carries it
+            for position, text in enumerate(texts):
+                for index in range(n):
+                    yield text_frame(position * n + index, text, [])
+        async for position, event in merge(streams, settings.stream_interval_ms / 1000):
+            if isinstance(event, PromptEvent):
+                for index in range(n):
+                    yield text_frame(position * n + index, texts[position], event.logprobs)
+            elif isinstance(event, TokenEvent):
+                if event.text or event.logprobs:
+                    yield text_frame(position * n + event.index, event.text, event.logprobs)
+            elif isinstance(event, FinishEvent):
+                completion_tokens += event.usage.completion_tokens
+                yield frame(text_choice(position * n + event.index, "", event.reason, None))
+            elif isinstance(event, ErrorEvent):
+                logger.error("%s failed in stream: %s", request_id, event.error)
+                yield sse.data(from_engine_error(event.error).body())
+                break
+        ended = True
+        if completion.include_usage:
+            prompt_tokens = sum(len(g.prompt_tokens) for g in generations)
+            yield frame(None, usage_body(prompt_tokens, completion_tokens))
+        yield sse.done()
+    finally:
+        if not ended:
+            for stream in streams:
+                stream.cancel()
+            logger.info("%s stream closed early; cancelling", request_id)
