@@ -73,3 +73,19 @@ async def test_slow_reader_loses_nothing() -> None:
                     delta = json.loads(line.removeprefix("data: "))["choices"][0]["delta"]
                     text += delta.get("content", "")
     assert text == engine.reply[:1000]
+
+
+async def test_keepalive_comments_while_the_prompt_is_processed() -> None:
+    engine = FakeEngine(reply="ok", prefill_delay_s=0.6, context_length=4096)
+    settings = Settings(keepalive_interval_s=0.1)
+    lines: list[str] = []
+    with serve(create_app(settings, EnginePool([engine]))) as url:
+        async with (
+            httpx.AsyncClient(base_url=url) as http,
+            http.stream("POST", "/v1/chat/completions", json=body(True)) as response,
+        ):
+            lines = [line async for line in response.aiter_lines() if line]
+    first_content = next(i for i, line in enumerate(lines) if '"content":"o' in line)
+    keepalives = [i for i, line in enumerate(lines) if line.startswith(": keep-alive")]
+    assert len([i for i in keepalives if i < first_content]) >= 3
+    assert lines[-1] == "data: [DONE]"
