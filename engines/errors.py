@@ -25,6 +25,10 @@ class InvalidRequest(EngineError):
     """The request cannot be served by this model as asked (e.g. a template cannot render it)."""
 
 
+class KVBudgetExceeded(EngineError):
+    """The request could never fit the engine's KV memory budget, even running alone."""
+
+
 class Overloaded(EngineError):
     """The engine's waiting queue is full: retry later."""
 

@@ -22,6 +22,7 @@ from engines.errors import (
     EngineFailed,
     EngineUnavailable,
     InvalidRequest,
+    KVBudgetExceeded,
     ModelNotFound,
     Overloaded,
 )
@@ -33,6 +34,7 @@ ERRORS: dict[type[EngineError], tuple[int, str, str | None]] = {
     ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     ContextTooLong: (400, "invalid_request_error", "context_length_exceeded"),
     InvalidRequest: (400, "invalid_request_error", None),
+    KVBudgetExceeded: (400, "invalid_request_error", "kv_budget_exceeded"),
     Overloaded: (429, "rate_limit_error", "overloaded"),
     EngineUnavailable: (503, "server_error", "model_unavailable"),
     EngineFailed: (500, "server_error", "engine_failed"),

@@ -17,29 +17,26 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from mlx.utils import tree_flatten
 
 from engines.bridge import RequestStream
-from engines.errors import ContextTooLong, InvalidRequest
-from engines.llm.detokenize import IncrementalDetokenizer, StopMatcher, TokenBytes
-from engines.llm.sampling import (
-    Sampled,
-    TokenSampler,
-    choice_seed,
-    host_list,
-    host_scalar,
-    top_k_logprobs,
-)
+from engines.errors import ContextTooLong, InvalidRequest, KVBudgetExceeded, Overloaded
+from engines.llm.batch import DecodeBatch
+from engines.llm.detokenize import IncrementalDetokenizer, TokenBytes
+from engines.llm.prefix_cache import PrefixCache
+from engines.llm.sampling import Sampled, TokenSampler, choice_seed, host_list, top_k_logprobs
+from engines.llm.sequence import Choice, Vocabulary
 from engines.llm.templates import render_chat
 from engines.types import (
     ErrorEvent,
     FinishEvent,
-    FinishReason,
     GenerationRequest,
     PromptEvent,
-    TokenEvent,
     TokenLogprob,
     Usage,
 )
@@ -73,66 +70,71 @@ FIM_TOKEN_SETS = (
 
 
 @dataclass
-class _Entry:
-    """An output token waiting for its text to be released (only kept when logprobs are asked)."""
-
-    token: int
-    text: str
-    logprob: float
-    top: tuple[tuple[int, float], ...]
-
-
-@dataclass
 class _Prefill:
+    """A request whose prompt is being fed into its KV cache (before its choices decode)."""
+
     request: GenerationRequest
     stream: RequestStream
     cache: list[Any]
     sampler: TokenSampler
     to_prefill: list[int]
+    cached_tokens: int = 0
     prompt_scores: list[tuple[float, tuple[tuple[int, float], ...]]] = field(default_factory=list)
 
 
-@dataclass
-class _Sequence:
-    request: GenerationRequest
-    stream: RequestStream
-    index: int
-    cache: list[Any]
-    sampler: TokenSampler
-    detokenizer: IncrementalDetokenizer
-    stops: StopMatcher
-    next: Sampled | None = None  # scheduled for the next read
-    generated: int = 0
-    unsent_token_ids: list[int] = field(default_factory=list)
-    entries: list[_Entry] = field(default_factory=list)
-    released_chars: int = 0  # characters of entries[0].text already sent
+@dataclass(frozen=True)
+class EngineLimits:
+    """Admission control: running choices, waiting requests and the KV memory budget."""
+
+    max_batch: int = 32
+    max_waiting: int = 64
+    kv_budget_bytes: int | None = None  # None: derived from the device's memory at load
+    prefix_cache_bytes: int = 1 << 30
 
 
 class LLMEngine(EngineThread):
     """One model, one thread. `submit` and the properties are called from the event loop."""
 
-    def __init__(self, name: str, path: Path, prefill_chunk: int = 512) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        prefill_chunk: int = 512,
+        limits: EngineLimits | None = None,
+    ) -> None:
         super().__init__(name)
         self.path = path
         self.prefill_chunk = prefill_chunk
+        self.limits = limits or EngineLimits()
         self.info: ModelInfo | None = None
         self.tokenizer: Any = None
         self.vocab_size = 0
+        self.kv_bytes_per_token = 0
+        self.kv_budget_bytes = 0
+        self.prefix_cache: PrefixCache | None = None
         self._model: Any = None
-        self._token_bytes: TokenBytes | None = None
+        self._vocabulary: Vocabulary | None = None
+        self._waiting: deque[tuple[GenerationRequest, RequestStream]] = deque()
         self._prefilling: list[_Prefill] = []
-        self._running: list[_Sequence] = []
-        self._active_lock = threading.Lock()
-        self._active = 0
+        self._batch: DecodeBatch | None = None
+        self._counts_lock = threading.Lock()
+        self._active = 0  # choices accepted and not finished
+        self._queued = 0  # requests accepted and not yet admitted to prefill
         self._steps = 0
         self.tokens_generated = 0
+        self.largest_batch = 0  # most rows decoded together so far (for tests and metrics)
 
     # -- event loop side ---------------------------------------------------------------------
 
     @property
     def active(self) -> int:
-        """Choices accepted and not yet finished (queued, prefilling or decoding)."""
+        """Choices accepted and not yet finished (waiting, prefilling or decoding)."""
         return self._active
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for admission (the queue that overflows into 429s)."""
+        return self._queued
 
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         """Render the model's chat template and tokenize; pure Python (no MLX), any thread."""
@@ -152,9 +154,8 @@ class LLMEngine(EngineThread):
                 param="suffix",
             )
         pre, suf, mid = self.info.fim_tokens
-        return list(
-            self.tokenizer.encode(f"{pre}{prefix}{suf}{suffix}{mid}", add_special_tokens=False)
-        )
+        text = f"{pre}{prefix}{suf}{suffix}{mid}"
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def decode(self, tokens: list[int]) -> str:
         return str(self.tokenizer.decode(tokens))
@@ -183,10 +184,23 @@ class LLMEngine(EngineThread):
             )
         return max_tokens
 
+    def kv_bytes(self, choices: int, tokens: int) -> int:
+        """KV memory of `choices` rows of a dense batch cache `tokens` long (256-token steps)."""
+        rounded = -(-tokens // 256) * 256
+        return choices * rounded * self.kv_bytes_per_token
+
     def submit(self, request: GenerationRequest) -> RequestStream:
-        """Queue a request; its events arrive on the returned stream (on the calling loop)."""
+        """Queue a request; its events arrive on the returned stream (on the calling loop).
+
+        Raises before anything is queued: InvalidRequest (cannot be served as asked),
+        KVBudgetExceeded (could never fit in memory on its own), Overloaded (queue full).
+        """
         if not request.prompt_tokens:
             raise InvalidRequest("the prompt is empty", param="prompt")
+        if request.n > self.limits.max_batch:
+            raise InvalidRequest(
+                f"n={request.n} exceeds this engine's batch of {self.limits.max_batch}", param="n"
+            )
         bad = [t for t, _ in request.sampling.logit_bias if not 0 <= t < self.vocab_size]
         if bad:
             raise InvalidRequest(
@@ -194,9 +208,25 @@ class LLMEngine(EngineThread):
                 f"{bad[:5]}",
                 param="logit_bias",
             )
-        stream = RequestStream(request.request_id, choices=request.n)
-        with self._active_lock:
+        need = self.kv_bytes(request.n, len(request.prompt_tokens) + request.max_tokens)
+        if need > self.kv_budget_bytes:
+            raise KVBudgetExceeded(
+                f"This request needs {need / 2**20:.0f} MiB of KV cache ({request.n} × "
+                f"{len(request.prompt_tokens) + request.max_tokens} tokens), more than the "
+                f"engine's budget of {self.kv_budget_bytes / 2**20:.0f} MiB; lower max_tokens "
+                "or n",
+                param="max_tokens",
+            )
+        with self._counts_lock:
+            if self._queued >= self.limits.max_waiting:
+                raise Overloaded(
+                    f"model '{self.name}' has {self._queued} requests waiting, the most it queues;"
+                    " retry shortly",
+                    retry_after_s=1,
+                )
+            self._queued += 1
             self._active += request.n
+        stream = RequestStream(request.request_id, choices=request.n)
         self.post((request, stream))
         return stream
 
@@ -210,7 +240,6 @@ class LLMEngine(EngineThread):
         model, tokenizer, config = load(str(self.path), return_config=True)  # type: ignore[misc]
         self._model = model
         self.tokenizer = tokenizer
-        self._token_bytes = TokenBytes(tokenizer)
         self.vocab_size = int(config.get("vocab_size") or len(tokenizer.vocab))
         context = int(
             config.get("max_position_embeddings")
@@ -219,26 +248,134 @@ class LLMEngine(EngineThread):
         )
         vocab = tokenizer.vocab
         fim = next((s for s in FIM_TOKEN_SETS if all(t in vocab for t in s)), None)
+        eos = frozenset(int(t) for t in tokenizer.eos_token_ids)
         self.info = ModelInfo(
             name=self.name,
             path=str(self.path),
             context_length=context,
-            eos_token_ids=frozenset(int(t) for t in tokenizer.eos_token_ids),
+            eos_token_ids=eos,
             created=int(self.path.stat().st_mtime),
             fim_tokens=fim,
         )
-        # Warm up: compile kernels and allocate buffers before the first request is timed.
-        warm_cache = make_prompt_cache(model)
-        mx.eval(model(mx.array([[0, 1]]), cache=warm_cache))
-        logger.info("engine %s loaded %s (context %d)", self.name, self.path, context)
+        self._vocabulary = Vocabulary(tokenizer, TokenBytes(tokenizer), eos)
+        # Warm up (compile kernels, allocate buffers) and measure the KV bytes per token.
+        probe = make_prompt_cache(model)
+        mx.eval(model(mx.array([[0, 1]]), cache=probe))
+        self.kv_bytes_per_token = sum(
+            (c.keys.nbytes + c.values.nbytes) // c.keys.shape[2] for c in probe
+        )
+        parameters = cast(list[tuple[str, Any]], tree_flatten(model.parameters()))
+        weights = sum(int(array.nbytes) for _, array in parameters)
+        self.kv_budget_bytes = self.limits.kv_budget_bytes or default_kv_budget(weights)
+        self.prefix_cache = PrefixCache(self.limits.prefix_cache_bytes)
+        self._batch = DecodeBatch(model)
+        logger.info(
+            "engine %s loaded %s (context %d, %d KiB KV per token, KV budget %d MiB)",
+            self.name,
+            self.path,
+            context,
+            self.kv_bytes_per_token // 1024,
+            self.kv_budget_bytes // 2**20,
+        )
 
     def unload(self) -> None:
         self._model = None
+        self._batch = None
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
 
     def handle(self, message: Any) -> None:
+        self._waiting.append(message)
+
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._prefilling or self._batch)
+
+    def fail_all(self, error: Exception) -> None:
+        streams: dict[int, RequestStream] = {}
+        for request, stream in self._waiting:
+            self._count(-request.n, -1)
+            streams[id(stream)] = stream
+        for prefill in self._prefilling:
+            self._count(-prefill.request.n)
+            streams[id(prefill.stream)] = prefill.stream
+        if self._batch is not None:
+            for choice in self._batch.choices:
+                self._count(-1)
+                streams[id(choice.stream)] = choice.stream
+            self._batch.keep([])
+        self._waiting.clear()
+        self._prefilling.clear()
+        for stream in streams.values():
+            stream.push(ErrorEvent(error))
+
+    def step(self) -> None:
+        import mlx.core as mx
+
+        assert self._batch is not None
+        batch = self._batch
+        self._drop_cancelled()
+        self._admit()
+        batch.join(self._prefill_some())
+        self.largest_batch = max(self.largest_batch, len(batch))
+        current = batch.schedule()
+        if current is None:
+            return
+        finished: list[int] = []
+        for row, token in enumerate(batch.read(current)):
+            choice = batch.choices[row]
+            self.tokens_generated += 1
+            if choice.accept(token, current.extras[row]):
+                finished.append(row)
+        if finished:
+            self._retire(finished)
+        self._steps += 1
+        if self._steps % _CLEAR_CACHE_EVERY == 0:
+            mx.clear_cache()
+
+    def _retire(self, rows: list[int]) -> None:
+        """Finished rows leave the batch; their KV goes to the prefix cache."""
+        assert self._batch is not None
+        batch = self._batch
+        for row in rows:
+            choice = batch.choices[row]
+            if self.prefix_cache is not None and choice.index == 0:
+                # The row holds the prompt and every accepted token (the last one was fed into
+                # the step scheduled after it), i.e. exactly prompt + choice.tokens.
+                tokens = choice.request.prompt_tokens + choice.tokens
+                self.prefix_cache.insert(tokens, batch.extract(row))
+        finished = set(rows)
+        batch.keep([i for i in range(len(batch)) if i not in finished])
+
+    def _admit(self) -> None:
+        """Move waiting requests to prefill while the batch has room and the KV budget allows."""
+        assert self._batch is not None
+        while self._waiting:
+            request, stream = self._waiting[0]
+            rows = len(self._batch) + sum(p.request.n for p in self._prefilling)
+            if rows and rows + request.n > self.limits.max_batch:
+                return
+            longest = max(
+                [
+                    self._batch.longest,
+                    *(
+                        p.request.max_tokens + len(p.request.prompt_tokens)
+                        for p in self._prefilling
+                    ),
+                ]
+            )
+            needed = len(request.prompt_tokens) + request.max_tokens
+            if (
+                rows
+                and self.kv_bytes(rows + request.n, max(longest, needed)) > self.kv_budget_bytes
+            ):
+                return  # waits until running choices finish and free their rows
+            self._waiting.popleft()
+            self._count(0, -1)
+            self._prefilling.append(self._start_prefill(request, stream))
+
+    def _start_prefill(self, request: GenerationRequest, stream: RequestStream) -> _Prefill:
         from mlx_lm.models.cache import make_prompt_cache
 
-        request, stream = message
         sampler = TokenSampler(
             request.sampling,
             choice_seed(request.sampling.seed, 0),
@@ -246,66 +383,19 @@ class LLMEngine(EngineThread):
             request.prompt_tokens,
             request.logprobs,
         )
-        self._prefilling.append(
-            _Prefill(
-                request,
-                stream,
-                make_prompt_cache(self._model),
-                sampler,
-                list(request.prompt_tokens),
-            )
-        )
+        cache, reused = None, 0
+        if self.prefix_cache is not None and not request.prompt_logprobs:
+            cache, reused = self.prefix_cache.lookup(request.prompt_tokens)
+        if cache is None:
+            cache = make_prompt_cache(self._model)
+        remaining = list(request.prompt_tokens[reused:])
+        return _Prefill(request, stream, cache, sampler, remaining, cached_tokens=reused)
 
-    def has_work(self) -> bool:
-        return bool(self._prefilling or self._running)
-
-    def fail_all(self, error: Exception) -> None:
-        for prefill in self._prefilling:
-            self._release(prefill.request.n)
-            prefill.stream.push(ErrorEvent(error))
-        for sequence in self._running:
-            self._release(1)
-            sequence.stream.push(ErrorEvent(error))
-        self._prefilling.clear()
-        self._running.clear()
-
-    def step(self) -> None:
+    def _prefill_some(self) -> list[tuple[Choice, list[Any], Sampled]]:
+        """Feed up to `prefill_chunk` prompt tokens; return the choices ready to decode."""
         import mlx.core as mx
 
-        self._drop_cancelled()
-        self._prefill_some()
-        if not self._running:
-            return
-        # Schedule every running sequence's next token before reading any back (pipelining).
-        scheduled: list[tuple[_Sequence, Sampled | None]] = []
-        for sequence in self._running:
-            upcoming = None
-            if sequence.generated + 1 < sequence.request.max_tokens:
-                assert sequence.next is not None
-                upcoming = self._forward_and_sample(
-                    sequence.cache, sequence.sampler, sequence.next.token
-                )
-                mx.async_eval(upcoming.arrays() + sequence.sampler.state())
-            scheduled.append((sequence, upcoming))
-        finished: list[_Sequence] = []
-        for sequence, upcoming in scheduled:
-            current, sequence.next = sequence.next, upcoming
-            assert current is not None
-            if self._accept(sequence, current):
-                finished.append(sequence)
-        for sequence in finished:
-            self._running.remove(sequence)
-        self._steps += 1
-        if self._steps % _CLEAR_CACHE_EVERY == 0:
-            mx.clear_cache()
-
-    def _forward_and_sample(self, cache: list[Any], sampler: TokenSampler, tokens: Any) -> Sampled:
-        logits = self._model(tokens.reshape(1, -1), cache=cache)
-        return sampler(logits[:, -1, :])
-
-    def _prefill_some(self) -> None:
-        import mlx.core as mx
-
+        ready: list[tuple[Choice, list[Any], Sampled]] = []
         budget = self.prefill_chunk
         while self._prefilling and budget > 0:
             prefill = self._prefilling[0]
@@ -322,7 +412,8 @@ class LLMEngine(EngineThread):
             if len(prefill.to_prefill) == 1 and budget > 0:
                 budget -= 1
                 self._prefilling.pop(0)
-                self._start_choices(prefill)
+                ready.extend(self._start_choices(prefill))
+        return ready
 
     def _score_prompt(self, prefill: _Prefill, logits: Any, targets: list[int]) -> None:
         """Logprobs of the prompt's tokens given what precedes them (completions' echo)."""
@@ -340,43 +431,46 @@ class LLMEngine(EngineThread):
         for logprob, row_ids, row_values in zip(host_list(chosen), ids, values, strict=True):
             prefill.prompt_scores.append((logprob, tuple(zip(row_ids, row_values, strict=True))))
 
-    def _start_choices(self, prefill: _Prefill) -> None:
+    def _start_choices(self, prefill: _Prefill) -> list[tuple[Choice, list[Any], Sampled]]:
         """Run the last prompt token, then fork the cache and sampler into n choices."""
         import mlx.core as mx
 
+        assert self._vocabulary is not None
         request = prefill.request
         if request.prompt_logprobs:
             prefill.stream.push(PromptEvent(self._prompt_logprobs(prefill)))
         if request.max_tokens == 0:  # scoring only (completions' echo with max_tokens 0)
             usage = Usage(len(request.prompt_tokens), 0)
-            self._release(request.n)
+            self._count(-request.n)
             for index in range(request.n):
                 prefill.stream.push(FinishEvent("length", usage, index))
-            return
+            return []
         last = mx.array(prefill.to_prefill)
         logits = self._model(last[None], cache=prefill.cache)[:, -1, :]
-        if request.n > 1:
-            mx.eval(logits, [c.state for c in prefill.cache])
+        mx.eval(logits, [c.state for c in prefill.cache])
+        ready = []
         for index in range(request.n):
             if index == 0:
                 cache, sampler = prefill.cache, prefill.sampler
             else:
                 cache = copy.deepcopy(prefill.cache)
                 sampler = prefill.sampler.fork(choice_seed(request.sampling.seed, index))
-            sequence = _Sequence(
-                request=request,
-                stream=prefill.stream,
-                index=index,
-                cache=cache,
-                sampler=sampler,
-                detokenizer=IncrementalDetokenizer(self.tokenizer),
-                stops=StopMatcher(request.stop),
+            choice = Choice(
+                request,
+                prefill.stream,
+                index,
+                sampler,
+                self._vocabulary,
+                on_finish=lambda: self._count(-1),
+                cached_tokens=prefill.cached_tokens,
             )
-            sequence.next = sampler(logits)
-            mx.async_eval(sequence.next.arrays() + sampler.state())
-            self._running.append(sequence)
+            sampled = sampler(logits)
+            mx.async_eval(*sampled.arrays(), *sampler.state())
+            ready.append((choice, cache, sampled))
+        return ready
 
     def _prompt_logprobs(self, prefill: _Prefill) -> list[TokenLogprob]:
+        assert self._vocabulary is not None
         tokens = prefill.request.prompt_tokens
         detokenizer = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=False)
         texts = [detokenizer.add(t) for t in tokens]
@@ -384,106 +478,56 @@ class LLMEngine(EngineThread):
         scores: list[tuple[float | None, tuple[tuple[int, float], ...]]] = [(None, ())]
         scores += prefill.prompt_scores
         return [
-            self._token_logprob(token, text, logprob, top)
+            self._vocabulary.logprob(token, text, logprob, top)
             for token, text, (logprob, top) in zip(tokens, texts, scores, strict=True)
         ]
 
-    def _token_logprob(
-        self, token: int, text: str, logprob: float | None, top: tuple[tuple[int, float], ...]
-    ) -> TokenLogprob:
-        assert self._token_bytes is not None
-        alternatives = tuple((t, self.decode([t]), lp) for t, lp in top)
-        return TokenLogprob(token, text, self._token_bytes(token), logprob, alternatives)
-
-    def _accept(self, sequence: _Sequence, sampled: Sampled) -> bool:
-        """Handle one sampled token; True when the sequence has finished."""
-        assert self.info is not None
-        token = int(host_scalar(sampled.token))
-        sequence.generated += 1
-        self.tokens_generated += 1
-        request = sequence.request
-        if token in self.info.eos_token_ids or token in request.stop_token_ids:
-            self._finish(sequence, "stop", "", flush=True)
-            return True
-        sequence.unsent_token_ids.append(token)
-        delta = sequence.detokenizer.add(token)
-        if request.logprobs is not None:
-            assert sampled.logprob is not None
-            top: tuple[tuple[int, float], ...] = ()
-            if sampled.top_ids is not None and sampled.top_logprobs is not None:
-                top = tuple(
-                    zip(
-                        host_list(sampled.top_ids[0]),
-                        host_list(sampled.top_logprobs[0]),
-                        strict=True,
-                    )
-                )
-            sequence.entries.append(_Entry(token, delta, host_scalar(sampled.logprob), top))
-        text, stopped = sequence.stops.feed(delta)
-        if stopped:
-            self._finish(sequence, "stop", text, flush=False)
-            return True
-        if sequence.generated >= request.max_tokens:
-            self._finish(sequence, "length", text, flush=True)
-            return True
-        if text:
-            self._send(sequence, text, self._release_entries(sequence, len(text)))
-        return False
-
-    def _release_entries(self, sequence: _Sequence, sent_chars: int) -> list[TokenLogprob]:
-        """Entries whose whole text has now been sent (keeps token texts aligned with the text)."""
-        released: list[TokenLogprob] = []
-        available = sequence.released_chars + sent_chars
-        while sequence.entries and len(sequence.entries[0].text) <= available:
-            entry = sequence.entries.pop(0)
-            available -= len(entry.text)
-            released.append(self._token_logprob(entry.token, entry.text, entry.logprob, entry.top))
-        sequence.released_chars = available
-        return released
-
-    def _send(self, sequence: _Sequence, text: str, logprobs: list[TokenLogprob]) -> None:
-        event = TokenEvent(text, sequence.unsent_token_ids, sequence.index, logprobs)
-        sequence.stream.push(event)
-        sequence.unsent_token_ids = []
-
-    def _finish(self, sequence: _Sequence, reason: FinishReason, text: str, flush: bool) -> None:
-        """End a sequence; `flush` releases held-back text (not after a stop string matched)."""
-        if flush:
-            tail = sequence.detokenizer.flush()
-            if tail and sequence.entries:
-                sequence.entries[-1].text += tail
-            more, stopped = sequence.stops.feed(tail)
-            text += more if stopped else more + sequence.stops.flush()
-        logprobs = self._release_entries(sequence, len(text))
-        if sequence.entries and sequence.released_chars:  # a token cut by a stop string
-            entry = sequence.entries[0]
-            cut = entry.text[: sequence.released_chars]
-            logprobs.append(self._token_logprob(entry.token, cut, entry.logprob, entry.top))
-        sequence.entries.clear()
-        if text or sequence.unsent_token_ids or logprobs:
-            self._send(sequence, text, logprobs)
-        usage = Usage(len(sequence.request.prompt_tokens), sequence.generated)
-        sequence.cache = []
-        self._release(1)
-        sequence.stream.push(FinishEvent(reason, usage, sequence.index))  # after the count drops
-
-    def _release(self, choices: int) -> None:
-        with self._active_lock:
-            self._active -= choices
+    def _count(self, choices: int, queued: int = 0) -> None:
+        with self._counts_lock:
+            self._active += choices
+            self._queued += queued
 
     def _drop_cancelled(self) -> None:
+        for request, stream in [w for w in self._waiting if w[1].cancelled]:
+            self._waiting.remove((request, stream))
+            self._count(-request.n, -1)
+            self._push_cancelled(request, stream, range(request.n), 0)
         for prefill in [p for p in self._prefilling if p.stream.cancelled]:
             self._prefilling.remove(prefill)
-            self._release(prefill.request.n)
-            usage = Usage(len(prefill.request.prompt_tokens), 0)
-            for index in range(prefill.request.n):
-                prefill.stream.push(FinishEvent("cancelled", usage, index))
-            logger.info("request %s cancelled", prefill.request.request_id)
-        for sequence in [s for s in self._running if s.stream.cancelled]:
-            self._running.remove(sequence)
-            self._release(1)
-            usage = Usage(len(sequence.request.prompt_tokens), sequence.generated)
-            sequence.stream.push(FinishEvent("cancelled", usage, sequence.index))
-            logger.info(
-                "request %s choice %d cancelled", sequence.request.request_id, sequence.index
-            )
+            self._count(-prefill.request.n)
+            self._push_cancelled(prefill.request, prefill.stream, range(prefill.request.n), 0)
+        assert self._batch is not None
+        batch = self._batch
+        gone = [row for row, choice in enumerate(batch.choices) if choice.stream.cancelled]
+        if gone:
+            for row in gone:
+                choice = batch.choices[row]
+                self._count(-1)
+                self._push_cancelled(
+                    choice.request, choice.stream, [choice.index], choice.generated
+                )
+            batch.keep([row for row in range(len(batch)) if row not in set(gone)])
+
+    @staticmethod
+    def _push_cancelled(
+        request: GenerationRequest, stream: RequestStream, indices: Any, generated: int
+    ) -> None:
+        usage = Usage(len(request.prompt_tokens), generated)
+        for index in indices:
+            stream.push(FinishEvent("cancelled", usage, index))
+        logger.info("request %s cancelled", request.request_id)
+
+
+def default_kv_budget(weight_bytes: int) -> int:
+    """Half of the memory MLX may use on this device, minus the weights (at least 256 MiB)."""
+    import os
+
+    import mlx.core as mx
+
+    info = mx.device_info()
+    device_memory = int(
+        info.get("max_recommended_working_set_size") or info.get("memory_size") or 0
+    )
+    if not device_memory:  # MLX's CPU backend reports no memory: use physical RAM
+        device_memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return max(device_memory // 2 - weight_bytes, 256 * 2**20)

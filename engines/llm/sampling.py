@@ -95,6 +95,17 @@ class TokenSampler:
             window = prompt_tokens[-REPETITION_WINDOW:] or [0]
             self._recent = mx.array(window, dtype=mx.int32)
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing else to compute: rows like this are sampled as one batch argmax."""
+        return (
+            self.params.greedy
+            and self._bias is None
+            and self._counts is None
+            and self._recent is None
+            and self.logprobs is None
+        )
+
     def state(self) -> list[mx.array]:
         """Lazy state arrays to evaluate together with each step's token."""
         return [a for a in (self._counts, self._recent) if a is not None]

@@ -141,16 +141,18 @@ async def test_cancel_stops_the_sequence(engine: LLMEngine) -> None:
 async def test_engine_failure_fails_requests_and_engine_recovers(
     engine: LLMEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = engine._forward_and_sample
+    batch = engine._batch
+    assert batch is not None
 
-    def broken(*args: object) -> object:
+    def broken() -> object:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(engine, "_forward_and_sample", broken)
+    monkeypatch.setattr(batch, "schedule", broken)
     events = [event async for event in engine.submit(greedy(4))]
     assert isinstance(events[-1], ErrorEvent)
     assert "boom" in str(events[-1].error)
-    monkeypatch.setattr(engine, "_forward_and_sample", original)
+    assert engine.active == 0
+    monkeypatch.undo()
     _, tokens, finish = await run(engine, greedy(4))
     assert finish.reason == "length" and len(tokens) == 4
 

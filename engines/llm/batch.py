@@ -1,0 +1,109 @@
+"""DecodeBatch: the running choices of one engine, decoded together one token per step.
+
+Rows are choices; the KV cache is one mlx-lm `BatchKVCache` per layer (dense and left-padded:
+its memory is rows × longest row, which admission control projects). Choices join between steps
+with their prefilled single-sequence cache and first token, and leave by filtering their row out.
+
+Pipelining: `schedule` builds and launches step n+1 from the tokens of step n while they are still
+being computed; the caller then reads step n's tokens back (`read`). A row that finishes on step n
+has already been fed into step n+1; that extra token is discarded when the row is filtered out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.models.cache import BatchKVCache
+
+from engines.llm.sampling import Sampled, host_list
+from engines.llm.sequence import Choice
+
+
+@dataclass
+class StepOutput:
+    """Tokens of one step for every row (shape (rows,)), with per-row logprob data if any."""
+
+    tokens: mx.array
+    extras: list[Sampled | None]
+
+
+class DecodeBatch:
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.choices: list[Choice] = []
+        self._caches: list[BatchKVCache] | None = None
+        self._pending: StepOutput | None = None
+
+    def __len__(self) -> int:
+        return len(self.choices)
+
+    @property
+    def longest(self) -> int:
+        """Most tokens any row may reach (the dense cache's eventual length)."""
+        return max((choice.limit for choice in self.choices), default=0)
+
+    def join(self, arrivals: list[tuple[Choice, list[Any], Sampled]]) -> None:
+        """Add prefilled choices: (choice, its single-sequence KV cache, its first token)."""
+        if not arrivals:
+            return
+        layers = len(arrivals[0][1])
+        incoming = [
+            BatchKVCache.merge([cache[i] for _, cache, _ in arrivals]) for i in range(layers)
+        ]
+        if self._caches is None:
+            self._caches = incoming
+        else:
+            for mine, theirs in zip(self._caches, incoming, strict=True):
+                mine.extend(theirs)
+        tokens = [sampled.token for _, _, sampled in arrivals]
+        extras: list[Sampled | None] = [sampled for _, _, sampled in arrivals]
+        if self._pending is not None:
+            tokens.insert(0, self._pending.tokens)
+            extras = self._pending.extras + extras
+        self._pending = StepOutput(mx.concatenate(tokens), extras)
+        self.choices.extend(choice for choice, _, _ in arrivals)
+
+    def schedule(self) -> StepOutput | None:
+        """Launch the next step from the pending tokens; return the pending (current) step."""
+        current = self._pending
+        if current is None:
+            return None
+        logits = self._model(current.tokens[:, None], cache=self._caches)[:, -1, :]
+        samplers = [choice.sampler for choice in self.choices]
+        if all(sampler.plain_greedy for sampler in samplers):
+            upcoming = StepOutput(mx.argmax(logits, axis=-1), [None] * len(samplers))
+        else:
+            rows = [sampler(logits[i : i + 1]) for i, sampler in enumerate(samplers)]
+            upcoming = StepOutput(mx.concatenate([r.token for r in rows]), list(rows))
+        state = [a for sampler in samplers for a in sampler.state()]
+        extra = [a for r in upcoming.extras if r is not None for a in r.arrays()]
+        mx.async_eval(upcoming.tokens, *extra, *state)
+        self._pending = upcoming
+        return current
+
+    @staticmethod
+    def read(step: StepOutput) -> list[int]:
+        return [int(t) for t in host_list(step.tokens)]
+
+    def extract(self, row: int) -> list[Any]:
+        """A single-sequence copy of one row's KV cache (for the prefix cache)."""
+        assert self._caches is not None
+        return [cache.extract(row) for cache in self._caches]
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only `rows` (in order); the others leave the batch."""
+        if len(rows) == len(self.choices):
+            return
+        if not rows:
+            self.choices, self._caches, self._pending = [], None, None
+            return
+        assert self._caches is not None and self._pending is not None
+        for cache in self._caches:
+            cache.filter(mx.array(rows))
+        self.choices = [self.choices[i] for i in rows]
+        pending = self._pending
+        self._pending = StepOutput(
+            pending.tokens[mx.array(rows)], [pending.extras[i] for i in rows]
+        )

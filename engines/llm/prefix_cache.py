@@ -1,0 +1,86 @@
+"""PrefixCache: KV caches of earlier sequences, reused for prompts that start the same way.
+
+Multi-turn chat resends the whole history each turn, agents resend long system prompts: the
+longest cached token prefix of a new prompt is copied instead of recomputed. Entries are
+single-sequence mlx-lm KV caches keyed by the exact tokens they hold.
+
+Invariants (engine thread only): total bytes ≤ `max_bytes` and entries ≤ `max_entries`, evicting
+the least recently used; a lookup never returns the whole prompt (at least one token is left to
+compute, since its logits are needed); a returned cache is a copy the caller owns.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class _Entry:
+    cache: list[Any]
+    nbytes: int
+
+
+def common_prefix_length(a: tuple[int, ...], b: list[int]) -> int:
+    limit = min(len(a), len(b))
+    index = 0
+    while index < limit and a[index] == b[index]:
+        index += 1
+    return index
+
+
+class PrefixCache:
+    def __init__(self, max_bytes: int, max_entries: int = 64, min_tokens: int = 16) -> None:
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self.min_tokens = min_tokens  # shorter matches are not worth a copy
+        self._entries: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.tokens_reused = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, prompt: list[int]) -> tuple[list[Any] | None, int]:
+        """(a private copy of the best cache trimmed to the reused length, reused tokens)."""
+        best_key: tuple[int, ...] | None = None
+        best = 0
+        for key in self._entries:
+            length = common_prefix_length(key, prompt)
+            if length > best:
+                best_key, best = key, length
+        reuse = min(best, len(prompt) - 1)
+        if best_key is None or reuse < self.min_tokens:
+            self.misses += 1
+            return None, 0
+        self._entries.move_to_end(best_key)
+        cache = copy.deepcopy(self._entries[best_key].cache)
+        for layer in cache:
+            layer.trim(layer.offset - reuse)
+        self.hits += 1
+        self.tokens_reused += reuse
+        return cache, reuse
+
+    def insert(self, tokens: list[int], cache: list[Any]) -> None:
+        """Keep `cache` (holding exactly `tokens`); drop entries it makes redundant, then evict."""
+        if len(tokens) < self.min_tokens:
+            return
+        key = tuple(tokens)
+        nbytes = sum(layer.nbytes for layer in cache)
+        if nbytes > self.max_bytes:
+            return
+        for other in [k for k in self._entries if len(k) <= len(key) and key[: len(k)] == k]:
+            self.nbytes -= self._entries.pop(other).nbytes  # a prefix of the new entry
+        self._entries[key] = _Entry(cache, nbytes)
+        self.nbytes += nbytes
+        while self.nbytes > self.max_bytes or len(self._entries) > self.max_entries:
+            _, evicted = self._entries.popitem(last=False)
+            self.nbytes -= evicted.nbytes
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.nbytes = 0
