@@ -22,11 +22,17 @@ logger = logging.getLogger(__name__)
 
 def build_pool(settings: Settings) -> EnginePool:
     """The pool for `settings.model` (a store name or an MLX model directory)."""
-    from engines.llm.engine import LLMEngine
+    from engines.llm.engine import EngineLimits, LLMEngine
     from engines.weights.store import ModelStore
 
     name, path = ModelStore(settings.home).resolve(settings.model)
-    return EnginePool([LLMEngine(name, path, prefill_chunk=settings.prefill_chunk)])
+    limits = EngineLimits(
+        max_batch=settings.max_batch,
+        max_waiting=settings.max_waiting,
+        kv_budget_bytes=settings.kv_budget_mb * 2**20 if settings.kv_budget_mb else None,
+        prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
+    )
+    return EnginePool([LLMEngine(name, path, settings.prefill_chunk, limits)])
 
 
 def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:

@@ -35,6 +35,7 @@ class Choice:
 class Collected:
     choices: dict[int, Choice] = field(default_factory=dict)
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
     error: Exception | None = None
 
@@ -54,6 +55,7 @@ async def collect(stream: RequestStream) -> Collected:
             choice.finish_reason = event.reason
             choice.completion_tokens = event.usage.completion_tokens
             result.prompt_tokens = event.usage.prompt_tokens
+            result.cached_tokens = event.usage.cached_tokens
         else:
             result.error = event.error
     return result

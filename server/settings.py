@@ -36,5 +36,13 @@ class Settings(BaseSettings):
     stream_interval_ms: float = Field(
         0.0, ge=0, le=1000, description="Least time between two streamed chunks of a request."
     )
+    max_batch: int = Field(32, ge=1, le=1024, description="Most choices decoded together.")
+    max_waiting: int = Field(
+        64, ge=0, description="Requests queued for admission per engine before 429."
+    )
+    kv_budget_mb: int | None = Field(
+        None, ge=1, description="KV cache budget; default: half the device memory − weights."
+    )
+    prefix_cache_mb: int = Field(1024, ge=0, description="Prefix cache size (0 turns it off).")
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace period for work at shutdown.")
     log_level: str = Field("info", description="Python logging level name.")

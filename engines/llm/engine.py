@@ -267,7 +267,8 @@ class LLMEngine(EngineThread):
         parameters = cast(list[tuple[str, Any]], tree_flatten(model.parameters()))
         weights = sum(int(array.nbytes) for _, array in parameters)
         self.kv_budget_bytes = self.limits.kv_budget_bytes or default_kv_budget(weights)
-        self.prefix_cache = PrefixCache(self.limits.prefix_cache_bytes)
+        if self.limits.prefix_cache_bytes > 0:
+            self.prefix_cache = PrefixCache(self.limits.prefix_cache_bytes)
         self._batch = DecodeBatch(model)
         logger.info(
             "engine %s loaded %s (context %d, %d KiB KV per token, KV budget %d MiB)",

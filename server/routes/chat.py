@@ -100,7 +100,7 @@ async def create_chat_completion(request: Request) -> Response:
         for index, choice in sorted(collected.choices.items())
     ]
     completion_tokens = sum(c.completion_tokens for c in collected.choices.values())
-    usage = usage_body(collected.prompt_tokens, completion_tokens)
+    usage = usage_body(collected.prompt_tokens, completion_tokens, collected.cached_tokens)
     return JSONResponse(
         completion_response(request_id, chat.model, choices, usage), headers=headers
     )
@@ -121,7 +121,7 @@ async def _stream_chunks(
         return sse.data(body)
 
     ended = False
-    completion_tokens = 0
+    completion_tokens = cached_tokens = 0
     try:
         for index in range(generation.n):
             yield frame(delta_choice(index, {"role": "assistant", "content": ""}))
@@ -132,13 +132,15 @@ async def _stream_chunks(
                     yield frame(delta_choice(event.index, {"content": event.text}, None, logprobs))
             elif isinstance(event, FinishEvent):
                 completion_tokens += event.usage.completion_tokens
+                cached_tokens = event.usage.cached_tokens
                 yield frame(delta_choice(event.index, {}, event.reason))
             elif isinstance(event, ErrorEvent):
                 logger.error("%s failed in stream: %s", generation.request_id, event.error)
                 yield sse.data(from_engine_error(event.error).body())
         ended = True
         if include_usage:
-            yield frame(None, usage_body(len(generation.prompt_tokens), completion_tokens))
+            prompt = len(generation.prompt_tokens)
+            yield frame(None, usage_body(prompt, completion_tokens, cached_tokens))
         yield sse.done()
     finally:
         # Runs on normal end, client disconnect (CancelledError/GeneratorExit) and shutdown alike.

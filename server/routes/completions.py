@@ -133,12 +133,13 @@ async def _complete(
         logger.info("%s client disconnected; cancelled", request_id)
         return Response(status_code=499)
     choices = []
-    prompt_tokens = completion_tokens = 0
+    prompt_tokens = completion_tokens = cached_tokens = 0
     for position, result in enumerate(results):
         if result.error is not None:
             error = from_engine_error(result.error)
             return JSONResponse(error.body(), status_code=error.status, headers=headers)
         prompt_tokens += result.prompt_tokens
+        cached_tokens += result.cached_tokens
         for index, choice in sorted(result.choices.items()):
             completion_tokens += choice.completion_tokens
             prefix = texts[position] if completion.echo else ""
@@ -150,7 +151,7 @@ async def _complete(
             choices.append(
                 text_choice(number, prefix + choice.text, choice.finish_reason, logprobs)
             )
-    usage = usage_body(prompt_tokens, completion_tokens)
+    usage = usage_body(prompt_tokens, completion_tokens, cached_tokens)
     body = completion_body(request_id, completion.model, choices, usage)
     return JSONResponse(body, headers=headers)
 
@@ -181,6 +182,7 @@ async def _stream_chunks(
 
     ended = False
     completion_tokens = 0
+    cached: dict[int, int] = {}  # prompt position → its prompt tokens served from the cache
     try:
         if completion.echo and not with_logprobs:  # with logprobs the PromptEvent carries it
             for position, text in enumerate(texts):
@@ -195,6 +197,7 @@ async def _stream_chunks(
                     yield text_frame(position * n + event.index, event.text, event.logprobs)
             elif isinstance(event, FinishEvent):
                 completion_tokens += event.usage.completion_tokens
+                cached[position] = event.usage.cached_tokens
                 yield frame(text_choice(position * n + event.index, "", event.reason, None))
             elif isinstance(event, ErrorEvent):
                 logger.error("%s failed in stream: %s", request_id, event.error)
@@ -203,7 +206,8 @@ async def _stream_chunks(
         ended = True
         if completion.include_usage:
             prompt_tokens = sum(len(g.prompt_tokens) for g in generations)
-            yield frame(None, usage_body(prompt_tokens, completion_tokens))
+            usage = usage_body(prompt_tokens, completion_tokens, sum(cached.values()))
+            yield frame(None, usage)
         yield sse.done()
     finally:
         if not ended:

@@ -86,12 +86,15 @@ class SamplingFields(Strict):
         )
 
 
-def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def usage_body(
+    prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
+) -> dict[str, Any]:
+    """`usage`; `cached_tokens` counts prompt tokens whose KV came from the prefix cache."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
         "completion_tokens_details": {"reasoning_tokens": 0},
     }
 

@@ -1,0 +1,130 @@
+"""Continuous batching, the prefix cache and admission control on the tiny model's engine."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from engines.errors import KVBudgetExceeded, Overloaded
+from engines.llm.engine import EngineLimits, LLMEngine
+from engines.types import FinishEvent, GenerationRequest, SamplingParams
+from tests.engines.test_llm_engine import PROMPT, run
+from tests.servers import wait_until
+
+
+async def started(path: Path, **limits: int) -> LLMEngine:
+    engine = LLMEngine("tiny", path, prefill_chunk=16, limits=EngineLimits(**limits))
+    engine.start()
+    await engine.wait_loaded()
+    return engine
+
+
+@pytest.fixture
+async def small_engine(tiny_model_dir: Path) -> AsyncIterator[LLMEngine]:
+    engine = await started(tiny_model_dir, max_batch=1, max_waiting=1)
+    yield engine
+    engine.stop()
+
+
+def prompt(i: int) -> list[int]:
+    return [(7 * i + j) % 250 + 6 for j in range(10 + i)]
+
+
+async def test_seeded_tokens_are_the_same_alone_and_in_a_batch_of_16(engine: LLMEngine) -> None:
+    target = GenerationRequest("t", PROMPT, 20, SamplingParams(temperature=0.8, top_p=0.9, seed=99))
+    alone = await run(engine, target)
+    engine.largest_batch = 0
+    others = [
+        GenerationRequest(f"o{i}", prompt(i), 5 + 3 * i, SamplingParams(temperature=1.0, seed=i))
+        for i in range(15)
+    ]
+    results = await asyncio.gather(run(engine, target), *(run(engine, r) for r in others))
+    assert engine.largest_batch >= 8, engine.largest_batch
+    assert results[0][1] == alone[1]
+    assert results[0][0] == alone[0]
+    for request, (_, tokens, finish) in zip(others, results[1:], strict=True):
+        assert len(tokens) == request.max_tokens and finish.reason == "length"
+    greedy_alone = await run(engine, GenerationRequest("g", prompt(3), 12, SamplingParams(0.0)))
+    engine.largest_batch = 0
+    batch = await asyncio.gather(
+        *(
+            run(engine, GenerationRequest("g", prompt(3), 12, SamplingParams(0.0)))
+            for _ in range(16)
+        )
+    )
+    assert engine.largest_batch >= 8, engine.largest_batch
+    assert all(tokens == greedy_alone[1] for _, tokens, _ in batch)
+    assert engine.active == 0
+
+
+async def test_prefix_cache_reuses_a_previous_turn(engine: LLMEngine) -> None:
+    assert engine.prefix_cache is not None
+    engine.prefix_cache.clear()
+    history = [(5 * j) % 240 + 6 for j in range(120)]
+    first = await run(engine, GenerationRequest("a", history, 10, SamplingParams(0.0)))
+    assert first[2].usage.cached_tokens == 0
+    follow_up = history + first[1] + [17, 18, 19, 20]
+    hits = engine.prefix_cache.hits
+    warm = await run(engine, GenerationRequest("b", follow_up, 10, SamplingParams(0.0)))
+    assert engine.prefix_cache.hits == hits + 1
+    shared = len(history) + len(first[1])
+    assert warm[2].usage.cached_tokens >= 0.9 * shared
+    cache, engine.prefix_cache = engine.prefix_cache, None
+    try:
+        cold = await run(engine, GenerationRequest("c", follow_up, 10, SamplingParams(0.0)))
+    finally:
+        engine.prefix_cache = cache
+    assert cold[1] == warm[1]
+    assert cold[2].usage.cached_tokens == 0
+
+
+async def test_full_queue_is_overloaded_and_waiting_requests_run_later(
+    small_engine: LLMEngine,
+) -> None:
+    engine = small_engine
+    running = engine.submit(GenerationRequest("r", PROMPT, 60, SamplingParams(0.0)))
+    assert await wait_until(lambda: engine.queued == 0, timeout=5)
+    waiting = engine.submit(GenerationRequest("w", PROMPT, 5, SamplingParams(0.0)))
+    with pytest.raises(Overloaded):
+        engine.submit(GenerationRequest("x", PROMPT, 5, SamplingParams(0.0)))
+    events = [e async for e in waiting]
+    assert isinstance(events[-1], FinishEvent) and events[-1].reason == "length"
+    assert [e async for e in running][-1].reason == "length"  # type: ignore[union-attr]
+    assert engine.active == 0 and engine.queued == 0
+
+
+async def test_cancelled_waiting_request_leaves_the_queue(small_engine: LLMEngine) -> None:
+    engine = small_engine
+    running = engine.submit(GenerationRequest("r", PROMPT, 80, SamplingParams(0.0)))
+    assert await wait_until(lambda: engine.queued == 0, timeout=5)
+    waiting = engine.submit(GenerationRequest("w", PROMPT, 5, SamplingParams(0.0)))
+    waiting.cancel()
+    events = [e async for e in waiting]
+    assert isinstance(events[-1], FinishEvent) and events[-1].reason == "cancelled"
+    running.cancel()
+    assert await wait_until(lambda: engine.active == 0 and engine.queued == 0, timeout=5)
+
+
+async def test_kv_budget_refuses_what_never_fits_and_queues_what_fits_later(
+    tiny_model_dir: Path,
+) -> None:
+    probe = await started(tiny_model_dir)
+    per_token = probe.kv_bytes_per_token
+    probe.stop()
+    engine = await started(tiny_model_dir, kv_budget_bytes=per_token * 512)
+    try:
+        with pytest.raises(KVBudgetExceeded, match="KV cache"):
+            engine.submit(GenerationRequest("big", PROMPT, 600, SamplingParams(0.0)))
+        # Each fits alone (≤ 256 tokens → one 256-token step), two together do not.
+        first = engine.submit(GenerationRequest("a", PROMPT, 200, SamplingParams(0.0)))
+        second = engine.submit(GenerationRequest("b", PROMPT, 200, SamplingParams(0.0)))
+        third = engine.submit(GenerationRequest("c", PROMPT, 200, SamplingParams(0.0)))
+        await wait_until(lambda: engine.largest_batch > 0, timeout=5)
+        results = [[e async for e in s] for s in (first, second, third)]
+        assert all(r[-1].reason == "length" for r in results)  # type: ignore[union-attr]
+        assert engine.largest_batch == 2  # two rows of ≤ 256 tokens fit 512 tokens of budget
+    finally:
+        engine.stop()
