@@ -54,7 +54,7 @@ def test_completion_logprobs_concatenate_to_the_text(live: LiveServer) -> None:
     assert "".join(choice.logprobs.tokens or []) == choice.text
     assert all(lp <= 0 for lp in choice.logprobs.token_logprobs or [])
     for top, chosen in zip(
-        choice.logprobs.top_logprobs or [], choice.logprobs.token_logprobs or []
+        choice.logprobs.top_logprobs or [], choice.logprobs.token_logprobs or [], strict=True
     ):
         assert len(top) == 3 and max(top.values()) >= chosen - 1e-5  # greedy picks the best
 
