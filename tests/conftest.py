@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from engines import blas
 
 blas.preload_from_env()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `optin` (large extra models) run only with MLXD_OPTIN=1."""
+    if os.environ.get("MLXD_OPTIN") == "1":
+        return
+    skip = pytest.mark.skip(reason="opt-in: set MLXD_OPTIN=1 (downloads and runs a larger model)")
+    for item in items:
+        if "optin" in item.keywords:
+            item.add_marker(skip)

