@@ -35,7 +35,9 @@ class FakeEngine:
         fail_after: int | None = None,
         prefill_delay_s: float = 0.0,
         fim_tokens: tuple[str, str, str] | None = None,
+        refuse_with: Exception | None = None,
     ) -> None:
+        self.refuse_with = refuse_with
         self.fim_tokens = fim_tokens
         self.prefill_delay_s = prefill_delay_s
         self.name = name
@@ -93,6 +95,8 @@ class FakeEngine:
     check_fits = LLMEngine.check_fits
 
     def submit(self, request: GenerationRequest) -> RequestStream:
+        if self.refuse_with is not None:
+            raise self.refuse_with
         stream = RequestStream(request.request_id, choices=request.n)
         self.requests.append(request)
         with self._lock:

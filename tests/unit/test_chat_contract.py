@@ -9,6 +9,7 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 
+from engines.errors import KVBudgetExceeded, Overloaded
 from tests.fakes import FakeEngine
 
 URL = "/v1/chat/completions"
@@ -370,3 +371,20 @@ async def test_logprobs_streamed_through_strict_sdk(client: AsyncOpenAI) -> None
 async def test_without_logprobs_the_field_is_null(client: AsyncOpenAI) -> None:
     completion = await client.chat.completions.create(model="fake", messages=HELLO)  # type: ignore[arg-type]
     assert completion.choices[0].logprobs is None
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(refuse_with=Overloaded("queue full", 2))])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_full_queue_is_429_with_retry_after(http: httpx.AsyncClient, stream: bool) -> None:
+    response = await http.post(URL, json=chat_body(stream=stream))
+    error = assert_openai_error(response, 429, code="overloaded")
+    assert error["type"] == "rate_limit_error"
+    assert response.headers["retry-after"] == "2"
+
+
+@pytest.mark.parametrize(
+    "fake_engine", [FakeEngine(refuse_with=KVBudgetExceeded("needs 9 GiB", param="max_tokens"))]
+)
+async def test_never_fitting_request_is_400(http: httpx.AsyncClient) -> None:
+    response = await http.post(URL, json=chat_body())
+    assert_openai_error(response, 400, "max_tokens", "kv_budget_exceeded")
