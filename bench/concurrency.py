@@ -1,0 +1,147 @@
+"""Concurrency sweep: N streamed chat requests at once against mlxd and mlx_lm.server, same
+model, BLAS, prompts and output lengths; plus raw mlx-lm BatchGenerator decode at the same batch
+sizes as the ceiling. Reports aggregate tok/s, TTFT p50/p95, inter-token p95, failed requests.
+
+    python bench/concurrency.py [--model NAME_OR_DIR] [--levels 1,4,8,16,32] [--tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engines import blas
+
+BLAS = blas.preload_from_env()
+
+import mlx.core as mx  # noqa: E402
+
+from bench.harness import (  # noqa: E402
+    Server,
+    percentile,
+    start_mlx_lm_server,
+    steady_decode_rate,
+    start_mlxd,
+    stream_chat,
+)
+from engines.weights.store import ModelStore, default_home  # noqa: E402
+
+TOPICS = [
+    "a lighthouse keeper",
+    "the history of bread",
+    "how volcanoes form",
+    "a robot learning to paint",
+    "the life of a honeybee",
+    "building a wooden boat",
+    "a journey across the desert",
+    "the first day at a new school",
+]
+
+
+def prompt(i: int) -> list[dict[str, str]]:
+    topic = TOPICS[i % len(TOPICS)]
+    return [{"role": "user", "content": f"Write a long, detailed story about {topic}. ({i})"}]
+
+
+def sweep_level(server: Server, clients: int, tokens: int) -> dict[str, Any]:
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(lambda i: stream_chat(server, prompt(i), tokens), range(clients)))
+    wall = time.perf_counter() - start
+    good = [r for r in results if r.ok]
+    return {
+        "clients": clients,
+        "failed": len(results) - len(good),
+        "errors": sorted({r.error for r in results if not r.ok})[:3],
+        "aggregate_tok_s": sum(r.tokens for r in good) / wall,
+        "ttft_p50_s": percentile([r.ttft_s for r in good], 0.5),
+        "ttft_p95_s": percentile([r.ttft_s for r in good], 0.95),
+        "inter_token_p95_s": percentile([g for r in good for g in r.gaps_s], 0.95),
+        "steady_decode_tok_s": steady_decode_rate(good) if good else float("nan"),
+        "tokens": sum(r.tokens for r in good),
+        "wall_s": wall,
+    }
+
+
+def raw_batch_generator(model_dir: str, clients: int, tokens: int) -> dict[str, Any]:
+    """mlx-lm's BatchGenerator with `clients` prompts: decode tok/s once all are running."""
+    from mlx_lm.generate import BatchGenerator
+    from mlx_lm.utils import load
+
+    from engines.llm.templates import render_chat
+
+    model, tokenizer = load(model_dir)
+    prompts = [
+        tokenizer.encode(render_chat(tokenizer, prompt(i)), add_special_tokens=False)
+        for i in range(clients)
+    ]
+    generator = BatchGenerator(model, max_tokens=tokens, stop_tokens=[[-1]])
+    generator.insert(prompts, max_tokens=[tokens] * clients)
+    produced = 0
+    first = 0.0
+    while True:
+        responses = generator.next_generated()
+        if not responses:
+            break
+        if not first and len(responses) == clients:
+            first = time.perf_counter()
+            continue
+        if first:
+            produced += len(responses)
+    generator.close()
+    return {"clients": clients, "decode_tok_s": produced / (time.perf_counter() - first)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--levels", default="1,4,8,16,32")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--servers", default="mlxd,mlx_lm.server")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/concurrency.json"))
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    name, path = ModelStore(default_home()).resolve(args.model)
+    report: dict[str, Any] = {
+        "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores",
+        "device": str(mx.default_device()),
+        "blas": BLAS.library or "bundled",
+        "model": args.model,
+        "tokens": args.tokens,
+        "servers": {},
+    }
+    for server_name in args.servers.split(","):
+        if server_name == "mlxd":
+            server = start_mlxd(str(path), name)
+        else:
+            server = start_mlx_lm_server(str(path))
+        try:
+            stream_chat(server, prompt(0), 8)  # warm-up
+            rows = []
+            for clients in levels:
+                row = sweep_level(server, clients, args.tokens)
+                print(server.name, json.dumps(row), flush=True)
+                rows.append(row)
+            report["servers"][server.name] = rows
+        finally:
+            server.stop()
+    report["raw_batch_generator"] = []
+    for clients in levels:
+        row = raw_batch_generator(str(path), clients, args.tokens)
+        print("raw BatchGenerator", json.dumps(row), flush=True)
+        report["raw_batch_generator"].append(row)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
