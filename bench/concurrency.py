@@ -29,8 +29,8 @@ from bench.harness import (  # noqa: E402
     Server,
     percentile,
     start_mlx_lm_server,
-    steady_decode_rate,
     start_mlxd,
+    steady_decode_rate,
     stream_chat,
 )
 from engines.weights.store import ModelStore, default_home  # noqa: E402

@@ -52,18 +52,25 @@ class DecodeBatch:
         incoming = [
             BatchKVCache.merge([cache[i] for _, cache, _ in arrivals]) for i in range(layers)
         ]
+        choices = [choice for choice, _, _ in arrivals]
+        self.join_group(choices, incoming, [sampled for _, _, sampled in arrivals])
+
+    def join_group(
+        self, choices: list[Choice], caches: list[BatchKVCache], first: list[Sampled]
+    ) -> None:
+        """Add choices prefilled together: their batch cache rows and first tokens, in order."""
         if self._caches is None:
-            self._caches = incoming
+            self._caches = caches
         else:
-            for mine, theirs in zip(self._caches, incoming, strict=True):
+            for mine, theirs in zip(self._caches, caches, strict=True):
                 mine.extend(theirs)
-        tokens = [sampled.token for _, _, sampled in arrivals]
-        extras: list[Sampled | None] = [sampled for _, _, sampled in arrivals]
+        tokens = [sampled.token for sampled in first]
+        extras: list[Sampled | None] = list(first)
         if self._pending is not None:
             tokens.insert(0, self._pending.tokens)
             extras = self._pending.extras + extras
         self._pending = StepOutput(mx.concatenate(tokens), extras)
-        self.choices.extend(choice for choice, _, _ in arrivals)
+        self.choices.extend(choices)
 
     def schedule(self) -> StepOutput | None:
         """Launch the next step from the pending tokens; return the pending (current) step."""

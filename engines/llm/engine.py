@@ -117,12 +117,14 @@ class LLMEngine(EngineThread):
         self._waiting: deque[tuple[GenerationRequest, RequestStream]] = deque()
         self._prefilling: list[_Prefill] = []
         self._batch: DecodeBatch | None = None
+        self._layers = 0
         self._counts_lock = threading.Lock()
         self._active = 0  # choices accepted and not finished
         self._queued = 0  # requests accepted and not yet admitted to prefill
         self._steps = 0
         self.tokens_generated = 0
         self.largest_batch = 0  # most rows decoded together so far (for tests and metrics)
+        self.prefilled_together = 0  # prompts prefilled in shared forward passes
 
     # -- event loop side ---------------------------------------------------------------------
 
@@ -234,7 +236,7 @@ class LLMEngine(EngineThread):
 
     def load(self) -> None:
         import mlx.core as mx
-        from mlx_lm.models.cache import make_prompt_cache
+        from mlx_lm.models.cache import KVCache, make_prompt_cache
         from mlx_lm.utils import load
 
         model, tokenizer, config = load(str(self.path), return_config=True)  # type: ignore[misc]
@@ -260,6 +262,10 @@ class LLMEngine(EngineThread):
         self._vocabulary = Vocabulary(tokenizer, TokenBytes(tokenizer), eos)
         # Warm up (compile kernels, allocate buffers) and measure the KV bytes per token.
         probe = make_prompt_cache(model)
+        if any(type(cache) is not KVCache for cache in probe):
+            kinds = sorted({type(cache).__name__ for cache in probe})
+            raise ValueError(f"unsupported model: its KV caches ({kinds}) cannot be batched")
+        self._layers = len(probe)
         mx.eval(model(mx.array([[0, 1]]), cache=probe))
         self.kv_bytes_per_token = sum(
             (c.keys.nbytes + c.values.nbytes) // c.keys.shape[2] for c in probe
@@ -316,7 +322,8 @@ class LLMEngine(EngineThread):
         batch = self._batch
         self._drop_cancelled()
         self._admit()
-        batch.join(self._prefill_some())
+        budget = self._prefill_together(self.prefill_chunk)
+        batch.join(self._prefill_some(budget))
         self.largest_batch = max(self.largest_batch, len(batch))
         current = batch.schedule()
         if current is None:
@@ -392,12 +399,65 @@ class LLMEngine(EngineThread):
         remaining = list(request.prompt_tokens[reused:])
         return _Prefill(request, stream, cache, sampler, remaining, cached_tokens=reused)
 
-    def _prefill_some(self) -> list[tuple[Choice, list[Any], Sampled]]:
-        """Feed up to `prefill_chunk` prompt tokens; return the choices ready to decode."""
+    def _prefill_together(self, budget: int) -> int:
+        """Prefill fresh single-choice prompts that fit the budget in one left-padded forward
+        pass and join them to the batch; return the budget left. (Prompts resuming from the
+        prefix cache, with n > 1, scoring their prompt, or too long go one at a time.)"""
+        import mlx.core as mx
+        from mlx_lm.models.cache import BatchKVCache
+
+        assert self._batch is not None and self._vocabulary is not None
+        group: list[_Prefill] = []
+        longest = 0
+        for prefill in self._prefilling:
+            request = prefill.request
+            if (
+                prefill.cached_tokens
+                or request.n > 1
+                or request.prompt_logprobs
+                or request.max_tokens == 0
+                or len(prefill.to_prefill) != len(request.prompt_tokens)
+            ):
+                continue
+            width = max(longest, len(prefill.to_prefill))
+            if (len(group) + 1) * width > budget:
+                continue
+            group.append(prefill)
+            longest = width
+        if len(group) < 2:
+            return budget
+        padding = [longest - len(p.to_prefill) for p in group]
+        tokens = mx.array([[0] * pad + p.to_prefill for pad, p in zip(padding, group, strict=True)])
+        caches = [BatchKVCache(list(padding)) for _ in range(self._layers)]
+        logits = self._model(tokens, cache=caches)[:, -1, :]
+        choices: list[Choice] = []
+        first: list[Sampled] = []
+        for row, prefill in enumerate(group):
+            self._prefilling.remove(prefill)
+            choices.append(self._choice(prefill, 0, prefill.sampler))
+            first.append(prefill.sampler(logits[row : row + 1]))
+        mx.async_eval(*(a for s in first for a in s.arrays()), [c.state for c in caches])
+        self._batch.join_group(choices, caches, first)
+        self.prefilled_together += len(group)
+        return budget - len(group) * longest
+
+    def _choice(self, prefill: _Prefill, index: int, sampler: TokenSampler) -> Choice:
+        assert self._vocabulary is not None
+        return Choice(
+            prefill.request,
+            prefill.stream,
+            index,
+            sampler,
+            self._vocabulary,
+            on_finish=lambda: self._count(-1),
+            cached_tokens=prefill.cached_tokens,
+        )
+
+    def _prefill_some(self, budget: int) -> list[tuple[Choice, list[Any], Sampled]]:
+        """Feed up to `budget` prompt tokens; return the choices ready to decode."""
         import mlx.core as mx
 
         ready: list[tuple[Choice, list[Any], Sampled]] = []
-        budget = self.prefill_chunk
         while self._prefilling and budget > 0:
             prefill = self._prefilling[0]
             # All but the last prompt token only fill the cache; the last one yields logits.
@@ -456,15 +516,7 @@ class LLMEngine(EngineThread):
             else:
                 cache = copy.deepcopy(prefill.cache)
                 sampler = prefill.sampler.fork(choice_seed(request.sampling.seed, index))
-            choice = Choice(
-                request,
-                prefill.stream,
-                index,
-                sampler,
-                self._vocabulary,
-                on_finish=lambda: self._count(-1),
-                cached_tokens=prefill.cached_tokens,
-            )
+            choice = self._choice(prefill, index, sampler)
             sampled = sampler(logits)
             mx.async_eval(*sampled.arrays(), *sampler.state())
             ready.append((choice, cache, sampled))

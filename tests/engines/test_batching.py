@@ -128,3 +128,24 @@ async def test_kv_budget_refuses_what_never_fits_and_queues_what_fits_later(
         assert engine.largest_batch == 2  # two rows of ≤ 256 tokens fit 512 tokens of budget
     finally:
         engine.stop()
+
+
+async def test_prompts_prefilled_together_match_each_alone(engine: LLMEngine) -> None:
+    engine.prefill_chunk = 4096
+    requests = [
+        GenerationRequest(
+            f"p{i}", prompt(i), 10, SamplingParams(temperature=0.0 if i % 2 else 0.9, seed=i)
+        )
+        for i in range(8)
+    ]
+    alone = [await run(engine, r) for r in requests]
+    assert engine.prefix_cache is not None
+    engine.prefix_cache.clear()  # so no prompt resumes from a cached prefix (a separate path)
+    before = engine.prefilled_together
+    blocker = engine.submit(GenerationRequest("block", PROMPT, 30, SamplingParams(0.0)))
+    await wait_until(lambda: engine.queued == 0, timeout=5)  # the blocker is running
+    together = await asyncio.gather(*(run(engine, r) for r in requests))
+    assert engine.prefilled_together - before >= 2
+    for single, grouped in zip(alone, together, strict=True):
+        assert grouped[1] == single[1]
+    assert [e async for e in blocker][-1].reason == "length"  # type: ignore[union-attr]
