@@ -4,6 +4,10 @@ Rows are choices; the KV cache is one mlx-lm `BatchKVCache` per layer (dense and
 its memory is rows × longest row, which admission control projects). Choices join between steps
 with their prefilled single-sequence cache and first token, and leave by filtering their row out.
 
+A batch of one row runs on plain single-sequence KV caches instead ("solo"): no padding mask
+and scalar offsets, the same graph as mlx-lm's `stream_generate`, so one stream decodes as fast
+as raw mlx-lm. The caches are converted (one copy) when a second row joins or all but one leave.
+
 Pipelining: `schedule` builds and launches step n+1 from the tokens of step n while they are still
 being computed; the caller then reads step n's tokens back (`read`). A row that finishes on step n
 has already been fed into step n+1; that extra token is discarded when the row is filtered out.
@@ -11,6 +15,7 @@ has already been fed into step n+1; that extra token is discarded when the row i
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +38,7 @@ class DecodeBatch:
     def __init__(self, model: Any) -> None:
         self._model = model
         self.choices: list[Choice] = []
-        self._caches: list[BatchKVCache] | None = None
+        self._caches: list[Any] | None = None  # BatchKVCache per layer, or KVCache when solo
         self._pending: StepOutput | None = None
 
     def __len__(self) -> int:
@@ -47,6 +52,12 @@ class DecodeBatch:
     def join(self, arrivals: list[tuple[Choice, list[Any], Sampled]]) -> None:
         """Add prefilled choices: (choice, its single-sequence KV cache, its first token)."""
         if not arrivals:
+            return
+        if not self.choices and len(arrivals) == 1:  # alone: keep the plain cache
+            choice, cache, sampled = arrivals[0]
+            self._caches = cache
+            self._pending = StepOutput(sampled.token, [sampled])
+            self.choices = [choice]
             return
         layers = len(arrivals[0][1])
         incoming = [
@@ -62,6 +73,8 @@ class DecodeBatch:
         if self._caches is None:
             self._caches = caches
         else:
+            if len(self.choices) == 1:  # solo: become a batch
+                self._caches = [BatchKVCache.merge([cache]) for cache in self._caches]
             for mine, theirs in zip(self._caches, caches, strict=True):
                 mine.extend(theirs)
         tokens = [sampled.token for sampled in first]
@@ -97,6 +110,8 @@ class DecodeBatch:
     def extract(self, row: int) -> list[Any]:
         """A single-sequence copy of one row's KV cache (for the prefix cache)."""
         assert self._caches is not None
+        if len(self.choices) == 1:
+            return copy.deepcopy(self._caches)
         return [cache.extract(row) for cache in self._caches]
 
     def keep(self, rows: list[int]) -> None:
@@ -107,8 +122,11 @@ class DecodeBatch:
             self.choices, self._caches, self._pending = [], None, None
             return
         assert self._caches is not None and self._pending is not None
-        for cache in self._caches:
-            cache.filter(mx.array(rows))
+        if len(rows) == 1:  # back to solo
+            self._caches = [cache.extract(rows[0]) for cache in self._caches]
+        else:
+            for cache in self._caches:
+                cache.filter(mx.array(rows))
         self.choices = [self.choices[i] for i in rows]
         pending = self._pending
         self._pending = StepOutput(
