@@ -30,8 +30,11 @@ class Settings(BaseSettings):
     keepalive_interval_s: float = Field(
         10.0, gt=0, description="Seconds between SSE keep-alive comments while a stream is idle."
     )
-    prefill_chunk: int = Field(
-        512, ge=16, description="Prompt tokens processed per engine step, across requests."
+    prefill_chunk: int | None = Field(
+        None,
+        ge=16,
+        description="Prompt tokens processed per engine step, across requests "
+        "(default: 512 on CPU, 2048 on a GPU).",
     )
     stream_interval_ms: float = Field(
         0.0, ge=0, le=1000, description="Least time between two streamed chunks of a request."

@@ -99,12 +99,12 @@ class LLMEngine(EngineThread):
         self,
         name: str,
         path: Path,
-        prefill_chunk: int = 512,
+        prefill_chunk: int | None = None,
         limits: EngineLimits | None = None,
     ) -> None:
         super().__init__(name)
         self.path = path
-        self.prefill_chunk = prefill_chunk
+        self.prefill_chunk = prefill_chunk or 0  # 0: chosen for the device at load
         self.limits = limits or EngineLimits()
         self.info: ModelInfo | None = None
         self.tokenizer: Any = None
@@ -276,6 +276,10 @@ class LLMEngine(EngineThread):
         if self.limits.prefix_cache_bytes > 0:
             self.prefix_cache = PrefixCache(self.limits.prefix_cache_bytes)
         self._batch = DecodeBatch(model)
+        if not self.prefill_chunk:
+            # Bounds how long one step's prefill delays running streams: a few hundred tokens
+            # take ~1 s on a laptop CPU, while a GPU does thousands in a few milliseconds.
+            self.prefill_chunk = 512 if mx.default_device() == mx.cpu else 2048
         logger.info(
             "engine %s loaded %s (context %d, %d KiB KV per token, KV budget %d MiB)",
             self.name,
