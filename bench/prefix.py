@@ -48,7 +48,7 @@ def history(run: int, tokens: int, tokenizer: Any) -> list[dict[str, str]]:
         {"role": "system", "content": f"You are a helpful archivist (session {run})."}
     ]
     turn = 0
-    while len(tokenizer.apply_chat_template(messages, tokenize=True)) < tokens:
+    while len(tokenizer.encode(tokenizer.apply_chat_template(messages, tokenize=False))) < tokens:
         text = " ".join(SENTENCES[(turn + i + run) % len(SENTENCES)] for i in range(6))
         messages.append({"role": "user", "content": f"Note {turn} of run {run}: {text}"})
         messages.append({"role": "assistant", "content": f"Recorded note {turn}."})
