@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from engines.bridge import RequestStream
 from engines.errors import EngineUnavailable, ModelNotFound
 from engines.llm.engine import ModelInfo
-from engines.types import GenerationRequest
+from engines.types import EngineStats, GenerationRequest
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class TextEngine(Protocol):
     async def wait_loaded(self) -> None: ...
 
     def stop(self, timeout: float | None = ...) -> None: ...
+
+    def stats(self) -> EngineStats: ...
 
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]: ...
 
@@ -71,6 +73,9 @@ class EnginePool:
         if self._draining or not engine.running:
             raise EngineUnavailable(f"The model '{model}' is not available right now")
         return engine
+
+    def stats(self) -> dict[str, EngineStats]:
+        return {name: engine.stats() for name, engine in self._engines.items()}
 
     def models(self) -> list[ModelInfo]:
         return [e.info for e in self._engines.values() if e.info is not None and e.running]

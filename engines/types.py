@@ -127,3 +127,17 @@ class ErrorEvent:
 
 
 Event = TokenEvent | PromptEvent | FinishEvent | ErrorEvent
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of one engine's counters (plain values, safe to read from any thread)."""
+
+    active: int  # choices accepted and not finished
+    queued: int  # requests waiting for admission
+    largest_batch: int
+    tokens_generated: int
+    prefix_cache_hits: int = 0
+    prefix_cache_misses: int = 0
+    prefix_cache_entries: int = 0
+    prefix_cache_bytes: int = 0

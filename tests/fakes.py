@@ -15,6 +15,7 @@ from engines.bridge import RequestStream
 from engines.errors import EngineFailed, InvalidRequest
 from engines.llm.engine import LLMEngine, ModelInfo
 from engines.types import (
+    EngineStats,
     ErrorEvent,
     FinishEvent,
     GenerationRequest,
@@ -75,6 +76,9 @@ class FakeEngine:
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         text = "".join(f"<{m['role']}>{m.get('content') or ''}" for m in messages)
         return [ord(c) for c in text]
+
+    def stats(self) -> EngineStats:
+        return EngineStats(self._active, 0, 0, self.tokens_generated)
 
     def encode_text(self, text: str) -> list[int]:
         return [ord(c) for c in text]

@@ -33,6 +33,7 @@ from engines.llm.sampling import Sampled, TokenSampler, choice_seed, host_list, 
 from engines.llm.sequence import Choice, Vocabulary
 from engines.llm.templates import render_chat
 from engines.types import (
+    EngineStats,
     ErrorEvent,
     FinishEvent,
     GenerationRequest,
@@ -137,6 +138,19 @@ class LLMEngine(EngineThread):
     def queued(self) -> int:
         """Requests waiting for admission (the queue that overflows into 429s)."""
         return self._queued
+
+    def stats(self) -> EngineStats:
+        cache = self.prefix_cache
+        return EngineStats(
+            active=self._active,
+            queued=self._queued,
+            largest_batch=self.largest_batch,
+            tokens_generated=self.tokens_generated,
+            prefix_cache_hits=cache.hits if cache else 0,
+            prefix_cache_misses=cache.misses if cache else 0,
+            prefix_cache_entries=len(cache) if cache else 0,
+            prefix_cache_bytes=cache.nbytes if cache else 0,
+        )
 
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         """Render the model's chat template and tokenize; pure Python (no MLX), any thread."""

@@ -140,3 +140,41 @@ def test_disconnect_cancels_generation(live: LiveServer, stream: bool) -> None:
         time.sleep(0.01)
     assert engine.active == 0
     assert engine.tokens_generated - before < 400  # type: ignore[attr-defined]
+
+
+def test_follow_up_turn_reuses_the_history(live: LiveServer) -> None:
+    client = live.client()
+    history = [
+        {"role": "system", "content": "You are a helpful assistant for a museum."},
+        *[
+            {"role": role, "content": f"Exhibit {i}: a bronze statue from the year {1500 + i}."}
+            for i in range(12)
+            for role in ("user", "assistant")
+        ],
+        {"role": "user", "content": "Which exhibit is the oldest?"},
+    ]
+    first = client.chat.completions.create(
+        model=MODEL,
+        messages=history,
+        temperature=0,
+        max_tokens=20,  # type: ignore[arg-type]
+    )
+    answer = first.choices[0].message.content or ""
+    follow_up = [
+        *history,
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "And the newest?"},
+    ]
+    second = client.chat.completions.create(
+        model=MODEL,
+        messages=follow_up,
+        temperature=0,
+        max_tokens=10,  # type: ignore[arg-type]
+    )
+    assert first.usage is not None and second.usage is not None
+    details = second.usage.prompt_tokens_details
+    assert details is not None and details.cached_tokens is not None
+    shared = first.usage.prompt_tokens + first.usage.completion_tokens
+    assert details.cached_tokens >= 0.9 * shared, (details.cached_tokens, shared)
+    stats = httpx.get(f"{live.url}/health").json()["engines"][MODEL]
+    assert stats["prefix_cache_hits"] >= 1
