@@ -345,6 +345,8 @@ class LLMEngine(EngineThread):
         self.largest_batch = max(self.largest_batch, len(batch))
         current = batch.schedule()
         if current is None:
+            if not self.has_work():
+                mx.clear_cache()
             return
         finished: list[int] = []
         for row, token in enumerate(batch.read(current)):
@@ -355,7 +357,9 @@ class LLMEngine(EngineThread):
         if finished:
             self._retire(finished)
         self._steps += 1
-        if self._steps % _CLEAR_CACHE_EVERY == 0:
+        if self._steps % _CLEAR_CACHE_EVERY == 0 or not self.has_work():
+            # Idle (or every few hundred steps): hand MLX's cached buffers back, so memory
+            # returns to the weights + prefix cache between bursts instead of creeping up.
             mx.clear_cache()
 
     def _retire(self, rows: list[int]) -> None:
