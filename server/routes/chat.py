@@ -31,7 +31,7 @@ from server.schemas.chat import (
     delta_choice,
     message_choice,
 )
-from server.schemas.common import ignored_fields, usage_body
+from server.schemas.common import response_headers, usage_body
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -69,9 +69,7 @@ async def create_chat_completion(request: Request) -> Response:
         n=chat.choices,
         logprobs=logprobs,
     )
-    headers = {"x-request-id": request_id}
-    if ignored := ignored_fields(body, ChatCompletionRequest, IGNORED_FIELDS):
-        headers["x-mlxd-ignored-fields"] = ",".join(ignored)
+    headers = response_headers(request_id, body, ChatCompletionRequest, IGNORED_FIELDS)
     logger.info(
         "%s chat model=%s prompt_tokens=%d max_tokens=%d n=%d stream=%s",
         request_id,

@@ -29,7 +29,7 @@ from server import sse
 from server.body import read_json_object, validate
 from server.errors import APIError, from_engine_error
 from server.generation import check_limits, collect, merge, unless_disconnected
-from server.schemas.common import ignored_fields, usage_body
+from server.schemas.common import response_headers, usage_body
 from server.schemas.completions import (
     IGNORED_FIELDS,
     CompletionRequest,
@@ -99,9 +99,7 @@ async def create_completion(request: Request) -> Response:
                 prompt_logprobs=bool(completion.echo) and completion.logprobs is not None,
             )
         )
-    headers = {"x-request-id": request_id}
-    if ignored := ignored_fields(body, CompletionRequest, IGNORED_FIELDS):
-        headers["x-mlxd-ignored-fields"] = ",".join(ignored)
+    headers = response_headers(request_id, body, CompletionRequest, IGNORED_FIELDS)
     logger.info(
         "%s completion model=%s prompts=%d n=%d stream=%s",
         request_id,

@@ -105,3 +105,13 @@ def ignored_fields(
     """Fields present in the body that do nothing here: known-ignored ones and unknown ones."""
     known = set(model.model_fields)
     return [key for key in body if key in ignored or key not in known]
+
+
+def response_headers(
+    request_id: str, body: dict[str, Any], model: type[BaseModel], ignored: tuple[str, ...]
+) -> dict[str, str]:
+    """`x-request-id`, and `x-mlxd-ignored-fields` naming what the request sent in vain."""
+    headers = {"x-request-id": request_id}
+    if fields := ignored_fields(body, model, ignored):
+        headers["x-mlxd-ignored-fields"] = ",".join(fields)
+    return headers
