@@ -8,6 +8,8 @@ import json
 import math
 
 import httpx
+import openai
+import pytest
 
 from engines.weights.embedded import SMOLLM2
 from tests.e2e.conftest import LiveServer
@@ -176,3 +178,12 @@ def test_penalties_change_a_repetitive_answer(live: LiveServer) -> None:
     assert plain.count("cat") >= 5, plain
     assert penalised.count("cat") < plain.count("cat")
     assert repeated.count("cat") < plain.count("cat")
+
+
+def test_suffix_on_a_model_without_fim_tokens_is_a_clear_400(live: LiveServer) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        live.client().completions.create(model=MODEL, prompt="def f(", suffix="):")
+    assert raised.value.status_code == 400
+    body = raised.value.body
+    assert isinstance(body, dict) and body["param"] == "suffix"
+    assert "fill-in-the-middle" in body["message"]
