@@ -1,12 +1,15 @@
-"""LLMEngine: serves one mlx-lm model from its engine thread.
+"""LLMEngine: serves one mlx-lm model from its engine thread, continuously batched.
 
-Step loop (one call of `step`):
-1. Sequences whose client went away leave at once (their RequestStream was cancelled).
-2. Prefill: prompt tokens are fed in chunks, at most `prefill_chunk` tokens per step across all
-   prefilling requests, so a long prompt delays running streams by at most one chunk per step.
-   A request with n > 1 is prefilled once; its n choices then fork the prompt's KV cache.
-3. Decode: for every running sequence, the next token is scheduled (lazily, `mx.async_eval`) before
-   the previous one is read back, so the device works while the host detokenizes.
+Step loop (one call of `step`; docs/architecture.md has the long form):
+1. Requests whose client went away leave at once, wherever they are.
+2. Admission: waiting requests start prefill while the batch has rows free and the projected KV
+   memory (dense, left-padded batch cache) fits the budget; a full queue is refused at `submit`.
+3. Prefill, at most `prefill_chunk` tokens per step: fresh prompts together in one padded pass,
+   the others one at a time (resuming from the prefix cache when they can). A request with n > 1
+   is prefilled once; its n choices fork the prompt's KV cache.
+4. Decode: one pass for every row of the DecodeBatch; step n+1 is scheduled before step n's
+   tokens are read back, so the device works while the host detokenizes.
+5. Finished rows leave; their KV goes to the prefix cache.
 
 Invariants: all MLX work happens on the engine thread; only plain values reach RequestStreams;
 each choice's events end with exactly one FinishEvent, or the request's with an ErrorEvent.
@@ -18,7 +21,7 @@ import copy
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,9 +30,10 @@ from mlx.utils import tree_flatten
 from engines.bridge import RequestStream
 from engines.errors import ContextTooLong, InvalidRequest, KVBudgetExceeded, Overloaded
 from engines.llm.batch import DecodeBatch
-from engines.llm.detokenize import IncrementalDetokenizer, TokenBytes
+from engines.llm.detokenize import TokenBytes
+from engines.llm.prefill import Prefill, choose_group, prefill_together
 from engines.llm.prefix_cache import PrefixCache
-from engines.llm.sampling import Sampled, TokenSampler, choice_seed, host_list, top_k_logprobs
+from engines.llm.sampling import Sampled, TokenSampler, choice_seed
 from engines.llm.sequence import Choice, Vocabulary
 from engines.llm.templates import render_chat
 from engines.types import (
@@ -38,7 +42,6 @@ from engines.types import (
     FinishEvent,
     GenerationRequest,
     PromptEvent,
-    TokenLogprob,
     Usage,
 )
 from engines.worker import EngineThread
@@ -68,19 +71,6 @@ FIM_TOKEN_SETS = (
     ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder, SantaCoder
     ("<PRE>", "<SUF>", "<MID>"),  # CodeLlama
 )
-
-
-@dataclass
-class _Prefill:
-    """A request whose prompt is being fed into its KV cache (before its choices decode)."""
-
-    request: GenerationRequest
-    stream: RequestStream
-    cache: list[Any]
-    sampler: TokenSampler
-    to_prefill: list[int]
-    cached_tokens: int = 0
-    prompt_scores: list[tuple[float, tuple[tuple[int, float], ...]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -116,7 +106,7 @@ class LLMEngine(EngineThread):
         self._model: Any = None
         self._vocabulary: Vocabulary | None = None
         self._waiting: deque[tuple[GenerationRequest, RequestStream]] = deque()
-        self._prefilling: list[_Prefill] = []
+        self._prefilling: list[Prefill] = []
         self._batch: DecodeBatch | None = None
         self._layers = 0
         self._counts_lock = threading.Lock()
@@ -403,7 +393,7 @@ class LLMEngine(EngineThread):
             self._count(0, -1)
             self._prefilling.append(self._start_prefill(request, stream))
 
-    def _start_prefill(self, request: GenerationRequest, stream: RequestStream) -> _Prefill:
+    def _start_prefill(self, request: GenerationRequest, stream: RequestStream) -> Prefill:
         from mlx_lm.models.cache import make_prompt_cache
 
         sampler = TokenSampler(
@@ -419,39 +409,19 @@ class LLMEngine(EngineThread):
         if cache is None:
             cache = make_prompt_cache(self._model)
         remaining = list(request.prompt_tokens[reused:])
-        return _Prefill(request, stream, cache, sampler, remaining, cached_tokens=reused)
+        return Prefill(request, stream, cache, sampler, remaining, cached_tokens=reused)
 
     def _prefill_together(self, budget: int) -> int:
         """Prefill fresh single-choice prompts that fit the budget in one left-padded forward
         pass and join them to the batch; return the budget left. (Prompts resuming from the
         prefix cache, with n > 1, scoring their prompt, or too long go one at a time.)"""
         import mlx.core as mx
-        from mlx_lm.models.cache import BatchKVCache
 
-        assert self._batch is not None and self._vocabulary is not None
-        group: list[_Prefill] = []
-        longest = 0
-        for prefill in self._prefilling:
-            request = prefill.request
-            if (
-                prefill.cached_tokens
-                or request.n > 1
-                or request.prompt_logprobs
-                or request.max_tokens == 0
-                or len(prefill.to_prefill) != len(request.prompt_tokens)
-            ):
-                continue
-            width = max(longest, len(prefill.to_prefill))
-            if (len(group) + 1) * width > budget:
-                continue
-            group.append(prefill)
-            longest = width
+        assert self._batch is not None
+        group, width = choose_group(self._prefilling, budget)
         if len(group) < 2:
             return budget
-        padding = [longest - len(p.to_prefill) for p in group]
-        tokens = mx.array([[0] * pad + p.to_prefill for pad, p in zip(padding, group, strict=True)])
-        caches = [BatchKVCache(list(padding)) for _ in range(self._layers)]
-        logits = self._model(tokens, cache=caches)[:, -1, :]
+        caches, logits = prefill_together(self._model, group, width, self._layers)
         choices: list[Choice] = []
         first: list[Sampled] = []
         for row, prefill in enumerate(group):
@@ -461,9 +431,9 @@ class LLMEngine(EngineThread):
         mx.async_eval(*(a for s in first for a in s.arrays()), [c.state for c in caches])
         self._batch.join_group(choices, caches, first)
         self.prefilled_together += len(group)
-        return budget - len(group) * longest
+        return budget - len(group) * width
 
-    def _choice(self, prefill: _Prefill, index: int, sampler: TokenSampler) -> Choice:
+    def _choice(self, prefill: Prefill, index: int, sampler: TokenSampler) -> Choice:
         assert self._vocabulary is not None
         return Choice(
             prefill.request,
@@ -476,52 +446,26 @@ class LLMEngine(EngineThread):
         )
 
     def _prefill_some(self, budget: int) -> list[tuple[Choice, list[Any], Sampled]]:
-        """Feed up to `budget` prompt tokens; return the choices ready to decode."""
-        import mlx.core as mx
-
+        """Feed up to `budget` prompt tokens, one request at a time; return the choices whose
+        prompt is done (ready to decode)."""
         ready: list[tuple[Choice, list[Any], Sampled]] = []
         while self._prefilling and budget > 0:
             prefill = self._prefilling[0]
-            # All but the last prompt token only fill the cache; the last one yields logits.
-            take = min(budget, len(prefill.to_prefill) - 1)
-            if take > 0:
-                chunk = mx.array(prefill.to_prefill[:take])
-                logits = self._model(chunk[None], cache=prefill.cache)
-                if prefill.request.prompt_logprobs:
-                    self._score_prompt(prefill, logits[0], prefill.to_prefill[1 : take + 1])
-                mx.eval([c.state for c in prefill.cache])
-                del prefill.to_prefill[:take]
-                budget -= take
+            budget -= prefill.feed(self._model, budget)
             if len(prefill.to_prefill) == 1 and budget > 0:
                 budget -= 1
                 self._prefilling.pop(0)
                 ready.extend(self._start_choices(prefill))
         return ready
 
-    def _score_prompt(self, prefill: _Prefill, logits: Any, targets: list[int]) -> None:
-        """Logprobs of the prompt's tokens given what precedes them (completions' echo)."""
-        import mlx.core as mx
-
-        logprobs = logits.astype(mx.float32)
-        logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
-        chosen = mx.take_along_axis(logprobs, mx.array(targets)[:, None], axis=-1)[:, 0]
-        k = prefill.request.logprobs or 0
-        if k > 0:
-            top_ids, top_values = top_k_logprobs(logprobs, k)
-            ids, values = host_list(top_ids), host_list(top_values)
-        else:
-            ids, values = [[] for _ in targets], [[] for _ in targets]
-        for logprob, row_ids, row_values in zip(host_list(chosen), ids, values, strict=True):
-            prefill.prompt_scores.append((logprob, tuple(zip(row_ids, row_values, strict=True))))
-
-    def _start_choices(self, prefill: _Prefill) -> list[tuple[Choice, list[Any], Sampled]]:
+    def _start_choices(self, prefill: Prefill) -> list[tuple[Choice, list[Any], Sampled]]:
         """Run the last prompt token, then fork the cache and sampler into n choices."""
         import mlx.core as mx
 
         assert self._vocabulary is not None
         request = prefill.request
         if request.prompt_logprobs:
-            prefill.stream.push(PromptEvent(self._prompt_logprobs(prefill)))
+            prefill.stream.push(PromptEvent(prefill.prompt_logprobs(self._vocabulary)))
         if request.max_tokens == 0:  # scoring only (completions' echo with max_tokens 0)
             usage = Usage(len(request.prompt_tokens), 0)
             self._count(-request.n)
@@ -543,19 +487,6 @@ class LLMEngine(EngineThread):
             mx.async_eval(*sampled.arrays(), *sampler.state())
             ready.append((choice, cache, sampled))
         return ready
-
-    def _prompt_logprobs(self, prefill: _Prefill) -> list[TokenLogprob]:
-        assert self._vocabulary is not None
-        tokens = prefill.request.prompt_tokens
-        detokenizer = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=False)
-        texts = [detokenizer.add(t) for t in tokens]
-        texts[-1] += detokenizer.flush()
-        scores: list[tuple[float | None, tuple[tuple[int, float], ...]]] = [(None, ())]
-        scores += prefill.prompt_scores
-        return [
-            self._vocabulary.logprob(token, text, logprob, top)
-            for token, text, (logprob, top) in zip(tokens, texts, scores, strict=True)
-        ]
 
     def _count(self, choices: int, queued: int = 0) -> None:
         with self._counts_lock:

@@ -1,0 +1,107 @@
+"""Prompt processing on the engine thread: one request's prompt fed into its KV cache in chunks
+(optionally scoring every prompt token), or several fresh prompts in one left-padded pass.
+
+Invariant: a `Prefill` always keeps its last prompt token unfed — the pass over it yields the
+logits of the first output token (see `LLMEngine._start_choices`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.models.cache import BatchKVCache
+
+from engines.bridge import RequestStream
+from engines.llm.detokenize import IncrementalDetokenizer
+from engines.llm.sampling import TokenSampler, host_list, top_k_logprobs
+from engines.llm.sequence import Vocabulary
+from engines.types import GenerationRequest, TokenLogprob
+
+
+@dataclass
+class Prefill:
+    """A request whose prompt is being fed into its KV cache (before its choices decode)."""
+
+    request: GenerationRequest
+    stream: RequestStream
+    cache: list[Any]
+    sampler: TokenSampler
+    to_prefill: list[int]
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    scores: list[tuple[float, tuple[tuple[int, float], ...]]] = field(default_factory=list)
+
+    @property
+    def groupable(self) -> bool:
+        """Fresh, single-choice and unscored: may be prefilled together with others."""
+        request = self.request
+        return (
+            not self.cached_tokens
+            and request.n == 1
+            and not request.prompt_logprobs
+            and request.max_tokens > 0
+            and len(self.to_prefill) == len(request.prompt_tokens)
+        )
+
+    def feed(self, model: Any, budget: int) -> int:
+        """Feed up to `budget` tokens (never the last one); return how many were fed."""
+        take = min(budget, len(self.to_prefill) - 1)
+        if take <= 0:
+            return 0
+        logits = model(mx.array(self.to_prefill[:take])[None], cache=self.cache)
+        if self.request.prompt_logprobs:
+            self._score(logits[0], self.to_prefill[1 : take + 1])
+        mx.eval([c.state for c in self.cache])
+        del self.to_prefill[:take]
+        return take
+
+    def _score(self, logits: mx.array, targets: list[int]) -> None:
+        """Logprobs of prompt tokens given what precedes them (completions' echo)."""
+        logprobs = logits.astype(mx.float32)
+        logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
+        chosen = mx.take_along_axis(logprobs, mx.array(targets)[:, None], axis=-1)[:, 0]
+        k = self.request.logprobs or 0
+        if k > 0:
+            top_ids, top_values = top_k_logprobs(logprobs, k)
+            ids, values = host_list(top_ids), host_list(top_values)
+        else:
+            ids, values = [[] for _ in targets], [[] for _ in targets]
+        for logprob, row_ids, row_values in zip(host_list(chosen), ids, values, strict=True):
+            self.scores.append((logprob, tuple(zip(row_ids, row_values, strict=True))))
+
+    def prompt_logprobs(self, vocabulary: Vocabulary) -> list[TokenLogprob]:
+        """Every prompt token with its score (the first one has none: nothing predicts it)."""
+        tokens = self.request.prompt_tokens
+        detokenizer = IncrementalDetokenizer(vocabulary.tokenizer, skip_special_tokens=False)
+        texts = [detokenizer.add(t) for t in tokens]
+        texts[-1] += detokenizer.flush()
+        scores: list[tuple[float | None, tuple[tuple[int, float], ...]]] = [(None, ())]
+        scores += self.scores
+        return [
+            vocabulary.logprob(token, text, logprob, top)
+            for token, text, (logprob, top) in zip(tokens, texts, scores, strict=True)
+        ]
+
+
+def choose_group(prefills: list[Prefill], budget: int) -> tuple[list[Prefill], int]:
+    """Groupable prefills whose padded width × count fits `budget`: (group, width)."""
+    group: list[Prefill] = []
+    width = 0
+    for prefill in prefills:
+        wider = max(width, len(prefill.to_prefill))
+        if prefill.groupable and (len(group) + 1) * wider <= budget:
+            group.append(prefill)
+            width = wider
+    return group, width
+
+
+def prefill_together(
+    model: Any, group: list[Prefill], width: int, layers: int
+) -> tuple[list[BatchKVCache], mx.array]:
+    """Run whole prompts (left-padded to `width`) in one pass: (batch caches, last logits)."""
+    padding = [width - len(p.to_prefill) for p in group]
+    rows = [[0] * pad + p.to_prefill for pad, p in zip(padding, group, strict=True)]
+    caches = [BatchKVCache(list(padding)) for _ in range(layers)]
+    logits = model(mx.array(rows), cache=caches)[:, -1, :]
+    return caches, logits
