@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
             ("host", getattr(args, "host", None)),
             ("port", getattr(args, "port", None)),
             ("log_level", getattr(args, "log_level", None)),
+            ("api_key", getattr(args, "api_key", None)),
         )
         if value is not None
     }
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--log-level", help="debug, info, warning, error")
+    serve.add_argument("--api-key", help="require this API key (comma-separate several)")
     importer = commands.add_parser("import", help="convert a model into the store")
     importer.add_argument("--embedded", action="store_true", help="import the embedded models")
     importer.add_argument(
@@ -79,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(settings: object) -> int:
     import uvicorn
 
-    from server.app import create_app
+    from server.app import create_app, uvicorn_options
     from server.settings import Settings
 
     assert isinstance(settings, Settings)
@@ -89,7 +91,7 @@ def _serve(settings: object) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1,
+        **uvicorn_options(settings),
     )
     return 0
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from engines.pool import EnginePool
 from server.errors import install_error_handlers
 from server.routes import chat, completions, health, models
+from server.security import AccessControl
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -55,8 +58,31 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.pool = engine_pool
     install_error_handlers(app)
+    app.add_middleware(
+        AccessControl,
+        allowed_hosts=settings.host_allowlist(),
+        allowed_origins=settings.origins(),
+        api_keys=settings.api_keys(),
+        max_header_bytes=settings.max_header_bytes,
+    )
+    if settings.origins():  # outermost, so browsers' preflight requests are answered first
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.origins(),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+        )
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(health.router)
     return app
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How uvicorn must run this app (shared by `mlxd serve` and the socket tests)."""
+    return {
+        "timeout_graceful_shutdown": int(settings.drain_timeout_s) + 1,
+        # Let oversized headers reach AccessControl, which answers 431 in OpenAI's shape.
+        "h11_max_incomplete_event_size": settings.max_header_bytes * 2,
+    }

@@ -24,6 +24,18 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
     home: Path = Field(default_factory=default_home, description="mlxd's data directory.")
     model: str = Field(SMOLLM2.name, description="Chat model: a store name or an MLX directory.")
+    api_key: str | None = Field(
+        None,
+        description="API key(s), comma-separated; when set, every route but /health needs one.",
+    )
+    allowed_hosts: str = Field(
+        "127.0.0.1,localhost,::1,[::1]",
+        description="Host header names served (comma-separated; '*' for any); others get 403.",
+    )
+    cors_origins: str = Field(
+        "", description="Browser origins allowed (comma-separated; '*' for any); default none."
+    )
+    max_header_bytes: int = Field(32 * 1024, ge=1024, description="Request header limit (431).")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Request body limit.")
     max_stop_sequences: int = Field(4, ge=0, description="Most `stop` strings per request.")
     max_n: int = Field(16, ge=1, le=128, description="Most choices (`n`) per request.")
@@ -49,3 +61,16 @@ class Settings(BaseSettings):
     prefix_cache_mb: int = Field(1024, ge=0, description="Prefix cache size (0 turns it off).")
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace period for work at shutdown.")
     log_level: str = Field("info", description="Python logging level name.")
+
+    def api_keys(self) -> list[str]:
+        return [key.strip() for key in (self.api_key or "").split(",") if key.strip()]
+
+    def host_allowlist(self) -> list[str]:
+        """The configured names, plus the bind address when it is a specific one."""
+        hosts = [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
+        if self.host not in ("0.0.0.0", "::", ""):
+            hosts.append(self.host)
+        return hosts
+
+    def origins(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]

@@ -11,11 +11,16 @@ from contextlib import contextmanager
 import uvicorn
 from fastapi import FastAPI
 
+from server.app import uvicorn_options
+
 
 @contextmanager
 def serve(app: FastAPI, startup_timeout_s: float = 120.0) -> Iterator[str]:
     """Yield the base URL (http://127.0.0.1:PORT) while the app is served; stop it after."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    options = uvicorn_options(app.state.settings)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", **options
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -71,7 +71,7 @@ async def create_chat_completion(request: Request) -> Response:
     )
     headers = response_headers(request_id, body, ChatCompletionRequest, IGNORED_FIELDS)
     logger.info(
-        "%s chat model=%s prompt_tokens=%d max_tokens=%d n=%d stream=%s",
+        "%s chat model=%r prompt_tokens=%d max_tokens=%d n=%d stream=%s",
         request_id,
         chat.model,
         len(prompt),

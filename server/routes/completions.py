@@ -101,7 +101,7 @@ async def create_completion(request: Request) -> Response:
         )
     headers = response_headers(request_id, body, CompletionRequest, IGNORED_FIELDS)
     logger.info(
-        "%s completion model=%s prompts=%d n=%d stream=%s",
+        "%s completion model=%r prompts=%d n=%d stream=%s",
         request_id,
         completion.model,
         len(prompts),

@@ -30,7 +30,7 @@ async def http(fake_engine: FakeEngine, settings: Settings) -> AsyncIterator[htt
     app = create_app(settings, pool)
     await pool.start()  # ASGITransport runs no lifespan
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         yield client
     await pool.drain(timeout=1)
 
@@ -38,7 +38,7 @@ async def http(fake_engine: FakeEngine, settings: Settings) -> AsyncIterator[htt
 @pytest.fixture
 def client(http: httpx.AsyncClient) -> AsyncOpenAI:
     return AsyncOpenAI(
-        base_url="http://testserver/v1",
+        base_url="http://127.0.0.1/v1",
         api_key="unused",
         http_client=http,
         _strict_response_validation=True,
@@ -51,5 +51,5 @@ def loose_client(http: httpx.AsyncClient) -> AsyncOpenAI:
     """The SDK without strict validation: for streamed /v1/completions, whose chunks carry
     `finish_reason: null` as OpenAI's API sends them, which the SDK's `Completion` type forbids."""
     return AsyncOpenAI(
-        base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0
+        base_url="http://127.0.0.1/v1", api_key="unused", http_client=http, max_retries=0
     )

@@ -89,3 +89,11 @@ async def test_keepalive_comments_while_the_prompt_is_processed() -> None:
     keepalives = [i for i, line in enumerate(lines) if line.startswith(": keep-alive")]
     assert len([i for i in keepalives if i < first_content]) >= 3
     assert lines[-1] == "data: [DONE]"
+
+
+async def test_oversized_headers_over_a_socket_are_an_openai_431() -> None:
+    with serve(create_app(Settings(), EnginePool([FakeEngine()]))) as url:
+        async with httpx.AsyncClient(base_url=url) as http:
+            response = await http.get("/v1/models", headers={"x-filler": "a" * 40_000})
+    assert response.status_code == 431
+    assert response.json()["error"]["code"] == "headers_too_large"
