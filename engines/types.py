@@ -141,3 +141,5 @@ class EngineStats:
     prefix_cache_misses: int = 0
     prefix_cache_entries: int = 0
     prefix_cache_bytes: int = 0
+    stalled: bool = False  # busy, but the step loop has not moved for the watchdog's threshold
+    failures: int = 0  # steps that raised (their requests failed; the engine went on)

@@ -3,8 +3,9 @@
 Invariants:
 - The thread creates its stream, loads the model and makes every MLX call; nothing else does.
 - Other threads talk to it only through `post` (a thread-safe inbox of plain Python messages).
-- If a step raises, every sequence in flight is failed with EngineFailed and the loop goes on;
-  requests accepted later are served normally.
+- If a step (or handling a message) raises, every sequence in flight is failed with
+  EngineFailed and the loop goes on; requests accepted later are served normally.
+- `last_progress` is stamped every loop iteration; a busy engine whose stamp is old is hung.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 from engines.errors import EngineFailed, EngineUnavailable
@@ -32,6 +34,8 @@ class EngineThread:
         self._loaded = threading.Event()
         self._load_error: BaseException | None = None
         self._stopped = threading.Event()
+        self.last_progress = time.monotonic()  # when the loop last started an iteration
+        self.failures = 0  # steps that raised (each failed the requests then in flight)
 
     # -- any thread ---------------------------------------------------------------------------
 
@@ -48,6 +52,11 @@ class EngineThread:
     @property
     def running(self) -> bool:
         return self._loaded.is_set() and self._load_error is None and not self._stopped.is_set()
+
+    def stalled(self, busy: bool, threshold_s: float) -> bool:
+        """True when the engine has work (`busy`) but its loop has not moved for `threshold_s`:
+        a step is hung (the watchdog behind /health)."""
+        return busy and time.monotonic() - self.last_progress > threshold_s
 
     def post(self, message: Any) -> None:
         self._inbox.put(message)
@@ -78,14 +87,17 @@ class EngineThread:
         try:
             with mx.stream(stream):
                 while not (stopping and not self.has_work()):
-                    stopping = self._drain_inbox(block=not self.has_work()) or stopping
-                    if not self.has_work():
-                        continue
+                    self.last_progress = time.monotonic()
                     try:
-                        self.step()
+                        stopping = self._drain_inbox(block=not self.has_work()) or stopping
+                        if self.has_work():
+                            self.step()
                     except Exception as exc:
+                        # Only the requests in flight fail; the thread, its stream and the model
+                        # stay, so the engine goes on serving what comes next.
                         logger.exception("engine %s step failed", self.name)
                         self.fail_all(EngineFailed(f"engine error: {type(exc).__name__}: {exc}"))
+                        self.failures += 1
         finally:
             self._stopped.set()
             # Anything that arrived with or after the stop order is refused, never left hanging.

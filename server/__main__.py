@@ -7,10 +7,13 @@ in MLX happens inside the subcommand that needs it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import platform
+import signal
 import sys
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
@@ -84,15 +87,28 @@ def _serve(settings: object) -> int:
     from server.app import create_app, uvicorn_options
     from server.settings import Settings
 
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            """SIGTERM/SIGINT stop gracefully (work in flight finishes), then exit with status 0:
+            uvicorn would re-raise the signal, and launchd/systemd count that death as a crash."""
+            handled = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
     assert isinstance(settings, Settings)
-    app = create_app(settings)
-    uvicorn.run(
-        app,
+    config = uvicorn.Config(
+        create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         **uvicorn_options(settings),
     )
+    Server(config).run()
     return 0
 
 

@@ -34,6 +34,7 @@ def build_pool(settings: Settings) -> EnginePool:
         max_waiting=settings.max_waiting,
         kv_budget_bytes=settings.kv_budget_mb * 2**20 if settings.kv_budget_mb else None,
         prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
+        watchdog_s=settings.watchdog_s,
     )
     return EnginePool([LLMEngine(name, path, settings.prefill_chunk, limits)])
 

@@ -80,6 +80,8 @@ def from_engine_error(error: Exception) -> APIError:
             headers = {}
             if isinstance(error, Overloaded):
                 headers["Retry-After"] = str(error.retry_after_s)
+            if isinstance(error, EngineFailed):
+                headers["x-should-retry"] = "false"  # the OpenAI SDK would otherwise retry 500s
             return APIError(status, error.message, type_, error.param, code, headers)
     return APIError(500, "internal error", "server_error", None, "internal_error")
 

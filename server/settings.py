@@ -59,6 +59,9 @@ class Settings(BaseSettings):
         None, ge=1, description="KV cache budget; default: half the device memory − weights."
     )
     prefix_cache_mb: int = Field(1024, ge=0, description="Prefix cache size (0 turns it off).")
+    watchdog_s: float = Field(
+        120.0, gt=0, description="A busy engine whose loop is stuck this long is unhealthy."
+    )
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace period for work at shutdown.")
     log_level: str = Field("info", description="Python logging level name.")
 

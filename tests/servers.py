@@ -45,3 +45,11 @@ async def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
             return condition()
         await asyncio.sleep(0.01)
     return True
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -81,6 +81,7 @@ class EngineLimits:
     max_waiting: int = 64
     kv_budget_bytes: int | None = None  # None: derived from the device's memory at load
     prefix_cache_bytes: int = 1 << 30
+    watchdog_s: float = 120.0  # busy with no loop progress this long → reported stalled
 
 
 class LLMEngine(EngineThread):
@@ -140,6 +141,8 @@ class LLMEngine(EngineThread):
             prefix_cache_misses=cache.misses if cache else 0,
             prefix_cache_entries=len(cache) if cache else 0,
             prefix_cache_bytes=cache.nbytes if cache else 0,
+            stalled=self.stalled(self._active > 0, self.limits.watchdog_s),
+            failures=self.failures,
         )
 
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:

@@ -90,7 +90,9 @@ async def create_chat_completion(request: Request) -> Response:
         return Response(status_code=499)
     if collected.error is not None:
         error = from_engine_error(collected.error)
-        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+        return JSONResponse(
+            error.body(), status_code=error.status, headers={**headers, **error.headers}
+        )
     choices = [
         message_choice(
             index, choice.text, choice.finish_reason, None if logprobs is None else choice.logprobs

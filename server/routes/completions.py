@@ -135,7 +135,9 @@ async def _complete(
     for position, result in enumerate(results):
         if result.error is not None:
             error = from_engine_error(result.error)
-            return JSONResponse(error.body(), status_code=error.status, headers=headers)
+            return JSONResponse(
+                error.body(), status_code=error.status, headers={**headers, **error.headers}
+            )
         prompt_tokens += result.prompt_tokens
         cached_tokens += result.cached_tokens
         for index, choice in sorted(result.choices.items()):

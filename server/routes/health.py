@@ -1,5 +1,6 @@
-"""`GET /health`: 200 when every configured model is loaded and serving, else 503; with each
-engine's counters (active and queued requests, largest batch, prefix-cache hits and misses)."""
+"""`GET /health`: 200 when every configured model is loaded and serving, else 503 (also when the
+watchdog sees a busy engine whose step loop has not moved: `"status": "stalled"`); with each
+engine's counters (active and queued requests, largest batch, prefix cache, failed steps)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ router = APIRouter()
 async def health(request: Request) -> JSONResponse:
     pool = request.app.state.pool
     models = [info.name for info in pool.models()]
-    ready = bool(models) and not pool.draining
+    stats = pool.stats()
+    stalled = [name for name, engine in stats.items() if engine.stalled]
+    ready = bool(models) and not pool.draining and not stalled
     body = {
-        "status": "ok" if ready else "unavailable",
+        "status": "ok" if ready else ("stalled" if stalled else "unavailable"),
         "models": models,
         "active": pool.active,
-        "engines": {name: asdict(stats) for name, stats in pool.stats().items()},
+        "engines": {name: asdict(engine) for name, engine in stats.items()},
     }
     return JSONResponse(body, status_code=200 if ready else 503)

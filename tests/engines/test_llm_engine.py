@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import mlx.core as mx
 import pytest
@@ -18,6 +19,7 @@ from engines.types import (
     SamplingParams,
     TokenEvent,
 )
+from tests.servers import wait_until
 
 PROMPT = [5, 80, 120, 33, 200, 7, 90, 150, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72]
 
@@ -152,6 +154,7 @@ async def test_engine_failure_fails_requests_and_engine_recovers(
     assert isinstance(events[-1], ErrorEvent)
     assert "boom" in str(events[-1].error)
     assert engine.active == 0
+    assert engine.stats().failures >= 1
     monkeypatch.undo()
     _, tokens, finish = await run(engine, greedy(4))
     assert finish.reason == "length" and len(tokens) == 4
@@ -165,3 +168,31 @@ async def test_slow_reader_gets_coalesced_events_and_loses_nothing(engine: LLMEn
     assert [type(e) for e in events] == [TokenEvent, FinishEvent]
     assert isinstance(events[0], TokenEvent)
     assert events[0].token_ids == reference_greedy(engine, 30)
+
+
+async def test_watchdog_reports_a_hung_step(tiny_model_dir: Path) -> None:
+    from engines.llm.engine import EngineLimits
+
+    engine = LLMEngine("tiny", tiny_model_dir, limits=EngineLimits(watchdog_s=0.2))
+    engine.start()
+    await engine.wait_loaded()
+    release = threading.Event()
+    batch = engine._batch
+    assert batch is not None
+    original = batch.schedule
+
+    def hung() -> object:
+        release.wait(timeout=10)
+        return original()
+
+    batch.schedule = hung  # type: ignore[method-assign]
+    try:
+        stream = engine.submit(greedy(3))
+        assert await wait_until(lambda: engine.stats().stalled, timeout=5)
+        release.set()
+        events = [e async for e in stream]
+        assert isinstance(events[-1], FinishEvent)
+        assert await wait_until(lambda: not engine.stats().stalled, timeout=5)
+    finally:
+        release.set()
+        engine.stop()

@@ -390,3 +390,10 @@ async def test_full_queue_is_429_with_retry_after(http: httpx.AsyncClient, strea
 async def test_never_fitting_request_is_400(http: httpx.AsyncClient) -> None:
     response = await http.post(URL, json=chat_body())
     assert_openai_error(response, 400, "max_tokens", "kv_budget_exceeded")
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(reply="abcdefgh", fail_after=3)])
+async def test_engine_failure_tells_the_sdk_not_to_retry(http: httpx.AsyncClient) -> None:
+    response = await http.post(URL, json=chat_body())
+    assert response.status_code == 500
+    assert response.headers["x-should-retry"] == "false"
