@@ -57,7 +57,22 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
         raise APIError(400, f"Request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise APIError(400, f"Request body must be a JSON object, not {type(body).__name__}")
+    if b"\\ud" in raw.lower():  # only a \uD800–\uDFFF escape can smuggle in a lone surrogate
+        _reject_lone_surrogates(body)
     return body
+
+
+def _reject_lone_surrogates(body: dict[str, Any]) -> None:
+    """JSON may escape half of a UTF-16 pair (e.g. "\ud800"), which is no Unicode text at all:
+    refuse it here rather than let a tokenizer or encoder fail on it later."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise APIError(
+            400,
+            f"Request body contains a lone UTF-16 surrogate ({exc.object[exc.start]!a}), "
+            "which is not valid Unicode text",
+        ) from None
 
 
 def validate(model: type[M], body: dict[str, Any]) -> M:

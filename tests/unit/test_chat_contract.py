@@ -397,3 +397,20 @@ async def test_engine_failure_tells_the_sdk_not_to_retry(http: httpx.AsyncClient
     response = await http.post(URL, json=chat_body())
     assert response.status_code == 500
     assert response.headers["x-should-retry"] == "false"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "fake", "messages": [{"role": "user", "content": "hi \\ud800 there"}]}',
+        b'{"model": "fake", "messages": [{"role": "user", "content": "x"}], "stop": ["\\uDFFF"]}',
+    ],
+)
+async def test_lone_surrogates_are_a_400(http: httpx.AsyncClient, raw: bytes) -> None:
+    error = assert_openai_error(await http.post(URL, content=raw), 400)
+    assert "surrogate" in error["message"]
+
+
+async def test_escaped_surrogate_pairs_are_fine(http: httpx.AsyncClient) -> None:
+    raw = b'{"model": "fake", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}'
+    assert (await http.post(URL, content=raw)).status_code == 200
