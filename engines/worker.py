@@ -96,8 +96,8 @@ class EngineThread:
                         # Only the requests in flight fail; the thread, its stream and the model
                         # stay, so the engine goes on serving what comes next.
                         logger.exception("engine %s step failed", self.name)
+                        self.failures += 1  # first, so readers woken by fail_all see it
                         self.fail_all(EngineFailed(f"engine error: {type(exc).__name__}: {exc}"))
-                        self.failures += 1
         finally:
             self._stopped.set()
             # Anything that arrived with or after the stop order is refused, never left hanging.
