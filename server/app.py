@@ -16,7 +16,8 @@ from starlette.middleware.cors import CORSMiddleware
 
 from engines.pool import EnginePool
 from server.errors import install_error_handlers
-from server.routes import chat, completions, health, models
+from server.metrics import Metrics, RequestCounter
+from server.routes import chat, completions, health, metrics, models
 from server.security import AccessControl
 from server.settings import Settings
 
@@ -58,6 +59,7 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.pool = engine_pool
+    app.state.metrics = Metrics(engine_pool)
     install_error_handlers(app)
     app.add_middleware(
         AccessControl,
@@ -73,10 +75,12 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"],
         )
+    app.add_middleware(RequestCounter, metrics=app.state.metrics)  # outermost: counts refusals too
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     return app
 
 

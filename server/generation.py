@@ -1,7 +1,7 @@
 """Consuming engine streams at the HTTP edge: collecting choices, merging several requests'
 streams, and cancelling everything when the client goes away.
 
-Invariant: every RequestStream handed to these helpers is either read to its end or cancelled.
+Invariant: every EventSource handed to these helpers is either read to its end or cancelled.
 """
 
 from __future__ import annotations
@@ -9,16 +9,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from fastapi import Request
 
-from engines.bridge import RequestStream
 from engines.types import Event, FinishEvent, PromptEvent, TokenEvent, TokenLogprob
 from server.errors import APIError
 from server.schemas.common import SamplingFields
 
 T = TypeVar("T")
+
+
+class EventSource(Protocol):
+    """What routes read events from: an engine's EventSource, or it seen through metrics."""
+
+    def events(self, min_interval_s: float = ...) -> AsyncIterator[Event]: ...
+
+    def __aiter__(self) -> AsyncIterator[Event]: ...
+
+    def cancel(self) -> None: ...
 
 
 @dataclass
@@ -40,7 +49,7 @@ class Collected:
     error: Exception | None = None
 
 
-async def collect(stream: RequestStream) -> Collected:
+async def collect(stream: EventSource) -> Collected:
     """Read a request's stream to its end."""
     result = Collected()
     async for event in stream:
@@ -61,9 +70,7 @@ async def collect(stream: RequestStream) -> Collected:
     return result
 
 
-async def merge(
-    streams: list[RequestStream], interval_s: float
-) -> AsyncIterator[tuple[int, Event]]:
+async def merge(streams: list[EventSource], interval_s: float) -> AsyncIterator[tuple[int, Event]]:
     """Events of several streams as they come, tagged with their stream's position."""
     if len(streams) == 1:
         async for event in streams[0].events(interval_s):
@@ -71,7 +78,7 @@ async def merge(
         return
     queue: asyncio.Queue[tuple[int, Event] | None] = asyncio.Queue()
 
-    async def pump(position: int, stream: RequestStream) -> None:
+    async def pump(position: int, stream: EventSource) -> None:
         async for event in stream.events(interval_s):
             await queue.put((position, event))
         await queue.put(None)
@@ -91,7 +98,7 @@ async def merge(
 
 
 async def unless_disconnected(
-    request: Request, work: Awaitable[T], streams: list[RequestStream]
+    request: Request, work: Awaitable[T], streams: list[EventSource]
 ) -> T | None:
     """Await `work`; if the client disconnects first, cancel `streams` and return None."""
     worker = asyncio.ensure_future(work)

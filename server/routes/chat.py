@@ -17,12 +17,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from engines.bridge import RequestStream
 from engines.types import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
 from server import sse
 from server.body import read_json_object, validate
 from server.errors import APIError, from_engine_error
-from server.generation import check_limits, collect, unless_disconnected
+from server.generation import EventSource, check_limits, collect, unless_disconnected
 from server.schemas.chat import (
     IGNORED_FIELDS,
     ChatCompletionRequest,
@@ -79,7 +78,7 @@ async def create_chat_completion(request: Request) -> Response:
         chat.choices,
         bool(chat.stream),
     )
-    stream = engine.submit(generation)
+    stream = request.app.state.metrics.observe(engine.submit(generation), chat.model)
     if chat.stream:
         interval = settings.stream_interval_ms / 1000
         events = _stream_chunks(stream, generation, chat.model, chat.include_usage, interval)
@@ -107,7 +106,7 @@ async def create_chat_completion(request: Request) -> Response:
 
 
 async def _stream_chunks(
-    stream: RequestStream,
+    stream: EventSource,
     generation: GenerationRequest,
     model: str,
     include_usage: bool,

@@ -15,7 +15,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from engines.bridge import RequestStream
 from engines.pool import TextEngine
 from engines.types import (
     ErrorEvent,
@@ -28,7 +27,7 @@ from engines.types import (
 from server import sse
 from server.body import read_json_object, validate
 from server.errors import APIError, from_engine_error
-from server.generation import check_limits, collect, merge, unless_disconnected
+from server.generation import EventSource, check_limits, collect, merge, unless_disconnected
 from server.schemas.common import response_headers, usage_body
 from server.schemas.completions import (
     IGNORED_FIELDS,
@@ -108,7 +107,8 @@ async def create_completion(request: Request) -> Response:
         completion.choices,
         bool(completion.stream),
     )
-    streams = [engine.submit(generation) for generation in generations]
+    metrics = request.app.state.metrics
+    streams = [metrics.observe(engine.submit(g), completion.model) for g in generations]
     if completion.stream:
         events = _stream_chunks(request_id, completion, texts, generations, streams, settings)
         return sse.event_stream(events, headers, settings)
@@ -120,7 +120,7 @@ async def _complete(
     request_id: str,
     completion: CompletionRequest,
     texts: list[str],
-    streams: list[RequestStream],
+    streams: list[EventSource],
     headers: dict[str, str],
 ) -> Response:
     async def collect_all() -> list[Any]:
@@ -161,7 +161,7 @@ async def _stream_chunks(
     completion: CompletionRequest,
     texts: list[str],
     generations: list[GenerationRequest],
-    streams: list[RequestStream],
+    streams: list[EventSource],
     settings: Any,
 ) -> AsyncIterator[dict[str, str]]:
     created = int(time.time())

@@ -1,0 +1,151 @@
+"""Prometheus metrics at `GET /metrics` (prometheus-client, one registry per app).
+
+- HTTP: requests by route and status (routes outside the API are counted as "other", so a client
+  cannot blow up the label set).
+- Generation: prompt/completion/cached tokens, time to first token and gaps between tokens as
+  the server hands them to the client, finish reasons.
+- Engines: active and queued requests, largest batch, prefix-cache hits/misses/bytes, failed
+  steps — read from each engine's stats when scraped.
+
+Invariant: observing never changes a stream: `Observed` passes every event through unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from engines.bridge import RequestStream
+from engines.pool import EnginePool
+from engines.types import Event, FinishEvent, TokenEvent
+
+ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"})
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class _EngineCollector(Collector):
+    def __init__(self, pool: EnginePool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        fields = {
+            "active": "Choices accepted and not finished",
+            "queued": "Requests waiting for admission",
+            "largest_batch": "Most rows decoded together so far",
+            "prefix_cache_hits": "Prompts that reused a cached prefix",
+            "prefix_cache_misses": "Prompts that found no cached prefix",
+            "prefix_cache_bytes": "Bytes held by the prefix cache",
+            "failures": "Engine steps that raised",
+        }
+        stats = self.pool.stats()
+        for field, help_text in fields.items():
+            family = GaugeMetricFamily(f"mlxd_engine_{field}", help_text, labels=["model"])
+            for model, engine in stats.items():
+                family.add_metric([model], float(getattr(engine, field)))
+            yield family
+
+
+class Metrics:
+    def __init__(self, pool: EnginePool) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "mlxd_http_requests", "HTTP requests", ["route", "status"], registry=self.registry
+        )
+        self.tokens = Counter(
+            "mlxd_tokens", "Tokens by kind", ["model", "kind"], registry=self.registry
+        )
+        self.finishes = Counter(
+            "mlxd_finishes", "Choices ended, by reason", ["model", "reason"], registry=self.registry
+        )
+        self.ttft = Histogram(
+            "mlxd_time_to_first_token_seconds",
+            "From request accepted to its first output handed to the client (once per request)",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.inter_token = Histogram(
+            "mlxd_inter_token_seconds",
+            "Gaps between a choice's outputs handed to the client (per token when several come "
+            "at once)",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_EngineCollector(pool))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def observe(self, stream: RequestStream, model: str) -> Observed:
+        return Observed(stream, model, self)
+
+
+class Observed:
+    """A RequestStream seen through the metrics: same events, same cancel."""
+
+    def __init__(self, stream: RequestStream, model: str, metrics: Metrics) -> None:
+        self._stream = stream
+        self._model = model
+        self._metrics = metrics
+        self._start = time.monotonic()
+        self._first_seen = False
+        self._last: dict[int, float] = {}  # per choice: when its previous output was handed over
+
+    def cancel(self) -> None:
+        self._stream.cancel()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self.events()
+
+    async def events(self, min_interval_s: float = 0.0) -> AsyncIterator[Event]:
+        async for event in self._stream.events(min_interval_s):
+            self._record(event)
+            yield event
+
+    def _record(self, event: Event) -> None:
+        metrics, model = self._metrics, self._model
+        if isinstance(event, TokenEvent) and event.token_ids:
+            now = time.monotonic()
+            if not self._first_seen:  # time to first token: once per request
+                self._first_seen = True
+                metrics.ttft.labels(model).observe(now - self._start)
+            previous = self._last.get(event.index)
+            if previous is not None:
+                gap = (now - previous) / len(event.token_ids)
+                for _ in event.token_ids:
+                    metrics.inter_token.labels(model).observe(gap)
+            self._last[event.index] = now
+        elif isinstance(event, FinishEvent):
+            usage = event.usage
+            if event.index == 0:  # the prompt is shared by all choices of a request
+                metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+                metrics.tokens.labels(model, "cached").inc(usage.cached_tokens)
+            metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
+            metrics.finishes.labels(model, event.reason).inc()
+
+
+class RequestCounter:
+    """Pure ASGI middleware counting responses by route and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = scope["path"] if scope["path"] in ROUTES else "other"
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.requests.labels(route, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)

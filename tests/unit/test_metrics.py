@@ -1,0 +1,38 @@
+"""`GET /metrics`: Prometheus text with request, token, latency and engine series."""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+URL = "/v1/chat/completions"
+CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def samples(http: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = await http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+async def test_requests_tokens_and_latency_are_counted(http: httpx.AsyncClient) -> None:
+    assert (await http.post(URL, json=CHAT)).status_code == 200
+    assert (await http.post(URL, json={**CHAT, "stream": True, "n": 2})).status_code == 200
+    assert (await http.get("/no/such/route")).status_code == 404
+    values = await samples(http)
+    route = (("route", "/v1/chat/completions"), ("status", "200"))
+    assert values[("mlxd_http_requests_total", route)] == 2
+    assert values[("mlxd_http_requests_total", (("route", "other"), ("status", "404")))] == 1
+    completion = (("kind", "completion"), ("model", "fake"))
+    assert values[("mlxd_tokens_total", completion)] == 3 * len("Hello there!")
+    prompt = (("kind", "prompt"), ("model", "fake"))
+    assert values[("mlxd_tokens_total", prompt)] == 2 * len("<user>hi")
+    assert values[("mlxd_time_to_first_token_seconds_count", (("model", "fake"),))] == 2
+    assert values[("mlxd_inter_token_seconds_count", (("model", "fake"),))] == 3 * 11
+    assert values[("mlxd_finishes_total", (("model", "fake"), ("reason", "stop")))] == 3
+    assert values[("mlxd_engine_active", (("model", "fake"),))] == 0
