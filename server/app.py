@@ -18,7 +18,7 @@ from engines.pool import EnginePool
 from server.errors import install_error_handlers
 from server.metrics import Metrics, RequestCounter
 from server.routes import chat, completions, health, metrics, models
-from server.security import AccessControl
+from server.security import AccessControl, ConcurrencyLimit
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"],
         )
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_connections)
     app.add_middleware(RequestCounter, metrics=app.state.metrics)  # outermost: counts refusals too
     app.include_router(chat.router)
     app.include_router(completions.router)

@@ -107,3 +107,34 @@ class AccessControl:
                 challenge = [(b"www-authenticate", b'Bearer realm="mlxd"')]
                 return 401, "Incorrect or missing API key", "invalid_api_key", challenge
         return None
+
+
+class ConcurrencyLimit:
+    """At most `limit` HTTP requests in progress (streams count until they end); beyond that a
+    503 with `Retry-After`, in OpenAI's shape — uvicorn's own limit would answer in plain text."""
+
+    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_progress = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.in_progress >= self.limit:
+            message = f"The server is handling {self.limit} requests, its limit; retry shortly"
+            body = json.dumps(error_body(message, "server_error", None, "server_busy")).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"1"),
+            ]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.in_progress += 1  # the event loop is single-threaded: no lock needed
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_progress -= 1

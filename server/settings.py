@@ -36,6 +36,9 @@ class Settings(BaseSettings):
         "", description="Browser origins allowed (comma-separated; '*' for any); default none."
     )
     max_header_bytes: int = Field(32 * 1024, ge=1024, description="Request header limit (431).")
+    max_connections: int = Field(
+        512, ge=1, description="HTTP requests in progress at once (streams included) before 503."
+    )
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Request body limit.")
     max_stop_sequences: int = Field(4, ge=0, description="Most `stop` strings per request.")
     max_n: int = Field(16, ge=1, le=128, description="Most choices (`n`) per request.")

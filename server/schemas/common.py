@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from engines.types import SamplingParams
 
 LOGIT_BIAS_LIMIT = 100.0
+MAX_STOP_LENGTH = 1024  # characters per stop string
 
 
 class Strict(BaseModel):
@@ -45,8 +46,11 @@ class SamplingFields(Strict):
     @field_validator("stop")
     @classmethod
     def _no_empty_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if value == "" or (isinstance(value, list) and any(not item for item in value)):
+        items = [value] if isinstance(value, str) else value or []
+        if any(not item for item in items):
             raise ValueError("stop strings must not be empty")
+        if any(len(item) > MAX_STOP_LENGTH for item in items):
+            raise ValueError(f"stop strings must be at most {MAX_STOP_LENGTH} characters")
         return value
 
     @field_validator("logit_bias")

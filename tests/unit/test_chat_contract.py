@@ -130,6 +130,7 @@ BAD_BODIES = [
     (json.dumps(chat_body(stop=5)).encode(), "stop"),
     (json.dumps(chat_body(stop=["a", ""])).encode(), "stop"),
     (json.dumps(chat_body(stop=["a", "b", "c", "d", "e"])).encode(), "stop"),
+    (json.dumps(chat_body(stop="x" * 1025)).encode(), "stop"),
     (json.dumps(chat_body(n=0)).encode(), "n"),
     (json.dumps(chat_body(n=17)).encode(), "n"),
     (json.dumps(chat_body(logprobs="yes")).encode(), "logprobs"),

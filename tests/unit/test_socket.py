@@ -97,3 +97,20 @@ async def test_oversized_headers_over_a_socket_are_an_openai_431() -> None:
             response = await http.get("/v1/models", headers={"x-filler": "a" * 40_000})
     assert response.status_code == 431
     assert response.json()["error"]["code"] == "headers_too_large"
+
+
+async def test_requests_over_the_connection_limit_get_an_openai_503() -> None:
+    engine = FakeEngine(reply="word " * 100, token_delay_s=0.01, context_length=4096)
+    with serve(create_app(Settings(max_connections=2), EnginePool([engine]))) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            async with (
+                http.stream("POST", "/v1/chat/completions", json=body(True)) as first,
+                http.stream("POST", "/v1/chat/completions", json=body(True)) as second,
+            ):
+                assert first.status_code == second.status_code == 200
+                refused = await http.get("/v1/models")
+                assert refused.status_code == 503
+                assert refused.headers["retry-after"] == "1"
+                assert refused.json()["error"]["code"] == "server_busy"
+            assert await wait_until(lambda: engine.active == 0, timeout=5)
+            assert (await http.get("/v1/models")).status_code == 200
