@@ -32,6 +32,25 @@ def host_name(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
+async def send_error(
+    send: Send,
+    status: int,
+    message: str,
+    type_: str,
+    code: str,
+    extra_headers: list[tuple[bytes, bytes]],
+) -> None:
+    """Answer with an OpenAI-shaped error straight from ASGI middleware (before any route)."""
+    body = json.dumps(error_body(message, type_, None, code)).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra_headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class AccessControl:
     """Pure ASGI middleware (it also guards streaming routes without buffering them)."""
 
@@ -59,14 +78,7 @@ class AccessControl:
             await self.app(scope, receive, send)
             return
         status, message, code, extra = refusal
-        body = json.dumps(error_body(message, "invalid_request_error", None, code)).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        headers += extra
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, status, message, "invalid_request_error", code, extra)
 
     def _refusal(self, scope: Scope) -> tuple[int, str, str, list[tuple[bytes, bytes]]] | None:
         headers = scope["headers"]
@@ -124,14 +136,8 @@ class ConcurrencyLimit:
             return
         if self.in_progress >= self.limit:
             message = f"The server is handling {self.limit} requests, its limit; retry shortly"
-            body = json.dumps(error_body(message, "server_error", None, "server_busy")).encode()
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"1"),
-            ]
-            await send({"type": "http.response.start", "status": 503, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            retry = [(b"retry-after", b"1")]
+            await send_error(send, 503, message, "server_error", "server_busy", retry)
             return
         self.in_progress += 1  # the event loop is single-threaded: no lock needed
         try:

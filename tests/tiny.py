@@ -16,6 +16,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
+from engines.llm.detokenize import gpt2_byte_decoder
 from engines.weights.gguf import build_tokenizer
 from engines.weights.store import COMPLETE_MARKER
 
@@ -37,16 +38,8 @@ MERGES = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "Ġ w", "o r"]
 
 def _bytes_to_unicode() -> list[str]:
     """GPT-2's printable stand-ins for the 256 byte values, in byte order."""
-    printable = list(range(ord("!"), ord("~") + 1))
-    printable += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    mapping, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            mapping[byte] = chr(byte)
-        else:
-            mapping[byte] = chr(256 + extra)
-            extra += 1
-    return [mapping[b] for b in range(256)]
+    by_byte = {byte: char for char, byte in gpt2_byte_decoder().items()}
+    return [by_byte[b] for b in range(256)]
 
 
 def tiny_metadata(pre: str = "default") -> dict[str, Any]:

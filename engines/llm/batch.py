@@ -105,7 +105,7 @@ class DecodeBatch:
 
     @staticmethod
     def read(step: StepOutput) -> list[int]:
-        return [int(t) for t in host_list(step.tokens)]
+        return host_list(step.tokens)
 
     def extract(self, row: int) -> list[Any]:
         """A single-sequence copy of one row's KV cache (for the prefix cache)."""

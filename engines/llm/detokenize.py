@@ -88,7 +88,7 @@ class TokenBytes:
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
         self._cache: dict[int, bytes] = {}
-        self._decoder = _gpt2_byte_decoder()
+        self._decoder = gpt2_byte_decoder()
         self._byte_level = _looks_byte_level(tokenizer)
 
     def __call__(self, token: int) -> bytes:
@@ -112,7 +112,7 @@ def _looks_byte_level(tokenizer: Any) -> bool:
     return any(piece and piece.startswith("Ġ") for piece in pieces)
 
 
-def _gpt2_byte_decoder() -> dict[str, int]:
+def gpt2_byte_decoder() -> dict[str, int]:
     """GPT-2's printable stand-in character → byte value."""
     printable = list(range(ord("!"), ord("~") + 1))
     printable += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
