@@ -415,3 +415,12 @@ async def test_lone_surrogates_are_a_400(http: httpx.AsyncClient, raw: bytes) ->
 async def test_escaped_surrogate_pairs_are_fine(http: httpx.AsyncClient) -> None:
     raw = b'{"model": "fake", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}'
     assert (await http.post(URL, content=raw)).status_code == 200
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_request_id_header_is_the_completion_id(
+    http: httpx.AsyncClient, stream: bool
+) -> None:
+    response = await http.post(URL, json=chat_body(stream=stream))
+    text = response.text.split("\n", 1)[0].removeprefix("data: ") if stream else response.text
+    assert response.headers["x-request-id"] == json.loads(text)["id"]

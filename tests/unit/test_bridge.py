@@ -1,0 +1,48 @@
+"""RequestStream: thread-side pushes, coalescing per choice, paced delivery, nothing lost."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from engines.bridge import RequestStream
+from engines.types import FinishEvent, TokenEvent, Usage
+
+
+async def test_tokens_of_different_choices_are_never_merged() -> None:
+    stream = RequestStream("r", choices=2)
+    for index in (0, 0, 1, 1, 0):
+        stream.push(TokenEvent(str(index), [index], index))
+    events = await stream.next_events()
+    assert [(e.index, e.text) for e in events if isinstance(e, TokenEvent)] == [
+        (0, "00"),
+        (1, "11"),
+        (0, "0"),
+    ]
+
+
+async def test_stream_ends_after_every_choice_finished() -> None:
+    stream = RequestStream("r", choices=2)
+    stream.push(FinishEvent("stop", Usage(1, 0), 0))
+    stream.push(TokenEvent("x", [1], 1))
+    stream.push(FinishEvent("length", Usage(1, 1), 1))
+    events = [event async for event in stream]
+    assert [type(e).__name__ for e in events] == ["FinishEvent", "TokenEvent", "FinishEvent"]
+
+
+async def test_paced_delivery_merges_tokens_and_loses_none() -> None:
+    stream = RequestStream("r")
+
+    def engine() -> None:  # a token every 5 ms from another thread, like an engine step loop
+        for i in range(60):
+            stream.push(TokenEvent(f"{i},", [i]))
+            time.sleep(0.005)
+        stream.push(FinishEvent("length", Usage(1, 60)))
+
+    threading.Thread(target=engine).start()
+    deliveries = []
+    async for event in stream.events(min_interval_s=0.05):
+        if isinstance(event, TokenEvent):
+            deliveries.append(event.token_ids)
+    assert [t for batch in deliveries for t in batch] == list(range(60))
+    assert len(deliveries) < 15  # ~0.3 s of tokens in ≥ 50 ms steps, not 60 deliveries
