@@ -5,7 +5,7 @@ Invariants:
 - Iteration happens only on the event loop that created the stream.
 - When the reader is slower than the engine, consecutive TokenEvents of the same choice are merged
   on the next read (several tokens in one SSE chunk). The stream ends after one FinishEvent per
-  choice, or at the first ErrorEvent.
+  choice, at the first ErrorEvent, or (a transcription) at its TranscriptionDone.
 - `cancel` may be called from anywhere; the engine sees `cancelled` at its next step.
 - The reader is woken at most once per batch of pushes (not once per token), and may ask for a
   minimum interval between deliveries: on fast devices the event loop's per-chunk work (JSON,
@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 
-from engines.types import ErrorEvent, Event, FinishEvent, TokenEvent
+from engines.types import ErrorEvent, Event, FinishEvent, TokenEvent, TranscriptionDone
 
 
 class RequestStream:
@@ -93,7 +93,7 @@ class RequestStream:
                 if isinstance(event, FinishEvent):
                     self._unfinished_choices -= 1
                     self._finished = self._unfinished_choices <= 0
-                elif isinstance(event, ErrorEvent):
+                elif isinstance(event, ErrorEvent | TranscriptionDone):
                     self._finished = True
                 yield event
 

@@ -122,7 +122,31 @@ class ErrorEvent:
     error: Exception
 
 
-Event = TokenEvent | PromptEvent | FinishEvent | ErrorEvent
+@dataclass(frozen=True)
+class Segment:
+    """A transcribed stretch of speech (times in seconds from the start of the recording)."""
+
+    id: int
+    seek: int  # mel frame where the window that produced it began
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+@dataclass(frozen=True)
+class TranscriptionDone:
+    """The last event of a transcription stream."""
+
+    language: str  # the language's full lower-case English name
+    duration: float  # seconds of audio
+
+
+Event = TokenEvent | PromptEvent | FinishEvent | ErrorEvent | Segment | TranscriptionDone
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Speech to text: the whisper engine, audio decoding, decoding rules and response formats."""

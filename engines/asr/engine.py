@@ -1,0 +1,346 @@
+"""ASREngine: whisper on its own engine thread, transcribing concurrent requests in rounds.
+
+Each round takes up to `max_batch` running transcriptions, cuts the next 30 s window of each,
+encodes all windows in one batched forward pass and decodes them together (rows that fail the
+quality thresholds are decoded again, together, at the next temperature). Segments are pushed as
+each window finishes, so transcriptions can stream.
+
+Invariants:
+- All MLX work happens on the engine thread; requests arrive as plain values (numpy features).
+- A request advances at least one window (or to its end) per round it takes part in, so every
+  accepted request finishes; cancelled requests leave at the next round.
+- Segment times are monotonic: a window starts where the previous one's last complete segment
+  ended, and segment ends are clipped to the recording's duration.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.asr.audio import FRAMES_PER_SECOND, N_FRAMES
+from engines.asr.decode import WindowDecoder, WindowResult, WindowTask, split_segments
+from engines.asr.vocab import LANGUAGES, WhisperVocab
+from engines.bridge import RequestStream
+from engines.errors import InvalidRequest, Overloaded
+from engines.types import EngineStats, ErrorEvent, Segment, TranscriptionDone
+from engines.worker import EngineThread
+
+logger = logging.getLogger(__name__)
+
+# Whisper's quality guards (OpenAI's transcribe defaults).
+COMPRESSION_RATIO_THRESHOLD = 2.4  # above: repetitive output, decode again hotter
+LOGPROB_THRESHOLD = -1.0  # below: unsure output, decode again hotter
+NO_SPEECH_THRESHOLD = 0.6  # above (and unsure): the window is silence, emit nothing
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+PROMPT_RESET_TEMPERATURE = 0.5  # a window decoded hotter than this is not used as context
+
+
+@dataclass(frozen=True)
+class TranscriptionRequest:
+    """Plain values only: the features were computed off the engine thread."""
+
+    request_id: str
+    mel: np.ndarray  # (frames, n_mels), the recording followed by 30 s of silence
+    content_frames: int  # frames of the recording itself
+    task: str = "transcribe"  # or "translate"
+    language: str | None = None  # ISO-639-1 code; None: detect (multilingual) or English
+    prompt: str | None = None
+    temperature: float = 0.0  # 0: the fallback schedule; > 0: that temperature only
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class SpeechModelInfo:
+    """What the HTTP edge may know of a loaded speech model."""
+
+    name: str
+    path: str
+    created: int
+    multilingual: bool
+    n_mels: int
+    kind: str = "speech"
+
+
+@dataclass(frozen=True)
+class ASRLimits:
+    max_batch: int = 8  # windows encoded and decoded together
+    max_waiting: int = 64  # transcriptions accepted and not yet finished
+    watchdog_s: float = 120.0
+
+
+@dataclass
+class _Job:
+    request: TranscriptionRequest
+    stream: RequestStream
+    seek: int = 0
+    language: str | None = None
+    context: list[int] = field(default_factory=list)  # tokens the next window is conditioned on
+    segments: int = 0
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+
+
+class ASREngine(EngineThread):
+    def __init__(self, name: str, path: Path, limits: ASRLimits | None = None) -> None:
+        super().__init__(name)
+        self.path = path
+        self.limits = limits or ASRLimits()
+        self.info: SpeechModelInfo | None = None
+        self.largest_batch = 0
+        self.windows_decoded = 0
+        self._jobs: deque[_Job] = deque()
+        self._accepted = 0
+        self._lock = threading.Lock()
+        self._model: Any = None
+        self._vocab: WhisperVocab | None = None
+        self._decoder: WindowDecoder | None = None
+
+    # -- any thread ---------------------------------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        return self._accepted
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            active=self._accepted,
+            queued=max(0, self._accepted - self.limits.max_batch),
+            largest_batch=self.largest_batch,
+            tokens_generated=0,
+            stalled=self.stalled(self._accepted > 0, self.limits.watchdog_s),
+            failures=self.failures,
+        )
+
+    def check_language(self, language: str | None, task: str) -> str | None:
+        """The ISO code to decode with; InvalidRequest (naming the param) when unusable."""
+        assert self.info is not None
+        if task == "translate" and not self.info.multilingual:
+            raise InvalidRequest(
+                f"model '{self.name}' is English-only and cannot translate; use a multilingual "
+                "whisper model (e.g. whisper-base)",
+                param="model",
+            )
+        if language is None or not language.strip():
+            return None if self.info.multilingual else "en"
+        code = WhisperVocab.language_code(language)
+        if code is None:
+            raise InvalidRequest(
+                f"unknown language {language!r}: use an ISO-639-1 code such as 'en' or 'de'",
+                param="language",
+            )
+        if not self.info.multilingual and code != "en":
+            raise InvalidRequest(
+                f"model '{self.name}' is English-only; it cannot transcribe {LANGUAGES[code]}",
+                param="language",
+            )
+        if self._vocab is not None and code not in self._vocab.language_ids and self.info.multilingual:
+            raise InvalidRequest(f"model '{self.name}' does not know {code!r}", param="language")
+        return code
+
+    def submit(self, request: TranscriptionRequest) -> RequestStream:
+        """Queue a transcription; segments and then TranscriptionDone arrive on the stream."""
+        with self._lock:
+            if self._accepted >= self.limits.max_waiting:
+                raise Overloaded(
+                    f"model '{self.name}' has {self._accepted} transcriptions in progress, the "
+                    "most it accepts; retry shortly",
+                    retry_after_s=2,
+                )
+            self._accepted += 1
+        stream = RequestStream(request.request_id)
+        self.post(_Job(request, stream, rng=np.random.default_rng(request.seed)))
+        return stream
+
+    # -- engine thread -----------------------------------------------------------------------
+
+    def load(self) -> None:
+        import json
+        import time
+
+        from engines.asr.whisper import load_whisper
+
+        self._model = load_whisper(self.path)
+        self._vocab = WhisperVocab(self.path)
+        meta = json.loads((self.path / "mlxd.json").read_text())
+        self._decoder = WindowDecoder(self._model, self._vocab, meta.get("suppress_ids", []))
+        self.info = SpeechModelInfo(
+            name=self.name,
+            path=str(self.path),
+            created=int(time.time()),
+            multilingual=self._vocab.multilingual,
+            n_mels=self._model.dims.n_mels,
+        )
+
+    def unload(self) -> None:
+        import mlx.core as mx
+
+        self._model = self._decoder = None
+        mx.clear_cache()
+
+    def handle(self, message: Any) -> None:
+        assert self._vocab is not None
+        message.context = initial_context(self._vocab, message.request.prompt)
+        self._jobs.append(message)
+
+    def has_work(self) -> bool:
+        return bool(self._jobs)
+
+    def fail_all(self, error: Exception) -> None:
+        while self._jobs:
+            self._finish(self._jobs.popleft(), ErrorEvent(error))
+
+    def step(self) -> None:
+        """One round: the next window of up to `max_batch` transcriptions."""
+        import mlx.core as mx
+
+        for job in [j for j in self._jobs if j.stream.cancelled]:
+            self._jobs.remove(job)
+            self._release()
+        jobs = list(itertools.islice(self._jobs, self.limits.max_batch))
+        if not jobs:
+            return
+        self.largest_batch = max(self.largest_batch, len(jobs))
+        windows = np.stack([self._window(job) for job in jobs])
+        features = self._model.encoder(mx.array(windows))
+        mx.eval(features)
+        self._detect_languages(jobs, features)
+        results = self._decode_with_fallback(jobs, features)
+        self.windows_decoded += len(jobs)
+        for job, result in zip(jobs, results, strict=True):
+            self._advance(job, result)
+        mx.clear_cache()
+
+    @staticmethod
+    def _window(job: _Job) -> np.ndarray:
+        """The next 30 s of features; past the recording's end zeros, as whisper was run."""
+        window = job.request.mel[job.seek : job.seek + N_FRAMES].copy()
+        window[max(0, job.request.content_frames - job.seek) :] = 0.0
+        return window
+
+    def _detect_languages(self, jobs: list[_Job], features: Any) -> None:
+        """Whisper's language identification, for requests that gave none (multilingual)."""
+        import mlx.core as mx
+
+        vocab = self._vocab
+        assert vocab is not None
+        for job in jobs:
+            if job.language is None and (job.request.language or not vocab.multilingual):
+                job.language = job.request.language or "en"
+        rows = [i for i, job in enumerate(jobs) if job.language is None]
+        if not rows:
+            return
+        decoder = self._model.decoder
+        state = decoder.start(features[mx.array(rows)], np.zeros(len(rows), np.int64))
+        logits = decoder.logits(decoder(mx.array([[vocab.sot]] * len(rows)), state)[:, -1])
+        codes = list(vocab.language_ids)
+        ids = mx.array([vocab.language_ids[c] for c in codes])
+        best = mx.argmax(logits[:, ids], axis=-1).tolist()
+        for row, choice in zip(rows, best, strict=True):
+            jobs[row].language = codes[choice]
+
+    def _task(self, job: _Job, temperature: float) -> WindowTask:
+        vocab = self._vocab
+        assert vocab is not None
+        start = vocab.sot_sequence(job.language, job.request.task)
+        context = job.context[-(self._model.dims.n_text_ctx // 2 - 1) :]
+        prefix = [vocab.sot_prev, *context] if context else []
+        seed = int(job.rng.integers(2**31))
+        return WindowTask(prefix + start, len(prefix), temperature, seed)
+
+    def _decode_with_fallback(self, jobs: list[_Job], features: Any) -> list[WindowResult]:
+        import mlx.core as mx
+
+        assert self._decoder is not None
+        schedules = [
+            FALLBACK_TEMPERATURES if j.request.temperature == 0 else (j.request.temperature,)
+            for j in jobs
+        ]
+        results: list[WindowResult | None] = [None] * len(jobs)
+        pending = list(range(len(jobs)))
+        attempt = 0
+        while pending:
+            tasks = [self._task(jobs[i], schedules[i][attempt]) for i in pending]
+            decoded = self._decoder.decode(features[mx.array(pending)], tasks)
+            still = []
+            for i, result in zip(pending, decoded, strict=True):
+                results[i] = result
+                if attempt + 1 < len(schedules[i]) and _needs_fallback(result):
+                    still.append(i)
+            pending = still
+            attempt += 1
+        return [r for r in results if r is not None]
+
+    def _advance(self, job: _Job, result: WindowResult) -> None:
+        vocab = self._vocab
+        assert vocab is not None
+        request = job.request
+        window_frames = min(N_FRAMES, request.content_frames - job.seek)
+        window_start = job.seek / FRAMES_PER_SECOND
+        duration = request.content_frames / FRAMES_PER_SECOND
+        silent = (
+            result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob < LOGPROB_THRESHOLD
+        )
+        if silent or not result.tokens:
+            job.seek += window_frames
+        else:
+            pieces, advance = split_segments(
+                result.tokens, vocab.timestamp_begin, window_start, window_frames
+            )
+            for piece in pieces:
+                text = vocab.decode(piece.tokens)
+                end = min(piece.end, duration)
+                if not text.strip() or end <= piece.start:
+                    continue
+                job.stream.push(
+                    Segment(
+                        id=job.segments,
+                        seek=job.seek,
+                        start=round(piece.start, 3),
+                        end=round(end, 3),
+                        text=text,
+                        tokens=piece.tokens,
+                        temperature=result.temperature,
+                        avg_logprob=result.avg_logprob,
+                        compression_ratio=result.compression_ratio,
+                        no_speech_prob=result.no_speech_prob,
+                    )
+                )
+                job.segments += 1
+            job.seek += max(advance, 1)
+            job.context.extend(t for t in result.tokens if t < vocab.eot)
+            if result.temperature > PROMPT_RESET_TEMPERATURE:
+                job.context.clear()
+        if job.seek >= request.content_frames:
+            self._jobs.remove(job)
+            language = job.language or "en"
+            self._finish(job, TranscriptionDone(LANGUAGES.get(language, language), duration))
+
+    def _finish(self, job: _Job, event: ErrorEvent | TranscriptionDone) -> None:
+        job.stream.push(event)
+        self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            self._accepted -= 1
+
+
+def _needs_fallback(result: WindowResult) -> bool:
+    if result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob < LOGPROB_THRESHOLD:
+        return False  # silence: hotter decoding would only invent words
+    return (
+        result.compression_ratio > COMPRESSION_RATIO_THRESHOLD
+        or result.avg_logprob < LOGPROB_THRESHOLD
+    )
+
+
+def initial_context(vocab: WhisperVocab, prompt: str | None) -> list[int]:
+    """The request's `prompt` as decoder context for its first window."""
+    return vocab.encode(" " + prompt.strip()) if prompt and prompt.strip() else []
+
