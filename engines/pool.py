@@ -1,8 +1,10 @@
 """EnginePool: maps model names to running engines.
 
-This first version serves a fixed set of models loaded at start; the interface (`acquire`,
-`models`, `start`, `drain`) is the one later pool features (lazy load, TTL, memory budget) keep.
-Invariant: `acquire` either returns a loaded engine or raises before any work is queued.
+This first version serves a fixed set of models loaded at start: chat engines and speech engines;
+the interface (`acquire`, `acquire_speech`, `models`, `start`, `drain`) is the one later pool
+features (lazy load, TTL, memory budget) keep.
+Invariants: `acquire*` either returns a loaded engine of the asked kind or raises before any
+work is queued; model names are unique across kinds.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from engines.asr.engine import SpeechModelInfo, TranscriptionRequest
 from engines.bridge import RequestStream
-from engines.errors import EngineUnavailable, ModelNotFound
+from engines.errors import EngineUnavailable, InvalidRequest, ModelNotFound
 from engines.llm.engine import ModelInfo
 from engines.types import EngineStats, GenerationRequest
 
@@ -55,9 +58,43 @@ class TextEngine(Protocol):
     def submit(self, request: GenerationRequest) -> RequestStream: ...
 
 
+class SpeechEngine(Protocol):
+    """What the HTTP edge may call on a speech-to-text engine (ASREngine, or a fake in tests)."""
+
+    name: str
+    info: SpeechModelInfo | None
+
+    @property
+    def active(self) -> int: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    async def wait_loaded(self) -> None: ...
+
+    def stop(self, timeout: float | None = ...) -> None: ...
+
+    def stats(self) -> EngineStats: ...
+
+    def check_language(self, language: str | None, task: str) -> str | None: ...
+
+    def submit(self, request: TranscriptionRequest) -> RequestStream: ...
+
+
+_E = TypeVar("_E", TextEngine, SpeechEngine)
+
+
 class EnginePool:
-    def __init__(self, engines: Iterable[TextEngine]) -> None:
-        self._engines = {engine.name: engine for engine in engines}
+    def __init__(
+        self, engines: Iterable[TextEngine], speech: Iterable[SpeechEngine] = ()
+    ) -> None:
+        self._text = {engine.name: engine for engine in engines}
+        self._speech = {engine.name: engine for engine in speech}
+        if self._text.keys() & self._speech.keys():
+            raise ValueError(f"model names used twice: {self._text.keys() & self._speech.keys()}")
+        self._engines: dict[str, TextEngine | SpeechEngine] = {**self._text, **self._speech}
         self._draining = False
 
     async def start(self) -> None:
@@ -67,7 +104,21 @@ class EnginePool:
         await asyncio.gather(*(engine.wait_loaded() for engine in self._engines.values()))
 
     def acquire(self, model: str) -> TextEngine:
-        engine = self._engines.get(model)
+        if model in self._speech:
+            raise InvalidRequest(
+                f"'{model}' is a speech-to-text model; use /v1/audio/transcriptions",
+                param="model",
+            )
+        return self._check(model, self._text.get(model))
+
+    def acquire_speech(self, model: str) -> SpeechEngine:
+        if model in self._text:
+            raise InvalidRequest(
+                f"'{model}' is a chat model, not a speech-to-text model", param="model"
+            )
+        return self._check(model, self._speech.get(model))
+
+    def _check(self, model: str, engine: _E | None) -> _E:
         if engine is None:
             raise ModelNotFound(f"The model '{model}' does not exist", param="model")
         if self._draining or not engine.running:
@@ -77,7 +128,7 @@ class EnginePool:
     def stats(self) -> dict[str, EngineStats]:
         return {name: engine.stats() for name, engine in self._engines.items()}
 
-    def models(self) -> list[ModelInfo]:
+    def models(self) -> list[ModelInfo | SpeechModelInfo]:
         return [e.info for e in self._engines.values() if e.info is not None and e.running]
 
     @property

