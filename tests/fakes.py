@@ -1,4 +1,4 @@
-"""A scripted fake chat engine: the HTTP contract without MLX.
+"""Scripted fake engines (chat and speech): the HTTP contract without MLX.
 
 It follows the real engine's contract — one thread pushes events into RequestStreams, cancellation
 is seen at the next step, `active` counts live sequences — but "generates" a scripted reply, one
@@ -11,6 +11,8 @@ import threading
 import time
 from typing import Any
 
+from engines.asr.engine import ASREngine, SpeechModelInfo, TranscriptionRequest
+from engines.asr.vocab import LANGUAGES
 from engines.bridge import RequestStream
 from engines.errors import EngineFailed, InvalidRequest
 from engines.llm.engine import LLMEngine, ModelInfo
@@ -20,8 +22,10 @@ from engines.types import (
     FinishEvent,
     GenerationRequest,
     PromptEvent,
+    Segment,
     TokenEvent,
     TokenLogprob,
+    TranscriptionDone,
     Usage,
 )
 
@@ -154,3 +158,76 @@ class FakeEngine:
         with self._lock:
             self._active -= choices
         stream.push(event)
+
+
+class FakeSpeechEngine:
+    """Transcribes any audio as the scripted `segments` ((start, end, text) each), one segment per
+    `segment_delay_s`, from its own thread; English-only unless `multilingual`."""
+
+    def __init__(
+        self,
+        name: str = "fake-whisper",
+        segments: tuple[tuple[float, float, str], ...] = (
+            (0.0, 1.5, " Hello there."),
+            (1.5, 3.25, " General Kenobi."),
+        ),
+        segment_delay_s: float = 0.0,
+        multilingual: bool = False,
+        fail: bool = False,
+    ) -> None:
+        self.name = name
+        self.segments = segments
+        self.segment_delay_s = segment_delay_s
+        self.multilingual = multilingual
+        self.fail = fail
+        self.info: SpeechModelInfo | None = None
+        self.requests: list[TranscriptionRequest] = []
+        self._vocab = None
+        self._active = 0
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    @property
+    def running(self) -> bool:
+        return self.info is not None
+
+    def start(self) -> None:
+        self.info = SpeechModelInfo(self.name, "/fake", 1700000000, self.multilingual, 80)
+
+    async def wait_loaded(self) -> None:
+        return None
+
+    def stop(self, timeout: float | None = None) -> None:
+        self.info = None
+
+    def stats(self) -> EngineStats:
+        return EngineStats(self._active, 0, 0, 0)
+
+    check_language = ASREngine.check_language
+
+    def submit(self, request: TranscriptionRequest) -> RequestStream:
+        stream = RequestStream(request.request_id)
+        self.requests.append(request)
+        with self._lock:
+            self._active += 1
+        threading.Thread(target=self._transcribe, args=(request, stream), daemon=True).start()
+        return stream
+
+    def _transcribe(self, request: TranscriptionRequest, stream: RequestStream) -> None:
+        final: ErrorEvent | TranscriptionDone
+        final = TranscriptionDone(LANGUAGES[request.language or "en"], request.content_frames / 100)
+        for number, (start, end, text) in enumerate(self.segments):
+            time.sleep(self.segment_delay_s)
+            if stream.cancelled:
+                break
+            if self.fail:
+                final = ErrorEvent(EngineFailed("scripted failure"))
+                break
+            tokens = [50363, *(ord(c) for c in text), 50363 + int(end * 50)]
+            stream.push(Segment(number, 0, start, end, text, tokens, 0.0, -0.2, 1.1, 0.01))
+        with self._lock:
+            self._active -= 1
+        stream.push(final)

@@ -201,11 +201,9 @@ async def _stream_events(stream: EventSource, request_id: str) -> AsyncIterator[
                 segments.append(event)
                 yield sse.data({"type": "transcript.text.delta", "delta": text})
             elif isinstance(event, TranscriptionDone):
-                body = {
-                    "type": "transcript.text.done",
-                    "text": formats.transcript_text(segments),
-                    "usage": formats.usage(event.duration),
-                }
+                # No usage here: the SDK's done event only knows token usage, which whisper's
+                # duration-billed transcription does not have.
+                body = {"type": "transcript.text.done", "text": formats.transcript_text(segments)}
                 yield sse.data(body)
             elif isinstance(event, ErrorEvent):
                 logger.error("%s failed in stream: %s", request_id, event.error)

@@ -11,7 +11,7 @@ from openai import AsyncOpenAI
 from engines.pool import EnginePool
 from server.app import create_app
 from server.settings import Settings
-from tests.fakes import FakeEngine
+from tests.fakes import FakeEngine, FakeSpeechEngine
 
 
 @pytest.fixture
@@ -20,13 +20,20 @@ def fake_engine() -> FakeEngine:
 
 
 @pytest.fixture
-def settings() -> Settings:
-    return Settings(max_body_bytes=64 * 1024)
+def fake_speech() -> FakeSpeechEngine:
+    return FakeSpeechEngine()
 
 
 @pytest.fixture
-async def http(fake_engine: FakeEngine, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    pool = EnginePool([fake_engine])
+def settings() -> Settings:
+    return Settings(max_body_bytes=64 * 1024, max_audio_bytes=256 * 1024, max_audio_seconds=60)
+
+
+@pytest.fixture
+async def http(
+    fake_engine: FakeEngine, fake_speech: FakeSpeechEngine, settings: Settings
+) -> AsyncIterator[httpx.AsyncClient]:
+    pool = EnginePool([fake_engine], [fake_speech])
     app = create_app(settings, pool)
     await pool.start()  # ASGITransport runs no lifespan
     transport = httpx.ASGITransport(app=app)
