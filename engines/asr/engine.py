@@ -9,8 +9,8 @@ Invariants:
 - All MLX work happens on the engine thread; requests arrive as plain values (numpy features).
 - A request advances at least one window (or to its end) per round it takes part in, so every
   accepted request finishes; cancelled requests leave at the next round.
-- Segment times are monotonic: a window starts where the previous one's last complete segment
-  ended, and segment ends are clipped to the recording's duration.
+- Segment times are monotonic: no segment starts before the previous one ended, and none ends
+  after the recording; times are tightened onto the speech they cover (timing.py).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 
 from engines.asr.audio import FRAMES_PER_SECOND, N_FRAMES
 from engines.asr.decode import WindowDecoder, WindowResult, WindowTask, split_segments
+from engines.asr.timing import loud_frames, tighten
 from engines.asr.vocab import LANGUAGES, WhisperVocab
 from engines.bridge import RequestStream
 from engines.errors import InvalidRequest, Overloaded
@@ -84,6 +85,8 @@ class _Job:
     language: str | None = None
     context: list[int] = field(default_factory=list)  # tokens the next window is conditioned on
     segments: int = 0
+    last_end: float = 0.0  # end of the last segment sent: the next may not start before it
+    loud: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
 
 
@@ -187,6 +190,7 @@ class ASREngine(EngineThread):
     def handle(self, message: Any) -> None:
         assert self._vocab is not None
         message.context = initial_context(self._vocab, message.request.prompt)
+        message.loud = loud_frames(message.request.mel, message.request.content_frames)
         self._jobs.append(message)
 
     def has_work(self) -> bool:
@@ -295,14 +299,17 @@ class ASREngine(EngineThread):
             )
             for piece in pieces:
                 text = vocab.decode(piece.tokens)
-                end = min(piece.end, duration)
-                if not text.strip() or end <= piece.start:
+                start, end = tighten(
+                    max(piece.start, job.last_end), min(piece.end, duration), job.loud
+                )
+                if not text.strip() or end <= start:
                     continue
+                job.last_end = end
                 job.stream.push(
                     Segment(
                         id=job.segments,
                         seek=job.seek,
-                        start=round(piece.start, 3),
+                        start=round(start, 3),
                         end=round(end, 3),
                         text=text,
                         tokens=piece.tokens,
@@ -314,7 +321,8 @@ class ASREngine(EngineThread):
                 )
                 job.segments += 1
             job.seek += max(advance, 1)
-            job.context.extend(t for t in result.tokens if t < vocab.eot)
+            # Context is what whisper saw in training: the previous text with its timestamps.
+            job.context.extend(t for piece in pieces for t in piece.tokens)
             if result.temperature > PROMPT_RESET_TEMPERATURE:
                 job.context.clear()
         if job.seek >= request.content_frames:
