@@ -87,9 +87,7 @@ _E = TypeVar("_E", TextEngine, SpeechEngine)
 
 
 class EnginePool:
-    def __init__(
-        self, engines: Iterable[TextEngine], speech: Iterable[SpeechEngine] = ()
-    ) -> None:
+    def __init__(self, engines: Iterable[TextEngine], speech: Iterable[SpeechEngine] = ()) -> None:
         self._text = {engine.name: engine for engine in engines}
         self._speech = {engine.name: engine for engine in speech}
         if self._text.keys() & self._speech.keys():

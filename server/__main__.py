@@ -70,7 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     importer.add_argument("format", nargs="?", choices=["gguf", "ct2"], help="source format")
     importer.add_argument(
-        "path", nargs="?", type=Path, help="source: a .gguf file, or a CTranslate2 whisper directory"
+        "path",
+        nargs="?",
+        type=Path,
+        help="source: a .gguf file, or a CTranslate2 whisper directory",
     )
     importer.add_argument("--name", help="name in the store (default: the file's stem)")
     importer.add_argument(

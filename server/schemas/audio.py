@@ -15,6 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 MAX_PROMPT_CHARS = 4096
 
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
+Granularity = Literal["word", "segment"]
+
+
+def _segments_only() -> list[Granularity]:
+    return ["segment"]
 
 
 class TranslationForm(BaseModel):
@@ -28,9 +33,7 @@ class TranslationForm(BaseModel):
 
 class TranscriptionForm(TranslationForm):
     language: str | None = Field(None, max_length=32)
-    timestamp_granularities: list[Literal["word", "segment"]] = Field(
-        default_factory=lambda: ["segment"]
-    )
+    timestamp_granularities: list[Granularity] = Field(default_factory=_segments_only)
     stream: bool | None = False
 
 

@@ -122,8 +122,6 @@ def test_compressed_audio_transcribes_like_wav(
         model=MODEL, file=("a.wav", wav(clips[3].samples))
     ).text
     encoded = encode(clips[3].samples, container, codec, rate)
-    result = client.audio.transcriptions.create(
-        model=MODEL, file=(f"a.{container}", encoded)
-    ).text
+    result = client.audio.transcriptions.create(model=MODEL, file=(f"a.{container}", encoded)).text
     errors, words = word_errors(reference, result)
     assert errors / words <= 0.1, (reference, result)

@@ -73,9 +73,7 @@ async def test_verbose_json(client: AsyncOpenAI, wav: bytes) -> None:
 
 
 async def test_streamed_events_parse_in_the_sdk(client: AsyncOpenAI, wav: bytes) -> None:
-    stream = await client.audio.transcriptions.create(
-        model=MODEL, file=("a.wav", wav), stream=True
-    )
+    stream = await client.audio.transcriptions.create(model=MODEL, file=("a.wav", wav), stream=True)
     events = [event async for event in stream]
     deltas = [e.delta for e in events if e.type == "transcript.text.delta"]
     assert deltas == ["Hello there.", " General Kenobi."]
@@ -177,7 +175,9 @@ async def test_missing_file_and_wrong_content_type(http: httpx.AsyncClient) -> N
 async def test_too_long_audio_is_400(http: httpx.AsyncClient) -> None:
     minute_and_more = encode(silence(61), "ogg", "libopus", rate=48000)
     response = await http.post(
-        "/v1/audio/transcriptions", data={"model": MODEL}, files={"file": ("a.ogg", minute_and_more)}
+        "/v1/audio/transcriptions",
+        data={"model": MODEL},
+        files={"file": ("a.ogg", minute_and_more)},
     )
     assert "longer than the limit" in assert_openai_error(response, 400, "file")["message"]
 
