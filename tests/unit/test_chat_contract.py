@@ -291,7 +291,7 @@ async def test_content_parts_are_accepted(client: AsyncOpenAI) -> None:
 
 async def test_models_list_and_retrieve(client: AsyncOpenAI) -> None:
     models = await client.models.list()
-    assert [m.id for m in models.data] == ["fake"]
+    assert [m.id for m in models.data] == ["fake", "fake-whisper"]
     model = await client.models.retrieve("fake")
     assert model.id == "fake" and model.owned_by == "mlxd"
 
@@ -304,7 +304,7 @@ async def test_health(http: httpx.AsyncClient) -> None:
     response = await http.get("/health")
     assert response.status_code == 200
     body = response.json()
-    assert (body["status"], body["models"], body["active"]) == ("ok", ["fake"], 0)
+    assert (body["status"], body["models"], body["active"]) == ("ok", ["fake", "fake-whisper"], 0)
     assert body["engines"]["fake"]["queued"] == 0
 
 
