@@ -115,7 +115,8 @@ def main() -> None:
                 "rtf_mlxd": spread(ours),
                 "rtf_mlx_whisper": spread(theirs),
                 "speedup": median(theirs) / median(ours),
-                "texts": texts,
+                "same_text": texts["mlxd"] == texts["mlx-whisper"],
+                "text_mlxd": texts["mlxd"][:200],
             }
             print(json.dumps({name: results[name]}, indent=2), flush=True)
         if args.concurrency:

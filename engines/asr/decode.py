@@ -67,13 +67,12 @@ class WindowDecoder:
         base = np.zeros(n_vocab, np.float32)
         base[[i for i in suppress_ids if 0 <= i < n_vocab]] = -np.inf
         base[vocab.no_timestamps] = -np.inf
-        self._base = mx.array(base)
-        self._ids = mx.arange(n_vocab)
+        self._base = base
 
     def decode(self, audio_features: mx.array, tasks: list[WindowTask]) -> list[WindowResult]:
         """Decode one window per row of `audio_features` (batch, ctx, state)."""
         vocab = self.vocab
-        tsb, eot = vocab.timestamp_begin, vocab.eot
+        eot = vocab.eot
         longest = max(len(task.prompt) for task in tasks)
         pads = np.array([longest - len(task.prompt) for task in tasks])
         prompt = np.zeros((len(tasks), longest), np.int32)
@@ -89,40 +88,34 @@ class WindowDecoder:
         sampled: list[list[int]] = [[] for _ in tasks]
         sum_logprobs = [0.0] * len(tasks)
         live = list(range(len(tasks)))  # original row of each batch row still decoding
-        temperatures = np.array([task.temperature for task in tasks], np.float32)
         rngs = [np.random.default_rng(task.seed) for task in tasks]
         no_speech_probs = [float(p) for p in host_list(no_speech)]
         for step in range(self.sample_len):
-            mask = self._rule_mask([sampled[r] for r in live], first=step == 0)
-            filtered = logits + mask
-            logprobs = filtered - mx.logsumexp(filtered, axis=-1, keepdims=True)
-            timestamp_mass = mx.logsumexp(logprobs[:, tsb:], axis=-1)
-            best_text = mx.max(logprobs[:, :tsb], axis=-1)
-            force = (timestamp_mass > best_text)[:, None] & (self._ids[None, :] < tsb)
-            filtered = mx.where(force, -mx.inf, filtered)
-            logprobs = filtered - mx.logsumexp(filtered, axis=-1, keepdims=True)
-            tokens = self._choose(filtered, temperatures[live], [rngs[r] for r in live])
-            chosen = mx.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
-            mx.eval(tokens, chosen)
+            host_logits = np.array(logits, dtype=np.float32)
+            histories = [sampled[r] for r in live]
+            tokens, logprobs = self._choose(
+                host_logits,
+                histories,
+                [tasks[r] for r in live],
+                [rngs[r] for r in live],
+                first=step == 0,
+            )
             keep: list[int] = []
-            for batch_row, (token, logprob) in enumerate(
-                zip(host_list(tokens), host_list(chosen), strict=True)
-            ):
+            for batch_row, (token, logprob) in enumerate(zip(tokens, logprobs, strict=True)):
                 row = live[batch_row]
+                sum_logprobs[row] += logprob
                 if token == eot:
-                    sum_logprobs[row] += logprob
                     continue
                 sampled[row].append(token)
-                sum_logprobs[row] += logprob
                 if len(tasks[row].prompt) + len(sampled[row]) < self.model.dims.n_text_ctx:
                     keep.append(batch_row)
             if not keep:
                 break
             if len(keep) < len(live):
                 state = state.select(keep)
-                tokens = tokens[mx.array(keep)]
             live = [live[i] for i in keep]
-            logits = self.model.decoder.logits(self.model.decoder(tokens[:, None], state)[:, -1])
+            next_tokens = mx.array([[sampled[r][-1]] for r in live])
+            logits = self.model.decoder.logits(self.model.decoder(next_tokens, state)[:, -1])
 
         results = []
         for row, task in enumerate(tasks):
@@ -138,48 +131,61 @@ class WindowDecoder:
             )
         return results
 
-    def _rule_mask(self, histories: list[list[int]], first: bool) -> mx.array:
-        """Additive mask (rows, vocab) of the suppression and timestamp rules for each row."""
+    def _choose(
+        self,
+        logits: np.ndarray,
+        histories: list[list[int]],
+        tasks: list[WindowTask],
+        rngs: list[np.random.Generator],
+        first: bool,
+    ) -> tuple[list[int], list[float]]:
+        """Each row's next token and its log-probability (after the rules, before temperature).
+
+        On the host in numpy, for every device: a few vectorised passes over (rows, vocab) cost
+        far less than the dozen small MLX ops they replace (and numpy's exp is vectorised where
+        MLX's CPU exp is not); each row samples from its own generator, so rows never influence
+        each other.
+        """
         tsb, eot = self.vocab.timestamp_begin, self.vocab.eot
-        n_vocab = self.model.dims.n_vocab
-        block_below = np.zeros(len(histories), np.int32)  # ids < this are blocked
-        ts_low = np.zeros(len(histories), np.int32)  # timestamp ids < tsb + this are blocked
-        ts_high = np.full(len(histories), n_vocab, np.int32)  # timestamp ids > tsb + this too
+        logits += self._base
         for row, history in enumerate(histories):
-            if first:
-                block_below[row] = tsb
-                ts_high[row] = round(MAX_INITIAL_TIMESTAMP / TIME_PRECISION)
+            if first:  # the first token is a timestamp, at most MAX_INITIAL_TIMESTAMP in
+                logits[row, :tsb] = -np.inf
+                logits[row, tsb + round(MAX_INITIAL_TIMESTAMP / TIME_PRECISION) + 1 :] = -np.inf
                 continue
             last_ts = len(history) >= 1 and history[-1] >= tsb
             penultimate_ts = len(history) < 2 or history[-2] >= tsb
             if last_ts:
                 if penultimate_ts:
-                    ts_high[row] = -1  # a pair just closed: text next
+                    logits[row, tsb:] = -np.inf  # a pair just closed: text next
                 else:
-                    block_below[row] = eot  # a lone timestamp: another one or end-of-text
+                    logits[row, :eot] = -np.inf  # a lone timestamp: another one or end-of-text
             stamps = [t for t in history if t >= tsb]
-            if stamps:
+            if stamps:  # timestamps never go back; a segment has a non-zero length
                 last = stamps[-1] if (last_ts and not penultimate_ts) else stamps[-1] + 1
-                ts_low[row] = last - tsb
-        ids = self._ids[None, :]
-        blocked = ids < mx.array(block_below)[:, None]
-        relative = ids - tsb
-        blocked = blocked | (
-            (ids >= tsb)
-            & ((relative < mx.array(ts_low)[:, None]) | (relative > mx.array(ts_high)[:, None]))
-        )
-        return mx.where(blocked, -mx.inf, self._base[None, :])
+                logits[row, tsb:last] = -np.inf
+        logprobs = _log_softmax(logits)
+        with np.errstate(divide="ignore"):
+            timestamp_mass = np.log(np.exp(logprobs[:, tsb:]).sum(axis=-1))
+        force = timestamp_mass > logprobs[:, :tsb].max(axis=-1)
+        if force.any():  # timestamps together likelier than any text token: a timestamp
+            logits[force, :tsb] = -np.inf
+            logprobs = _log_softmax(logits)
+        tokens: list[int] = []
+        for row, task in enumerate(tasks):
+            if task.temperature > 0:  # Gumbel-max: a sample of softmax(logits / temperature)
+                gumbel = rngs[row].gumbel(size=logits.shape[1])
+                tokens.append(int(np.argmax(logits[row] / task.temperature + gumbel)))
+            else:
+                tokens.append(int(np.argmax(logits[row])))
+        chosen = logprobs[np.arange(len(tokens)), tokens]
+        return tokens, [float(value) for value in chosen]
 
-    @staticmethod
-    def _choose(logits: mx.array, temperatures: np.ndarray, rngs: list) -> mx.array:
-        greedy = mx.argmax(logits, axis=-1)
-        if not (temperatures > 0).any():
-            return greedy
-        # Each row samples with its own key, so its tokens do not depend on its batch mates.
-        keys = mx.stack([mx.random.key(int(rng.integers(2**31))) for rng in rngs])
-        scaled = logits / mx.array(np.maximum(temperatures, 1e-6))[:, None]
-        sampled = mx.vmap(lambda key, row: mx.random.categorical(row, key=key))(keys, scaled)
-        return mx.where(mx.array(temperatures > 0), sampled, greedy)
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 @dataclass(frozen=True)
