@@ -1,7 +1,8 @@
 """ASREngine: whisper on its own engine thread, transcribing concurrent requests in rounds.
 
 Each round takes up to `max_batch` running transcriptions, cuts the next 30 s window of each,
-encodes all windows in one batched forward pass and decodes them together (rows that fail the
+encodes the windows (batched on GPUs, one by one on the CPU, where batching gains nothing) and
+decodes them together (rows that fail the
 quality thresholds are decoded again, together, at the next temperature). Segments are pushed as
 each window finishes, so transcriptions can stream.
 
@@ -73,7 +74,8 @@ class SpeechModelInfo:
 
 @dataclass(frozen=True)
 class ASRLimits:
-    max_batch: int = 8  # windows encoded and decoded together
+    max_batch: int = 8  # windows decoded together (one per request)
+    encoder_batch: int | None = None  # windows per encoder pass; default: 1 on CPU, max_batch else
     max_waiting: int = 64  # transcriptions accepted and not yet finished
     watchdog_s: float = 120.0
 
@@ -99,6 +101,7 @@ class ASREngine(EngineThread):
         self.info: SpeechModelInfo | None = None
         self.largest_batch = 0
         self.windows_decoded = 0
+        self.encoder_batch = 1
         self._jobs: deque[_Job] = deque()
         self._accepted = 0
         self._lock = threading.Lock()
@@ -172,12 +175,18 @@ class ASREngine(EngineThread):
         import json
         import time
 
+        import mlx.core as mx
+
         from engines.asr.whisper import load_whisper
 
         self._model = load_whisper(self.path)
         self._vocab = WhisperVocab(self.path)
         meta = json.loads((self.path / "mlxd.json").read_text())
         self._decoder = WindowDecoder(self._model, self._vocab, meta.get("suppress_ids", []))
+        # On the CPU the encoder is compute-bound: batching windows gains nothing and a batch's
+        # (windows × heads × 1500 × 1500) attention scores thrash the caches.
+        on_cpu = mx.default_device() == mx.cpu
+        self.encoder_batch = self.limits.encoder_batch or (1 if on_cpu else self.limits.max_batch)
         self.info = SpeechModelInfo(
             name=self.name,
             path=str(self.path),
@@ -217,7 +226,12 @@ class ASREngine(EngineThread):
             return
         self.largest_batch = max(self.largest_batch, len(jobs))
         windows = np.stack([self._window(job) for job in jobs])
-        features = self._model.encoder(mx.array(windows))
+        chunk = self.encoder_batch
+        parts = [
+            self._model.encoder(mx.array(windows[i : i + chunk]))
+            for i in range(0, len(windows), chunk)
+        ]
+        features = mx.concatenate(parts) if len(parts) > 1 else parts[0]
         mx.eval(features)
         self._detect_languages(jobs, features)
         results = self._decode_with_fallback(jobs, features)

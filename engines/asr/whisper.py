@@ -19,6 +19,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from engines.asr import host_math
+
 
 @dataclass(frozen=True)
 class ModelDimensions:
@@ -94,8 +96,9 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp2 = nn.Linear(4 * n_state, n_state)
         self.mlp_ln = nn.LayerNorm(n_state)
 
-    def mlp(self, x: mx.array) -> mx.array:
-        return self.mlp2(nn.gelu(self.mlp1(self.mlp_ln(x))))
+    def mlp(self, x: mx.array, host_math_on: bool = False) -> mx.array:
+        gelu = host_math.gelu if host_math_on else nn.gelu
+        return self.mlp2(gelu(self.mlp1(self.mlp_ln(x))))
 
 
 class AudioEncoder(nn.Module):
@@ -109,37 +112,31 @@ class AudioEncoder(nn.Module):
             for _ in range(dims.n_audio_layer)
         ]
         self.ln_post = nn.LayerNorm(dims.n_audio_state)
-        self.host_softmax = False  # set by `load_whisper` on the CPU device
+        self.host_math = False  # set by `load_whisper` on the CPU device (see host_math)
 
     def __call__(self, mel: mx.array) -> mx.array:
         """mel: (batch, frames, n_mels) → audio features (batch, frames // 2, n_state)."""
-        x = nn.gelu(self.conv1(mel))
-        x = nn.gelu(self.conv2(x))
+        gelu = host_math.gelu if self.host_math else nn.gelu
+        x = gelu(self.conv1(mel))
+        x = gelu(self.conv2(x))
         x = x + self._positional_embedding[: x.shape[1]]
         for block in self.blocks:
             y = block.attn_ln(x)
             keys, values = block.attn.project_kv(y)
-            if self.host_softmax:
+            if self.host_math:
                 x = x + _attend_with_host_softmax(block.attn, y, keys, values)
             else:
                 x = x + block.attn.attend(y, keys, values, None)
-            x = x + block.mlp(x)
+            x = x + block.mlp(x, self.host_math)
         return self.ln_post(x)
 
 
 def _attend_with_host_softmax(
     attention: MultiHeadAttention, x: mx.array, keys: mx.array, values: mx.array
 ) -> mx.array:
-    """The encoder's self-attention with its softmax in numpy, for the CPU device: the softmax
-    over (heads, 1500, 1500) scores is most of the encoder's time there, because MLX's CPU exp
-    is scalar (~12 ns an element) where numpy's is vectorised (~1 ns). Same arithmetic, same
-    result to float32 rounding; on GPUs MLX's fused kernel is used instead."""
+    """The encoder's self-attention with its softmax on the host (see host_math)."""
     q = attention.heads(attention.query(x)) * (keys.shape[-1] ** -0.5)
-    scores = np.array(q @ keys.transpose(0, 1, 3, 2), dtype=np.float32)
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
-    out = mx.array(scores) @ values
+    out = host_math.softmax(q @ keys.transpose(0, 1, 3, 2)) @ values
     batch, _, length, _ = out.shape
     return attention.out(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
 
@@ -239,5 +236,5 @@ def load_whisper(directory: Path, dtype: mx.Dtype = mx.float32) -> Whisper:
     assert isinstance(weights, dict)
     model.load_weights([(k, v.astype(dtype)) for k, v in weights.items()], strict=True)
     mx.eval(model.parameters())
-    model.encoder.host_softmax = mx.default_device() == mx.cpu
+    model.encoder.host_math = mx.default_device() == mx.cpu
     return model
