@@ -12,7 +12,7 @@ else
 EXTRAS := dev
 endif
 
-.PHONY: install blas serve test lint bench clean
+.PHONY: install blas serve test lint bench bench-asr clean
 
 install: $(STAMP) blas
 	$(VENV)/bin/mlxd import --embedded
@@ -49,6 +49,13 @@ test: install lint
 
 bench: install
 	$(PY) bench/decode.py
+
+# mlx-whisper is the baseline of bench/asr.py. It declares torch (for conversion only), so it is
+# installed without its dependencies, and the ones its transcribe() imports are pinned here.
+bench-asr: install
+	$(PY) -m pip install -q --no-deps mlx-whisper==0.4.3
+	$(PY) -m pip install -q tiktoken==0.14.0 numba==0.68.1 scipy==1.17.1 more-itertools==11.2.1 huggingface_hub==2.4.0
+	$(PY) bench/asr.py --runs 5 --long-runs 2 --concurrency 8
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -11,7 +11,7 @@ mlxd runs as its own process (`mlxd serve`) and is timed end to end over HTTP (u
 features, model, response); mlx-whisper runs in this process on the decoded samples (no file
 decoding), greedy with its default fallback — as mlxd does at temperature 0.
 
-Needs mlx-whisper, installed without its declared torch: `make bench-asr-deps`.
+Needs mlx-whisper, installed without its declared torch: `make bench-asr` does it and runs this.
 Usage: MLXD_HOME=.mlxd-home .venv/bin/python bench/asr.py --runs 3 [--concurrency 8]
 """
 
