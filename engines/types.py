@@ -53,6 +53,7 @@ class GenerationRequest:
     n: int = 1
     logprobs: int | None = None  # None: off; k >= 0: the chosen token's logprob and the top k
     prompt_logprobs: bool = False  # also score the prompt's tokens (completions' echo)
+    grammar: str | None = None  # an llguidance grammar the output must follow (constrain.py)
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,8 @@ class FakeEngine:
         self._lock = threading.Lock()
         self.requests: list[GenerationRequest] = []
         self.tokens_generated = 0
+        self.tools_seen: list[dict[str, Any]] | None = None
+        self.grammars_checked: list[str] = []
         self._running = False
 
     @property
@@ -77,9 +79,18 @@ class FakeEngine:
     def stop(self, timeout: float | None = None) -> None:
         self._running = False
 
-    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+    def encode_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
         text = "".join(f"<{m['role']}>{m.get('content') or ''}" for m in messages)
+        self.tools_seen = tools
         return [ord(c) for c in text]
+
+    def check_grammar(self, grammar: str, param: str) -> None:
+        """Grammars are not enforced here (the reply is scripted); bad ones are still refused."""
+        self.grammars_checked.append(grammar)
+        if "x-unsupported" in grammar:
+            raise InvalidRequest(f"{param} cannot be enforced: x-unsupported", param=param)
 
     def stats(self) -> EngineStats:
         return EngineStats(self._active, 0, 0, self.tokens_generated)

@@ -30,6 +30,7 @@ from mlx.utils import tree_flatten
 from engines.bridge import RequestStream
 from engines.errors import ContextTooLong, InvalidRequest, KVBudgetExceeded, Overloaded
 from engines.llm.batch import DecodeBatch
+from engines.llm.constrain import GrammarCompiler
 from engines.llm.detokenize import TokenBytes
 from engines.llm.prefill import Prefill, choose_group, prefill_together
 from engines.llm.prefix_cache import PrefixCache
@@ -104,6 +105,7 @@ class LLMEngine(EngineThread):
         self.kv_bytes_per_token = 0
         self.kv_budget_bytes = 0
         self.prefix_cache: PrefixCache | None = None
+        self._grammars: GrammarCompiler | None = None
         self._model: Any = None
         self._vocabulary: Vocabulary | None = None
         self._waiting: deque[tuple[GenerationRequest, RequestStream]] = deque()
@@ -145,9 +147,25 @@ class LLMEngine(EngineThread):
             failures=self.failures,
         )
 
-    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+    def grammar_compiler(self) -> GrammarCompiler:
+        """The model's tokenizer for llguidance, built on first use (~0.5 s; no MLX: any
+        thread). Lazy, so engines that never constrain need no llguidance at all."""
+        with self._counts_lock:
+            if self._grammars is None:
+                eos = sorted(self.info.eos_token_ids) if self.info else []
+                hf_tokenizer = getattr(self.tokenizer, "_tokenizer", self.tokenizer)
+                self._grammars = GrammarCompiler(hf_tokenizer, self.vocab_size, eos)
+            return self._grammars
+
+    def check_grammar(self, grammar: str, param: str) -> None:
+        """Raise InvalidRequest (naming `param`) unless `grammar` can be enforced."""
+        self.grammar_compiler().check(grammar, param)
+
+    def encode_chat(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
         """Render the model's chat template and tokenize; pure Python (no MLX), any thread."""
-        text = render_chat(self.tokenizer, messages)
+        text = render_chat(self.tokenizer, messages, tools)
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def encode_text(self, text: str) -> list[int]:
@@ -399,12 +417,16 @@ class LLMEngine(EngineThread):
     def _start_prefill(self, request: GenerationRequest, stream: RequestStream) -> Prefill:
         from mlx_lm.models.cache import make_prompt_cache
 
+        constraint = None
+        if request.grammar is not None:
+            constraint = self.grammar_compiler().constraint(request.grammar)
         sampler = TokenSampler(
             request.sampling,
             choice_seed(request.sampling.seed, 0),
             self.vocab_size,
             request.prompt_tokens,
             request.logprobs,
+            constraint,
         )
         cache, reused = None, 0
         if self.prefix_cache is not None and not request.prompt_logprobs:
@@ -478,13 +500,14 @@ class LLMEngine(EngineThread):
         last = mx.array(prefill.to_prefill)
         logits = self._model(last[None], cache=prefill.cache)[:, -1, :]
         mx.eval(logits, [c.state for c in prefill.cache])
+        # Fork every sampler before any samples: a fork copies penalty and grammar state.
+        samplers = [prefill.sampler] + [
+            prefill.sampler.fork(choice_seed(request.sampling.seed, index))
+            for index in range(1, request.n)
+        ]
         ready = []
-        for index in range(request.n):
-            if index == 0:
-                cache, sampler = prefill.cache, prefill.sampler
-            else:
-                cache = copy.deepcopy(prefill.cache)
-                sampler = prefill.sampler.fork(choice_seed(request.sampling.seed, index))
+        for index, sampler in enumerate(samplers):
+            cache = prefill.cache if index == 0 else copy.deepcopy(prefill.cache)
             choice = self._choice(prefill, index, sampler)
             sampled = sampler(logits)
             mx.async_eval(*sampled.arrays(), *sampler.state())

@@ -1,13 +1,16 @@
 """Per-sequence token sampling on the engine thread.
 
 Order of operations (documented in docs/api.md):
-logits → logit_bias → repetition penalty → presence/frequency penalties → temperature
+logits → grammar mask (structured outputs, forced tool calls) → logit_bias → repetition penalty
+→ presence/frequency penalties → temperature
 → [logprobs are taken here] → top-k → top-p → min-p → draw.
 temperature 0 is greedy (argmax of the processed logits), whatever the other settings; logprobs of
 a greedy request are the log-softmax of the processed logits at temperature 1.
 
 Everything is lazy MLX work that depends only on earlier steps' lazy tokens, so the engine can
-schedule step n+1 before reading token n back (pipelining). Penalty state (token counts, recent
+schedule step n+1 before reading token n back (pipelining) — except for a constrained sequence,
+whose grammar must see token n on the host before it can mask step n+1 (that row reads its
+token back first; the batch waits for it). Penalty state (token counts, recent
 tokens) is carried as MLX arrays updated with each sampled token.
 
 Each sequence draws from its own random stream: the key for step n is derived on the host from
@@ -23,6 +26,7 @@ from typing import Any, cast
 import mlx.core as mx
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
 
+from engines.llm.constrain import Constraint
 from engines.types import REPETITION_WINDOW, SamplingParams
 
 _MASK64 = (1 << 64) - 1
@@ -77,8 +81,11 @@ class TokenSampler:
         vocab_size: int,
         prompt_tokens: list[int],
         logprobs: int | None = None,
+        constraint: Constraint | None = None,
     ) -> None:
         self.params = params
+        self.constraint = constraint
+        self._unconsumed: mx.array | None = None  # last token, not yet fed to the grammar
         self.seed = seed
         self.logprobs = logprobs
         self._step = 0
@@ -104,6 +111,7 @@ class TokenSampler:
             and self._counts is None
             and self._recent is None
             and self.logprobs is None
+            and self.constraint is None
         )
 
     def state(self) -> list[mx.array]:
@@ -115,11 +123,17 @@ class TokenSampler:
         twin = TokenSampler.__new__(TokenSampler)
         twin.__dict__.update(self.__dict__)
         twin.seed = seed
+        if self.constraint is not None:
+            twin.constraint = self.constraint.fork()
         return twin
 
     def __call__(self, logits: mx.array) -> Sampled:
         params = self.params
         logits = logits.astype(mx.float32)
+        if self.constraint is not None:
+            if self._unconsumed is not None:
+                self.constraint.consume(int(host_scalar(self._unconsumed)))
+            logits = mx.where(mx.array(self.constraint.allowed())[None], logits, -mx.inf)
         if self._bias is not None:
             logits = logits + self._bias
         if self._recent is not None:
@@ -144,6 +158,8 @@ class TokenSampler:
             token = mx.random.categorical(filtered, key=key)
         self._step += 1
         self._observe(token)
+        if self.constraint is not None:
+            self._unconsumed = token
         sampled = Sampled(token)
         if self.logprobs is not None:
             sampled.logprob = mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]

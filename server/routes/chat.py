@@ -8,6 +8,7 @@ or not.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -17,6 +18,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from engines.llm.constrain import json_schema_grammar, tool_call_grammar
+from engines.llm.tools import ParsedDeltas, ToolCallParser
 from engines.types import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
 from server import sse
 from server.body import read_json_object, validate
@@ -29,6 +32,7 @@ from server.schemas.chat import (
     completion_response,
     delta_choice,
     message_choice,
+    tool_call_body,
 )
 from server.schemas.common import response_headers, usage_body
 
@@ -53,9 +57,15 @@ async def create_chat_completion(request: Request) -> Response:
     logprobs = chat.logprobs_count()
     if logprobs == -1:
         raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
+    tools = [tool.model_dump(exclude_none=True) for tool in chat.tools_in_play()]
+    grammar, grammar_param = output_grammar(chat, tools)
     engine = pool.acquire(chat.model)
+    if grammar is not None:
+        # Compiling checks the grammar against the tokenizer (no MLX; the first one builds
+        # llguidance's tokenizer, ~0.5 s): off the event loop.
+        await asyncio.to_thread(engine.check_grammar, grammar, grammar_param)
     messages = [message.model_dump(exclude_none=True) for message in chat.messages]
-    prompt = engine.encode_chat(messages)
+    prompt = engine.encode_chat(messages, tools)
     max_tokens = engine.check_fits(len(prompt), chat.requested_max_tokens())
 
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -67,6 +77,7 @@ async def create_chat_completion(request: Request) -> Response:
         chat.stop_sequences(),
         n=chat.choices,
         logprobs=logprobs,
+        grammar=grammar,
     )
     headers = response_headers(request_id, body, ChatCompletionRequest, IGNORED_FIELDS)
     logger.info(
@@ -81,7 +92,9 @@ async def create_chat_completion(request: Request) -> Response:
     stream = request.app.state.metrics.observe(engine.submit(generation), chat.model)
     if chat.stream:
         interval = settings.stream_interval_ms / 1000
-        events = _stream_chunks(stream, generation, chat.model, chat.include_usage, interval)
+        events = _stream_chunks(
+            stream, generation, chat.model, chat.include_usage, interval, bool(tools)
+        )
         return sse.event_stream(events, headers, settings)
     collected = await unless_disconnected(request, collect(stream), [stream])
     if collected is None:
@@ -92,12 +105,20 @@ async def create_chat_completion(request: Request) -> Response:
         return JSONResponse(
             error.body(), status_code=error.status, headers={**headers, **error.headers}
         )
-    choices = [
-        message_choice(
-            index, choice.text, choice.finish_reason, None if logprobs is None else choice.logprobs
-        )
-        for index, choice in sorted(collected.choices.items())
-    ]
+    choices = []
+    for index, choice in sorted(collected.choices.items()):
+        text: str | None = choice.text
+        calls: list[dict[str, Any]] = []
+        reason = choice.finish_reason
+        if tools:
+            parser = ToolCallParser()
+            text = parser.feed(choice.text).content + parser.finish().content
+            calls = [tool_call_body(c.id, c.name, c.arguments) for c in parser.calls]
+            if calls:
+                text = text.strip() or None
+                reason = "tool_calls" if reason == "stop" else reason
+        choice_logprobs = None if logprobs is None else choice.logprobs
+        choices.append(message_choice(index, text, reason, choice_logprobs, calls))
     completion_tokens = sum(c.completion_tokens for c in collected.choices.values())
     usage = usage_body(collected.prompt_tokens, completion_tokens, collected.cached_tokens)
     return JSONResponse(
@@ -111,9 +132,11 @@ async def _stream_chunks(
     model: str,
     include_usage: bool,
     interval_s: float,
+    with_tools: bool,
 ) -> AsyncIterator[dict[str, str]]:
     created = int(time.time())
     with_logprobs = generation.logprobs is not None
+    parsers = [ToolCallParser() for _ in range(generation.n)] if with_tools else []
 
     def frame(choice: dict[str, Any] | None, usage: dict[str, Any] | None = None) -> dict[str, str]:
         body = chunk(generation.request_id, model, created, choice, usage, include_usage)
@@ -126,13 +149,23 @@ async def _stream_chunks(
             yield frame(delta_choice(index, {"role": "assistant", "content": ""}))
         async for event in stream.events(interval_s):
             if isinstance(event, TokenEvent):
-                if event.text or event.logprobs:
-                    logprobs = event.logprobs if with_logprobs else None
+                logprobs = event.logprobs if with_logprobs else None
+                if parsers:
+                    for delta in tool_deltas(parsers[event.index].feed(event.text)):
+                        yield frame(delta_choice(event.index, delta, None, logprobs))
+                        logprobs = None
+                elif event.text or event.logprobs:
                     yield frame(delta_choice(event.index, {"content": event.text}, None, logprobs))
             elif isinstance(event, FinishEvent):
                 completion_tokens += event.usage.completion_tokens
                 cached_tokens = event.usage.cached_tokens
-                yield frame(delta_choice(event.index, {}, event.reason))
+                reason: str = event.reason
+                if parsers:
+                    for delta in tool_deltas(parsers[event.index].finish()):
+                        yield frame(delta_choice(event.index, delta))
+                    if parsers[event.index].calls and reason == "stop":
+                        reason = "tool_calls"
+                yield frame(delta_choice(event.index, {}, reason))
             elif isinstance(event, ErrorEvent):
                 logger.error("%s failed in stream: %s", generation.request_id, event.error)
                 yield sse.data(from_engine_error(event.error).body())
@@ -146,3 +179,47 @@ async def _stream_chunks(
         if not ended:
             stream.cancel()
             logger.info("%s stream closed early; cancelling", generation.request_id)
+
+
+def output_grammar(
+    chat: ChatCompletionRequest, tools: list[dict[str, Any]]
+) -> tuple[str | None, str]:
+    """The grammar the output must follow, if any, and the param it comes from: a forced tool
+    call (`tool_choice` "required" or a named function) or `response_format` JSON."""
+    forced = chat.forced_tool()
+    if chat.tool_choice == "required" or forced is not None:
+        if not tools:
+            raise APIError(400, "tool_choice requires tools", param="tools")
+        if forced is not None and forced not in {t["function"]["name"] for t in tools}:
+            raise APIError(400, f"tool_choice names an unknown function {forced!r}", "tool_choice")
+        if chat.response_format is not None and chat.response_format.type != "text":
+            raise APIError(
+                400,
+                "response_format cannot be combined with a forced tool_choice",
+                param="response_format",
+            )
+        parallel = forced is None and chat.parallel_tool_calls is not False
+        return tool_call_grammar(tools, forced, parallel), "tool_choice"
+    response_format = chat.response_format
+    if response_format is None or response_format.type == "text":
+        return None, ""
+    if response_format.type == "json_object":
+        return json_schema_grammar({"type": "object"}), "response_format"
+    if response_format.json_schema is None:
+        raise APIError(400, "json_schema is required", param="response_format.json_schema")
+    schema = response_format.json_schema.schema_ or {"type": "object"}
+    return json_schema_grammar(schema), "response_format.json_schema.schema"
+
+
+def tool_deltas(parsed: ParsedDeltas) -> list[dict[str, Any]]:
+    """Chat `delta` objects for what a ToolCallParser produced: content, then tool calls."""
+    deltas: list[dict[str, Any]] = []
+    if parsed.content:
+        deltas.append({"content": parsed.content})
+    for call in parsed.calls:
+        body: dict[str, Any] = {"index": call.index, "function": {"arguments": call.arguments}}
+        if call.id is not None:
+            body.update(id=call.id, type="function")
+            body["function"]["name"] = call.name
+        deltas.append({"tool_calls": [body]})
+    return deltas

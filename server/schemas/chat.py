@@ -33,16 +33,50 @@ class ChatMessage(Strict):
     refusal: str | None = None
 
 
+class FunctionDefinition(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(Strict):
+    name: str
+
+
+class NamedToolChoice(Strict):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class JSONSchemaFormat(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    # Fields of the spec that later work will support; rejected when they ask for something.
-    response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    # Fields of the spec that later work may support; rejected when they ask for something.
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     audio: dict[str, Any] | None = None
@@ -59,13 +93,21 @@ class ChatCompletionRequest(SamplingFields):
             return -1  # rejected by the route: the spec needs logprobs: true with top_logprobs
         return (self.top_logprobs or 0) if self.logprobs else None
 
+    def tools_in_play(self) -> list[Tool]:
+        """The tools the model is told about (none when `tool_choice` is "none")."""
+        return [] if self.tool_choice == "none" else list(self.tools or [])
+
+    def forced_tool(self) -> str | None:
+        """The function a named `tool_choice` forces, if any."""
+        return (
+            self.tool_choice.function.name
+            if isinstance(self.tool_choice, NamedToolChoice)
+            else None
+        )
+
     def unsupported_field(self) -> str | None:
         """The first field that asks for something this server cannot do yet, if any."""
         asks = {
-            "response_format": bool(self.response_format)
-            and (self.response_format or {}).get("type") != "text",
-            "tools": bool(self.tools),
-            "tool_choice": self.tool_choice not in (None, "none", "auto"),
             "functions": bool(self.functions),
             "function_call": self.function_call not in (None, "none", "auto"),
             "audio": self.audio is not None,
@@ -85,7 +127,6 @@ IGNORED_FIELDS = (
     "safety_identifier",
     "prompt_cache_key",
     "prompt_cache_retention",
-    "parallel_tool_calls",
     "reasoning_effort",
     "verbosity",
     "moderation",
@@ -126,12 +167,23 @@ def completion_response(
     }
 
 
+def tool_call_body(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
 def message_choice(
-    index: int, text: str, finish_reason: str, logprobs: list[TokenLogprob] | None
+    index: int,
+    text: str | None,
+    finish_reason: str,
+    logprobs: list[TokenLogprob] | None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {
         "index": index,
-        "message": {"role": "assistant", "content": text, "refusal": None},
+        "message": message,
         "logprobs": None
         if logprobs is None
         else {"content": logprob_content(logprobs), "refusal": None},

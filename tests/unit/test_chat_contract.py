@@ -166,8 +166,8 @@ async def test_invalid_utf8_is_a_400(http: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("tools", [{"type": "function", "function": {"name": "f"}}]),
-        ("response_format", {"type": "json_object"}),
+        ("functions", [{"name": "f"}]),
+        ("audio", {"voice": "alloy", "format": "wav"}),
     ],
 )
 async def test_unsupported_fields_are_refused_not_dropped(

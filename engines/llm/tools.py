@@ -1,0 +1,175 @@
+"""Tool calls in generated text: prompts for templates without tool support, and a streaming
+parser that turns `<tool_call>{"name": …, "arguments": {…}}</tool_call>` (Hermes/Qwen style, also
+what our generic tool prompt asks for) into content and tool-call deltas.
+
+Invariants of `ToolCallParser`:
+- Fed text in any chunking, it emits the same content and the same tool calls (the pieces may
+  differ; their concatenations do not).
+- Markup never leaks into content: text that might be the start of `<tool_call>` is held back
+  until it is known not to be.
+- A call's argument fragments concatenate to exactly the model's JSON text of `arguments`; a
+  call's `name` is sent once, in its first delta, with its id.
+- A call that does not parse as `{"name": str, "arguments": object}` is returned as content.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+_HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
+
+GENERIC_TOOL_PROMPT = """You can call functions. The functions you may call, as JSON schemas:
+{tools}
+
+To call a function, answer with nothing but one line per call:
+<tool_call>
+{{"name": "<function name>", "arguments": {{<arguments as a JSON object>}}}}
+</tool_call>
+Otherwise answer normally."""
+
+
+def generic_tool_prompt(tools: list[dict[str, Any]]) -> str:
+    """A system prompt describing `tools`, for chat templates that have no tool support."""
+    return GENERIC_TOOL_PROMPT.format(tools="\n".join(json.dumps(t) for t in tools))
+
+
+def new_call_id() -> str:
+    return f"call_{secrets.token_hex(12)}"
+
+
+@dataclass
+class ToolCallDelta:
+    index: int
+    id: str | None = None  # set on a call's first delta only
+    name: str | None = None  # likewise
+    arguments: str = ""
+
+
+@dataclass
+class ParsedDeltas:
+    content: str = ""
+    calls: list[ToolCallDelta] = field(default_factory=list)
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCallParser:
+    def __init__(self) -> None:
+        self._buffer = ""  # text not yet classified
+        self._in_call = False
+        self._calls: list[ToolCall] = []
+        self._current_id: str | None = None  # the open call's id, once its name was sent
+        self._streamed_arguments = 0  # characters of the open call's arguments sent
+
+    @property
+    def calls(self) -> list[ToolCall]:
+        return list(self._calls)
+
+    def feed(self, text: str) -> ParsedDeltas:
+        self._buffer += text
+        out = ParsedDeltas()
+        while True:
+            if not self._in_call:
+                start = self._buffer.find(OPEN)
+                if start < 0:
+                    keep = _partial_suffix(self._buffer, OPEN)
+                    out.content += self._buffer[: len(self._buffer) - keep]
+                    self._buffer = self._buffer[len(self._buffer) - keep :]
+                    return out
+                out.content += self._buffer[:start]
+                self._buffer = self._buffer[start + len(OPEN) :]
+                self._in_call = True
+                continue
+            end = self._buffer.find(CLOSE)
+            if end < 0:
+                self._stream_partial(out)
+                return out
+            body, self._buffer = self._buffer[:end], self._buffer[end + len(CLOSE) :]
+            self._in_call = False
+            self._close_call(body, out, closed=True)
+
+    def finish(self) -> ParsedDeltas:
+        """End of output: flush held-back text; an unclosed call that parses counts as a call."""
+        out = ParsedDeltas()
+        if self._in_call:
+            self._in_call = False
+            self._close_call(self._buffer, out, closed=False)
+        else:
+            out.content += self._buffer
+        self._buffer = ""
+        return out
+
+    def _stream_partial(self, out: ParsedDeltas) -> None:
+        """Send the id and name, then argument text, of a call still being generated."""
+        head = _HEAD.match(self._buffer)
+        if head is None:
+            return
+        index = len(self._calls)
+        if self._current_id is None:
+            self._current_id = new_call_id()
+            out.calls.append(ToolCallDelta(index, self._current_id, json.loads(f'"{head[1]}"')))
+        arguments = self._buffer[head.end() :]
+        # Hold back what may be the outer object's closing brace, whitespace, or a partial tag.
+        safe = len(arguments) - _partial_suffix(arguments, CLOSE)
+        safe = min(safe, len(arguments[:safe].rstrip().removesuffix("}").rstrip()))
+        if safe > self._streamed_arguments:
+            fragment = arguments[self._streamed_arguments : safe]
+            out.calls.append(ToolCallDelta(index, arguments=fragment))
+            self._streamed_arguments = safe
+
+    def _close_call(self, body: str, out: ParsedDeltas, closed: bool) -> None:
+        index = len(self._calls)
+        parsed = _parse_call(body)
+        head = _HEAD.match(body)
+        if parsed is None and self._current_id is None:
+            out.content += f"{OPEN}{body}{CLOSE if closed else ''}"  # not a call: it is text
+            return
+        raw = body[head.end() :].rstrip().removesuffix("}").rstrip() if head else ""
+        if parsed is not None and (head is None or _json_object(raw) is None):
+            raw = json.dumps(parsed[1])  # keys in another order: re-serialise
+        name = parsed[0] if parsed is not None else json.loads(f'"{head[1]}"') if head else ""
+        if self._current_id is None:
+            self._current_id = new_call_id()
+            out.calls.append(ToolCallDelta(index, self._current_id, name))
+        if len(raw) > self._streamed_arguments:
+            out.calls.append(ToolCallDelta(index, arguments=raw[self._streamed_arguments :]))
+        self._calls.append(ToolCall(self._current_id, name, raw))
+        self._current_id, self._streamed_arguments = None, 0
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
+    for length in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:length]):
+            return length
+    return 0
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _parse_call(body: str) -> tuple[str, dict[str, Any]] | None:
+    call = _json_object(body.strip())
+    if call is None or not isinstance(call.get("name"), str):
+        return None
+    arguments = call.get("arguments", {})
+    if isinstance(arguments, str):  # some models send the arguments as a JSON string
+        arguments = _json_object(arguments)
+    if not isinstance(arguments, dict):
+        return None
+    return call["name"], arguments

@@ -1,0 +1,75 @@
+"""The streaming tool-call parser on recorded outputs, fed in arbitrary chunkings."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from engines.llm.tools import ToolCallParser
+
+HERMES = (
+    "Let me check.<tool_call>\n"
+    '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n'
+    "</tool_call>\n<tool_call>\n"
+    '{"name": "get_time", "arguments": {"tz": "Europe/Paris"}}\n</tool_call>'
+)
+
+
+def run(text: str, seed: int) -> tuple[str, list[tuple[str, str]], list[str]]:
+    """(content, [(name, concatenated argument fragments)], ids) from random chunks."""
+    rng = random.Random(seed)
+    parser = ToolCallParser()
+    content = ""
+    calls: dict[int, dict[str, str]] = {}
+    position = 0
+    deltas = []
+    while position < len(text):
+        size = rng.randint(1, 9)
+        deltas.append(parser.feed(text[position : position + size]))
+        position += size
+    deltas.append(parser.finish())
+    for delta in deltas:
+        content += delta.content
+        for call in delta.calls:
+            entry = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+            if call.id is not None:
+                assert not entry["id"], "a call's id and name are sent once"
+                entry["id"], entry["name"] = call.id, call.name or ""
+            entry["arguments"] += call.arguments
+    assert [c.arguments for c in parser.calls] == [e["arguments"] for e in calls.values()]
+    return content, [(e["name"], e["arguments"]) for e in calls.values()], [
+        e["id"] for e in calls.values()
+    ]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_hermes_calls_in_any_chunking(seed: int) -> None:
+    content, calls, ids = run(HERMES, seed)
+    assert content == "Let me check.\n"
+    assert calls == [
+        ("get_weather", '{"city": "Paris", "unit": "celsius"}'),
+        ("get_time", '{"tz": "Europe/Paris"}'),
+    ]
+    assert len(set(ids)) == 2 and all(i.startswith("call_") for i in ids)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_other_key_order_and_string_arguments(seed: int) -> None:
+    text = '<tool_call>{"arguments": "{\\"x\\": 1}", "name": "f"}</tool_call>'
+    assert run(text, seed)[1] == [("f", '{"x": 1}')]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_text_that_only_looks_like_markup_is_content(seed: int) -> None:
+    text = "a < b, <tool and <tool_call>not json</tool_call> end <tool_ca"
+    content, calls, _ = run(text, seed)
+    assert calls == []
+    assert content == "a < b, <tool and <tool_call>not json</tool_call> end <tool_ca"
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_unclosed_call_at_the_end_still_counts(seed: int) -> None:
+    text = 'ok <tool_call>\n{"name": "f", "arguments": {"a": [1, 2]}}'
+    content, calls, _ = run(text, seed)
+    assert content == "ok " and calls == [("f", '{"a": [1, 2]}')]
