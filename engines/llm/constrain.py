@@ -22,11 +22,19 @@ import numpy as np
 
 from engines.errors import InvalidRequest
 
+# Fixed separators, no free whitespace: small models otherwise loop on whitespace (the schema
+# allows any amount) until max_tokens, and compact JSON costs fewer tokens.
+_COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+def _compact(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "x-guidance": {**_COMPACT, **schema.get("x-guidance", {})}}
+
 
 def json_schema_grammar(schema: dict[str, Any]) -> str:
     import llguidance
 
-    return str(llguidance.LLMatcher.grammar_from_json_schema(schema))
+    return str(llguidance.LLMatcher.grammar_from_json_schema(_compact(schema)))
 
 
 def lark_grammar(lark: str) -> str:
@@ -58,7 +66,7 @@ def tool_call_grammar(tools: list[dict[str, Any]], forced: str | None, parallel:
     repeat = "+" if parallel else ""
     return lark_grammar(
         f'start: call{repeat}\ncall: "<tool_call>\\n" body "\\n</tool_call>"\n'
-        f"body: %json {json.dumps(schema)}\n"
+        f"body: %json {json.dumps(_compact(schema))}\n"
     )
 
 

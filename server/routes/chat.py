@@ -191,7 +191,9 @@ def output_grammar(
         if not tools:
             raise APIError(400, "tool_choice requires tools", param="tools")
         if forced is not None and forced not in {t["function"]["name"] for t in tools}:
-            raise APIError(400, f"tool_choice names an unknown function {forced!r}", "tool_choice")
+            raise APIError(
+                400, f"tool_choice names an unknown function {forced!r}", param="tool_choice"
+            )
         if chat.response_format is not None and chat.response_format.type != "text":
             raise APIError(
                 400,

@@ -38,9 +38,11 @@ def run(text: str, seed: int) -> tuple[str, list[tuple[str, str]], list[str]]:
                 entry["id"], entry["name"] = call.id, call.name or ""
             entry["arguments"] += call.arguments
     assert [c.arguments for c in parser.calls] == [e["arguments"] for e in calls.values()]
-    return content, [(e["name"], e["arguments"]) for e in calls.values()], [
-        e["id"] for e in calls.values()
-    ]
+    return (
+        content,
+        [(e["name"], e["arguments"]) for e in calls.values()],
+        [e["id"] for e in calls.values()],
+    )
 
 
 @pytest.mark.parametrize("seed", range(40))

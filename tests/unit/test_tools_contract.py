@@ -1,0 +1,184 @@
+"""Tool calls and structured outputs over HTTP on a scripted engine: what reaches the engine
+(tools, grammars), and what the strict SDK gets back (tool_calls, streamed deltas, errors)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from openai import AsyncOpenAI
+
+from tests.fakes import FakeEngine
+from tests.unit.test_chat_contract import URL, assert_openai_error, chat_body
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine(reply=CALL, context_length=4096)
+
+
+async def test_a_tool_call_comes_back_as_tool_calls(
+    client: AsyncOpenAI, fake_engine: FakeEngine
+) -> None:
+    completion = await client.chat.completions.create(
+        model="fake", messages=[{"role": "user", "content": "weather?"}], tools=[WEATHER]
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    calls = choice.message.tool_calls or []
+    assert len(calls) == 1 and calls[0].type == "function"
+    assert calls[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert json.loads(calls[0].function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+    assert fake_engine.tools_seen == [WEATHER]
+    assert fake_engine.requests[-1].grammar is None  # auto: the model decides
+
+
+async def test_streamed_tool_call_assembles_in_the_sdk(client: AsyncOpenAI) -> None:
+    async with client.chat.completions.stream(
+        model="fake", messages=[{"role": "user", "content": "weather?"}], tools=[WEATHER]
+    ) as stream:
+        async for _ in stream:
+            pass
+        final = await stream.get_final_completion()
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert not choice.message.content
+    calls = choice.message.tool_calls or []
+    assert calls[0].function.name == "get_weather"
+    assert json.loads(calls[0].function.arguments) == {"city": "Paris"}
+
+
+async def test_streamed_markup_never_reaches_content(http: httpx.AsyncClient) -> None:
+    body = chat_body(tools=[WEATHER], stream=True)
+    async with http.stream("POST", URL, json=body) as response:
+        lines = [line async for line in response.aiter_lines() if line.startswith("data: {")]
+    deltas = [json.loads(line[6:])["choices"][0]["delta"] for line in lines]
+    content = "".join(d.get("content") or "" for d in deltas)
+    assert "<tool_call>" not in content and "get_weather" not in content
+    heads = [c for d in deltas for c in d.get("tool_calls", []) if "id" in c]
+    assert len(heads) == 1 and heads[0]["function"]["name"] == "get_weather"
+
+
+async def test_plain_text_with_tools_is_content(
+    client: AsyncOpenAI, fake_engine: FakeEngine
+) -> None:
+    fake_engine.reply = "It is sunny."
+    completion = await client.chat.completions.create(
+        model="fake", messages=[{"role": "user", "content": "hi"}], tools=[WEATHER]
+    )
+    choice = completion.choices[0]
+    assert (choice.message.content, choice.finish_reason) == ("It is sunny.", "stop")
+    assert choice.message.tool_calls is None
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "parallel", "expected"),
+    [
+        ("required", None, ["get_weather", "get_time", "call+"]),
+        ("required", False, ["get_weather", "get_time"]),
+        ({"type": "function", "function": {"name": "get_time"}}, None, ["get_time"]),
+    ],
+)
+async def test_forced_tool_choice_is_a_grammar(
+    http: httpx.AsyncClient,
+    fake_engine: FakeEngine,
+    tool_choice: Any,
+    parallel: bool | None,
+    expected: list[str],
+) -> None:
+    extra = {} if parallel is None else {"parallel_tool_calls": parallel}
+    response = await http.post(
+        URL, json=chat_body(tools=[WEATHER, TIME], tool_choice=tool_choice, **extra)
+    )
+    assert response.status_code == 200, response.text
+    grammar = fake_engine.requests[-1].grammar or ""
+    assert "<tool_call>" in grammar and fake_engine.grammars_checked == [grammar]
+    for fragment in expected:
+        assert fragment in grammar
+    if isinstance(tool_choice, dict):
+        assert "get_weather" not in grammar
+
+
+async def test_tool_choice_none_hides_the_tools(
+    http: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    response = await http.post(URL, json=chat_body(tools=[WEATHER], tool_choice="none"))
+    assert response.status_code == 200
+    assert fake_engine.tools_seen == []
+    assert "<tool_call>" in response.json()["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tool_choice": "required"}, "tools"),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}},
+            "tool_choice",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "bad name!"}}]},
+            "tools[0].function.name",
+        ),
+        ({"tools": [{"type": "retrieval"}]}, "tools[0].type"),
+        ({"tool_choice": "sometimes", "tools": [WEATHER]}, "tool_choice"),
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "x",
+                        "schema": {"type": "object", "x-unsupported": True},
+                    },
+                }
+            },
+            "response_format.json_schema.schema",
+        ),
+        (
+            {
+                "tools": [WEATHER],
+                "tool_choice": "required",
+                "response_format": {"type": "json_object"},
+            },
+            "response_format",
+        ),
+    ],
+)
+async def test_bad_tool_and_format_requests_are_400(
+    http: httpx.AsyncClient, fields: dict[str, Any], param: str
+) -> None:
+    response = await http.post(URL, json=chat_body(**fields))
+    assert_openai_error(response, 400, param)
+
+
+async def test_json_schema_becomes_the_grammar(
+    http: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    response_format = {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}
+    response = await http.post(URL, json=chat_body(response_format=response_format))
+    assert response.status_code == 200
+    grammar = json.loads(fake_engine.requests[-1].grammar or "{}")
+    compiled = grammar["grammars"][0]["json_schema"]
+    assert compiled.pop("x-guidance")["whitespace_flexible"] is False
+    assert compiled == schema
