@@ -1,5 +1,6 @@
-"""Opt-in (MLXD_OPTIN=1): fill-in-the-middle on Qwen2.5-Coder-0.5B-Instruct, imported from its
-PyPI packages with mlxd's GGUF importer (Q4_K_M, dequantized through the `gguf` package)."""
+"""Opt-in (MLXD_OPTIN=1): fill-in-the-middle and `auto` tool calls on Qwen2.5-Coder-0.5B-Instruct,
+imported from its PyPI packages with mlxd's GGUF importer (Q4_K_M, dequantized through the `gguf`
+package)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,38 @@ def test_chat_answers_on_the_coder_model(coder_url: str) -> None:
         max_tokens=30,
     )
     assert "2" in (reply.choices[0].message.content or "")
+
+
+def test_auto_tool_choice_calls_the_tool(coder_url: str) -> None:
+    """Qwen's own template renders the tools; with tool_choice auto the model decides to call."""
+    client = OpenAI(
+        base_url=f"{coder_url}/v1",
+        api_key="unused",
+        max_retries=0,
+        _strict_response_validation=True,
+    )
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get the current weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+    completion = client.chat.completions.create(
+        model=QWEN_CODER.name,
+        messages=[{"role": "user", "content": "What is the weather like in Paris right now?"}],
+        tools=[weather],  # type: ignore[list-item]
+        tool_choice="auto",
+        temperature=0,
+        max_tokens=64,
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls", choice.message.content
+    [call] = choice.message.tool_calls or []
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    assert "paris" in call.function.arguments.lower()  # type: ignore[union-attr]
