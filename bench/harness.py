@@ -94,9 +94,14 @@ class StreamResult:
 
 
 def stream_chat(
-    server: Server, messages: list[dict[str, str]], max_tokens: int, timeout: float = 600
+    server: Server,
+    messages: list[dict[str, str]],
+    max_tokens: int,
+    timeout: float = 600,
+    extra: dict[str, object] | None = None,
 ) -> StreamResult:
     body = {
+        **(extra or {}),
         "model": server.model,
         "messages": messages,
         "max_tokens": max_tokens,

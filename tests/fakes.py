@@ -41,7 +41,10 @@ class FakeEngine:
         prefill_delay_s: float = 0.0,
         fim_tokens: tuple[str, str, str] | None = None,
         refuse_with: Exception | None = None,
+        reasoning: bool = False,
     ) -> None:
+        self.reasoning = reasoning
+        self.template_kwargs_seen: dict[str, Any] | None = None
         self.refuse_with = refuse_with
         self.fim_tokens = fim_tokens
         self.prefill_delay_s = prefill_delay_s
@@ -69,7 +72,13 @@ class FakeEngine:
 
     def start(self) -> None:
         self.info = ModelInfo(
-            self.name, "/fake", self._context_length, frozenset({0}), 1700000000, self.fim_tokens
+            self.name,
+            "/fake",
+            self._context_length,
+            frozenset({0}),
+            1700000000,
+            self.fim_tokens,
+            reasoning=self.reasoning,
         )
         self._running = True
 
@@ -80,10 +89,16 @@ class FakeEngine:
         self._running = False
 
     def encode_chat(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         text = "".join(f"<{m['role']}>{m.get('content') or ''}" for m in messages)
+        if self.reasoning and (template_kwargs or {}).get("enable_thinking") is not False:
+            text += "<think>"  # like templates that open the reasoning block themselves
         self.tools_seen = tools
+        self.template_kwargs_seen = template_kwargs
         return [ord(c) for c in text]
 
     def check_grammar(self, grammar: str, param: str) -> None:

@@ -65,6 +65,7 @@ class ModelInfo:
     fim_tokens: tuple[str, str, str] | None = (
         None  # (prefix, suffix, middle) when the vocab has them
     )
+    reasoning: bool = False  # the chat template knows <think> blocks (a reasoning model)
 
 
 FIM_TOKEN_SETS = (
@@ -162,10 +163,13 @@ class LLMEngine(EngineThread):
         self.grammar_compiler().check(grammar, param)
 
     def encode_chat(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         """Render the model's chat template and tokenize; pure Python (no MLX), any thread."""
-        text = render_chat(self.tokenizer, messages, tools)
+        text = render_chat(self.tokenizer, messages, tools, template_kwargs)
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def encode_text(self, text: str) -> list[int]:
@@ -283,6 +287,7 @@ class LLMEngine(EngineThread):
             eos_token_ids=eos,
             created=int(self.path.stat().st_mtime),
             fim_tokens=fim,
+            reasoning="<think>" in str(getattr(tokenizer, "chat_template", None) or ""),
         )
         self._vocabulary = Vocabulary(tokenizer, TokenBytes(tokenizer), eos)
         # Warm up (compile kernels, allocate buffers) and measure the KV bytes per token.

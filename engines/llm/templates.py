@@ -99,15 +99,23 @@ def _generic_tool_messages(
 
 
 def render_chat(
-    tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    template_kwargs: dict[str, Any] | None = None,
 ) -> str:
-    """The prompt text for `messages` (and `tools`), ending with the assistant's turn opened."""
+    """The prompt text for `messages` (and `tools`), ending with the assistant's turn opened.
+    `template_kwargs` are extra template variables (`enable_thinking`, `reasoning_effort`)."""
     normalised = [
         {**message, "content": content_to_text(message.get("content"))} for message in messages
     ]
     if getattr(tokenizer, "chat_template", None) is None:
         raise InvalidRequest("this model has no chat template; use /v1/completions", "messages")
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {
+        key: value
+        for key, value in (template_kwargs or {}).items()
+        if key not in ("conversation", "tools", "tokenize", "add_generation_prompt")
+    }
     if supports_tools(tokenizer):
         normalised = _native_tool_messages(normalised)
         if tools:

@@ -1,6 +1,10 @@
 """Tool calls in generated text: prompts for templates without tool support, and a streaming
 parser that turns `<tool_call>{"name": …, "arguments": {…}}</tool_call>` (Hermes/Qwen style, also
-what our generic tool prompt asks for) into content and tool-call deltas.
+what our generic tool prompt asks for) into content and tool-call deltas. An output that is
+nothing but bare JSON calls — `{"name": …, "arguments"|"parameters": {…}}`, one or several, or a
+list (Llama 3.x style, and what small models often write instead of the tags) — is recognised
+too: such output (its first character `{` or `[`, optionally after `<|python_tag|>`) is held back
+to the end and becomes calls if it parses as calls of known functions, else content.
 
 Invariants of `ToolCallParser`:
 - Fed text in any chunking, it emits the same content and the same tool calls (the pieces may
@@ -63,8 +67,13 @@ class ToolCall:
     arguments: str  # JSON text
 
 
+PYTHON_TAG = "<|python_tag|>"
+
+
 class ToolCallParser:
-    def __init__(self) -> None:
+    def __init__(self, known_names: frozenset[str] = frozenset()) -> None:
+        self._known = known_names  # functions bare JSON may call (none: bare JSON is content)
+        self._mode = "start"  # start → text | bare (the whole output is JSON, held back)
         self._buffer = ""  # text not yet classified
         self._in_call = False
         self._calls: list[ToolCall] = []
@@ -78,11 +87,18 @@ class ToolCallParser:
     def feed(self, text: str) -> ParsedDeltas:
         self._buffer += text
         out = ParsedDeltas()
+        if self._mode == "start":
+            head = self._buffer.lstrip().removeprefix(PYTHON_TAG).lstrip()
+            if not head or (PYTHON_TAG.startswith(head) and self._known):
+                return out  # undecided
+            self._mode = "bare" if head[0] in "{[" and self._known else "text"
+        if self._mode == "bare":
+            return out
         while True:
             if not self._in_call:
                 start = self._buffer.find(OPEN)
                 if start < 0:
-                    keep = _partial_suffix(self._buffer, OPEN)
+                    keep = partial_suffix(self._buffer, OPEN)
                     out.content += self._buffer[: len(self._buffer) - keep]
                     self._buffer = self._buffer[len(self._buffer) - keep :]
                     return out
@@ -101,13 +117,27 @@ class ToolCallParser:
     def finish(self) -> ParsedDeltas:
         """End of output: flush held-back text; an unclosed call that parses counts as a call."""
         out = ParsedDeltas()
-        if self._in_call:
+        if self._mode == "bare":
+            self._finish_bare(out)
+        elif self._in_call:
             self._in_call = False
             self._close_call(self._buffer, out, closed=False)
         else:
             out.content += self._buffer
         self._buffer = ""
         return out
+
+    def _finish_bare(self, out: ParsedDeltas) -> None:
+        text = self._buffer.strip().removeprefix(PYTHON_TAG).strip()
+        calls = _bare_calls(text)
+        if calls is None or any(name not in self._known for name, _ in calls):
+            out.content += self._buffer
+            return
+        for name, arguments in calls:
+            call = ToolCall(new_call_id(), name, json.dumps(arguments))
+            out.calls.append(ToolCallDelta(len(self._calls), call.id, name))
+            out.calls.append(ToolCallDelta(len(self._calls), arguments=call.arguments))
+            self._calls.append(call)
 
     def _stream_partial(self, out: ParsedDeltas) -> None:
         """Send the id and name, then argument text, of a call still being generated."""
@@ -120,7 +150,7 @@ class ToolCallParser:
             out.calls.append(ToolCallDelta(index, self._current_id, json.loads(f'"{head[1]}"')))
         arguments = self._buffer[head.end() :]
         # Hold back what may be the outer object's closing brace, whitespace, or a partial tag.
-        safe = len(arguments) - _partial_suffix(arguments, CLOSE)
+        safe = len(arguments) - partial_suffix(arguments, CLOSE)
         safe = min(safe, len(arguments[:safe].rstrip().removesuffix("}").rstrip()))
         if safe > self._streamed_arguments:
             fragment = arguments[self._streamed_arguments : safe]
@@ -147,7 +177,7 @@ class ToolCallParser:
         self._current_id, self._streamed_arguments = None, 0
 
 
-def _partial_suffix(text: str, tag: str) -> int:
+def partial_suffix(text: str, tag: str) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
     for length in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:length]):
@@ -163,11 +193,33 @@ def _json_object(text: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _parse_call(body: str) -> tuple[str, dict[str, Any]] | None:
-    call = _json_object(body.strip())
-    if call is None or not isinstance(call.get("name"), str):
+def _bare_calls(text: str) -> list[tuple[str, dict[str, Any]]] | None:
+    """Calls from bare JSON: one object, several (separated by whitespace or ';'), or a list."""
+    decoder = json.JSONDecoder()
+    values: list[Any] = []
+    position = 0
+    while position < len(text):
+        try:
+            value, position = decoder.raw_decode(text, position)
+        except ValueError:
+            return None
+        values.extend(value if isinstance(value, list) else [value])
+        while position < len(text) and text[position] in " \t\r\n;,":
+            position += 1
+    calls = [_call_of(value) for value in values]
+    if not calls or any(call is None for call in calls):
         return None
-    arguments = call.get("arguments", {})
+    return [call for call in calls if call is not None]
+
+
+def _parse_call(body: str) -> tuple[str, dict[str, Any]] | None:
+    return _call_of(_json_object(body.strip()))
+
+
+def _call_of(call: Any) -> tuple[str, dict[str, Any]] | None:
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        return None
+    arguments = call.get("arguments", call.get("parameters", {}))
     if isinstance(arguments, str):  # some models send the arguments as a JSON string
         arguments = _json_object(arguments)
     if not isinstance(arguments, dict):

@@ -19,10 +19,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from engines.llm.constrain import json_schema_grammar, tool_call_grammar
-from engines.llm.tools import ParsedDeltas, ToolCallParser
+from engines.llm.reasoning import THINK_OPEN
 from engines.types import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
 from server import sse
 from server.body import read_json_object, validate
+from server.chat_output import ChoiceOutput, collected_message
 from server.errors import APIError, from_engine_error
 from server.generation import EventSource, check_limits, collect, unless_disconnected
 from server.schemas.chat import (
@@ -32,7 +33,6 @@ from server.schemas.chat import (
     completion_response,
     delta_choice,
     message_choice,
-    tool_call_body,
 )
 from server.schemas.common import response_headers, usage_body
 
@@ -65,7 +65,15 @@ async def create_chat_completion(request: Request) -> Response:
         # llguidance's tokenizer, ~0.5 s): off the event loop.
         await asyncio.to_thread(engine.check_grammar, grammar, grammar_param)
     messages = [message.model_dump(exclude_none=True) for message in chat.messages]
-    prompt = engine.encode_chat(messages, tools)
+    prompt = engine.encode_chat(messages, tools, chat.template_kwargs())
+    reasoning = bool(engine.info and engine.info.reasoning)
+    think_opened = reasoning and engine.decode(prompt[-8:]).rstrip().endswith(THINK_OPEN)
+
+    tool_names = frozenset(tool["function"]["name"] for tool in tools)
+
+    def output_for() -> ChoiceOutput:
+        return ChoiceOutput(reasoning, think_opened, tool_names)
+
     max_tokens = engine.check_fits(len(prompt), chat.requested_max_tokens())
 
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -92,8 +100,9 @@ async def create_chat_completion(request: Request) -> Response:
     stream = request.app.state.metrics.observe(engine.submit(generation), chat.model)
     if chat.stream:
         interval = settings.stream_interval_ms / 1000
+        outputs = [output_for() for _ in range(generation.n)]
         events = _stream_chunks(
-            stream, generation, chat.model, chat.include_usage, interval, bool(tools)
+            stream, generation, chat.model, chat.include_usage, interval, outputs
         )
         return sse.event_stream(events, headers, settings)
     collected = await unless_disconnected(request, collect(stream), [stream])
@@ -107,18 +116,12 @@ async def create_chat_completion(request: Request) -> Response:
         )
     choices = []
     for index, choice in sorted(collected.choices.items()):
-        text: str | None = choice.text
-        calls: list[dict[str, Any]] = []
+        message = collected_message(output_for(), choice.text)
         reason = choice.finish_reason
-        if tools:
-            parser = ToolCallParser()
-            text = parser.feed(choice.text).content + parser.finish().content
-            calls = [tool_call_body(c.id, c.name, c.arguments) for c in parser.calls]
-            if calls:
-                text = text.strip() or None
-                reason = "tool_calls" if reason == "stop" else reason
+        if message.get("tool_calls") and reason == "stop":
+            reason = "tool_calls"
         choice_logprobs = None if logprobs is None else choice.logprobs
-        choices.append(message_choice(index, text, reason, choice_logprobs, calls))
+        choices.append(message_choice(index, message, reason, choice_logprobs))
     completion_tokens = sum(c.completion_tokens for c in collected.choices.values())
     usage = usage_body(collected.prompt_tokens, completion_tokens, collected.cached_tokens)
     return JSONResponse(
@@ -132,11 +135,10 @@ async def _stream_chunks(
     model: str,
     include_usage: bool,
     interval_s: float,
-    with_tools: bool,
+    outputs: list[ChoiceOutput],
 ) -> AsyncIterator[dict[str, str]]:
     created = int(time.time())
     with_logprobs = generation.logprobs is not None
-    parsers = [ToolCallParser() for _ in range(generation.n)] if with_tools else []
 
     def frame(choice: dict[str, Any] | None, usage: dict[str, Any] | None = None) -> dict[str, str]:
         body = chunk(generation.request_id, model, created, choice, usage, include_usage)
@@ -150,21 +152,20 @@ async def _stream_chunks(
         async for event in stream.events(interval_s):
             if isinstance(event, TokenEvent):
                 logprobs = event.logprobs if with_logprobs else None
-                if parsers:
-                    for delta in tool_deltas(parsers[event.index].feed(event.text)):
-                        yield frame(delta_choice(event.index, delta, None, logprobs))
-                        logprobs = None
-                elif event.text or event.logprobs:
-                    yield frame(delta_choice(event.index, {"content": event.text}, None, logprobs))
+                deltas = outputs[event.index].feed(event.text)
+                if not deltas and logprobs:
+                    deltas = [{"content": ""}]
+                for delta in deltas:
+                    yield frame(delta_choice(event.index, delta, None, logprobs))
+                    logprobs = None
             elif isinstance(event, FinishEvent):
                 completion_tokens += event.usage.completion_tokens
                 cached_tokens = event.usage.cached_tokens
                 reason: str = event.reason
-                if parsers:
-                    for delta in tool_deltas(parsers[event.index].finish()):
-                        yield frame(delta_choice(event.index, delta))
-                    if parsers[event.index].calls and reason == "stop":
-                        reason = "tool_calls"
+                for delta in outputs[event.index].finish():
+                    yield frame(delta_choice(event.index, delta))
+                if outputs[event.index].tool_calls and reason == "stop":
+                    reason = "tool_calls"
                 yield frame(delta_choice(event.index, {}, reason))
             elif isinstance(event, ErrorEvent):
                 logger.error("%s failed in stream: %s", generation.request_id, event.error)
@@ -211,17 +212,3 @@ def output_grammar(
         raise APIError(400, "json_schema is required", param="response_format.json_schema")
     schema = response_format.json_schema.schema_ or {"type": "object"}
     return json_schema_grammar(schema), "response_format.json_schema.schema"
-
-
-def tool_deltas(parsed: ParsedDeltas) -> list[dict[str, Any]]:
-    """Chat `delta` objects for what a ToolCallParser produced: content, then tool calls."""
-    deltas: list[dict[str, Any]] = []
-    if parsed.content:
-        deltas.append({"content": parsed.content})
-    for call in parsed.calls:
-        body: dict[str, Any] = {"index": call.index, "function": {"arguments": call.arguments}}
-        if call.id is not None:
-            body.update(id=call.id, type="function")
-            body["function"]["name"] = call.name
-        deltas.append({"tool_calls": [body]})
-    return deltas

@@ -76,6 +76,8 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[Tool] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None  # extension, as in vLLM
     # Fields of the spec that later work may support; rejected when they ask for something.
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
@@ -92,6 +94,13 @@ class ChatCompletionRequest(SamplingFields):
         if self.top_logprobs and not self.logprobs:
             return -1  # rejected by the route: the spec needs logprobs: true with top_logprobs
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    def template_kwargs(self) -> dict[str, Any]:
+        """Extra variables for the chat template (`enable_thinking`, `reasoning_effort`, …)."""
+        extra = dict(self.chat_template_kwargs or {})
+        if self.reasoning_effort is not None:
+            extra.setdefault("reasoning_effort", self.reasoning_effort)
+        return extra
 
     def tools_in_play(self) -> list[Tool]:
         """The tools the model is told about (none when `tool_choice` is "none")."""
@@ -127,7 +136,6 @@ IGNORED_FIELDS = (
     "safety_identifier",
     "prompt_cache_key",
     "prompt_cache_retention",
-    "reasoning_effort",
     "verbosity",
     "moderation",
 )
@@ -167,23 +175,16 @@ def completion_response(
     }
 
 
-def tool_call_body(call_id: str, name: str, arguments: str) -> dict[str, Any]:
-    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
-
-
 def message_choice(
     index: int,
-    text: str | None,
+    message: dict[str, Any],
     finish_reason: str,
     logprobs: list[TokenLogprob] | None,
-    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
-    if tool_calls:
-        message["tool_calls"] = tool_calls
+    """A choice of a `chat.completion`; `message` holds content (and tool calls, reasoning)."""
     return {
         "index": index,
-        "message": message,
+        "message": {"role": "assistant", "refusal": None, **message},
         "logprobs": None
         if logprobs is None
         else {"content": logprob_content(logprobs), "refusal": None},

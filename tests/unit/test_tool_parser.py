@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -75,3 +76,36 @@ def test_unclosed_call_at_the_end_still_counts(seed: int) -> None:
     text = 'ok <tool_call>\n{"name": "f", "arguments": {"a": [1, 2]}}'
     content, calls, _ = run(text, seed)
     assert content == "ok " and calls == [("f", '{"a": [1, 2]}')]
+
+
+BARE = [
+    '{"name": "get_weather", "arguments": {"city": "Paris"}}',
+    '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}',
+    '  [{"name": "get_weather", "arguments": {"city": "Paris"}}]',
+]
+
+
+@pytest.mark.parametrize("text", BARE)
+@pytest.mark.parametrize("seed", range(5))
+def test_bare_json_calls_of_known_functions(text: str, seed: int) -> None:
+    rng = random.Random(seed)
+    parser = ToolCallParser(frozenset({"get_weather"}))
+    content, position = "", 0
+    while position < len(text):
+        size = rng.randint(1, 9)
+        content += parser.feed(text[position : position + size]).content
+        position += size
+    content += parser.finish().content
+    assert content == ""
+    assert [(c.name, json.loads(c.arguments)) for c in parser.calls] == [
+        ("get_weather", {"city": "Paris"})
+    ]
+
+
+@pytest.mark.parametrize(
+    "text", ['{"name": "unknown_fn", "arguments": {}}', '{"answer": 42}', "{not json", "Plain."]
+)
+def test_bare_json_that_is_not_a_known_call_is_content(text: str) -> None:
+    parser = ToolCallParser(frozenset({"get_weather"}))
+    content = parser.feed(text).content + parser.finish().content
+    assert content == text and parser.calls == []
