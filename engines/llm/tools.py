@@ -3,8 +3,9 @@ parser that turns `<tool_call>{"name": …, "arguments": {…}}</tool_call>` (He
 what our generic tool prompt asks for) into content and tool-call deltas. An output that is
 nothing but bare JSON calls — `{"name": …, "arguments"|"parameters": {…}}`, one or several, or a
 list (Llama 3.x style, and what small models often write instead of the tags) — is recognised
-too: such output (its first character `{` or `[`, optionally after `<|python_tag|>`) is held back
-to the end and becomes calls if it parses as calls of known functions, else content.
+too, as is Mistral's `[TOOL_CALLS][{…}]`: such output (its first character `{` or `[`, after
+`<|python_tag|>` or `[TOOL_CALLS]` if present) is held back to the end and becomes calls if it
+parses as calls of known functions, else content.
 
 Invariants of `ToolCallParser`:
 - Fed text in any chunking, it emits the same content and the same tool calls (the pieces may
@@ -67,7 +68,16 @@ class ToolCall:
     arguments: str  # JSON text
 
 
-PYTHON_TAG = "<|python_tag|>"
+PYTHON_TAG = "<|python_tag|>"  # Llama 3.x: before a bare JSON call
+MISTRAL_TAG = "[TOOL_CALLS]"  # Mistral: before a JSON list of calls
+_BARE_PREFIXES = (PYTHON_TAG, MISTRAL_TAG)
+
+
+def _strip_bare_prefix(text: str) -> str:
+    text = text.lstrip()
+    for prefix in _BARE_PREFIXES:
+        text = text.removeprefix(prefix)
+    return text.lstrip()
 
 
 class ToolCallParser:
@@ -88,8 +98,8 @@ class ToolCallParser:
         self._buffer += text
         out = ParsedDeltas()
         if self._mode == "start":
-            head = self._buffer.lstrip().removeprefix(PYTHON_TAG).lstrip()
-            if not head or (PYTHON_TAG.startswith(head) and self._known):
+            head = _strip_bare_prefix(self._buffer)
+            if not head or (self._known and any(p.startswith(head) for p in _BARE_PREFIXES)):
                 return out  # undecided
             self._mode = "bare" if head[0] in "{[" and self._known else "text"
         if self._mode == "bare":
@@ -128,8 +138,7 @@ class ToolCallParser:
         return out
 
     def _finish_bare(self, out: ParsedDeltas) -> None:
-        text = self._buffer.strip().removeprefix(PYTHON_TAG).strip()
-        calls = _bare_calls(text)
+        calls = _bare_calls(_strip_bare_prefix(self._buffer).rstrip())
         if calls is None or any(name not in self._known for name, _ in calls):
             out.content += self._buffer
             return

@@ -82,6 +82,7 @@ BARE = [
     '{"name": "get_weather", "arguments": {"city": "Paris"}}',
     '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}',
     '  [{"name": "get_weather", "arguments": {"city": "Paris"}}]',
+    '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}]',
 ]
 
 
