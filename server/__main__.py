@@ -1,4 +1,4 @@
-"""The `mlxd` command: serve, import, doctor.
+"""The `mlxd` command: serve, import, doctor, service.
 
 OpenBLAS is preloaded first thing (before anything imports MLX); every other import that may pull
 in MLX happens inside the subcommand that needs it.
@@ -18,6 +18,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from engines import blas
+from server.service import VERBS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +49,25 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(settings)
     if args.command == "import":
         return _import(settings, args)
+    if args.command == "service":
+        return _service(settings, args)
     return _doctor(settings, blas_status)
+
+
+def _service(settings: object, args: argparse.Namespace) -> int:
+    from server.service import ServiceOptions, run
+    from server.settings import Settings
+
+    assert isinstance(settings, Settings)
+    options = ServiceOptions(
+        host=settings.host,
+        port=settings.port,
+        model=args.model,
+        mlxd_home=settings.home.expanduser().resolve(),
+        system=args.system,
+        exit_timeout_s=int(settings.drain_timeout_s) + 10,
+    )
+    return run(args.verb, options, args.dry_run)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,6 +102,15 @@ def _parser() -> argparse.ArgumentParser:
         help="auto: float32 on CPU (faster there), quantized on Metal/CUDA",
     )
     commands.add_parser("doctor", help="report platform, backend, BLAS, memory and model store")
+    service = commands.add_parser(
+        "service", help="run mlxd as a background service (launchd on macOS, systemd on Linux)"
+    )
+    service.add_argument("verb", choices=VERBS)
+    service.add_argument("--system", action="store_true", help="a system-wide daemon (root)")
+    service.add_argument("--dry-run", action="store_true", help="print what would be done")
+    service.add_argument("--host", help="address the service binds (default 127.0.0.1)")
+    service.add_argument("--port", type=int, help="port (default 8000)")
+    service.add_argument("--model", help="chat model to serve (default: the embedded one)")
     return parser
 
 
