@@ -35,11 +35,11 @@ class ServiceOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     model: str | None = None
-    mlxd_home: Path = Path("~/.cache/mlxd").expanduser()
+    mlxd_home: Path = field(default_factory=lambda: Path("~/.cache/mlxd").expanduser())
     system: bool = False  # a LaunchDaemon / system unit instead of the user's agent / unit
     exit_timeout_s: int = 40
     python: str = sys.executable
-    home: Path = Path.home()
+    home: Path = field(default_factory=Path.home)
     uid: int = field(default_factory=lambda: os.getuid() if hasattr(os, "getuid") else 0)
     user: str = field(default_factory=lambda: os.environ.get("USER", "root"))
 
