@@ -164,3 +164,4 @@ class EngineStats:
     prefix_cache_bytes: int = 0
     stalled: bool = False  # busy, but the step loop has not moved for the watchdog's threshold
     failures: int = 0  # steps that raised (their requests failed; the engine went on)
+    weights_bytes: int = 0  # memory the loaded model's parameters take

@@ -17,7 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 from engines.pool import EnginePool
 from server.errors import install_error_handlers
 from server.metrics import Metrics, RequestCounter
-from server.routes import audio, chat, completions, health, metrics, models
+from server.routes import audio, chat, completions, health, metrics, models, status
 from server.security import AccessControl, ConcurrencyLimit
 from server.settings import Settings
 
@@ -94,6 +94,7 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(status.router)
     return app
 
 

@@ -8,7 +8,8 @@ answer), and API keys when configured.
 
 Invariants: the checks run on the ASGI scope's routed `path` (what the router matches), before any
 route code; every refusal is an OpenAI-shaped error; keys are compared in constant time against
-every configured key; `/health` is the only route open without a key.
+every configured key; `/health`, the status page `/` and its data `/status` (versions, models,
+counters: what /health shows) are the only routes open without a key.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server.errors import error_body
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/", "/status"})  # health, the status page and its data
 
 
 def host_name(host_header: str) -> str:

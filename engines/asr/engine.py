@@ -102,6 +102,7 @@ class ASREngine(EngineThread):
         self.largest_batch = 0
         self.windows_decoded = 0
         self.encoder_batch = 1
+        self.weights_bytes = 0
         self._jobs: deque[_Job] = deque()
         self._accepted = 0
         self._lock = threading.Lock()
@@ -123,6 +124,7 @@ class ASREngine(EngineThread):
             tokens_generated=0,
             stalled=self.stalled(self._accepted > 0, self.limits.watchdog_s),
             failures=self.failures,
+            weights_bytes=self.weights_bytes,
         )
 
     def check_language(self, language: str | None, task: str) -> str | None:
@@ -179,7 +181,10 @@ class ASREngine(EngineThread):
 
         from engines.asr.whisper import load_whisper
 
+        from mlx.utils import tree_flatten
+
         self._model = load_whisper(self.path)
+        self.weights_bytes = sum(int(a.nbytes) for _, a in tree_flatten(self._model.parameters()))
         self._vocab = WhisperVocab(self.path)
         meta = json.loads((self.path / "mlxd.json").read_text())
         self._decoder = WindowDecoder(self._model, self._vocab, meta.get("suppress_ids", []))

@@ -107,6 +107,7 @@ class LLMEngine(EngineThread):
         self.kv_budget_bytes = 0
         self.prefix_cache: PrefixCache | None = None
         self._grammars: GrammarCompiler | None = None
+        self.weights_bytes = 0
         self._model: Any = None
         self._vocabulary: Vocabulary | None = None
         self._waiting: deque[tuple[GenerationRequest, RequestStream]] = deque()
@@ -146,6 +147,7 @@ class LLMEngine(EngineThread):
             prefix_cache_bytes=cache.nbytes if cache else 0,
             stalled=self.stalled(self._active > 0, self.limits.watchdog_s),
             failures=self.failures,
+            weights_bytes=self.weights_bytes,
         )
 
     def grammar_compiler(self) -> GrammarCompiler:
@@ -302,6 +304,7 @@ class LLMEngine(EngineThread):
         )
         parameters = cast(list[tuple[str, Any]], tree_flatten(model.parameters()))
         weights = sum(int(array.nbytes) for _, array in parameters)
+        self.weights_bytes = weights
         self.kv_budget_bytes = self.limits.kv_budget_bytes or default_kv_budget(weights)
         if self.limits.prefix_cache_bytes > 0:
             self.prefix_cache = PrefixCache(self.limits.prefix_cache_bytes)

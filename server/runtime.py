@@ -1,0 +1,34 @@
+"""What this process runs on: mlxd's version, MLX's backend and device, physical memory.
+Shared by `mlxd doctor` and the status page."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+
+@dataclass(frozen=True)
+class Runtime:
+    version: str
+    mlx_version: str
+    backend: str  # metal | cuda | cpu
+    device: str
+    memory_bytes: int
+
+
+def runtime() -> Runtime:
+    import mlx.core as mx
+
+    if mx.metal.is_available():
+        backend = "metal"
+    elif mx.cuda.is_available():
+        backend = "cuda"
+    else:
+        backend = "cpu"
+    try:
+        ours = version("mlxd")
+    except PackageNotFoundError:
+        ours = "unknown"
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return Runtime(ours, version("mlx"), backend, str(mx.default_device()), memory)
