@@ -184,7 +184,8 @@ class ASREngine(EngineThread):
         from mlx.utils import tree_flatten
 
         self._model = load_whisper(self.path)
-        self.weights_bytes = sum(int(a.nbytes) for _, a in tree_flatten(self._model.parameters()))
+        parameters: list[tuple[str, Any]] = tree_flatten(self._model.parameters())
+        self.weights_bytes = sum(int(array.nbytes) for _, array in parameters)
         self._vocab = WhisperVocab(self.path)
         meta = json.loads((self.path / "mlxd.json").read_text())
         self._decoder = WindowDecoder(self._model, self._vocab, meta.get("suppress_ids", []))
