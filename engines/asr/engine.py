@@ -22,7 +22,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -184,7 +184,7 @@ class ASREngine(EngineThread):
         from mlx.utils import tree_flatten
 
         self._model = load_whisper(self.path)
-        parameters: list[tuple[str, Any]] = tree_flatten(self._model.parameters())
+        parameters = cast(list[tuple[str, Any]], tree_flatten(self._model.parameters()))
         self.weights_bytes = sum(int(array.nbytes) for _, array in parameters)
         self._vocab = WhisperVocab(self.path)
         meta = json.loads((self.path / "mlxd.json").read_text())
