@@ -178,10 +178,9 @@ class ASREngine(EngineThread):
         import time
 
         import mlx.core as mx
+        from mlx.utils import tree_flatten
 
         from engines.asr.whisper import load_whisper
-
-        from mlx.utils import tree_flatten
 
         self._model = load_whisper(self.path)
         parameters = cast(list[tuple[str, Any]], tree_flatten(self._model.parameters()))
