@@ -116,10 +116,15 @@ class Observed:
                 self._first_seen = True
                 metrics.ttft.labels(model).observe(now - self._start)
             previous = self._last.get(event.index)
+            # Tokens handed over together share the gap since the previous hand-over; in a
+            # choice's first hand-over there is none, so they arrived 0 s apart. Either way a
+            # choice of n tokens records n − 1 gaps, however the tokens were grouped.
             if previous is not None:
-                gap = (now - previous) / len(event.token_ids)
-                for _ in event.token_ids:
-                    metrics.inter_token.labels(model).observe(gap)
+                gaps = [(now - previous) / len(event.token_ids)] * len(event.token_ids)
+            else:
+                gaps = [0.0] * (len(event.token_ids) - 1)
+            for gap in gaps:
+                metrics.inter_token.labels(model).observe(gap)
             self._last[event.index] = now
         elif isinstance(event, FinishEvent):
             usage = event.usage
