@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import platform
 import signal
@@ -38,13 +37,14 @@ def main(argv: list[str] | None = None) -> int:
             ("port", getattr(args, "port", None)),
             ("log_level", getattr(args, "log_level", None)),
             ("api_key", getattr(args, "api_key", None)),
+            ("log_format", getattr(args, "log_format", None)),
         )
         if value is not None
     }
     settings = Settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from server.logs import configure
+
+    configure(settings.log_level, settings.log_format)
     if args.command == "serve":
         return _serve(settings)
     if args.command == "import":
@@ -79,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--log-level", help="debug, info, warning, error")
     serve.add_argument("--api-key", help="require this API key (comma-separate several)")
+    serve.add_argument("--log-format", choices=["text", "json"], help="log lines (default text)")
     importer = commands.add_parser("import", help="convert a model into the store")
     importer.add_argument("--embedded", action="store_true", help="import the embedded models")
     importer.add_argument(
@@ -139,6 +140,7 @@ def _serve(settings: object) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # keep the handler and format `server.logs.configure` set up
         **uvicorn_options(settings),
     )
     Server(config).run()

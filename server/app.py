@@ -16,6 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from engines.pool import EnginePool
 from server.errors import install_error_handlers
+from server.logs import RequestId
 from server.metrics import Metrics, RequestCounter
 from server.routes import audio, chat, completions, health, metrics, models, status
 from server.security import AccessControl, ConcurrencyLimit
@@ -87,7 +88,8 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
             allow_headers=["*"],
         )
     app.add_middleware(ConcurrencyLimit, limit=settings.max_connections)
-    app.add_middleware(RequestCounter, metrics=app.state.metrics)  # outermost: counts refusals too
+    app.add_middleware(RequestCounter, metrics=app.state.metrics)  # counts refusals too
+    app.add_middleware(RequestId)  # outermost: refusals get an id and are logged with it
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(audio.router)

@@ -7,6 +7,7 @@ environment elsewhere, except `engines.blas`, which must act before MLX is impor
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -80,6 +81,9 @@ class Settings(BaseSettings):
     )
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace period for work at shutdown.")
     log_level: str = Field("info", description="Python logging level name.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text (control characters escaped) or JSON objects."
+    )
 
     def api_keys(self) -> list[str]:
         return [key.strip() for key in (self.api_key or "").split(",") if key.strip()]

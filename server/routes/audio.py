@@ -24,7 +24,7 @@ from engines.asr import formats
 from engines.asr.audio import AudioDecodeError, content_frames, decode_audio, log_mel
 from engines.asr.engine import TranscriptionRequest
 from engines.types import ErrorEvent, Segment, TranscriptionDone
-from server import sse
+from server import logs, sse
 from server.body import read_body, validate
 from server.errors import APIError, from_engine_error
 from server.generation import EventSource, unless_disconnected
@@ -70,6 +70,7 @@ async def _handle(request: Request, task: str) -> Response:
         _prepare, audio, engine.info.n_mels, settings.max_audio_seconds
     )
     request_id = f"transcr-{uuid.uuid4().hex}"
+    logs.request_id.set(request_id)  # this id, not the middleware's, from here on
     transcription = TranscriptionRequest(
         request_id=request_id,
         mel=mel,

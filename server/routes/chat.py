@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from engines.llm.constrain import json_schema_grammar, tool_call_grammar
 from engines.llm.reasoning import THINK_OPEN
 from engines.types import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
-from server import sse
+from server import logs, sse
 from server.body import read_json_object, validate
 from server.chat_output import ChoiceOutput, collected_message
 from server.errors import APIError, from_engine_error
@@ -77,6 +77,7 @@ async def create_chat_completion(request: Request) -> Response:
     max_tokens = engine.check_fits(len(prompt), chat.requested_max_tokens())
 
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    logs.request_id.set(request_id)  # this id, not the middleware's, from here on
     generation = GenerationRequest(
         request_id,
         prompt,

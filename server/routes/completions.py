@@ -24,7 +24,7 @@ from engines.types import (
     TokenEvent,
     TokenLogprob,
 )
-from server import sse
+from server import logs, sse
 from server.body import read_json_object, validate
 from server.errors import APIError, from_engine_error
 from server.generation import EventSource, check_limits, collect, merge, unless_disconnected
@@ -80,6 +80,7 @@ async def create_completion(request: Request) -> Response:
         )
     engine = pool.acquire(completion.model)
     request_id = f"cmpl-{uuid.uuid4().hex}"
+    logs.request_id.set(request_id)  # this id, not the middleware's, from here on
     texts: list[str] = []
     generations: list[GenerationRequest] = []
     for position, prompt in enumerate(prompts):
