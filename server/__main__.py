@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import platform
 import signal
 import sys
 from collections.abc import Iterator
-from importlib.metadata import version
 from pathlib import Path
 
 from engines import blas
@@ -207,31 +204,11 @@ def _import(settings: object, args: argparse.Namespace) -> int:
 
 
 def _doctor(settings: object, blas_status: blas.BlasStatus) -> int:
-    import mlx.core as mx
-
-    from engines.weights.store import ModelStore
+    from server.doctor import run_doctor
     from server.settings import Settings
 
     assert isinstance(settings, Settings)
-    device = mx.default_device()
-    if mx.metal.is_available():
-        backend = "metal"
-    elif mx.cuda.is_available():
-        backend = "cuda"
-    else:
-        backend = "cpu"
-    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    store = ModelStore(settings.home)
-    lines = [
-        f"platform: {platform.platform()}, Python {platform.python_version()}",
-        f"mlx: {version('mlx')}, backend {backend}, default device {device}",
-        f"blas: {blas_status.library or 'bundled'} ({blas_status.detail})",
-        f"memory: {memory / 2**30:.1f} GiB physical",
-        f"model store: {store.models_dir} ({', '.join(store.names()) or 'empty'})",
-        f"default model: {settings.model}",
-    ]
-    print("\n".join(lines))
-    return 0
+    return run_doctor(settings, blas_status)
 
 
 if __name__ == "__main__":

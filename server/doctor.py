@@ -1,0 +1,133 @@
+"""`mlxd doctor`: what mlxd runs on, and a fix for each problem found.
+
+Each check returns a `Finding` (a line of facts, and, for a problem, the command or setting that
+fixes it); `mlxd doctor` prints them and exits 1 when any problem was found.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from engines import blas
+from engines.weights.embedded import SMOLLM2, WHISPER_TINY_EN
+from engines.weights.store import ModelStore
+from server.runtime import runtime
+from server.service import LABEL, UNIT, ServiceOptions, plist_path, unit_path
+from server.settings import Settings
+
+
+@dataclass(frozen=True)
+class Finding:
+    topic: str
+    facts: str
+    fix: str | None = None  # None: nothing wrong
+
+
+def check_runtime() -> list[Finding]:
+    info = runtime()
+    python = f"Python {platform.python_version()}, {platform.platform()}"
+    findings = [
+        Finding("mlxd", f"{info.version}; {python}"),
+        Finding("mlx", f"{info.mlx_version}, backend {info.backend}, device {info.device}"),
+    ]
+    memory = f"{info.memory_bytes / 2**30:.1f} GiB physical"
+    if info.backend == "metal":
+        import mlx.core as mx
+
+        wired = mx.device_info().get("max_recommended_working_set_size", 0)
+        memory += f"; Metal working set {int(wired) / 2**30:.1f} GiB recommended"
+    findings.append(Finding("memory", memory))
+    return findings
+
+
+def check_blas(status: blas.BlasStatus) -> Finding:
+    if not sys.platform.startswith("linux"):
+        return Finding("blas", "macOS: MLX uses Accelerate / Metal")
+    if status.library:
+        return Finding("blas", f"{status.library} ({status.detail})")
+    return Finding(
+        "blas",
+        f"MLX's bundled reference BLAS ({status.detail}): CPU prefill ~17x slower",
+        "sudo apt-get install libopenblas0-pthread  (Fedora: dnf install openblas; "
+        "then MLXD_BLAS_PATH=/path/to/libopenblas.so if it is not found)",
+    )
+
+
+def check_store(settings: Settings) -> list[Finding]:
+    store = ModelStore(settings.home)
+    names = store.names()
+    findings = [Finding("model store", f"{store.models_dir}: {', '.join(names) or 'empty'}")]
+    for wanted, what in ((settings.model, "chat"), (settings.speech_model, "speech")):
+        if not wanted:
+            continue
+        try:
+            store.resolve(wanted)
+        except Exception:
+            embedded = wanted in (SMOLLM2.name, WHISPER_TINY_EN.name)
+            fix = "mlxd import --embedded" if embedded else f"mlxd import … --name {wanted}"
+            findings.append(Finding(f"{what} model", f"{wanted!r} is not in the store", fix))
+        else:
+            findings.append(Finding(f"{what} model", wanted))
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    findings.append(Finding("hf cache", f"{hf_home} ({'present' if hf_home.is_dir() else 'none'})"))
+    return findings
+
+
+def check_port(settings: Settings) -> Finding:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        busy = (
+            probe.connect_ex(
+                (settings.host if settings.host != "0.0.0.0" else "127.0.0.1", settings.port)
+            )
+            == 0
+        )
+    if not busy:
+        return Finding("port", f"{settings.host}:{settings.port} is free")
+    return Finding(
+        "port",
+        f"{settings.host}:{settings.port} is in use (by mlxd's service, or another program)",
+        f"mlxd service status; or serve elsewhere: mlxd serve --port {settings.port + 1}",
+    )
+
+
+def check_service() -> Finding:
+    options = ServiceOptions()
+    if sys.platform == "darwin":
+        installed = plist_path(options).exists()
+        command = ["launchctl", "print", f"gui/{options.uid}/{LABEL}"]
+    else:
+        installed = unit_path(options).exists()
+        command = ["systemctl", "--user", "is-active", UNIT]
+    if not installed:
+        return Finding("service", "not installed (optional: mlxd service install)")
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Finding("service", f"installed; state unknown ({exc})")
+    if result.returncode == 0:
+        return Finding("service", "installed and loaded")
+    return Finding("service", "installed but not running", "mlxd service start; mlxd service logs")
+
+
+def run_doctor(settings: Settings, blas_status: blas.BlasStatus) -> int:
+    findings = [
+        *check_runtime(),
+        check_blas(blas_status),
+        *check_store(settings),
+        check_port(settings),
+        check_service(),
+    ]
+    for finding in findings:
+        print(f"{finding.topic}: {finding.facts}")
+        if finding.fix:
+            print(f"  fix: {finding.fix}")
+    problems = [f for f in findings if f.fix]
+    print(f"{len(problems)} problem(s) found" if problems else "no problems found")
+    return 1 if problems else 0

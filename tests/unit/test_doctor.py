@@ -1,0 +1,42 @@
+"""`mlxd doctor`: facts, and a fix for each problem."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+from engines.blas import BlasStatus
+from server.doctor import check_blas, check_port, check_store, run_doctor
+from server.settings import Settings
+
+
+def test_missing_models_name_the_import_command(tmp_path: Path) -> None:
+    findings = check_store(Settings(home=tmp_path))
+    fixes = {f.topic: f.fix for f in findings}
+    assert fixes["chat model"] == "mlxd import --embedded"
+    assert fixes["speech model"] == "mlxd import --embedded"
+
+
+def test_port_in_use_is_a_problem_with_a_fix() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        finding = check_port(Settings(port=port))
+    assert finding.fix is not None and f"--port {port + 1}" in finding.fix
+    assert check_port(Settings(port=port)).fix is None  # free again
+
+
+def test_reference_blas_on_linux_is_a_problem() -> None:
+    finding = check_blas(BlasStatus(None, "not found"))
+    if sys.platform.startswith("linux"):
+        assert finding.fix is not None and "libopenblas0-pthread" in finding.fix
+    else:  # macOS: Accelerate, nothing to fix
+        assert finding.fix is None
+
+
+def test_exit_status_reflects_problems(tmp_path: Path, capsys: object) -> None:
+    assert run_doctor(Settings(home=tmp_path), BlasStatus("/lib/libopenblas.so", "preloaded")) == 1
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    assert "fix: mlxd import --embedded" in out and "problem(s) found" in out
