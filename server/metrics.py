@@ -5,7 +5,8 @@
 - Generation: prompt/completion/cached tokens, time to first token and gaps between tokens as
   the server hands them to the client, finish reasons.
 - Engines: active and queued requests, largest batch, prefix-cache hits/misses/bytes, failed
-  steps — read from each engine's stats when scraped.
+  steps, weights' memory, loaded or not — read from each engine's stats when scraped; MLX's
+  allocator (active, peak and cached bytes).
 
 Invariant: observing never changes a stream: `Observed` passes every event through unchanged.
 """
@@ -24,7 +25,19 @@ from engines.bridge import RequestStream
 from engines.pool import EnginePool
 from engines.types import Event, FinishEvent, TokenEvent
 
-ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"})
+ROUTES = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+        "/v1/models",
+        "/health",
+        "/metrics",
+        "/status",
+        "/",
+    }
+)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -41,6 +54,7 @@ class _EngineCollector(Collector):
             "prefix_cache_misses": "Prompts that found no cached prefix",
             "prefix_cache_bytes": "Bytes held by the prefix cache",
             "failures": "Engine steps that raised",
+            "weights_bytes": "Memory the model's parameters take",
         }
         stats = self.pool.stats()
         for field, help_text in fields.items():
@@ -48,6 +62,24 @@ class _EngineCollector(Collector):
             for model, engine in stats.items():
                 family.add_metric([model], float(getattr(engine, field)))
             yield family
+        loaded = GaugeMetricFamily("mlxd_model_loaded", "1 while a model is loaded", ["model"])
+        served = {info.name for info in self.pool.models()}
+        for model in stats:
+            loaded.add_metric([model], 1.0 if model in served else 0.0)
+        yield loaded
+        yield from _mlx_memory()
+
+
+def _mlx_memory() -> Iterator[Metric]:
+    """MLX's allocator, process-wide: memory in use by arrays, its peak, and its buffer cache."""
+    import mlx.core as mx
+
+    for name, read, help_text in (
+        ("active", mx.get_active_memory, "Bytes held by MLX arrays"),
+        ("peak", mx.get_peak_memory, "Most bytes MLX arrays held at once"),
+        ("cache", mx.get_cache_memory, "Bytes MLX keeps cached for reuse"),
+    ):
+        yield GaugeMetricFamily(f"mlxd_mlx_{name}_memory_bytes", help_text, value=float(read()))
 
 
 class Metrics:
