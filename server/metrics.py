@@ -62,7 +62,9 @@ class _EngineCollector(Collector):
             for model, engine in stats.items():
                 family.add_metric([model], float(getattr(engine, field)))
             yield family
-        loaded = GaugeMetricFamily("mlxd_model_loaded", "1 while a model is loaded", ["model"])
+        loaded = GaugeMetricFamily(
+            "mlxd_model_loaded", "1 while a model is loaded", labels=["model"]
+        )
         served = {info.name for info in self.pool.models()}
         for model in stats:
             loaded.add_metric([model], 1.0 if model in served else 0.0)
