@@ -36,3 +36,8 @@ async def test_requests_tokens_and_latency_are_counted(http: httpx.AsyncClient) 
     assert values[("mlxd_inter_token_seconds_count", (("model", "fake"),))] == 3 * 11
     assert values[("mlxd_finishes_total", (("model", "fake"), ("reason", "stop")))] == 3
     assert values[("mlxd_engine_active", (("model", "fake"),))] == 0
+    assert values[("mlxd_model_loaded", (("model", "fake"),))] == 1
+    assert values[("mlxd_model_loaded", (("model", "fake-whisper"),))] == 1
+    assert (
+        values[("mlxd_mlx_peak_memory_bytes", ())] >= values[("mlxd_mlx_active_memory_bytes", ())]
+    )
