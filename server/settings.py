@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Request body limit.")
     max_stop_sequences: int = Field(4, ge=0, description="Most `stop` strings per request.")
     max_n: int = Field(16, ge=1, le=128, description="Most choices (`n`) per request.")
+    max_messages: int = Field(4096, ge=1, description="Most chat messages per request.")
+    max_schema_bytes: int = Field(
+        64 * 1024, ge=256, description="Largest `tools` / `response_format` schema (as JSON)."
+    )
     keepalive_interval_s: float = Field(
         10.0, gt=0, description="Seconds between SSE keep-alive comments while a stream is idle."
     )

@@ -9,6 +9,7 @@ or not.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -54,6 +55,7 @@ async def create_chat_completion(request: Request) -> Response:
             code="unsupported_parameter",
         )
     check_limits(chat, settings.max_stop_sequences, settings.max_n)
+    check_chat_limits(chat, settings.max_messages, settings.max_schema_bytes)
     logprobs = chat.logprobs_count()
     if logprobs == -1:
         raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
@@ -213,3 +215,30 @@ def output_grammar(
         raise APIError(400, "json_schema is required", param="response_format.json_schema")
     schema = response_format.json_schema.schema_ or {"type": "object"}
     return json_schema_grammar(schema), "response_format.json_schema.schema"
+
+
+def check_chat_limits(
+    chat: ChatCompletionRequest, max_messages: int, max_schema_bytes: int
+) -> None:
+    """Limits on the chat-only fields: message count, and the size of the schemas a grammar
+    would be compiled from (tools' parameters, `response_format`)."""
+    if len(chat.messages) > max_messages:
+        raise APIError(
+            400,
+            f"At most {max_messages} messages are allowed, got {len(chat.messages)}",
+            param="messages",
+        )
+    for param, value in (
+        ("tools", [tool.model_dump(exclude_none=True) for tool in chat.tools or []]),
+        (
+            "response_format",
+            chat.response_format.model_dump(by_alias=True) if chat.response_format else None,
+        ),
+    ):
+        size = len(json.dumps(value)) if value else 0
+        if size > max_schema_bytes:
+            raise APIError(
+                400,
+                f"'{param}' is {size} bytes of JSON; the limit is {max_schema_bytes}",
+                param=param,
+            )

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 
+from server.settings import Settings
 from tests.fakes import FakeEngine
 from tests.unit.test_chat_contract import URL, assert_openai_error, chat_body
 
@@ -32,6 +33,11 @@ CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</
 @pytest.fixture
 def fake_engine() -> FakeEngine:
     return FakeEngine(reply=CALL, context_length=4096)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(max_body_bytes=1 << 20)  # room for the limit tests' large bodies
 
 
 async def test_a_tool_call_comes_back_as_tool_calls(
@@ -182,3 +188,16 @@ async def test_json_schema_becomes_the_grammar(
     compiled = grammar["grammars"][0]["json_schema"]
     assert compiled.pop("x-guidance")["whitespace_flexible"] is False
     assert compiled == schema
+
+
+async def test_message_count_and_schema_size_limits(http: httpx.AsyncClient) -> None:
+    many = [{"role": "user", "content": "x"}] * 4097
+    assert_openai_error(await http.post(URL, json=chat_body(messages=many)), 400, "messages")
+    big = {"type": "object", "description": "x" * 70_000}
+    response_format = {"type": "json_schema", "json_schema": {"name": "b", "schema": big}}
+    response = await http.post(URL, json=chat_body(response_format=response_format))
+    assert_openai_error(response, 400, "response_format")
+    tool = {"type": "function", "function": {"name": "f", "parameters": big}}
+    assert_openai_error(await http.post(URL, json=chat_body(tools=[tool])), 400, "tools")
+    too_many = [{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)]
+    assert_openai_error(await http.post(URL, json=chat_body(tools=too_many)), 400, "tools")
