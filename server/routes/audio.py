@@ -28,8 +28,14 @@ from server import logs, sse
 from server.body import read_body, validate
 from server.errors import APIError, from_engine_error
 from server.generation import EventSource, unless_disconnected
-from server.schemas.audio import IGNORED_FIELDS, TranscriptionForm, TranslationForm
-from server.schemas.common import response_headers
+from server.schemas.audio import (
+    IGNORED_FIELDS,
+    TranscriptionForm,
+    TranscriptionUpload,
+    TranslationForm,
+    TranslationUpload,
+)
+from server.schemas.common import documented_body, response_headers
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -38,12 +44,18 @@ MULTIPART_OVERHEAD = 1 << 20  # room for the form's other fields and part header
 MAX_FORM_FIELDS = 64
 
 
-@router.post("/v1/audio/transcriptions")
+@router.post(
+    "/v1/audio/transcriptions",
+    openapi_extra=documented_body(TranscriptionUpload, "multipart/form-data"),
+)
 async def create_transcription(request: Request) -> Response:
     return await _handle(request, "transcribe")
 
 
-@router.post("/v1/audio/translations")
+@router.post(
+    "/v1/audio/translations",
+    openapi_extra=documented_body(TranslationUpload, "multipart/form-data"),
+)
 async def create_translation(request: Request) -> Response:
     return await _handle(request, "translate")
 

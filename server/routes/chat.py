@@ -35,13 +35,13 @@ from server.schemas.chat import (
     delta_choice,
     message_choice,
 )
-from server.schemas.common import response_headers, usage_body
+from server.schemas.common import documented_body, response_headers, usage_body
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=documented_body(ChatCompletionRequest))
 async def create_chat_completion(request: Request) -> Response:
     settings = request.app.state.settings
     pool = request.app.state.pool

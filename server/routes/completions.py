@@ -28,7 +28,7 @@ from server import logs, sse
 from server.body import read_json_object, validate
 from server.errors import APIError, from_engine_error
 from server.generation import EventSource, check_limits, collect, merge, unless_disconnected
-from server.schemas.common import response_headers, usage_body
+from server.schemas.common import documented_body, response_headers, usage_body
 from server.schemas.completions import (
     IGNORED_FIELDS,
     CompletionRequest,
@@ -57,7 +57,7 @@ def _encode(
     return prompt, engine.encode_text(prompt)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=documented_body(CompletionRequest))
 async def create_completion(request: Request) -> Response:
     settings = request.app.state.settings
     pool = request.app.state.pool

@@ -39,3 +39,13 @@ class TranscriptionForm(TranslationForm):
 
 # Accepted and documented as having no effect here (features of OpenAI's own models).
 IGNORED_FIELDS = ("include", "chunking_strategy", "languages", "keywords")
+
+
+class TranslationUpload(TranslationForm):
+    """The multipart form as documented in /openapi.json: the fields plus the audio `file`."""
+
+    file: bytes = Field(json_schema_extra={"format": "binary"})
+
+
+class TranscriptionUpload(TranscriptionForm):
+    file: bytes = Field(json_schema_extra={"format": "binary"})

@@ -171,7 +171,6 @@ def completion_response(
         "model": model,
         "choices": choices,
         "usage": usage,
-        "system_fingerprint": None,
     }
 
 
@@ -210,7 +209,6 @@ def chunk(
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "system_fingerprint": None,
         "choices": [] if choice is None else [choice],
     }
     if include_usage:

@@ -117,5 +117,37 @@ def response_headers(
     """`x-request-id`, and `x-mlxd-ignored-fields` naming what the request sent in vain."""
     headers = {"x-request-id": request_id}
     if fields := ignored_fields(body, model, ignored):
-        headers["x-mlxd-ignored-fields"] = ",".join(fields)
+        headers["x-mlxd-ignored-fields"] = ",".join(_header_safe(field) for field in fields)
     return headers
+
+
+def _header_safe(name: str) -> str:
+    """A client-chosen field name as header text: printable ASCII, other characters (and the
+    list separator) as escapes — header values are latin-1 on the wire and must not break lines."""
+    escaped = name.encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(c if " " <= c <= "~" and c != "," else f"\\x{ord(c):02x}" for c in escaped)
+
+
+def _inline_refs(node: Any, definitions: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        reference = node.get("$ref", "")
+        if isinstance(reference, str) and reference.startswith("#/$defs/"):
+            return _inline_refs(definitions[reference.removeprefix("#/$defs/")], definitions)
+        return {key: _inline_refs(value, definitions) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline_refs(value, definitions) for value in node]
+    return node
+
+
+def documented_body(model: type[BaseModel], media_type: str = "application/json") -> dict[str, Any]:
+    """`openapi_extra` declaring `model` as a route's request body in /openapi.json. The routes
+    read and validate bodies themselves (for OpenAI-shaped errors and size limits), so FastAPI
+    would otherwise document no body at all."""
+    schema = model.model_json_schema(by_alias=True)
+    definitions = schema.pop("$defs", {})
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {media_type: {"schema": _inline_refs(schema, definitions)}},
+        }
+    }

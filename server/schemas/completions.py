@@ -79,7 +79,6 @@ def completion_body(
         "created": created or int(time.time()),
         "model": model,
         "choices": choices,
-        "system_fingerprint": None,
     }
     if usage is not None:
         body["usage"] = usage

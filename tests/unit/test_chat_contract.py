@@ -424,3 +424,10 @@ async def test_request_id_header_is_the_completion_id(
     response = await http.post(URL, json=chat_body(stream=stream))
     text = response.text.split("\n", 1)[0].removeprefix("data: ") if stream else response.text
     assert response.headers["x-request-id"] == json.loads(text)["id"]
+
+
+async def test_unknown_field_names_are_reported_safely(http: httpx.AsyncClient) -> None:
+    """Field names become header text: non-ASCII, control characters and commas are escaped."""
+    response = await http.post(URL, json=chat_body(**{"ré\U000d2557": 1, "a,b\n": 2}))
+    assert response.status_code == 200
+    assert response.headers["x-mlxd-ignored-fields"] == "r\\xe9\\U000d2557,a\\x2cb\\x0a"
