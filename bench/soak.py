@@ -1,7 +1,8 @@
-"""Soak: rounds of 64 concurrent streamed clients against `mlxd serve`, half of them leaving
-mid-stream. Reports failures (non-200, error events, streams ending without [DONE]), the
-engine's active count after each round and the server's resident memory after each round
-(flat across rounds = nothing accepted is leaked; the prefix cache is bounded).
+"""Soak: rounds of 64 concurrent clients against `mlxd serve`: streamed and not, a third of the
+streams leaving at a random point, and every 8th client sending a malformed request. Reports
+failures (a well-formed request not completed, a 5xx anywhere, a malformed one not answered with
+an OpenAI-shaped 4xx), the engine's active count after each round and the server's resident
+memory after each round (flat across rounds = nothing accepted is leaked).
 
     python bench/soak.py [--model NAME_OR_DIR] [--clients 64] [--rounds 3] [--tokens 32]
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import subprocess
 import sys
 import time
@@ -24,9 +26,62 @@ import httpx
 from bench.harness import Server, start_mlxd
 from engines.weights.store import ModelStore, default_home
 
+BAD_REQUESTS: list[tuple[str, bytes]] = [
+    ("bad JSON", b'{"model": "m", "messages": ['),
+    ("not an object", b"[1, 2, 3]"),
+    ("wrong type", b'{"model": "MODEL", "messages": "hello"}'),
+    ("empty messages", b'{"model": "MODEL", "messages": []}'),
+    ("unknown role", b'{"model": "MODEL", "messages": [{"role": "wizard", "content": "x"}]}'),
+    ("invalid UTF-8", b'{"model": "MODEL", "messages": [{"role": "user", "content": "\xff"}]}'),
+    ("lone surrogate", b'{"model": "MODEL", "messages": [{"role": "user", "content": "\\ud800"}]}'),
+    ("unknown model", b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}'),
+    ("out of range", b'{"model": "MODEL", "messages": [{"role": "user", "content": "x"}], "n": 0}'),
+]
+
+
+def bad_client(server: Server, number: int) -> str:
+    """A malformed request: expected an OpenAI-shaped 4xx ("refused")."""
+    label, body = BAD_REQUESTS[number % len(BAD_REQUESTS)]
+    body = body.replace(b"MODEL", server.model.encode())
+    try:
+        response = httpx.post(
+            f"{server.url}/v1/chat/completions",
+            content=body,
+            headers={"content-type": "application/json"},
+            timeout=600,
+        )
+        error = response.json().get("error", {})
+    except (httpx.HTTPError, ValueError) as exc:
+        return f"{label}: {type(exc).__name__}"
+    if 400 <= response.status_code < 500 and set(error) == {"message", "type", "param", "code"}:
+        return "refused"
+    return f"{label}: HTTP {response.status_code}"
+
+
+def plain_client(server: Server, number: int, tokens: int) -> str:
+    body = {
+        "model": server.model,
+        "messages": [{"role": "user", "content": f"Name a colour and the number {number}."}],
+        "max_tokens": tokens,
+    }
+    try:
+        response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=600)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    if response.status_code == 200 and response.json()["choices"][0]["finish_reason"]:
+        return "done"
+    return f"HTTP {response.status_code}"
+
 
 def client(server: Server, number: int, tokens: int) -> str:
-    """How the client's stream ended: done, left (on purpose), or what went wrong."""
+    """What happened: done, left (on purpose), refused (malformed, on purpose), or the problem.
+    Client kinds by number: every 8th malformed; else streaming, leaving at a random chunk
+    (number % 3 == 1), streaming to the end (== 0), or not streaming (== 2)."""
+    if number % 8 == 7:
+        return bad_client(server, number)
+    if number % 3 == 2:
+        return plain_client(server, number, tokens)
+    leave_after = random.Random(number).randint(1, tokens) if number % 3 == 1 else None
     body = {
         "model": server.model,
         "messages": [{"role": "user", "content": f"Tell me a story about the number {number}."}],
@@ -48,11 +103,21 @@ def client(server: Server, number: int, tokens: int) -> str:
                     return f"error event {line[:200]}"
                 if line.startswith("data: {"):
                     chunks += 1
-                    if number % 2 and chunks >= 3:
+                    if leave_after is not None and chunks >= leave_after:
                         return "left"
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}"
     return "ended without [DONE]"
+
+
+def five_xx(server: Server) -> int:
+    """Responses with a 5xx status so far, from the server's own /metrics."""
+    text = httpx.get(f"{server.url}/metrics").text
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("mlxd_http_requests_total") and 'status="5' in line
+    )
 
 
 def rss_mib(pid: int) -> float:
@@ -75,6 +140,7 @@ def main() -> None:
         baseline = rss_mib(server.process.pid)
         for number in range(args.rounds):
             start = time.perf_counter()
+            errors_before = five_xx(server)
             with ThreadPoolExecutor(args.clients) as pool:
                 outcomes = list(
                     pool.map(lambda i: client(server, i, args.tokens), range(args.clients))
@@ -82,14 +148,19 @@ def main() -> None:
             time.sleep(1.0)  # let cancelled rows leave at the next engine steps
             health = httpx.get(f"{server.url}/health").json()
             stats = health["engines"][name]
-            staying = [o for i, o in enumerate(outcomes) if i % 2 == 0]
-            leaving = [o for i, o in enumerate(outcomes) if i % 2 == 1]
+            bad = [o for i, o in enumerate(outcomes) if i % 8 == 7]
+            leaving = [o for i, o in enumerate(outcomes) if i % 8 != 7 and i % 3 == 1]
+            staying = [o for i, o in enumerate(outcomes) if i % 8 != 7 and i % 3 != 1]
             row = {
                 "round": number,
                 "wall_s": time.perf_counter() - start,
-                "staying_done": staying.count("done"),
+                "staying_done": f"{staying.count('done')}/{len(staying)}",
                 "staying_failed": [o for o in staying if o != "done"],
-                "leaving_left": leaving.count("left"),
+                "leaving_left": f"{leaving.count('left')}/{len(leaving)}",
+                "leaving_failed": [o for o in leaving if o not in ("left", "done")],
+                "malformed_refused": f"{bad.count('refused')}/{len(bad)}",
+                "malformed_failed": [o for o in bad if o != "refused"],
+                "server_errors_5xx": five_xx(server) - errors_before,
                 "active_after": health["active"],
                 "queued_after": stats["queued"],
                 "largest_batch": stats["largest_batch"],
