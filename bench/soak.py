@@ -110,14 +110,29 @@ def client(server: Server, number: int, tokens: int) -> str:
     return "ended without [DONE]"
 
 
+def metric_lines(server: Server) -> list[str]:
+    return httpx.get(f"{server.url}/metrics").text.splitlines()
+
+
 def five_xx(server: Server) -> int:
     """Responses with a 5xx status so far, from the server's own /metrics."""
-    text = httpx.get(f"{server.url}/metrics").text
     return sum(
         int(float(line.rsplit(" ", 1)[1]))
-        for line in text.splitlines()
+        for line in metric_lines(server)
         if line.startswith("mlxd_http_requests_total") and 'status="5' in line
     )
+
+
+def mlx_memory_mib(server: Server) -> dict[str, float]:
+    """MLX's allocator (arrays in use, its cache, peak), from the server's /metrics."""
+    values = {}
+    for line in metric_lines(server):
+        if line.startswith("mlxd_mlx_") and not line.startswith("#"):
+            name, value = line.split(" ")
+            values[name.removeprefix("mlxd_mlx_").removesuffix("_memory_bytes")] = (
+                float(value) / 2**20
+            )
+    return values
 
 
 def rss_mib(pid: int) -> float:
@@ -165,6 +180,7 @@ def main() -> None:
                 "queued_after": stats["queued"],
                 "largest_batch": stats["largest_batch"],
                 "rss_mib_after": rss_mib(server.process.pid),
+                "mlx_mib_after": mlx_memory_mib(server),
                 "prefix_cache_mib": stats["prefix_cache_bytes"] / 2**20,
             }
             print(json.dumps(row), flush=True)

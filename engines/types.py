@@ -137,6 +137,7 @@ class Segment:
     avg_logprob: float
     compression_ratio: float
     no_speech_prob: float
+    words: tuple[tuple[str, float, float], ...] = ()  # (word, start, end) when asked for
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from engines.asr.alignment import align_words
 from engines.asr.audio import FRAMES_PER_SECOND, N_FRAMES
 from engines.asr.decode import WindowDecoder, WindowResult, WindowTask, split_segments
 from engines.asr.timing import loud_frames, tighten
@@ -58,6 +59,7 @@ class TranscriptionRequest:
     prompt: str | None = None
     temperature: float = 0.0  # 0: the fallback schedule; > 0: that temperature only
     seed: int | None = None
+    word_timestamps: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class ASREngine(EngineThread):
         self._model: Any = None
         self._vocab: WhisperVocab | None = None
         self._decoder: WindowDecoder | None = None
+        self._alignment_heads: list[tuple[int, int]] = []
 
     # -- any thread ---------------------------------------------------------------------------
 
@@ -168,7 +171,10 @@ class ASREngine(EngineThread):
                 )
             self._accepted += 1
         stream = RequestStream(request.request_id)
-        self.post(_Job(request, stream, rng=np.random.default_rng(request.seed)))
+        # Unseeded requests draw from seed 0: the same audio gives the same transcript (the
+        # fallback samples only when greedy decoding failed the quality thresholds).
+        seed = 0 if request.seed is None else request.seed
+        self.post(_Job(request, stream, rng=np.random.default_rng(seed)))
         return stream
 
     # -- engine thread -----------------------------------------------------------------------
@@ -188,6 +194,12 @@ class ASREngine(EngineThread):
         self._vocab = WhisperVocab(self.path)
         meta = json.loads((self.path / "mlxd.json").read_text())
         self._decoder = WindowDecoder(self._model, self._vocab, meta.get("suppress_ids", []))
+        layers, heads = self._model.dims.n_text_layer, self._model.dims.n_text_head
+        self._alignment_heads = [
+            (int(layer), int(head))
+            for layer, head in meta.get("alignment_heads", [])
+            if layer < layers and head < heads
+        ] or [(layer, head) for layer in range(layers // 2, layers) for head in range(heads)]
         # On the CPU the encoder is compute-bound: batching windows gains nothing and a batch's
         # (windows × heads × 1500 × 1500) attention scores thrash the caches.
         on_cpu = mx.default_device() == mx.cpu
@@ -241,8 +253,8 @@ class ASREngine(EngineThread):
         self._detect_languages(jobs, features)
         results = self._decode_with_fallback(jobs, features)
         self.windows_decoded += len(jobs)
-        for job, result in zip(jobs, results, strict=True):
-            self._advance(job, result)
+        for row, (job, result) in enumerate(zip(jobs, results, strict=True)):
+            self._advance(job, result, features[row : row + 1])
         mx.clear_cache()
 
     @staticmethod
@@ -290,7 +302,7 @@ class ASREngine(EngineThread):
             FALLBACK_TEMPERATURES if j.request.temperature == 0 else (j.request.temperature,)
             for j in jobs
         ]
-        results: list[WindowResult | None] = [None] * len(jobs)
+        attempts: list[list[WindowResult]] = [[] for _ in jobs]
         pending = list(range(len(jobs)))
         attempt = 0
         while pending:
@@ -298,14 +310,16 @@ class ASREngine(EngineThread):
             decoded = self._decoder.decode(features[mx.array(pending)], tasks)
             still = []
             for i, result in zip(pending, decoded, strict=True):
-                results[i] = result
+                attempts[i].append(result)
                 if attempt + 1 < len(schedules[i]) and _needs_fallback(result):
                     still.append(i)
             pending = still
             attempt += 1
-        return [r for r in results if r is not None]
+        return [_best(tried) for tried in attempts]
 
-    def _advance(self, job: _Job, result: WindowResult) -> None:
+    def _advance(self, job: _Job, result: WindowResult, features: Any) -> None:
+        """Emit the window's segments (with word times when asked) and move the job on;
+        `features`: this window's encoder output, (1, ctx, state)."""
         vocab = self._vocab
         assert vocab is not None
         request = job.request
@@ -328,6 +342,9 @@ class ASREngine(EngineThread):
                 )
                 if not text.strip() or end <= start:
                     continue
+                words: tuple[tuple[str, float, float], ...] = ()
+                if request.word_timestamps:
+                    words = self._words(job, piece.tokens, features, window_start, start, end)
                 job.last_end = end
                 job.stream.push(
                     Segment(
@@ -341,6 +358,7 @@ class ASREngine(EngineThread):
                         avg_logprob=result.avg_logprob,
                         compression_ratio=result.compression_ratio,
                         no_speech_prob=result.no_speech_prob,
+                        words=words,
                     )
                 )
                 job.segments += 1
@@ -354,6 +372,40 @@ class ASREngine(EngineThread):
             language = job.language or "en"
             self._finish(job, TranscriptionDone(LANGUAGES.get(language, language), duration))
 
+    def _words(
+        self,
+        job: _Job,
+        tokens: list[int],
+        features: Any,
+        window_start: float,
+        segment_start: float,
+        segment_end: float,
+    ) -> tuple[tuple[str, float, float], ...]:
+        """Word times of one segment, tightened onto loud frames and kept inside the segment."""
+        vocab = self._vocab
+        assert vocab is not None
+        text_tokens = [t for t in tokens if t < vocab.eot]
+        content = min(N_FRAMES, job.request.content_frames - job.seek)
+        words = align_words(
+            self._model,
+            vocab,
+            features,
+            vocab.sot_sequence(job.language, job.request.task),
+            text_tokens,
+            content,
+            self._alignment_heads,
+            window_start,
+        )
+        out = []
+        previous_end = segment_start
+        for word in words:
+            start = min(max(word.start, previous_end), segment_end)
+            end = min(max(word.end, start), segment_end)
+            start, end = tighten(start, end, job.loud)
+            out.append((word.word, round(start, 3), round(end, 3)))
+            previous_end = end
+        return tuple(out)
+
     def _finish(self, job: _Job, event: ErrorEvent | TranscriptionDone) -> None:
         self._release()  # first, so a reader woken by the event sees the count already down
         job.stream.push(event)
@@ -361,6 +413,16 @@ class ASREngine(EngineThread):
     def _release(self) -> None:
         with self._lock:
             self._accepted -= 1
+
+
+def _best(attempts: list[WindowResult]) -> WindowResult:
+    """The last attempt if it passed; when every temperature failed, the likeliest attempt that
+    is not repetitive (or the likeliest of all) rather than whatever the hottest one produced."""
+    last = attempts[-1]
+    if len(attempts) == 1 or not _needs_fallback(last):
+        return last
+    fluent = [r for r in attempts if r.compression_ratio <= COMPRESSION_RATIO_THRESHOLD]
+    return max(fluent or attempts, key=lambda r: r.avg_logprob)
 
 
 def _needs_fallback(result: WindowResult) -> bool:

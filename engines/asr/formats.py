@@ -51,13 +51,24 @@ def json_body(segments: list[Segment], duration: float) -> dict[str, Any]:
 
 
 def verbose_json_body(
-    segments: list[Segment], task: str, language: str, duration: float
+    segments: list[Segment], task: str, language: str, duration: float, words: bool = False
 ) -> dict[str, Any]:
-    return {
+    """OpenAI's verbose transcription; with `words`, the top-level `words` list too."""
+    body: dict[str, Any] = {
         "task": task,
         "language": language,
         "duration": round(duration, 3),
         "text": transcript_text(segments),
-        "segments": [asdict(segment) for segment in segments],
+        "segments": [
+            {key: value for key, value in asdict(segment).items() if key != "words"}
+            for segment in segments
+        ],
         "usage": usage(duration),
     }
+    if words:
+        body["words"] = [
+            {"word": word.strip(), "start": start, "end": end}
+            for segment in segments
+            for word, start, end in segment.words
+        ]
+    return body

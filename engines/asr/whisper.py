@@ -183,9 +183,20 @@ class TextDecoder(nn.Module):
             cross_kv.append(block.cross_attn.project_kv_transposed(audio_features))
         return DecoderState(cross_kv, pads)
 
-    def __call__(self, tokens: mx.array, state: DecoderState) -> mx.array:
+    def cross_attention_scores(self, tokens: mx.array, audio_features: mx.array) -> list[mx.array]:
+        """Each layer's cross-attention scores (batch, heads, tokens, audio positions), scaled,
+        before the softmax: what word alignment reads."""
+        scores: list[mx.array] = []
+        self(tokens, self.start(audio_features, np.zeros(tokens.shape[0], np.int64)), scores)
+        mx.eval(scores)
+        return scores
+
+    def __call__(
+        self, tokens: mx.array, state: DecoderState, cross_scores: list[mx.array] | None = None
+    ) -> mx.array:
         """Run `tokens` (batch, length) through the decoder, extending `state`'s cache; return
-        the final hidden states (batch, length, n_state)."""
+        the final hidden states (batch, length, n_state). With `cross_scores`, each layer's
+        cross-attention scores are appended to it."""
         length = tokens.shape[1]
         start = state.offset
         key_positions = np.arange(start + length)
@@ -207,7 +218,11 @@ class TextDecoder(nn.Module):
             x = x + block.attn.attend(y, keys, values, mask.astype(x.dtype))
             assert block.cross_attn is not None and block.cross_attn_ln is not None
             cross_keys, cross_values = state.cross_kv[i]
-            x = x + block.cross_attn.attend_few(block.cross_attn_ln(x), cross_keys, cross_values)
+            y = block.cross_attn_ln(x)
+            if cross_scores is not None:
+                q = block.cross_attn.heads(block.cross_attn.query(y))
+                cross_scores.append((q * cross_keys.shape[-2] ** -0.5) @ cross_keys)
+            x = x + block.cross_attn.attend_few(y, cross_keys, cross_values)
             x = x + block.mlp(x)
         state.offset += length
         return self.ln(x)

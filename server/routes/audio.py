@@ -66,12 +66,12 @@ async def _handle(request: Request, task: str) -> Response:
     fields, audio = await _read_form(request, settings.max_audio_bytes)
     schema = TranscriptionForm if task == "transcribe" else TranslationForm
     form = validate(schema, fields)
-    if isinstance(form, TranscriptionForm) and "word" in form.timestamp_granularities:
+    words = isinstance(form, TranscriptionForm) and "word" in form.timestamp_granularities
+    if words and form.response_format != "verbose_json":
         raise APIError(
             400,
-            "word timestamps are not supported by this server yet",
+            "timestamp_granularities needs response_format 'verbose_json'",
             param="timestamp_granularities",
-            code="unsupported_parameter",
         )
     language = form.language if isinstance(form, TranscriptionForm) else None
     streamed = bool(form.stream) if isinstance(form, TranscriptionForm) else False
@@ -91,6 +91,7 @@ async def _handle(request: Request, task: str) -> Response:
         language=language_code,
         prompt=form.prompt,
         temperature=form.temperature,
+        word_timestamps=words,
     )
     headers = response_headers(request_id, fields, schema, IGNORED_FIELDS)
     logger.info(
@@ -115,7 +116,7 @@ async def _handle(request: Request, task: str) -> Response:
         return JSONResponse(
             api_error.body(), status_code=api_error.status, headers={**headers, **api_error.headers}
         )
-    return _render(form.response_format, segments, done, task, headers)
+    return _render(form.response_format, segments, done, task, headers, words)
 
 
 def _prepare(audio: bytes, n_mels: int, max_seconds: float) -> tuple[np.ndarray, np.ndarray]:
@@ -190,6 +191,7 @@ def _render(
     done: TranscriptionDone,
     task: str,
     headers: dict[str, str],
+    words: bool,
 ) -> Response:
     if response_format == "text":
         return PlainTextResponse(formats.transcript_text(segments) + "\n", headers=headers)
@@ -198,7 +200,7 @@ def _render(
     if response_format == "vtt":
         return PlainTextResponse(formats.vtt(segments), headers=headers, media_type="text/vtt")
     if response_format == "verbose_json":
-        body = formats.verbose_json_body(segments, task, done.language, done.duration)
+        body = formats.verbose_json_body(segments, task, done.language, done.duration, words)
         return JSONResponse(body, headers=headers)
     return JSONResponse(formats.json_body(segments, done.duration), headers=headers)
 

@@ -125,3 +125,29 @@ def test_compressed_audio_transcribes_like_wav(
     result = client.audio.transcriptions.create(model=MODEL, file=(f"a.{container}", encoded)).text
     errors, words = word_errors(reference, result)
     assert errors / words <= 0.1, (reference, result)
+
+
+def test_word_timestamps_stay_off_the_silences(live: LiveServer, clips: list[Clip]) -> None:
+    """Three clips with 2 s of silence between them: words come in order, inside their
+    segments, and none lies in a silence (beyond the 0.2 s the timing keeps around speech)."""
+    samples = np.concatenate([clips[0].samples, silence(2), clips[1].samples, silence(2),
+                              clips[2].samples])  # fmt: skip
+    first_gap = (clips[0].seconds, clips[0].seconds + 2)
+    second_gap = (first_gap[1] + clips[1].seconds, first_gap[1] + clips[1].seconds + 2)
+    result = live.client().audio.transcriptions.create(
+        model=MODEL,
+        file=("a.wav", wav(samples)),
+        response_format="verbose_json",
+        timestamp_granularities=["word"],
+    )
+    words = result.words or []
+    assert len(words) >= 30
+    spoken = " ".join(word.word for word in words)
+    assert "Dashwood" in spoken and "young man" in spoken
+    previous = 0.0
+    for word in words:
+        assert previous - 1e-6 <= word.start <= word.end, word
+        previous = word.end
+        for gap_start, gap_end in (first_gap, second_gap):
+            inside = min(word.end, gap_end - 0.2) - max(word.start, gap_start + 0.2)
+            assert inside <= 0, f"{word} lies in the silence {gap_start:.2f}–{gap_end:.2f}"
