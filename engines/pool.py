@@ -24,12 +24,10 @@ from engines.types import EngineStats, GenerationRequest
 logger = logging.getLogger(__name__)
 
 
-class TextEngine(Protocol):
-    """What the HTTP edge may call on a chat engine (LLMEngine, or a scripted fake in tests)."""
+class Engine(Protocol):
+    """What every engine offers the pool: a name, a thread to start and stop, counters."""
 
     name: str
-    info: ModelInfo | None
-    vocab_size: int
 
     @property
     def active(self) -> int: ...
@@ -44,6 +42,13 @@ class TextEngine(Protocol):
     def stop(self, timeout: float | None = ...) -> None: ...
 
     def stats(self) -> EngineStats: ...
+
+
+class TextEngine(Engine, Protocol):
+    """What the HTTP edge may call on a chat engine (LLMEngine, or a scripted fake in tests)."""
+
+    info: ModelInfo | None
+    vocab_size: int
 
     def encode_chat(
         self,
@@ -65,25 +70,10 @@ class TextEngine(Protocol):
     def submit(self, request: GenerationRequest) -> RequestStream: ...
 
 
-class SpeechEngine(Protocol):
+class SpeechEngine(Engine, Protocol):
     """What the HTTP edge may call on a speech-to-text engine (ASREngine, or a fake in tests)."""
 
-    name: str
     info: SpeechModelInfo | None
-
-    @property
-    def active(self) -> int: ...
-
-    @property
-    def running(self) -> bool: ...
-
-    def start(self) -> None: ...
-
-    async def wait_loaded(self) -> None: ...
-
-    def stop(self, timeout: float | None = ...) -> None: ...
-
-    def stats(self) -> EngineStats: ...
 
     def check_language(self, language: str | None, task: str) -> str | None: ...
 

