@@ -4,13 +4,15 @@ Invariants:
 - The thread creates its stream, loads the model and makes every MLX call; nothing else does.
 - Other threads talk to it only through `post` (a thread-safe inbox of plain Python messages).
 - If a step (or handling a message) raises, every sequence in flight is failed with
-  EngineFailed and the loop goes on; requests accepted later are served normally.
+  EngineFailed and the loop goes on; requests accepted later are served normally. If the loop
+  itself dies (an error while failing requests, a BaseException), it is restarted in place.
 - `last_progress` is stamped every loop iteration; a busy engine whose stamp is old is hung.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -36,6 +38,8 @@ class EngineThread:
         self._stopped = threading.Event()
         self.last_progress = time.monotonic()  # when the loop last started an iteration
         self.failures = 0  # steps that raised (each failed the requests then in flight)
+        self.restarts = 0  # times the step loop itself died and was started again
+        self._stopping = False  # a stop order was seen (kept across loop restarts)
 
     # -- any thread ---------------------------------------------------------------------------
 
@@ -83,27 +87,44 @@ class EngineThread:
             self._stopped.set()
             return
         self._loaded.set()
-        stopping = False
         try:
             with mx.stream(stream):
-                while not (stopping and not self.has_work()):
-                    self.last_progress = time.monotonic()
-                    try:
-                        stopping = self._drain_inbox(block=not self.has_work()) or stopping
-                        if self.has_work():
-                            self.step()
-                    except Exception as exc:
-                        # Only the requests in flight fail; the thread, its stream and the model
-                        # stay, so the engine goes on serving what comes next.
-                        logger.exception("engine %s step failed", self.name)
-                        self.failures += 1  # first, so readers woken by fail_all see it
-                        self.fail_all(EngineFailed(f"engine error: {type(exc).__name__}: {exc}"))
+                self._serve_until_stopped()
         finally:
             self._stopped.set()
             # Anything that arrived with or after the stop order is refused, never left hanging.
             self._drain_inbox(block=False)
             self.fail_all(EngineUnavailable(f"model {self.name!r} is shutting down"))
             self.unload()
+
+    def _serve_until_stopped(self) -> None:
+        """The step loop, restarted in place if it ever dies: whatever escapes it (an error
+        while failing requests, a BaseException from a step) fails the requests in flight and
+        the loop starts again on the same thread, stream and model."""
+        while True:
+            try:
+                self._loop()
+                return
+            except BaseException as exc:  # the engine must outlive any failure
+                logger.exception("engine %s loop died; restarting it", self.name)
+                self.restarts += 1
+                self.failures += 1
+                with contextlib.suppress(Exception):
+                    self.fail_all(EngineFailed(f"engine error: {type(exc).__name__}: {exc}"))
+
+    def _loop(self) -> None:
+        while not (self._stopping and not self.has_work()):
+            self.last_progress = time.monotonic()
+            try:
+                self._stopping = self._drain_inbox(block=not self.has_work()) or self._stopping
+                if self.has_work():
+                    self.step()
+            except Exception as exc:
+                # Only the requests in flight fail; the thread, its stream and the model
+                # stay, so the engine goes on serving what comes next.
+                logger.exception("engine %s step failed", self.name)
+                self.failures += 1  # first, so readers woken by fail_all see it
+                self.fail_all(EngineFailed(f"engine error: {type(exc).__name__}: {exc}"))
 
     def _drain_inbox(self, block: bool) -> bool:
         """Handle queued messages (waiting for one if `block`); True once a stop was seen."""

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
+from engines.errors import ModelNotFound
 from engines.pool import EnginePool
 from server.errors import install_error_handlers
 from server.logs import RequestId
@@ -41,8 +42,17 @@ def build_pool(settings: Settings) -> EnginePool:
         watchdog_s=settings.watchdog_s,
     )
     speech = []
-    if settings.speech_model:
-        speech_name, speech_path = store.resolve(settings.speech_model)
+    speech_model = settings.speech_model
+    if speech_model and "speech_model" not in settings.model_fields_set:
+        try:  # the default speech model is served when it was imported, not required
+            store.resolve(speech_model)
+        except ModelNotFound:
+            logger.warning(
+                "no speech model: %r is not in the store (mlxd import --embedded)", speech_model
+            )
+            speech_model = ""
+    if speech_model:
+        speech_name, speech_path = store.resolve(speech_model)
         asr_limits = ASRLimits(
             max_batch=settings.asr_max_batch,
             max_waiting=settings.max_waiting,

@@ -148,3 +148,28 @@ async def test_a_failing_step_fails_only_its_requests(
     served = await run(engine, request(5.0, seed=4))
     assert isinstance(served[-1], TranscriptionDone)
     assert engine.failures == 1 and engine.active == 0
+
+
+class _ThreadKiller(BaseException):
+    """Not an Exception: what would end an unguarded thread."""
+
+
+async def test_a_dying_loop_is_restarted(
+    engine: ASREngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_step = engine.step
+    calls = {"n": 0}
+
+    def deadly() -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise _ThreadKiller("injected")
+        real_step()
+
+    monkeypatch.setattr(engine, "step", deadly)
+    failed = await run(engine, request(5.0, seed=3))
+    assert isinstance(failed[-1], ErrorEvent)
+    assert engine.restarts == 1 and engine.running
+    served = await run(engine, request(5.0, seed=4))
+    assert isinstance(served[-1], TranscriptionDone)
+    assert engine.active == 0
