@@ -102,7 +102,6 @@ class ASREngine(EngineThread):
         self.limits = limits or ASRLimits()
         self.info: SpeechModelInfo | None = None
         self.largest_batch = 0
-        self.windows_decoded = 0
         self.encoder_batch = 1
         self.weights_bytes = 0
         self._jobs: deque[_Job] = deque()
@@ -252,7 +251,6 @@ class ASREngine(EngineThread):
         mx.eval(features)
         self._detect_languages(jobs, features)
         results = self._decode_with_fallback(jobs, features)
-        self.windows_decoded += len(jobs)
         for row, (job, result) in enumerate(zip(jobs, results, strict=True)):
             self._advance(job, result, features[row : row + 1])
         mx.clear_cache()

@@ -238,10 +238,6 @@ class Whisper(nn.Module):
         self.encoder = AudioEncoder(dims)
         self.decoder = TextDecoder(dims)
 
-    @property
-    def is_multilingual(self) -> bool:
-        return self.dims.n_vocab >= 51865
-
 
 def load_whisper(directory: Path, dtype: mx.Dtype = mx.float32) -> Whisper:
     """Load a store entry written by the CT2 importer (or any mlx-whisper-layout directory)."""
