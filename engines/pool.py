@@ -1,19 +1,28 @@
-"""EnginePool: maps model names to running engines.
+"""EnginePool: model names → engines, loaded when first asked for and unloaded when idle.
 
-This first version serves a fixed set of models loaded at start: chat engines and speech engines;
-the interface (`acquire`, `acquire_speech`, `models`, `start`, `drain`) is the one later pool
-features (lazy load, TTL, memory budget) keep.
-Invariants: `acquire*` either returns a loaded engine of the asked kind or raises before any
-work is queued; model names are unique across kinds.
+Each configured model is a `ModelSpec` (name, kind, aliases, a factory that builds a fresh engine,
+pinned or not, idle TTL, estimated memory). The pool loads a model on its first request (concurrent
+first requests share one load), unloads it after its idle TTL unless pinned, and keeps the loaded
+models within a memory budget by unloading the least recently used idle ones; a model that still
+cannot fit is refused with 503 naming what holds the memory.
+
+Invariants:
+- `acquire*` either returns a loaded engine of the asked kind or raises before any work is
+  queued. While a model is being unloaded (drained: its running requests finish), new requests
+  for it wait and then load it again.
+- Names and aliases are unique across kinds.
+- Engines built by a factory are used once: an unloaded model gets a fresh engine next time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Iterable
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from engines.asr.engine import SpeechModelInfo, TranscriptionRequest
 from engines.bridge import RequestStream
@@ -80,51 +89,245 @@ class SpeechEngine(Engine, Protocol):
     def submit(self, request: TranscriptionRequest) -> RequestStream: ...
 
 
-_E = TypeVar("_E", TextEngine, SpeechEngine)
+@dataclass(frozen=True)
+class ModelSpec:
+    """One configured model. `factory` builds a fresh, unstarted engine (called per load)."""
+
+    name: str
+    kind: str  # "chat" | "speech"
+    factory: Callable[[], Any]
+    aliases: tuple[str, ...] = ()
+    pinned: bool = False  # never unloaded for idleness or to make room
+    preload: bool = False  # loaded at start rather than on first request
+    idle_ttl_s: float | None = None  # unloaded after this long without requests
+    size_bytes: int = 0  # estimated memory when loaded (weights), for the budget
+
+
+@dataclass(frozen=True)
+class PoolModel:
+    """What /v1/models shows of a configured model."""
+
+    name: str
+    kind: str
+    loaded: bool
+    created: int
+    aliases: tuple[str, ...]
+
+
+@dataclass
+class _Slot:
+    spec: ModelSpec
+    engine: Any = None
+    loading: asyncio.Task[Any] | None = None
+    unloading: asyncio.Event | None = None  # set when an unload finishes
+    last_used: float = field(default_factory=time.monotonic)
+    loads: int = 0
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def loaded(self) -> bool:
+        return self.engine is not None and self.engine.running
+
+
+def _given(engine: Any) -> Callable[[], Any]:
+    """A factory for a ready-made engine: always that engine."""
+    return lambda: engine
 
 
 class EnginePool:
-    def __init__(self, engines: Iterable[TextEngine], speech: Iterable[SpeechEngine] = ()) -> None:
-        self._text = {engine.name: engine for engine in engines}
-        self._speech = {engine.name: engine for engine in speech}
-        if self._text.keys() & self._speech.keys():
-            raise ValueError(f"model names used twice: {self._text.keys() & self._speech.keys()}")
-        self._engines: dict[str, TextEngine | SpeechEngine] = {**self._text, **self._speech}
+    def __init__(
+        self,
+        engines: Iterable[TextEngine] = (),
+        speech: Iterable[SpeechEngine] = (),
+        specs: Iterable[ModelSpec] = (),
+        memory_budget_bytes: int | None = None,
+        reap_interval_s: float = 1.0,
+    ) -> None:
+        """`engines`/`speech`: ready-made engines, served pinned and loaded at start (tests,
+        single-model setups); `specs`: configured models (lazy unless `preload`)."""
+        given = [
+            ModelSpec(engine.name, kind, _given(engine), pinned=True, preload=True)
+            for kind, group in (("chat", list(engines)), ("speech", list(speech)))
+            for engine in group
+        ]
+        self._slots: dict[str, _Slot] = {}
+        self._names: dict[str, str] = {}  # name or alias → name
+        for spec in [*given, *specs]:
+            for name in (spec.name, *spec.aliases):
+                if name in self._names:
+                    raise ValueError(f"model name {name!r} is used twice")
+                self._names[name] = spec.name
+            self._slots[spec.name] = _Slot(spec)
+        self.memory_budget_bytes = memory_budget_bytes
+        self._reap_interval_s = reap_interval_s
+        self._reaper: asyncio.Task[None] | None = None
         self._draining = False
 
-    async def start(self) -> None:
-        """Start every engine thread and wait until all models are loaded."""
-        for engine in self._engines.values():
-            engine.start()
-        await asyncio.gather(*(engine.wait_loaded() for engine in self._engines.values()))
+    # -- lifecycle -------------------------------------------------------------------------------
 
-    def acquire(self, model: str) -> TextEngine:
-        if model in self._speech:
+    async def start(self) -> None:
+        """Load the models marked preload (and the ready-made ones); start the idle reaper."""
+        await asyncio.gather(*(self._ensure(s) for s in self._slots.values() if s.spec.preload))
+        self._reaper = asyncio.create_task(self._reap_idle())
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Refuse new work, let work in flight finish (up to `timeout`), then stop engines."""
+        self._draining = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+        deadline = time.monotonic() + timeout
+        while self.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for slot in self._slots.values():
+            if slot.engine is not None:
+                await asyncio.to_thread(slot.engine.stop)
+                slot.engine = None
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def acquire(self, model: str) -> TextEngine:
+        slot = self._slot(model)
+        if slot.spec.kind != "chat":
             raise InvalidRequest(
                 f"'{model}' is a speech-to-text model; use /v1/audio/transcriptions",
                 param="model",
             )
-        return self._check(model, self._text.get(model))
+        engine: TextEngine = await self._ensure(slot)
+        return engine
 
-    def acquire_speech(self, model: str) -> SpeechEngine:
-        if model in self._text:
+    async def acquire_speech(self, model: str) -> SpeechEngine:
+        slot = self._slot(model)
+        if slot.spec.kind != "speech":
             raise InvalidRequest(
                 f"'{model}' is a chat model, not a speech-to-text model", param="model"
             )
-        return self._check(model, self._speech.get(model))
-
-    def _check(self, model: str, engine: _E | None) -> _E:
-        if engine is None:
-            raise ModelNotFound(f"The model '{model}' does not exist", param="model")
-        if self._draining or not engine.running:
-            raise EngineUnavailable(f"The model '{model}' is not available right now")
+        engine: SpeechEngine = await self._ensure(slot)
         return engine
 
-    def stats(self) -> dict[str, EngineStats]:
-        return {name: engine.stats() for name, engine in self._engines.items()}
+    def resolve(self, model: str) -> str:
+        """The configured name for a name or alias (ModelNotFound otherwise)."""
+        return self._slot(model).spec.name
 
-    def models(self) -> list[ModelInfo | SpeechModelInfo]:
-        return [e.info for e in self._engines.values() if e.info is not None and e.running]
+    def _slot(self, model: str) -> _Slot:
+        name = self._names.get(model)
+        if name is None:
+            raise ModelNotFound(f"The model '{model}' does not exist", param="model")
+        return self._slots[name]
+
+    async def _ensure(self, slot: _Slot) -> Any:
+        """The slot's running engine, loading it first (once, however many ask at a time)."""
+        while True:
+            if self._draining:
+                raise EngineUnavailable(f"The model '{slot.spec.name}' is not available right now")
+            if slot.unloading is not None:
+                await slot.unloading.wait()
+                continue
+            slot.last_used = time.monotonic()
+            if slot.loaded:
+                return slot.engine
+            if slot.loading is None:
+                slot.loading = asyncio.create_task(self._load(slot))
+            await asyncio.shield(slot.loading)
+
+    async def _load(self, slot: _Slot) -> None:
+        try:
+            await self._make_room(slot)
+            engine = slot.spec.factory()
+            engine.start()
+            await engine.wait_loaded()
+            slot.engine, slot.loads = engine, slot.loads + 1
+            slot.created = int(time.time())
+            logger.info("loaded %s", slot.spec.name)
+        finally:
+            slot.loading = None
+
+    # -- memory and unloading ------------------------------------------------------------------
+
+    def _held_bytes(self) -> int:
+        return sum(s.spec.size_bytes for s in self._slots.values() if s.engine is not None)
+
+    async def _make_room(self, slot: _Slot) -> None:
+        budget = self.memory_budget_bytes
+        if budget is None:
+            return
+        while self._held_bytes() + slot.spec.size_bytes > budget:
+            idle = [
+                s
+                for s in self._slots.values()
+                if s is not slot and s.loaded and not s.spec.pinned and s.engine.active == 0
+            ]
+            if not idle:
+                holders = ", ".join(
+                    f"{s.spec.name} ({s.spec.size_bytes / 2**20:.0f} MiB, "
+                    f"{'pinned' if s.spec.pinned else 'busy'})"
+                    for s in self._slots.values()
+                    if s.engine is not None
+                )
+                raise EngineUnavailable(
+                    f"model '{slot.spec.name}' needs {slot.spec.size_bytes / 2**20:.0f} MiB and "
+                    f"the memory budget of {budget / 2**20:.0f} MiB is held by: {holders}"
+                )
+            victim = min(idle, key=lambda s: s.last_used)
+            logger.info("unloading %s to make room for %s", victim.spec.name, slot.spec.name)
+            await self.unload(victim.spec.name)
+
+    async def unload(self, model: str) -> bool:
+        """Drain the model (running requests finish; new ones wait), then stop its engine.
+        False when it was not loaded."""
+        slot = self._slot(model)
+        if slot.engine is None or slot.unloading is not None:
+            return False
+        slot.unloading = asyncio.Event()
+        try:
+            while slot.engine.active:
+                await asyncio.sleep(0.02)
+            await asyncio.to_thread(slot.engine.stop)
+            slot.engine = None
+            logger.info("unloaded %s", slot.spec.name)
+        finally:
+            done, slot.unloading = slot.unloading, None
+            done.set()
+        return True
+
+    async def load(self, model: str) -> None:
+        await self._ensure(self._slot(model))
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(self._reap_interval_s)
+            now = time.monotonic()
+            for slot in list(self._slots.values()):
+                ttl = slot.spec.idle_ttl_s
+                if (
+                    ttl is not None
+                    and not slot.spec.pinned
+                    and slot.loaded
+                    and slot.engine.active == 0
+                    and now - slot.last_used > ttl
+                ):
+                    with contextlib.suppress(Exception):
+                        await self.unload(slot.spec.name)
+
+    # -- introspection -------------------------------------------------------------------------
+
+    def engine(self, model: str) -> Any:
+        """The loaded engine for `model`, or None (tests and diagnostics)."""
+        return self._slot(model).engine
+
+    def loads(self, model: str) -> int:
+        return self._slot(model).loads
+
+    def stats(self) -> dict[str, EngineStats]:
+        return {s.spec.name: s.engine.stats() for s in self._slots.values() if s.engine is not None}
+
+    def models(self) -> list[PoolModel]:
+        return [
+            PoolModel(s.spec.name, s.spec.kind, s.loaded, s.created, s.spec.aliases)
+            for s in self._slots.values()
+        ]
+
+    def loaded_infos(self) -> list[ModelInfo | SpeechModelInfo]:
+        return [s.engine.info for s in self._slots.values() if s.loaded and s.engine.info]
 
     @property
     def draining(self) -> bool:
@@ -132,13 +335,4 @@ class EnginePool:
 
     @property
     def active(self) -> int:
-        return sum(engine.active for engine in self._engines.values())
-
-    async def drain(self, timeout: float = 30.0) -> None:
-        """Refuse new work, let work in flight finish (up to `timeout`), then stop engines."""
-        self._draining = True
-        deadline = time.monotonic() + timeout
-        while self.active and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        for engine in self._engines.values():
-            await asyncio.to_thread(engine.stop)
+        return sum(s.engine.active for s in self._slots.values() if s.engine is not None)

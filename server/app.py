@@ -68,7 +68,7 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await engine_pool.start()
-        logger.info("serving %s", ", ".join(i.name for i in engine_pool.models()))
+        logger.info("serving %s", ", ".join(m.name for m in engine_pool.models()))
         yield
         await engine_pool.drain(settings.drain_timeout_s)
 

@@ -59,15 +59,14 @@ class _EngineCollector(Collector):
         stats = self.pool.stats()
         for field, help_text in fields.items():
             family = GaugeMetricFamily(f"mlxd_engine_{field}", help_text, labels=["model"])
-            for model, engine in stats.items():
-                family.add_metric([model], float(getattr(engine, field)))
+            for name, engine in stats.items():
+                family.add_metric([name], float(getattr(engine, field)))
             yield family
         loaded = GaugeMetricFamily(
             "mlxd_model_loaded", "1 while a model is loaded", labels=["model"]
         )
-        served = {info.name for info in self.pool.models()}
-        for model in stats:
-            loaded.add_metric([model], 1.0 if model in served else 0.0)
+        for model in self.pool.models():
+            loaded.add_metric([model.name], 1.0 if model.loaded else 0.0)
         yield loaded
         yield from _mlx_memory()
 

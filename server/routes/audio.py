@@ -75,7 +75,7 @@ async def _handle(request: Request, task: str) -> Response:
         )
     language = form.language if isinstance(form, TranscriptionForm) else None
     streamed = bool(form.stream) if isinstance(form, TranscriptionForm) else False
-    engine = pool.acquire_speech(form.model)
+    engine = await pool.acquire_speech(form.model)
     language_code = engine.check_language(language, task)
     assert engine.info is not None
     samples, mel = await asyncio.to_thread(

@@ -61,7 +61,7 @@ async def create_chat_completion(request: Request) -> Response:
         raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
     tools = [tool.model_dump(exclude_none=True) for tool in chat.tools_in_play()]
     grammar, grammar_param = output_grammar(chat, tools)
-    engine = pool.acquire(chat.model)
+    engine = await pool.acquire(chat.model)
     if grammar is not None:
         # Compiling checks the grammar against the tokenizer (no MLX; the first one builds
         # llguidance's tokenizer, ~0.5 s): off the event loop.

@@ -78,7 +78,7 @@ async def create_completion(request: Request) -> Response:
         raise APIError(
             400, f"prompts × n must be at most {settings.max_n}, got {total}", param="prompt"
         )
-    engine = pool.acquire(completion.model)
+    engine = await pool.acquire(completion.model)
     request_id = f"cmpl-{uuid.uuid4().hex}"
     logs.request_id.set(request_id)  # this id, not the middleware's, from here on
     texts: list[str] = []

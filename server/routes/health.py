@@ -15,10 +15,10 @@ router = APIRouter()
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
     pool = request.app.state.pool
-    models = [info.name for info in pool.models()]
+    models = [model.name for model in pool.models() if model.loaded]
     stats = pool.stats()
     stalled = [name for name, engine in stats.items() if engine.stalled]
-    ready = bool(models) and not pool.draining and not stalled
+    ready = bool(pool.models()) and not pool.draining and not stalled
     body = {
         "status": "ok" if ready else ("stalled" if stalled else "unavailable"),
         "models": models,

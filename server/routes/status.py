@@ -38,12 +38,13 @@ async def status(request: Request) -> dict[str, Any]:
     pool = request.app.state.pool
     stats = pool.stats()
     models = []
-    for info in pool.models():
-        engine = stats.get(info.name)
+    for model in pool.models():
+        engine = stats.get(model.name)
         models.append(
             {
-                "id": info.name,
-                "kind": getattr(info, "kind", "chat"),
+                "id": model.name,
+                "kind": model.kind,
+                "loaded": model.loaded,
                 **({} if engine is None else asdict(engine)),
             }
         )

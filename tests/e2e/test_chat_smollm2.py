@@ -115,7 +115,7 @@ def test_non_ascii_deltas_are_whole_characters(live: LiveServer) -> None:
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_disconnect_cancels_generation(live: LiveServer, stream: bool) -> None:
-    engine = live.pool.acquire(MODEL)
+    engine = live.pool.engine(MODEL)
     before = engine.tokens_generated  # type: ignore[attr-defined]
     body = {
         "model": MODEL,

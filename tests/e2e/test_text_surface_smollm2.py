@@ -139,7 +139,7 @@ def test_chat_n_with_seed_is_reproducible(live: LiveServer) -> None:
 
 
 def test_logit_bias_bans_paris(live: LiveServer) -> None:
-    engine = live.pool.acquire(MODEL)
+    engine = live.pool.engine(MODEL)
     paris = engine.tokenizer.encode(" Paris", add_special_tokens=False)  # type: ignore[attr-defined]
     bias = {str(t): -100 for t in paris}
     text = (

@@ -1,0 +1,133 @@
+"""The engine pool's lifecycle on scripted engines: lazy loads shared by concurrent first
+requests, aliases, idle TTL, LRU eviction under a memory budget, drain before unload, 503 when a
+model cannot fit. Polling with deadlines, no sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from engines.errors import EngineUnavailable, InvalidRequest, ModelNotFound
+from engines.pool import EnginePool, ModelSpec
+from engines.types import GenerationRequest
+from tests.fakes import FakeEngine, FakeSpeechEngine
+from tests.servers import wait_until
+
+MiB = 2**20
+
+
+def factory(name: str, built: list[str], **kwargs: object) -> Callable[[], FakeEngine]:
+    def make() -> FakeEngine:
+        built.append(name)
+        return FakeEngine(name=name, context_length=4096, **kwargs)  # type: ignore[arg-type]
+
+    return make
+
+
+async def test_concurrent_first_requests_share_one_load() -> None:
+    built: list[str] = []
+    pool = EnginePool(specs=[ModelSpec("a", "chat", factory("a", built), aliases=("alias-a",))])
+    await pool.start()
+    engines = await asyncio.gather(*(pool.acquire(name) for name in ["a", "alias-a"] * 3))
+    assert built == ["a"] and pool.loads("a") == 1
+    assert all(engine is engines[0] for engine in engines)
+    assert pool.resolve("alias-a") == "a"
+    with pytest.raises(ModelNotFound):
+        await pool.acquire("b")
+    await pool.drain(timeout=1)
+
+
+async def test_kinds_are_kept_apart() -> None:
+    pool = EnginePool(
+        specs=[
+            ModelSpec("chat", "chat", factory("chat", [])),
+            ModelSpec("ears", "speech", lambda: FakeSpeechEngine(name="ears")),
+        ]
+    )
+    await pool.start()
+    with pytest.raises(InvalidRequest, match="speech-to-text"):
+        await pool.acquire("ears")
+    with pytest.raises(InvalidRequest, match="not a speech-to-text"):
+        await pool.acquire_speech("chat")
+    assert (await pool.acquire_speech("ears")).name == "ears"
+    await pool.drain(timeout=1)
+
+
+async def test_idle_models_unload_after_their_ttl_and_pinned_ones_stay() -> None:
+    pool = EnginePool(
+        specs=[
+            ModelSpec("short", "chat", factory("short", []), idle_ttl_s=0.2),
+            ModelSpec("kept", "chat", factory("kept", []), idle_ttl_s=0.2, pinned=True),
+        ],
+        reap_interval_s=0.05,
+    )
+    await pool.start()
+    await pool.acquire("short")
+    await pool.acquire("kept")
+    assert await wait_until(lambda: pool.engine("short") is None, timeout=5)
+    assert pool.engine("kept") is not None
+    loaded = {m.name: m.loaded for m in pool.models()}
+    assert loaded == {"short": False, "kept": True}
+    await pool.acquire("short")  # loads again
+    assert pool.loads("short") == 2
+    await pool.drain(timeout=1)
+
+
+async def test_budget_evicts_the_least_recently_used_idle_model() -> None:
+    built: list[str] = []
+    pool = EnginePool(
+        specs=[ModelSpec(n, "chat", factory(n, built), size_bytes=40 * MiB) for n in "abc"],
+        memory_budget_bytes=100 * MiB,
+    )
+    await pool.start()
+    await pool.acquire("a")
+    await pool.acquire("b")
+    await pool.acquire("a")  # b is now the least recently used
+    await pool.acquire("c")  # 120 MiB > 100: b goes
+    assert [m.name for m in pool.models() if m.loaded] == ["a", "c"]
+    await pool.drain(timeout=1)
+
+
+async def test_a_model_that_cannot_fit_is_refused_naming_the_holders() -> None:
+    pool = EnginePool(
+        specs=[
+            ModelSpec("pinned", "chat", factory("pinned", []), size_bytes=60 * MiB, pinned=True,
+                      preload=True),
+            ModelSpec("big", "chat", factory("big", []), size_bytes=60 * MiB),
+        ],
+        memory_budget_bytes=100 * MiB,
+    )  # fmt: skip
+    await pool.start()
+    with pytest.raises(EngineUnavailable, match=r"pinned \(60 MiB, pinned\)"):
+        await pool.acquire("big")
+    assert pool.engine("big") is None
+    await pool.drain(timeout=1)
+
+
+async def test_unload_drains_running_requests_and_new_ones_wait() -> None:
+    pool = EnginePool(
+        specs=[ModelSpec("slow", "chat", lambda: FakeEngine("slow", "x" * 50, 0.01, 4096))]
+    )
+    await pool.start()
+    engine = await pool.acquire("slow")
+    stream = engine.submit(GenerationRequest("r", [1, 2], 50))
+    running = asyncio.create_task(_drain_events(stream))
+    await wait_until(lambda: engine.active == 1, timeout=5)
+    unloading = asyncio.create_task(pool.unload("slow"))
+    await wait_until(lambda: pool._slot("slow").unloading is not None, timeout=5)
+    waiting = asyncio.create_task(pool.acquire("slow"))  # must wait for the unload, then reload
+    text = await running
+    assert text == "x" * 50  # the running request finished, whole
+    assert await unloading is True
+    fresh = await waiting
+    assert fresh is not engine and fresh.running and pool.loads("slow") == 2
+    await pool.drain(timeout=1)
+
+
+async def _drain_events(stream: object) -> str:
+    text = ""
+    async for event in stream:  # type: ignore[attr-defined]
+        text += getattr(event, "text", "")
+    return text
