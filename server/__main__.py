@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             ("log_level", getattr(args, "log_level", None)),
             ("api_key", getattr(args, "api_key", None)),
             ("log_format", getattr(args, "log_format", None)),
+            ("config", getattr(args, "config", None)),
         )
         if value is not None
     }
@@ -48,7 +49,58 @@ def main(argv: list[str] | None = None) -> int:
         return _import(settings, args)
     if args.command == "service":
         return _service(settings, args)
+    if args.command == "models":
+        return _models(settings, args)
     return _doctor(settings, blas_status)
+
+
+def _models(settings: object, args: argparse.Namespace) -> int:
+    """`mlxd models`: what the running server serves (or, if none answers, what it would),
+    and the store; `load`/`unload NAME` ask the running server."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from engines.weights.store import ModelStore
+    from server.settings import Settings
+
+    assert isinstance(settings, Settings)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    base = f"http://{host}:{settings.port}/v1/models"
+    headers = {"Authorization": f"Bearer {settings.api_keys()[0]}"} if settings.api_keys() else {}
+    if args.action in ("load", "unload"):
+        if not args.name:
+            print(f"usage: mlxd models {args.action} NAME", file=sys.stderr)
+            return 2
+        request = urllib.request.Request(
+            f"{base}/{args.name}/{args.action}", method="POST", headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=600) as response:
+                print(json.loads(response.read()))
+        except urllib.error.HTTPError as error:
+            print(json.loads(error.read() or b"{}").get("error", {}).get("message", error))
+            return 1
+        except OSError as error:
+            print(f"no server at {base}: {error}", file=sys.stderr)
+            return 1
+        return 0
+    try:
+        with urllib.request.urlopen(urllib.request.Request(base, headers=headers), timeout=5) as r:
+            served = json.loads(r.read())["data"]
+        print(f"served by {base}:")
+        for model in served:
+            print(f"  {model['id']}  {'loaded' if model.get('loaded') else 'not loaded'}")
+    except (OSError, ValueError, KeyError):
+        print(f"no server answering at {base}")
+        if settings.config is not None:
+            from server.config import load_models_file
+
+            for entry in load_models_file(settings.config).models:
+                print(f"  configured: {entry.name} ({entry.kind}) ← {entry.source}")
+    store = ModelStore(settings.home)
+    print(f"store {store.models_dir}: {', '.join(store.names()) or 'empty'}")
+    return 0
 
 
 def _service(settings: object, args: argparse.Namespace) -> int:
@@ -77,6 +129,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", help="debug, info, warning, error")
     serve.add_argument("--api-key", help="require this API key (comma-separate several)")
     serve.add_argument("--log-format", choices=["text", "json"], help="log lines (default text)")
+    serve.add_argument("--config", type=Path, help="models file (TOML): which models to serve")
+    models = commands.add_parser(
+        "models", help="list configured models and the store; load/unload on a running server"
+    )
+    models.add_argument("action", nargs="?", choices=["list", "load", "unload"], default="list")
+    models.add_argument("name", nargs="?", help="model to load or unload")
+    models.add_argument("--config", type=Path, help="models file (TOML)")
+    models.add_argument("--port", type=int, help="port of the running server (default 8000)")
+    models.add_argument("--api-key", help="the server's API key, if it has one")
     importer = commands.add_parser("import", help="convert a model into the store")
     importer.add_argument("--embedded", action="store_true", help="import the embedded models")
     importer.add_argument(

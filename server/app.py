@@ -7,15 +7,16 @@ Tests pass a pool of scripted fake engines; `__main__` builds the real one from 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from engines.errors import ModelNotFound
-from engines.pool import EnginePool
+from engines.pool import EnginePool, ModelSpec
 from server.errors import install_error_handlers
 from server.logs import RequestId
 from server.metrics import Metrics, RequestCounter
@@ -27,39 +28,76 @@ logger = logging.getLogger(__name__)
 
 
 def build_pool(settings: Settings) -> EnginePool:
-    """The pool for `settings.model` and `settings.speech_model` (store names or directories)."""
-    from engines.asr.engine import ASREngine, ASRLimits
-    from engines.llm.engine import EngineLimits, LLMEngine
+    """The pool for the models file (`settings.config`), or, without one, for `settings.model`
+    and `settings.speech_model` (both pinned and loaded at start)."""
     from engines.weights.store import ModelStore
+    from server.config import ModelEntry, load_models_file
+    from server.runtime import default_memory_budget
 
     store = ModelStore(settings.home)
-    name, path = store.resolve(settings.model)
-    limits = EngineLimits(
-        max_batch=settings.max_batch,
-        max_waiting=settings.max_waiting,
-        kv_budget_bytes=settings.kv_budget_mb * 2**20 if settings.kv_budget_mb else None,
-        prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
-        watchdog_s=settings.watchdog_s,
-    )
-    speech = []
-    speech_model = settings.speech_model
-    if speech_model and "speech_model" not in settings.model_fields_set:
-        try:  # the default speech model is served when it was imported, not required
-            store.resolve(speech_model)
-        except ModelNotFound:
-            logger.warning(
-                "no speech model: %r is not in the store (mlxd import --embedded)", speech_model
+    budget_mb = settings.memory_budget_mb
+    if settings.config is not None:
+        models_file = load_models_file(settings.config)
+        entries = models_file.models
+        budget_mb = budget_mb or models_file.memory_budget_mb
+    else:
+        chat_name, _ = store.resolve(settings.model)
+        entries = [ModelEntry(name=chat_name, source=settings.model, pinned=True, preload=True)]
+        speech_model = settings.speech_model
+        if speech_model and "speech_model" not in settings.model_fields_set:
+            try:  # the default speech model is served when it was imported, not required
+                store.resolve(speech_model)
+            except ModelNotFound:
+                logger.warning(
+                    "no speech model: %r is not in the store (mlxd import --embedded)",
+                    speech_model,
+                )
+                speech_model = ""
+        if speech_model:
+            speech_name, _ = store.resolve(speech_model)
+            entries.append(
+                ModelEntry(
+                    name=speech_name, source=speech_model, kind="speech", pinned=True, preload=True
+                )
             )
-            speech_model = ""
-    if speech_model:
-        speech_name, speech_path = store.resolve(speech_model)
+    budget = budget_mb * 2**20 if budget_mb else default_memory_budget()
+    return EnginePool(specs=[_spec(entry, settings, store) for entry in entries],
+                      memory_budget_bytes=budget)  # fmt: skip
+
+
+def _spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
+    """A pool entry for one configured model: how to build its engine, and its footprint."""
+    from engines.asr.engine import ASREngine, ASRLimits
+    from engines.llm.engine import EngineLimits, LLMEngine
+
+    _, path = store.resolve(entry.source)
+    factory: Callable[[], Any]
+    if entry.kind == "chat":
+        limits = EngineLimits(
+            max_batch=entry.max_batch or settings.max_batch,
+            max_waiting=settings.max_waiting,
+            kv_budget_bytes=settings.kv_budget_mb * 2**20 if settings.kv_budget_mb else None,
+            prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
+            watchdog_s=settings.watchdog_s,
+        )
+        factory = partial(LLMEngine, entry.name, path, settings.prefill_chunk, limits)
+    else:
         asr_limits = ASRLimits(
-            max_batch=settings.asr_max_batch,
+            max_batch=entry.max_batch or settings.asr_max_batch,
             max_waiting=settings.max_waiting,
             watchdog_s=settings.watchdog_s,
         )
-        speech.append(ASREngine(speech_name, speech_path, asr_limits))
-    return EnginePool([LLMEngine(name, path, settings.prefill_chunk, limits)], speech)
+        factory = partial(ASREngine, entry.name, path, asr_limits)
+    return ModelSpec(
+        name=entry.name,
+        kind=entry.kind,
+        factory=factory,
+        aliases=tuple(entry.aliases),
+        pinned=entry.pinned,
+        preload=entry.preload,
+        idle_ttl_s=entry.idle_ttl_s,
+        size_bytes=store.size_bytes(path),
+    )
 
 
 def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:

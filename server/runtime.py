@@ -32,3 +32,16 @@ def runtime() -> Runtime:
         ours = "unknown"
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return Runtime(ours, version("mlx"), backend, str(mx.default_device()), memory)
+
+
+def default_memory_budget() -> int:
+    """Memory loaded models may take by default: 70% of RAM, and on Metal no more than 70% of
+    the GPU's recommended working set (the wired memory it can keep resident)."""
+    import mlx.core as mx
+
+    budget = int(0.7 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    if mx.metal.is_available():
+        wired = int(mx.device_info().get("max_recommended_working_set_size", 0))
+        if wired:
+            budget = min(budget, int(0.7 * wired))
+    return budget

@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
     home: Path = Field(default_factory=default_home, description="mlxd's data directory.")
     model: str = Field(SMOLLM2.name, description="Chat model: a store name or an MLX directory.")
+    config: Path | None = Field(
+        None, description="Models file (TOML): the models to serve; see server/config.py."
+    )
+    memory_budget_mb: int | None = Field(
+        None, ge=64, description="Memory for loaded models; default 70% of RAM (Metal: wired)."
+    )
     speech_model: str = Field(
         WHISPER_TINY_EN.name,
         description="Speech-to-text model: a store name or a directory ('' serves none).",

@@ -1,0 +1,64 @@
+"""The models file (`--config` / `MLXD_CONFIG`, TOML): which models the pool serves.
+
+```toml
+memory_budget_mb = 12000          # optional; default: 70% of RAM (on Metal, of the wired limit)
+
+[[models]]
+name = "chat"                     # the id clients use
+source = "smollm2-135m-instruct"  # store name, local MLX directory, or HF repo id in the HF cache
+kind = "chat"                     # chat | speech
+aliases = ["default"]
+pinned = true                     # never unloaded
+preload = true                    # loaded at start (default: on first request)
+idle_ttl_s = 900                  # unloaded after 15 idle minutes (unless pinned)
+max_batch = 16                    # chat models: rows decoded together
+```
+
+Unknown keys are errors (a typo must not silently do nothing). Without a file, the pool serves
+`MLXD_MODEL` and `MLXD_SPEECH_MODEL`, both pinned and preloaded.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+    source: str
+    kind: Literal["chat", "speech"] = "chat"
+    aliases: list[str] = Field(default_factory=list)
+    pinned: bool = False
+    preload: bool = False
+    idle_ttl_s: float | None = Field(default=None, gt=0)
+    max_batch: int | None = Field(default=None, ge=1, le=1024)
+
+
+class ModelsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    memory_budget_mb: int | None = Field(default=None, ge=64)
+    models: list[ModelEntry] = Field(min_length=1)
+
+
+class ConfigError(ValueError):
+    """The models file cannot be used; the message says where and why."""
+
+
+def load_models_file(path: Path) -> ModelsFile:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    try:
+        return ModelsFile.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"{path}: {where}: {first['msg']}") from exc

@@ -1,0 +1,82 @@
+"""The pool over HTTP: admin load/unload, lazy reloads under concurrent requests, `loaded` in
+/v1/models, the models file's validation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from engines.pool import EnginePool, ModelSpec
+from server.app import create_app
+from server.config import ConfigError, load_models_file
+from server.settings import Settings
+from tests.fakes import FakeEngine
+from tests.servers import serve
+
+CHAT = {"model": "main", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    pool = EnginePool(
+        specs=[
+            ModelSpec("main", "chat", lambda: FakeEngine("main", context_length=4096),
+                      aliases=("default",), preload=True),
+            ModelSpec("other", "chat", lambda: FakeEngine("other", context_length=4096)),
+        ]
+    )  # fmt: skip
+    with serve(create_app(Settings(api_key="k"), pool)) as base:
+        yield base
+
+
+def loaded(http: httpx.Client) -> dict[str, bool]:
+    return {m["id"]: m["loaded"] for m in http.get("/v1/models").json()["data"]}
+
+
+async def test_unload_then_six_concurrent_requests_reload_it(url: str) -> None:
+    headers = {"Authorization": "Bearer k"}
+    with httpx.Client(base_url=url, headers=headers) as http:
+        assert loaded(http) == {"main": True, "other": False}
+        response = http.post("/v1/models/main/unload")
+        assert response.status_code == 200 and response.json()["loaded"] is False
+        assert loaded(http)["main"] is False
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+        responses = await asyncio.gather(
+            *(client.post("/v1/chat/completions", json=CHAT) for _ in range(6))
+        )
+    assert [r.status_code for r in responses] == [200] * 6
+    with httpx.Client(base_url=url, headers=headers) as http:
+        assert loaded(http)["main"] is True
+        assert http.post("/v1/models/other/load").json()["loaded"] is True
+        via_alias = http.post("/v1/chat/completions", json={**CHAT, "model": "default"})
+        assert via_alias.status_code == 200
+        assert http.get("/v1/models/default").json()["id"] == "main"
+
+
+def test_admin_routes_need_the_key_and_a_known_model(url: str) -> None:
+    assert httpx.post(f"{url}/v1/models/main/unload").status_code == 401
+    missing = httpx.post(f"{url}/v1/models/nope/load", headers={"Authorization": "Bearer k"})
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_models_file_is_validated(tmp_path: Path) -> None:
+    good = tmp_path / "models.toml"
+    good.write_text(
+        'memory_budget_mb = 2048\n[[models]]\nname = "chat"\nsource = "smollm2-135m-instruct"\n'
+        'aliases = ["default"]\nidle_ttl_s = 60\n'
+    )
+    parsed = load_models_file(good)
+    assert parsed.memory_budget_mb == 2048 and parsed.models[0].aliases == ["default"]
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[[models]]\nname = "chat"\nsource = "x"\nidle_ttl = 60\n')
+    with pytest.raises(ConfigError, match=r"models\.0\.idle_ttl"):
+        load_models_file(typo)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[[models]\n")
+    with pytest.raises(ConfigError, match=r"broken\.toml"):
+        load_models_file(broken)
