@@ -101,6 +101,7 @@ class ModelSpec:
     preload: bool = False  # loaded at start rather than on first request
     idle_ttl_s: float | None = None  # unloaded after this long without requests
     size_bytes: int = 0  # estimated memory when loaded (weights), for the budget
+    sampling_defaults: tuple[tuple[str, float], ...] = ()  # for fields a request leaves out
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,9 @@ class EnginePool:
             )
         engine: SpeechEngine = await self._ensure(slot)
         return engine
+
+    def sampling_defaults(self, model: str) -> dict[str, float]:
+        return dict(self._slot(model).spec.sampling_defaults)
 
     def resolve(self, model: str) -> str:
         """The configured name for a name or alias (ModelNotFound otherwise)."""

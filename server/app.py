@@ -79,6 +79,8 @@ def _spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
             kv_budget_bytes=settings.kv_budget_mb * 2**20 if settings.kv_budget_mb else None,
             prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
             watchdog_s=settings.watchdog_s,
+            context_length=entry.context_length,
+            chat_template=entry.chat_template,
         )
         factory = partial(LLMEngine, entry.name, path, settings.prefill_chunk, limits)
     else:
@@ -97,6 +99,7 @@ def _spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
         preload=entry.preload,
         idle_ttl_s=entry.idle_ttl_s,
         size_bytes=store.size_bytes(path),
+        sampling_defaults=tuple(entry.sampling.values().items()),
     )
 
 

@@ -27,6 +27,21 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
+class SamplingDefaults(BaseModel):
+    """Defaults for requests that leave these out (what a request sends always wins)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+
+    def values(self) -> dict[str, float]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -38,6 +53,9 @@ class ModelEntry(BaseModel):
     preload: bool = False
     idle_ttl_s: float | None = Field(default=None, gt=0)
     max_batch: int | None = Field(default=None, ge=1, le=1024)
+    context_length: int | None = Field(default=None, ge=16)
+    chat_template: str | None = None  # a Jinja chat template replacing the model's own
+    sampling: SamplingDefaults = Field(default_factory=lambda: SamplingDefaults())
 
 
 class ModelsFile(BaseModel):

@@ -84,6 +84,8 @@ class EngineLimits:
     kv_budget_bytes: int | None = None  # None: derived from the device's memory at load
     prefix_cache_bytes: int = 1 << 30
     watchdog_s: float = 120.0  # busy with no loop progress this long → reported stalled
+    context_length: int | None = None  # a cap below the model's own context, if set
+    chat_template: str | None = None  # replaces the tokenizer's chat template, if set
 
 
 class LLMEngine(EngineThread):
@@ -279,6 +281,10 @@ class LLMEngine(EngineThread):
             or getattr(tokenizer, "model_max_length", 0)
             or 4096
         )
+        if self.limits.context_length:
+            context = min(context, self.limits.context_length)
+        if self.limits.chat_template:
+            tokenizer.chat_template = self.limits.chat_template
         vocab = tokenizer.vocab
         fim = next((s for s in FIM_TOKEN_SETS if all(t in vocab for t in s)), None)
         eos = frozenset(int(t) for t in tokenizer.eos_token_ids)

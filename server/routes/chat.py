@@ -84,7 +84,7 @@ async def create_chat_completion(request: Request) -> Response:
         request_id,
         prompt,
         max_tokens,
-        chat.sampling(),
+        chat.sampling(pool.sampling_defaults(chat.model)),
         chat.stop_sequences(),
         n=chat.choices,
         logprobs=logprobs,

@@ -92,7 +92,7 @@ async def create_completion(request: Request) -> Response:
                 f"{request_id}-{position}",
                 tokens,
                 max_tokens,
-                completion.sampling(),
+                completion.sampling(pool.sampling_defaults(completion.model)),
                 completion.stop_sequences(),
                 n=completion.choices,
                 logprobs=completion.logprobs,

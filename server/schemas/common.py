@@ -76,16 +76,21 @@ class SamplingFields(Strict):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling(self) -> SamplingParams:
+    def sampling(self, defaults: dict[str, float] | None = None) -> SamplingParams:
+        """The request's sampling; fields it leaves out come from the model's `defaults` (its
+        models-file `sampling` table), then from OpenAI's defaults."""
+        given = defaults or {}
         return SamplingParams(
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=self.top_k or 0,
-            min_p=self.min_p or 0.0,
+            temperature=self.temperature
+            if self.temperature is not None
+            else given.get("temperature", 1.0),
+            top_p=self.top_p if self.top_p is not None else given.get("top_p", 1.0),
+            top_k=self.top_k if self.top_k is not None else int(given.get("top_k", 0)),
+            min_p=self.min_p if self.min_p is not None else given.get("min_p", 0.0),
             seed=None if self.seed is None else self.seed % 2**63,
             presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0,
-            repetition_penalty=self.repetition_penalty or 1.0,
+            repetition_penalty=self.repetition_penalty or given.get("repetition_penalty", 1.0),
             logit_bias=tuple((int(k), float(v)) for k, v in (self.logit_bias or {}).items()),
         )
 

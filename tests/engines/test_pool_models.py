@@ -40,7 +40,8 @@ def models_file(tmp_path: Path, sources: dict[str, Path], budget_mb: int, ttl: s
     path.write_text(
         f"memory_budget_mb = {budget_mb}\n"
         f'[[models]]\nname = "a"\nsource = "{sources["a"]}"\naliases = ["fast"]\n{ttl}\n'
-        f'[[models]]\nname = "b"\nsource = "{sources["b"]}"\n'
+        f'[[models]]\nname = "b"\nsource = "{sources["b"]}"\ncontext_length = 64\n'
+        "chat_template = \"{% for m in messages %}[{{ m['content'] }}]{% endfor %}\"\n"
         f'[[models]]\nname = "ears"\nsource = "{sources["ears"]}"\nkind = "speech"\n'
     )
     return path
@@ -102,3 +103,10 @@ async def test_budget_evicts_lru_and_refuses_what_cannot_fit(
         await busy
     finally:
         await pool.drain(timeout=5)
+
+
+async def test_per_model_context_cap_and_chat_template(pool: EnginePool) -> None:
+    engine = await pool.acquire("b")
+    assert engine.info is not None and engine.info.context_length == 64
+    prompt = engine.encode_chat([{"role": "user", "content": "hi"}])
+    assert engine.decode(prompt) == "[hi]"

@@ -80,3 +80,19 @@ def test_models_file_is_validated(tmp_path: Path) -> None:
     broken.write_text("[[models]\n")
     with pytest.raises(ConfigError, match=r"broken\.toml"):
         load_models_file(broken)
+
+
+def test_models_file_sampling_defaults_fill_what_requests_leave_out() -> None:
+    fake = FakeEngine("tuned", context_length=4096)
+    spec = ModelSpec("tuned", "chat", lambda: fake, preload=True,
+                     sampling_defaults=(("temperature", 0.3), ("top_k", 40.0)))  # fmt: skip
+    with serve(create_app(Settings(), EnginePool(specs=[spec]))) as base:
+        body = {"model": "tuned", "messages": [{"role": "user", "content": "hi"}]}
+        assert httpx.post(f"{base}/v1/chat/completions", json=body).status_code == 200
+        assert (fake.requests[-1].sampling.temperature, fake.requests[-1].sampling.top_k) == (
+            0.3,
+            40,
+        )
+        body["temperature"] = 0.9  # what the request sends wins
+        assert httpx.post(f"{base}/v1/chat/completions", json=body).status_code == 200
+        assert fake.requests[-1].sampling.temperature == 0.9
