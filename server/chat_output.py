@@ -32,17 +32,19 @@ class ChoiceOutput:
     def feed(self, text: str) -> list[dict[str, Any]]:
         """Chat `delta` objects for `text` (possibly none while markup is being recognised)."""
         if self._reasoning is None:
-            return self._content(text, final=False)
+            return self._content(text)
         split = self._reasoning.feed(text)
-        return self._thoughts(split.reasoning) + self._content(split.content, final=False)
+        return self._thoughts(split.reasoning) + self._content(split.content)
 
     def finish(self) -> list[dict[str, Any]]:
         """Deltas for whatever was held back, at the end of the output."""
         deltas: list[dict[str, Any]] = []
         if self._reasoning is not None:
             split = self._reasoning.finish()
-            deltas += self._thoughts(split.reasoning) + self._content(split.content, final=False)
-        return deltas + self._content("", final=True)
+            deltas += self._thoughts(split.reasoning) + self._content(split.content)
+        if self._tools is not None:
+            deltas += self._tool_deltas(self._tools.finish())
+        return deltas
 
     def _thoughts(self, text: str) -> list[dict[str, Any]]:
         if not text:
@@ -50,14 +52,11 @@ class ChoiceOutput:
         self.reasoning_text += text
         return [{"reasoning_content": text, "reasoning": text}]
 
-    def _content(self, text: str, final: bool) -> list[dict[str, Any]]:
+    def _content(self, text: str) -> list[dict[str, Any]]:
         if self._tools is None:
             self.content += text
             return [{"content": text}] if text else []
-        parsed = self._tools.finish() if final else self._tools.feed(text)
-        if final and text:
-            raise ValueError("final content goes through feed first")
-        return self._tool_deltas(parsed)
+        return self._tool_deltas(self._tools.feed(text))
 
     def _tool_deltas(self, parsed: ParsedDeltas) -> list[dict[str, Any]]:
         deltas: list[dict[str, Any]] = []
