@@ -20,27 +20,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import median, start_mlxd, steady_decode_rate, stream_chat  # noqa: E402
+from bench.harness import Server, median, start_mlxd, steady_decode_rate, stream_chat  # noqa: E402
 from engines.weights.embedded import SMOLLM2  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Write the numbers from 1 to 400, comma separated."}]
 SCHEMA = {"type": "array", "items": {"type": "integer"}, "minItems": 400}
-JSON_SCHEMA = {
+JSON_SCHEMA: dict[str, object] = {
     "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": SCHEMA}}
 }
 
 
-def single(server: object, constrained: bool, tokens: int) -> float:
-    result = stream_chat(server, MESSAGES, tokens, extra=JSON_SCHEMA if constrained else None)  # type: ignore[arg-type]
+def single(server: Server, constrained: bool, tokens: int) -> float:
+    result = stream_chat(server, MESSAGES, tokens, extra=JSON_SCHEMA if constrained else None)
     assert result.ok, result.error
     return (len(result.chunk_times) - 1) / (result.chunk_times[-1] - result.chunk_times[0])
 
 
-def concurrent(server: object, constrained: bool, tokens: int, streams: int) -> float:
+def concurrent(server: Server, constrained: bool, tokens: int, streams: int) -> float:
     extra = JSON_SCHEMA if constrained else None
     with ThreadPoolExecutor(streams) as pool:
         results = list(
-            pool.map(lambda _: stream_chat(server, MESSAGES, tokens, extra=extra), range(streams))  # type: ignore[arg-type]
+            pool.map(lambda _: stream_chat(server, MESSAGES, tokens, extra=extra), range(streams))
         )
     assert all(r.ok for r in results), [r.error for r in results]
     return steady_decode_rate(results)
