@@ -13,6 +13,7 @@ from engines.weights.embedded import QWEN_CODER, ensure_embedded_llm
 from engines.weights.store import ModelStore
 from server.app import create_app
 from server.settings import Settings
+from tests.e2e.test_tools_smollm2 import WEATHER
 from tests.servers import serve
 
 pytestmark = pytest.mark.optin
@@ -63,22 +64,10 @@ def test_auto_tool_choice_calls_the_tool(coder_url: str) -> None:
         max_retries=0,
         _strict_response_validation=True,
     )
-    weather = {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Get the current weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
     completion = client.chat.completions.create(
         model=QWEN_CODER.name,
         messages=[{"role": "user", "content": "What is the weather like in Paris right now?"}],
-        tools=[weather],  # type: ignore[list-item]
+        tools=[WEATHER],  # type: ignore[list-item]
         tool_choice="auto",
         temperature=0,
         max_tokens=64,

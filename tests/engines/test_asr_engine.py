@@ -130,46 +130,33 @@ async def test_queue_bound_and_language_checks(engine: ASREngine) -> None:
     assert await wait_until(lambda: engine.active == 0, timeout=60)
 
 
-async def test_a_failing_step_fails_only_its_requests(
-    engine: ASREngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real_step = engine.step
-    calls = {"n": 0}
-
-    def flaky() -> None:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise RuntimeError("injected")
-        real_step()
-
-    monkeypatch.setattr(engine, "step", flaky)
-    failed = await run(engine, request(5.0, seed=3))
-    assert isinstance(failed[-1], ErrorEvent)
-    served = await run(engine, request(5.0, seed=4))
-    assert isinstance(served[-1], TranscriptionDone)
-    assert engine.failures == 1 and engine.active == 0
-
-
 class _ThreadKiller(BaseException):
     """Not an Exception: what would end an unguarded thread."""
 
 
-async def test_a_dying_loop_is_restarted(
-    engine: ASREngine, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("injected", "restarts"),
+    [(RuntimeError("injected"), 0), (_ThreadKiller("injected"), 1)],
+    ids=["step raises", "loop dies"],
+)
+async def test_a_failure_fails_only_its_requests(
+    engine: ASREngine, monkeypatch: pytest.MonkeyPatch, injected: BaseException, restarts: int
 ) -> None:
+    """A step that raises fails the requests in flight; one that kills the loop also restarts
+    it in place. Either way the next request is served."""
     real_step = engine.step
     calls = {"n": 0}
 
-    def deadly() -> None:
+    def failing_once() -> None:
         calls["n"] += 1
         if calls["n"] == 1:
-            raise _ThreadKiller("injected")
+            raise injected
         real_step()
 
-    monkeypatch.setattr(engine, "step", deadly)
+    monkeypatch.setattr(engine, "step", failing_once)
     failed = await run(engine, request(5.0, seed=3))
     assert isinstance(failed[-1], ErrorEvent)
-    assert engine.restarts == 1 and engine.running
+    assert engine.running and engine.restarts == restarts and engine.failures == 1
     served = await run(engine, request(5.0, seed=4))
     assert isinstance(served[-1], TranscriptionDone)
     assert engine.active == 0
