@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -85,6 +86,8 @@ class SpeechEngine(Engine, Protocol):
     info: SpeechModelInfo | None
 
     def check_language(self, language: str | None, task: str) -> str | None: ...
+
+    def incoming(self) -> AbstractContextManager[None]: ...
 
     def submit(self, request: TranscriptionRequest) -> RequestStream: ...
 

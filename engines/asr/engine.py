@@ -16,10 +16,13 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
+import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -45,6 +48,7 @@ LOGPROB_THRESHOLD = -1.0  # below: unsure output, decode again hotter
 NO_SPEECH_THRESHOLD = 0.6  # above (and unsure): the window is silence, emit nothing
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 PROMPT_RESET_TEMPERATURE = 0.5  # a window decoded hotter than this is not used as context
+GATHER_S = 0.3  # longest a round waits for uploads still being decoded
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ class ASREngine(EngineThread):
         self.weights_bytes = 0
         self._jobs: deque[_Job] = deque()
         self._accepted = 0
+        self._incoming = 0  # uploads being decoded by the HTTP edge for this engine
         self._lock = threading.Lock()
         self._model: Any = None
         self._vocab: WhisperVocab | None = None
@@ -230,10 +235,36 @@ class ASREngine(EngineThread):
         while self._jobs:
             self._finish(self._jobs.popleft(), ErrorEvent(error))
 
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Held by the HTTP edge while it decodes an upload it will submit: a round about to
+        start waits briefly (GATHER_S) for such transcriptions, so uploads that arrive together
+        are decoded together instead of one starting a round alone."""
+        with self._lock:
+            self._incoming += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._incoming -= 1
+
+    def _gather(self) -> None:
+        """Before a round: take in transcriptions whose audio is being decoded right now."""
+        deadline = time.monotonic() + GATHER_S
+        while (
+            self._incoming > 0
+            and len(self._jobs) < self.limits.max_batch
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+            if self._drain_inbox(block=False):
+                self._stopping = True
+
     def step(self) -> None:
         """One round: the next window of up to `max_batch` transcriptions."""
         import mlx.core as mx
 
+        self._gather()
         for job in [j for j in self._jobs if j.stream.cancelled]:
             self._jobs.remove(job)
             self._release()
