@@ -109,6 +109,7 @@ class LLMEngine(EngineThread):
         self.kv_budget_bytes = 0
         self.prefix_cache: PrefixCache | None = None
         self._grammars: GrammarCompiler | None = None
+        self._grammar_lock = threading.Lock()
         self.weights_bytes = 0
         self._model: Any = None
         self._vocabulary: Vocabulary | None = None
@@ -155,7 +156,7 @@ class LLMEngine(EngineThread):
     def grammar_compiler(self) -> GrammarCompiler:
         """The model's tokenizer for llguidance, built on first use (~0.5 s; no MLX: any
         thread). Lazy, so engines that never constrain need no llguidance at all."""
-        with self._counts_lock:
+        with self._grammar_lock:  # its own lock: building takes ~0.5 s
             if self._grammars is None:
                 eos = sorted(self.info.eos_token_ids) if self.info else []
                 hf_tokenizer = getattr(self.tokenizer, "_tokenizer", self.tokenizer)
