@@ -21,7 +21,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -86,8 +85,6 @@ class SpeechEngine(Engine, Protocol):
     info: SpeechModelInfo | None
 
     def check_language(self, language: str | None, task: str) -> str | None: ...
-
-    def incoming(self) -> AbstractContextManager[None]: ...
 
     def submit(self, request: TranscriptionRequest) -> RequestStream: ...
 

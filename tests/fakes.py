@@ -7,10 +7,8 @@ character per token, at a configurable pace.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from engines.asr.engine import ASREngine, SpeechModelInfo, TranscriptionRequest
@@ -235,10 +233,6 @@ class FakeSpeechEngine:
         return EngineStats(self._active, 0, 0, 0)
 
     check_language = ASREngine.check_language
-
-    @contextlib.contextmanager
-    def incoming(self) -> Iterator[None]:
-        yield
 
     def submit(self, request: TranscriptionRequest) -> RequestStream:
         stream = RequestStream(request.request_id)

@@ -1,6 +1,6 @@
-"""Decoding 30 s windows: a batch of windows (from different requests) decoded together.
+"""Decoding 30 s windows: windows (from different requests) decoded together, continuously.
 
-Implements whisper's decoding rules per row, vectorised over the batch in MLX:
+Implements whisper's decoding rules per row, vectorised over the batch on the host:
 - suppressed tokens (the model's list, <|notimestamps|>); at the start only a timestamp (so no
   blank and no end-of-text);
 - timestamps: the first token is a timestamp ≤ 1 s; timestamps come in pairs and never go
@@ -17,14 +17,14 @@ sampling, its own random key), never on the other rows of the batch.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlx.core as mx
 import numpy as np
 
 from engines.asr.audio import FRAMES_PER_SECOND
 from engines.asr.vocab import WhisperVocab
-from engines.asr.whisper import Whisper
+from engines.asr.whisper import DecoderState, Whisper
 from engines.llm.sampling import host_list
 
 TIME_PRECISION = 0.02  # seconds per timestamp token
@@ -56,8 +56,22 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
-class WindowDecoder:
-    """Decodes batches of windows on one model; built once per engine (holds the token masks)."""
+@dataclass
+class _Row:
+    key: int  # the caller's handle for this window
+    task: WindowTask
+    rng: np.random.Generator
+    no_speech_prob: float
+    tokens: list[int] = field(default_factory=list)  # sampled so far, end-of-text excluded
+    sum_logprob: float = 0.0
+
+
+class DecodeBatch:
+    """Windows decoded together, continuously: windows join (`add`) and leave (finished, or
+    `remove`d) between steps, so a window never waits for another one to finish.
+
+    Built once per engine (it holds the token masks); all methods run on the engine thread.
+    """
 
     def __init__(self, model: Whisper, vocab: WhisperVocab, suppress_ids: list[int]) -> None:
         self.model = model
@@ -68,77 +82,91 @@ class WindowDecoder:
         base[[i for i in suppress_ids if 0 <= i < n_vocab]] = -np.inf
         base[vocab.no_timestamps] = -np.inf
         self._base = base
+        self._rows: list[_Row] = []
+        self._state: DecoderState | None = None
+        self._logits: mx.array | None = None  # next-token logits, one row per `_rows` entry
 
-    def decode(self, audio_features: mx.array, tasks: list[WindowTask]) -> list[WindowResult]:
-        """Decode one window per row of `audio_features` (batch, ctx, state)."""
-        vocab = self.vocab
-        eot = vocab.eot
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, audio_features: mx.array, tasks: list[WindowTask], keys: list[int]) -> None:
+        """Start decoding one window per row of `audio_features` (batch, ctx, state)."""
+        decoder = self.model.decoder
         longest = max(len(task.prompt) for task in tasks)
         pads = np.array([longest - len(task.prompt) for task in tasks])
         prompt = np.zeros((len(tasks), longest), np.int32)
         for row, task in enumerate(tasks):
             prompt[row, pads[row] :] = task.prompt
-        state = self.model.decoder.start(audio_features, pads)
-        hidden = self.model.decoder(mx.array(prompt), state)
+        state = decoder.start(audio_features, pads)
+        hidden = decoder(mx.array(prompt), state)
         sot_rows = mx.array([int(pads[r]) + task.sot_index for r, task in enumerate(tasks)])
         sot_hidden = hidden[mx.arange(len(tasks)), sot_rows]
-        no_speech = mx.softmax(self.model.decoder.logits(sot_hidden), axis=-1)[:, vocab.no_speech]
-        logits = self.model.decoder.logits(hidden[:, -1])
+        no_speech = mx.softmax(decoder.logits(sot_hidden), axis=-1)[:, self.vocab.no_speech]
+        logits = decoder.logits(hidden[:, -1])
+        for key, task, probability in zip(keys, tasks, host_list(no_speech), strict=True):
+            self._rows.append(_Row(key, task, np.random.default_rng(task.seed), probability))
+        if self._state is None or self._logits is None:
+            self._state, self._logits = state, logits
+        else:
+            self._state = self._state.merge(state)
+            self._logits = mx.concatenate([self._logits, logits])
 
-        sampled: list[list[int]] = [[] for _ in tasks]
-        sum_logprobs = [0.0] * len(tasks)
-        live = list(range(len(tasks)))  # original row of each batch row still decoding
-        rngs = [np.random.default_rng(task.seed) for task in tasks]
-        no_speech_probs = [float(p) for p in host_list(no_speech)]
-        for step in range(self.sample_len):
-            host_logits = np.array(logits, dtype=np.float32)
-            histories = [sampled[r] for r in live]
-            tokens, logprobs = self._choose(
-                host_logits,
-                histories,
-                [tasks[r] for r in live],
-                [rngs[r] for r in live],
-                first=step == 0,
-            )
-            keep: list[int] = []
-            for batch_row, (token, logprob) in enumerate(zip(tokens, logprobs, strict=True)):
-                row = live[batch_row]
-                sum_logprobs[row] += logprob
-                if token == eot:
+    def remove(self, keys: set[int]) -> None:
+        """Stop decoding these windows (their requests were cancelled)."""
+        self._keep([i for i, row in enumerate(self._rows) if row.key not in keys])
+
+    def clear(self) -> None:
+        self._rows, self._state, self._logits = [], None, None
+
+    def step(self) -> list[tuple[int, WindowResult]]:
+        """Choose every window's next token; return the windows that finished, by key."""
+        if self._logits is None or self._state is None:
+            return []
+        tokens, logprobs = self._choose(np.array(self._logits, dtype=np.float32))
+        finished: list[tuple[int, WindowResult]] = []
+        keep: list[int] = []
+        n_text_ctx = self.model.dims.n_text_ctx
+        for index, (row, token, logprob) in enumerate(
+            zip(self._rows, tokens, logprobs, strict=True)
+        ):
+            row.sum_logprob += logprob
+            if token != self.vocab.eot:
+                row.tokens.append(token)
+                if (
+                    len(row.tokens) < self.sample_len
+                    and len(row.task.prompt) + len(row.tokens) < n_text_ctx
+                ):
+                    keep.append(index)
                     continue
-                sampled[row].append(token)
-                if len(tasks[row].prompt) + len(sampled[row]) < self.model.dims.n_text_ctx:
-                    keep.append(batch_row)
-            if not keep:
-                break
-            if len(keep) < len(live):
-                state = state.select(keep)
-            live = [live[i] for i in keep]
-            next_tokens = mx.array([[sampled[r][-1]] for r in live])
-            logits = self.model.decoder.logits(self.model.decoder(next_tokens, state)[:, -1])
+            finished.append((row.key, self._result(row)))
+        self._keep(keep)
+        if self._rows and self._state is not None:
+            next_tokens = mx.array([[row.tokens[-1]] for row in self._rows])
+            decoder = self.model.decoder
+            self._logits = decoder.logits(decoder(next_tokens, self._state)[:, -1])
+            mx.async_eval(self._logits)  # computed while the engine handles finished windows
+        return finished
 
-        results = []
-        for row, task in enumerate(tasks):
-            text = vocab.decode(sampled[row])
-            results.append(
-                WindowResult(
-                    tokens=sampled[row],
-                    avg_logprob=sum_logprobs[row] / (len(sampled[row]) + 1),
-                    no_speech_prob=no_speech_probs[row],
-                    temperature=task.temperature,
-                    compression_ratio=compression_ratio(text),
-                )
-            )
-        return results
+    def _keep(self, indices: list[int]) -> None:
+        if len(indices) == len(self._rows):
+            return
+        if not indices or self._state is None or self._logits is None:
+            self.clear()
+            return
+        self._rows = [self._rows[i] for i in indices]
+        self._state = self._state.select(indices)
+        self._logits = self._logits[mx.array(indices)]
 
-    def _choose(
-        self,
-        logits: np.ndarray,
-        histories: list[list[int]],
-        tasks: list[WindowTask],
-        rngs: list[np.random.Generator],
-        first: bool,
-    ) -> tuple[list[int], list[float]]:
+    def _result(self, row: _Row) -> WindowResult:
+        return WindowResult(
+            tokens=row.tokens,
+            avg_logprob=row.sum_logprob / (len(row.tokens) + 1),
+            no_speech_prob=row.no_speech_prob,
+            temperature=row.task.temperature,
+            compression_ratio=compression_ratio(self.vocab.decode(row.tokens)),
+        )
+
+    def _choose(self, logits: np.ndarray) -> tuple[list[int], list[float]]:
         """Each row's next token and its log-probability (after the rules, before temperature).
 
         On the host in numpy, for every device: a few vectorised passes over (rows, vocab) cost
@@ -148,8 +176,8 @@ class WindowDecoder:
         """
         tsb, eot = self.vocab.timestamp_begin, self.vocab.eot
         logits += self._base
-        for row, history in enumerate(histories):
-            if first:  # the first token is a timestamp, at most MAX_INITIAL_TIMESTAMP in
+        for row, history in enumerate(entry.tokens for entry in self._rows):
+            if not history:  # the first token is a timestamp, at most MAX_INITIAL_TIMESTAMP in
                 logits[row, :tsb] = -np.inf
                 logits[row, tsb + round(MAX_INITIAL_TIMESTAMP / TIME_PRECISION) + 1 :] = -np.inf
                 continue
@@ -172,10 +200,11 @@ class WindowDecoder:
             logits[force, :tsb] = -np.inf
             logprobs = _log_softmax(logits)
         tokens: list[int] = []
-        for row, task in enumerate(tasks):
-            if task.temperature > 0:  # Gumbel-max: a sample of softmax(logits / temperature)
-                gumbel = rngs[row].gumbel(size=logits.shape[1])
-                tokens.append(int(np.argmax(logits[row] / task.temperature + gumbel)))
+        for row, entry in enumerate(self._rows):
+            temperature = entry.task.temperature
+            if temperature > 0:  # Gumbel-max: a sample of softmax(logits / temperature)
+                gumbel = entry.rng.gumbel(size=logits.shape[1])
+                tokens.append(int(np.argmax(logits[row] / temperature + gumbel)))
             else:
                 tokens.append(int(np.argmax(logits[row])))
         chosen = logprobs[np.arange(len(tokens)), tokens]

@@ -1,28 +1,28 @@
-"""ASREngine: whisper on its own engine thread, transcribing concurrent requests in rounds.
+"""ASREngine: whisper on its own engine thread, transcribing concurrent requests together.
 
-Each round takes up to `max_batch` running transcriptions, cuts the next 30 s window of each,
-encodes the windows (batched on GPUs, one by one on the CPU, where batching gains nothing) and
-decodes them together (rows that fail the
-quality thresholds are decoded again, together, at the next temperature). Segments are pushed as
-each window finishes, so transcriptions can stream.
+Windows are decoded by continuous batching: each step, transcriptions waiting for their next
+30 s window (oldest first, while the batch has fewer than `max_batch` rows) have it encoded
+(batched on GPUs, one by one on the CPU, where batching gains nothing) and join the decode
+batch; then every row decodes one token. A window that finishes leaves the batch at once: if
+it fails the quality thresholds it rejoins at the next temperature (its encoding kept), else its
+segments are pushed (so transcriptions can stream) and its transcription waits for its next
+window.
 
 Invariants:
 - All MLX work happens on the engine thread; requests arrive as plain values (numpy features).
-- A request advances at least one window (or to its end) per round it takes part in, so every
-  accepted request finishes; cancelled requests leave at the next round.
+- Each transcription has at most one window in flight; transcriptions are admitted oldest
+  first, so every accepted request finishes; cancelled requests leave at the next step.
 - Segment times are monotonic: no segment starts before the previous one ended, and none ends
   after the recording; times are tightened onto the speech they cover (timing.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -31,7 +31,8 @@ import numpy as np
 
 from engines.asr.alignment import align_words
 from engines.asr.audio import FRAMES_PER_SECOND, N_FRAMES
-from engines.asr.decode import WindowDecoder, WindowResult, WindowTask, split_segments
+from engines.asr.decode import DecodeBatch, WindowResult, WindowTask, split_segments
+from engines.asr.host_encoder import HostEncoder
 from engines.asr.timing import loud_frames, tighten
 from engines.asr.vocab import LANGUAGES, WhisperVocab
 from engines.bridge import RequestStream
@@ -48,7 +49,6 @@ LOGPROB_THRESHOLD = -1.0  # below: unsure output, decode again hotter
 NO_SPEECH_THRESHOLD = 0.6  # above (and unsure): the window is silence, emit nothing
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 PROMPT_RESET_TEMPERATURE = 0.5  # a window decoded hotter than this is not used as context
-GATHER_S = 0.3  # longest a round waits for uploads still being decoded
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,10 @@ class _Job:
     last_end: float = 0.0  # end of the last segment sent: the next may not start before it
     loud: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    key: int = 0  # this job's rows in the decode batch
+    features: Any = None  # the current window's encoder output (1, ctx, state), once encoded
+    attempts: list[WindowResult] = field(default_factory=list)  # of the current window
+    decoding: bool = False  # a row of the current window is in the decode batch
 
 
 class ASREngine(EngineThread):
@@ -110,11 +114,12 @@ class ASREngine(EngineThread):
         self.weights_bytes = 0
         self._jobs: deque[_Job] = deque()
         self._accepted = 0
-        self._incoming = 0  # uploads being decoded by the HTTP edge for this engine
         self._lock = threading.Lock()
         self._model: Any = None
         self._vocab: WhisperVocab | None = None
-        self._decoder: WindowDecoder | None = None
+        self._batch: DecodeBatch | None = None
+        self._host_encoder: HostEncoder | None = None
+        self._keys = itertools.count()
         self._alignment_heads: list[tuple[int, int]] = []
 
     # -- any thread ---------------------------------------------------------------------------
@@ -185,7 +190,6 @@ class ASREngine(EngineThread):
 
     def load(self) -> None:
         import json
-        import time
 
         import mlx.core as mx
         from mlx.utils import tree_flatten
@@ -197,16 +201,17 @@ class ASREngine(EngineThread):
         self.weights_bytes = sum(int(array.nbytes) for _, array in parameters)
         self._vocab = WhisperVocab(self.path)
         meta = json.loads((self.path / "mlxd.json").read_text())
-        self._decoder = WindowDecoder(self._model, self._vocab, meta.get("suppress_ids", []))
+        self._batch = DecodeBatch(self._model, self._vocab, meta.get("suppress_ids", []))
         layers, heads = self._model.dims.n_text_layer, self._model.dims.n_text_head
         self._alignment_heads = [
             (int(layer), int(head))
             for layer, head in meta.get("alignment_heads", [])
             if layer < layers and head < heads
         ] or [(layer, head) for layer in range(layers // 2, layers) for head in range(heads)]
-        # On the CPU the encoder is compute-bound: batching windows gains nothing and a batch's
-        # (windows × heads × 1500 × 1500) attention scores thrash the caches.
+        # On the CPU the encoder runs in numpy (host_encoder says why), one window at a time:
+        # it is compute-bound there, so batching windows gains nothing.
         on_cpu = mx.default_device() == mx.cpu
+        self._host_encoder = HostEncoder(self._model.encoder, self._model.dims) if on_cpu else None
         self.encoder_batch = self.limits.encoder_batch or (1 if on_cpu else self.limits.max_batch)
         self.info = SpeechModelInfo(
             name=self.name,
@@ -219,72 +224,85 @@ class ASREngine(EngineThread):
     def unload(self) -> None:
         import mlx.core as mx
 
-        self._model = self._decoder = None
+        self._model = self._batch = self._host_encoder = None
         mx.clear_cache()
 
     def handle(self, message: Any) -> None:
         assert self._vocab is not None
         message.context = initial_context(self._vocab, message.request.prompt)
         message.loud = loud_frames(message.request.mel, message.request.content_frames)
+        message.key = next(self._keys)
         self._jobs.append(message)
 
     def has_work(self) -> bool:
         return bool(self._jobs)
 
     def fail_all(self, error: Exception) -> None:
+        if self._batch is not None:
+            self._batch.clear()
         while self._jobs:
             self._finish(self._jobs.popleft(), ErrorEvent(error))
 
-    @contextlib.contextmanager
-    def incoming(self) -> Iterator[None]:
-        """Held by the HTTP edge while it decodes an upload it will submit: a round about to
-        start waits briefly (GATHER_S) for such transcriptions, so uploads that arrive together
-        are decoded together instead of one starting a round alone."""
-        with self._lock:
-            self._incoming += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._incoming -= 1
-
-    def _gather(self) -> None:
-        """Before a round: take in transcriptions whose audio is being decoded right now."""
-        deadline = time.monotonic() + GATHER_S
-        while (
-            self._incoming > 0
-            and len(self._jobs) < self.limits.max_batch
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.01)
-            if self._drain_inbox(block=False):
-                self._stopping = True
-
     def step(self) -> None:
-        """One round: the next window of up to `max_batch` transcriptions."""
+        """Admit waiting windows into the decode batch, then decode one token of every row."""
+        batch = self._batch
+        assert batch is not None
+        cancelled = [job for job in self._jobs if job.stream.cancelled]
+        if cancelled:
+            batch.remove({job.key for job in cancelled})
+            for job in cancelled:
+                self._jobs.remove(job)
+                self._release()
+        self._admit()
+        self.largest_batch = max(self.largest_batch, len(batch))
+        by_key = {job.key: job for job in self._jobs}
+        for key, result in batch.step():
+            self._window_done(by_key[key], result)
+        if not batch:
+            import mlx.core as mx
+
+            mx.clear_cache()  # idle: give the windows' buffers back
+
+    def _admit(self) -> None:
+        """Oldest first, while the batch has room: encode the next window of transcriptions
+        that need one (language identified on the first), and start a row for each window
+        waiting to be decoded (new, or again at the next temperature)."""
         import mlx.core as mx
 
-        self._gather()
-        for job in [j for j in self._jobs if j.stream.cancelled]:
-            self._jobs.remove(job)
-            self._release()
-        jobs = list(itertools.islice(self._jobs, self.limits.max_batch))
-        if not jobs:
+        batch = self._batch
+        assert batch is not None
+        room = self.limits.max_batch - len(batch)
+        joining = list(itertools.islice((j for j in self._jobs if not j.decoding), room))
+        if not joining:
             return
-        self.largest_batch = max(self.largest_batch, len(jobs))
-        windows = np.stack([self._window(job) for job in jobs])
+        fresh = [job for job in joining if job.features is None]
         chunk = self.encoder_batch
-        parts = [
-            self._model.encoder(mx.array(windows[i : i + chunk]))
-            for i in range(0, len(windows), chunk)
-        ]
-        features = mx.concatenate(parts) if len(parts) > 1 else parts[0]
-        mx.eval(features)
-        self._detect_languages(jobs, features)
-        results = self._decode_with_fallback(jobs, features)
-        for row, (job, result) in enumerate(zip(jobs, results, strict=True)):
-            self._advance(job, result, features[row : row + 1])
-        mx.clear_cache()
+        for start in range(0, len(fresh), chunk):
+            group = fresh[start : start + chunk]
+            windows = np.stack([self._window(job) for job in group])
+            if self._host_encoder is not None:
+                features = mx.array(self._host_encoder(windows))
+            else:
+                features = self._model.encoder(mx.array(windows))
+            mx.eval(features)
+            for row, job in enumerate(group):
+                job.features = features[row : row + 1]
+        self._detect_languages(fresh)
+        tasks = [self._task(job) for job in joining]
+        features = mx.concatenate([job.features for job in joining])
+        batch.add(features, tasks, [job.key for job in joining])
+        for job in joining:
+            job.decoding = True
+
+    def _window_done(self, job: _Job, result: WindowResult) -> None:
+        """A row finished: decode the window again hotter, or take the best attempt."""
+        job.decoding = False
+        job.attempts.append(result)
+        if len(job.attempts) < len(self._schedule(job)) and _needs_fallback(result):
+            return  # rejoins at the next step, at the next temperature
+        features, attempts = job.features, job.attempts
+        job.features, job.attempts = None, []
+        self._advance(job, _best(attempts), features)
 
     @staticmethod
     def _window(job: _Job) -> np.ndarray:
@@ -293,7 +311,7 @@ class ASREngine(EngineThread):
         window[max(0, job.request.content_frames - job.seek) :] = 0.0
         return window
 
-    def _detect_languages(self, jobs: list[_Job], features: Any) -> None:
+    def _detect_languages(self, jobs: list[_Job]) -> None:
         """Whisper's language identification, for requests that gave none (multilingual)."""
         import mlx.core as mx
 
@@ -302,49 +320,35 @@ class ASREngine(EngineThread):
         for job in jobs:
             if job.language is None and (job.request.language or not vocab.multilingual):
                 job.language = job.request.language or "en"
-        rows = [i for i, job in enumerate(jobs) if job.language is None]
-        if not rows:
+        unknown = [job for job in jobs if job.language is None]
+        if not unknown:
             return
         decoder = self._model.decoder
-        state = decoder.start(features[mx.array(rows)], np.zeros(len(rows), np.int64))
-        logits = decoder.logits(decoder(mx.array([[vocab.sot]] * len(rows)), state)[:, -1])
+        features = mx.concatenate([job.features for job in unknown])
+        state = decoder.start(features, np.zeros(len(unknown), np.int64))
+        logits = decoder.logits(decoder(mx.array([[vocab.sot]] * len(unknown)), state)[:, -1])
         codes = list(vocab.language_ids)
         ids = mx.array([vocab.language_ids[c] for c in codes])
         best = host_list(mx.argmax(logits[:, ids], axis=-1))
-        for row, choice in zip(rows, best, strict=True):
-            jobs[row].language = codes[choice]
+        for job, choice in zip(unknown, best, strict=True):
+            job.language = codes[choice]
 
-    def _task(self, job: _Job, temperature: float) -> WindowTask:
+    @staticmethod
+    def _schedule(job: _Job) -> tuple[float, ...]:
+        """The temperatures a window may be decoded at, in order."""
+        temperature = job.request.temperature
+        return FALLBACK_TEMPERATURES if temperature == 0 else (temperature,)
+
+    def _task(self, job: _Job) -> WindowTask:
+        """The current window's next attempt."""
         vocab = self._vocab
         assert vocab is not None
         start = vocab.sot_sequence(job.language, job.request.task)
         context = job.context[-(self._model.dims.n_text_ctx // 2 - 1) :]
         prefix = [vocab.sot_prev, *context] if context else []
         seed = int(job.rng.integers(2**31))
+        temperature = self._schedule(job)[len(job.attempts)]
         return WindowTask(prefix + start, len(prefix), temperature, seed)
-
-    def _decode_with_fallback(self, jobs: list[_Job], features: Any) -> list[WindowResult]:
-        import mlx.core as mx
-
-        assert self._decoder is not None
-        schedules = [
-            FALLBACK_TEMPERATURES if j.request.temperature == 0 else (j.request.temperature,)
-            for j in jobs
-        ]
-        attempts: list[list[WindowResult]] = [[] for _ in jobs]
-        pending = list(range(len(jobs)))
-        attempt = 0
-        while pending:
-            tasks = [self._task(jobs[i], schedules[i][attempt]) for i in pending]
-            decoded = self._decoder.decode(features[mx.array(pending)], tasks)
-            still = []
-            for i, result in zip(pending, decoded, strict=True):
-                attempts[i].append(result)
-                if attempt + 1 < len(schedules[i]) and _needs_fallback(result):
-                    still.append(i)
-            pending = still
-            attempt += 1
-        return [_best(tried) for tried in attempts]
 
     def _advance(self, job: _Job, result: WindowResult, features: Any) -> None:
         """Emit the window's segments (with word times when asked) and move the job on;

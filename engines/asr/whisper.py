@@ -19,8 +19,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from engines.asr import host_math
-
 
 @dataclass(frozen=True)
 class ModelDimensions:
@@ -61,9 +59,11 @@ class MultiHeadAttention(nn.Module):
         return self.heads(self.key(x)), self.heads(self.value(x))
 
     def project_kv_transposed(self, x: mx.array) -> tuple[mx.array, mx.array]:
-        """Keys as contiguous (batch, heads, head_dim, length), for `attend_few`."""
+        """Keys as contiguous (batch, heads, head_dim, length) and values as contiguous (batch,
+        heads, length, head_dim), for `attend_few`: made contiguous once, not copied again by
+        every step's matmul (which triples the cost of `weights @ values` on the CPU)."""
         keys, values = self.project_kv(x)
-        return mx.contiguous(keys.transpose(0, 1, 3, 2)), values
+        return mx.contiguous(keys.transpose(0, 1, 3, 2)), mx.contiguous(values)
 
     def attend_few(self, x: mx.array, keys_t: mx.array, values: mx.array) -> mx.array:
         """Unmasked attention for a few queries over many keys (the decoder's cross-attention).
@@ -96,9 +96,8 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp2 = nn.Linear(4 * n_state, n_state)
         self.mlp_ln = nn.LayerNorm(n_state)
 
-    def mlp(self, x: mx.array, host_math_on: bool = False) -> mx.array:
-        gelu = host_math.gelu if host_math_on else nn.gelu
-        return self.mlp2(gelu(self.mlp1(self.mlp_ln(x))))
+    def mlp(self, x: mx.array) -> mx.array:
+        return self.mlp2(nn.gelu(self.mlp1(self.mlp_ln(x))))
 
 
 class AudioEncoder(nn.Module):
@@ -112,40 +111,28 @@ class AudioEncoder(nn.Module):
             for _ in range(dims.n_audio_layer)
         ]
         self.ln_post = nn.LayerNorm(dims.n_audio_state)
-        self.host_math = False  # set by `load_whisper` on the CPU device (see host_math)
 
     def __call__(self, mel: mx.array) -> mx.array:
-        """mel: (batch, frames, n_mels) → audio features (batch, frames // 2, n_state)."""
-        gelu = host_math.gelu if self.host_math else nn.gelu
-        x = gelu(self.conv1(mel))
-        x = gelu(self.conv2(x))
+        """mel: (batch, frames, n_mels) → audio features (batch, frames // 2, n_state).
+        (On the CPU device the engine runs host_encoder.HostEncoder instead.)"""
+        x = nn.gelu(self.conv1(mel))
+        x = nn.gelu(self.conv2(x))
         x = x + self._positional_embedding[: x.shape[1]]
         for block in self.blocks:
             y = block.attn_ln(x)
             keys, values = block.attn.project_kv(y)
-            if self.host_math:
-                x = x + _attend_with_host_softmax(block.attn, y, keys, values)
-            else:
-                x = x + block.attn.attend(y, keys, values, None)
-            x = x + block.mlp(x, self.host_math)
+            x = x + block.attn.attend(y, keys, values, None)
+            x = x + block.mlp(x)
         return self.ln_post(x)
-
-
-def _attend_with_host_softmax(
-    attention: MultiHeadAttention, x: mx.array, keys: mx.array, values: mx.array
-) -> mx.array:
-    """The encoder's self-attention with its softmax on the host (see host_math)."""
-    q = attention.heads(attention.query(x)) * (keys.shape[-1] ** -0.5)
-    out = host_math.softmax(q @ keys.transpose(0, 1, 3, 2)) @ values
-    batch, _, length, _ = out.shape
-    return attention.out(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
 
 
 class DecoderState:
     """Per-batch decoder state: cross-attention keys (transposed) and values, and the growing
     self-attention cache.
 
-    `pads[r]` is row r's left padding; positions and masks are derived from it.
+    `pads[r]` is row r's left padding; positions and masks are derived from it. Rows join
+    (`merge`) and leave (`select`) between steps: joining left-pads the shorter caches, leaving
+    trims the columns that are padding for every remaining row.
     """
 
     def __init__(self, cross_kv: list[tuple[mx.array, mx.array]], pads: np.ndarray) -> None:
@@ -157,12 +144,52 @@ class DecoderState:
     def select(self, rows: list[int]) -> DecoderState:
         """The state of a subset of rows (finished rows leave the batch)."""
         index = mx.array(rows)
-        state = DecoderState([(k[index], v[index]) for k, v in self.cross_kv], self.pads[rows])
+        pads = self.pads[rows]
+        cut = int(pads.min())  # columns no remaining row can see
+        state = DecoderState([(k[index], v[index]) for k, v in self.cross_kv], pads - cut)
         state.self_kv = [
-            None if kv is None else (kv[0][index], kv[1][index]) for kv in self.self_kv
+            None if kv is None else (kv[0][index, :, cut:], kv[1][index, :, cut:])
+            for kv in self.self_kv
         ]
-        state.offset = self.offset
+        state.offset = self.offset - cut
         return state
+
+    def merge(self, other: DecoderState) -> DecoderState:
+        """This batch's rows followed by `other`'s (both already run over their prompts)."""
+        width = max(self.offset, other.offset)
+        mine, theirs = self._widened(width), other._widened(width)
+        state = DecoderState(
+            [
+                (mx.concatenate([ka, kb]), mx.concatenate([va, vb]))
+                for (ka, va), (kb, vb) in zip(self.cross_kv, other.cross_kv, strict=True)
+            ],
+            np.concatenate([mine.pads, theirs.pads]),
+        )
+        state.self_kv = [
+            (mx.concatenate([a[0], b[0]]), mx.concatenate([a[1], b[1]]))
+            for a, b in zip(mine.self_kv, theirs.self_kv, strict=True)
+            if a is not None and b is not None
+        ]
+        assert len(state.self_kv) == len(self.cross_kv), "merge needs both caches filled"
+        state.offset = width
+        return state
+
+    def _widened(self, width: int) -> DecoderState:
+        """The same rows with their caches left-padded to `width` columns."""
+        extra = width - self.offset
+        if extra == 0:
+            return self
+        state = DecoderState(self.cross_kv, self.pads + extra)
+        state.self_kv = [None if kv is None else _left_pad(kv, extra) for kv in self.self_kv]
+        state.offset = width
+        return state
+
+
+def _left_pad(kv: tuple[mx.array, mx.array], extra: int) -> tuple[mx.array, mx.array]:
+    keys, values = kv
+    batch, heads, _, dim = keys.shape
+    zeros = mx.zeros((batch, heads, extra, dim), keys.dtype)
+    return mx.concatenate([zeros, keys], axis=2), mx.concatenate([zeros, values], axis=2)
 
 
 class TextDecoder(nn.Module):
@@ -247,5 +274,4 @@ def load_whisper(directory: Path, dtype: mx.Dtype = mx.float32) -> Whisper:
     assert isinstance(weights, dict)
     model.load_weights([(k, v.astype(dtype)) for k, v in weights.items()], strict=True)
     mx.eval(model.parameters())
-    model.encoder.host_math = mx.default_device() == mx.cpu
     return model

@@ -78,23 +78,22 @@ async def _handle(request: Request, task: str) -> Response:
     engine = await pool.acquire_speech(form.model)
     language_code = engine.check_language(language, task)
     assert engine.info is not None
-    with engine.incoming():  # a round about to start waits for this upload
-        samples, mel = await asyncio.to_thread(
-            _prepare, audio, engine.info.n_mels, settings.max_audio_seconds
-        )
-        request_id = f"transcr-{uuid.uuid4().hex}"
-        logs.request_id.set(request_id)  # this id, not the middleware's, from here on
-        transcription = TranscriptionRequest(
-            request_id=request_id,
-            mel=mel,
-            content_frames=content_frames(samples),
-            task=task,
-            language=language_code,
-            prompt=form.prompt,
-            temperature=form.temperature,
-            word_timestamps=words,
-        )
-        stream = engine.submit(transcription)
+    samples, mel = await asyncio.to_thread(
+        _prepare, audio, engine.info.n_mels, settings.max_audio_seconds
+    )
+    request_id = f"transcr-{uuid.uuid4().hex}"
+    logs.request_id.set(request_id)  # this id, not the middleware's, from here on
+    transcription = TranscriptionRequest(
+        request_id=request_id,
+        mel=mel,
+        content_frames=content_frames(samples),
+        task=task,
+        language=language_code,
+        prompt=form.prompt,
+        temperature=form.temperature,
+        word_timestamps=words,
+    )
+    stream = engine.submit(transcription)
     headers = response_headers(request_id, fields, schema, IGNORED_FIELDS)
     logger.info(
         "%s %s model=%r seconds=%.1f format=%s stream=%s",

@@ -160,15 +160,3 @@ async def test_a_failure_fails_only_its_requests(
     served = await run(engine, request(5.0, seed=4))
     assert isinstance(served[-1], TranscriptionDone)
     assert engine.active == 0
-
-
-async def test_a_round_waits_for_uploads_still_being_decoded(engine: ASREngine) -> None:
-    """A transcription submitted while another upload is being decoded does not start a round
-    alone: the round takes both (within the gathering window)."""
-    engine.largest_batch = 0
-    with engine.incoming():
-        first = asyncio.create_task(run(engine, request(5.0, seed=1)))
-        await asyncio.sleep(0.05)  # the other upload's decoding, well inside GATHER_S
-        second = asyncio.create_task(run(engine, request(5.0, seed=2)))
-    await asyncio.gather(first, second)
-    assert engine.largest_batch == 2
