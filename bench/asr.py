@@ -5,7 +5,8 @@ Measures, with the real-time factor RTF = processing seconds / audio seconds:
 - one request of the 24.7 s concatenation of the five LibriVox clips;
 - one request of a 5-minute file (the clips repeated with short pauses);
 - with --concurrency N: N simultaneous requests of the 24.7 s file against N one at a time
-  (aggregate audio seconds per second; mlxd batches windows of concurrent requests).
+  (aggregate audio seconds per second; mlxd batches windows of concurrent requests), the pair
+  repeated --concurrency-runs times, interleaved.
 
 mlxd runs as its own process (`mlxd serve`) and is timed end to end over HTTP (upload, decode,
 features, model, response); mlx-whisper runs in this process on the decoded samples (no file
@@ -83,11 +84,36 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"median": median(values), "min": min(values), "max": max(values)}
 
 
+def concurrency(
+    url: str, wav: bytes, seconds: float, args: argparse.Namespace
+) -> dict[str, object]:
+    """N requests one at a time against the same N at once, interleaved `concurrency_runs`
+    times; the ratio of the two times, per pair."""
+    n = args.concurrency
+    sequential, concurrent = [], []
+    for _ in range(args.concurrency_runs):
+        start = time.perf_counter()
+        for _ in range(n):
+            mlxd_once(url, wav)
+        sequential.append(time.perf_counter() - start)
+        with ThreadPoolExecutor(n) as pool:
+            start = time.perf_counter()
+            list(pool.map(lambda _: mlxd_once(url, wav), range(n)))
+            concurrent.append(time.perf_counter() - start)
+    return {
+        "requests": n,
+        "audio_seconds_per_second_sequential": spread([n * seconds / t for t in sequential]),
+        "audio_seconds_per_second_concurrent": spread([n * seconds / t for t in concurrent]),
+        "speedup": spread([s / c for s, c in zip(sequential, concurrent, strict=True)]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--long-runs", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=0)
+    parser.add_argument("--concurrency-runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "asr.json")
     args = parser.parse_args()
 
@@ -120,21 +146,9 @@ def main() -> None:
             }
             print(json.dumps({name: results[name]}, indent=2), flush=True)
         if args.concurrency:
-            wav, seconds = inputs["24.7s"][1], short.size / 16000
-            start = time.perf_counter()
-            for _ in range(args.concurrency):
-                mlxd_once(server.url, wav)
-            sequential = time.perf_counter() - start
-            with ThreadPoolExecutor(args.concurrency) as pool:
-                start = time.perf_counter()
-                list(pool.map(lambda _: mlxd_once(server.url, wav), range(args.concurrency)))
-                concurrent = time.perf_counter() - start
-            results["concurrency"] = {
-                "requests": args.concurrency,
-                "audio_seconds_per_second_sequential": args.concurrency * seconds / sequential,
-                "audio_seconds_per_second_concurrent": args.concurrency * seconds / concurrent,
-                "speedup": sequential / concurrent,
-            }
+            results["concurrency"] = concurrency(
+                server.url, inputs["24.7s"][1], short.size / 16000, args
+            )
             print(json.dumps({"concurrency": results["concurrency"]}, indent=2), flush=True)
     finally:
         server.stop()
