@@ -126,12 +126,18 @@ class EngineThread:
                 self.failures += 1  # first, so readers woken by fail_all see it
                 self.fail_all(EngineFailed(f"engine error: {type(exc).__name__}: {exc}"))
 
-    def _drain_inbox(self, block: bool) -> bool:
-        """Handle queued messages (waiting for one if `block`); True once a stop was seen."""
+    def wait_for_message(self, timeout_s: float) -> bool:
+        """From a step: wait up to `timeout_s` for a message and handle what has arrived;
+        True once a stop was seen."""
+        return self._drain_inbox(block=True, timeout_s=timeout_s)
+
+    def _drain_inbox(self, block: bool, timeout_s: float | None = None) -> bool:
+        """Handle queued messages (waiting for one, up to `timeout_s`, if `block`); True once a
+        stop was seen."""
         stop_seen = False
         while True:
             try:
-                message = self._inbox.get(block=block, timeout=None)
+                message = self._inbox.get(block=block, timeout=timeout_s)
             except queue.Empty:
                 return stop_seen
             block = False

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,12 @@ logger = logging.getLogger(__name__)
 
 # How often (in decode steps) MLX's buffer cache is trimmed, as mlx-lm does.
 _CLEAR_CACHE_EVERY = 256
+# Arrivals close together are prefilled together: waiting requests are admitted once none has
+# arrived for ARRIVAL_QUIET_S, or once the oldest has waited ARRIVAL_WAIT_MAX_S. A burst of
+# clients then costs one prefill pass instead of one per arrival, and an idle engine sleeping
+# meanwhile leaves the GIL to the event loop that is parsing the rest of the burst.
+ARRIVAL_QUIET_S = 0.002
+ARRIVAL_WAIT_MAX_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,7 @@ class LLMEngine(EngineThread):
         self._active = 0  # choices accepted and not finished
         self._queued = 0  # requests accepted and not yet admitted to prefill
         self._steps = 0
+        self._last_arrival = self._waiting_since = 0.0  # monotonic times (see handle)
         self.tokens_generated = 0
         self.largest_batch = 0  # most rows decoded together so far (for tests and metrics)
         self.prefilled_together = 0  # prompts prefilled in shared forward passes
@@ -336,7 +344,19 @@ class LLMEngine(EngineThread):
             self.prefix_cache.clear()
 
     def handle(self, message: Any) -> None:
+        now = time.monotonic()
+        if not self._waiting:
+            self._waiting_since = now
+        self._last_arrival = now
         self._waiting.append(message)
+
+    def _arrivals_pending_s(self) -> float:
+        """How long admission should still wait for the rest of a burst (0: admit now)."""
+        if not self._waiting:
+            return 0.0
+        now = time.monotonic()
+        quiet = self._last_arrival + ARRIVAL_QUIET_S - now
+        return max(0.0, min(quiet, self._waiting_since + ARRIVAL_WAIT_MAX_S - now))
 
     def has_work(self) -> bool:
         return bool(self._waiting or self._prefilling or self._batch)
@@ -365,7 +385,12 @@ class LLMEngine(EngineThread):
         assert self._batch is not None
         batch = self._batch
         self._drop_cancelled()
-        self._admit()
+        gathering = self._arrivals_pending_s()
+        if not gathering:
+            self._admit()
+        elif not (self._batch or self._prefilling):  # idle: wait for the rest of the burst
+            self._stopping = self.wait_for_message(gathering) or self._stopping
+            return
         budget = self._prefill_together(self.prefill_chunk)
         batch.join(self._prefill_some(budget))
         self.largest_batch = max(self.largest_batch, len(batch))

@@ -5,7 +5,6 @@ decoded alone or joins a running batch mid-way beside windows that come and go."
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import mlx.core as mx
 import numpy as np

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from engines.errors import KVBudgetExceeded, Overloaded
+from engines.llm import engine as engine_module
 from engines.llm.engine import EngineLimits, LLMEngine
 from engines.types import FinishEvent, GenerationRequest, SamplingParams
 from tests.engines.test_llm_engine import PROMPT, run
@@ -178,3 +179,23 @@ async def test_memory_returns_to_weights_and_prefix_cache(engine: LLMEngine) -> 
         lambda: mx.get_active_memory() <= baseline + engine.prefix_cache.nbytes + 2**18,
         timeout=10,
     ), (mx.get_active_memory(), baseline, engine.prefix_cache.nbytes)
+
+
+async def test_a_burst_of_arrivals_is_prefilled_in_one_pass(
+    engine: LLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests arriving close together (here 10 ms apart, with the quiet window widened to
+    50 ms so the test does not depend on this machine's speed) are admitted as one group."""
+    monkeypatch.setattr(engine_module, "ARRIVAL_QUIET_S", 0.05)
+    monkeypatch.setattr(engine_module, "ARRIVAL_WAIT_MAX_S", 1.0)
+    engine.prefill_chunk = 4096
+    assert engine.prefix_cache is not None
+    engine.prefix_cache.clear()
+    before = engine.prefilled_together
+    streams = []
+    for i in range(4):
+        streams.append(engine.submit(GenerationRequest(f"b{i}", prompt(i), 4, SamplingParams())))
+        await asyncio.sleep(0.01)
+    for stream in streams:
+        assert isinstance([e async for e in stream][-1], FinishEvent)
+    assert engine.prefilled_together - before == 4
