@@ -33,7 +33,13 @@ from engines.errors import ContextTooLong, InvalidRequest, KVBudgetExceeded, Ove
 from engines.llm.batch import DecodeBatch
 from engines.llm.constrain import GrammarCompiler
 from engines.llm.detokenize import TokenBytes
-from engines.llm.prefill import Prefill, choose_group, prefill_together
+from engines.llm.prefill import (
+    Prefill,
+    choose_group,
+    choose_resumed_group,
+    prefill_resumed,
+    prefill_together,
+)
 from engines.llm.prefix_cache import PrefixCache
 from engines.llm.sampling import Sampled, TokenSampler, choice_seed
 from engines.llm.sequence import Choice, Vocabulary
@@ -478,15 +484,26 @@ class LLMEngine(EngineThread):
 
     def _prefill_together(self, budget: int) -> int:
         """Prefill fresh single-choice prompts that fit the budget in one left-padded forward
-        pass and join them to the batch; return the budget left. (Prompts resuming from the
-        prefix cache, with n > 1, scoring their prompt, or too long go one at a time.)"""
+        pass, then prompts resuming from the prefix cache with equal suffixes in another, and
+        join them to the batch; return the budget left. (Prompts with n > 1, scoring their
+        prompt, or too long go one at a time.)"""
+        group, width = choose_group(self._prefilling, budget)
+        if len(group) >= 2:
+            caches, logits = prefill_together(self._model, group, width, self._layers)
+            self._join_prefilled(group, caches, logits)
+            budget -= len(group) * width
+        resumed = choose_resumed_group(self._prefilling, budget)
+        if resumed:
+            caches, logits = prefill_resumed(self._model, resumed, self._layers)
+            self._join_prefilled(resumed, caches, logits)
+            budget -= len(resumed) * len(resumed[0].to_prefill)
+        return budget
+
+    def _join_prefilled(self, group: list[Prefill], caches: list[Any], logits: Any) -> None:
+        """Prompts prefilled in one pass (`logits`: their last positions) join the batch."""
         import mlx.core as mx
 
         assert self._batch is not None
-        group, width = choose_group(self._prefilling, budget)
-        if len(group) < 2:
-            return budget
-        caches, logits = prefill_together(self._model, group, width, self._layers)
         choices: list[Choice] = []
         first: list[Sampled] = []
         for row, prefill in enumerate(group):
@@ -496,7 +513,6 @@ class LLMEngine(EngineThread):
         mx.async_eval(*(a for s in first for a in s.arrays()), [c.state for c in caches])
         self._batch.join_group(choices, caches, first)
         self.prefilled_together += len(group)
-        return budget - len(group) * width
 
     def _choice(self, prefill: Prefill, index: int, sampler: TokenSampler) -> Choice:
         assert self._vocabulary is not None

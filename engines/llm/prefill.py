@@ -1,5 +1,7 @@
 """Prompt processing on the engine thread: one request's prompt fed into its KV cache in chunks
-(optionally scoring every prompt token), or several fresh prompts in one left-padded pass.
+(optionally scoring every prompt token), several fresh prompts in one left-padded pass, or
+several prompts resuming from the prefix cache with the same number of tokens left in one pass
+(their caches merged left-padded).
 
 Invariant: a `Prefill` always keeps its last prompt token unfed — the pass over it yields the
 logits of the first output token (see `LLMEngine._start_choices`).
@@ -33,15 +35,18 @@ class Prefill:
     scores: list[tuple[float, tuple[tuple[int, float], ...]]] = field(default_factory=list)
 
     @property
-    def groupable(self) -> bool:
-        """Fresh, single-choice and unscored: may be prefilled together with others."""
+    def shareable(self) -> bool:
+        """Single-choice and unscored: may share a forward pass with others."""
         request = self.request
+        return request.n == 1 and not request.prompt_logprobs and request.max_tokens > 0
+
+    @property
+    def groupable(self) -> bool:
+        """Fresh and shareable: may be prefilled together with other fresh prompts."""
         return (
-            not self.cached_tokens
-            and request.n == 1
-            and not request.prompt_logprobs
-            and request.max_tokens > 0
-            and len(self.to_prefill) == len(request.prompt_tokens)
+            self.shareable
+            and not self.cached_tokens
+            and len(self.to_prefill) == len(self.request.prompt_tokens)
         )
 
     def feed(self, model: Any, budget: int) -> int:
@@ -104,4 +109,29 @@ def prefill_together(
     rows = [[0] * pad + p.to_prefill for pad, p in zip(padding, group, strict=True)]
     caches = [BatchKVCache(list(padding)) for _ in range(layers)]
     logits = model(mx.array(rows), cache=caches)[:, -1, :]
+    return caches, logits
+
+
+def choose_resumed_group(prefills: list[Prefill], budget: int) -> list[Prefill]:
+    """The largest set (≥ 2) of shareable prefills resuming from the prefix cache with the same
+    number of tokens left, within `budget` tokens. Equal suffixes can share a pass: the merged
+    cache left-pads the shorter histories, and no padding falls between a history and its suffix.
+    (The common case: a burst of requests whose prompts are all cached but the last token.)"""
+    by_length: dict[int, list[Prefill]] = {}
+    for prefill in prefills:
+        if prefill.shareable and prefill.cached_tokens:
+            by_length.setdefault(len(prefill.to_prefill), []).append(prefill)
+    if not by_length:
+        return []
+    length, group = max(by_length.items(), key=lambda item: len(item[1]))
+    group = group[: budget // length]
+    return group if len(group) >= 2 else []
+
+
+def prefill_resumed(
+    model: Any, group: list[Prefill], layers: int
+) -> tuple[list[BatchKVCache], mx.array]:
+    """Run equal-length prompt suffixes over their merged cached histories in one pass."""
+    caches = [BatchKVCache.merge([p.cache[i] for p in group]) for i in range(layers)]
+    logits = model(mx.array([p.to_prefill for p in group]), cache=caches)[:, -1, :]
     return caches, logits

@@ -199,3 +199,31 @@ async def test_a_burst_of_arrivals_is_prefilled_in_one_pass(
     for stream in streams:
         assert isinstance([e async for e in stream][-1], FinishEvent)
     assert engine.prefilled_together - before == 4
+
+
+async def test_cached_prompts_arriving_together_share_one_pass(
+    engine: LLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same prompts again, all at once: each resumes from the prefix cache with one token
+    left, they are prefilled in one pass over their merged histories, and every seeded choice
+    gives the tokens it gave the first time."""
+    monkeypatch.setattr(engine_module, "ARRIVAL_QUIET_S", 0.05)
+    monkeypatch.setattr(engine_module, "ARRIVAL_WAIT_MAX_S", 1.0)
+    assert engine.prefix_cache is not None
+    engine.prefix_cache.clear()
+    requests = [
+        GenerationRequest(
+            f"c{i}",
+            prompt(i) * (i + 2),
+            6,
+            SamplingParams(temperature=0.0 if i % 2 else 0.9, seed=i),
+        )
+        for i in range(4)
+    ]
+    first = [await run(engine, r) for r in requests]
+    before = engine.prefilled_together
+    again = await asyncio.gather(*(run(engine, r) for r in requests))
+    assert engine.prefilled_together - before == 4
+    for (_, tokens, _), (_, tokens_again, finish) in zip(first, again, strict=True):
+        assert tokens_again == tokens
+        assert finish.usage.cached_tokens > 0

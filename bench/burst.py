@@ -1,0 +1,90 @@
+"""Engine-only burst: N chat requests submitted to an in-process LLMEngine at the same instant
+(no HTTP, no client threads), repeated; reports each round's TTFT p50/max, wall time and
+aggregate tok/s. Tells the engine's share of a concurrency level's TTFT from the HTTP edge's
+and the load generator's (bench/concurrency.py measures them all together).
+
+    python bench/burst.py [--model NAME_OR_DIR] [--clients 32] [--tokens 128] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engines import blas
+
+blas.preload_from_env()
+
+from bench.concurrency import prompt  # noqa: E402
+from engines.llm.engine import LLMEngine  # noqa: E402
+from engines.types import FinishEvent, GenerationRequest, SamplingParams, TokenEvent  # noqa: E402
+from engines.weights.store import ModelStore, default_home  # noqa: E402
+
+
+async def one_round(engine: LLMEngine, clients: int, tokens: int, tag: str) -> dict[str, float]:
+    requests = [
+        GenerationRequest(f"{tag}-{i}", engine.encode_chat(prompt(i)), tokens, SamplingParams())
+        for i in range(clients)
+    ]
+    start = time.perf_counter()
+    first: list[float] = []
+    produced = 0
+
+    async def consume(request: GenerationRequest) -> None:
+        nonlocal produced
+        seen = False
+        async for event in engine.submit(request):
+            if isinstance(event, TokenEvent):
+                if not seen:
+                    first.append(time.perf_counter() - start)
+                    seen = True
+                produced += len(event.token_ids)
+            elif isinstance(event, FinishEvent):
+                return
+
+    await asyncio.gather(*(consume(r) for r in requests))
+    wall = time.perf_counter() - start
+    return {
+        "ttft_p50_s": statistics.median(first),
+        "ttft_max_s": max(first),
+        "wall_s": wall,
+        "aggregate_tok_s": produced / wall,
+        "largest_batch": engine.largest_batch,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/burst.json"))
+    args = parser.parse_args()
+    path = Path(args.model)
+    if not path.is_dir():
+        path = ModelStore(default_home()).path_for(args.model)
+    engine = LLMEngine("bench", path)
+    engine.start()
+    await engine.wait_loaded()
+    rounds = []
+    try:
+        for r in range(args.rounds):
+            result = await one_round(engine, args.clients, args.tokens, f"r{r}")
+            print(json.dumps({"round": r, **result}), flush=True)
+            rounds.append(result)
+    finally:
+        engine.stop()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"clients": args.clients, "rounds": rounds}, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
