@@ -89,15 +89,18 @@ class DecodeBatch:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def add(self, audio_features: mx.array, tasks: list[WindowTask], keys: list[int]) -> None:
-        """Start decoding one window per row of `audio_features` (batch, ctx, state)."""
+    def add(
+        self, cross_kv: list[tuple[mx.array, mx.array]], tasks: list[WindowTask], keys: list[int]
+    ) -> None:
+        """Start decoding one window per row of `cross_kv` (each layer's cross-attention keys
+        and values of the windows, as `TextDecoder.cross_kv` makes them)."""
         decoder = self.model.decoder
         longest = max(len(task.prompt) for task in tasks)
         pads = np.array([longest - len(task.prompt) for task in tasks])
         prompt = np.zeros((len(tasks), longest), np.int32)
         for row, task in enumerate(tasks):
             prompt[row, pads[row] :] = task.prompt
-        state = decoder.start(audio_features, pads)
+        state = DecoderState(cross_kv, pads)
         hidden = decoder(mx.array(prompt), state)
         sot_rows = mx.array([int(pads[r]) + task.sot_index for r, task in enumerate(tasks)])
         sot_hidden = hidden[mx.arange(len(tasks)), sot_rows]

@@ -32,7 +32,7 @@ import numpy as np
 from engines.asr.alignment import align_words
 from engines.asr.audio import FRAMES_PER_SECOND, N_FRAMES
 from engines.asr.decode import DecodeBatch, WindowResult, WindowTask, split_segments
-from engines.asr.host_encoder import HostEncoder
+from engines.asr.host_encoder import PROMPT_MATH, HostEncoder
 from engines.asr.timing import loud_frames, tighten
 from engines.asr.vocab import LANGUAGES, WhisperVocab
 from engines.bridge import RequestStream
@@ -81,7 +81,7 @@ class SpeechModelInfo:
 @dataclass(frozen=True)
 class ASRLimits:
     max_batch: int = 8  # windows decoded together (one per request)
-    encoder_batch: int | None = None  # windows per encoder pass; default: 1 on CPU, max_batch else
+    encoder_batch: int | None = None  # windows per MLX encoder pass (GPUs); default: max_batch
     max_waiting: int = 64  # transcriptions accepted and not yet finished
     watchdog_s: float = 120.0
 
@@ -99,6 +99,7 @@ class _Job:
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     key: int = 0  # this job's rows in the decode batch
     features: Any = None  # the current window's encoder output (1, ctx, state), once encoded
+    cross_kv: Any = None  # and the decoder's cross-attention keys and values for it
     attempts: list[WindowResult] = field(default_factory=list)  # of the current window
     decoding: bool = False  # a row of the current window is in the decode batch
 
@@ -110,7 +111,7 @@ class ASREngine(EngineThread):
         self.limits = limits or ASRLimits()
         self.info: SpeechModelInfo | None = None
         self.largest_batch = 0
-        self.encoder_batch = 1
+        self.encoder_batch = 0  # set at load
         self.weights_bytes = 0
         self._jobs: deque[_Job] = deque()
         self._accepted = 0
@@ -211,8 +212,9 @@ class ASREngine(EngineThread):
         # On the CPU the encoder runs in numpy (host_encoder says why), one window at a time:
         # it is compute-bound there, so batching windows gains nothing.
         on_cpu = mx.default_device() == mx.cpu
-        self._host_encoder = HostEncoder(self._model.encoder, self._model.dims) if on_cpu else None
-        self.encoder_batch = self.limits.encoder_batch or (1 if on_cpu else self.limits.max_batch)
+        self._host_encoder = HostEncoder(self._model) if on_cpu else None
+        self._model.decoder.prompt_math = PROMPT_MATH if on_cpu else None
+        self.encoder_batch = self.limits.encoder_batch or self.limits.max_batch
         self.info = SpeechModelInfo(
             name=self.name,
             path=str(self.path),
@@ -276,23 +278,40 @@ class ASREngine(EngineThread):
         if not joining:
             return
         fresh = [job for job in joining if job.features is None]
-        chunk = self.encoder_batch
-        for start in range(0, len(fresh), chunk):
-            group = fresh[start : start + chunk]
-            windows = np.stack([self._window(job) for job in group])
-            if self._host_encoder is not None:
-                features = mx.array(self._host_encoder(windows))
-            else:
-                features = self._model.encoder(mx.array(windows))
-            mx.eval(features)
-            for row, job in enumerate(group):
-                job.features = features[row : row + 1]
+        self._encode(fresh)
         self._detect_languages(fresh)
         tasks = [self._task(job) for job in joining]
-        features = mx.concatenate([job.features for job in joining])
-        batch.add(features, tasks, [job.key for job in joining])
+        cross_kv = [
+            (
+                mx.concatenate([job.cross_kv[layer][0] for job in joining]),
+                mx.concatenate([job.cross_kv[layer][1] for job in joining]),
+            )
+            for layer in range(len(joining[0].cross_kv))
+        ]
+        batch.add(cross_kv, tasks, [job.key for job in joining])
         for job in joining:
             job.decoding = True
+
+    def _encode(self, jobs: list[_Job]) -> None:
+        """Encode each job's next window: its features, and the decoder's cross-attention keys
+        and values for it (on the CPU in numpy, one window at a time; else batched in MLX)."""
+        import mlx.core as mx
+
+        host = self._host_encoder
+        if host is not None:
+            for job in jobs:
+                features = host(self._window(job)[None])
+                job.features = mx.array(features)
+                job.cross_kv = [(mx.array(k), mx.array(v)) for k, v in host.cross_kv(features[0])]
+            return
+        for start in range(0, len(jobs), self.encoder_batch):
+            group = jobs[start : start + self.encoder_batch]
+            features = self._model.encoder(mx.array(np.stack([self._window(j) for j in group])))
+            cross_kv = self._model.decoder.cross_kv(features)
+            mx.eval(features, cross_kv)
+            for row, job in enumerate(group):
+                job.features = features[row : row + 1]
+                job.cross_kv = [(k[row : row + 1], v[row : row + 1]) for k, v in cross_kv]
 
     def _window_done(self, job: _Job, result: WindowResult) -> None:
         """A row finished: decode the window again hotter, or take the best attempt."""
@@ -301,7 +320,7 @@ class ASREngine(EngineThread):
         if len(job.attempts) < len(self._schedule(job)) and _needs_fallback(result):
             return  # rejoins at the next step, at the next temperature
         features, attempts = job.features, job.attempts
-        job.features, job.attempts = None, []
+        job.features, job.cross_kv, job.attempts = None, None, []
         self._advance(job, _best(attempts), features)
 
     @staticmethod

@@ -1,4 +1,5 @@
-"""Whisper's audio encoder in numpy, used on the CPU device instead of the MLX encoder.
+"""Whisper's audio encoder (and the decoder's cross-attention key/value projections) in numpy,
+used on the CPU device instead of MLX.
 
 On the CPU, MLX evaluates `exp` and `erf` one element at a time (~12 and ~27 ns an element;
 numpy's are vectorised, ~1 ns), and interleaving MLX's BLAS with numpy's (each keeps its threads
@@ -8,17 +9,23 @@ at a time (each head's 1500 × 1500 scores are exponentiated and used while in c
 GELU in cache-sized chunks. One 30 s window of tiny.en on the 2-core dev machine: ~0.4 s here,
 ~0.65 s for MLX with host softmax and GELU, ~1.5 s for MLX alone. GPUs use the MLX encoder.
 
-Invariants: computes what `AudioEncoder` computes, to float32 rounding (tests compare them);
-holds float32 copies of the encoder's weights and touches no MLX state, so it may run on any
-thread.
+Also here: softmax and GELU on the host for the decoder's prompt passes (`PROMPT_MATH`), where
+many positions run at once and MLX's scalar exp/erf dominate (a 90-token prompt of 8 windows:
+~0.6 s in MLX); single-token decode steps stay in MLX (a host round trip per layer would cost
+more than it saves).
+
+Invariants: computes what `AudioEncoder` (and `TextDecoder.cross_kv`) compute, to float32
+rounding (tests compare them); `HostEncoder` holds float32 copies of the weights and touches no
+MLX state.
 """
 
 from __future__ import annotations
 
+import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from engines.asr.whisper import AudioEncoder, ModelDimensions, ResidualAttentionBlock, sinusoids
+from engines.asr.whisper import ResidualAttentionBlock, Whisper, sinusoids
 
 # Abramowitz & Stegun 7.1.26: erf to within 1.5e-7, i.e. float32 precision.
 _P = np.float32(0.3275911)
@@ -67,6 +74,24 @@ def attention(queries: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.n
         total = scores.sum(axis=-1, keepdims=True)
         np.divide(scores @ values[head], total, out=out[head])
     return out
+
+
+def softmax_on_host(scores: mx.array) -> mx.array:
+    """Softmax over the last axis of an MLX array, computed in numpy (evaluates `scores`)."""
+    values = np.array(scores, dtype=np.float32)
+    values -= values.max(axis=-1, keepdims=True)
+    np.exp(values, out=values)
+    values /= values.sum(axis=-1, keepdims=True)
+    return mx.array(values)
+
+
+def gelu_on_host(x: mx.array) -> mx.array:
+    """`gelu` of an MLX array, computed in numpy (evaluates `x`)."""
+    return mx.array(gelu(np.array(x, dtype=np.float32)))
+
+
+# For TextDecoder.prompt_math on the CPU device.
+PROMPT_MATH = (softmax_on_host, gelu_on_host)
 
 
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -144,18 +169,42 @@ class _Block:
 
 
 class HostEncoder:
-    """A float32 numpy copy of an `AudioEncoder` (built on the engine thread from its weights)."""
+    """A float32 numpy copy of a whisper's encoder and of its decoder's cross-attention key and
+    value projections (built on the engine thread from the model's weights)."""
 
-    def __init__(self, encoder: AudioEncoder, dims: ModelDimensions) -> None:
+    def __init__(self, model: Whisper) -> None:
+        dims, encoder = model.dims, model.encoder
         self.conv1 = _Conv(encoder.conv1, stride=1)
         self.conv2 = _Conv(encoder.conv2, stride=2)
         self.positions = _array(sinusoids(dims.n_audio_ctx, dims.n_audio_state))
         self.blocks = [_Block(block, dims.n_audio_head) for block in encoder.blocks]
         self.ln_post = _norm(encoder.ln_post)
+        self.text_heads = dims.n_text_head
+        self.cross = []
+        for block in model.decoder.blocks:
+            assert block.cross_attn is not None
+            self.cross.append((_Linear(block.cross_attn.key), _Linear(block.cross_attn.value)))
 
     def __call__(self, mel: np.ndarray) -> np.ndarray:
         """mel: (batch, frames, n_mels) → audio features (batch, frames // 2, n_state)."""
         return np.stack([self._one(window) for window in mel])
+
+    def cross_kv(self, features: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The decoder's cross-attention inputs for one window's features (ctx, state): per
+        layer, keys as (1, heads, head_dim, ctx) and values as (1, heads, ctx, head_dim) — what
+        `TextDecoder.cross_kv` computes, here on the same BLAS as the encoder."""
+        length = features.shape[0]
+        out = []
+        for key, value in self.cross:
+            keys = key(features).reshape(length, self.text_heads, -1)
+            values = value(features).reshape(length, self.text_heads, -1)
+            out.append(
+                (
+                    np.ascontiguousarray(keys.transpose(1, 2, 0))[None],
+                    np.ascontiguousarray(values.transpose(1, 0, 2))[None],
+                )
+            )
+        return out
 
     def _one(self, mel: np.ndarray) -> np.ndarray:
         x = gelu(self.conv2(gelu(self.conv1(mel))))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,14 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> mx.ar
     return mx.concatenate([mx.sin(scaled_time), mx.cos(scaled_time)], axis=1)
 
 
+Softmax = Callable[[mx.array], mx.array]  # over the last axis
+Activation = Callable[[mx.array], mx.array]
+
+
+def _softmax(scores: mx.array) -> mx.array:
+    return mx.softmax(scores, axis=-1)
+
+
 class MultiHeadAttention(nn.Module):
     def __init__(self, n_state: int, n_head: int) -> None:
         super().__init__()
@@ -65,12 +74,14 @@ class MultiHeadAttention(nn.Module):
         keys, values = self.project_kv(x)
         return mx.contiguous(keys.transpose(0, 1, 3, 2)), mx.contiguous(values)
 
-    def attend_few(self, x: mx.array, keys_t: mx.array, values: mx.array) -> mx.array:
+    def attend_few(
+        self, x: mx.array, keys_t: mx.array, values: mx.array, softmax: Softmax = _softmax
+    ) -> mx.array:
         """Unmasked attention for a few queries over many keys (the decoder's cross-attention).
         Plain matmuls over keys transposed once beat the fused kernel's CPU fallback (which
         transposes the keys again at every step)."""
         q = self.heads(self.query(x)) * (keys_t.shape[-2] ** -0.5)
-        weights = mx.softmax(q @ keys_t, axis=-1)
+        weights = softmax(q @ keys_t)
         out = weights @ values
         batch, _, length, _ = out.shape
         return self.out(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
@@ -96,8 +107,8 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp2 = nn.Linear(4 * n_state, n_state)
         self.mlp_ln = nn.LayerNorm(n_state)
 
-    def mlp(self, x: mx.array) -> mx.array:
-        return self.mlp2(nn.gelu(self.mlp1(self.mlp_ln(x))))
+    def mlp(self, x: mx.array, gelu: Activation = nn.gelu) -> mx.array:
+        return self.mlp2(gelu(self.mlp1(self.mlp_ln(x))))
 
 
 class AudioEncoder(nn.Module):
@@ -202,13 +213,20 @@ class TextDecoder(nn.Module):
             for _ in range(dims.n_text_layer)
         ]
         self.ln = nn.LayerNorm(dims.n_text_state)
+        # Set on the CPU device (host_encoder.PROMPT_MATH): softmax and GELU computed on the host
+        # when many positions are run at once (prompts), where MLX's scalar exp/erf dominate.
+        self.prompt_math: tuple[Softmax, Activation] | None = None
 
-    def start(self, audio_features: mx.array, pads: np.ndarray) -> DecoderState:
+    def cross_kv(self, audio_features: mx.array) -> list[tuple[mx.array, mx.array]]:
+        """Each layer's cross-attention keys (transposed) and values for these windows."""
         cross_kv = []
         for block in self.blocks:
             assert block.cross_attn is not None
             cross_kv.append(block.cross_attn.project_kv_transposed(audio_features))
-        return DecoderState(cross_kv, pads)
+        return cross_kv
+
+    def start(self, audio_features: mx.array, pads: np.ndarray) -> DecoderState:
+        return DecoderState(self.cross_kv(audio_features), pads)
 
     def cross_attention_scores(self, tokens: mx.array, audio_features: mx.array) -> list[mx.array]:
         """Each layer's cross-attention scores (batch, heads, tokens, audio positions), scaled,
@@ -233,6 +251,7 @@ class TextDecoder(nn.Module):
             key_positions[None, None, :] >= state.pads[:, None, None]
         )
         mask = mx.array(np.where(visible, 0.0, -np.inf).astype(np.float32))[:, None]
+        softmax, gelu = self.prompt_math if self.prompt_math and length > 1 else (_softmax, nn.gelu)
         x = self.token_embedding(tokens) + self.positional_embedding[mx.array(positions)]
         for i, block in enumerate(self.blocks):
             y = block.attn_ln(x)
@@ -249,8 +268,8 @@ class TextDecoder(nn.Module):
             if cross_scores is not None:
                 q = block.cross_attn.heads(block.cross_attn.query(y))
                 cross_scores.append((q * cross_keys.shape[-2] ** -0.5) @ cross_keys)
-            x = x + block.cross_attn.attend_few(y, cross_keys, cross_values)
-            x = x + block.mlp(x)
+            x = x + block.cross_attn.attend_few(y, cross_keys, cross_values, softmax)
+            x = x + block.mlp(x, gelu)
         state.offset += length
         return self.ln(x)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from engines.asr.decode import DecodeBatch, WindowResult, WindowTask
-from engines.asr.host_encoder import HostEncoder, gelu
+from engines.asr.host_encoder import PROMPT_MATH, HostEncoder, gelu
 from engines.asr.vocab import WhisperVocab
 from engines.asr.whisper import Whisper, load_whisper
 from engines.weights.ct2 import import_ct2
@@ -30,9 +30,36 @@ def test_host_encoder_matches_mlx(tiny: tuple[Whisper, WhisperVocab, list[int]])
     model = tiny[0]
     mel = np.random.default_rng(0).standard_normal((2, 3000, 80)).astype(np.float32)
     expected = np.array(model.encoder(mx.array(mel)))
-    got = HostEncoder(model.encoder, model.dims)(mel)
+    host = HostEncoder(model)
+    got = host(mel)
     assert got.shape == expected.shape
     assert np.allclose(got, expected, atol=2e-4), np.abs(got - expected).max()
+    expected_kv = model.decoder.cross_kv(mx.array(got[1:2]))
+    for (keys, values), (mlx_keys, mlx_values) in zip(
+        host.cross_kv(got[1]), expected_kv, strict=True
+    ):
+        assert np.allclose(keys, np.array(mlx_keys), atol=1e-4)
+        assert np.allclose(values, np.array(mlx_values), atol=1e-4)
+
+
+def test_prompt_passes_with_host_math_match_mlx(
+    tiny: tuple[Whisper, WhisperVocab, list[int]],
+) -> None:
+    model = tiny[0]
+    decoder = model.decoder
+    features = mx.array(
+        np.random.default_rng(2).standard_normal((2, 1500, model.dims.n_audio_state), np.float32)
+    )
+    tokens = mx.array([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
+    pads = np.array([0, 2])
+    expected = np.array(decoder(tokens, decoder.start(features, pads)))
+    decoder.prompt_math = PROMPT_MATH
+    try:
+        got = np.array(decoder(tokens, decoder.start(features, pads)))
+    finally:
+        decoder.prompt_math = None
+    for row, pad in enumerate(pads):  # padded positions are masked out: garbage on both sides
+        assert np.allclose(got[row, pad:], expected[row, pad:], atol=1e-4)
 
 
 def test_gelu_is_the_exact_one() -> None:
@@ -58,7 +85,7 @@ def test_windows_joining_a_running_batch_decode_as_alone(
 
     def alone(i: int) -> WindowResult:
         batch = DecodeBatch(model, vocab, suppress)
-        batch.add(features[i : i + 1], [tasks[i]], [i])
+        batch.add(model.decoder.cross_kv(features[i : i + 1]), [tasks[i]], [i])
         while True:
             finished = batch.step()
             if finished:
@@ -72,9 +99,9 @@ def test_windows_joining_a_running_batch_decode_as_alone(
     for step in range(200):
         if step in (0, 3, 7):  # windows 0, 1 and 2 join at different steps
             i = (0, 3, 7).index(step)
-            batch.add(features[i : i + 1], [tasks[i]], [i])
+            batch.add(model.decoder.cross_kv(features[i : i + 1]), [tasks[i]], [i])
         if step == 5:  # window 3 joins and is cancelled two steps later
-            batch.add(features[3:4], [tasks[3]], [3])
+            batch.add(model.decoder.cross_kv(features[3:4]), [tasks[3]], [3])
         if step == 9:
             batch.remove({3})
         largest = max(largest, len(batch))
