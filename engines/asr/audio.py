@@ -108,8 +108,13 @@ def mel_filters(n_mels: int) -> np.ndarray:
 
 def log_mel(samples: np.ndarray, n_mels: int) -> np.ndarray:
     """Whisper's log-mel spectrogram (frames, n_mels) of `samples` followed by 30 s of silence
-    (so every window, the last included, can be cut as a full 30 s slice)."""
-    audio = np.concatenate([samples, np.zeros(N_SAMPLES, np.float32)])
+    (so every window, the last included, can be cut as a full 30 s slice).
+
+    Only the recording (and one FFT length of the silence after it, which its last frames
+    reach into) goes through the STFT; the rest of the silence is filled with the value the
+    STFT gives silence after whisper's clamp. Equal to transforming the padded signal whole,
+    at a fraction of the cost for short recordings."""
+    audio = np.concatenate([samples, np.zeros(N_FFT, np.float32)])
     padded = np.pad(audio, N_FFT // 2, mode="reflect")
     n_frames = 1 + (padded.size - N_FFT) // HOP_LENGTH
     frames = np.lib.stride_tricks.as_strided(
@@ -123,8 +128,12 @@ def log_mel(samples: np.ndarray, n_mels: int) -> np.ndarray:
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
     mel = power @ mel_filters(n_mels).T
     log_spec = np.log10(np.maximum(mel, 1e-10))
-    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+    floor = max(float(log_spec.max()) - 8.0, -10.0)  # silence: log10(1e-10), clamped
+    np.maximum(log_spec, floor, out=log_spec)
+    total = (samples.size + N_SAMPLES) // HOP_LENGTH
+    out = np.full((total, n_mels), (floor + 4.0) / 4.0, np.float32)
+    out[: min(total, len(log_spec))] = (log_spec[:total] + 4.0) / 4.0
+    return out
 
 
 def content_frames(samples: np.ndarray) -> int:

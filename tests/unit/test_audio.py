@@ -7,6 +7,8 @@ import pytest
 
 from engines.asr import formats
 from engines.asr.audio import (
+    HOP_LENGTH,
+    N_FFT,
     N_FRAMES,
     AudioDecodeError,
     content_frames,
@@ -72,6 +74,24 @@ def test_log_mel_shape_and_range() -> None:
     assert mel.shape == (500 + N_FRAMES, 80)
     # whisper's clamp: nothing lies more than 8 (log10 units, i.e. 2 scaled) below the peak
     assert mel.max() - mel.min() <= 2.0 + 1e-6
+
+
+@pytest.mark.parametrize("seconds", [0.3, 5.0, 31.0])
+def test_log_mel_equals_the_transform_of_the_padded_signal(seconds: float) -> None:
+    """The silence after the recording is filled in, not transformed: same values."""
+    samples = tone(seconds)
+    padded = np.concatenate([samples, np.zeros(N_FRAMES * HOP_LENGTH, np.float32)])
+    spectrum = np.fft.rfft(
+        np.lib.stride_tricks.sliding_window_view(np.pad(padded, N_FFT // 2, mode="reflect"), N_FFT)[
+            ::HOP_LENGTH
+        ]
+        * np.hanning(N_FFT + 1)[:-1].astype(np.float32),
+        axis=-1,
+    )[:-1]
+    mel = (np.abs(spectrum) ** 2).astype(np.float32) @ mel_filters(80).T
+    log_spec = np.log10(np.maximum(mel, 1e-10))
+    expected = (np.maximum(log_spec, log_spec.max() - 8.0) + 4.0) / 4.0
+    assert np.allclose(log_mel(samples, 80), expected, atol=1e-4)
 
 
 def test_mel_filters_are_slaney_triangles() -> None:
