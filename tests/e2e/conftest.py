@@ -18,6 +18,25 @@ from server.app import create_app
 from server.settings import Settings
 from tests.servers import serve
 
+_OPEN_CLIENTS: list[OpenAI] = []
+
+
+def sdk_client(url: str, **kwargs: object) -> OpenAI:
+    """The official SDK in strict mode against `url`; closed after the test that made it."""
+    options: dict[str, object] = {"_strict_response_validation": True, "max_retries": 0}
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", **{**options, **kwargs})  # type: ignore[arg-type]
+    _OPEN_CLIENTS.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_clients() -> Iterator[None]:
+    """An unclosed client's sockets would be reported (ResourceWarning, an error here) in
+    whichever later test the garbage collector happens to run."""
+    yield
+    while _OPEN_CLIENTS:
+        _OPEN_CLIENTS.pop().close()
+
 
 @dataclass
 class LiveServer:
@@ -25,13 +44,7 @@ class LiveServer:
     pool: EnginePool
 
     def client(self, **kwargs: object) -> OpenAI:
-        return OpenAI(
-            base_url=f"{self.url}/v1",
-            api_key="unused",
-            _strict_response_validation=True,
-            max_retries=0,
-            **kwargs,  # type: ignore[arg-type]
-        )
+        return sdk_client(self.url, **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from openai import OpenAI
 
 from engines.weights.embedded import QWEN_CODER, ensure_embedded_llm
 from engines.weights.store import ModelStore
 from server.app import create_app
 from server.settings import Settings
+from tests.e2e.conftest import sdk_client
 from tests.e2e.test_tools_smollm2 import WEATHER
 from tests.servers import serve
 
@@ -28,7 +28,7 @@ def coder_url() -> Iterator[str]:
 
 
 def test_fim_fills_the_middle(coder_url: str) -> None:
-    client = OpenAI(base_url=f"{coder_url}/v1", api_key="unused", max_retries=0)
+    client = sdk_client(coder_url, _strict_response_validation=False)
     completion = client.completions.create(
         model=QWEN_CODER.name,
         prompt="def add(a, b):\n    ",
@@ -41,12 +41,7 @@ def test_fim_fills_the_middle(coder_url: str) -> None:
 
 
 def test_chat_answers_on_the_coder_model(coder_url: str) -> None:
-    client = OpenAI(
-        base_url=f"{coder_url}/v1",
-        api_key="unused",
-        max_retries=0,
-        _strict_response_validation=True,
-    )
+    client = sdk_client(coder_url)
     reply = client.chat.completions.create(
         model=QWEN_CODER.name,
         messages=[{"role": "user", "content": "Write a Python expression that adds 2 and 3."}],
@@ -58,12 +53,7 @@ def test_chat_answers_on_the_coder_model(coder_url: str) -> None:
 
 def test_auto_tool_choice_calls_the_tool(coder_url: str) -> None:
     """Qwen's own template renders the tools; with tool_choice auto the model decides to call."""
-    client = OpenAI(
-        base_url=f"{coder_url}/v1",
-        api_key="unused",
-        max_retries=0,
-        _strict_response_validation=True,
-    )
+    client = sdk_client(coder_url)
     completion = client.chat.completions.create(
         model=QWEN_CODER.name,
         messages=[{"role": "user", "content": "What is the weather like in Paris right now?"}],

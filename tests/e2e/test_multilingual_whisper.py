@@ -18,6 +18,7 @@ from engines.weights.embedded import WHISPER_BASE, ensure_embedded_whisper
 from engines.weights.store import ModelStore
 from server.app import create_app
 from server.settings import Settings
+from tests.e2e.conftest import sdk_client
 from tests.servers import serve
 
 FRENCH = "Je m'appelle Pierre. J'habite à Paris. J'aime le café."
@@ -45,9 +46,7 @@ def base_url() -> Iterator[str]:
 
 
 def client(url: str) -> OpenAI:
-    return OpenAI(
-        base_url=f"{url}/v1", api_key="unused", max_retries=0, _strict_response_validation=True
-    )
+    return sdk_client(url)
 
 
 @pytest.mark.parametrize(
