@@ -97,7 +97,7 @@ class _Job:
     last_end: float = 0.0  # end of the last segment sent: the next may not start before it
     loud: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
-    key: int = 0  # this job's rows in the decode batch
+    key: int = 0  # names this job's row in the decode batch
     features: Any = None  # the current window's encoder output (1, ctx, state), once encoded
     cross_kv: Any = None  # and the decoder's cross-attention keys and values for it
     attempts: list[WindowResult] = field(default_factory=list)  # of the current window
