@@ -97,16 +97,29 @@ async def test_same_request_alone_or_in_a_batch(engine: ASREngine) -> None:
         run(engine, request(10.0, seed=8)),
     )
     assert engine.largest_batch == 4
-
-    def shape(events: list[Event]) -> list[tuple[object, ...]]:
-        return [
-            (e.start, e.end, e.tokens, e.temperature, round(e.avg_logprob, 4))
-            if isinstance(e, Segment)
-            else (e,)
-            for e in events
-        ]
-
     assert shape(together[0]) == shape(alone)
+
+
+def shape(events: list[Event]) -> list[tuple[object, ...]]:
+    return [
+        (e.start, e.end, e.tokens, e.temperature, round(e.avg_logprob, 4))
+        if isinstance(e, Segment)
+        else (e,)
+        for e in events
+    ]
+
+
+async def test_the_gpu_path_transcribes_as_the_cpu_path(engine: ASREngine) -> None:
+    """GPUs encode windows (and project the decoder's cross-attention inputs) in MLX, batched,
+    with MLX's own softmax and GELU; the CPU device does these in numpy (host_encoder). The
+    GPU path, run here on the CPU, gives the same segments for the same requests together."""
+    requests = [request(40.0, seed=5, prompt="a prompt"), request(20.0, seed=6)]
+    cpu_path = await asyncio.gather(*(run(engine, r) for r in requests))
+    assert all(any(isinstance(e, Segment) for e in events) for events in cpu_path)
+    engine._host_encoder = None  # what `load` leaves on a GPU
+    engine._model.decoder.prompt_math = None
+    gpu_path = await asyncio.gather(*(run(engine, r) for r in requests))
+    assert [shape(events) for events in gpu_path] == [shape(events) for events in cpu_path]
 
 
 async def test_cancelled_requests_leave(engine: ASREngine) -> None:
