@@ -35,6 +35,7 @@ from engines.asr.decode import DecodeBatch, WindowResult, WindowTask, split_segm
 from engines.asr.host_encoder import PROMPT_MATH, HostEncoder
 from engines.asr.timing import loud_frames, tighten
 from engines.asr.vocab import LANGUAGES, WhisperVocab
+from engines.asr.whisper import DecoderState
 from engines.bridge import RequestStream
 from engines.errors import InvalidRequest, Overloaded
 from engines.llm.sampling import host_list
@@ -257,9 +258,11 @@ class ASREngine(EngineThread):
                 self._release()
         self._admit()
         self.largest_batch = max(self.largest_batch, len(batch))
-        by_key = {job.key: job for job in self._jobs}
-        for key, result in batch.step():
-            self._window_done(by_key[key], result)
+        finished = batch.step()
+        if finished:
+            by_key = {job.key: job for job in self._jobs}
+            for key, result in finished:
+                self._window_done(by_key[key], result)
         if not batch:
             import mlx.core as mx
 
@@ -269,7 +272,6 @@ class ASREngine(EngineThread):
         """Oldest first, while the batch has room: encode the next window of transcriptions
         that need one (language identified on the first), and start a row for each window
         waiting to be decoded (new, or again at the next temperature)."""
-        import mlx.core as mx
 
         batch = self._batch
         assert batch is not None
@@ -281,14 +283,7 @@ class ASREngine(EngineThread):
         self._encode(fresh)
         self._detect_languages(fresh)
         tasks = [self._task(job) for job in joining]
-        cross_kv = [
-            (
-                mx.concatenate([job.cross_kv[layer][0] for job in joining]),
-                mx.concatenate([job.cross_kv[layer][1] for job in joining]),
-            )
-            for layer in range(len(joining[0].cross_kv))
-        ]
-        batch.add(cross_kv, tasks, [job.key for job in joining])
+        batch.add(_stacked_cross_kv(joining), tasks, [job.key for job in joining])
         for job in joining:
             job.decoding = True
 
@@ -343,8 +338,7 @@ class ASREngine(EngineThread):
         if not unknown:
             return
         decoder = self._model.decoder
-        features = mx.concatenate([job.features for job in unknown])
-        state = decoder.start(features, np.zeros(len(unknown), np.int64))
+        state = DecoderState(_stacked_cross_kv(unknown), np.zeros(len(unknown), np.int64))
         logits = decoder.logits(decoder(mx.array([[vocab.sot]] * len(unknown)), state)[:, -1])
         codes = list(vocab.language_ids)
         ids = mx.array([vocab.language_ids[c] for c in codes])
@@ -465,6 +459,19 @@ class ASREngine(EngineThread):
     def _release(self) -> None:
         with self._lock:
             self._accepted -= 1
+
+
+def _stacked_cross_kv(jobs: list[_Job]) -> list[tuple[Any, Any]]:
+    """The encoded windows' cross-attention keys and values, one row per job, per layer."""
+    import mlx.core as mx
+
+    return [
+        (
+            mx.concatenate([job.cross_kv[layer][0] for job in jobs]),
+            mx.concatenate([job.cross_kv[layer][1] for job in jobs]),
+        )
+        for layer in range(len(jobs[0].cross_kv))
+    ]
 
 
 def _best(attempts: list[WindowResult]) -> WindowResult:
