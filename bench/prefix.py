@@ -20,7 +20,6 @@ from engines import blas
 
 BLAS = blas.preload_from_env()
 
-import httpx  # noqa: E402
 import mlx.core as mx  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
@@ -71,7 +70,7 @@ def follow_up(server: Server, messages: list[dict[str, str]]) -> dict[str, Any]:
 
 def _answer(server: Server, messages: list[dict[str, str]]) -> str:
     body = {"model": server.model, "messages": messages, "max_tokens": 16, "temperature": 0}
-    response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=600).json()
+    response = server.client.post(f"{server.url}/v1/chat/completions", json=body).json()
     return str(response["choices"][0]["message"]["content"])
 
 

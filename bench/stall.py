@@ -21,7 +21,6 @@ from engines import blas
 
 blas.preload_from_env()
 
-import httpx  # noqa: E402
 
 from bench.harness import (  # noqa: E402
     Server,
@@ -49,7 +48,7 @@ def measure(server: Server, prompt_tokens: int) -> dict[str, Any]:
         "max_tokens": 1,
     }
     sent = time.perf_counter()
-    httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=600)
+    server.client.post(f"{server.url}/v1/chat/completions", json=body)
     long_done = time.perf_counter() - sent
     runner.join()
     gaps = result[0].gaps_s
