@@ -16,9 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engines import blas
+from engines import attention_backend, blas
 
 blas.preload_from_env()
+attention_backend.prefer_shape_generic_attention()  # as `mlxd serve` does
 
 from engines.llm.engine import LLMEngine  # noqa: E402
 from engines.types import FinishEvent, GenerationRequest, SamplingParams, TokenEvent  # noqa: E402

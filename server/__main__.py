@@ -1,7 +1,7 @@
 """The `mlxd` command: serve, import, doctor, service.
 
-OpenBLAS is preloaded first thing (before anything imports MLX); every other import that may pull
-in MLX happens inside the subcommand that needs it.
+OpenBLAS is preloaded and MLX's attention backend chosen first thing (before anything imports
+MLX); every other import that may pull in MLX happens inside the subcommand that needs it.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from engines import blas
+from engines import attention_backend, blas
 from server.service import VERBS
 
 
 def main(argv: list[str] | None = None) -> int:
     blas_status = blas.preload_from_env()
+    attention_backend.prefer_shape_generic_attention()
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
