@@ -110,10 +110,12 @@ class LLMEngine(EngineThread):
         path: Path,
         prefill_chunk: int | None = None,
         limits: EngineLimits | None = None,
+        prefill_bucket: int | None = None,
     ) -> None:
         super().__init__(name)
         self.path = path
         self.prefill_chunk = prefill_chunk or 0  # 0: chosen for the device at load
+        self.prefill_bucket = prefill_bucket or 0  # 0: chosen for the device at load
         self.limits = limits or EngineLimits()
         self.info: ModelInfo | None = None
         self.tokenizer: Any = None
@@ -334,6 +336,8 @@ class LLMEngine(EngineThread):
             # Bounds how long one step's prefill delays running streams: a few hundred tokens
             # take ~1 s on a laptop CPU, while a GPU does thousands in a few milliseconds.
             self.prefill_chunk = 512 if mx.default_device() == mx.cpu else 2048
+        if not self.prefill_bucket:
+            self.prefill_bucket = default_prefill_bucket()
         logger.info(
             "engine %s loaded %s (context %d, %d KiB KV per token, KV budget %d MiB)",
             self.name,
@@ -489,12 +493,16 @@ class LLMEngine(EngineThread):
         prompt, or too long go one at a time.)"""
         group, width = choose_group(self._prefilling, budget)
         if len(group) >= 2:
-            caches, logits = prefill_together(self._model, group, width, self._layers)
+            caches, logits = prefill_together(
+                self._model, group, width, self._layers, self.prefill_bucket
+            )
             self._join_prefilled(group, caches, logits)
             budget -= len(group) * width
         resumed = choose_resumed_group(self._prefilling, budget)
         if resumed:
-            caches, logits = prefill_resumed(self._model, resumed, self._layers)
+            caches, logits = prefill_resumed(
+                self._model, resumed, self._layers, self.prefill_bucket
+            )
             self._join_prefilled(resumed, caches, logits)
             budget -= len(resumed) * len(resumed[0].to_prefill)
         return budget
@@ -532,7 +540,7 @@ class LLMEngine(EngineThread):
         ready: list[tuple[Choice, list[Any], Sampled]] = []
         while self._prefilling and budget > 0:
             prefill = self._prefilling[0]
-            budget -= prefill.feed(self._model, budget)
+            budget -= prefill.feed(self._model, budget, self.prefill_bucket)
             if len(prefill.to_prefill) == 1 and budget > 0:
                 budget -= 1
                 self._prefilling.pop(0)
@@ -604,6 +612,17 @@ class LLMEngine(EngineThread):
         for index in indices:
             stream.push(FinishEvent("cancelled", usage, index))
         logger.info("request %s cancelled", request.request_id)
+
+
+def default_prefill_bucket() -> int:
+    """Query-length multiple prefill passes are padded to on this device. MLX's CUDA backend
+    plans kernels per shape on first use (a new matmul shape ~4 ms on an H200, several per
+    forward pass): a prompt length never seen before took 20-35 ms longer to its first token than
+    a repeated one (bench/ttft_shapes.py). Padded to a multiple of 32, new lengths reuse earlier
+    plans. On Metal and CPU a new shape costs nothing and padding would only add compute."""
+    import mlx.core as mx
+
+    return 32 if mx.default_device() == mx.gpu and mx.cuda.is_available() else 1
 
 
 def default_kv_budget(weight_bytes: int) -> int:

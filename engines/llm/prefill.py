@@ -5,6 +5,12 @@ several prompts resuming from the prefix cache with the same number of tokens le
 
 Invariant: a `Prefill` always keeps its last prompt token unfed — the pass over it yields the
 logits of the first output token (see `LLMEngine._start_choices`).
+
+Query lengths may be bucketed (`bucket` > 1, chosen per device by the engine): every pass is
+right-padded to a multiple of `bucket` tokens and the padding trimmed from the KV caches after it,
+so that passes over new prompt lengths reuse the shapes of earlier ones (MLX's CUDA backend plans
+kernels per shape on first use). Causal attention keeps the padding out of every real position.
+Only plain KV caches are padded: a sliding-window or recurrent cache would keep the padding.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.models.cache import BatchKVCache
+from mlx_lm.models.cache import BatchKVCache, KVCache
 
 from engines.bridge import RequestStream
 from engines.llm.detokenize import IncrementalDetokenizer
@@ -49,12 +55,12 @@ class Prefill:
             and len(self.to_prefill) == len(self.request.prompt_tokens)
         )
 
-    def feed(self, model: Any, budget: int) -> int:
+    def feed(self, model: Any, budget: int, bucket: int = 1) -> int:
         """Feed up to `budget` tokens (never the last one); return how many were fed."""
         take = min(budget, len(self.to_prefill) - 1)
         if take <= 0:
             return 0
-        logits = model(mx.array(self.to_prefill[:take])[None], cache=self.cache)
+        logits = forward(model, [self.to_prefill[:take]], self.cache, bucket)
         if self.request.prompt_logprobs:
             self._score(logits[0], self.to_prefill[1 : take + 1])
         mx.eval([c.state for c in self.cache])
@@ -89,6 +95,20 @@ class Prefill:
         ]
 
 
+def forward(model: Any, rows: list[list[int]], cache: list[Any], bucket: int) -> mx.array:
+    """Logits of `rows` (equal lengths) fed into `cache`, the query right-padded to a multiple
+    of `bucket` (repeating each row's last token) and the padding trimmed from the cache."""
+    length = len(rows[0])
+    paddable = all(type(c) in (KVCache, BatchKVCache) for c in cache)
+    padding = -length % bucket if paddable else 0
+    logits = model(mx.array([row + row[-1:] * padding for row in rows]), cache=cache)
+    if not padding:
+        return logits
+    for layer in cache:
+        layer.trim(padding)
+    return logits[:, :length]
+
+
 def choose_group(prefills: list[Prefill], budget: int) -> tuple[list[Prefill], int]:
     """Groupable prefills whose padded width × count fits `budget`: (group, width)."""
     group: list[Prefill] = []
@@ -102,13 +122,13 @@ def choose_group(prefills: list[Prefill], budget: int) -> tuple[list[Prefill], i
 
 
 def prefill_together(
-    model: Any, group: list[Prefill], width: int, layers: int
+    model: Any, group: list[Prefill], width: int, layers: int, bucket: int = 1
 ) -> tuple[list[BatchKVCache], mx.array]:
     """Run whole prompts (left-padded to `width`) in one pass: (batch caches, last logits)."""
     padding = [width - len(p.to_prefill) for p in group]
     rows = [[0] * pad + p.to_prefill for pad, p in zip(padding, group, strict=True)]
     caches = [BatchKVCache(list(padding)) for _ in range(layers)]
-    logits = model(mx.array(rows), cache=caches)[:, -1, :]
+    logits = forward(model, rows, caches, bucket)[:, -1, :]
     return caches, logits
 
 
@@ -129,9 +149,9 @@ def choose_resumed_group(prefills: list[Prefill], budget: int) -> list[Prefill]:
 
 
 def prefill_resumed(
-    model: Any, group: list[Prefill], layers: int
+    model: Any, group: list[Prefill], layers: int, bucket: int = 1
 ) -> tuple[list[BatchKVCache], mx.array]:
     """Run equal-length prompt suffixes over their merged cached histories in one pass."""
     caches = [BatchKVCache.merge([p.cache[i] for p in group]) for i in range(layers)]
-    logits = model(mx.array([p.to_prefill for p in group]), cache=caches)[:, -1, :]
+    logits = forward(model, [p.to_prefill for p in group], caches, bucket)[:, -1, :]
     return caches, logits
