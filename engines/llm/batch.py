@@ -11,6 +11,9 @@ as raw mlx-lm. The caches are converted (one copy) when a second row joins or al
 Pipelining: `schedule` builds and launches step n+1 from the tokens of step n while they are still
 being computed; the caller then reads step n's tokens back (`read`). A row that finishes on step n
 has already been fed into step n+1; that extra token is discarded when the row is filtered out.
+Where launching does not overlap (MLX's CPU backend computes a launched step before
+`async_eval` returns), the caller reads `pending` first and launches after: tokens come out a
+step sooner and finished rows are filtered out before the next step.
 """
 
 from __future__ import annotations
@@ -84,6 +87,11 @@ class DecodeBatch:
             extras = self._pending.extras + extras
         self._pending = StepOutput(mx.concatenate(tokens), extras)
         self.choices.extend(choices)
+
+    @property
+    def pending(self) -> StepOutput | None:
+        """The step launched last (its tokens not read yet), or None when the batch is empty."""
+        return self._pending
 
     def schedule(self) -> StepOutput | None:
         """Launch the next step from the pending tokens; return the pending (current) step."""

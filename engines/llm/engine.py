@@ -30,7 +30,7 @@ from mlx.utils import tree_flatten
 
 from engines.bridge import RequestStream
 from engines.errors import ContextTooLong, InvalidRequest, KVBudgetExceeded, Overloaded
-from engines.llm.batch import DecodeBatch
+from engines.llm.batch import DecodeBatch, StepOutput
 from engines.llm.constrain import GrammarCompiler
 from engines.llm.detokenize import TokenBytes
 from engines.llm.prefill import (
@@ -131,6 +131,7 @@ class LLMEngine(EngineThread):
         self._waiting: deque[tuple[GenerationRequest, RequestStream]] = deque()
         self._prefilling: list[Prefill] = []
         self._batch: DecodeBatch | None = None
+        self._pipelined = True  # launch step n+1 before reading step n (set for the device)
         self._layers = 0
         self._counts_lock = threading.Lock()
         self._active = 0  # choices accepted and not finished
@@ -338,6 +339,10 @@ class LLMEngine(EngineThread):
             self.prefill_chunk = 512 if mx.default_device() == mx.cpu else 2048
         if not self.prefill_bucket:
             self.prefill_bucket = default_prefill_bucket()
+        # MLX's CPU backend computes a launched step before `async_eval` returns (measured: the
+        # launch took the whole ~115 ms step, the read after it nothing), so launching step n+1
+        # before reading step n only delays every token by a step; GPUs overlap the two.
+        self._pipelined = mx.default_device() != mx.cpu
         logger.info(
             "engine %s loaded %s (context %d, %d KiB KV per token, KV budget %d MiB)",
             self.name,
@@ -404,11 +409,29 @@ class LLMEngine(EngineThread):
         budget = self._prefill_together(self.prefill_chunk)
         batch.join(self._prefill_some(budget))
         self.largest_batch = max(self.largest_batch, len(batch))
-        current = batch.schedule()
+        if self._pipelined:
+            current = batch.schedule()  # step n+1 computes while step n is read
+            if current is not None:
+                self._emit(current)
+        else:
+            current = batch.pending
+            if current is not None:
+                self._emit(current)
+                batch.schedule()
         if current is None:
             if not self.has_work():
                 mx.clear_cache()
             return
+        self._steps += 1
+        if self._steps % _CLEAR_CACHE_EVERY == 0 or not self.has_work():
+            # Idle (or every few hundred steps): hand MLX's cached buffers back, so memory
+            # returns to the weights + prefix cache between bursts instead of creeping up.
+            mx.clear_cache()
+
+    def _emit(self, current: StepOutput) -> None:
+        """Read one step's tokens, hand each to its choice, retire the finished rows."""
+        assert self._batch is not None
+        batch = self._batch
         finished: list[int] = []
         for row, token in enumerate(batch.read(current)):
             choice = batch.choices[row]
@@ -417,11 +440,6 @@ class LLMEngine(EngineThread):
                 finished.append(row)
         if finished:
             self._retire(finished)
-        self._steps += 1
-        if self._steps % _CLEAR_CACHE_EVERY == 0 or not self.has_work():
-            # Idle (or every few hundred steps): hand MLX's cached buffers back, so memory
-            # returns to the weights + prefix cache between bursts instead of creeping up.
-            mx.clear_cache()
 
     def _retire(self, rows: list[int]) -> None:
         """Finished rows leave the batch; their KV goes to the prefix cache."""

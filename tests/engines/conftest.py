@@ -1,4 +1,8 @@
-"""A tiny random llama served by a real LLMEngine on its own engine thread."""
+"""A tiny random llama served by a real LLMEngine on its own engine thread.
+
+Every engine test runs twice: with decode steps pipelined (step n+1 launched before step n is
+read: what GPUs do) and in order (step n read first: what the CPU does), since this machine would
+otherwise only ever run the CPU's order."""
 
 from __future__ import annotations
 
@@ -16,10 +20,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_model_dir(tiny_model("llama"), "llama", tmp_path_factory.mktemp("tiny") / "tiny")
 
 
-@pytest.fixture
-async def engine(tiny_model_dir: Path) -> AsyncIterator[LLMEngine]:
+@pytest.fixture(params=[True, False], ids=["pipelined", "in-order"])
+async def engine(tiny_model_dir: Path, request: pytest.FixtureRequest) -> AsyncIterator[LLMEngine]:
     engine = LLMEngine("tiny", tiny_model_dir, prefill_chunk=16)
     engine.start()
     await engine.wait_loaded()
+    engine._pipelined = request.param  # idle engine: read at its next step
     yield engine
     engine.stop()

@@ -227,3 +227,21 @@ async def test_cached_prompts_arriving_together_share_one_pass(
     for (_, tokens, _), (_, tokens_again, finish) in zip(first, again, strict=True):
         assert tokens_again == tokens
         assert finish.usage.cached_tokens > 0
+
+
+async def test_in_order_steps_launch_nothing_past_a_finished_row(engine: LLMEngine) -> None:
+    """Pipelined, the step after a row's last token is launched before that token is read (one
+    wasted pass); in order (the CPU's way), a row's tokens are read before the next step is
+    launched, so nothing is computed past the last token. Same tokens either way."""
+    from tests.engines.test_prefill_bucket import ShapeRecorder
+
+    recorder = ShapeRecorder(engine._model)
+    assert engine._batch is not None
+    engine._model = engine._batch._model = recorder  # prefill and decode passes
+    request = GenerationRequest("o", PROMPT, 5, SamplingParams(0.0))
+    assert engine.prefix_cache is not None
+    engine.prefix_cache.clear()
+    _, tokens, _ = await run(engine, request)
+    single_token_passes = recorder.query_lengths.count(1)  # the last prompt token + decode steps
+    assert len(tokens) == 5
+    assert single_token_passes == (6 if engine._pipelined else 5), recorder.query_lengths
