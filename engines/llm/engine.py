@@ -341,7 +341,8 @@ class LLMEngine(EngineThread):
             self.prefill_bucket = default_prefill_bucket()
         # MLX's CPU backend computes a launched step before `async_eval` returns (measured: the
         # launch took the whole ~115 ms step, the read after it nothing), so launching step n+1
-        # before reading step n only delays every token by a step; GPUs overlap the two.
+        # before reading step n only delays every token by a step; reading first decodes as fast
+        # (8 requests in-process, interleaved: 62.7 vs 61.7 tok/s). GPUs overlap the two.
         self._pipelined = mx.default_device() != mx.cpu
         logger.info(
             "engine %s loaded %s (context %d, %d KiB KV per token, KV budget %d MiB)",

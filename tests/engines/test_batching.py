@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -229,19 +230,47 @@ async def test_cached_prompts_arriving_together_share_one_pass(
         assert finish.usage.cached_tokens > 0
 
 
-async def test_in_order_steps_launch_nothing_past_a_finished_row(engine: LLMEngine) -> None:
-    """Pipelined, the step after a row's last token is launched before that token is read (one
-    wasted pass); in order (the CPU's way), a row's tokens are read before the next step is
-    launched, so nothing is computed past the last token. Same tokens either way."""
+async def test_first_tokens_are_read_before_the_next_step_unless_pipelined(
+    engine: LLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pipelined (GPUs), step 2 is launched before the first token is read; in order (CPU, where
+    a launch computes the step before returning) the first token is read first and reaches the
+    client a step sooner."""
+    from engines.llm.sequence import Choice
     from tests.engines.test_prefill_bucket import ShapeRecorder
 
     recorder = ShapeRecorder(engine._model)
     assert engine._batch is not None
     engine._model = engine._batch._model = recorder  # prefill and decode passes
-    request = GenerationRequest("o", PROMPT, 5, SamplingParams(0.0))
+    passes_at_first_token: list[int] = []
+    accept = Choice.accept
+
+    def recording_accept(self: Choice, *args: Any) -> bool:
+        if not self.tokens:
+            passes_at_first_token.append(len(recorder.query_lengths))
+        return accept(self, *args)
+
+    monkeypatch.setattr(Choice, "accept", recording_accept)
     assert engine.prefix_cache is not None
     engine.prefix_cache.clear()
-    _, tokens, _ = await run(engine, request)
-    single_token_passes = recorder.query_lengths.count(1)  # the last prompt token + decode steps
+    _, tokens, _ = await run(engine, GenerationRequest("o", PROMPT, 5, SamplingParams(0.0)))
     assert len(tokens) == 5
+    prompt_passes = 3  # 16 tokens, 3, then the last one (prefill_chunk 16, 20-token prompt)
+    assert recorder.query_lengths[:prompt_passes] == [16, 3, 1]
+    assert passes_at_first_token == [prompt_passes + (1 if engine._pipelined else 0)]
+
+
+async def test_in_order_steps_launch_nothing_past_a_finished_row(engine: LLMEngine) -> None:
+    """Pipelined, the step after a row's last token is launched before that token is read (one
+    wasted pass); in order, nothing is computed past the last token."""
+    from tests.engines.test_prefill_bucket import ShapeRecorder
+
+    recorder = ShapeRecorder(engine._model)
+    assert engine._batch is not None
+    engine._model = engine._batch._model = recorder  # prefill and decode passes
+    assert engine.prefix_cache is not None
+    engine.prefix_cache.clear()
+    _, tokens, _ = await run(engine, GenerationRequest("o", PROMPT, 5, SamplingParams(0.0)))
+    assert len(tokens) == 5
+    single_token_passes = recorder.query_lengths.count(1)  # the last prompt token + decode steps
     assert single_token_passes == (6 if engine._pipelined else 5), recorder.query_lengths
