@@ -3,10 +3,10 @@
 On CUDA, MLX runs multi-token attention (prefill) through cuDNN, which builds a graph for every
 new (batch, query length, key length) shape and caches it: 55-80 ms per new shape on an H200,
 against 0.6-8 ms for MLX's shape-generic attention (matmul, softmax, matmul) on a new shape
-(bench/shape_costs.py, docs/benchmarks.md). A server meets a new shape on almost every request — every prompt,
-every cached history and every batch of arrivals has its own length — so with cuDNN each first
-token paid a graph build. mlxd therefore turns cuDNN attention off unless the user has set
-MLX_CUDA_USE_CUDNN_SDPA themselves.
+(bench/shape_costs.py, docs/benchmarks.md). A server meets a new shape on almost every request:
+every prompt, every cached history and every batch of arrivals has its own length, so with
+cuDNN each first token paid a graph build. mlxd therefore turns cuDNN attention off unless the
+user has set MLX_CUDA_USE_CUDNN_SDPA themselves.
 
 Invariant: `prefer_shape_generic_attention()` runs before the process's first attention call
 (MLX reads the variable once). Only MLX's CUDA backend reads it: on Metal and CPU it changes
