@@ -97,10 +97,9 @@ class Prefill:
 
 def forward(model: Any, rows: list[list[int]], cache: list[Any], bucket: int) -> mx.array:
     """Logits of `rows` (equal lengths) fed into `cache`, the query right-padded to a multiple
-    of `bucket` (repeating each row's last token) and the padding trimmed from the cache.
-    Single-token passes are never padded: every decode step has that shape already."""
+    of `bucket` (repeating each row's last token) and the padding trimmed from the cache."""
     length = len(rows[0])
-    paddable = length > 1 and all(type(c) in (KVCache, BatchKVCache) for c in cache)
+    paddable = all(type(c) in (KVCache, BatchKVCache) for c in cache)
     padding = -length % bucket if paddable else 0
     logits = model(mx.array([row + row[-1:] * padding for row in rows]), cache=cache)
     if not padding:

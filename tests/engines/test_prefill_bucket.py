@@ -114,22 +114,3 @@ async def test_padded_passes_score_the_prompt_as_unpadded_ones(
     for mine, reference in zip(padded[1:], unpadded[1:], strict=True):
         assert mine.logprob == pytest.approx(reference.logprob, abs=1e-4)
         assert [t[0] for t in mine.top] == [t[0] for t in reference.top]
-
-
-def test_single_token_passes_are_not_padded() -> None:
-    """A one-token pass (prompts resuming with their last token) keeps the decode steps' shape;
-    longer ones are padded and come back trimmed to their own length."""
-    import mlx.core as mx
-    from mlx_lm.models.cache import KVCache
-
-    from engines.llm.prefill import forward
-
-    seen: list[tuple[int, ...]] = []
-
-    def model(tokens: mx.array, cache: Any = None) -> mx.array:
-        seen.append(tuple(tokens.shape))
-        return mx.zeros((*tokens.shape, 4))
-
-    assert forward(model, [[5], [6]], [KVCache()], BUCKET).shape == (2, 1, 4)
-    assert forward(model, [[5, 6, 7]], [KVCache()], BUCKET).shape == (1, 3, 4)
-    assert seen == [(2, 1), (1, BUCKET)]
