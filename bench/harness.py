@@ -35,13 +35,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _client() -> httpx.Client:
+    """A client whose pool keeps a connection per concurrent request (up to 256)."""
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    return httpx.Client(limits=limits, timeout=600)
+
+
 @dataclass
 class Server:
     name: str
     url: str
     model: str  # the model id to put in requests
     process: subprocess.Popen[bytes]
-    client: httpx.Client = field(default_factory=lambda: _client())
+    client: httpx.Client = field(default_factory=_client)
 
     def stop(self) -> None:
         self.client.close()
@@ -50,12 +56,6 @@ class Server:
             self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.process.kill()
-
-
-def _client() -> httpx.Client:
-    """A client whose pool keeps a connection per concurrent request (up to 256)."""
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    return httpx.Client(limits=limits, timeout=600)
 
 
 def _wait_healthy(process: subprocess.Popen[bytes], url: str, probe: str) -> None:

@@ -21,7 +21,6 @@ from engines import blas
 
 blas.preload_from_env()
 
-
 from bench.harness import (  # noqa: E402
     Server,
     StreamResult,

@@ -410,19 +410,15 @@ class LLMEngine(EngineThread):
         budget = self._prefill_together(self.prefill_chunk)
         batch.join(self._prefill_some(budget))
         self.largest_batch = max(self.largest_batch, len(batch))
-        if self._pipelined:
-            current = batch.schedule()  # step n+1 computes while step n is read
-            if current is not None:
-                self._emit(current)
-        else:
-            current = batch.pending
-            if current is not None:
-                self._emit(current)
-                batch.schedule()
+        # Pipelined, step n+1 computes while step n is read; otherwise it is launched after.
+        current = batch.schedule() if self._pipelined else batch.pending
         if current is None:
             if not self.has_work():
                 mx.clear_cache()
             return
+        self._emit(current)
+        if not self._pipelined:
+            batch.schedule()
         self._steps += 1
         if self._steps % _CLEAR_CACHE_EVERY == 0 or not self.has_work():
             # Idle (or every few hundred steps): hand MLX's cached buffers back, so memory
