@@ -8,6 +8,9 @@ A batch of one row runs on plain single-sequence KV caches instead ("solo"): no 
 and scalar offsets, the same graph as mlx-lm's `stream_generate`, so one stream decodes as fast
 as raw mlx-lm. The caches are converted (one copy) when a second row joins or all but one leave.
 
+On the CPU, steps are built inside `cpu_decode.decode_step` (the engine installed its rewrites
+of rotary embeddings and attention in the model).
+
 Pipelining: `schedule` builds and launches step n+1 from the tokens of step n while they are still
 being computed; the caller then reads step n's tokens back (`read`). A row that finishes on step n
 has already been fed into step n+1; that extra token is discarded when the row is filtered out.
@@ -19,12 +22,14 @@ step sooner and finished rows are filtered out before the next step.
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
 from mlx_lm.models.cache import BatchKVCache
 
+from engines.llm.cpu_decode import decode_step
 from engines.llm.sampling import Sampled, host_list
 from engines.llm.sequence import Choice
 
@@ -38,8 +43,9 @@ class StepOutput:
 
 
 class DecodeBatch:
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, cpu_decode: bool = False) -> None:
         self._model = model
+        self._cpu_decode = cpu_decode  # steps built inside cpu_decode.decode_step
         self.choices: list[Choice] = []
         self._caches: list[Any] | None = None  # BatchKVCache per layer, or KVCache when solo
         self._pending: StepOutput | None = None
@@ -98,7 +104,11 @@ class DecodeBatch:
         current = self._pending
         if current is None:
             return None
-        logits = self._model(current.tokens[:, None], cache=self._caches)[:, -1, :]
+        assert self._caches is not None
+        # The new tokens' positions: every layer's cache holds as many as the first one's.
+        positions = self._caches[0].offset
+        with decode_step(positions) if self._cpu_decode else nullcontext():
+            logits = self._model(current.tokens[:, None], cache=self._caches)[:, -1, :]
         samplers = [choice.sampler for choice in self.choices]
         if all(sampler.plain_greedy for sampler in samplers):
             upcoming = StepOutput(mx.argmax(logits, axis=-1), [None] * len(samplers))

@@ -1,0 +1,130 @@
+"""The CPU decode rewrites compute exactly what mlx-lm's model computes without them.
+
+Each test runs the same model on copies of the same KV caches twice: inside `decode_step` (the
+rewrites act) and outside it (the original rope and attention run), and compares outputs bit for
+bit; the rewrites must also have really acted (a counter on the wrapped code)."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
+
+from engines.llm import cpu_decode
+from engines.llm.cpu_decode import TabledRoPE, decode_step, install
+from tests.tiny import tiny_model
+
+
+def _prefilled(model: Any, prompts: list[list[int]]) -> list[Any]:
+    """Per-layer caches holding `prompts`: a plain cache for one, a left-padded batch for more."""
+    singles = []
+    for prompt in prompts:
+        cache = make_prompt_cache(model)
+        mx.eval(model(mx.array([prompt]), cache=cache))
+        singles.append(cache)
+    if len(prompts) == 1:
+        return singles[0]
+    return [BatchKVCache.merge([cache[i] for cache in singles]) for i in range(len(singles[0]))]
+
+
+class _Counting:
+    """Counts the calls that reach a wrapped function."""
+
+    def __init__(self, function: Any) -> None:
+        self.function = function
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.function(*args, **kwargs)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("lengths", [[5], [3, 9, 6]], ids=["solo", "batch"])
+def test_decode_step_equals_the_original_bit_for_bit(
+    arch: str, lengths: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tiny_model(arch)
+    install(model)
+    counting = _Counting(mx.fast.scaled_dot_product_attention)  # what mlx-lm's attention calls
+    monkeypatch.setattr(mx.fast, "scaled_dot_product_attention", counting)
+    prompts = [[(7 * row + i) % 50 + 3 for i in range(n)] for row, n in enumerate(lengths)]
+    caches = _prefilled(model, prompts)
+    tokens = mx.array([[11 + row] for row in range(len(lengths))])
+    for _ in range(3):  # several steps: positions move, caches grow
+        reference_caches = copy.deepcopy(caches)
+        counting.calls = 0
+        expected = model(tokens, cache=reference_caches)
+        assert counting.calls == len(caches)  # outside a step: the original, every layer
+        offsets = caches[0].offset
+        counting.calls = 0
+        with decode_step(offsets):
+            actual = model(tokens, cache=caches)
+        assert counting.calls == 0  # inside: the grouped attention, every layer
+        mx.eval(expected, actual)
+        assert mx.array_equal(actual, expected).item()
+        tokens = mx.argmax(actual[:, -1:, :], axis=-1)
+
+
+def test_install_wraps_each_rope_once_and_the_attention_once() -> None:
+    model = tiny_model("llama")
+    install(model)
+    install(tiny_model("llama"))  # a second model of the same module
+    assert all(isinstance(layer.self_attn.rope, TabledRoPE) for layer in model.model.layers)
+    wrappers = [m for _, m in model.named_modules() if isinstance(m, TabledRoPE)]
+    assert len(wrappers) == len(model.model.layers)  # no wrapper wrapped again
+    function = sys.modules[type(model).__module__].scaled_dot_product_attention
+    assert not hasattr(function.original, "original")  # not wrapped twice
+
+
+def test_partial_rotary_keeps_the_unrotated_dimensions() -> None:
+    rope = nn.RoPE(8, base=500.0, scale=0.5)
+    x = mx.random.normal((3, 2, 1, 12), key=mx.random.key(1))
+    offsets = mx.array([4, 17, 0])
+    expected = rope(x, offset=offsets)
+    with decode_step(offsets):
+        actual = TabledRoPE(rope)(x, offset=offsets)
+    assert mx.array_equal(actual, expected).item()
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive"])
+def test_grouped_attention_equals_the_fallback(mask_kind: str) -> None:
+    keys_ = mx.random.split(mx.random.key(2), 4)
+    q = mx.random.normal((3, 6, 1, 8), key=keys_[0])
+    k = mx.random.normal((3, 2, 10, 8), key=keys_[1])
+    v = mx.random.normal((3, 2, 10, 8), key=keys_[2])
+    allowed = mx.random.uniform(shape=(3, 1, 1, 10), key=keys_[3]) > 0.3
+    allowed[..., -1] = True
+    mask = {
+        "none": None,
+        "bool": allowed,
+        "additive": mx.where(allowed, 0.0, -1e9).astype(mx.float32),
+    }[mask_kind]
+    calls = _Counting(
+        lambda q, k, v, cache, scale, mask, sinks=None: mx.fast.scaled_dot_product_attention(
+            q, k, v, scale=scale, mask=mask
+        )
+    )
+    attention = cpu_decode.grouped_decode_attention(calls)
+    expected = attention(q, k, v, cache=None, scale=0.3, mask=mask)  # no step: the original
+    assert calls.calls == 1
+    with decode_step(mx.array([1, 2, 3])):
+        actual = attention(q, k, v, cache=None, scale=0.3, mask=mask)
+    assert calls.calls == 1
+    assert mx.array_equal(actual, expected).item()
+
+
+def test_outside_its_shapes_a_step_defers_to_the_original() -> None:
+    """A pass of several tokens, or of other rows, inside a step still runs the original."""
+    rope = nn.RoPE(8)
+    wrapped = TabledRoPE(rope)
+    x = mx.random.normal((2, 2, 4, 8), key=mx.random.key(3))
+    with decode_step(mx.array([5, 6])):
+        assert mx.array_equal(wrapped(x, offset=3), rope(x, offset=3)).item()
+        single = mx.random.normal((1, 2, 1, 8), key=mx.random.key(4))
+        assert mx.array_equal(wrapped(single, offset=9), rope(single, offset=9)).item()
