@@ -1,5 +1,6 @@
-"""Soak: rounds of 64 concurrent clients against `mlxd serve`: streamed and not, a third of the
-streams leaving at a random point, and every 8th client sending a malformed request. Reports
+"""Soak: rounds of 64 concurrent clients against `mlxd serve`: half of them streaming and leaving
+at a random point, the rest streaming to the end or not streaming, and every 8th client sending a
+malformed request instead. Reports
 failures (a well-formed request not completed, a 5xx anywhere, a malformed one not answered with
 an OpenAI-shaped 4xx), the engine's active count after each round and the server's resident
 memory after each round (flat across rounds = nothing accepted is leaked).
@@ -73,15 +74,24 @@ def plain_client(server: Server, number: int, tokens: int) -> str:
     return f"HTTP {response.status_code}"
 
 
+def kind(number: int) -> str:
+    """Client kinds by number: odd ones stream and leave at a random chunk (half the clients);
+    of the even ones every 4th sends a malformed request, and the others stream to the end or
+    do not stream."""
+    if number % 2 == 1:
+        return "leaving"
+    if number % 8 == 6:
+        return "malformed"
+    return "streaming" if number % 4 == 0 else "plain"
+
+
 def client(server: Server, number: int, tokens: int) -> str:
-    """What happened: done, left (on purpose), refused (malformed, on purpose), or the problem.
-    Client kinds by number: every 8th malformed; else streaming, leaving at a random chunk
-    (number % 3 == 1), streaming to the end (== 0), or not streaming (== 2)."""
-    if number % 8 == 7:
+    """What happened: done, left (on purpose), refused (malformed, on purpose), or the problem."""
+    if kind(number) == "malformed":
         return bad_client(server, number)
-    if number % 3 == 2:
+    if kind(number) == "plain":
         return plain_client(server, number, tokens)
-    leave_after = random.Random(number).randint(1, tokens) if number % 3 == 1 else None
+    leave_after = random.Random(number).randint(1, tokens) if kind(number) == "leaving" else None
     body = {
         "model": server.model,
         "messages": [{"role": "user", "content": f"Tell me a story about the number {number}."}],
@@ -163,9 +173,9 @@ def main() -> None:
             time.sleep(1.0)  # let cancelled rows leave at the next engine steps
             health = httpx.get(f"{server.url}/health").json()
             stats = health["engines"][name]
-            bad = [o for i, o in enumerate(outcomes) if i % 8 == 7]
-            leaving = [o for i, o in enumerate(outcomes) if i % 8 != 7 and i % 3 == 1]
-            staying = [o for i, o in enumerate(outcomes) if i % 8 != 7 and i % 3 != 1]
+            bad = [o for i, o in enumerate(outcomes) if kind(i) == "malformed"]
+            leaving = [o for i, o in enumerate(outcomes) if kind(i) == "leaving"]
+            staying = [o for i, o in enumerate(outcomes) if kind(i) in ("streaming", "plain")]
             row = {
                 "round": number,
                 "wall_s": time.perf_counter() - start,

@@ -333,8 +333,8 @@ class LLMEngine(EngineThread):
         self.kv_budget_bytes = self.limits.kv_budget_bytes or default_kv_budget(weights)
         if self.limits.prefix_cache_bytes > 0:
             self.prefix_cache = PrefixCache(self.limits.prefix_cache_bytes)
-        # MLX's CPU backend composes attention from small operations; cpu_decode does the same
-        # math in fewer (a decode step 13% faster at 8 rows; docs/benchmarks.md).
+        # MLX's CPU backend composes rotary embeddings and attention from small operations;
+        # cpu_decode does the same math in fewer (decode steps 4-12% faster; docs/benchmarks.md).
         on_cpu = mx.default_device() == mx.cpu
         if on_cpu:
             install_cpu_decode(model)
