@@ -17,6 +17,7 @@ from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
 from engines.llm import cpu_decode
 from engines.llm.cpu_decode import TabledRoPE, decode_step, install
+from engines.llm.engine import LLMEngine
 from tests.tiny import tiny_model
 
 
@@ -128,3 +129,11 @@ def test_outside_its_shapes_a_step_defers_to_the_original() -> None:
         assert mx.array_equal(wrapped(x, offset=3), rope(x, offset=3)).item()
         single = mx.random.normal((1, 2, 1, 8), key=mx.random.key(4))
         assert mx.array_equal(wrapped(single, offset=9), rope(single, offset=9)).item()
+
+
+async def test_a_cpu_engine_decodes_with_the_rewrites(engine: LLMEngine) -> None:
+    """The engine fixture runs on the CPU: its model carries the wrappers and its decode steps
+    are built inside `decode_step` (the tests above show what that computes)."""
+    layers = engine._model.model.layers
+    assert all(isinstance(layer.self_attn.rope, TabledRoPE) for layer in layers)
+    assert engine._batch is not None and engine._batch._cpu_decode
