@@ -54,19 +54,22 @@ def test_decode_step_equals_the_original_bit_for_bit(
     install(model)
     counting = _Counting(mx.fast.scaled_dot_product_attention)  # what mlx-lm's attention calls
     monkeypatch.setattr(mx.fast, "scaled_dot_product_attention", counting)
+    ropes = _Counting(mx.fast.rope)  # what nn.RoPE calls
+    monkeypatch.setattr(mx.fast, "rope", ropes)
     prompts = [[(7 * row + i) % 50 + 3 for i in range(n)] for row, n in enumerate(lengths)]
     caches = _prefilled(model, prompts)
     tokens = mx.array([[11 + row] for row in range(len(lengths))])
     for _ in range(3):  # several steps: positions move, caches grow
         reference_caches = copy.deepcopy(caches)
-        counting.calls = 0
+        counting.calls = ropes.calls = 0
         expected = model(tokens, cache=reference_caches)
-        assert counting.calls == len(caches)  # outside a step: the original, every layer
+        # Outside a step: the original attention and rope (queries and keys), every layer.
+        assert (counting.calls, ropes.calls) == (len(caches), 2 * len(caches))
         offsets = caches[0].offset
-        counting.calls = 0
+        counting.calls = ropes.calls = 0
         with decode_step(offsets):
             actual = model(tokens, cache=caches)
-        assert counting.calls == 0  # inside: the grouped attention, every layer
+        assert (counting.calls, ropes.calls) == (0, 0)  # inside: the rewrites, every layer
         mx.eval(expected, actual)
         assert mx.array_equal(actual, expected).item()
         tokens = mx.argmax(actual[:, -1:, :], axis=-1)
