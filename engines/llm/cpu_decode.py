@@ -15,10 +15,10 @@ bit for bit):
   head over its query heads and multiplies rows x query heads single-row products; folding the
   query heads that share a key head into the rows of one product does rows x key heads products.
 
-`install(model)` puts both in place; they act only while the calling thread builds a step inside
-`decode_step(offsets)`, which the engine's DecodeBatch does only when its device is the CPU.
-Everything else (prefill passes, other devices, masks or options the rewrite does not cover)
-runs the original code.
+`install(model)` puts both in place, for the model modules they were checked against; they act
+only while the calling thread builds a step inside `decode_step(offsets)`, which the engine's
+DecodeBatch does only when its device is the CPU. Everything else (prefill passes, other
+devices, masks or options the rewrite does not cover) runs the original code.
 """
 
 from __future__ import annotations
@@ -34,6 +34,24 @@ import mlx.nn as nn
 
 # The name under which mlx-lm's model modules import their attention function.
 _ATTENTION = "scaled_dot_product_attention"
+
+# mlx-lm model modules read for what the rewrites assume: every attention layer rotates its
+# queries and keys at `cache.offset` and calls the module's attention function. Other models
+# run unchanged (a rope at another position would be rotated wrongly).
+REVIEWED_MODULES = frozenset(
+    {
+        "llama",
+        "qwen2",
+        "qwen3",
+        "phi3",
+        "gemma",
+        "starcoder2",
+        "olmo2",
+        "granite",
+        "internlm2",
+        "cohere",
+    }
+)
 
 
 class DecodeStep:
@@ -143,8 +161,12 @@ def grouped_decode_attention(original: Callable[..., mx.array]) -> Callable[...,
     return attention
 
 
-def install(model: nn.Module) -> None:
-    """Wrap the model's `nn.RoPE`s and its module's attention function (once per module)."""
+def install(model: nn.Module) -> bool:
+    """Wrap the model's `nn.RoPE`s and its module's attention function (once per module);
+    False, touching nothing, for a model outside `REVIEWED_MODULES`."""
+    module = sys.modules[type(model).__module__]
+    if module.__name__.rpartition(".")[2] not in REVIEWED_MODULES:
+        return False
     wrapped = [
         (parent, name, child)
         for _, parent in model.named_modules()
@@ -153,7 +175,7 @@ def install(model: nn.Module) -> None:
     ]
     for parent, name, child in wrapped:
         parent[name] = TabledRoPE(child)
-    module = sys.modules[type(model).__module__]
     current = getattr(module, _ATTENTION, None)
     if current is not None and not hasattr(current, "original"):
         setattr(module, _ATTENTION, grouped_decode_attention(current))
+    return True

@@ -336,9 +336,7 @@ class LLMEngine(EngineThread):
         # MLX's CPU backend composes rotary embeddings and attention from small operations;
         # cpu_decode does the same math in fewer (decode steps 4-12% faster; docs/benchmarks.md).
         on_cpu = mx.default_device() == mx.cpu
-        if on_cpu:
-            install_cpu_decode(model)
-        self._batch = DecodeBatch(model, cpu_decode=on_cpu)
+        self._batch = DecodeBatch(model, cpu_decode=on_cpu and install_cpu_decode(model))
         if not self.prefill_chunk:
             # Bounds how long one step's prefill delays running streams: a few hundred tokens
             # take ~1 s on a laptop CPU, while a GPU does thousands in a few milliseconds.

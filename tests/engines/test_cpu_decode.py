@@ -86,6 +86,13 @@ def test_install_wraps_each_rope_once_and_the_attention_once() -> None:
     assert not hasattr(function.original, "original")  # not wrapped twice
 
 
+def test_models_of_other_modules_are_left_alone() -> None:
+    model = tiny_model("llama")
+    model.__class__ = type("Model", (type(model),), {"__module__": __name__})
+    assert not install(model)
+    assert all(type(layer.self_attn.rope) is nn.RoPE for layer in model.model.layers)
+
+
 def test_partial_rotary_keeps_the_unrotated_dimensions() -> None:
     rope = nn.RoPE(8, base=500.0, scale=0.5)
     x = mx.random.normal((3, 2, 1, 12), key=mx.random.key(1))
