@@ -164,17 +164,18 @@ def grouped_decode_attention(original: Callable[..., mx.array]) -> Callable[...,
 def install(model: nn.Module) -> bool:
     """Wrap the model's `nn.RoPE`s and its module's attention function (once per module);
     False, touching nothing, for a model outside `REVIEWED_MODULES`."""
-    module = sys.modules[type(model).__module__]
-    if module.__name__.rpartition(".")[2] not in REVIEWED_MODULES:
+    package, _, name = type(model).__module__.rpartition(".")
+    if package != "mlx_lm.models" or name not in REVIEWED_MODULES:
         return False
+    module = sys.modules[type(model).__module__]
     wrapped = [
-        (parent, name, child)
+        (parent, key, child)
         for _, parent in model.named_modules()
-        for name, child in parent.items()
+        for key, child in parent.items()
         if type(child) is nn.RoPE and not child.traditional
     ]
-    for parent, name, child in wrapped:
-        parent[name] = TabledRoPE(child)
+    for parent, key, child in wrapped:
+        parent[key] = TabledRoPE(child)
     current = getattr(module, _ATTENTION, None)
     if current is not None and not hasattr(current, "original"):
         setattr(module, _ATTENTION, grouped_decode_attention(current))
