@@ -106,8 +106,7 @@ class DecodeBatch:
             return None
         assert self._caches is not None
         # The new tokens' positions: every layer's cache holds as many as the first one's.
-        positions = self._caches[0].offset
-        with decode_step(positions) if self._cpu_decode else nullcontext():
+        with decode_step(self._caches[0].offset) if self._cpu_decode else nullcontext():
             logits = self._model(current.tokens[:, None], cache=self._caches)[:, -1, :]
         samplers = [choice.sampler for choice in self.choices]
         if all(sampler.plain_greedy for sampler in samplers):
