@@ -24,11 +24,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from engines.asr.engine import SpeechModelInfo, TranscriptionRequest
 from engines.bridge import RequestStream
 from engines.errors import EngineUnavailable, InvalidRequest, ModelNotFound
-from engines.llm.engine import ModelInfo
-from engines.types import EngineStats, GenerationRequest
+from engines.types import (
+    ChatModelInfo,
+    EngineStats,
+    GenerationRequest,
+    SpeechModelInfo,
+    TranscriptionRequest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +60,7 @@ class Engine(Protocol):
 class TextEngine(Engine, Protocol):
     """What the HTTP edge may call on a chat engine (LLMEngine, or a scripted fake in tests)."""
 
-    info: ModelInfo | None
+    info: ChatModelInfo | None
     vocab_size: int
 
     def encode_chat(
@@ -330,7 +334,7 @@ class EnginePool:
             for s in self._slots.values()
         ]
 
-    def loaded_infos(self) -> list[ModelInfo | SpeechModelInfo]:
+    def loaded_infos(self) -> list[ChatModelInfo | SpeechModelInfo]:
         return [s.engine.info for s in self._slots.values() if s.loaded and s.engine.info]
 
     @property

@@ -7,7 +7,10 @@ value is a plain Python value, so it may be passed between the event loop and an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -166,3 +169,73 @@ class EngineStats:
     stalled: bool = False  # busy, but the step loop has not moved for the watchdog's threshold
     failures: int = 0  # steps that raised (their requests failed; the engine went on)
     weights_bytes: int = 0  # memory the loaded model's parameters take
+
+
+@dataclass(frozen=True)
+class ChatModelInfo:
+    """What the HTTP edge may know of a loaded model (plain values only)."""
+
+    name: str
+    path: str
+    context_length: int
+    eos_token_ids: frozenset[int]
+    created: int
+    fim_tokens: tuple[str, str, str] | None = (
+        None  # (prefix, suffix, middle) when the vocab has them
+    )
+    reasoning: bool = False  # the chat template knows <think> blocks (a reasoning model)
+
+
+FIM_TOKEN_SETS = (
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),  # Qwen2.5-Coder, StarCoder2
+    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder, SantaCoder
+    ("<PRE>", "<SUF>", "<MID>"),  # CodeLlama
+)
+
+
+@dataclass(frozen=True)
+class ChatLimits:
+    """Admission control: running choices, waiting requests and the KV memory budget."""
+
+    max_batch: int = 32
+    max_waiting: int = 64
+    kv_budget_bytes: int | None = None  # None: derived from the device's memory at load
+    prefix_cache_bytes: int = 1 << 30
+    watchdog_s: float = 120.0  # busy with no loop progress this long → reported stalled
+    context_length: int | None = None  # a cap below the model's own context, if set
+    chat_template: str | None = None  # replaces the tokenizer's chat template, if set
+
+
+@dataclass(frozen=True)
+class TranscriptionRequest:
+    """Plain values only: the features were computed off the engine thread."""
+
+    request_id: str
+    mel: np.ndarray  # (frames, n_mels), the recording followed by 30 s of silence
+    content_frames: int  # frames of the recording itself
+    task: str = "transcribe"  # or "translate"
+    language: str | None = None  # ISO-639-1 code; None: detect (multilingual) or English
+    prompt: str | None = None
+    temperature: float = 0.0  # 0: the fallback schedule; > 0: that temperature only
+    seed: int | None = None
+    word_timestamps: bool = False
+
+
+@dataclass(frozen=True)
+class SpeechModelInfo:
+    """What the HTTP edge may know of a loaded speech model."""
+
+    name: str
+    path: str
+    created: int
+    multilingual: bool
+    n_mels: int
+    kind: str = "speech"
+
+
+@dataclass(frozen=True)
+class SpeechLimits:
+    max_batch: int = 8  # windows decoded together (one per request)
+    encoder_batch: int | None = None  # windows per MLX encoder pass (GPUs); default: max_batch
+    max_waiting: int = 64  # transcriptions accepted and not yet finished
+    watchdog_s: float = 120.0

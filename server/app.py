@@ -67,13 +67,14 @@ def build_pool(settings: Settings) -> EnginePool:
 
 def _spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
     """A pool entry for one configured model: how to build its engine, and its footprint."""
-    from engines.asr.engine import ASREngine, ASRLimits
-    from engines.llm.engine import EngineLimits, LLMEngine
+    from engines.asr.engine import ASREngine
+    from engines.llm.engine import LLMEngine
+    from engines.types import ChatLimits, SpeechLimits
 
     _, path = store.resolve(entry.source)
     factory: Callable[[], Any]
     if entry.kind == "chat":
-        limits = EngineLimits(
+        limits = ChatLimits(
             max_batch=entry.max_batch or settings.max_batch,
             max_waiting=settings.max_waiting,
             kv_budget_bytes=settings.kv_budget_mb * 2**20 if settings.kv_budget_mb else None,
@@ -84,7 +85,7 @@ def _spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
         )
         factory = partial(LLMEngine, entry.name, path, settings.prefill_chunk, limits)
     else:
-        asr_limits = ASRLimits(
+        asr_limits = SpeechLimits(
             max_batch=entry.max_batch or settings.asr_max_batch,
             max_waiting=settings.max_waiting,
             watchdog_s=settings.watchdog_s,

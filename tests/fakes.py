@@ -11,21 +11,24 @@ import threading
 import time
 from typing import Any
 
-from engines.asr.engine import ASREngine, SpeechModelInfo, TranscriptionRequest
+from engines.asr.engine import ASREngine
 from engines.asr.vocab import LANGUAGES
 from engines.bridge import RequestStream
 from engines.errors import EngineFailed, InvalidRequest
-from engines.llm.engine import LLMEngine, ModelInfo
+from engines.llm.engine import LLMEngine
 from engines.types import (
+    ChatModelInfo,
     EngineStats,
     ErrorEvent,
     FinishEvent,
     GenerationRequest,
     PromptEvent,
     Segment,
+    SpeechModelInfo,
     TokenEvent,
     TokenLogprob,
     TranscriptionDone,
+    TranscriptionRequest,
     Usage,
 )
 
@@ -52,7 +55,7 @@ class FakeEngine:
         self.reply = reply
         self.token_delay_s = token_delay_s
         self.fail_after = fail_after
-        self.info: ModelInfo | None = None
+        self.info: ChatModelInfo | None = None
         self._context_length = context_length
         self._active = 0
         self._lock = threading.Lock()
@@ -71,7 +74,7 @@ class FakeEngine:
         return self._running
 
     def start(self) -> None:
-        self.info = ModelInfo(
+        self.info = ChatModelInfo(
             self.name,
             "/fake",
             self._context_length,

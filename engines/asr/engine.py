@@ -39,7 +39,15 @@ from engines.asr.whisper import DecoderState
 from engines.bridge import RequestStream
 from engines.errors import InvalidRequest, Overloaded
 from engines.llm.sampling import host_list
-from engines.types import EngineStats, ErrorEvent, Segment, TranscriptionDone
+from engines.types import (
+    EngineStats,
+    ErrorEvent,
+    Segment,
+    SpeechLimits,
+    SpeechModelInfo,
+    TranscriptionDone,
+    TranscriptionRequest,
+)
 from engines.worker import EngineThread
 
 logger = logging.getLogger(__name__)
@@ -50,41 +58,6 @@ LOGPROB_THRESHOLD = -1.0  # below: unsure output, decode again hotter
 NO_SPEECH_THRESHOLD = 0.6  # above (and unsure): the window is silence, emit nothing
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 PROMPT_RESET_TEMPERATURE = 0.5  # a window decoded hotter than this is not used as context
-
-
-@dataclass(frozen=True)
-class TranscriptionRequest:
-    """Plain values only: the features were computed off the engine thread."""
-
-    request_id: str
-    mel: np.ndarray  # (frames, n_mels), the recording followed by 30 s of silence
-    content_frames: int  # frames of the recording itself
-    task: str = "transcribe"  # or "translate"
-    language: str | None = None  # ISO-639-1 code; None: detect (multilingual) or English
-    prompt: str | None = None
-    temperature: float = 0.0  # 0: the fallback schedule; > 0: that temperature only
-    seed: int | None = None
-    word_timestamps: bool = False
-
-
-@dataclass(frozen=True)
-class SpeechModelInfo:
-    """What the HTTP edge may know of a loaded speech model."""
-
-    name: str
-    path: str
-    created: int
-    multilingual: bool
-    n_mels: int
-    kind: str = "speech"
-
-
-@dataclass(frozen=True)
-class ASRLimits:
-    max_batch: int = 8  # windows decoded together (one per request)
-    encoder_batch: int | None = None  # windows per MLX encoder pass (GPUs); default: max_batch
-    max_waiting: int = 64  # transcriptions accepted and not yet finished
-    watchdog_s: float = 120.0
 
 
 @dataclass
@@ -106,10 +79,10 @@ class _Job:
 
 
 class ASREngine(EngineThread):
-    def __init__(self, name: str, path: Path, limits: ASRLimits | None = None) -> None:
+    def __init__(self, name: str, path: Path, limits: SpeechLimits | None = None) -> None:
         super().__init__(name)
         self.path = path
-        self.limits = limits or ASRLimits()
+        self.limits = limits or SpeechLimits()
         self.info: SpeechModelInfo | None = None
         self.largest_batch = 0
         self.encoder_batch = 0  # set at load

@@ -22,7 +22,6 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -46,6 +45,9 @@ from engines.llm.sampling import Sampled, TokenSampler, choice_seed
 from engines.llm.sequence import Choice, Vocabulary
 from engines.llm.templates import render_chat
 from engines.types import (
+    FIM_TOKEN_SETS,
+    ChatLimits,
+    ChatModelInfo,
     EngineStats,
     ErrorEvent,
     FinishEvent,
@@ -67,41 +69,6 @@ ARRIVAL_QUIET_S = 0.002
 ARRIVAL_WAIT_MAX_S = 0.02
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the HTTP edge may know of a loaded model (plain values only)."""
-
-    name: str
-    path: str
-    context_length: int
-    eos_token_ids: frozenset[int]
-    created: int
-    fim_tokens: tuple[str, str, str] | None = (
-        None  # (prefix, suffix, middle) when the vocab has them
-    )
-    reasoning: bool = False  # the chat template knows <think> blocks (a reasoning model)
-
-
-FIM_TOKEN_SETS = (
-    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),  # Qwen2.5-Coder, StarCoder2
-    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder, SantaCoder
-    ("<PRE>", "<SUF>", "<MID>"),  # CodeLlama
-)
-
-
-@dataclass(frozen=True)
-class EngineLimits:
-    """Admission control: running choices, waiting requests and the KV memory budget."""
-
-    max_batch: int = 32
-    max_waiting: int = 64
-    kv_budget_bytes: int | None = None  # None: derived from the device's memory at load
-    prefix_cache_bytes: int = 1 << 30
-    watchdog_s: float = 120.0  # busy with no loop progress this long → reported stalled
-    context_length: int | None = None  # a cap below the model's own context, if set
-    chat_template: str | None = None  # replaces the tokenizer's chat template, if set
-
-
 class LLMEngine(EngineThread):
     """One model, one thread. `submit` and the properties are called from the event loop."""
 
@@ -110,15 +77,15 @@ class LLMEngine(EngineThread):
         name: str,
         path: Path,
         prefill_chunk: int | None = None,
-        limits: EngineLimits | None = None,
+        limits: ChatLimits | None = None,
         prefill_bucket: int | None = None,
     ) -> None:
         super().__init__(name)
         self.path = path
         self.prefill_chunk = prefill_chunk or 0  # 0: chosen for the device at load
         self.prefill_bucket = prefill_bucket or 0  # 0: chosen for the device at load
-        self.limits = limits or EngineLimits()
-        self.info: ModelInfo | None = None
+        self.limits = limits or ChatLimits()
+        self.info: ChatModelInfo | None = None
         self.tokenizer: Any = None
         self.vocab_size = 0
         self.kv_bytes_per_token = 0
@@ -307,7 +274,7 @@ class LLMEngine(EngineThread):
         vocab = tokenizer.vocab
         fim = next((s for s in FIM_TOKEN_SETS if all(t in vocab for t in s)), None)
         eos = frozenset(int(t) for t in tokenizer.eos_token_ids)
-        self.info = ModelInfo(
+        self.info = ChatModelInfo(
             name=self.name,
             path=str(self.path),
             context_length=context,

@@ -22,8 +22,12 @@ from starlette.types import Message
 
 from engines.asr import formats
 from engines.asr.audio import AudioDecodeError, content_frames, decode_audio, log_mel
-from engines.asr.engine import TranscriptionRequest
-from engines.types import ErrorEvent, Segment, TranscriptionDone
+from engines.types import (
+    ErrorEvent,
+    Segment,
+    TranscriptionDone,
+    TranscriptionRequest,
+)
 from server import logs, sse
 from server.body import read_body, validate
 from server.errors import APIError, from_engine_error

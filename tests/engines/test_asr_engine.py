@@ -13,9 +13,16 @@ import numpy as np
 import pytest
 
 from engines.asr.audio import content_frames, log_mel
-from engines.asr.engine import ASREngine, ASRLimits, TranscriptionRequest
+from engines.asr.engine import ASREngine
 from engines.errors import InvalidRequest, Overloaded
-from engines.types import ErrorEvent, Event, Segment, TranscriptionDone
+from engines.types import (
+    ErrorEvent,
+    Event,
+    Segment,
+    SpeechLimits,
+    TranscriptionDone,
+    TranscriptionRequest,
+)
 from engines.weights.ct2 import CT2FormatError, import_ct2, read_ct2
 from tests.servers import wait_until
 from tests.tiny_whisper import write_tiny_ct2
@@ -29,7 +36,7 @@ def tiny_whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def engine(tiny_whisper_dir: Path) -> AsyncIterator[ASREngine]:
-    engine = ASREngine("tiny-whisper", tiny_whisper_dir, ASRLimits(max_batch=4, max_waiting=6))
+    engine = ASREngine("tiny-whisper", tiny_whisper_dir, SpeechLimits(max_batch=4, max_waiting=6))
     engine.start()
     await engine.wait_loaded()
     yield engine

@@ -11,14 +11,14 @@ import pytest
 
 from engines.errors import KVBudgetExceeded, Overloaded
 from engines.llm import engine as engine_module
-from engines.llm.engine import EngineLimits, LLMEngine
-from engines.types import FinishEvent, GenerationRequest, SamplingParams
+from engines.llm.engine import LLMEngine
+from engines.types import ChatLimits, FinishEvent, GenerationRequest, SamplingParams
 from tests.engines.test_llm_engine import PROMPT, run
 from tests.servers import wait_until
 
 
 async def started(path: Path, **limits: int) -> LLMEngine:
-    engine = LLMEngine("tiny", path, prefill_chunk=16, limits=EngineLimits(**limits))
+    engine = LLMEngine("tiny", path, prefill_chunk=16, limits=ChatLimits(**limits))
     engine.start()
     await engine.wait_loaded()
     return engine

@@ -171,9 +171,9 @@ async def test_slow_reader_gets_coalesced_events_and_loses_nothing(engine: LLMEn
 
 
 async def test_watchdog_reports_a_hung_step(tiny_model_dir: Path) -> None:
-    from engines.llm.engine import EngineLimits
+    from engines.types import ChatLimits
 
-    engine = LLMEngine("tiny", tiny_model_dir, limits=EngineLimits(watchdog_s=0.2))
+    engine = LLMEngine("tiny", tiny_model_dir, limits=ChatLimits(watchdog_s=0.2))
     engine.start()
     await engine.wait_loaded()
     release = threading.Event()

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 from engines.asr.audio import content_frames, log_mel
-from engines.asr.engine import TranscriptionRequest
 from engines.errors import EngineUnavailable
 from engines.pool import EnginePool
-from engines.types import GenerationRequest, SamplingParams, TranscriptionDone
+from engines.types import GenerationRequest, SamplingParams, TranscriptionDone, TranscriptionRequest
 from engines.weights.ct2 import import_ct2
 from server.app import build_pool
 from server.settings import Settings

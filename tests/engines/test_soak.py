@@ -9,8 +9,9 @@ from pathlib import Path
 
 import httpx
 
-from engines.llm.engine import EngineLimits, LLMEngine
+from engines.llm.engine import LLMEngine
 from engines.pool import EnginePool
+from engines.types import ChatLimits
 from server.app import create_app
 from server.settings import Settings
 from tests.servers import serve, wait_until
@@ -49,7 +50,7 @@ async def client(url: str, number: int) -> tuple[int, str, int]:
 
 
 async def test_64_clients_half_leaving(tiny_model_dir: Path) -> None:
-    engine = LLMEngine("tiny", tiny_model_dir, limits=EngineLimits(max_batch=32, max_waiting=64))
+    engine = LLMEngine("tiny", tiny_model_dir, limits=ChatLimits(max_batch=32, max_waiting=64))
     app = create_app(Settings(), EnginePool([engine]))
     with serve(app) as url:
         results = await asyncio.gather(*(client(url, i) for i in range(CLIENTS)))
