@@ -8,8 +8,6 @@ or not.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
 import uuid
@@ -19,14 +17,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from engines.llm.constrain import json_schema_grammar, tool_call_grammar
-from engines.llm.reasoning import THINK_OPEN
 from engines.types import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
-from server import logs, sse
+from server import sse
 from server.body import read_json_object, validate
 from server.chat_output import ChoiceOutput, collected_message
-from server.errors import APIError, from_engine_error
-from server.generation import EventSource, check_limits, collect, unless_disconnected
+from server.chat_pipeline import prepare_chat
+from server.errors import from_engine_error
+from server.generation import EventSource, collect, unless_disconnected
 from server.schemas.chat import (
     IGNORED_FIELDS,
     ChatCompletionRequest,
@@ -47,60 +44,12 @@ async def create_chat_completion(request: Request) -> Response:
     pool = request.app.state.pool
     body = await read_json_object(request, settings.max_body_bytes)
     chat = validate(ChatCompletionRequest, body)
-    if (field := chat.unsupported_field()) is not None:
-        raise APIError(
-            400,
-            f"'{field}' is not supported by this server yet",
-            param=field,
-            code="unsupported_parameter",
-        )
-    check_limits(chat, settings.max_stop_sequences, settings.max_n)
-    check_chat_limits(chat, settings.max_messages, settings.max_schema_bytes)
-    logprobs = chat.logprobs_count()
-    if logprobs == -1:
-        raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
-    tools = [tool.model_dump(exclude_none=True) for tool in chat.tools_in_play()]
-    grammar, grammar_param = output_grammar(chat, tools)
-    engine = await pool.acquire(chat.model)
-    if grammar is not None:
-        # Compiling checks the grammar against the tokenizer (no MLX; the first one builds
-        # llguidance's tokenizer, ~0.5 s): off the event loop.
-        await asyncio.to_thread(engine.check_grammar, grammar, grammar_param)
-    messages = [message.model_dump(exclude_none=True) for message in chat.messages]
-    prompt = engine.encode_chat(messages, tools, chat.template_kwargs())
-    reasoning = bool(engine.info and engine.info.reasoning)
-    think_opened = reasoning and engine.decode(prompt[-8:]).rstrip().endswith(THINK_OPEN)
-
-    tool_names = frozenset(tool["function"]["name"] for tool in tools)
-
-    def output_for() -> ChoiceOutput:
-        return ChoiceOutput(reasoning, think_opened, tool_names)
-
-    max_tokens = engine.check_fits(len(prompt), chat.requested_max_tokens())
-
-    request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    logs.request_id.set(request_id)  # this id, not the middleware's, from here on
-    generation = GenerationRequest(
-        request_id,
-        prompt,
-        max_tokens,
-        chat.sampling(pool.sampling_defaults(chat.model)),
-        chat.stop_sequences(),
-        n=chat.choices,
-        logprobs=logprobs,
-        grammar=grammar,
-    )
+    prepared = await prepare_chat(pool, settings, chat, f"chatcmpl-{uuid.uuid4().hex}")
+    generation, output_for = prepared.generation, prepared.output_for
+    request_id = generation.request_id
+    logprobs = generation.logprobs
     headers = response_headers(request_id, body, ChatCompletionRequest, IGNORED_FIELDS)
-    logger.info(
-        "%s chat model=%r prompt_tokens=%d max_tokens=%d n=%d stream=%s",
-        request_id,
-        chat.model,
-        len(prompt),
-        max_tokens,
-        chat.choices,
-        bool(chat.stream),
-    )
-    stream = request.app.state.metrics.observe(engine.submit(generation), chat.model)
+    stream = request.app.state.metrics.observe(prepared.engine.submit(generation), chat.model)
     if chat.stream:
         interval = settings.stream_interval_ms / 1000
         outputs = [output_for() for _ in range(generation.n)]
@@ -183,62 +132,3 @@ async def _stream_chunks(
         if not ended:
             stream.cancel()
             logger.info("%s stream closed early; cancelling", generation.request_id)
-
-
-def output_grammar(
-    chat: ChatCompletionRequest, tools: list[dict[str, Any]]
-) -> tuple[str | None, str]:
-    """The grammar the output must follow, if any, and the param it comes from: a forced tool
-    call (`tool_choice` "required" or a named function) or `response_format` JSON."""
-    forced = chat.forced_tool()
-    if chat.tool_choice == "required" or forced is not None:
-        if not tools:
-            raise APIError(400, "tool_choice requires tools", param="tools")
-        if forced is not None and forced not in {t["function"]["name"] for t in tools}:
-            raise APIError(
-                400, f"tool_choice names an unknown function {forced!r}", param="tool_choice"
-            )
-        if chat.response_format is not None and chat.response_format.type != "text":
-            raise APIError(
-                400,
-                "response_format cannot be combined with a forced tool_choice",
-                param="response_format",
-            )
-        parallel = forced is None and chat.parallel_tool_calls is not False
-        return tool_call_grammar(tools, forced, parallel), "tool_choice"
-    response_format = chat.response_format
-    if response_format is None or response_format.type == "text":
-        return None, ""
-    if response_format.type == "json_object":
-        return json_schema_grammar({"type": "object"}), "response_format"
-    if response_format.json_schema is None:
-        raise APIError(400, "json_schema is required", param="response_format.json_schema")
-    schema = response_format.json_schema.schema_ or {"type": "object"}
-    return json_schema_grammar(schema), "response_format.json_schema.schema"
-
-
-def check_chat_limits(
-    chat: ChatCompletionRequest, max_messages: int, max_schema_bytes: int
-) -> None:
-    """Limits on the chat-only fields: message count, and the size of the schemas a grammar
-    would be compiled from (tools' parameters, `response_format`)."""
-    if len(chat.messages) > max_messages:
-        raise APIError(
-            400,
-            f"At most {max_messages} messages are allowed, got {len(chat.messages)}",
-            param="messages",
-        )
-    for param, value in (
-        ("tools", [tool.model_dump(exclude_none=True) for tool in chat.tools or []]),
-        (
-            "response_format",
-            chat.response_format.model_dump(by_alias=True) if chat.response_format else None,
-        ),
-    ):
-        size = len(json.dumps(value)) if value else 0
-        if size > max_schema_bytes:
-            raise APIError(
-                400,
-                f"'{param}' is {size} bytes of JSON; the limit is {max_schema_bytes}",
-                param=param,
-            )

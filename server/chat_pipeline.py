@@ -1,0 +1,174 @@
+"""The chat path shared by every chat-shaped API: OpenAI chat completions, the Responses API and
+Anthropic's Messages API all become a `ChatCompletionRequest` and run through `prepare_chat`.
+
+Invariants:
+- Everything that can be known before the first byte — limits, model, grammar, template, context
+  length — is checked here and raised as an `APIError`/engine error (a plain 4xx), before any
+  work is queued.
+- Front ends differ only in how they translate their request in and the events out: sampling,
+  grammars, tool-call parsing and reasoning are the same code for all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engines.llm.constrain import json_schema_grammar, tool_call_grammar
+from engines.llm.reasoning import THINK_OPEN
+from engines.pool import EnginePool, TextEngine
+from engines.types import GenerationRequest
+from server import logs
+from server.chat_output import ChoiceOutput
+from server.errors import APIError
+from server.generation import check_limits
+from server.schemas.chat import ChatCompletionRequest
+from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedChat:
+    """A checked chat request, ready to submit: the engine, the generation and how to read its
+    output (`output_for()` gives a fresh parser per choice)."""
+
+    engine: TextEngine
+    generation: GenerationRequest
+    output_for: Callable[[], ChoiceOutput]
+
+    @property
+    def request_id(self) -> str:
+        return self.generation.request_id
+
+
+async def prepare_chat(
+    pool: EnginePool,
+    settings: Settings,
+    chat: ChatCompletionRequest,
+    request_id: str,
+    clamp_max_tokens: bool = False,
+) -> PreparedChat:
+    """Check `chat` against the settings and its model and build its `GenerationRequest`.
+
+    `clamp_max_tokens`: a `max_tokens` beyond the room left in the context is lowered to that
+    room instead of refused (Anthropic clients send 32k–128k whatever the model).
+    """
+    if (field := chat.unsupported_field()) is not None:
+        raise APIError(
+            400,
+            f"'{field}' is not supported by this server yet",
+            param=field,
+            code="unsupported_parameter",
+        )
+    check_limits(chat, settings.max_stop_sequences, settings.max_n)
+    check_chat_limits(chat, settings.max_messages, settings.max_schema_bytes)
+    logprobs = chat.logprobs_count()
+    if logprobs == -1:
+        raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
+    tools = [tool.model_dump(exclude_none=True) for tool in chat.tools_in_play()]
+    grammar, grammar_param = output_grammar(chat, tools)
+    engine = await pool.acquire(chat.model)
+    if grammar is not None:
+        # Compiling checks the grammar against the tokenizer (no MLX; the first one builds
+        # llguidance's tokenizer, ~0.5 s): off the event loop.
+        await asyncio.to_thread(engine.check_grammar, grammar, grammar_param)
+    messages = [message.model_dump(exclude_none=True) for message in chat.messages]
+    prompt = engine.encode_chat(messages, tools, chat.template_kwargs())
+    reasoning = bool(engine.info and engine.info.reasoning)
+    think_opened = reasoning and engine.decode(prompt[-8:]).rstrip().endswith(THINK_OPEN)
+    tool_names = frozenset(tool["function"]["name"] for tool in tools)
+
+    def output_for() -> ChoiceOutput:
+        return ChoiceOutput(reasoning, think_opened, tool_names)
+
+    requested = chat.requested_max_tokens()
+    if clamp_max_tokens and requested is not None:
+        room = engine.check_fits(len(prompt), None)
+        requested = min(requested, room)
+    max_tokens = engine.check_fits(len(prompt), requested)
+
+    logs.request_id.set(request_id)  # this id, not the middleware's, from here on
+    generation = GenerationRequest(
+        request_id,
+        prompt,
+        max_tokens,
+        chat.sampling(pool.sampling_defaults(chat.model)),
+        chat.stop_sequences(),
+        n=chat.choices,
+        logprobs=logprobs,
+        grammar=grammar,
+    )
+    logger.info(
+        "%s chat model=%r prompt_tokens=%d max_tokens=%d n=%d stream=%s",
+        request_id,
+        chat.model,
+        len(prompt),
+        max_tokens,
+        chat.choices,
+        bool(chat.stream),
+    )
+    return PreparedChat(engine, generation, output_for)
+
+
+def output_grammar(
+    chat: ChatCompletionRequest, tools: list[dict[str, Any]]
+) -> tuple[str | None, str]:
+    """The grammar the output must follow, if any, and the param it comes from: a forced tool
+    call (`tool_choice` "required" or a named function) or `response_format` JSON."""
+    forced = chat.forced_tool()
+    if chat.tool_choice == "required" or forced is not None:
+        if not tools:
+            raise APIError(400, "tool_choice requires tools", param="tools")
+        if forced is not None and forced not in {t["function"]["name"] for t in tools}:
+            raise APIError(
+                400, f"tool_choice names an unknown function {forced!r}", param="tool_choice"
+            )
+        if chat.response_format is not None and chat.response_format.type != "text":
+            raise APIError(
+                400,
+                "response_format cannot be combined with a forced tool_choice",
+                param="response_format",
+            )
+        parallel = forced is None and chat.parallel_tool_calls is not False
+        return tool_call_grammar(tools, forced, parallel), "tool_choice"
+    response_format = chat.response_format
+    if response_format is None or response_format.type == "text":
+        return None, ""
+    if response_format.type == "json_object":
+        return json_schema_grammar({"type": "object"}), "response_format"
+    if response_format.json_schema is None:
+        raise APIError(400, "json_schema is required", param="response_format.json_schema")
+    schema = response_format.json_schema.schema_ or {"type": "object"}
+    return json_schema_grammar(schema), "response_format.json_schema.schema"
+
+
+def check_chat_limits(
+    chat: ChatCompletionRequest, max_messages: int, max_schema_bytes: int
+) -> None:
+    """Limits on the chat-only fields: message count, and the size of the schemas a grammar
+    would be compiled from (tools' parameters, `response_format`)."""
+    if len(chat.messages) > max_messages:
+        raise APIError(
+            400,
+            f"At most {max_messages} messages are allowed, got {len(chat.messages)}",
+            param="messages",
+        )
+    for param, value in (
+        ("tools", [tool.model_dump(exclude_none=True) for tool in chat.tools or []]),
+        (
+            "response_format",
+            chat.response_format.model_dump(by_alias=True) if chat.response_format else None,
+        ),
+    ):
+        size = len(json.dumps(value)) if value else 0
+        if size > max_schema_bytes:
+            raise APIError(
+                400,
+                f"'{param}' is {size} bytes of JSON; the limit is {max_schema_bytes}",
+                param=param,
+            )
