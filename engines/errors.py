@@ -25,6 +25,14 @@ class InvalidRequest(EngineError):
     """The request cannot be served by this model as asked (e.g. a template cannot render it)."""
 
 
+class WrongModelKind(InvalidRequest):
+    """The model exists but is of another kind than the route serves (a speech model asked to
+    chat, say)."""
+
+    def __init__(self, model: str, noun: str, wanted_noun: str) -> None:
+        super().__init__(f"'{model}' is {noun}, not {wanted_noun}", param="model")
+
+
 class KVBudgetExceeded(EngineError):
     """The request could never fit the engine's KV memory budget, even running alone."""
 

@@ -22,75 +22,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
-from engines.bridge import RequestStream
-from engines.errors import EngineUnavailable, InvalidRequest, ModelNotFound
-from engines.types import (
-    ChatModelInfo,
-    EngineStats,
-    GenerationRequest,
-    SpeechModelInfo,
-    TranscriptionRequest,
-)
+from engines.errors import EngineUnavailable, ModelNotFound, WrongModelKind
+from engines.kinds import KINDS, Engine, EngineKind
+from engines.types import EngineStats
 
 logger = logging.getLogger(__name__)
 
-
-class Engine(Protocol):
-    """What every engine offers the pool: a name, a thread to start and stop, counters."""
-
-    name: str
-
-    @property
-    def active(self) -> int: ...
-
-    @property
-    def running(self) -> bool: ...
-
-    def start(self) -> None: ...
-
-    async def wait_loaded(self) -> None: ...
-
-    def stop(self, timeout: float | None = ...) -> None: ...
-
-    def stats(self) -> EngineStats: ...
-
-
-class TextEngine(Engine, Protocol):
-    """What the HTTP edge may call on a chat engine (LLMEngine, or a scripted fake in tests)."""
-
-    info: ChatModelInfo | None
-    vocab_size: int
-
-    def encode_chat(
-        self,
-        messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]] | None = ...,
-        template_kwargs: dict[str, Any] | None = ...,
-    ) -> list[int]: ...
-
-    def check_grammar(self, grammar: str, param: str) -> None: ...
-
-    def encode_text(self, text: str) -> list[int]: ...
-
-    def encode_fim(self, prefix: str, suffix: str) -> list[int]: ...
-
-    def decode(self, tokens: list[int]) -> str: ...
-
-    def check_fits(self, prompt_tokens: int, max_tokens: int | None, param: str = ...) -> int: ...
-
-    def submit(self, request: GenerationRequest) -> RequestStream: ...
-
-
-class SpeechEngine(Engine, Protocol):
-    """What the HTTP edge may call on a speech-to-text engine (ASREngine, or a fake in tests)."""
-
-    info: SpeechModelInfo | None
-
-    def check_language(self, language: str | None, task: str) -> str | None: ...
-
-    def submit(self, request: TranscriptionRequest) -> RequestStream: ...
+E = TypeVar("E", bound=Engine)
 
 
 @dataclass(frozen=True)
@@ -98,7 +38,7 @@ class ModelSpec:
     """One configured model. `factory` builds a fresh, unstarted engine (called per load)."""
 
     name: str
-    kind: str  # "chat" | "speech"
+    kind: str  # a name in engines.kinds.KINDS
     factory: Callable[[], Any]
     aliases: tuple[str, ...] = ()
     pinned: bool = False  # never unloaded for idleness or to make room
@@ -142,18 +82,16 @@ def _given(engine: Any) -> Callable[[], Any]:
 class EnginePool:
     def __init__(
         self,
-        engines: Iterable[TextEngine] = (),
-        speech: Iterable[SpeechEngine] = (),
+        ready: Iterable[Engine] = (),
         specs: Iterable[ModelSpec] = (),
         memory_budget_bytes: int | None = None,
         reap_interval_s: float = 1.0,
     ) -> None:
-        """`engines`/`speech`: ready-made engines, served pinned and loaded at start (tests,
-        single-model setups); `specs`: configured models (lazy unless `preload`)."""
+        """`ready`: ready-made engines (each names its `kind`), served pinned and loaded at start
+        (tests, single-model setups); `specs`: configured models (lazy unless `preload`)."""
         given = [
-            ModelSpec(engine.name, kind, _given(engine), pinned=True, preload=True)
-            for kind, group in (("chat", list(engines)), ("speech", list(speech)))
-            for engine in group
+            ModelSpec(engine.name, engine.kind, _given(engine), pinned=True, preload=True)
+            for engine in ready
         ]
         self._slots: dict[str, _Slot] = {}
         self._names: dict[str, str] = {}  # name or alias → name
@@ -190,23 +128,12 @@ class EnginePool:
 
     # -- requests ------------------------------------------------------------------------------
 
-    async def acquire(self, model: str) -> TextEngine:
+    async def acquire(self, model: str, kind: EngineKind[E]) -> E:
+        """The running engine for `model`, which must be of `kind` (loaded first if need be)."""
         slot = self._slot(model)
-        if slot.spec.kind != "chat":
-            raise InvalidRequest(
-                f"'{model}' is a speech-to-text model; use /v1/audio/transcriptions",
-                param="model",
-            )
-        engine: TextEngine = await self._ensure(slot)
-        return engine
-
-    async def acquire_speech(self, model: str) -> SpeechEngine:
-        slot = self._slot(model)
-        if slot.spec.kind != "speech":
-            raise InvalidRequest(
-                f"'{model}' is a chat model, not a speech-to-text model", param="model"
-            )
-        engine: SpeechEngine = await self._ensure(slot)
+        if slot.spec.kind != kind.name:
+            raise WrongModelKind(model, KINDS[slot.spec.kind].noun, kind.noun)
+        engine: E = await self._ensure(slot)
         return engine
 
     def sampling_defaults(self, model: str) -> dict[str, float]:
@@ -333,9 +260,6 @@ class EnginePool:
             PoolModel(s.spec.name, s.spec.kind, s.loaded, s.created, s.spec.aliases)
             for s in self._slots.values()
         ]
-
-    def loaded_infos(self) -> list[ChatModelInfo | SpeechModelInfo]:
-        return [s.engine.info for s in self._slots.values() if s.loaded and s.engine.info]
 
     @property
     def draining(self) -> bool:

@@ -7,15 +7,15 @@ Tests pass a pool of scripted fake engines; `__main__` builds the real one from 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from engines.errors import ModelNotFound
+from engines.kinds import KINDS
 from engines.pool import EnginePool, ModelSpec
 from server.errors import install_error_handlers
 from server.logs import RequestId
@@ -66,31 +66,10 @@ def build_pool(settings: Settings) -> EnginePool:
 
 
 def _spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
-    """A pool entry for one configured model: how to build its engine, and its footprint."""
-    from engines.asr.engine import ASREngine
-    from engines.llm.engine import LLMEngine
-    from engines.types import ChatLimits, SpeechLimits
-
+    """A pool entry for one configured model: how to build its engine (its kind's builder, fed
+    the entry's and the settings' plain values), and its footprint."""
     _, path = store.resolve(entry.source)
-    factory: Callable[[], Any]
-    if entry.kind == "chat":
-        limits = ChatLimits(
-            max_batch=entry.max_batch or settings.max_batch,
-            max_waiting=settings.max_waiting,
-            kv_budget_bytes=settings.kv_budget_mb * 2**20 if settings.kv_budget_mb else None,
-            prefix_cache_bytes=settings.prefix_cache_mb * 2**20,
-            watchdog_s=settings.watchdog_s,
-            context_length=entry.context_length,
-            chat_template=entry.chat_template,
-        )
-        factory = partial(LLMEngine, entry.name, path, settings.prefill_chunk, limits)
-    else:
-        asr_limits = SpeechLimits(
-            max_batch=entry.max_batch or settings.asr_max_batch,
-            max_waiting=settings.max_waiting,
-            watchdog_s=settings.watchdog_s,
-        )
-        factory = partial(ASREngine, entry.name, path, asr_limits)
+    factory = KINDS[entry.kind].factory(entry.name, path, entry.model_dump(), settings.model_dump())
     return ModelSpec(
         name=entry.name,
         kind=entry.kind,

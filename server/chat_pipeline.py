@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from engines.kinds import CHAT, ChatEngine
 from engines.llm.constrain import json_schema_grammar, tool_call_grammar
 from engines.llm.reasoning import THINK_OPEN
-from engines.pool import EnginePool, TextEngine
+from engines.pool import EnginePool
 from engines.types import GenerationRequest
 from server import logs
 from server.chat_output import ChoiceOutput
@@ -37,7 +38,7 @@ class PreparedChat:
     """A checked chat request, ready to submit: the engine, the generation and how to read its
     output (`output_for()` gives a fresh parser per choice)."""
 
-    engine: TextEngine
+    engine: ChatEngine
     generation: GenerationRequest
     output_for: Callable[[], ChoiceOutput]
 
@@ -72,7 +73,7 @@ async def prepare_chat(
         raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
     tools = [tool.model_dump(exclude_none=True) for tool in chat.tools_in_play()]
     grammar, grammar_param = output_grammar(chat, tools)
-    engine = await pool.acquire(chat.model)
+    engine = await pool.acquire(chat.model, CHAT)
     if grammar is not None:
         # Compiling checks the grammar against the tokenizer (no MLX; the first one builds
         # llguidance's tokenizer, ~0.5 s): off the event loop.

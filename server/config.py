@@ -6,7 +6,7 @@ memory_budget_mb = 12000          # optional; default: 70% of RAM (on Metal, of 
 [[models]]
 name = "chat"                     # the id clients use
 source = "smollm2-135m-instruct"  # store name, local MLX directory, or HF repo id in the HF cache
-kind = "chat"                     # chat | speech
+kind = "chat"                     # chat | speech (engines/kinds.py)
 aliases = ["default"]
 pinned = true                     # never unloaded
 preload = true                    # loaded at start (default: on first request)
@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from engines.kinds import KINDS
 
 
 class SamplingDefaults(BaseModel):
@@ -47,7 +48,7 @@ class ModelEntry(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
     source: str
-    kind: Literal["chat", "speech"] = "chat"
+    kind: str = "chat"  # a name in engines.kinds.KINDS
     aliases: list[str] = Field(default_factory=list)
     pinned: bool = False
     preload: bool = False
@@ -56,6 +57,13 @@ class ModelEntry(BaseModel):
     context_length: int | None = Field(default=None, ge=16)
     chat_template: str | None = None  # a Jinja chat template replacing the model's own
     sampling: SamplingDefaults = Field(default_factory=lambda: SamplingDefaults())
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in KINDS:
+            raise ValueError(f"unknown kind {value!r}; one of: {', '.join(KINDS)}")
+        return value
 
 
 class ModelsFile(BaseModel):

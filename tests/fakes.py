@@ -34,6 +34,8 @@ from engines.types import (
 
 
 class FakeEngine:
+    kind = "chat"
+
     def __init__(
         self,
         name: str = "fake",
@@ -192,6 +194,8 @@ class FakeEngine:
 class FakeSpeechEngine:
     """Transcribes any audio as the scripted `segments` ((start, end, text) each), one segment per
     `segment_delay_s`, from its own thread; English-only unless `multilingual`."""
+
+    kind = "speech"
 
     def __init__(
         self,

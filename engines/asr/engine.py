@@ -79,6 +79,8 @@ class _Job:
 
 
 class ASREngine(EngineThread):
+    kind = "speech"
+
     def __init__(self, name: str, path: Path, limits: SpeechLimits | None = None) -> None:
         super().__init__(name)
         self.path = path

@@ -72,6 +72,8 @@ ARRIVAL_WAIT_MAX_S = 0.02
 class LLMEngine(EngineThread):
     """One model, one thread. `submit` and the properties are called from the event loop."""
 
+    kind = "chat"
+
     def __init__(
         self,
         name: str,

@@ -22,6 +22,7 @@ from starlette.types import Message
 
 from engines.asr import formats
 from engines.asr.audio import AudioDecodeError, content_frames, decode_audio, log_mel
+from engines.kinds import SPEECH
 from engines.types import (
     ErrorEvent,
     Segment,
@@ -79,7 +80,7 @@ async def _handle(request: Request, task: str) -> Response:
         )
     language = form.language if isinstance(form, TranscriptionForm) else None
     streamed = bool(form.stream) if isinstance(form, TranscriptionForm) else False
-    engine = await pool.acquire_speech(form.model)
+    engine = await pool.acquire(form.model, SPEECH)
     language_code = engine.check_language(language, task)
     assert engine.info is not None
     samples, mel = await asyncio.to_thread(

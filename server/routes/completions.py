@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from engines.pool import TextEngine
+from engines.kinds import CHAT, ChatEngine
 from engines.types import (
     ErrorEvent,
     FinishEvent,
@@ -42,7 +42,7 @@ router = APIRouter()
 
 
 def _encode(
-    engine: TextEngine, completion: CompletionRequest, prompt: str | list[int]
+    engine: ChatEngine, completion: CompletionRequest, prompt: str | list[int]
 ) -> tuple[str, list[int]]:
     """(prompt text, prompt tokens) for one prompt."""
     if isinstance(prompt, list):
@@ -78,7 +78,7 @@ async def create_completion(request: Request) -> Response:
         raise APIError(
             400, f"prompts × n must be at most {settings.max_n}, got {total}", param="prompt"
         )
-    engine = await pool.acquire(completion.model)
+    engine = await pool.acquire(completion.model, CHAT)
     request_id = f"cmpl-{uuid.uuid4().hex}"
     logs.request_id.set(request_id)  # this id, not the middleware's, from here on
     texts: list[str] = []

@@ -13,6 +13,7 @@ import pytest
 
 from engines.asr.audio import content_frames, log_mel
 from engines.errors import EngineUnavailable
+from engines.kinds import CHAT, SPEECH
 from engines.pool import EnginePool
 from engines.types import GenerationRequest, SamplingParams, TranscriptionDone, TranscriptionRequest
 from engines.weights.ct2 import import_ct2
@@ -62,20 +63,20 @@ def hello(name: str) -> GenerationRequest:
 
 async def test_six_first_requests_share_one_load_and_aliases_resolve(pool: EnginePool) -> None:
     assert not any(model.loaded for model in pool.models())  # nothing preloaded
-    engines = await asyncio.gather(*(pool.acquire(n) for n in ["a", "fast"] * 3))
+    engines = await asyncio.gather(*(pool.acquire(n, CHAT) for n in ["a", "fast"] * 3))
     assert pool.loads("a") == 1 and all(e is engines[0] for e in engines)
     results = await asyncio.gather(*(run(e, hello(f"r{i}")) for i, e in enumerate(engines)))
     assert all(finish.reason == "length" for _, _, finish in results)
-    ears = await pool.acquire_speech("ears")
+    ears = await pool.acquire("ears", SPEECH)
     samples = np.zeros(16000, np.float32)
     stream = ears.submit(TranscriptionRequest("t", log_mel(samples, 80), content_frames(samples)))
     assert isinstance([event async for event in stream][-1], TranscriptionDone)
 
 
 async def test_idle_ttl_unloads_and_the_next_request_reloads(pool: EnginePool) -> None:
-    await run(await pool.acquire("a"), hello("x"))
+    await run(await pool.acquire("a", CHAT), hello("x"))
     assert await wait_until(lambda: pool.engine("a") is None, timeout=15)
-    await run(await pool.acquire("fast"), hello("y"))
+    await run(await pool.acquire("fast", CHAT), hello("y"))
     assert pool.loads("a") == 2
 
 
@@ -91,21 +92,21 @@ async def test_budget_evicts_lru_and_refuses_what_cannot_fit(
     pool.memory_budget_bytes = size("a") + size("b") - 1
     await pool.start()
     try:
-        await run(await pool.acquire("a"), hello("1"))
-        await run(await pool.acquire("b"), hello("2"))  # a is evicted to make room
+        await run(await pool.acquire("a", CHAT), hello("1"))
+        await run(await pool.acquire("b", CHAT), hello("2"))  # a is evicted to make room
         assert [m.name for m in pool.models() if m.loaded] == ["b"]
-        engine_b = await pool.acquire("b")
+        engine_b = await pool.acquire("b", CHAT)
         busy = asyncio.create_task(run(engine_b, GenerationRequest("long", [5, 6], 400)))
         await wait_until(lambda: engine_b.active == 1, timeout=10)
         with pytest.raises(EngineUnavailable, match="held by: b"):
-            await pool.acquire("a")  # b is busy: nothing can be evicted
+            await pool.acquire("a", CHAT)  # b is busy: nothing can be evicted
         await busy
     finally:
         await pool.drain(timeout=5)
 
 
 async def test_per_model_context_cap_and_chat_template(pool: EnginePool) -> None:
-    engine = await pool.acquire("b")
+    engine = await pool.acquire("b", CHAT)
     assert engine.info is not None and engine.info.context_length == 64
     prompt = engine.encode_chat([{"role": "user", "content": "hi"}])
     assert engine.decode(prompt) == "[hi]"

@@ -33,7 +33,7 @@ def settings() -> Settings:
 async def http(
     fake_engine: FakeEngine, fake_speech: FakeSpeechEngine, settings: Settings
 ) -> AsyncIterator[httpx.AsyncClient]:
-    pool = EnginePool([fake_engine], [fake_speech])
+    pool = EnginePool([fake_engine, fake_speech])
     app = create_app(settings, pool)
     await pool.start()  # ASGITransport runs no lifespan
     transport = httpx.ASGITransport(app=app)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from engines.errors import EngineUnavailable, InvalidRequest, ModelNotFound
+from engines.kinds import CHAT, SPEECH
 from engines.pool import EnginePool, ModelSpec
 from engines.types import GenerationRequest
 from tests.fakes import FakeEngine, FakeSpeechEngine
@@ -30,12 +31,12 @@ async def test_concurrent_first_requests_share_one_load() -> None:
     built: list[str] = []
     pool = EnginePool(specs=[ModelSpec("a", "chat", factory("a", built), aliases=("alias-a",))])
     await pool.start()
-    engines = await asyncio.gather(*(pool.acquire(name) for name in ["a", "alias-a"] * 3))
+    engines = await asyncio.gather(*(pool.acquire(name, CHAT) for name in ["a", "alias-a"] * 3))
     assert built == ["a"] and pool.loads("a") == 1
     assert all(engine is engines[0] for engine in engines)
     assert pool.resolve("alias-a") == "a"
     with pytest.raises(ModelNotFound):
-        await pool.acquire("b")
+        await pool.acquire("b", CHAT)
     await pool.drain(timeout=1)
 
 
@@ -48,10 +49,10 @@ async def test_kinds_are_kept_apart() -> None:
     )
     await pool.start()
     with pytest.raises(InvalidRequest, match="speech-to-text"):
-        await pool.acquire("ears")
+        await pool.acquire("ears", CHAT)
     with pytest.raises(InvalidRequest, match="not a speech-to-text"):
-        await pool.acquire_speech("chat")
-    assert (await pool.acquire_speech("ears")).name == "ears"
+        await pool.acquire("chat", SPEECH)
+    assert (await pool.acquire("ears", SPEECH)).name == "ears"
     await pool.drain(timeout=1)
 
 
@@ -64,13 +65,13 @@ async def test_idle_models_unload_after_their_ttl_and_pinned_ones_stay() -> None
         reap_interval_s=0.05,
     )
     await pool.start()
-    await pool.acquire("short")
-    await pool.acquire("kept")
+    await pool.acquire("short", CHAT)
+    await pool.acquire("kept", CHAT)
     assert await wait_until(lambda: pool.engine("short") is None, timeout=5)
     assert pool.engine("kept") is not None
     loaded = {m.name: m.loaded for m in pool.models()}
     assert loaded == {"short": False, "kept": True}
-    await pool.acquire("short")  # loads again
+    await pool.acquire("short", CHAT)  # loads again
     assert pool.loads("short") == 2
     await pool.drain(timeout=1)
 
@@ -82,10 +83,10 @@ async def test_budget_evicts_the_least_recently_used_idle_model() -> None:
         memory_budget_bytes=100 * MiB,
     )
     await pool.start()
-    await pool.acquire("a")
-    await pool.acquire("b")
-    await pool.acquire("a")  # b is now the least recently used
-    await pool.acquire("c")  # 120 MiB > 100: b goes
+    await pool.acquire("a", CHAT)
+    await pool.acquire("b", CHAT)
+    await pool.acquire("a", CHAT)  # b is now the least recently used
+    await pool.acquire("c", CHAT)  # 120 MiB > 100: b goes
     assert [m.name for m in pool.models() if m.loaded] == ["a", "c"]
     await pool.drain(timeout=1)
 
@@ -101,7 +102,7 @@ async def test_a_model_that_cannot_fit_is_refused_naming_the_holders() -> None:
     )  # fmt: skip
     await pool.start()
     with pytest.raises(EngineUnavailable, match=r"pinned \(60 MiB, pinned\)"):
-        await pool.acquire("big")
+        await pool.acquire("big", CHAT)
     assert pool.engine("big") is None
     await pool.drain(timeout=1)
 
@@ -111,13 +112,15 @@ async def test_unload_drains_running_requests_and_new_ones_wait() -> None:
         specs=[ModelSpec("slow", "chat", lambda: FakeEngine("slow", "x" * 50, 0.01, 4096))]
     )
     await pool.start()
-    engine = await pool.acquire("slow")
+    engine = await pool.acquire("slow", CHAT)
     stream = engine.submit(GenerationRequest("r", [1, 2], 50))
     running = asyncio.create_task(_drain_events(stream))
     await wait_until(lambda: engine.active == 1, timeout=5)
     unloading = asyncio.create_task(pool.unload("slow"))
     await wait_until(lambda: pool._slot("slow").unloading is not None, timeout=5)
-    waiting = asyncio.create_task(pool.acquire("slow"))  # must wait for the unload, then reload
+    waiting = asyncio.create_task(
+        pool.acquire("slow", CHAT)
+    )  # must wait for the unload, then reload
     text = await running
     assert text == "x" * 50  # the running request finished, whole
     assert await unloading is True

@@ -24,7 +24,7 @@ from tests.fakes import FakeEngine, FakeSpeechEngine
 from tests.servers import serve
 
 engine, speech = FakeEngine(context_length=4096), FakeSpeechEngine()
-APP = create_app(Settings(max_body_bytes=256 * 1024), EnginePool([engine], [speech]))
+APP = create_app(Settings(max_body_bytes=256 * 1024), EnginePool([engine, speech]))
 SCHEMA = schemathesis.openapi.from_dict(APP.openapi())
 
 
@@ -102,7 +102,7 @@ KEY = {"Authorization": "Bearer test-key"}
 
 @pytest.fixture(scope="module")
 def keyed_url() -> Iterator[str]:
-    pool = EnginePool([FakeEngine(context_length=4096)], [FakeSpeechEngine()])
+    pool = EnginePool([FakeEngine(context_length=4096), FakeSpeechEngine()])
     with serve(create_app(Settings(api_key="test-key", max_body_bytes=256 * 1024), pool)) as base:
         yield base
 

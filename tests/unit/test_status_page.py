@@ -24,7 +24,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture
 def server() -> Iterator[tuple[str, FakeEngine]]:
     engine = FakeEngine(reply="word " * 400, token_delay_s=0.02, context_length=4096)
-    app = create_app(Settings(api_key="secret"), EnginePool([engine], [FakeSpeechEngine()]))
+    app = create_app(Settings(api_key="secret"), EnginePool([engine, FakeSpeechEngine()]))
     with serve(app) as url:
         yield url, engine
 

@@ -1,0 +1,160 @@
+"""Engine kinds: what a configured model can be, and how the pool builds its engine.
+
+A kind is a name (the one word used in models files, `/v1/models`, metrics and errors), the
+interface its engines offer the HTTP edge (a Protocol), and a builder that makes a fresh engine
+from a model path and plain option mappings. Adding a kind is one engine package plus one entry
+in `KINDS` (docs/architecture.md, "Adding an engine kind").
+
+Invariants:
+- Importing this module imports no MLX: builders import their engine package when called, which
+  happens only when the pool loads a model (the engine then starts its own thread).
+- Options cross as plain mappings (the server's settings and the models-file entry, dumped): the
+  engines never see a server type.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from engines.bridge import RequestStream
+from engines.types import (
+    ChatLimits,
+    ChatModelInfo,
+    EngineStats,
+    GenerationRequest,
+    SpeechLimits,
+    SpeechModelInfo,
+    TranscriptionRequest,
+)
+
+
+class Engine(Protocol):
+    """What every engine offers the pool: a name, its kind, a thread to start and stop,
+    counters."""
+
+    name: str
+    kind: str  # a name in KINDS
+
+    @property
+    def active(self) -> int: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    async def wait_loaded(self) -> None: ...
+
+    def stop(self, timeout: float | None = ...) -> None: ...
+
+    def stats(self) -> EngineStats: ...
+
+
+class ChatEngine(Engine, Protocol):
+    """What the HTTP edge may call on a chat engine (LLMEngine, or a scripted fake in tests)."""
+
+    info: ChatModelInfo | None
+    vocab_size: int
+
+    def encode_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = ...,
+        template_kwargs: dict[str, Any] | None = ...,
+    ) -> list[int]: ...
+
+    def check_grammar(self, grammar: str, param: str) -> None: ...
+
+    def encode_text(self, text: str) -> list[int]: ...
+
+    def encode_fim(self, prefix: str, suffix: str) -> list[int]: ...
+
+    def decode(self, tokens: list[int]) -> str: ...
+
+    def check_fits(self, prompt_tokens: int, max_tokens: int | None, param: str = ...) -> int: ...
+
+    def submit(self, request: GenerationRequest) -> RequestStream: ...
+
+
+class SpeechEngine(Engine, Protocol):
+    """What the HTTP edge may call on a speech-to-text engine (ASREngine, or a fake in tests)."""
+
+    info: SpeechModelInfo | None
+
+    def check_language(self, language: str | None, task: str) -> str | None: ...
+
+    def submit(self, request: TranscriptionRequest) -> RequestStream: ...
+
+
+E = TypeVar("E", bound=Engine, covariant=True)
+
+# (model name, model path, the models-file entry's options, the server's settings) → engine
+Builder = Callable[[str, Path, Mapping[str, Any], Mapping[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class EngineKind(Generic[E]):
+    """One kind of model. `builder` is "module:function", imported when a model is loaded."""
+
+    name: str
+    noun: str  # what a model of this kind is, for messages: "a chat model"
+    builder: str
+
+    def factory(
+        self, name: str, path: Path, entry: Mapping[str, Any], settings: Mapping[str, Any]
+    ) -> Callable[[], E]:
+        """A function that builds a fresh, unstarted engine for this model (once per load)."""
+
+        def build() -> E:
+            module, function = self.builder.split(":")
+            make: Builder = getattr(importlib.import_module(module), function)
+            engine: E = make(name, path, entry, settings)
+            return engine
+
+        return build
+
+
+def build_chat(
+    name: str, path: Path, entry: Mapping[str, Any], settings: Mapping[str, Any]
+) -> ChatEngine:
+    from engines.llm.engine import LLMEngine
+
+    limits = ChatLimits(
+        max_batch=entry.get("max_batch") or settings["max_batch"],
+        max_waiting=settings["max_waiting"],
+        kv_budget_bytes=_mib(settings.get("kv_budget_mb")),
+        prefix_cache_bytes=settings["prefix_cache_mb"] * 2**20,
+        watchdog_s=settings["watchdog_s"],
+        context_length=entry.get("context_length"),
+        chat_template=entry.get("chat_template"),
+    )
+    return LLMEngine(name, path, settings.get("prefill_chunk"), limits)
+
+
+def build_speech(
+    name: str, path: Path, entry: Mapping[str, Any], settings: Mapping[str, Any]
+) -> SpeechEngine:
+    from engines.asr.engine import ASREngine
+
+    limits = SpeechLimits(
+        max_batch=entry.get("max_batch") or settings["asr_max_batch"],
+        max_waiting=settings["max_waiting"],
+        watchdog_s=settings["watchdog_s"],
+    )
+    return ASREngine(name, path, limits)
+
+
+def _mib(value: int | None) -> int | None:
+    return value * 2**20 if value else None
+
+
+CHAT: EngineKind[ChatEngine] = EngineKind("chat", "a chat model", "engines.kinds:build_chat")
+SPEECH: EngineKind[SpeechEngine] = EngineKind(
+    "speech", "a speech-to-text model", "engines.kinds:build_speech"
+)
+
+KINDS: dict[str, EngineKind[Any]] = {kind.name: kind for kind in (CHAT, SPEECH)}
