@@ -5,7 +5,8 @@ Invariants:
 - Iteration happens only on the event loop that created the stream.
 - When the reader is slower than the engine, consecutive TokenEvents of the same choice are merged
   on the next read (several tokens in one SSE chunk). The stream ends after one FinishEvent per
-  choice, at the first ErrorEvent, or (a transcription) at its TranscriptionDone.
+  choice, or at the first event whose class sets `ends_stream` (an ErrorEvent, a
+  transcription's TranscriptionDone).
 - `cancel` may be called from anywhere; the engine sees `cancelled` at its next step.
 - The reader is woken at most once per batch of pushes (not once per token), and may ask for a
   minimum interval between deliveries: on fast devices the event loop's per-chunk work (JSON,
@@ -22,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 
-from engines.types import ErrorEvent, Event, FinishEvent, TokenEvent, TranscriptionDone
+from engines.types import Event, FinishEvent, TokenEvent
 
 
 class RequestStream:
@@ -93,7 +94,7 @@ class RequestStream:
                 if isinstance(event, FinishEvent):
                     self._unfinished_choices -= 1
                     self._finished = self._unfinished_choices <= 0
-                elif isinstance(event, ErrorEvent | TranscriptionDone):
+                elif getattr(event, "ends_stream", False):
                     self._finished = True
                 yield event
 

@@ -1,13 +1,15 @@
 """Plain dataclasses that cross between the HTTP edge and the engine threads.
 
-Invariant: nothing here holds an MLX array, a pydantic model or anything bound to a thread; every
+Invariants: nothing here holds an MLX array, a pydantic model or anything bound to a thread; every
 value is a plain Python value, so it may be passed between the event loop and an engine thread.
+An event class whose `ends_stream` is true is the last event of its stream (the bridge stops
+there); a chat stream ends instead after one FinishEvent per choice.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 if TYPE_CHECKING:
     import numpy as np
@@ -123,6 +125,7 @@ class FinishEvent:
 class ErrorEvent:
     """The sequence failed after it was accepted; the last event of a stream."""
 
+    ends_stream: ClassVar[bool] = True
     error: Exception
 
 
@@ -146,6 +149,8 @@ class Segment:
 @dataclass(frozen=True)
 class TranscriptionDone:
     """The last event of a transcription stream."""
+
+    ends_stream: ClassVar[bool] = True
 
     language: str  # the language's full lower-case English name
     duration: float  # seconds of audio
