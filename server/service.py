@@ -2,7 +2,8 @@
 
 Every verb is first turned into a `ServicePlan` (files to write or remove, commands to run) by
 pure functions of the platform and the options, so `--dry-run` prints exactly what would happen
-and tests check the plans without touching the machine. Templates live in `launchd/`.
+and tests check the plans without touching the machine. Templates live in `launchd/`, shipped
+as package data.
 
 Invariants:
 - The service runs `<this python> -m server serve …` with the options given at install time and
@@ -22,9 +23,10 @@ import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "launchd"
+TEMPLATES = resources.files("launchd")
 LABEL = "com.mlxd.server"
 UNIT = "mlxd.service"
 VERBS = ("install", "uninstall", "start", "stop", "restart", "status", "logs")

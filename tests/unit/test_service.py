@@ -119,3 +119,35 @@ def test_status_report_without_a_server(options: ServiceOptions) -> None:
     report = status_report(options, "ActiveState=inactive\nMainPID=0\n")
     assert "service: inactive" in report and "pid" not in report
     assert "url: http://127.0.0.1:8123/v1" in report and "health: not answering" in report
+
+
+def test_a_wheel_carries_the_service_templates(tmp_path: Path) -> None:
+    """A non-editable install finds its templates as package data, not beside a checkout."""
+    root = Path(__file__).resolve().parents[2]
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(root), "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("mlxd-*.whl")
+    target = tmp_path / "site"
+    shutil.unpack_archive(wheel, target, format="zip")
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from server.service import TEMPLATES, LABEL, UNIT; "
+        "print(TEMPLATES); print(len((TEMPLATES / f'{LABEL}.plist').read_bytes())); "
+        "print(len((TEMPLATES / UNIT).read_text()))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", script, str(target)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert found.returncode == 0, found.stderr
+    where, plist_bytes, unit_chars = found.stdout.split()
+    assert where.startswith(str(target))
+    assert int(plist_bytes) > 0 and int(unit_chars) > 0
