@@ -128,6 +128,9 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(status.router)
+    app.state.metrics.routes = frozenset(
+        path for route in app.routes if isinstance(path := getattr(route, "path", None), str)
+    )
     return app
 
 

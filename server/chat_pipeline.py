@@ -20,13 +20,13 @@ from typing import Any
 
 from engines.kinds import CHAT, ChatEngine
 from engines.llm.constrain import json_schema_grammar, tool_call_grammar
-from engines.llm.reasoning import THINK_OPEN
 from engines.pool import EnginePool
 from engines.types import GenerationRequest
 from server import logs
 from server.chat_output import ChoiceOutput
 from server.errors import APIError
 from server.generation import check_limits
+from server.reasoning import THINK_OPEN
 from server.schemas.chat import ChatCompletionRequest
 from server.settings import Settings
 

@@ -1,7 +1,8 @@
 """Prometheus metrics at `GET /metrics` (prometheus-client, one registry per app).
 
-- HTTP: requests by route and status (routes outside the API are counted as "other", so a client
-  cannot blow up the label set).
+- HTTP: requests by route and status. The route label is the app's own route template (so
+  `/v1/models/{model_id:path}` counts every model id once); paths that match no route are
+  "other", so a client cannot blow up the label set.
 - Generation: prompt/completion/cached tokens, time to first token and gaps between tokens as
   the server hands them to the client, finish reasons.
 - Engines: active and queued requests, largest batch, prefix-cache hits/misses/bytes, failed
@@ -25,19 +26,6 @@ from engines.bridge import RequestStream
 from engines.pool import EnginePool
 from engines.types import Event, FinishEvent, TokenEvent
 
-ROUTES = frozenset(
-    {
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/audio/transcriptions",
-        "/v1/audio/translations",
-        "/v1/models",
-        "/health",
-        "/metrics",
-        "/status",
-        "/",
-    }
-)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -111,6 +99,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_EngineCollector(pool))
+        self.routes: frozenset[str] = frozenset()  # the app's paths (set once routes are added)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -179,11 +168,17 @@ class RequestCounter:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = scope["path"] if scope["path"] in ROUTES else "other"
-
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                self.metrics.requests.labels(route, str(message["status"])).inc()
+                self.metrics.requests.labels(self._route(scope), str(message["status"])).inc()
             await send(message)
 
         await self.app(scope, receive, counting_send)
+
+    def _route(self, scope: Scope) -> str:
+        """The matched route's template; for requests refused before routing (403, 401…), the
+        path when it is one of the app's routes; else "other"."""
+        matched = scope.get("route")
+        if matched is not None and hasattr(matched, "path"):
+            return str(matched.path)
+        return scope["path"] if scope["path"] in self.metrics.routes else "other"

@@ -41,3 +41,20 @@ async def test_requests_tokens_and_latency_are_counted(http: httpx.AsyncClient) 
     assert (
         values[("mlxd_mlx_peak_memory_bytes", ())] >= values[("mlxd_mlx_active_memory_bytes", ())]
     )
+
+
+async def test_every_route_of_the_app_is_its_own_label(http: httpx.AsyncClient) -> None:
+    """Routes come from the app itself: audio, model templates and refusals are counted under
+    the route they were for, not "other"."""
+    assert (await http.get("/v1/models/fake")).status_code == 200
+    assert (await http.get("/v1/models/fake-whisper")).status_code == 200
+    transcription = await http.post("/v1/audio/transcriptions", data={"model": "fake-whisper"})
+    assert transcription.status_code == 400  # no file
+    assert (await http.get("/v1/chat/completions")).status_code == 405
+    values = await samples(http)
+    by_template = (("route", "/v1/models/{model_id:path}"), ("status", "200"))
+    assert values[("mlxd_http_requests_total", by_template)] == 2
+    audio = (("route", "/v1/audio/transcriptions"), ("status", "400"))
+    assert values[("mlxd_http_requests_total", audio)] == 1
+    refused = (("route", "/v1/chat/completions"), ("status", "405"))
+    assert values[("mlxd_http_requests_total", refused)] == 1
