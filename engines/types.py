@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
+from engines.errors import ContextTooLong
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -156,7 +158,62 @@ class TranscriptionDone:
     duration: float  # seconds of audio
 
 
-Event = TokenEvent | PromptEvent | FinishEvent | ErrorEvent | Segment | TranscriptionDone
+# -- text to speech (the "tts" kind) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """Text to speak: `text` is the whole input (the engine splits it at sentence ends)."""
+
+    request_id: str
+    text: str
+    voice: str  # a name in TTSModelInfo.voices (checked by the engine's check_voice)
+    speed: float = 1.0
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    """The audio of the next piece of the input, in order: float32 mono samples in [-1, 1] at
+    the model's sample rate. Chunks are never merged (each is one sentence's audio)."""
+
+    samples: np.ndarray
+    text: str  # the piece of the input it speaks
+    tokens: int  # phoneme tokens the model read for it
+
+
+@dataclass(frozen=True)
+class SynthesisDone:
+    """The last event of a synthesis stream."""
+
+    ends_stream: ClassVar[bool] = True
+
+    samples: int  # samples sent in all
+    tokens: int  # phoneme tokens read in all
+
+
+@dataclass(frozen=True)
+class TTSModelInfo:
+    """What the HTTP edge may know of a loaded text-to-speech model."""
+
+    name: str
+    path: str
+    created: int
+    sample_rate: int
+    voices: tuple[str, ...]
+    default_voice: str
+    kind: str = "tts"
+
+
+@dataclass(frozen=True)
+class TTSLimits:
+    max_waiting: int = 64  # syntheses accepted and not yet finished
+    watchdog_s: float = 120.0
+
+
+Event = (
+    TokenEvent | PromptEvent | FinishEvent | ErrorEvent | Segment | TranscriptionDone
+    | AudioChunk | SynthesisDone
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -189,6 +246,28 @@ class ChatModelInfo:
         None  # (prefix, suffix, middle) when the vocab has them
     )
     reasoning: bool = False  # the chat template knows <think> blocks (a reasoning model)
+    tool_format: str = "hermes"  # how the chat template writes tool calls (engines/llm/tools.py)
+
+    def fit(self, prompt_tokens: int, max_tokens: int | None, param: str = "messages") -> int:
+        """The max_tokens to use (all the room left when None), or ContextTooLong."""
+        limit = self.context_length
+        if prompt_tokens >= limit:
+            raise ContextTooLong(
+                f"This model's maximum context length is {limit} tokens. However, your {param} "
+                f"resulted in {prompt_tokens} tokens. Please reduce the length of the {param}.",
+                param=param,
+            )
+        if max_tokens is None:
+            return limit - prompt_tokens
+        if prompt_tokens + max_tokens > limit:
+            raise ContextTooLong(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {param}, "
+                f"{max_tokens} in the completion). Please reduce the length of the {param} or "
+                "completion.",
+                param="max_tokens",
+            )
+        return max_tokens
 
 
 FIM_TOKEN_SETS = (
@@ -244,3 +323,4 @@ class SpeechLimits:
     encoder_batch: int | None = None  # windows per MLX encoder pass (GPUs); default: max_batch
     max_waiting: int = 64  # transcriptions accepted and not yet finished
     watchdog_s: float = 120.0
+

@@ -15,7 +15,6 @@ from engines.asr.engine import ASREngine
 from engines.asr.vocab import LANGUAGES
 from engines.bridge import RequestStream
 from engines.errors import EngineFailed, InvalidRequest
-from engines.llm.engine import LLMEngine
 from engines.types import (
     ChatModelInfo,
     EngineStats,
@@ -131,7 +130,11 @@ class FakeEngine:
     def vocab_size(self) -> int:
         return 0x110000
 
-    check_fits = LLMEngine.check_fits
+    def check_fits(
+        self, prompt_tokens: int, max_tokens: int | None, param: str = "messages"
+    ) -> int:
+        assert self.info is not None
+        return self.info.fit(prompt_tokens, max_tokens, param)
 
     def submit(self, request: GenerationRequest) -> RequestStream:
         if self.refuse_with is not None:

@@ -28,7 +28,7 @@ from typing import Any, cast
 from mlx.utils import tree_flatten
 
 from engines.bridge import RequestStream
-from engines.errors import ContextTooLong, InvalidRequest, KVBudgetExceeded, Overloaded
+from engines.errors import InvalidRequest, KVBudgetExceeded, Overloaded
 from engines.llm.batch import DecodeBatch, StepOutput
 from engines.llm.constrain import GrammarCompiler
 from engines.llm.cpu_decode import install as install_cpu_decode
@@ -188,24 +188,7 @@ class LLMEngine(EngineThread):
     ) -> int:
         """Return the max_tokens to use, or raise ContextTooLong (before any model work)."""
         assert self.info is not None
-        limit = self.info.context_length
-        if prompt_tokens >= limit:
-            raise ContextTooLong(
-                f"This model's maximum context length is {limit} tokens. However, your {param} "
-                f"resulted in {prompt_tokens} tokens. Please reduce the length of the {param}.",
-                param=param,
-            )
-        if max_tokens is None:
-            return limit - prompt_tokens
-        if prompt_tokens + max_tokens > limit:
-            raise ContextTooLong(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {param}, "
-                f"{max_tokens} in the completion). Please reduce the length of the {param} or "
-                "completion.",
-                param="max_tokens",
-            )
-        return max_tokens
+        return self.info.fit(prompt_tokens, max_tokens, param)
 
     def kv_bytes(self, choices: int, tokens: int) -> int:
         """KV memory of `choices` rows of a dense batch cache `tokens` long (256-token steps)."""
