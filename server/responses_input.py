@@ -1,0 +1,130 @@
+"""A Responses request as a chat request: the conversation's items become chat messages, its
+functions chat tools, and its knobs (`max_output_tokens`, `text.format`, `reasoning`) chat's.
+
+Invariants:
+- `developer` messages and `instructions` become `system` messages (templates drop roles they do
+  not know); the leading ones are merged into one, which is what every template renders.
+- Consecutive `function_call` items become one assistant message with `tool_calls` (the call
+  following an assistant text joins it); a `function_call_output` becomes a `tool` message.
+- Past reasoning items are not put back into the prompt.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.body import validate
+from server.errors import APIError
+from server.schemas.chat import ChatCompletionRequest
+from server.schemas.responses import (
+    NAMESPACE_SEPARATOR,
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    FunctionTool,
+    InputItem,
+    MessageItem,
+    ReasoningConfig,
+    ResponseCreateRequest,
+    TextConfig,
+)
+
+# Efforts that ask for no thinking at all: the template's thinking switch is turned off.
+NO_THINKING = frozenset({"none", "minimal"})
+
+
+def to_chat(
+    request: ResponseCreateRequest, items: list[InputItem], functions: list[FunctionTool]
+) -> ChatCompletionRequest:
+    """The chat request to run for `request`, whose whole conversation is `items`."""
+    messages = chat_messages(request.instructions, items)
+    if not messages:
+        raise APIError(400, "'input' must contain at least one message", param="input")
+    body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": False}
+    optional = {
+        "max_completion_tokens": request.max_output_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "parallel_tool_calls": request.parallel_tool_calls,
+        "response_format": response_format(request.text),
+        "chat_template_kwargs": template_kwargs(request.reasoning),
+    }
+    body.update({key: value for key, value in optional.items() if value is not None})
+    if functions:
+        body["tools"] = [
+            {"type": "function", "function": f.model_dump(exclude={"type"}, exclude_none=True)}
+            for f in functions
+        ]
+    choice = request.tool_choice
+    if choice is not None:
+        body["tool_choice"] = (
+            choice
+            if isinstance(choice, str)
+            else {"type": "function", "function": {"name": choice.name}}
+        )
+    return validate(ChatCompletionRequest, body)
+
+
+def chat_messages(instructions: str | None, items: list[InputItem]) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    if instructions:
+        messages.append({"role": "system", "content": instructions})
+    for item in items:
+        if isinstance(item, MessageItem):
+            role = "system" if item.role == "developer" else item.role
+            text = item.text()
+            if role == "system" and len(messages) == 1 and messages[0]["role"] == "system":
+                messages[0]["content"] += "\n\n" + text
+            else:
+                messages.append({"role": role, "content": text})
+        elif isinstance(item, FunctionCallItem):
+            _add_call(messages, item)
+        elif isinstance(item, FunctionCallOutputItem):
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.text()})
+    return messages
+
+
+def _add_call(messages: list[dict[str, Any]], item: FunctionCallItem) -> None:
+    function = {"name": qualified_name(item.namespace, item.name), "arguments": item.arguments}
+    call = {"id": item.call_id, "type": "function", "function": function}
+    if messages and messages[-1]["role"] == "assistant":
+        messages[-1].setdefault("tool_calls", []).append(call)
+    else:
+        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+
+def response_format(text: TextConfig | None) -> dict[str, Any] | None:
+    """Chat's `response_format` for `text.format`."""
+    fmt = text.format if text else None
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    if fmt.name is None:
+        raise APIError(400, "'text.format.name' is required", param="text.format.name")
+    schema = {"name": fmt.name, "schema": fmt.schema_ or {"type": "object"}, "strict": fmt.strict}
+    return {
+        "type": "json_schema",
+        "json_schema": {k: v for k, v in schema.items() if v is not None},
+    }
+
+
+def template_kwargs(reasoning: ReasoningConfig | None) -> dict[str, Any] | None:
+    """`reasoning.effort` as the template's variables: its thinking switch and the effort."""
+    if reasoning is None or reasoning.effort is None:
+        return None
+    return {
+        "enable_thinking": reasoning.effort not in NO_THINKING,
+        "reasoning_effort": reasoning.effort,
+    }
+
+
+def qualified_name(namespace: str | None, name: str) -> str:
+    return f"{namespace}{NAMESPACE_SEPARATOR}{name}" if namespace else name
+
+
+def split_name(name: str, namespaces: frozenset[str]) -> tuple[str | None, str]:
+    """A called function's (namespace, name): names offered as `namespace.name` split back."""
+    head, separator, tail = name.partition(NAMESPACE_SEPARATOR)
+    if separator and head in namespaces:
+        return head, tail
+    return None, name

@@ -1,0 +1,194 @@
+"""Chat output as Responses output items, and the stream events that build them.
+
+`OutputItems` is fed the chat deltas a `ChoiceOutput` yields (`content`, `reasoning_content`,
+`tool_calls`) and answers the Responses events for each: a reasoning item, a message item and a
+`function_call` item per call, in the order the model wrote them.
+
+Invariants:
+- At most one item is open. An item is announced (`output_item.added`, plus `content_part.added`
+  for text) before any of its deltas and closed (`….done`, `content_part.done`,
+  `output_item.done`) before the next one opens: the order the official SDK's stream helper and
+  Codex require.
+- Whitespace alone (the newline before a tool call) does not open a message item; it is kept
+  and sent with the next text, if any.
+- Streamed and non-streamed responses come from this same object, so their `output` agree.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from server.responses_input import split_name
+
+Event = dict[str, Any]
+ItemStatus = Literal["completed", "incomplete"]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+@dataclass
+class _OpenItem:
+    index: int
+    item: dict[str, Any]
+    text: str = ""  # the text, reasoning or arguments received so far
+
+    @property
+    def kind(self) -> str:
+        return str(self.item["type"])
+
+
+@dataclass
+class OutputItems:
+    namespaces: frozenset[str] = frozenset()
+    done: list[dict[str, Any]] = field(default_factory=list)
+    _open: _OpenItem | None = None
+    _space: str = ""
+
+    @property
+    def output(self) -> list[dict[str, Any]]:
+        """The items so far (the open one as it stands)."""
+        return self.done + ([_finished(self._open, "in_progress")] if self._open else [])
+
+    @property
+    def has_calls(self) -> bool:
+        return any(item["type"] == "function_call" for item in self.done)
+
+    def feed(self, delta: dict[str, Any]) -> list[Event]:
+        """The events for one chat delta."""
+        if delta.get("reasoning_content"):
+            return self._reasoning(delta["reasoning_content"])
+        if delta.get("content"):
+            return self._text(delta["content"])
+        events: list[Event] = []
+        for call in delta.get("tool_calls") or []:
+            events += self._call(call)
+        return events
+
+    def finish(self, status: ItemStatus) -> list[Event]:
+        """Close the open item (`status` "incomplete" when the output was cut short); an output
+        with no item at all gets an empty message, so clients always find one."""
+        events: list[Event] = []
+        if not self.done and self._open is None:
+            events += self._open_message()
+        return events + self._close(status)
+
+    def _reasoning(self, text: str) -> list[Event]:
+        events: list[Event] = []
+        if self._open is None or self._open.kind != "reasoning":
+            item = {"id": new_id("rs"), "type": "reasoning", "summary": [], "content": []}
+            events += self._close("completed") + self._add(item)
+            part = {"type": "reasoning_text", "text": ""}
+            events.append(self._part_event("response.content_part.added", part))
+        return events + self._append(text)
+
+    def _text(self, text: str) -> list[Event]:
+        if self._open is None or self._open.kind != "message":
+            if not text.strip():
+                self._space += text
+                return []
+            return self._close("completed") + self._open_message() + self._append(text)
+        return self._append(text)
+
+    def _open_message(self) -> list[Event]:
+        item = {"id": new_id("msg"), "type": "message", "role": "assistant", "content": []}
+        events = self._add(item)
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        events.append(self._part_event("response.content_part.added", part))
+        text, self._space = self._space, ""
+        return events + (self._append(text) if text else [])
+
+    def _call(self, call: dict[str, Any]) -> list[Event]:
+        function = call.get("function") or {}
+        events: list[Event] = []
+        if call.get("id") is not None:
+            self._space = ""
+            namespace, name = split_name(function.get("name", ""), self.namespaces)
+            item: dict[str, Any] = {
+                "id": new_id("fc"),
+                "type": "function_call",
+                "call_id": call["id"],
+                "name": name,
+                "arguments": "",
+            }
+            if namespace is not None:
+                item["namespace"] = namespace
+            events += self._close("completed") + self._add(item)
+        arguments = function.get("arguments") or ""
+        return events + (self._append(arguments) if arguments else [])
+
+    def _add(self, item: dict[str, Any]) -> list[Event]:
+        self._open = _OpenItem(len(self.done), item)
+        added = _finished(self._open, "in_progress")
+        return [
+            {"type": "response.output_item.added", "output_index": self._open.index, "item": added}
+        ]
+
+    def _append(self, text: str) -> list[Event]:
+        current = self._open
+        assert current is not None
+        current.text += text
+        where = {"item_id": current.item["id"], "output_index": current.index}
+        if current.kind == "function_call":
+            return [{"type": "response.function_call_arguments.delta", **where, "delta": text}]
+        kind = "output_text" if current.kind == "message" else "reasoning_text"
+        event = {"type": f"response.{kind}.delta", **where, "content_index": 0, "delta": text}
+        if kind == "output_text":
+            event["logprobs"] = []
+        return [event]
+
+    def _close(self, status: ItemStatus) -> list[Event]:
+        current, self._open = self._open, None
+        if current is None:
+            return []
+        where = {"item_id": current.item["id"], "output_index": current.index}
+        events: list[Event] = []
+        if current.kind == "function_call":
+            events.append(
+                {
+                    "type": "response.function_call_arguments.done",
+                    **where,
+                    "arguments": current.text,
+                }
+            )
+        else:
+            kind = "output_text" if current.kind == "message" else "reasoning_text"
+            done: Event = {"type": f"response.{kind}.done", **where, "content_index": 0}
+            done["text"] = current.text
+            if kind == "output_text":
+                done["logprobs"] = []
+            part = _part(current)
+            events += [
+                done,
+                {"type": "response.content_part.done", **where, "content_index": 0, "part": part},
+            ]
+        finished = _finished(current, status)
+        self.done.append(finished)
+        events.append(
+            {"type": "response.output_item.done", "output_index": current.index, "item": finished}
+        )
+        return events
+
+    def _part_event(self, kind: str, part: dict[str, Any]) -> Event:
+        assert self._open is not None
+        where = {"item_id": self._open.item["id"], "output_index": self._open.index}
+        return {"type": kind, **where, "content_index": 0, "part": part}
+
+
+def _part(current: _OpenItem) -> dict[str, Any]:
+    if current.kind == "message":
+        return {"type": "output_text", "text": current.text, "annotations": [], "logprobs": []}
+    return {"type": "reasoning_text", "text": current.text}
+
+
+def _finished(current: _OpenItem, status: str) -> dict[str, Any]:
+    """The item with its text so far and `status`."""
+    item = {**current.item, "status": status}
+    if current.kind == "function_call":
+        item["arguments"] = current.text
+    elif status != "in_progress" or current.text:
+        item["content"] = [_part(current)]
+    return item

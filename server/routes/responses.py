@@ -1,0 +1,297 @@
+"""`POST /v1/responses` (streamed and not), `GET` and `DELETE /v1/responses/{id}`.
+
+A front end over the chat path: the request becomes a chat request (server/responses_input.py),
+runs through `prepare_chat` and the same engine batch as chat completions, and its chat deltas
+become Responses items and events (server/responses_output.py).
+
+Invariants:
+- Everything checkable before the first byte (items, tools, limits, model, context) is a plain
+  OpenAI-shaped 4xx; an unknown `previous_response_id` is a 404.
+- A stream starts with `response.created` and `response.in_progress` and ends with exactly one of
+  `response.completed`, `response.incomplete` (`max_output_tokens` reached) or `response.failed`
+  (which carries the output produced so far); every event has its `event:` line and a
+  `sequence_number` counting from 0. A client that goes away cancels the generation.
+- A response is stored (when `store` is not false) before its last event is sent, so a `GET`
+  right after the stream ends finds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from engines.errors import EngineError
+from engines.types import ErrorEvent, FinishEvent, TokenEvent
+from server import sse
+from server.body import read_json_object, validate
+from server.chat_pipeline import PreparedChat, prepare_chat
+from server.errors import APIError, from_engine_error
+from server.generation import EventSource, collect, unless_disconnected
+from server.response_store import ResponseStore
+from server.responses_input import to_chat
+from server.responses_output import Event, ItemStatus, OutputItems, new_id
+from server.schemas.chat import ChatCompletionRequest
+from server.schemas.common import documented_body, response_headers
+from server.schemas.responses import (
+    IGNORED_FIELDS,
+    FunctionTool,
+    InputItem,
+    NamedFunction,
+    ResponseCreateRequest,
+    parse_items,
+)
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+
+# A chat request's params as the Responses request names them, for errors.
+CHAT_PARAMS = {
+    "messages": "input",
+    "max_tokens": "max_output_tokens",
+    "max_completion_tokens": "max_output_tokens",
+    "response_format": "text.format",
+    "response_format.json_schema": "text.format",
+    "response_format.json_schema.schema": "text.format.schema",
+}
+
+
+@dataclass(frozen=True)
+class Draft:
+    """What a response object repeats of its request, and its identity."""
+
+    request: ResponseCreateRequest
+    functions: list[FunctionTool]
+    response_id: str
+    created_at: int
+
+    def body(
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        usage: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A `response` object (spec `Response`)."""
+        request = self.request
+        choice = request.tool_choice
+        text = request.text.model_dump(by_alias=True, exclude_none=True) if request.text else {}
+        return {
+            "id": self.response_id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "error": error,
+            "incomplete_details": {"reason": "max_output_tokens"}
+            if status == "incomplete"
+            else None,
+            "instructions": request.instructions,
+            "max_output_tokens": request.max_output_tokens,
+            "model": request.model,
+            "output": output,
+            "parallel_tool_calls": request.parallel_tool_calls is not False,
+            "previous_response_id": request.previous_response_id,
+            "reasoning": request.reasoning.model_dump(exclude_none=True)
+            if request.reasoning
+            else None,
+            "store": request.store is not False,
+            "temperature": request.temperature,
+            "text": {"format": {"type": "text"}, **text},
+            "tool_choice": choice.model_dump()
+            if isinstance(choice, NamedFunction)
+            else choice or "auto",
+            "tools": [f.model_dump(exclude_none=True) for f in self.functions],
+            "top_p": request.top_p,
+            "truncation": "disabled",
+            "usage": usage,
+            "metadata": request.metadata or {},
+        }
+
+
+def usage_body(prompt_tokens: int, output_tokens: int, cached_tokens: int) -> dict[str, Any]:
+    """Responses `usage`; `cached_tokens` counts prompt tokens served from the prefix cache."""
+    return {
+        "input_tokens": prompt_tokens,
+        "input_tokens_details": {"cached_tokens": cached_tokens, "cache_write_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt_tokens + output_tokens,
+    }
+
+
+def response_store(request: Request) -> ResponseStore:
+    """The app's store, opened on first use under MLXD_HOME."""
+    state = request.app.state
+    if getattr(state, "response_store", None) is None:
+        state.response_store = ResponseStore(state.settings.home / "responses.sqlite3")
+    store: ResponseStore = state.response_store
+    return store
+
+
+@router.post("/v1/responses", openapi_extra=documented_body(ResponseCreateRequest))
+async def create_response(request: Request) -> Response:
+    settings = request.app.state.settings
+    body = await read_json_object(request, settings.max_body_bytes)
+    parsed = validate(ResponseCreateRequest, body)
+    if (field := parsed.unsupported_field()) is not None:
+        raise APIError(
+            400, f"'{field}' is not supported by this server yet", param=field,
+            code="unsupported_parameter",
+        )  # fmt: skip
+    items = await _history(request, parsed.previous_response_id) + parsed.input_items()
+    functions = parsed.function_tools()
+    chat = to_chat(parsed, items, functions)
+    draft = Draft(parsed, functions, new_id("resp"), int(time.time()))
+    prepared = await _prepare(request, chat, draft.response_id)
+    headers = response_headers(draft.response_id, body, ResponseCreateRequest, IGNORED_FIELDS)
+    submitted = prepared.engine.submit(prepared.generation)
+    stream = request.app.state.metrics.observe(submitted, chat.model)
+    conversation = [item.model_dump(by_alias=True, exclude_none=True) for item in items]
+    run = _Run(
+        draft, prepared, OutputItems(parsed.namespaces()), conversation, response_store(request)
+    )
+    if parsed.stream:
+        interval = settings.stream_interval_ms / 1000
+        return sse.event_stream(run.events(stream, interval), headers, settings)
+    collected = await unless_disconnected(request, collect(stream), [stream])
+    if collected is None:
+        logger.info("%s client disconnected; cancelled", draft.response_id)
+        return Response(status_code=499)
+    if collected.error is not None:
+        error = from_engine_error(collected.error)
+        return JSONResponse(
+            error.body(), status_code=error.status, headers={**headers, **error.headers}
+        )
+    choice = collected.choices.get(0)
+    output = prepared.output_for()
+    for delta in output.feed(choice.text if choice else "") + output.finish():
+        run.items.feed(delta)
+    status: ItemStatus = (
+        "incomplete" if choice and choice.finish_reason == "length" else "completed"
+    )
+    run.items.finish(status)
+    usage = usage_body(
+        collected.prompt_tokens, choice.completion_tokens if choice else 0, collected.cached_tokens
+    )
+    return JSONResponse(await run.final(status, usage), headers=headers)
+
+
+@router.get("/v1/responses/{response_id}")
+async def retrieve_response(request: Request, response_id: str) -> JSONResponse:
+    stored = await response_store(request).get(response_id)
+    if stored is None:
+        raise _not_found(response_id, "response_id")
+    return JSONResponse(stored.response)
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(request: Request, response_id: str) -> JSONResponse:
+    if not await response_store(request).delete(response_id):
+        raise _not_found(response_id, "response_id")
+    return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})
+
+
+def _not_found(response_id: str, param: str) -> APIError:
+    return APIError(
+        404, f"Response with id '{response_id}' not found.", param=param, code="response_not_found"
+    )
+
+
+async def _history(request: Request, previous_response_id: str | None) -> list[InputItem]:
+    """The stored conversation a request continues (none without `previous_response_id`)."""
+    if previous_response_id is None:
+        return []
+    stored = await response_store(request).get(previous_response_id)
+    if stored is None:
+        raise _not_found(previous_response_id, "previous_response_id")
+    return parse_items(stored.conversation)
+
+
+async def _prepare(request: Request, chat: ChatCompletionRequest, response_id: str) -> PreparedChat:
+    """`prepare_chat`, its errors naming the Responses request's fields."""
+    state = request.app.state
+    try:
+        return await prepare_chat(state.pool, state.settings, chat, response_id)
+    except EngineError as exc:
+        error = from_engine_error(exc)
+    except APIError as exc:
+        error = exc
+    if error.param is not None:
+        head = error.param.partition("[")[0]
+        error.param = CHAT_PARAMS.get(error.param) or CHAT_PARAMS.get(head) or error.param
+    raise error
+
+
+@dataclass
+class _Run:
+    """One response being generated: its output items, and where it is stored when done."""
+
+    draft: Draft
+    prepared: PreparedChat
+    items: OutputItems
+    conversation: list[dict[str, Any]]
+    store: ResponseStore
+
+    async def final(
+        self, status: str, usage: dict[str, Any] | None, error: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The finished response object, stored first when the request asked for it."""
+        body = self.draft.body(status, self.items.output, usage, error)
+        if self.draft.request.store is not False and status != "failed":
+            await self.store.put(body, self.conversation + self.items.output)
+        return body
+
+    async def events(self, stream: EventSource, interval_s: float) -> AsyncIterator[dict[str, str]]:
+        sequence = 0
+
+        def frame(event: Event) -> dict[str, str]:
+            nonlocal sequence
+            payload = {**event, "sequence_number": sequence}
+            sequence += 1
+            return {"event": event["type"], **sse.data(payload)}
+
+        ended = False
+        output = self.prepared.output_for()
+        status, usage, error = "completed", None, None
+        try:
+            for kind in ("response.created", "response.in_progress"):
+                yield frame({"type": kind, "response": self.draft.body("in_progress", [])})
+            async for event in stream.events(interval_s):
+                events: list[Event] = []
+                if isinstance(event, TokenEvent):
+                    for delta in output.feed(event.text):
+                        events += self.items.feed(delta)
+                elif isinstance(event, FinishEvent):
+                    for delta in output.finish():
+                        events += self.items.feed(delta)
+                    status = "incomplete" if event.reason == "length" else "completed"
+                    events += self.items.finish(status)  # type: ignore[arg-type]
+                    tokens = event.usage
+                    usage = usage_body(
+                        tokens.prompt_tokens, tokens.completion_tokens, tokens.cached_tokens
+                    )
+                elif isinstance(event, ErrorEvent):
+                    logger.error("%s failed in stream: %s", self.draft.response_id, event.error)
+                    status, error = "failed", _failure(event.error)
+                for item_event in events:
+                    yield frame(item_event)
+            ended = True
+            final = await self.final(status, usage, error)
+            yield frame({"type": f"response.{status}", "response": final})
+        finally:
+            # Runs on normal end, client disconnect (CancelledError/GeneratorExit) and shutdown.
+            if not ended:
+                stream.cancel()
+                logger.info("%s stream closed early; cancelling", self.draft.response_id)
+
+
+def _failure(error: Exception) -> dict[str, str]:
+    """A `response.error` (its `code` is one of the spec's few)."""
+    api_error = from_engine_error(error)
+    code = "rate_limit_exceeded" if api_error.status == 429 else "server_error"
+    return {"code": code, "message": api_error.message}

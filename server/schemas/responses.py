@@ -1,0 +1,298 @@
+"""`POST /v1/responses` request shapes and their translation into a chat request.
+
+Spec: https://platform.openai.com/docs/api-reference/responses/create (`CreateResponse` in
+../shared/openai/openapi.yaml). The Responses API is a front end over the chat path: a request
+becomes a `ChatCompletionRequest` (`to_chat`) and runs through `prepare_chat` like any other.
+
+Invariants:
+- Every input item, content part and tool is checked here; a malformed one is a 400 whose
+  `param` names it in the Responses request's own terms (`input[2].call_id`, `tools[0].name`).
+- Tool types that name hosted tools (`web_search`, `file_search`, …) are accepted and ignored: a
+  local model cannot run them, and agents such as Codex send them on every turn. A `namespace`
+  tool's functions are offered to the model as `namespace.name`.
+- The chat request built here is never invalid: names and shapes are checked before.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, Field, ValidationError
+
+from server.errors import APIError, loc_to_param
+from server.schemas.common import Strict
+
+M = TypeVar("M", bound=BaseModel)
+FUNCTION_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+NAMESPACE_SEPARATOR = "."
+
+# Tool types a hosted OpenAI deployment runs itself; here they are accepted and ignored.
+HOSTED_TOOL_TYPES = frozenset(
+    {
+        "web_search",
+        "web_search_preview",
+        "web_search_2025_08_26",
+        "web_search_preview_2025_03_11",
+        "file_search",
+        "code_interpreter",
+        "image_generation",
+        "computer",
+        "computer_use_preview",
+        "mcp",
+        "local_shell",
+        "shell",
+        "apply_patch",
+        "custom",
+        "tool_search",
+        "programmatic_tool_calling",
+    }
+)
+UNSUPPORTED_PARTS = frozenset({"input_image", "input_file", "input_audio"})
+
+
+class TextPart(Strict):
+    type: Literal["input_text", "output_text", "text"]
+    text: str
+    annotations: list[Any] | None = None
+    logprobs: list[Any] | None = None
+
+
+class RefusalPart(Strict):
+    type: Literal["refusal"]
+    refusal: str
+
+
+class MessageItem(Strict):
+    type: Literal["message"] = "message"
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart | RefusalPart]
+    id: str | None = None
+    status: str | None = None
+    phase: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text if isinstance(p, TextPart) else p.refusal for p in self.content)
+
+
+class FunctionCallItem(Strict):
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    arguments: str
+    id: str | None = None
+    status: str | None = None
+    namespace: str | None = None
+
+
+class FunctionCallOutputItem(Strict):
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str | list[TextPart]
+    id: str | None = None
+    status: str | None = None
+
+    def text(self) -> str:
+        return self.output if isinstance(self.output, str) else "".join(p.text for p in self.output)
+
+
+class ReasoningItem(Strict):
+    """Past reasoning: accepted and left out of the prompt (chat templates drop old thoughts)."""
+
+    type: Literal["reasoning"]
+    id: str | None = None
+    summary: list[dict[str, Any]] = Field(default_factory=list)
+    content: list[dict[str, Any]] | None = None
+    encrypted_content: str | None = None
+    status: str | None = None
+
+
+InputItem = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem
+ITEM_MODELS: dict[str, type[BaseModel]] = {
+    "message": MessageItem,
+    "function_call": FunctionCallItem,
+    "function_call_output": FunctionCallOutputItem,
+    "reasoning": ReasoningItem,
+}
+
+
+class FunctionTool(Strict):
+    type: Literal["function"]
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class NamespaceTool(Strict):
+    type: Literal["namespace"]
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    tools: list[dict[str, Any]]
+
+
+class NamedFunction(Strict):
+    type: Literal["function"]
+    name: str
+
+
+class TextFormat(Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class TextConfig(Strict):
+    format: TextFormat | None = None
+    verbosity: str | None = None
+
+
+class ReasoningConfig(Strict):
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    summary: str | None = None
+    generate_summary: str | None = None
+
+
+class ResponseCreateRequest(Strict):
+    """What `POST /v1/responses` reads; `input` and `tools` are checked item by item
+    (`input_items()`, `function_tools()`) so errors name the item."""
+
+    model: str
+    input: str | list[Any] = Field(default_factory=list)
+    instructions: str | None = None
+    tools: list[Any] | None = Field(None, max_length=512)
+    tool_choice: Literal["none", "auto", "required"] | NamedFunction | None = None
+    parallel_tool_calls: bool | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    text: TextConfig | None = None
+    reasoning: ReasoningConfig | None = None
+    stream: bool | None = False
+    store: bool | None = True
+    previous_response_id: str | None = None
+    metadata: dict[str, str] | None = None
+    # Fields of the spec that later work may support; rejected when they ask for something.
+    background: bool | None = None
+    conversation: str | dict[str, Any] | None = None
+    prompt: dict[str, Any] | None = None
+
+    def unsupported_field(self) -> str | None:
+        asks = {
+            "background": bool(self.background),
+            "conversation": self.conversation is not None,
+            "prompt": self.prompt is not None,
+        }
+        return next((name for name, asked in asks.items() if asked), None)
+
+    def input_items(self) -> list[InputItem]:
+        if isinstance(self.input, str):
+            return [MessageItem(role="user", content=self.input)]
+        return parse_items(self.input)
+
+    def namespaces(self) -> frozenset[str]:
+        return frozenset(
+            tool["name"]
+            for tool in self.tools or []
+            if isinstance(tool, dict) and tool.get("type") == "namespace" and "name" in tool
+        )
+
+    def function_tools(self) -> list[FunctionTool]:
+        """The functions the model is offered (a namespace's with qualified names)."""
+        functions: list[FunctionTool] = []
+        for index, raw in enumerate(self.tools or []):
+            param = f"tools[{index}]"
+            kind = raw.get("type") if isinstance(raw, dict) else None
+            if kind == "function":
+                functions.append(_checked(FunctionTool, raw, param))
+            elif kind == "namespace":
+                functions += _namespace_functions(_checked(NamespaceTool, raw, param), param)
+            elif kind not in HOSTED_TOOL_TYPES:
+                raise APIError(
+                    400,
+                    f"Unknown tool type {kind!r}",
+                    param=f"{param}.type",
+                    code="invalid_value",
+                )
+        return functions
+
+
+IGNORED_FIELDS = (
+    "include",
+    "user",
+    "store",
+    "service_tier",
+    "safety_identifier",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "client_metadata",
+    "truncation",
+    "stream_options",
+    "max_tool_calls",
+    "top_logprobs",
+)
+
+
+def _checked(model: type[M], raw: Any, param: str) -> M:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        inner = loc_to_param(error["loc"])
+        where = f"{param}.{inner}" if inner and not inner.startswith("[") else param + (inner or "")
+        raise APIError(
+            400, f"Invalid value for '{where}': {error['msg']}", param=where, code="invalid_value"
+        ) from None
+
+
+def parse_items(raw: list[Any]) -> list[InputItem]:
+    """Input items (also a stored conversation's), each checked; errors name `input[i]`."""
+    return [_parse_item(index, item) for index, item in enumerate(raw)]
+
+
+def _parse_item(index: int, raw: Any) -> InputItem:
+    param = f"input[{index}]"
+    if not isinstance(raw, dict):
+        raise APIError(400, f"'{param}' must be an object", param=param, code="invalid_value")
+    kind = raw.get("type", "message")
+    model = ITEM_MODELS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise APIError(
+            400,
+            f"Input items of type {kind!r} are not supported by this server",
+            param=f"{param}.type",
+            code="unsupported_value",
+        )
+    for part_index, part in enumerate(raw.get("content") or [] if kind == "message" else []):
+        if isinstance(part, dict) and part.get("type") in UNSUPPORTED_PARTS:
+            raise APIError(
+                400,
+                f"Content of type {part['type']!r} is not supported by this server",
+                param=f"{param}.content[{part_index}].type",
+                code="unsupported_value",
+            )
+    item = _checked(model, raw, param)
+    assert isinstance(item, InputItem)
+    return item
+
+
+def _namespace_functions(namespace: NamespaceTool, param: str) -> list[FunctionTool]:
+    functions = []
+    for index, raw in enumerate(namespace.tools):
+        inner = f"{param}.tools[{index}]"
+        if isinstance(raw, dict) and raw.get("type") in HOSTED_TOOL_TYPES:
+            continue  # a custom (free-form grammar) tool inside a namespace: not offered
+        function = _checked(FunctionTool, raw, inner)
+        qualified = f"{namespace.name}{NAMESPACE_SEPARATOR}{function.name}"
+        if len(qualified) > 64:
+            raise APIError(
+                400,
+                f"'{qualified}' (namespace and function name) is longer than 64 characters",
+                param=f"{inner}.name",
+                code="invalid_value",
+            )
+        functions.append(function.model_copy(update={"name": qualified}))
+    return functions

@@ -1,0 +1,284 @@
+"""`/v1/responses` on a scripted engine, through the strict OpenAI SDK and raw HTTP: the items and
+events a client assembles, what reaches the engine (messages, tools, grammars, template switches),
+the stored conversation behind `previous_response_id`, and the 4xx shapes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openai import AsyncOpenAI, NotFoundError
+
+from server.settings import Settings
+from tests.fakes import FakeEngine
+from tests.unit.test_chat_contract import assert_openai_error
+
+URL = "/v1/responses"
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine(context_length=4096)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path, max_body_bytes=1 << 20)
+
+
+def prompt_of(engine: FakeEngine) -> str:
+    return engine.decode(engine.requests[-1].prompt_tokens)
+
+
+async def sse_events(http: httpx.AsyncClient, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stream's events, each checked to carry an `event:` line naming its type."""
+    async with http.stream("POST", URL, json=body) as response:
+        assert response.status_code == 200
+        lines = [line async for line in response.aiter_lines() if line]
+    events = []
+    for name, data in zip(lines[::2], lines[1::2], strict=True):
+        event = json.loads(data.removeprefix("data: "))
+        assert name == f"event: {event['type']}"
+        events.append(event)
+    return events
+
+
+async def test_create_through_strict_sdk(client: AsyncOpenAI, fake_engine: FakeEngine) -> None:
+    response = await client.responses.create(
+        model="fake", instructions="Be brief.", input="hi", max_output_tokens=100
+    )
+    assert response.status == "completed"
+    assert response.output_text == "Hello there!"
+    assert response.id.startswith("resp_")
+    message = response.output[0]
+    assert message.type == "message" and message.status == "completed"
+    assert response.usage is not None
+    assert response.usage.input_tokens == len(fake_engine.requests[-1].prompt_tokens)
+    assert response.usage.output_tokens == len("Hello there!")
+    assert response.usage.input_tokens_details.cached_tokens == 0
+    assert prompt_of(fake_engine) == "<system>Be brief.<user>hi"
+    assert fake_engine.requests[-1].max_tokens == 100
+
+
+async def test_stream_helper_assembles_the_response(client: AsyncOpenAI) -> None:
+    async with client.responses.stream(model="fake", input="hi") as stream:
+        deltas = [e.delta async for e in stream if e.type == "response.output_text.delta"]
+        final = await stream.get_final_response()
+    assert "".join(deltas) == "Hello there!"
+    assert final.output_text == "Hello there!"
+    assert final.status == "completed"
+
+
+async def test_stream_event_sequence(http: httpx.AsyncClient) -> None:
+    events = await sse_events(http, {"model": "fake", "input": "hi", "stream": True})
+    kinds = [e["type"] for e in events]
+    assert kinds[:5] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert len({e["response"]["id"] for e in events if "response" in e}) == 1
+    assert events[-2]["item"]["content"][0]["text"] == "Hello there!"
+
+
+async def test_a_tool_call_round_trip(client: AsyncOpenAI, fake_engine: FakeEngine) -> None:
+    fake_engine.reply = CALL
+    first = await client.responses.create(model="fake", input="weather?", tools=[WEATHER])  # type: ignore[list-item]
+    [call] = first.output
+    assert call.type == "function_call"
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"}
+    assert fake_engine.tools_seen is not None
+    assert fake_engine.tools_seen[0]["function"]["name"] == "get_weather"
+    fake_engine.reply = "It is sunny."
+    second = await client.responses.create(
+        model="fake",
+        input=[
+            {"role": "user", "content": "weather?"},
+            {"type": "function_call", "call_id": call.call_id, "name": call.name,
+             "arguments": call.arguments},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
+        ],
+        tools=[WEATHER],  # type: ignore[list-item]
+    )  # fmt: skip
+    assert second.output_text == "It is sunny."
+    assert prompt_of(fake_engine).endswith("<user>weather?<assistant><tool>sunny")
+
+
+async def test_streamed_tool_call_events(http: httpx.AsyncClient, fake_engine: FakeEngine) -> None:
+    fake_engine.reply = CALL
+    body = {"model": "fake", "input": "weather?", "tools": [WEATHER], "stream": True}
+    events = await sse_events(http, body)
+    kinds = [e["type"] for e in events]
+    assert "response.output_text.delta" not in kinds  # the markup's whitespace opens no message
+    added = next(e for e in events if e["type"] == "response.output_item.added")
+    assert added["item"]["type"] == "function_call" and added["item"]["name"] == "get_weather"
+    arguments = "".join(
+        e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta"
+    )
+    assert json.loads(arguments) == {"city": "Paris"}
+    assert events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["output"][0]["arguments"] == arguments
+
+
+async def test_hosted_tools_are_ignored_and_namespaces_exposed(
+    client: AsyncOpenAI, fake_engine: FakeEngine
+) -> None:
+    fake_engine.reply = CALL.replace("get_weather", "files.read")
+    namespace = {
+        "type": "namespace",
+        "name": "files",
+        "description": "File tools",
+        "tools": [{"type": "function", "name": "read", "parameters": {"type": "object"}}],
+    }
+    response = await client.responses.create(
+        model="fake",
+        input="read it",
+        tools=[{"type": "web_search"}, namespace, WEATHER],  # type: ignore[list-item]
+    )
+    assert fake_engine.tools_seen is not None
+    assert [t["function"]["name"] for t in fake_engine.tools_seen] == ["files.read", "get_weather"]
+    [call] = response.output
+    assert call.type == "function_call"
+    assert (call.namespace, call.name) == ("files", "read")
+
+
+async def test_max_output_tokens_makes_it_incomplete(
+    client: AsyncOpenAI, http: httpx.AsyncClient
+) -> None:
+    response = await client.responses.create(model="fake", input="hi", max_output_tokens=5)
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert response.output_text == "Hello"
+    body = {"model": "fake", "input": "hi", "max_output_tokens": 5, "stream": True}
+    events = await sse_events(http, body)
+    assert events[-1]["type"] == "response.incomplete"
+    assert events[-2]["item"]["status"] == "incomplete"
+
+
+async def test_json_schema_format_compiles_a_grammar(
+    client: AsyncOpenAI, fake_engine: FakeEngine
+) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    await client.responses.create(
+        model="fake",
+        input="city?",
+        text={"format": {"type": "json_schema", "name": "city", "schema": schema}},
+    )
+    assert fake_engine.grammars_checked
+    assert fake_engine.requests[-1].grammar is not None
+
+
+async def test_reasoning_effort_and_reasoning_items(
+    client: AsyncOpenAI, fake_engine: FakeEngine
+) -> None:
+    assert fake_engine.info is not None
+    fake_engine.info = dataclasses.replace(fake_engine.info, reasoning=True)
+    fake_engine.reasoning = True  # its template opens the <think> block
+    fake_engine.reply = "Paris is in France.</think>Paris."
+    response = await client.responses.create(
+        model="fake", input="capital?", reasoning={"effort": "low"}
+    )
+    assert fake_engine.template_kwargs_seen == {"enable_thinking": True, "reasoning_effort": "low"}
+    reasoning, _message = response.output
+    assert reasoning.type == "reasoning"
+    assert reasoning.content is not None
+    assert reasoning.content[0].text == "Paris is in France."
+    assert response.output_text == "Paris."
+    await client.responses.create(model="fake", input="capital?", reasoning={"effort": "none"})
+    assert fake_engine.template_kwargs_seen == {
+        "enable_thinking": False,
+        "reasoning_effort": "none",
+    }
+
+
+async def test_previous_response_id_continues_a_stored_conversation(
+    client: AsyncOpenAI, fake_engine: FakeEngine
+) -> None:
+    first = await client.responses.create(model="fake", instructions="Be brief.", input="hi")
+    fetched = await client.responses.retrieve(first.id)
+    assert fetched.id == first.id and fetched.output_text == "Hello there!"
+    await client.responses.create(model="fake", input="again", previous_response_id=first.id)
+    # instructions are not carried over (as OpenAI does); the conversation is
+    assert prompt_of(fake_engine) == "<user>hi<assistant>Hello there!<user>again"
+    await client.responses.delete(first.id)
+    with pytest.raises(NotFoundError):
+        await client.responses.retrieve(first.id)
+
+
+async def test_streamed_response_is_stored_before_it_completes(
+    client: AsyncOpenAI, http: httpx.AsyncClient
+) -> None:
+    events = await sse_events(http, {"model": "fake", "input": "hi", "stream": True})
+    stored = await client.responses.retrieve(events[-1]["response"]["id"])
+    assert stored.output_text == "Hello there!"
+
+
+async def test_unknown_and_unstored_ids_are_404(http: httpx.AsyncClient) -> None:
+    assert_openai_error(await http.get(f"{URL}/resp_nope"), 404, "response_id")
+    assert_openai_error(await http.delete(f"{URL}/resp_nope"), 404, "response_id")
+    body = {"model": "fake", "input": "hi", "previous_response_id": "resp_nope"}
+    assert_openai_error(await http.post(URL, json=body), 404, "previous_response_id")
+    unstored = (await http.post(URL, json={"model": "fake", "input": "hi", "store": False})).json()
+    assert_openai_error(await http.get(f"{URL}/{unstored['id']}"), 404, "response_id")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": [{"type": "computer_call_output"}]}, "input[0].type"),
+        ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]},
+         "input[0].content[0].type"),
+        ({"input": [{"role": "wizard", "content": "hi"}]}, "input[0].role"),
+        ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
+        ({"input": ["hi"]}, "input[0]"),
+        ({"input": []}, "input"),
+        ({"input": "hi", "tools": [{"type": "teleport"}]}, "tools[0].type"),
+        ({"input": "hi", "tools": [{"type": "function", "name": "bad name"}]}, "tools[0].name"),
+        ({"input": "hi", "tool_choice": "required"}, "tools"),
+        ({"input": "hi", "text": {"format": {"type": "json_schema"}}}, "text.format.name"),
+        ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
+        ({"input": "hi", "max_output_tokens": 10**6}, "max_output_tokens"),
+        ({"input": "hi", "background": True}, "background"),
+    ],
+)  # fmt: skip
+async def test_bad_input_is_a_400_naming_the_field(
+    http: httpx.AsyncClient, body: dict[str, Any], param: str
+) -> None:
+    assert_openai_error(await http.post(URL, json={"model": "fake", **body}), 400, param)
+
+
+async def test_unknown_model_is_a_404(http: httpx.AsyncClient) -> None:
+    response = await http.post(URL, json={"model": "nope", "input": "hi"})
+    assert_openai_error(response, 404, "model", "model_not_found")
+
+
+async def test_engine_failure_mid_stream_ends_with_response_failed(
+    http: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    fake_engine.fail_after = 5
+    events = await sse_events(http, {"model": "fake", "input": "hi", "stream": True})
+    assert events[-1]["type"] == "response.failed"
+    failed = events[-1]["response"]
+    assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+    assert failed["output"][0]["content"][0]["text"] == "Hello"  # what was streamed is kept
