@@ -247,6 +247,7 @@ class ChatModelInfo:
     )
     reasoning: bool = False  # the chat template knows <think> blocks (a reasoning model)
     tool_format: str = "hermes"  # how the chat template writes tool calls (engines/llm/tools.py)
+    tool_format: str = "hermes"  # how the chat template writes tool calls (engines/llm/tools.py)
 
     def fit(self, prompt_tokens: int, max_tokens: int | None, param: str = "messages") -> int:
         """The max_tokens to use (all the room left when None), or ContextTooLong."""

@@ -10,14 +10,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from engines.llm.reasoning import ReasoningParser
-from engines.llm.tools import ParsedDeltas, ToolCallParser
+from server.reasoning import ReasoningParser
+from server.tool_calls import ParsedDeltas, ToolCallParser
 
 
 class ChoiceOutput:
-    def __init__(self, reasoning: bool, think_opened: bool, tool_names: frozenset[str]) -> None:
+    """`tool_schemas`: the request's functions and their parameters schemas (none: no tool
+    parsing); `untagged`: whether calls written without the model's tags are recognised."""
+
+    def __init__(
+        self,
+        reasoning: bool,
+        think_opened: bool,
+        tool_schemas: dict[str, dict[str, Any] | None],
+        untagged: bool = True,
+    ) -> None:
         self._reasoning = ReasoningParser(think_opened) if reasoning else None
-        self._tools = ToolCallParser(tool_names) if tool_names else None
+        self._tools = ToolCallParser(tool_schemas, untagged) if tool_schemas else None
         self.reasoning_text = ""
         self.content = ""
 

@@ -29,6 +29,7 @@ from server.generation import check_limits
 from server.reasoning import THINK_OPEN
 from server.schemas.chat import ChatCompletionRequest
 from server.settings import Settings
+from server.tool_calls import TOOL_TAGS, single_token_tags
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,9 @@ async def prepare_chat(
     if logprobs == -1:
         raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
     tools = [tool.model_dump(exclude_none=True) for tool in chat.tools_in_play()]
-    grammar, grammar_param = output_grammar(chat, tools)
+    check_tool_choice(chat, tools)
     engine = await pool.acquire(chat.model, CHAT)
+    grammar, grammar_param = output_grammar(chat, tools, engine)
     if grammar is not None:
         # Compiling checks the grammar against the tokenizer (no MLX; the first one builds
         # llguidance's tokenizer, ~0.5 s): off the event loop.
@@ -82,10 +84,10 @@ async def prepare_chat(
     prompt = engine.encode_chat(messages, tools, chat.template_kwargs())
     reasoning = bool(engine.info and engine.info.reasoning)
     think_opened = reasoning and engine.decode(prompt[-8:]).rstrip().endswith(THINK_OPEN)
-    tool_names = frozenset(tool["function"]["name"] for tool in tools)
+    tool_schemas = {tool["function"]["name"]: tool["function"].get("parameters") for tool in tools}
 
     def output_for() -> ChoiceOutput:
-        return ChoiceOutput(reasoning, think_opened, tool_names)
+        return ChoiceOutput(reasoning, think_opened, tool_schemas)
 
     requested = chat.requested_max_tokens()
     if clamp_max_tokens and requested is not None:
@@ -116,27 +118,37 @@ async def prepare_chat(
     return PreparedChat(engine, generation, output_for)
 
 
+def check_tool_choice(chat: ChatCompletionRequest, tools: list[dict[str, Any]]) -> None:
+    """Refuse a forced `tool_choice` that cannot be honoured (before any model is loaded)."""
+    forced = chat.forced_tool()
+    if chat.tool_choice != "required" and forced is None:
+        return
+    if not tools:
+        raise APIError(400, "tool_choice requires tools", param="tools")
+    if forced is not None and forced not in {t["function"]["name"] for t in tools}:
+        raise APIError(
+            400, f"tool_choice names an unknown function {forced!r}", param="tool_choice"
+        )
+    if chat.response_format is not None and chat.response_format.type != "text":
+        raise APIError(
+            400,
+            "response_format cannot be combined with a forced tool_choice",
+            param="response_format",
+        )
+
+
 def output_grammar(
-    chat: ChatCompletionRequest, tools: list[dict[str, Any]]
+    chat: ChatCompletionRequest, tools: list[dict[str, Any]], engine: ChatEngine
 ) -> tuple[str | None, str]:
     """The grammar the output must follow, if any, and the param it comes from: a forced tool
-    call (`tool_choice` "required" or a named function) or `response_format` JSON."""
+    call (`tool_choice` "required" or a named function, in the model's own call format) or
+    `response_format` JSON."""
     forced = chat.forced_tool()
     if chat.tool_choice == "required" or forced is not None:
-        if not tools:
-            raise APIError(400, "tool_choice requires tools", param="tools")
-        if forced is not None and forced not in {t["function"]["name"] for t in tools}:
-            raise APIError(
-                400, f"tool_choice names an unknown function {forced!r}", param="tool_choice"
-            )
-        if chat.response_format is not None and chat.response_format.type != "text":
-            raise APIError(
-                400,
-                "response_format cannot be combined with a forced tool_choice",
-                param="response_format",
-            )
         parallel = forced is None and chat.parallel_tool_calls is not False
-        return tool_call_grammar(tools, forced, parallel), "tool_choice"
+        tool_format = engine.info.tool_format if engine.info else "hermes"
+        tags = single_token_tags(engine, TOOL_TAGS)
+        return tool_call_grammar(tools, forced, parallel, tool_format, tags), "tool_choice"
     response_format = chat.response_format
     if response_format is None or response_format.type == "text":
         return None, ""

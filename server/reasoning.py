@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engines.llm.tools import partial_suffix
+from server.tool_calls import partial_suffix
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 

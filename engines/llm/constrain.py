@@ -11,16 +11,30 @@ Invariants:
   passed `check` never fails later for that reason.
 - A `Constraint` is used by one sequence on the engine thread; forking copies the matcher.
 - Once the grammar is complete, only end-of-sequence tokens are allowed: the sequence stops.
+- Numbers are bounded: outside JSON strings no run of digits grows past `MAX_DIGITS` (integer
+  part, fraction and exponent each), so a small greedy model cannot loop on digits until
+  max_tokens (llama.cpp bounds its schema grammars the same way). The bound narrows the
+  grammar's own mask and never widens it; where it would leave nothing (a schema whose own
+  `minimum` needs more digits), the grammar's mask stands alone.
+- Tool-call tags that are single tokens of the vocabulary (Qwen's `<tool_call>`) are named in the
+  grammar as those tokens: a grammar that spells them as text cannot accept the token the model
+  was trained to emit.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from engines.errors import InvalidRequest
+from engines.llm.tools import CLOSE, MISTRAL_TAG, OPEN
+
+MAX_DIGITS = 16
+_DIGITS = b"0123456789"
 
 # Fixed separators, no free whitespace: small models otherwise loop on whitespace (the schema
 # allows any amount) until max_tokens, and compact JSON costs fewer tokens.
@@ -43,31 +57,45 @@ def lark_grammar(lark: str) -> str:
     return str(llguidance.LLMatcher.grammar_from_lark(lark))
 
 
-def tool_call_grammar(tools: list[dict[str, Any]], forced: str | None, parallel: bool) -> str:
-    """Hermes-style calls, `<tool_call>{"name": …, "arguments": {…}}</tool_call>` — one (or,
-    with `parallel`, one or more) of `tools`, or only the function named `forced`."""
-    options = []
-    for tool in tools:
-        function = tool["function"]
-        if forced is not None and function["name"] != forced:
-            continue
-        options.append(
-            {
-                "type": "object",
-                "properties": {
-                    "name": {"const": function["name"]},
-                    "arguments": function.get("parameters") or {"type": "object"},
-                },
-                "required": ["name", "arguments"],
-                "additionalProperties": False,
-            }
-        )
+def tool_call_grammar(
+    tools: list[dict[str, Any]],
+    forced: str | None,
+    parallel: bool,
+    tool_format: str = "hermes",
+    tag_tokens: Mapping[str, int] | None = None,
+) -> str:
+    """Calls in the model's own `tool_format` — one (or, with `parallel`, one or more) of
+    `tools`, or only the function named `forced`. `tag_tokens`: the tags that are single tokens
+    of the model's vocabulary, named in the grammar by id."""
+    arguments_key = "parameters" if tool_format == "llama3" else "arguments"
+    options = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": tool["function"]["name"]},
+                arguments_key: tool["function"].get("parameters") or {"type": "object"},
+            },
+            "required": ["name", arguments_key],
+            "additionalProperties": False,
+        }
+        for tool in tools
+        if forced is None or tool["function"]["name"] == forced
+    ]
     schema = options[0] if len(options) == 1 else {"anyOf": options}
-    repeat = "+" if parallel else ""
-    return lark_grammar(
-        f'start: call{repeat}\ncall: "<tool_call>\\n" body "\\n</tool_call>"\n'
-        f"body: %json {json.dumps(_compact(schema))}\n"
-    )
+    tokens = tag_tokens or {}
+
+    def tag(text: str) -> str:
+        return f"<[{tokens[text]}]>" if text in tokens else json.dumps(text)
+
+    if tool_format == "mistral":
+        more = '(", " body)*' if parallel else ""
+        calls = f'{tag(MISTRAL_TAG)} "[" body {more} "]"'
+    elif tool_format == "llama3":
+        calls = "body"  # Llama 3.x writes one bare call
+    else:
+        more = '("\\n" call)*' if parallel else ""
+        calls = f'call {more}\ncall: {tag(OPEN)} "\\n" body "\\n" {tag(CLOSE)}'
+    return lark_grammar(f"start: {calls}\nbody: %json {json.dumps(_compact(schema))}\n")
 
 
 class GrammarCompiler:
@@ -79,6 +107,9 @@ class GrammarCompiler:
         self.n_vocab = n_vocab
         self._tokenizer = llguidance.hf.from_tokenizer(
             hf_tokenizer, n_vocab=n_vocab, eos_token=eos_token_ids
+        )
+        self._digits = DigitTable(
+            [self._tokenizer.decode_bytes([token]) for token in range(n_vocab)]
         )
 
     def check(self, grammar: str, param: str) -> None:
@@ -97,33 +128,94 @@ class GrammarCompiler:
         matcher = llguidance.LLMatcher(self._tokenizer, grammar)
         if matcher.is_error():
             raise InvalidRequest(f"grammar error: {matcher.get_error()}", param="response_format")
-        return Constraint(matcher, self.n_vocab)
+        return Constraint(matcher, self.n_vocab, DigitBudget(self._digits))
+
+
+class DigitTable:
+    """Per token of the vocabulary: its bytes, its leading digits and its longest run of digits
+    after a non-digit (vectors, so a step's mask costs two comparisons)."""
+
+    def __init__(self, token_bytes: list[bytes]) -> None:
+        self.token_bytes = token_bytes
+        self.leading = np.array([len(b) - len(b.lstrip(_DIGITS)) for b in token_bytes])
+        self.inner_ok = np.array(
+            [_longest_run(b.lstrip(_DIGITS)) <= MAX_DIGITS for b in token_bytes]
+        )
+        self.longest_leading = int(self.leading.max(initial=0))
+
+
+def _longest_run(data: bytes) -> int:
+    longest = run = 0
+    for byte in data:
+        run = run + 1 if byte in _DIGITS else 0
+        longest = max(longest, run)
+    return longest
+
+
+class DigitBudget:
+    """Where the output stands for `MAX_DIGITS`: inside a JSON string or not, and the run of
+    digits it ends with (outside strings: a number's integer part, fraction or exponent)."""
+
+    def __init__(self, table: DigitTable) -> None:
+        self._table = table
+        self._in_string = self._escaped = False
+        self._run = 0
+
+    def narrow(self, allowed: np.ndarray) -> np.ndarray:
+        """`allowed` less the tokens that would make a run of digits too long (unless that
+        leaves nothing: then the grammar needs the digits, and has them)."""
+        if self._in_string:
+            return allowed
+        table = self._table
+        narrowed = allowed & table.inner_ok
+        if self._run + table.longest_leading > MAX_DIGITS:
+            narrowed &= table.leading[: len(allowed)] + self._run <= MAX_DIGITS
+        return narrowed if narrowed.any() else allowed
+
+    def consume(self, token: int) -> None:
+        if token >= len(self._table.token_bytes):
+            return
+        for byte in self._table.token_bytes[token]:
+            if self._in_string:
+                if self._escaped:
+                    self._escaped = False
+                elif byte == 0x5C:  # backslash
+                    self._escaped = True
+                elif byte == 0x22:  # closing quote
+                    self._in_string = False
+            elif byte == 0x22:
+                self._in_string, self._run = True, 0
+            else:
+                self._run = self._run + 1 if byte in _DIGITS else 0
 
 
 class Constraint:
     """One sequence's grammar state: the allowed next tokens, advanced token by token."""
 
-    def __init__(self, matcher: Any, n_vocab: int) -> None:
+    def __init__(self, matcher: Any, n_vocab: int, digits: DigitBudget) -> None:
         import llguidance.numpy
 
         self._matcher = matcher
         self._n_vocab = n_vocab
+        self._digits = digits
         self._bitmask = llguidance.numpy.allocate_token_bitmask(1, n_vocab)
 
     def allowed(self) -> np.ndarray:
-        """Boolean (n_vocab,): the tokens the grammar allows next."""
+        """Boolean (n_vocab,): the tokens the grammar allows next (numbers bounded)."""
         import llguidance.numpy
 
         llguidance.numpy.fill_next_token_bitmask(self._matcher, self._bitmask, 0)
         bits = np.unpackbits(self._bitmask[0].view(np.uint8), bitorder="little")
-        return bits[: self._n_vocab].astype(bool)
+        return self._digits.narrow(bits[: self._n_vocab].astype(bool))
 
     def consume(self, token: int) -> None:
         self._matcher.consume_token(token)
+        self._digits.consume(token)
 
     def fork(self) -> Constraint:
         twin = Constraint.__new__(Constraint)
         twin.__dict__.update(self.__dict__)
         twin._matcher = self._matcher.deep_copy()
         twin._bitmask = self._bitmask.copy()
+        twin._digits = copy.copy(self._digits)
         return twin

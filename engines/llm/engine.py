@@ -44,6 +44,7 @@ from engines.llm.prefix_cache import PrefixCache
 from engines.llm.sampling import Sampled, TokenSampler, choice_seed
 from engines.llm.sequence import Choice, Vocabulary
 from engines.llm.templates import render_chat
+from engines.llm.tools import tool_call_format
 from engines.types import (
     FIM_TOKEN_SETS,
     ChatLimits,
@@ -267,6 +268,7 @@ class LLMEngine(EngineThread):
             created=int(self.path.stat().st_mtime),
             fim_tokens=fim,
             reasoning="<think>" in str(getattr(tokenizer, "chat_template", None) or ""),
+            tool_format=tool_call_format(getattr(tokenizer, "chat_template", None)),
         )
         self._vocabulary = Vocabulary(tokenizer, TokenBytes(tokenizer), eos)
         # Warm up (compile kernels, allocate buffers) and measure the KV bytes per token.

@@ -12,8 +12,8 @@ import pytest
 from engines.errors import InvalidRequest
 from engines.llm.constrain import json_schema_grammar, tool_call_grammar
 from engines.llm.engine import LLMEngine
-from engines.llm.tools import ToolCallParser
 from engines.types import GenerationRequest, SamplingParams
+from server.tool_calls import ToolCallParser
 from tests.engines.test_batching import prompt
 from tests.engines.test_llm_engine import PROMPT, run
 

@@ -9,7 +9,7 @@ import random
 import httpx
 import pytest
 
-from engines.llm.reasoning import ReasoningParser
+from server.reasoning import ReasoningParser
 from tests.fakes import FakeEngine
 from tests.unit.test_chat_contract import URL, chat_body
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from engines.llm.tools import ToolCallParser
+from server.tool_calls import ToolCallParser
 
 HERMES = (
     "Let me check.<tool_call>\n"
@@ -78,11 +78,20 @@ def test_unclosed_call_at_the_end_still_counts(seed: int) -> None:
     assert content == "ok " and calls == [("f", '{"a": [1, 2]}')]
 
 
+WEATHER_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
+KNOWN = {"get_weather": WEATHER_SCHEMA}
+
 BARE = [
     '{"name": "get_weather", "arguments": {"city": "Paris"}}',
     '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}',
     '  [{"name": "get_weather", "arguments": {"city": "Paris"}}]',
     '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}]',
+    '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```',
+    '```\n[{"name": "get_weather", "arguments": {"city": "Paris"}}]\n```\n',
 ]
 
 
@@ -90,7 +99,7 @@ BARE = [
 @pytest.mark.parametrize("seed", range(5))
 def test_bare_json_calls_of_known_functions(text: str, seed: int) -> None:
     rng = random.Random(seed)
-    parser = ToolCallParser(frozenset({"get_weather"}))
+    parser = ToolCallParser(KNOWN)
     content, position = "", 0
     while position < len(text):
         size = rng.randint(1, 9)
@@ -104,9 +113,39 @@ def test_bare_json_calls_of_known_functions(text: str, seed: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ['{"name": "unknown_fn", "arguments": {}}', '{"answer": 42}', "{not json", "Plain."]
+    "text",
+    [
+        '{"name": "unknown_fn", "arguments": {}}',
+        '{"answer": 42}',
+        "{not json",
+        "Plain.",
+        # arguments that do not validate against the function's schema
+        '{"name": "get_weather", "arguments": {"town": "Paris"}}',
+        '```json\n{"name": "get_weather", "arguments": {"city": 7}}\n```',
+        # text that merely contains a call
+        'Call it like this: {"name": "get_weather", "arguments": {"city": "Paris"}}',
+        '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```\nThat is the call.',
+        '```python\nget_weather(city="Paris")\n```',
+    ],
 )
 def test_bare_json_that_is_not_a_known_call_is_content(text: str) -> None:
-    parser = ToolCallParser(frozenset({"get_weather"}))
+    parser = ToolCallParser(KNOWN)
     content = parser.feed(text).content + parser.finish().content
     assert content == text and parser.calls == []
+
+
+def test_untagged_calls_can_be_turned_off() -> None:
+    text = '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```'
+    parser = ToolCallParser(KNOWN, untagged=False)
+    assert parser.feed(text).content + parser.finish().content == text
+    assert parser.calls == []
+
+
+def test_untagged_call_is_held_back_until_the_end() -> None:
+    """Streamed: nothing of a possible untagged call is sent before the output ends."""
+    parser = ToolCallParser(KNOWN)
+    text = '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```'
+    sent = [parser.feed(char) for char in text]
+    assert all(not delta.content and not delta.calls for delta in sent)
+    end = parser.finish()
+    assert end.content == "" and [c.name for c in parser.calls] == ["get_weather"]

@@ -1,0 +1,275 @@
+"""Tool calls in generated text: a streaming parser that turns
+`<tool_call>{"name": …, "arguments": {…}}</tool_call>` (Hermes/Qwen style, also what the generic
+tool prompt asks for) into content and tool-call deltas.
+
+Untagged calls: an output that is nothing but calls written without the tags — bare JSON
+`{"name": …, "arguments"|"parameters": {…}}`, one or several, or a list (Llama 3.x style, and
+what small models often write instead), the same inside one ```json fence, or Mistral's
+`[TOOL_CALLS][{…}]` — is recognised too. Such output (its first character `{`, `[` or a fence,
+after `<|python_tag|>` or `[TOOL_CALLS]` if present) is held back to the end and becomes calls
+only if every call names a known function and its arguments validate against that function's
+parameters schema; otherwise it is content. Text that merely contains JSON is content.
+
+Invariants of `ToolCallParser`:
+- Fed text in any chunking, it emits the same content and the same tool calls (the pieces may
+  differ; their concatenations do not).
+- Markup never leaks into content: text that might be the start of `<tool_call>` is held back
+  until it is known not to be.
+- A call's argument fragments concatenate to exactly the model's JSON text of `arguments`; a
+  call's `name` is sent once, in its first delta, with its id.
+- A tagged call that does not parse as `{"name": str, "arguments": object}` is returned as
+  content.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+from engines.llm.tools import CLOSE, MISTRAL_TAG, OPEN, PYTHON_TAG
+
+_HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
+_FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*?)\n?```$", re.DOTALL)
+_BARE_PREFIXES = (PYTHON_TAG, MISTRAL_TAG)
+_FENCE_OPENERS = ("```json", "```\n", "```{", "```[")
+
+
+def new_call_id() -> str:
+    return f"call_{secrets.token_hex(12)}"
+
+
+@dataclass
+class ToolCallDelta:
+    index: int
+    id: str | None = None  # set on a call's first delta only
+    name: str | None = None  # likewise
+    arguments: str = ""
+
+
+@dataclass
+class ParsedDeltas:
+    content: str = ""
+    calls: list[ToolCallDelta] = field(default_factory=list)
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text
+
+
+def _strip_bare_prefix(text: str) -> str:
+    text = text.lstrip()
+    for prefix in _BARE_PREFIXES:
+        text = text.removeprefix(prefix)
+    return text.lstrip()
+
+
+def _may_be_untagged(head: str) -> bool | None:
+    """Whether output starting with `head` may be an untagged call (None: cannot tell yet)."""
+    if any(p.startswith(head) for p in _BARE_PREFIXES + _FENCE_OPENERS):
+        return None
+    return head[0] in "{[" or head.startswith(_FENCE_OPENERS)
+
+
+class ToolCallParser:
+    """`schemas`: each known function's parameters schema (None: any object). Untagged calls
+    are recognised only for these functions, and only when `untagged` is on."""
+
+    def __init__(
+        self, schemas: dict[str, dict[str, Any] | None] | None = None, untagged: bool = True
+    ) -> None:
+        self._schemas = schemas or {}
+        self._untagged = untagged and bool(self._schemas)
+        self._mode = "start"  # start → text | bare (the whole output is JSON, held back)
+        self._buffer = ""  # text not yet classified
+        self._in_call = False
+        self._calls: list[ToolCall] = []
+        self._current_id: str | None = None  # the open call's id, once its name was sent
+        self._streamed_arguments = 0  # characters of the open call's arguments sent
+
+    @property
+    def calls(self) -> list[ToolCall]:
+        return list(self._calls)
+
+    def feed(self, text: str) -> ParsedDeltas:
+        self._buffer += text
+        out = ParsedDeltas()
+        if self._mode == "start":
+            head = _strip_bare_prefix(self._buffer)
+            if not head:
+                return out
+            untagged = _may_be_untagged(head) if self._untagged else False
+            if untagged is None:
+                return out  # undecided
+            self._mode = "bare" if untagged else "text"
+        if self._mode == "bare":
+            return out
+        while True:
+            if not self._in_call:
+                start = self._buffer.find(OPEN)
+                if start < 0:
+                    keep = partial_suffix(self._buffer, OPEN)
+                    out.content += self._buffer[: len(self._buffer) - keep]
+                    self._buffer = self._buffer[len(self._buffer) - keep :]
+                    return out
+                out.content += self._buffer[:start]
+                self._buffer = self._buffer[start + len(OPEN) :]
+                self._in_call = True
+                continue
+            end = self._buffer.find(CLOSE)
+            if end < 0:
+                self._stream_partial(out)
+                return out
+            body, self._buffer = self._buffer[:end], self._buffer[end + len(CLOSE) :]
+            self._in_call = False
+            self._close_call(body, out, closed=True)
+
+    def finish(self) -> ParsedDeltas:
+        """End of output: flush held-back text; an unclosed call that parses counts as a call."""
+        out = ParsedDeltas()
+        if self._mode == "bare":
+            self._finish_bare(out)
+        elif self._in_call:
+            self._in_call = False
+            self._close_call(self._buffer, out, closed=False)
+        else:
+            out.content += self._buffer
+        self._buffer = ""
+        return out
+
+    def _finish_bare(self, out: ParsedDeltas) -> None:
+        text = _strip_bare_prefix(self._buffer).rstrip()
+        fenced = _FENCE.match(text)
+        calls = _bare_calls(fenced[1].strip() if fenced else text)
+        if calls is None or not all(self._valid(name, arguments) for name, arguments in calls):
+            out.content += self._buffer
+            return
+        for name, arguments in calls:
+            call = ToolCall(new_call_id(), name, json.dumps(arguments))
+            out.calls.append(ToolCallDelta(len(self._calls), call.id, name))
+            out.calls.append(ToolCallDelta(len(self._calls), arguments=call.arguments))
+            self._calls.append(call)
+
+    def _valid(self, name: str, arguments: dict[str, Any]) -> bool:
+        if name not in self._schemas:
+            return False
+        schema = self._schemas[name]
+        if not schema:
+            return True
+        try:
+            jsonschema.validate(arguments, schema)
+        except jsonschema.ValidationError:
+            return False
+        except jsonschema.SchemaError:
+            return True  # a schema the validator cannot read: the name alone decides
+        return True
+
+    def _stream_partial(self, out: ParsedDeltas) -> None:
+        """Send the id and name, then argument text, of a call still being generated."""
+        head = _HEAD.match(self._buffer)
+        if head is None:
+            return
+        index = len(self._calls)
+        if self._current_id is None:
+            self._current_id = new_call_id()
+            out.calls.append(ToolCallDelta(index, self._current_id, json.loads(f'"{head[1]}"')))
+        arguments = self._buffer[head.end() :]
+        # Hold back what may be the outer object's closing brace, whitespace, or a partial tag.
+        safe = len(arguments) - partial_suffix(arguments, CLOSE)
+        safe = min(safe, len(arguments[:safe].rstrip().removesuffix("}").rstrip()))
+        if safe > self._streamed_arguments:
+            fragment = arguments[self._streamed_arguments : safe]
+            out.calls.append(ToolCallDelta(index, arguments=fragment))
+            self._streamed_arguments = safe
+
+    def _close_call(self, body: str, out: ParsedDeltas, closed: bool) -> None:
+        index = len(self._calls)
+        parsed = _parse_call(body)
+        head = _HEAD.match(body)
+        if parsed is None and self._current_id is None:
+            out.content += f"{OPEN}{body}{CLOSE if closed else ''}"  # not a call: it is text
+            return
+        raw = body[head.end() :].rstrip().removesuffix("}").rstrip() if head else ""
+        if parsed is not None and (head is None or _json_object(raw) is None):
+            raw = json.dumps(parsed[1])  # keys in another order: re-serialise
+        name = parsed[0] if parsed is not None else json.loads(f'"{head[1]}"') if head else ""
+        if self._current_id is None:
+            self._current_id = new_call_id()
+            out.calls.append(ToolCallDelta(index, self._current_id, name))
+        if len(raw) > self._streamed_arguments:
+            out.calls.append(ToolCallDelta(index, arguments=raw[self._streamed_arguments :]))
+        self._calls.append(ToolCall(self._current_id, name, raw))
+        self._current_id, self._streamed_arguments = None, 0
+
+
+def partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
+    for length in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:length]):
+            return length
+    return 0
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _bare_calls(text: str) -> list[tuple[str, dict[str, Any]]] | None:
+    """Calls from bare JSON: one object, several (separated by whitespace or ';'), or a list."""
+    decoder = json.JSONDecoder()
+    values: list[Any] = []
+    position = 0
+    while position < len(text):
+        try:
+            value, position = decoder.raw_decode(text, position)
+        except ValueError:
+            return None
+        values.extend(value if isinstance(value, list) else [value])
+        while position < len(text) and text[position] in " \t\r\n;,":
+            position += 1
+    calls = [_call_of(value) for value in values]
+    if not calls or any(call is None for call in calls):
+        return None
+    return [call for call in calls if call is not None]
+
+
+def _parse_call(body: str) -> tuple[str, dict[str, Any]] | None:
+    return _call_of(_json_object(body.strip()))
+
+
+def _call_of(call: Any) -> tuple[str, dict[str, Any]] | None:
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        return None
+    arguments = call.get("arguments", call.get("parameters", {}))
+    if isinstance(arguments, str):  # some models send the arguments as a JSON string
+        arguments = _json_object(arguments)
+    if not isinstance(arguments, dict):
+        return None
+    return call["name"], arguments
+
+
+TOOL_TAGS = (OPEN, CLOSE, MISTRAL_TAG)
+
+
+def single_token_tags(engine: Any, tags: tuple[str, ...]) -> dict[str, int]:
+    """The tags that are one token of `engine`'s vocabulary (Qwen's `<tool_call>` is), by id:
+    a forced-call grammar names them as tokens. `engine.encode_text` may add a BOS token; the
+    tokens an empty text encodes to are that prefix."""
+    prefix = engine.encode_text("")
+    found = {}
+    for tag in tags:
+        tokens = engine.encode_text(tag)
+        if tokens[: len(prefix)] == prefix and len(tokens) == len(prefix) + 1:
+            found[tag] = tokens[-1]
+    return found
