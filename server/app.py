@@ -20,7 +20,17 @@ from engines.pool import EnginePool, ModelSpec
 from server.errors import install_error_handlers
 from server.logs import RequestId
 from server.metrics import Metrics, RequestCounter
-from server.routes import audio, chat, completions, health, metrics, models, responses, status
+from server.routes import (
+    audio,
+    chat,
+    completions,
+    health,
+    messages,
+    metrics,
+    models,
+    responses,
+    status,
+)
 from server.security import AccessControl, ConcurrencyLimit
 from server.settings import Settings
 
@@ -122,6 +132,7 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
     app.add_middleware(RequestCounter, metrics=app.state.metrics)  # counts refusals too
     app.add_middleware(RequestId)  # outermost: refusals get an id and are logged with it
     app.include_router(chat.router)
+    app.include_router(messages.router)
     app.include_router(responses.router)
     app.include_router(completions.router)
     app.include_router(audio.router)

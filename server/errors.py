@@ -1,6 +1,8 @@
 """One error shape, one mapping table.
 
-Every error leaves as `{"error": {"message", "type", "param", "code"}}`. Engine errors map to a
+Every error leaves as `{"error": {"message", "type", "param", "code"}}` — or, to Anthropic
+clients (the Messages routes, or any request with an `anthropic-version` header), as Anthropic's
+`{"type": "error", "error": {"type", "message"}}` with the same status. Engine errors map to a
 status through `ERRORS`; HTTP-level errors (unknown route, wrong method) and anything unexpected
 are shaped here too, so no client ever sees a framework's own error body.
 """
@@ -71,6 +73,32 @@ def error_body(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+# HTTP status → Anthropic error type (https://docs.anthropic.com/en/api/errors).
+ANTHROPIC_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+ANTHROPIC_PATH = "/v1/messages"
+
+
+def speaks_anthropic(path: str, anthropic_version: bool) -> bool:
+    """Whether errors for this request go out in Anthropic's shape."""
+    return anthropic_version or path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/")
+
+
+def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
+    fallback = "api_error" if status >= 500 else "invalid_request_error"
+    return {
+        "type": "error",
+        "error": {"type": ANTHROPIC_TYPES.get(status, fallback), "message": message},
+    }
+
+
 def from_engine_error(error: Exception) -> APIError:
     """The APIError for an engine error (unknown exceptions become a generic 500)."""
     for cls in type(error).__mro__:
@@ -86,8 +114,10 @@ def from_engine_error(error: Exception) -> APIError:
     return APIError(500, "internal error", "server_error", None, "internal_error")
 
 
-def _response(error: APIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+def _response(error: APIError, request: Request) -> JSONResponse:
+    anthropic = speaks_anthropic(request.url.path, "anthropic-version" in request.headers)
+    body = anthropic_error_body(error.status, error.message) if anthropic else error.body()
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
 _HTTP_MESSAGES = {
@@ -98,12 +128,12 @@ _HTTP_MESSAGES = {
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def api_error(_: Request, exc: APIError) -> JSONResponse:
-        return _response(exc)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return _response(exc, request)
 
     @app.exception_handler(EngineError)
-    async def engine_error(_: Request, exc: EngineError) -> JSONResponse:
-        return _response(from_engine_error(exc))
+    async def engine_error(request: Request, exc: EngineError) -> JSONResponse:
+        return _response(from_engine_error(exc), request)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -111,18 +141,21 @@ def install_error_handlers(app: FastAPI) -> None:
         message = f"{message}: {request.method} {request.url.path}"
         headers = dict(exc.headers or {})
         return _response(
-            APIError(exc.status_code, message, "invalid_request_error", None, code, headers)
+            APIError(exc.status_code, message, "invalid_request_error", None, code, headers),
+            request,
         )
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        return _response(APIError(400, str(first["msg"]), param=loc_to_param(first["loc"])))
+        error = APIError(400, str(first["msg"]), param=loc_to_param(first["loc"]))
+        return _response(error, request)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _response(APIError(500, "internal error", "server_error", None, "internal_error"))
+        error = APIError(500, "internal error", "server_error", None, "internal_error")
+        return _response(error, request)
 
 
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "literal"})

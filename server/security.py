@@ -7,9 +7,10 @@ origins are configured (a page could otherwise make the model work for it even i
 answer), and API keys when configured.
 
 Invariants: the checks run on the ASGI scope's routed `path` (what the router matches), before any
-route code; every refusal is an OpenAI-shaped error; keys are compared in constant time against
-every configured key; `/health`, the status page `/` and its data `/status` (versions, models,
-counters: what /health shows) are the only routes open without a key.
+route code; every refusal is an OpenAI-shaped error (Anthropic-shaped for Anthropic clients); a key
+comes as `Authorization: Bearer` or, as Anthropic clients send it, `x-api-key`; keys are compared
+in constant time against every configured key; `/health`, the status page `/` and its data
+`/status` (versions, models, counters: what /health shows) are the only routes open without a key.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.errors import error_body
+from server.errors import anthropic_error_body, error_body, speaks_anthropic
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 OPEN_PATHS = frozenset({"/health", "/", "/status"})  # health, the status page and its data
@@ -40,9 +41,16 @@ async def send_error(
     type_: str,
     code: str,
     extra_headers: list[tuple[bytes, bytes]],
+    anthropic: bool = False,
 ) -> None:
-    """Answer with an OpenAI-shaped error straight from ASGI middleware (before any route)."""
-    body = json.dumps(error_body(message, type_, None, code)).encode()
+    """Answer with an OpenAI-shaped (or Anthropic-shaped) error straight from ASGI middleware
+    (before any route)."""
+    shaped = (
+        anthropic_error_body(status, message)
+        if anthropic
+        else error_body(message, type_, None, code)
+    )
+    body = json.dumps(shaped).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -79,7 +87,9 @@ class AccessControl:
             await self.app(scope, receive, send)
             return
         status, message, code, extra = refusal
-        await send_error(send, status, message, "invalid_request_error", code, extra)
+        versioned = any(name == b"anthropic-version" for name, _ in scope["headers"])
+        anthropic = speaks_anthropic(scope["path"], versioned)
+        await send_error(send, status, message, "invalid_request_error", code, extra, anthropic)
 
     def _refusal(self, scope: Scope) -> tuple[int, str, str, list[tuple[bytes, bytes]]] | None:
         headers = scope["headers"]
@@ -91,7 +101,9 @@ class AccessControl:
                 [],
             )
         found = {
-            name: value for name, value in headers if name in (b"host", b"origin", b"authorization")
+            name: value
+            for name, value in headers
+            if name in (b"host", b"origin", b"authorization", b"x-api-key")
         }
         host = host_name(found.get(b"host", b"").decode("latin-1")).lower()
         if "*" not in self.allowed_hosts and host not in self.allowed_hosts:
@@ -114,8 +126,9 @@ class AccessControl:
         if self.api_keys and scope["path"] not in OPEN_PATHS:
             given = found.get(b"authorization", b"")
             token = given[7:] if given[:7].lower() == b"bearer " else b""
+            offered = (token, found.get(b"x-api-key", b""))
             # Compare against every key, always, so timing says nothing about which part matched.
-            matches = [hmac.compare_digest(token, key) for key in self.api_keys]
+            matches = [hmac.compare_digest(o, key) for o in offered for key in self.api_keys]
             if not any(matches):
                 challenge = [(b"www-authenticate", b'Bearer realm="mlxd"')]
                 return 401, "Incorrect or missing API key", "invalid_api_key", challenge

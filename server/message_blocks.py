@@ -1,0 +1,129 @@
+"""What a chat choice's output becomes in Anthropic's Messages API: content blocks (`thinking`,
+`text`, `tool_use`), streamed as `content_block_start` / `_delta` / `_stop` events.
+
+`MessageBlocks` turns the deltas a `ChoiceOutput` yields (reasoning, content, tool-call pieces)
+into those events; `assembled(events)` rebuilds the blocks from them, so a non-streamed message
+holds exactly what its stream would have said.
+
+Invariants:
+- At most one block is open; indexes count from 0; each block is started once, gets its deltas,
+  and is stopped once (`finish()` stops the last one).
+- A thinking block ends with a `signature_delta` (clients must send a signature back with it);
+  with `display: "omitted"` its text is not sent, the block and its signature are.
+- Whitespace-only text while no text block is open is held back: sent when more text follows,
+  dropped before a tool call or at the end (small models wrap their calls in newlines).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+Event = dict[str, Any]
+
+
+class MessageBlocks:
+    def __init__(self, show_thinking: bool = True) -> None:
+        self._show_thinking = show_thinking
+        self._open: dict[str, Any] | None = None  # the open block's start shape
+        self._index = -1
+        self._thoughts = ""  # the open thinking block's text, for its signature
+        self._held_space = ""
+        self.tool_used = False
+
+    def feed(self, deltas: list[dict[str, Any]]) -> list[Event]:
+        """The events for a `ChoiceOutput`'s deltas (possibly none)."""
+        events: list[Event] = []
+        for delta in deltas:
+            if "reasoning_content" in delta:
+                events += self._thinking(delta["reasoning_content"])
+            elif "content" in delta:
+                events += self._text(delta["content"])
+            for call in delta.get("tool_calls", []):
+                events += self._tool_call(call)
+        return events
+
+    def finish(self) -> list[Event]:
+        """Stop the open block, if any, at the end of the output."""
+        self._held_space = ""
+        return self._close()
+
+    def _thinking(self, text: str) -> list[Event]:
+        events = self._ensure({"type": "thinking", "thinking": "", "signature": ""})
+        self._thoughts += text
+        if text and self._show_thinking:
+            events.append(self._delta({"type": "thinking_delta", "thinking": text}))
+        return events
+
+    def _text(self, text: str) -> list[Event]:
+        if self._kind() != "text" and not (self._held_space + text).strip():
+            self._held_space += text
+            return []
+        text, self._held_space = self._held_space + text, ""
+        events = self._ensure({"type": "text", "text": ""})
+        return [*events, self._delta({"type": "text_delta", "text": text})] if text else events
+
+    def _tool_call(self, call: dict[str, Any]) -> list[Event]:
+        events: list[Event] = []
+        if call.get("id") is not None:
+            self._held_space = ""
+            self.tool_used = True
+            events += self._close()
+            name = call["function"]["name"]
+            events += self._start({"type": "tool_use", "id": call["id"], "name": name, "input": {}})
+        arguments = call.get("function", {}).get("arguments", "")
+        if arguments and self._kind() == "tool_use":
+            events.append(self._delta({"type": "input_json_delta", "partial_json": arguments}))
+        return events
+
+    def _kind(self) -> str | None:
+        return None if self._open is None else str(self._open["type"])
+
+    def _ensure(self, block: dict[str, Any]) -> list[Event]:
+        if self._kind() == block["type"]:
+            return []
+        return self._close() + self._start(block)
+
+    def _start(self, block: dict[str, Any]) -> list[Event]:
+        self._open = block
+        self._index += 1
+        return [{"type": "content_block_start", "index": self._index, "content_block": block}]
+
+    def _delta(self, delta: dict[str, Any]) -> Event:
+        return {"type": "content_block_delta", "index": self._index, "delta": delta}
+
+    def _close(self) -> list[Event]:
+        if self._open is None:
+            return []
+        events: list[Event] = []
+        if self._kind() == "thinking":
+            signature = hashlib.sha256(self._thoughts.encode()).hexdigest()[:32]
+            events.append(self._delta({"type": "signature_delta", "signature": signature}))
+            self._thoughts = ""
+        self._open = None
+        return [*events, {"type": "content_block_stop", "index": self._index}]
+
+
+def assembled(events: list[Event]) -> list[dict[str, Any]]:
+    """The content blocks a sequence of block events describes (as the SDK assembles them)."""
+    blocks: list[dict[str, Any]] = []
+    partial_json: dict[int, str] = {}
+    for event in events:
+        if event["type"] == "content_block_start":
+            blocks.append(dict(event["content_block"]))
+        elif event["type"] == "content_block_delta":
+            block, delta = blocks[event["index"]], event["delta"]
+            if delta["type"] == "text_delta":
+                block["text"] += delta["text"]
+            elif delta["type"] == "thinking_delta":
+                block["thinking"] += delta["thinking"]
+            elif delta["type"] == "signature_delta":
+                block["signature"] = delta["signature"]
+            else:
+                partial_json[event["index"]] = (
+                    partial_json.get(event["index"], "") + delta["partial_json"]
+                )
+        elif event["type"] == "content_block_stop" and blocks[event["index"]]["type"] == "tool_use":
+            blocks[event["index"]]["input"] = json.loads(partial_json.get(event["index"]) or "{}")
+    return blocks

@@ -1,0 +1,206 @@
+"""Anthropic's Messages API: `POST /v1/messages` (streamed or not; also as `?beta=true`, which
+Claude Code sends) and `POST /v1/messages/count_tokens`.
+
+A front end over the chat path: the request becomes a `ChatCompletionRequest` and runs through
+`prepare_chat` (limits, template, grammar, sampling defaults; `max_tokens` clamped to the room
+left in the context, as Anthropic clients send 32k–128k whatever the model), the same engine
+batch, and `ChoiceOutput` for reasoning and tool calls; `MessageBlocks` turns that into content
+blocks. Errors on these routes are Anthropic-shaped (server/errors.py); before the first byte
+they are plain statuses, after it an `error` event that ends the stream (no `message_stop`
+then). A client that goes away cancels its sequence, streamed or not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
+from sse_starlette import ServerSentEvent
+
+from engines.kinds import CHAT
+from engines.types import ErrorEvent, FinishEvent, TokenEvent
+from server import sse
+from server.body import read_json_object, validate
+from server.chat_output import ChoiceOutput
+from server.chat_pipeline import PreparedChat, prepare_chat
+from server.errors import APIError, anthropic_error_body, from_engine_error, loc_to_param
+from server.generation import EventSource, collect, unless_disconnected
+from server.message_blocks import MessageBlocks, assembled
+from server.schemas.anthropic import (
+    BLOCK_TYPES,
+    IGNORED_FIELDS,
+    CountTokensRequest,
+    MessagesRequest,
+)
+from server.schemas.chat import ChatCompletionRequest
+from server.schemas.common import documented_body, response_headers
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+M = TypeVar("M", bound=BaseModel)
+
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
+
+
+@router.post("/v1/messages", openapi_extra=documented_body(MessagesRequest))
+async def create_message(request: Request) -> Response:
+    settings = request.app.state.settings
+    body = await read_json_object(request, settings.max_body_bytes)
+    message = _validated(MessagesRequest, body)
+    chat = validate(ChatCompletionRequest, message.chat_body())
+    prepared = await prepare_chat(
+        request.app.state.pool, settings, chat, f"msg_{uuid.uuid4().hex}", clamp_max_tokens=True
+    )
+    headers = response_headers(prepared.request_id, body, MessagesRequest, IGNORED_FIELDS)
+    stream = request.app.state.metrics.observe(
+        prepared.engine.submit(prepared.generation), chat.model
+    )
+    blocks = MessageBlocks(message.thinking_shown())
+    if message.stream:
+        interval = settings.stream_interval_ms / 1000
+        frames = _stream_events(stream, prepared, message.model, blocks, interval)
+        return sse.event_stream(frames, headers, settings, keepalive=_ping)
+    collected = await unless_disconnected(request, collect(stream), [stream])
+    if collected is None:
+        logger.info("%s client disconnected; cancelled", prepared.request_id)
+        return Response(status_code=499)
+    if collected.error is not None:
+        error = from_engine_error(collected.error)
+        return JSONResponse(
+            anthropic_error_body(error.status, error.message),
+            status_code=error.status,
+            headers={**headers, **error.headers},
+        )
+    choice = collected.choices[0]
+    output = prepared.output_for()
+    events = blocks.feed(output.feed(choice.text)) + blocks.feed(output.finish()) + blocks.finish()
+    usage = usage_body(collected.prompt_tokens, choice.completion_tokens, collected.cached_tokens)
+    reply = message_body(prepared.request_id, message.model, assembled(events), usage)
+    reply["stop_reason"] = _stop_reason(choice.finish_reason, blocks)
+    return JSONResponse(reply, headers=headers)
+
+
+@router.post("/v1/messages/count_tokens", openapi_extra=documented_body(CountTokensRequest))
+async def count_tokens(request: Request) -> dict[str, int]:
+    """The prompt's length in tokens as `/v1/messages` would render it (template and tools)."""
+    settings = request.app.state.settings
+    body = await read_json_object(request, settings.max_body_bytes)
+    counted = _validated(CountTokensRequest, body)
+    chat = validate(ChatCompletionRequest, counted.chat_body())
+    engine = await request.app.state.pool.acquire(chat.model, CHAT)
+    tools = [tool.model_dump(exclude_none=True) for tool in chat.tools_in_play()]
+    messages = [message.model_dump(exclude_none=True) for message in chat.messages]
+    return {"input_tokens": len(engine.encode_chat(messages, tools, chat.template_kwargs()))}
+
+
+def message_body(
+    message_id: str, model: str, content: list[dict[str, Any]], usage: dict[str, Any]
+) -> dict[str, Any]:
+    """A `message` object (spec `Message`); the stop fields are set by the caller."""
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
+def usage_body(prompt_tokens: int, output_tokens: int, cached_tokens: int) -> dict[str, Any]:
+    """Anthropic's usage: `input_tokens` are the prompt tokens not read from the prefix cache,
+    `cache_read_input_tokens` the rest (their sum is the prompt)."""
+    return {
+        "input_tokens": prompt_tokens - cached_tokens,
+        "output_tokens": output_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached_tokens,
+    }
+
+
+async def _stream_events(
+    stream: EventSource,
+    prepared: PreparedChat,
+    model: str,
+    blocks: MessageBlocks,
+    interval_s: float,
+) -> AsyncIterator[dict[str, str]]:
+    request_id = prepared.request_id
+    output: ChoiceOutput = prepared.output_for()
+    prompt_tokens = len(prepared.generation.prompt_tokens)
+    ended = False
+    try:
+        start = message_body(request_id, model, [], usage_body(prompt_tokens, 0, 0))
+        yield sse.event("message_start", {"type": "message_start", "message": start})
+        async for event in stream.events(interval_s):
+            if isinstance(event, TokenEvent):
+                for block_event in blocks.feed(output.feed(event.text)):
+                    yield _framed(block_event)
+            elif isinstance(event, FinishEvent):
+                for block_event in blocks.feed(output.finish()) + blocks.finish():
+                    yield _framed(block_event)
+                yield _framed(_message_delta(event, blocks))
+                yield _framed({"type": "message_stop"})
+            elif isinstance(event, ErrorEvent):
+                logger.error("%s failed in stream: %s", request_id, event.error)
+                error = from_engine_error(event.error)
+                yield sse.event("error", anthropic_error_body(error.status, error.message))
+        ended = True
+    finally:
+        # Runs on normal end, client disconnect (CancelledError/GeneratorExit) and shutdown alike.
+        if not ended:
+            stream.cancel()
+            logger.info("%s stream closed early; cancelling", request_id)
+
+
+def _message_delta(finish: FinishEvent, blocks: MessageBlocks) -> dict[str, Any]:
+    usage = finish.usage
+    return {
+        "type": "message_delta",
+        "delta": {"stop_reason": _stop_reason(finish.reason, blocks), "stop_sequence": None},
+        "usage": usage_body(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens),
+    }
+
+
+def _stop_reason(finish_reason: str, blocks: MessageBlocks) -> str:
+    if blocks.tool_used and finish_reason == "stop":
+        return "tool_use"
+    return STOP_REASONS.get(finish_reason, "end_turn")
+
+
+def _framed(payload: dict[str, Any]) -> dict[str, str]:
+    return sse.event(payload["type"], payload)
+
+
+def _ping() -> ServerSentEvent:
+    """Anthropic's keep-alive, sent while nothing else is (e.g. while a long prompt prefills)."""
+    return ServerSentEvent(event="ping", data=json.dumps({"type": "ping"}))
+
+
+def _validated(model: type[M], body: dict[str, Any]) -> M:
+    """Validate into `model`; the first error becomes a 400 naming its field, as
+    `messages[0].content[1].input` (without the block type pydantic's location carries)."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        # The deepest error: for a union (text or blocks) it is the branch that came closest.
+        error = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))
+        loc = list(error["loc"])
+        kept = [
+            item
+            for i, item in enumerate(loc)
+            if not (item in BLOCK_TYPES and 0 < i < len(loc) - 1 and isinstance(loc[i - 1], int))
+        ]
+        param = loc_to_param(kept)
+        message = str(error["msg"])
+        if param:
+            message = f"Invalid value for '{param}': {message}"
+        raise APIError(400, message, param=param, code="invalid_value") from None

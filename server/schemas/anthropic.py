@@ -1,0 +1,286 @@
+"""Anthropic Messages API request shapes (`POST /v1/messages`, `/v1/messages/count_tokens`) and
+their translation into the chat request every chat-shaped API runs through.
+
+Spec: https://docs.anthropic.com/en/api/messages. Supported: `system` (a string or text blocks),
+`messages` with text / `tool_use` / `tool_result` / `thinking` / `redacted_thinking` blocks and
+`{"role": "system"}` messages (Claude Code sends its environment that way), `tools`,
+`tool_choice`, `max_tokens`, `stop_sequences`, `temperature` / `top_p` / `top_k`, `thinking`,
+`output_config.format` (JSON schema). Accepted and ignored: `IGNORED_FIELDS`, `cache_control`,
+`defer_loading` and the other tool options, `thinking.budget_tokens`; tools of Anthropic's own
+types (web search, bash, …: no schema to show the model) are left out. Anything else a block or
+tool asks for is a 400 naming the field.
+
+Invariants of the translation: every system text (top level first, then `system` messages in
+order) becomes one leading system message, so templates that allow a single system turn work and
+a history that only grows keeps a stable prefix; a user turn's `tool_result` blocks become `tool`
+messages before its text; `tool_use` inputs become JSON-text arguments.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from server.schemas.common import Strict
+
+TOOL_NAME = r"^[A-Za-z0-9_.-]{1,64}$"  # what the chat path's tool schema accepts
+
+
+class TextBlock(Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ToolUseBlock(Strict):
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class ToolResultBlock(Strict):
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: str | list[TextBlock] | None = None
+    is_error: bool | None = None
+
+    def text(self) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        return "\n".join(block.text for block in self.content)
+
+
+class ThinkingBlock(Strict):
+    type: Literal["thinking"]
+    thinking: str
+    signature: str | None = None
+
+
+class RedactedThinkingBlock(Strict):
+    type: Literal["redacted_thinking"]
+    data: str
+
+
+ContentBlock = Annotated[
+    TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock,
+    Field(discriminator="type"),
+]
+BLOCK_TYPES = frozenset({"text", "tool_use", "tool_result", "thinking", "redacted_thinking"})
+
+
+# The blocks each role may hold (Anthropic refuses the others too).
+ROLE_BLOCKS = {
+    "user": frozenset({"text", "tool_result"}),
+    "assistant": frozenset({"text", "tool_use", "thinking", "redacted_thinking"}),
+    "system": frozenset({"text"}),
+}
+
+
+class InputMessage(Strict):
+    role: Literal["user", "assistant", "system"]
+    content: str | list[ContentBlock]
+
+    @model_validator(mode="after")
+    def _blocks_fit_the_role(self) -> InputMessage:
+        for block in self.content if isinstance(self.content, list) else []:
+            if block.type not in ROLE_BLOCKS[self.role]:
+                raise ValueError(f"a {self.role} message cannot hold {block.type} blocks")
+        return self
+
+
+class Tool(Strict):
+    """A client tool; Anthropic's own tool types (`type` other than `custom`) are accepted
+    and left out (`MessagesFields.custom_tools`)."""
+
+    type: str | None = None
+    name: str = Field(pattern=TOOL_NAME)
+    description: str | None = None
+    input_schema: dict[str, Any] | None = None
+
+
+class ToolChoice(Strict):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+    @model_validator(mode="after")
+    def _tool_names_a_tool(self) -> ToolChoice:
+        if self.type == "tool" and not self.name:
+            raise ValueError("a tool_choice of type 'tool' needs the tool's name")
+        return self
+
+
+class ThinkingConfig(Strict):
+    type: Literal["enabled", "adaptive", "disabled"]
+    budget_tokens: int | None = Field(None, ge=1)
+    display: Literal["summarized", "omitted"] | None = None
+
+
+class OutputFormat(Strict):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(Strict):
+    format: OutputFormat | None = None
+    effort: str | None = None
+
+
+class MessagesFields(Strict):
+    """What `/v1/messages` and `/v1/messages/count_tokens` share."""
+
+    model: str
+    messages: list[InputMessage] = Field(min_length=1)
+    system: str | list[TextBlock] | None = None
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    thinking: ThinkingConfig | None = None
+    output_config: OutputConfig | None = None
+
+    def custom_tools(self) -> list[Tool]:
+        return [tool for tool in self.tools or [] if tool.type in (None, "custom")]
+
+    def thinking_shown(self) -> bool:
+        return not (self.thinking and self.thinking.display == "omitted")
+
+    def chat_body(self) -> dict[str, Any]:
+        """The body of the chat request this asks for (a `ChatCompletionRequest` once
+        validated)."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": chat_messages(self.system, self.messages),
+        }
+        tools = self.custom_tools()
+        if tools:
+            body["tools"] = [_chat_tool(tool) for tool in tools]
+            body.update(_chat_tool_choice(self.tool_choice))
+        if self.thinking is not None and self.thinking.type != "adaptive":
+            body["chat_template_kwargs"] = {"enable_thinking": self.thinking.type == "enabled"}
+        if self.output_config and self.output_config.format:
+            schema = self.output_config.format.schema_
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": schema},
+            }
+        return body
+
+
+class MessagesRequest(MessagesFields):
+    """`POST /v1/messages`."""
+
+    max_tokens: int = Field(ge=1)
+    stop_sequences: list[str] | None = None
+    stream: bool | None = False
+    temperature: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    top_k: int | None = Field(None, ge=0)
+
+    def chat_body(self) -> dict[str, Any]:
+        sampling = {
+            "max_tokens": self.max_tokens,
+            "stop": self.stop_sequences or None,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "stream": self.stream,
+        }
+        given = {key: value for key, value in sampling.items() if value is not None}
+        return {**super().chat_body(), **given}
+
+
+class CountTokensRequest(MessagesFields):
+    """`POST /v1/messages/count_tokens`: a Messages request without `max_tokens`."""
+
+
+# Top-level fields of the spec accepted and ignored (named in `x-mlxd-ignored-fields`).
+IGNORED_FIELDS = (
+    "metadata",
+    "context_management",
+    "service_tier",
+    "container",
+    "mcp_servers",
+    "inference_geo",
+    "cache_control",
+)
+
+
+def chat_messages(
+    system: str | list[TextBlock] | None, messages: list[InputMessage]
+) -> list[dict[str, Any]]:
+    """Chat messages for an Anthropic `system` and `messages` (see the module's invariants)."""
+    system_texts = [_text_of(system)] if system else []
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "system":
+            system_texts.append(_text_of(message.content))
+        elif message.role == "user":
+            turns.extend(_user_turns(message.content))
+        else:
+            turns.append(_assistant_turn(message.content))
+    system_text = "\n\n".join(text for text in system_texts if text)
+    return ([{"role": "system", "content": system_text}] if system_text else []) + turns
+
+
+def _text_of(content: str | list[Any]) -> str:
+    if isinstance(content, str):
+        return content
+    return "\n".join(block.text for block in content if isinstance(block, TextBlock))
+
+
+def _user_turns(content: str | list[Any]) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"role": "user", "content": content}]
+    turns: list[dict[str, Any]] = []
+    for block in content:
+        if isinstance(block, ToolResultBlock):
+            text = ("Error: " if block.is_error else "") + block.text()
+            turns.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": text})
+    text = _text_of(content)
+    if text or not turns:
+        turns.append({"role": "user", "content": text})
+    return turns
+
+
+def _assistant_turn(content: str | list[Any]) -> dict[str, Any]:
+    turn: dict[str, Any] = {"role": "assistant", "content": _text_of(content)}
+    if isinstance(content, str):
+        return turn
+    calls = [
+        {
+            "id": block.id,
+            "type": "function",
+            "function": {"name": block.name, "arguments": json.dumps(block.input)},
+        }
+        for block in content
+        if isinstance(block, ToolUseBlock)
+    ]
+    if calls:
+        turn["tool_calls"] = calls
+    thoughts = "".join(block.thinking for block in content if isinstance(block, ThinkingBlock))
+    if thoughts:
+        turn["reasoning_content"] = thoughts  # templates that keep reasoning (Qwen3) read it
+    return turn
+
+
+def _chat_tool(tool: Tool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description is not None:
+        function["description"] = tool.description
+    function["parameters"] = tool.input_schema or {"type": "object", "properties": {}}
+    return {"type": "function", "function": function}
+
+
+def _chat_tool_choice(choice: ToolChoice | None) -> dict[str, Any]:
+    if choice is None:
+        return {}
+    fields: dict[str, Any] = {}
+    if choice.disable_parallel_tool_use:
+        fields["parallel_tool_calls"] = False
+    if choice.type == "tool":
+        fields["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+    else:
+        mapped = {"auto": "auto", "any": "required", "none": "none"}
+        fields["tool_choice"] = mapped[choice.type]
+    return fields

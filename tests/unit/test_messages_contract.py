@@ -1,0 +1,489 @@
+"""The HTTP contract of Anthropic's Messages API (/v1/messages, /v1/messages/count_tokens) on a
+scripted fake engine, through the official `anthropic` SDK in strict mode and as raw HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic
+import httpx
+import httpx2
+import pytest
+from anthropic import AsyncAnthropic
+from fastapi import FastAPI
+
+from engines.errors import Overloaded
+from engines.pool import EnginePool
+from server.app import create_app
+from server.settings import Settings
+from tests.fakes import FakeEngine
+from tests.servers import serve, wait_until
+
+URL = "/v1/messages"
+HELLO = [{"role": "user", "content": "hi"}]
+WEATHER = {
+    "name": "get_weather",
+    "description": "Current weather in a city",
+    "input_schema": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+def messages_body(**fields: Any) -> dict[str, Any]:
+    return {"model": "fake", "max_tokens": 100, "messages": HELLO, **fields}
+
+
+def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """(event name, data) of every SSE event; asserts each has an `event:` line."""
+    events = []
+    for raw in text.replace("\r\n", "\n").split("\n\n"):
+        lines = [line for line in raw.split("\n") if line and not line.startswith(":")]
+        if not lines:
+            continue
+        assert lines[0].startswith("event: "), raw
+        events.append(
+            (lines[0].removeprefix("event: "), json.loads(lines[1].removeprefix("data: ")))
+        )
+    return events
+
+
+def assert_anthropic_error(response: httpx.Response, status: int, type_: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
+    assert body["error"]["type"] == type_
+    return str(body["error"]["message"])
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(max_body_bytes=1 << 20)
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine(context_length=4096)
+
+
+@pytest.fixture
+async def app(fake_engine: FakeEngine, settings: Settings) -> AsyncIterator[FastAPI]:
+    pool = EnginePool([fake_engine])
+    served = create_app(settings, pool)
+    await pool.start()  # ASGITransport runs no lifespan
+    yield served
+    await pool.drain(timeout=1)
+
+
+@pytest.fixture
+async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        yield client
+
+
+def sdk(app: FastAPI, api_key: str = "unused") -> AsyncAnthropic:
+    """The official SDK, strict, in-process (it brings its own HTTP library, httpx2)."""
+    transport = httpx2.ASGITransport(app=app)
+    return AsyncAnthropic(
+        base_url="http://127.0.0.1",
+        api_key=api_key,
+        http_client=httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1"),
+        _strict_response_validation=True,
+        max_retries=0,
+    )
+
+
+@pytest.fixture
+async def claude(app: FastAPI) -> AsyncIterator[AsyncAnthropic]:
+    async with sdk(app) as client:
+        yield client
+
+
+def prompt_of(engine: FakeEngine) -> str:
+    return "".join(chr(t) for t in engine.requests[-1].prompt_tokens)
+
+
+async def test_create_through_the_strict_sdk(claude: AsyncAnthropic) -> None:
+    message = await claude.messages.create(model="fake", max_tokens=100, messages=HELLO)  # type: ignore[arg-type]
+    assert message.type == "message" and message.role == "assistant"
+    assert message.id.startswith("msg_")
+    assert [block.type for block in message.content] == ["text"]
+    assert message.content[0].text == "Hello there!"  # type: ignore[union-attr]
+    assert message.stop_reason == "end_turn" and message.stop_sequence is None
+    assert message.usage.input_tokens == len("<user>hi")
+    assert message.usage.output_tokens == len("Hello there!")
+    assert message.model == "fake"
+
+
+async def test_stream_through_the_sdk_helper(claude: AsyncAnthropic) -> None:
+    async with claude.messages.stream(model="fake", max_tokens=100, messages=HELLO) as stream:  # type: ignore[arg-type]
+        texts = [text async for text in stream.text_stream]
+        final = await stream.get_final_message()
+    assert "".join(texts) == "Hello there!"
+    assert final.content[0].text == "Hello there!"  # type: ignore[union-attr]
+    assert final.stop_reason == "end_turn"
+    assert final.usage.output_tokens == 12 and final.usage.input_tokens == len("<user>hi")
+
+
+async def test_every_stream_event_is_named_in_order(http: httpx.AsyncClient) -> None:
+    response = await http.post(f"{URL}?beta=true", json=messages_body(stream=True))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(response.text)
+    assert all(name == data["type"] for name, data in events)
+    names = [name for name, _ in events]
+    assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
+    assert names[1:-2] == ["content_block_start"] + ["content_block_delta"] * (len(names) - 5) + [
+        "content_block_stop"
+    ]
+    start = events[0][1]["message"]
+    assert start["content"] == [] and start["stop_reason"] is None
+    assert events[-2][1]["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
+    assert events[-2][1]["usage"]["output_tokens"] == 12
+
+
+async def test_max_tokens_beyond_the_context_is_clamped_not_refused(
+    http: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    # The SDK itself refuses to send this unstreamed (it would "take longer than 10 minutes").
+    response = await http.post(URL, json=messages_body(max_tokens=128_000))
+    assert response.status_code == 200, response.text
+    assert response.json()["stop_reason"] == "end_turn"
+    assert fake_engine.requests[-1].max_tokens == 4096 - len("<user>hi")
+
+
+async def test_max_tokens_reached_is_the_stop_reason(claude: AsyncAnthropic) -> None:
+    message = await claude.messages.create(model="fake", max_tokens=5, messages=HELLO)  # type: ignore[arg-type]
+    assert message.content[0].text == "Hello"  # type: ignore[union-attr]
+    assert message.stop_reason == "max_tokens"
+
+
+async def test_system_as_text_blocks_and_system_messages_lead_the_prompt(
+    http: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    body = messages_body(
+        system=[
+            {"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}},
+            {"type": "text", "text": "Answer in English."},
+        ],
+        messages=[
+            {"role": "system", "content": "cwd: /tmp"},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}],
+            },
+        ],
+    )
+    response = await http.post(URL, json=body)
+    assert response.status_code == 200, response.text
+    assert prompt_of(fake_engine) == (
+        "<system>You are terse.\nAnswer in English.\n\ncwd: /tmp<user>hi\nthere"
+    )
+
+
+async def test_sampling_and_stop_sequences_reach_the_engine(
+    claude: AsyncAnthropic, fake_engine: FakeEngine
+) -> None:
+    await claude.messages.create(
+        model="fake",
+        max_tokens=50,
+        messages=HELLO,  # type: ignore[arg-type]
+        stop_sequences=["END", "STOP"],
+        extra_body={"temperature": 0.25, "top_p": 0.5, "top_k": 7},  # not arguments of the SDK
+    )
+    request = fake_engine.requests[-1]
+    assert request.stop == ("END", "STOP")
+    assert (request.sampling.temperature, request.sampling.top_p, request.sampling.top_k) == (
+        0.25,
+        0.5,
+        7,
+    )
+
+
+async def test_fields_claude_code_sends_are_accepted_and_named(http: httpx.AsyncClient) -> None:
+    body = messages_body(
+        metadata={"user_id": "u"},
+        context_management={"edits": []},
+        output_config={"effort": "high"},
+        thinking={"type": "adaptive", "display": "omitted"},
+        tools=[{**WEATHER, "defer_loading": True, "cache_control": {"type": "ephemeral"}}],
+    )
+    headers = {"anthropic-version": "2023-06-01", "anthropic-beta": "a-2025,b-2025"}
+    response = await http.post(f"{URL}?beta=true", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-mlxd-ignored-fields"] == "metadata,context_management"
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(reply=CALL, context_length=4096)])
+async def test_a_tool_call_is_a_tool_use_block(
+    claude: AsyncAnthropic, fake_engine: FakeEngine
+) -> None:
+    message = await claude.messages.create(
+        model="fake",
+        max_tokens=200,
+        messages=[{"role": "user", "content": "weather in Paris?"}],
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert message.stop_reason == "tool_use"
+    assert [block.type for block in message.content] == ["tool_use"]  # newlines dropped
+    call = message.content[0]
+    assert call.type == "tool_use" and call.name == "get_weather"
+    assert call.input == {"city": "Paris"}
+    assert fake_engine.tools_seen == [
+        {"type": "function", "function": {k: WEATHER[k] for k in ("name", "description")}
+         | {"parameters": WEATHER["input_schema"]}}
+    ]  # fmt: skip
+    assert fake_engine.requests[-1].grammar is None  # auto: the model decides
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(reply=CALL, context_length=4096)])
+async def test_a_streamed_tool_call_assembles_in_the_sdk(
+    http: httpx.AsyncClient, claude: AsyncAnthropic
+) -> None:
+    async with claude.messages.stream(
+        model="fake",
+        max_tokens=200,
+        messages=HELLO,
+        tools=[WEATHER],  # type: ignore[arg-type, list-item]
+    ) as stream:
+        final = await stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    assert final.content[0].type == "tool_use" and final.content[0].input == {"city": "Paris"}
+    raw = await http.post(URL, json=messages_body(stream=True, tools=[WEATHER]))
+    deltas = [data["delta"] for name, data in sse_events(raw.text) if name == "content_block_delta"]
+    assert {delta["type"] for delta in deltas} == {"input_json_delta"}
+    assert json.loads("".join(d["partial_json"] for d in deltas)) == {"city": "Paris"}
+
+
+async def test_a_tool_round_trip_reaches_the_template(
+    claude: AsyncAnthropic, fake_engine: FakeEngine
+) -> None:
+    await claude.messages.create(
+        model="fake",
+        max_tokens=50,
+        tools=[WEATHER],  # type: ignore[list-item]
+        messages=[
+            {"role": "user", "content": "weather?"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": "Use the tool.", "signature": "s"},
+                    {"type": "redacted_thinking", "data": "opaque"},
+                    {"type": "text", "text": "Checking."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                     "input": {"city": "Paris"}},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1",
+                     "content": [{"type": "text", "text": "22C"}]},
+                    {"type": "text", "text": "and tomorrow?"},
+                ],
+            },
+        ],
+    )  # fmt: skip
+    assert (
+        prompt_of(fake_engine) == "<user>weather?<assistant>Checking.<tool>22C<user>and tomorrow?"
+    )
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "grammar", "tools_shown"),
+    [
+        ({"type": "auto"}, False, True),
+        ({"type": "any"}, True, True),
+        ({"type": "tool", "name": "get_weather"}, True, True),
+        ({"type": "none"}, False, False),
+    ],
+)
+async def test_tool_choice_maps_to_the_chat_path(
+    http: httpx.AsyncClient,
+    fake_engine: FakeEngine,
+    tool_choice: dict[str, Any],
+    grammar: bool,
+    tools_shown: bool,
+) -> None:
+    response = await http.post(URL, json=messages_body(tools=[WEATHER], tool_choice=tool_choice))
+    assert response.status_code == 200, response.text
+    assert (fake_engine.requests[-1].grammar is not None) is grammar
+    assert bool(fake_engine.tools_seen) is tools_shown
+
+
+@pytest.mark.parametrize(
+    "fake_engine", [FakeEngine(reply="Let me think.</think>Paris.", reasoning=True)]
+)
+async def test_reasoning_is_a_signed_thinking_block(claude: AsyncAnthropic) -> None:
+    message = await claude.messages.create(model="fake", max_tokens=100, messages=HELLO)  # type: ignore[arg-type]
+    assert [block.type for block in message.content] == ["thinking", "text"]
+    thinking = message.content[0]
+    assert thinking.type == "thinking" and thinking.thinking == "Let me think."
+    assert thinking.signature
+    assert message.content[1].text == "Paris."  # type: ignore[union-attr]
+    async with claude.messages.stream(model="fake", max_tokens=100, messages=HELLO) as stream:  # type: ignore[arg-type]
+        streamed = await stream.get_final_message()
+    assert [b.to_dict() for b in streamed.content] == [b.to_dict() for b in message.content]
+
+
+@pytest.mark.parametrize(
+    "fake_engine", [FakeEngine(reply="Let me think.</think>Paris.", reasoning=True)]
+)
+async def test_thinking_settings(http: httpx.AsyncClient, fake_engine: FakeEngine) -> None:
+    omitted = await http.post(
+        URL, json=messages_body(thinking={"type": "adaptive", "display": "omitted"})
+    )
+    assert omitted.json()["content"][0]["thinking"] == ""
+    assert omitted.json()["content"][0]["signature"]
+    assert fake_engine.template_kwargs_seen == {}
+    await http.post(URL, json=messages_body(thinking={"type": "disabled"}))
+    assert fake_engine.template_kwargs_seen == {"enable_thinking": False}
+    await http.post(URL, json=messages_body(thinking={"type": "enabled", "budget_tokens": 2048}))
+    assert fake_engine.template_kwargs_seen == {"enable_thinking": True}
+
+
+async def test_count_tokens_matches_the_prompt_the_request_would_use(
+    claude: AsyncAnthropic,
+) -> None:
+    counted = await claude.messages.count_tokens(
+        model="fake", messages=[{"role": "user", "content": "foo"}]
+    )
+    assert counted.input_tokens == len("<user>foo")
+    message = await claude.messages.create(
+        model="fake", max_tokens=10, messages=[{"role": "user", "content": "foo"}]
+    )
+    usage = message.usage
+    assert counted.input_tokens == usage.input_tokens + (usage.cache_read_input_tokens or 0)
+
+
+USE = {"type": "tool_use", "id": "t", "name": "x"}
+
+
+def one_block(role: str, **block: Any) -> dict[str, Any]:
+    return {"role": role, "content": [block]}
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"model": "fake", "messages": HELLO}, "max_tokens"),
+        (messages_body(max_tokens=0), "max_tokens"),
+        (messages_body(messages=[]), "messages"),
+        (messages_body(messages=[one_block("user", type="image", source={})]), "image"),
+        (messages_body(messages=[one_block("assistant", **USE, input=3)]),
+         "messages[0].content[0].input"),
+        (messages_body(messages=[one_block("user", **USE, input={})]),
+         "user message cannot hold tool_use"),
+        (messages_body(temperature=1.5), "temperature"),
+        (messages_body(tool_choice={"type": "tool"}), "name"),
+        (messages_body(tools=[{"name": "bad name", "input_schema": {}}]), "tools[0].name"),
+        (messages_body(tools=[WEATHER], tool_choice={"type": "tool", "name": "nope"}), "nope"),
+        (messages_body(thinking={"type": "sometimes"}), "thinking.type"),
+    ],
+)  # fmt: skip
+async def test_bad_requests_are_anthropic_400s_naming_the_field(
+    http: httpx.AsyncClient, body: dict[str, Any], needle: str
+) -> None:
+    response = await http.post(URL, json=body)
+    assert needle in assert_anthropic_error(response, 400, "invalid_request_error")
+
+
+async def test_errors_raise_the_sdks_typed_exceptions(
+    claude: AsyncAnthropic, http: httpx.AsyncClient
+) -> None:
+    with pytest.raises(anthropic.NotFoundError):
+        await claude.messages.create(model="nope", max_tokens=10, messages=HELLO)  # type: ignore[arg-type]
+    with pytest.raises(anthropic.BadRequestError):
+        await claude.messages.create(model="fake", max_tokens=-1, messages=HELLO)  # type: ignore[arg-type]
+    assert_anthropic_error(await http.post(URL, content=b"{"), 400, "invalid_request_error")
+    assert_anthropic_error(await http.get(URL), 405, "invalid_request_error")
+    assert_anthropic_error(await http.post(f"{URL}/nope", json={}), 404, "not_found_error")
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(refuse_with=Overloaded("queue full", 2))])
+async def test_overloaded_is_a_rate_limit_error_with_retry_after(
+    claude: AsyncAnthropic, http: httpx.AsyncClient
+) -> None:
+    response = await http.post(URL, json=messages_body())
+    assert_anthropic_error(response, 429, "rate_limit_error")
+    assert response.headers["retry-after"] == "2"
+    with pytest.raises(anthropic.RateLimitError):
+        await claude.messages.create(model="fake", max_tokens=10, messages=HELLO)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(reply="abcdefgh", fail_after=3)])
+async def test_a_failure_mid_stream_is_an_error_event_after_the_text(
+    http: httpx.AsyncClient, claude: AsyncAnthropic
+) -> None:
+    response = await http.post(URL, json=messages_body(stream=True))
+    events = sse_events(response.text)
+    names = [name for name, _ in events]
+    assert names[-1] == "error" and "message_stop" not in names
+    assert events[-1][1]["error"]["type"] == "api_error"
+    text = "".join(d["delta"].get("text", "") for n, d in events if n == "content_block_delta")
+    assert text == "abc"
+    with pytest.raises(anthropic.APIStatusError):
+        async with claude.messages.stream(model="fake", max_tokens=10, messages=HELLO) as stream:  # type: ignore[arg-type]
+            await stream.get_final_message()
+    failed = await http.post(URL, json=messages_body())
+    assert_anthropic_error(failed, 500, "api_error")
+
+
+@pytest.mark.parametrize("settings", [Settings(api_key="sekrit")])
+async def test_x_api_key_and_bearer_are_both_accepted(
+    app: FastAPI, http: httpx.AsyncClient
+) -> None:
+    by_header = await http.post(URL, json=messages_body(), headers={"x-api-key": "sekrit"})
+    by_bearer = await http.post(
+        URL, json=messages_body(), headers={"authorization": "Bearer sekrit"}
+    )
+    wrong = await http.post(URL, json=messages_body(), headers={"x-api-key": "nope"})
+    assert (by_header.status_code, by_bearer.status_code) == (200, 200)
+    assert_anthropic_error(wrong, 401, "authentication_error")
+    async with sdk(app, api_key="sekrit") as client:  # sends it as `x-api-key`
+        message = await client.messages.create(model="fake", max_tokens=5, messages=HELLO)  # type: ignore[arg-type]
+    assert message.content[0].text == "Hello"  # type: ignore[union-attr]
+
+
+async def test_pings_while_the_prompt_prefills() -> None:
+    engine = FakeEngine(prefill_delay_s=0.5, context_length=4096)
+    app = create_app(Settings(keepalive_interval_s=0.1), EnginePool([engine]))
+    with serve(app) as url:
+        async with httpx.AsyncClient(base_url=url) as http:
+            response = await http.post(URL, json=messages_body(stream=True))
+    names = [name for name, _ in sse_events(response.text)]
+    assert names[0] == "message_start" and names[-1] == "message_stop"
+    first_block = names.index("content_block_start")
+    assert "ping" in names[1:first_block]
+
+
+@pytest.fixture
+async def slow_url() -> AsyncIterator[tuple[str, FakeEngine]]:
+    engine = FakeEngine(reply="word " * 200, token_delay_s=0.01, context_length=4096)
+    with serve(create_app(Settings(), EnginePool([engine]))) as url:
+        yield url, engine
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_client_that_leaves_cancels(slow_url: tuple[str, FakeEngine], stream: bool) -> None:
+    url, engine = slow_url
+    body = messages_body(stream=stream, max_tokens=1000)
+    async with httpx.AsyncClient(base_url=url, timeout=0.3) as http:
+        if stream:
+            async with http.stream("POST", URL, json=body) as response:
+                seen = 0
+                async for line in response.aiter_lines():
+                    seen += line.startswith("event: content_block_delta")
+                    if seen >= 3:
+                        break  # leaving the block closes the connection mid-stream
+        else:
+            with pytest.raises(httpx.ReadTimeout):
+                await http.post(URL, json=body)
+    assert await wait_until(lambda: engine.active == 0, timeout=2)
+    assert 0 < engine.tokens_generated < 1000
