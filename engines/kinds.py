@@ -28,7 +28,10 @@ from engines.types import (
     GenerationRequest,
     SpeechLimits,
     SpeechModelInfo,
+    SynthesisRequest,
     TranscriptionRequest,
+    TTSLimits,
+    TTSModelInfo,
 )
 
 
@@ -90,6 +93,16 @@ class SpeechEngine(Engine, Protocol):
     def submit(self, request: TranscriptionRequest) -> RequestStream: ...
 
 
+class TTSEngine(Engine, Protocol):
+    """What the HTTP edge may call on a text-to-speech engine (engines/tts, or a fake in tests)."""
+
+    info: TTSModelInfo | None
+
+    def check_voice(self, voice: str) -> str: ...
+
+    def submit(self, request: SynthesisRequest) -> RequestStream: ...
+
+
 E = TypeVar("E", bound=Engine, covariant=True)
 
 # (model name, model path, the models-file entry's options, the server's settings) → engine
@@ -148,6 +161,15 @@ def build_speech(
     return ASREngine(name, path, limits)
 
 
+def build_tts(
+    name: str, path: Path, entry: Mapping[str, Any], settings: Mapping[str, Any]
+) -> TTSEngine:
+    from engines.tts.engine import KokoroEngine
+
+    limits = TTSLimits(max_waiting=settings["max_waiting"], watchdog_s=settings["watchdog_s"])
+    return KokoroEngine(name, path, limits)
+
+
 def _mib(value: int | None) -> int | None:
     return value * 2**20 if value else None
 
@@ -156,5 +178,6 @@ CHAT: EngineKind[ChatEngine] = EngineKind("chat", "a chat model", "engines.kinds
 SPEECH: EngineKind[SpeechEngine] = EngineKind(
     "speech", "a speech-to-text model", "engines.kinds:build_speech"
 )
+TTS: EngineKind[TTSEngine] = EngineKind("tts", "a text-to-speech model", "engines.kinds:build_tts")
 
-KINDS: dict[str, EngineKind[Any]] = {kind.name: kind for kind in (CHAT, SPEECH)}
+KINDS: dict[str, EngineKind[Any]] = {kind.name: kind for kind in (CHAT, SPEECH, TTS)}

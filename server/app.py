@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
+import server.routes.speech as speech_routes
 from engines.errors import ModelNotFound
 from engines.kinds import KINDS
 from engines.pool import EnginePool, ModelSpec
@@ -136,6 +137,7 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
     app.include_router(responses.router)
     app.include_router(completions.router)
     app.include_router(audio.router)
+    app.include_router(speech_routes.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
