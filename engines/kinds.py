@@ -24,6 +24,9 @@ from engines.bridge import RequestStream
 from engines.types import (
     ChatLimits,
     ChatModelInfo,
+    EmbeddingLimits,
+    EmbeddingModelInfo,
+    EmbeddingRequest,
     EngineStats,
     GenerationRequest,
     SpeechLimits,
@@ -103,6 +106,21 @@ class TTSEngine(Engine, Protocol):
     def submit(self, request: SynthesisRequest) -> RequestStream: ...
 
 
+class EmbeddingEngine(Engine, Protocol):
+    """What the HTTP edge may call on an embedding model or cross-encoder (engines/embed, or a
+    fake in tests). Tokenizing is plain Rust tokenizer work, callable off the engine thread."""
+
+    info: EmbeddingModelInfo | None
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]: ...
+
+    def tokenize_pairs(
+        self, query: str, documents: list[str], max_tokens: int
+    ) -> list[tuple[list[int], list[int]]]: ...
+
+    def submit(self, request: EmbeddingRequest) -> RequestStream: ...
+
+
 E = TypeVar("E", bound=Engine, covariant=True)
 
 # (model name, model path, the models-file entry's options, the server's settings) → engine
@@ -116,6 +134,15 @@ class EngineKind(Generic[E]):
     name: str
     noun: str  # what a model of this kind is, for messages: "a chat model"
     builder: str
+    detector: str = ""  # "module:function(path) -> bool": the checkpoint is of this kind
+
+    def detects(self, path: Path) -> bool:
+        """Whether the checkpoint at `path` says it is of this kind (never imports MLX)."""
+        if not self.detector:
+            return False
+        module, function = self.detector.split(":")
+        detect: Callable[[Path], bool] = getattr(importlib.import_module(module), function)
+        return detect(path)
 
     def factory(
         self, name: str, path: Path, entry: Mapping[str, Any], settings: Mapping[str, Any]
@@ -170,6 +197,26 @@ def build_tts(
     return KokoroEngine(name, path, limits)
 
 
+def build_embedding(
+    name: str, path: Path, entry: Mapping[str, Any], settings: Mapping[str, Any]
+) -> EmbeddingEngine:
+    from engines.embed.engine import EmbedEngine
+
+    limits = EmbeddingLimits(
+        max_batch=entry.get("max_batch") or settings["embed_max_batch"],
+        max_batch_tokens=settings["embed_batch_tokens"],
+        max_waiting=settings["max_waiting"],
+        watchdog_s=settings["watchdog_s"],
+    )
+    return EmbedEngine(name, path, limits)
+
+
+def detect_kind(path: Path, default: str = "chat") -> str:
+    """The kind a checkpoint says it is (the first kind whose detector accepts it), else
+    `default`: a models-file entry may leave `kind` out."""
+    return next((kind.name for kind in KINDS.values() if kind.detects(path)), default)
+
+
 def _mib(value: int | None) -> int | None:
     return value * 2**20 if value else None
 
@@ -180,4 +227,11 @@ SPEECH: EngineKind[SpeechEngine] = EngineKind(
 )
 TTS: EngineKind[TTSEngine] = EngineKind("tts", "a text-to-speech model", "engines.kinds:build_tts")
 
-KINDS: dict[str, EngineKind[Any]] = {kind.name: kind for kind in (CHAT, SPEECH, TTS)}
+EMBEDDING: EngineKind[EmbeddingEngine] = EngineKind(
+    "embedding",
+    "an embedding model",
+    "engines.kinds:build_embedding",
+    detector="engines.embed.checkpoint:is_embedding_checkpoint",
+)
+
+KINDS: dict[str, EngineKind[Any]] = {kind.name: kind for kind in (CHAT, SPEECH, TTS, EMBEDDING)}

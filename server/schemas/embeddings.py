@@ -1,0 +1,84 @@
+"""Request bodies of `POST /v1/embeddings` and `POST /v1/rerank`.
+
+Embeddings: spec `CreateEmbeddingRequest` (../shared/openai/openapi.yaml) — `input` as a string,
+strings, token ids or lists of token ids; `encoding_format`; `dimensions`; `user` (ignored).
+`truncate` is an extension (as in Hugging Face's TEI): cut over-long inputs to the model's
+length instead of refusing them.
+
+Rerank: the Cohere / Jina shape that Open WebUI, LlamaIndex and LangChain send — `query`,
+`documents` as strings or `{"text": ...}` objects, `top_n`, `return_documents`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from server.schemas.common import Strict
+
+MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
+MAX_DOCUMENTS = 1000  # Cohere's limit on documents per rerank request
+
+EmbeddingInput = str | list[str] | list[int] | list[list[int]]
+
+
+class EmbeddingsRequest(Strict):
+    input: EmbeddingInput
+    model: str = Field(min_length=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+    truncate: bool = False
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: EmbeddingInput) -> EmbeddingInput:
+        items: list[str] | list[int] | list[list[int]] = (
+            [value] if isinstance(value, str) else value
+        )
+        if not items:
+            raise ValueError("input must not be empty")
+        if len(items) > MAX_INPUTS and not isinstance(items[0], int):
+            raise ValueError(f"input may hold at most {MAX_INPUTS} items, got {len(items)}")
+        for index, item in enumerate(items):
+            if isinstance(item, str | list) and not item:
+                raise ValueError(f"input[{index}] is empty")
+            tokens = [] if isinstance(item, str) else item if isinstance(item, list) else [item]
+            if tokens and min(tokens) < 0:
+                raise ValueError("token ids must not be negative")
+        return value
+
+    def items(self) -> list[str | list[int]]:
+        """One entry per input: a text, or the token ids of one input."""
+        value = self.input
+        if isinstance(value, str):
+            return [value]
+        if value and isinstance(value[0], int):
+            return [[int(token) for token in value]]
+        return list(value)  # type: ignore[arg-type]
+
+
+IGNORED_EMBEDDING_FIELDS = ("user",)
+
+
+class RerankDocument(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    text: str
+
+
+class RerankRequest(Strict):
+    model: str = Field(min_length=1)
+    query: str = Field(min_length=1)
+    documents: list[str | RerankDocument] = Field(min_length=1, max_length=MAX_DOCUMENTS)
+    top_n: int | None = Field(None, ge=1)
+    return_documents: bool = False
+
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+# Cohere fields that change nothing here: documents are never split into chunks, and objects
+# are ranked by their `text`.
+IGNORED_RERANK_FIELDS = ("max_chunks_per_doc", "max_tokens_per_doc", "rank_fields")
