@@ -370,5 +370,3 @@ class SpeechLimits:
     encoder_batch: int | None = None  # windows per MLX encoder pass (GPUs); default: max_batch
     max_waiting: int = 64  # transcriptions accepted and not yet finished
     watchdog_s: float = 120.0
-
-
