@@ -14,7 +14,7 @@ Invariants of `ToolCallParser`:
 - Fed text in any chunking, it emits the same content and the same tool calls (the pieces may
   differ; their concatenations do not).
 - Markup never leaks into content: text that might be the start of `<tool_call>` is held back
-  until it is known not to be.
+  until it is known not to be. Whitespace between or after calls is no content either.
 - A call's argument fragments concatenate to exactly the model's JSON text of `arguments`; a
   call's `name` is sent once, in its first delta, with its id.
 - A tagged call that does not parse as `{"name": str, "arguments": object}` is returned as
@@ -114,13 +114,17 @@ class ToolCallParser:
         while True:
             if not self._in_call:
                 start = self._buffer.find(OPEN)
+                held = partial_suffix(self._buffer, OPEN) if start < 0 else 0
+                text_end = start if start >= 0 else len(self._buffer) - held
+                separator = bool(self._calls) and not self._buffer[:text_end].strip()
+                if separator and start < 0:
+                    return out  # whitespace after a call: a separator, unless text follows
+                if not separator:
+                    out.content += self._buffer[:text_end]
+                self._buffer = self._buffer[text_end:]
                 if start < 0:
-                    keep = partial_suffix(self._buffer, OPEN)
-                    out.content += self._buffer[: len(self._buffer) - keep]
-                    self._buffer = self._buffer[len(self._buffer) - keep :]
                     return out
-                out.content += self._buffer[:start]
-                self._buffer = self._buffer[start + len(OPEN) :]
+                self._buffer = self._buffer[len(OPEN) :]
                 self._in_call = True
                 continue
             end = self._buffer.find(CLOSE)
@@ -139,7 +143,7 @@ class ToolCallParser:
         elif self._in_call:
             self._in_call = False
             self._close_call(self._buffer, out, closed=False)
-        else:
+        elif self._buffer.strip() or not self._calls:
             out.content += self._buffer
         self._buffer = ""
         return out

@@ -93,8 +93,9 @@ def tool_call_grammar(
     elif tool_format == "llama3":
         calls = "body"  # Llama 3.x writes one bare call
     else:
+        # A newline may follow the last call: Qwen writes one before its end-of-turn token.
         more = '("\\n" call)*' if parallel else ""
-        calls = f'call {more}\ncall: {tag(OPEN)} "\\n" body "\\n" {tag(CLOSE)}'
+        calls = f'call {more} "\\n"?\ncall: {tag(OPEN)} "\\n" body "\\n" {tag(CLOSE)}'
     return lark_grammar(f"start: {calls}\nbody: %json {json.dumps(_compact(schema))}\n")
 
 

@@ -49,7 +49,7 @@ def run(text: str, seed: int) -> tuple[str, list[tuple[str, str]], list[str]]:
 @pytest.mark.parametrize("seed", range(40))
 def test_hermes_calls_in_any_chunking(seed: int) -> None:
     content, calls, ids = run(HERMES, seed)
-    assert content == "Let me check.\n"
+    assert content == "Let me check."  # the newline between the calls is no content
     assert calls == [
         ("get_weather", '{"city": "Paris", "unit": "celsius"}'),
         ("get_time", '{"tz": "Europe/Paris"}'),
@@ -69,6 +69,16 @@ def test_text_that_only_looks_like_markup_is_content(seed: int) -> None:
     content, calls, _ = run(text, seed)
     assert calls == []
     assert content == "a < b, <tool and <tool_call>not json</tool_call> end <tool_ca"
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_whitespace_after_a_call_is_no_content_but_text_is(seed: int) -> None:
+    call = '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'
+    assert run(call + "\n", seed)[0] == ""
+    assert run(call + "\n Done.", seed)[0] == "\n Done."
+    parser = ToolCallParser()
+    parser.feed(call + "\n")
+    assert parser.feed("Done").content == "\nDone"  # streamed as it comes, not at the end
 
 
 @pytest.mark.parametrize("seed", range(10))
