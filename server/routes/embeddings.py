@@ -91,20 +91,25 @@ def check_dimensions(info: EmbeddingModelInfo, dimensions: int | None) -> None:
 
 
 async def token_inputs(
-    engine: EmbeddingEngine, info: EmbeddingModelInfo, items: list[str | list[int]], cut: bool
+    engine: EmbeddingEngine,
+    info: EmbeddingModelInfo,
+    items: list[str | list[int]],
+    cut: bool,
+    param: str = "input",
 ) -> list[list[int]]:
     """Each input's token ids with the model's special tokens; over-long ones cut (`cut`) or
-    refused, naming the first."""
+    refused, naming the first (`param[i]`, or `param` alone for a single non-list field)."""
     texts = [item for item in items if isinstance(item, str)]
     encoded = iter(await asyncio.to_thread(engine.tokenize, texts) if texts else [])
     room = info.max_tokens - len(info.special_prefix) - len(info.special_suffix)
     inputs = []
     for index, item in enumerate(items):
+        name = f"{param}[{index}]" if param == "input" else param
         tokens = next(encoded) if isinstance(item, str) else item
         if not isinstance(item, str) and max(item) >= info.vocab_size:
             raise APIError(
                 400,
-                f"input[{index}] holds token id {max(item)}, outside the vocabulary of "
+                f"{name} holds token id {max(item)}, outside the vocabulary of "
                 f"'{info.name}' ({info.vocab_size} tokens)",
                 param="input",
                 code="invalid_value",
@@ -112,10 +117,10 @@ async def token_inputs(
         if len(tokens) > room and not cut:
             raise APIError(
                 400,
-                f"input[{index}] is {len(tokens) + info.max_tokens - room} tokens long; "
+                f"{name} is {len(tokens) + info.max_tokens - room} tokens long; "
                 f"'{info.name}' takes at most {info.max_tokens} (send \"truncate\": true to cut "
                 "inputs to that length)",
-                param="input",
+                param=param,
                 code="context_length_exceeded",
             )
         inputs.append([*info.special_prefix, *tokens[:room], *info.special_suffix])

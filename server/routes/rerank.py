@@ -44,7 +44,7 @@ async def rerank(request: Request) -> Response:
     info = engine.info
     assert info is not None
     documents = body.texts()
-    await token_inputs(engine, info, [body.query], cut=False)  # the query must fit whole
+    await token_inputs(engine, info, [body.query], cut=False, param="query")  # fits whole
     request_id = f"rerank-{uuid.uuid4().hex}"
     logs.request_id.set(request_id)
     headers = response_headers(request_id, raw, RerankRequest, IGNORED_RERANK_FIELDS)

@@ -1,0 +1,312 @@
+"""The /v1/embeddings and /v1/rerank contract on a scripted embedding engine: the strict SDK's
+`embeddings.create` (base64 by default, float on request), every input shape, `dimensions`,
+truncation, the rerank shape, and every refusal as an OpenAI-shaped 4xx naming its field before
+any engine work; plus the models file's kind detection and the engine's batch choice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from openai import AsyncOpenAI, BadRequestError, NotFoundError
+
+from engines.embed.batching import Pending, bucket, by_bucket, choose
+from engines.kinds import detect_kind
+from engines.pool import EnginePool
+from server.app import create_app
+from server.settings import Settings
+from tests.fake_embed import CLS, SEP, VOCAB, FakeEmbedEngine
+from tests.fakes import FakeEngine
+from tests.servers import wait_until
+
+
+@pytest.fixture
+def embedder() -> FakeEmbedEngine:
+    return FakeEmbedEngine()
+
+
+@pytest.fixture
+async def http(embedder: FakeEmbedEngine) -> AsyncIterator[httpx.AsyncClient]:
+    engines = [FakeEngine(), embedder, FakeEmbedEngine("fake-matryoshka", matryoshka=True),
+               FakeEmbedEngine("fake-reranker", task="score")]  # fmt: skip
+    pool = EnginePool(engines)
+    app = create_app(Settings(max_body_bytes=64 * 1024), pool)
+    await pool.start()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        yield client
+    await pool.drain(timeout=1)
+
+
+@pytest.fixture
+def sdk(http: httpx.AsyncClient) -> AsyncOpenAI:
+    return AsyncOpenAI(
+        base_url="http://127.0.0.1/v1",
+        api_key="unused",
+        http_client=http,
+        _strict_response_validation=True,
+        max_retries=0,
+    )
+
+
+def ids(text: str) -> list[int]:
+    return [CLS, *(VOCAB.index(word) for word in text.split()), SEP]
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict-float", "default-base64"])
+async def test_sdk_embeddings_create(
+    http: httpx.AsyncClient, embedder: FakeEmbedEngine, strict: bool
+) -> None:
+    """The SDK asks for base64 unless told otherwise and decodes it after parsing; its strict
+    mode validates the raw body first, against float lists, so strict clients ask for floats
+    (as they must from any server)."""
+    sdk = AsyncOpenAI(
+        base_url="http://127.0.0.1/v1",
+        api_key="unused",
+        http_client=http,
+        _strict_response_validation=strict,
+        max_retries=0,
+    )
+    texts = ["a man", "the horse"]
+    if strict:
+        result = await sdk.embeddings.create(
+            model="fake-embed", input=texts, encoding_format="float"
+        )
+    else:
+        result = await sdk.embeddings.create(model="fake-embed", input=texts)
+    assert [item.index for item in result.data] == [0, 1]
+    assert embedder.requests[-1].inputs == [ids("a man"), ids("the horse")]
+    for item, text in zip(result.data, ["a man", "the horse"], strict=True):
+        counts = np.bincount(np.array(ids(text)) % 8, minlength=8)
+        np.testing.assert_allclose(item.embedding, counts / np.linalg.norm(counts), rtol=1e-6)
+    assert result.usage.prompt_tokens == result.usage.total_tokens == 8
+    assert result.model == "fake-embed"
+
+
+async def test_float_format_and_every_input_shape(http: httpx.AsyncClient) -> None:
+    token_ids = [VOCAB.index("man"), VOCAB.index("food")]
+    cases = [
+        ("a man", [ids("a man")]),
+        (["a man", "food"], [ids("a man"), ids("food")]),
+        (token_ids, [[CLS, *token_ids, SEP]]),
+        ([token_ids, [4]], [[CLS, *token_ids, SEP], [CLS, 4, SEP]]),
+    ]
+    for given, expected in cases:
+        body = {"model": "fake-embed", "input": given, "encoding_format": "float"}
+        response = await http.post("/v1/embeddings", json=body)
+        assert response.status_code == 200, response.text
+        data = response.json()["data"]
+        assert len(data) == len(expected)
+        assert all(isinstance(value, float) for value in data[0]["embedding"])
+        assert response.json()["usage"]["prompt_tokens"] == sum(map(len, expected))
+    # a text and its own token ids embed alike
+    text = await http.post("/v1/embeddings", json={"model": "fake-embed", "input": "man food"})
+    tokens = await http.post("/v1/embeddings", json={"model": "fake-embed", "input": token_ids})
+    assert text.json()["data"] == tokens.json()["data"]
+
+
+async def test_unknown_fields_reported_user_ignored(http: httpx.AsyncClient) -> None:
+    body = {"model": "fake-embed", "input": "a", "user": "u1", "extra_thing": 1}
+    response = await http.post("/v1/embeddings", json=body)
+    assert response.status_code == 200
+    assert response.headers["x-mlxd-ignored-fields"] == "user,extra_thing"
+    assert response.headers["x-request-id"].startswith("embd-")
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "fragment"),
+    [
+        ({"input": ""}, "input", "input[0] is empty"),
+        ({"input": []}, "input", "must not be empty"),
+        ({"input": ["a", ""]}, "input", "input[1] is empty"),
+        ({"input": [[1], []]}, "input", "input[1] is empty"),
+        ({"input": [-1]}, "input", "negative"),
+        ({"input": ["a", 1]}, "input", None),
+        ({"input": ["a"] * 2049}, "input", "at most 2048"),
+        ({"input": "a", "encoding_format": "int8"}, "encoding_format", None),
+        ({"input": "a", "dimensions": 0}, "dimensions", None),
+        ({"input": "a", "dimensions": 4}, "dimensions", "not Matryoshka-trained"),
+        ({"input": "a", "dimensions": 9}, "dimensions", "makes 8 dimensions"),
+        ({"input": [[4, 99]]}, "input", "input[0] holds token id 99"),
+        ({"input": ["a", "a " * 15]}, "input", "input[1] is 17 tokens long"),
+        ({"model": "fake", "input": "a"}, "model", "'fake' is a chat model, not an embedding"),
+        ({"model": "fake-reranker", "input": "a"}, "model", "is a reranker"),
+    ],
+)
+async def test_refusals_name_the_field(
+    http: httpx.AsyncClient,
+    embedder: FakeEmbedEngine,
+    body: dict[str, object],
+    param: str,
+    fragment: str | None,
+) -> None:
+    response = await http.post("/v1/embeddings", json={"model": "fake-embed", **body})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+    if fragment:
+        assert fragment in error["message"]
+    assert embedder.requests == []
+
+
+async def test_unknown_model_is_404(sdk: AsyncOpenAI) -> None:
+    with pytest.raises(NotFoundError):
+        await sdk.embeddings.create(model="nope", input="a")
+
+
+async def test_sdk_bad_request_names_param(sdk: AsyncOpenAI) -> None:
+    with pytest.raises(BadRequestError) as caught:
+        await sdk.embeddings.create(model="fake-embed", input="a", dimensions=3)
+    assert caught.value.param == "dimensions"  # type: ignore[attr-defined]
+
+
+async def test_truncate_cuts_to_the_model_length(
+    http: httpx.AsyncClient, embedder: FakeEmbedEngine
+) -> None:
+    body = {"model": "fake-embed", "input": "a " * 20, "truncate": True}
+    response = await http.post("/v1/embeddings", json=body)
+    assert response.status_code == 200
+    [row] = embedder.requests[-1].inputs
+    assert len(row) == 16 and row[0] == CLS and row[-1] == SEP
+
+
+async def test_matryoshka_dimensions_truncate_and_renormalise(http: httpx.AsyncClient) -> None:
+    body = {"model": "fake-matryoshka", "input": "a man eating", "encoding_format": "float"}
+    full = (await http.post("/v1/embeddings", json=body)).json()["data"][0]["embedding"]
+    short = (await http.post("/v1/embeddings", json={**body, "dimensions": 5})).json()
+    vector = np.array(short["data"][0]["embedding"])
+    assert vector.shape == (5,)
+    np.testing.assert_allclose(vector, np.array(full[:5]) / np.linalg.norm(full[:5]), rtol=1e-6)
+
+
+async def test_engine_failure_is_500_and_client_leaving_cancels() -> None:
+    failing = FakeEmbedEngine(fail=True)
+    slow = FakeEmbedEngine("slow", delay_s=5)
+    pool = EnginePool([failing, slow])
+    app = create_app(Settings(), pool)
+    await pool.start()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        response = await client.post("/v1/embeddings", json={"model": "fake-embed", "input": "a"})
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == "engine_failed"
+        request = asyncio.ensure_future(
+            client.post("/v1/embeddings", json={"model": "slow", "input": "a"}, timeout=0.3)
+        )
+        await wait_until(lambda: slow.active == 1, timeout=2)
+        request.cancel()
+        await asyncio.gather(request, return_exceptions=True)
+    await wait_until(lambda: slow.cancelled == 1, timeout=2)
+    await pool.drain(timeout=1)
+
+
+# -- rerank ----------------------------------------------------------------------------------
+
+
+DOCUMENTS = ["the horse", "a man eating food", {"text": "a man riding"}]
+
+
+async def test_rerank_cross_encoder_sorted_with_documents(http: httpx.AsyncClient) -> None:
+    body = {
+        "model": "fake-reranker",
+        "query": "man eating",
+        "documents": DOCUMENTS,
+        "return_documents": True,
+    }
+    response = await http.post("/v1/rerank", json=body)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["index"] for r in results] == [1, 2, 0]
+    expected = [1 / (1 + np.exp(-x)) for x in (1.5, 0.5, -0.5)]
+    np.testing.assert_allclose([r["relevance_score"] for r in results], expected, rtol=1e-6)
+    assert results[1]["document"] == {"text": "a man riding"}
+    assert response.json()["model"] == "fake-reranker"
+    assert response.json()["id"].startswith("rerank-")
+
+
+async def test_rerank_bi_encoder_cosine_top_n(http: httpx.AsyncClient) -> None:
+    body = {"model": "fake-embed", "query": "a man eating", "documents": DOCUMENTS, "top_n": 2}
+    response = await http.post("/v1/rerank", json=body)
+    results = response.json()["results"]
+    assert len(results) == 2 and "document" not in results[0]
+    assert results[0]["index"] == 1
+    assert results[0]["relevance_score"] >= results[1]["relevance_score"]
+    assert -1.0 <= results[1]["relevance_score"] <= 1.0
+
+
+async def test_rerank_cuts_long_documents(
+    http: httpx.AsyncClient, embedder: FakeEmbedEngine
+) -> None:
+    body = {"model": "fake-embed", "query": "man", "documents": ["a " * 40]}
+    response = await http.post("/v1/rerank", json=body)
+    assert response.status_code == 200
+    assert [len(row) for row in embedder.requests[-1].inputs] == [3, 16]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"query": "a", "documents": []}, 400, "documents"),
+        ({"query": "", "documents": ["a"]}, 400, "query"),
+        ({"query": "a", "documents": [{"title": "no text"}]}, 400, "documents[0]"),
+        ({"query": "a", "documents": ["a"], "top_n": 0}, 400, "top_n"),
+        ({"query": "a " * 20, "documents": ["a"]}, 400, "query"),
+        ({"model": "fake", "query": "a", "documents": ["a"]}, 400, "model"),
+        ({"model": "nope", "query": "a", "documents": ["a"]}, 404, "model"),
+    ],
+)
+async def test_rerank_refusals(
+    http: httpx.AsyncClient, body: dict[str, object], status: int, param: str
+) -> None:
+    response = await http.post("/v1/rerank", json={"model": "fake-embed", **body})
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param
+
+
+# -- models file and batching ----------------------------------------------------------------
+
+
+def test_kind_detected_from_the_checkpoint(tmp_path: Path) -> None:
+    encoder = tmp_path / "minilm"
+    (encoder / "1_Pooling").mkdir(parents=True)
+    (encoder / "config.json").write_text(
+        json.dumps({"model_type": "bert", "architectures": ["BertModel"], "hidden_size": 8})
+    )
+    (encoder / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    chat = tmp_path / "chat"
+    chat.mkdir()
+    (chat / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+    decoder = tmp_path / "qwen3-embedding"
+    decoder.mkdir()
+    (decoder / "config.json").write_text(json.dumps({"model_type": "qwen3", "hidden_size": 8}))
+    (decoder / "modules.json").write_text('[{"path": "", "type": "x.Transformer"}]')
+    assert detect_kind(encoder) == "embedding"
+    assert detect_kind(decoder) == "embedding"
+    assert detect_kind(chat) == "chat"
+    assert detect_kind(tmp_path / "missing") == "chat"
+
+
+def test_batches_are_fair_and_bounded() -> None:
+    big = Pending([4] * 2048)
+    small = Pending([30])
+    chosen = choose([big, small], max_rows=64, max_tokens=100_000)
+    assert len(chosen) == 64 and (1, 0) in chosen  # the single input rides the next pass
+    assert len(big.order) == 2048 - 63 and not small.order
+    groups = by_bucket(chosen, [big, small])
+    assert [(width, len(rows)) for width, rows in groups] == [(16, 63), (32, 1)]
+
+
+def test_batches_respect_the_token_budget_and_take_shortest_first() -> None:
+    request = Pending([300, 10, 200, 12])
+    first = choose([request], max_rows=64, max_tokens=600)
+    assert first == [(0, 1), (0, 3)]  # 16-token rows; the 200-token one would need 3 x 256
+    assert choose([request], max_rows=64, max_tokens=600) == [(0, 2)]  # alone, it always fits
+    assert choose([request], max_rows=64, max_tokens=600) == [(0, 0)]
+    assert choose([request], max_rows=64, max_tokens=600) == []
+    assert [bucket(n) for n in (1, 16, 17, 300)] == [16, 16, 32, 512]
