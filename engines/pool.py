@@ -57,6 +57,8 @@ class PoolModel:
     loaded: bool
     created: int
     aliases: tuple[str, ...]
+    preload: bool = False  # loaded at start, so /health counts it as missing when not loaded
+    error: str | None = None  # why its last load failed, if it did
 
 
 @dataclass
@@ -67,6 +69,7 @@ class _Slot:
     unloading: asyncio.Event | None = None  # set when an unload finishes
     last_used: float = field(default_factory=time.monotonic)
     loads: int = 0
+    load_error: str | None = None  # why the last load failed (cleared by a successful one)
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -109,8 +112,25 @@ class EnginePool:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the models marked preload (and the ready-made ones); start the idle reaper."""
-        await asyncio.gather(*(self._ensure(s) for s in self._slots.values() if s.spec.preload))
+        """Load the models marked preload (and the ready-made ones); start the idle reaper.
+
+        A model that fails to load is reported (log, `/health`, `/v1/models`; a request for it
+        tries again and gets 503 naming the reason) and the others keep serving; only when no
+        model is left to serve does start-up fail (EngineUnavailable naming every reason).
+        """
+        preloads = [slot for slot in self._slots.values() if slot.spec.preload]
+        results = await asyncio.gather(
+            *(self._ensure(slot) for slot in preloads), return_exceptions=True
+        )
+        for slot, result in zip(preloads, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+            if isinstance(result, Exception):
+                logger.error("model %s failed to load: %s", slot.spec.name, result)
+        failed = [slot for slot in self._slots.values() if slot.load_error is not None]
+        if failed and len(failed) == len(self._slots):
+            reasons = "; ".join(f"{slot.spec.name}: {slot.load_error}" for slot in failed)
+            raise EngineUnavailable(f"no model could be loaded ({reasons})")
         self._reaper = asyncio.create_task(self._reap_idle())
 
     async def drain(self, timeout: float = 30.0) -> None:
@@ -172,7 +192,11 @@ class EnginePool:
             await engine.wait_loaded()
             slot.engine, slot.loads = engine, slot.loads + 1
             slot.created = int(time.time())
+            slot.load_error = None
             logger.info("loaded %s", slot.spec.name)
+        except Exception as exc:
+            slot.load_error = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            raise
         finally:
             slot.loading = None
 
@@ -257,7 +281,15 @@ class EnginePool:
 
     def models(self) -> list[PoolModel]:
         return [
-            PoolModel(s.spec.name, s.spec.kind, s.loaded, s.created, s.spec.aliases)
+            PoolModel(
+                s.spec.name,
+                s.spec.kind,
+                s.loaded,
+                s.created,
+                s.spec.aliases,
+                s.spec.preload,
+                s.load_error,
+            )
             for s in self._slots.values()
         ]
 

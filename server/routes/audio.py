@@ -23,6 +23,7 @@ from starlette.types import Message
 from engines.asr import formats
 from engines.asr.audio import AudioDecodeError, content_frames, decode_audio, log_mel
 from engines.kinds import SPEECH
+from engines.pool import EnginePool
 from engines.types import (
     ErrorEvent,
     Segment,
@@ -31,8 +32,9 @@ from engines.types import (
 )
 from server import logs, sse
 from server.body import read_body, validate
+from server.deps import PoolDep, SettingsDep
 from server.errors import APIError, from_engine_error
-from server.generation import EventSource, unless_disconnected
+from server.generation import EventSource
 from server.schemas.audio import (
     IGNORED_FIELDS,
     TranscriptionForm,
@@ -41,6 +43,8 @@ from server.schemas.audio import (
     TranslationUpload,
 )
 from server.schemas.common import documented_body, response_headers
+from server.serving import cancel_on_close, collected_or_gone, error_response
+from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -53,21 +57,19 @@ MAX_FORM_FIELDS = 64
     "/v1/audio/transcriptions",
     openapi_extra=documented_body(TranscriptionUpload, "multipart/form-data"),
 )
-async def create_transcription(request: Request) -> Response:
-    return await _handle(request, "transcribe")
+async def create_transcription(request: Request, settings: SettingsDep, pool: PoolDep) -> Response:
+    return await _handle(request, settings, pool, "transcribe")
 
 
 @router.post(
     "/v1/audio/translations",
     openapi_extra=documented_body(TranslationUpload, "multipart/form-data"),
 )
-async def create_translation(request: Request) -> Response:
-    return await _handle(request, "translate")
+async def create_translation(request: Request, settings: SettingsDep, pool: PoolDep) -> Response:
+    return await _handle(request, settings, pool, "translate")
 
 
-async def _handle(request: Request, task: str) -> Response:
-    settings = request.app.state.settings
-    pool = request.app.state.pool
+async def _handle(request: Request, settings: Settings, pool: EnginePool, task: str) -> Response:
     fields, audio = await _read_form(request, settings.max_audio_bytes)
     schema = TranscriptionForm if task == "transcribe" else TranslationForm
     form = validate(schema, fields)
@@ -110,17 +112,14 @@ async def _handle(request: Request, task: str) -> Response:
         streamed,
     )
     if streamed:
-        return sse.event_stream(_stream_events(stream, request_id), headers, settings)
-    outcome = await unless_disconnected(request, _collect(stream), [stream])
-    if outcome is None:
-        logger.info("%s client disconnected; cancelled", request_id)
-        return Response(status_code=499)
+        events = cancel_on_close(_stream_events(stream, request_id), [stream], request_id)
+        return sse.event_stream(events, headers, settings)
+    outcome = await collected_or_gone(request, _collect(stream), [stream], request_id)
+    if isinstance(outcome, Response):
+        return outcome
     segments, done, error = outcome
     if error is not None or done is None:
-        api_error = from_engine_error(error or RuntimeError("transcription ended early"))
-        return JSONResponse(
-            api_error.body(), status_code=api_error.status, headers={**headers, **api_error.headers}
-        )
+        return error_response(error or RuntimeError("transcription ended early"), headers)
     return _render(form.response_format, segments, done, task, headers, words)
 
 
@@ -213,23 +212,16 @@ def _render(
 async def _stream_events(stream: EventSource, request_id: str) -> AsyncIterator[dict[str, str]]:
     """`transcript.text.delta` per finished segment, then `transcript.text.done`."""
     segments: list[Segment] = []
-    ended = False
-    try:
-        async for event in stream:
-            if isinstance(event, Segment):
-                text = event.text if segments else event.text.lstrip()
-                segments.append(event)
-                yield sse.data({"type": "transcript.text.delta", "delta": text})
-            elif isinstance(event, TranscriptionDone):
-                # No usage here: the SDK's done event only knows token usage, which whisper's
-                # duration-billed transcription does not have.
-                body = {"type": "transcript.text.done", "text": formats.transcript_text(segments)}
-                yield sse.data(body)
-            elif isinstance(event, ErrorEvent):
-                logger.error("%s failed in stream: %s", request_id, event.error)
-                yield sse.data(from_engine_error(event.error).body())
-        ended = True
-    finally:
-        if not ended:
-            stream.cancel()
-            logger.info("%s stream closed early; cancelling", request_id)
+    async for event in stream:
+        if isinstance(event, Segment):
+            text = event.text if segments else event.text.lstrip()
+            segments.append(event)
+            yield sse.data({"type": "transcript.text.delta", "delta": text})
+        elif isinstance(event, TranscriptionDone):
+            # No usage here: the SDK's done event only knows token usage, which whisper's
+            # duration-billed transcription does not have.
+            body = {"type": "transcript.text.done", "text": formats.transcript_text(segments)}
+            yield sse.data(body)
+        elif isinstance(event, ErrorEvent):
+            logger.error("%s failed in stream: %s", request_id, event.error)
+            yield sse.data(from_engine_error(event.error).body())

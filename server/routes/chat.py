@@ -12,18 +12,18 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from engines.types import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
 from server import sse
-from server.body import read_json_object, validate
 from server.chat_output import ChoiceOutput, collected_message
 from server.chat_pipeline import prepare_chat
+from server.deps import Body, MetricsDep, PoolDep, SettingsDep, json_body
 from server.errors import from_engine_error
-from server.generation import EventSource, collect, unless_disconnected
+from server.generation import EventSource, collect
 from server.schemas.chat import (
     IGNORED_FIELDS,
     ChatCompletionRequest,
@@ -33,46 +33,46 @@ from server.schemas.chat import (
     message_choice,
 )
 from server.schemas.common import documented_body, response_headers, usage_body
+from server.serving import cancel_on_close, collected_or_gone, error_response
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
 
 @router.post("/v1/chat/completions", openapi_extra=documented_body(ChatCompletionRequest))
-async def create_chat_completion(request: Request) -> Response:
-    settings = request.app.state.settings
-    pool = request.app.state.pool
-    body = await read_json_object(request, settings.max_body_bytes)
-    chat = validate(ChatCompletionRequest, body)
+async def create_chat_completion(
+    request: Request,
+    settings: SettingsDep,
+    pool: PoolDep,
+    metrics: MetricsDep,
+    body: Annotated[Body[ChatCompletionRequest], Depends(json_body(ChatCompletionRequest))],
+) -> Response:
+    chat = body.value
     prepared = await prepare_chat(pool, settings, chat, f"chatcmpl-{uuid.uuid4().hex}")
     generation, output_for = prepared.generation, prepared.output_for
     request_id = generation.request_id
-    logprobs = generation.logprobs
-    headers = response_headers(request_id, body, ChatCompletionRequest, IGNORED_FIELDS)
-    stream = request.app.state.metrics.observe(prepared.engine.submit(generation), chat.model)
+    headers = response_headers(request_id, body.raw, ChatCompletionRequest, IGNORED_FIELDS)
+    stream = metrics.observe(prepared.engine.submit(generation), chat.model)
     if chat.stream:
         interval = settings.stream_interval_ms / 1000
         outputs = [output_for() for _ in range(generation.n)]
-        events = _stream_chunks(
+        chunks = _stream_chunks(
             stream, generation, chat.model, chat.include_usage, interval, outputs
         )
+        events = cancel_on_close(chunks, [stream], request_id)
         return sse.event_stream(events, headers, settings)
-    collected = await unless_disconnected(request, collect(stream), [stream])
-    if collected is None:
-        logger.info("%s client disconnected; cancelled", request_id)
-        return Response(status_code=499)
+    collected = await collected_or_gone(request, collect(stream), [stream], request_id)
+    if isinstance(collected, Response):
+        return collected
     if collected.error is not None:
-        error = from_engine_error(collected.error)
-        return JSONResponse(
-            error.body(), status_code=error.status, headers={**headers, **error.headers}
-        )
+        return error_response(collected.error, headers)
     choices = []
     for index, choice in sorted(collected.choices.items()):
         message = collected_message(output_for(), choice.text)
         reason = choice.finish_reason
         if message.get("tool_calls") and reason == "stop":
             reason = "tool_calls"
-        choice_logprobs = None if logprobs is None else choice.logprobs
+        choice_logprobs = None if generation.logprobs is None else choice.logprobs
         choices.append(message_choice(index, message, reason, choice_logprobs))
     completion_tokens = sum(c.completion_tokens for c in collected.choices.values())
     usage = usage_body(collected.prompt_tokens, completion_tokens, collected.cached_tokens)
@@ -96,39 +96,31 @@ async def _stream_chunks(
         body = chunk(generation.request_id, model, created, choice, usage, include_usage)
         return sse.data(body)
 
-    ended = False
     completion_tokens = cached_tokens = 0
-    try:
-        for index in range(generation.n):
-            yield frame(delta_choice(index, {"role": "assistant", "content": ""}))
-        async for event in stream.events(interval_s):
-            if isinstance(event, TokenEvent):
-                logprobs = event.logprobs if with_logprobs else None
-                deltas = outputs[event.index].feed(event.text)
-                if not deltas and logprobs:
-                    deltas = [{"content": ""}]
-                for delta in deltas:
-                    yield frame(delta_choice(event.index, delta, None, logprobs))
-                    logprobs = None
-            elif isinstance(event, FinishEvent):
-                completion_tokens += event.usage.completion_tokens
-                cached_tokens = event.usage.cached_tokens
-                reason: str = event.reason
-                for delta in outputs[event.index].finish():
-                    yield frame(delta_choice(event.index, delta))
-                if outputs[event.index].tool_calls and reason == "stop":
-                    reason = "tool_calls"
-                yield frame(delta_choice(event.index, {}, reason))
-            elif isinstance(event, ErrorEvent):
-                logger.error("%s failed in stream: %s", generation.request_id, event.error)
-                yield sse.data(from_engine_error(event.error).body())
-        ended = True
-        if include_usage:
-            prompt = len(generation.prompt_tokens)
-            yield frame(None, usage_body(prompt, completion_tokens, cached_tokens))
-        yield sse.done()
-    finally:
-        # Runs on normal end, client disconnect (CancelledError/GeneratorExit) and shutdown alike.
-        if not ended:
-            stream.cancel()
-            logger.info("%s stream closed early; cancelling", generation.request_id)
+    for index in range(generation.n):
+        yield frame(delta_choice(index, {"role": "assistant", "content": ""}))
+    async for event in stream.events(interval_s):
+        if isinstance(event, TokenEvent):
+            logprobs = event.logprobs if with_logprobs else None
+            deltas = outputs[event.index].feed(event.text)
+            if not deltas and logprobs:
+                deltas = [{"content": ""}]
+            for delta in deltas:
+                yield frame(delta_choice(event.index, delta, None, logprobs))
+                logprobs = None
+        elif isinstance(event, FinishEvent):
+            completion_tokens += event.usage.completion_tokens
+            cached_tokens = event.usage.cached_tokens
+            reason: str = event.reason
+            for delta in outputs[event.index].finish():
+                yield frame(delta_choice(event.index, delta))
+            if outputs[event.index].tool_calls and reason == "stop":
+                reason = "tool_calls"
+            yield frame(delta_choice(event.index, {}, reason))
+        elif isinstance(event, ErrorEvent):
+            logger.error("%s failed in stream: %s", generation.request_id, event.error)
+            yield sse.data(from_engine_error(event.error).body())
+    if include_usage:
+        prompt = len(generation.prompt_tokens)
+        yield frame(None, usage_body(prompt, completion_tokens, cached_tokens))
+    yield sse.done()

@@ -10,9 +10,9 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from engines.kinds import CHAT, ChatEngine
@@ -25,9 +25,9 @@ from engines.types import (
     TokenLogprob,
 )
 from server import logs, sse
-from server.body import read_json_object, validate
+from server.deps import Body, MetricsDep, PoolDep, SettingsDep, json_body
 from server.errors import APIError, from_engine_error
-from server.generation import EventSource, check_limits, collect, merge, unless_disconnected
+from server.generation import EventSource, check_limits, collect, merge
 from server.schemas.common import documented_body, response_headers, usage_body
 from server.schemas.completions import (
     IGNORED_FIELDS,
@@ -36,6 +36,7 @@ from server.schemas.completions import (
     legacy_logprobs,
     text_choice,
 )
+from server.serving import cancel_on_close, collected_or_gone, error_response
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -58,11 +59,14 @@ def _encode(
 
 
 @router.post("/v1/completions", openapi_extra=documented_body(CompletionRequest))
-async def create_completion(request: Request) -> Response:
-    settings = request.app.state.settings
-    pool = request.app.state.pool
-    body = await read_json_object(request, settings.max_body_bytes)
-    completion = validate(CompletionRequest, body)
+async def create_completion(
+    request: Request,
+    settings: SettingsDep,
+    pool: PoolDep,
+    metrics: MetricsDep,
+    body: Annotated[Body[CompletionRequest], Depends(json_body(CompletionRequest))],
+) -> Response:
+    completion = body.value
     check_limits(completion, settings.max_stop_sequences, settings.max_n)
     if completion.best_of not in (None, completion.choices):
         raise APIError(
@@ -99,7 +103,7 @@ async def create_completion(request: Request) -> Response:
                 prompt_logprobs=bool(completion.echo) and completion.logprobs is not None,
             )
         )
-    headers = response_headers(request_id, body, CompletionRequest, IGNORED_FIELDS)
+    headers = response_headers(request_id, body.raw, CompletionRequest, IGNORED_FIELDS)
     logger.info(
         "%s completion model=%r prompts=%d n=%d stream=%s",
         request_id,
@@ -108,10 +112,12 @@ async def create_completion(request: Request) -> Response:
         completion.choices,
         bool(completion.stream),
     )
-    metrics = request.app.state.metrics
-    streams = [metrics.observe(engine.submit(g), completion.model) for g in generations]
+    streams: list[EventSource] = [
+        metrics.observe(engine.submit(g), completion.model) for g in generations
+    ]
     if completion.stream:
-        events = _stream_chunks(request_id, completion, texts, generations, streams, settings)
+        chunks = _stream_chunks(request_id, completion, texts, generations, streams, settings)
+        events = cancel_on_close(chunks, streams, request_id)
         return sse.event_stream(events, headers, settings)
     return await _complete(request, request_id, completion, texts, streams, headers)
 
@@ -127,18 +133,14 @@ async def _complete(
     async def collect_all() -> list[Any]:
         return [await collect(stream) for stream in streams]
 
-    results = await unless_disconnected(request, collect_all(), streams)
-    if results is None:
-        logger.info("%s client disconnected; cancelled", request_id)
-        return Response(status_code=499)
+    results = await collected_or_gone(request, collect_all(), streams, request_id)
+    if isinstance(results, Response):
+        return results
     choices = []
     prompt_tokens = completion_tokens = cached_tokens = 0
     for position, result in enumerate(results):
         if result.error is not None:
-            error = from_engine_error(result.error)
-            return JSONResponse(
-                error.body(), status_code=error.status, headers={**headers, **error.headers}
-            )
+            return error_response(result.error, headers)
         prompt_tokens += result.prompt_tokens
         cached_tokens += result.cached_tokens
         for index, choice in sorted(result.choices.items()):
@@ -181,37 +183,29 @@ async def _stream_chunks(
         offsets[number] = offsets.get(number, 0) + len(text)
         return frame(text_choice(number, text, None, logprobs))
 
-    ended = False
     completion_tokens = 0
     cached: dict[int, int] = {}  # prompt position → its prompt tokens served from the cache
-    try:
-        if completion.echo and not with_logprobs:  # with logprobs the PromptEvent carries it
-            for position, text in enumerate(texts):
-                for index in range(n):
-                    yield text_frame(position * n + index, text, [])
-        async for position, event in merge(streams, settings.stream_interval_ms / 1000):
-            if isinstance(event, PromptEvent):
-                for index in range(n):
-                    yield text_frame(position * n + index, texts[position], event.logprobs)
-            elif isinstance(event, TokenEvent):
-                if event.text or event.logprobs:
-                    yield text_frame(position * n + event.index, event.text, event.logprobs)
-            elif isinstance(event, FinishEvent):
-                completion_tokens += event.usage.completion_tokens
-                cached[position] = event.usage.cached_tokens
-                yield frame(text_choice(position * n + event.index, "", event.reason, None))
-            elif isinstance(event, ErrorEvent):
-                logger.error("%s failed in stream: %s", request_id, event.error)
-                yield sse.data(from_engine_error(event.error).body())
-                break
-        ended = True
-        if completion.include_usage:
-            prompt_tokens = sum(len(g.prompt_tokens) for g in generations)
-            usage = usage_body(prompt_tokens, completion_tokens, sum(cached.values()))
-            yield frame(None, usage)
-        yield sse.done()
-    finally:
-        if not ended:
-            for stream in streams:
-                stream.cancel()
-            logger.info("%s stream closed early; cancelling", request_id)
+    if completion.echo and not with_logprobs:  # with logprobs the PromptEvent carries it
+        for position, text in enumerate(texts):
+            for index in range(n):
+                yield text_frame(position * n + index, text, [])
+    async for position, event in merge(streams, settings.stream_interval_ms / 1000):
+        if isinstance(event, PromptEvent):
+            for index in range(n):
+                yield text_frame(position * n + index, texts[position], event.logprobs)
+        elif isinstance(event, TokenEvent):
+            if event.text or event.logprobs:
+                yield text_frame(position * n + event.index, event.text, event.logprobs)
+        elif isinstance(event, FinishEvent):
+            completion_tokens += event.usage.completion_tokens
+            cached[position] = event.usage.cached_tokens
+            yield frame(text_choice(position * n + event.index, "", event.reason, None))
+        elif isinstance(event, ErrorEvent):
+            logger.error("%s failed in stream: %s", request_id, event.error)
+            yield sse.data(from_engine_error(event.error).body())
+            break
+    if completion.include_usage:
+        prompt_tokens = sum(len(g.prompt_tokens) for g in generations)
+        usage = usage_body(prompt_tokens, completion_tokens, sum(cached.values()))
+        yield frame(None, usage)
+    yield sse.done()

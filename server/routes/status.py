@@ -13,9 +13,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
+from server.deps import PoolDep
 from server.runtime import runtime
 
 router = APIRouter()
@@ -34,8 +35,7 @@ async def status_page() -> HTMLResponse:
 
 
 @router.get("/status")
-async def status(request: Request) -> dict[str, Any]:
-    pool = request.app.state.pool
+async def status(pool: PoolDep) -> dict[str, Any]:
     stats = pool.stats()
     models = []
     for model in pool.models():

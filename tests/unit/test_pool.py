@@ -134,3 +134,35 @@ async def _drain_events(stream: object) -> str:
     async for event in stream:  # type: ignore[attr-defined]
         text += getattr(event, "text", "")
     return text
+
+
+class BrokenCheckpoint(FakeEngine):
+    """An engine whose model cannot load (an unknown model type, weights that do not match)."""
+
+    async def wait_loaded(self) -> None:
+        raise EngineUnavailable(f"model {self.name!r} failed to load: unknown model_type 'nope'")
+
+
+async def test_a_model_failing_to_load_at_start_leaves_the_others_serving() -> None:
+    pool = EnginePool(
+        specs=[
+            ModelSpec("good", "chat", factory("good", []), preload=True),
+            ModelSpec("bad", "chat", lambda: BrokenCheckpoint("bad"), preload=True),
+        ]
+    )
+    await pool.start()  # does not raise: "good" serves
+    assert (await pool.acquire("good", CHAT)).name == "good"
+    with pytest.raises(EngineUnavailable, match="unknown model_type"):
+        await pool.acquire("bad", CHAT)  # tried again on use, refused with the reason
+    status = {model.name: (model.loaded, model.error) for model in pool.models()}
+    assert status["good"] == (True, None)
+    assert status["bad"][0] is False and "unknown model_type 'nope'" in (status["bad"][1] or "")
+    await pool.drain(timeout=1)
+
+
+async def test_start_fails_only_when_no_model_can_be_served() -> None:
+    pool = EnginePool(
+        specs=[ModelSpec("bad", "chat", lambda: BrokenCheckpoint("bad"), preload=True)]
+    )
+    with pytest.raises(EngineUnavailable, match=r"no model could be loaded \(bad: .*nope"):
+        await pool.start()

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from engines.errors import EngineUnavailable
 from engines.pool import EnginePool, ModelSpec
 from server.app import create_app
 from server.config import ConfigError, load_models_file
@@ -96,3 +97,26 @@ def test_models_file_sampling_defaults_fill_what_requests_leave_out() -> None:
         body["temperature"] = 0.9  # what the request sends wins
         assert httpx.post(f"{base}/v1/chat/completions", json=body).status_code == 200
         assert fake.requests[-1].sampling.temperature == 0.9
+
+
+def test_health_names_a_preloaded_model_that_failed_to_load() -> None:
+    class Broken(FakeEngine):
+        async def wait_loaded(self) -> None:
+            raise EngineUnavailable("model 'bad' failed to load: weights do not match")
+
+    pool = EnginePool(
+        specs=[
+            ModelSpec("main", "chat", lambda: FakeEngine("main"), preload=True),
+            ModelSpec("bad", "chat", lambda: Broken("bad"), preload=True),
+            ModelSpec("lazy", "chat", lambda: FakeEngine("lazy")),
+        ]
+    )
+    with serve(create_app(Settings(), pool)) as base, httpx.Client(base_url=base) as http:
+        health = http.get("/health")
+        assert health.status_code == 503
+        body = health.json()
+        assert body["status"] == "unavailable" and body["models"] == ["main"]
+        assert list(body["missing"]) == ["bad"] and "weights do not match" in body["missing"]["bad"]
+        refused = http.post("/v1/chat/completions", json={**CHAT, "model": "bad"})
+        assert refused.status_code == 503 and "weights do not match" in refused.text
+        assert http.post("/v1/chat/completions", json=CHAT).status_code == 200

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import plistlib
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -116,9 +118,13 @@ def test_dry_run_prints_and_touches_nothing(tmp_path: Path) -> None:
 
 
 def test_status_report_without_a_server(options: ServiceOptions) -> None:
+    with socket.socket() as probe:  # a port nothing listens on (8123 may be in use here)
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    options = dataclasses.replace(options, port=free)
     report = status_report(options, "ActiveState=inactive\nMainPID=0\n")
     assert "service: inactive" in report and "pid" not in report
-    assert "url: http://127.0.0.1:8123/v1" in report and "health: not answering" in report
+    assert f"url: http://127.0.0.1:{free}/v1" in report and "health: not answering" in report
 
 
 def test_a_wheel_carries_the_service_templates(tmp_path: Path) -> None:
