@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from engines import attention_backend, blas
+from engines.errors import EngineError
+from server.config import ConfigError
+from server.hub_cli import add_hub_commands, one_line, quiet_hub_loggers
 from server.service import VERBS
 
 
@@ -40,10 +44,25 @@ def main(argv: list[str] | None = None) -> int:
         )
         if value is not None
     }
-    settings = Settings(**overrides)
-    from server.logs import configure
+    try:
+        settings = Settings(**overrides)
+        from server.logs import configure
 
-    configure(settings.log_level, settings.log_format)
+        configure(settings.log_level, settings.log_format)
+        quiet_hub_loggers()
+        return _dispatch(args, settings, blas_status)
+    except (EngineError, ConfigError, ValueError, OSError) as error:
+        # Start-up and command errors: one line, status 1 (the traceback only at debug level).
+        logging.getLogger("mlxd").debug("command failed", exc_info=True)
+        print(f"mlxd: {one_line(error)}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, settings: object, blas_status: blas.BlasStatus) -> int:
+    if args.command in ("pull", "rm"):
+        from server.hub_cli import pull_command, rm_command
+
+        return (pull_command if args.command == "pull" else rm_command)(settings, args)
     if args.command == "serve":
         return _serve(settings)
     if args.command == "import":
@@ -100,8 +119,9 @@ def _models(settings: object, args: argparse.Namespace) -> int:
             for entry in load_models_file(settings.config).models:
                 kind = entry.kind or "kind from checkpoint"
                 print(f"  configured: {entry.name} ({kind}) ← {entry.source}")
-    store = ModelStore(settings.home)
-    print(f"store {store.models_dir}: {', '.join(store.names()) or 'empty'}")
+    from server.hub_cli import print_local_models
+
+    print_local_models(ModelStore(settings.home))
     return 0
 
 
@@ -162,6 +182,7 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: float32 on CPU (faster there), quantized on Metal/CUDA",
     )
+    add_hub_commands(commands)
     commands.add_parser("doctor", help="report platform, backend, BLAS, memory and model store")
     service = commands.add_parser(
         "service", help="run mlxd as a background service (launchd on macOS, systemd on Linux)"

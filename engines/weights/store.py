@@ -1,16 +1,21 @@
 """The model store: MLX model directories under `$MLXD_HOME/models/<name>`.
 
 Invariant: a directory in the store is complete once it holds `IMPORTED` (written last by an
-importer, atomically renamed into place); half-written imports are never served.
+importer, atomically renamed into place); half-written imports are never served. Models pulled
+from a hub stay in the Hugging Face cache (engines/weights/hub_cache.py) and are served from
+there, except GGUF quants, which are imported here.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 from engines.errors import ModelNotFound
+from engines.weights.hub_cache import complete_snapshot, folder_bytes, hub_cache_dir
+from engines.weights.hub_files import RepoRef
 
 COMPLETE_MARKER = "IMPORTED"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -40,19 +45,24 @@ class ModelStore:
 
     def resolve(self, name_or_path: str) -> tuple[str, Path]:
         """(served name, directory) for a store name, a local MLX model directory, or a Hugging
-        Face repo id already in the HF cache (`HF_HOME`, offline: nothing is downloaded)."""
+        Face repo reference (`ORG/NAME[@REV][:QUANT]`) whose snapshot in the HF cache is
+        complete (GGUF quants: once imported into the store). No network call is made."""
         candidate = Path(name_or_path).expanduser()
         if (candidate / "config.json").exists():
             return candidate.resolve().name, candidate.resolve()
         if _NAME.match(name_or_path) and self.has(name_or_path):
             return name_or_path, self.path_for(name_or_path)
-        cached = hf_cache_snapshot(name_or_path)
-        if cached is not None:
-            return name_or_path, cached
+        ref = RepoRef.parse(name_or_path)
+        if ref is not None:
+            if ref.quant is not None and self.has(gguf_store_name(ref)):
+                return str(ref), self.path_for(gguf_store_name(ref))
+            cached = complete_snapshot(hub_cache_dir(), ref.repo_id, ref.revision)
+            if cached is not None and ref.quant is None:
+                return str(ref), cached
         raise ModelNotFound(
             f"model {name_or_path!r} is neither an MLX model directory, nor in the store "
-            f"({self.models_dir}), nor in the Hugging Face cache; import one with "
-            "`mlxd import` (e.g. `mlxd import gguf FILE --name NAME`)",
+            f"({self.models_dir}), nor complete in the Hugging Face cache ({hub_cache_dir()}); "
+            "fetch one with `mlxd pull ORG/NAME`, or import one with `mlxd import`",
             param="model",
         )
 
@@ -60,14 +70,20 @@ class ModelStore:
         """Memory a loaded model takes, estimated by its weight files."""
         return sum(f.stat().st_size for f in directory.glob("*.safetensors"))
 
+    def sizes(self) -> dict[str, int]:
+        """Bytes on disk of each complete model in the store."""
+        return {name: folder_bytes(self.path_for(name)) for name in self.names()}
 
-def hf_cache_snapshot(repo_id: str) -> Path | None:
-    """The newest snapshot of `repo_id` ("org/name") in the Hugging Face cache, if any."""
-    if repo_id.count("/") != 1:
-        return None
-    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
-    snapshots = home / "hub" / f"models--{repo_id.replace('/', '--')}" / "snapshots"
-    if not snapshots.is_dir():
-        return None
-    candidates = [p for p in snapshots.iterdir() if (p / "config.json").exists()]
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+    def remove(self, name: str) -> int:
+        """Delete a model from the store; the bytes freed (0 when it was not there)."""
+        directory = self.path_for(name)
+        if not directory.is_dir():
+            return 0
+        freed = folder_bytes(directory)
+        shutil.rmtree(directory)
+        return freed
+
+
+def gguf_store_name(ref: RepoRef) -> str:
+    """Where a GGUF repo's quant lives once imported: `ORG--NAME--QUANT` in the store."""
+    return f"{ref.repo_id.replace('/', '--')}--{ref.quant}"
