@@ -130,8 +130,14 @@ def test_status_report_without_a_server(options: ServiceOptions) -> None:
 def test_a_wheel_carries_the_service_templates(tmp_path: Path) -> None:
     """A non-editable install finds its templates as package data, not beside a checkout."""
     root = Path(__file__).resolve().parents[2]
+    source = tmp_path / "source"  # built from a copy: setuptools writes build/ into the tree
+    ignore = shutil.ignore_patterns("__pycache__")
+    for package in ("server", "engines", "launchd"):
+        shutil.copytree(root / package, source / package, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(root), "-w", str(tmp_path)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(source), "-w", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,
