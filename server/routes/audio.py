@@ -20,7 +20,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.types import Message
 
-from engines.asr import formats
 from engines.asr.audio import AudioDecodeError, content_frames, decode_audio, log_mel
 from engines.kinds import SPEECH
 from engines.pool import EnginePool
@@ -30,7 +29,7 @@ from engines.types import (
     TranscriptionDone,
     TranscriptionRequest,
 )
-from server import logs, sse
+from server import logs, sse, transcripts
 from server.body import read_body, validate
 from server.deps import PoolDep, SettingsDep
 from server.errors import APIError, from_engine_error
@@ -198,15 +197,15 @@ def _render(
     words: bool,
 ) -> Response:
     if response_format == "text":
-        return PlainTextResponse(formats.transcript_text(segments) + "\n", headers=headers)
+        return PlainTextResponse(transcripts.transcript_text(segments) + "\n", headers=headers)
     if response_format == "srt":
-        return PlainTextResponse(formats.srt(segments), headers=headers)
+        return PlainTextResponse(transcripts.srt(segments), headers=headers)
     if response_format == "vtt":
-        return PlainTextResponse(formats.vtt(segments), headers=headers, media_type="text/vtt")
+        return PlainTextResponse(transcripts.vtt(segments), headers=headers, media_type="text/vtt")
     if response_format == "verbose_json":
-        body = formats.verbose_json_body(segments, task, done.language, done.duration, words)
+        body = transcripts.verbose_json_body(segments, task, done.language, done.duration, words)
         return JSONResponse(body, headers=headers)
-    return JSONResponse(formats.json_body(segments, done.duration), headers=headers)
+    return JSONResponse(transcripts.json_body(segments, done.duration), headers=headers)
 
 
 async def _stream_events(stream: EventSource, request_id: str) -> AsyncIterator[dict[str, str]]:
@@ -220,7 +219,7 @@ async def _stream_events(stream: EventSource, request_id: str) -> AsyncIterator[
         elif isinstance(event, TranscriptionDone):
             # No usage here: the SDK's done event only knows token usage, which whisper's
             # duration-billed transcription does not have.
-            body = {"type": "transcript.text.done", "text": formats.transcript_text(segments)}
+            body = {"type": "transcript.text.done", "text": transcripts.transcript_text(segments)}
             yield sse.data(body)
         elif isinstance(event, ErrorEvent):
             logger.error("%s failed in stream: %s", request_id, event.error)

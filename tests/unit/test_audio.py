@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines.asr import formats
 from engines.asr.audio import (
     HOP_LENGTH,
     N_FFT,
@@ -19,6 +18,7 @@ from engines.asr.audio import (
 from engines.asr.decode import split_segments
 from engines.asr.timing import loud_frames, tighten
 from engines.types import Segment
+from server import transcripts
 from tests.speech import encode, silence
 
 TSB = 50363  # tiny.en's <|0.00|>
@@ -142,9 +142,9 @@ def segment(number: int, start: float, end: float, text: str) -> Segment:
 
 def test_subtitle_timestamps() -> None:
     segments = [segment(0, 0.0, 1.5, " One."), segment(1, 3599.9995, 3723.456, " Two.")]
-    assert formats.srt(segments) == (
+    assert transcripts.srt(segments) == (
         "1\n00:00:00,000 --> 00:00:01,500\nOne.\n\n2\n01:00:00,000 --> 01:02:03,456\nTwo.\n"
     )
-    assert formats.vtt(segments).splitlines()[2] == "00:00:00.000 --> 00:00:01.500"
-    assert formats.transcript_text(segments) == "One. Two."
-    assert formats.srt([]) == "" and formats.vtt([]) == "WEBVTT\n\n"
+    assert transcripts.vtt(segments).splitlines()[2] == "00:00:00.000 --> 00:00:01.500"
+    assert transcripts.transcript_text(segments) == "One. Two."
+    assert transcripts.srt([]) == "" and transcripts.vtt([]) == "WEBVTT\n\n"

@@ -11,8 +11,6 @@ from typing import Any
 
 from engines.types import Segment
 
-RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
-
 
 def transcript_text(segments: list[Segment]) -> str:
     return "".join(segment.text for segment in segments).strip()
