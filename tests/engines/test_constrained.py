@@ -111,3 +111,34 @@ def test_unsupported_schema_is_refused_with_the_reason(engine: LLMEngine) -> Non
     with pytest.raises(InvalidRequest) as caught:
         engine.check_grammar(json_schema_grammar({"type": "wat"}), "response_format")
     assert caught.value.param == "response_format"
+
+
+def _digits_allowed(engine: LLMEngine, schema: dict[str, object], text: str) -> bool:
+    """After the output `text`, whether the grammar (with its digit bound) allows a digit."""
+    constraint = engine.grammar_compiler().constraint(json_schema_grammar(schema))
+    for token in engine.tokenizer.encode(text, add_special_tokens=False):
+        assert constraint.allowed()[token], text
+        constraint.consume(token)
+    digit_tokens = [engine.tokenizer.encode(d, add_special_tokens=False)[0] for d in "0123456789"]
+    return bool(constraint.allowed()[digit_tokens].any())
+
+
+def test_number_digits_are_bounded(engine: LLMEngine) -> None:
+    number = {"type": "object", "properties": {"n": {"type": "number"}}, "required": ["n"]}
+    sixteen = "1234567890123456"
+    assert _digits_allowed(engine, number, '{"n": ' + sixteen[:-1])
+    assert not _digits_allowed(engine, number, '{"n": ' + sixteen)
+    assert _digits_allowed(engine, number, '{"n": ' + sixteen + ".")
+    assert not _digits_allowed(engine, number, '{"n": -' + sixteen + "." + sixteen)
+    assert not _digits_allowed(engine, number, '{"n": 1.5e' + sixteen)
+    text = {"type": "object", "properties": {"s": {"type": "string"}}, "required": ["s"]}
+    assert _digits_allowed(engine, text, '{"s": "' + sixteen * 2)  # strings are not numbers
+
+
+def test_a_schemas_own_minimum_outranks_the_digit_bound(engine: LLMEngine) -> None:
+    big = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 10**17}},
+        "required": ["n"],
+    }
+    assert _digits_allowed(engine, big, '{"n": ' + "1" * 16)

@@ -1,0 +1,182 @@
+"""Forced tool calls and bounded numbers on tiny random weights with the packaged models' real
+tokenizers (SmolLM2's: no tool support in its template, the generic prompt; Qwen2.5-Coder's:
+`<tool_call>`/`</tool_call>` are single added tokens), through the real server and the SDK.
+
+Whatever the weights, a forced call comes back as `tool_calls` with schema-valid arguments and
+no content, streamed and not, alone and in a batch with unconstrained rows. The Qwen tokenizer
+comes from the imported Qwen2.5-Coder store entry, which needs the 491 MB package: opt-in
+(MLXD_OPTIN=1; CI sets it). The tiny model reuses the entry's tokenizer files only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_flatten
+from openai import AsyncOpenAI
+
+from engines.llm.engine import LLMEngine
+from engines.pool import EnginePool
+from engines.weights.embedded import QWEN_CODER, SMOLLM2, ensure_embedded_llm
+from engines.weights.store import COMPLETE_MARKER, ModelStore
+from server.app import create_app
+from server.settings import Settings
+from tests.servers import serve
+
+ARGUMENTS = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 12},
+        "days": {"type": "integer"},  # unbounded: the digit bound must close it
+        "temperature": {"type": "number"},
+    },
+    "required": ["city", "days", "temperature"],
+    "additionalProperties": False,
+}
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": ARGUMENTS}}
+FORCED: list[Any] = [{"type": "function", "function": {"name": "get_weather"}}, "required"]
+
+
+def random_weights_dir(source: Path, directory: Path) -> Path:
+    """A 2-layer random model shaped like `source`'s vocabulary, with `source`'s tokenizer."""
+    config = json.loads((source / "config.json").read_text())
+    tiny = {
+        **config,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "tie_word_embeddings": False,
+    }
+    if tiny["model_type"] == "qwen2":
+        from mlx_lm.models.qwen2 import Model, ModelArgs
+    else:
+        from mlx_lm.models.llama import Model, ModelArgs  # type: ignore[assignment]
+    mx.random.seed(7)
+    model = Model(ModelArgs.from_dict(tiny))
+    mx.eval(model.parameters())
+    directory.mkdir(parents=True)
+    mx.save_safetensors(
+        str(directory / "model.safetensors"), dict(tree_flatten(model.parameters()))
+    )
+    (directory / "config.json").write_text(json.dumps(tiny))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source / name, directory / name)
+    (directory / COMPLETE_MARKER).write_text("random weights, real tokenizer\n")
+    return directory
+
+
+def store_entry(name: str) -> Path:
+    store = ModelStore(Settings().home)
+    if name == QWEN_CODER.name:
+        return ensure_embedded_llm(store, dequantize=True, model=QWEN_CODER)
+    if not store.has(name):
+        pytest.fail(f"{name} is not in {store.home}; run `make install` first")
+    return store.path_for(name)
+
+
+@pytest.fixture(
+    params=[SMOLLM2.name, pytest.param(QWEN_CODER.name, marks=pytest.mark.optin)],
+    scope="module",
+)
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    source = store_entry(request.param)
+    directory = random_weights_dir(source, tmp_path_factory.mktemp("real-tok") / "model")
+    engine = LLMEngine("tiny", directory)
+    with serve(create_app(Settings(), EnginePool([engine]))) as url:
+        yield url
+
+
+async def forced_call(client: AsyncOpenAI, tool_choice: Any, seed: int, stream: bool) -> None:
+    request: dict[str, Any] = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "What's the weather like in Paris?"}],
+        "tools": [TOOL],
+        "tool_choice": tool_choice,
+        "parallel_tool_calls": False,
+        "temperature": 1.0,
+        "seed": seed,
+        "max_tokens": 160,
+    }
+    if stream:
+        content, names, arguments, reasons = "", [], "", []
+        async for chunk in await client.chat.completions.create(**request, stream=True):
+            for choice in chunk.choices:
+                content += choice.delta.content or ""
+                for call in choice.delta.tool_calls or []:
+                    assert call.function is not None
+                    names += [call.function.name] if call.function.name else []
+                    arguments += call.function.arguments or ""
+                reasons += [choice.finish_reason] if choice.finish_reason else []
+    else:
+        reply = (await client.chat.completions.create(**request)).choices[0]
+        content, reasons = reply.message.content or "", [reply.finish_reason]
+        calls = reply.message.tool_calls or []
+        names = [call.function.name for call in calls]  # type: ignore[union-attr]
+        arguments = "".join(call.function.arguments for call in calls)  # type: ignore[union-attr]
+    assert (content, names, reasons) == ("", ["get_weather"], ["tool_calls"]), arguments
+    document = json.loads(arguments)
+    jsonschema.validate(document, ARGUMENTS)
+    assert abs(document["days"]) < 10**16
+
+
+async def free_text(client: AsyncOpenAI, seed: int) -> None:
+    reply = await client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": f"Tell me a story, {seed}."}],
+        temperature=1.0,
+        seed=seed,
+        max_tokens=40,
+    )
+    assert reply.choices[0].message.tool_calls is None
+
+
+async def test_forced_calls_in_a_mixed_batch(served: str) -> None:
+    client = AsyncOpenAI(base_url=f"{served}/v1", api_key="unused", max_retries=0, timeout=300)
+    async with client:
+        await asyncio.gather(
+            *(
+                forced_call(client, FORCED[seed % 2], seed, stream=seed % 3 == 0)
+                for seed in range(6)
+            ),
+            *(free_text(client, seed) for seed in range(3)),
+        )
+
+
+async def test_json_schema_numbers_close(served: str) -> None:
+    """A free `number` and `integer`: every seed's object closes (digits bounded)."""
+    client = AsyncOpenAI(base_url=f"{served}/v1", api_key="unused", max_retries=0, timeout=300)
+    response_format: Any = {
+        "type": "json_schema",
+        "json_schema": {"name": "w", "schema": ARGUMENTS, "strict": True},
+    }
+    async with client:
+        replies = await asyncio.gather(
+            *(
+                client.chat.completions.create(
+                    model="tiny",
+                    messages=[{"role": "user", "content": "Weather as JSON."}],
+                    response_format=response_format,
+                    temperature=1.0,
+                    seed=seed,
+                    max_tokens=160,
+                )
+                for seed in range(4)
+            )
+        )
+    for reply in replies:
+        choice = reply.choices[0]
+        assert choice.finish_reason == "stop", choice.message.content
+        jsonschema.validate(json.loads(choice.message.content or ""), ARGUMENTS)
