@@ -1,8 +1,10 @@
 """DecodeBatch: the running choices of one engine, decoded together one token per step.
 
-Rows are choices; the KV cache is one mlx-lm `BatchKVCache` per layer (dense and left-padded:
-its memory is rows × longest row, which admission control projects). Choices join between steps
-with their prefilled single-sequence cache and first token, and leave by filtering their row out.
+Rows are choices; the cache is one mlx-lm batch cache per layer, made by the layer cache's own
+`merge` (`BatchKVCache`, dense and left-padded: its memory is rows × longest row, which admission
+control projects; `BatchRotatingKVCache` for sliding windows; `ArraysCache` and `CacheList`
+batch themselves). Choices join between steps with their prefilled single-sequence cache and
+first token (`extend`), and leave by filtering their row out (`filter`, `extract`).
 
 A batch of one row runs on plain single-sequence KV caches instead ("solo"): no padding mask
 and scalar offsets, the same graph as mlx-lm's `stream_generate`, so one stream decodes as fast
@@ -27,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.models.cache import BatchKVCache
 
+from engines.llm import caches as cache_ops
 from engines.llm.cpu_decode import decode_step
 from engines.llm.sampling import Sampled, host_list
 from engines.llm.sequence import Choice
@@ -47,7 +49,7 @@ class DecodeBatch:
         self._model = model
         self._cpu_decode = cpu_decode  # steps built inside cpu_decode.decode_step
         self.choices: list[Choice] = []
-        self._caches: list[Any] | None = None  # BatchKVCache per layer, or KVCache when solo
+        self._caches: list[Any] | None = None  # a batch cache per layer, or single when solo
         self._pending: StepOutput | None = None
 
     def __len__(self) -> int:
@@ -68,22 +70,17 @@ class DecodeBatch:
             self._pending = StepOutput(sampled.token, [sampled])
             self.choices = [choice]
             return
-        layers = len(arrivals[0][1])
-        incoming = [
-            BatchKVCache.merge([cache[i] for _, cache, _ in arrivals]) for i in range(layers)
-        ]
+        incoming = cache_ops.merge([cache for _, cache, _ in arrivals])
         choices = [choice for choice, _, _ in arrivals]
         self.join_group(choices, incoming, [sampled for _, _, sampled in arrivals])
 
-    def join_group(
-        self, choices: list[Choice], caches: list[BatchKVCache], first: list[Sampled]
-    ) -> None:
+    def join_group(self, choices: list[Choice], caches: list[Any], first: list[Sampled]) -> None:
         """Add choices prefilled together: their batch cache rows and first tokens, in order."""
         if self._caches is None:
             self._caches = caches
         else:
             if len(self.choices) == 1:  # solo: become a batch
-                self._caches = [BatchKVCache.merge([cache]) for cache in self._caches]
+                self._caches = [cache.merge([cache]) for cache in self._caches]
             for mine, theirs in zip(self._caches, caches, strict=True):
                 mine.extend(theirs)
         tokens = [sampled.token for sampled in first]

@@ -1,7 +1,10 @@
-"""Prompt processing on the engine thread: one request's prompt fed into its KV cache in chunks
-(optionally scoring every prompt token), several fresh prompts in one left-padded pass, or
-several prompts resuming from the prefix cache with the same number of tokens left in one pass
-(their caches merged left-padded).
+"""Prompt processing on the engine thread: one request's prompt fed into its cache in chunks
+(optionally scoring every prompt token), several fresh prompts in one padded pass, or several
+prompts resuming from the prefix cache with the same number of tokens left in one pass (their
+caches merged, left-padded). Batch caches come from the layer caches' own `merge`: plain KV
+prompts are left-padded (`prepare(left_padding=...)`); other kinds are right-padded with their
+lengths and `finalize`d after the pass, as mlx-lm's BatchGenerator does, so that sliding windows
+and SSM states never take in the padding.
 
 Invariant: a `Prefill` always keeps its last prompt token unfed — the pass over it yields the
 logits of the first output token (see `LLMEngine._start_choices`).
@@ -10,7 +13,8 @@ Query lengths may be bucketed (`bucket` > 1, chosen per device by the engine): e
 right-padded to a multiple of `bucket` tokens and the padding trimmed from the KV caches after it,
 so that passes over new prompt lengths reuse the shapes of earlier ones (MLX's CUDA backend plans
 kernels per shape on first use). Causal attention keeps the padding out of every real position.
-Only plain KV caches are padded: a sliding-window or recurrent cache would keep the padding.
+The engine buckets only plain KV caches (`CacheProfile.plain`): a sliding-window or recurrent
+cache would keep the padding.
 """
 
 from __future__ import annotations
@@ -19,12 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.models.cache import BatchKVCache, KVCache
 
-from engines.bridge import RequestStream
+from engines.llm import caches
 from engines.llm.detokenize import IncrementalDetokenizer
 from engines.llm.sampling import TokenSampler, host_list, top_k_logprobs
-from engines.llm.sequence import Vocabulary
+from engines.llm.sequence import EventSink, Vocabulary
 from engines.types import GenerationRequest, TokenLogprob
 
 
@@ -32,12 +35,13 @@ from engines.types import GenerationRequest, TokenLogprob
 class Prefill:
     """A request whose prompt is being fed into its KV cache (before its choices decode)."""
 
+    uid: int
     request: GenerationRequest
-    stream: RequestStream
+    stream: EventSink
     cache: list[Any]
     sampler: TokenSampler
     to_prefill: list[int]
-    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    cached_tokens: int = 0  # prompt tokens whose cache came from the prefix cache
     scores: list[tuple[float, tuple[tuple[int, float], ...]]] = field(default_factory=list)
 
     @property
@@ -63,7 +67,7 @@ class Prefill:
         logits = forward(model, [self.to_prefill[:take]], self.cache, bucket)
         if self.request.prompt_logprobs:
             self._score(logits[0], self.to_prefill[1 : take + 1])
-        mx.eval([c.state for c in self.cache])
+        caches.evaluate(self.cache)
         del self.to_prefill[:take]
         return take
 
@@ -97,10 +101,10 @@ class Prefill:
 
 def forward(model: Any, rows: list[list[int]], cache: list[Any], bucket: int) -> mx.array:
     """Logits of `rows` (equal lengths) fed into `cache`, the query right-padded to a multiple
-    of `bucket` (repeating each row's last token) and the padding trimmed from the cache."""
+    of `bucket` (repeating each row's last token) and the padding trimmed from the cache (so
+    `bucket` > 1 only for caches that trim exactly)."""
     length = len(rows[0])
-    paddable = all(type(c) in (KVCache, BatchKVCache) for c in cache)
-    padding = -length % bucket if paddable else 0
+    padding = -length % bucket
     logits = model(mx.array([row + row[-1:] * padding for row in rows]), cache=cache)
     if not padding:
         return logits
@@ -122,14 +126,26 @@ def choose_group(prefills: list[Prefill], budget: int) -> tuple[list[Prefill], i
 
 
 def prefill_together(
-    model: Any, group: list[Prefill], width: int, layers: int, bucket: int = 1
-) -> tuple[list[BatchKVCache], mx.array]:
-    """Run whole prompts (left-padded to `width`) in one pass: (batch caches, last logits)."""
-    padding = [width - len(p.to_prefill) for p in group]
-    rows = [[0] * pad + p.to_prefill for pad, p in zip(padding, group, strict=True)]
-    caches = [BatchKVCache(list(padding)) for _ in range(layers)]
-    logits = forward(model, rows, caches, bucket)[:, -1, :]
-    return caches, logits
+    model: Any, group: list[Prefill], width: int, plain: bool, bucket: int = 1
+) -> tuple[list[Any], mx.array]:
+    """Run whole prompts (padded to `width`) in one pass: (batch caches, last logits)."""
+    lengths = [len(p.to_prefill) for p in group]
+    padding = [width - length for length in lengths]
+    batch = caches.merge([p.cache for p in group])  # fresh: empty batch caches
+    if plain:
+        for layer in batch:
+            layer.prepare(left_padding=padding)
+        rows = [[0] * pad + p.to_prefill for pad, p in zip(padding, group, strict=True)]
+        return batch, forward(model, rows, batch, bucket)[:, -1, :]
+    if max(padding):
+        for layer in batch:
+            layer.prepare(lengths=lengths, right_padding=padding)
+    rows = [p.to_prefill + [0] * pad for pad, p in zip(padding, group, strict=True)]
+    logits = model(mx.array(rows), cache=batch)
+    if max(padding):
+        for layer in batch:
+            layer.finalize()
+    return batch, logits[mx.arange(len(group)), mx.array(lengths) - 1]
 
 
 def choose_resumed_group(prefills: list[Prefill], budget: int) -> list[Prefill]:
@@ -149,9 +165,9 @@ def choose_resumed_group(prefills: list[Prefill], budget: int) -> list[Prefill]:
 
 
 def prefill_resumed(
-    model: Any, group: list[Prefill], layers: int, bucket: int = 1
-) -> tuple[list[BatchKVCache], mx.array]:
+    model: Any, group: list[Prefill], bucket: int = 1
+) -> tuple[list[Any], mx.array]:
     """Run equal-length prompt suffixes over their merged cached histories in one pass."""
-    caches = [BatchKVCache.merge([p.cache[i] for p in group]) for i in range(layers)]
-    logits = forward(model, [p.to_prefill for p in group], caches, bucket)[:, -1, :]
-    return caches, logits
+    batch = caches.merge([p.cache for p in group])
+    logits = forward(model, [p.to_prefill for p in group], batch, bucket)[:, -1, :]
+    return batch, logits

@@ -1,12 +1,20 @@
-"""PrefixCache: KV caches of earlier sequences, reused for prompts that start the same way.
+"""PrefixCache: caches of earlier sequences, reused for prompts that start the same way.
 
 Multi-turn chat resends the whole history each turn, agents resend long system prompts: the
 longest cached token prefix of a new prompt is copied instead of recomputed. Entries are
-single-sequence mlx-lm KV caches keyed by the exact tokens they hold.
+single-sequence mlx-lm caches keyed by the exact tokens they hold.
+
+Caches that can be trimmed back (plain KV) serve any common prefix. Those that cannot (a full
+sliding window, SSM / linear-attention state) serve only prompts that extend their whole key, so
+the engine also keeps snapshots at reusable points: each prompt but its last token, taken when its
+prefill ends (the next turn of a conversation starts with this turn's prompt), and each finished
+sequence (prompt and output).
 
 Invariants (engine thread only): total bytes ≤ `max_bytes` and entries ≤ `max_entries`, evicting
 the least recently used; a lookup never returns the whole prompt (at least one token is left to
-compute, since its logits are needed); a returned cache is a copy the caller owns.
+compute, since its logits are needed) and never trims a cache that cannot be trimmed; a returned
+cache is a copy the caller owns; an entry is dropped as redundant only for a trimmable one that
+extends it.
 """
 
 from __future__ import annotations
@@ -16,13 +24,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import mlx.core as mx
+from engines.llm import caches
 
 
 @dataclass
 class _Entry:
     cache: list[Any]
     nbytes: int
+    trimmable: bool
 
 
 def common_prefix_length(a: tuple[int, ...], b: list[int]) -> int:
@@ -42,7 +51,6 @@ class PrefixCache:
         self.nbytes = 0
         self.hits = 0
         self.misses = 0
-        self.tokens_reused = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -51,36 +59,40 @@ class PrefixCache:
         """(a private copy of the best cache trimmed to the reused length, reused tokens)."""
         best_key: tuple[int, ...] | None = None
         best = 0
-        for key in self._entries:
-            length = common_prefix_length(key, prompt)
+        for key, entry in self._entries.items():
+            length = min(common_prefix_length(key, prompt), len(prompt) - 1)
+            if length < len(key) and not entry.trimmable:
+                continue  # it would have to be trimmed back to `length`: it cannot
             if length > best:
                 best_key, best = key, length
-        reuse = min(best, len(prompt) - 1)
-        if best_key is None or reuse < self.min_tokens:
+        if best_key is None or best < self.min_tokens:
             self.misses += 1
             return None, 0
         self._entries.move_to_end(best_key)
         cache = copy.deepcopy(self._entries[best_key].cache)
-        for layer in cache:
-            layer.trim(layer.offset - reuse)
+        if best < len(best_key):  # a trimmable entry: the part past the common prefix goes
+            excess = caches.offset(cache) - best
+            for layer in cache:
+                layer.trim(excess)
         self.hits += 1
-        self.tokens_reused += reuse
-        return cache, reuse
+        return cache, best
 
     def insert(self, tokens: list[int], cache: list[Any]) -> None:
         """Keep `cache` (holding exactly `tokens`); drop entries it makes redundant, then evict."""
         if len(tokens) < self.min_tokens:
             return
         key = tuple(tokens)
-        nbytes = sum(layer.nbytes for layer in cache)
-        if nbytes > self.max_bytes:
+        nbytes = caches.nbytes(cache)
+        if nbytes > self.max_bytes or key in self._entries:
             return
         # Evaluate now: an extracted row is a lazy copy, and until it is computed it keeps the
         # whole batch's KV buffers alive (measured: gigabytes held by a 215 MB cache).
-        mx.eval([layer.state for layer in cache])
-        for other in [k for k in self._entries if len(k) <= len(key) and key[: len(k)] == k]:
-            self.nbytes -= self._entries.pop(other).nbytes  # a prefix of the new entry
-        self._entries[key] = _Entry(cache, nbytes)
+        caches.evaluate(cache)
+        trimmable = caches.trimmable(cache)
+        if trimmable:  # it serves every prefix its shorter entries served
+            for other in [k for k in self._entries if len(k) <= len(key) and key[: len(k)] == k]:
+                self.nbytes -= self._entries.pop(other).nbytes
+        self._entries[key] = _Entry(cache, nbytes, trimmable)
         self.nbytes += nbytes
         while self.nbytes > self.max_bytes or len(self._entries) > self.max_entries:
             _, evicted = self._entries.popitem(last=False)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from engines.bridge import RequestStream
 from engines.llm.detokenize import IncrementalDetokenizer, StopMatcher, TokenBytes
 from engines.llm.sampling import Sampled, TokenSampler, host_list, host_scalar
 from engines.types import (
+    Event,
     FinishEvent,
     FinishReason,
     GenerationRequest,
@@ -23,6 +23,15 @@ from engines.types import (
     TokenLogprob,
     Usage,
 )
+
+
+class EventSink(Protocol):
+    """Where a request's events go: a RequestStream (or a list-backed one in unit tests)."""
+
+    @property
+    def cancelled(self) -> bool: ...
+
+    def push(self, event: Event) -> None: ...
 
 
 @dataclass
@@ -53,12 +62,13 @@ class Choice:
     """One choice of one request: its sampler, output state and stream."""
 
     request: GenerationRequest
-    stream: RequestStream
+    stream: EventSink
     index: int
     sampler: TokenSampler
     vocabulary: Vocabulary
     on_finish: Callable[[], None]  # runs just before the FinishEvent is pushed
     cached_tokens: int = 0
+    uid: int = 0  # the scheduler's id of the request
     generated: int = 0
     tokens: list[int] = field(default_factory=list)  # every accepted token, EOS included
     finished: bool = False

@@ -25,6 +25,7 @@ async def engine(tiny_model_dir: Path, request: pytest.FixtureRequest) -> AsyncI
     engine = LLMEngine("tiny", tiny_model_dir, prefill_chunk=16)
     engine.start()
     await engine.wait_loaded()
-    engine._pipelined = request.param  # idle engine: read at its next step
+    assert engine.scheduler is not None
+    engine.scheduler.config.pipelined = request.param  # idle engine: read at its next step
     yield engine
     engine.stop()

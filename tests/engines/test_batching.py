@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from engines.errors import KVBudgetExceeded, Overloaded
-from engines.llm import engine as engine_module
+from engines.llm import scheduler as engine_module
 from engines.llm.engine import LLMEngine
 from engines.types import ChatLimits, FinishEvent, GenerationRequest, SamplingParams
 from tests.engines.test_llm_engine import PROMPT, run
@@ -114,7 +114,7 @@ async def test_kv_budget_refuses_what_never_fits_and_queues_what_fits_later(
     tiny_model_dir: Path,
 ) -> None:
     probe = await started(tiny_model_dir)
-    per_token = probe.kv_bytes_per_token
+    per_token = probe.profile.per_token
     probe.stop()
     engine = await started(tiny_model_dir, kv_budget_bytes=per_token * 512)
     try:
@@ -133,7 +133,8 @@ async def test_kv_budget_refuses_what_never_fits_and_queues_what_fits_later(
 
 
 async def test_prompts_prefilled_together_match_each_alone(engine: LLMEngine) -> None:
-    engine.prefill_chunk = 4096
+    assert engine.scheduler is not None
+    engine.scheduler.config.prefill_chunk = 4096
     requests = [
         GenerationRequest(
             f"p{i}", prompt(i), 10, SamplingParams(temperature=0.0 if i % 2 else 0.9, seed=i)
@@ -189,7 +190,8 @@ async def test_a_burst_of_arrivals_is_prefilled_in_one_pass(
     50 ms so the test does not depend on this machine's speed) are admitted as one group."""
     monkeypatch.setattr(engine_module, "ARRIVAL_QUIET_S", 0.05)
     monkeypatch.setattr(engine_module, "ARRIVAL_WAIT_MAX_S", 1.0)
-    engine.prefill_chunk = 4096
+    assert engine.scheduler is not None
+    engine.scheduler.config.prefill_chunk = 4096
     assert engine.prefix_cache is not None
     engine.prefix_cache.clear()
     before = engine.prefilled_together
@@ -239,9 +241,9 @@ async def test_first_tokens_are_read_before_the_next_step_unless_pipelined(
     from engines.llm.sequence import Choice
     from tests.engines.test_prefill_bucket import ShapeRecorder
 
-    recorder = ShapeRecorder(engine._model)
-    assert engine._batch is not None
-    engine._model = engine._batch._model = recorder  # prefill and decode passes
+    assert engine.scheduler is not None
+    recorder = ShapeRecorder(engine.scheduler.model)
+    engine.scheduler.model = engine.scheduler.batch._model = recorder  # prefill and decode passes
     passes_at_first_token: list[int] = []
     accept = Choice.accept
 
@@ -257,7 +259,8 @@ async def test_first_tokens_are_read_before_the_next_step_unless_pipelined(
     assert len(tokens) == 5
     prompt_passes = 3  # 16 tokens, 3, then the last one (prefill_chunk 16, 20-token prompt)
     assert recorder.query_lengths[:prompt_passes] == [16, 3, 1]
-    assert passes_at_first_token == [prompt_passes + (1 if engine._pipelined else 0)]
+    pipelined = engine.scheduler.config.pipelined
+    assert passes_at_first_token == [prompt_passes + (1 if pipelined else 0)]
 
 
 async def test_in_order_steps_launch_nothing_past_a_finished_row(engine: LLMEngine) -> None:
@@ -265,12 +268,13 @@ async def test_in_order_steps_launch_nothing_past_a_finished_row(engine: LLMEngi
     wasted pass); in order, nothing is computed past the last token."""
     from tests.engines.test_prefill_bucket import ShapeRecorder
 
-    recorder = ShapeRecorder(engine._model)
-    assert engine._batch is not None
-    engine._model = engine._batch._model = recorder  # prefill and decode passes
+    assert engine.scheduler is not None
+    recorder = ShapeRecorder(engine.scheduler.model)
+    engine.scheduler.model = engine.scheduler.batch._model = recorder  # prefill and decode passes
     assert engine.prefix_cache is not None
     engine.prefix_cache.clear()
     _, tokens, _ = await run(engine, GenerationRequest("o", PROMPT, 5, SamplingParams(0.0)))
     assert len(tokens) == 5
     single_token_passes = recorder.query_lengths.count(1)  # the last prompt token + decode steps
-    assert single_token_passes == (6 if engine._pipelined else 5), recorder.query_lengths
+    pipelined = engine.scheduler.config.pipelined
+    assert single_token_passes == (6 if pipelined else 5), recorder.query_lengths

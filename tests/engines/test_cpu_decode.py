@@ -144,6 +144,7 @@ def test_outside_its_shapes_a_step_defers_to_the_original() -> None:
 async def test_a_cpu_engine_decodes_with_the_rewrites(engine: LLMEngine) -> None:
     """The engine fixture runs on the CPU: its model carries the wrappers and its decode steps
     are built inside `decode_step` (the tests above show what that computes)."""
-    layers = engine._model.model.layers
+    assert engine.scheduler is not None
+    layers = engine.scheduler.model.model.layers
     assert all(isinstance(layer.self_attn.rope, TabledRoPE) for layer in layers)
-    assert engine._batch is not None and engine._batch._cpu_decode
+    assert engine.scheduler is not None and engine.scheduler.batch._cpu_decode

@@ -81,9 +81,11 @@ async def test_greedy_matches_mlx_lm_and_respects_max_tokens(engine: LLMEngine) 
 
 async def test_prefill_in_chunks_gives_the_same_tokens(engine: LLMEngine) -> None:
     """prefill_chunk=16 splits the 20-token prompt; a whole-prompt prefill must agree."""
-    engine.prefill_chunk = 4096
+    assert engine.scheduler is not None
+    engine.scheduler.config.prefill_chunk = 4096
     _, whole, _ = await run(engine, greedy(8))
-    engine.prefill_chunk = 3
+    assert engine.scheduler is not None
+    engine.scheduler.config.prefill_chunk = 3
     _, chunked, _ = await run(engine, greedy(8))
     assert whole == chunked
 
@@ -143,7 +145,8 @@ async def test_cancel_stops_the_sequence(engine: LLMEngine) -> None:
 async def test_engine_failure_fails_requests_and_engine_recovers(
     engine: LLMEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    batch = engine._batch
+    assert engine.scheduler is not None
+    batch = engine.scheduler.batch
     assert batch is not None
 
     def broken() -> object:
@@ -177,7 +180,8 @@ async def test_watchdog_reports_a_hung_step(tiny_model_dir: Path) -> None:
     engine.start()
     await engine.wait_loaded()
     release = threading.Event()
-    batch = engine._batch
+    assert engine.scheduler is not None
+    batch = engine.scheduler.batch
     assert batch is not None
     original = batch.schedule
 

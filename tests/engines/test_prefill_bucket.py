@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from engines.llm import engine as engine_module
+from engines.llm import scheduler as engine_module
 from engines.llm.engine import LLMEngine
 from engines.types import GenerationRequest, PromptEvent, SamplingParams
 from tests.engines.test_batching import prompt
@@ -41,8 +41,9 @@ async def recorded(tiny_model_dir: Path) -> AsyncIterator[tuple[LLMEngine, Shape
     engine = LLMEngine("tiny", tiny_model_dir, prefill_chunk=16)
     engine.start()
     await engine.wait_loaded()
-    recorder = ShapeRecorder(engine._model)
-    engine._model = recorder  # idle engine: the thread reads it only at the next step
+    assert engine.scheduler is not None
+    recorder = ShapeRecorder(engine.scheduler.model)
+    engine.scheduler.model = recorder  # idle engine: the thread reads it only at the next step
     yield engine, recorder
     engine.stop()
 
@@ -61,7 +62,8 @@ def requests() -> list[GenerationRequest]:
 async def outputs(engine: LLMEngine, bucket: int, together: bool) -> list[list[int]]:
     """Every request's tokens with the cache cleared, one at a time or all at once; then every
     request again (resuming from the prefix cache it just filled)."""
-    engine.prefill_bucket = bucket
+    assert engine.scheduler is not None
+    engine.scheduler.config.prefill_bucket = bucket
     assert engine.prefix_cache is not None
     engine.prefix_cache.clear()
     if together:
@@ -104,7 +106,8 @@ async def test_padded_passes_score_the_prompt_as_unpadded_ones(
     )
     scored = []
     for bucket in (1, BUCKET):
-        engine.prefill_bucket = bucket
+        assert engine.scheduler is not None
+        engine.scheduler.config.prefill_bucket = bucket
         events = [e async for e in engine.submit(request)]
         assert isinstance(events[0], PromptEvent)
         scored.append(events[0].logprobs)

@@ -1,0 +1,164 @@
+"""ChatFront: the half of a chat engine that runs on the event loop and never calls MLX.
+
+Tokenizer, chat templates, fit checks, grammar compilation, request validation and admission
+counting. Everything here is pure Python over values the engine thread set once at load
+(`tokenizer`, `info`, `vocab_size`, `profile`, `kv_budget_bytes`, `max_batch`); after that they
+are only read.
+
+Invariants: `submit`-side checks raise before anything is queued; the counts (`active`,
+`queued`) change only under `_counts_lock` (the event loop adds, the engine thread releases).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from engines.errors import ContextTooLong, InvalidRequest, KVBudgetExceeded, Overloaded
+from engines.llm.caches import CacheProfile
+from engines.llm.constrain import GrammarCompiler
+from engines.llm.templates import render_chat
+from engines.types import ChatLimits, ChatModelInfo, GenerationRequest
+
+
+class ChatFront:
+    """Set by the engine at load: tokenizer, info, vocab_size, profile, budget, max_batch."""
+
+    def __init__(self, name: str, limits: ChatLimits) -> None:
+        self.name = name
+        self.limits = limits
+        self.info: ChatModelInfo | None = None
+        self.tokenizer: Any = None
+        self.vocab_size = 0
+        self.profile: CacheProfile | None = None
+        self.kv_budget_bytes = 0
+        self.max_batch = limits.max_batch  # 1 for models whose caches cannot be batched
+        self._grammars: GrammarCompiler | None = None
+        self._grammar_lock = threading.Lock()
+        self._counts_lock = threading.Lock()
+        self._active = 0  # choices accepted and not finished
+        self._queued = 0  # requests accepted and not yet admitted to prefill
+
+    @property
+    def active(self) -> int:
+        """Choices accepted and not yet finished (waiting, prefilling or decoding)."""
+        return self._active
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for admission (the queue that overflows into 429s)."""
+        return self._queued
+
+    def release(self, choices: int, queued: int = 0) -> None:
+        """Count choices and queue places freed (negative) or taken (positive)."""
+        with self._counts_lock:
+            self._active += choices
+            self._queued += queued
+
+    def grammar_compiler(self) -> GrammarCompiler:
+        """The model's tokenizer for llguidance, built on first use (~0.5 s; no MLX: any
+        thread). Lazy, so engines that never constrain need no llguidance at all."""
+        with self._grammar_lock:  # its own lock: building takes ~0.5 s
+            if self._grammars is None:
+                eos = sorted(self.info.eos_token_ids) if self.info else []
+                hf_tokenizer = getattr(self.tokenizer, "_tokenizer", self.tokenizer)
+                self._grammars = GrammarCompiler(hf_tokenizer, self.vocab_size, eos)
+            return self._grammars
+
+    def check_grammar(self, grammar: str, param: str) -> None:
+        """Raise InvalidRequest (naming `param`) unless `grammar` can be enforced."""
+        self.grammar_compiler().check(grammar, param)
+
+    def encode_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> list[int]:
+        """Render the model's chat template and tokenize; pure Python (no MLX), any thread."""
+        text = render_chat(self.tokenizer, messages, tools, template_kwargs)
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def encode_text(self, text: str) -> list[int]:
+        """Tokenize a raw prompt as the model expects it (BOS added if the model wants one)."""
+        return list(self.tokenizer.encode(text, add_special_tokens=True))
+
+    def encode_fim(self, prefix: str, suffix: str) -> list[int]:
+        """A fill-in-the-middle prompt, or InvalidRequest if the model has no FIM tokens."""
+        assert self.info is not None
+        if self.info.fim_tokens is None:
+            raise InvalidRequest(
+                f"model '{self.name}' has no fill-in-the-middle tokens, so 'suffix' cannot be used",
+                param="suffix",
+            )
+        pre, suf, mid = self.info.fim_tokens
+        text = f"{pre}{prefix}{suf}{suffix}{mid}"
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, tokens: list[int]) -> str:
+        return str(self.tokenizer.decode(tokens))
+
+    def check_fits(
+        self, prompt_tokens: int, max_tokens: int | None, param: str = "messages"
+    ) -> int:
+        """Return the max_tokens to use, or raise ContextTooLong (before any model work)."""
+        assert self.info is not None
+        limit = self.info.context_length
+        if prompt_tokens >= limit:
+            raise ContextTooLong(
+                f"This model's maximum context length is {limit} tokens. However, your {param} "
+                f"resulted in {prompt_tokens} tokens. Please reduce the length of the {param}.",
+                param=param,
+            )
+        if max_tokens is None:
+            return limit - prompt_tokens
+        if prompt_tokens + max_tokens > limit:
+            raise ContextTooLong(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {param}, "
+                f"{max_tokens} in the completion). Please reduce the length of the {param} or "
+                "completion.",
+                param="max_tokens",
+            )
+        return max_tokens
+
+    def kv_bytes(self, choices: int, tokens: int) -> int:
+        """Cache memory of `choices` rows of a dense batch `tokens` long (per cache kind)."""
+        assert self.profile is not None
+        return choices * self.profile.row_bytes(tokens)
+
+    def admit(self, request: GenerationRequest) -> None:
+        """Check a request and take its queue place and choices, or raise before any of it:
+        InvalidRequest (cannot be served as asked), KVBudgetExceeded (could never fit in
+        memory on its own), Overloaded (queue full)."""
+        if not request.prompt_tokens:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        if request.n > self.max_batch:
+            raise InvalidRequest(
+                f"n={request.n} exceeds this engine's batch of {self.max_batch}", param="n"
+            )
+        bad = [t for t, _ in request.sampling.logit_bias if not 0 <= t < self.vocab_size]
+        if bad:
+            raise InvalidRequest(
+                f"logit_bias names token ids outside the vocabulary (0..{self.vocab_size - 1}): "
+                f"{bad[:5]}",
+                param="logit_bias",
+            )
+        tokens = len(request.prompt_tokens) + request.max_tokens
+        need = self.kv_bytes(request.n, tokens)
+        if need > self.kv_budget_bytes:
+            raise KVBudgetExceeded(
+                f"This request needs {need / 2**20:.0f} MiB of KV cache ({request.n} × "
+                f"{tokens} tokens), more than the engine's budget of "
+                f"{self.kv_budget_bytes / 2**20:.0f} MiB; lower max_tokens or n",
+                param="max_tokens",
+            )
+        with self._counts_lock:
+            if self._queued >= self.limits.max_waiting:
+                raise Overloaded(
+                    f"model '{self.name}' has {self._queued} requests waiting, the most it queues;"
+                    " retry shortly",
+                    retry_after_s=1,
+                )
+            self._queued += 1
+            self._active += request.n

@@ -1,0 +1,108 @@
+"""Every cache family mlx-lm 0.32.2 serves, through the engine, against mlx-lm's own generation.
+
+For each family of tests/families.py (tiny random float32 models, sliding windows of 8 tokens so
+that 20-token prompts rotate them): greedy output through the engine equals mlx-lm's
+`generate_step` on the same loaded model, alone and with three different prompts in one batch;
+a follow-up turn (the first prompt, its answer and more) resumed from the prefix cache equals
+mlx-lm's uncached output; and the admission projection bounds the real caches' memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+from mlx_lm.generate import generate_step
+from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.utils import load
+
+from engines.llm.caches import CacheProfile, nbytes
+from engines.llm.engine import LLMEngine
+from engines.types import ChatLimits, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from tests.families import FAMILIES, save_family_dir
+
+# The families whose caches mlx-lm cannot merge: served one sequence at a time.
+SEQUENTIAL = {"llama4"}  # ChunkedKVCache has no batch form
+
+PROMPTS = [[(5 * i + 3 * j) % 240 + 7 for j in range(18 + 3 * i)] for i in range(3)]
+TOKENS = 8
+
+
+def reference(model: object, prompt: list[int], tokens: int = TOKENS) -> list[int]:
+    """mlx-lm's own greedy continuation of `prompt`."""
+    steps = generate_step(mx.array(prompt), model, max_tokens=tokens)  # type: ignore[arg-type]
+    return [int(token) for token, _ in steps]
+
+
+async def generate(engine: LLMEngine, prompt: list[int], tag: str) -> tuple[list[int], int]:
+    """(greedy tokens, cached prompt tokens) of one request through the engine."""
+    request = GenerationRequest(tag, prompt, TOKENS, SamplingParams(temperature=0.0))
+    tokens: list[int] = []
+    async for event in engine.submit(request):
+        if isinstance(event, TokenEvent):
+            tokens += event.token_ids
+        elif isinstance(event, FinishEvent):
+            return tokens, event.usage.cached_tokens
+    raise AssertionError("the stream ended without a FinishEvent")
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    family = str(request.param)
+    return save_family_dir(family, tmp_path_factory.mktemp(family) / family)
+
+
+@pytest.fixture
+async def served(family_dir: Path) -> AsyncIterator[tuple[LLMEngine, object]]:
+    engine = LLMEngine(family_dir.name, family_dir, prefill_chunk=64, limits=ChatLimits())
+    engine.start()
+    await engine.wait_loaded()
+    model, _ = load(str(family_dir))  # type: ignore[misc]
+    yield engine, model
+    engine.stop()
+
+
+async def test_alone_batched_and_prefix_cached_equal_mlx_lm(
+    served: tuple[LLMEngine, object],
+) -> None:
+    engine, model = served
+    expected = [reference(model, prompt) for prompt in PROMPTS]
+    alone = [(await generate(engine, p, f"alone{i}"))[0] for i, p in enumerate(PROMPTS)]
+    assert alone == expected
+    engine.largest_batch = 0
+    together = await asyncio.gather(
+        *(generate(engine, p, f"together{i}") for i, p in enumerate(PROMPTS))
+    )
+    assert [tokens for tokens, _ in together] == expected
+    family = engine.name
+    assert engine.largest_batch == (1 if family in SEQUENTIAL else 3)
+    # The next turn of the first conversation: its prompt, its answer and a new message.
+    follow_up = PROMPTS[0] + expected[0] + [11, 12, 13, 14]
+    tokens, cached = await generate(engine, follow_up, "follow-up")
+    assert cached >= len(PROMPTS[0]), (family, cached)
+    assert tokens == reference(model, follow_up)
+
+
+async def test_projection_bounds_the_real_caches(served: tuple[LLMEngine, object]) -> None:
+    """What admission projects per row is what a cache holds once prefilled as the engine does
+    it (the prompt but its last token in one pass, then the last token alone): never less, and
+    not more than the next 256-token step of its unbounded layers."""
+    engine, model = served
+    assert engine.profile is not None
+    profile = engine.profile
+    for length in (5, 40, 300):
+        cache = make_prompt_cache(model)  # type: ignore[arg-type]
+        prompt = list(range(7, 7 + length))
+        for part in (prompt[:-1], prompt[-1:]):
+            mx.eval(model(mx.array([part]), cache=cache))  # type: ignore[operator]
+        real = nbytes(cache)
+        assert real <= profile.row_bytes(length), (length, real, profile)
+        assert profile.row_bytes(length) - real <= 512 * _per_token(profile)
+
+
+def _per_token(profile: CacheProfile) -> int:
+    windows = sum(size for _, size in profile.window_per_token)
+    return profile.per_token + windows + profile.other_per_token
