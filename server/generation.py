@@ -31,7 +31,7 @@ class EventSource(Protocol):
 
 
 @dataclass
-class Choice:
+class CollectedChoice:
     """Everything one choice produced (non-streamed responses)."""
 
     text: str = ""
@@ -42,7 +42,7 @@ class Choice:
 
 @dataclass
 class Collected:
-    choices: dict[int, Choice] = field(default_factory=dict)
+    choices: dict[int, CollectedChoice] = field(default_factory=dict)
     prompt_tokens: int = 0
     cached_tokens: int = 0
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -54,13 +54,13 @@ async def collect(stream: EventSource) -> Collected:
     result = Collected()
     async for event in stream:
         if isinstance(event, TokenEvent):
-            choice = result.choices.setdefault(event.index, Choice())
+            choice = result.choices.setdefault(event.index, CollectedChoice())
             choice.text += event.text
             choice.logprobs.extend(event.logprobs)
         elif isinstance(event, PromptEvent):
             result.prompt_logprobs = event.logprobs
         elif isinstance(event, FinishEvent):
-            choice = result.choices.setdefault(event.index, Choice())
+            choice = result.choices.setdefault(event.index, CollectedChoice())
             choice.finish_reason = event.reason
             choice.completion_tokens = event.usage.completion_tokens
             result.prompt_tokens = event.usage.prompt_tokens

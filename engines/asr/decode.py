@@ -66,7 +66,7 @@ class _Row:
     sum_logprob: float = 0.0
 
 
-class DecodeBatch:
+class WindowBatch:
     """Windows decoded together, continuously: windows join (`add`) and leave (finished, or
     `remove`d) between steps, so a window never waits for another one to finish.
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from engines.asr.alignment import align_words
 from engines.asr.audio import FRAMES_PER_SECOND, N_FRAMES
-from engines.asr.decode import DecodeBatch, WindowResult, WindowTask, split_segments
+from engines.asr.decode import WindowBatch, WindowResult, WindowTask, split_segments
 from engines.asr.host_encoder import PROMPT_MATH, HostEncoder
 from engines.asr.timing import loud_frames, tighten
 from engines.asr.vocab import LANGUAGES, WhisperVocab
@@ -94,7 +94,7 @@ class ASREngine(EngineThread):
         self._lock = threading.Lock()
         self._model: Any = None
         self._vocab: WhisperVocab | None = None
-        self._batch: DecodeBatch | None = None
+        self._batch: WindowBatch | None = None
         self._host_encoder: HostEncoder | None = None
         self._keys = itertools.count()
         self._alignment_heads: list[tuple[int, int]] = []
@@ -178,7 +178,7 @@ class ASREngine(EngineThread):
         self.weights_bytes = sum(int(array.nbytes) for _, array in parameters)
         self._vocab = WhisperVocab(self.path)
         meta = json.loads((self.path / "mlxd.json").read_text())
-        self._batch = DecodeBatch(self._model, self._vocab, meta.get("suppress_ids", []))
+        self._batch = WindowBatch(self._model, self._vocab, meta.get("suppress_ids", []))
         layers, heads = self._model.dims.n_text_layer, self._model.dims.n_text_head
         self._alignment_heads = [
             (int(layer), int(head))

@@ -10,7 +10,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from engines.asr.decode import DecodeBatch, WindowResult, WindowTask
+from engines.asr.decode import WindowBatch, WindowResult, WindowTask
 from engines.asr.host_encoder import PROMPT_MATH, HostEncoder, gelu
 from engines.asr.vocab import WhisperVocab
 from engines.asr.whisper import Whisper, load_whisper
@@ -84,7 +84,7 @@ def test_windows_joining_a_running_batch_decode_as_alone(
     ]
 
     def alone(i: int) -> WindowResult:
-        batch = DecodeBatch(model, vocab, suppress)
+        batch = WindowBatch(model, vocab, suppress)
         batch.add(model.decoder.cross_kv(features[i : i + 1]), [tasks[i]], [i])
         while True:
             finished = batch.step()
@@ -92,7 +92,7 @@ def test_windows_joining_a_running_batch_decode_as_alone(
                 return finished[0][1]
 
     expected = {i: alone(i) for i in range(4)}
-    batch = DecodeBatch(model, vocab, suppress)
+    batch = WindowBatch(model, vocab, suppress)
     results: dict[int, WindowResult] = {}
     largest = 0
     left_early = False
