@@ -16,7 +16,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from engines.llm.detokenize import gpt2_byte_decoder
+from engines.byte_level import gpt2_byte_decoder
 from engines.weights.gguf import build_tokenizer
 from engines.weights.store import COMPLETE_MARKER
 

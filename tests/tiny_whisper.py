@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from engines.llm.detokenize import gpt2_byte_decoder
+from engines.byte_level import gpt2_byte_decoder
 
 SPECIALS = [
     "<|endoftext|>",

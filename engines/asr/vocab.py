@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from engines.llm.detokenize import gpt2_byte_decoder
+from engines.byte_level import gpt2_byte_decoder
 
 # Whisper's languages (code → lower-case English name), in the order of their tokens.
 LANGUAGES = {

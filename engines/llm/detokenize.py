@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from engines.byte_level import gpt2_byte_decoder
+
 # Tokens decoded again before the new ones, so that merges across token boundaries (leading
 # spaces, multi-byte characters) decode as they would in the whole text.
 _CONTEXT_TOKENS = 6
@@ -110,18 +112,3 @@ def _looks_byte_level(tokenizer: Any) -> bool:
     ids = tokenizer.encode(" a", add_special_tokens=False)
     pieces = tokenizer.convert_ids_to_tokens(ids)
     return any(piece and piece.startswith("Ġ") for piece in pieces)
-
-
-def gpt2_byte_decoder() -> dict[str, int]:
-    """GPT-2's printable stand-in character → byte value."""
-    printable = list(range(ord("!"), ord("~") + 1))
-    printable += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    mapping: dict[str, int] = {}
-    extra = 0
-    for byte in range(256):
-        if byte in printable:
-            mapping[chr(byte)] = byte
-        else:
-            mapping[chr(256 + extra)] = byte
-            extra += 1
-    return mapping
