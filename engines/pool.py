@@ -46,6 +46,9 @@ class ModelSpec:
     idle_ttl_s: float | None = None  # unloaded after this long without requests
     size_bytes: int = 0  # estimated memory when loaded (weights), for the budget
     sampling_defaults: tuple[tuple[str, float], ...] = ()  # for fields a request leaves out
+    # A hub model not yet in the cache (engines.weights.hub_download.ModelDownload): requests
+    # start it and get 503 + Retry-After until it is done; the factory runs only after.
+    download: Any = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class PoolModel:
     aliases: tuple[str, ...]
     preload: bool = False  # loaded at start, so /health counts it as missing when not loaded
     error: str | None = None  # why its last load failed, if it did
+    status: str | None = None  # "downloading 42%" while a hub model is fetched
 
 
 @dataclass
@@ -107,6 +111,7 @@ class EnginePool:
         self.memory_budget_bytes = memory_budget_bytes
         self._reap_interval_s = reap_interval_s
         self._reaper: asyncio.Task[None] | None = None
+        self._downloads: list[asyncio.Task[None]] = []
         self._draining = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -119,6 +124,8 @@ class EnginePool:
         model is left to serve does start-up fail (EngineUnavailable naming every reason).
         """
         preloads = [slot for slot in self._slots.values() if slot.spec.preload]
+        downloading = [s for s in preloads if s.spec.download and not s.spec.download.ready]
+        preloads = [slot for slot in preloads if slot not in downloading]
         results = await asyncio.gather(
             *(self._ensure(slot) for slot in preloads), return_exceptions=True
         )
@@ -132,6 +139,15 @@ class EnginePool:
             reasons = "; ".join(f"{slot.spec.name}: {slot.load_error}" for slot in failed)
             raise EngineUnavailable(f"no model could be loaded ({reasons})")
         self._reaper = asyncio.create_task(self._reap_idle())
+        self._downloads = [asyncio.create_task(self._load_downloaded(s)) for s in downloading]
+
+    async def _load_downloaded(self, slot: _Slot) -> None:
+        """A preloaded hub model: download it in the background, then load it."""
+        try:
+            await slot.spec.download.wait()
+            await self._ensure(slot)
+        except Exception as exc:  # a request for it retries and reports why
+            logger.error("model %s could not be downloaded and loaded: %s", slot.spec.name, exc)
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Refuse new work, let work in flight finish (up to `timeout`), then stop engines."""
@@ -180,6 +196,8 @@ class EnginePool:
             slot.last_used = time.monotonic()
             if slot.loaded:
                 return slot.engine
+            if slot.spec.download is not None:
+                slot.spec.download.check()  # raises ModelDownloading until it is downloaded
             if slot.loading is None:
                 slot.loading = asyncio.create_task(self._load(slot))
             await asyncio.shield(slot.loading)
@@ -289,6 +307,7 @@ class EnginePool:
                 s.spec.aliases,
                 s.spec.preload,
                 s.load_error,
+                s.spec.download.status if s.spec.download is not None else None,
             )
             for s in self._slots.values()
         ]

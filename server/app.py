@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 def build_pool(settings: Settings) -> EnginePool:
     """The pool for the models file (`settings.config`), or, without one, for `settings.model`
     and `settings.speech_model` (both pinned and loaded at start)."""
+    from engines.weights.hub_download import served_name
     from engines.weights.store import ModelStore
     from server.config import ModelEntry, load_models_file
     from server.runtime import default_memory_budget
@@ -54,7 +55,7 @@ def build_pool(settings: Settings) -> EnginePool:
         entries = models_file.models
         budget_mb = budget_mb or models_file.memory_budget_mb
     else:
-        chat_name, _ = store.resolve(settings.model)
+        chat_name = served_name(store, settings.model)
         entries = [ModelEntry(name=chat_name, source=settings.model, pinned=True, preload=True)]
         speech_model = settings.speech_model
         if speech_model and "speech_model" not in settings.model_fields_set:
@@ -101,7 +102,10 @@ def _embedding_entry(settings: Settings, store: Any) -> list[Any]:
 def _spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
     """A pool entry for one configured model: how to build its engine (its kind's builder, fed
     the entry's and the settings' plain values), and its footprint."""
-    _, path = store.resolve(entry.source)
+    try:
+        _, path = store.resolve(entry.source)
+    except ModelNotFound:
+        return _hub_spec(entry, settings, store)  # a repo id not yet in the HF cache
     kind = entry.kind or detect_kind(path)  # left out: the checkpoint says what it is
     factory = KINDS[kind].factory(entry.name, path, entry.model_dump(), settings.model_dump())
     return ModelSpec(
@@ -114,6 +118,27 @@ def _spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
         idle_ttl_s=entry.idle_ttl_s,
         size_bytes=store.size_bytes(path),
         sampling_defaults=tuple(entry.sampling.values().items()),
+    )
+
+
+def _hub_spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
+    """A pool entry for a hub model downloaded on first use (ModelNotFound when the source is
+    no repo id, or HF_HUB_OFFLINE is set): its engine is built from the downloaded snapshot."""
+    from engines.weights.hub_download import hub_source
+
+    download = hub_source(store, entry.source)
+    kind = KINDS[entry.kind or "chat"]
+    options, values = entry.model_dump(), settings.model_dump()
+    return ModelSpec(
+        name=entry.name,
+        kind=kind.name,
+        factory=lambda: kind.factory(entry.name, download.path, options, values)(),
+        aliases=tuple(entry.aliases),
+        pinned=entry.pinned,
+        preload=entry.preload,
+        idle_ttl_s=entry.idle_ttl_s,
+        sampling_defaults=tuple(entry.sampling.values().items()),
+        download=download,
     )
 
 

@@ -106,8 +106,9 @@ def from_engine_error(error: Exception) -> APIError:
             assert isinstance(error, EngineError)
             status, type_, code = ERRORS[cls]
             headers = {}
-            if isinstance(error, Overloaded):
-                headers["Retry-After"] = str(error.retry_after_s)
+            retry_after = getattr(error, "retry_after_s", None)  # Overloaded, ModelDownloading
+            if retry_after is not None:
+                headers["Retry-After"] = str(retry_after)
             if isinstance(error, EngineFailed):
                 headers["x-should-retry"] = "false"  # the OpenAI SDK would otherwise retry 500s
             return APIError(status, error.message, type_, error.param, code, headers)

@@ -10,9 +10,10 @@
   send `X-Repo-Commit`.
 - `GET /cdn/{sha256}`: the bytes, honouring `Range: bytes=N-` (206 + Content-Range).
 
-Switches: `drop_after[name] = n` cuts the connection after n bytes of that file and answers
-500 to later requests for it (the network went away) until `drop_after` is cleared;
-`corrupt_once.add(name)` serves flipped bytes once. `served[name]` counts the body bytes sent.
+Switches: `gate.clear()` holds CDN downloads until `gate.set()`; `drop_after[name] = n` cuts
+the connection after n bytes of that file and answers 500 to later requests for it (the network
+went away) until `drop_after` is cleared; `corrupt_once.add(name)` serves flipped bytes once.
+`served[name]` counts the body bytes sent.
 """
 
 from __future__ import annotations
@@ -64,7 +65,11 @@ class FakeHub:
     corrupt_once: set[str] = field(default_factory=set)
     served: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     requests: list[str] = field(default_factory=list)
+    gate: threading.Event = field(default_factory=threading.Event)  # CDN waits for it
     port: int = 0
+
+    def __post_init__(self) -> None:
+        self.gate.set()  # open unless a test closes it
 
     @property
     def endpoint(self) -> str:
@@ -160,6 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"")
             return
         name, content = found
+        self.hub.gate.wait(timeout=30)
         limit = self.hub.drop_after.get(name)
         if limit is not None and self.hub.served[name] >= limit:
             self._send(500, b"the network went away")

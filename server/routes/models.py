@@ -24,6 +24,7 @@ def _model_object(model: PoolModel) -> dict[str, Any]:
         "created": model.created,
         "owned_by": "mlxd",
         "loaded": model.loaded,
+        **({"status": model.status} if model.status else {}),  # "downloading 42%"
     }
 
 

@@ -45,6 +45,7 @@ async def status(pool: PoolDep) -> dict[str, Any]:
                 "id": model.name,
                 "kind": model.kind,
                 "loaded": model.loaded,
+                "status": model.status,  # "downloading 42%" while a hub model is fetched
                 **({} if engine is None else asdict(engine)),
             }
         )

@@ -126,7 +126,7 @@ def test_a_missing_revision_is_named(config: HubConfig) -> None:
 
 
 def test_a_gated_repo_says_to_set_hf_token(config: HubConfig) -> None:
-    with pytest.raises(HubError, match="gated.*HF_TOKEN"):
+    with pytest.raises(HubError, match=r"gated.*HF_TOKEN"):
         pull(RepoRef("org/gated"), config)
 
 

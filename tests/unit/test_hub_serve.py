@@ -1,0 +1,135 @@
+"""Serving a hub repo by its id: downloaded on first use (503 + Retry-After and "downloading NN%"
+meanwhile), then served; once in the cache, start-up and requests make no network call. And the
+CLI: pull / models list / rm, and one-line errors for bad start-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from huggingface_hub import constants
+
+from server.__main__ import main
+from server.app import create_app
+from server.settings import Settings
+from tests.hub_fixture import FakeHub, FakeRepo, RunningHub
+from tests.tiny import save_model_dir, tiny_model
+
+REPO = "org/tiny"
+CHAT = {"model": REPO, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_model_dir(tiny_model(), "llama", tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def hub(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """The stand-in serving `org/tiny`, named by HF_ENDPOINT, with HF_HUB_CACHE in tmp_path."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    fake = FakeHub({REPO: FakeRepo.from_dir(tiny_dir)})
+    running = RunningHub(fake)
+    monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("MLXD_HOME", str(tmp_path / "mlxd"))
+    yield fake
+    running.close()
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(model=REPO, speech_model="", embedding_model="", home=tmp_path / "mlxd")
+
+
+@asynccontextmanager
+async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    pool = app.state.pool
+    await pool.start()  # ASGITransport runs no lifespan
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            yield client
+    finally:
+        await pool.drain(5)
+
+
+async def test_a_repo_downloads_on_first_use_then_serves(hub: FakeHub, tmp_path: Path) -> None:
+    hub.gate.clear()  # hold the weights until the test has seen the download in progress
+    async with _client(_settings(tmp_path)) as client:
+        refused = await client.post("/v1/chat/completions", json=CHAT)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "5"
+        assert "being downloaded" in refused.json()["error"]["message"]
+        listed = (await client.get("/v1/models")).json()["data"]
+        assert listed[0]["id"] == REPO and listed[0]["status"].startswith("downloading ")
+        status = (await client.get("/status")).json()["models"][0]
+        assert status["status"].startswith("downloading ")
+        hub.gate.set()
+
+        async def loaded() -> bool:
+            return bool((await client.get("/v1/models")).json()["data"][0]["loaded"])
+
+        for _ in range(300):  # poll: the download finishes, then the engine loads
+            if await loaded():
+                break
+            await asyncio.sleep(0.05)
+        served = await client.post("/v1/chat/completions", json=CHAT)
+        assert served.status_code == 200, served.text
+        assert served.json()["usage"]["completion_tokens"] == 3
+
+
+async def test_a_cached_repo_starts_and_serves_without_the_network(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    assert main(["pull", REPO]) == 0
+    hub.requests.clear()
+    async with _client(_settings(tmp_path)) as client:
+        assert (await client.get("/v1/models")).json()["data"][0]["loaded"] is True
+        served = await client.post("/v1/chat/completions", json=CHAT)
+        assert served.status_code == 200, served.text
+    assert hub.requests == []
+
+
+def test_pull_list_and_rm(
+    hub: FakeHub, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLXD_PORT", "9")  # no server answers: models list shows what is local
+    assert main(["pull", REPO]) == 0
+    assert f"{REPO} ready: " in capsys.readouterr().out
+    assert main(["models", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert f"  {REPO}  0.4 MiB" in listed
+    assert main(["rm", REPO]) == 0
+    assert f"removed {REPO} from the Hugging Face cache" in capsys.readouterr().out
+    assert main(["rm", REPO]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["pull", "org/nope"], "mlxd: no model repo 'org/nope' at http://127.0.0.1:"),
+        (["pull", "not a repo"], "mlxd: 'not a repo' is not a repo id"),
+        (["serve", "--model", "no-such-model"], "mlxd: model 'no-such-model' is neither"),
+        (["serve", "--config", "MODELS"], "models.0.bogus: Extra inputs are not permitted"),
+    ],
+)
+def test_command_errors_are_one_line(
+    hub: FakeHub,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    models_file = tmp_path / "models.toml"
+    models_file.write_text('[[models]]\nname = "a"\nsource = "x"\nbogus = 1\n')
+    argv = [str(models_file) if arg == "MODELS" else arg for arg in argv]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
