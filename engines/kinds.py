@@ -171,6 +171,7 @@ def build_chat(
         watchdog_s=settings["watchdog_s"],
         context_length=entry.get("context_length"),
         chat_template=entry.get("chat_template"),
+        untagged_tool_calls=entry.get("untagged_tool_calls", True),
     )
     return LLMEngine(name, path, settings.get("prefill_chunk"), limits)
 

@@ -294,6 +294,7 @@ class ChatModelInfo:
     )
     reasoning: bool = False  # the chat template knows <think> blocks (a reasoning model)
     tool_format: str = "hermes"  # how the chat template writes tool calls (engines/llm/tools.py)
+    untagged_tool_calls: bool = True  # calls written without the format's tags count (server/)
 
     def fit(self, prompt_tokens: int, max_tokens: int | None, param: str = "messages") -> int:
         """The max_tokens to use (all the room left when None), or ContextTooLong."""
@@ -335,6 +336,7 @@ class ChatLimits:
     watchdog_s: float = 120.0  # busy with no loop progress this long → reported stalled
     context_length: int | None = None  # a cap below the model's own context, if set
     chat_template: str | None = None  # replaces the tokenizer's chat template, if set
+    untagged_tool_calls: bool = True  # see ChatModelInfo
 
 
 @dataclass(frozen=True)

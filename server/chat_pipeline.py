@@ -84,10 +84,11 @@ async def prepare_chat(
     prompt = engine.encode_chat(messages, tools, chat.template_kwargs())
     reasoning = bool(engine.info and engine.info.reasoning)
     think_opened = reasoning and engine.decode(prompt[-8:]).rstrip().endswith(THINK_OPEN)
+    untagged = engine.info.untagged_tool_calls if engine.info else True
     tool_schemas = {tool["function"]["name"]: tool["function"].get("parameters") for tool in tools}
 
     def output_for() -> ChoiceOutput:
-        return ChoiceOutput(reasoning, think_opened, tool_schemas)
+        return ChoiceOutput(reasoning, think_opened, tool_schemas, untagged)
 
     requested = chat.requested_max_tokens()
     if clamp_max_tokens and requested is not None:

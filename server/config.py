@@ -57,6 +57,7 @@ class ModelEntry(BaseModel):
     max_batch: int | None = Field(default=None, ge=1, le=1024)
     context_length: int | None = Field(default=None, ge=16)
     chat_template: str | None = None  # a Jinja chat template replacing the model's own
+    untagged_tool_calls: bool = True  # bare or ```json-fenced calls (no template tags) count
     sampling: SamplingDefaults = Field(default_factory=lambda: SamplingDefaults())
 
     @field_validator("kind")

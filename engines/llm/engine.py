@@ -26,6 +26,7 @@ from engines.llm.prefix_cache import PrefixCache
 from engines.llm.sampling import TokenSampler, choice_seed
 from engines.llm.scheduler import Counters, Scheduler, SchedulerConfig
 from engines.llm.sequence import Vocabulary
+from engines.llm.tools import tool_call_format
 from engines.types import (
     FIM_TOKEN_SETS,
     ChatLimits,
@@ -171,6 +172,8 @@ class LLMEngine(EngineThread, ChatFront):
             created=int(self.path.stat().st_mtime),
             fim_tokens=fim,
             reasoning="<think>" in str(getattr(tokenizer, "chat_template", None) or ""),
+            tool_format=tool_call_format(getattr(tokenizer, "chat_template", None)),
+            untagged_tool_calls=self.limits.untagged_tool_calls,
         )
 
     def _new_scheduler(self, model: Any, tokenizer: Any, profile: CacheProfile) -> Scheduler:

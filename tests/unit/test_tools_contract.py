@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -203,3 +204,23 @@ async def test_message_count_and_schema_size_limits(http: httpx.AsyncClient) -> 
     assert_openai_error(await http.post(URL, json=chat_body(tools=[tool])), 400, "tools")
     too_many = [{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)]
     assert_openai_error(await http.post(URL, json=chat_body(tools=too_many)), 400, "tools")
+
+
+FENCED = '```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```'
+
+
+@pytest.mark.parametrize("untagged", [True, False])
+async def test_untagged_fenced_call_follows_the_model_setting(
+    http: httpx.AsyncClient, fake_engine: FakeEngine, untagged: bool
+) -> None:
+    """A ```json-fenced call is a call unless the model's `untagged_tool_calls` is off."""
+    assert fake_engine.info is not None
+    fake_engine.info = dataclasses.replace(fake_engine.info, untagged_tool_calls=untagged)
+    fake_engine.reply = FENCED
+    response = await http.post(URL, json=chat_body(tools=[WEATHER]))
+    message = response.json()["choices"][0]["message"]
+    if untagged:
+        assert message["content"] is None
+        assert message["tool_calls"][0]["function"]["name"] == "get_weather"
+    else:
+        assert message["content"] == FENCED and "tool_calls" not in message
