@@ -6,13 +6,11 @@ fixes it); `mlxd doctor` prints them and exits 1 when any problem was found.
 
 from __future__ import annotations
 
-import os
 import platform
 import socket
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from engines import blas
 from engines.weights.embedded import SMOLLM2, WHISPER_TINY_EN
@@ -74,9 +72,34 @@ def check_store(settings: Settings) -> list[Finding]:
             findings.append(Finding(f"{what} model", f"{wanted!r} is not in the store", fix))
         else:
             findings.append(Finding(f"{what} model", wanted))
-    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-    findings.append(Finding("hf cache", f"{hf_home} ({'present' if hf_home.is_dir() else 'none'})"))
     return findings
+
+
+def check_hub(timeout_s: float = 3.0) -> list[Finding]:
+    """The Hugging Face cache (where, how big, how many models) and whether the hub answers
+    (`HF_ENDPOINT`; skipped with `HF_HUB_OFFLINE`). An unreachable hub is a fact, not a
+    problem: models already in the cache serve offline."""
+    import urllib.error
+    import urllib.request
+
+    from engines.weights.hub_cache import HubConfig, cached_repos
+
+    hub = HubConfig.from_env()
+    repos = cached_repos(hub.cache_dir)
+    size = sum(repo.size_bytes for repo in repos) / 2**30
+    cache = f"{hub.cache_dir}: {len(repos)} model repo(s), {size:.2f} GiB"
+    if hub.offline:
+        return [Finding("hf cache", cache), Finding("hf hub", "offline (HF_HUB_OFFLINE is set)")]
+    probe = urllib.request.Request(f"{hub.endpoint}/api/models?limit=1", method="GET")
+    try:
+        with urllib.request.urlopen(probe, timeout=timeout_s) as response:
+            reach = f"{hub.endpoint} reachable (HTTP {response.status})"
+    except urllib.error.HTTPError as error:
+        reach = f"{hub.endpoint} reachable (HTTP {error.code})"
+    except (OSError, ValueError) as error:
+        reach = f"{hub.endpoint} unreachable ({error}); models in the cache still serve"
+    token = "HF_TOKEN set" if hub.token else "no HF_TOKEN (gated models need one)"
+    return [Finding("hf cache", cache), Finding("hf hub", f"{reach}; {token}")]
 
 
 def check_port(settings: Settings) -> Finding:
@@ -121,6 +144,7 @@ def run_doctor(settings: Settings, blas_status: blas.BlasStatus) -> int:
         *check_runtime(),
         check_blas(blas_status),
         *check_store(settings),
+        *check_hub(),
         check_port(settings),
         check_service(),
     ]

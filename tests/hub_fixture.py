@@ -99,7 +99,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, body: bool) -> None:
         self.hub.requests.append(f"{self.command} {self.path} {self.headers.get('Range', '')}")
         path = self.path.split("?")[0]
-        if match := re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/(.+)", path):
+        if path == "/api/models":  # a search; mlxd doctor's reachability probe
+            self._send(200, json.dumps([{"id": repo_id} for repo_id in self.hub.repos]))
+        elif match := re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/(.+)", path):
             self._model_info(match[1], match[2])
         elif match := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
             self._resolve(match[1], match[2], match[3], body)

@@ -15,6 +15,7 @@ from huggingface_hub import constants
 
 from server.__main__ import main
 from server.app import create_app
+from server.doctor import check_hub
 from server.settings import Settings
 from tests.hub_fixture import FakeHub, FakeRepo, RunningHub
 from tests.tiny import save_model_dir, tiny_model
@@ -133,3 +134,16 @@ def test_command_errors_are_one_line(
     err = capsys.readouterr().err
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_doctor_reports_the_hub_cache_and_reachability(
+    hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["pull", REPO]) == 0
+    cache, reach = check_hub()
+    assert "1 model repo(s), 0.00 GiB" in cache.facts and cache.fix is None
+    assert f"{hub.endpoint} reachable (HTTP 200)" in reach.facts
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    assert "unreachable" in check_hub()[1].facts
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert check_hub()[1].facts == "offline (HF_HUB_OFFLINE is set)"
