@@ -13,12 +13,13 @@ import httpx
 import pytest
 from huggingface_hub import constants
 
+from engines.weights.store import ModelStore
 from server.__main__ import main
 from server.app import create_app
 from server.doctor import check_hub
 from server.settings import Settings
 from tests.hub_fixture import FakeHub, FakeRepo, RunningHub
-from tests.tiny import save_model_dir, tiny_model
+from tests.tiny import save_model_dir, tiny_model, write_gguf
 
 REPO = "org/tiny"
 CHAT = {"model": REPO, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
@@ -147,3 +148,19 @@ def test_doctor_reports_the_hub_cache_and_reachability(
     assert "unreachable" in check_hub()[1].facts
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert check_hub()[1].facts == "offline (HF_HUB_OFFLINE is set)"
+
+
+def test_a_gguf_repo_pulls_the_named_quant_and_imports_it(
+    hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gguf = write_gguf(tiny_model(), "llama", tmp_path / "tiny-F32.gguf")
+    other = b"another quant, never fetched"
+    hub.repos["org/tiny-GGUF"] = FakeRepo({gguf.name: gguf.read_bytes(), "tiny-Q8_0.gguf": other})
+    assert main(["pull", "org/tiny-GGUF"]) == 1
+    assert "name a quant after a colon, REPO:F32 (offered: F32, Q8_0)" in capsys.readouterr().err
+    assert main(["pull", "org/tiny-GGUF:F32"]) == 0
+    assert "tiny-Q8_0.gguf" not in hub.served
+    store = ModelStore(tmp_path / "mlxd")
+    name, path = store.resolve("org/tiny-GGUF:F32")
+    assert name == "org/tiny-GGUF:F32" and path == store.path_for("org--tiny-GGUF--F32")
+    assert (path / "config.json").is_file() and (path / "IMPORTED").is_file()
