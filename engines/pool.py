@@ -63,6 +63,7 @@ class PoolModel:
     preload: bool = False  # loaded at start, so /health counts it as missing when not loaded
     error: str | None = None  # why its last load failed, if it did
     status: str | None = None  # "downloading 42%" while a hub model is fetched
+    context_length: int | None = None  # a loaded chat model's effective context (cap included)
 
 
 @dataclass
@@ -79,6 +80,12 @@ class _Slot:
     @property
     def loaded(self) -> bool:
         return self.engine is not None and self.engine.running
+
+
+def _context_length(engine: Any) -> int | None:
+    """The context window a loaded engine serves, for kinds that have one."""
+    length = getattr(getattr(engine, "info", None), "context_length", None)
+    return length if isinstance(length, int) else None
 
 
 def _given(engine: Any) -> Callable[[], Any]:
@@ -308,6 +315,7 @@ class EnginePool:
                 s.spec.preload,
                 s.load_error,
                 s.spec.download.status if s.spec.download is not None else None,
+                _context_length(s.engine) if s.loaded else None,
             )
             for s in self._slots.values()
         ]

@@ -3,7 +3,9 @@
 (behind the API key when one is set, like every /v1 route).
 
 Every configured model is listed, loaded or not (a request for one loads it); ids are the
-configured names, and aliases resolve to them.
+configured names, and aliases resolve to them. A loaded chat model shows `context_window`, the
+context it serves (a models-file `context_length` cap included): what agent clients size their
+history by.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def _model_object(model: PoolModel) -> dict[str, Any]:
         "owned_by": "mlxd",
         "loaded": model.loaded,
         **({"status": model.status} if model.status else {}),  # "downloading 42%"
+        **({"context_window": model.context_length} if model.context_length else {}),
     }
 
 

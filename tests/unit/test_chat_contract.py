@@ -296,6 +296,13 @@ async def test_models_list_and_retrieve(client: AsyncOpenAI) -> None:
     assert model.id == "fake" and model.owned_by == "mlxd"
 
 
+async def test_models_show_a_chat_models_context_window(http: httpx.AsyncClient) -> None:
+    """Agents size their history by it; speech models have none."""
+    listed = {m["id"]: m for m in (await http.get("/v1/models")).json()["data"]}
+    assert listed["fake"]["context_window"] == 64
+    assert "context_window" not in listed["fake-whisper"]
+
+
 async def test_retrieve_unknown_model_is_404(http: httpx.AsyncClient) -> None:
     assert_openai_error(await http.get("/v1/models/org/none"), 404, "model", "model_not_found")
 
