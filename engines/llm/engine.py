@@ -119,9 +119,8 @@ class LLMEngine(EngineThread, ChatFront):
     def load(self) -> None:
         import mlx.core as mx
         from mlx_lm.models.cache import make_prompt_cache
-        from mlx_lm.utils import load
 
-        model, tokenizer, config = load(str(self.path), return_config=True)  # type: ignore[misc]
+        model, tokenizer, config = _load_checkpoint(self.path)
         self._read_tokenizer(tokenizer, config)
         # Warm up (compile kernels, allocate buffers) and measure what the caches hold.
         probe = make_prompt_cache(model)
@@ -251,6 +250,28 @@ class LLMEngine(EngineThread, ChatFront):
         wait_s = self.scheduler.step()
         if wait_s:  # idle, gathering a burst of arrivals
             self._stopping = self.wait_for_message(wait_s) or self._stopping
+
+
+def _load_checkpoint(path: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """mlx-lm's model, tokenizer and config for `path`, or ValueError in one line naming what
+    does not fit (an unknown model_type, weights that do not match the config)."""
+    import json
+
+    from mlx_lm.utils import load
+
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} has no readable config.json: {exc}") from exc
+    try:
+        return load(str(path), return_config=True)  # type: ignore[return-value]
+    except ValueError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "not supported" in detail:
+            raise ValueError(
+                f"model_type {model_type!r} is not a model family mlx-lm can build"
+            ) from exc
+        raise ValueError(f"the checkpoint does not match its config.json: {detail}") from exc
 
 
 def default_prefill_bucket() -> int:

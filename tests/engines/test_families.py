@@ -10,6 +10,7 @@ mlx-lm's uncached output; and the admission projection bounds the real caches' m
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import load
 
+from engines.errors import EngineUnavailable
 from engines.llm.caches import CacheProfile, nbytes
 from engines.llm.engine import LLMEngine
 from engines.types import ChatLimits, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
@@ -106,3 +108,24 @@ async def test_projection_bounds_the_real_caches(served: tuple[LLMEngine, object
 def _per_token(profile: CacheProfile) -> int:
     windows = sum(size for _, size in profile.window_per_token)
     return profile.per_token + windows + profile.other_per_token
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model_type": "nosuchmodel"}, "model_type 'nosuchmodel' is not a model family"),
+        ({"hidden_size": 32}, "the checkpoint does not match its config.json: Expected shape"),
+    ],
+)
+async def test_a_checkpoint_mlx_lm_cannot_build_fails_to_load_in_one_line(
+    change: dict[str, object], message: str, tmp_path: Path
+) -> None:
+    directory = save_family_dir("llama", tmp_path / "bad")
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, **change}))
+    engine = LLMEngine("bad", directory)
+    engine.start()
+    with pytest.raises(EngineUnavailable) as raised:
+        await engine.wait_loaded()
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+    assert not engine.running
