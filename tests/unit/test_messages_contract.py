@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -487,3 +488,26 @@ async def test_a_client_that_leaves_cancels(slow_url: tuple[str, FakeEngine], st
                 await http.post(URL, json=body)
     assert await wait_until(lambda: engine.active == 0, timeout=2)
     assert 0 < engine.tokens_generated < 1000
+
+
+CLAUDE_CODE = json.loads((Path(__file__).parent / "claude_code_first_request.json").read_text())
+
+
+@pytest.mark.parametrize("settings", [Settings(api_key="local")])
+@pytest.mark.parametrize("stream", [True, False])  # after a failed stream it resends unstreamed
+async def test_claude_codes_first_request(
+    http: httpx.AsyncClient, fake_engine: FakeEngine, stream: bool
+) -> None:
+    body = {**CLAUDE_CODE["body"], "model": "fake", "stream": stream}
+    assert body["max_tokens"] == 32_000 and body["thinking"] == {"type": "adaptive"}
+    response = await http.post(CLAUDE_CODE["path"], json=body, headers=CLAUDE_CODE["headers"])
+    assert response.status_code == 200, response.text
+    assert fake_engine.requests[-1].max_tokens == 4096 - len(fake_engine.requests[-1].prompt_tokens)
+    assert fake_engine.tools_seen and fake_engine.tools_seen[0]["function"]["name"] == "Read"
+    assert prompt_of(fake_engine).startswith("<system>x-anthropic-billing-header")
+    assert response.headers["x-mlxd-ignored-fields"] == "metadata,context_management"
+    if stream:
+        names = [name for name, _ in sse_events(response.text)]
+        assert names[0] == "message_start" and names[-1] == "message_stop"
+    else:
+        assert response.json()["content"] == [{"type": "text", "text": "Hello there!"}]
