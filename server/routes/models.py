@@ -6,10 +6,15 @@ Every configured model is listed, loaded or not (a request for one loads it); id
 configured names, and aliases resolve to them. A loaded chat model shows `context_window`, the
 context it serves (a models-file `context_length` cap included): what agent clients size their
 history by.
+
+Asked with an `anthropic-version` header (Anthropic's SDK and clients), the two GET routes answer
+in Anthropic's shape (`ModelInfo`, a page with `first_id`/`last_id`/`has_more`), chat models only,
+`max_input_tokens` being the context window.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -31,6 +36,22 @@ def _model_object(model: PoolModel) -> dict[str, Any]:
     }
 
 
+def _anthropic_model(model: PoolModel) -> dict[str, Any]:
+    """Anthropic's `ModelInfo`."""
+    return {
+        "type": "model",
+        "id": model.name,
+        "display_name": model.name,
+        "created_at": datetime.fromtimestamp(model.created, UTC).isoformat().replace("+00:00", "Z"),
+        "lifecycle": "active",
+        **({"max_input_tokens": model.context_length} if model.context_length else {}),
+    }
+
+
+def _anthropic(request: Request) -> bool:
+    return "anthropic-version" in request.headers
+
+
 def _find(request: Request, model_id: str) -> PoolModel:
     pool = request.app.state.pool
     name = pool.resolve(model_id)  # ModelNotFound → 404 in OpenAI's shape
@@ -39,7 +60,12 @@ def _find(request: Request, model_id: str) -> PoolModel:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": [_model_object(m) for m in request.app.state.pool.models()]}
+    models = request.app.state.pool.models()
+    if _anthropic(request):
+        data = [_anthropic_model(m) for m in models if m.kind == "chat"]
+        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+        return {"data": data, "first_id": first, "last_id": last, "has_more": False}
+    return {"object": "list", "data": [_model_object(m) for m in models]}
 
 
 @router.post("/v1/models/{model_id:path}/load")
@@ -58,4 +84,5 @@ async def unload_model(model_id: str, request: Request) -> dict[str, Any]:
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
-    return _model_object(_find(request, model_id))
+    model = _find(request, model_id)
+    return _anthropic_model(model) if _anthropic(request) else _model_object(model)

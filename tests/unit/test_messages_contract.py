@@ -511,3 +511,17 @@ async def test_claude_codes_first_request(
         assert names[0] == "message_start" and names[-1] == "message_stop"
     else:
         assert response.json()["content"] == [{"type": "text", "text": "Hello there!"}]
+
+
+async def test_models_in_anthropics_shape_when_asked_with_anthropic_version(
+    claude: AsyncAnthropic, http: httpx.AsyncClient
+) -> None:
+    page = await claude.models.list()
+    assert [model.id for model in page.data] == ["fake"]
+    assert page.data[0].max_input_tokens == 4096 and page.data[0].type == "model"
+    one = await claude.models.retrieve("fake")
+    assert one.id == "fake" and one.display_name == "fake"
+    with pytest.raises(anthropic.NotFoundError):
+        await claude.models.retrieve("nope")
+    plain = await http.get("/v1/models")  # without the header: OpenAI's list
+    assert plain.json()["object"] == "list"
