@@ -190,13 +190,13 @@ class EmbedEngine(EngineThread):
         self.inputs_embedded += len(chosen)
         for job in [j for j in self._jobs if j.remaining == 0]:
             assert job.vectors is not None
+            self._finish(job)  # first: a reader woken by the push sees the engine idle
             job.stream.push(EmbeddingsDone(job.vectors, job.tokens))
-            self._finish(job)
 
     def fail_all(self, error: Exception) -> None:
         for job in list(self._jobs):
-            job.stream.push(ErrorEvent(error))
             self._finish(job)
+            job.stream.push(ErrorEvent(error))
 
     def _finish(self, job: _Job) -> None:
         self._jobs.remove(job)
