@@ -99,6 +99,11 @@ def _random_bert(config: dict[str, Any], labels: int, seed: int) -> dict[str, np
         linear(f"{layer}.intermediate.dense", inner, hidden)
         linear(f"{layer}.output.dense", hidden, inner)
         norm(f"{layer}.output.LayerNorm")
+    if config["model_type"] == "xlm-roberta" and labels:  # no pooler; a two-layer head
+        weights = {f"roberta.{name}": value for name, value in weights.items()}
+        linear("classifier.dense", hidden, hidden)
+        linear("classifier.out_proj", labels, hidden)
+        return weights
     linear("pooler.dense", hidden, hidden)
     if labels:
         weights = {f"bert.{name}": value for name, value in weights.items()}
@@ -252,6 +257,32 @@ async def test_cross_encoder_scores_pairs_like_numpy(tmp_path: Path) -> None:
             first = reference_hidden(bare, ids, types, offset=0)[0]
             pooled = np.tanh(_linear(first, bare, "pooler.dense"))
             np.testing.assert_allclose(logit, _linear(pooled, bare, "classifier"), atol=2e-5)
+    finally:
+        engine.stop()
+
+
+async def test_xlm_roberta_cross_encoder_two_labels(tmp_path: Path) -> None:
+    config = {
+        **BERT,
+        "model_type": "xlm-roberta",
+        "pad_token_id": 1,
+        "architectures": ["XLMRobertaForSequenceClassification"],
+        "id2label": {"0": "no", "1": "yes"},
+    }
+    weights = _checkpoint(tmp_path / "xce", config, "cls", labels=2, seed=4)
+    engine = await started(tmp_path / "xce")
+    try:
+        assert engine.info is not None and engine.info.dimensions == 2
+        pairs = engine.tokenize_pairs("the girl", TEXTS, max_tokens=20)
+        request = EmbeddingRequest("r1", [ids for ids, _ in pairs], [t for _, t in pairs])
+        done = await result(engine.submit(request))
+        bare = {name.removeprefix("roberta."): value for name, value in weights.items()}
+        for (ids, types), logits in zip(pairs, done.vectors, strict=True):
+            first = reference_hidden(bare, ids, types, offset=2)[0]
+            dense = np.tanh(_linear(first, bare, "classifier.dense"))
+            np.testing.assert_allclose(
+                logits, _linear(dense, bare, "classifier.out_proj"), atol=2e-5
+            )
     finally:
         engine.stop()
 
