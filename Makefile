@@ -17,9 +17,12 @@ endif
 install: $(STAMP) blas
 	$(VENV)/bin/mlxd import --embedded
 
+# mlx-vlm (vision-language models) declares datasets, opencv, mlx-audio, …; the model and
+# processor code mlxd runs needs none of them, so it is installed without its dependencies.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q --no-deps mlx-vlm==0.7.10
 	touch $(STAMP)
 
 # Linux only: MLX's CPU wheel bundles a slow reference BLAS; mlxd preloads OpenBLAS when present.

@@ -61,6 +61,16 @@ class GenerationRequest:
     logprobs: int | None = None  # None: off; k >= 0: the chosen token's logprob and the top k
     prompt_logprobs: bool = False  # also score the prompt's tokens (completions' echo)
     grammar: str | None = None  # an llguidance grammar the output must follow (constrain.py)
+    images: tuple[ImageInput, ...] = ()  # in prompt order (vision models only)
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One image of a chat prompt, decoded at the edge: RGB pixels (height, width, 3) uint8 and
+    the SHA-256 of the bytes it came from (the key of the engine's caches)."""
+
+    pixels: np.ndarray
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -295,6 +305,7 @@ class ChatModelInfo:
     reasoning: bool = False  # the chat template knows <think> blocks (a reasoning model)
     tool_format: str = "hermes"  # how the chat template writes tool calls (engines/llm/tools.py)
     untagged_tool_calls: bool = True  # calls written without the format's tags count (server/)
+    vision: bool = False  # the checkpoint has a vision tower: prompts may hold images
 
     def fit(self, prompt_tokens: int, max_tokens: int | None, param: str = "messages") -> int:
         """The max_tokens to use (all the room left when None), or ContextTooLong."""

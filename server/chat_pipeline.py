@@ -21,11 +21,12 @@ from typing import Any
 from engines.kinds import CHAT, ChatEngine
 from engines.llm.constrain import json_schema_grammar, tool_call_grammar
 from engines.pool import EnginePool
-from engines.types import GenerationRequest
+from engines.types import GenerationRequest, ImageInput
 from server import logs
 from server.chat_output import ChoiceOutput
 from server.errors import APIError
 from server.generation import check_limits
+from server.images import ImagePolicy, collect_images, first_image_param
 from server.reasoning import THINK_OPEN
 from server.schemas.chat import ChatCompletionRequest
 from server.settings import Settings
@@ -74,13 +75,15 @@ async def prepare_chat(
         raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
     tools = [tool.model_dump(exclude_none=True) for tool in chat.tools_in_play()]
     check_tool_choice(chat, tools)
+    messages = [message.model_dump(exclude_none=True) for message in chat.messages]
+    images = await collect_images(messages, ImagePolicy.from_env())  # 400s before any load
     engine = await pool.acquire(chat.model, CHAT)
+    check_vision(engine, chat.model, images, messages, _asks_grammar(chat))
     grammar, grammar_param = output_grammar(chat, tools, engine)
     if grammar is not None:
         # Compiling checks the grammar against the tokenizer (no MLX; the first one builds
         # llguidance's tokenizer, ~0.5 s): off the event loop.
         await asyncio.to_thread(engine.check_grammar, grammar, grammar_param)
-    messages = [message.model_dump(exclude_none=True) for message in chat.messages]
     prompt = engine.encode_chat(messages, tools, chat.template_kwargs())
     reasoning = bool(engine.info and engine.info.reasoning)
     think_opened = reasoning and engine.decode(prompt[-8:]).rstrip().endswith(THINK_OPEN)
@@ -106,17 +109,56 @@ async def prepare_chat(
         n=chat.choices,
         logprobs=logprobs,
         grammar=grammar,
+        images=images,
     )
     logger.info(
-        "%s chat model=%r prompt_tokens=%d max_tokens=%d n=%d stream=%s",
+        "%s chat model=%r prompt_tokens=%d images=%d max_tokens=%d n=%d stream=%s",
         request_id,
         chat.model,
         len(prompt),
+        len(images),
         max_tokens,
         chat.choices,
         bool(chat.stream),
     )
     return PreparedChat(engine, generation, output_for)
+
+
+def check_vision(
+    engine: ChatEngine,
+    model: str,
+    images: tuple[ImageInput, ...],
+    messages: list[dict[str, Any]],
+    grammar_asked: bool,
+) -> None:
+    """Refuse images for a text-only model, and what the vision path cannot do yet."""
+    if not images:
+        return
+    if not (engine.info and engine.info.vision):
+        param = first_image_param(messages)
+        raise APIError(
+            400,
+            f"{param}: model '{model}' is a text-only model: it cannot read images",
+            param=param,
+            code="image_input_unsupported",
+        )
+    if grammar_asked:
+        raise APIError(
+            400,
+            "constrained output (response_format, a forced tool_choice) is not supported "
+            "with images yet",
+            param="response_format",
+            code="unsupported_parameter",
+        )
+
+
+def _asks_grammar(chat: ChatCompletionRequest) -> bool:
+    fmt = chat.response_format
+    return (
+        chat.tool_choice == "required"
+        or chat.forced_tool() is not None
+        or (fmt is not None and fmt.type != "text")
+    )
 
 
 def check_tool_choice(chat: ChatCompletionRequest, tools: list[dict[str, Any]]) -> None:

@@ -21,11 +21,13 @@ from server.schemas.responses import (
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionTool,
+    ImagePart,
     InputItem,
     MessageItem,
     ReasoningConfig,
     ResponseCreateRequest,
     TextConfig,
+    TextPart,
 )
 
 # Efforts that ask for no thinking at all: the template's thinking switch is turned off.
@@ -72,7 +74,9 @@ def chat_messages(instructions: str | None, items: list[InputItem]) -> list[dict
         if isinstance(item, MessageItem):
             role = "system" if item.role == "developer" else item.role
             text = item.text()
-            if role == "system" and len(messages) == 1 and messages[0]["role"] == "system":
+            if item.images():
+                messages.append({"role": role, "content": _parts_with_images(item)})
+            elif role == "system" and len(messages) == 1 and messages[0]["role"] == "system":
                 messages[0]["content"] += "\n\n" + text
             else:
                 messages.append({"role": role, "content": text})
@@ -81,6 +85,31 @@ def chat_messages(instructions: str | None, items: list[InputItem]) -> list[dict
         elif isinstance(item, FunctionCallOutputItem):
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.text()})
     return messages
+
+
+def _parts_with_images(item: MessageItem) -> list[dict[str, Any]]:
+    """A message's parts in order, `input_image` as chat `image_url` (server/images.py)."""
+    assert isinstance(item.content, list)
+    parts: list[dict[str, Any]] = []
+    for part in item.content:
+        if isinstance(part, ImagePart):
+            if part.image_url is None:
+                raise APIError(
+                    400,
+                    "input_image needs 'image_url' (file_id needs a Files API, which this "
+                    "server does not have)",
+                    param="input",
+                    code="unsupported_value",
+                )
+            detail = part.detail if part.detail in ("low", "high") else "auto"
+            parts.append(
+                {"type": "image_url", "image_url": {"url": part.image_url, "detail": detail}}
+            )
+        else:
+            parts.append(
+                {"type": "text", "text": part.text if isinstance(part, TextPart) else part.refusal}
+            )
+    return parts
 
 
 def _add_call(messages: list[dict[str, Any]], item: FunctionCallItem) -> None:

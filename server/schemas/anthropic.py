@@ -33,6 +33,34 @@ class TextBlock(Strict):
     text: str
 
 
+class Base64Source(Strict):
+    type: Literal["base64"]
+    media_type: str
+    data: str
+
+
+class URLSource(Strict):
+    type: Literal["url"]
+    url: str = Field(min_length=1)
+
+
+class ImageBlock(Strict):
+    """An image, inline (base64) or by URL: decoded by server/images.py as a chat image part."""
+
+    type: Literal["image"]
+    source: Annotated[Base64Source | URLSource, Field(discriminator="type")]
+    cache_control: dict[str, Any] | None = None
+
+    def chat_part(self) -> dict[str, Any]:
+        source = self.source
+        url = (
+            source.url
+            if isinstance(source, URLSource)
+            else f"data:{source.media_type};base64,{source.data}"
+        )
+        return {"type": "image_url", "image_url": {"url": url}}
+
+
 class ToolUseBlock(Strict):
     type: Literal["tool_use"]
     id: str
@@ -64,15 +92,17 @@ class RedactedThinkingBlock(Strict):
 
 
 ContentBlock = Annotated[
-    TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock,
+    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock,
     Field(discriminator="type"),
 ]
-BLOCK_TYPES = frozenset({"text", "tool_use", "tool_result", "thinking", "redacted_thinking"})
+BLOCK_TYPES = frozenset(
+    {"text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking"}
+)
 
 
 # The blocks each role may hold (Anthropic refuses the others too).
 ROLE_BLOCKS = {
-    "user": frozenset({"text", "tool_result"}),
+    "user": frozenset({"text", "image", "tool_result"}),
     "assistant": frozenset({"text", "tool_use", "thinking", "redacted_thinking"}),
     "system": frozenset({"text"}),
 }
@@ -238,7 +268,16 @@ def _user_turns(content: str | list[Any]) -> list[dict[str, Any]]:
             text = ("Error: " if block.is_error else "") + block.text()
             turns.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": text})
     text = _text_of(content)
-    if text or not turns:
+    if any(isinstance(block, ImageBlock) for block in content):
+        parts = [
+            block.chat_part()
+            if isinstance(block, ImageBlock)
+            else {"type": "text", "text": block.text}
+            for block in content
+            if isinstance(block, ImageBlock | TextBlock)
+        ]
+        turns.append({"role": "user", "content": parts})
+    elif text or not turns:
         turns.append({"role": "user", "content": text})
     return turns
 

@@ -24,9 +24,21 @@ class TextPart(Strict):
     text: str
 
 
+class ImageURL(Strict):
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(Strict):
+    """An image (a base64 `data:` URI or an http(s) URL): decoded by server/images.py."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
 class ChatMessage(Strict):
     role: Role
-    content: str | list[TextPart] | None = None
+    content: str | list[TextPart | ImagePart] | None = None
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None

@@ -47,7 +47,7 @@ HOSTED_TOOL_TYPES = frozenset(
         "programmatic_tool_calling",
     }
 )
-UNSUPPORTED_PARTS = frozenset({"input_image", "input_file", "input_audio"})
+UNSUPPORTED_PARTS = frozenset({"input_file", "input_audio"})
 
 
 class TextPart(Strict):
@@ -62,10 +62,19 @@ class RefusalPart(Strict):
     refusal: str
 
 
+class ImagePart(Strict):
+    """An image by URL (a base64 `data:` URI or http(s)); `file_id` needs a Files API (none)."""
+
+    type: Literal["input_image"]
+    image_url: str | None = Field(None, min_length=1)
+    file_id: str | None = None
+    detail: Literal["auto", "low", "high", "original"] | None = None
+
+
 class MessageItem(Strict):
     type: Literal["message"] = "message"
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart | RefusalPart]
+    content: str | list[TextPart | RefusalPart | ImagePart]
     id: str | None = None
     status: str | None = None
     phase: str | None = None
@@ -73,7 +82,15 @@ class MessageItem(Strict):
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        return "".join(p.text if isinstance(p, TextPart) else p.refusal for p in self.content)
+        return "".join(
+            p.text if isinstance(p, TextPart) else p.refusal
+            for p in self.content
+            if not isinstance(p, ImagePart)
+        )
+
+    def images(self) -> list[ImagePart]:
+        content = self.content if isinstance(self.content, list) else []
+        return [p for p in content if isinstance(p, ImagePart)]
 
 
 class FunctionCallItem(Strict):

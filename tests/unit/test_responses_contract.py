@@ -247,7 +247,7 @@ async def test_unknown_and_unstored_ids_are_404(http: httpx.AsyncClient) -> None
     ("body", "param"),
     [
         ({"input": [{"type": "computer_call_output"}]}, "input[0].type"),
-        ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]},
+        ({"input": [{"role": "user", "content": [{"type": "input_file"}]}]},
          "input[0].content[0].type"),
         ({"input": [{"role": "wizard", "content": "hi"}]}, "input[0].role"),
         ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
