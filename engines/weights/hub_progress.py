@@ -53,11 +53,13 @@ class PullProgress:
                 _size(total),
             )  # fmt: skip
 
-    def finish(self) -> None:
+    def finish(self, interrupted: bool = False) -> None:
+        """Close the bar; log the pull's size unless it was `interrupted`."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        logger.info("pulled %s (%s)", self.label, _size(self._total))
+        if not interrupted:
+            logger.info("pulled %s (%s)", self.label, _size(self._total))
 
     @property
     def fraction(self) -> float:

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import mlx.core as mx
 import pytest
 from huggingface_hub import constants
 
@@ -18,7 +19,7 @@ from server.__main__ import main
 from server.app import create_app
 from server.doctor import check_hub
 from server.settings import Settings
-from tests.hub_fixture import FakeHub, FakeRepo, RunningHub
+from tests.hub_fixture import FakeHub, FakeRepo, RunningHub, mlx_lm_quantized_copy
 from tests.tiny import save_model_dir, tiny_model, write_gguf
 
 REPO = "org/tiny"
@@ -43,8 +44,14 @@ def hub(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
     running.close()
 
 
-def _settings(tmp_path: Path) -> Settings:
-    return Settings(model=REPO, speech_model="", embedding_model="", home=tmp_path / "mlxd")
+@pytest.fixture(scope="module")
+def tiny_4bit_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What mlx-community would publish for the tiny model: mlx-lm's converter, 4-bit."""
+    return mlx_lm_quantized_copy(tiny_dir, tmp_path_factory.mktemp("q") / "tiny-4bit")
+
+
+def _settings(tmp_path: Path, model: str = REPO) -> Settings:
+    return Settings(model=model, speech_model="", embedding_model="", home=tmp_path / "mlxd")
 
 
 @asynccontextmanager
@@ -164,3 +171,29 @@ def test_a_gguf_repo_pulls_the_named_quant_and_imports_it(
     name, path = store.resolve("org/tiny-GGUF:F32")
     assert name == "org/tiny-GGUF:F32" and path == store.path_for("org--tiny-GGUF--F32")
     assert (path / "config.json").is_file() and (path / "IMPORTED").is_file()
+
+
+async def test_a_4bit_repo_made_by_mlx_lm_pulls_and_serves(
+    hub: FakeHub, tmp_path: Path, tiny_4bit_dir: Path
+) -> None:
+    hub.repos["org/tiny-4bit"] = FakeRepo.from_dir(tiny_4bit_dir)
+    assert main(["pull", "org/tiny-4bit"]) == 0
+    async with _client(_settings(tmp_path, "org/tiny-4bit")) as client:
+        served = await client.post("/v1/chat/completions", json=CHAT | {"model": "org/tiny-4bit"})
+        assert served.status_code == 200, served.text
+        assert served.json()["usage"]["completion_tokens"] == 3
+
+
+async def test_pull_quantize_puts_mlx_lm_s_4bit_copy_in_the_store(
+    hub: FakeHub, tmp_path: Path, tiny_4bit_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["pull", REPO, "--quantize", "4"]) == 0
+    assert "tiny-4bit ready: " in capsys.readouterr().out
+    path = ModelStore(tmp_path / "mlxd").path_for("tiny-4bit")
+    ours = mx.load(str(path / "model.safetensors"))
+    theirs = mx.load(str(tiny_4bit_dir / "model.safetensors"))
+    assert isinstance(ours, dict) and isinstance(theirs, dict) and ours.keys() == theirs.keys()
+    assert all(mx.array_equal(ours[key], theirs[key]).item() for key in ours)
+    async with _client(_settings(tmp_path, "tiny-4bit")) as client:
+        served = await client.post("/v1/chat/completions", json=CHAT | {"model": "tiny-4bit"})
+        assert served.status_code == 200, served.text
