@@ -173,7 +173,22 @@ def build_chat(
         chat_template=entry.get("chat_template"),
         untagged_tool_calls=entry.get("untagged_tool_calls", True),
     )
+    if has_vision_tower(path):
+        from engines.vlm.engine import VLMEngine
+
+        return VLMEngine(name, path, limits)
     return LLMEngine(name, path, settings.get("prefill_chunk"), limits)
+
+
+def has_vision_tower(path: Path) -> bool:
+    """Whether a chat checkpoint is vision-language (its config.json has a `vision_config`):
+    such models are served by engines/vlm through mlx-vlm."""
+    import json
+
+    try:
+        return "vision_config" in json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def build_speech(

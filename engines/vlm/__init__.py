@@ -1,0 +1,1 @@
+"""Vision-language chat models through mlx-vlm (see engine.py)."""

@@ -1,0 +1,92 @@
+"""VisionFront: the event-loop half of a vision-language engine (no MLX).
+
+It is a `ChatFront` (tokenizer, fit checks, counts) whose chat rendering keeps image parts:
+`{"type": "image"}` parts reach the chat template as they are, and the family's template writes
+its image placeholder there (the processor expands it on the engine thread). The token ids
+returned count each image as its placeholder only; the engine reports the expanded count in
+usage and refuses, with an in-stream error, a prompt whose images overflow the context.
+
+What the vision path does not do yet is refused here, before anything is queued: n > 1,
+logprobs, grammars (constrained output), prompt scoring.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engines.errors import InvalidRequest
+from engines.llm.front import ChatFront
+from engines.llm.templates import supports_tools
+from engines.types import GenerationRequest
+
+
+class VisionFront(ChatFront):
+    def encode_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> list[int]:
+        """Render the chat template with image parts kept; pure Python (no MLX), any thread."""
+        return list(
+            self.tokenizer.encode(
+                self.render(messages, tools, template_kwargs), add_special_tokens=False
+            )
+        )
+
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise InvalidRequest("this model has no chat template; use /v1/completions", "messages")
+        extra = {
+            key: value
+            for key, value in (template_kwargs or {}).items()
+            if key not in ("conversation", "tools", "tokenize", "add_generation_prompt")
+        }
+        if tools and supports_tools(self.tokenizer):
+            extra["tools"] = tools
+        try:
+            return str(
+                self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True, **extra
+                )
+            )
+        except Exception as exc:  # the template's own `raise_exception`, or a Jinja error
+            raise InvalidRequest(
+                f"the model's chat template rejected the messages: {exc}", "messages"
+            ) from exc
+
+    def decode_prompt(self, tokens: list[int]) -> str:
+        """The prompt text back from its ids, special tokens kept (the processor's input)."""
+        return str(
+            self.tokenizer.decode(
+                tokens, skip_special_tokens=False, clean_up_tokenization_spaces=False
+            )
+        )
+
+    def check_grammar(self, grammar: str, param: str) -> None:
+        raise InvalidRequest(
+            "constrained output is not supported on vision-language models yet", param=param
+        )
+
+    def check_request(self, request: GenerationRequest) -> None:
+        """Refuse what the vision path cannot serve (InvalidRequest naming the parameter)."""
+        refusals = {
+            "prompt": (not request.prompt_tokens, "the prompt is empty"),
+            "n": (request.n != 1, "n > 1 is not supported on vision-language models yet"),
+            "logprobs": (
+                request.logprobs is not None or request.prompt_logprobs,
+                "logprobs are not supported on vision-language models yet",
+            ),
+            "response_format": (
+                request.grammar is not None,
+                "constrained output is not supported on vision-language models yet",
+            ),
+        }
+        for param, (refused, message) in refusals.items():
+            if refused:
+                raise InvalidRequest(message, param=param)

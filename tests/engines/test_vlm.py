@@ -1,0 +1,135 @@
+"""The vision-language engine on tiny random checkpoints of three families (qwen2_vl, gemma3,
+idefics3), built with mlx-vlm's own classes: mlxd's greedy output for a prompt with an image is
+mlx-vlm's own `stream_generate` on the same model, image and prompt — alone, and with text-only
+requests queued beside it on the same engine."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engines.kinds import build_chat
+from engines.types import FinishEvent, GenerationRequest, ImageInput, SamplingParams, TokenEvent
+from engines.vlm.engine import VLMEngine
+from tests.tiny_vlm import FAMILIES, save_tiny_vlm
+
+MAX_TOKENS = 8
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def image(seed: int, height: int = 40, width: int = 52) -> ImageInput:
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), np.uint8)
+    return ImageInput(pixels, hashlib.sha256(pixels.tobytes()).hexdigest())
+
+
+def with_image(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [{"type": "text", "text": text}, {"type": "image"}]}]
+
+
+def text_only(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_vlm(request.param, tmp_path_factory.mktemp("vlm") / request.param)
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint: Path) -> Any:
+    """mlx-vlm's own model and processor for the checkpoint (on the test's thread)."""
+    from mlx_vlm.utils import load
+
+    return load(str(checkpoint))
+
+
+@pytest.fixture
+async def engine(checkpoint: Path) -> AsyncIterator[VLMEngine]:
+    settings = {"max_batch": 8, "max_waiting": 8, "prefix_cache_mb": 0, "watchdog_s": 60.0}
+    engine = build_chat("tiny-vlm", checkpoint, {}, settings)
+    assert isinstance(engine, VLMEngine)
+    engine.start()
+    await engine.wait_loaded()
+    yield engine
+    engine.stop()
+
+
+def expected(reference: Any, prompt: str, images: list[ImageInput]) -> list[int]:
+    from mlx_vlm.generate import stream_generate
+    from PIL import Image
+
+    model, processor = reference
+    pictures = [Image.fromarray(i.pixels) for i in images] or None
+    tokens = []
+    for response in stream_generate(
+        model, processor, prompt, image=pictures, max_tokens=MAX_TOKENS, temperature=0.0
+    ):
+        tokens.append(int(response.token))
+        if response.finish_reason is not None:
+            break
+    # mlx-vlm yields the end-of-sequence token; mlxd ends the choice on it without sending it.
+    eos = set(model.config.eos_token_id or [])
+    return [t for t in tokens[:MAX_TOKENS] if t not in eos]
+
+
+async def served(engine: VLMEngine, request: GenerationRequest) -> tuple[list[int], FinishEvent]:
+    tokens: list[int] = []
+    finish = None
+    async for event in engine.submit(request):
+        if isinstance(event, TokenEvent):
+            tokens += event.token_ids
+        elif isinstance(event, FinishEvent):
+            finish = event
+        else:
+            raise AssertionError(event)
+    assert finish is not None
+    return tokens, finish
+
+
+def request(
+    engine: VLMEngine, rid: str, messages: list[dict[str, Any]], *images: ImageInput
+) -> GenerationRequest:
+    prompt = engine.encode_chat(messages)
+    return GenerationRequest(rid, prompt, MAX_TOKENS, GREEDY, images=images)
+
+
+async def test_image_prompt_matches_mlx_vlm(engine: VLMEngine, reference: Any) -> None:
+    picture = image(1)
+    messages = with_image("What is in this picture?")
+    prompt_text = engine.render(messages)
+    want = expected(reference, prompt_text, [picture])
+    tokens, finish = await served(engine, request(engine, "a", messages, picture))
+    assert want and tokens == want[: len(tokens)] and len(tokens) == len(want)
+    # usage counts the image's tokens: more than the unexpanded prompt
+    assert finish.usage.prompt_tokens > len(engine.encode_chat(messages))
+    assert finish.usage.completion_tokens == len(want)
+
+
+async def test_with_text_only_requests_beside_it(engine: VLMEngine, reference: Any) -> None:
+    picture = image(2)
+    image_messages, plain = with_image("Describe."), text_only("Say something.")
+    want_image = expected(reference, engine.render(image_messages), [picture])
+    want_text = expected(reference, engine.render(plain), [])
+    results = await asyncio.gather(
+        served(engine, request(engine, "t1", plain)),
+        served(engine, request(engine, "i", image_messages, picture)),
+        served(engine, request(engine, "t2", plain)),
+    )
+    assert [tokens for tokens, _ in results] == [want_text, want_image, want_text]
+
+
+async def test_the_vision_tower_runs_once_per_image_set(
+    engine: VLMEngine, checkpoint: Path
+) -> None:
+    picture = image(3)
+    first, _ = await served(engine, request(engine, "1", with_image("Hi"), picture))
+    again, _ = await served(engine, request(engine, "2", with_image("Hi"), picture))
+    assert first == again
+    cached = checkpoint.name != "idefics3"  # no encoder mirrored for idefics3 (re-encodes)
+    assert (engine.vision_cache.misses, engine.vision_cache.hits) == ((1, 1) if cached else (0, 0))
