@@ -133,3 +133,59 @@ async def test_the_vision_tower_runs_once_per_image_set(
     assert first == again
     cached = checkpoint.name != "idefics3"  # no encoder mirrored for idefics3 (re-encodes)
     assert (engine.vision_cache.misses, engine.vision_cache.hits) == ((1, 1) if cached else (0, 0))
+
+
+async def test_openai_sdk_sends_an_image_to_the_real_engine(
+    checkpoint: Path, reference: Any
+) -> None:
+    """Edge to engine: a data: URI through the strict SDK reaches the template as the family's
+    image placeholder, and usage is mlx-vlm's prompt (image tokens included) and output."""
+    import base64
+    import io
+
+    import httpx
+    from openai import AsyncOpenAI
+    from PIL import Image
+
+    from engines.pool import EnginePool
+    from server.app import create_app
+    from server.settings import Settings
+
+    picture = image(4)
+    buffer = io.BytesIO()
+    Image.fromarray(picture.pixels).save(buffer, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    engine = VLMEngine("tiny-vlm", checkpoint)
+    pool = EnginePool([engine])
+    app = create_app(Settings(max_body_bytes=1 << 20), pool)
+    await pool.start()
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            client = AsyncOpenAI(
+                base_url="http://127.0.0.1/v1",
+                api_key="unused",
+                http_client=http,
+                _strict_response_validation=True,
+                max_retries=0,
+            )
+            reply = await client.chat.completions.create(
+                model="tiny-vlm",
+                max_tokens=MAX_TOKENS,
+                temperature=0,
+                messages=[
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "What is it?"},
+                            {"type": "image_url", "image_url": {"url": uri}},
+                        ],
+                    }
+                ],
+            )
+    finally:
+        await pool.drain(timeout=5)
+    want = expected(reference, engine.render(with_image("What is it?")), [picture])
+    assert reply.usage is not None and reply.usage.completion_tokens == len(want)
+    assert reply.usage.prompt_tokens > len(engine.encode_chat(with_image("What is it?")))
+    assert reply.choices[0].finish_reason in ("stop", "length")
