@@ -21,6 +21,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import load
 
 from engines.errors import EngineUnavailable
+from engines.llm import scheduler as scheduler_module
 from engines.llm.caches import CacheProfile, nbytes
 from engines.llm.engine import LLMEngine
 from engines.types import ChatLimits, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
@@ -68,8 +69,11 @@ async def served(family_dir: Path) -> AsyncIterator[tuple[LLMEngine, object]]:
 
 
 async def test_alone_batched_and_prefix_cached_equal_mlx_lm(
-    served: tuple[LLMEngine, object],
+    served: tuple[LLMEngine, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Requests submitted together are admitted together, even on a loaded machine.
+    monkeypatch.setattr(scheduler_module, "ARRIVAL_QUIET_S", 0.05)
+    monkeypatch.setattr(scheduler_module, "ARRIVAL_WAIT_MAX_S", 1.0)
     engine, model = served
     expected = [reference(model, prompt) for prompt in PROMPTS]
     alone = [(await generate(engine, p, f"alone{i}"))[0] for i, p in enumerate(PROMPTS)]
@@ -86,6 +90,16 @@ async def test_alone_batched_and_prefix_cached_equal_mlx_lm(
     tokens, cached = await generate(engine, follow_up, "follow-up")
     assert cached >= len(PROMPTS[0]), (family, cached)
     assert tokens == reference(model, follow_up)
+    # The next turns of the other two, arriving together: equal suffixes resumed in one pass.
+    follow_ups = [PROMPTS[i] + expected[i] + [15, 16, 17, 18] for i in (1, 2)]
+    before = engine.prefilled_together
+    resumed = await asyncio.gather(
+        *(generate(engine, p, f"next{i}") for i, p in enumerate(follow_ups))
+    )
+    assert [tokens for tokens, _ in resumed] == [reference(model, p) for p in follow_ups]
+    assert all(cached >= len(PROMPTS[1]) for _, cached in resumed), resumed
+    if family not in SEQUENTIAL:
+        assert engine.prefilled_together - before == 2
 
 
 async def test_projection_bounds_the_real_caches(served: tuple[LLMEngine, object]) -> None:
