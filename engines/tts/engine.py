@@ -1,0 +1,176 @@
+"""KokoroEngine: text to speech on its own engine thread.
+
+Each request's input is split at sentence ends (text.py) when it is submitted; every step the
+engine speaks one piece of the request at the head of the queue, pushes its audio, and moves
+that request to the back, so concurrent requests take turns a sentence at a time (the second
+request's first audio waits for one sentence, not for the whole first request).
+
+Invariants:
+- All MLX work happens on the engine thread; requests and audio cross as plain values.
+- A request stays in the queue while its piece is being made, so a step that raises fails it
+  (fail_all) instead of leaving its stream open; every accepted request ends with SynthesisDone
+  or an ErrorEvent.
+- A cancelled request leaves before the next step: its remaining pieces are never made.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engines.bridge import RequestStream
+from engines.errors import InvalidRequest, Overloaded
+from engines.tts.text import split_pieces
+from engines.types import (
+    AudioChunk,
+    EngineStats,
+    ErrorEvent,
+    SynthesisDone,
+    SynthesisRequest,
+    TTSLimits,
+    TTSModelInfo,
+)
+from engines.worker import EngineThread
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    request: SynthesisRequest
+    stream: RequestStream
+    pieces: deque[str]
+    samples: int = 0
+    tokens: int = 0
+
+
+class KokoroEngine(EngineThread):
+    kind = "tts"
+
+    def __init__(self, name: str, path: Path, limits: TTSLimits | None = None) -> None:
+        super().__init__(name)
+        self.path = path
+        self.limits = limits or TTSLimits()
+        self.info: TTSModelInfo | None = None
+        self.weights_bytes = 0
+        self.pieces_made = 0
+        self.tokens_read = 0
+        self._jobs: deque[_Job] = deque()
+        self._accepted = 0
+        self._lock = threading.Lock()
+        self._model: Any = None
+
+    # -- any thread ---------------------------------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        return self._accepted
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            active=self._accepted,
+            queued=max(0, self._accepted - 1),
+            largest_batch=1 if self.pieces_made else 0,
+            tokens_generated=self.tokens_read,
+            stalled=self.stalled(self._accepted > 0, self.limits.watchdog_s),
+            failures=self.failures,
+            weights_bytes=self.weights_bytes,
+        )
+
+    def check_voice(self, voice: str) -> str:
+        """`voice` if the model has it; InvalidRequest naming the voices otherwise."""
+        assert self.info is not None
+        if voice not in self.info.voices:
+            raise InvalidRequest(
+                f"unknown voice {voice!r} for model '{self.name}'; its voices: "
+                f"{', '.join(self.info.voices)}",
+                param="voice",
+            )
+        return voice
+
+    def submit(self, request: SynthesisRequest) -> RequestStream:
+        """Queue a synthesis; AudioChunks (one per piece) then SynthesisDone arrive on the
+        stream."""
+        with self._lock:
+            if self._accepted >= self.limits.max_waiting:
+                raise Overloaded(
+                    f"model '{self.name}' has {self._accepted} syntheses in progress, the most "
+                    "it accepts; retry shortly",
+                    retry_after_s=2,
+                )
+            self._accepted += 1
+        stream = RequestStream(request.request_id)
+        self.post(_Job(request, stream, deque(split_pieces(request.text))))
+        return stream
+
+    # -- engine thread -----------------------------------------------------------------------
+
+    def load(self) -> None:
+        from engines.tts.kokoro import Kokoro
+
+        self._model = Kokoro(self.path)
+        self.weights_bytes = self._model.weights_bytes
+        self.info = TTSModelInfo(
+            name=self.name,
+            path=str(self.path),
+            created=int(time.time()),
+            sample_rate=self._model.sample_rate,
+            voices=tuple(sorted(self._model.voices)),
+            default_voice=self._model.default_voice,
+        )
+
+    def unload(self) -> None:
+        import mlx.core as mx
+
+        self._model = None
+        mx.clear_cache()
+
+    def handle(self, message: Any) -> None:
+        self._jobs.append(message)
+
+    def has_work(self) -> bool:
+        return bool(self._jobs)
+
+    def fail_all(self, error: Exception) -> None:
+        while self._jobs:
+            self._finish(self._jobs.popleft(), ErrorEvent(error))
+
+    def step(self) -> None:
+        """Speak the next piece of the request at the head of the queue."""
+        for job in [job for job in self._jobs if job.stream.cancelled]:
+            self._jobs.remove(job)
+            self._release()
+        if not self._jobs:
+            return
+        job = self._jobs[0]
+        if job.pieces:
+            piece = job.pieces[0]
+            request = job.request
+            samples, tokens = self._model.synthesise(piece, request.voice, request.speed)
+            job.pieces.popleft()
+            job.samples += samples.size
+            job.tokens += tokens
+            self.pieces_made += 1
+            self.tokens_read += tokens
+            job.stream.push(AudioChunk(samples, piece, tokens))
+        self._jobs.rotate(-1)  # the head goes to the back: requests take turns
+        if not job.pieces:
+            self._jobs.remove(job)
+            self._finish(job, SynthesisDone(job.samples, job.tokens))
+        if not self._jobs:
+            import mlx.core as mx
+
+            mx.clear_cache()  # idle: give the pieces' buffers back
+
+    def _finish(self, job: _Job, event: SynthesisDone | ErrorEvent) -> None:
+        job.stream.push(event)
+        self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            self._accepted -= 1

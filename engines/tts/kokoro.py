@@ -1,0 +1,64 @@
+"""Kokoro-82M on MLX (mlx-audio's `mlx_audio.tts.models.kokoro.Model`) loaded from a store entry
+(engines/weights/kokoro.py), with our offline phonemizer and the entry's voices.
+
+Invariants: built and called only on the engine thread (it holds MLX arrays); `synthesise`
+returns plain numpy samples. A piece is read in one forward pass, so it must hold at most
+`MAX_PHONEMES` phonemes (Kokoro's 512 positions less the two boundary tokens): longer ones are
+cut there (engines/tts/text.py keeps pieces far below that). Kokoro's source module draws
+noise from MLX's global generator: it is seeded with `NOISE_SEED` before every piece, so the
+same text, voice and speed always give the same samples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from engines.tts.phonemes import phonemize
+
+logger = logging.getLogger(__name__)
+
+MAX_PHONEMES = 510
+NOISE_SEED = 0
+
+
+class Kokoro:
+    def __init__(self, path: Path) -> None:
+        import mlx.core as mx
+        from mlx_audio.tts.models.kokoro import Model, ModelConfig
+
+        config = json.loads((path / "config.json").read_text())
+        meta = json.loads((path / "mlxd.json").read_text())
+        self.model = Model(ModelConfig.from_dict(config))
+        weights = cast(dict[str, Any], mx.load(str(path / "model.safetensors")))
+        self.model.load_weights(list(weights.items()), strict=True)
+        self.model.eval()
+        voices = cast(dict[str, Any], mx.load(str(path / "voices.safetensors")))
+        self.voices = {name: np.array(table, np.float32) for name, table in voices.items()}
+        self.vocab: dict[str, int] = config["vocab"]
+        self.sample_rate = int(meta.get("sample_rate", 24000))
+        self.default_voice = str(meta.get("default_voice") or sorted(self.voices)[0])
+        self.weights_bytes = sum(int(array.nbytes) for array in weights.values())
+
+    def phonemes(self, text: str) -> str:
+        """The phonemes Kokoro reads for `text` (unknown symbols dropped, cut to the limit)."""
+        known = "".join(symbol for symbol in phonemize(text) if symbol in self.vocab)
+        if len(known) > MAX_PHONEMES:
+            logger.warning("a piece of %d phonemes was cut to %d", len(known), MAX_PHONEMES)
+        return known[:MAX_PHONEMES]
+
+    def synthesise(self, text: str, voice: str, speed: float) -> tuple[np.ndarray, int]:
+        """(float32 samples at `sample_rate`, phoneme tokens read) for one piece of text."""
+        import mlx.core as mx
+
+        phonemes = self.phonemes(text)
+        if not phonemes.strip():
+            return np.zeros(0, np.float32), 0
+        style = mx.array(self.voices[voice][len(phonemes)])  # (1, 256): the row for its length
+        mx.random.seed(NOISE_SEED)
+        audio = self.model(phonemes, style, speed)
+        return np.array(audio, np.float32).reshape(-1), len(phonemes)

@@ -1,0 +1,182 @@
+"""The text-to-speech engine on its real thread, with a tiny random Kokoro written in-process
+in the store's layout: audio equal to mlx-audio's own Kokoro on the same weights, pieces in
+order, turns between concurrent requests, cancellation, refusals; and the ONNX conversion's
+naming and gate rules."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.errors import InvalidRequest, Overloaded
+from engines.tts.engine import KokoroEngine
+from engines.tts.phonemes import phonemize
+from engines.types import AudioChunk, Event, SynthesisDone, SynthesisRequest, TTSLimits
+from engines.weights.kokoro import HYPER_PARAMETERS, is_kokoro_checkpoint
+from engines.weights.kokoro_onnx import _gates, mlx_name, module_path
+from engines.weights.store import COMPLETE_MARKER
+from tests.servers import wait_until
+
+TEXT = "Hello there. How are you? Fine."
+
+
+def tiny_config() -> dict:
+    """Kokoro's structure, small where mlx-audio lets it be (BERT; the decoder's widths and the
+    128+128 style split are fixed in mlx-audio), durations capped so the audio stays short; a
+    vocabulary covering the test's phonemes."""
+    symbols = sorted(set(phonemize(TEXT + " Good morning, sunny day!")))
+    config = json.loads(json.dumps(HYPER_PARAMETERS))
+    config["plbert"] = {
+        "hidden_size": 32,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 512,
+        "num_hidden_layers": 1,
+        "dropout": 0.0,
+    }
+    config["max_dur"] = 2  # at most 2 frames a phoneme: short audio, fast tests
+    config["n_token"] = len(symbols) + 1
+    config["vocab"] = {symbol: index + 1 for index, symbol in enumerate(symbols)}
+    return config
+
+
+@pytest.fixture(scope="module")
+def tiny_kokoro_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_audio.tts.models.kokoro import Model, ModelConfig
+
+    path = tmp_path_factory.mktemp("kokoro") / "tiny-kokoro"
+    path.mkdir()
+    config = tiny_config()
+    mx.random.seed(1)
+    model = Model(ModelConfig.from_dict(config))
+    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    rng = np.random.default_rng(0)
+    voices = {name: rng.normal(0, 0.3, (510, 1, 256)).astype(np.float32) for name in ("a", "b")}
+    mx.save_safetensors(
+        str(path / "voices.safetensors"), {k: mx.array(v) for k, v in voices.items()}
+    )
+    (path / "config.json").write_text(json.dumps(config))
+    meta = {"kind": "tts", "architecture": "kokoro", "sample_rate": 24000, "default_voice": "a"}
+    (path / "mlxd.json").write_text(json.dumps(meta))
+    (path / COMPLETE_MARKER).write_text("test\n")
+    return path
+
+
+@pytest.fixture
+async def engine(tiny_kokoro_dir: Path) -> AsyncIterator[KokoroEngine]:
+    engine = KokoroEngine("tiny-kokoro", tiny_kokoro_dir, TTSLimits(max_waiting=3))
+    engine.start()
+    await engine.wait_loaded()
+    yield engine
+    await asyncio.to_thread(engine.stop)
+
+
+def reference_audio(path: Path, text: str, voice: str, speed: float) -> np.ndarray:
+    """mlx-audio's Kokoro called directly (on this thread) with the same weights and style."""
+    import mlx.core as mx
+    from mlx_audio.tts.models.kokoro import Model, ModelConfig
+
+    config = json.loads((path / "config.json").read_text())
+    model = Model(ModelConfig.from_dict(config))
+    model.load_weights(str(path / "model.safetensors"))
+    phonemes = "".join(s for s in phonemize(text) if s in config["vocab"])
+    style = mx.load(str(path / "voices.safetensors"))[voice][len(phonemes)]
+    mx.random.seed(0)
+    return np.array(model(phonemes, style, speed), np.float32).reshape(-1)
+
+
+async def collect(engine: KokoroEngine, text: str, voice: str = "a") -> list[Event]:
+    stream = engine.submit(SynthesisRequest("r", text, voice, 1.0))
+    return [event async for event in stream]
+
+
+async def test_info_and_detection(engine: KokoroEngine, tiny_kokoro_dir: Path) -> None:
+    assert engine.info is not None
+    assert (engine.info.voices, engine.info.default_voice) == (("a", "b"), "a")
+    assert engine.info.sample_rate == 24000 and engine.kind == "tts"
+    assert is_kokoro_checkpoint(tiny_kokoro_dir)
+    assert not is_kokoro_checkpoint(tiny_kokoro_dir.parent)
+
+
+async def test_audio_equals_mlx_audio_on_the_same_weights(
+    engine: KokoroEngine, tiny_kokoro_dir: Path
+) -> None:
+    events = await collect(engine, "Hello there.", voice="b")
+    chunk, done = events
+    assert isinstance(chunk, AudioChunk) and isinstance(done, SynthesisDone)
+    expected = reference_audio(tiny_kokoro_dir, "Hello there.", "b", 1.0)
+    assert chunk.samples.dtype == np.float32 and chunk.samples.size > 0
+    np.testing.assert_allclose(chunk.samples, expected, atol=1e-5)
+    assert (done.samples, done.tokens) == (chunk.samples.size, chunk.tokens)
+    assert chunk.tokens == len("".join(s for s in phonemize("Hello there.") if s.strip() or s))
+
+
+async def test_pieces_come_in_order(engine: KokoroEngine) -> None:
+    events = await collect(engine, TEXT)
+    chunks = [event for event in events if isinstance(event, AudioChunk)]
+    assert [chunk.text for chunk in chunks] == ["Hello there.", "How are you?", "Fine."]
+    done = events[-1]
+    assert isinstance(done, SynthesisDone)
+    assert done.samples == sum(chunk.samples.size for chunk in chunks)
+    assert engine.active == 0
+
+
+async def test_concurrent_requests_take_turns(engine: KokoroEngine) -> None:
+    order: list[str] = []
+
+    async def run(name: str) -> None:
+        stream = engine.submit(SynthesisRequest(name, "Hi there. Fine.", "a", 1.0))
+        async for event in stream:
+            if isinstance(event, AudioChunk):
+                order.append(name)
+
+    await asyncio.gather(run("first"), run("second"))
+    assert sorted(order) == ["first"] * 2 + ["second"] * 2
+    assert order.index("second") < len(order) - order[::-1].index("first") - 1  # interleaved
+
+
+async def test_a_cancelled_request_stops_before_its_next_piece(engine: KokoroEngine) -> None:
+    before = engine.pieces_made
+    stream = engine.submit(SynthesisRequest("r", TEXT * 3, "a", 1.0))
+    async for event in stream:
+        assert isinstance(event, AudioChunk)
+        stream.cancel()
+        break
+    assert await wait_until(lambda: engine.active == 0, timeout=30)
+    assert engine.pieces_made - before < 9
+
+
+async def test_unknown_voice_and_overload_are_refused(engine: KokoroEngine) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        engine.check_voice("alloy")
+    assert refused.value.param == "voice" and "a, b" in refused.value.message
+    streams = [engine.submit(SynthesisRequest(f"r{i}", "Hi.", "a", 1.0)) for i in range(3)]
+    with pytest.raises(Overloaded):
+        engine.submit(SynthesisRequest("r4", "Hi.", "a", 1.0))
+    for stream in streams:
+        stream.cancel()
+    assert await wait_until(lambda: engine.active == 0, timeout=60)
+
+
+def test_onnx_names_map_to_mlx_audio() -> None:
+    assert module_path("/encoder/text_encoder/cnn.0/cnn.0.0/Conv_quant") == "text_encoder.cnn.0.0"
+    assert module_path("/encoder/F0.1/conv1x1/Conv_quant") == "predictor.F0.1.conv1x1"
+    assert module_path("/encoder/shared/LSTM_quant") == "predictor.shared"
+    assert module_path("/decoder/decoder/asr_res/asr_res.0/Conv_quant") == "decoder.asr_res.0"
+    assert (
+        mlx_name("encoder.bert.embeddings.LayerNorm.weight") == "bert.embeddings.LayerNorm.weight"
+    )
+    assert mlx_name("encoder.bert_encoder.bias") == "bert_encoder.bias"
+
+
+def test_lstm_gates_go_from_onnx_iofc_to_torch_ifgo() -> None:
+    hidden = 2
+    stacked = np.repeat(np.array([0.0, 1.0, 2.0, 3.0]), hidden)  # i, o, f, c blocks
+    assert _gates(stacked, hidden).tolist() == [0, 0, 2, 2, 3, 3, 1, 1]
