@@ -282,3 +282,29 @@ async def test_engine_failure_mid_stream_ends_with_response_failed(
     failed = events[-1]["response"]
     assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
     assert failed["output"][0]["content"][0]["text"] == "Hello"  # what was streamed is kept
+
+
+CODEX = json.loads((Path(__file__).parent / "codex_first_request.json").read_text())
+
+
+async def test_codexs_first_request(http: httpx.AsyncClient, fake_engine: FakeEngine) -> None:
+    """Codex's whole first turn: developer messages, function tools, a namespace of functions
+    and web_search, `store: false`, `include`, `client_metadata`, no `max_output_tokens`."""
+    body = {**CODEX["body"], "model": "fake"}
+    assert body["stream"] is True and body["store"] is False and "max_output_tokens" not in body
+    async with http.stream("POST", CODEX["path"], json=body, headers=CODEX["headers"]) as response:
+        assert response.status_code == 200
+        ignored = response.headers["x-mlxd-ignored-fields"].split(",")
+        lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+    events = [json.loads(line[6:]) for line in lines]
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.completed"
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert done[0]["content"][0]["text"] == "Hello there!"  # what Codex prints
+    assert {"include", "prompt_cache_key", "client_metadata", "store"} <= set(ignored)
+    assert fake_engine.tools_seen is not None
+    offered = [tool["function"]["name"] for tool in fake_engine.tools_seen]
+    assert "exec_command" in offered and "multi_agent_v1.spawn_agent" in offered
+    assert "web_search" not in offered
+    prompt = prompt_of(fake_engine)
+    assert prompt.count("<system>") == 1 and prompt.endswith("<user>Say hello in one word.")
+    assert fake_engine.requests[-1].max_tokens == 4096 - len(fake_engine.requests[-1].prompt_tokens)
