@@ -11,6 +11,7 @@ a model that fails to load raises in `load` (the pool reports it; nothing else s
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any, cast
@@ -199,7 +200,10 @@ class LLMEngine(EngineThread, ChatFront):
             # cpu_decode's rewrites assume plain KV caches filled in lockstep.
             cpu_decode=on_cpu and profile.plain and install_cpu_decode(model),
         )
-        vocabulary = Vocabulary(tokenizer, TokenBytes(tokenizer), self.info.eos_token_ids)
+        # The engine thread detokenizes with its own copy: a Rust tokenizer used by two threads
+        # at once can panic ("Already borrowed"); the front's stays on the event loop.
+        own = copy.deepcopy(tokenizer)
+        vocabulary = Vocabulary(own, TokenBytes(own), self.info.eos_token_ids)
         prefix_cache = None
         if self.limits.prefix_cache_bytes > 0:
             prefix_cache = PrefixCache(self.limits.prefix_cache_bytes)

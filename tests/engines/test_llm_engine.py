@@ -200,3 +200,13 @@ async def test_watchdog_reports_a_hung_step(tiny_model_dir: Path) -> None:
     finally:
         release.set()
         engine.stop()
+
+
+async def test_the_engine_thread_detokenizes_with_its_own_tokenizer(engine: LLMEngine) -> None:
+    """One Rust tokenizer used from two threads can panic ("Already borrowed"): the event
+    loop encodes with the front's tokenizer, the engine thread decodes with its own copy."""
+    assert engine.scheduler is not None
+    own = engine.scheduler._vocabulary.tokenizer
+    assert own is not engine.tokenizer
+    assert getattr(own, "_tokenizer", own) is not getattr(engine.tokenizer, "_tokenizer", None)
+    assert own.encode("the cat") == engine.tokenizer.encode("the cat")
