@@ -66,11 +66,11 @@ def import_gguf(source: Path, destination: Path, dequantize: bool) -> Path:
     """
     import mlx.core as mx
 
-    tensors, metadata = _read(source)
-    arch = str(metadata.get("general.architecture", ""))
+    arch = _architecture(source)  # from the header: refuse before any tensor is read
     if arch not in SUPPORTED_ARCHITECTURES:
         supported = ", ".join(SUPPORTED_ARCHITECTURES)
         raise GGUFImportError(f"unsupported GGUF architecture {arch!r}; supported: {supported}")
+    tensors, metadata = _read(source)
     config = _model_config(arch, metadata, tensors)
     weights = _rename(tensors)
     if arch == "llama":
@@ -107,6 +107,20 @@ def import_gguf(source: Path, destination: Path, dequantize: bool) -> Path:
     staging.rename(destination)
     logger.info("imported %s into %s", source, destination)
     return destination
+
+
+def _architecture(source: Path) -> str:
+    """`general.architecture` of a GGUF file, read from its header (the tensors are mapped,
+    not loaded or dequantized)."""
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(str(source)).fields.get("general.architecture")
+    except (OSError, ValueError) as exc:
+        raise GGUFImportError(f"{source.name} is not a readable GGUF file: {exc}") from exc
+    if field is None:
+        raise GGUFImportError(f"{source.name} names no architecture (general.architecture)")
+    return bytes(field.parts[field.data[0]]).decode("utf-8")
 
 
 def _read(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
