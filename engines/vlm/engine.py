@@ -22,6 +22,7 @@ exactly once.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from collections import OrderedDict, deque
@@ -141,7 +142,9 @@ class VLMEngine(EngineThread, VisionFront):
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         parameters = cast(list[tuple[str, Any]], tree_flatten(self.model.parameters()))
         self.weights_bytes = sum(int(array.nbytes) for _, array in parameters)
-        self.tokenizer = tokenizer
+        # The event loop renders and tokenizes with its own copy: a Rust tokenizer used by two
+        # threads at once can panic ("Already borrowed"); the processor's stays on this thread.
+        self.tokenizer = copy.deepcopy(tokenizer)
         self.vocabulary = Vocabulary(tokenizer, TokenBytes(tokenizer), self._eos_ids(tokenizer))
         self.info = self.model_info(tokenizer, self._eos_ids(tokenizer))
         logger.info("engine %s loaded vision-language model %s", self.name, self.path)
@@ -203,13 +206,22 @@ class VLMEngine(EngineThread, VisionFront):
         if running.choice.accept(int(token), None):
             self._running = None
 
+    def _prompt_text(self, tokens: list[int]) -> str:
+        """The prompt text back from its ids (special tokens kept), with this thread's
+        tokenizer: the processor's input."""
+        return str(
+            self.vocabulary.tokenizer.decode(
+                tokens, skip_special_tokens=False, clean_up_tokenization_spaces=False
+            )
+        )
+
     def _start(self, request: GenerationRequest, stream: RequestStream) -> _Running | None:
         """Process the prompt and its images and begin decoding (None: it failed, reported)."""
         from engines.vlm.generation import start_generation
 
         try:
             prompt_ids, tokens = start_generation(
-                self.model, self.processor, self.vision_cache, request, self.decode_prompt
+                self.model, self.processor, self.vision_cache, request, self._prompt_text
             )
         except (InvalidRequest, ContextTooLong, ValueError) as exc:
             self.release(-1)

@@ -60,14 +60,6 @@ class VisionFront(ChatFront):
                 f"the model's chat template rejected the messages: {exc}", "messages"
             ) from exc
 
-    def decode_prompt(self, tokens: list[int]) -> str:
-        """The prompt text back from its ids, special tokens kept (the processor's input)."""
-        return str(
-            self.tokenizer.decode(
-                tokens, skip_special_tokens=False, clean_up_tokenization_spaces=False
-            )
-        )
-
     def check_grammar(self, grammar: str, param: str) -> None:
         raise InvalidRequest(
             "constrained output is not supported on vision-language models yet", param=param
