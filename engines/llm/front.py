@@ -12,13 +12,15 @@ Invariants: `submit`-side checks raise before anything is queued; the counts (`a
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engines.errors import ContextTooLong, InvalidRequest, KVBudgetExceeded, Overloaded
-from engines.llm.caches import CacheProfile
 from engines.llm.constrain import GrammarCompiler
 from engines.llm.templates import render_chat
 from engines.types import ChatLimits, ChatModelInfo, GenerationRequest
+
+if TYPE_CHECKING:
+    from engines.llm.caches import CacheProfile
 
 
 class ChatFront:

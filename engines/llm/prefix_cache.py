@@ -83,7 +83,10 @@ class PrefixCache:
             return
         key = tuple(tokens)
         nbytes = caches.nbytes(cache)
-        if nbytes > self.max_bytes or key in self._entries:
+        if key in self._entries:  # the same tokens again: only its recency changes
+            self._entries.move_to_end(key)
+            return
+        if nbytes > self.max_bytes:
             return
         # Evaluate now: an extracted row is a lazy copy, and until it is computed it keeps the
         # whole batch's KV buffers alive (measured: gigabytes held by a 215 MB cache).
