@@ -308,3 +308,26 @@ async def test_codexs_first_request(http: httpx.AsyncClient, fake_engine: FakeEn
     prompt = prompt_of(fake_engine)
     assert prompt.count("<system>") == 1 and prompt.endswith("<user>Say hello in one word.")
     assert fake_engine.requests[-1].max_tokens == 4096 - len(fake_engine.requests[-1].prompt_tokens)
+
+
+async def test_codexs_tool_follow_up(http: httpx.AsyncClient, fake_engine: FakeEngine) -> None:
+    """The turn after a call: Codex resends everything plus the call (with its `fc_` id and
+    status) and the command's output (an `fco_` id); both reach the template as chat turns."""
+    call_id = "call_7268d1fe61e6ae63cd032a35"
+    follow_up = [
+        {"type": "function_call", "status": "completed",
+         "id": "fc_f4de32b6de67426a874995eedc63b043", "name": "exec_command",
+         "arguments": '{"cmd": "cat notes.txt"}', "call_id": call_id},
+        {"type": "function_call_output", "id": "fco_01a23f55-f390-7d80-b4eb-5d5045a08a90",
+         "call_id": call_id,
+         "output": "Chunk ID: a6e35e\nWall time: 0.0000 seconds\nProcess exited with code 0\n"
+                   "Original token count: 5\nOutput:\nhello from a file\n"},
+    ]  # fmt: skip
+    body = {**CODEX["body"], "model": "fake", "stream": False}
+    body["input"] = [*body["input"], *follow_up]
+    response = await http.post(CODEX["path"], json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "completed"
+    assert prompt_of(fake_engine).endswith(
+        "<user>Say hello in one word.<assistant><tool>" + follow_up[1]["output"]
+    )
