@@ -13,8 +13,11 @@ import httpx
 import pytest
 from openai import AsyncOpenAI, NotFoundError
 
+from engines.pool import EnginePool
+from server.app import create_app
 from server.settings import Settings
 from tests.fakes import FakeEngine
+from tests.servers import serve, wait_until
 from tests.unit.test_chat_contract import assert_openai_error
 
 URL = "/v1/responses"
@@ -331,3 +334,21 @@ async def test_codexs_tool_follow_up(http: httpx.AsyncClient, fake_engine: FakeE
     assert prompt_of(fake_engine).endswith(
         "<user>Say hello in one word.<assistant><tool>" + follow_up[1]["output"]
     )
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_client_disconnect_cancels(tmp_path: Path, stream: bool) -> None:
+    engine = FakeEngine(reply="word " * 200, token_delay_s=0.01, context_length=4096)
+    body = {"model": "fake", "input": "go", "stream": stream, "store": False}
+    with serve(create_app(Settings(home=tmp_path), EnginePool([engine]))) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=0.3) as http:
+            if stream:
+                async with http.stream("POST", URL, json=body) as response:
+                    async for line in response.aiter_lines():
+                        if "output_text.delta" in line:
+                            break  # leaving the block closes the connection mid-stream
+            else:
+                with pytest.raises(httpx.ReadTimeout):
+                    await http.post(URL, json=body)
+        assert await wait_until(lambda: engine.active == 0, timeout=2)
+    assert 0 < engine.tokens_generated < 1000
