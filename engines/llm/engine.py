@@ -44,6 +44,7 @@ class LLMEngine(EngineThread, ChatFront):
     """One model, one thread. `submit` and the properties are called from the event loop."""
 
     kind = "chat"
+    scheduler_class = Scheduler  # a distributed engine replays plans on its own subclass
 
     def __init__(
         self,
@@ -121,7 +122,7 @@ class LLMEngine(EngineThread, ChatFront):
         import mlx.core as mx
         from mlx_lm.models.cache import make_prompt_cache
 
-        model, tokenizer, config = _load_checkpoint(self.path)
+        model, tokenizer, config = self.load_checkpoint()
         self._read_tokenizer(tokenizer, config)
         # Warm up (compile kernels, allocate buffers) and measure what the caches hold.
         probe = make_prompt_cache(model)
@@ -148,6 +149,10 @@ class LLMEngine(EngineThread, ChatFront):
             profile.per_token // 1024,
             self.kv_budget_bytes // 2**20,
         )
+
+    def load_checkpoint(self) -> tuple[Any, Any, dict[str, Any]]:
+        """The model, tokenizer and config (a distributed engine loads its shard instead)."""
+        return _load_checkpoint(self.path)
 
     def _read_tokenizer(self, tokenizer: Any, config: dict[str, Any]) -> None:
         """Set the front's tokenizer facts (before any request can be accepted)."""
@@ -207,7 +212,7 @@ class LLMEngine(EngineThread, ChatFront):
         prefix_cache = None
         if self.limits.prefix_cache_bytes > 0:
             prefix_cache = PrefixCache(self.limits.prefix_cache_bytes)
-        return Scheduler(
+        return self.scheduler_class(
             model,
             vocabulary,
             profile,
