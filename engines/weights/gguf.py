@@ -1,12 +1,13 @@
-"""GGUF → MLX model directory, for llama- and qwen2-architecture models.
+"""GGUF → MLX model directory, for llama-, qwen2- and gemma3-architecture models.
 
 Output: `config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json` (with the
 chat template), then the store's completion marker. Facts this relies on:
 - `mx.load(path, return_metadata=True)` reads GGUF and keeps Q4_0/Q4_1/Q8_0 as MLX affine
   quantized triples (weight/scales/biases, group 32); other types are dequantized with `gguf`.
-- llama.cpp permutes the Q and K rows of `llama` models for its RoPE layout; we undo it. qwen2 is
-  stored unpermuted.
-- The tokenizer is rebuilt from `tokenizer.ggml.*` with the `tokenizers` library (byte-level BPE).
+- llama.cpp permutes the Q and K rows of `llama` models for its RoPE layout; we undo it. qwen2 and
+  gemma3 are stored unpermuted; gemma3 stores its RMS norm weights as 1 + w (mlx-lm adds the 1).
+- The architecture is read from the header first: others are refused before any tensor is read.
+- The tokenizer is rebuilt from `tokenizer.ggml.*` (engines/weights/gguf_tokenizer.py).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, cast
 
+from engines.weights.gguf_tokenizer import build_tokenizer
 from engines.weights.store import COMPLETE_MARKER
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3")
 GROUP_SIZE = 32  # the block size of the GGUF quant types that mx.load keeps quantized
 
 _LAYER_NAMES = {
@@ -37,21 +39,18 @@ _LAYER_NAMES = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+_GEMMA3_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+}
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-
-# Pre-tokenizer regexes as the upstream tokenizer.json files define them.
-_QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
-# GGUF token types (llama.cpp `llama_token_type`).
-_CONTROL = 3
-_USER_DEFINED = 4
+# Every gemma3 model has global attention on every 6th layer, sliding windows elsewhere, and a
+# local rope base of 10000 (llama.cpp's loader sets them too; the GGUF does not carry them).
+_GEMMA3_FIXED = {"sliding_window_pattern": 6, "rope_local_base_freq": 10000.0}
 
 
 class GGUFImportError(ValueError):
@@ -72,7 +71,7 @@ def import_gguf(source: Path, destination: Path, dequantize: bool) -> Path:
         raise GGUFImportError(f"unsupported GGUF architecture {arch!r}; supported: {supported}")
     tensors, metadata = _read(source)
     config = _model_config(arch, metadata, tensors)
-    weights = _rename(tensors)
+    weights = _rename(tensors, arch)
     if arch == "llama":
         _unpermute_qk(weights, config)
     quantized = _quantized_bits(weights)
@@ -206,16 +205,36 @@ def _model_config(arch: str, metadata: dict[str, Any], tensors: dict[str, Any]) 
     if arch == "llama":
         config["attention_bias"] = "blk.0.attn_q.bias" in tensors
         config["mlp_bias"] = False
+    if arch == "gemma3":
+        _gemma3_config(config, metadata)
     return config
 
 
-def _rename(tensors: dict[str, Any]) -> dict[str, Any]:
+def _gemma3_config(config: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """mlx-lm's gemma3_text arguments from a gemma3 GGUF (head size from key_length)."""
+    head_dim = int(_meta(metadata, "gemma3.attention.key_length"))
+    config.update(_GEMMA3_FIXED)
+    config["model_type"] = "gemma3_text"
+    config["architectures"] = ["Gemma3ForCausalLM"]
+    config["head_dim"] = head_dim
+    config["query_pre_attn_scalar"] = head_dim
+    config["sliding_window"] = int(_meta(metadata, "gemma3.attention.sliding_window"))
+    tokens = list(_meta(metadata, "tokenizer.ggml.tokens"))
+    if "<end_of_turn>" in tokens and "eos_token_id" in config:  # instruction-tuned turns end so
+        config["eos_token_id"] = [config["eos_token_id"], tokens.index("<end_of_turn>")]
+
+
+def _rename(tensors: dict[str, Any], arch: str) -> dict[str, Any]:
+    """llama.cpp tensor names → mlx-lm's; gemma3's norms from 1 + w back to w."""
+    layer_names = _GEMMA3_LAYER_NAMES if arch == "gemma3" else _LAYER_NAMES
     renamed: dict[str, Any] = {}
     for name, value in tensors.items():
         base, _, suffix = name.rpartition(".")
         match = re.fullmatch(r"blk\.(\d+)\.(\w+)", base)
-        if match and match.group(2) in _LAYER_NAMES:
-            target = f"model.layers.{match.group(1)}.{_LAYER_NAMES[match.group(2)]}"
+        if arch == "gemma3" and base.endswith("norm"):
+            value = value - 1.0
+        if match and match.group(2) in layer_names:
+            target = f"model.layers.{match.group(1)}.{layer_names[match.group(2)]}"
         elif base in _TOP_NAMES:
             target = _TOP_NAMES[base]
         else:
@@ -251,90 +270,3 @@ def _quantized_bits(weights: dict[str, Any]) -> dict[str, int]:
             input_features = scales.shape[-1] * GROUP_SIZE
             bits[module] = packed_columns * 32 // input_features
     return bits
-
-
-def build_tokenizer(metadata: dict[str, Any], context_length: int) -> tuple[Any, dict[str, Any]]:
-    """A `tokenizers.Tokenizer` and its tokenizer_config.json, from GGUF tokenizer metadata."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
-    from tokenizers import pre_tokenizers as pre
-
-    kind = metadata.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise GGUFImportError(f"unsupported GGUF tokenizer model {kind!r} (only byte-level BPE)")
-    tokens: list[str] = list(_meta(metadata, "tokenizer.ggml.tokens"))
-    merges = [tuple(m.split(" ", 1)) for m in metadata.get("tokenizer.ggml.merges", [])]
-    types = list(metadata.get("tokenizer.ggml.token_type", [1] * len(tokens)))
-    tokenizer = Tokenizer(
-        models.BPE(
-            vocab={token: i for i, token in enumerate(tokens)},
-            merges=merges,
-            ignore_merges=False,
-        )
-    )
-    flavour = metadata.get("tokenizer.ggml.pre", "default")
-    byte_level = pre.ByteLevel(add_prefix_space=False, use_regex=True)
-    if flavour == "smollm":
-        tokenizer.pre_tokenizer = pre.Sequence([pre.Digits(individual_digits=True), byte_level])
-    elif flavour in ("qwen2", "llama-bpe", "llama3"):
-        pattern = _QWEN2_SPLIT if flavour == "qwen2" else _LLAMA3_SPLIT
-        tokenizer.pre_tokenizer = pre.Sequence(
-            [
-                pre.Split(Regex(pattern), behavior="isolated", invert=False),
-                pre.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-        if flavour == "qwen2":
-            tokenizer.normalizer = normalizers.NFC()
-    else:
-        tokenizer.pre_tokenizer = byte_level
-    tokenizer.decoder = decoders.ByteLevel()
-
-    tokenizer.add_special_tokens(
-        [
-            AddedToken(t, special=True, normalized=False)
-            for t, k in zip(tokens, types, strict=True)
-            if k == _CONTROL
-        ]
-    )
-    tokenizer.add_tokens(
-        [
-            AddedToken(t, normalized=False)
-            for t, k in zip(tokens, types, strict=True)
-            if k == _USER_DEFINED
-        ]
-    )
-
-    def token_of(key: str) -> str | None:
-        index = metadata.get(f"tokenizer.ggml.{key}_token_id")
-        return tokens[int(index)] if index is not None and int(index) < len(tokens) else None
-
-    bos, eos = token_of("bos"), token_of("eos")
-    add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", False)) and bos is not None
-    byte_post = processors.ByteLevel(trim_offsets=False)
-    if add_bos and bos is not None:
-        bos_id = tokens.index(bos)
-        tokenizer.post_processor = processors.Sequence(
-            [
-                byte_post,
-                processors.TemplateProcessing(
-                    single=f"{bos}:0 $A:0",
-                    pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
-                    special_tokens=[(bos, bos_id)],
-                ),
-            ]
-        )
-    else:
-        tokenizer.post_processor = byte_post
-    config: dict[str, Any] = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": context_length,
-        "clean_up_tokenization_spaces": False,
-        "add_bos_token": add_bos,
-        "bos_token": bos,
-        "eos_token": eos,
-        "pad_token": token_of("padding"),
-        "unk_token": token_of("unknown"),
-    }
-    if "tokenizer.chat_template" in metadata:
-        config["chat_template"] = metadata["tokenizer.chat_template"]
-    return tokenizer, config

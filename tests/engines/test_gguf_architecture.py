@@ -16,8 +16,8 @@ def test_an_unsupported_architecture_is_refused_before_any_tensor_is_read(
 ) -> None:
     import gguf
 
-    path = tmp_path / "gemma3.gguf"
-    writer = gguf.GGUFWriter(str(path), "gemma3")
+    path = tmp_path / "mamba.gguf"
+    writer = gguf.GGUFWriter(str(path), "mamba")
     writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -28,7 +28,7 @@ def test_an_unsupported_architecture_is_refused_before_any_tensor_is_read(
         raise AssertionError("tensors were read before the architecture was checked")
 
     monkeypatch.setattr(gguf_module, "_read", read)
-    with pytest.raises(GGUFImportError, match="unsupported GGUF architecture 'gemma3'"):
+    with pytest.raises(GGUFImportError, match="unsupported GGUF architecture 'mamba'"):
         import_gguf(path, tmp_path / "out", dequantize=True)
 
 
