@@ -254,15 +254,23 @@ IGNORED_FIELDS = (
 
 
 def _checked(model: type[M], raw: Any, param: str) -> M:
+    """`raw` as `model`; the error reported is the one deepest in the value (of a union's
+    members, the one that got furthest: a part missing `text`, not "content is no string")."""
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        inner = loc_to_param(error["loc"])
+        located = [(_field_path(e["loc"]), e) for e in exc.errors(include_url=False)]
+        path, error = max(located, key=lambda pair: len(pair[0]))
+        inner = loc_to_param(path)
         where = f"{param}.{inner}" if inner and not inner.startswith("[") else param + (inner or "")
         raise APIError(
             400, f"Invalid value for '{where}': {error['msg']}", param=where, code="invalid_value"
         ) from None
+
+
+def _field_path(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """An error location without the union members pydantic names (`TextPart`, `str`)."""
+    return tuple(part for part in loc if isinstance(part, int) or not part[:1].isupper())
 
 
 def parse_items(raw: list[Any]) -> list[InputItem]:
@@ -283,7 +291,8 @@ def _parse_item(index: int, raw: Any) -> InputItem:
             param=f"{param}.type",
             code="unsupported_value",
         )
-    for part_index, part in enumerate(raw.get("content") or [] if kind == "message" else []):
+    content = raw.get("content") if kind == "message" else None
+    for part_index, part in enumerate(content if isinstance(content, list) else []):
         if isinstance(part, dict) and part.get("type") in UNSUPPORTED_PARTS:
             raise APIError(
                 400,
