@@ -215,6 +215,23 @@ async def test_reasoning_effort_and_reasoning_items(
     }
 
 
+async def test_streamed_reasoning_item_through_the_stream_helper(
+    client: AsyncOpenAI, fake_engine: FakeEngine
+) -> None:
+    assert fake_engine.info is not None
+    fake_engine.info = dataclasses.replace(fake_engine.info, reasoning=True)
+    fake_engine.reasoning = True
+    fake_engine.reply = "Paris is in France.</think>Paris."
+    async with client.responses.stream(model="fake", input="capital?") as stream:
+        kinds = [event.type async for event in stream]
+        final = await stream.get_final_response()
+    assert kinds.index("response.reasoning_text.delta") < kinds.index("response.output_text.delta")
+    reasoning, message = final.output
+    assert reasoning.type == "reasoning" and reasoning.content is not None
+    assert reasoning.content[0].text == "Paris is in France."
+    assert message.type == "message" and final.output_text == "Paris."
+
+
 async def test_previous_response_id_continues_a_stored_conversation(
     client: AsyncOpenAI, fake_engine: FakeEngine
 ) -> None:
