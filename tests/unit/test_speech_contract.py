@@ -279,6 +279,19 @@ async def test_sse_reports_a_failure_in_stream(slow_server: tuple[str, FakeTTSEn
     assert events[-1]["error"]["code"] == "engine_failed"
 
 
+async def test_an_audio_failure_after_audio_aborts_the_response(
+    slow_server: tuple[str, FakeTTSEngine],
+) -> None:
+    """Not a silently truncated file: the chunked body never completes."""
+    url, engine = slow_server
+    engine.fail_at_piece = 1
+    body = {"model": MODEL, "input": TWO_SENTENCES, "voice": "jf_alpha", "response_format": "pcm"}
+    async with httpx.AsyncClient(base_url=url) as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.post("/v1/audio/speech", json=body)
+    assert await wait_until(lambda: engine.active == 0, timeout=3)
+
+
 @pytest.mark.parametrize("stream_format", ["audio", "sse"])
 async def test_a_client_that_leaves_stops_the_engine_work(
     slow_server: tuple[str, FakeTTSEngine], stream_format: str
