@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from engines.device_memory import check_fits
 from engines.errors import EngineUnavailable, ModelNotFound, WrongModelKind
 from engines.kinds import KINDS, Engine, EngineKind
 from engines.types import EngineStats
@@ -45,6 +46,7 @@ class ModelSpec:
     preload: bool = False  # loaded at start rather than on first request
     idle_ttl_s: float | None = None  # unloaded after this long without requests
     size_bytes: int = 0  # estimated memory when loaded (weights), for the budget
+    kv_bytes: int = 0  # the KV budget a chat engine reserves, counted when checking it fits
     sampling_defaults: tuple[tuple[str, float], ...] = ()  # for fields a request leaves out
     # A hub model not yet in the cache (engines.weights.hub_download.ModelDownload): requests
     # start it and get 503 + Retry-After until it is done; the factory runs only after.
@@ -88,6 +90,12 @@ def _context_length(engine: Any) -> int | None:
     return length if isinstance(length, int) else None
 
 
+def _weights_bytes(spec: ModelSpec) -> int:
+    """A model's weights: as configured, or, for a hub model, once its download is done (0
+    before)."""
+    return spec.download.size_bytes if spec.download is not None else spec.size_bytes
+
+
 def _given(engine: Any) -> Callable[[], Any]:
     """A factory for a ready-made engine: always that engine."""
     return lambda: engine
@@ -100,9 +108,11 @@ class EnginePool:
         specs: Iterable[ModelSpec] = (),
         memory_budget_bytes: int | None = None,
         reap_interval_s: float = 1.0,
+        device_memory: tuple[int, str] | None = None,
     ) -> None:
         """`ready`: ready-made engines (each names its `kind`), served pinned and loaded at start
-        (tests, single-model setups); `specs`: configured models (lazy unless `preload`)."""
+        (tests, single-model setups); `specs`: configured models (lazy unless `preload`);
+        `device_memory`: (bytes, what they are) a model must fit, checked before each load."""
         given = [
             ModelSpec(engine.name, engine.kind, _given(engine), pinned=True, preload=True)
             for engine in ready
@@ -116,6 +126,7 @@ class EnginePool:
                 self._names[name] = spec.name
             self._slots[spec.name] = _Slot(spec)
         self.memory_budget_bytes = memory_budget_bytes
+        self.device_memory = device_memory
         self._reap_interval_s = reap_interval_s
         self._reaper: asyncio.Task[None] | None = None
         self._downloads: list[asyncio.Task[None]] = []
@@ -211,6 +222,7 @@ class EnginePool:
 
     async def _load(self, slot: _Slot) -> None:
         try:
+            self.check_fits(slot.spec.name)
             await self._make_room(slot)
             engine = slot.spec.factory()
             engine.start()
@@ -227,14 +239,23 @@ class EnginePool:
 
     # -- memory and unloading ------------------------------------------------------------------
 
+    def check_fits(self, model: str) -> None:
+        """ModelTooLarge (503 naming the numbers) when the model's weights and KV budget exceed
+        the device's usable memory; a hub model not downloaded yet is checked once it is."""
+        spec = self._slot(model).spec
+        if self.device_memory is not None:
+            usable, what = self.device_memory
+            check_fits(spec.name, _weights_bytes(spec), spec.kv_bytes, usable, what)
+
     def _held_bytes(self) -> int:
-        return sum(s.spec.size_bytes for s in self._slots.values() if s.engine is not None)
+        return sum(_weights_bytes(s.spec) for s in self._slots.values() if s.engine is not None)
 
     async def _make_room(self, slot: _Slot) -> None:
         budget = self.memory_budget_bytes
         if budget is None:
             return
-        while self._held_bytes() + slot.spec.size_bytes > budget:
+        size = _weights_bytes(slot.spec)
+        while self._held_bytes() + size > budget:
             idle = [
                 s
                 for s in self._slots.values()
@@ -242,13 +263,13 @@ class EnginePool:
             ]
             if not idle:
                 holders = ", ".join(
-                    f"{s.spec.name} ({s.spec.size_bytes / 2**20:.0f} MiB, "
+                    f"{s.spec.name} ({_weights_bytes(s.spec) / 2**20:.0f} MiB, "
                     f"{'pinned' if s.spec.pinned else 'busy'})"
                     for s in self._slots.values()
                     if s.engine is not None
                 )
                 raise EngineUnavailable(
-                    f"model '{slot.spec.name}' needs {slot.spec.size_bytes / 2**20:.0f} MiB and "
+                    f"model '{slot.spec.name}' needs {size / 2**20:.0f} MiB and "
                     f"the memory budget of {budget / 2**20:.0f} MiB is held by: {holders}"
                 )
             victim = min(idle, key=lambda s: s.last_used)

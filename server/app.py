@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 import server.routes.speech as speech_routes
+from engines.device_memory import chat_kv_bytes, usable_memory
 from engines.errors import ModelNotFound
 from engines.kinds import KINDS, detect_kind
 from engines.pool import EnginePool, ModelSpec
@@ -48,6 +49,7 @@ def build_pool(settings: Settings) -> EnginePool:
     from server.config import ModelEntry, load_models_file
     from server.runtime import default_memory_budget
 
+    device_memory = usable_memory()
     store = ModelStore(settings.home)
     budget_mb = settings.memory_budget_mb
     if settings.config is not None:
@@ -75,9 +77,13 @@ def build_pool(settings: Settings) -> EnginePool:
                 )
             )
         entries.extend(_embedding_entry(settings, store))
-    budget = budget_mb * 2**20 if budget_mb else default_memory_budget()
-    return EnginePool(specs=[_spec(entry, settings, store) for entry in entries],
-                      memory_budget_bytes=budget)  # fmt: skip
+    budget = budget_mb * 2**20 if budget_mb else default_memory_budget(device_memory[0])
+    pool = EnginePool(specs=[_spec(entry, settings, store) for entry in entries],
+                      memory_budget_bytes=budget, device_memory=device_memory)  # fmt: skip
+    for model in pool.models():  # refuse at start, in one line, what could never load
+        if model.preload:
+            pool.check_fits(model.name)
+    return pool
 
 
 def _embedding_entry(settings: Settings, store: Any) -> list[Any]:
@@ -117,6 +123,7 @@ def _spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
         preload=entry.preload,
         idle_ttl_s=entry.idle_ttl_s,
         size_bytes=store.size_bytes(path),
+        kv_bytes=chat_kv_bytes(settings.kv_budget_mb) if kind == "chat" else 0,
         sampling_defaults=tuple(entry.sampling.values().items()),
     )
 
@@ -137,6 +144,7 @@ def _hub_spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
         pinned=entry.pinned,
         preload=entry.preload,
         idle_ttl_s=entry.idle_ttl_s,
+        kv_bytes=chat_kv_bytes(settings.kv_budget_mb) if kind.name == "chat" else 0,
         sampling_defaults=tuple(entry.sampling.values().items()),
         download=download,
     )

@@ -34,14 +34,8 @@ def runtime() -> Runtime:
     return Runtime(ours, version("mlx"), backend, str(mx.default_device()), memory)
 
 
-def default_memory_budget() -> int:
-    """Memory loaded models may take by default: 70% of RAM, and on Metal no more than 70% of
-    the GPU's recommended working set (the wired memory it can keep resident)."""
-    import mlx.core as mx
-
-    budget = int(0.7 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    if mx.metal.is_available():
-        wired = int(mx.device_info().get("max_recommended_working_set_size", 0))
-        if wired:
-            budget = min(budget, int(0.7 * wired))
-    return budget
+def default_memory_budget(usable_bytes: int) -> int:
+    """Memory loaded models may take by default: 70% of what the device can use
+    (engines/device_memory.py: Metal's recommended working set, else device memory, else RAM),
+    the figure each model is also checked against before it loads."""
+    return int(0.7 * usable_bytes)

@@ -5,7 +5,8 @@ Invariants:
 - One download at a time per model; it runs on a dedicated thread (a GGUF quant is imported with
   MLX after the download, so never in a thread pool).
 - `check()` and `status` are called on the event loop; the thread publishes only plain values
-  (the path, the error) under a lock, and the progress fraction (hub_progress.PullProgress).
+  (the path, the weights' size, the error) under a lock, and the progress fraction
+  (hub_progress.PullProgress).
 - A failed download is reported to the request that finds it, then the next request starts a new
   one (which resumes the partial files).
 """
@@ -40,6 +41,7 @@ class ModelDownload:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._path: Path | None = None
+        self._size_bytes = 0
         self._error: Exception | None = None
         self._progress = PullProgress(str(ref), bar=False)
         self._finished = asyncio.Event()
@@ -49,6 +51,12 @@ class ModelDownload:
         """The downloaded model's directory (only once `ready`)."""
         assert self._path is not None, "the download has not finished"
         return self._path
+
+    @property
+    def size_bytes(self) -> int:
+        """The downloaded model's weights (what it takes loaded): 0 until `ready`."""
+        with self._lock:
+            return self._size_bytes
 
     @property
     def ready(self) -> bool:
@@ -96,12 +104,13 @@ class ModelDownload:
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             path = pull_model(self.ref, self._hub, self._store, self._progress, _on_cpu())
+            size = self._store.size_bytes(path)
         except Exception as exc:  # reported to the next request, which retries
             with self._lock:
                 self._error = exc
         else:
             with self._lock:
-                self._path = path
+                self._path, self._size_bytes = path, size
         loop.call_soon_threadsafe(self._finished.set)
 
 

@@ -197,3 +197,35 @@ async def test_pull_quantize_puts_mlx_lm_s_4bit_copy_in_the_store(
     async with _client(_settings(tmp_path, "tiny-4bit")) as client:
         served = await client.post("/v1/chat/completions", json=CHAT | {"model": "tiny-4bit"})
         assert served.status_code == 200, served.text
+
+
+async def test_a_model_downloaded_while_serving_counts_against_the_memory_budget(
+    hub: FakeHub, tmp_path: Path, tiny_dir: Path
+) -> None:
+    """Both models weigh the same; the budget holds one: loading the local one must unload the
+    downloaded one, which counts its weights once its download is done."""
+    models = tmp_path / "models.toml"
+    models.write_text(
+        f'[[models]]\nname = "hubbed"\nsource = "{REPO}"\n\n'
+        f'[[models]]\nname = "local"\nsource = "{tiny_dir}"\n'
+    )
+    settings = Settings(config=models, speech_model="", embedding_model="", home=tmp_path / "m")
+    app = create_app(settings)
+    pool = app.state.pool
+    weights = ModelStore(tmp_path).size_bytes(tiny_dir)
+    pool.memory_budget_bytes = 2 * weights - 1
+    await pool.start()
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            for _ in range(300):  # 503 while it downloads, then served
+                hubbed = await client.post("/v1/chat/completions", json=CHAT | {"model": "hubbed"})
+                if hubbed.status_code != 503:
+                    break
+                await asyncio.sleep(0.05)
+            assert hubbed.status_code == 200, hubbed.text
+            local = await client.post("/v1/chat/completions", json=CHAT | {"model": "local"})
+            assert local.status_code == 200, local.text
+        assert pool.engine("local") is not None and pool.engine("hubbed") is None
+    finally:
+        await pool.drain(5)
