@@ -95,6 +95,8 @@ class AudioEncoder:
             header = b"" if self._header_sent else wav_header(self.sample_rate)
             self._header_sent = True
             return header + pcm16(samples)
+        if samples.size == 0:
+            return b""  # (an empty frame would flush the encoder)
         return self._mux(self._frame(samples))
 
     def finish(self) -> bytes:
@@ -108,8 +110,6 @@ class AudioEncoder:
     def _frame(self, samples: np.ndarray) -> Any:
         import av
 
-        if samples.size == 0:
-            return None
         frame = av.AudioFrame.from_ndarray(
             np.asarray(samples, np.float32).reshape(1, -1), format="flt", layout="mono"
         )

@@ -313,3 +313,17 @@ async def test_a_client_that_leaves_stops_the_engine_work(
             break  # leaving the block closes the connection mid-stream
     assert await wait_until(lambda: engine.active == 0, timeout=3)
     assert engine.pieces_made < 20
+
+
+@pytest.mark.parametrize("response_format", ["mp3", "opus", "aac", "flac", "wav"])
+def test_an_empty_piece_does_not_end_the_file(response_format: str) -> None:
+    """A piece with no phonemes (punctuation only) gives no samples; the file goes on."""
+    from engines.tts.encode import AudioEncoder
+    from tests.fake_tts import tone
+
+    encoder = AudioEncoder(response_format, SAMPLE_RATE)
+    empty = np.zeros(0, np.float32)
+    pieces = [empty, tone(SAMPLE_RATE), empty, tone(SAMPLE_RATE)]
+    data = b"".join(encoder.encode(piece) for piece in pieces) + encoder.finish()
+    rate, samples = decode(data)
+    assert samples >= 2 * rate  # both seconds are in it
