@@ -62,6 +62,7 @@ class GenerationRequest:
     prompt_logprobs: bool = False  # also score the prompt's tokens (completions' echo)
     grammar: str | None = None  # an llguidance grammar the output must follow (constrain.py)
     images: tuple[ImageInput, ...] = ()  # in prompt order (vision models only)
+    speculative: bool | None = None  # draft tokens ahead (None: as the model is configured)
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,9 @@ class EngineStats:
     queued: int  # requests waiting for admission
     largest_batch: int
     tokens_generated: int
+    drafted_tokens: int = 0  # speculative decoding: tokens proposed by drafters
+    accepted_drafts: int = 0  # of which the model kept
+    decode_row_steps: int = 0  # rows × decode passes (tokens per step = generated / this)
     prefix_cache_hits: int = 0
     prefix_cache_misses: int = 0
     prefix_cache_entries: int = 0
@@ -348,6 +352,8 @@ class ChatLimits:
     context_length: int | None = None  # a cap below the model's own context, if set
     chat_template: str | None = None  # replaces the tokenizer's chat template, if set
     untagged_tool_calls: bool = True  # see ChatModelInfo
+    speculative: str | None = None  # "prompt_lookup", or a draft model's directory (its path)
+    speculative_tokens: int = 0  # most tokens drafted per step (0: the default)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,12 @@ has already been fed into step n+1; that extra token is discarded when the row i
 Where launching does not overlap (MLX's CPU backend computes a launched step before
 `async_eval` returns), the caller reads `pending` first and launches after: tokens come out a
 step sooner and finished rows are filtered out before the next step.
+
+Speculative (`speculative=True`, plain KV caches only, never pipelined): rows are held in
+`RaggedKVCache`s, so that each row can drop its rejected drafts alone; a step whose rows have
+drafts runs one pass over [pending token, drafts...] and is verified at once
+(engines/llm/speculative.py); its StepOutput then carries, per row, the kept drafts to emit
+before the row's new pending token.
 """
 
 from __future__ import annotations
@@ -32,22 +38,49 @@ import mlx.core as mx
 
 from engines.llm import caches as cache_ops
 from engines.llm.cpu_decode import decode_step
+from engines.llm.ragged_cache import RaggedKVCache
 from engines.llm.sampling import Sampled, host_list
 from engines.llm.sequence import Choice
+from engines.llm.speculative import verify
 
 
 @dataclass
 class StepOutput:
-    """Tokens of one step for every row (shape (rows,)), with per-row logprob data if any."""
+    """Tokens of one step for every row (shape (rows,)), with per-row logprob data if any.
+    After a speculative step, `kept[row]` are verified drafts to emit before `tokens[row]`."""
 
     tokens: mx.array
     extras: list[Sampled | None]
+    kept: list[list[int]] | None = None
+    kept_extras: list[list[Sampled | None]] | None = None
+    drafted: int = 0  # drafts proposed in the pass that made this step, over all rows
+    accepted: int = 0  # of which kept
+
+    def run(self, row: int, token: int) -> list[tuple[int, Sampled | None]]:
+        """Row `row`'s tokens of this step in order, with their logprob data."""
+        last = (token, self.extras[row])
+        if self.kept is None or self.kept_extras is None:
+            return [last]
+        return [*zip(self.kept[row], self.kept_extras[row], strict=True), last]
+
+    def select(self, rows: list[int]) -> StepOutput:
+        kept = None if self.kept is None else [self.kept[i] for i in rows]
+        kept_extras = None if self.kept_extras is None else [self.kept_extras[i] for i in rows]
+        return StepOutput(
+            self.tokens[mx.array(rows)],
+            [self.extras[i] for i in rows],
+            kept,
+            kept_extras,
+            self.drafted,
+            self.accepted,
+        )
 
 
 class DecodeBatch:
-    def __init__(self, model: Any, cpu_decode: bool = False) -> None:
+    def __init__(self, model: Any, cpu_decode: bool = False, speculative: bool = False) -> None:
         self._model = model
         self._cpu_decode = cpu_decode  # steps built inside cpu_decode.decode_step
+        self._speculative = speculative  # ragged batch caches; rows may draft
         self.choices: list[Choice] = []
         self._caches: list[Any] | None = None  # a batch cache per layer, or single when solo
         self._pending: StepOutput | None = None
@@ -70,17 +103,25 @@ class DecodeBatch:
             self._pending = StepOutput(sampled.token, [sampled])
             self.choices = [choice]
             return
-        incoming = cache_ops.merge([cache for _, cache, _ in arrivals])
+        if self._speculative:
+            incoming = [
+                RaggedKVCache.merge([cache[i] for _, cache, _ in arrivals])
+                for i in range(len(arrivals[0][1]))
+            ]
+        else:
+            incoming = cache_ops.merge([cache for _, cache, _ in arrivals])
         choices = [choice for choice, _, _ in arrivals]
         self.join_group(choices, incoming, [sampled for _, _, sampled in arrivals])
 
     def join_group(self, choices: list[Choice], caches: list[Any], first: list[Sampled]) -> None:
         """Add choices prefilled together: their batch cache rows and first tokens, in order."""
+        if self._speculative and not isinstance(caches[0], RaggedKVCache):
+            caches = [RaggedKVCache.from_batch(layer, len(choices)) for layer in caches]
         if self._caches is None:
             self._caches = caches
         else:
             if len(self.choices) == 1:  # solo: become a batch
-                self._caches = [cache.merge([cache]) for cache in self._caches]
+                self._caches = [self._batched(cache) for cache in self._caches]
             for mine, theirs in zip(self._caches, caches, strict=True):
                 mine.extend(theirs)
         tokens = [sampled.token for sampled in first]
@@ -102,6 +143,11 @@ class DecodeBatch:
         if current is None:
             return None
         assert self._caches is not None
+        if self._speculative:
+            drafts = self._drafts()
+            if any(drafts):
+                self._pending = self._verify(current, drafts)
+                return current
         # The new tokens' positions: every layer's cache holds as many as the first one's.
         with decode_step(self._caches[0].offset) if self._cpu_decode else nullcontext():
             logits = self._model(current.tokens[:, None], cache=self._caches)[:, -1, :]
@@ -116,6 +162,51 @@ class DecodeBatch:
         mx.async_eval(upcoming.tokens, *extra, *state)
         self._pending = upcoming
         return current
+
+    def _drafts(self) -> list[list[int]]:
+        """Each row's drafts (rows that do not speculate: none). The rows' pending tokens have
+        been emitted, so each choice's tokens end with the token the drafts must follow."""
+        drafts: list[list[int]] = []
+        for choice in self.choices:
+            speculation = choice.speculation
+            room = choice.request.max_tokens - choice.generated  # tokens it may still emit
+            if speculation is None or room < 2 or not choice.sampler.verifies_drafts:
+                drafts.append([])
+            else:
+                drafts.append(speculation.propose(choice.tokens, room - 1))
+        return drafts
+
+    def _verify(self, current: StepOutput, drafts: list[list[int]]) -> StepOutput:
+        """One pass over every row's [pending token, drafts...]; keep what verification keeps."""
+        assert self._caches is not None
+        width = 1 + max(len(d) for d in drafts)
+        padded = [d + [0] * (width - 1 - len(d)) for d in drafts]
+        inputs = mx.concatenate([current.tokens[:, None], mx.array(padded, dtype=mx.int32)], 1)
+        logits = self._model(inputs, cache=self._caches)
+        samplers = [choice.sampler for choice in self.choices]
+        results = verify(logits, drafts, samplers)
+        # Each row keeps its pending token and its kept drafts; the rest of its positions go.
+        drop = [width - 1 - r.accepted for r in results]
+        for layer in self._caches:
+            if isinstance(layer, RaggedKVCache):
+                layer.rewind(drop)
+            else:  # a lone row on plain caches
+                layer.trim(drop[0])
+        for choice, result in zip(self.choices, results, strict=True):
+            if choice.speculation is not None:
+                choice.speculation.length.record(result.drafted, result.accepted)
+        return StepOutput(
+            mx.array([r.tokens[-1] for r in results]),
+            [r.extras[-1] for r in results],
+            [r.tokens[:-1] for r in results],
+            [r.extras[:-1] for r in results],
+            drafted=sum(r.drafted for r in results),
+            accepted=sum(r.accepted for r in results),
+        )
+
+    def _batched(self, cache: Any) -> Any:
+        """A lone row's layer cache as a one-row batch cache."""
+        return RaggedKVCache.merge([cache]) if self._speculative else cache.merge([cache])
 
     @staticmethod
     def read(step: StepOutput) -> list[int]:
@@ -142,7 +233,4 @@ class DecodeBatch:
             for cache in self._caches:
                 cache.filter(mx.array(rows))
         self.choices = [self.choices[i] for i in rows]
-        pending = self._pending
-        self._pending = StepOutput(
-            pending.tokens[mx.array(rows)], [pending.extras[i] for i in rows]
-        )
+        self._pending = self._pending.select(rows)

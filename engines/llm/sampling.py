@@ -141,21 +141,11 @@ class TokenSampler:
         if self._counts is not None:
             presence = (self._counts > 0).astype(mx.float32) * params.presence_penalty
             logits = logits - presence - self._counts * params.frequency_penalty
-        if not params.greedy:
-            logits = logits * (1.0 / params.temperature)
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        logprobs, filtered = self.distribution(logits)
         if params.greedy:
             token = mx.argmax(logits, axis=-1)
         else:
-            filtered = logprobs
-            if 0 < params.top_k < filtered.shape[-1]:
-                filtered = apply_top_k(filtered, params.top_k)
-            if 0.0 < params.top_p < 1.0:
-                filtered = apply_top_p(filtered, params.top_p)
-            if params.min_p > 0.0:
-                filtered = apply_min_p(filtered, params.min_p)
-            key = mx.random.key(mix64((self.seed << 20) ^ self._step) >> 1)
-            token = mx.random.categorical(filtered, key=key)
+            token = mx.random.categorical(filtered, key=self.key())
         self._step += 1
         self._observe(token)
         if self.constraint is not None:
@@ -166,6 +156,44 @@ class TokenSampler:
             if self.logprobs > 0:
                 sampled.top_ids, sampled.top_logprobs = top_k_logprobs(logprobs, self.logprobs)
         return sampled
+
+    def distribution(self, logits: mx.array) -> tuple[mx.array, mx.array]:
+        """The stateless tail of sampling, for logits (rows, vocab) already masked and penalised:
+        (logprobs after temperature — what logprobs report —, the filtered logprobs a token is
+        drawn from: top-k, top-p, min-p). Greedy: temperature 1 and no filtering."""
+        params = self.params
+        if not params.greedy:
+            logits = logits * (1.0 / params.temperature)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        filtered = logprobs
+        if params.greedy:
+            return logprobs, filtered
+        if 0 < params.top_k < filtered.shape[-1]:
+            filtered = apply_top_k(filtered, params.top_k)
+        if 0.0 < params.top_p < 1.0:
+            filtered = apply_top_p(filtered, params.top_p)
+        if params.min_p > 0.0:
+            filtered = apply_min_p(filtered, params.min_p)
+        return logprobs, filtered
+
+    @property
+    def verifies_drafts(self) -> bool:
+        """No grammar and no penalty state: the distribution at a position depends only on that
+        position's logits, so several drafted positions can be verified from one pass."""
+        return self.constraint is None and self._counts is None and self._recent is None
+
+    def biased(self, logits: mx.array) -> mx.array:
+        """Logits (rows, vocab) as float32 with logit_bias added (stateless, as in `__call__`)."""
+        logits = logits.astype(mx.float32)
+        return logits + self._bias if self._bias is not None else logits
+
+    def key(self) -> mx.array:
+        """This step's random key: a function of (seed, step) only."""
+        return mx.random.key(mix64((self.seed << 20) ^ self._step) >> 1)
+
+    def advance(self, tokens: int) -> None:
+        """Count `tokens` tokens decided outside `__call__` (kept drafts and their successor)."""
+        self._step += tokens
 
     def _observe(self, token: mx.array) -> None:
         if self._counts is not None:

@@ -31,7 +31,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import mlx.core as mx
@@ -50,6 +50,13 @@ from engines.llm.prefill import (
 from engines.llm.prefix_cache import PrefixCache
 from engines.llm.sampling import Sampled, TokenSampler, choice_seed
 from engines.llm.sequence import Choice, EventSink, Vocabulary
+from engines.llm.speculative import (
+    DEFAULT_DRAFT_TOKENS,
+    PROMPT_LOOKUP,
+    DraftLength,
+    NgramIndex,
+    RowSpeculation,
+)
 from engines.types import ErrorEvent, FinishEvent, GenerationRequest, PromptEvent, Usage
 
 logger = logging.getLogger(__name__)
@@ -74,6 +81,8 @@ class SchedulerConfig:
     prefill_bucket: int = 1  # > 1 only for plain KV caches (they trim the padding back)
     pipelined: bool = True  # launch step n+1 before reading step n
     cpu_decode: bool = False  # build steps inside cpu_decode.decode_step
+    speculative: str | None = None  # "prompt_lookup": rows draft from their own text
+    speculative_tokens: int = DEFAULT_DRAFT_TOKENS  # most tokens a row drafts per step
 
 
 @dataclass
@@ -83,6 +92,9 @@ class Counters:
     tokens_generated: int = 0
     largest_batch: int = 0  # most rows decoded together so far
     prefilled_together: int = 0  # prompts prefilled in shared forward passes
+    drafted_tokens: int = 0  # speculative decoding: drafts proposed
+    accepted_drafts: int = 0  # drafts the model kept
+    decode_row_steps: int = 0  # rows × decode passes
 
 
 @dataclass
@@ -106,9 +118,11 @@ class Scheduler:
     ) -> None:
         self.model = model
         self.profile = profile
-        self.config = config
+        self.config = config = _speculation_checked(config, profile)
         self.prefix_cache = prefix_cache
-        self.batch = DecodeBatch(model, cpu_decode=config.cpu_decode)
+        self.batch = DecodeBatch(
+            model, cpu_decode=config.cpu_decode, speculative=bool(config.speculative)
+        )
         self._vocabulary = vocabulary
         self._new_sampler = new_sampler
         self._release = release  # (choices, queue places) freed; negative counts
@@ -318,6 +332,12 @@ class Scheduler:
         self.prefix_cache.insert(list(tokens), cache)
 
     def _choice(self, prefill: Prefill, index: int, sampler: TokenSampler) -> Choice:
+        speculation = None
+        request = prefill.request
+        if self.config.speculative and request.speculative is not False:
+            speculation = RowSpeculation(
+                NgramIndex(request.prompt_tokens), DraftLength(self.config.speculative_tokens)
+            )
         return Choice(
             prefill.request,
             prefill.stream,
@@ -327,6 +347,7 @@ class Scheduler:
             on_finish=lambda: self._release(-1, 0),
             cached_tokens=prefill.cached_tokens,
             uid=prefill.uid,
+            speculation=speculation,
         )
 
     # -- decode output and leaving -----------------------------------------------------------
@@ -334,12 +355,18 @@ class Scheduler:
     def _emit(self, current: Any) -> None:
         """Read one step's tokens, hand each to its choice, retire the finished rows."""
         batch = self.batch
+        counters = self.counters
         finished: list[int] = []
-        for row, token in enumerate(batch.read(current)):
+        for row, last in enumerate(batch.read(current)):
             choice = batch.choices[row]
-            self.counters.tokens_generated += 1
-            if choice.accept(token, current.extras[row]):
-                finished.append(row)
+            for token, extra in current.run(row, last):  # kept drafts first, if any
+                counters.tokens_generated += 1
+                if choice.accept(token, extra):
+                    finished.append(row)
+                    break
+        counters.decode_row_steps += len(batch)
+        counters.drafted_tokens += current.drafted
+        counters.accepted_drafts += current.accepted
         if finished:
             self._retire(finished)
 
@@ -352,7 +379,14 @@ class Scheduler:
                 # Pipelined, the last token was fed into the step launched before it was read;
                 # in order, the row leaves before it is fed.
                 fed = choice.tokens if self.config.pipelined else choice.tokens[:-1]
-                self.prefix_cache.insert(choice.request.prompt_tokens + fed, batch.extract(row))
+                tokens = choice.request.prompt_tokens + fed
+                cache = batch.extract(row)
+                # Speculating, the cache may hold kept drafts past a stop: drop them.
+                excess = caches.offset(cache) - len(tokens)
+                if excess > 0:
+                    for layer in cache:
+                        layer.trim(excess)
+                self.prefix_cache.insert(tokens, cache)
         finished = set(rows)
         batch.keep([i for i in range(len(batch)) if i not in finished])
 
@@ -378,6 +412,22 @@ class Scheduler:
         if gone:
             batch.keep([row for row in range(len(batch)) if row not in set(gone)])
         self._removed.clear()
+
+
+def _speculation_checked(config: SchedulerConfig, profile: CacheProfile) -> SchedulerConfig:
+    """The config with speculation off where the caches cannot drop rejected drafts, and
+    never pipelined with it (drafts follow tokens the host has read)."""
+    if not config.speculative:
+        return config
+    if config.speculative != PROMPT_LOOKUP:
+        raise ValueError(f"unknown speculative method {config.speculative!r}")
+    if not profile.plain:
+        logger.info(
+            "speculative decoding off: caches %s cannot drop rejected drafts",
+            sorted(set(profile.kinds)),
+        )
+        return replace(config, speculative=None)
+    return replace(config, pipelined=False)
 
 
 def _limit(request: GenerationRequest) -> int:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from engines.llm.detokenize import IncrementalDetokenizer, StopMatcher, TokenBytes
 from engines.llm.sampling import Sampled, TokenSampler, host_list, host_scalar
+from engines.llm.speculative import RowSpeculation
 from engines.types import (
     Event,
     FinishEvent,
@@ -69,6 +70,7 @@ class Choice:
     on_finish: Callable[[], None]  # runs just before the FinishEvent is pushed
     cached_tokens: int = 0
     uid: int = 0  # the scheduler's id of the request
+    speculation: RowSpeculation | None = None  # its drafter, when this choice speculates
     generated: int = 0
     tokens: list[int] = field(default_factory=list)  # every accepted token, EOS included
     finished: bool = False

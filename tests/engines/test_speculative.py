@@ -1,0 +1,202 @@
+"""Speculative decoding in the batch (prompt lookup), driven through the Scheduler's uid API on
+the tiny llama: greedy output equals decoding without speculation — alone, in a batch mixing rows
+that draft with rows that do not (per-request off, penalties, a grammar-free logprobs row), with
+stop strings and max_tokens landing inside a run of kept drafts — and drafts are really kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import pytest
+from mlx_lm.generate import generate_step
+from mlx_lm.models.cache import KVCache, make_prompt_cache
+from mlx_lm.utils import load
+
+from engines.llm import scheduler as scheduler_module
+from engines.llm.caches import CacheProfile
+from engines.llm.detokenize import TokenBytes
+from engines.llm.prefix_cache import PrefixCache
+from engines.llm.ragged_cache import RaggedKVCache
+from engines.llm.sampling import TokenSampler
+from engines.llm.scheduler import Scheduler, SchedulerConfig
+from engines.llm.sequence import Vocabulary
+from engines.llm.speculative import DraftLength, NgramIndex
+from engines.types import GenerationRequest, SamplingParams, TokenEvent
+from tests.engines.test_scheduler import ListSink, run_until_idle
+from tests.families import save_family_dir
+from tests.tiny import VOCAB
+
+# A prompt that repeats itself: the random model's continuation tends to loop too, and prompt
+# lookup then finds n-grams to draft from in both.
+LOOP = [11, 12, 13, 14, 15, 16, 17, 18] * 4
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    path = save_family_dir("llama", tmp_path_factory.mktemp("llama") / "llama")
+    return load(str(path))  # type: ignore[return-value]
+
+
+def scheduler(llama: tuple[Any, Any], speculative: str | None, max_batch: int = 8) -> Scheduler:
+    model, tokenizer = llama
+    probe = make_prompt_cache(model)
+    mx.eval(model(mx.array([[0, 1]]), cache=probe))
+    eos = frozenset(int(t) for t in tokenizer.eos_token_ids)
+
+    def sampler(request: GenerationRequest) -> TokenSampler:
+        sampling = request.sampling
+        return TokenSampler(
+            sampling, sampling.seed or 0, VOCAB, request.prompt_tokens, request.logprobs
+        )
+
+    config = SchedulerConfig(
+        max_batch=max_batch,
+        kv_budget_bytes=2**30,
+        prefill_chunk=64,
+        pipelined=False,
+        speculative=speculative,
+        speculative_tokens=6,
+    )
+    return Scheduler(
+        model,
+        Vocabulary(tokenizer, TokenBytes(tokenizer), eos),
+        CacheProfile.of(probe),
+        config,
+        sampler,
+        lambda choices, queued: None,
+        PrefixCache(2**26),
+    )
+
+
+def serve(sched: Scheduler, requests: list[GenerationRequest]) -> list[ListSink]:
+    sinks = [ListSink() for _ in requests]
+    for request, sink in zip(requests, sinks, strict=True):
+        sched.insert(request, sink)
+    run_until_idle(sched, limit=400)
+    return sinks
+
+
+def text_of(sink: ListSink) -> str:
+    return "".join(e.text for e in sink.events if isinstance(e, TokenEvent))
+
+
+def mixed_requests() -> list[GenerationRequest]:
+    def prompt(i: int) -> list[int]:
+        return [*LOOP[i:], *[(5 * i + j) % 200 + 20 for j in range(6)], *LOOP[: 8 + i]]
+
+    greedy = SamplingParams(0.0)
+    return [
+        GenerationRequest("a", prompt(0), 40, greedy),
+        GenerationRequest("b", prompt(1), 33, greedy, logprobs=3),
+        GenerationRequest("c", prompt(2), 40, greedy, speculative=False),
+        GenerationRequest("d", prompt(3), 40, SamplingParams(0.0, repetition_penalty=1.3)),
+        GenerationRequest("e", prompt(4), 17, greedy, stop=("a",)),
+        GenerationRequest("f", prompt(5), 29, SamplingParams(0.0, presence_penalty=0.5)),
+    ]
+
+
+@pytest.fixture(autouse=True)
+def admit_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler_module, "ARRIVAL_QUIET_S", 0.0)
+
+
+def test_alone_greedy_equals_mlx_lm_and_drafts_are_kept(llama: tuple[Any, Any]) -> None:
+    model, _ = llama
+    sched = scheduler(llama, "prompt_lookup")
+    [sink] = serve(sched, [GenerationRequest("solo", LOOP, 48, SamplingParams(0.0))])
+    expected = [int(t) for t, _ in generate_step(mx.array(LOOP), model, max_tokens=48)]
+    assert sink.tokens == expected
+    counters = sched.counters
+    assert counters.accepted_drafts > 0, counters
+    # Fewer passes than tokens: that is the point.
+    assert counters.decode_row_steps < counters.tokens_generated, counters
+
+
+def test_a_mixed_batch_gives_what_it_gives_without_speculation(llama: tuple[Any, Any]) -> None:
+    plain = serve(scheduler(llama, None), mixed_requests())
+    sched = scheduler(llama, "prompt_lookup")
+    speculated = serve(sched, mixed_requests())
+    for request, want, got in zip(mixed_requests(), plain, speculated, strict=True):
+        assert got.tokens == want.tokens, request.request_id
+        assert text_of(got) == text_of(want), request.request_id
+        assert got.finish is not None and want.finish is not None
+        assert got.finish.reason == want.finish.reason
+        assert got.finish.usage == want.finish.usage
+        want_lp = [lp for e in want.events if isinstance(e, TokenEvent) for lp in e.logprobs]
+        got_lp = [lp for e in got.events if isinstance(e, TokenEvent) for lp in e.logprobs]
+        assert [(g.token, g.text) for g in got_lp] == [(w.token, w.text) for w in want_lp]
+        for g, w in zip(got_lp, want_lp, strict=True):
+            assert g.logprob == pytest.approx(w.logprob, abs=1e-4)
+            assert [t for t, _, _ in g.top] == [t for t, _, _ in w.top]
+    assert sched.counters.accepted_drafts > 0, sched.counters
+    assert sched.counters.largest_batch >= 4
+
+
+def test_seeded_sampling_is_reproducible_with_speculation(llama: tuple[Any, Any]) -> None:
+    requests = [
+        GenerationRequest(f"s{i}", LOOP, 30, SamplingParams(0.7, top_k=20, seed=5 + i))
+        for i in range(3)
+    ]
+    first = serve(scheduler(llama, "prompt_lookup"), requests)
+    again = serve(scheduler(llama, "prompt_lookup"), requests)
+    assert [s.tokens for s in first] == [s.tokens for s in again]
+    assert all(len(s.tokens) == 30 for s in first)
+
+
+def test_prefix_cache_gets_only_the_tokens_fed(llama: tuple[Any, Any]) -> None:
+    """A row that stops inside a run of kept drafts leaves a cache of exactly its tokens: the
+    next turn resumes from it and still equals mlx-lm."""
+    model, _ = llama
+    sched = scheduler(llama, "prompt_lookup")
+    [first] = serve(sched, [GenerationRequest("t1", LOOP, 13, SamplingParams(0.0))])
+    follow = LOOP + first.tokens + [21, 22]
+    [second] = serve(sched, [GenerationRequest("t2", follow, 20, SamplingParams(0.0))])
+    assert second.finish is not None and second.finish.usage.cached_tokens > 0
+    expected = [int(t) for t, _ in generate_step(mx.array(follow), model, max_tokens=20)]
+    assert second.tokens == expected
+
+
+def test_ragged_rows_decode_as_they_would_alone(llama: tuple[Any, Any]) -> None:
+    """Rows of different lengths, rewound by different amounts, give each row's own logits."""
+    model, _ = llama
+    prompts = [LOOP[:9], LOOP[3:20], LOOP[:14]]
+    singles = []
+    for prompt in prompts:
+        cache = make_prompt_cache(model)
+        model(mx.array([prompt]), cache=cache)
+        singles.append(cache)
+    ragged = [RaggedKVCache.merge([c[i] for c in singles]) for i in range(len(singles[0]))]
+    step = mx.array([[30, 31, 32], [40, 41, 42], [50, 51, 52]])
+    model(step, cache=ragged)
+    for layer in ragged:
+        layer.rewind([2, 0, 1])  # keep 1, 3 and 2 of the new positions
+    kept = [[30], [40, 41, 42], [50, 51]]
+    logits = model(mx.array([[60], [61], [62]]), cache=ragged)[:, -1]
+    for row, prompt in enumerate(prompts):
+        alone = make_prompt_cache(model)
+        want = model(mx.array([prompt + kept[row] + [60 + row]]), cache=alone)[0, -1]
+        assert mx.allclose(logits[row], want, atol=1e-4).item(), row
+    extracted = ragged[0].extract(1)
+    assert isinstance(extracted, KVCache) and extracted.offset == len(prompts[1]) + 4
+
+
+def test_ngram_index_proposes_what_followed_the_latest_match() -> None:
+    index = NgramIndex([1, 2, 3, 4, 5, 9, 1, 2, 3, 7])
+    assert index.propose(3) == []  # "3 7" and "7" never occurred before
+    index.extend([1, 2, 3])
+    assert index.propose(3) == [7, 1, 2]  # "1 2 3" last seen before 7
+    index.extend([4])
+    assert index.propose(2) == [5, 9]  # "2 3 4": seen once
+
+
+def test_draft_length_adapts() -> None:
+    length = DraftLength(8)
+    assert length.current == 4
+    length.record(4, 4)
+    assert length.current == 6
+    length.record(6, 1)
+    assert length.current == 2
+    length.record(0, 0)
+    assert length.current == 2
