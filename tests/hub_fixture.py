@@ -12,7 +12,9 @@
 
 Switches: `gate.clear()` holds CDN downloads until `gate.set()`; `drop_after[name] = n` cuts
 the connection after n bytes of that file and answers 500 to later requests for it (the network
-went away) until `drop_after` is cleared; `corrupt_once.add(name)` serves flipped bytes once.
+went away) until `drop_after` is cleared; `pause_after[name] = n` sends n bytes of that file,
+then holds the connection until `gate.set()` and closes it (a download to interrupt mid-file);
+`corrupt_once.add(name)` serves flipped bytes once.
 `served[name]` counts the body bytes sent.
 
 `mlx_lm_quantized_copy` makes the kind of repo mlx-community publishes: a checkpoint quantized by
@@ -78,6 +80,7 @@ def _is_lfs(name: str) -> bool:
 class FakeHub:
     repos: dict[str, FakeRepo] = field(default_factory=dict)
     drop_after: dict[str, int] = field(default_factory=dict)
+    pause_after: dict[str, int] = field(default_factory=dict)
     corrupt_once: set[str] = field(default_factory=set)
     served: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     requests: list[str] = field(default_factory=list)
@@ -183,7 +186,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"")
             return
         name, content = found
-        self.hub.gate.wait(timeout=30)
+        pause = self.hub.pause_after.get(name) if body else None
+        if pause is None:
+            self.hub.gate.wait(timeout=30)
         limit = self.hub.drop_after.get(name)
         if limit is not None and self.hub.served[name] >= limit:
             self._send(500, b"the network went away")
@@ -199,6 +204,12 @@ class _Handler(BaseHTTPRequestHandler):
         status = 206 if start else 200
         if not body:
             self._send(status, b"", headers if start else {}, length=len(part))
+            return
+        if pause is not None:
+            self._send(status, part[:pause], headers if start else {}, length=len(part))
+            self.hub.served[name] += len(part[:pause])
+            self.hub.gate.wait(timeout=30)
+            self.close_connection = True
             return
         if limit is not None:
             cut = part[: max(limit - self.hub.served[name], 0)]

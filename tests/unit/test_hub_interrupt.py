@@ -1,0 +1,103 @@
+"""Ctrl-C during `mlxd pull` (a real process, a real SIGINT, mid-file): one line, exit status 130,
+the partial file kept; the next pull fetches only the bytes it lacks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from huggingface_hub import constants
+
+from engines.weights.hub_cache import complete_snapshot, repo_folder
+from server.__main__ import main
+from tests.hub_fixture import FakeHub, FakeRepo, RunningHub
+from tests.tiny import save_model_dir, tiny_model
+
+REPO, WEIGHTS = "org/tiny", "model.safetensors"
+# The pull in a child process, reading 16 KiB at a time (huggingface_hub's 10 MiB default would
+# buffer the whole tiny file, leaving nothing written when the signal comes). The hub pauses after
+# whole chunks: a part-chunk would wait in the reader until its 10 s timeout, then be retried.
+CHUNK = 16 * 1024
+PAUSE = 8 * CHUNK
+PULL = (
+    "import sys; from huggingface_hub import constants; constants.DOWNLOAD_CHUNK_SIZE = "
+    f"{CHUNK}; "
+    "from server.__main__ import main; sys.exit(main(['pull', sys.argv[1]]))"
+)
+
+
+@pytest.fixture
+def tiny_dir(tmp_path: Path) -> Path:
+    return save_model_dir(tiny_model(), "llama", tmp_path / "tiny")
+
+
+@pytest.fixture
+def hub(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    fake = FakeHub({REPO: FakeRepo.from_dir(tiny_dir)})
+    running = RunningHub(fake)
+    for name, value in (
+        ("HF_ENDPOINT", fake.endpoint),
+        ("HF_HUB_CACHE", str(tmp_path / "hf")),
+        ("HF_HUB_OFFLINE", "0"),
+        ("MLXD_HOME", str(tmp_path / "mlxd")),
+    ):
+        monkeypatch.setenv(name, value)
+    yield fake
+    fake.gate.set()
+    running.close()
+
+
+def _wait_for(folder: Path, size: int) -> Path:
+    """The partial file under `folder` once it holds `size` bytes."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for partial in folder.glob("blobs/*.incomplete"):
+            if partial.stat().st_size >= size:
+                return partial
+        time.sleep(0.02)
+    raise AssertionError(f"no partial file of {size} bytes under {folder}")
+
+
+def test_ctrl_c_keeps_the_partial_file_and_the_next_pull_resumes(
+    hub: FakeHub, tiny_dir: Path, tmp_path: Path
+) -> None:
+    size = (tiny_dir / WEIGHTS).stat().st_size
+    assert size > 2 * PAUSE
+    hub.pause_after[WEIGHTS] = PAUSE
+    hub.gate.clear()
+    child = subprocess.Popen(
+        [sys.executable, "-c", PULL, REPO],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    folder = repo_folder(tmp_path / "hf", REPO)
+    try:
+        partial = _wait_for(folder, PAUSE)
+    finally:
+        child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 130, err
+    assert err.splitlines()[-1] == f"mlxd: pull of {REPO} interrupted; run it again to resume"
+    assert "Traceback" not in err
+    assert partial.stat().st_size == PAUSE  # kept, as far as it got
+    assert complete_snapshot(tmp_path / "hf", REPO) is None
+
+    hub.pause_after.clear()
+    hub.gate.set()
+    before = hub.served[WEIGHTS]
+    assert main(["pull", REPO]) == 0
+    assert hub.served[WEIGHTS] - before == size - PAUSE  # only the bytes it lacked
+    snapshot = complete_snapshot(tmp_path / "hf", REPO)
+    assert snapshot is not None
+    digest = hashlib.sha256((snapshot / WEIGHTS).read_bytes()).hexdigest()
+    assert digest == hashlib.sha256((tiny_dir / WEIGHTS).read_bytes()).hexdigest()
