@@ -381,8 +381,9 @@ class Scheduler:
                 fed = choice.tokens if self.config.pipelined else choice.tokens[:-1]
                 tokens = choice.request.prompt_tokens + fed
                 cache = batch.extract(row)
-                # Speculating, the cache may hold kept drafts past a stop: drop them.
-                excess = caches.offset(cache) - len(tokens)
+                # Speculating, the cache may hold kept drafts past a stop: drop them (only
+                # trimmable caches are speculated on; an SSM state counts no tokens).
+                excess = caches.offset(cache) - len(tokens) if caches.trimmable(cache) else 0
                 if excess > 0:
                     for layer in cache:
                         layer.trim(excess)
