@@ -172,11 +172,17 @@ def build_chat(
         context_length=entry.get("context_length"),
         chat_template=entry.get("chat_template"),
         untagged_tool_calls=entry.get("untagged_tool_calls", True),
+        speculative=entry.get("speculative"),
+        speculative_tokens=entry.get("speculative_tokens") or 0,
     )
     if has_vision_tower(path):
         from engines.vlm.engine import VLMEngine
 
         return VLMEngine(name, path, limits)
+    if settings.get("distributed") and entry.get("source") == settings.get("model"):
+        from engines.llm.distributed import build_distributed
+
+        return build_distributed(name, path, limits, settings)
     return LLMEngine(name, path, settings.get("prefill_chunk"), limits)
 
 

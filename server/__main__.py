@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
             ("api_key", getattr(args, "api_key", None)),
             ("log_format", getattr(args, "log_format", None)),
             ("config", getattr(args, "config", None)),
+            ("distributed", getattr(args, "distributed", None)),
+            ("hosts", getattr(args, "hosts", None)),
+            ("pipeline", getattr(args, "pipeline", None) or None),
         )
         if value is not None
     }
@@ -63,6 +66,8 @@ def _dispatch(args: argparse.Namespace, settings: object, blas_status: blas.Blas
         from server.hub_cli import pull_command, rm_command
 
         return (pull_command if args.command == "pull" else rm_command)(settings, args)
+    if args.command == "follower" or (args.command == "serve" and _launched_follower()):
+        return _follower(settings)
     if args.command == "serve":
         return _serve(settings)
     if args.command == "import":
@@ -152,6 +157,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", help="require this API key (comma-separate several)")
     serve.add_argument("--log-format", choices=["text", "json"], help="log lines (default text)")
     serve.add_argument("--config", type=Path, help="models file (TOML): which models to serve")
+    _add_distributed_options(serve)
+    follower = commands.add_parser(
+        "follower", help="rank > 0 of a distributed model (no HTTP; started by mlxd or mlx.launch)"
+    )
+    follower.add_argument("--model", help="the same model as rank 0's")
+    _add_distributed_options(follower)
     models = commands.add_parser(
         "models", help="list configured models and the store; load/unload on a running server"
     )
@@ -199,6 +210,42 @@ def _parser() -> argparse.ArgumentParser:
     service.add_argument("--port", type=int, help="port (default 8000)")
     service.add_argument("--model", help="chat model to serve (default: the embedded one)")
     return parser
+
+
+def _add_distributed_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--distributed",
+        choices=["ring", "jaccl", "nccl", "mpi"],
+        help="shard the chat model over an mx.distributed group (docs/distributed.md)",
+    )
+    parser.add_argument("--hosts", help="the group's hosts: a comma list or an mlx.launch hostfile")
+    parser.add_argument(
+        "--pipeline", action="store_true", help="pipeline stages instead of tensor parallel"
+    )
+
+
+def _launched_follower() -> bool:
+    """`mlxd serve` started by mlx.launch as a rank other than 0 runs as a follower."""
+    from engines.distributed.group import launched_rank
+
+    return bool(launched_rank())
+
+
+def _follower(settings: object) -> int:
+    from engines.llm.distributed import DistributedOptions, run_follower
+    from engines.weights.store import ModelStore
+    from server.settings import Settings
+
+    assert isinstance(settings, Settings)
+    if settings.distributed is None:
+        raise ValueError("a follower needs --distributed BACKEND")
+    _, path = ModelStore(settings.home).resolve(settings.model)
+    options = DistributedOptions(
+        backend=settings.distributed,
+        pipeline=settings.pipeline,
+        step_grace_s=settings.distributed_grace_s,
+    )
+    return run_follower(path, options)
 
 
 def _serve(settings: object) -> int:

@@ -102,6 +102,18 @@ class Settings(BaseSettings):
         120.0, gt=0, description="A busy engine whose loop is stuck this long is unhealthy."
     )
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace period for work at shutdown.")
+    distributed: Literal["ring", "jaccl", "nccl", "mpi"] | None = Field(
+        None, description="Shard the chat model over an mx.distributed group with this backend."
+    )
+    hosts: str = Field(
+        "", description="The group's hosts, rank 0 first: a comma list or an mlx.launch hostfile."
+    )
+    pipeline: bool = Field(
+        False, description="Distributed: pipeline stages instead of tensor parallel."
+    )
+    distributed_grace_s: float = Field(
+        10.0, gt=0, description="A distributed step longer than 2x the slowest seen + this fails."
+    )
     log_level: str = Field("info", description="Python logging level name.")
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as text (control characters escaped) or JSON objects."

@@ -1,0 +1,423 @@
+"""DistributedLLMEngine: one model sharded over the ranks of an `mx.distributed` group.
+
+Rank 0 (the leader) is a normal chat engine behind the HTTP server; the other ranks (followers,
+`mlxd follower`) run the same engine thread with no HTTP. Every rank holds a replica of the same
+`Scheduler`; only the leader decides. Before each step the leader sends the step's plan
+(engines/distributed/plan.py: requests admitted, with concrete seeds; uids removed) and every
+rank applies it to its scheduler and steps it. So every rank builds the same graphs in the same
+order, and the model's collectives (tensor-parallel all-reduces, pipeline send/recv) pair up.
+Tokens agree on every rank because the logits are all-reduced (tensor parallel) or all-gathered
+(pipeline) and the seeds are shared; each plan carries the leader's digest of the tokens emitted
+so far and a follower that disagrees stops at once.
+
+Invariants:
+- Every collective runs on the engine thread's stream (collectives from two streams corrupt
+  each other's results), in the same order on every rank.
+- The replicated scheduler never looks at the clock or at a client's cancel flag: arrivals and
+  cancellations reach it only through plans (`ReplicatedScheduler`, `_LeaderSink`).
+- A lost group is final for the process (MLX cannot form a group again in it): a collective
+  that fails (a peer died: fast) or a step that outlives the watchdog's limit (a peer is
+  stopped: it would hang forever) fails every request in flight with `GroupLost`, makes new ones
+  fail with 503 + Retry-After and `/health` report `stalled` with the reason; local followers are
+  killed; the process (or its service manager) restarts to re-form the group.
+- While idle, the leader sends an empty plan every `heartbeat_s`, so a peer lost between
+  requests is noticed within about a second, and followers notice a lost leader.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from engines.bridge import RequestStream
+from engines.distributed.group import LocalFollowers, launched_rank, spawn_local_followers
+from engines.distributed.plan import PlanChannel, StepPlan, TokenDigest
+from engines.errors import EngineFailed, EngineUnavailable
+from engines.llm.engine import LLMEngine
+from engines.llm.prefix_cache import PrefixCache
+from engines.llm.scheduler import Scheduler, SchedulerConfig
+from engines.types import ChatLimits, EngineStats, ErrorEvent, Event, FinishEvent, TokenEvent
+
+logger = logging.getLogger(__name__)
+
+_BEAT = object()  # inbox message: send an (empty) plan now
+
+
+class GroupLost(EngineUnavailable):
+    """The distributed group lost a peer; the server must restart to form it again."""
+
+    retry_after_s = 30
+
+
+@dataclass(frozen=True)
+class DistributedOptions:
+    backend: str  # ring | jaccl | nccl | mpi
+    hosts: tuple[str, ...] = ()  # one address per rank (rank 0 first); () under mlx.launch
+    pipeline: bool = False  # pipeline stages instead of tensor parallel
+    step_grace_s: float = 10.0  # watchdog: a step may last 2 x the slowest seen + this
+    heartbeat_s: float = 1.0  # idle: an empty plan this often
+
+
+class ReplicatedScheduler(Scheduler):
+    """A Scheduler that admits at once: the leader decides when arrivals join (its plans),
+    so no rank waits on its own clock for a burst to complete."""
+
+    def _arrivals_pending_s(self) -> float:
+        return 0.0
+
+
+class _LeaderSink:
+    """A request's stream on rank 0, seen by the scheduler: never 'cancelled' (cancellation
+    travels as a plan's removal), tokens counted into the digest."""
+
+    def __init__(self, stream: RequestStream, choices: int, digest: TokenDigest) -> None:
+        self.stream = stream
+        self.uid = -1
+        self.open_choices = choices
+        self._digest = digest
+
+    @property
+    def cancelled(self) -> bool:
+        return False
+
+    def push(self, event: Event) -> None:
+        if isinstance(event, TokenEvent):
+            self._digest.add(self.uid, event.token_ids)
+        elif isinstance(event, FinishEvent):
+            self.open_choices -= 1
+        elif isinstance(event, ErrorEvent):
+            self.open_choices = 0
+        self.stream.push(event)
+
+
+class _FollowerSink:
+    """A follower's stand-in for a stream: events go nowhere; tokens go into the digest."""
+
+    cancelled = False
+
+    def __init__(self, digest: TokenDigest) -> None:
+        self.uid = -1  # set at insert: uids are assigned in the same order on every rank
+        self._digest = digest
+
+    def push(self, event: Event) -> None:
+        if isinstance(event, TokenEvent):
+            self._digest.add(self.uid, event.token_ids)
+
+
+class DistributedLLMEngine(LLMEngine):
+    """A chat engine whose model is sharded over a group; rank 0 serves, the others follow."""
+
+    scheduler_class = ReplicatedScheduler
+
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        options: DistributedOptions,
+        prefill_chunk: int | None = None,
+        limits: ChatLimits | None = None,
+    ) -> None:
+        super().__init__(name, path, prefill_chunk, limits)
+        self.options = options
+        self.fault: str | None = None
+        self.rank = launched_rank() or 0
+        self.digest = TokenDigest()
+        self.channel: PlanChannel | None = None
+        self.followers = LocalFollowers()
+        self._outgoing: list[tuple[Any, RequestStream]] = []  # leader: not yet in a plan
+        self._sinks: dict[int, _LeaderSink] = {}  # leader: in the scheduler, by uid
+        self._removing: set[int] = set()
+        self._lock = threading.Lock()  # _sinks and fault: the watchdog reads them
+        self._beat_due = False
+        self._stop_sent = False
+        self._step_started: float | None = None
+        self._slowest_s = 0.0
+        self._watchdog = threading.Thread(target=self._watch, name=f"watchdog-{name}", daemon=True)
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    # -- event loop side ---------------------------------------------------------------------
+
+    def submit(self, request: Any) -> RequestStream:
+        if self.fault is not None:
+            raise GroupLost(self._fault_message())
+        return super().submit(request)
+
+    def stats(self) -> EngineStats:
+        stats = super().stats()
+        if self.fault is None:
+            return stats
+        return replace(stats, stalled=True)
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        # An engine thread stuck in a collective of a lost group never returns: do not wait.
+        super().stop(1.0 if self.fault is not None else timeout)
+        self.followers.stop()
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load_checkpoint(self) -> tuple[Any, Any, dict[str, Any]]:
+        import mlx.core as mx
+        from mlx_lm.utils import load
+
+        from engines.distributed.shard import place
+
+        options = self.options
+        if self.leader and launched_rank() is None and len(options.hosts) > 1:
+            self.followers = spawn_local_followers(
+                options.backend, list(options.hosts), self._follower_command()
+            )
+        expected = len(options.hosts) if launched_rank() is None else None
+        group = mx.distributed.init(backend=options.backend, strict=(expected or 2) > 1)
+        if expected is not None and group.size() != expected:
+            raise ValueError(
+                f"the {options.backend} group has {group.size()} ranks, not {expected}"
+            )
+        model, tokenizer, config = load(  # type: ignore[misc]
+            str(self.path), lazy=True, return_config=True
+        )
+        place(model, group, options.pipeline)
+        mx.eval(model.parameters())  # only this rank's shard is read from disk
+        mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group))  # every rank has loaded
+        self.channel = PlanChannel(group, self.digest)
+        logger.info(
+            "rank %d of %d (%s, %s) loaded its shard of %s",
+            group.rank(),
+            group.size(),
+            options.backend,
+            "pipeline" if options.pipeline else "tensor parallel",
+            self.path,
+        )
+        return model, tokenizer, config
+
+    def _follower_command(self) -> list[str]:
+        command = [sys.executable, "-m", "server", "follower", "--model", str(self.path)]
+        command += ["--distributed", self.options.backend]
+        return command + (["--pipeline"] if self.options.pipeline else [])
+
+    def load(self) -> None:
+        super().load()
+        assert self.channel is not None and self.scheduler is not None
+        # The first plan carries the leader's scheduler settings: every replica must admit,
+        # chunk and evict exactly alike.
+        if self.leader:
+            self.channel.send(StepPlan(config=self._scheduler_settings()))
+        else:
+            self._configure(self.channel.receive().config or {})
+        self._watchdog.start()
+
+    def _scheduler_settings(self) -> dict[str, Any]:
+        assert self.scheduler is not None
+        config = vars(self.scheduler.config).copy()
+        cache = self.scheduler.prefix_cache
+        config["prefix_cache_bytes"] = cache.max_bytes if cache is not None else 0
+        return config
+
+    def _configure(self, settings: dict[str, Any]) -> None:
+        assert self.scheduler is not None
+        settings = dict(settings)
+        cache_bytes = settings.pop("prefix_cache_bytes")
+        if settings["cpu_decode"] != self.scheduler.config.cpu_decode:
+            raise ValueError("ranks differ in device kind (CPU decode rewrites on one only)")
+        self.scheduler.config = SchedulerConfig(**settings)
+        self.scheduler.prefix_cache = PrefixCache(cache_bytes) if cache_bytes else None
+        self.max_batch = settings["max_batch"]
+
+    # -- engine thread -----------------------------------------------------------------------
+
+    def handle(self, message: Any) -> None:
+        if message is _BEAT:
+            self._beat_due = True
+            return
+        request, stream = message
+        if self.fault is not None:
+            self.release(-request.n, -1)
+            stream.push(ErrorEvent(GroupLost(self._fault_message())))
+            return
+        if request.sampling.seed is None:  # every rank must draw the same numbers
+            seed = secrets.randbits(63)
+            request = replace(request, sampling=replace(request.sampling, seed=seed))
+        self._outgoing.append((request, stream))
+
+    def has_work(self) -> bool:
+        if self.fault is not None or self.scheduler is None:
+            return False
+        if not self.leader:
+            return not self._stopping
+        if self._stopping and not self._stop_sent and not self.scheduler.has_work():
+            return not self._outgoing  # one last plan tells the followers to exit
+        return bool(self._outgoing or self._beat_due or self.scheduler.has_work())
+
+    def step(self) -> None:
+        assert self.scheduler is not None and self.channel is not None
+        self._step_started = time.monotonic()
+        try:
+            if self.leader:
+                plan = self._next_plan()
+                self.channel.send(plan)
+                self._stop_sent = plan.stop
+            else:
+                plan = self.channel.receive()
+                self._stopping = self._stopping or plan.stop
+            self._apply(plan)
+            if self.scheduler.has_work():
+                self.scheduler.step()
+        finally:
+            self._slowest_s = max(self._slowest_s, time.monotonic() - self._step_started)
+            self._step_started = None
+
+    def _next_plan(self) -> StepPlan:
+        with self._lock:
+            for uid, sink in self._sinks.items():
+                if sink.stream.cancelled and uid not in self._removing:
+                    self._removing.add(uid)
+        plan = StepPlan(
+            inserts=[request for request, _ in self._outgoing],
+            removals=sorted(self._removing),
+            stop=self._stopping and not self._outgoing and not self.scheduler_busy(),
+        )
+        self._removing.clear()
+        self._beat_due = False
+        return plan
+
+    def scheduler_busy(self) -> bool:
+        return self.scheduler is not None and self.scheduler.has_work()
+
+    def _apply(self, plan: StepPlan) -> None:
+        """Every rank: the plan's requests join the scheduler (same uids everywhere), then its
+        removals leave at this step."""
+        assert self.scheduler is not None
+        streams = [stream for _, stream in self._outgoing] if self.leader else []
+        self._outgoing = []
+        for index, request in enumerate(plan.inserts):
+            if self.leader:
+                sink = _LeaderSink(streams[index], request.n, self.digest)
+                sink.uid = self.scheduler.insert(request, sink)
+                with self._lock:
+                    self._sinks[sink.uid] = sink
+            else:
+                follower_sink = _FollowerSink(self.digest)
+                follower_sink.uid = self.scheduler.insert(request, follower_sink)
+        for uid in plan.removals:
+            self.scheduler.remove(uid)
+        with self._lock:
+            for uid in [uid for uid, sink in self._sinks.items() if sink.open_choices <= 0]:
+                del self._sinks[uid]
+
+    def release(self, choices: int, queued: int = 0) -> None:
+        if self.fault is None:  # a lost group zeroed the counts once and for all
+            super().release(choices, queued)
+
+    def fail_all(self, error: Exception) -> None:
+        if isinstance(error, EngineFailed):
+            # A step raised: a collective failed (a peer died) or the ranks diverged.
+            self.lose_group(f"{type(error).__name__}: {error}")
+        super().fail_all(GroupLost(self._fault_message()) if self.fault else error)
+
+    def unload(self) -> None:
+        super().unload()
+        # After the last plan (stop) the followers exit by themselves; kill any that do not.
+        self.followers.stop()
+
+    def wait_finished(self) -> bool:
+        """Block until the engine thread ends; True when it ended well (stopped by the plan)."""
+        self._thread.join()
+        if self._load_error is not None:
+            logger.error("rank %d failed to load: %s", self.rank, self._load_error)
+        return self._load_error is None and self.fault is None
+
+    # -- faults ------------------------------------------------------------------------------
+
+    def lose_group(self, reason: str) -> None:
+        """Mark the group lost (once; from the engine thread or the watchdog): every request in
+        flight gets a GroupLost error, new ones are refused, local followers are killed (which
+        also frees an engine thread stuck in a collective with a stopped peer)."""
+        with self._lock:
+            if self.fault is not None:
+                return
+            self.fault = reason
+            sinks = list(self._sinks.values())
+            self._sinks.clear()
+            outgoing, self._outgoing = self._outgoing, []
+        self.failures += 1
+        self._stopping = self._stopping or not self.leader
+        with self._counts_lock:
+            self._active = self._queued = 0
+        logger.error(
+            "engine %s (rank %d): distributed group lost: %s", self.name, self.rank, reason
+        )
+        error = GroupLost(self._fault_message())
+        for stream in [sink.stream for sink in sinks] + [stream for _, stream in outgoing]:
+            stream.push(ErrorEvent(error))
+        self.followers.stop(timeout_s=0.5)
+        if not self.leader:
+            # A follower without its leader has nothing to serve; its engine thread may be stuck
+            # in a collective that never returns.
+            logger.error("follower exits")
+            os._exit(3)
+
+    def _heartbeat_due(self) -> bool:
+        """The leader is idle (no step running) and has sent no plan for `heartbeat_s`."""
+        idle_s = time.monotonic() - self.last_progress
+        return (
+            self.leader
+            and self._step_started is None
+            and not self._beat_due
+            and (idle_s >= self.options.heartbeat_s)
+        )
+
+    def _fault_message(self) -> str:
+        return (
+            f"model '{self.name}' lost a peer of its distributed group ({self.fault}); "
+            "the server must restart to re-form the group"
+        )
+
+    def _watch(self) -> None:
+        """The step watchdog (and, on the leader, the idle heartbeat)."""
+        options = self.options
+        while self.fault is None and not self._stopped.is_set():
+            time.sleep(min(0.25, options.heartbeat_s / 2))
+            started = self._step_started
+            limit = 2 * self._slowest_s + options.step_grace_s
+            if not self.leader:
+                limit += options.heartbeat_s  # a follower waits for the leader's next plan too
+            if started is not None and time.monotonic() - started > limit:
+                self.lose_group(f"a step made no progress for {limit:.1f} s (a peer hung)")
+            elif self._heartbeat_due():
+                self.post(_BEAT)
+
+
+def build_distributed(
+    name: str, path: Path, limits: ChatLimits, settings: Mapping[str, Any]
+) -> DistributedLLMEngine:
+    """The served chat model of `mlxd serve --distributed B --hosts H [--pipeline]`."""
+    from engines.distributed.group import parse_hosts
+
+    hosts = tuple(parse_hosts(settings["hosts"])) if settings.get("hosts") else ()
+    options = DistributedOptions(
+        backend=settings["distributed"],
+        hosts=hosts,
+        pipeline=bool(settings.get("pipeline")),
+        step_grace_s=float(settings.get("distributed_grace_s") or 10.0),
+    )
+    return DistributedLLMEngine(name, path, options, settings.get("prefill_chunk"), limits)
+
+
+def run_follower(path: Path, options: DistributedOptions) -> int:
+    """`mlxd follower`: serve this rank's shard until the leader says stop (0) or the group is
+    lost (the process exits with 3 from the fault handler)."""
+    engine = DistributedLLMEngine(f"follower-{launched_rank()}", path, options)
+    if engine.leader:
+        raise ValueError("a follower needs MLX_RANK > 0 (rank 0 is `mlxd serve`)")
+    engine.start()
+    return 0 if engine.wait_finished() else 1
