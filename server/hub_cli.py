@@ -91,7 +91,19 @@ def pull_command(settings: Any, args: argparse.Namespace) -> int:
     if args.quantize:
         return _quantize_into_store(store, path, ref.repo_id.rsplit("/", 1)[-1], args)
     print(f"{ref} ready: {path}")
+    _note_if_too_large(str(ref), store.size_bytes(path))
     return 0
+
+
+def _note_if_too_large(name: str, weights_bytes: int) -> None:
+    """Say now, with the way out, when the pulled model could never load on this device."""
+    from engines.device_memory import MIN_KV_BYTES, ModelTooLarge, check_fits, usable_memory
+
+    usable, what = usable_memory()
+    try:
+        check_fits(name, weights_bytes, MIN_KV_BYTES, usable, what)
+    except ModelTooLarge as exc:
+        print(f"mlxd: note: {exc.message}", file=sys.stderr)
 
 
 def import_hf_command(settings: Any, args: argparse.Namespace) -> int:

@@ -229,3 +229,15 @@ async def test_a_model_downloaded_while_serving_counts_against_the_memory_budget
         assert pool.engine("local") is not None and pool.engine("hubbed") is None
     finally:
         await pool.drain(5)
+
+
+def test_pull_says_when_the_model_could_never_load_here(
+    hub: FakeHub, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engines import device_memory
+
+    monkeypatch.setattr(device_memory, "usable_memory", lambda: (2**20, "RAM"))
+    assert main(["pull", REPO]) == 0  # pulled all the same: it may be quantized next
+    err = capsys.readouterr().err
+    assert f"mlxd: note: model '{REPO}' does not fit: it needs 0.25 GiB" in err
+    assert "this device can use 0.00 GiB (RAM); use a smaller or quantized copy" in err
