@@ -110,6 +110,7 @@ async def prepare_chat(
         logprobs=logprobs,
         grammar=grammar,
         images=images,
+        speculative=chat.speculative,
     )
     logger.info(
         "%s chat model=%r prompt_tokens=%d images=%d max_tokens=%d n=%d stream=%s",

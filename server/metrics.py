@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engines.bridge import RequestStream
 from engines.pool import EnginePool
-from engines.types import Event, FinishEvent, TokenEvent
+from engines.types import EngineStats, Event, FinishEvent, TokenEvent
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -43,6 +43,8 @@ class _EngineCollector(Collector):
             "prefix_cache_bytes": "Bytes held by the prefix cache",
             "failures": "Engine steps that raised",
             "weights_bytes": "Memory the model's parameters take",
+            "drafted_tokens": "Speculative decoding: tokens drafted",
+            "accepted_drafts": "Speculative decoding: drafted tokens the model kept",
         }
         stats = self.pool.stats()
         for field, help_text in fields.items():
@@ -50,6 +52,7 @@ class _EngineCollector(Collector):
             for name, engine in stats.items():
                 family.add_metric([name], float(getattr(engine, field)))
             yield family
+        yield from _speculation(stats)
         loaded = GaugeMetricFamily(
             "mlxd_model_loaded", "1 while a model is loaded", labels=["model"]
         )
@@ -57,6 +60,25 @@ class _EngineCollector(Collector):
             loaded.add_metric([model.name], 1.0 if model.loaded else 0.0)
         yield loaded
         yield from _mlx_memory()
+
+
+def _speculation(stats: dict[str, EngineStats]) -> Iterator[Metric]:
+    """Drafts kept per draft, and tokens per row per decode pass (1 without speculation)."""
+    acceptance = GaugeMetricFamily(
+        "mlxd_engine_speculative_acceptance_ratio",
+        "Drafted tokens kept / drafted",
+        labels=["model"],
+    )
+    per_step = GaugeMetricFamily(
+        "mlxd_engine_tokens_per_step", "Tokens a row gains per decode pass", labels=["model"]
+    )
+    for name, engine in stats.items():
+        if engine.drafted_tokens:
+            acceptance.add_metric([name], engine.accepted_drafts / engine.drafted_tokens)
+        if engine.decode_row_steps:
+            per_step.add_metric([name], engine.tokens_generated / engine.decode_row_steps)
+    yield acceptance
+    yield per_step
 
 
 def _mlx_memory() -> Iterator[Metric]:

@@ -27,6 +27,7 @@ from engines.llm.prefix_cache import PrefixCache
 from engines.llm.sampling import TokenSampler, choice_seed
 from engines.llm.scheduler import Counters, Scheduler, SchedulerConfig
 from engines.llm.sequence import Vocabulary
+from engines.llm.speculative import DEFAULT_DRAFT_TOKENS
 from engines.llm.tools import tool_call_format
 from engines.types import (
     FIM_TOKEN_SETS,
@@ -80,6 +81,9 @@ class LLMEngine(EngineThread, ChatFront):
             queued=self._queued,
             largest_batch=self.counters.largest_batch,
             tokens_generated=self.counters.tokens_generated,
+            drafted_tokens=self.counters.drafted_tokens,
+            accepted_drafts=self.counters.accepted_drafts,
+            decode_row_steps=self.counters.decode_row_steps,
             prefix_cache_hits=cache.hits if cache else 0,
             prefix_cache_misses=cache.misses if cache else 0,
             prefix_cache_entries=len(cache) if cache else 0,
@@ -204,6 +208,8 @@ class LLMEngine(EngineThread, ChatFront):
             pipelined=not on_cpu,
             # cpu_decode's rewrites assume plain KV caches filled in lockstep.
             cpu_decode=on_cpu and profile.plain and install_cpu_decode(model),
+            speculative=self.limits.speculative,
+            speculative_tokens=self.limits.speculative_tokens or DEFAULT_DRAFT_TOKENS,
         )
         # The engine thread detokenizes with its own copy: a Rust tokenizer used by two threads
         # at once can panic ("Already borrowed"); the front's stays on the event loop.

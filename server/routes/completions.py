@@ -101,6 +101,7 @@ async def create_completion(
                 n=completion.choices,
                 logprobs=completion.logprobs,
                 prompt_logprobs=bool(completion.echo) and completion.logprobs is not None,
+                speculative=completion.speculative,
             )
         )
     headers = response_headers(request_id, body.raw, CompletionRequest, IGNORED_FIELDS)

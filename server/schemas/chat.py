@@ -90,6 +90,7 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: bool | None = None
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     chat_template_kwargs: dict[str, Any] | None = None  # extension, as in vLLM
+    speculative: bool | None = None  # extension: speculative decoding off/on (None: the model's)
     # Fields of the spec that later work may support; rejected when they ask for something.
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None

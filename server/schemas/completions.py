@@ -25,6 +25,7 @@ class CompletionRequest(SamplingFields):
     echo: bool | None = False
     logprobs: int | None = Field(None, ge=0, le=20)
     best_of: int | None = Field(None, ge=1, le=128)
+    speculative: bool | None = None  # extension: speculative decoding off/on (None: the model's)
 
     @field_validator("prompt")
     @classmethod

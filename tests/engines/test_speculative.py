@@ -6,6 +6,8 @@ stop strings and max_tokens landing inside a run of kept drafts — and drafts a
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -17,13 +19,15 @@ from mlx_lm.utils import load
 from engines.llm import scheduler as scheduler_module
 from engines.llm.caches import CacheProfile
 from engines.llm.detokenize import TokenBytes
+from engines.llm.engine import LLMEngine
 from engines.llm.prefix_cache import PrefixCache
 from engines.llm.ragged_cache import RaggedKVCache
 from engines.llm.sampling import TokenSampler
 from engines.llm.scheduler import Scheduler, SchedulerConfig
 from engines.llm.sequence import Vocabulary
 from engines.llm.speculative import DraftLength, NgramIndex
-from engines.types import GenerationRequest, SamplingParams, TokenEvent
+from engines.types import ChatLimits, GenerationRequest, SamplingParams, TokenEvent
+from tests.engines.test_llm_engine import run
 from tests.engines.test_scheduler import ListSink, run_until_idle
 from tests.families import save_family_dir
 from tests.tiny import VOCAB
@@ -200,3 +204,24 @@ def test_draft_length_adapts() -> None:
     assert length.current == 2
     length.record(0, 0)
     assert length.current == 2
+
+
+async def test_the_engine_thread_speculates_as_configured(tiny_model_dir: Path) -> None:
+    """Through LLMEngine (models-file options as ChatLimits): the same greedy tokens with and
+    without the per-request switch, and the counters /metrics reads."""
+    limits = ChatLimits(speculative="prompt_lookup", speculative_tokens=5)
+    engine = LLMEngine("tiny", tiny_model_dir, prefill_chunk=16, limits=limits)
+    engine.start()
+    try:
+        await engine.wait_loaded()
+        on = GenerationRequest("on", LOOP, 40, SamplingParams(0.0))
+        off = GenerationRequest("off", LOOP, 40, SamplingParams(0.0), speculative=False)
+        (_, with_drafts, _), (_, without, _) = await asyncio.gather(
+            run(engine, on), run(engine, off)
+        )
+        assert with_drafts == without
+        stats = engine.stats()
+        assert stats.accepted_drafts > 0 and stats.drafted_tokens >= stats.accepted_drafts
+        assert stats.decode_row_steps < stats.tokens_generated
+    finally:
+        engine.stop()
