@@ -25,7 +25,7 @@ import numpy as np
 from engines.asr.audio import FRAMES_PER_SECOND
 from engines.asr.vocab import WhisperVocab
 from engines.asr.whisper import DecoderState, Whisper
-from engines.llm.sampling import host_list
+from engines.readback import host_list
 
 TIME_PRECISION = 0.02  # seconds per timestamp token
 INPUT_STRIDE = 2  # mel frames per audio-feature position

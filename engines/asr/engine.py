@@ -38,7 +38,7 @@ from engines.asr.vocab import LANGUAGES, WhisperVocab
 from engines.asr.whisper import DecoderState
 from engines.bridge import RequestStream
 from engines.errors import InvalidRequest, Overloaded
-from engines.llm.sampling import host_list
+from engines.readback import host_list
 from engines.types import (
     EngineStats,
     ErrorEvent,

@@ -39,9 +39,10 @@ import mlx.core as mx
 from engines.llm import caches as cache_ops
 from engines.llm.cpu_decode import decode_step
 from engines.llm.ragged_cache import RaggedKVCache
-from engines.llm.sampling import Sampled, host_list
+from engines.llm.sampling import Sampled
 from engines.llm.sequence import Choice
 from engines.llm.speculative import verify
+from engines.readback import host_list
 
 
 @dataclass

@@ -26,8 +26,9 @@ import mlx.core as mx
 
 from engines.llm import caches
 from engines.llm.detokenize import IncrementalDetokenizer
-from engines.llm.sampling import TokenSampler, host_list, top_k_logprobs
+from engines.llm.sampling import TokenSampler, top_k_logprobs
 from engines.llm.sequence import EventSink, Vocabulary
+from engines.readback import host_list
 from engines.types import GenerationRequest, TokenLogprob
 
 

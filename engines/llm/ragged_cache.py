@@ -24,7 +24,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
-from engines.llm.sampling import host_list
+from engines.readback import host_list
 
 STEP = 256  # the buffer grows in steps of this many positions, as mlx-lm's caches do
 

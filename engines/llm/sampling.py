@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any, cast
 
 import mlx.core as mx
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
 
 from engines.llm.constrain import Constraint
+from engines.readback import host_scalar
 from engines.types import REPETITION_WINDOW, SamplingParams
 
 _MASK64 = (1 << 64) - 1
@@ -45,15 +45,6 @@ def choice_seed(seed: int | None, index: int) -> int:
     if seed is None:
         return secrets.randbits(63)
     return seed if index == 0 else mix64(seed ^ (index << 32)) >> 1
-
-
-def host_list(array: mx.array) -> list[Any]:
-    """An MLX array's values as (nested) Python lists, typed for the host-side code."""
-    return cast(list[Any], array.tolist())
-
-
-def host_scalar(array: mx.array) -> float:
-    return float(cast(float, array.item()))
 
 
 @dataclass

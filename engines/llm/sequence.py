@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engines.llm.detokenize import IncrementalDetokenizer, StopMatcher, TokenBytes
-from engines.llm.sampling import Sampled, TokenSampler, host_list, host_scalar
+from engines.llm.sampling import Sampled, TokenSampler
 from engines.llm.speculative import RowSpeculation
+from engines.readback import host_list, host_scalar
 from engines.types import (
     Event,
     FinishEvent,

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
-from engines.llm.sampling import Sampled, TokenSampler, host_list, top_k_logprobs
+from engines.llm.sampling import Sampled, TokenSampler, top_k_logprobs
+from engines.readback import host_list
 
 PROMPT_LOOKUP = "prompt_lookup"
 DEFAULT_DRAFT_TOKENS = 8
