@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,73 @@ def test_tensor_parallel_equals_one_process(launch: Any) -> None:
     assert follow["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
     expected = one.complete([*first, 50, 51, 52, 53], max_tokens=8)
     assert follow["choices"][0]["text"] == expected["choices"][0]["text"]
+
+
+def test_pipeline_equals_one_process(launch: Any) -> None:
+    single = texts(launch("qwen2"))
+    assert texts(launch("qwen2", *RING, "--pipeline")) == single
+
+
+def test_concurrent_requests_batch_and_cancel(launch: Any) -> None:
+    single = texts(launch("llama"), max_tokens=40)
+    sharded = launch("llama", *RING)
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda p: sharded.complete(p, max_tokens=40), PROMPTS))
+    assert [r["choices"][0]["text"] for r in results] == single
+    assert sharded.client.get("/health").json()["engines"]["llama"]["largest_batch"] >= 2
+    # A stream cancelled by its client leaves every rank's batch; the group goes on serving.
+    body = {"model": "llama", "prompt": PROMPTS[0], "max_tokens": 200, "stream": True}
+    with sharded.client.stream("POST", "/v1/completions", json=body) as response:
+        next(line for line in response.iter_lines() if line.startswith("data:"))
+    deadline = time.monotonic() + 5
+    while sharded.client.get("/health").json()["active"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sharded.client.get("/health").json()["active"] == 0
+    assert texts(sharded, max_tokens=40) == single
+
+
+def stream_until_error(server: Server, fault: Any) -> tuple[str, float]:
+    """Start a long stream, apply `fault` after its first chunk; the error message and the
+    seconds from the fault to the error event."""
+    body = {"model": "long", "prompt": PROMPTS[0], "max_tokens": 3000, "stream": True}
+    with server.client.stream("POST", "/v1/completions", json=body) as response:
+        lines = (line for line in response.iter_lines() if line.startswith("data:"))
+        next(lines)
+        fault()
+        started = time.monotonic()
+        for line in lines:
+            if line == "data: [DONE]":
+                break
+            chunk = json.loads(line[len("data:") :])
+            if "error" in chunk:
+                return str(chunk["error"]["message"]), time.monotonic() - started
+    raise AssertionError("the stream ended without an error")
+
+
+def assert_unavailable(server: Server) -> None:
+    health = server.client.get("/health")
+    assert health.status_code == 503 and health.json()["status"] == "stalled"
+    body = {"model": "long", "prompt": PROMPTS[0], "max_tokens": 4}
+    refused = server.client.post("/v1/completions", json=body)
+    assert refused.status_code == 503 and "Retry-After" in refused.headers
+    assert "re-form the group" in refused.json()["error"]["message"]
+
+
+def test_killed_follower_fails_streams_fast(launch: Any) -> None:
+    server = launch("long", *RING)
+    (follower,) = server.followers()
+    message, seconds = stream_until_error(server, lambda: os.kill(follower, signal.SIGKILL))
+    assert "lost a peer" in message and seconds < 2.0
+    assert_unavailable(server)
+
+
+def test_stopped_follower_is_caught_by_the_watchdog(launch: Any) -> None:
+    server = launch("long", *RING, grace_s=1.5)
+    (follower,) = server.followers()
+    try:
+        message, seconds = stream_until_error(server, lambda: os.kill(follower, signal.SIGSTOP))
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # rank 0 killed it; if not, resume it
+            os.kill(follower, signal.SIGCONT)
+    assert "made no progress" in message and seconds < 6.0
+    assert_unavailable(server)
