@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from engines.errors import ContextTooLong, InvalidRequest, KVBudgetExceeded, Overloaded
+from engines.errors import InvalidRequest, KVBudgetExceeded, Overloaded
 from engines.llm.constrain import GrammarCompiler
 from engines.llm.templates import render_chat
 from engines.types import ChatLimits, ChatModelInfo, GenerationRequest
@@ -105,24 +105,7 @@ class ChatFront:
     ) -> int:
         """Return the max_tokens to use, or raise ContextTooLong (before any model work)."""
         assert self.info is not None
-        limit = self.info.context_length
-        if prompt_tokens >= limit:
-            raise ContextTooLong(
-                f"This model's maximum context length is {limit} tokens. However, your {param} "
-                f"resulted in {prompt_tokens} tokens. Please reduce the length of the {param}.",
-                param=param,
-            )
-        if max_tokens is None:
-            return limit - prompt_tokens
-        if prompt_tokens + max_tokens > limit:
-            raise ContextTooLong(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {param}, "
-                f"{max_tokens} in the completion). Please reduce the length of the {param} or "
-                "completion.",
-                param="max_tokens",
-            )
-        return max_tokens
+        return self.info.fit(prompt_tokens, max_tokens, param)
 
     def kv_bytes(self, choices: int, tokens: int) -> int:
         """Cache memory of `choices` rows of a dense batch `tokens` long (per cache kind)."""
