@@ -165,11 +165,13 @@ def test_tensor_parallel_equals_one_process(launch: Any) -> None:
     assert follow["choices"][0]["text"] == expected["choices"][0]["text"]
 
 
+@pytest.mark.optin  # three more servers of ~4 s each: CI runs them
 def test_pipeline_equals_one_process(launch: Any) -> None:
     single = texts(launch("qwen2"))
     assert texts(launch("qwen2", *RING, "--pipeline")) == single
 
 
+@pytest.mark.optin  # three more servers of ~4 s each: CI runs them
 def test_concurrent_requests_batch_and_cancel(launch: Any) -> None:
     single = texts(launch("llama"), max_tokens=40)
     sharded = launch("llama", *RING)
@@ -223,6 +225,7 @@ def test_killed_follower_fails_streams_fast(launch: Any) -> None:
     assert_unavailable(server)
 
 
+@pytest.mark.optin  # three more servers of ~4 s each: CI runs them
 def test_stopped_follower_is_caught_by_the_watchdog(launch: Any) -> None:
     server = launch("long", *RING, grace_s=1.5)
     (follower,) = server.followers()
