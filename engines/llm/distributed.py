@@ -254,9 +254,8 @@ class DistributedLLMEngine(LLMEngine):
             return False
         if not self.leader:
             return not self._stopping
-        if self._stopping and not self._stop_sent and not self.scheduler.has_work():
-            return not self._outgoing  # one last plan tells the followers to exit
-        return bool(self._outgoing or self._beat_due or self.scheduler.has_work())
+        last_plan_due = self._stopping and not self._stop_sent  # it tells followers to exit
+        return bool(self._outgoing or self._beat_due or self.scheduler.has_work() or last_plan_due)
 
     def step(self) -> None:
         assert self.scheduler is not None and self.channel is not None
