@@ -79,7 +79,10 @@ class Settings(BaseSettings):
         64 * 1024, ge=256, description="Largest `tools` / `response_format` schema (as JSON)."
     )
     keepalive_interval_s: float = Field(
-        10.0, gt=0, description="Seconds between SSE keep-alive comments while a stream is idle."
+        5.0,
+        gt=0,
+        description="Seconds between SSE keep-alives (a comment; Anthropic: a ping), on a wall "
+        "clock, so they also flow while a long prompt prefills.",
     )
     prefill_chunk: int | None = Field(
         None,
