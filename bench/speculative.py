@@ -1,0 +1,229 @@
+"""Speculative decoding (prompt lookup) on a code-editing request: with vs without, same engine
+code, same model, greedy, in one process.
+
+Two LLMEngines load the same model, one with `speculative = "prompt_lookup"`, on their own
+threads (as the server runs them). Each run sends `--concurrency` requests at once, each asking
+the model to repeat a ~400-token Python module with one change; runs alternate between the two
+engines (plain, speculative, speculative, plain, ...) so drift hits both. Reported per side:
+decode rate = tokens after the first / (last token time − first token time), for one stream, or
+aggregate over the concurrent ones (from the last first-token to the last token), medians with
+min–max; and whether the speculative tokens equal the plain ones (they must, greedy).
+
+    python3 bench/speculative.py --model NAME_OR_DIR [--runs 5] [--tokens 256]
+        [--concurrency 1 8] [--speculative-tokens 8]
+
+On the GPU use a random Llama-1B-shaped model (bench/random_model.py): it copies nothing, so
+that figure is the cost of drafting that never pays off, unless its output loops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engines import blas
+
+BLAS = blas.preload_from_env()
+
+import mlx.core as mx  # noqa: E402
+
+from engines.llm.engine import LLMEngine  # noqa: E402
+from engines.types import ChatLimits, FinishEvent, GenerationRequest, SamplingParams, TokenEvent  # noqa: E402
+from engines.weights.store import ModelStore, default_home  # noqa: E402
+
+CODE = """import json
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Item:
+    name: str
+    price: float
+    quantity: int = 1
+    tags: list[str] = field(default_factory=list)
+
+    def total(self) -> float:
+        return self.price * self.quantity
+
+
+class Inventory:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.items: dict[str, Item] = {}
+
+    def load(self) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as handle:
+            for raw in json.load(handle):
+                item = Item(raw["name"], raw["price"], raw.get("quantity", 1), raw.get("tags", []))
+                self.items[item.name] = item
+
+    def save(self) -> None:
+        with open(self.path, "w") as handle:
+            json.dump([vars(item) for item in self.items.values()], handle, indent=2)
+
+    def add(self, item: Item) -> None:
+        if item.name in self.items:
+            self.items[item.name].quantity += item.quantity
+        else:
+            self.items[item.name] = item
+
+    def remove(self, name: str, quantity: int = 1) -> bool:
+        item = self.items.get(name)
+        if item is None or item.quantity < quantity:
+            return False
+        item.quantity -= quantity
+        if item.quantity == 0:
+            del self.items[name]
+        return True
+
+    def value(self) -> float:
+        return sum(item.total() for item in self.items.values())
+
+    def tagged(self, tag: str) -> list[Item]:
+        return [item for item in self.items.values() if tag in item.tags]
+"""
+
+CHANGES = [
+    ("value", "total_value"),
+    ("tagged", "with_tag"),
+    ("remove", "take_out"),
+    ("add", "put"),
+    ("load", "read"),
+    ("save", "write"),
+    ("Inventory", "Stock"),
+    ("Item", "Product"),
+]
+
+
+def request_messages(index: int) -> list[dict[str, str]]:
+    old, new = CHANGES[index % len(CHANGES)]
+    ask = (
+        f"```python\n{CODE}```\n\nRepeat the code above exactly, line by line, with one "
+        f"change: rename `{old}` to `{new}`. Reply with the code only."
+    )
+    return [{"role": "user", "content": ask}]
+
+
+async def one(engine: LLMEngine, request: GenerationRequest) -> tuple[list[int], float, float]:
+    tokens: list[int] = []
+    first = last = 0.0
+    async for event in engine.submit(request):
+        if isinstance(event, TokenEvent) and event.token_ids:
+            last = time.perf_counter()
+            first = first or last
+            tokens += event.token_ids
+        elif isinstance(event, FinishEvent):
+            break
+    return tokens, first, last
+
+
+async def burst(
+    engine: LLMEngine, prompts: list[list[int]], max_tokens: int
+) -> tuple[float, list[list[int]]]:
+    """Decode rate of one burst (tokens/s over the concurrent requests) and their tokens."""
+    requests = [
+        GenerationRequest(f"r{i}", prompt, max_tokens, SamplingParams(0.0))
+        for i, prompt in enumerate(prompts)
+    ]
+    results = await asyncio.gather(*(one(engine, r) for r in requests))
+    decoded = sum(max(0, len(tokens) - 1) for tokens, _, _ in results)
+    start = max(first for _, first, _ in results)
+    end = max(last for _, _, last in results)
+    return decoded / max(end - start, 1e-9), [tokens for tokens, _, _ in results]
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), 2),
+        "min": round(min(values), 2),
+        "max": round(max(values), 2),
+    }
+
+
+async def measure(args: argparse.Namespace, path: Path) -> dict[str, object]:
+    speculative = ChatLimits(
+        speculative="prompt_lookup", speculative_tokens=args.speculative_tokens
+    )
+    engines = {
+        "plain": LLMEngine("plain", path, limits=ChatLimits()),
+        "speculative": LLMEngine("speculative", path, limits=speculative),
+    }
+    for engine in engines.values():
+        engine.start()
+        await engine.wait_loaded()
+    report: dict[str, object] = {}
+    try:
+        for concurrency in args.concurrency:
+            prompts = [
+                engines["plain"].encode_chat(request_messages(i)) for i in range(concurrency)
+            ]
+            rates: dict[str, list[float]] = {name: [] for name in engines}
+            outputs: dict[str, list[list[int]]] = {}
+            await burst(engines["plain"], prompts, 8)  # warm both engines on these shapes
+            await burst(engines["speculative"], prompts, 8)
+            for run in range(args.runs):
+                order = ["plain", "speculative"] if run % 2 == 0 else ["speculative", "plain"]
+                for name in order:
+                    rate, tokens = await burst(engines[name], prompts, args.tokens)
+                    rates[name].append(rate)
+                    outputs[name] = tokens
+            stats = engines["speculative"].stats()
+            report[f"concurrency_{concurrency}"] = {
+                "prompt_tokens": [len(p) for p in prompts],
+                "output_tokens": [len(t) for t in outputs["plain"]],
+                "plain_tok_s": spread(rates["plain"]),
+                "speculative_tok_s": spread(rates["speculative"]),
+                "speedup_of_medians": round(
+                    statistics.median(rates["speculative"]) / statistics.median(rates["plain"]), 2
+                ),
+                "identical_output": outputs["plain"] == outputs["speculative"],
+                "acceptance_so_far": round(stats.accepted_drafts / max(stats.drafted_tokens, 1), 3),
+                "tokens_per_step_so_far": round(
+                    stats.tokens_generated / max(stats.decode_row_steps, 1), 2
+                ),
+            }
+            print(json.dumps({f"concurrency_{concurrency}": report[f"concurrency_{concurrency}"]}))
+            if args.show_text:
+                print(engines["plain"].decode(outputs["plain"][0]))
+    finally:
+        for engine in engines.values():
+            engine.stop()
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--speculative-tokens", type=int, default=8)
+    parser.add_argument("--show-text", action="store_true")
+    args = parser.parse_args()
+    _, path = ModelStore(default_home()).resolve(args.model)
+    report = asyncio.run(measure(args, path))
+    machine = {
+        "device": str(mx.default_device()),
+        "platform": platform.platform(),
+        "blas": str(BLAS),
+        "model": str(path),
+        "runs": args.runs,
+        "max_tokens": args.tokens,
+        "speculative_tokens": args.speculative_tokens,
+    }
+    print(json.dumps({"machine": machine, **report}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
