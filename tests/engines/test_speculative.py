@@ -225,3 +225,19 @@ async def test_the_engine_thread_speculates_as_configured(tiny_model_dir: Path) 
         assert stats.decode_row_steps < stats.tokens_generated
     finally:
         engine.stop()
+
+
+def test_caches_that_cannot_drop_drafts_turn_speculation_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """gemma3_text has sliding-window layers: the scheduler runs it without speculation, says so
+    in the log, and still serves it (equal to mlx-lm)."""
+    path = save_family_dir("gemma3_text", tmp_path / "gemma3")
+    model, tokenizer = load(str(path))  # type: ignore[misc]
+    with caplog.at_level("INFO", logger="engines.llm.scheduler"):
+        sched = scheduler((model, tokenizer), "prompt_lookup")
+    assert sched.config.speculative is None
+    assert "speculative decoding off" in caplog.text
+    [sink] = serve(sched, [GenerationRequest("w", LOOP, 12, SamplingParams(0.0))])
+    expected = [int(t) for t, _ in generate_step(mx.array(LOOP), model, max_tokens=12)]
+    assert sink.tokens == expected
