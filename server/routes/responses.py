@@ -17,19 +17,22 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from engines.errors import EngineError
 from engines.types import ErrorEvent, FinishEvent, TokenEvent
+from engines.types import Event as EngineEvent
 from server import sse
 from server.body import read_json_object, validate
+from server.chat_output import ChoiceOutput
 from server.chat_pipeline import PreparedChat, prepare_chat
 from server.errors import APIError, from_engine_error
 from server.generation import EventSource, collect, unless_disconnected
@@ -157,7 +160,8 @@ async def create_response(request: Request) -> Response:
     )
     if parsed.stream:
         interval = settings.stream_interval_ms / 1000
-        return sse.event_stream(run.events(stream, interval), headers, settings)
+        heartbeat = settings.keepalive_interval_s
+        return sse.event_stream(run.events(stream, interval, heartbeat), headers, settings)
     collected = await unless_disconnected(request, collect(stream), [stream])
     if collected is None:
         logger.info("%s client disconnected; cancelled", draft.response_id)
@@ -236,6 +240,9 @@ class _Run:
     items: OutputItems
     conversation: list[dict[str, Any]]
     store: ResponseStore
+    status: ItemStatus | Literal["failed"] = "completed"
+    usage: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
 
     async def final(
         self, status: str, usage: dict[str, Any] | None, error: dict[str, Any] | None = None
@@ -246,48 +253,86 @@ class _Run:
             await self.store.put(body, self.conversation + self.items.output)
         return body
 
-    async def events(self, stream: EventSource, interval_s: float) -> AsyncIterator[dict[str, str]]:
+    async def events(
+        self, stream: EventSource, interval_s: float, heartbeat_s: float
+    ) -> AsyncIterator[dict[str, str]]:
+        """The SSE events. While nothing is sent for `heartbeat_s` (a long prefill, a tool call
+        the parser holds back) `response.in_progress` is repeated: Codex's idle timeout counts
+        events, not the SSE comments every stream gets as keep-alives."""
         sequence = 0
+        last_sent = time.monotonic()
 
         def frame(event: Event) -> dict[str, str]:
-            nonlocal sequence
+            nonlocal sequence, last_sent
             payload = {**event, "sequence_number": sequence}
             sequence += 1
+            last_sent = time.monotonic()
             return {"event": event["type"], **sse.data(payload)}
 
+        in_progress = {
+            "type": "response.in_progress",
+            "response": self.draft.body("in_progress", []),
+        }
         ended = False
         output = self.prepared.output_for()
-        status, usage, error = "completed", None, None
         try:
-            for kind in ("response.created", "response.in_progress"):
-                yield frame({"type": kind, "response": self.draft.body("in_progress", [])})
-            async for event in stream.events(interval_s):
-                events: list[Event] = []
-                if isinstance(event, TokenEvent):
-                    for delta in output.feed(event.text):
-                        events += self.items.feed(delta)
-                elif isinstance(event, FinishEvent):
-                    for delta in output.finish():
-                        events += self.items.feed(delta)
-                    status = "incomplete" if event.reason == "length" else "completed"
-                    events += self.items.finish(status)  # type: ignore[arg-type]
-                    tokens = event.usage
-                    usage = usage_body(
-                        tokens.prompt_tokens, tokens.completion_tokens, tokens.cached_tokens
-                    )
-                elif isinstance(event, ErrorEvent):
-                    logger.error("%s failed in stream: %s", self.draft.response_id, event.error)
-                    status, error = "failed", _failure(event.error)
+            yield frame({"type": "response.created", "response": in_progress["response"]})
+            yield frame(in_progress)
+            async for event in _with_heartbeat(stream.events(interval_s), heartbeat_s):
+                events = [] if event is None else self._item_events(event, output)
+                if not events and time.monotonic() - last_sent >= heartbeat_s:
+                    events = [in_progress]
                 for item_event in events:
                     yield frame(item_event)
             ended = True
-            final = await self.final(status, usage, error)
-            yield frame({"type": f"response.{status}", "response": final})
+            final = await self.final(self.status, self.usage, self.error)
+            yield frame({"type": f"response.{self.status}", "response": final})
         finally:
             # Runs on normal end, client disconnect (CancelledError/GeneratorExit) and shutdown.
             if not ended:
                 stream.cancel()
                 logger.info("%s stream closed early; cancelling", self.draft.response_id)
+
+    def _item_events(self, event: EngineEvent, output: ChoiceOutput) -> list[Event]:
+        """The Responses events for one engine event; a finish or an error sets the outcome."""
+        events: list[Event] = []
+        if isinstance(event, TokenEvent):
+            for delta in output.feed(event.text):
+                events += self.items.feed(delta)
+        elif isinstance(event, FinishEvent):
+            for delta in output.finish():
+                events += self.items.feed(delta)
+            self.status = "incomplete" if event.reason == "length" else "completed"
+            events += self.items.finish(self.status)
+            tokens = event.usage
+            self.usage = usage_body(
+                tokens.prompt_tokens, tokens.completion_tokens, tokens.cached_tokens
+            )
+        elif isinstance(event, ErrorEvent):
+            logger.error("%s failed in stream: %s", self.draft.response_id, event.error)
+            self.status, self.error = "failed", _failure(event.error)
+        return events
+
+
+async def _with_heartbeat(
+    events: AsyncIterator[EngineEvent], every_s: float
+) -> AsyncIterator[EngineEvent | None]:
+    """`events`, and None after each `every_s` seconds in which none came."""
+    pending = asyncio.ensure_future(anext(events))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=every_s)
+            if not done:
+                yield None
+                continue
+            try:
+                event = pending.result()
+            except StopAsyncIteration:
+                return
+            yield event
+            pending = asyncio.ensure_future(anext(events))
+    finally:
+        pending.cancel()
 
 
 def _failure(error: Exception) -> dict[str, str]:

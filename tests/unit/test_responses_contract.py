@@ -45,10 +45,10 @@ def prompt_of(engine: FakeEngine) -> str:
 
 
 async def sse_events(http: httpx.AsyncClient, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The stream's events, each checked to carry an `event:` line naming its type."""
+    """The stream's events (comments skipped), each with an `event:` line naming its type."""
     async with http.stream("POST", URL, json=body) as response:
         assert response.status_code == 200
-        lines = [line async for line in response.aiter_lines() if line]
+        lines = [line async for line in response.aiter_lines() if line and line[0] != ":"]
     events = []
     for name, data in zip(lines[::2], lines[1::2], strict=True):
         event = json.loads(data.removeprefix("data: "))
@@ -102,6 +102,25 @@ async def test_stream_event_sequence(http: httpx.AsyncClient) -> None:
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     assert len({e["response"]["id"] for e in events if "response" in e}) == 1
     assert events[-2]["item"]["content"][0]["text"] == "Hello there!"
+
+
+async def test_a_long_prefill_repeats_in_progress(
+    client: AsyncOpenAI, http: httpx.AsyncClient, fake_engine: FakeEngine, settings: Settings
+) -> None:
+    """Codex's idle timeout counts events, not SSE comments: a stream that has nothing to say
+    for `keepalive_interval_s` repeats `response.in_progress`."""
+    settings.keepalive_interval_s = 0.05
+    fake_engine.prefill_delay_s = 0.3
+    events = await sse_events(http, {"model": "fake", "input": "hi", "stream": True})
+    kinds = [e["type"] for e in events]
+    first_item = kinds.index("response.output_item.added")
+    assert kinds[0] == "response.created"
+    assert kinds[1:first_item] == ["response.in_progress"] * (first_item - 1)
+    assert first_item >= 4  # at least two repeats during the 0.3 s "prefill"
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    async with client.responses.stream(model="fake", input="hi") as stream:
+        final = await stream.get_final_response()  # the strict helper accepts the repeats
+    assert final.output_text == "Hello there!"
 
 
 async def test_a_tool_call_round_trip(client: AsyncOpenAI, fake_engine: FakeEngine) -> None:
