@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -174,11 +174,15 @@ def build_chat(
         untagged_tool_calls=entry.get("untagged_tool_calls", True),
         speculative=entry.get("speculative"),
         speculative_tokens=entry.get("speculative_tokens") or 0,
+        kv_bits=entry.get("kv_bits"),
+        kv_group_size=entry.get("kv_group_size") or 64,
+        **_prefix_disk(settings),
     )
     if has_vision_tower(path):
         from engines.vlm.engine import VLMEngine
 
-        return VLMEngine(name, path, limits)
+        # One request at a time: not sized to the device (the old fixed queue by default).
+        return VLMEngine(name, path, replace(limits, max_waiting=limits.max_waiting or 64))
     if settings.get("distributed") and entry.get("source") == settings.get("model"):
         from engines.llm.distributed import build_distributed
 
@@ -204,7 +208,7 @@ def build_speech(
 
     limits = SpeechLimits(
         max_batch=entry.get("max_batch") or settings["asr_max_batch"],
-        max_waiting=settings["max_waiting"],
+        max_waiting=_waiting(settings),
         watchdog_s=settings["watchdog_s"],
     )
     return ASREngine(name, path, limits)
@@ -215,7 +219,7 @@ def build_tts(
 ) -> TTSEngine:
     from engines.tts.engine import KokoroEngine
 
-    limits = TTSLimits(max_waiting=settings["max_waiting"], watchdog_s=settings["watchdog_s"])
+    limits = TTSLimits(max_waiting=_waiting(settings), watchdog_s=settings["watchdog_s"])
     return KokoroEngine(name, path, limits)
 
 
@@ -227,10 +231,25 @@ def build_embedding(
     limits = EmbeddingLimits(
         max_batch=entry.get("max_batch") or settings["embed_max_batch"],
         max_batch_tokens=settings["embed_batch_tokens"],
-        max_waiting=settings["max_waiting"],
+        max_waiting=_waiting(settings),
         watchdog_s=settings["watchdog_s"],
     )
     return EmbedEngine(name, path, limits)
+
+
+def _prefix_disk(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Where prefix cache entries spill (MLXD_HOME/prefix-cache), and the bytes they may take."""
+    megabytes = settings.get("prefix_disk_mb") or 0
+    if not megabytes or not settings.get("home") or not settings.get("prefix_cache_mb"):
+        return {}
+    directory = str(Path(settings["home"]) / "prefix-cache")
+    return {"prefix_disk_dir": directory, "prefix_disk_bytes": int(megabytes) * 2**20}
+
+
+def _waiting(settings: Mapping[str, Any]) -> int:
+    """Other kinds' queue: MLXD_MAX_WAITING, else 64 (chat sizes its own to the device)."""
+    waiting = settings.get("max_waiting")
+    return 64 if waiting is None else int(waiting)
 
 
 def detect_kind(path: Path, default: str = "chat") -> str:

@@ -292,6 +292,13 @@ class EngineStats:
     stalled: bool = False  # busy, but the step loop has not moved for the watchdog's threshold
     failures: int = 0  # steps that raised (their requests failed; the engine went on)
     weights_bytes: int = 0  # memory the loaded model's parameters take
+    max_batch: int = 0  # limits in force (chat: sized to the device unless set), 0: unknown
+    max_waiting: int = 0
+    limits_reason: str = ""  # where the limits came from (status page, logs)
+    kv_bits: int | None = None  # quantized KV cache bits, None: unquantized
+    prefix_disk_hits: int = 0  # prefix cache entries read back from disk
+    prefix_disk_entries: int = 0
+    prefix_disk_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -344,9 +351,13 @@ FIM_TOKEN_SETS = (
 class ChatLimits:
     """Admission control: running choices, waiting requests and the KV memory budget."""
 
-    max_batch: int = 32
-    max_waiting: int = 64
+    max_batch: int | None = None  # None: sized to the KV budget at load (engines/llm/limits.py)
+    max_waiting: int | None = None  # None: sized with max_batch at load
     kv_budget_bytes: int | None = None  # None: derived from the device's memory at load
+    kv_bits: int | None = None  # quantized KV cache (4 or 8 bits), None: the model's dtype
+    kv_group_size: int = 64  # elements per quantization group (scale + bias each)
+    prefix_disk_dir: str | None = None  # where prefix cache entries spill (None: memory only)
+    prefix_disk_bytes: int = 0  # most bytes the spilled entries take on disk
     prefix_cache_bytes: int = 1 << 30
     watchdog_s: float = 120.0  # busy with no loop progress this long → reported stalled
     context_length: int | None = None  # a cap below the model's own context, if set

@@ -12,7 +12,9 @@ aliases = ["default"]
 pinned = true                     # never unloaded
 preload = true                    # loaded at start (default: on first request)
 idle_ttl_s = 900                  # unloaded after 15 idle minutes (unless pinned)
-max_batch = 16                    # chat models: rows decoded together
+max_batch = 16                    # chat models: rows decoded together (default: sized to
+                                  # the device's KV budget, engines/llm/limits.py)
+kv_bits = 8                       # chat models: quantized KV cache (4 | 8; kv_group_size 64)
 ```
 
 Unknown keys are errors (a typo must not silently do nothing). Without a file, the pool serves
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -61,6 +64,10 @@ class ModelEntry(BaseModel):
     # Speculative decoding: "prompt_lookup" (drafts from the prompt and output; no second model).
     speculative: str | None = None
     speculative_tokens: int | None = Field(default=None, ge=1, le=64)  # most drafted per step
+    # Quantized KV cache (chat): keys and values stored in 4 or 8 bits, a scale and a bias per
+    # `kv_group_size` elements (the head dimension must be a multiple of it).
+    kv_bits: Literal[4, 8] | None = None
+    kv_group_size: Literal[32, 64, 128] = 64
     sampling: SamplingDefaults = Field(default_factory=lambda: SamplingDefaults())
 
     @field_validator("speculative")

@@ -75,6 +75,30 @@ def check_store(settings: Settings) -> list[Finding]:
     return findings
 
 
+def check_limits(settings: Settings) -> list[Finding]:
+    """The batch width and queue the chat model would get, and why (sized to this device's KV
+    budget unless set: engines/llm/limits.py), estimated from its config.json and weights."""
+    import json
+
+    from engines.llm.engine import default_kv_budget
+    from engines.llm.limits import kv_bytes_per_token, size_limits
+
+    store = ModelStore(settings.home)
+    try:
+        _, path = store.resolve(settings.model)
+        config = json.loads((path / "config.json").read_text())
+    except Exception:  # a missing model is check_store's finding
+        return []
+    weights = store.size_bytes(path)
+    budget = (settings.kv_budget_mb or 0) * 2**20 or default_kv_budget(weights)
+    per_token = kv_bytes_per_token(config)
+    sized = size_limits(
+        budget, lambda tokens: tokens * per_token, settings.max_batch, settings.max_waiting
+    )
+    facts = f"{settings.model}: max_batch {sized.max_batch}, max_waiting {sized.max_waiting}"
+    return [Finding("chat limits", f"{facts} ({sized.reason})")]
+
+
 def check_hub(timeout_s: float = 3.0) -> list[Finding]:
     """The Hugging Face cache (where, how big, how many models) and whether the hub answers
     (`HF_ENDPOINT`; skipped with `HF_HUB_OFFLINE`). An unreachable hub is a fact, not a
@@ -144,6 +168,7 @@ def run_doctor(settings: Settings, blas_status: blas.BlasStatus) -> int:
         *check_runtime(),
         check_blas(blas_status),
         *check_store(settings),
+        *check_limits(settings),
         *check_hub(),
         check_port(settings),
         check_service(),

@@ -93,14 +93,28 @@ class Settings(BaseSettings):
     stream_interval_ms: float = Field(
         0.0, ge=0, le=1000, description="Least time between two streamed chunks of a request."
     )
-    max_batch: int = Field(32, ge=1, le=1024, description="Most choices decoded together.")
-    max_waiting: int = Field(
-        64, ge=0, description="Requests queued for admission per engine before 429."
+    max_batch: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Most choices decoded together (default: sized to the device's KV budget).",
+    )
+    max_waiting: int | None = Field(
+        None,
+        ge=0,
+        description="Requests queued for admission per engine before 429 (default: chat, twice "
+        "the batch; other kinds 64).",
     )
     kv_budget_mb: int | None = Field(
         None, ge=1, description="KV cache budget; default: half the device memory − weights."
     )
     prefix_cache_mb: int = Field(1024, ge=0, description="Prefix cache size (0 turns it off).")
+    prefix_disk_mb: int = Field(
+        8192,
+        ge=0,
+        description="Prefix cache entries spilled to MLXD_HOME/prefix-cache, most MiB per model "
+        "(0 turns it off): a long prompt seen before resumes after a restart or an eviction.",
+    )
     watchdog_s: float = Field(
         120.0, gt=0, description="A busy engine whose loop is stuck this long is unhealthy."
     )

@@ -10,6 +10,8 @@ from engines import blas
 
 blas.preload_from_env()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Prefix cache entries spill to MLXD_HOME only in the tests that ask for it (runs stay independent).
+os.environ.setdefault("MLXD_PREFIX_DISK_MB", "0")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

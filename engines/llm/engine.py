@@ -23,6 +23,7 @@ from engines.llm.caches import CacheProfile
 from engines.llm.cpu_decode import install as install_cpu_decode
 from engines.llm.detokenize import TokenBytes
 from engines.llm.front import ChatFront
+from engines.llm.limits import size_limits
 from engines.llm.prefix_cache import PrefixCache
 from engines.llm.sampling import TokenSampler, choice_seed
 from engines.llm.scheduler import Counters, Scheduler, SchedulerConfig
@@ -91,6 +92,9 @@ class LLMEngine(EngineThread, ChatFront):
             stalled=self.stalled(self._active > 0, self.limits.watchdog_s),
             failures=self.failures,
             weights_bytes=self.weights_bytes,
+            max_batch=self.max_batch,
+            max_waiting=self.max_waiting,
+            limits_reason=self.limits_reason,
         )
 
     @property
@@ -143,6 +147,7 @@ class LLMEngine(EngineThread, ChatFront):
         parameters = cast(list[tuple[str, Any]], tree_flatten(model.parameters()))
         self.weights_bytes = sum(int(array.nbytes) for _, array in parameters)
         self.kv_budget_bytes = self.limits.kv_budget_bytes or default_kv_budget(self.weights_bytes)
+        self._size_limits(profile)
         self.scheduler = self._new_scheduler(model, tokenizer, profile)
         logger.info(
             "engine %s loaded %s (context %d, caches %s, %d KiB KV per token, budget %d MiB)",
@@ -152,6 +157,22 @@ class LLMEngine(EngineThread, ChatFront):
             "/".join(sorted(set(profile.kinds))),
             profile.per_token // 1024,
             self.kv_budget_bytes // 2**20,
+        )
+
+    def _size_limits(self, profile: CacheProfile) -> None:
+        """The batch width and queue in force: explicit ones, else sized to the KV budget."""
+        sized = size_limits(
+            self.kv_budget_bytes, profile.row_bytes, self.limits.max_batch, self.limits.max_waiting
+        )
+        self.max_waiting, self.limits_reason = sized.max_waiting, sized.reason
+        if profile.batchable:
+            self.max_batch = sized.max_batch
+        logger.info(
+            "engine %s: max_batch %d, max_waiting %d (%s)",
+            self.name,
+            self.max_batch,
+            self.max_waiting,
+            sized.reason,
         )
 
     def load_checkpoint(self) -> tuple[Any, Any, dict[str, Any]]:

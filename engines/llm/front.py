@@ -34,7 +34,11 @@ class ChatFront:
         self.vocab_size = 0
         self.profile: CacheProfile | None = None
         self.kv_budget_bytes = 0
-        self.max_batch = limits.max_batch  # 1 for models whose caches cannot be batched
+        # Sized to the device at load unless set (engines/llm/limits.py); 1 for models whose
+        # caches cannot be batched. Until load, the old fixed defaults.
+        self.max_batch = limits.max_batch or 32
+        self.max_waiting = 64 if limits.max_waiting is None else limits.max_waiting
+        self.limits_reason = ""
         self._grammars: GrammarCompiler | None = None
         self._grammar_lock = threading.Lock()
         self._counts_lock = threading.Lock()
@@ -139,7 +143,7 @@ class ChatFront:
                 param="max_tokens",
             )
         with self._counts_lock:
-            if self._queued >= self.limits.max_waiting:
+            if self._queued >= self.max_waiting:
                 raise Overloaded(
                     f"model '{self.name}' has {self._queued} requests waiting, the most it queues;"
                     " retry shortly",

@@ -106,7 +106,8 @@ class VLMEngine(EngineThread, VisionFront):
         """Refuse what this path cannot serve, before anything is queued."""
         self.check_request(request)
         with self._counts_lock:
-            if self._queued >= self.limits.max_waiting:
+            waiting = self.limits.max_waiting
+            if self._queued >= (64 if waiting is None else waiting):  # None: the old default
                 raise Overloaded(
                     f"model '{self.name}' has {self._queued} requests waiting, the most it queues;"
                     " retry shortly",
