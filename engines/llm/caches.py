@@ -5,6 +5,7 @@ mlx-lm builds one cache per layer (`make_prompt_cache`); its kinds differ in wha
 | kind   | mlx-lm classes                 | memory per row     | batches via          | trims   |
 |--------|--------------------------------|--------------------|----------------------|---------|
 | kv     | KVCache                        | grows with tokens  | BatchKVCache         | yes     |
+| qkv    | QuantizedKV (`kv_bits`)        | grows, in bits     | BatchQuantizedKV     | yes     |
 | window | RotatingKVCache (sliding)      | up to its window   | BatchRotatingKVCache | not full |
 | state  | ArraysCache (SSM, linear attn) | constant           | itself               | no      |
 | (list) | CacheList: several per layer   | sum of its parts   | itself               | if all do |
@@ -37,7 +38,9 @@ def _parts(layer: Any) -> list[Any]:
 
 
 def kind_of(part: Any) -> str:
-    """'kv', 'window', 'state' or 'other' (see the module table), from what the cache holds."""
+    """'kv', 'qkv', 'window', 'state' or 'other' (the module table), from what the cache holds."""
+    if hasattr(part, "bits") and hasattr(part, "merge"):  # quantized_cache.QuantizedKV
+        return "qkv"
     if hasattr(part, "cache") and not hasattr(part, "keys"):
         return "state"
     if not hasattr(part, "merge"):
@@ -69,7 +72,8 @@ class CacheProfile:
 
     @property
     def plain(self) -> bool:
-        """Every layer a plain KV cache: trims exactly, may be padded, has no window or state."""
+        """Every layer a plain KV cache: trims exactly, may be padded, has no window or state.
+        (Quantized caches are not plain: no speculation, CPU decode rewrites or query buckets.)"""
         return all(kind == "kv" for kind in self.kinds)
 
     def row_bytes(self, tokens: int) -> int:
@@ -97,7 +101,7 @@ class CacheProfile:
                 size = (int(keys.nbytes) + int(values.nbytes)) // int(keys.shape[2])
             if kind == "window":
                 windows.append((int(part.max_size), size))
-            elif kind == "kv":
+            elif kind in ("kv", "qkv"):
                 per_token += size
             else:
                 other += size

@@ -135,12 +135,14 @@ def grouped_decode_attention(original: Callable[..., mx.array]) -> Callable[...,
         sinks: mx.array | None = None,
     ) -> mx.array:
         rows, heads, length, _ = queries.shape
-        key_heads = keys.shape[1]
+        # Quantized caches (keys are (data, scales, biases)) have their own attention; the
+        # wrapper is module-wide, so it also sees other engines' quantized models.
+        key_heads = 0 if hasattr(cache, "bits") else keys.shape[1]
         if (
             _decoding(rows, length) is None
+            or not key_heads
             or heads == key_heads
             or sinks is not None
-            or hasattr(cache, "bits")  # quantized caches have their own attention
             or not (queries.dtype == keys.dtype == values.dtype)
             or not (mask is None or isinstance(mask, mx.array))
             or (mask is not None and mask.ndim >= 3 and mask.shape[-3] != 1)  # per-head masks

@@ -25,6 +25,7 @@ from engines.llm.detokenize import TokenBytes
 from engines.llm.front import ChatFront
 from engines.llm.limits import size_limits
 from engines.llm.prefix_cache import PrefixCache
+from engines.llm.quantized_cache import install as install_quantized_kv
 from engines.llm.sampling import TokenSampler, choice_seed
 from engines.llm.scheduler import Counters, Scheduler, SchedulerConfig
 from engines.llm.sequence import Vocabulary
@@ -95,6 +96,7 @@ class LLMEngine(EngineThread, ChatFront):
             max_batch=self.max_batch,
             max_waiting=self.max_waiting,
             limits_reason=self.limits_reason,
+            kv_bits=self.limits.kv_bits,
         )
 
     @property
@@ -132,6 +134,8 @@ class LLMEngine(EngineThread, ChatFront):
 
         model, tokenizer, config = self.load_checkpoint()
         self._read_tokenizer(tokenizer, config)
+        if self.limits.kv_bits:
+            install_quantized_kv(model, self.limits.kv_bits, self.limits.kv_group_size)
         # Warm up (compile kernels, allocate buffers) and measure what the caches hold.
         probe = make_prompt_cache(model)
         mx.eval(model(mx.array([[0, 1]]), cache=probe))
