@@ -13,8 +13,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
 
-import server.routes.speech as speech_routes
 from engines.device_memory import chat_kv_bytes, usable_memory
 from engines.errors import ModelNotFound
 from engines.kinds import KINDS, detect_kind
@@ -26,19 +26,35 @@ from server.routes import (
     audio,
     chat,
     completions,
+    embeddings,
     health,
     messages,
     metrics,
     models,
+    rerank,
     responses,
+    speech,
     status,
 )
-from server.routes.embeddings import router as embeddings_router
-from server.routes.rerank import router as rerank_router
 from server.security import AccessControl, ConcurrencyLimit
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+ROUTERS = (
+    chat.router,
+    messages.router,
+    responses.router,
+    completions.router,
+    audio.router,
+    speech.router,
+    embeddings.router,
+    rerank.router,
+    models.router,
+    health.router,
+    metrics.router,
+    status.router,
+)
 
 
 def build_pool(settings: Settings) -> EnginePool:
@@ -188,21 +204,13 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
     app.add_middleware(ConcurrencyLimit, limit=settings.max_connections)
     app.add_middleware(RequestCounter, metrics=app.state.metrics)  # counts refusals too
     app.add_middleware(RequestId)  # outermost: refusals get an id and are logged with it
-    app.include_router(chat.router)
-    app.include_router(messages.router)
-    app.include_router(responses.router)
-    app.include_router(completions.router)
-    app.include_router(audio.router)
-    app.include_router(speech_routes.router)
-    app.include_router(embeddings_router)
-    app.include_router(rerank_router)
-    app.include_router(models.router)
-    app.include_router(health.router)
-    app.include_router(metrics.router)
-    app.include_router(status.router)
-    app.state.metrics.routes = frozenset(
-        path for route in app.routes if isinstance(path := getattr(route, "path", None), str)
+    for router in ROUTERS:
+        app.include_router(router)
+    # FastAPI nests included routers; the served routes, flat, for metrics labels and 405s.
+    app.state.routes = tuple(
+        route for router in ROUTERS for route in router.routes if isinstance(route, Route)
     )
+    app.state.metrics.routes = frozenset(route.path for route in app.state.routes)
     return app
 
 

@@ -127,6 +127,16 @@ _HTTP_MESSAGES = {
 }
 
 
+def _methods_for(request: Request) -> list[str]:
+    """Every method some route serves at this request's path (a resource's GET and DELETE may
+    be two routes)."""
+    methods: set[str] = set()
+    for route in request.app.state.routes:
+        if route.path_regex.match(request.url.path):
+            methods |= route.methods or set()
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -141,6 +151,8 @@ def install_error_handlers(app: FastAPI) -> None:
         message, code = _HTTP_MESSAGES.get(exc.status_code, (str(exc.detail), "http_error"))
         message = f"{message}: {request.method} {request.url.path}"
         headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the first matching route's methods only
+            headers["Allow"] = ", ".join(_methods_for(request))
         return _response(
             APIError(exc.status_code, message, "invalid_request_error", None, code, headers),
             request,

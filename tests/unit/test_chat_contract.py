@@ -438,3 +438,11 @@ async def test_unknown_field_names_are_reported_safely(http: httpx.AsyncClient) 
     response = await http.post(URL, json=chat_body(**{"ré\U000d2557": 1, "a,b\n": 2}))
     assert response.status_code == 200
     assert response.headers["x-mlxd-ignored-fields"] == "r\\xe9\\U000d2557,a\\x2cb\\x0a"
+
+
+async def test_405_allows_every_method_of_the_resource(http: httpx.AsyncClient) -> None:
+    """GET and DELETE of a stored response are two routes; Allow names both."""
+    response = await http.put("/v1/responses/resp_x")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "DELETE, GET"
+    assert_openai_error(response, 405, None, "method_not_allowed")

@@ -5,6 +5,11 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from engines.pool import EnginePool
+from server.app import create_app
+from server.settings import Settings
+from tests.fakes import FakeEngine
+
 URL = "/v1/chat/completions"
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -58,3 +63,19 @@ async def test_every_route_of_the_app_is_its_own_label(http: httpx.AsyncClient) 
     assert values[("mlxd_http_requests_total", audio)] == 1
     refused = (("route", "/v1/chat/completions"), ("status", "405"))
     assert values[("mlxd_http_requests_total", refused)] == 1
+
+
+async def test_refusals_before_routing_count_under_their_route() -> None:
+    """A 401 from the API-key check never reaches the router; it still counts under the route
+    it was for (the app's own paths), and unknown paths stay "other"."""
+    app = create_app(Settings(api_key="k"), EnginePool([FakeEngine()]))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        assert (await http.post(URL, json=CHAT)).status_code == 401
+        assert (await http.post("/v1/nope", json=CHAT)).status_code == 401
+        keyed = {"Authorization": "Bearer k"}
+        http.headers.update(keyed)
+        values = await samples(http)
+    refused = (("route", URL), ("status", "401"))
+    assert values[("mlxd_http_requests_total", refused)] == 1
+    assert values[("mlxd_http_requests_total", (("route", "other"), ("status", "401")))] == 1
