@@ -22,6 +22,7 @@ from engines.bridge import RequestStream
 from engines.llm.caches import CacheProfile
 from engines.llm.cpu_decode import install as install_cpu_decode
 from engines.llm.detokenize import TokenBytes
+from engines.llm.disk_cache import DiskPrefixCache, model_identity
 from engines.llm.front import ChatFront
 from engines.llm.limits import size_limits
 from engines.llm.prefix_cache import PrefixCache
@@ -78,6 +79,7 @@ class LLMEngine(EngineThread, ChatFront):
 
     def stats(self) -> EngineStats:
         cache = self.prefix_cache
+        disk = cache.disk if cache else None
         return EngineStats(
             active=self._active,
             queued=self._queued,
@@ -97,6 +99,9 @@ class LLMEngine(EngineThread, ChatFront):
             max_waiting=self.max_waiting,
             limits_reason=self.limits_reason,
             kv_bits=self.limits.kv_bits,
+            prefix_disk_hits=disk.hits if disk else 0,
+            prefix_disk_entries=len(disk) if disk else 0,
+            prefix_disk_bytes=disk.nbytes if disk else 0,
         )
 
     @property
@@ -242,7 +247,7 @@ class LLMEngine(EngineThread, ChatFront):
         vocabulary = Vocabulary(own, TokenBytes(own), self.info.eos_token_ids)
         prefix_cache = None
         if self.limits.prefix_cache_bytes > 0:
-            prefix_cache = PrefixCache(self.limits.prefix_cache_bytes)
+            prefix_cache = PrefixCache(self.limits.prefix_cache_bytes, disk=self._disk_cache())
         return self.scheduler_class(
             model,
             vocabulary,
@@ -253,6 +258,15 @@ class LLMEngine(EngineThread, ChatFront):
             prefix_cache,
             self.counters,
         )
+
+    def _disk_cache(self) -> DiskPrefixCache | None:
+        """Where prefix cache entries spill, per model identity (None: memory only)."""
+        limits = self.limits
+        if not limits.prefix_disk_dir or limits.prefix_disk_bytes <= 0:
+            return None
+        options = f"kv_bits={limits.kv_bits},group={limits.kv_group_size}"
+        identity = model_identity(self.path, options)
+        return DiskPrefixCache(Path(limits.prefix_disk_dir), identity, limits.prefix_disk_bytes)
 
     def _new_sampler(self, request: GenerationRequest) -> TokenSampler:
         """The first choice's sampler (its grammar compiled here, on the engine thread)."""
@@ -270,7 +284,7 @@ class LLMEngine(EngineThread, ChatFront):
 
     def unload(self) -> None:
         if self.scheduler is not None and self.scheduler.prefix_cache is not None:
-            self.scheduler.prefix_cache.clear()
+            self.scheduler.prefix_cache.close()  # spilled to disk, if it has one
         self.scheduler = None
 
     def handle(self, message: Any) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engines.llm import caches
+from engines.llm.disk_cache import DiskPrefixCache
 
 
 @dataclass
@@ -43,8 +44,15 @@ def common_prefix_length(a: tuple[int, ...], b: list[int]) -> int:
 
 
 class PrefixCache:
-    def __init__(self, max_bytes: int, max_entries: int = 64, min_tokens: int = 16) -> None:
+    def __init__(
+        self,
+        max_bytes: int,
+        max_entries: int = 64,
+        min_tokens: int = 16,
+        disk: DiskPrefixCache | None = None,
+    ) -> None:
         self.max_bytes = max_bytes
+        self.disk = disk  # where evicted entries go, and come back from
         self.max_entries = max_entries
         self.min_tokens = min_tokens  # shorter matches are not worth a copy
         self._entries: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()
@@ -57,6 +65,8 @@ class PrefixCache:
 
     def lookup(self, prompt: list[int]) -> tuple[list[Any] | None, int]:
         """(a private copy of the best cache trimmed to the reused length, reused tokens)."""
+        if self.disk is not None:
+            self._recall(prompt)
         best_key: tuple[int, ...] | None = None
         best = 0
         for key, entry in self._entries.items():
@@ -76,6 +86,22 @@ class PrefixCache:
                 layer.trim(excess)
         self.hits += 1
         return cache, best
+
+    def _recall(self, prompt: list[int]) -> None:
+        """Bring the disk's best entry for `prompt` back into memory if it serves a longer
+        prefix than any entry in memory (a corrupt or stale one is dropped there, not served)."""
+        assert self.disk is not None
+        key, length = self.disk.best(prompt, len(prompt) - 1)
+        if key is None or length < self.min_tokens:
+            return
+        in_memory = max(
+            (min(common_prefix_length(k, prompt), len(prompt) - 1) for k in self._entries),
+            default=0,
+        )
+        if length > in_memory and key not in self._entries:
+            cache = self.disk.load(key)
+            if cache is not None:
+                self.insert(list(key), cache)
 
     def insert(self, tokens: list[int], cache: list[Any]) -> None:
         """Keep `cache` (holding exactly `tokens`); drop entries it makes redundant, then evict."""
@@ -98,9 +124,18 @@ class PrefixCache:
         self._entries[key] = _Entry(cache, nbytes, trimmable)
         self.nbytes += nbytes
         while self.nbytes > self.max_bytes or len(self._entries) > self.max_entries:
-            _, evicted = self._entries.popitem(last=False)
+            evicted_key, evicted = self._entries.popitem(last=False)
             self.nbytes -= evicted.nbytes
+            if self.disk is not None:  # spilled, so it can come back
+                self.disk.save(evicted_key, evicted.cache)
 
     def clear(self) -> None:
         self._entries.clear()
         self.nbytes = 0
+
+    def close(self) -> None:
+        """Spill every entry to disk (if any), then forget them (the engine unloads)."""
+        if self.disk is not None:
+            for key, entry in self._entries.items():
+                self.disk.save(key, entry.cache)
+        self.clear()
