@@ -2,6 +2,12 @@
 (first time the server sees the history) vs warm (the turn after), for mlxd and mlx_lm.server.
 
     python bench/prefix.py [--model NAME_OR_DIR] [--history-tokens 1200] [--runs 3]
+
+With `--restart`: mlxd only, the prefix cache on disk. Each run sends a history (cold), stops the
+server (its prefix cache spills to MLXD_HOME, a fresh temporary directory), starts a new one on
+the same home and sends the same prompt again: TTFT after the restart vs cold.
+
+    python bench/prefix.py --restart --history-tokens 3000 --runs 3
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +75,24 @@ def follow_up(server: Server, messages: list[dict[str, str]]) -> dict[str, Any]:
     return {"cold_ttft_s": cold.ttft_s, "warm_ttft_s": warm.ttft_s, "ok": cold.ok and warm.ok}
 
 
+def after_restart(path: str, name: str, messages: list[dict[str, str]]) -> dict[str, Any]:
+    """TTFT of `messages` on a fresh server (cold), then on a restarted one (same MLXD_HOME)."""
+    messages = [*messages, {"role": "user", "content": "Summarise the notes in one sentence."}]
+    with tempfile.TemporaryDirectory() as home:
+        env = {"MLXD_HOME": home, "MLXD_PREFIX_DISK_MB": "8192"}
+        times = []
+        for _ in range(2):
+            server = start_mlxd(path, name, env)
+            try:
+                stream_chat(server, [{"role": "user", "content": "hi"}], 4)  # warm-up
+                result = stream_chat(server, messages, 16)
+                times.append(result.ttft_s if result.ok else float("nan"))
+            finally:
+                server.stop()  # drains; unloading spills the prefix cache to disk
+        spilled = sum(f.stat().st_size for f in Path(home).rglob("*.safetensors"))
+    return {"cold_ttft_s": times[0], "restart_ttft_s": times[1], "disk_bytes": spilled}
+
+
 def _answer(server: Server, messages: list[dict[str, str]]) -> str:
     body = {"model": server.model, "messages": messages, "max_tokens": 16, "temperature": 0}
     response = server.client.post(f"{server.url}/v1/chat/completions", json=body).json()
@@ -81,9 +106,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--servers", default="mlxd,mlx_lm.server")
     parser.add_argument("--out", type=Path, default=Path("bench/results/prefix.json"))
+    parser.add_argument("--restart", action="store_true", help="disk cache across a restart")
     args = parser.parse_args()
     name, path = ModelStore(default_home()).resolve(args.model)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if args.restart:
+        runs = [
+            after_restart(str(path), name, history(run, args.history_tokens, tokenizer))
+            for run in range(args.runs)
+        ]
+        ratios = [r["restart_ttft_s"] / r["cold_ttft_s"] for r in runs]
+        print(json.dumps({"runs": runs, "ratio_median": median(ratios), "ratios": ratios}))
+        return
     report: dict[str, Any] = {
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores",
         "device": str(mx.default_device()),

@@ -16,6 +16,7 @@ from mlx_lm.utils import load
 from engines.llm.disk_cache import DiskPrefixCache, model_identity
 from engines.llm.engine import LLMEngine
 from engines.llm.prefix_cache import PrefixCache
+from engines.llm.quantized_cache import QuantizedKV
 from engines.types import ChatLimits, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
 
 PROMPT = [(7 * j) % 240 + 5 for j in range(40)]
@@ -137,3 +138,16 @@ async def test_a_prompt_seen_before_resumes_after_a_restart(
         restarted.stop()
     assert cached >= len(PROMPT) and tokens == expected
     assert stats.prefix_disk_hits == 1 and stats.prefix_disk_entries >= 1
+
+
+def test_a_quantized_cache_round_trips(tmp_path: Path) -> None:
+    layer = QuantizedKV(group_size=32, bits=8)
+    keys = mx.random.normal((1, 2, 40, 32), key=mx.random.key(0))
+    layer.update_and_fetch(keys, keys * 2)
+    disk = DiskPrefixCache(tmp_path, "id", max_bytes=2**30)
+    disk.save(tuple(PROMPT), [layer])
+    (back,) = DiskPrefixCache(tmp_path, "id", max_bytes=2**30).load(tuple(PROMPT)) or [None]
+    assert isinstance(back, QuantizedKV)
+    assert (back.offset, back.bits, back.group_size) == (40, 8, 32)
+    for mine, theirs in zip(back.keys_and_values(), layer.keys_and_values(), strict=True):
+        assert all(mx.array_equal(a, b) for a, b in zip(mine, theirs, strict=True))
