@@ -128,11 +128,14 @@ _HTTP_MESSAGES = {
 
 
 def _methods_for(request: Request) -> list[str]:
-    """Every method some route serves at this request's path (a resource's GET and DELETE may
-    be two routes)."""
+    """The methods of the resource this path names: the first route (in the router's order)
+    whose template matches it, and every route with that same template (a resource's GET and
+    DELETE may be two routes)."""
+    routes = request.app.state.routes
+    template = next((r.path for r in routes if r.path_regex.match(request.url.path)), None)
     methods: set[str] = set()
-    for route in request.app.state.routes:
-        if route.path_regex.match(request.url.path):
+    for route in routes:
+        if route.path == template:
             methods |= route.methods or set()
     return sorted(methods)
 
