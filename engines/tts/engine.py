@@ -168,8 +168,8 @@ class KokoroEngine(EngineThread):
             mx.clear_cache()  # idle: give the pieces' buffers back
 
     def _finish(self, job: _Job, event: SynthesisDone | ErrorEvent) -> None:
+        self._release()  # first: a reader woken by the last event sees the engine idle
         job.stream.push(event)
-        self._release()
 
     def _release(self) -> None:
         with self._lock:

@@ -37,6 +37,10 @@ class Kokoro:
         weights = cast(dict[str, Any], mx.load(str(path / "model.safetensors")))
         self.model.load_weights(list(weights.items()), strict=True)
         self.model.eval()
+        if mx.default_device() == mx.cpu:  # cpu_conv.py says why
+            from engines.tts.cpu_conv import use_gathered_convs
+
+            use_gathered_convs(self.model)
         voices = cast(dict[str, Any], mx.load(str(path / "voices.safetensors")))
         self.voices = {name: np.array(table, np.float32) for name, table in voices.items()}
         self.vocab: dict[str, int] = config["vocab"]
