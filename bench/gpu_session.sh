@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# One device call's worth of benchmarks on the lent GPU, each step guarded (a failure or a timeout
+# is logged and the next step runs) and held to one deadline, so the call ends inside the device
+# tool's 10-minute limit whatever the install before it took.
+#
+# Steps (STEPS picks and orders them; a step whose model is missing is skipped, with a note):
+#   probe              versions, device, `import server.app`
+#   llama_model        random Llama-3.2-1B-shaped bf16 model (bench/random_model.py)
+#   gemma_model        random Gemma-3-1B-shaped bf16 model: sliding window 512 (issue 21)
+#   gemma_concurrency  8 streams, mlxd vs mlx_lm.server vs raw BatchGenerator (issue 21)
+#   gemma_prefix       warm-prefix TTFT on a 3,000-token agent history, mlxd vs mlx_lm.server
+#   decode             single stream, mlxd vs raw mlx-lm (9 runs x 256 tokens)
+#   concurrency        8 and 32 streams, mlxd vs mlx_lm.server vs raw BatchGenerator
+#   speculative        prompt lookup vs plain on one engine's code path (1 and 8 streams)
+#   distributed        bench/distributed.py --dry-run: the distributed code path, a group of one
+#
+# Usage (repo root, PYTHONPATH holding MLX and the server's deps):
+#   DEADLINE=<epoch s> bash bench/gpu_session.sh [TOKENIZER_DIR]
+#   SMOKE=1 PYTHON=.venv/bin/python bash bench/gpu_session.sh   (tiny float32 models, few tokens)
+# TOKENIZER_DIR holds config.json, tokenizer.json and tokenizer_config.json (SmolLM2's); default
+# .gpu/c/tok, else the local store's smollm2-135m-instruct. DEADLINE defaults to now + BUDGET_S
+# (540). Results: $OUT (default bench/results/gpu_session) gets summary.json (every step's status
+# and every result), session.log (step lines and each step's last output) and results.tgz (all
+# raw outputs): three files, inside the device tool's limit on files brought back.
+set -uo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root" || exit 1
+py=${PYTHON:-python3}
+smoke=${SMOKE:-0}
+out=${OUT:-$root/bench/results/gpu_session}
+work=${WORK_DIR:-/tmp/mlxd-gpu-session}
+deadline=${DEADLINE:-$(($(date +%s) + ${BUDGET_S:-540}))}
+min_step_s=${MIN_STEP_S:-30}
+tokenizer=${1:-}
+if [ -z "$tokenizer" ]; then
+  tokenizer=.gpu/c/tok
+  [ -f "$tokenizer/tokenizer.json" ] || tokenizer=$HOME/.cache/mlxd/models/smollm2-135m-instruct
+fi
+steps=${STEPS:-probe llama_model gemma_model gemma_concurrency gemma_prefix decode concurrency speculative distributed}
+
+rm -rf "$work" && mkdir -p "$work/results" "$work/logs" "$work/home" "$out"
+export MLXD_HOME=$work/home HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+status_file=$work/results/steps.jsonl
+
+if [ "$smoke" = 1 ]; then
+  dtype=float32 llama_shape=tiny-llama gemma_shape=tiny-gemma3
+  decode_args=(--runs 1 --tokens 8)
+  concurrency_args=(--levels 2 --tokens 8)
+  gemma_concurrency_args=(--levels 2 --tokens 8)
+  prefix_args=(--history-tokens 300 --runs 1)
+  speculative_args=(--runs 1 --tokens 16 --concurrency 1 2)
+  distributed_args=(--tokens 8 --repeats 1 --streams 2 --prompt-tokens 200)
+else
+  dtype=bfloat16 llama_shape=llama-1b gemma_shape=gemma3-1b
+  decode_args=(--runs 9 --tokens 256)
+  concurrency_args=(--levels 8,32 --tokens 128)
+  gemma_concurrency_args=(--levels 8 --tokens 128)
+  prefix_args=(--history-tokens 3000 --runs 3)
+  speculative_args=(--runs 5 --tokens 256 --concurrency 1 8)
+  distributed_args=(--tokens 128 --repeats 3 --streams 8,32 --prompt-tokens 3000)
+fi
+llama=$work/models/$llama_shape
+gemma=$work/models/$gemma_shape
+
+log() { echo "[gpu_session $(date +%H:%M:%S)] $*" | tee -a "$work/logs/session.log"; }
+
+record() {  # record STEP STATUS SECONDS LIMIT RC NOTE: one JSON line per step
+  "$py" -c 'import json, sys; k = ["step", "status", "seconds", "limit_s", "rc", "note"];
+v = sys.argv[1:]; print(json.dumps(dict(zip(k, [v[0], v[1], int(v[2]), int(v[3]), int(v[4]), v[5]]))))' \
+    "$@" >>"$status_file"
+  log "$1: $2 after $3 s (limit $4 s, rc $5) $6"
+}
+
+# step NAME CAP_S NEEDS COMMAND...: runs COMMAND under the smaller of CAP_S and the time left,
+# stdout and stderr to logs/NAME.{out,err}; NEEDS is a file that must exist first (or "-").
+# `timeout` signals the command's whole process group, so servers it started go with it.
+step() {
+  local name=$1 cap=$2 needs=$3
+  shift 3
+  case " $steps " in *" $name "*) ;; *) return 0 ;; esac
+  local left=$((deadline - $(date +%s)))
+  if [ "$needs" != - ] && [ ! -e "$needs" ]; then
+    record "$name" skipped 0 0 0 "needs $needs (an earlier step failed or was not selected)"
+    return 0
+  fi
+  if ((left < min_step_s)); then
+    record "$name" skipped 0 0 0 "budget: ${left}s left before the deadline"
+    return 0
+  fi
+  local limit=$((cap < left ? cap : left)) shown="$*" start rc status
+  shown=${shown//$'\n'/ }
+  start=$(date +%s)
+  log "$name: start (limit ${limit}s): ${shown:0:240}"
+  timeout -k 15 "$limit" "$@" >"$work/logs/$name.out" 2>"$work/logs/$name.err"
+  rc=$?
+  case $rc in 0) status=ok ;; 124 | 137) status=timeout ;; *) status=failed ;; esac
+  record "$name" "$status" $(($(date +%s) - start)) "$limit" "$rc" ""
+  if [ "$status" != ok ]; then tail -n 25 "$work/logs/$name.err" | tee -a "$work/logs/session.log"; fi
+}
+
+read -r -d '' probe_code <<'EOF'
+import importlib, json, os, platform, sys
+versions = {}
+for name in ["mlx.core", "mlx_lm", "transformers", "tokenizers", "huggingface_hub", "numpy", "fastapi",
+             "pydantic", "jsonschema", "llguidance", "PIL", "jinja2", "httpx"]:
+    try:
+        versions[name] = getattr(importlib.import_module(name), "__version__", "?")
+    except Exception as exc:  # noqa: BLE001 - a probe reports every failure
+        versions[name] = f"missing: {exc}"
+import mlx.core as mx
+import server.app  # noqa: F401 - everything the server imports at start must be there
+info = {"python": sys.version, "platform": platform.platform(), "cpus": os.cpu_count(),
+        "device": str(mx.default_device()), "versions": versions}
+try:
+    info["device_info"] = mx.device_info()
+except Exception as exc:  # noqa: BLE001
+    info["device_info"] = f"unavailable: {exc}"
+print(json.dumps(info, indent=1, default=str))
+EOF
+
+finish() {
+  log "packing results into $out"
+  "$py" - "$work" "$out/summary.json" <<'EOF'
+import json, pathlib, sys
+work, target = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+summary = {"steps": [], "results": {}}
+status = work / "results" / "steps.jsonl"
+if status.exists():
+    summary["steps"] = [json.loads(line) for line in status.read_text().splitlines() if line]
+for path in sorted((work / "results").glob("*.json")):
+    try:
+        summary["results"][path.stem] = json.loads(path.read_text())
+    except ValueError as exc:
+        summary["results"][path.stem] = f"unreadable: {exc}"
+for name in ("probe", "speculative"):  # these print their JSON: the last top-level object
+    out = work / "logs" / f"{name}.out"
+    lines = out.read_text().splitlines() if out.exists() else []
+    starts = [i for i, line in enumerate(lines) if line == "{"]
+    if starts:
+        try:
+            summary["results"][name] = json.loads("\n".join(lines[starts[-1]:]))
+        except ValueError as exc:
+            summary["results"][name] = f"unreadable: {exc}"
+target.write_text(json.dumps(summary, indent=1) + "\n")
+EOF
+  {
+    cat "$work/logs/session.log"
+    for f in "$work"/logs/*.out "$work"/logs/*.err; do
+      [ -s "$f" ] && printf '\n==> %s (last 40 lines)\n' "${f##*/}" && tail -n 40 "$f"
+    done
+  } >"$out/session.log"
+  tar -C "$work" -czf "$out/results.tgz" results logs
+  ls -la "$out"
+}
+trap finish EXIT
+
+log "deadline in $((deadline - $(date +%s)))s; steps: $steps; smoke=$smoke; tokenizer $tokenizer"
+step probe 90 - "$py" -c "$probe_code"
+step llama_model 150 "$tokenizer/tokenizer.json" \
+  "$py" bench/random_model.py --tokenizer-from "$tokenizer" --out "$llama" \
+  --shape "$llama_shape" --dtype "$dtype"
+step gemma_model 150 "$tokenizer/tokenizer.json" \
+  "$py" bench/random_model.py --tokenizer-from "$tokenizer" --out "$gemma" \
+  --shape "$gemma_shape" --dtype "$dtype"
+step gemma_concurrency 180 "$gemma/model.safetensors" \
+  "$py" bench/concurrency.py --model "$gemma" "${gemma_concurrency_args[@]}" \
+  --out "$work/results/gemma_concurrency.json"
+step gemma_prefix 180 "$gemma/model.safetensors" \
+  "$py" bench/prefix.py --model "$gemma" "${prefix_args[@]}" --out "$work/results/gemma_prefix.json"
+step decode 150 "$llama/model.safetensors" \
+  "$py" bench/decode.py --model "$llama" "${decode_args[@]}" --out "$work/results/decode.json"
+step concurrency 180 "$llama/model.safetensors" \
+  "$py" bench/concurrency.py --model "$llama" "${concurrency_args[@]}" \
+  --out "$work/results/concurrency.json"
+if [ -f bench/speculative.py ]; then
+  step speculative 150 "$llama/model.safetensors" \
+    "$py" bench/speculative.py --model "$llama" "${speculative_args[@]}"
+fi
+step distributed 150 "$llama/model.safetensors" \
+  "$py" bench/distributed.py --model "$llama" --backend ring --dry-run "${distributed_args[@]}" \
+  --out "$work/results/distributed_dry_run.json"
