@@ -17,9 +17,9 @@ import logging
 import queue
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
-from engines.errors import EngineFailed, EngineUnavailable
+from engines.errors import EngineFailed, EngineUnavailable, Overloaded
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,9 @@ class EngineThread:
         self.failures = 0  # steps that raised (each failed the requests then in flight)
         self.restarts = 0  # times the step loop itself died and was started again
         self._stopping = False  # a stop order was seen (kept across loop restarts)
+        self.weights_bytes = 0  # memory the loaded model's parameters take (set by `load`)
+        self._accepted = 0  # requests accepted and not finished (see `accept_request`)
+        self._admission = threading.Lock()
 
     # -- any thread ---------------------------------------------------------------------------
 
@@ -64,6 +67,35 @@ class EngineThread:
 
     def post(self, message: Any) -> None:
         self._inbox.put(message)
+
+    @property
+    def active(self) -> int:
+        """Requests accepted and not yet finished."""
+        return self._accepted
+
+    def accept_request(self, limit: int, what: str, retry_after_s: int = 1) -> None:
+        """Count one more accepted request, or raise Overloaded when `limit` of them (`what`:
+        "transcriptions", say) are in progress. Any thread; `finish_request` undoes it."""
+        with self._admission:
+            if self._accepted >= limit:
+                raise Overloaded(
+                    f"model '{self.name}' has {self._accepted} {what} in progress, the most it "
+                    "accepts; retry shortly",
+                    retry_after_s=retry_after_s,
+                )
+            self._accepted += 1
+
+    def finish_request(self) -> None:
+        """One accepted request finished (or failed, or was cancelled)."""
+        with self._admission:
+            self._accepted -= 1
+
+    def measure_weights(self, model: Any) -> None:
+        """Set `weights_bytes` from the model's parameters (engine thread, at load)."""
+        from mlx.utils import tree_flatten
+
+        parameters = cast(list[tuple[str, Any]], tree_flatten(model.parameters()))
+        self.weights_bytes = sum(int(array.nbytes) for _, array in parameters)
 
     def stop(self, timeout: float | None = 30.0) -> None:
         """Ask the thread to finish its work in flight, unload and exit; wait for it."""

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +36,7 @@ from engines.asr.timing import loud_frames, tighten
 from engines.asr.vocab import LANGUAGES, WhisperVocab
 from engines.asr.whisper import DecoderState
 from engines.bridge import RequestStream
-from engines.errors import InvalidRequest, Overloaded
+from engines.errors import InvalidRequest
 from engines.readback import host_list
 from engines.types import (
     EngineStats,
@@ -88,10 +87,7 @@ class ASREngine(EngineThread):
         self.info: SpeechModelInfo | None = None
         self.largest_batch = 0
         self.encoder_batch = 0  # set at load
-        self.weights_bytes = 0
         self._jobs: deque[_Job] = deque()
-        self._accepted = 0
-        self._lock = threading.Lock()
         self._model: Any = None
         self._vocab: WhisperVocab | None = None
         self._batch: WindowBatch | None = None
@@ -101,17 +97,13 @@ class ASREngine(EngineThread):
 
     # -- any thread ---------------------------------------------------------------------------
 
-    @property
-    def active(self) -> int:
-        return self._accepted
-
     def stats(self) -> EngineStats:
         return EngineStats(
-            active=self._accepted,
-            queued=max(0, self._accepted - self.limits.max_batch),
+            active=self.active,
+            queued=max(0, self.active - self.limits.max_batch),
             largest_batch=self.largest_batch,
             tokens_generated=0,
-            stalled=self.stalled(self._accepted > 0, self.limits.watchdog_s),
+            stalled=self.stalled(self.active > 0, self.limits.watchdog_s),
             failures=self.failures,
             weights_bytes=self.weights_bytes,
         )
@@ -148,14 +140,7 @@ class ASREngine(EngineThread):
 
     def submit(self, request: TranscriptionRequest) -> RequestStream:
         """Queue a transcription; segments and then TranscriptionDone arrive on the stream."""
-        with self._lock:
-            if self._accepted >= self.limits.max_waiting:
-                raise Overloaded(
-                    f"model '{self.name}' has {self._accepted} transcriptions in progress, the "
-                    "most it accepts; retry shortly",
-                    retry_after_s=2,
-                )
-            self._accepted += 1
+        self.accept_request(self.limits.max_waiting, "transcriptions", retry_after_s=2)
         stream = RequestStream(request.request_id)
         # Unseeded requests draw from seed 0: the same audio gives the same transcript (the
         # fallback samples only when greedy decoding failed the quality thresholds).
@@ -169,13 +154,11 @@ class ASREngine(EngineThread):
         import json
 
         import mlx.core as mx
-        from mlx.utils import tree_flatten
 
         from engines.asr.whisper import load_whisper
 
         self._model = load_whisper(self.path)
-        parameters = cast(list[tuple[str, Any]], tree_flatten(self._model.parameters()))
-        self.weights_bytes = sum(int(array.nbytes) for _, array in parameters)
+        self.measure_weights(self._model)
         self._vocab = WhisperVocab(self.path)
         meta = json.loads((self.path / "mlxd.json").read_text())
         self._batch = WindowBatch(self._model, self._vocab, meta.get("suppress_ids", []))
@@ -230,7 +213,7 @@ class ASREngine(EngineThread):
             batch.remove({job.key for job in cancelled})
             for job in cancelled:
                 self._jobs.remove(job)
-                self._release()
+                self.finish_request()
         self._admit()
         self.largest_batch = max(self.largest_batch, len(batch))
         finished = batch.step()
@@ -428,12 +411,8 @@ class ASREngine(EngineThread):
         return tuple(out)
 
     def _finish(self, job: _Job, event: ErrorEvent | TranscriptionDone) -> None:
-        self._release()  # first, so a reader woken by the event sees the count already down
+        self.finish_request()  # first, so a reader woken by the event sees the count already down
         job.stream.push(event)
-
-    def _release(self) -> None:
-        with self._lock:
-            self._accepted -= 1
 
 
 def _stacked_cross_kv(jobs: list[_Job]) -> list[tuple[Any, Any]]:

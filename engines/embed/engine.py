@@ -15,18 +15,16 @@ Invariants:
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
 from engines.bridge import RequestStream
 from engines.embed.batching import Pending, by_bucket, choose
 from engines.embed.checkpoint import Checkpoint, read_checkpoint
-from engines.errors import Overloaded
 from engines.types import (
     EmbeddingLimits,
     EmbeddingModelInfo,
@@ -58,9 +56,6 @@ class EmbedEngine(EngineThread):
         self.info: EmbeddingModelInfo | None = None
         self.largest_batch = 0
         self.inputs_embedded = 0
-        self.weights_bytes = 0
-        self._accepted = 0
-        self._lock = threading.Lock()
         self._jobs: list[_Job] = []
         self._tokenizer: Any = None
         self._checkpoint: Checkpoint | None = None
@@ -69,17 +64,13 @@ class EmbedEngine(EngineThread):
 
     # -- any thread ---------------------------------------------------------------------------
 
-    @property
-    def active(self) -> int:
-        return self._accepted
-
     def stats(self) -> EngineStats:
         return EngineStats(
-            active=self._accepted,
+            active=self.active,
             queued=len(self._jobs),
             largest_batch=self.largest_batch,
             tokens_generated=0,
-            stalled=self.stalled(self._accepted > 0, self.limits.watchdog_s),
+            stalled=self.stalled(self.active > 0, self.limits.watchdog_s),
             failures=self.failures,
             weights_bytes=self.weights_bytes,
         )
@@ -106,13 +97,7 @@ class EmbedEngine(EngineThread):
 
     def submit(self, request: EmbeddingRequest) -> RequestStream:
         """Queue the inputs; one EmbeddingsDone (or an ErrorEvent) arrives on the stream."""
-        with self._lock:
-            if self._accepted >= self.limits.max_waiting:
-                raise Overloaded(
-                    f"model '{self.name}' has {self._accepted} requests in progress, the most it "
-                    "accepts; retry shortly"
-                )
-            self._accepted += 1
+        self.accept_request(self.limits.max_waiting, "requests")
         stream = RequestStream(request.request_id)
         lengths = [len(row) for row in request.inputs]
         self.post(_Job(request, stream, Pending(lengths), remaining=len(lengths),
@@ -123,7 +108,6 @@ class EmbedEngine(EngineThread):
 
     def load(self) -> None:
         import mlx.core as mx
-        from mlx.utils import tree_flatten
         from tokenizers import Tokenizer
 
         checkpoint = read_checkpoint(self.path)
@@ -136,8 +120,7 @@ class EmbedEngine(EngineThread):
             from engines.embed.encoder import load_encoder
 
             self._model = load_encoder(self.path, config, checkpoint.num_labels)
-        parameters = cast(list[tuple[str, Any]], tree_flatten(self._model.parameters()))
-        self.weights_bytes = sum(int(array.nbytes) for _, array in parameters)
+        self.measure_weights(self._model)
         tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
         tokenizer.no_padding()  # we pad by bucket; the edge checks lengths
         tokenizer.no_truncation()
@@ -200,8 +183,7 @@ class EmbedEngine(EngineThread):
 
     def _finish(self, job: _Job) -> None:
         self._jobs.remove(job)
-        with self._lock:
-            self._accepted -= 1
+        self.finish_request()
 
     @staticmethod
     def _types(request: EmbeddingRequest, index: int) -> list[int] | None:
