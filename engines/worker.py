@@ -69,8 +69,9 @@ class EngineThread:
         self._inbox.put(message)
 
     @property
-    def active(self) -> int:
-        """Requests accepted and not yet finished."""
+    def accepted(self) -> int:
+        """Requests accepted (`accept_request`) and not yet finished. Engines that count their
+        work this way report it as `active`; the chat engine counts choices in its front."""
         return self._accepted
 
     def accept_request(self, limit: int, what: str, retry_after_s: int = 1) -> None:

@@ -97,13 +97,17 @@ class ASREngine(EngineThread):
 
     # -- any thread ---------------------------------------------------------------------------
 
+    @property
+    def active(self) -> int:
+        return self.accepted
+
     def stats(self) -> EngineStats:
         return EngineStats(
-            active=self.active,
-            queued=max(0, self.active - self.limits.max_batch),
+            active=self.accepted,
+            queued=max(0, self.accepted - self.limits.max_batch),
             largest_batch=self.largest_batch,
             tokens_generated=0,
-            stalled=self.stalled(self.active > 0, self.limits.watchdog_s),
+            stalled=self.stalled(self.accepted > 0, self.limits.watchdog_s),
             failures=self.failures,
             weights_bytes=self.weights_bytes,
         )

@@ -64,13 +64,17 @@ class EmbedEngine(EngineThread):
 
     # -- any thread ---------------------------------------------------------------------------
 
+    @property
+    def active(self) -> int:
+        return self.accepted
+
     def stats(self) -> EngineStats:
         return EngineStats(
-            active=self.active,
+            active=self.accepted,
             queued=len(self._jobs),
             largest_batch=self.largest_batch,
             tokens_generated=0,
-            stalled=self.stalled(self.active > 0, self.limits.watchdog_s),
+            stalled=self.stalled(self.accepted > 0, self.limits.watchdog_s),
             failures=self.failures,
             weights_bytes=self.weights_bytes,
         )

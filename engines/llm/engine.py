@@ -14,9 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any, cast
-
-from mlx.utils import tree_flatten
+from typing import Any
 
 from engines.bridge import RequestStream
 from engines.llm.caches import CacheProfile
@@ -63,7 +61,6 @@ class LLMEngine(EngineThread, ChatFront):
         self.path = path
         self.prefill_chunk = prefill_chunk or 0  # 0: chosen for the device at load
         self.prefill_bucket = prefill_bucket or 0  # 0: chosen for the device at load
-        self.weights_bytes = 0
         self.scheduler: Scheduler | None = None
         self.counters = Counters()  # kept across unload (final stats)
 
@@ -153,8 +150,7 @@ class LLMEngine(EngineThread, ChatFront):
                 self.name,
                 sorted(set(profile.kinds)),
             )
-        parameters = cast(list[tuple[str, Any]], tree_flatten(model.parameters()))
-        self.weights_bytes = sum(int(array.nbytes) for _, array in parameters)
+        self.measure_weights(model)
         self.kv_budget_bytes = self.limits.kv_budget_bytes or default_kv_budget(self.weights_bytes)
         self._size_limits(profile)
         self.scheduler = self._new_scheduler(model, tokenizer, profile)

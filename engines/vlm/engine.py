@@ -90,7 +90,6 @@ class VLMEngine(EngineThread, VisionFront):
         self.processor: Any = None
         self.vision_cache = VisionCache()
         self.tokens_generated = 0
-        self.weights_bytes = 0
         self._waiting: deque[tuple[GenerationRequest, RequestStream]] = deque()
         self._running: _Running | None = None
 
@@ -132,7 +131,6 @@ class VLMEngine(EngineThread, VisionFront):
     # -- engine thread -----------------------------------------------------------------------
 
     def load(self) -> None:
-        from mlx.utils import tree_flatten
         from mlx_vlm.utils import load
 
         try:
@@ -141,8 +139,7 @@ class VLMEngine(EngineThread, VisionFront):
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ValueError(f"mlx-vlm cannot load {self.path}: {detail}") from exc
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        parameters = cast(list[tuple[str, Any]], tree_flatten(self.model.parameters()))
-        self.weights_bytes = sum(int(array.nbytes) for _, array in parameters)
+        self.measure_weights(self.model)
         # The event loop renders and tokenizes with its own copy: a Rust tokenizer used by two
         # threads at once can panic ("Already borrowed"); the processor's stays on this thread.
         self.tokenizer = copy.deepcopy(tokenizer)
