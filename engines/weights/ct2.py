@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from engines.weights.store import COMPLETE_MARKER
+from engines.weights.store import staged
 
 logger = logging.getLogger(__name__)
 
@@ -190,9 +188,7 @@ def import_ct2(model_dir: Path, target: Path) -> Path:
         raise CT2FormatError(
             f"vocabulary.txt has {len(vocabulary)} tokens, the model {dims['n_vocab']}"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+    with staged(target, "ct2") as scratch:
         mx.save_safetensors(
             str(scratch / "weights.safetensors"), {k: mx.array(v) for k, v in weights.items()}
         )
@@ -207,12 +203,5 @@ def import_ct2(model_dir: Path, target: Path) -> Path:
         (scratch / "mlxd.json").write_text(json.dumps(meta, indent=2))
         shutil.copyfile(model_dir / "vocabulary.txt", scratch / "vocabulary.txt")
         shutil.copyfile(model_dir / "tokenizer.json", scratch / "tokenizer.json")
-        (scratch / COMPLETE_MARKER).write_text("ct2\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(scratch, target)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
     logger.info("imported whisper %s into %s (%s)", model_dir, target, dims)
     return target

