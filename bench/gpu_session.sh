@@ -5,7 +5,8 @@
 #
 # Steps (STEPS picks and orders them; a step whose model is missing is skipped, with a note):
 #   probe              versions, device, `import server.app`
-#   llama_model        random Llama-3.2-1B-shaped bf16 model (bench/random_model.py)
+#   llama_model        random Llama-3.2-1B-shaped bf16 model (bench/random_model.py), kept in
+#                      MODELS_DIR (/tmp/mlxd-gpu-models) for a later call on the warm machine
 #   gemma_model        random Gemma-3-1B-shaped bf16 model: sliding window 512 (issue 21)
 #   gemma_concurrency  8 streams, mlxd vs mlx_lm.server vs raw BatchGenerator (issue 21)
 #   gemma_prefix       warm-prefix TTFT on a 3,000-token agent history, mlxd vs mlx_lm.server
@@ -17,6 +18,12 @@
 # Usage (repo root, PYTHONPATH holding MLX and the server's deps):
 #   DEADLINE=<epoch s> bash bench/gpu_session.sh [TOKENIZER_DIR]
 #   SMOKE=1 PYTHON=.venv/bin/python bash bench/gpu_session.sh   (tiny float32 models, few tokens)
+# On the lent GPU (after `bash bench/gpu_install_extra.sh --prepare` here), two device calls:
+#   1. carry [".gpu/a"]: mkdir -p /root/stash/extra && cp .gpu/a/part_aa /root/stash/ &&
+#      cp .gpu/a/extra/*.whl /root/stash/extra/
+#   2. carry [".gpu/b", ".gpu/c"], timeout 600: T0=$(date +%s); bash .gpu/b/install.sh &&
+#      bash bench/gpu_install_extra.sh && export PYTHONPATH=/root/pyx:$PWD &&
+#      DEADLINE=$((T0 + 565)) bash bench/gpu_session.sh
 # TOKENIZER_DIR holds config.json, tokenizer.json and tokenizer_config.json (SmolLM2's); default
 # .gpu/c/tok, else the local store's smollm2-135m-instruct. DEADLINE defaults to now + BUDGET_S
 # (540). Results: $OUT (default bench/results/gpu_session) gets summary.json (every step's status
@@ -30,6 +37,7 @@ py=${PYTHON:-python3}
 smoke=${SMOKE:-0}
 out=${OUT:-$root/bench/results/gpu_session}
 work=${WORK_DIR:-/tmp/mlxd-gpu-session}
+models=${MODELS_DIR:-/tmp/mlxd-gpu-models}  # kept across calls on a warm machine
 deadline=${DEADLINE:-$(($(date +%s) + ${BUDGET_S:-540}))}
 min_step_s=${MIN_STEP_S:-30}
 tokenizer=${1:-}
@@ -57,11 +65,11 @@ else
   concurrency_args=(--levels 8,32 --tokens 128)
   gemma_concurrency_args=(--levels 8 --tokens 128)
   prefix_args=(--history-tokens 3000 --runs 3)
-  speculative_args=(--runs 5 --tokens 256 --concurrency 1 8)
+  speculative_args=(--runs 4 --tokens 256 --concurrency 1 8)
   distributed_args=(--tokens 128 --repeats 3 --streams 8,32 --prompt-tokens 3000)
 fi
-llama=$work/models/$llama_shape
-gemma=$work/models/$gemma_shape
+llama=$models/$llama_shape-$dtype
+gemma=$models/$gemma_shape-$dtype
 
 log() { echo "[gpu_session $(date +%H:%M:%S)] $*" | tee -a "$work/logs/session.log"; }
 
@@ -75,10 +83,12 @@ v = sys.argv[1:]; print(json.dumps(dict(zip(k, [v[0], v[1], int(v[2]), int(v[3])
 # step NAME CAP_S NEEDS COMMAND...: runs COMMAND under the smaller of CAP_S and the time left,
 # stdout and stderr to logs/NAME.{out,err}; NEEDS is a file that must exist first (or "-").
 # `timeout` signals the command's whole process group, so servers it started go with it.
+selected() { case " $steps " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
 step() {
   local name=$1 cap=$2 needs=$3
   shift 3
-  case " $steps " in *" $name "*) ;; *) return 0 ;; esac
+  selected "$name" || return 0
   local left=$((deadline - $(date +%s)))
   if [ "$needs" != - ] && [ ! -e "$needs" ]; then
     record "$name" skipped 0 0 0 "needs $needs (an earlier step failed or was not selected)"
@@ -97,6 +107,15 @@ step() {
   case $rc in 0) status=ok ;; 124 | 137) status=timeout ;; *) status=failed ;; esac
   record "$name" "$status" $(($(date +%s) - start)) "$limit" "$rc" ""
   if [ "$status" != ok ]; then tail -n 25 "$work/logs/$name.err" | tee -a "$work/logs/session.log"; fi
+}
+
+model_step() {  # model_step NAME SHAPE DIR: a model written by an earlier call is kept
+  if selected "$1" && [ -f "$3/tokenizer_config.json" ]; then  # written last
+    record "$1" ok 0 0 0 "kept $3 from an earlier call"
+  else
+    step "$1" 150 "$tokenizer/tokenizer.json" "$py" bench/random_model.py \
+      --tokenizer-from "$tokenizer" --out "$3" --shape "$2" --dtype "$dtype"
+  fi
 }
 
 read -r -d '' probe_code <<'EOF'
@@ -157,26 +176,22 @@ trap finish EXIT
 
 log "deadline in $((deadline - $(date +%s)))s; steps: $steps; smoke=$smoke; tokenizer $tokenizer"
 step probe 90 - "$py" -c "$probe_code"
-step llama_model 150 "$tokenizer/tokenizer.json" \
-  "$py" bench/random_model.py --tokenizer-from "$tokenizer" --out "$llama" \
-  --shape "$llama_shape" --dtype "$dtype"
-step gemma_model 150 "$tokenizer/tokenizer.json" \
-  "$py" bench/random_model.py --tokenizer-from "$tokenizer" --out "$gemma" \
-  --shape "$gemma_shape" --dtype "$dtype"
-step gemma_concurrency 180 "$gemma/model.safetensors" \
+model_step llama_model "$llama_shape" "$llama"
+model_step gemma_model "$gemma_shape" "$gemma"
+step gemma_concurrency 180 "$gemma/tokenizer_config.json" \
   "$py" bench/concurrency.py --model "$gemma" "${gemma_concurrency_args[@]}" \
   --out "$work/results/gemma_concurrency.json"
-step gemma_prefix 180 "$gemma/model.safetensors" \
+step gemma_prefix 180 "$gemma/tokenizer_config.json" \
   "$py" bench/prefix.py --model "$gemma" "${prefix_args[@]}" --out "$work/results/gemma_prefix.json"
-step decode 150 "$llama/model.safetensors" \
+step decode 150 "$llama/tokenizer_config.json" \
   "$py" bench/decode.py --model "$llama" "${decode_args[@]}" --out "$work/results/decode.json"
-step concurrency 180 "$llama/model.safetensors" \
+step concurrency 180 "$llama/tokenizer_config.json" \
   "$py" bench/concurrency.py --model "$llama" "${concurrency_args[@]}" \
   --out "$work/results/concurrency.json"
 if [ -f bench/speculative.py ]; then
-  step speculative 150 "$llama/model.safetensors" \
+  step speculative 150 "$llama/tokenizer_config.json" \
     "$py" bench/speculative.py --model "$llama" "${speculative_args[@]}"
 fi
-step distributed 150 "$llama/model.safetensors" \
+step distributed 150 "$llama/tokenizer_config.json" \
   "$py" bench/distributed.py --model "$llama" --backend ring --dry-run "${distributed_args[@]}" \
   --out "$work/results/distributed_dry_run.json"
