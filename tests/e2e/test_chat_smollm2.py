@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from engines.weights.embedded import SMOLLM2
-from tests.e2e.conftest import LiveServer
+from tests.helpers import LiveServer
 
 MODEL = SMOLLM2.name
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]

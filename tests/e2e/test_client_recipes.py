@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import LiveServer
+from tests.helpers import LiveServer
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "clients.md"
 DOC_URL = "http://127.0.0.1:8000"

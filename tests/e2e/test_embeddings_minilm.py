@@ -16,7 +16,7 @@ from engines.weights.packaged_embeddings import ALL_MINILM_L6_V2
 from engines.weights.store import ModelStore
 from server.app import create_app
 from server.settings import Settings
-from tests.e2e.conftest import LiveServer, sdk_client
+from tests.helpers import LiveServer, sdk_client
 from tests.servers import serve
 
 MODEL = ALL_MINILM_L6_V2.name

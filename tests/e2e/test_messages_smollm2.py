@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from anthropic import Anthropic
 
-from tests.e2e.conftest import LiveServer
+from tests.helpers import LiveServer
 
 MODEL = "smollm2-135m-instruct"
 GREEDY = {"temperature": 0}  # the SDK has no temperature argument

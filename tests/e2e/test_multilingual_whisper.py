@@ -18,7 +18,7 @@ from engines.weights.embedded import WHISPER_BASE, ensure_embedded_whisper
 from engines.weights.store import ModelStore
 from server.app import create_app
 from server.settings import Settings
-from tests.e2e.conftest import sdk_client
+from tests.helpers import sdk_client
 from tests.servers import serve
 
 FRENCH = "Je m'appelle Pierre. J'habite à Paris. J'aime le café."

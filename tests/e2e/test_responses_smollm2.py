@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from tests.e2e.conftest import LiveServer
+from tests.helpers import LiveServer
 
 MODEL = "smollm2-135m-instruct"
 WEATHER = {

@@ -19,8 +19,7 @@ from engines.weights.embedded import QWEN_CODER, ensure_embedded_llm
 from engines.weights.store import ModelStore
 from server.app import create_app
 from server.settings import Settings
-from tests.e2e.conftest import sdk_client
-from tests.e2e.test_tools_smollm2 import WEATHER
+from tests.helpers import WEATHER, sdk_client
 from tests.servers import serve
 
 pytestmark = pytest.mark.optin

@@ -8,21 +8,11 @@ import json
 
 from pydantic import BaseModel
 
-from tests.e2e.conftest import LiveServer
+from tests.helpers import WEATHER, LiveServer
 
 MODEL = "smollm2-135m-instruct"
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
+
+
 TIME = {
     "type": "function",
     "function": {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import LiveServer
+from tests.helpers import LiveServer
 from tests.speech import Clip, encode, librivox_clips, silence, word_errors
 
 MODEL = "whisper-tiny.en"

@@ -17,7 +17,7 @@ from engines.weights.kokoro import ensure_kokoro
 from engines.weights.store import ModelStore
 from server.app import create_app
 from server.settings import Settings
-from tests.e2e.conftest import sdk_client
+from tests.helpers import sdk_client
 from tests.servers import serve
 
 pytestmark = pytest.mark.optin

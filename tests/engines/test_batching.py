@@ -13,7 +13,7 @@ from engines.errors import KVBudgetExceeded, Overloaded
 from engines.llm import scheduler as engine_module
 from engines.llm.engine import LLMEngine
 from engines.types import ChatLimits, FinishEvent, GenerationRequest, SamplingParams
-from tests.engines.test_llm_engine import PROMPT, run
+from tests.helpers import PROMPT, prompt, run
 from tests.servers import wait_until
 
 
@@ -29,10 +29,6 @@ async def small_engine(tiny_model_dir: Path) -> AsyncIterator[LLMEngine]:
     engine = await started(tiny_model_dir, max_batch=1, max_waiting=1)
     yield engine
     engine.stop()
-
-
-def prompt(i: int) -> list[int]:
-    return [(7 * i + j) % 250 + 6 for j in range(10 + i)]
 
 
 async def test_seeded_tokens_are_the_same_alone_and_in_a_batch_of_16(engine: LLMEngine) -> None:

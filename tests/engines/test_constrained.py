@@ -14,8 +14,7 @@ from engines.llm.constrain import json_schema_grammar, tool_call_grammar
 from engines.llm.engine import LLMEngine
 from engines.types import GenerationRequest, SamplingParams
 from server.tool_calls import ToolCallParser
-from tests.engines.test_batching import prompt
-from tests.engines.test_llm_engine import PROMPT, run
+from tests.helpers import PROMPT, prompt, run
 
 SCHEMA = {
     "type": "object",

@@ -18,7 +18,7 @@ from engines.llm.engine import LLMEngine
 from engines.pool import EnginePool
 from server.app import create_app
 from server.settings import Settings
-from tests.unit.test_fuzz import CHAT_FIELDS, COMPLETION_FIELDS, bodies, check, json_values, message
+from tests.fuzz_bodies import CHAT_FIELDS, COMPLETION_FIELDS, bodies, check, json_values, message
 
 CHAT_BODIES = bodies(
     CHAT_FIELDS, {"model": st.just("tiny"), "messages": st.lists(message, max_size=3)}

@@ -6,9 +6,7 @@ import asyncio
 import threading
 from pathlib import Path
 
-import mlx.core as mx
 import pytest
-from mlx_lm.models.cache import make_prompt_cache
 
 from engines.bridge import RequestStream
 from engines.llm.engine import LLMEngine
@@ -19,22 +17,8 @@ from engines.types import (
     SamplingParams,
     TokenEvent,
 )
+from tests.helpers import PROMPT, reference_greedy, run
 from tests.servers import wait_until
-
-PROMPT = [5, 80, 120, 33, 200, 7, 90, 150, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72]
-
-
-async def run(engine: LLMEngine, request: GenerationRequest) -> tuple[str, list[int], FinishEvent]:
-    text, tokens = "", []
-    async for event in engine.submit(request):
-        if isinstance(event, TokenEvent):
-            text += event.text
-            tokens += event.token_ids
-        elif isinstance(event, FinishEvent):
-            return text, tokens, event
-        else:
-            raise AssertionError(f"unexpected {event}")
-    raise AssertionError("stream ended without a finish event")
 
 
 def greedy(max_tokens: int, **kwargs: object) -> GenerationRequest:
@@ -45,28 +29,6 @@ def greedy(max_tokens: int, **kwargs: object) -> GenerationRequest:
         SamplingParams(temperature=0.0),
         **kwargs,  # type: ignore[arg-type]
     )
-
-
-def reference_greedy(engine: LLMEngine, count: int) -> list[int]:
-    """Greedy tokens computed directly with mlx-lm, on a thread of our own with its own stream."""
-    result: list[int] = []
-
-    def work() -> None:
-        from mlx_lm.utils import load
-
-        with mx.stream(mx.new_stream(mx.cpu)):
-            model, _ = load(str(engine.path))
-            cache = make_prompt_cache(model)
-            logits = model(mx.array([PROMPT]), cache=cache)
-            for _ in range(count):
-                token = int(mx.argmax(logits[0, -1]).item())
-                result.append(token)
-                logits = model(mx.array([[token]]), cache=cache)
-
-    thread = threading.Thread(target=work)
-    thread.start()
-    thread.join()
-    return result
 
 
 async def test_greedy_matches_mlx_lm_and_respects_max_tokens(engine: LLMEngine) -> None:

@@ -20,7 +20,7 @@ from engines.types import (
     TokenEvent,
     TokenLogprob,
 )
-from tests.engines.test_llm_engine import PROMPT, reference_greedy
+from tests.helpers import PROMPT, reference_greedy
 
 
 async def events_of(engine: LLMEngine, request: GenerationRequest) -> list[Any]:

@@ -19,7 +19,7 @@ from engines.types import GenerationRequest, SamplingParams, TranscriptionDone, 
 from engines.weights.ct2 import import_ct2
 from server.app import build_pool
 from server.settings import Settings
-from tests.engines.test_llm_engine import run
+from tests.helpers import run
 from tests.servers import wait_until
 from tests.tiny import save_model_dir, tiny_model
 from tests.tiny_whisper import write_tiny_ct2

@@ -14,8 +14,7 @@ import pytest
 from engines.llm import scheduler as engine_module
 from engines.llm.engine import LLMEngine
 from engines.types import GenerationRequest, PromptEvent, SamplingParams
-from tests.engines.test_batching import prompt
-from tests.engines.test_llm_engine import run
+from tests.helpers import prompt, run
 from tests.servers import wait_until
 
 BUCKET = 32

@@ -27,9 +27,9 @@ from engines.llm.scheduler import Scheduler, SchedulerConfig
 from engines.llm.sequence import Vocabulary
 from engines.llm.speculative import DraftLength, NgramIndex
 from engines.types import ChatLimits, GenerationRequest, SamplingParams, TokenEvent
-from tests.engines.test_llm_engine import run
 from tests.engines.test_scheduler import ListSink, run_until_idle
 from tests.families import save_family_dir
+from tests.helpers import run
 from tests.tiny import VOCAB
 
 # A prompt that repeats itself: the random model's continuation tends to loop too, and prompt

@@ -11,13 +11,7 @@ from openai import AsyncOpenAI
 
 from engines.errors import KVBudgetExceeded, Overloaded
 from tests.fakes import FakeEngine
-
-URL = "/v1/chat/completions"
-HELLO = [{"role": "user", "content": "hi"}]
-
-
-def chat_body(**fields: Any) -> dict[str, Any]:
-    return {"model": "fake", "messages": HELLO, **fields}
+from tests.helpers import HELLO, URL, assert_openai_error, chat_body
 
 
 async def test_non_streamed_completion_through_strict_sdk(client: AsyncOpenAI) -> None:
@@ -79,21 +73,6 @@ async def test_stream_without_usage_has_no_usage_chunk(client: AsyncOpenAI) -> N
     stream = await client.chat.completions.create(model="fake", messages=HELLO, stream=True)  # type: ignore[arg-type]
     chunks = [chunk async for chunk in stream]
     assert all(c.choices for c in chunks)
-
-
-def assert_openai_error(
-    response: httpx.Response, status: int, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str) and error["message"]
-    assert error["param"] == param
-    if code is not None:
-        assert error["code"] == code
-    return error
 
 
 BAD_BODIES = [

@@ -9,7 +9,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from tests.fakes import FakeEngine
-from tests.unit.test_chat_contract import assert_openai_error
+from tests.helpers import assert_openai_error
 
 URL = "/v1/completions"
 

@@ -11,7 +11,7 @@ import pytest
 
 from server.reasoning import ReasoningParser
 from tests.fakes import FakeEngine
-from tests.unit.test_chat_contract import URL, chat_body
+from tests.helpers import URL, chat_body
 
 
 def split(text: str, opened: bool, seed: int) -> tuple[str, str]:

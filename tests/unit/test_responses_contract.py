@@ -17,8 +17,8 @@ from engines.pool import EnginePool
 from server.app import create_app
 from server.settings import Settings
 from tests.fakes import FakeEngine
+from tests.helpers import assert_openai_error
 from tests.servers import serve, wait_until
-from tests.unit.test_chat_contract import assert_openai_error
 
 URL = "/v1/responses"
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'

@@ -11,7 +11,7 @@ from engines.pool import EnginePool
 from server.app import create_app
 from server.settings import Settings
 from tests.fakes import FakeEngine
-from tests.unit.test_chat_contract import assert_openai_error
+from tests.helpers import assert_openai_error
 
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
 

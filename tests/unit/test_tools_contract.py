@@ -13,7 +13,7 @@ from openai import AsyncOpenAI
 
 from server.settings import Settings
 from tests.fakes import FakeEngine
-from tests.unit.test_chat_contract import URL, assert_openai_error, chat_body
+from tests.helpers import URL, assert_openai_error, chat_body
 
 WEATHER = {
     "type": "function",

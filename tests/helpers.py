@@ -1,0 +1,122 @@
+"""Helpers shared by test modules (test modules never import each other): HTTP error checks and
+request bodies for the contract tests, the strict SDK client and the live server of the
+end-to-end tests, and running requests on a real engine thread against mlx-lm."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import mlx.core as mx
+from mlx_lm.models.cache import make_prompt_cache
+from openai import OpenAI
+
+from engines.llm.engine import LLMEngine
+from engines.pool import EnginePool
+from engines.types import FinishEvent, GenerationRequest, TokenEvent
+
+# -- HTTP contract tests (scripted fake engines) ---------------------------------------------
+
+URL = "/v1/chat/completions"
+HELLO = [{"role": "user", "content": "hi"}]
+
+
+def chat_body(**fields: Any) -> dict[str, Any]:
+    return {"model": "fake", "messages": HELLO, **fields}
+
+
+def assert_openai_error(
+    response: httpx.Response, status: int, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    assert error["param"] == param
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+# -- end-to-end tests (real models, the official SDK in strict mode) --------------------------
+
+OPEN_CLIENTS: list[OpenAI] = []  # closed after each test by tests/e2e/conftest.py
+
+
+def sdk_client(url: str, **kwargs: object) -> OpenAI:
+    """The official SDK in strict mode against `url`; closed after the test that made it."""
+    options: dict[str, object] = {"_strict_response_validation": True, "max_retries": 0}
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", **{**options, **kwargs})  # type: ignore[arg-type]
+    OPEN_CLIENTS.append(client)
+    return client
+
+
+@dataclass
+class LiveServer:
+    url: str
+    pool: EnginePool
+
+    def client(self, **kwargs: object) -> OpenAI:
+        return sdk_client(self.url, **kwargs)
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+# -- engine tests (tiny random models on their real engine thread) ----------------------------
+
+PROMPT = [5, 80, 120, 33, 200, 7, 90, 150, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72]
+
+
+def prompt(i: int) -> list[int]:
+    return [(7 * i + j) % 250 + 6 for j in range(10 + i)]
+
+
+async def run(engine: LLMEngine, request: GenerationRequest) -> tuple[str, list[int], FinishEvent]:
+    text, tokens = "", []
+    async for event in engine.submit(request):
+        if isinstance(event, TokenEvent):
+            text += event.text
+            tokens += event.token_ids
+        elif isinstance(event, FinishEvent):
+            return text, tokens, event
+        else:
+            raise AssertionError(f"unexpected {event}")
+    raise AssertionError("stream ended without a finish event")
+
+
+def reference_greedy(engine: LLMEngine, count: int) -> list[int]:
+    """Greedy tokens computed directly with mlx-lm, on a thread of our own with its own stream."""
+    result: list[int] = []
+
+    def work() -> None:
+        from mlx_lm.utils import load
+
+        with mx.stream(mx.new_stream(mx.cpu)):
+            model, _ = load(str(engine.path))
+            cache = make_prompt_cache(model)
+            logits = model(mx.array([PROMPT]), cache=cache)
+            for _ in range(count):
+                token = int(mx.argmax(logits[0, -1]).item())
+                result.append(token)
+                logits = model(mx.array([[token]]), cache=cache)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    return result
