@@ -15,7 +15,8 @@
 # One device call carries at most 64 MiB, working tree included, so the wheels travel in two:
 # .gpu/a/extra (transformers, 13 MB) beside part_aa in the first call, which stashes it in
 # /root/stash/extra; .gpu/c/wheels (the rest, ~9 MB) and .gpu/c/tok (SmolLM2's tokenizer) with
-# part_ab in the second. --prepare prints each call's size.
+# part_ab in the second, with all-MiniLM-L6-v2's files but its weights (.gpu/c/minilm, ~1 MB).
+# --prepare prints each call's size.
 set -euo pipefail
 
 FIRST_CALL=(transformers==5.24.0)
@@ -49,12 +50,29 @@ prepare() {
   download .gpu/a/extra "${FIRST_CALL[@]}"
   download .gpu/c/wheels "${SECOND_CALL[@]}"
   cp "$tokenizer"/{config.json,tokenizer.json,tokenizer_config.json} .gpu/c/tok/
+  embedding_shape
   local tree
   tree=$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- | tail -1 |
     awk '{printf "%.1f MiB", $1 / 1048576}')
   echo "working tree (travels with every call): $tree"
   echo "call 1 carries .gpu/a: $(mib .gpu/a) (limit 64 MiB with the working tree)"
   echo "call 2 carries .gpu/b .gpu/c: $(mib .gpu/b .gpu/c) (limit 64 MiB with the working tree)"
+}
+
+# all-MiniLM-L6-v2 without its weights (90 MB, over a call's share): every other file, and the
+# weights' names, shapes and dtypes from the safetensors header, so that bench/gpu_session.sh
+# writes random weights of that shape there.
+embedding_shape() {
+  local source=${EMBEDDING_DIR:-$HOME/.cache/mlxd/models/all-minilm-l6-v2}
+  [ -f "$source/model.safetensors" ] || { echo "no $source: the embeddings step will skip"; return; }
+  mkdir -p .gpu/c/minilm
+  tar -C "$source" --exclude=model.safetensors --exclude=IMPORTED -cf - . | tar -C .gpu/c/minilm -xf -
+  python3 -c 'import json, struct, sys
+with open(sys.argv[1], "rb") as f:
+    header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+header.pop("__metadata__", None)
+json.dump({k: [v["shape"], v["dtype"]] for k, v in header.items()}, open(sys.argv[2], "w"))' \
+    "$source/model.safetensors" .gpu/c/minilm/weights_header.json
 }
 
 install() {  # PYX and STASH move the install.sh's folders (for a rehearsal elsewhere)

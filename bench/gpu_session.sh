@@ -14,6 +14,11 @@
 #   concurrency        8 and 32 streams, mlxd vs mlx_lm.server vs raw BatchGenerator
 #   speculative        prompt lookup vs plain on one engine's code path (1 and 8 streams)
 #   distributed        bench/distributed.py --dry-run: the distributed code path, a group of one
+#   embeddings_model   random all-MiniLM-L6-v2 weights from the carried shapes (.gpu/c/minilm)
+#   embeddings         mlxd's /v1/embeddings at 1, 32 and 256 inputs (bench/embeddings.py; the
+#                      server's chat model is the random Llama, which must exist)
+#   embeddings_baseline  sentence-transformers on the same random weights, CUDA, on the machine's
+#                      own packages (not in SMOKE: .venv has no torch nor sentence-transformers)
 #
 # Usage (repo root, PYTHONPATH holding MLX and the server's deps):
 #   DEADLINE=<epoch s> bash bench/gpu_session.sh [TOKENIZER_DIR]
@@ -45,7 +50,8 @@ if [ -z "$tokenizer" ]; then
   tokenizer=.gpu/c/tok
   [ -f "$tokenizer/tokenizer.json" ] || tokenizer=$HOME/.cache/mlxd/models/smollm2-135m-instruct
 fi
-steps=${STEPS:-probe llama_model gemma_model gemma_concurrency gemma_prefix decode concurrency speculative distributed}
+steps=${STEPS:-probe llama_model gemma_model gemma_concurrency gemma_prefix decode concurrency speculative distributed embeddings_model embeddings embeddings_baseline}
+minilm=${EMBEDDING_SHAPE_DIR:-.gpu/c/minilm}
 
 rm -rf "$work" && mkdir -p "$work/results" "$work/logs" "$work/home" "$out"
 export MLXD_HOME=$work/home HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -59,6 +65,7 @@ if [ "$smoke" = 1 ]; then
   prefix_args=(--history-tokens 300 --runs 1)
   speculative_args=(--runs 1 --tokens 16 --concurrency 1 2)
   distributed_args=(--tokens 8 --repeats 1 --streams 2 --prompt-tokens 200)
+  embeddings_args=(--batches 1 4 --runs 1)
 else
   dtype=bfloat16 llama_shape=llama-1b gemma_shape=gemma3-1b
   decode_args=(--runs 9 --tokens 256)
@@ -67,9 +74,11 @@ else
   prefix_args=(--history-tokens 3000 --runs 3)
   speculative_args=(--runs 4 --tokens 256 --concurrency 1 8)
   distributed_args=(--tokens 128 --repeats 3 --streams 8,32 --prompt-tokens 3000)
+  embeddings_args=(--batches 1 32 256 --runs 3)
 fi
 llama=$models/$llama_shape-$dtype
 gemma=$models/$gemma_shape-$dtype
+embed_home=$models/embed-home  # an mlxd home whose store holds the random all-minilm-l6-v2
 
 log() { echo "[gpu_session $(date +%H:%M:%S)] $*" | tee -a "$work/logs/session.log"; }
 
@@ -138,6 +147,33 @@ except Exception as exc:  # noqa: BLE001
 print(json.dumps(info, indent=1, default=str))
 EOF
 
+# Writes random weights of the carried header's names, shapes and dtypes into a copy of the
+# checkpoint's other files, IMPORTED last (the store's mark of a complete entry).
+read -r -d '' embedding_writer <<'EOF'
+import json, pathlib, shutil, sys
+import mlx.core as mx
+source, target = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+shutil.copytree(source, target, dirs_exist_ok=True)
+header = json.loads((target / "weights_header.json").read_text())
+dtypes = {"F32": mx.float32, "F16": mx.float16, "BF16": mx.bfloat16, "I64": mx.int64}
+mx.random.seed(0)
+weights = {}
+for name, (shape, dtype) in header.items():
+    if name.endswith("position_ids"):
+        value = mx.broadcast_to(mx.arange(shape[-1]), shape)
+    elif name.endswith("LayerNorm.weight"):
+        value = mx.ones(shape)
+    elif name.endswith(".bias"):
+        value = mx.zeros(shape)
+    else:
+        value = 0.02 * mx.random.normal(shape)
+    weights[name] = value.astype(dtypes[dtype])
+mx.save_safetensors(str(target / "model.safetensors"), weights)
+(target / "weights_header.json").unlink()
+(target / "IMPORTED").write_text("random weights of all-MiniLM-L6-v2's shape, for speed only\n")
+print(f"wrote {target}: {sum(w.size for w in weights.values()) / 1e6:.1f}M parameters")
+EOF
+
 finish() {
   log "packing results into $out"
   "$py" - "$work" "$out/summary.json" <<'EOF'
@@ -152,6 +188,10 @@ for path in sorted((work / "results").glob("*.json")):
         summary["results"][path.stem] = json.loads(path.read_text())
     except ValueError as exc:
         summary["results"][path.stem] = f"unreadable: {exc}"
+for name in ("embeddings", "embeddings_baseline"):  # one JSON line per batch size
+    out = work / "logs" / f"{name}.out"
+    lines = out.read_text().splitlines() if out.exists() else []
+    summary["results"][name] = [json.loads(x) for x in lines if x.startswith('{"system"')]
 for name in ("probe", "speculative"):  # these print their JSON: the last top-level object
     out = work / "logs" / f"{name}.out"
     lines = out.read_text().splitlines() if out.exists() else []
@@ -195,3 +235,21 @@ fi
 step distributed 150 "$llama/tokenizer_config.json" \
   "$py" bench/distributed.py --model "$llama" --backend ring --dry-run "${distributed_args[@]}" \
   --out "$work/results/distributed_dry_run.json"
+if selected embeddings_model && [ -f "$embed_home/models/all-minilm-l6-v2/IMPORTED" ]; then
+  record embeddings_model ok 0 0 0 "kept $embed_home from an earlier call"
+else
+  step embeddings_model 60 "$minilm/weights_header.json" \
+    "$py" -c "$embedding_writer" "$minilm" "$embed_home/models/all-minilm-l6-v2"
+fi
+step embeddings 90 "$embed_home/models/all-minilm-l6-v2/IMPORTED" \
+  env MLXD_HOME="$embed_home" MLXD_MODEL="$llama" "$py" bench/embeddings.py "${embeddings_args[@]}"
+# The baseline runs on the machine's own packages (PYTHONPATH unset): sentence-transformers there
+# was built against its transformers, not the pinned one mlxd gets from /root/pyx.
+if [ "$smoke" != 1 ]; then
+  step embeddings_baseline 90 "$embed_home/models/all-minilm-l6-v2/IMPORTED" \
+    env -u PYTHONPATH "$py" bench/embeddings.py --baseline --device cuda "${embeddings_args[@]}" \
+    --model-dir "$embed_home/models/all-minilm-l6-v2"
+elif selected embeddings_baseline; then
+  record embeddings_baseline skipped 0 0 0 "SMOKE: needs torch and sentence-transformers"
+fi
+exit 0  # every step's outcome is in summary.json; finish (the EXIT trap) packs it
