@@ -3,9 +3,12 @@
 
     python bench/kv_quant.py [--model NAME_OR_DIR] [--tokens 96] [--budget-mb 1024]
 
-Agreement: for each prompt, greedy tokens with `kv_bits` vs without; a token agrees when every
-token before it (and it) is the same (after a first difference the texts diverge, so later
-positions are not compared). Rows: requests of 4,096 tokens that fit the same KV budget, from
+Agreement, two ways: free-running, for each prompt, greedy tokens with `kv_bits` vs without; a
+token agrees when every token before it (and it) is the same (after a first difference the texts
+diverge, so later positions are not compared). Teacher-forced, the quantized engine scores the
+unquantized output (`prompt_logprobs`): a token agrees when it is the quantized model's top choice
+given the same preceding text — the per-token measure, without the divergence cascading.
+Rows: requests of 4,096 tokens that fit the same KV budget, from
 the profile the engine measured on its real caches (the figure admission uses).
 """
 
@@ -28,6 +31,7 @@ from engines.types import (  # noqa: E402
     ChatLimits,
     FinishEvent,
     GenerationRequest,
+    PromptEvent,
     SamplingParams,
     TokenEvent,
 )
@@ -56,7 +60,26 @@ async def greedy(engine: LLMEngine, prompt: list[int], tokens: int) -> list[int]
     return out
 
 
-async def outputs(path: Path, bits: int | None, tokens: int, budget: int) -> tuple[list, int]:
+async def forced(engine: LLMEngine, prompt: list[int], reference: list[int]) -> int:
+    """Positions of `reference` (after `prompt`) that are the engine's greedy choice."""
+    request = GenerationRequest(
+        "f",
+        prompt + reference,
+        0,
+        SamplingParams(temperature=0.0),
+        logprobs=1,
+        prompt_logprobs=True,
+    )
+    async for event in engine.submit(request):
+        if isinstance(event, PromptEvent):
+            scored = event.logprobs[len(prompt) :]
+            return sum(bool(e.top) and e.top[0][0] == e.token for e in scored)
+    raise AssertionError("no prompt logprobs")
+
+
+async def outputs(
+    path: Path, bits: int | None, tokens: int, budget: int, plain: list[list[int]] | None
+) -> tuple[list[list[int]], int, int]:
     limits = ChatLimits(kv_bits=bits, kv_budget_bytes=budget, prefix_cache_bytes=0)
     engine = LLMEngine("m", path, limits=limits)
     engine.start()
@@ -64,8 +87,11 @@ async def outputs(path: Path, bits: int | None, tokens: int, budget: int) -> tup
     try:
         prompts = [engine.encode_chat([{"role": "user", "content": q}]) for q in QUESTIONS]
         results = [await greedy(engine, prompt, tokens) for prompt in prompts]
+        agree = 0
+        for prompt, reference in zip(prompts, plain or results, strict=True):
+            agree += await forced(engine, prompt, reference)
         assert engine.profile is not None
-        return results, budget // engine.profile.row_bytes(4096)
+        return results, budget // engine.profile.row_bytes(4096), agree
     finally:
         engine.stop()
 
@@ -88,17 +114,23 @@ async def main() -> None:
     _, path = ModelStore(default_home()).resolve(args.model)
     budget = args.budget_mb * 2**20
     print(f"# {args.model} on {platform.machine()} ({BLAS.library or 'reference BLAS'})")
-    plain, plain_rows = await outputs(path, None, args.tokens, budget)
+    plain, plain_rows, own = await outputs(path, None, args.tokens, budget, None)
     total = sum(len(tokens) for tokens in plain)
-    print(f"unquantized: {plain_rows} rows of 4096 tokens in {args.budget_mb} MiB")
+    print(
+        f"unquantized: {plain_rows} rows of 4096 tokens in {args.budget_mb} MiB; "
+        f"teacher-forced self-agreement {own}/{total}",
+        flush=True,
+    )
     for bits in (8, 4):
-        quantized, rows = await outputs(path, bits, args.tokens, budget)
+        quantized, rows, forced_agree = await outputs(path, bits, args.tokens, budget, plain)
         agree = sum(agreeing(p, q) for p, q in zip(plain, quantized, strict=True))
         identical = sum(p == q for p, q in zip(plain, quantized, strict=True))
         print(
             f"kv_bits {bits}: {rows} rows ({rows / plain_rows:.2f}x); greedy agreement "
             f"{agree}/{total} tokens = {agree / total:.1%}; "
-            f"{identical}/{len(plain)} outputs identical"
+            f"{identical}/{len(plain)} outputs identical; teacher-forced "
+            f"{forced_agree}/{total} = {forced_agree / total:.1%}",
+            flush=True,
         )
 
 
