@@ -16,7 +16,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.bridge import RequestStream
-from engines.errors import InvalidRequest, Overloaded
+from engines.errors import InvalidRequest
 from engines.tts.text import split_pieces
 from engines.types import (
     AudioChunk,
@@ -57,27 +56,24 @@ class KokoroEngine(EngineThread):
         self.path = path
         self.limits = limits or TTSLimits()
         self.info: TTSModelInfo | None = None
-        self.weights_bytes = 0
         self.pieces_made = 0
         self.tokens_read = 0
         self._jobs: deque[_Job] = deque()
-        self._accepted = 0
-        self._lock = threading.Lock()
         self._model: Any = None
 
     # -- any thread ---------------------------------------------------------------------------
 
     @property
     def active(self) -> int:
-        return self._accepted
+        return self.accepted
 
     def stats(self) -> EngineStats:
         return EngineStats(
-            active=self._accepted,
-            queued=max(0, self._accepted - 1),
+            active=self.accepted,
+            queued=max(0, self.accepted - 1),
             largest_batch=1 if self.pieces_made else 0,
             tokens_generated=self.tokens_read,
-            stalled=self.stalled(self._accepted > 0, self.limits.watchdog_s),
+            stalled=self.stalled(self.accepted > 0, self.limits.watchdog_s),
             failures=self.failures,
             weights_bytes=self.weights_bytes,
         )
@@ -96,14 +92,7 @@ class KokoroEngine(EngineThread):
     def submit(self, request: SynthesisRequest) -> RequestStream:
         """Queue a synthesis; AudioChunks (one per piece) then SynthesisDone arrive on the
         stream."""
-        with self._lock:
-            if self._accepted >= self.limits.max_waiting:
-                raise Overloaded(
-                    f"model '{self.name}' has {self._accepted} syntheses in progress, the most "
-                    "it accepts; retry shortly",
-                    retry_after_s=2,
-                )
-            self._accepted += 1
+        self.accept_request(self.limits.max_waiting, "syntheses", retry_after_s=2)
         stream = RequestStream(request.request_id)
         self.post(_Job(request, stream, deque(split_pieces(request.text))))
         return stream
@@ -144,7 +133,7 @@ class KokoroEngine(EngineThread):
         """Speak the next piece of the request at the head of the queue."""
         for job in [job for job in self._jobs if job.stream.cancelled]:
             self._jobs.remove(job)
-            self._release()
+            self.finish_request()
         if not self._jobs:
             return
         job = self._jobs[0]
@@ -168,9 +157,5 @@ class KokoroEngine(EngineThread):
             mx.clear_cache()  # idle: give the pieces' buffers back
 
     def _finish(self, job: _Job, event: SynthesisDone | ErrorEvent) -> None:
-        self._release()  # first: a reader woken by the last event sees the engine idle
+        self.finish_request()  # first: a reader woken by the last event sees the engine idle
         job.stream.push(event)
-
-    def _release(self) -> None:
-        with self._lock:
-            self._accepted -= 1
