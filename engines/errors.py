@@ -25,6 +25,13 @@ class InvalidRequest(EngineError):
     """The request cannot be served by this model as asked (e.g. a template cannot render it)."""
 
 
+class NoChatTemplate(InvalidRequest):
+    """The model has no chat template, so chat messages cannot be rendered for it."""
+
+    def __init__(self) -> None:
+        super().__init__("this model has no chat template", param="messages")
+
+
 class WrongModelKind(InvalidRequest):
     """The model exists but is of another kind than the route serves (a speech model asked to
     chat, say)."""

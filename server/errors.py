@@ -26,6 +26,7 @@ from engines.errors import (
     InvalidRequest,
     KVBudgetExceeded,
     ModelNotFound,
+    NoChatTemplate,
     Overloaded,
 )
 
@@ -40,6 +41,10 @@ ERRORS: dict[type[EngineError], tuple[int, str, str | None]] = {
     Overloaded: (429, "rate_limit_error", "overloaded"),
     EngineUnavailable: (503, "server_error", "model_unavailable"),
     EngineFailed: (500, "server_error", "engine_failed"),
+}
+# What to do instead, for engine errors that have an answer at this edge (engines know no URLs).
+HINTS: dict[type[EngineError], str] = {
+    NoChatTemplate: "use /v1/completions with a plain prompt",
 }
 
 
@@ -111,7 +116,9 @@ def from_engine_error(error: Exception) -> APIError:
                 headers["Retry-After"] = str(retry_after)
             if isinstance(error, EngineFailed):
                 headers["x-should-retry"] = "false"  # the OpenAI SDK would otherwise retry 500s
-            return APIError(status, error.message, type_, error.param, code, headers)
+            hint = HINTS.get(type(error))
+            message = f"{error.message}; {hint}" if hint else error.message
+            return APIError(status, message, type_, error.param, code, headers)
     return APIError(500, "internal error", "server_error", None, "internal_error")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engines.errors import InvalidRequest
+from engines.errors import InvalidRequest, NoChatTemplate
 from engines.llm.tools import CLOSE, OPEN, generic_tool_prompt
 
 
@@ -110,7 +110,7 @@ def render_chat(
         {**message, "content": content_to_text(message.get("content"))} for message in messages
     ]
     if getattr(tokenizer, "chat_template", None) is None:
-        raise InvalidRequest("this model has no chat template; use /v1/completions", "messages")
+        raise NoChatTemplate()
     extra: dict[str, Any] = {
         key: value
         for key, value in (template_kwargs or {}).items()

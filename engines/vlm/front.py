@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engines.errors import InvalidRequest
+from engines.errors import InvalidRequest, NoChatTemplate
 from engines.llm.front import ChatFront
 from engines.llm.templates import supports_tools
 from engines.types import GenerationRequest
@@ -41,7 +41,7 @@ class VisionFront(ChatFront):
         template_kwargs: dict[str, Any] | None = None,
     ) -> str:
         if getattr(self.tokenizer, "chat_template", None) is None:
-            raise InvalidRequest("this model has no chat template; use /v1/completions", "messages")
+            raise NoChatTemplate()
         extra = {
             key: value
             for key, value in (template_kwargs or {}).items()

@@ -9,7 +9,10 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 
-from engines.errors import KVBudgetExceeded, Overloaded
+from engines.errors import KVBudgetExceeded, NoChatTemplate, Overloaded
+from engines.pool import EnginePool
+from server.app import create_app
+from server.settings import Settings
 from tests.fakes import FakeEngine
 from tests.helpers import HELLO, URL, assert_openai_error, chat_body
 
@@ -425,3 +428,18 @@ async def test_405_allows_every_method_of_the_resource(http: httpx.AsyncClient) 
     assert response.status_code == 405
     assert response.headers["allow"] == "DELETE, GET"
     assert_openai_error(response, 405, None, "method_not_allowed")
+
+
+async def test_a_model_without_chat_template_points_to_completions() -> None:
+    """The engine says what is wrong; the edge says what to do instead (engines know no URLs)."""
+
+    class NoTemplate(FakeEngine):
+        def encode_chat(self, *args: Any, **kwargs: Any) -> list[int]:
+            raise NoChatTemplate()
+
+    app = create_app(Settings(), EnginePool([NoTemplate()]))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        error = assert_openai_error(await http.post(URL, json=chat_body()), 400, "messages")
+    hint = "use /v1/completions with a plain prompt"
+    assert error["message"] == f"this model has no chat template; {hint}"
