@@ -5,6 +5,8 @@ model cannot fit. Polling with deadlines, no sleeps."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -166,3 +168,16 @@ async def test_start_fails_only_when_no_model_can_be_served() -> None:
     )
     with pytest.raises(EngineUnavailable, match=r"no model could be loaded \(bad: .*nope"):
         await pool.start()
+
+
+def test_the_engine_boundary_imports_no_mlx() -> None:
+    """The HTTP edge imports the pool, the kinds and the boundary types without loading MLX (a
+    fresh interpreter: this one has MLX loaded by other tests)."""
+    script = (
+        "import sys; import engines.pool, engines.kinds, engines.types, engines.errors; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm')))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert found.stdout.strip() == "[]"
