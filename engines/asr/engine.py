@@ -31,6 +31,13 @@ import numpy as np
 from engines.asr.alignment import align_words
 from engines.asr.audio import FRAMES_PER_SECOND, N_FRAMES
 from engines.asr.decode import WindowBatch, WindowResult, WindowTask, split_segments
+from engines.asr.fallback import (
+    PROMPT_RESET_TEMPERATURE,
+    best_attempt,
+    is_silence,
+    needs_fallback,
+    temperatures,
+)
 from engines.asr.host_encoder import PROMPT_MATH, HostEncoder
 from engines.asr.timing import loud_frames, tighten
 from engines.asr.vocab import LANGUAGES, WhisperVocab
@@ -50,13 +57,6 @@ from engines.types import (
 from engines.worker import EngineThread
 
 logger = logging.getLogger(__name__)
-
-# Whisper's quality guards (OpenAI's transcribe defaults).
-COMPRESSION_RATIO_THRESHOLD = 2.4  # above: repetitive output, decode again hotter
-LOGPROB_THRESHOLD = -1.0  # below: unsure output, decode again hotter
-NO_SPEECH_THRESHOLD = 0.6  # above (and unsure): the window is silence, emit nothing
-FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-PROMPT_RESET_TEMPERATURE = 0.5  # a window decoded hotter than this is not used as context
 
 
 @dataclass
@@ -274,11 +274,11 @@ class ASREngine(EngineThread):
         """A row finished: decode the window again hotter, or take the best attempt."""
         job.decoding = False
         job.attempts.append(result)
-        if len(job.attempts) < len(self._schedule(job)) and _needs_fallback(result):
+        if len(job.attempts) < len(self._schedule(job)) and needs_fallback(result):
             return  # rejoins at the next step, at the next temperature
         features, attempts = job.features, job.attempts
         job.features, job.cross_kv, job.attempts = None, None, []
-        self._advance(job, _best(attempts), features)
+        self._advance(job, best_attempt(attempts), features)
 
     @staticmethod
     def _window(job: _Job) -> np.ndarray:
@@ -311,8 +311,7 @@ class ASREngine(EngineThread):
     @staticmethod
     def _schedule(job: _Job) -> tuple[float, ...]:
         """The temperatures a window may be decoded at, in order."""
-        temperature = job.request.temperature
-        return FALLBACK_TEMPERATURES if temperature == 0 else (temperature,)
+        return temperatures(job.request.temperature)
 
     def _task(self, job: _Job) -> WindowTask:
         """The current window's next attempt."""
@@ -334,9 +333,7 @@ class ASREngine(EngineThread):
         window_frames = min(N_FRAMES, request.content_frames - job.seek)
         window_start = job.seek / FRAMES_PER_SECOND
         duration = request.content_frames / FRAMES_PER_SECOND
-        silent = (
-            result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob < LOGPROB_THRESHOLD
-        )
+        silent = is_silence(result)
         if silent or not result.tokens:
             job.seek += window_frames
         else:
@@ -430,25 +427,6 @@ def _stacked_cross_kv(jobs: list[_Job]) -> list[tuple[Any, Any]]:
         )
         for layer in range(len(jobs[0].cross_kv))
     ]
-
-
-def _best(attempts: list[WindowResult]) -> WindowResult:
-    """The last attempt if it passed; when every temperature failed, the likeliest attempt that
-    is not repetitive (or the likeliest of all) rather than whatever the hottest one produced."""
-    last = attempts[-1]
-    if len(attempts) == 1 or not _needs_fallback(last):
-        return last
-    fluent = [r for r in attempts if r.compression_ratio <= COMPRESSION_RATIO_THRESHOLD]
-    return max(fluent or attempts, key=lambda r: r.avg_logprob)
-
-
-def _needs_fallback(result: WindowResult) -> bool:
-    if result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob < LOGPROB_THRESHOLD:
-        return False  # silence: hotter decoding would only invent words
-    return (
-        result.compression_ratio > COMPRESSION_RATIO_THRESHOLD
-        or result.avg_logprob < LOGPROB_THRESHOLD
-    )
 
 
 def initial_context(vocab: WhisperVocab, prompt: str | None) -> list[int]:
