@@ -227,9 +227,12 @@ class Scheduler:
             needed = max(longest, _limit(request))
             if rows and self.kv_bytes(rows + request.n, needed) > self.config.kv_budget_bytes:
                 return  # waits until running choices finish and free their rows
-            waiting = self._waiting.popleft()
+            # Started before it leaves the queue: if starting raises, the request is still
+            # waiting, so the step's failure (fail_all) reaches it and its client hears of it.
+            prefill = self._start_prefill(self._waiting[0])
+            self._waiting.popleft()
             self._release(0, -1)
-            self._prefilling.append(self._start_prefill(waiting))
+            self._prefilling.append(prefill)
 
     def _start_prefill(self, waiting: _Waiting) -> Prefill:
         request = waiting.request

@@ -15,13 +15,21 @@ from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import load
 
+from engines.errors import EngineFailed
 from engines.llm.caches import CacheProfile
 from engines.llm.detokenize import TokenBytes
 from engines.llm.prefix_cache import PrefixCache
 from engines.llm.sampling import TokenSampler
 from engines.llm.scheduler import Scheduler, SchedulerConfig
 from engines.llm.sequence import Vocabulary
-from engines.types import Event, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from engines.types import (
+    ErrorEvent,
+    Event,
+    FinishEvent,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+)
 from tests.families import save_family_dir
 
 
@@ -107,3 +115,33 @@ def test_insert_step_remove_without_threads(
     assert scheduler.counters.largest_batch >= 3
     # Every choice and queue place taken at insert was released exactly once.
     assert released == [-4, -4]
+
+
+def test_a_request_whose_start_fails_still_hears_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If starting a prefill raises (a grammar that fails to build, say), the step fails as the
+    engine thread sees it, and fail_all reaches that request: its client gets an error event
+    instead of waiting forever, and its counts are released once."""
+    import engines.llm.scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "ARRIVAL_QUIET_S", 0.0)
+    scheduler, _, released = build(save_family_dir("llama", tmp_path / "llama"))
+    doomed = ListSink()
+    scheduler.insert(GenerationRequest("doomed", [7, 8, 9, 10], 4, SamplingParams(0.0)), doomed)
+    start = scheduler._start_prefill
+
+    def failing_start(waiting: Any) -> Any:
+        raise RuntimeError("sampler could not be built")
+
+    monkeypatch.setattr(scheduler, "_start_prefill", failing_start)
+    with pytest.raises(RuntimeError):
+        scheduler.step()
+    scheduler.fail_all(EngineFailed("engine error: RuntimeError: sampler could not be built"))
+    assert [type(event) for event in doomed.events] == [ErrorEvent]
+    assert released == [-1, -1] and not scheduler.has_work()
+    monkeypatch.setattr(scheduler, "_start_prefill", start)
+    later = ListSink()
+    scheduler.insert(GenerationRequest("later", [7, 8, 9, 10], 4, SamplingParams(0.0)), later)
+    run_until_idle(scheduler)
+    assert later.finish is not None and len(later.tokens) == 4
