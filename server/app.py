@@ -198,7 +198,7 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.origins(),
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
         )
     app.add_middleware(ConcurrencyLimit, limit=settings.max_connections)

@@ -90,6 +90,11 @@ async def test_configured_origin_gets_cors_and_preflight(keyed_server: httpx.Asy
     )
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == "https://app.example"
+    # A stored Responses API answer can be deleted from the configured origin too.
+    delete = await keyed_server.options(
+        "/v1/responses/resp_x", headers={**origin, "access-control-request-method": "DELETE"}
+    )
+    assert delete.status_code == 200 and "DELETE" in delete.headers["access-control-allow-methods"]
 
 
 async def test_oversized_headers_are_431(open_server: httpx.AsyncClient) -> None:
