@@ -1,4 +1,4 @@
-"""The `mlxd` command: serve, import, doctor, service.
+"""The `mlxd` command: serve, import, pull, launch, doctor, service.
 
 OpenBLAS is preloaded and MLX's attention backend chosen first thing (before anything imports
 MLX); every other import that may pull in MLX happens inside the subcommand that needs it.
@@ -18,6 +18,7 @@ from engines import attention_backend, blas
 from engines.errors import EngineError
 from server.config import ConfigError
 from server.hub_cli import add_hub_commands, add_quantize_options, one_line, quiet_hub_loggers
+from server.launch import LaunchError
 from server.service import VERBS
 
 
@@ -25,7 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     blas_status = blas.preload_from_env()
     attention_backend.prefer_shape_generic_attention()
     parser = _parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # `mlxd launch CLIENT [options] -- ARGS`: what follows `--` goes to the client untouched.
+    passthrough: list[str] = []
+    if "--" in words:
+        cut = words.index("--")
+        words, passthrough = words[:cut], words[cut + 1 :]
+    args = parser.parse_args(words)
+    args.client_args = passthrough
+    if passthrough and args.command != "launch":
+        parser.error("arguments after -- are only for `mlxd launch`")
     if args.command is None:
         parser.print_help()
         return 2
@@ -54,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         configure(settings.log_level, settings.log_format)
         quiet_hub_loggers()
         return _dispatch(args, settings, blas_status)
-    except (EngineError, ConfigError, ValueError, OSError) as error:
+    except (EngineError, ConfigError, LaunchError, ValueError, OSError) as error:
         # Start-up and command errors: one line, status 1 (the traceback only at debug level).
         logging.getLogger("mlxd").debug("command failed", exc_info=True)
         print(f"mlxd: {one_line(error)}", file=sys.stderr)
@@ -76,6 +86,8 @@ def _dispatch(args: argparse.Namespace, settings: object, blas_status: blas.Blas
         return _service(settings, args)
     if args.command == "models":
         return _models(settings, args)
+    if args.command == "launch":
+        return _launch(settings, args)
     return _doctor(settings, blas_status)
 
 
@@ -128,6 +140,24 @@ def _models(settings: object, args: argparse.Namespace) -> int:
 
     print_local_models(ModelStore(settings.home))
     return 0
+
+
+def _launch(settings: object, args: argparse.Namespace) -> int:
+    from server.launch import launch
+    from server.settings import Settings
+
+    assert isinstance(settings, Settings)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    keys = settings.api_keys()
+    return launch(
+        args.client,
+        f"http://{host}:{settings.port}",
+        args.model,
+        keys[0] if keys else None,
+        settings.home,
+        args.client_args,
+        args.dry_run,
+    )
 
 
 def _service(settings: object, args: argparse.Namespace) -> int:
@@ -199,6 +229,18 @@ def _parser() -> argparse.ArgumentParser:
         help="auto: float32 on CPU (faster there), quantized on Metal/CUDA",
     )
     add_hub_commands(commands)
+    launch = commands.add_parser(
+        "launch",
+        help="run a coding agent (codex, claude, opencode) against this server; "
+        "arguments after -- go to the agent",
+    )
+    launch.add_argument("client", choices=["codex", "claude", "opencode"])
+    launch.add_argument("--model", help="chat model to use (default: the first one served)")
+    launch.add_argument("--port", type=int, help="the server's port (default 8000)")
+    launch.add_argument("--api-key", help="the server's API key, if it has one")
+    launch.add_argument(
+        "--print", action="store_true", dest="dry_run", help="print what would run, run nothing"
+    )
     commands.add_parser("doctor", help="report platform, backend, BLAS, memory and model store")
     service = commands.add_parser(
         "service", help="run mlxd as a background service (launchd on macOS, systemd on Linux)"

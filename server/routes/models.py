@@ -31,6 +31,7 @@ def _model_object(model: PoolModel) -> dict[str, Any]:
         "created": model.created,
         "owned_by": "mlxd",
         "loaded": model.loaded,
+        "kind": model.kind,
         **({"status": model.status} if model.status else {}),  # "downloading 42%"
         **({"context_window": model.context_length} if model.context_length else {}),
     }
