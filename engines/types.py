@@ -132,6 +132,7 @@ class FinishEvent:
     reason: FinishReason
     usage: Usage
     index: int = 0
+    stop_sequence: str | None = None  # the stop string that ended it, when one did
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ class CollectedChoice:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str = "stop"
     completion_tokens: int = 0
+    stop_sequence: str | None = None  # the stop string that ended it, when one did
 
 
 @dataclass
@@ -62,6 +63,7 @@ async def collect(stream: EventSource) -> Collected:
         elif isinstance(event, FinishEvent):
             choice = result.choices.setdefault(event.index, CollectedChoice())
             choice.finish_reason = event.reason
+            choice.stop_sequence = event.stop_sequence
             choice.completion_tokens = event.usage.completion_tokens
             result.prompt_tokens = event.usage.prompt_tokens
             result.cached_tokens = event.usage.cached_tokens

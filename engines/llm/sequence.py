@@ -132,7 +132,8 @@ class Choice:
         self.finished = True
         usage = Usage(len(self.request.prompt_tokens), self.generated, self.cached_tokens)
         self.on_finish()  # first, so a reader woken by the event sees the engine's new counts
-        self.stream.push(FinishEvent(reason, usage, self.index))
+        matched = self._stops.matched if reason == "stop" else None
+        self.stream.push(FinishEvent(reason, usage, self.index, matched))
 
     def _release(self, sent_chars: int) -> list[TokenLogprob]:
         released: list[TokenLogprob] = []

@@ -82,7 +82,8 @@ async def create_message(request: Request) -> Response:
     events = blocks.feed(output.feed(choice.text)) + blocks.feed(output.finish()) + blocks.finish()
     usage = usage_body(collected.prompt_tokens, choice.completion_tokens, collected.cached_tokens)
     reply = message_body(prepared.request_id, message.model, assembled(events), usage)
-    reply["stop_reason"] = _stop_reason(choice.finish_reason, blocks)
+    reply["stop_reason"] = _stop_reason(choice.finish_reason, choice.stop_sequence, blocks)
+    reply["stop_sequence"] = choice.stop_sequence
     return JSONResponse(reply, headers=headers)
 
 
@@ -165,14 +166,19 @@ def _message_delta(finish: FinishEvent, blocks: MessageBlocks) -> dict[str, Any]
     usage = finish.usage
     return {
         "type": "message_delta",
-        "delta": {"stop_reason": _stop_reason(finish.reason, blocks), "stop_sequence": None},
+        "delta": {
+            "stop_reason": _stop_reason(finish.reason, finish.stop_sequence, blocks),
+            "stop_sequence": finish.stop_sequence,
+        },
         "usage": usage_body(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens),
     }
 
 
-def _stop_reason(finish_reason: str, blocks: MessageBlocks) -> str:
+def _stop_reason(finish_reason: str, stop_sequence: str | None, blocks: MessageBlocks) -> str:
     if blocks.tool_used and finish_reason == "stop":
         return "tool_use"
+    if stop_sequence is not None:
+        return "stop_sequence"
     return STOP_REASONS.get(finish_reason, "end_turn")
 
 

@@ -81,7 +81,7 @@ def test_stop_sequences_end_the_answer(claude: Anthropic) -> None:
         extra_body=GREEDY,
     )
     assert "5" not in message.content[0].text  # type: ignore[union-attr]
-    assert message.stop_reason == "end_turn"  # the engine does not say which stop matched
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "5")
 
 
 def test_a_tool_round_trip(claude: Anthropic) -> None:

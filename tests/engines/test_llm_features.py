@@ -175,12 +175,17 @@ async def test_prompt_scoring_matches_reference(engine: LLMEngine) -> None:
 
 async def test_logprob_texts_stay_aligned_with_a_stop_string(engine: LLMEngine) -> None:
     greedy = SamplingParams(temperature=0.0)
-    full, _, _ = choices(await events_of(engine, GenerationRequest("a", PROMPT, 24, greedy)))[0]
+    plain = await events_of(engine, GenerationRequest("a", PROMPT, 24, greedy))
+    full, _, _ = choices(plain)[0]
+    assert plain[-1].stop_sequence is None  # ended by length
     stop = full.strip()[4:6]
-    request = GenerationRequest("b", PROMPT, 24, greedy, stop=(stop,), logprobs=0)
-    text, _, logprobs = choices(await events_of(engine, request))[0]
+    never = "\x00never"
+    request = GenerationRequest("b", PROMPT, 24, greedy, stop=(never, stop), logprobs=0)
+    stopped = await events_of(engine, request)
+    text, _, logprobs = choices(stopped)[0]
     assert text == full[: full.index(stop)]
     assert "".join(e.text for e in logprobs) == text
+    assert (stopped[-1].reason, stopped[-1].stop_sequence) == ("stop", stop)  # which one matched
 
 
 def test_fim_prompt_uses_the_models_tokens(engine: LLMEngine) -> None:
