@@ -49,6 +49,24 @@ class PreparedChat:
         return self.generation.request_id
 
 
+def template_inputs(
+    chat: ChatCompletionRequest,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The tools in play and the messages, as the chat template takes them."""
+    tools = [tool.model_dump(exclude_none=True) for tool in chat.tools_in_play()]
+    messages = [message.model_dump(exclude_none=True) for message in chat.messages]
+    return tools, messages
+
+
+async def count_prompt_tokens(pool: EnginePool, chat: ChatCompletionRequest) -> int:
+    """The prompt's length in tokens exactly as `prepare_chat` renders it (template, tools,
+    image placeholders), without checking or queueing anything else."""
+    tools, messages = template_inputs(chat)
+    await collect_images(messages, ImagePolicy.from_env())
+    engine = await pool.acquire(chat.model, CHAT)
+    return len(engine.encode_chat(messages, tools, chat.template_kwargs()))
+
+
 async def prepare_chat(
     pool: EnginePool,
     settings: Settings,
@@ -73,9 +91,8 @@ async def prepare_chat(
     logprobs = chat.logprobs_count()
     if logprobs == -1:
         raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
-    tools = [tool.model_dump(exclude_none=True) for tool in chat.tools_in_play()]
+    tools, messages = template_inputs(chat)
     check_tool_choice(chat, tools)
-    messages = [message.model_dump(exclude_none=True) for message in chat.messages]
     images = await collect_images(messages, ImagePolicy.from_env())  # 400s before any load
     engine = await pool.acquire(chat.model, CHAT)
     check_vision(engine, chat.model, images, messages, _asks_grammar(chat))

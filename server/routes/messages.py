@@ -23,14 +23,14 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from sse_starlette import ServerSentEvent
 
-from engines.kinds import CHAT
 from engines.types import ErrorEvent, FinishEvent, TokenEvent
 from server import sse
 from server.body import read_json_object, validate
 from server.chat_output import ChoiceOutput
-from server.chat_pipeline import PreparedChat, prepare_chat
+from server.chat_pipeline import PreparedChat, count_prompt_tokens, prepare_chat
+from server.deps import MetricsDep, PoolDep, SettingsDep
 from server.errors import APIError, anthropic_error_body, from_engine_error, loc_to_param
-from server.generation import EventSource, collect, unless_disconnected
+from server.generation import EventSource, collect
 from server.message_blocks import MessageBlocks, assembled
 from server.schemas.anthropic import (
     BLOCK_TYPES,
@@ -40,6 +40,7 @@ from server.schemas.anthropic import (
 )
 from server.schemas.chat import ChatCompletionRequest
 from server.schemas.common import documented_body, response_headers
+from server.serving import cancel_on_close, collected_or_gone, error_response
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -49,34 +50,28 @@ STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
 
 
 @router.post("/v1/messages", openapi_extra=documented_body(MessagesRequest))
-async def create_message(request: Request) -> Response:
-    settings = request.app.state.settings
+async def create_message(
+    request: Request, settings: SettingsDep, pool: PoolDep, metrics: MetricsDep
+) -> Response:
     body = await read_json_object(request, settings.max_body_bytes)
     message = _validated(MessagesRequest, body)
     chat = validate(ChatCompletionRequest, message.chat_body())
     prepared = await prepare_chat(
-        request.app.state.pool, settings, chat, f"msg_{uuid.uuid4().hex}", clamp_max_tokens=True
+        pool, settings, chat, f"msg_{uuid.uuid4().hex}", clamp_max_tokens=True
     )
     headers = response_headers(prepared.request_id, body, MessagesRequest, IGNORED_FIELDS)
-    stream = request.app.state.metrics.observe(
-        prepared.engine.submit(prepared.generation), chat.model
-    )
+    stream = metrics.observe(prepared.engine.submit(prepared.generation), chat.model)
     blocks = MessageBlocks(message.thinking_shown())
     if message.stream:
         interval = settings.stream_interval_ms / 1000
         frames = _stream_events(stream, prepared, message.model, blocks, interval)
-        return sse.event_stream(frames, headers, settings, keepalive=_ping)
-    collected = await unless_disconnected(request, collect(stream), [stream])
-    if collected is None:
-        logger.info("%s client disconnected; cancelled", prepared.request_id)
-        return Response(status_code=499)
+        guarded = cancel_on_close(frames, [stream], prepared.request_id)
+        return sse.event_stream(guarded, headers, settings, keepalive=_ping)
+    collected = await collected_or_gone(request, collect(stream), [stream], prepared.request_id)
+    if isinstance(collected, Response):
+        return collected
     if collected.error is not None:
-        error = from_engine_error(collected.error)
-        return JSONResponse(
-            anthropic_error_body(error.status, error.message),
-            status_code=error.status,
-            headers={**headers, **error.headers},
-        )
+        return error_response(collected.error, headers, _anthropic_body)
     choice = collected.choices[0]
     output = prepared.output_for()
     events = blocks.feed(output.feed(choice.text)) + blocks.feed(output.finish()) + blocks.finish()
@@ -88,16 +83,12 @@ async def create_message(request: Request) -> Response:
 
 
 @router.post("/v1/messages/count_tokens", openapi_extra=documented_body(CountTokensRequest))
-async def count_tokens(request: Request) -> dict[str, int]:
+async def count_tokens(request: Request, settings: SettingsDep, pool: PoolDep) -> dict[str, int]:
     """The prompt's length in tokens as `/v1/messages` would render it (template and tools)."""
-    settings = request.app.state.settings
     body = await read_json_object(request, settings.max_body_bytes)
     counted = _validated(CountTokensRequest, body)
     chat = validate(ChatCompletionRequest, counted.chat_body())
-    engine = await request.app.state.pool.acquire(chat.model, CHAT)
-    tools = [tool.model_dump(exclude_none=True) for tool in chat.tools_in_play()]
-    messages = [message.model_dump(exclude_none=True) for message in chat.messages]
-    return {"input_tokens": len(engine.encode_chat(messages, tools, chat.template_kwargs()))}
+    return {"input_tokens": await count_prompt_tokens(pool, chat)}
 
 
 def message_body(
@@ -137,29 +128,21 @@ async def _stream_events(
     request_id = prepared.request_id
     output: ChoiceOutput = prepared.output_for()
     prompt_tokens = len(prepared.generation.prompt_tokens)
-    ended = False
-    try:
-        start = message_body(request_id, model, [], usage_body(prompt_tokens, 0, 0))
-        yield sse.event("message_start", {"type": "message_start", "message": start})
-        async for event in stream.events(interval_s):
-            if isinstance(event, TokenEvent):
-                for block_event in blocks.feed(output.feed(event.text)):
-                    yield _framed(block_event)
-            elif isinstance(event, FinishEvent):
-                for block_event in blocks.feed(output.finish()) + blocks.finish():
-                    yield _framed(block_event)
-                yield _framed(_message_delta(event, blocks))
-                yield _framed({"type": "message_stop"})
-            elif isinstance(event, ErrorEvent):
-                logger.error("%s failed in stream: %s", request_id, event.error)
-                error = from_engine_error(event.error)
-                yield sse.event("error", anthropic_error_body(error.status, error.message))
-        ended = True
-    finally:
-        # Runs on normal end, client disconnect (CancelledError/GeneratorExit) and shutdown alike.
-        if not ended:
-            stream.cancel()
-            logger.info("%s stream closed early; cancelling", request_id)
+    start = message_body(request_id, model, [], usage_body(prompt_tokens, 0, 0))
+    yield sse.event("message_start", {"type": "message_start", "message": start})
+    async for event in stream.events(interval_s):
+        if isinstance(event, TokenEvent):
+            for block_event in blocks.feed(output.feed(event.text)):
+                yield _framed(block_event)
+        elif isinstance(event, FinishEvent):
+            for block_event in blocks.feed(output.finish()) + blocks.finish():
+                yield _framed(block_event)
+            yield _framed(_message_delta(event, blocks))
+            yield _framed({"type": "message_stop"})
+        elif isinstance(event, ErrorEvent):
+            logger.error("%s failed in stream: %s", request_id, event.error)
+            error = from_engine_error(event.error)
+            yield sse.event("error", anthropic_error_body(error.status, error.message))
 
 
 def _message_delta(finish: FinishEvent, blocks: MessageBlocks) -> dict[str, Any]:
@@ -180,6 +163,10 @@ def _stop_reason(finish_reason: str, stop_sequence: str | None, blocks: MessageB
     if stop_sequence is not None:
         return "stop_sequence"
     return STOP_REASONS.get(finish_reason, "end_turn")
+
+
+def _anthropic_body(error: APIError) -> dict[str, object]:
+    return anthropic_error_body(error.status, error.message)
 
 
 def _framed(payload: dict[str, Any]) -> dict[str, str]:

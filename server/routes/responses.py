@@ -22,20 +22,20 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from engines.errors import EngineError
 from engines.types import ErrorEvent, FinishEvent, TokenEvent
 from engines.types import Event as EngineEvent
 from server import sse
-from server.body import read_json_object, validate
 from server.chat_output import ChoiceOutput
 from server.chat_pipeline import PreparedChat, prepare_chat
+from server.deps import Body, MetricsDep, SettingsDep, json_body
 from server.errors import APIError, from_engine_error
-from server.generation import EventSource, collect, unless_disconnected
+from server.generation import EventSource, collect
 from server.response_store import ResponseStore
 from server.responses_input import to_chat
 from server.responses_output import Event, ItemStatus, OutputItems, new_id
@@ -49,6 +49,7 @@ from server.schemas.responses import (
     ResponseCreateRequest,
     parse_items,
 )
+from server.serving import cancel_on_close, collected_or_gone, error_response
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -137,10 +138,13 @@ def response_store(request: Request) -> ResponseStore:
 
 
 @router.post("/v1/responses", openapi_extra=documented_body(ResponseCreateRequest))
-async def create_response(request: Request) -> Response:
-    settings = request.app.state.settings
-    body = await read_json_object(request, settings.max_body_bytes)
-    parsed = validate(ResponseCreateRequest, body)
+async def create_response(
+    request: Request,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    body: Annotated[Body[ResponseCreateRequest], Depends(json_body(ResponseCreateRequest))],
+) -> Response:
+    parsed = body.value
     if (field := parsed.unsupported_field()) is not None:
         raise APIError(
             400, f"'{field}' is not supported by this server yet", param=field,
@@ -151,9 +155,9 @@ async def create_response(request: Request) -> Response:
     chat = to_chat(parsed, items, functions)
     draft = Draft(parsed, functions, new_id("resp"), int(time.time()))
     prepared = await _prepare(request, chat, draft.response_id)
-    headers = response_headers(draft.response_id, body, ResponseCreateRequest, IGNORED_FIELDS)
+    headers = response_headers(draft.response_id, body.raw, ResponseCreateRequest, IGNORED_FIELDS)
     submitted = prepared.engine.submit(prepared.generation)
-    stream = request.app.state.metrics.observe(submitted, chat.model)
+    stream = metrics.observe(submitted, chat.model)
     conversation = [item.model_dump(by_alias=True, exclude_none=True) for item in items]
     run = _Run(
         draft, prepared, OutputItems(parsed.namespaces()), conversation, response_store(request)
@@ -161,16 +165,15 @@ async def create_response(request: Request) -> Response:
     if parsed.stream:
         interval = settings.stream_interval_ms / 1000
         heartbeat = settings.keepalive_interval_s
-        return sse.event_stream(run.events(stream, interval, heartbeat), headers, settings)
-    collected = await unless_disconnected(request, collect(stream), [stream])
-    if collected is None:
-        logger.info("%s client disconnected; cancelled", draft.response_id)
-        return Response(status_code=499)
-    if collected.error is not None:
-        error = from_engine_error(collected.error)
-        return JSONResponse(
-            error.body(), status_code=error.status, headers={**headers, **error.headers}
+        frames = run.events(stream, interval, heartbeat)
+        return sse.event_stream(
+            cancel_on_close(frames, [stream], draft.response_id), headers, settings
         )
+    collected = await collected_or_gone(request, collect(stream), [stream], draft.response_id)
+    if isinstance(collected, Response):
+        return collected
+    if collected.error is not None:
+        return error_response(collected.error, headers)
     choice = collected.choices.get(0)
     output = prepared.output_for()
     for delta in output.feed(choice.text if choice else "") + output.finish():
@@ -273,25 +276,17 @@ class _Run:
             "type": "response.in_progress",
             "response": self.draft.body("in_progress", []),
         }
-        ended = False
         output = self.prepared.output_for()
-        try:
-            yield frame({"type": "response.created", "response": in_progress["response"]})
-            yield frame(in_progress)
-            async for event in _with_heartbeat(stream.events(interval_s), heartbeat_s):
-                events = [] if event is None else self._item_events(event, output)
-                if not events and time.monotonic() - last_sent >= heartbeat_s:
-                    events = [in_progress]
-                for item_event in events:
-                    yield frame(item_event)
-            ended = True
-            final = await self.final(self.status, self.usage, self.error)
-            yield frame({"type": f"response.{self.status}", "response": final})
-        finally:
-            # Runs on normal end, client disconnect (CancelledError/GeneratorExit) and shutdown.
-            if not ended:
-                stream.cancel()
-                logger.info("%s stream closed early; cancelling", self.draft.response_id)
+        yield frame({"type": "response.created", "response": in_progress["response"]})
+        yield frame(in_progress)
+        async for event in _with_heartbeat(stream.events(interval_s), heartbeat_s):
+            events = [] if event is None else self._item_events(event, output)
+            if not events and time.monotonic() - last_sent >= heartbeat_s:
+                events = [in_progress]
+            for item_event in events:
+                yield frame(item_event)
+        final = await self.final(self.status, self.usage, self.error)
+        yield frame({"type": f"response.{self.status}", "response": final})
 
     def _item_events(self, event: EngineEvent, output: ChoiceOutput) -> list[Event]:
         """The Responses events for one engine event; a finish or an error sets the outcome."""
