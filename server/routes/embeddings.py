@@ -26,6 +26,7 @@ from engines.kinds import EMBEDDING, EmbeddingEngine
 from engines.types import EmbeddingModelInfo, EmbeddingRequest, EmbeddingsDone, ErrorEvent
 from server import logs
 from server.body import read_json_object, validate
+from server.deps import PoolDep, SettingsDep
 from server.errors import APIError, from_engine_error
 from server.generation import EventSource, unless_disconnected
 from server.schemas.common import documented_body, response_headers
@@ -36,11 +37,10 @@ router = APIRouter()
 
 
 @router.post("/v1/embeddings", openapi_extra=documented_body(EmbeddingsRequest))
-async def create_embeddings(request: Request) -> Response:
-    settings = request.app.state.settings
+async def create_embeddings(request: Request, settings: SettingsDep, pool: PoolDep) -> Response:
     raw = await read_json_object(request, settings.max_body_bytes)
     body = validate(EmbeddingsRequest, raw)
-    engine = await request.app.state.pool.acquire(body.model, EMBEDDING)
+    engine = await pool.acquire(body.model, EMBEDDING)
     info = embedder_info(engine, body.model)
     check_dimensions(info, body.dimensions)
     inputs = await token_inputs(engine, info, body.items(), body.truncate)

@@ -19,7 +19,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from engines.pool import PoolModel
+from engines.pool import EnginePool, PoolModel
+from server.deps import PoolDep
 
 router = APIRouter()
 
@@ -53,15 +54,14 @@ def _anthropic(request: Request) -> bool:
     return "anthropic-version" in request.headers
 
 
-def _find(request: Request, model_id: str) -> PoolModel:
-    pool = request.app.state.pool
+def _find(pool: EnginePool, model_id: str) -> PoolModel:
     name = pool.resolve(model_id)  # ModelNotFound → 404 in OpenAI's shape
     return next(model for model in pool.models() if model.name == name)
 
 
 @router.get("/v1/models")
-async def list_models(request: Request) -> dict[str, Any]:
-    models = request.app.state.pool.models()
+async def list_models(request: Request, pool: PoolDep) -> dict[str, Any]:
+    models = pool.models()
     if _anthropic(request):
         data = [_anthropic_model(m) for m in models if m.kind == "chat"]
         first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
@@ -70,20 +70,20 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 
 @router.post("/v1/models/{model_id:path}/load")
-async def load_model(model_id: str, request: Request) -> dict[str, Any]:
-    await request.app.state.pool.load(model_id)
-    return _model_object(_find(request, model_id))
+async def load_model(model_id: str, pool: PoolDep) -> dict[str, Any]:
+    await pool.load(model_id)
+    return _model_object(_find(pool, model_id))
 
 
 @router.post("/v1/models/{model_id:path}/unload")
-async def unload_model(model_id: str, request: Request) -> dict[str, Any]:
+async def unload_model(model_id: str, pool: PoolDep) -> dict[str, Any]:
     """Drains the model (its running requests finish) and unloads it; a later request loads
     it again."""
-    await request.app.state.pool.unload(model_id)
-    return _model_object(_find(request, model_id))
+    await pool.unload(model_id)
+    return _model_object(_find(pool, model_id))
 
 
 @router.get("/v1/models/{model_id:path}")
-async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
-    model = _find(request, model_id)
+async def retrieve_model(model_id: str, request: Request, pool: PoolDep) -> dict[str, Any]:
+    model = _find(pool, model_id)
     return _anthropic_model(model) if _anthropic(request) else _model_object(model)

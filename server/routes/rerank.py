@@ -27,6 +27,7 @@ from engines.kinds import EMBEDDING
 from engines.types import EmbeddingModelInfo, EmbeddingRequest
 from server import logs
 from server.body import read_json_object, validate
+from server.deps import PoolDep, SettingsDep
 from server.routes.embeddings import run, token_inputs
 from server.schemas.common import documented_body, response_headers
 from server.schemas.embeddings import IGNORED_RERANK_FIELDS, RerankRequest
@@ -36,11 +37,10 @@ router = APIRouter()
 
 
 @router.post("/v1/rerank", openapi_extra=documented_body(RerankRequest))
-async def rerank(request: Request) -> Response:
-    settings = request.app.state.settings
+async def rerank(request: Request, settings: SettingsDep, pool: PoolDep) -> Response:
     raw = await read_json_object(request, settings.max_body_bytes)
     body = validate(RerankRequest, raw)
-    engine = await request.app.state.pool.acquire(body.model, EMBEDDING)
+    engine = await pool.acquire(body.model, EMBEDDING)
     info = engine.info
     assert info is not None
     documents = body.texts()

@@ -29,6 +29,7 @@ from engines.tts.encode import AudioEncoder, media_type
 from engines.types import AudioChunk, ErrorEvent, Event, SynthesisDone, SynthesisRequest
 from server import logs, sse
 from server.body import read_json_object, validate
+from server.deps import PoolDep, SettingsDep
 from server.errors import from_engine_error
 from server.generation import EventSource, unless_disconnected
 from server.schemas.common import documented_body, response_headers
@@ -47,11 +48,10 @@ class SynthesisFailed(RuntimeError):
 
 
 @router.post("/v1/audio/speech", openapi_extra=documented_body(SpeechBody))
-async def create_speech(request: Request) -> Response:
-    settings = request.app.state.settings
+async def create_speech(request: Request, settings: SettingsDep, pool: PoolDep) -> Response:
     body = await read_json_object(request, settings.max_body_bytes)
     form = validate(SpeechBody, body)
-    engine: TTSEngine = await request.app.state.pool.acquire(form.model, TTS)
+    engine: TTSEngine = await pool.acquire(form.model, TTS)
     voice = engine.check_voice(form.voice_name)
     assert engine.info is not None
     request_id = f"speech-{uuid.uuid4().hex}"
@@ -87,10 +87,9 @@ async def create_speech(request: Request) -> Response:
 
 
 @router.get("/v1/audio/voices")
-async def list_voices(request: Request, model: str | None = None) -> dict[str, Any]:
+async def list_voices(pool: PoolDep, model: str | None = None) -> dict[str, Any]:
     """The voices of one text-to-speech model (`?model=`), or of every one configured (each is
     loaded if need be: its voices are in its checkpoint)."""
-    pool = request.app.state.pool
     names = [model] if model else [m.name for m in pool.models() if m.kind == TTS.name]
     data: list[dict[str, Any]] = []
     for name in names:
