@@ -1,6 +1,7 @@
 """Typed FastAPI dependencies: what a route may take from the app, and its validated body.
 
-Routes declare `settings: SettingsDep`, `pool: PoolDep`, `metrics: MetricsDep` instead of
+Routes declare `settings: SettingsDep`, `pool: PoolDep`, `metrics: MetricsDep` (and the
+Responses API its `store: ResponseStoreDep`) instead of
 reading untyped `request.app.state` attributes, and take their JSON body through `json_body`,
 which reads it within the size limit and validates it (every failure an OpenAI-shaped 4xx,
 raised before the route's own code runs).
@@ -18,6 +19,7 @@ from pydantic import BaseModel
 from engines.pool import EnginePool
 from server.body import read_json_object, validate
 from server.metrics import Metrics
+from server.response_store import ResponseStore
 from server.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
@@ -38,9 +40,19 @@ def app_metrics(request: Request) -> Metrics:
     return metrics
 
 
+def app_response_store(request: Request) -> ResponseStore:
+    """The Responses API's store under MLXD_HOME, opened on first use."""
+    state = request.app.state
+    if getattr(state, "response_store", None) is None:
+        state.response_store = ResponseStore(state.settings.home / "responses.sqlite3")
+    store: ResponseStore = state.response_store
+    return store
+
+
 SettingsDep = Annotated[Settings, Depends(app_settings)]
 PoolDep = Annotated[EnginePool, Depends(app_pool)]
 MetricsDep = Annotated[Metrics, Depends(app_metrics)]
+ResponseStoreDep = Annotated[ResponseStore, Depends(app_response_store)]
 
 
 @dataclass(frozen=True)

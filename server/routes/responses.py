@@ -28,12 +28,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from engines.errors import EngineError
+from engines.pool import EnginePool
 from engines.types import ErrorEvent, FinishEvent, TokenEvent
 from engines.types import Event as EngineEvent
 from server import sse
 from server.chat_output import ChoiceOutput
 from server.chat_pipeline import PreparedChat, prepare_chat
-from server.deps import Body, MetricsDep, SettingsDep, json_body
+from server.deps import Body, MetricsDep, PoolDep, ResponseStoreDep, SettingsDep, json_body
 from server.errors import APIError, from_engine_error
 from server.generation import EventSource, collect
 from server.response_store import ResponseStore
@@ -50,6 +51,7 @@ from server.schemas.responses import (
     parse_items,
 )
 from server.serving import cancel_on_close, collected_or_gone, error_response
+from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -128,20 +130,13 @@ def usage_body(prompt_tokens: int, output_tokens: int, cached_tokens: int) -> di
     }
 
 
-def response_store(request: Request) -> ResponseStore:
-    """The app's store, opened on first use under MLXD_HOME."""
-    state = request.app.state
-    if getattr(state, "response_store", None) is None:
-        state.response_store = ResponseStore(state.settings.home / "responses.sqlite3")
-    store: ResponseStore = state.response_store
-    return store
-
-
 @router.post("/v1/responses", openapi_extra=documented_body(ResponseCreateRequest))
 async def create_response(
     request: Request,
     settings: SettingsDep,
+    pool: PoolDep,
     metrics: MetricsDep,
+    store: ResponseStoreDep,
     body: Annotated[Body[ResponseCreateRequest], Depends(json_body(ResponseCreateRequest))],
 ) -> Response:
     parsed = body.value
@@ -150,18 +145,16 @@ async def create_response(
             400, f"'{field}' is not supported by this server yet", param=field,
             code="unsupported_parameter",
         )  # fmt: skip
-    items = await _history(request, parsed.previous_response_id) + parsed.input_items()
+    items = await _history(store, parsed.previous_response_id) + parsed.input_items()
     functions = parsed.function_tools()
     chat = to_chat(parsed, items, functions)
     draft = Draft(parsed, functions, new_id("resp"), int(time.time()))
-    prepared = await _prepare(request, chat, draft.response_id)
+    prepared = await _prepare(pool, settings, chat, draft.response_id)
     headers = response_headers(draft.response_id, body.raw, ResponseCreateRequest, IGNORED_FIELDS)
     submitted = prepared.engine.submit(prepared.generation)
     stream = metrics.observe(submitted, chat.model)
     conversation = [item.model_dump(by_alias=True, exclude_none=True) for item in items]
-    run = _Run(
-        draft, prepared, OutputItems(parsed.namespaces()), conversation, response_store(request)
-    )
+    run = _Run(draft, prepared, OutputItems(parsed.namespaces()), conversation, store)
     if parsed.stream:
         interval = settings.stream_interval_ms / 1000
         heartbeat = settings.keepalive_interval_s
@@ -189,16 +182,16 @@ async def create_response(
 
 
 @router.get("/v1/responses/{response_id}")
-async def retrieve_response(request: Request, response_id: str) -> JSONResponse:
-    stored = await response_store(request).get(response_id)
+async def retrieve_response(store: ResponseStoreDep, response_id: str) -> JSONResponse:
+    stored = await store.get(response_id)
     if stored is None:
         raise _not_found(response_id, "response_id")
     return JSONResponse(stored.response)
 
 
 @router.delete("/v1/responses/{response_id}")
-async def delete_response(request: Request, response_id: str) -> JSONResponse:
-    if not await response_store(request).delete(response_id):
+async def delete_response(store: ResponseStoreDep, response_id: str) -> JSONResponse:
+    if not await store.delete(response_id):
         raise _not_found(response_id, "response_id")
     return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})
 
@@ -209,21 +202,22 @@ def _not_found(response_id: str, param: str) -> APIError:
     )
 
 
-async def _history(request: Request, previous_response_id: str | None) -> list[InputItem]:
+async def _history(store: ResponseStore, previous_response_id: str | None) -> list[InputItem]:
     """The stored conversation a request continues (none without `previous_response_id`)."""
     if previous_response_id is None:
         return []
-    stored = await response_store(request).get(previous_response_id)
+    stored = await store.get(previous_response_id)
     if stored is None:
         raise _not_found(previous_response_id, "previous_response_id")
     return parse_items(stored.conversation)
 
 
-async def _prepare(request: Request, chat: ChatCompletionRequest, response_id: str) -> PreparedChat:
+async def _prepare(
+    pool: EnginePool, settings: Settings, chat: ChatCompletionRequest, response_id: str
+) -> PreparedChat:
     """`prepare_chat`, its errors naming the Responses request's fields."""
-    state = request.app.state
     try:
-        return await prepare_chat(state.pool, state.settings, chat, response_id)
+        return await prepare_chat(pool, settings, chat, response_id)
     except EngineError as exc:
         error = from_engine_error(exc)
     except APIError as exc:
