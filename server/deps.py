@@ -1,10 +1,10 @@
 """Typed FastAPI dependencies: what a route may take from the app, and its validated body.
 
 Routes declare `settings: SettingsDep`, `pool: PoolDep`, `metrics: MetricsDep` (and the
-Responses API its `store: ResponseStoreDep`) instead of
-reading untyped `request.app.state` attributes, and take their JSON body through `json_body`,
-which reads it within the size limit and validates it (every failure an OpenAI-shaped 4xx,
-raised before the route's own code runs).
+Responses API its `store: ResponseStoreDep`) instead of reading untyped `request.app.state`
+attributes, and take their JSON body through `json_body`, which reads it within the size limit
+and validates it (every failure a 4xx in the route's shape, raised before the route's own code
+runs).
 """
 
 from __future__ import annotations
