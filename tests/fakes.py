@@ -11,8 +11,7 @@ import threading
 import time
 from typing import Any
 
-from engines.asr.engine import ASREngine
-from engines.asr.vocab import LANGUAGES
+from engines.asr.vocab import LANGUAGES, decoding_language
 from engines.bridge import RequestStream
 from engines.errors import EngineFailed, InvalidRequest
 from engines.types import (
@@ -242,7 +241,9 @@ class FakeSpeechEngine:
     def stats(self) -> EngineStats:
         return EngineStats(self._active, 0, 0, 0)
 
-    check_language = ASREngine.check_language
+    def check_language(self, language: str | None, task: str) -> str | None:
+        assert self.info is not None
+        return decoding_language(self.info, language, task, None)
 
     def submit(self, request: TranscriptionRequest) -> RequestStream:
         stream = RequestStream(request.request_id)

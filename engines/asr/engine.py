@@ -40,10 +40,9 @@ from engines.asr.fallback import (
 )
 from engines.asr.host_encoder import PROMPT_MATH, HostEncoder
 from engines.asr.timing import loud_frames, tighten
-from engines.asr.vocab import LANGUAGES, WhisperVocab
+from engines.asr.vocab import LANGUAGES, WhisperVocab, decoding_language
 from engines.asr.whisper import DecoderState
 from engines.bridge import RequestStream
-from engines.errors import InvalidRequest
 from engines.readback import host_list
 from engines.types import (
     EngineStats,
@@ -115,32 +114,8 @@ class ASREngine(EngineThread):
     def check_language(self, language: str | None, task: str) -> str | None:
         """The ISO code to decode with; InvalidRequest (naming the param) when unusable."""
         assert self.info is not None
-        if task == "translate" and not self.info.multilingual:
-            raise InvalidRequest(
-                f"model '{self.name}' is English-only and cannot translate; use a multilingual "
-                "whisper model (e.g. whisper-base)",
-                param="model",
-            )
-        if language is None or not language.strip():
-            return None if self.info.multilingual else "en"
-        code = WhisperVocab.language_code(language)
-        if code is None:
-            raise InvalidRequest(
-                f"unknown language {language!r}: use an ISO-639-1 code such as 'en' or 'de'",
-                param="language",
-            )
-        if not self.info.multilingual and code != "en":
-            raise InvalidRequest(
-                f"model '{self.name}' is English-only; it cannot transcribe {LANGUAGES[code]}",
-                param="language",
-            )
-        if (
-            self._vocab is not None
-            and code not in self._vocab.language_ids
-            and self.info.multilingual
-        ):
-            raise InvalidRequest(f"model '{self.name}' does not know {code!r}", param="language")
-        return code
+        known = self._vocab.language_ids if self._vocab is not None else None
+        return decoding_language(self.info, language, task, known)
 
     def submit(self, request: TranscriptionRequest) -> RequestStream:
         """Queue a transcription; segments and then TranscriptionDone arrive on the stream."""

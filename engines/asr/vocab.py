@@ -8,9 +8,12 @@ special (≥ end of text) contribute no text.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 from engines.byte_level import gpt2_byte_decoder
+from engines.errors import InvalidRequest
+from engines.types import SpeechModelInfo
 
 # Whisper's languages (code → lower-case English name), in the order of their tokens.
 LANGUAGES = {
@@ -91,3 +94,33 @@ class WhisperVocab:
 
     def decode(self, token_ids: list[int]) -> str:
         return self.text_bytes(token_ids).decode("utf-8", errors="replace")
+
+
+def decoding_language(
+    info: SpeechModelInfo, language: str | None, task: str, known: Collection[str] | None
+) -> str | None:
+    """The ISO code to decode with for a request asking `language` and `task` of the model
+    `info` (`known`: the languages its vocabulary has, when loaded); InvalidRequest naming the
+    param when unusable. A pure function: the engine and the test fakes answer alike."""
+    if task == "translate" and not info.multilingual:
+        raise InvalidRequest(
+            f"model '{info.name}' is English-only and cannot translate; use a multilingual "
+            "whisper model (e.g. whisper-base)",
+            param="model",
+        )
+    if language is None or not language.strip():
+        return None if info.multilingual else "en"
+    code = WhisperVocab.language_code(language)
+    if code is None:
+        raise InvalidRequest(
+            f"unknown language {language!r}: use an ISO-639-1 code such as 'en' or 'de'",
+            param="language",
+        )
+    if not info.multilingual and code != "en":
+        raise InvalidRequest(
+            f"model '{info.name}' is English-only; it cannot transcribe {LANGUAGES[code]}",
+            param="language",
+        )
+    if known is not None and code not in known and info.multilingual:
+        raise InvalidRequest(f"model '{info.name}' does not know {code!r}", param="language")
+    return code
