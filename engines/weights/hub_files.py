@@ -4,9 +4,10 @@
 names one GGUF quantization of a GGUF repo (`bartowski/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M`).
 
 Only top-level files are fetched: weights (safetensors, or npz for whisper checkpoints, or the
-one GGUF file of the named quant), configs, tokenizer and chat template files. Never `*.bin` /
-`*.pth` / `*.pt` (pickles, and duplicates of the safetensors), other quants, or sub-folders
-(`original/`, `onnx/`).
+one GGUF file of the named quant), configs, tokenizer and chat template files — and the
+settings of sentence-transformers modules (`1_Pooling/config.json`: an embedder's pooling).
+Never `*.bin` / `*.pth` / `*.pt` (pickles, and duplicates of the safetensors), other quants, or
+other sub-folders (`original/`, `onnx/`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ _REF = re.compile(
 )
 _CONFIG_FILES = re.compile(r"\.(json|jinja|txt|model|tiktoken)$")
 _SKIPPED_JSON = ("pytorch_model.bin.index.json", "consolidated.safetensors.index.json")
+# sentence-transformers modules' settings (`1_Pooling/config.json`: how an embedder pools)
+_MODULE_CONFIG = re.compile(r"^\d+_[A-Za-z]+/config\.json$")
 
 
 @dataclass(frozen=True)
@@ -75,4 +78,5 @@ def needed_files(files: list[str], quant: str | None) -> list[str]:
         shown = ", ".join(sorted(files)[:8]) + (", ..." if len(files) > 8 else "")
         raise ValueError(f"no safetensors, npz or GGUF weights (found: {shown or 'no files'})")
     configs = [n for n in top if _CONFIG_FILES.search(n) and n not in _SKIPPED_JSON]
-    return sorted({*weights, *configs})
+    modules = [n for n in files if _MODULE_CONFIG.match(n)]
+    return sorted({*weights, *configs, *modules})

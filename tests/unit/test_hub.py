@@ -233,3 +233,24 @@ def test_needed_files_skip_pickles_other_quants_and_folders() -> None:
         needed_files(ggufs, "Q5_K_S")
     with pytest.raises(ValueError, match=r"found: README.md, pytorch_model.bin"):
         needed_files(["README.md", "pytorch_model.bin"], None)
+
+
+def test_an_embedders_pooling_settings_come_along() -> None:
+    """Without `1_Pooling/config.json` a mean-pooled MiniLM would be served CLS-pooled."""
+    listing = [
+        "config.json",
+        "model.safetensors",
+        "modules.json",
+        "tokenizer.json",
+        "1_Pooling/config.json",
+        "2_Normalize/.gitkeep",
+        "onnx/model.onnx",
+        "onnx/config.json",
+    ]
+    assert needed_files(listing, None) == [
+        "1_Pooling/config.json",
+        "config.json",
+        "model.safetensors",
+        "modules.json",
+        "tokenizer.json",
+    ]
