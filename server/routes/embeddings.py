@@ -27,10 +27,11 @@ from engines.types import EmbeddingModelInfo, EmbeddingRequest, EmbeddingsDone, 
 from server import logs
 from server.body import read_json_object, validate
 from server.deps import PoolDep, SettingsDep
-from server.errors import APIError, from_engine_error
-from server.generation import EventSource, unless_disconnected
+from server.errors import APIError
+from server.generation import EventSource
 from server.schemas.common import documented_body, response_headers
 from server.schemas.embeddings import IGNORED_EMBEDDING_FIELDS, EmbeddingsRequest
+from server.serving import collected_or_gone, error_response
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -132,14 +133,9 @@ async def run(
 ) -> EmbeddingsDone | Response:
     """The engine's result; a 499 when the client left first, an error body if it failed."""
     stream = engine.submit(work)
-    outcome = await unless_disconnected(request, _result(stream), [stream])
-    if outcome is None:
-        logger.info("%s client disconnected; cancelled", work.request_id)
-        return Response(status_code=499)
+    outcome = await collected_or_gone(request, _result(stream), [stream], work.request_id)
     if isinstance(outcome, Exception):
-        api_error = from_engine_error(outcome)
-        return JSONResponse(api_error.body(), status_code=api_error.status,
-                            headers=api_error.headers)  # fmt: skip
+        return error_response(outcome, {})
     return outcome
 
 

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from engines.kinds import TTS, TTSEngine
 from engines.tts.encode import AudioEncoder, media_type
@@ -31,9 +31,10 @@ from server import logs, sse
 from server.body import read_json_object, validate
 from server.deps import PoolDep, SettingsDep
 from server.errors import from_engine_error
-from server.generation import EventSource, unless_disconnected
+from server.generation import EventSource
 from server.schemas.common import documented_body, response_headers
 from server.schemas.speech import IGNORED_FIELDS, SpeechBody
+from server.serving import collected_or_gone, error_response
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -68,15 +69,11 @@ async def create_speech(request: Request, settings: SettingsDep, pool: PoolDep) 
         form.stream_format,
     )
     events = aiter(stream)
-    first = await unless_disconnected(request, _next(events), [stream])
-    if first is None:
-        logger.info("%s client disconnected; cancelled", request_id)
-        return Response(status_code=499)
+    first = await collected_or_gone(request, _next(events), [stream], request_id)
+    if isinstance(first, Response):
+        return first
     if isinstance(first, ErrorEvent):
-        api_error = from_engine_error(first.error)
-        return JSONResponse(
-            api_error.body(), status_code=api_error.status, headers={**headers, **api_error.headers}
-        )
+        return error_response(first.error, headers)
     encoder = AudioEncoder(form.response_format, engine.info.sample_rate)
     pieces = _encoded(first, events, encoder, stream, request_id)
     if form.stream_format == "sse":
