@@ -180,7 +180,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlxd", description="OpenAI-compatible server on MLX")
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="run the HTTP server")
-    serve.add_argument("--model", help="store name or MLX model directory (default: embedded)")
+    serve.add_argument(
+        "--model", help="store name, MLX model directory or hub repo ORG/NAME (default: embedded)"
+    )
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--log-level", help="debug, info, warning, error")

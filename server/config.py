@@ -1,12 +1,13 @@
 """The models file (`--config` / `MLXD_CONFIG`, TOML): which models the pool serves.
 
 ```toml
-memory_budget_mb = 12000          # optional; default: 70% of RAM (on Metal, of the wired limit)
+memory_budget_mb = 12000          # optional; default: 70% of the memory the device can use
 
 [[models]]
 name = "chat"                     # the id clients use
-source = "smollm2-135m-instruct"  # store name, local MLX directory, or HF repo id in the HF cache
-kind = "chat"                     # chat | speech | embedding (engines/kinds.py); left out:
+source = "smollm2-135m-instruct"  # store name, local MLX directory, or HF repo id (downloaded
+                                  # on first use when not cached)
+kind = "chat"                     # chat | speech | tts | embedding (engines/kinds.py); left out:
                                   # what the checkpoint says (MiniLM → embedding), else chat
 aliases = ["default"]
 pinned = true                     # never unloaded

@@ -30,7 +30,9 @@ class Settings(BaseSettings):
         None, description="Models file (TOML): the models to serve; see server/config.py."
     )
     memory_budget_mb: int | None = Field(
-        None, ge=64, description="Memory for loaded models; default 70% of RAM (Metal: wired)."
+        None,
+        ge=64,
+        description="Memory for loaded models; default 70% of what the device can use.",
     )
     speech_model: str = Field(
         WHISPER_TINY_EN.name,
@@ -58,7 +60,8 @@ class Settings(BaseSettings):
     )
     api_key: str | None = Field(
         None,
-        description="API key(s), comma-separated; when set, every route but /health needs one.",
+        description="API key(s), comma-separated; when set, every route but /health, / and "
+        "/status needs one.",
     )
     allowed_hosts: str = Field(
         "127.0.0.1,localhost,::1,[::1]",
