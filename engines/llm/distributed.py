@@ -43,7 +43,8 @@ from engines.distributed.plan import PlanChannel, StepPlan, TokenDigest
 from engines.errors import EngineFailed, EngineUnavailable
 from engines.llm.engine import LLMEngine
 from engines.llm.prefix_cache import PrefixCache
-from engines.llm.scheduler import Scheduler, SchedulerConfig
+from engines.llm.scheduler import Scheduler
+from engines.llm.scheduler_config import SchedulerConfig
 from engines.types import ChatLimits, EngineStats, ErrorEvent, Event, FinishEvent, TokenEvent
 
 logger = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ from engines.llm.limits import size_limits
 from engines.llm.prefix_cache import PrefixCache
 from engines.llm.quantized_cache import install as install_quantized_kv
 from engines.llm.sampling import TokenSampler, choice_seed
-from engines.llm.scheduler import Counters, Scheduler, SchedulerConfig
+from engines.llm.scheduler import Scheduler
+from engines.llm.scheduler_config import Counters, SchedulerConfig
 from engines.llm.sequence import Vocabulary
 from engines.llm.speculative import DEFAULT_DRAFT_TOKENS
 from engines.llm.tools import tool_call_format

@@ -31,7 +31,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -49,10 +49,9 @@ from engines.llm.prefill import (
 )
 from engines.llm.prefix_cache import PrefixCache
 from engines.llm.sampling import Sampled, TokenSampler, choice_seed
+from engines.llm.scheduler_config import Counters, SchedulerConfig
 from engines.llm.sequence import Choice, EventSink, Vocabulary
 from engines.llm.speculative import (
-    DEFAULT_DRAFT_TOKENS,
-    PROMPT_LOOKUP,
     DraftLength,
     NgramIndex,
     RowSpeculation,
@@ -71,30 +70,6 @@ ARRIVAL_QUIET_S = 0.002
 ARRIVAL_WAIT_MAX_S = 0.02
 
 Ready = tuple[Choice, list[Any], Sampled]  # a choice, its prefilled cache, its first token
-
-
-@dataclass
-class SchedulerConfig:
-    max_batch: int
-    kv_budget_bytes: int
-    prefill_chunk: int
-    prefill_bucket: int = 1  # > 1 only for plain KV caches (they trim the padding back)
-    pipelined: bool = True  # launch step n+1 before reading step n
-    cpu_decode: bool = False  # build steps inside cpu_decode.decode_step
-    speculative: str | None = None  # "prompt_lookup": rows draft from their own text
-    speculative_tokens: int = DEFAULT_DRAFT_TOKENS  # most tokens a row drafts per step
-
-
-@dataclass
-class Counters:
-    """What the scheduler has done (read by the engine's stats; outlives the scheduler)."""
-
-    tokens_generated: int = 0
-    largest_batch: int = 0  # most rows decoded together so far
-    prefilled_together: int = 0  # prompts prefilled in shared forward passes
-    drafted_tokens: int = 0  # speculative decoding: drafts proposed
-    accepted_drafts: int = 0  # drafts the model kept
-    decode_row_steps: int = 0  # rows × decode passes
 
 
 @dataclass
@@ -118,7 +93,7 @@ class Scheduler:
     ) -> None:
         self.model = model
         self.profile = profile
-        self.config = config = _speculation_checked(config, profile)
+        self.config = config = config.for_caches(profile)
         self.prefix_cache = prefix_cache
         self.batch = DecodeBatch(
             model, cpu_decode=config.cpu_decode, speculative=bool(config.speculative)
@@ -416,22 +391,6 @@ class Scheduler:
         if gone:
             batch.keep([row for row in range(len(batch)) if row not in set(gone)])
         self._removed.clear()
-
-
-def _speculation_checked(config: SchedulerConfig, profile: CacheProfile) -> SchedulerConfig:
-    """The config with speculation off where the caches cannot drop rejected drafts, and
-    never pipelined with it (drafts follow tokens the host has read)."""
-    if not config.speculative:
-        return config
-    if config.speculative != PROMPT_LOOKUP:
-        raise ValueError(f"unknown speculative method {config.speculative!r}")
-    if not profile.plain:
-        logger.info(
-            "speculative decoding off: caches %s cannot drop rejected drafts",
-            sorted(set(profile.kinds)),
-        )
-        return replace(config, speculative=None)
-    return replace(config, pipelined=False)
 
 
 def _limit(request: GenerationRequest) -> int:

@@ -20,7 +20,8 @@ from engines.llm.caches import CacheProfile
 from engines.llm.detokenize import TokenBytes
 from engines.llm.prefix_cache import PrefixCache
 from engines.llm.sampling import TokenSampler
-from engines.llm.scheduler import Scheduler, SchedulerConfig
+from engines.llm.scheduler import Scheduler
+from engines.llm.scheduler_config import SchedulerConfig
 from engines.llm.sequence import Vocabulary
 from engines.types import (
     ErrorEvent,

@@ -23,7 +23,8 @@ from engines.llm.engine import LLMEngine
 from engines.llm.prefix_cache import PrefixCache
 from engines.llm.ragged_cache import RaggedKVCache
 from engines.llm.sampling import TokenSampler
-from engines.llm.scheduler import Scheduler, SchedulerConfig
+from engines.llm.scheduler import Scheduler
+from engines.llm.scheduler_config import SchedulerConfig
 from engines.llm.sequence import Vocabulary
 from engines.llm.speculative import DraftLength, NgramIndex
 from engines.types import ChatLimits, GenerationRequest, SamplingParams, TokenEvent
@@ -234,7 +235,7 @@ def test_caches_that_cannot_drop_drafts_turn_speculation_off(
     in the log, and still serves it (equal to mlx-lm)."""
     path = save_family_dir("gemma3_text", tmp_path / "gemma3")
     model, tokenizer = load(str(path))  # type: ignore[misc]
-    with caplog.at_level("INFO", logger="engines.llm.scheduler"):
+    with caplog.at_level("INFO", logger="engines.llm.scheduler_config"):
         sched = scheduler((model, tokenizer), "prompt_lookup")
     assert sched.config.speculative is None
     assert "speculative decoding off" in caplog.text
