@@ -14,7 +14,7 @@ Invariants:
 - Every collective runs on the engine thread's stream (collectives from two streams corrupt
   each other's results), in the same order on every rank.
 - The replicated scheduler never looks at the clock or at a client's cancel flag: arrivals and
-  cancellations reach it only through plans (`ReplicatedScheduler`, `_LeaderSink`).
+  cancellations reach it only through plans (`ReplicatedScheduler`, `LeaderSink`).
 - A lost group is final for the process (MLX cannot form a group again in it): a collective
   that fails (a peer died: fast) or a step that outlives the watchdog's limit (a peer is
   stopped: it would hang forever) fails every request in flight with `GroupLost`, makes new ones
@@ -40,12 +40,13 @@ from typing import Any
 from engines.bridge import RequestStream
 from engines.distributed.group import LocalFollowers, launched_rank, spawn_local_followers
 from engines.distributed.plan import PlanChannel, StepPlan, TokenDigest
+from engines.distributed.sinks import FollowerSink, LeaderSink
 from engines.errors import EngineFailed, EngineUnavailable
 from engines.llm.engine import LLMEngine
 from engines.llm.prefix_cache import PrefixCache
 from engines.llm.scheduler import Scheduler
 from engines.llm.scheduler_config import SchedulerConfig
-from engines.types import ChatLimits, EngineStats, ErrorEvent, Event, FinishEvent, TokenEvent
+from engines.types import ChatLimits, EngineStats, ErrorEvent
 
 logger = logging.getLogger(__name__)
 
@@ -75,44 +76,6 @@ class ReplicatedScheduler(Scheduler):
         return 0.0
 
 
-class _LeaderSink:
-    """A request's stream on rank 0, seen by the scheduler: never 'cancelled' (cancellation
-    travels as a plan's removal), tokens counted into the digest."""
-
-    def __init__(self, stream: RequestStream, choices: int, digest: TokenDigest) -> None:
-        self.stream = stream
-        self.uid = -1
-        self.open_choices = choices
-        self._digest = digest
-
-    @property
-    def cancelled(self) -> bool:
-        return False
-
-    def push(self, event: Event) -> None:
-        if isinstance(event, TokenEvent):
-            self._digest.add(self.uid, event.token_ids)
-        elif isinstance(event, FinishEvent):
-            self.open_choices -= 1
-        elif isinstance(event, ErrorEvent):
-            self.open_choices = 0
-        self.stream.push(event)
-
-
-class _FollowerSink:
-    """A follower's stand-in for a stream: events go nowhere; tokens go into the digest."""
-
-    cancelled = False
-
-    def __init__(self, digest: TokenDigest) -> None:
-        self.uid = -1  # set at insert: uids are assigned in the same order on every rank
-        self._digest = digest
-
-    def push(self, event: Event) -> None:
-        if isinstance(event, TokenEvent):
-            self._digest.add(self.uid, event.token_ids)
-
-
 class DistributedLLMEngine(LLMEngine):
     """A chat engine whose model is sharded over a group; rank 0 serves, the others follow."""
 
@@ -134,7 +97,7 @@ class DistributedLLMEngine(LLMEngine):
         self.channel: PlanChannel | None = None
         self.followers = LocalFollowers()
         self._outgoing: list[tuple[Any, RequestStream]] = []  # leader: not yet in a plan
-        self._sinks: dict[int, _LeaderSink] = {}  # leader: in the scheduler, by uid
+        self._sinks: dict[int, LeaderSink] = {}  # leader: in the scheduler, by uid
         self._removing: set[int] = set()
         self._lock = threading.Lock()  # _sinks and fault: the watchdog reads them
         self._beat_due = False
@@ -301,12 +264,12 @@ class DistributedLLMEngine(LLMEngine):
         self._outgoing = []
         for index, request in enumerate(plan.inserts):
             if self.leader:
-                sink = _LeaderSink(streams[index], request.n, self.digest)
+                sink = LeaderSink(streams[index], request.n, self.digest)
                 sink.uid = self.scheduler.insert(request, sink)
                 with self._lock:
                     self._sinks[sink.uid] = sink
             else:
-                follower_sink = _FollowerSink(self.digest)
+                follower_sink = FollowerSink(self.digest)
                 follower_sink.uid = self.scheduler.insert(request, follower_sink)
         for uid in plan.removals:
             self.scheduler.remove(uid)
