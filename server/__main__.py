@@ -177,6 +177,8 @@ def _service(settings: object, args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    """The command line, declared in one place (long: a table of subcommands and options, no
+    logic)."""
     parser = argparse.ArgumentParser(prog="mlxd", description="OpenAI-compatible server on MLX")
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="run the HTTP server")
@@ -334,6 +336,8 @@ def _dequantize(choice: str) -> bool:
 
 
 def _import(settings: object, args: argparse.Namespace) -> int:
+    """`mlxd import`: one branch per source (embedded, packaged, gguf, ct2, hf). Long because
+    it is a flat dispatch: each branch is a few lines and reads best beside the others."""
     from engines.weights.ct2 import import_ct2
     from engines.weights.embedded import (
         CATALOG,

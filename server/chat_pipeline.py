@@ -78,6 +78,9 @@ async def prepare_chat(
 
     `clamp_max_tokens`: a `max_tokens` beyond the room left in the context is lowered to that
     room instead of refused (Anthropic clients send 32k–128k whatever the model).
+
+    Long on purpose: the checks run in this order (request-only ones before the model loads,
+    the model's before any work is queued), and one function keeps that order visible.
     """
     if (field := chat.unsupported_field()) is not None:
         raise APIError(

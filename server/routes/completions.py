@@ -66,6 +66,8 @@ async def create_completion(
     metrics: MetricsDep,
     body: Annotated[Body[CompletionRequest], Depends(json_body(CompletionRequest))],
 ) -> Response:
+    """Long on purpose: every check that can answer a plain 4xx runs here, in order, before the
+    first prompt is submitted (one function keeps that order visible)."""
     completion = body.value
     check_limits(completion, settings.max_stop_sequences, settings.max_n)
     if completion.best_of not in (None, completion.choices):
