@@ -102,7 +102,7 @@ async def prepare_chat(
     grammar, grammar_param = output_grammar(chat, tools, engine)
     if grammar is not None:
         # Compiling checks the grammar against the tokenizer (no MLX; the first one builds
-        # llguidance's tokenizer, ~0.5 s): off the event loop.
+        # llguidance's tokenizer, a pass over the whole vocabulary): off the event loop.
         await asyncio.to_thread(engine.check_grammar, grammar, grammar_param)
     prompt = engine.encode_chat(messages, tools, chat.template_kwargs())
     reasoning = bool(engine.info and engine.info.reasoning)

@@ -37,7 +37,8 @@ _LAYER_NORM_EPS = 1e-5  # mlx.nn.LayerNorm's default, as whisper was trained
 
 def gelu(x: np.ndarray) -> np.ndarray:
     """The exact (erf) GELU: 0.5·x·(1 + erf(x/√2)), in chunks (the dozen passes of the
-    polynomial then stay in L2: ~1.6× faster than whole-array passes)."""
+    polynomial then stay in L2, which is faster than whole-array passes: docs/benchmarks.md,
+    "Measurements behind the code")."""
     values = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
     out = np.empty_like(values)
     for start in range(0, values.size, _CHUNK):

@@ -26,7 +26,8 @@ _ERF_A = (0.0705230784, 0.0422820123, 0.0092705272, 0.0001520143, 0.0002765672, 
 
 def polynomial_gelu(x: mx.array) -> mx.array:
     """BERT's exact (erf) GELU to within 1e-6, from multiplications and one division: MLX's CPU
-    `erf` is scalar, and this is 2.4x faster there (the encoder's largest elementwise cost)."""
+    `erf` is scalar, and this is faster there (the encoder's largest elementwise cost;
+    docs/benchmarks.md, "Measurements behind the code")."""
     z = mx.abs(x) * (1 / math.sqrt(2))
     a1, a2, a3, a4, a5, a6 = _ERF_A
     p = 1 + z * (a1 + z * (a2 + z * (a3 + z * (a4 + z * (a5 + z * a6)))))

@@ -100,7 +100,8 @@ def tool_call_grammar(
 
 
 class GrammarCompiler:
-    """The model's tokenizer as llguidance sees it (built once per engine: ~0.5 s)."""
+    """The model's tokenizer as llguidance sees it (built once per engine: a pass over the whole
+    vocabulary)."""
 
     def __init__(self, hf_tokenizer: Any, n_vocab: int, eos_token_ids: list[int]) -> None:
         import llguidance.hf

@@ -218,8 +218,9 @@ class LLMEngine(EngineThread, ChatFront):
         assert self.info is not None
         on_cpu = mx.default_device() == mx.cpu
         if not self.prefill_chunk:
-            # Bounds how long one step's prefill delays running streams: a few hundred tokens
-            # take ~1 s on a laptop CPU, while a GPU does thousands in a few milliseconds.
+            # Bounds how long one step's prefill delays running streams: a CPU takes about a
+            # second for a few hundred tokens, a GPU milliseconds for thousands
+            # (docs/benchmarks.md, "Prefill stall").
             self.prefill_chunk = 512 if on_cpu else 2048
         if not self.prefill_bucket:
             self.prefill_bucket = default_prefill_bucket()
@@ -327,10 +328,11 @@ def _load_checkpoint(path: Path) -> tuple[Any, Any, dict[str, Any]]:
 
 def default_prefill_bucket() -> int:
     """Query-length multiple prefill passes are padded to on this device. MLX's CUDA backend
-    plans kernels per shape on first use (a new matmul shape ~4 ms on an H200, several per
-    forward pass): a prompt length never seen before took 20-35 ms longer to its first token than
-    a repeated one (bench/ttft_shapes.py). Padded to a multiple of 32, new lengths reuse earlier
-    plans. On Metal and CPU a new shape costs nothing and padding would only add compute."""
+    plans kernels per shape on first use, several per forward pass, so a prompt length never
+    seen before is slower to its first token than a repeated one (docs/benchmarks.md, prefix
+    reuse on the H200: bench/shape_costs.py, bench/ttft_shapes.py). Padded to a multiple of 32,
+    new lengths reuse earlier plans. On Metal and CPU a new shape costs nothing and padding would
+    only add compute."""
     import mlx.core as mx
 
     return 32 if mx.default_device() == mx.gpu and mx.cuda.is_available() else 1

@@ -62,9 +62,10 @@ class ChatFront:
             self._queued += queued
 
     def grammar_compiler(self) -> GrammarCompiler:
-        """The model's tokenizer for llguidance, built on first use (~0.5 s; no MLX: any
-        thread). Lazy, so engines that never constrain need no llguidance at all."""
-        with self._grammar_lock:  # its own lock: building takes ~0.5 s
+        """The model's tokenizer for llguidance, built on first use (slow: a pass over the whole
+        vocabulary; no MLX: any thread). Lazy, so engines that never constrain need no
+        llguidance at all."""
+        with self._grammar_lock:  # its own lock: building is slow
             if self._grammars is None:
                 eos = sorted(self.info.eos_token_ids) if self.info else []
                 hf_tokenizer = getattr(self.tokenizer, "_tokenizer", self.tokenizer)

@@ -115,7 +115,7 @@ class PrefixCache:
         if nbytes > self.max_bytes:
             return
         # Evaluate now: an extracted row is a lazy copy, and until it is computed it keeps the
-        # whole batch's KV buffers alive (measured: gigabytes held by a 215 MB cache).
+        # whole batch's KV buffers alive (docs/benchmarks.md, "Measurements behind the code").
         caches.evaluate(cache)
         trimmable = caches.trimmable(cache)
         if trimmable:  # it serves every prefix its shorter entries served
