@@ -41,7 +41,11 @@ def to_chat(
     messages = chat_messages(request.instructions, items)
     if not messages:
         raise APIError(400, "'input' must contain at least one message", param="input")
-    body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": False}
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": messages,
+        "stream": bool(request.stream),
+    }
     optional = {
         "max_completion_tokens": request.max_output_tokens,
         "temperature": request.temperature,
