@@ -21,16 +21,16 @@ from engines.types import (
     EmbeddingModelInfo,
     EmbeddingRequest,
     EmbeddingsDone,
-    EngineStats,
     ErrorEvent,
 )
+from tests.fakes import FakeLifecycle
 
 CLS, SEP = 2, 3
 WORDS = ("a", "man", "is", "eating", "food", "bread", "horse", "the", "riding")
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS]
 
 
-class FakeEmbedEngine:
+class FakeEmbedEngine(FakeLifecycle):
     kind = "embedding"
 
     def __init__(
@@ -43,6 +43,7 @@ class FakeEmbedEngine:
         delay_s: float = 0.0,
         fail: bool = False,
     ) -> None:
+        super().__init__()
         self.name = name
         self.task = task
         self.dimensions = dimensions
@@ -53,20 +54,9 @@ class FakeEmbedEngine:
         self.info: EmbeddingModelInfo | None = None
         self.requests: list[EmbeddingRequest] = []
         self.cancelled = 0
-        self._active = 0
-        self._lock = threading.Lock()
-        self._running = False
 
-    @property
-    def active(self) -> int:
-        return self._active
-
-    @property
-    def running(self) -> bool:
-        return self._running
-
-    def start(self) -> None:
-        self.info = EmbeddingModelInfo(
+    def loaded_info(self) -> EmbeddingModelInfo:
+        return EmbeddingModelInfo(
             name=self.name,
             path="/fake",
             created=0,
@@ -80,16 +70,6 @@ class FakeEmbedEngine:
             matryoshka=self.matryoshka,
             pooling="cls" if self.task == "score" else "mean",
         )
-        self._running = True
-
-    async def wait_loaded(self) -> None:
-        return None
-
-    def stop(self, timeout: float | None = None) -> None:
-        self._running = False
-
-    def stats(self) -> EngineStats:
-        return EngineStats(active=self._active, queued=0, largest_batch=0, tokens_generated=0)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return [[_token_id(word) for word in text.lower().split()] for text in texts]

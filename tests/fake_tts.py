@@ -18,17 +18,17 @@ from engines.errors import EngineFailed, InvalidRequest
 from engines.tts.text import split_pieces
 from engines.types import (
     AudioChunk,
-    EngineStats,
     ErrorEvent,
     SynthesisDone,
     SynthesisRequest,
     TTSModelInfo,
 )
+from tests.fakes import FakeLifecycle
 
 SAMPLE_RATE = 24000
 
 
-class FakeTTSEngine:
+class FakeTTSEngine(FakeLifecycle):
     kind = "tts"
 
     def __init__(
@@ -39,6 +39,7 @@ class FakeTTSEngine:
         samples_per_char: int = 240,
         fail_at_piece: int | None = None,
     ) -> None:
+        super().__init__()
         self.name = name
         self.voices = voices
         self.piece_delay_s = piece_delay_s
@@ -47,30 +48,11 @@ class FakeTTSEngine:
         self.info: TTSModelInfo | None = None
         self.requests: list[SynthesisRequest] = []
         self.pieces_made = 0
-        self._active = 0
-        self._lock = threading.Lock()
 
-    @property
-    def active(self) -> int:
-        return self._active
-
-    @property
-    def running(self) -> bool:
-        return self.info is not None
-
-    def start(self) -> None:
-        self.info = TTSModelInfo(
+    def loaded_info(self) -> TTSModelInfo:
+        return TTSModelInfo(
             self.name, "/fake", 1700000000, SAMPLE_RATE, self.voices, self.voices[0]
         )
-
-    async def wait_loaded(self) -> None:
-        return None
-
-    def stop(self, timeout: float | None = None) -> None:
-        self.info = None
-
-    def stats(self) -> EngineStats:
-        return EngineStats(self._active, 0, 0, 0)
 
     def check_voice(self, voice: str) -> str:
         if voice not in self.voices:

@@ -31,7 +31,41 @@ from engines.types import (
 )
 
 
-class FakeEngine:
+class FakeLifecycle:
+    """What every fake engine shares with a real one's lifecycle: `start` makes its model info
+    (`loaded_info`), `stop` drops it, `active` counts accepted work under `_lock`."""
+
+    info: Any = None
+
+    def __init__(self) -> None:
+        self._active = 0
+        self._lock = threading.Lock()
+
+    def loaded_info(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    @property
+    def running(self) -> bool:
+        return self.info is not None
+
+    def start(self) -> None:
+        self.info = self.loaded_info()
+
+    async def wait_loaded(self) -> None:
+        return None
+
+    def stop(self, timeout: float | None = None) -> None:
+        self.info = None
+
+    def stats(self) -> EngineStats:
+        return EngineStats(self._active, 0, 0, 0)
+
+
+class FakeEngine(FakeLifecycle):
     kind = "chat"
 
     def __init__(
@@ -49,6 +83,7 @@ class FakeEngine:
         self.reasoning = reasoning
         self.template_kwargs_seen: dict[str, Any] | None = None
         self.refuse_with = refuse_with
+        super().__init__()
         self.fim_tokens = fim_tokens
         self.prefill_delay_s = prefill_delay_s
         self.name = name
@@ -57,24 +92,13 @@ class FakeEngine:
         self.fail_after = fail_after
         self.info: ChatModelInfo | None = None
         self._context_length = context_length
-        self._active = 0
-        self._lock = threading.Lock()
         self.requests: list[GenerationRequest] = []
         self.tokens_generated = 0
         self.tools_seen: list[dict[str, Any]] | None = None
         self.grammars_checked: list[str] = []
-        self._running = False
 
-    @property
-    def active(self) -> int:
-        return self._active
-
-    @property
-    def running(self) -> bool:
-        return self._running
-
-    def start(self) -> None:
-        self.info = ChatModelInfo(
+    def loaded_info(self) -> ChatModelInfo:
+        return ChatModelInfo(
             self.name,
             "/fake",
             self._context_length,
@@ -83,13 +107,6 @@ class FakeEngine:
             self.fim_tokens,
             reasoning=self.reasoning,
         )
-        self._running = True
-
-    async def wait_loaded(self) -> None:
-        return None
-
-    def stop(self, timeout: float | None = None) -> None:
-        self._running = False
 
     def encode_chat(
         self,
@@ -193,7 +210,7 @@ class FakeEngine:
         stream.push(event)
 
 
-class FakeSpeechEngine:
+class FakeSpeechEngine(FakeLifecycle):
     """Transcribes any audio as the scripted `segments` ((start, end, text) each), one segment per
     `segment_delay_s`, from its own thread; English-only unless `multilingual`."""
 
@@ -210,6 +227,7 @@ class FakeSpeechEngine:
         multilingual: bool = False,
         fail: bool = False,
     ) -> None:
+        super().__init__()
         self.name = name
         self.segments = segments
         self.segment_delay_s = segment_delay_s
@@ -218,28 +236,9 @@ class FakeSpeechEngine:
         self.info: SpeechModelInfo | None = None
         self.requests: list[TranscriptionRequest] = []
         self._vocab = None
-        self._active = 0
-        self._lock = threading.Lock()
 
-    @property
-    def active(self) -> int:
-        return self._active
-
-    @property
-    def running(self) -> bool:
-        return self.info is not None
-
-    def start(self) -> None:
-        self.info = SpeechModelInfo(self.name, "/fake", 1700000000, self.multilingual, 80)
-
-    async def wait_loaded(self) -> None:
-        return None
-
-    def stop(self, timeout: float | None = None) -> None:
-        self.info = None
-
-    def stats(self) -> EngineStats:
-        return EngineStats(self._active, 0, 0, 0)
+    def loaded_info(self) -> SpeechModelInfo:
+        return SpeechModelInfo(self.name, "/fake", 1700000000, self.multilingual, 80)
 
     def check_language(self, language: str | None, task: str) -> str | None:
         assert self.info is not None
