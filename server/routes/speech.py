@@ -2,7 +2,8 @@
 
 Order of checks, all before any engine work: body (size, JSON), fields (400 naming the field:
 empty or over-long input, unknown response_format or stream_format, speed out of range), model
-(404 unknown, 400 not a text-to-speech model), voice (400 naming the model's voices). The route
+(404 unknown, 400 not a text-to-speech model), voice (400 naming the model's voices; OpenAI's
+voice names are taken as the model's voice each stands for, engines/tts/voices.py). The route
 then waits for the engine's first event, so a failure before any audio is still a plain error
 response; after that the audio streams as it is made, one encoded piece per sentence:
 `stream_format` "audio" sends the file's bytes (chunked), "sse" sends `speech.audio.delta`
@@ -26,6 +27,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from engines.kinds import TTS, TTSEngine
 from engines.tts.encode import AudioEncoder, media_type
+from engines.tts.voices import openai_aliases
 from engines.types import AudioChunk, ErrorEvent, Event, SynthesisDone, SynthesisRequest
 from server import logs, sse
 from server.body import read_json_object, validate
@@ -53,8 +55,9 @@ async def create_speech(request: Request, settings: SettingsDep, pool: PoolDep) 
     body = await read_json_object(request, settings.max_body_bytes)
     form = validate(SpeechBody, body)
     engine: TTSEngine = await pool.acquire(form.model, TTS)
-    voice = engine.check_voice(form.voice_name)
     assert engine.info is not None
+    aliases = openai_aliases(engine.info.voices)
+    voice = engine.check_voice(aliases.get(form.voice_name, form.voice_name))
     request_id = f"speech-{uuid.uuid4().hex}"
     logs.request_id.set(request_id)
     stream = engine.submit(SynthesisRequest(request_id, form.input, voice, form.speed))
@@ -86,7 +89,8 @@ async def create_speech(request: Request, settings: SettingsDep, pool: PoolDep) 
 @router.get("/v1/audio/voices")
 async def list_voices(pool: PoolDep, model: str | None = None) -> dict[str, Any]:
     """The voices of one text-to-speech model (`?model=`), or of every one configured (each is
-    loaded if need be: its voices are in its checkpoint)."""
+    loaded if need be: its voices are in its checkpoint): the model's own, then the OpenAI
+    names it accepts, each with `alias_of` naming the voice it speaks with."""
     names = [model] if model else [m.name for m in pool.models() if m.kind == TTS.name]
     data: list[dict[str, Any]] = []
     for name in names:
@@ -96,6 +100,16 @@ async def list_voices(pool: PoolDep, model: str | None = None) -> dict[str, Any]
             {"id": voice, "object": "voice", "model": engine.info.name, "default": default}
             for voice in engine.info.voices
             for default in [voice == engine.info.default_voice]
+        )
+        data.extend(
+            {
+                "id": alias,
+                "object": "voice",
+                "model": engine.info.name,
+                "default": False,
+                "alias_of": voice,
+            }
+            for alias, voice in openai_aliases(engine.info.voices).items()
         )
     return {"object": "list", "data": data}
 

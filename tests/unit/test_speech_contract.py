@@ -17,6 +17,7 @@ import pytest
 from openai import AsyncOpenAI, BadRequestError, NotFoundError
 
 from engines.pool import EnginePool
+from engines.tts.voices import OPENAI_VOICES, openai_aliases
 from server.app import create_app
 from server.settings import Settings
 from tests.fake_tts import SAMPLE_RATE, FakeTTSEngine
@@ -137,7 +138,7 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
         ({"input": ""}, "input"),
         ({"input": "   \n"}, "input"),
         ({"input": "a" * 4097}, "input"),
-        ({"voice": "alloy"}, "voice"),
+        ({"voice": "aria"}, "voice"),  # neither the model's nor an OpenAI voice
         ({"response_format": "ogg"}, "response_format"),
         ({"stream_format": "chunks"}, "stream_format"),
         ({"speed": 0.1}, "speed"),
@@ -168,7 +169,7 @@ async def test_missing_fields_and_unknown_model(
     with pytest.raises(NotFoundError):
         await sdk.audio.speech.create(model="nope", input="Hello.", voice="jf_alpha")
     with pytest.raises(BadRequestError):
-        await sdk.audio.speech.create(model=MODEL, input="Hello.", voice="nova")
+        await sdk.audio.speech.create(model=MODEL, input="Hello.", voice="aria")
 
 
 async def test_the_tts_model_on_chat_is_400(speech_http: httpx.AsyncClient) -> None:
@@ -189,13 +190,46 @@ async def test_a_failure_before_any_audio_is_an_openai_error(
     assert response.json()["error"]["code"] == "engine_failed"
 
 
+# What OpenAI's names stand for on the fake's two voices (one female, one male).
+FAKE_MODEL_ALIASES = {
+    **dict.fromkeys(["alloy", "coral", "nova", "sage", "shimmer", "marin"], "jf_alpha"),
+    **dict.fromkeys(["ash", "ballad", "echo", "fable", "onyx", "verse", "cedar"], "jm_kumo"),
+}
+
+
+async def test_openai_voice_names_speak_with_the_voice_they_stand_for(
+    sdk: AsyncOpenAI, tts: FakeTTSEngine
+) -> None:
+    for name, voice in [("nova", "jf_alpha"), ("onyx", "jm_kumo"), ("jm_kumo", "jm_kumo")]:
+        response = await sdk.audio.speech.create(
+            model=MODEL, input="Hello.", voice=name, response_format="pcm"
+        )
+        assert response.content and tts.requests[-1].voice == voice
+
+
+def test_openai_names_prefer_kokoros_namesakes_then_the_packaged_voices() -> None:
+    full = ["af_alloy", "af_heart", "af_nova", "am_echo", "am_michael", "bm_fable", "jf_alpha"]
+    aliases = openai_aliases(full)
+    assert aliases["alloy"] == "af_alloy" and aliases["nova"] == "af_nova"
+    assert aliases["echo"] == "am_echo" and aliases["fable"] == "bm_fable"
+    assert aliases["coral"] == "af_heart" and aliases["onyx"] == "am_michael"
+    packaged = ["jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo"]
+    aliases = openai_aliases(packaged)
+    assert sorted(aliases) == sorted(OPENAI_VOICES)  # all thirteen resolve
+    assert {aliases[n] for n in ["alloy", "coral", "nova", "sage"]} == set(packaged[:4])
+    assert {aliases[n] for n in ["ash", "echo", "onyx", "cedar"]} == {"jm_kumo"}
+    assert openai_aliases(["nova", "jm_kumo"]).get("nova") is None  # the model's own name wins
+    assert openai_aliases(["xx_other"]) == {}
+
+
 async def test_voices_are_listed(speech_http: httpx.AsyncClient) -> None:
     response = await speech_http.get("/v1/audio/voices")
     assert response.status_code == 200
     voices = response.json()["data"]
-    assert [(v["id"], v["model"], v["default"]) for v in voices] == [
-        ("jf_alpha", MODEL, True),
-        ("jm_kumo", MODEL, False),
+    assert [(v["id"], v["model"], v["default"], v.get("alias_of")) for v in voices] == [
+        ("jf_alpha", MODEL, True, None),
+        ("jm_kumo", MODEL, False, None),
+        *[(name, MODEL, False, FAKE_MODEL_ALIASES[name]) for name in OPENAI_VOICES],
     ]
     assert (await speech_http.get(f"/v1/audio/voices?model={MODEL}")).json()["data"] == voices
     assert_openai_error(await speech_http.get("/v1/audio/voices?model=fake"), 400, "model")
