@@ -169,6 +169,7 @@ def build_chat(
         kv_budget_bytes=_mib(settings.get("kv_budget_mb")),
         prefix_cache_bytes=settings["prefix_cache_mb"] * 2**20,
         watchdog_s=settings["watchdog_s"],
+        warmup_rows=settings.get("warmup_rows"),
         context_length=entry.get("context_length"),
         chat_template=entry.get("chat_template"),
         untagged_tool_calls=entry.get("untagged_tool_calls", True),

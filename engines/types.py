@@ -366,6 +366,7 @@ class ChatLimits:
     untagged_tool_calls: bool = True  # see ChatModelInfo
     speculative: str | None = None  # "prompt_lookup", or a draft model's directory (its path)
     speculative_tokens: int = 0  # most tokens drafted per step (0: the default)
+    warmup_rows: int | None = None  # synthetic rows warming kernels after load (None: per device)
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,13 @@ class Settings(BaseSettings):
     watchdog_s: float = Field(
         120.0, gt=0, description="A busy engine whose loop is stuck this long is unhealthy."
     )
+    warmup_rows: int | None = Field(
+        None,
+        ge=0,
+        le=1024,
+        description="Synthetic requests a chat engine runs right after load, in the background, "
+        "so the first users do not pay for kernel planning (default: 32 on a GPU, 0 on CPU).",
+    )
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace period for work at shutdown.")
     distributed: Literal["ring", "jaccl", "nccl", "mpi"] | None = Field(
         None, description="Shard the chat model over an mx.distributed group with this backend."

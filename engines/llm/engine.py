@@ -31,6 +31,7 @@ from engines.llm.scheduler_config import Counters, SchedulerConfig
 from engines.llm.sequence import Vocabulary
 from engines.llm.speculative import DEFAULT_DRAFT_TOKENS
 from engines.llm.tools import tool_call_format
+from engines.llm.warmup import WarmUp, default_rows
 from engines.types import (
     FIM_TOKEN_SETS,
     ChatLimits,
@@ -63,6 +64,7 @@ class LLMEngine(EngineThread, ChatFront):
         self.prefill_chunk = prefill_chunk or 0  # 0: chosen for the device at load
         self.prefill_bucket = prefill_bucket or 0  # 0: chosen for the device at load
         self.scheduler: Scheduler | None = None
+        self.warmup = WarmUp(name, 0)  # replaced at load
         self.counters = Counters()  # kept across unload (final stats)
 
     # -- event loop side ---------------------------------------------------------------------
@@ -155,6 +157,10 @@ class LLMEngine(EngineThread, ChatFront):
         self.kv_budget_bytes = self.limits.kv_budget_bytes or default_kv_budget(self.weights_bytes)
         self._size_limits(profile)
         self.scheduler = self._new_scheduler(model, tokenizer, profile)
+        rows = default_rows() if self.limits.warmup_rows is None else self.limits.warmup_rows
+        self.warmup = WarmUp(self.name, min(rows, self.max_batch))
+        assert self.info is not None
+        self.warmup.start(self.scheduler, self.release, self.vocab_size, self.info.eos_token_ids)
         logger.info(
             "engine %s loaded %s (context %d, caches %s, %d KiB KV per token, budget %d MiB)",
             self.name,
@@ -299,7 +305,10 @@ class LLMEngine(EngineThread, ChatFront):
 
     def step(self) -> None:
         assert self.scheduler is not None
+        if self._stopping:
+            self.warmup.abandon()
         wait_s = self.scheduler.step()
+        self.warmup.poll(self.scheduler)
         if wait_s:  # idle, gathering a burst of arrivals
             self._stopping = self.wait_for_message(wait_s) or self._stopping
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +133,11 @@ class PrefixCache:
     def clear(self) -> None:
         self._entries.clear()
         self.nbytes = 0
+
+    def discard_if(self, unwanted: Callable[[tuple[int, ...]], bool]) -> None:
+        """Forget (without spilling) the entries whose tokens `unwanted` names."""
+        for key in [k for k in self._entries if unwanted(k)]:
+            self.nbytes -= self._entries.pop(key).nbytes
 
     def close(self) -> None:
         """Spill every entry to disk (if any), then forget them (the engine unloads)."""
