@@ -1,4 +1,5 @@
-"""`POST /v1/responses` (streamed and not), `GET` and `DELETE /v1/responses/{id}`.
+"""`POST /v1/responses` (streamed and not), `GET` and `DELETE /v1/responses/{id}`,
+`GET /v1/responses/{id}/input_items`.
 
 A front end over the chat path: the request becomes a chat request (server/responses_input.py),
 runs through `prepare_chat` and the same engine batch as chat completions, and its chat deltas
@@ -12,7 +13,8 @@ Invariants:
   (which carries the output produced so far); every event has its `event:` line and a
   `sequence_number` counting from 0. A client that goes away cancels the generation.
 - A response is stored (when `store` is not false) before its last event is sent, so a `GET`
-  right after the stream ends finds it.
+  right after the stream ends finds it; its conversation's items all carry ids, which
+  `GET /v1/responses/{id}/input_items` pages through (server/response_store_items.py).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from server.deps import Body, MetricsDep, PoolDep, ResponseStoreDep, SettingsDep
 from server.errors import APIError, from_engine_error
 from server.generation import EventSource, collect
 from server.response_store import ResponseStore
+from server.response_store_items import ListQuery, input_items, item_page, with_ids
 from server.responses_input import to_chat
 from server.responses_output import Event, ItemStatus, OutputItems, new_id
 from server.schemas.chat import ChatCompletionRequest
@@ -145,7 +148,7 @@ async def create_response(
             400, f"'{field}' is not supported by this server yet", param=field,
             code="unsupported_parameter",
         )  # fmt: skip
-    items = await _history(store, parsed.previous_response_id) + parsed.input_items()
+    items = await _history(store, parsed.previous_response_id) + with_ids(parsed.input_items())
     functions = parsed.function_tools()
     chat = to_chat(parsed, items, functions)
     draft = Draft(parsed, functions, new_id("resp"), int(time.time()))
@@ -187,6 +190,20 @@ async def retrieve_response(store: ResponseStoreDep, response_id: str) -> JSONRe
     if stored is None:
         raise _not_found(response_id, "response_id")
     return JSONResponse(stored.response)
+
+
+@router.get("/v1/responses/{response_id}/input_items")
+async def list_input_items(
+    request: Request, store: ResponseStoreDep, response_id: str
+) -> JSONResponse:
+    query = ListQuery.parse(
+        {name: request.query_params.getlist(name) for name in request.query_params}
+    )
+    stored = await store.get(response_id)
+    if stored is None:
+        raise _not_found(response_id, "response_id")
+    items = input_items(stored.conversation, len(stored.response["output"]))
+    return JSONResponse(item_page(items, query))
 
 
 @router.delete("/v1/responses/{response_id}")

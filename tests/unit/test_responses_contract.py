@@ -15,6 +15,8 @@ from openai import AsyncOpenAI, NotFoundError
 
 from engines.pool import EnginePool
 from server.app import create_app
+from server.response_store_items import listed
+from server.schemas.responses import parse_items
 from server.settings import Settings
 from tests.fakes import FakeEngine
 from tests.helpers import assert_openai_error
@@ -280,6 +282,120 @@ async def test_unknown_and_unstored_ids_are_404(http: httpx.AsyncClient) -> None
     assert_openai_error(await http.post(URL, json=body), 404, "previous_response_id")
     unstored = (await http.post(URL, json={"model": "fake", "input": "hi", "store": False})).json()
     assert_openai_error(await http.get(f"{URL}/{unstored['id']}"), 404, "response_id")
+
+
+async def test_input_items_list_the_whole_conversation(
+    client: AsyncOpenAI, fake_engine: FakeEngine
+) -> None:
+    """Through the strict SDK's `input_items.list`: a response continuing another lists the first
+    one's input and output, then its own input, newest first by default; ids stay the same."""
+    first = await client.responses.create(
+        model="fake", input=[{"role": "developer", "content": "Be brief."}, {"role": "user",
+                              "content": [{"type": "input_text", "text": "hi"}]}],
+    )  # fmt: skip
+    first_items = (await client.responses.input_items.list(first.id, order="asc")).data
+    assert [(i.type, getattr(i, "role", None)) for i in first_items] == [
+        ("message", "developer"),
+        ("message", "user"),
+    ]
+    fake_engine.reply = CALL
+    second = await client.responses.create(
+        model="fake",
+        input="weather?",
+        previous_response_id=first.id,
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    [call] = second.output
+    assert call.type == "function_call"
+    fake_engine.reply = "It is sunny."
+    third = await client.responses.create(
+        model="fake",
+        previous_response_id=second.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+    )
+    page = await client.responses.input_items.list(third.id)
+    kinds = [item.type for item in page.data]
+    assert kinds == ["function_call_output", "function_call", "message", "message", "message",
+                     "message"]  # fmt: skip
+    assert page.has_more is False
+    newest, call_item, asked, answer = page.data[:4]
+    assert newest.type == "function_call_output" and newest.output == "sunny"
+    assert call_item.type == "function_call" and call_item.id == call.id
+    assert (
+        asked.type == "message" and asked.content[0].type == "input_text"
+    )  # a string became a part
+    assert answer.type == "message" and answer.role == "assistant"
+    assert answer.content[0].type == "output_text" and answer.content[0].text == "Hello there!"
+    assert answer.id == first.output[0].id
+    assert [i.id for i in page.data[-2:]] == [i.id for i in reversed(first_items)]
+
+
+async def test_input_items_pagination(client: AsyncOpenAI, http: httpx.AsyncClient) -> None:
+    words = [f"w{n}" for n in range(5)]
+    created = await client.responses.create(
+        model="fake", input=[{"role": "user", "content": word} for word in words]
+    )
+    paged = [
+        item async for item in client.responses.input_items.list(created.id, limit=2, order="asc")
+    ]
+    assert [item.content[0].text for item in paged if item.type == "message"] == words  # type: ignore[union-attr]
+    ids = [item.id for item in paged]
+    assert len(set(ids)) == 5
+    listing = f"{URL}/{created.id}/input_items"
+    page = (await http.get(listing, params={"limit": 2, "after": ids[3]})).json()
+    assert [i["id"] for i in page["data"]] == [ids[2], ids[1]] and page["has_more"] is True
+    assert (page["first_id"], page["last_id"]) == (ids[2], ids[1])
+    page = (await http.get(listing, params={"limit": 2, "order": "asc", "before": ids[4]})).json()
+    assert [i["id"] for i in page["data"]] == [ids[2], ids[3]] and page["has_more"] is True
+    both = {"order": "asc", "after": ids[0], "before": ids[4]}
+    assert [i["id"] for i in (await http.get(listing, params=both)).json()["data"]] == ids[1:4]
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 101}, "limit"),
+        ({"limit": "many"}, "limit"),
+        ({"order": "sideways"}, "order"),
+        ({"after": "msg_nope"}, "after"),
+        ({"before": "msg_nope"}, "before"),
+        ({"include[]": "everything"}, "include"),
+    ],
+)
+async def test_input_items_bad_query_is_a_400(
+    client: AsyncOpenAI, http: httpx.AsyncClient, query: dict[str, Any], param: str
+) -> None:
+    created = await client.responses.create(model="fake", input="hi")
+    response = await http.get(f"{URL}/{created.id}/input_items", params=query)
+    assert_openai_error(response, 400, param)
+
+
+async def test_input_items_of_unknown_or_unstored_responses_are_404(
+    http: httpx.AsyncClient,
+) -> None:
+    assert_openai_error(await http.get(f"{URL}/resp_nope/input_items"), 404, "response_id")
+    unstored = (await http.post(URL, json={"model": "fake", "input": "hi", "store": False})).json()
+    response = await http.get(f"{URL}/{unstored['id']}/input_items")
+    assert_openai_error(response, 404, "response_id")
+
+
+def test_listed_items_show_image_urls_and_encrypted_reasoning_only_when_included() -> None:
+    [image_message, reasoning] = parse_items(
+        [
+            {"id": "msg_1", "role": "user", "content": [
+                {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]},
+            {"id": "rs_1", "type": "reasoning", "summary": [], "encrypted_content": "opaque"},
+        ]
+    )  # fmt: skip
+    assert listed(image_message, frozenset())["content"] == [
+        {"type": "input_image", "detail": "auto"}
+    ]
+    urls = listed(image_message, frozenset({"message.input_image.image_url"}))
+    assert urls["content"][0]["image_url"] == "data:image/png;base64,AAAA"
+    assert "encrypted_content" not in listed(reasoning, frozenset())
+    included = listed(reasoning, frozenset({"reasoning.encrypted_content"}))
+    assert included["encrypted_content"] == "opaque"
 
 
 @pytest.mark.parametrize(
