@@ -1,11 +1,12 @@
-"""GGUF → MLX model directory, for llama-, qwen2- and gemma3-architecture models.
+"""GGUF → MLX model directory, for the architectures in engines/weights/gguf_architectures.py
+(llama, qwen2, qwen3, gemma3).
 
 Output: `config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json` (with the
 chat template), then the store's completion marker. Facts this relies on:
 - `mx.load(path, return_metadata=True)` reads GGUF and keeps Q4_0/Q4_1/Q8_0 as MLX affine
   quantized triples (weight/scales/biases, group 32); other types are dequantized with `gguf`.
-- llama.cpp permutes the Q and K rows of `llama` models for its RoPE layout; we undo it. qwen2 and
-  gemma3 are stored unpermuted; gemma3 stores its RMS norm weights as 1 + w (mlx-lm adds the 1).
+- llama.cpp permutes the Q and K rows of `llama` models for its RoPE layout; we undo it. The
+  others are stored unpermuted; gemma3 stores its RMS norm weights as 1 + w (mlx-lm adds the 1).
 - The architecture is read from the header first: others are refused before any tensor is read.
 - The tokenizer is rebuilt from `tokenizer.ggml.*` (engines/weights/gguf_tokenizer.py).
 """
@@ -19,37 +20,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, cast
 
+from engines.weights.gguf_architectures import ARCHITECTURES, TOP_NAMES, GGUFArchitecture
 from engines.weights.gguf_tokenizer import build_tokenizer
 from engines.weights.store import staged
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "gemma3")
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 GROUP_SIZE = 32  # the block size of the GGUF quant types that mx.load keeps quantized
-
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-_GEMMA3_LAYER_NAMES = {
-    **_LAYER_NAMES,
-    "ffn_norm": "pre_feedforward_layernorm",
-    "post_attention_norm": "post_attention_layernorm",
-    "post_ffw_norm": "post_feedforward_layernorm",
-    "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm",
-}
-_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-# Every gemma3 model has global attention on every 6th layer, sliding windows elsewhere, and a
-# local rope base of 10000 (llama.cpp's loader sets them too; the GGUF does not carry them).
-_GEMMA3_FIXED = {"sliding_window_pattern": 6, "rope_local_base_freq": 10000.0}
 
 
 class GGUFImportError(ValueError):
@@ -68,10 +46,11 @@ def import_gguf(source: Path, destination: Path, dequantize: bool) -> Path:
     if arch not in SUPPORTED_ARCHITECTURES:
         supported = ", ".join(SUPPORTED_ARCHITECTURES)
         raise GGUFImportError(f"unsupported GGUF architecture {arch!r}; supported: {supported}")
+    spec = ARCHITECTURES[arch]
     tensors, metadata = _read(source)
-    config = _model_config(arch, metadata, tensors)
-    weights = _rename(tensors, arch)
-    if arch == "llama":
+    config = _model_config(arch, spec, metadata, tensors)
+    weights = _rename(tensors, spec)
+    if spec.permuted_qk:
         _unpermute_qk(weights, config)
     quantized = _quantized_bits(weights)
     if dequantize:
@@ -155,7 +134,7 @@ def _read_with_gguf(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     for tensor in reader.tensors:
         shape = tuple(int(d) for d in reversed(tensor.shape))
         values = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
-        tensors[tensor.name] = mx.array(values.astype(np.float32))
+        tensors[tensor.name] = mx.array(values.astype(np.float32, copy=False))
     return tensors, metadata
 
 
@@ -173,19 +152,28 @@ def _meta(metadata: dict[str, Any], key: str, default: Any = None) -> Any:
     return value
 
 
-def _model_config(arch: str, metadata: dict[str, Any], tensors: dict[str, Any]) -> dict[str, Any]:
+def _model_config(
+    arch: str, spec: GGUFArchitecture, metadata: dict[str, Any], tensors: dict[str, Any]
+) -> dict[str, Any]:
+    for key in spec.required:
+        _meta(metadata, f"{arch}.{key}")
     heads = int(_meta(metadata, f"{arch}.attention.head_count"))
     hidden = int(_meta(metadata, f"{arch}.embedding_length"))
     vocab = int(metadata.get(f"{arch}.vocab_size") or len(_meta(metadata, "tokenizer.ggml.tokens")))
+    head_dim = (
+        metadata.get(f"{arch}.attention.key_length")
+        or metadata.get(f"{arch}.rope.dimension_count")
+        or hidden // heads
+    )
     config: dict[str, Any] = {
-        "model_type": arch,
-        "architectures": ["LlamaForCausalLM" if arch == "llama" else "Qwen2ForCausalLM"],
+        "model_type": spec.model_type,
+        "architectures": [spec.hf_class],
         "hidden_size": hidden,
         "num_hidden_layers": int(_meta(metadata, f"{arch}.block_count")),
         "intermediate_size": int(_meta(metadata, f"{arch}.feed_forward_length")),
         "num_attention_heads": heads,
         "num_key_value_heads": int(metadata.get(f"{arch}.attention.head_count_kv") or heads),
-        "head_dim": int(metadata.get(f"{arch}.rope.dimension_count") or hidden // heads),
+        "head_dim": int(head_dim),
         "rms_norm_eps": float(_meta(metadata, f"{arch}.attention.layer_norm_rms_epsilon")),
         "rope_theta": float(metadata.get(f"{arch}.rope.freq_base") or 10000.0),
         "max_position_embeddings": int(metadata.get(f"{arch}.context_length") or 4096),
@@ -196,41 +184,22 @@ def _model_config(arch: str, metadata: dict[str, Any], tensors: dict[str, Any]) 
         config["eos_token_id"] = int(metadata["tokenizer.ggml.eos_token_id"])
     if "tokenizer.ggml.bos_token_id" in metadata:
         config["bos_token_id"] = int(metadata["tokenizer.ggml.bos_token_id"])
-    if arch == "llama":
-        config["attention_bias"] = "blk.0.attn_q.bias" in tensors
-        config["mlp_bias"] = False
-    if arch == "gemma3":
-        _gemma3_config(config, metadata)
+    spec.extra_config(config, metadata, tensors)
     return config
 
 
-def _gemma3_config(config: dict[str, Any], metadata: dict[str, Any]) -> None:
-    """mlx-lm's gemma3_text arguments from a gemma3 GGUF (head size from key_length)."""
-    head_dim = int(_meta(metadata, "gemma3.attention.key_length"))
-    config.update(_GEMMA3_FIXED)
-    config["model_type"] = "gemma3_text"
-    config["architectures"] = ["Gemma3ForCausalLM"]
-    config["head_dim"] = head_dim
-    config["query_pre_attn_scalar"] = head_dim
-    config["sliding_window"] = int(_meta(metadata, "gemma3.attention.sliding_window"))
-    tokens = list(_meta(metadata, "tokenizer.ggml.tokens"))
-    if "<end_of_turn>" in tokens and "eos_token_id" in config:  # instruction-tuned turns end so
-        config["eos_token_id"] = [config["eos_token_id"], tokens.index("<end_of_turn>")]
-
-
-def _rename(tensors: dict[str, Any], arch: str) -> dict[str, Any]:
-    """llama.cpp tensor names → mlx-lm's; gemma3's norms from 1 + w back to w."""
-    layer_names = _GEMMA3_LAYER_NAMES if arch == "gemma3" else _LAYER_NAMES
+def _rename(tensors: dict[str, Any], spec: GGUFArchitecture) -> dict[str, Any]:
+    """llama.cpp tensor names → mlx-lm's; norms stored as 1 + w back to w where so stored."""
     renamed: dict[str, Any] = {}
     for name, value in tensors.items():
         base, _, suffix = name.rpartition(".")
         match = re.fullmatch(r"blk\.(\d+)\.(\w+)", base)
-        if arch == "gemma3" and base.endswith("norm"):
+        if spec.norms_plus_one and base.endswith("norm"):
             value = value - 1.0
-        if match and match.group(2) in layer_names:
-            target = f"model.layers.{match.group(1)}.{layer_names[match.group(2)]}"
-        elif base in _TOP_NAMES:
-            target = _TOP_NAMES[base]
+        if match and match.group(2) in spec.layer_names:
+            target = f"model.layers.{match.group(1)}.{spec.layer_names[match.group(2)]}"
+        elif base in TOP_NAMES:
+            target = TOP_NAMES[base]
         else:
             logger.info("skipping GGUF tensor %s", name)
             continue

@@ -12,7 +12,8 @@ import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.utils import load
 
-from engines.weights.gguf import _GEMMA3_LAYER_NAMES, import_gguf
+from engines.weights.gguf import import_gguf
+from engines.weights.gguf_architectures import GEMMA3_LAYER_NAMES
 from tests.families import WINDOW, family_config
 
 PIECES = ["\u2581", "t", "h", "e", "\u2581t", "he", "\u2581the", "a", "\u2581a"]
@@ -39,7 +40,7 @@ def tiny_gemma3() -> tuple[object, dict[str, object]]:
 def write_gemma3_gguf(model: object, config: dict[str, object], path: Path) -> Path:
     import gguf
 
-    to_gguf = {hf: ours for ours, hf in _GEMMA3_LAYER_NAMES.items()}
+    to_gguf = {hf: ours for ours, hf in GEMMA3_LAYER_NAMES.items()}
     writer = gguf.GGUFWriter(str(path), "gemma3")
     writer.add_block_count(int(config["num_hidden_layers"]))  # type: ignore[call-overload]
     writer.add_context_length(512)
