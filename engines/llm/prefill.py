@@ -6,6 +6,12 @@ prompts are left-padded (`prepare(left_padding=...)`); other kinds are right-pad
 lengths and `finalize`d after the pass, as mlx-lm's BatchGenerator does, so that sliding windows
 and SSM states never take in the padding.
 
+Prompts with images (engines/vlm) carry `embeddings` (their input embeddings, the images'
+features merged in) and, for families whose positions are not the cache offset (Qwen's mRoPE),
+`positions`: both are fed in step with `to_prefill` in place of its tokens' embeddings and
+positions, and such a prompt is always prefilled alone (never grouped). Without them a prefill
+calls the model exactly as a text model.
+
 Invariant: a `Prefill` always keeps its last prompt token unfed — the pass over it yields the
 logits of the first output token (see `LLMEngine._start_choices`).
 
@@ -43,13 +49,21 @@ class Prefill:
     sampler: TokenSampler
     to_prefill: list[int]
     cached_tokens: int = 0  # prompt tokens whose cache came from the prefix cache
+    embeddings: mx.array | None = None  # (1, len(to_prefill), hidden): fed instead of tokens
+    positions: mx.array | None = None  # (..., 1, len(to_prefill)): position ids to feed
     scores: list[tuple[float, tuple[tuple[int, float], ...]]] = field(default_factory=list)
 
     @property
     def shareable(self) -> bool:
         """Single-choice and unscored: may share a forward pass with others."""
         request = self.request
-        return request.n == 1 and not request.prompt_logprobs and request.max_tokens > 0
+        return (
+            request.n == 1
+            and not request.prompt_logprobs
+            and request.max_tokens > 0
+            and self.embeddings is None
+            and self.positions is None
+        )
 
     @property
     def groupable(self) -> bool:
@@ -65,12 +79,25 @@ class Prefill:
         take = min(budget, len(self.to_prefill) - 1)
         if take <= 0:
             return 0
-        logits = forward(model, [self.to_prefill[:take]], self.cache, bucket)
+        logits = forward(model, [self.to_prefill[:take]], self.cache, bucket, **self._inputs(take))
         if self.request.prompt_logprobs:
             self._score(logits[0], self.to_prefill[1 : take + 1])
         caches.evaluate(self.cache)
         del self.to_prefill[:take]
+        if self.embeddings is not None:
+            self.embeddings = self.embeddings[:, take:]
+        if self.positions is not None:
+            self.positions = self.positions[..., take:]
         return take
+
+    def _inputs(self, take: int) -> dict[str, mx.array]:
+        """The model's extra inputs for the next `take` prompt tokens (none for text)."""
+        inputs = {}
+        if self.embeddings is not None:
+            inputs["inputs_embeds"] = self.embeddings[:, :take]
+        if self.positions is not None:
+            inputs["position_ids"] = self.positions[..., :take]
+        return inputs
 
     def _score(self, logits: mx.array, targets: list[int]) -> None:
         """Logprobs of prompt tokens given what precedes them (completions' echo)."""
@@ -100,18 +127,38 @@ class Prefill:
         ]
 
 
-def forward(model: Any, rows: list[list[int]], cache: list[Any], bucket: int) -> mx.array:
+def forward(
+    model: Any, rows: list[list[int]], cache: list[Any], bucket: int, **inputs: mx.array
+) -> mx.array:
     """Logits of `rows` (equal lengths) fed into `cache`, the query right-padded to a multiple
     of `bucket` (repeating each row's last token) and the padding trimmed from the cache (so
-    `bucket` > 1 only for caches that trim exactly)."""
+    `bucket` > 1 only for caches that trim exactly). `inputs` (a lone row's `inputs_embeds`,
+    `position_ids`: the sequence on the last axis but one, and the last) are padded alike."""
     length = len(rows[0])
     padding = -length % bucket
-    logits = model(mx.array([row + row[-1:] * padding for row in rows]), cache=cache)
+    tokens = mx.array([row + row[-1:] * padding for row in rows])
+    if not inputs:
+        logits = model(tokens, cache=cache)
+    else:
+        logits = model(tokens, cache=cache, **_padded(inputs, padding))
     if not padding:
         return logits
     for layer in cache:
         layer.trim(padding)
     return logits[:, :length]
+
+
+def _padded(inputs: dict[str, mx.array], padding: int) -> dict[str, mx.array]:
+    """`inputs` with their last position repeated `padding` times (embeddings: on axis -2)."""
+    if not padding:
+        return inputs
+    padded = {}
+    for name, values in inputs.items():
+        axis = values.ndim - 2 if name == "inputs_embeds" else values.ndim - 1
+        last = mx.take(values, mx.array([values.shape[axis] - 1]), axis=axis)
+        repeats = mx.repeat(last, padding, axis=axis)
+        padded[name] = mx.concatenate([values, repeats], axis=axis)
+    return padded
 
 
 def choose_group(prefills: list[Prefill], budget: int) -> tuple[list[Prefill], int]:
