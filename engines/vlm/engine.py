@@ -1,248 +1,203 @@
-"""VLMEngine: a vision-language chat model (mlx-vlm) served from its own engine thread.
+"""VLMEngine: a vision-language chat model (mlx-vlm) in mlxd's shared continuous batch.
 
-A chat model whose checkpoint has a vision tower is served as the "chat" kind through this
-engine (engines/kinds.py picks it): the same routes, the same `GenerationRequest`, with the
-request's images decoded at the edge (`ImageInput`: pixels + digest).
+A chat checkpoint with a vision tower is served as the "chat" kind (engines/kinds.py calls
+`vision_engine`): the same routes and `GenerationRequest`, its images decoded at the edge
+(`ImageInput`: pixels + digest). For the families in `BATCHED_FAMILIES` this engine is
+engines/llm's `LLMEngine` on mlx-vlm's language model (`TextModel`) with `VisionScheduler`:
 
-Per request, on the engine thread: the prompt text (the chat template's rendering, images as the
-family's image placeholder) and the images go through the model's own processor (mlx-vlm's
-`prepare_inputs`: image-token expansion, pixel values); the vision tower encodes the images once
-— kept in `VisionCache`, keyed by the images' digests, so a conversation that resends the same
-screenshots skips the tower — and mlx-vlm's `generate_step` decodes, one token per `step`
-(cancellation is seen between tokens). Usage counts the expanded prompt (image tokens included).
+- A text-only request is a text row, as on any chat model.
+- A request with images is processed on the engine thread when it arrives (`handle`: the
+  model's processor expands the image tokens; usage and admission count them); when it is
+  admitted, its prompt is prefilled from input embeddings (vision tower + merge, the tower's
+  output cached by image digests), resuming from the prefix cache where its tokens and images
+  were seen before (`cached_tokens`); then its row decodes in the same batch as the text rows.
 
-Served one request at a time behind the queue (`max_batch` 1; never refused for that):
-mlx-vlm's language models take `inputs_embeds` and per-request position state (Qwen's mRoPE
-deltas), which mlxd's text batch does not carry yet (docs/vision.md).
+Other families (their language model takes more than input embeddings, or is not checked
+here) are served one request at a time by `SoloVLMEngine` (engines/vlm/solo.py), with a log
+line; never refused.
 
-Invariants: every MLX call is on the engine thread; events are plain values; each accepted
-request ends with one FinishEvent or an ErrorEvent; `release` frees its choice and queue place
-exactly once.
+What the batched path does not carry yet: quantized KV caches (`kv_bits`), speculative
+decoding and the prefix cache's disk spill are turned off for vision models (a log line says
+so); n > 1, logprobs, grammars and prompt scoring are refused (engines/vlm/front.py).
+
+Invariants: every MLX call is on the engine thread; only plain values cross threads (the
+event loop renders with its own tokenizer copy; the processor's stays on the engine thread).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
-from collections import OrderedDict, deque
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from engines.bridge import RequestStream
-from engines.errors import ContextTooLong, InvalidRequest, Overloaded
-from engines.llm.detokenize import TokenBytes
-from engines.llm.sequence import Choice, Vocabulary
-from engines.types import (
-    ChatLimits,
-    ChatModelInfo,
-    EngineStats,
-    ErrorEvent,
-    GenerationRequest,
-)
+from engines.errors import ContextTooLong, InvalidRequest
+from engines.llm.caches import CacheProfile
+from engines.llm.engine import LLMEngine
+from engines.llm.sampling import TokenSampler
+from engines.llm.scheduler import Scheduler
+from engines.types import ChatLimits, ErrorEvent, GenerationRequest
 from engines.vlm.front import VisionFront
-from engines.worker import EngineThread
+from engines.vlm.prompt import VisionCache, image_token_id, process
+from engines.vlm.scheduler import VisionScheduler
+from engines.vlm.solo import SoloVLMEngine
+from engines.vlm.text_model import TextModel
 
 logger = logging.getLogger(__name__)
 
-
-class VisionCache:
-    """Vision-tower outputs keyed by the digests of a prompt's images, least recently used
-    evicted past `entries`."""
-
-    def __init__(self, entries: int = 16) -> None:
-        self.entries = entries
-        self._features: OrderedDict[tuple[str, ...], Any] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: tuple[str, ...]) -> Any:
-        features = self._features.get(key)
-        if features is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._features.move_to_end(key)
-        return features
-
-    def put(self, key: tuple[str, ...], features: Any) -> None:
-        self._features[key] = features
-        while len(self._features) > self.entries:
-            self._features.popitem(last=False)
+# Families whose language model is fed exactly by input embeddings (+ mRoPE position ids for
+# qwen2_vl) and checked against mlx-vlm's generate in tests/engines/test_vlm.py (smolvlm is
+# idefics3's model).
+BATCHED_FAMILIES = frozenset({"qwen2_vl", "gemma3", "idefics3", "smolvlm"})
 
 
-@dataclasses.dataclass
-class _Running:
-    choice: Choice
-    stream: RequestStream
-    tokens: Iterator[tuple[Any, Any]]
+def vision_engine(
+    name: str, path: Path, limits: ChatLimits | None = None
+) -> VLMEngine | SoloVLMEngine:
+    """The engine for a vision-language checkpoint: batched where its family allows."""
+    try:
+        family = json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        family = None  # the engine's load reports the unreadable config
+    if family in BATCHED_FAMILIES:
+        return VLMEngine(name, path, limits)
+    logger.info(
+        "engine %s: vision family %r is not batched by mlxd; serving it one request at a time",
+        name,
+        family,
+    )
+    return SoloVLMEngine(name, path, limits)
 
 
-class VLMEngine(EngineThread, VisionFront):
-    kind = "chat"
+class VLMEngine(LLMEngine, VisionFront):
+    scheduler_class = VisionScheduler
 
     def __init__(self, name: str, path: Path, limits: ChatLimits | None = None) -> None:
-        EngineThread.__init__(self, name)
-        VisionFront.__init__(self, name, limits or ChatLimits())
-        self.path = path
-        self.model: Any = None
+        limits = limits or ChatLimits()
+        off = {"kv_bits": None, "speculative": None, "prefix_disk_dir": None}
+        dropped = [key for key in off if getattr(limits, key)]
+        if dropped:
+            logger.info("engine %s: %s not supported on vision models; off", name, dropped)
+        LLMEngine.__init__(self, name, path, limits=dataclasses.replace(limits, **off))  # type: ignore[arg-type]
+        self.vlm: Any = None
         self.processor: Any = None
-        self.vision_cache = VisionCache()
-        self.tokens_generated = 0
-        self._waiting: deque[tuple[GenerationRequest, RequestStream]] = deque()
-        self._running: _Running | None = None
+        self.image_token: int | None = None
 
     # -- event loop side ---------------------------------------------------------------------
 
     def submit(self, request: GenerationRequest) -> RequestStream:
-        self.admit(request)
-        stream = RequestStream(request.request_id, choices=1)
-        self.post((request, stream))
-        return stream
-
-    def admit(self, request: GenerationRequest) -> None:
-        """Refuse what this path cannot serve, before anything is queued."""
         self.check_request(request)
-        with self._counts_lock:
-            waiting = self.limits.max_waiting
-            if self._queued >= (64 if waiting is None else waiting):  # None: the old default
-                raise Overloaded(
-                    f"model '{self.name}' has {self._queued} requests waiting, the most it queues;"
-                    " retry shortly",
-                    retry_after_s=1,
-                )
-            self._queued += 1
-            self._active += 1
+        return super().submit(request)
 
-    def stats(self) -> EngineStats:
-        return EngineStats(
-            active=self._active,
-            queued=self._queued,
-            largest_batch=1 if self.tokens_generated else 0,
-            tokens_generated=self.tokens_generated,
-            prefix_cache_hits=self.vision_cache.hits,
-            prefix_cache_misses=self.vision_cache.misses,
-            stalled=self.stalled(self._active > 0, self.limits.watchdog_s),
-            failures=self.failures,
-            weights_bytes=self.weights_bytes,
-        )
+    @property
+    def vision_cache(self) -> VisionCache | None:
+        scheduler = self.scheduler
+        return scheduler.vision_cache if isinstance(scheduler, VisionScheduler) else None
 
     # -- engine thread -----------------------------------------------------------------------
 
-    def load(self) -> None:
+    def load_checkpoint(self) -> tuple[Any, Any, dict[str, Any]]:
+        from mlx_lm.tokenizer_utils import TokenizerWrapper
         from mlx_vlm.utils import load
 
         try:
-            self.model, self.processor = load(str(self.path))
+            self.vlm, self.processor = load(str(self.path))
         except (ValueError, FileNotFoundError) as exc:
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ValueError(f"mlx-vlm cannot load {self.path}: {detail}") from exc
-        tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        self.measure_weights(self.model)
-        # The event loop renders and tokenizes with its own copy: a Rust tokenizer used by two
-        # threads at once can panic ("Already borrowed"); the processor's stays on this thread.
-        self.tokenizer = copy.deepcopy(tokenizer)
-        self.vocabulary = Vocabulary(tokenizer, TokenBytes(tokenizer), self._eos_ids(tokenizer))
-        self.info = self.model_info(tokenizer, self._eos_ids(tokenizer))
-        logger.info("engine %s loaded vision-language model %s", self.name, self.path)
-
-    def _eos_ids(self, tokenizer: Any) -> frozenset[int]:
-        ids = self.model.config.eos_token_id or getattr(tokenizer, "eos_token_id", None) or []
-        ids = ids if isinstance(ids, list) else [ids]
-        return frozenset(int(i) for i in ids)
-
-    def model_info(self, tokenizer: Any, eos: frozenset[int]) -> ChatModelInfo:
-        text_config = getattr(self.model.config, "text_config", None)
-        context = int(getattr(text_config, "max_position_embeddings", 0) or 4096)
-        if self.limits.context_length:
-            context = min(context, self.limits.context_length)
-        return ChatModelInfo(
-            name=self.name,
-            path=str(self.path),
-            context_length=context,
-            eos_token_ids=eos,
-            created=int(self.path.stat().st_mtime),
-            untagged_tool_calls=self.limits.untagged_tool_calls,
-            vision=True,
+        own = self._processor_tokenizer()
+        eos = self.vlm.config.eos_token_id or getattr(own, "eos_token_id", None) or []
+        eos = eos if isinstance(eos, list) else [eos]
+        # The front's tokenizer is a copy: the processor's stays on this thread.
+        tokenizer = TokenizerWrapper(copy.deepcopy(own), eos_token_ids=[int(t) for t in eos])
+        text = self.vlm.config.text_config
+        config = {
+            "vocab_size": getattr(text, "vocab_size", None),
+            "max_position_embeddings": getattr(text, "max_position_embeddings", None),
+        }
+        self.image_token = image_token_id(self.vlm.config)
+        model = TextModel(self.vlm)
+        logger.info(
+            "engine %s: vision family %s; image and text rows decode in one batch%s",
+            self.name,
+            model.family,
+            " (mRoPE positions per row)" if model.mrope else "",
         )
+        return model, tokenizer, config
+
+    def _processor_tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    def _read_tokenizer(self, tokenizer: Any, config: dict[str, Any]) -> None:
+        super()._read_tokenizer(tokenizer, config)
+        assert self.info is not None
+        self.info = dataclasses.replace(self.info, vision=True)
+
+    def _new_scheduler(self, model: Any, tokenizer: Any, profile: CacheProfile) -> Scheduler:
+        scheduler = super()._new_scheduler(model, tokenizer, profile)
+        assert isinstance(scheduler, VisionScheduler)
+        scheduler.vlm = self.vlm
+        return scheduler
+
+    def _new_sampler(self, request: GenerationRequest) -> TokenSampler:
+        """The text scheduler's sampler, over the prompt's real ids (penalties see the image
+        tokens as the model's image token, not as the cache key's marks)."""
+        if self.image_token is not None and any(t < 0 for t in request.prompt_tokens):
+            real = [t if t >= 0 else self.image_token for t in request.prompt_tokens]
+            request = dataclasses.replace(request, prompt_tokens=real)
+        return super()._new_sampler(request)
 
     def unload(self) -> None:
-        self.vision_cache = VisionCache()
-        self.model = self.processor = None
+        super().unload()
+        self.vlm = self.processor = None
 
     def handle(self, message: Any) -> None:
-        self._waiting.append(message)
-
-    def has_work(self) -> bool:
-        return self._running is not None or bool(self._waiting)
-
-    def fail_all(self, error: Exception) -> None:
-        running, self._running = self._running, None
-        if running is not None and not running.choice.finished:
-            self.release(-1)
-            running.stream.push(ErrorEvent(error))
-        while self._waiting:
-            _, stream = self._waiting.popleft()
-            self.release(-1, -1)
-            stream.push(ErrorEvent(error))
-
-    def step(self) -> None:
-        if self._running is None:
-            request, stream = self._waiting.popleft()
-            self.release(0, -1)
-            self._running = self._start(request, stream)
-            if self._running is None:
-                return
-        running = self._running
-        if running.stream.cancelled:
-            self._running = None
-            running.choice.finish("cancelled", flush=False)
+        request, stream = message
+        if not request.images:
+            super().handle(message)
             return
-        token, _ = next(running.tokens)
-        self.tokens_generated += 1
-        if running.choice.accept(int(token), None):
-            self._running = None
+        scheduler = self.scheduler
+        assert isinstance(scheduler, VisionScheduler)
+        try:
+            prompt = process(self.vlm, self.processor, request, self._prompt_text)
+            self._check_prompt(prompt.ids, prompt.image_positions, request)
+        except (InvalidRequest, ContextTooLong) as exc:
+            self.release(-request.n, -1)
+            stream.push(ErrorEvent(exc))
+            return
+        except Exception as exc:  # the processor's own refusal of these images
+            logger.info("request %s: the processor failed: %r", request.request_id, exc)
+            self.release(-request.n, -1)
+            error = f"the model's processor cannot take these images: {exc}"
+            stream.push(ErrorEvent(InvalidRequest(error, param="messages")))
+            return
+        expanded = dataclasses.replace(request, prompt_tokens=prompt.key, images=())
+        scheduler.register(scheduler.insert(expanded, stream), prompt)
+
+    def _check_prompt(self, ids: list[int], images: list[int], request: GenerationRequest) -> None:
+        assert self.info is not None
+        context = self.info.context_length
+        if len(ids) + request.max_tokens > context:
+            raise ContextTooLong(
+                f"This model's maximum context length is {context} tokens; the prompt with its "
+                f"images is {len(ids)} tokens and max_tokens is {request.max_tokens}",
+                param="messages",
+            )
+        if images and images[-1] == len(ids) - 1:
+            # The last prompt token is fed as a token (the scheduler's first decode pass).
+            raise InvalidRequest(
+                "a prompt that ends with an image is not supported; add text after it",
+                param="messages",
+            )
 
     def _prompt_text(self, tokens: list[int]) -> str:
         """The prompt text back from its ids (special tokens kept), with this thread's
         tokenizer: the processor's input."""
         return str(
-            self.vocabulary.tokenizer.decode(
+            self._processor_tokenizer().decode(
                 tokens, skip_special_tokens=False, clean_up_tokenization_spaces=False
             )
         )
-
-    def _start(self, request: GenerationRequest, stream: RequestStream) -> _Running | None:
-        """Process the prompt and its images and begin decoding (None: it failed, reported)."""
-        from engines.vlm.generation import start_generation
-
-        try:
-            prompt_ids, tokens = start_generation(
-                self.model, self.processor, self.vision_cache, request, self._prompt_text
-            )
-        except (InvalidRequest, ContextTooLong, ValueError) as exc:
-            self.release(-1)
-            stream.push(ErrorEvent(InvalidRequest(str(exc), param="messages")))
-            return None
-        assert self.info is not None
-        if len(prompt_ids) + request.max_tokens > self.info.context_length:
-            self.release(-1)
-            error = ContextTooLong(
-                f"This model's maximum context length is {self.info.context_length} tokens; "
-                f"the prompt with its images is {len(prompt_ids)} tokens and max_tokens is "
-                f"{request.max_tokens}",
-                param="messages",
-            )
-            stream.push(ErrorEvent(error))
-            return None
-        expanded = dataclasses.replace(request, prompt_tokens=prompt_ids, images=())
-        choice = Choice(
-            expanded,
-            stream,
-            0,
-            cast(Any, None),  # sampling happens inside mlx-vlm's generate_step
-            self.vocabulary,
-            lambda: self.release(-1),
-        )
-        return _Running(choice, stream, tokens)
