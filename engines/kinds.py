@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -180,10 +180,9 @@ def build_chat(
         **_prefix_disk(settings),
     )
     if has_vision_tower(path):
-        from engines.vlm.engine import VLMEngine
+        from engines.vlm.engine import vision_engine
 
-        # One request at a time: not sized to the device (the old fixed queue by default).
-        return VLMEngine(name, path, replace(limits, max_waiting=limits.max_waiting or 64))
+        return vision_engine(name, path, limits)
     if settings.get("distributed") and entry.get("source") == settings.get("model"):
         from engines.llm.distributed import build_distributed
 
