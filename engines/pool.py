@@ -11,6 +11,9 @@ Invariants:
   queued. While a model is being unloaded (drained: its running requests finish), new requests
   for it wait and then load it again.
 - Names and aliases are unique across kinds.
+- A name that is neither is 404 (ModelNotFound), unless a default model is configured: then a
+  request of the default model's kind is served by it (other kinds still get 404), so agents
+  that send their own model names (`claude-opus-5-5`, `gpt-5-codex`) reach the local model.
 - Engines built by a factory are used once: an unloaded model gets a fresh engine next time.
 """
 
@@ -26,7 +29,7 @@ from typing import Any, TypeVar
 
 from engines.device_memory import check_fits
 from engines.errors import EngineUnavailable, ModelNotFound, WrongModelKind
-from engines.kinds import KINDS, Engine, EngineKind
+from engines.kinds import CHAT, KINDS, Engine, EngineKind
 from engines.types import EngineStats
 
 logger = logging.getLogger(__name__)
@@ -109,10 +112,12 @@ class EnginePool:
         memory_budget_bytes: int | None = None,
         reap_interval_s: float = 1.0,
         device_memory: tuple[int, str] | None = None,
+        default_model: str | None = None,
     ) -> None:
         """`ready`: ready-made engines (each names its `kind`), served pinned and loaded at start
         (tests, single-model setups); `specs`: configured models (lazy unless `preload`);
-        `device_memory`: (bytes, what they are) a model must fit, checked before each load."""
+        `device_memory`: (bytes, what they are) a model must fit, checked before each load;
+        `default_model`: a name or alias that serves requests naming no configured model."""
         given = [
             ModelSpec(engine.name, engine.kind, _given(engine), pinned=True, preload=True)
             for engine in ready
@@ -125,6 +130,10 @@ class EnginePool:
                     raise ValueError(f"model name {name!r} is used twice")
                 self._names[name] = spec.name
             self._slots[spec.name] = _Slot(spec)
+        if default_model is not None and default_model not in self._names:
+            raise ValueError(f"the default model {default_model!r} is not a configured model")
+        self.default_model = self._names[default_model] if default_model is not None else None
+        self._defaulted: set[str] = set()  # unknown names already logged as defaulted
         self.memory_budget_bytes = memory_budget_bytes
         self.device_memory = device_memory
         self._reap_interval_s = reap_interval_s
@@ -184,21 +193,32 @@ class EnginePool:
 
     async def acquire(self, model: str, kind: EngineKind[E]) -> E:
         """The running engine for `model`, which must be of `kind` (loaded first if need be)."""
-        slot = self._slot(model)
+        slot = self._slot(model, kind.name)
         if slot.spec.kind != kind.name:
             raise WrongModelKind(model, KINDS[slot.spec.kind].noun, kind.noun)
         engine: E = await self._ensure(slot)
         return engine
 
     def sampling_defaults(self, model: str) -> dict[str, float]:
-        return dict(self._slot(model).spec.sampling_defaults)
+        """The chat sampling defaults of the model serving `model` (the default model's for a
+        name it serves)."""
+        return dict(self._slot(model, CHAT.name).spec.sampling_defaults)
 
     def resolve(self, model: str) -> str:
-        """The configured name for a name or alias (ModelNotFound otherwise)."""
+        """The configured name for a name or alias (ModelNotFound otherwise: the default model
+        serves requests, it does not make every name a model that exists)."""
         return self._slot(model).spec.name
 
-    def _slot(self, model: str) -> _Slot:
+    def _slot(self, model: str, kind: str | None = None) -> _Slot:
+        """The slot of a name or alias; for a request of `kind`, of the default model when the
+        name is unknown and the default is of that kind."""
         name = self._names.get(model)
+        default = self.default_model
+        if name is None and default is not None and self._slots[default].spec.kind == kind:
+            name = default
+            if model not in self._defaulted and len(self._defaulted) < 256:  # bounded: the
+                self._defaulted.add(model)  # names come from clients
+                logger.info("model %r is not configured: served by %s", model, name)
         if name is None:
             raise ModelNotFound(f"The model '{model}' does not exist", param="model")
         return self._slots[name]

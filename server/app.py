@@ -68,10 +68,12 @@ def build_pool(settings: Settings) -> EnginePool:
     device_memory = usable_memory()
     store = ModelStore(settings.home)
     budget_mb = settings.memory_budget_mb
+    default_model = settings.default_model
     if settings.config is not None:
         models_file = load_models_file(settings.config)
         entries = models_file.models
         budget_mb = budget_mb or models_file.memory_budget_mb
+        default_model = default_model or models_file.default_model
     else:
         chat_name = served_name(store, settings.model)
         entries = [ModelEntry(name=chat_name, source=settings.model, pinned=True, preload=True)]
@@ -95,7 +97,8 @@ def build_pool(settings: Settings) -> EnginePool:
         entries.extend(_embedding_entry(settings, store))
     budget = budget_mb * 2**20 if budget_mb else default_memory_budget(device_memory[0])
     pool = EnginePool(specs=[_spec(entry, settings, store) for entry in entries],
-                      memory_budget_bytes=budget, device_memory=device_memory)  # fmt: skip
+                      memory_budget_bytes=budget, device_memory=device_memory,
+                      default_model=default_model)  # fmt: skip
     for model in pool.models():  # refuse at start, in one line, what could never load
         if model.preload:
             pool.check_fits(model.name)

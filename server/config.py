@@ -2,6 +2,9 @@
 
 ```toml
 memory_budget_mb = 12000          # optional; default: 70% of the memory the device can use
+default_model = "chat"            # optional: serves requests naming a model not configured
+                                  # here (agents send `claude-opus-5-5`, `gpt-5-codex`);
+                                  # left out, such requests get 404
 
 [[models]]
 name = "chat"                     # the id clients use
@@ -9,7 +12,7 @@ source = "smollm2-135m-instruct"  # store name, local MLX directory, or HF repo 
                                   # on first use when not cached)
 kind = "chat"                     # chat | speech | tts | embedding (engines/kinds.py); left out:
                                   # what the checkpoint says (MiniLM → embedding), else chat
-aliases = ["default"]
+aliases = ["default", "claude-sonnet-4-5", "gpt-5"]  # more names clients may send
 pinned = true                     # never unloaded
 preload = true                    # loaded at start (default: on first request)
 idle_ttl_s = 900                  # unloaded after 15 idle minutes (unless pinned)
@@ -28,7 +31,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engines.kinds import KINDS
 
@@ -92,7 +95,15 @@ class ModelsFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     memory_budget_mb: int | None = Field(default=None, ge=64)
+    default_model: str | None = None  # a name or alias of `models`
     models: list[ModelEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _default_is_configured(self) -> ModelsFile:
+        names = {name for entry in self.models for name in (entry.name, *entry.aliases)}
+        if self.default_model is not None and self.default_model not in names:
+            raise ValueError(f"default_model {self.default_model!r} names no model of this file")
+        return self
 
 
 class ConfigError(ValueError):

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         description="Embedding model served besides the chat model: a store name or a "
         "directory ('' serves none).",
     )
+    default_model: str | None = Field(
+        None,
+        description="A served model (name or alias) that answers requests naming a model that "
+        "is not configured; unset: they get 404. Wins over the models file's default_model.",
+    )
     embed_max_batch: int = Field(
         64, ge=1, le=4096, description="Most inputs (of any requests) embedded in one pass."
     )

@@ -52,7 +52,7 @@ async def create_chat_completion(
     generation, output_for = prepared.generation, prepared.output_for
     request_id = generation.request_id
     headers = response_headers(request_id, body.raw, ChatCompletionRequest, IGNORED_FIELDS)
-    stream = metrics.observe(prepared.engine.submit(generation), chat.model)
+    stream = metrics.observe(prepared.engine.submit(generation), prepared.engine.name)
     if chat.stream:
         interval = settings.stream_interval_ms / 1000
         outputs = [output_for() for _ in range(generation.n)]

@@ -116,7 +116,7 @@ async def create_completion(
         bool(completion.stream),
     )
     streams: list[EventSource] = [
-        metrics.observe(engine.submit(g), completion.model) for g in generations
+        metrics.observe(engine.submit(g), engine.name) for g in generations
     ]
     if completion.stream:
         chunks = _stream_chunks(request_id, completion, texts, generations, streams, settings)

@@ -60,7 +60,7 @@ async def create_message(
         pool, settings, chat, f"msg_{uuid.uuid4().hex}", clamp_max_tokens=True
     )
     headers = response_headers(prepared.request_id, body, MessagesRequest, IGNORED_FIELDS)
-    stream = metrics.observe(prepared.engine.submit(prepared.generation), chat.model)
+    stream = metrics.observe(prepared.engine.submit(prepared.generation), prepared.engine.name)
     blocks = MessageBlocks(message.thinking_shown())
     if message.stream:
         interval = settings.stream_interval_ms / 1000

@@ -155,7 +155,7 @@ async def create_response(
     prepared = await _prepare(pool, settings, chat, draft.response_id)
     headers = response_headers(draft.response_id, body.raw, ResponseCreateRequest, IGNORED_FIELDS)
     submitted = prepared.engine.submit(prepared.generation)
-    stream = metrics.observe(submitted, chat.model)
+    stream = metrics.observe(submitted, prepared.engine.name)
     conversation = [item.model_dump(by_alias=True, exclude_none=True) for item in items]
     run = _Run(draft, prepared, OutputItems(parsed.namespaces()), conversation, store)
     if parsed.stream:
