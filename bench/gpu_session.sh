@@ -12,6 +12,9 @@
 #   gemma_prefix       warm-prefix TTFT on a 3,000-token agent history, mlxd vs mlx_lm.server
 #   decode             single stream, mlxd vs raw mlx-lm (9 runs x 256 tokens)
 #   concurrency        8 and 32 streams, mlxd vs mlx_lm.server vs raw BatchGenerator
+#   burst_cold         32-stream bursts on a fresh engine without the kernel warm-up (bench/burst.py)
+#   burst_warm         the same after the default warm-up: round 0 vs the later rounds (issue 25)
+#   c256               256 concurrent streams on the default limits, mlxd alone (issue 25)
 #   speculative        prompt lookup vs plain on one engine's code path (1 and 8 streams)
 #   distributed        bench/distributed.py --dry-run: the distributed code path, a group of one
 #   embeddings_model   random all-MiniLM-L6-v2 weights from the carried shapes (.gpu/c/minilm)
@@ -50,7 +53,7 @@ if [ -z "$tokenizer" ]; then
   tokenizer=.gpu/c/tok
   [ -f "$tokenizer/tokenizer.json" ] || tokenizer=$HOME/.cache/mlxd/models/smollm2-135m-instruct
 fi
-steps=${STEPS:-probe llama_model gemma_model gemma_concurrency gemma_prefix decode concurrency speculative distributed embeddings_model embeddings embeddings_baseline}
+steps=${STEPS:-probe llama_model gemma_model gemma_concurrency gemma_prefix decode concurrency burst_cold burst_warm c256 speculative distributed embeddings_model embeddings embeddings_baseline}
 minilm=${EMBEDDING_SHAPE_DIR:-.gpu/c/minilm}
 
 rm -rf "$work" && mkdir -p "$work/results" "$work/logs" "$work/home" "$out"
@@ -61,6 +64,8 @@ if [ "$smoke" = 1 ]; then
   dtype=float32 llama_shape=tiny-llama gemma_shape=tiny-gemma3
   decode_args=(--runs 1 --tokens 8)
   concurrency_args=(--levels 2 --tokens 8)
+  burst_args=(--clients 4 --tokens 8 --rounds 2)
+  c256_args=(--levels 8 --tokens 8)
   gemma_concurrency_args=(--levels 2 --tokens 8)
   prefix_args=(--history-tokens 300 --runs 1)
   speculative_args=(--runs 1 --tokens 16 --concurrency 1 2)
@@ -70,6 +75,8 @@ else
   dtype=bfloat16 llama_shape=llama-1b gemma_shape=gemma3-1b
   decode_args=(--runs 9 --tokens 256)
   concurrency_args=(--levels 8,32 --tokens 128)
+  burst_args=(--clients 32 --tokens 128 --rounds 4)
+  c256_args=(--levels 256 --tokens 128)
   gemma_concurrency_args=(--levels 8 --tokens 128)
   prefix_args=(--history-tokens 3000 --runs 3)
   speculative_args=(--runs 4 --tokens 256 --concurrency 1 8)
@@ -228,6 +235,14 @@ step decode 150 "$llama/tokenizer_config.json" \
 step concurrency 180 "$llama/tokenizer_config.json" \
   "$py" bench/concurrency.py --model "$llama" "${concurrency_args[@]}" \
   --out "$work/results/concurrency.json"
+step burst_cold 120 "$llama/tokenizer_config.json" \
+  "$py" bench/burst.py --model "$llama" "${burst_args[@]}" --warmup-rows 0 \
+  --out "$work/results/burst_cold.json"
+step burst_warm 150 "$llama/tokenizer_config.json" \
+  "$py" bench/burst.py --model "$llama" "${burst_args[@]}" --out "$work/results/burst_warm.json"
+step c256 150 "$llama/tokenizer_config.json" \
+  "$py" bench/concurrency.py --model "$llama" "${c256_args[@]}" --servers mlxd \
+  --out "$work/results/c256.json"
 if [ -f bench/speculative.py ]; then
   step speculative 150 "$llama/tokenizer_config.json" \
     "$py" bench/speculative.py --model "$llama" "${speculative_args[@]}"
