@@ -20,11 +20,11 @@ Where launching does not overlap (MLX's CPU backend computes a launched step bef
 `async_eval` returns), the caller reads `pending` first and launches after: tokens come out a
 step sooner and finished rows are filtered out before the next step.
 
-Speculative (`speculative=True`, plain KV caches only, never pipelined): rows are held in
-`RaggedKVCache`s, so that each row can drop its rejected drafts alone; a step whose rows have
-drafts runs one pass over [pending token, drafts...] and is verified at once
-(engines/llm/speculative.py); its StepOutput then carries, per row, the kept drafts to emit
-before the row's new pending token.
+Speculative (a `drafter`, plain KV caches only, never pipelined): rows are held in
+`RaggedKVCache`s, so that each row can drop its rejected drafts alone; the drafter follows the
+rows as they join and leave; a step whose rows have drafts runs one pass over [pending token,
+drafts...] and is verified at once (engines/llm/speculative.py); its StepOutput then carries,
+per row, the kept drafts to emit before the row's new pending token.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from engines.llm.cpu_decode import decode_step
 from engines.llm.ragged_cache import RaggedKVCache
 from engines.llm.sampling import Sampled
 from engines.llm.sequence import Choice
-from engines.llm.speculative import verify
+from engines.llm.speculative import Drafter, Drafts, verify
 from engines.readback import host_list
 
 
@@ -64,6 +64,19 @@ class StepOutput:
             return [last]
         return [*zip(self.kept[row], self.kept_extras[row], strict=True), last]
 
+    def joined(self, first: list[Sampled]) -> StepOutput:
+        """This step with rows appended whose pending tokens are `first` (nothing kept)."""
+        tokens = mx.concatenate([self.tokens, *(sampled.token for sampled in first)])
+        none: list[list[Any]] = [[] for _ in first]
+        return StepOutput(
+            tokens,
+            self.extras + list(first),
+            None if self.kept is None else self.kept + none,
+            None if self.kept_extras is None else self.kept_extras + none,
+            self.drafted,
+            self.accepted,
+        )
+
     def select(self, rows: list[int]) -> StepOutput:
         kept = None if self.kept is None else [self.kept[i] for i in rows]
         kept_extras = None if self.kept_extras is None else [self.kept_extras[i] for i in rows]
@@ -78,10 +91,13 @@ class StepOutput:
 
 
 class DecodeBatch:
-    def __init__(self, model: Any, cpu_decode: bool = False, speculative: bool = False) -> None:
+    def __init__(
+        self, model: Any, cpu_decode: bool = False, drafter: Drafter | None = None
+    ) -> None:
         self._model = model
         self._cpu_decode = cpu_decode  # steps built inside cpu_decode.decode_step
-        self._speculative = speculative  # ragged batch caches; rows may draft
+        self._drafter = drafter  # set: ragged batch caches; rows may draft
+        self._speculative = drafter is not None
         self.choices: list[Choice] = []
         self._caches: list[Any] | None = None  # a batch cache per layer, or single when solo
         self._pending: StepOutput | None = None
@@ -103,6 +119,8 @@ class DecodeBatch:
             self._caches = cache
             self._pending = StepOutput(sampled.token, [sampled])
             self.choices = [choice]
+            if self._drafter is not None:
+                self._drafter.join([choice])
             return
         if self._speculative:
             incoming = [
@@ -125,13 +143,13 @@ class DecodeBatch:
                 self._caches = [self._batched(cache) for cache in self._caches]
             for mine, theirs in zip(self._caches, caches, strict=True):
                 mine.extend(theirs)
-        tokens = [sampled.token for sampled in first]
-        extras: list[Sampled | None] = list(first)
-        if self._pending is not None:
-            tokens.insert(0, self._pending.tokens)
-            extras = self._pending.extras + extras
-        self._pending = StepOutput(mx.concatenate(tokens), extras)
+        if self._pending is None:
+            self._pending = StepOutput(mx.concatenate([s.token for s in first]), list(first))
+        else:  # the running rows keep the drafts their pending step verified
+            self._pending = self._pending.joined(first)
         self.choices.extend(choices)
+        if self._drafter is not None:
+            self._drafter.join(choices)
 
     @property
     def pending(self) -> StepOutput | None:
@@ -144,9 +162,9 @@ class DecodeBatch:
         if current is None:
             return None
         assert self._caches is not None
-        if self._speculative:
-            drafts = self._drafts()
-            if any(drafts):
+        if self._drafter is not None:
+            drafts = self._drafter.propose(self.choices)
+            if any(drafts.tokens):
                 self._pending = self._verify(current, drafts)
                 return current
         # The new tokens' positions: every layer's cache holds as many as the first one's.
@@ -164,24 +182,11 @@ class DecodeBatch:
         self._pending = upcoming
         return current
 
-    def _drafts(self) -> list[list[int]]:
-        """Each row's drafts (rows that do not speculate: none). The rows' pending tokens have
-        been emitted, so each choice's tokens end with the token the drafts must follow."""
-        drafts: list[list[int]] = []
-        for choice in self.choices:
-            speculation = choice.speculation
-            room = choice.request.max_tokens - choice.generated  # tokens it may still emit
-            if speculation is None or room < 2 or not choice.sampler.verifies_drafts:
-                drafts.append([])
-            else:
-                drafts.append(speculation.propose(choice.tokens, room - 1))
-        return drafts
-
-    def _verify(self, current: StepOutput, drafts: list[list[int]]) -> StepOutput:
+    def _verify(self, current: StepOutput, drafts: Drafts) -> StepOutput:
         """One pass over every row's [pending token, drafts...]; keep what verification keeps."""
-        assert self._caches is not None
-        width = 1 + max(len(d) for d in drafts)
-        padded = [d + [0] * (width - 1 - len(d)) for d in drafts]
+        assert self._caches is not None and self._drafter is not None
+        width = 1 + max(len(d) for d in drafts.tokens)
+        padded = [d + [0] * (width - 1 - len(d)) for d in drafts.tokens]
         inputs = mx.concatenate([current.tokens[:, None], mx.array(padded, dtype=mx.int32)], 1)
         logits = self._model(inputs, cache=self._caches)
         samplers = [choice.sampler for choice in self.choices]
@@ -193,9 +198,7 @@ class DecodeBatch:
                 layer.rewind(drop)
             else:  # a lone row on plain caches
                 layer.trim(drop[0])
-        for choice, result in zip(self.choices, results, strict=True):
-            if choice.speculation is not None:
-                choice.speculation.length.record(result.drafted, result.accepted)
+        self._drafter.verified(self.choices, results)
         return StepOutput(
             mx.array([r.tokens[-1] for r in results]),
             [r.extras[-1] for r in results],
@@ -224,6 +227,8 @@ class DecodeBatch:
         """Keep only `rows` (in order); the others leave the batch."""
         if len(rows) == len(self.choices):
             return
+        if self._drafter is not None:
+            self._drafter.keep(rows)
         if not rows:
             self.choices, self._caches, self._pending = [], None, None
             return

@@ -15,6 +15,8 @@ One `step` (docs/architecture.md has the long form):
    is prefilled once; its n choices fork the prompt's cache.
 4. Decode: one pass for every row of the DecodeBatch; pipelined (GPUs), step n+1 is launched
    before step n's tokens are read back, so the device works while the host detokenizes.
+   Speculating (`config.speculative`), the batch's drafter proposes tokens first and the pass
+   verifies them; a draft model is loaded here, on the engine thread that runs the target.
 5. Finished rows leave; their cache goes to the prefix cache.
 
 Models whose caches cannot be batched (`CacheProfile.batchable` false) run with `max_batch` 1:
@@ -32,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -40,6 +43,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from engines.llm import caches
 from engines.llm.batch import DecodeBatch
 from engines.llm.caches import CacheProfile
+from engines.llm.draft_model import DraftModel
 from engines.llm.prefill import (
     Prefill,
     choose_group,
@@ -52,8 +56,11 @@ from engines.llm.sampling import Sampled, TokenSampler, choice_seed
 from engines.llm.scheduler_config import Counters, SchedulerConfig
 from engines.llm.sequence import Choice, EventSink, Vocabulary
 from engines.llm.speculative import (
+    PROMPT_LOOKUP,
+    Drafter,
     DraftLength,
     NgramIndex,
+    PromptLookup,
     RowSpeculation,
 )
 from engines.types import ErrorEvent, FinishEvent, GenerationRequest, PromptEvent, Usage
@@ -95,9 +102,14 @@ class Scheduler:
         self.profile = profile
         self.config = config = config.for_caches(profile)
         self.prefix_cache = prefix_cache
-        self.batch = DecodeBatch(
-            model, cpu_decode=config.cpu_decode, speculative=bool(config.speculative)
-        )
+        self.draft_model: DraftModel | None = None
+        drafter: Drafter | None = None
+        if config.speculative == PROMPT_LOOKUP:
+            drafter = PromptLookup()
+        elif config.speculative:
+            vocab = model(mx.array([[0]])).shape[-1]  # a lazy pass: only its shape is read
+            drafter = self.draft_model = DraftModel.load(Path(config.speculative), vocab)
+        self.batch = DecodeBatch(model, cpu_decode=config.cpu_decode, drafter=drafter)
         self._vocabulary = vocabulary
         self._new_sampler = new_sampler
         self._release = release  # (choices, queue places) freed; negative counts
@@ -110,8 +122,12 @@ class Scheduler:
         self.counters = counters or Counters()
 
     def kv_bytes(self, rows: int, tokens: int) -> int:
-        """Cache memory of `rows` rows of a batch `tokens` long (dense: every row as long)."""
-        return rows * self.profile.row_bytes(tokens)
+        """Cache memory of `rows` rows of a batch `tokens` long (dense: every row as long),
+        with the draft model's cache rows when one drafts."""
+        per_row = self.profile.row_bytes(tokens)
+        if self.draft_model is not None:
+            per_row += self.draft_model.profile.row_bytes(tokens)
+        return rows * per_row
 
     # -- the uid API -------------------------------------------------------------------------
 
@@ -313,8 +329,10 @@ class Scheduler:
         speculation = None
         request = prefill.request
         if self.config.speculative and request.speculative is not False:
+            lookup = self.config.speculative == PROMPT_LOOKUP
             speculation = RowSpeculation(
-                NgramIndex(request.prompt_tokens), DraftLength(self.config.speculative_tokens)
+                NgramIndex(request.prompt_tokens) if lookup else None,
+                DraftLength(self.config.speculative_tokens),
             )
         return Choice(
             prefill.request,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from engines.llm.caches import CacheProfile
 from engines.llm.speculative import DEFAULT_DRAFT_TOKENS, PROMPT_LOOKUP
@@ -23,7 +24,8 @@ class SchedulerConfig:
     prefill_bucket: int = 1  # > 1 only for plain KV caches (they trim the padding back)
     pipelined: bool = True  # launch step n+1 before reading step n
     cpu_decode: bool = False  # build steps inside cpu_decode.decode_step
-    speculative: str | None = None  # "prompt_lookup": rows draft from their own text
+    # "prompt_lookup": rows draft from their own text; else a draft model's directory.
+    speculative: str | None = None
     speculative_tokens: int = DEFAULT_DRAFT_TOKENS  # most tokens a row drafts per step
 
     def for_caches(self, profile: CacheProfile) -> SchedulerConfig:
@@ -31,8 +33,12 @@ class SchedulerConfig:
         never pipelined with it (drafts follow tokens the host has read)."""
         if not self.speculative:
             return self
-        if self.speculative != PROMPT_LOOKUP:
-            raise ValueError(f"unknown speculative method {self.speculative!r}")
+        draft_model = (Path(self.speculative) / "config.json").exists()
+        if self.speculative != PROMPT_LOOKUP and not draft_model:
+            raise ValueError(
+                f"speculative must be {PROMPT_LOOKUP!r} or a draft model's directory, "
+                f"got {self.speculative!r}"
+            )
         if not profile.plain:
             logger.info(
                 "speculative decoding off: caches %s cannot drop rejected drafts",

@@ -139,6 +139,29 @@ def test_a_mixed_batch_gives_what_it_gives_without_speculation(llama: tuple[Any,
     assert sched.counters.largest_batch >= 4
 
 
+def test_a_row_joining_after_kept_drafts_leaves_them_to_their_row(llama: tuple[Any, Any]) -> None:
+    """A request that joins while the running row's pending step holds kept drafts: those
+    drafts are still emitted (they were once lost when the pending step was rebuilt)."""
+    model, _ = llama
+    sched = scheduler(llama, "prompt_lookup")
+    first, second = ListSink(), ListSink()
+    sched.insert(GenerationRequest("first", LOOP, 40, SamplingParams(0.0)), first)
+    for _ in range(20):
+        sched.step()
+        pending = sched.batch.pending
+        if pending is not None and pending.kept and pending.kept[0]:
+            break
+    else:
+        raise AssertionError("no step kept a draft")
+    later = [*LOOP[5:], 40, 41]
+    sched.insert(GenerationRequest("second", later, 20, SamplingParams(0.0)), second)
+    run_until_idle(sched, limit=400)
+    assert first.tokens == [int(t) for t, _ in generate_step(mx.array(LOOP), model, max_tokens=40)]
+    assert second.tokens == [
+        int(t) for t, _ in generate_step(mx.array(later), model, max_tokens=20)
+    ]
+
+
 def test_seeded_sampling_is_reproducible_with_speculation(llama: tuple[Any, Any]) -> None:
     requests = [
         GenerationRequest(f"s{i}", LOOP, 30, SamplingParams(0.7, top_k=20, seed=5 + i))

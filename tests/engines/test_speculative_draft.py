@@ -1,0 +1,176 @@
+"""Speculative decoding with a draft model, through the Scheduler's uid API on tiny llamas that
+share the tiny tokenizer: the target drafting for itself (every draft must be kept: its draft
+cache follows each row exactly), and a perturbed copy of it (drafts kept often, not always: the
+rejection paths). Greedy output equals mlx-lm's own decoding (`generate_step`, and
+`speculative_generate_step` with the same draft model), alone and in a batch mixing rows that
+draft with rows that do not; seeded sampling repeats; unusable draft models are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import pytest
+from mlx_lm.generate import generate_step, speculative_generate_step
+from mlx_lm.utils import load
+
+from engines.llm.engine import LLMEngine
+from engines.types import ChatLimits, GenerationRequest, SamplingParams
+from tests.engines.test_speculative import (
+    LOOP,
+    admit_at_once,  # noqa: F401 (an autouse fixture)
+    mixed_requests,
+    scheduler,
+    serve,
+    text_of,
+)
+from tests.families import save_family_dir
+from tests.helpers import run
+
+PROMPT = [7, 30, 41, 52, 63, 74, 85, 96, 21, 32, 43]
+
+
+@pytest.fixture(scope="module")
+def target_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_family_dir("llama", tmp_path_factory.mktemp("llama") / "llama")
+
+
+@pytest.fixture(scope="module")
+def llama(target_dir: Path) -> tuple[Any, Any]:
+    return load(str(target_dir))  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def perturbed_dir(target_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The target's weights plus noise: a draft model that agrees with it often, not always."""
+    directory = tmp_path_factory.mktemp("draft") / "draft"
+    shutil.copytree(target_dir, directory)
+    weights = mx.load(str(directory / "model.safetensors"))
+    assert isinstance(weights, dict)
+    noisy = {
+        name: w + 0.25 * w.std() * mx.random.normal(w.shape, key=mx.random.key(i))
+        for i, (name, w) in enumerate(sorted(weights.items()))
+    }
+    mx.save_safetensors(str(directory / "model.safetensors"), noisy)
+    return directory
+
+
+def test_the_target_drafting_for_itself_keeps_every_draft(
+    llama: tuple[Any, Any],
+    target_dir: Path,
+) -> None:
+    sched = scheduler(llama, str(target_dir))
+    [sink] = serve(sched, [GenerationRequest("solo", PROMPT, 40, SamplingParams(0.0))])
+    model, _ = llama
+    expected = [int(t) for t, _ in generate_step(mx.array(PROMPT), model, max_tokens=40)]
+    assert sink.tokens == expected
+    counters = sched.counters
+    assert counters.drafted_tokens > 20 and counters.accepted_drafts == counters.drafted_tokens
+    assert counters.decode_row_steps < counters.tokens_generated / 3, counters
+
+
+def test_a_mixed_batch_with_a_perturbed_draft_equals_decoding_without(
+    llama: tuple[Any, Any],
+    perturbed_dir: Path,
+) -> None:
+    plain = serve(scheduler(llama, None), mixed_requests())
+    sched = scheduler(llama, str(perturbed_dir))
+    drafted = serve(sched, mixed_requests())
+    for request, want, got in zip(mixed_requests(), plain, drafted, strict=True):
+        assert got.tokens == want.tokens, request.request_id
+        assert text_of(got) == text_of(want), request.request_id
+        assert got.finish is not None and want.finish is not None
+        assert got.finish.reason == want.finish.reason
+        assert got.finish.usage == want.finish.usage
+    counters = sched.counters
+    # Some drafts kept, some rejected: both paths of the draft cache were taken.
+    assert 0 < counters.accepted_drafts < counters.drafted_tokens, counters
+    assert counters.largest_batch >= 4
+
+
+def test_mixed_batch_with_the_target_as_draft_keeps_every_draft(
+    llama: tuple[Any, Any],
+    target_dir: Path,
+) -> None:
+    """Rows joining and leaving, of different lengths, drafting or not: with the target as its
+    own draft, a draft row out of step with its choice would show as a rejected draft."""
+    plain = serve(scheduler(llama, None), mixed_requests())
+    sched = scheduler(llama, str(target_dir))
+    drafted = serve(sched, mixed_requests())
+    assert [s.tokens for s in drafted] == [s.tokens for s in plain]
+    counters = sched.counters
+    assert counters.drafted_tokens > 50 and counters.accepted_drafts == counters.drafted_tokens
+
+
+def test_greedy_equals_mlx_lm_speculative_generate(
+    llama: tuple[Any, Any],
+    perturbed_dir: Path,
+) -> None:
+    """mlx-lm's own speculative decoding with the same draft model gives the same tokens."""
+    model, _ = llama
+    draft, _ = load(str(perturbed_dir))  # type: ignore[misc]
+    reference = [
+        int(t)
+        for t, _, _ in speculative_generate_step(
+            mx.array(LOOP), model, draft, num_draft_tokens=4, max_tokens=36
+        )
+    ]
+    [sink] = serve(
+        scheduler(llama, str(perturbed_dir)),
+        [GenerationRequest("ref", LOOP, 36, SamplingParams(0.0))],
+    )
+    assert sink.tokens == reference
+
+
+def test_seeded_sampling_repeats_and_drafts_are_kept(
+    llama: tuple[Any, Any],
+    perturbed_dir: Path,
+) -> None:
+    requests = [
+        GenerationRequest(f"s{i}", PROMPT, 30, SamplingParams(0.7, top_k=20, seed=5 + i))
+        for i in range(3)
+    ]
+    first_sched = scheduler(llama, str(perturbed_dir))
+    first = serve(first_sched, requests)
+    again = serve(scheduler(llama, str(perturbed_dir)), requests)
+    assert [s.tokens for s in first] == [s.tokens for s in again]
+    assert all(len(s.tokens) == 30 for s in first)
+    assert first_sched.counters.accepted_drafts > 0, first_sched.counters
+
+
+def test_draft_models_that_cannot_draft_are_refused(
+    llama: tuple[Any, Any],
+    tmp_path: Path,
+) -> None:
+    windowed = save_family_dir("gemma3_text", tmp_path / "gemma3")
+    with pytest.raises(ValueError, match="cannot drop rejected drafts"):
+        scheduler(llama, str(windowed))
+    with pytest.raises(ValueError, match="or a draft model's directory"):
+        scheduler(llama, str(tmp_path / "nothing-here"))
+
+
+async def test_the_engine_thread_drafts_with_a_draft_model(
+    target_dir: Path, perturbed_dir: Path
+) -> None:
+    """Through LLMEngine (the models-file options as ChatLimits): the draft model is loaded and
+    run on the engine thread; the per-request switch and the counters /metrics reads."""
+    limits = ChatLimits(speculative=str(perturbed_dir), speculative_tokens=4)
+    engine = LLMEngine("tiny", target_dir, prefill_chunk=16, limits=limits)
+    engine.start()
+    try:
+        await engine.wait_loaded()
+        on = GenerationRequest("on", PROMPT, 30, SamplingParams(0.0))
+        off = GenerationRequest("off", PROMPT, 30, SamplingParams(0.0), speculative=False)
+        (_, with_drafts, _), (_, without, _) = await asyncio.gather(
+            run(engine, on), run(engine, off)
+        )
+        assert with_drafts == without
+        stats = engine.stats()
+        assert 0 < stats.accepted_drafts <= stats.drafted_tokens
+        assert stats.decode_row_steps < stats.tokens_generated
+    finally:
+        engine.stop()
