@@ -132,7 +132,7 @@ def _spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
     except ModelNotFound:
         return _hub_spec(entry, settings, store)  # a repo id not yet in the HF cache
     kind = entry.kind or detect_kind(path)  # left out: the checkpoint says what it is
-    factory = KINDS[kind].factory(entry.name, path, entry.model_dump(), settings.model_dump())
+    factory = KINDS[kind].factory(entry.name, path, _options(entry, store), settings.model_dump())
     return ModelSpec(
         name=entry.name,
         kind=kind,
@@ -147,6 +147,20 @@ def _spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
     )
 
 
+def _options(entry: Any, store: Any) -> dict[str, Any]:
+    """The entry's values for its engine's builder; a draft model (`speculative` naming a model
+    as `source` does) becomes its directory, or a ConfigError when there is none."""
+    from server.config import ConfigError
+
+    options: dict[str, Any] = entry.model_dump()
+    if entry.speculative not in (None, "prompt_lookup"):
+        try:
+            options["speculative"] = str(store.resolve(entry.speculative)[1])
+        except ModelNotFound as exc:
+            raise ConfigError(f"model {entry.name!r}: speculative: {exc}") from exc
+    return options
+
+
 def _hub_spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
     """A pool entry for a hub model downloaded on first use (ModelNotFound when the source is
     no repo id, or HF_HUB_OFFLINE is set): its engine is built from the downloaded snapshot."""
@@ -154,7 +168,7 @@ def _hub_spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
 
     download = hub_source(store, entry.source)
     kind = KINDS[entry.kind or "chat"]
-    options, values = entry.model_dump(), settings.model_dump()
+    options, values = _options(entry, store), settings.model_dump()
     return ModelSpec(
         name=entry.name,
         kind=kind.name,

@@ -65,23 +65,15 @@ class ModelEntry(BaseModel):
     context_length: int | None = Field(default=None, ge=16)
     chat_template: str | None = None  # a Jinja chat template replacing the model's own
     untagged_tool_calls: bool = True  # bare or ```json-fenced calls (no template tags) count
-    # Speculative decoding: "prompt_lookup" (drafts from the prompt and output; no second model).
-    speculative: str | None = None
+    # Speculative decoding: "prompt_lookup" (drafts from the prompt and output; no second model)
+    # or a draft model sharing the tokenizer, named as `source` names a model.
+    speculative: str | None = Field(default=None, min_length=1)
     speculative_tokens: int | None = Field(default=None, ge=1, le=64)  # most drafted per step
     # Quantized KV cache (chat): keys and values stored in 4 or 8 bits, a scale and a bias per
     # `kv_group_size` elements (the head dimension must be a multiple of it).
     kv_bits: Literal[4, 8] | None = None
     kv_group_size: Literal[32, 64, 128] = 64
     sampling: SamplingDefaults = Field(default_factory=lambda: SamplingDefaults())
-
-    @field_validator("speculative")
-    @classmethod
-    def _known_speculation(cls, value: str | None) -> str | None:
-        if value is not None and value != "prompt_lookup":
-            raise ValueError(
-                f"speculative must be 'prompt_lookup' (draft models: not yet), got {value!r}"
-            )
-        return value
 
     @field_validator("kind")
     @classmethod

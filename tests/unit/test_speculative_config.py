@@ -8,6 +8,8 @@ import pytest
 
 from engines.kinds import build_chat
 from engines.types import EngineStats
+from engines.weights.store import ModelStore
+from server.app import _options
 from server.config import ConfigError, load_models_file
 from server.metrics import _speculation
 
@@ -29,8 +31,23 @@ def test_a_models_file_entry_reaches_the_engine_limits(tmp_path: Path) -> None:
     assert engine.limits.speculative_tokens == 6  # type: ignore[attr-defined]
 
 
+def test_a_draft_model_is_named_as_a_source_and_reaches_the_engine_as_its_directory(
+    tmp_path: Path,
+) -> None:
+    draft = tmp_path / "draft"
+    draft.mkdir()
+    (draft / "config.json").write_text("{}")
+    store = ModelStore(tmp_path / "home")
+    entry = load_models_file(models_file(tmp_path, f'speculative = "{draft}"')).models[0]
+    engine = build_chat("coder", tmp_path, _options(entry, store), SETTINGS)
+    assert engine.limits.speculative == str(draft.resolve())  # type: ignore[attr-defined]
+    missing = load_models_file(models_file(tmp_path, 'speculative = "no-such-draft"')).models[0]
+    with pytest.raises(ConfigError, match="'coder': speculative: model 'no-such-draft'"):
+        _options(missing, store)
+
+
 @pytest.mark.parametrize(
-    "extra", ['speculative = "eagle"', 'speculative = "prompt_lookup"\nspeculative_tokens = 0']
+    "extra", ['speculative = ""', 'speculative = "prompt_lookup"\nspeculative_tokens = 0']
 )
 def test_bad_speculative_options_are_refused_naming_the_field(tmp_path: Path, extra: str) -> None:
     with pytest.raises(ConfigError, match="speculative"):
