@@ -1,7 +1,9 @@
 """The vision-language engine on tiny random checkpoints of three families (qwen2_vl, gemma3,
 idefics3), built with mlx-vlm's own classes: mlxd's greedy output for a prompt with an image is
-mlx-vlm's own `stream_generate` on the same model, image and prompt — alone, and with text-only
-requests queued beside it on the same engine."""
+mlx-vlm's own `stream_generate` on the same model, image and prompt — alone, decoded in one batch
+with text-only requests and other image requests, and resumed from the prefix cache on a
+follow-up turn resending the same image. The one-at-a-time path (families mlxd does not batch)
+is checked once."""
 
 from __future__ import annotations
 
@@ -16,10 +18,13 @@ import pytest
 
 from engines.kinds import build_chat
 from engines.types import FinishEvent, GenerationRequest, ImageInput, SamplingParams, TokenEvent
-from engines.vlm.engine import VLMEngine
+from engines.vlm.engine import VLMEngine, vision_engine
+from engines.vlm.prompt import process
+from engines.vlm.solo import SoloVLMEngine
 from tests.tiny_vlm import FAMILIES, save_tiny_vlm
 
 MAX_TOKENS = 8
+AnyVisionEngine = VLMEngine | SoloVLMEngine
 GREEDY = SamplingParams(temperature=0.0)
 
 
@@ -49,13 +54,30 @@ def reference(checkpoint: Path) -> Any:
     return load(str(checkpoint))
 
 
-@pytest.fixture
-async def engine(checkpoint: Path) -> AsyncIterator[VLMEngine]:
-    settings = {"max_batch": 8, "max_waiting": 8, "prefix_cache_mb": 0, "watchdog_s": 60.0}
+async def started(checkpoint: Path, prefix_cache_mb: int) -> VLMEngine:
+    settings = {
+        "max_batch": 8,
+        "max_waiting": 8,
+        "prefix_cache_mb": prefix_cache_mb,
+        "watchdog_s": 60.0,
+    }
     engine = build_chat("tiny-vlm", checkpoint, {}, settings)
     assert isinstance(engine, VLMEngine)
     engine.start()
     await engine.wait_loaded()
+    return engine
+
+
+@pytest.fixture
+async def engine(checkpoint: Path) -> AsyncIterator[VLMEngine]:
+    engine = await started(checkpoint, prefix_cache_mb=0)
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture
+async def cached_engine(checkpoint: Path) -> AsyncIterator[VLMEngine]:
+    engine = await started(checkpoint, prefix_cache_mb=64)
     yield engine
     engine.stop()
 
@@ -78,7 +100,7 @@ def expected(reference: Any, prompt: str, images: list[ImageInput]) -> list[int]
     return [t for t in tokens[:MAX_TOKENS] if t not in eos]
 
 
-async def served(engine: VLMEngine, request: GenerationRequest) -> tuple[list[int], FinishEvent]:
+async def served(engine: AnyVisionEngine, request: GenerationRequest) -> tuple[list[int], FinishEvent]:
     tokens: list[int] = []
     finish = None
     async for event in engine.submit(request):
@@ -93,7 +115,7 @@ async def served(engine: VLMEngine, request: GenerationRequest) -> tuple[list[in
 
 
 def request(
-    engine: VLMEngine, rid: str, messages: list[dict[str, Any]], *images: ImageInput
+    engine: AnyVisionEngine, rid: str, messages: list[dict[str, Any]], *images: ImageInput
 ) -> GenerationRequest:
     prompt = engine.encode_chat(messages)
     return GenerationRequest(rid, prompt, MAX_TOKENS, GREEDY, images=images)
@@ -111,17 +133,64 @@ async def test_image_prompt_matches_mlx_vlm(engine: VLMEngine, reference: Any) -
     assert finish.usage.completion_tokens == len(want)
 
 
-async def test_with_text_only_requests_beside_it(engine: VLMEngine, reference: Any) -> None:
-    picture = image(2)
-    image_messages, plain = with_image("Describe."), text_only("Say something.")
-    want_image = expected(reference, engine.render(image_messages), [picture])
-    want_text = expected(reference, engine.render(plain), [])
+async def test_batched_with_text_only_requests(engine: VLMEngine, reference: Any) -> None:
+    """Two image rows (different images and prompts) and two text rows decode in one batch."""
+    first, second = image(2), image(6, height=112, width=100)
+    describe, count, plain = with_image("Describe."), with_image("Count them all."), None
+    plain = text_only("Say something.")
+    want = [
+        expected(reference, engine.render(plain), []),
+        expected(reference, engine.render(describe), [first]),
+        expected(reference, engine.render(count), [second]),
+        expected(reference, engine.render(plain), []),
+    ]
+    engine.largest_batch = 0
     results = await asyncio.gather(
         served(engine, request(engine, "t1", plain)),
-        served(engine, request(engine, "i", image_messages, picture)),
+        served(engine, request(engine, "i1", describe, first)),
+        served(engine, request(engine, "i2", count, second)),
         served(engine, request(engine, "t2", plain)),
     )
-    assert [tokens for tokens, _ in results] == [want_text, want_image, want_text]
+    assert [tokens for tokens, _ in results] == want
+    assert engine.largest_batch == 4
+
+
+async def test_follow_up_turn_reuses_the_image_prefix(
+    cached_engine: VLMEngine, reference: Any
+) -> None:
+    """A second turn resending the same image resumes from the first turn's cache through the
+    image (cached_tokens) without running the vision tower; another image is not reused."""
+    engine = cached_engine
+    picture = image(7)
+    turn = with_image("What is this?")
+    _, first = await served(engine, request(engine, "1", turn, picture))
+    assert first.usage.cached_tokens == 0
+    cache = engine.vision_cache
+    assert cache is not None
+    encoded = cache.misses
+    follow_up = [
+        *turn,
+        {"role": "assistant", "content": "A picture."},
+        {"role": "user", "content": "Which colours?"},
+    ]
+    tokens, second = await served(engine, request(engine, "2", follow_up, picture))
+    assert tokens == expected(reference, engine.render(follow_up), [picture])
+    images = image_positions(reference, engine, request(engine, "2", follow_up, picture))
+    assert second.usage.cached_tokens >= first.usage.prompt_tokens - 1 > images[-1]
+    assert (cache.misses, cache.hits) == (encoded, 0)  # the tower did not run again
+    other = image(8)
+    tokens, third = await served(engine, request(engine, "3", follow_up, other))
+    assert tokens == expected(reference, engine.render(follow_up), [other])
+    assert third.usage.cached_tokens <= images[0]  # reused at most up to the image
+
+
+def image_positions(reference: Any, engine: VLMEngine, request: GenerationRequest) -> list[int]:
+    """Where the expanded prompt's image tokens are (the processor run on this thread)."""
+    model, processor = reference
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return process(
+        model, processor, request, lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
+    ).image_positions
 
 
 async def test_the_vision_tower_runs_once_per_image_set(
@@ -132,7 +201,9 @@ async def test_the_vision_tower_runs_once_per_image_set(
     again, _ = await served(engine, request(engine, "2", with_image("Hi"), picture))
     assert first == again
     cached = checkpoint.name != "idefics3"  # no encoder mirrored for idefics3 (re-encodes)
-    assert (engine.vision_cache.misses, engine.vision_cache.hits) == ((1, 1) if cached else (0, 0))
+    cache = engine.vision_cache
+    assert cache is not None
+    assert (cache.misses, cache.hits) == ((1, 1) if cached else (0, 0))
 
 
 async def test_openai_sdk_sends_an_image_to_the_real_engine(
@@ -155,7 +226,7 @@ async def test_openai_sdk_sends_an_image_to_the_real_engine(
     buffer = io.BytesIO()
     Image.fromarray(picture.pixels).save(buffer, format="PNG")
     uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    engine = VLMEngine("tiny-vlm", checkpoint)
+    engine = vision_engine("tiny-vlm", checkpoint)
     pool = EnginePool([engine])
     app = create_app(Settings(max_body_bytes=1 << 20), pool)
     await pool.start()
@@ -189,3 +260,24 @@ async def test_openai_sdk_sends_an_image_to_the_real_engine(
     assert reply.usage is not None and reply.usage.completion_tokens == len(want)
     assert reply.usage.prompt_tokens > len(engine.encode_chat(with_image("What is it?")))
     assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+async def test_one_at_a_time_path_matches_mlx_vlm(checkpoint: Path, reference: Any) -> None:
+    """The path for families mlxd does not batch (mlx-vlm's own generate_step per request),
+    run here on a batched family: the same tokens as mlx-vlm, text requests queued beside."""
+    engine = SoloVLMEngine("tiny-vlm", checkpoint)
+    engine.start()
+    await engine.wait_loaded()
+    try:
+        picture, messages, plain = image(9), with_image("Describe."), text_only("Hello.")
+        results = await asyncio.gather(
+            served(engine, request(engine, "i", messages, picture)),
+            served(engine, request(engine, "t", plain)),
+        )
+    finally:
+        engine.stop()
+    want = [
+        expected(reference, engine.render(messages), [picture]),
+        expected(reference, engine.render(plain), []),
+    ]
+    assert [tokens for tokens, _ in results] == want
