@@ -100,7 +100,9 @@ def expected(reference: Any, prompt: str, images: list[ImageInput]) -> list[int]
     return [t for t in tokens[:MAX_TOKENS] if t not in eos]
 
 
-async def served(engine: AnyVisionEngine, request: GenerationRequest) -> tuple[list[int], FinishEvent]:
+async def served(
+    engine: AnyVisionEngine, request: GenerationRequest
+) -> tuple[list[int], FinishEvent]:
     tokens: list[int] = []
     finish = None
     async for event in engine.submit(request):
