@@ -54,7 +54,9 @@ def reference(checkpoint: Path) -> Any:
     return load(str(checkpoint))
 
 
-async def started(checkpoint: Path, prefix_cache_mb: int) -> VLMEngine:
+async def started(
+    checkpoint: Path, prefix_cache_mb: int, prefill_chunk: int = 0, prefill_bucket: int = 0
+) -> VLMEngine:
     settings = {
         "max_batch": 8,
         "max_waiting": 8,
@@ -63,6 +65,7 @@ async def started(checkpoint: Path, prefix_cache_mb: int) -> VLMEngine:
     }
     engine = build_chat("tiny-vlm", checkpoint, {}, settings)
     assert isinstance(engine, VLMEngine)
+    engine.prefill_chunk, engine.prefill_bucket = prefill_chunk, prefill_bucket  # 0: default
     engine.start()
     await engine.wait_loaded()
     return engine
@@ -133,6 +136,18 @@ async def test_image_prompt_matches_mlx_vlm(engine: VLMEngine, reference: Any) -
     # usage counts the image's tokens: more than the unexpanded prompt
     assert finish.usage.prompt_tokens > len(engine.encode_chat(messages))
     assert finish.usage.completion_tokens == len(want)
+
+
+async def test_image_prompt_fed_in_padded_chunks(checkpoint: Path, reference: Any) -> None:
+    """Prefilled 5 tokens at a time, each pass padded to 4 (the GPU's bucketing, where the
+    caches trim exactly): embeddings and positions follow the tokens across chunks."""
+    engine = await started(checkpoint, prefix_cache_mb=0, prefill_chunk=5, prefill_bucket=4)
+    try:
+        picture, messages = image(10, height=112, width=100), with_image("What is in it?")
+        tokens, _ = await served(engine, request(engine, "c", messages, picture))
+    finally:
+        engine.stop()
+    assert tokens == expected(reference, engine.render(messages), [picture])
 
 
 async def test_batched_with_text_only_requests(engine: VLMEngine, reference: Any) -> None:
