@@ -314,8 +314,9 @@ class ChatModelInfo:
     fim_tokens: tuple[str, str, str] | None = (
         None  # (prefix, suffix, middle) when the vocab has them
     )
-    reasoning: bool = False  # the chat template knows <think> blocks (a reasoning model)
-    tool_format: str = "hermes"  # how the chat template writes tool calls (engines/llm/tools.py)
+    reasoning: bool = False  # the model writes reasoning blocks (think tags or harmony channels)
+    think_tags: tuple[str, str] = ("<think>", "</think>")  # its reasoning block's tags
+    tool_format: str = "json_tools"  # how it writes tool calls (engines/llm/chat_formats.py)
     untagged_tool_calls: bool = True  # calls written without the format's tags count (server/)
     vision: bool = False  # the checkpoint has a vision tower: prompts may hold images
 

@@ -1,9 +1,11 @@
 """What a chat choice's generated text becomes: reasoning, content and tool calls.
 
-One `ChoiceOutput` per choice, fed the text as it is generated: a `<think>` block (reasoning
-models) goes to `reasoning_content` and `reasoning` (clients disagree on the name: both are
-sent), then, when tools are in play, `<tool_call>` markup becomes tool calls; the rest is
-content. Streaming and non-streaming use the same object, so they cannot disagree.
+One `ChoiceOutput` per choice, fed the text as it is generated: a reasoning block (the model's
+think tags) goes to `reasoning_content` and `reasoning` (clients disagree on the name: both are
+sent), then, when tools are in play, the calls in the model's own format (server/tool_formats/)
+become tool calls; the rest is content. gpt-oss's harmony carries reasoning, content and calls
+in one format: its parser does all three, tools or not. Streaming and non-streaming use the
+same object, so they cannot disagree.
 """
 
 from __future__ import annotations
@@ -11,22 +13,31 @@ from __future__ import annotations
 from typing import Any
 
 from server.reasoning import ReasoningParser
-from server.tool_calls import ParsedDeltas, ToolCallParser
+from server.tool_calls import ParsedDeltas
+from server.tool_formats import CallParser, call_parser
 
 
 class ChoiceOutput:
-    """`tool_schemas`: the request's functions and their parameters schemas (none: no tool
-    parsing); `untagged`: whether calls written without the model's tags are recognised."""
+    """`reasoning`: the model's think tags (None: no reasoning block), `think_opened`: the
+    prompt opened the block; `tool_schemas`: the request's functions and their parameters
+    schemas (none: no tool parsing); `untagged`: whether calls written without the model's tags
+    are recognised; `tool_format`: the format the model writes calls in."""
 
     def __init__(
         self,
-        reasoning: bool,
+        reasoning: tuple[str, str] | None,
         think_opened: bool,
         tool_schemas: dict[str, dict[str, Any] | None],
         untagged: bool = True,
+        tool_format: str = "json_tools",
     ) -> None:
-        self._reasoning = ReasoningParser(think_opened) if reasoning else None
-        self._tools = ToolCallParser(tool_schemas, untagged) if tool_schemas else None
+        harmony = tool_format == "harmony"
+        self._reasoning = (
+            ReasoningParser(think_opened, reasoning) if reasoning and not harmony else None
+        )
+        self._tools: CallParser | None = None
+        if harmony or tool_schemas:
+            self._tools = call_parser(tool_format, tool_schemas, untagged)
         self.reasoning_text = ""
         self.content = ""
 
@@ -68,7 +79,7 @@ class ChoiceOutput:
         return self._tool_deltas(self._tools.feed(text))
 
     def _tool_deltas(self, parsed: ParsedDeltas) -> list[dict[str, Any]]:
-        deltas: list[dict[str, Any]] = []
+        deltas: list[dict[str, Any]] = self._thoughts(parsed.reasoning)
         if parsed.content:
             self.content += parsed.content
             deltas.append({"content": parsed.content})

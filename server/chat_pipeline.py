@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from engines.kinds import CHAT, ChatEngine
-from engines.llm.constrain import json_schema_grammar, tool_call_grammar
+from engines.llm.call_grammars import grammar_format, grammar_tags, tool_call_grammar
+from engines.llm.chat_formats import DEFAULT_FORMAT
+from engines.llm.constrain import json_schema_grammar
 from engines.pool import EnginePool
 from engines.types import GenerationRequest, ImageInput
 from server import logs
@@ -27,10 +29,10 @@ from server.chat_output import ChoiceOutput
 from server.errors import APIError
 from server.generation import check_limits
 from server.images import ImagePolicy, collect_images, first_image_param
-from server.reasoning import THINK_OPEN
+from server.reasoning import opened_in_prompt
 from server.schemas.chat import ChatCompletionRequest
 from server.settings import Settings
-from server.tool_calls import TOOL_TAGS, single_token_tags
+from server.tool_calls import single_token_tags
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +107,20 @@ async def prepare_chat(
         # llguidance's tokenizer, a pass over the whole vocabulary): off the event loop.
         await asyncio.to_thread(engine.check_grammar, grammar, grammar_param)
     prompt = engine.encode_chat(messages, tools, chat.template_kwargs())
-    reasoning = bool(engine.info and engine.info.reasoning)
-    think_opened = reasoning and engine.decode(prompt[-8:]).rstrip().endswith(THINK_OPEN)
-    untagged = engine.info.untagged_tool_calls if engine.info else True
+    info = engine.info
+    think_tags = info.think_tags if info and info.reasoning else None
+    # Whether the template left the block open (its tags are a few tokens at most).
+    think_opened = think_tags is not None and opened_in_prompt(
+        engine.decode(prompt[-32:]), think_tags
+    )
+    untagged = info.untagged_tool_calls if info else True
+    tool_format = info.tool_format if info else DEFAULT_FORMAT
+    if grammar_param == "tool_choice":  # a forced call is read in the format it was forced in
+        tool_format = grammar_format(tool_format)
     tool_schemas = {tool["function"]["name"]: tool["function"].get("parameters") for tool in tools}
 
     def output_for() -> ChoiceOutput:
-        return ChoiceOutput(reasoning, think_opened, tool_schemas, untagged)
+        return ChoiceOutput(think_tags, think_opened, tool_schemas, untagged, tool_format)
 
     requested = chat.requested_max_tokens()
     if clamp_max_tokens and requested is not None:
@@ -210,8 +219,8 @@ def output_grammar(
     forced = chat.forced_tool()
     if chat.tool_choice == "required" or forced is not None:
         parallel = forced is None and chat.parallel_tool_calls is not False
-        tool_format = engine.info.tool_format if engine.info else "hermes"
-        tags = single_token_tags(engine, TOOL_TAGS)
+        tool_format = engine.info.tool_format if engine.info else DEFAULT_FORMAT
+        tags = single_token_tags(engine, grammar_tags(tool_format))
         return tool_call_grammar(tools, forced, parallel, tool_format, tags), "tool_choice"
     response_format = chat.response_format
     if response_format is None or response_format.type == "text":

@@ -1,10 +1,13 @@
-"""Reasoning blocks: `<think>…</think>` split from the answer, in any chunking.
+"""Reasoning blocks: `<think>…</think>` (or the family's own tags, engines/llm/chat_formats.py
+`think_tags`: LongCat's `<longcat_think>`, `<|think:start|>`, Gemma 4's `<|channel>thought` …
+`<channel|>`) split from the answer, in any chunking. gpt-oss's harmony channels are read by
+server/tool_formats/harmony.py instead.
 
 Reasoning models (Qwen3, DeepSeek-R1 distillations, …) write their thoughts between think tags
-before the answer; some chat templates already open `<think>` at the end of the prompt, so the
-output starts inside the block. Invariants: the tags never reach either field; text that might
-be the start of a tag is held back until it is known not to be; feeding the same output in any
-chunking gives the same reasoning and the same content.
+before the answer; some chat templates already open the block at the end of the prompt, so the
+output starts inside it (`opened_in_prompt`: mlx-lm's rule). Invariants: the tags never reach
+either field; text that might be the start of a tag is held back until it is known not to be;
+feeding the same output in any chunking gives the same reasoning and the same content.
 """
 
 from __future__ import annotations
@@ -22,8 +25,18 @@ class ReasoningDelta:
     content: str = ""
 
 
+def opened_in_prompt(prompt_tail: str, tags: tuple[str, str]) -> bool:
+    """Whether a prompt ending in `prompt_tail` leaves the block open: its last open tag comes
+    after its last close tag (a template that opens it for the model; one that writes an empty
+    block to turn thinking off does not)."""
+    return prompt_tail.rfind(tags[0]) > prompt_tail.rfind(tags[1])
+
+
 class ReasoningParser:
-    def __init__(self, opened_by_prompt: bool) -> None:
+    def __init__(
+        self, opened_by_prompt: bool, tags: tuple[str, str] = (THINK_OPEN, THINK_CLOSE)
+    ) -> None:
+        self._open, self._close = tags
         self._state = "thinking" if opened_by_prompt else "start"
         self._buffer = ""
 
@@ -33,22 +46,22 @@ class ReasoningParser:
         while True:
             if self._state == "start":  # only leading whitespace may come before <think>
                 stripped = self._buffer.lstrip()
-                if stripped.startswith(THINK_OPEN):
-                    self._buffer = stripped[len(THINK_OPEN) :]
+                if stripped.startswith(self._open):
+                    self._buffer = stripped[len(self._open) :]
                     self._state = "thinking"
                     continue
-                if THINK_OPEN.startswith(stripped):  # still ambiguous (or empty)
+                if self._open.startswith(stripped):  # still ambiguous (or empty)
                     return out
                 self._state = "answer"
             if self._state == "thinking":
-                end = self._buffer.find(THINK_CLOSE)
+                end = self._buffer.find(self._close)
                 if end < 0:
-                    keep = partial_suffix(self._buffer, THINK_CLOSE)
+                    keep = partial_suffix(self._buffer, self._close)
                     out.reasoning += self._buffer[: len(self._buffer) - keep]
                     self._buffer = self._buffer[len(self._buffer) - keep :]
                     return out
                 out.reasoning += self._buffer[:end]
-                self._buffer = self._buffer[end + len(THINK_CLOSE) :]
+                self._buffer = self._buffer[end + len(self._close) :]
                 self._state = "answer_start"
             if self._state == "answer_start":  # the blank lines after </think> are no content
                 self._buffer = self._buffer.lstrip()

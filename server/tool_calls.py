@@ -55,6 +55,7 @@ class ToolCallDelta:
 class ParsedDeltas:
     content: str = ""
     calls: list[ToolCallDelta] = field(default_factory=list)
+    reasoning: str = ""  # only formats that carry reasoning too (gpt-oss's harmony) set it
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _strip_bare_prefix(text: str) -> str:
     return text.lstrip()
 
 
-def _may_be_untagged(head: str) -> bool | None:
+def may_be_untagged(head: str) -> bool | None:
     """Whether output starting with `head` may be an untagged call (None: cannot tell yet)."""
     if any(p.startswith(head) for p in _BARE_PREFIXES + _FENCE_OPENERS):
         return None
@@ -105,7 +106,7 @@ class ToolCallParser:
             head = _strip_bare_prefix(self._buffer)
             if not head:
                 return out
-            untagged = _may_be_untagged(head) if self._untagged else False
+            untagged = may_be_untagged(head) if self._untagged else False
             if untagged is None:
                 return out  # undecided
             self._mode = "bare" if untagged else "text"
@@ -261,9 +262,6 @@ def _call_of(call: Any) -> tuple[str, dict[str, Any]] | None:
     if not isinstance(arguments, dict):
         return None
     return call["name"], arguments
-
-
-TOOL_TAGS = (OPEN, CLOSE, MISTRAL_TAG)
 
 
 def single_token_tags(engine: Any, tags: tuple[str, ...]) -> dict[str, int]:

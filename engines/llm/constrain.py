@@ -1,4 +1,5 @@
-"""Constrained decoding: grammars (JSON schemas, tool-call formats) → a token mask per step.
+"""Constrained decoding: grammars (JSON schemas; forced tool calls, built in
+engines/llm/call_grammars.py) → a token mask per step.
 
 Built on llguidance: a grammar is compiled once per request against the model's tokenizer, and
 each constrained sequence carries its own matcher. Each step, the matcher's bitmask of allowed
@@ -24,14 +25,11 @@ Invariants:
 from __future__ import annotations
 
 import copy
-import json
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from engines.errors import InvalidRequest
-from engines.llm.tools import CLOSE, MISTRAL_TAG, OPEN
 
 MAX_DIGITS = 16
 _DIGITS = b"0123456789"
@@ -41,62 +39,20 @@ _DIGITS = b"0123456789"
 _COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
-def _compact(schema: dict[str, Any]) -> dict[str, Any]:
+def compact(schema: dict[str, Any]) -> dict[str, Any]:
     return {**schema, "x-guidance": {**_COMPACT, **schema.get("x-guidance", {})}}
 
 
 def json_schema_grammar(schema: dict[str, Any]) -> str:
     import llguidance
 
-    return str(llguidance.LLMatcher.grammar_from_json_schema(_compact(schema)))
+    return str(llguidance.LLMatcher.grammar_from_json_schema(compact(schema)))
 
 
 def lark_grammar(lark: str) -> str:
     import llguidance
 
     return str(llguidance.LLMatcher.grammar_from_lark(lark))
-
-
-def tool_call_grammar(
-    tools: list[dict[str, Any]],
-    forced: str | None,
-    parallel: bool,
-    tool_format: str = "hermes",
-    tag_tokens: Mapping[str, int] | None = None,
-) -> str:
-    """Calls in the model's own `tool_format` — one (or, with `parallel`, one or more) of
-    `tools`, or only the function named `forced`. `tag_tokens`: the tags that are single tokens
-    of the model's vocabulary, named in the grammar by id."""
-    arguments_key = "parameters" if tool_format == "llama3" else "arguments"
-    options = [
-        {
-            "type": "object",
-            "properties": {
-                "name": {"const": tool["function"]["name"]},
-                arguments_key: tool["function"].get("parameters") or {"type": "object"},
-            },
-            "required": ["name", arguments_key],
-            "additionalProperties": False,
-        }
-        for tool in tools
-        if forced is None or tool["function"]["name"] == forced
-    ]
-    schema = options[0] if len(options) == 1 else {"anyOf": options}
-    tokens = tag_tokens or {}
-
-    def tag(text: str) -> str:
-        return f"<[{tokens[text]}]>" if text in tokens else json.dumps(text)
-
-    if tool_format == "mistral":
-        more = '(", " body)*' if parallel else ""
-        calls = f'{tag(MISTRAL_TAG)} "[" body {more} "]"'
-    elif tool_format == "llama3":
-        calls = "body"  # Llama 3.x writes one bare call
-    else:
-        # A newline may follow the last call: Qwen writes one before its end-of-turn token.
-        more = '("\\n" call)*' if parallel else ""
-        calls = f'call {more} "\\n"?\ncall: {tag(OPEN)} "\\n" body "\\n" {tag(CLOSE)}'
-    return lark_grammar(f"start: {calls}\nbody: %json {json.dumps(_compact(schema))}\n")
 
 
 class GrammarCompiler:

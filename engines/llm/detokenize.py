@@ -21,14 +21,25 @@ _CONTEXT_TOKENS = 6
 class IncrementalDetokenizer:
     """Decodes a growing token list into text deltas, via the tokenizer's own `decode`."""
 
-    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        skip_special_tokens: bool = True,
+        hidden: frozenset[int] | None = None,
+    ) -> None:
+        """`hidden`: when set, exactly these tokens are left out (the special tokens, less the
+        markers the edge parses: engines/llm/chat_formats.py); else the tokenizer's own
+        `skip_special_tokens` decides."""
         self._tokenizer = tokenizer
-        self._skip_special_tokens = skip_special_tokens
+        self._skip_special_tokens = skip_special_tokens and hidden is None
+        self._hidden = hidden
         self._tokens: list[int] = []
         self._prefix_offset = 0  # start of the context window given to decode
         self._read_offset = 0  # tokens before this have been returned as text
 
     def _decode(self, tokens: list[int]) -> str:
+        if self._hidden is not None:
+            tokens = [t for t in tokens if t not in self._hidden]
         return str(self._tokenizer.decode(tokens, skip_special_tokens=self._skip_special_tokens))
 
     def add(self, token: int) -> str:

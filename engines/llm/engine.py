@@ -18,6 +18,7 @@ from typing import Any
 
 from engines.bridge import RequestStream
 from engines.llm.caches import CacheProfile
+from engines.llm.chat_formats import hidden_special_ids, model_formats
 from engines.llm.cpu_decode import install as install_cpu_decode
 from engines.llm.detokenize import TokenBytes
 from engines.llm.disk_cache import DiskPrefixCache, model_identity
@@ -30,7 +31,6 @@ from engines.llm.scheduler import Scheduler
 from engines.llm.scheduler_config import Counters, SchedulerConfig
 from engines.llm.sequence import Vocabulary
 from engines.llm.speculative import DEFAULT_DRAFT_TOKENS
-from engines.llm.tools import tool_call_format
 from engines.llm.warmup import WarmUp, default_rows
 from engines.types import (
     FIM_TOKEN_SETS,
@@ -205,6 +205,7 @@ class LLMEngine(EngineThread, ChatFront):
         if self.limits.chat_template:
             tokenizer.chat_template = self.limits.chat_template
         vocab = tokenizer.vocab
+        tool_format, think = model_formats(tokenizer, bool(self.limits.chat_template))
         fim = next((s for s in FIM_TOKEN_SETS if all(t in vocab for t in s)), None)
         self.info = ChatModelInfo(
             name=self.name,
@@ -213,8 +214,9 @@ class LLMEngine(EngineThread, ChatFront):
             eos_token_ids=frozenset(int(t) for t in tokenizer.eos_token_ids),
             created=int(self.path.stat().st_mtime),
             fim_tokens=fim,
-            reasoning="<think>" in str(getattr(tokenizer, "chat_template", None) or ""),
-            tool_format=tool_call_format(getattr(tokenizer, "chat_template", None)),
+            reasoning=think is not None or tool_format == "harmony",
+            think_tags=think or ChatModelInfo.think_tags,
+            tool_format=tool_format,
             untagged_tool_calls=self.limits.untagged_tool_calls,
         )
 
@@ -248,7 +250,11 @@ class LLMEngine(EngineThread, ChatFront):
         # The engine thread detokenizes with its own copy: a Rust tokenizer used by two threads
         # at once can panic ("Already borrowed"); the front's stays on the event loop.
         own = copy.deepcopy(tokenizer)
-        vocabulary = Vocabulary(own, TokenBytes(own), self.info.eos_token_ids)
+        info = self.info
+        hidden = hidden_special_ids(
+            own, info.tool_format, info.think_tags if info.reasoning else None
+        )
+        vocabulary = Vocabulary(own, TokenBytes(own), info.eos_token_ids, hidden)
         prefix_cache = None
         if self.limits.prefix_cache_bytes > 0:
             prefix_cache = PrefixCache(self.limits.prefix_cache_bytes, disk=self._disk_cache())

@@ -43,6 +43,7 @@ class Vocabulary:
     tokenizer: Any
     token_bytes: TokenBytes
     eos_token_ids: frozenset[int]
+    hidden_ids: frozenset[int] | None = None  # tokens left out of the text (None: specials)
 
     def logprob(
         self, token: int, text: str, logprob: float | None, top: tuple[tuple[int, float], ...]
@@ -82,7 +83,9 @@ class Choice:
     _released_chars: int = 0  # characters of _entries[0].text already sent
 
     def __post_init__(self) -> None:
-        self._detokenizer = IncrementalDetokenizer(self.vocabulary.tokenizer)
+        self._detokenizer = IncrementalDetokenizer(
+            self.vocabulary.tokenizer, hidden=self.vocabulary.hidden_ids
+        )
         self._stops = StopMatcher(self.request.stop)
 
     @property

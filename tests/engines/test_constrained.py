@@ -10,7 +10,8 @@ import json
 import pytest
 
 from engines.errors import InvalidRequest
-from engines.llm.constrain import json_schema_grammar, tool_call_grammar
+from engines.llm.call_grammars import tool_call_grammar
+from engines.llm.constrain import json_schema_grammar
 from engines.llm.engine import LLMEngine
 from engines.types import GenerationRequest, SamplingParams
 from server.tool_calls import ToolCallParser

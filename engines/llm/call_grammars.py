@@ -1,0 +1,189 @@
+"""Forced tool calls (`tool_choice` "required" or a named function) as a grammar in the model's
+own call format (engines/llm/chat_formats.py), compiled by engines/llm/constrain.py.
+
+Formats with a grammar here: json_tools (`<tool_call>` JSON), mistral (`[TOOL_CALLS][…]`, the
+JSON-list form), llama3 (one bare JSON call), qwen3_coder, glm47 and minimax_m2 (XML-like
+parameters: a string parameter is free text up to its closing tag, bounded by `maxLength` when
+the schema has one; an enum of strings is one of them; any other parameter is JSON under its
+schema; parameters in the schema's order, the optional ones optional), kimi_k2 (JSON arguments
+between its section tokens) and harmony (a `commentary` message to `functions.NAME` with JSON
+arguments; gpt-oss then ends its turn with `<|call|>`). The others (gemma4, function_gemma,
+pythonic, longcat, minicpm5, kimi_k3) write values in notations of their own (Python literals,
+`<|"|>`-quoted strings, typed XTML) that no schema-to-grammar translation covers here: a forced
+call for those models is generated in the json_tools format instead (`grammar_format`), and the
+edge parses it in that format.
+
+Invariants: the grammar accepts exactly the calls of the allowed functions whose arguments the
+format's parser (server/tool_formats/) reads back as schema-valid JSON (strings aside, which
+the XML-like formats write raw); markers that are single tokens of the vocabulary are named as
+those tokens (`tag_tokens`): a grammar that spells them as text cannot accept the token the
+model was trained to emit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from engines.llm.chat_formats import DEFAULT_FORMAT, MARKERS
+from engines.llm.constrain import compact, lark_grammar
+
+GRAMMAR_FORMATS = (
+    "json_tools", "mistral", "llama3", "qwen3_coder", "glm47", "minimax_m2", "kimi_k2", "harmony",
+)  # fmt: skip
+
+
+def grammar_format(tool_format: str) -> str:
+    """The format a forced call of a `tool_format` model is generated (and parsed) in."""
+    return tool_format if tool_format in GRAMMAR_FORMATS else DEFAULT_FORMAT
+
+
+def grammar_tags(tool_format: str) -> tuple[str, ...]:
+    """The markers the forced-call grammar of `tool_format` writes (to look up as tokens)."""
+    return MARKERS.get(grammar_format(tool_format), ())
+
+
+def tool_call_grammar(
+    tools: list[dict[str, Any]],
+    forced: str | None,
+    parallel: bool,
+    tool_format: str = DEFAULT_FORMAT,
+    tag_tokens: Mapping[str, int] | None = None,
+) -> str:
+    """Calls in `grammar_format(tool_format)` — one (or, with `parallel`, one or more) of
+    `tools`, or only the function named `forced`. `tag_tokens`: the markers that are single
+    tokens of the model's vocabulary, named in the grammar by id."""
+    functions = [
+        (tool["function"]["name"], tool["function"].get("parameters") or {"type": "object"})
+        for tool in tools
+        if forced is None or tool["function"]["name"] == forced
+    ]
+    tokens = tag_tokens or {}
+
+    def tag(text: str) -> str:
+        return f"<[{tokens[text]}]>" if text in tokens else json.dumps(text)
+
+    fmt = grammar_format(tool_format)
+    if fmt in _XML_STYLES:
+        return lark_grammar(_xml_calls(fmt, functions, parallel, tag))
+    if fmt == "kimi_k2":
+        return lark_grammar(_kimi_calls(functions, parallel, tag))
+    if fmt == "harmony":
+        return lark_grammar(_harmony_call(functions, tag))
+    return lark_grammar(_json_calls(fmt, functions, parallel, tag))
+
+
+def _json_calls(fmt: str, functions: list[tuple[str, Any]], parallel: bool, tag: Any) -> str:
+    arguments_key = "parameters" if fmt == "llama3" else "arguments"
+    options = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": name}, arguments_key: parameters},
+            "required": ["name", arguments_key],
+            "additionalProperties": False,
+        }
+        for name, parameters in functions
+    ]
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    if fmt == "mistral":
+        more = '(", " body)*' if parallel else ""
+        calls = f'{tag("[TOOL_CALLS]")} "[" body {more} "]"'
+    elif fmt == "llama3":
+        calls = "body"  # Llama 3.x writes one bare call
+    else:
+        # A newline may follow the last call: Qwen writes one before its end-of-turn token.
+        more = '("\\n" call)*' if parallel else ""
+        call = f'{tag("<tool_call>")} "\\n" body "\\n" {tag("</tool_call>")}'
+        calls = f'call {more} "\\n"?\ncall: {call}'
+    return f"start: {calls}\nbody: %json {json.dumps(compact(schema))}\n"
+
+
+# Per XML-like format: (before the name, after it, a parameter's opening with {key}, its
+# closing, after the last parameter); as each family's chat template writes them.
+_XML_STYLES = {
+    "qwen3_coder": (
+        "\n<function=", ">\n", "<parameter={key}>\n", "\n</parameter>\n", "</function>\n"
+    ),
+    "glm47": ("", "\n", "<arg_key>{key}</arg_key>\n<arg_value>", "</arg_value>\n", ""),
+    "minimax_m2": (
+        '<invoke name="', '">\n', '<parameter name="{key}">', "</parameter>\n", "</invoke>\n"
+    ),
+}  # fmt: skip
+_SECTION_TAGS = {
+    "qwen3_coder": ("<tool_call>", "</tool_call>"),
+    "glm47": ("<tool_call>", "</tool_call>"),
+    "minimax_m2": ("<minimax:tool_call>", "</minimax:tool_call>"),
+}
+
+
+def _xml_calls(fmt: str, functions: list[tuple[str, Any]], parallel: bool, tag: Any) -> str:
+    before_name, after_name, opening, closing, after_last = _XML_STYLES[fmt]
+    rules: list[str] = []
+    for f, (name, parameters) in enumerate(functions):
+        properties = parameters.get("properties") or {}
+        required = set(parameters.get("required") or [])
+        items = []
+        for p, (key, schema) in enumerate(properties.items()):
+            value = _xml_value(f"v{f}_{p}", schema or {}, closing, rules)
+            item = f"{json.dumps(opening.format(key=key))} {value}"
+            items.append(f"({item})" if key in required else f"({item})?")
+        body = " ".join(items)
+        rules.append(
+            f"fn{f}: {json.dumps(before_name + name + after_name)} {body} {json.dumps(after_last)}"
+        )
+    function = " | ".join(f"fn{f}" for f in range(len(functions)))
+    start, end = (tag(t) for t in _SECTION_TAGS[fmt])
+    if fmt == "minimax_m2":  # one section holds every call
+        more = "invoke*" if parallel else ""
+        calls = f'{start} "\\n" invoke {more} {end}'
+        rules.append(f"invoke: {function}")
+    else:
+        more = '("\\n" call)*' if parallel else ""
+        calls = f"call {more}"
+        rules.append(f"call: {start} {function} {end}")
+    return "\n".join([f'start: {calls} "\\n"?', *rules]) + "\n"
+
+
+def _xml_value(rule: str, schema: dict[str, Any], closing: str, rules: list[str]) -> str:
+    """A parameter's value and its closing text: raw text for strings, JSON otherwise."""
+    enum = schema.get("enum")
+    if schema.get("type") == "string" and enum and all(isinstance(e, str) for e in enum):
+        choices = " | ".join(json.dumps(e) for e in enum)
+        return f"({choices}) {json.dumps(closing)}"
+    if schema.get("type") == "string":
+        limit = schema.get("maxLength")
+        repeat = f"{{0,{int(limit)}}}" if isinstance(limit, int) else "*"
+        # Lazy: the value ends at the first closing tag (the parser reads it the same way).
+        rules.append(f"{rule}[lazy]: /(.|\\n){repeat}{_regex_text(closing)}/")
+        return rule
+    return f"%json {json.dumps(compact(schema))} {json.dumps(closing)}"
+
+
+def _regex_text(text: str) -> str:
+    """`text` as a Lark regex literal's content."""
+    return "".join("\\n" if c == "\n" else f"\\{c}" if c in "/\\.^$*+?()[]{}|" else c for c in text)
+
+
+def _kimi_calls(functions: list[tuple[str, Any]], parallel: bool, tag: Any) -> str:
+    calls = [
+        f'{tag("<|tool_call_begin|>")} "functions.{name}:" /[0-9]/ '
+        f"{tag('<|tool_call_argument_begin|>')} %json {json.dumps(compact(parameters))} "
+        f"{tag('<|tool_call_end|>')}"
+        for name, parameters in functions
+    ]
+    more = "call*" if parallel else ""
+    return (
+        f"start: {tag('<|tool_calls_section_begin|>')} call {more} "
+        f"{tag('<|tool_calls_section_end|>')}\ncall: {' | '.join(calls)}\n"
+    )
+
+
+def _harmony_call(functions: list[tuple[str, Any]], tag: Any) -> str:
+    # One call per turn: gpt-oss ends the turn with <|call|> (an end-of-sequence token).
+    calls = [
+        f'{tag("<|channel|>")} "commentary to=functions.{name} " {tag("<|constrain|>")} "json" '
+        f"{tag('<|message|>')} %json {json.dumps(compact(parameters))}"
+        for name, parameters in functions
+    ]
+    return f"start: {' | '.join(calls)}\n"

@@ -1,0 +1,138 @@
+"""Streaming parser for the formats whose calls sit between a start and an end marker
+(engines/llm/chat_formats.py `SECTIONS`), each section's text read by the format's body parser
+(server/tool_formats/bodies.py) — the way mlx-lm's server splits its text state machine into
+normal and tool text and parses each tool text when it closes.
+
+Invariants (those of server/tool_calls.py's `ToolCallParser`, which serves json_tools):
+- Fed text in any chunking, it emits the same content and the same calls.
+- Markers never reach content: text that may be the start of the start marker is held back
+  until it is known not to be; whitespace between or after calls is no content.
+- A section becomes its calls when its end marker arrives (a format with no end marker,
+  Mistral's, and a section still open at the end: when the output ends). Each call is sent as
+  one delta with its id and name, then one with its arguments as JSON text (the model's own id
+  where the format writes one).
+- A section that does not parse is content, markers included: nothing the model wrote is lost.
+- An output that is nothing but untagged JSON calls is recognised as ToolCallParser does.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from engines.llm.chat_formats import SECTIONS
+from server.tool_calls import (
+    ParsedDeltas,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallParser,
+    may_be_untagged,
+    new_call_id,
+    partial_suffix,
+)
+from server.tool_formats.bodies import BODIES, ParsedCall
+
+
+class SectionParser:
+    def __init__(
+        self,
+        tool_format: str,
+        schemas: dict[str, dict[str, Any] | None],
+        untagged: bool = True,
+    ) -> None:
+        self._start, self._end = SECTIONS[tool_format]
+        self._body = BODIES[tool_format]
+        self._schemas = schemas
+        self._tools = [
+            {"type": "function", "function": {"name": name, "parameters": parameters}}
+            for name, parameters in schemas.items()
+        ]
+        self._untagged = untagged and bool(schemas)
+        self._mode = "start"  # start → text | bare (the whole output is JSON, held back)
+        self._buffer = ""
+        self._in_section = False
+        self._calls: list[ToolCall] = []
+
+    @property
+    def calls(self) -> list[ToolCall]:
+        return list(self._calls)
+
+    def feed(self, text: str) -> ParsedDeltas:
+        self._buffer += text
+        out = ParsedDeltas()
+        if self._mode == "start" and not self._classify():
+            return out
+        if self._mode == "bare":
+            return out
+        while True:
+            if not self._in_section:
+                start = self._buffer.find(self._start)
+                held = partial_suffix(self._buffer, self._start) if start < 0 else 0
+                text_end = start if start >= 0 else len(self._buffer) - held
+                separator = bool(self._calls) and not self._buffer[:text_end].strip()
+                if separator and start < 0:
+                    return out  # whitespace after a call: a separator, unless text follows
+                if not separator:
+                    out.content += self._buffer[:text_end]
+                self._buffer = self._buffer[text_end:]
+                if start < 0:
+                    return out
+                self._buffer = self._buffer[len(self._start) :]
+                self._in_section = True
+            if not self._end:
+                return out  # the section runs to the end of the output
+            end = self._buffer.find(self._end)
+            if end < 0:
+                return out
+            body, self._buffer = self._buffer[:end], self._buffer[end + len(self._end) :]
+            self._in_section = False
+            self._close(body, out, closed=True)
+
+    def finish(self) -> ParsedDeltas:
+        """End of output: flush held-back text; an open section is parsed as it stands."""
+        out = ParsedDeltas()
+        if self._mode == "bare":
+            bare = ToolCallParser(self._schemas, untagged=True)
+            bare.feed(self._buffer)
+            out = bare.finish()
+            self._calls += bare.calls
+        elif self._in_section:
+            self._in_section = False
+            self._close(self._buffer, out, closed=False)
+        elif self._buffer.strip() or not self._calls:
+            out.content += self._buffer
+        self._buffer = ""
+        return out
+
+    def _classify(self) -> bool:
+        """Decide, from the output's first characters, whether it is untagged JSON (held back
+        whole) or text with sections; False while it cannot tell yet."""
+        head = self._buffer.lstrip()
+        if not head or (self._start.startswith(head) and head != self._start):
+            return False
+        untagged: bool | None = False
+        if self._untagged and not head.startswith(self._start):
+            untagged = may_be_untagged(head)
+        if untagged is None:
+            return False
+        self._mode = "bare" if untagged else "text"
+        return True
+
+    def _close(self, body: str, out: ParsedDeltas, closed: bool) -> None:
+        calls = self._body(body, self._tools)
+        if calls is None:
+            out.content += f"{self._start}{body}{self._end if closed else ''}"
+            return
+        for call in calls:
+            self._emit(call, out)
+
+    def _emit(self, parsed: ParsedCall, out: ParsedDeltas) -> None:
+        call = ToolCall(
+            parsed.id or new_call_id(),
+            parsed.name,
+            json.dumps(parsed.arguments, ensure_ascii=False),
+        )
+        index = len(self._calls)
+        out.calls.append(ToolCallDelta(index, call.id, call.name))
+        out.calls.append(ToolCallDelta(index, arguments=call.arguments))
+        self._calls.append(call)

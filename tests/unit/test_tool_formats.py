@@ -1,0 +1,270 @@
+"""Each family's tool-call format against mlx-lm 0.32's own parsers (the reference): the format
+chosen from a chat template is the one mlx-lm chooses; on the same output text, our streaming
+parser gives the calls (names, arguments, the model's ids) and the content mlx-lm's server gives
+(its text state machine over the format's markers, then the format's `parse_tool_call`); fed in
+two pieces split at every position, or one character at a time, it gives the same as whole.
+
+mlx-lm's server sends whitespace between calls as content; ours sends none: content is compared
+with whitespace runs collapsed and ends trimmed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from engines.llm.chat_formats import SECTIONS, think_tags, tool_format
+from server.tool_formats import call_parser
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "days": {"type": "integer"},
+        "metric": {"type": "boolean"},
+        "hours": {"type": "array", "items": {"type": "integer"}},
+    },
+    "required": ["city"],
+}
+TIME = {"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]}
+SCHEMAS: dict[str, dict[str, Any] | None] = {"get_weather": WEATHER, "get_time": TIME}
+TOOLS = [{"type": "function", "function": {"name": n, "parameters": p}} for n, p in SCHEMAS.items()]
+
+# Outputs as each family writes them (their chat templates' own rendering of assistant calls).
+OUTPUTS = {
+    "json_tools": [
+        'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", '
+        '"days": 3}}\n</tool_call>\n<tool_call>\n{"name": "get_time", "arguments": {"tz": '
+        '"Europe/Paris"}}\n</tool_call>',
+    ],
+    "qwen3_coder": [
+        "I'll look that up.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nSão Paulo\n"
+        "</parameter>\n<parameter=days>\n3\n</parameter>\n<parameter=metric>\ntrue\n</parameter>\n"
+        "<parameter=hours>\n[9, 12]\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n"
+        "<function=get_time>\n<parameter=tz>\nEurope/Paris\n</parameter>\n</function>\n"
+        "</tool_call>",
+        "<tool_call>\n<function=get_weather>\n<parameter=city>\nline one\nline two\n</parameter>\n"
+        "</function>\n</tool_call>\nDone.",
+    ],
+    "glm47": [
+        "Checking.<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n"
+        "<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n</tool_call>",
+        "<tool_call>get_time<arg_key>tz</arg_key><arg_value>Europe/Paris</arg_value></tool_call>"
+        "<tool_call>get_weather<arg_key>city</arg_key><arg_value>42</arg_value>"
+        "<arg_key>hours</arg_key><arg_value>[1, 2]</arg_value></tool_call>",
+    ],
+    "minimax_m2": [
+        'On it.\n<minimax:tool_call>\n<invoke name="get_weather">\n<parameter name="city">Paris'
+        '</parameter>\n<parameter name="days">3</parameter>\n<parameter name="metric">false'
+        '</parameter>\n</invoke>\n<invoke name="get_time">\n<parameter name="tz">Europe/Paris'
+        "</parameter>\n</invoke>\n</minimax:tool_call>",
+    ],
+    "kimi_k2": [
+        "Let me check both.<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
+        '<|tool_call_argument_begin|>{"city": "Paris", "days": 3}<|tool_call_end|>'
+        "<|tool_call_begin|>functions.get_time:1<|tool_call_argument_begin|>"
+        '{"tz": "Europe/Paris"}<|tool_call_end|><|tool_calls_section_end|>',
+    ],
+    "kimi_k3": [
+        '<|open|>tools<|sep|><|open|>call tool="get_weather" index="1"<|sep|>'
+        '<|open|>argument key="city" type="string"<|sep|>Paris<|close|>argument<|sep|>'
+        '<|open|>argument key="days" type="integer"<|sep|>3<|close|>argument<|sep|>'
+        '<|close|>call<|sep|><|open|>call tool="get_time" index="2"<|sep|>'
+        '<|open|>json type="object"<|sep|>{"tz": "UTC"}<|close|>json<|sep|><|close|>call<|sep|>'
+        "<|close|>tools<|sep|>",
+    ],
+    "gemma4": [
+        'Checking.<|tool_call>call:get_weather{city:<|"|>Paris, {France}<|"|>,days:3,'
+        "hours:[9,12]}<tool_call|>",
+        '<|tool_call>call:get_time{tz:<|"|>UTC<|"|>}<tool_call|><|tool_call>call:get_weather'
+        '{city:<|"|>Oslo<|"|>}<tool_call|>',
+    ],
+    "function_gemma": [
+        "<start_function_call>call:get_weather{city:<escape>Paris<escape>,days:3}"
+        "<end_function_call>",
+    ],
+    "pythonic": [
+        '<|tool_call_start|>[get_weather(city="Paris", days=3, metric=true), '
+        'get_time(tz="Europe/Paris")]<|tool_call_end|>Checking both.',
+        "<|tool_call_start|>[get_weather(city='Oslo', hours=[1, 2])]<|tool_call_end|>",
+    ],
+    "mistral": [
+        '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}, '
+        '{"name": "get_time", "arguments": {"tz": "UTC"}, "id": "abc123XYZ"}]',
+        'Sure.[TOOL_CALLS]get_weather[ARGS]{"city": "Paris", "days": 3}[TOOL_CALLS]get_time'
+        '[ARGS]{"tz": "UTC"}',
+    ],
+    "longcat": [
+        "<longcat_tool_call>get_weather\n<longcat_arg_key>city</longcat_arg_key>\n"
+        "<longcat_arg_value>Paris</longcat_arg_value>\n<longcat_arg_key>days</longcat_arg_key>\n"
+        "<longcat_arg_value>3</longcat_arg_value>\n</longcat_tool_call>",
+    ],
+    "minicpm5": [
+        'Checking.<function name="get_weather"><param name="city">Paris</param>'
+        '<param name="days">3</param></function>\n<function name="get_time">'
+        '<param name="tz"><![CDATA[Europe/Paris <UTC+1>]]></param></function>',
+    ],
+}
+CASES = [(fmt, text) for fmt, texts in OUTPUTS.items() for text in texts]
+
+
+def words(text: str) -> str:
+    return " ".join(text.split())
+
+
+def reference(fmt: str, text: str) -> tuple[str, list[tuple[str, Any, str | None]]]:
+    """What mlx-lm's server makes of `text`: its state machine splits normal from tool text
+    at the format's markers, and each tool text goes through the format's parser."""
+    from mlx_lm.generate import TextStateMachine
+
+    module = importlib.import_module(f"mlx_lm.tool_parsers.{fmt}")
+    start, end = module.tool_call_start, module.tool_call_end
+    machine = TextStateMachine(
+        {"normal": [(start, "tool")], "tool": [(end, "normal")] if end else []}
+    )
+    state, segments = TextStateMachine.split(machine.make_state("normal"), text)
+    segments.append((state[0], state[3]))  # what is still buffered at the end
+    content, calls = "", []
+    # mlx-lm's server appends each tool text when the state leaves "tool" (or at the end).
+    merged: list[str] = []
+    previous = None
+    for name, piece in segments:
+        if name == "normal":
+            content += piece
+        elif name == "tool":
+            if previous == "tool":
+                merged[-1] += piece
+            else:
+                merged.append(piece)
+        previous = name
+    for tool_text in merged:
+        parsed = module.parse_tool_call(tool_text, TOOLS)
+        for call in parsed if isinstance(parsed, list) else [parsed]:
+            calls.append((call["name"], call["arguments"], call.get("id")))
+    return words(content), calls
+
+
+def ours(fmt: str, pieces: list[str]) -> tuple[str, list[tuple[str, Any, str | None]]]:
+    parser = call_parser(fmt, SCHEMAS)
+    content = ""
+    calls: dict[int, dict[str, Any]] = {}
+    for delta in [*(parser.feed(p) for p in pieces), parser.finish()]:
+        content += delta.content
+        for call in delta.calls:
+            entry = calls.setdefault(call.index, {"id": None, "name": None, "arguments": ""})
+            if call.id is not None:
+                assert entry["id"] is None, "a call's id and name come once"
+                entry["id"], entry["name"] = call.id, call.name
+            entry["arguments"] += call.arguments
+    assert [c.arguments for c in parser.calls] == [e["arguments"] for e in calls.values()]
+    return words(content), [
+        (e["name"], json.loads(e["arguments"]), e["id"]) for e in calls.values()
+    ]
+
+
+def model_ids(calls: list[tuple[str, Any, str | None]]) -> list[tuple[str, Any, str | None]]:
+    """Ours get fresh `call_…` ids where the model wrote none (mlx-lm: uuids, not returned)."""
+    return [(n, a, None if i is None or i.startswith("call_") else i) for n, a, i in calls]
+
+
+@pytest.mark.parametrize(("fmt", "text"), CASES, ids=[f"{f}-{i}" for i, (f, _) in enumerate(CASES)])
+def test_same_calls_and_content_as_mlx_lm(fmt: str, text: str) -> None:
+    expected = reference(fmt, text)
+    assert expected[1], "each sample holds calls"
+    content, calls = ours(fmt, [text])
+    assert (content, model_ids(calls)) == expected
+
+
+@pytest.mark.parametrize(("fmt", "text"), CASES, ids=[f"{f}-{i}" for i, (f, _) in enumerate(CASES)])
+def test_any_split_gives_the_whole_result(fmt: str, text: str) -> None:
+    whole = ours(fmt, [text])
+    for cut in range(1, len(text)):
+        assert model_ids(ours(fmt, [text[:cut], text[cut:]])[1]) == model_ids(whole[1]), cut
+        assert ours(fmt, [text[:cut], text[cut:]])[0] == whole[0], cut
+    assert model_ids(ours(fmt, list(text))[1]) == model_ids(whole[1])
+
+
+@pytest.mark.parametrize("fmt", sorted(set(SECTIONS) - {"json_tools"}))
+def test_a_section_that_does_not_parse_is_content(fmt: str) -> None:
+    start, end = SECTIONS[fmt]
+    text = f"Before {start}not a call at all{end}"
+    assert ours(fmt, [text]) == (words(text), [])
+
+
+def test_markers_held_back_until_known() -> None:
+    parser = call_parser("qwen3_coder", SCHEMAS)
+    assert parser.feed("Hi <tool_").content == "Hi "
+    assert parser.feed("tip>").content == "<tool_tip>"
+
+
+# -- choosing the format: mlx-lm's rules on the families' template markers --------------------
+
+TEMPLATES = {
+    "minimax_m2": "{{ '<minimax:tool_call>' }}<invoke name=",
+    "gemma4": "{{ '<|tool_call>' }}call:{{ name }}{{ '<tool_call|>' }}",
+    "function_gemma": "<start_function_call>call:",
+    "longcat": "<longcat_tool_call>",
+    "glm47": "<tool_call>{{ tc.name }}<arg_key>{{ k }}</arg_key>",
+    "pythonic": "<|tool_call_start|>[",
+    "qwen3_coder": "{{- '<tool_call>\\n<function=' + tool_call.name + '>\\n' }}",
+    "kimi_k2": "<|tool_calls_section_begin|>",
+    "minicpm5": '<function name="{{ n }}"><param name="{{ k }}">',
+    "mistral": "{%- if tools %}[AVAILABLE_TOOLS]{% endif %}[TOOL_CALLS]",
+    "json_tools": '<tool_call>\\n{"name": "{{ tool_call.name }}"',
+}
+
+
+class Tokenizer(SimpleNamespace):
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.vocab)
+
+
+@pytest.mark.parametrize(("fmt", "template"), TEMPLATES.items())
+def test_format_from_template_is_mlx_lms(fmt: str, template: str) -> None:
+    from mlx_lm.tokenizer_utils import _infer_tool_parser
+
+    assert _infer_tool_parser(Tokenizer(chat_template=template, vocab={})) == fmt
+    assert tool_format(template, {}) == fmt
+
+
+@pytest.mark.parametrize(
+    ("vocab", "fmt"),
+    [
+        ({"<|open|>": 1, "<|close|>": 2, "<|sep|>": 3, "<|end_of_msg|>": 4}, "kimi_k3"),
+        ({"<|tool_call_start|>": 1, "<|tool_call_end|>": 2}, "pythonic"),
+    ],
+)
+def test_format_from_vocabulary_is_mlx_lms(vocab: dict[str, int], fmt: str) -> None:
+    from mlx_lm.tokenizer_utils import _infer_tool_parser
+
+    assert _infer_tool_parser(Tokenizer(chat_template="{{ messages }}", vocab=vocab)) == fmt
+    assert tool_format("{{ messages }}", vocab) == fmt
+
+
+def test_formats_mlx_lm_has_no_parser_for() -> None:
+    harmony = "<|start|>assistant<|channel|>final<|message|>{{ content }}<|end|>"
+    llama = '{%- if tools %}{"name": "...", "parameters": ...}<|python_tag|>{% endif %}'
+    assert tool_format(harmony, {}) == "harmony"
+    assert tool_format(llama, {}) == "llama3"
+    assert tool_format("{{ messages }}", {}) == "json_tools"  # the generic tool prompt's
+
+
+def test_the_checkpoints_choice_wins() -> None:
+    assert tool_format(TEMPLATES["qwen3_coder"], {}, configured="laguna") == "glm47"
+    assert tool_format(TEMPLATES["qwen3_coder"], {}, configured="unknown") == "qwen3_coder"
+
+
+def test_think_tags_by_mlx_lms_rules() -> None:
+    assert think_tags(None, {"<think>": 1, "</think>": 2}) == ("<think>", "</think>")
+    longcat = {"<longcat_think>": 1, "</longcat_think>": 2}
+    assert think_tags(None, longcat) == ("<longcat_think>", "</longcat_think>")
+    assert think_tags(None, {"<|channel>": 1, "<channel|>": 2}) == (
+        "<|channel>thought",
+        "<channel|>",
+    )
+    assert think_tags("{{ '<think>' }}", {}) == ("<think>", "</think>")
+    assert think_tags("{{ messages }}", {}) is None
