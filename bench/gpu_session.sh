@@ -15,6 +15,7 @@
 #   burst_cold         32-stream bursts on a fresh engine without the kernel warm-up (bench/burst.py)
 #   burst_warm         the same after the default warm-up: round 0 vs the later rounds (issue 25)
 #   c256               256 concurrent streams on the default limits, mlxd alone (issue 25)
+#   compiled           one stream: mx.compile'd step over fixed KV buffers vs mlx-lm's loop
 #   speculative        prompt lookup vs plain on one engine's code path (1 and 8 streams)
 #   distributed        bench/distributed.py --dry-run: the distributed code path, a group of one
 #   embeddings_model   random all-MiniLM-L6-v2 weights from the carried shapes (.gpu/c/minilm)
@@ -53,7 +54,7 @@ if [ -z "$tokenizer" ]; then
   tokenizer=.gpu/c/tok
   [ -f "$tokenizer/tokenizer.json" ] || tokenizer=$HOME/.cache/mlxd/models/smollm2-135m-instruct
 fi
-steps=${STEPS:-probe llama_model gemma_model gemma_concurrency gemma_prefix decode concurrency burst_cold burst_warm c256 speculative distributed embeddings_model embeddings embeddings_baseline}
+steps=${STEPS:-probe llama_model gemma_model gemma_concurrency gemma_prefix decode concurrency burst_cold burst_warm c256 compiled speculative distributed embeddings_model embeddings embeddings_baseline}
 minilm=${EMBEDDING_SHAPE_DIR:-.gpu/c/minilm}
 
 rm -rf "$work" && mkdir -p "$work/results" "$work/logs" "$work/home" "$out"
@@ -66,6 +67,7 @@ if [ "$smoke" = 1 ]; then
   concurrency_args=(--levels 2 --tokens 8)
   burst_args=(--clients 4 --tokens 8 --rounds 2)
   c256_args=(--levels 8 --tokens 8)
+  compiled_args=(--runs 1 --tokens 8)
   gemma_concurrency_args=(--levels 2 --tokens 8)
   prefix_args=(--history-tokens 300 --runs 1)
   speculative_args=(--runs 1 --tokens 16 --concurrency 1 2)
@@ -77,6 +79,7 @@ else
   concurrency_args=(--levels 8,32 --tokens 128)
   burst_args=(--clients 32 --tokens 128 --rounds 4)
   c256_args=(--levels 256 --tokens 128)
+  compiled_args=(--runs 9 --tokens 256)
   gemma_concurrency_args=(--levels 8 --tokens 128)
   prefix_args=(--history-tokens 3000 --runs 3)
   speculative_args=(--runs 4 --tokens 256 --concurrency 1 8)
@@ -243,6 +246,9 @@ step burst_warm 150 "$llama/tokenizer_config.json" \
 step c256 150 "$llama/tokenizer_config.json" \
   "$py" bench/concurrency.py --model "$llama" "${c256_args[@]}" --servers mlxd \
   --out "$work/results/c256.json"
+step compiled 150 "$llama/tokenizer_config.json" \
+  "$py" bench/compiled_step.py --model "$llama" "${compiled_args[@]}" \
+  --out "$work/results/compiled.json"
 if [ -f bench/speculative.py ]; then
   step speculative 150 "$llama/tokenizer_config.json" \
     "$py" bench/speculative.py --model "$llama" "${speculative_args[@]}"
