@@ -224,3 +224,84 @@ async def test_untagged_fenced_call_follows_the_model_setting(
         assert message["tool_calls"][0]["function"]["name"] == "get_weather"
     else:
         assert message["content"] == FENCED and "tool_calls" not in message
+
+
+QWEN3_CODER_CALL = (
+    "Checking.\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+    "</function>\n</tool_call>"
+)
+HARMONY_CALL = (
+    "<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant<|channel|>"
+    'commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}'
+)
+
+
+@pytest.mark.parametrize(
+    ("tool_format", "reply", "content", "reasoning"),
+    [
+        ("qwen3_coder", QWEN3_CODER_CALL, "Checking.", None),
+        ("harmony", HARMONY_CALL, None, "Need the weather."),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_familys_own_format_comes_back_as_tool_calls(
+    client: AsyncOpenAI,
+    fake_engine: FakeEngine,
+    tool_format: str,
+    reply: str,
+    content: str | None,
+    reasoning: str | None,
+    stream: bool,
+) -> None:
+    """The model's format (ChatModelInfo.tool_format) decides the parser: the strict SDK gets
+    OpenAI's shape, streamed (assembled from `delta.tool_calls`) and not."""
+    assert fake_engine.info is not None
+    fake_engine.info = dataclasses.replace(
+        fake_engine.info, tool_format=tool_format, reasoning=tool_format == "harmony"
+    )
+    fake_engine.reply = reply
+    messages: Any = [{"role": "user", "content": "weather?"}]
+    if stream:
+        async with client.chat.completions.stream(
+            model="fake", messages=messages, tools=[WEATHER]
+        ) as events:
+            async for _ in events:
+                pass
+            completion = await events.get_final_completion()
+    else:
+        completion = await client.chat.completions.create(
+            model="fake", messages=messages, tools=[WEATHER]
+        )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert ((choice.message.content or "").strip() or None) == content
+    assert getattr(choice.message, "reasoning_content", None) == reasoning
+    calls = choice.message.tool_calls or []
+    assert [c.function.name for c in calls] == ["get_weather"]  # type: ignore[union-attr]
+    assert json.loads(calls[0].function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("tool_format", "written_as"),
+    [
+        ("qwen3_coder", "<function=get_weather>"),
+        ("harmony", "commentary to=functions.get_weather "),
+        ("gemma4", '"<tool_call>"'),  # no grammar of its own: forced in the json_tools form
+    ],
+)
+async def test_a_forced_call_is_constrained_in_the_familys_format(
+    http: httpx.AsyncClient, fake_engine: FakeEngine, tool_format: str, written_as: str
+) -> None:
+    assert fake_engine.info is not None
+    fake_engine.info = dataclasses.replace(fake_engine.info, tool_format=tool_format)
+    fake_engine.reply = CALL  # json_tools: how the gemma4 model is forced to write it
+    body = chat_body(
+        tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}
+    )
+    response = await http.post(URL, json=body)
+    assert response.status_code == 200
+    grammar = fake_engine.requests[-1].grammar or ""
+    assert written_as in grammar
+    if tool_format == "gemma4":
+        message = response.json()["choices"][0]["message"]
+        assert message["tool_calls"][0]["function"]["name"] == "get_weather"
