@@ -1,16 +1,21 @@
-"""Speculative decoding (prompt lookup) on a code-editing request: with vs without, same engine
-code, same model, greedy, in one process.
+"""Speculative decoding (prompt lookup, or a draft model) on a coding request: with vs without,
+same engine code, same model, greedy, in one process.
 
-Two LLMEngines load the same model, one with `speculative = "prompt_lookup"`, on their own
-threads (as the server runs them). Each run sends `--concurrency` requests at once, each asking
-the model to repeat a ~400-token Python module with one change; runs alternate between the two
+Two LLMEngines load the same model, one with `speculative = "prompt_lookup"` (or, with
+`--draft NAME`, that draft model: `speculative = "NAME"`), on their own threads (as the server
+runs them). Each run sends `--concurrency` requests at once, each asking
+the model to repeat a ~400-token Python module with one change (`--task edit`), or to write new
+code (`--task write`: a small module from a description); runs alternate between the two
 engines (plain, speculative, speculative, plain, ...) so drift hits both. Reported per side:
 decode rate = tokens after the first / (last token time − first token time), for one stream, or
 aggregate over the concurrent ones (from the last first-token to the last token), medians with
 min–max; and whether the speculative tokens equal the plain ones (they must, greedy).
 
     python3 bench/speculative.py --model NAME_OR_DIR [--runs 5] [--tokens 256]
-        [--concurrency 1 8] [--speculative-tokens 8]
+        [--concurrency 1 8] [--speculative-tokens 8] [--draft NAME_OR_DIR] [--task edit|write]
+
+A draft model: e.g. `--model qwen2.5-coder-1.5b-instruct --draft qwen2.5-coder-0.5b-instruct
+--concurrency 1` (issue 25: ≥ 1.5× single stream on a coding prompt, identical greedy output).
 
 On the GPU use a random Llama-1B-shaped model (bench/random_model.py): it copies nothing, so
 that figure is the cost of drafting that never pays off, unless its output loops.
@@ -106,7 +111,21 @@ CHANGES = [
 ]
 
 
-def request_messages(index: int) -> list[dict[str, str]]:
+# `--task write`: new code, nothing to copy but the names the request gives.
+WRITE_TASKS = [
+    "a Python module with a dataclass `Item` (name, price, quantity) and a class `Inventory` "
+    "that loads items from a JSON file, saves them back, adds, removes and totals them",
+    "a Python function that parses a CSV file of transactions (date, account, amount) and "
+    "returns the balance per account and per month, with type hints and docstrings",
+    "a Python LRU cache class with get, put and a maximum size, without functools, with tests",
+    "a Python command-line tool (argparse) that counts words, lines and characters in files",
+]
+
+
+def request_messages(index: int, task: str = "edit") -> list[dict[str, str]]:
+    if task == "write":
+        ask = f"Write {WRITE_TASKS[index % len(WRITE_TASKS)]}. Reply with the code only."
+        return [{"role": "user", "content": ask}]
     old, new = CHANGES[index % len(CHANGES)]
     ask = (
         f"```python\n{CODE}```\n\nRepeat the code above exactly, line by line, with one "
@@ -151,9 +170,10 @@ def spread(values: list[float]) -> dict[str, float]:
     }
 
 
-async def measure(args: argparse.Namespace, path: Path) -> dict[str, object]:
+async def measure(args: argparse.Namespace, path: Path, draft: Path | None) -> dict[str, object]:
     speculative = ChatLimits(
-        speculative="prompt_lookup", speculative_tokens=args.speculative_tokens
+        speculative=str(draft) if draft else "prompt_lookup",
+        speculative_tokens=args.speculative_tokens,
     )
     engines = {
         "plain": LLMEngine("plain", path, limits=ChatLimits()),
@@ -166,7 +186,8 @@ async def measure(args: argparse.Namespace, path: Path) -> dict[str, object]:
     try:
         for concurrency in args.concurrency:
             prompts = [
-                engines["plain"].encode_chat(request_messages(i)) for i in range(concurrency)
+                engines["plain"].encode_chat(request_messages(i, args.task))
+                for i in range(concurrency)
             ]
             rates: dict[str, list[float]] = {name: [] for name in engines}
             outputs: dict[str, list[list[int]]] = {}
@@ -209,10 +230,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--speculative-tokens", type=int, default=8)
+    parser.add_argument("--draft", help="a draft model (store name or directory)")
+    parser.add_argument("--task", choices=["edit", "write"], default="edit")
     parser.add_argument("--show-text", action="store_true")
     args = parser.parse_args()
-    _, path = ModelStore(default_home()).resolve(args.model)
-    report = asyncio.run(measure(args, path))
+    store = ModelStore(default_home())
+    _, path = store.resolve(args.model)
+    draft = store.resolve(args.draft)[1] if args.draft else None
+    report = asyncio.run(measure(args, path, draft))
     machine = {
         "device": str(mx.default_device()),
         "platform": platform.platform(),
@@ -221,6 +246,8 @@ def main() -> None:
         "runs": args.runs,
         "max_tokens": args.tokens,
         "speculative_tokens": args.speculative_tokens,
+        "drafter": str(draft) if draft else "prompt_lookup",
+        "task": args.task,
     }
     print(json.dumps({"machine": machine, **report}, indent=2))
 
