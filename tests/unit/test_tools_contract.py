@@ -261,24 +261,26 @@ async def test_a_familys_own_format_comes_back_as_tool_calls(
     )
     fake_engine.reply = reply
     messages: Any = [{"role": "user", "content": "weather?"}]
+    tools: Any = [WEATHER]
+    completion: Any
     if stream:
         async with client.chat.completions.stream(
-            model="fake", messages=messages, tools=[WEATHER]
+            model="fake", messages=messages, tools=tools
         ) as events:
             async for _ in events:
                 pass
             completion = await events.get_final_completion()
     else:
         completion = await client.chat.completions.create(
-            model="fake", messages=messages, tools=[WEATHER]
+            model="fake", messages=messages, tools=tools
         )
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert ((choice.message.content or "").strip() or None) == content
     assert getattr(choice.message, "reasoning_content", None) == reasoning
     calls = choice.message.tool_calls or []
-    assert [c.function.name for c in calls] == ["get_weather"]  # type: ignore[union-attr]
-    assert json.loads(calls[0].function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+    assert [c.function.name for c in calls] == ["get_weather"]
+    assert json.loads(calls[0].function.arguments) == {"city": "Paris"}
 
 
 @pytest.mark.parametrize(
