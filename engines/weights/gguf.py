@@ -17,6 +17,7 @@ import json
 import logging
 import re
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 GROUP_SIZE = 32  # the block size of the GGUF quant types that mx.load keeps quantized
+SHARD_BYTES = 2 << 30  # the importer holds one shard of converted weights in memory at a time
 
 
 class GGUFImportError(ValueError):
@@ -40,8 +42,6 @@ def import_gguf(source: Path, destination: Path, dequantize: bool) -> Path:
     `dequantize`: write float32 weights (fast path for MLX on CPU); otherwise keep the GGUF's
     quantized linears as MLX affine quantization (Metal/CUDA).
     """
-    import mlx.core as mx
-
     arch = _architecture(source)  # from the header: refuse before any tensor is read
     if arch not in SUPPORTED_ARCHITECTURES:
         supported = ", ".join(SUPPORTED_ARCHITECTURES)
@@ -49,36 +49,103 @@ def import_gguf(source: Path, destination: Path, dequantize: bool) -> Path:
     spec = ARCHITECTURES[arch]
     tensors, metadata = _read(source)
     config = _model_config(arch, spec, metadata, tensors)
-    weights = _rename(tensors, spec)
-    if spec.permuted_qk:
-        _unpermute_qk(weights, config)
-    quantized = _quantized_bits(weights)
-    if dequantize:
-        for module, bits in quantized.items():
-            weights[f"{module}.weight"] = mx.dequantize(
-                weights[f"{module}.weight"],
-                weights.pop(f"{module}.scales"),
-                weights.pop(f"{module}.biases"),
-                group_size=GROUP_SIZE,
-                bits=bits,
-            )
-        weights = {name: value.astype(mx.float32) for name, value in weights.items()}
-    elif quantized:
+    quantized = _quantized_bits(tensors)
+    if quantized and not dequantize:
         default_bits = Counter(quantized.values()).most_common(1)[0][0]
         quantization: dict[str, Any] = {"group_size": GROUP_SIZE, "bits": default_bits}
         for module, bits in quantized.items():
-            if bits != default_bits:
-                quantization[module] = {"group_size": GROUP_SIZE, "bits": bits}
+            target = _target(module, spec)
+            if bits != default_bits and target is not None:
+                quantization[target] = {"group_size": GROUP_SIZE, "bits": bits}
         config["quantization"] = quantization
-
+    converted = _converted(tensors, spec, config, quantized if dequantize else {})
     with staged(destination, f"imported from {source.name}") as staging:
-        mx.save_safetensors(str(staging / "model.safetensors"), weights, metadata={"format": "mlx"})
+        _save_sharded(staging, converted)
         (staging / "config.json").write_text(json.dumps(config, indent=2))
         tokenizer, tokenizer_config = build_tokenizer(metadata, config["max_position_embeddings"])
         tokenizer.save(str(staging / "tokenizer.json"))
         (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     logger.info("imported %s into %s", source, destination)
     return destination
+
+
+def _converted(
+    tensors: Mapping[str, Any],
+    spec: GGUFArchitecture,
+    config: dict[str, Any],
+    dequantize: dict[str, int],
+) -> Iterator[tuple[str, Any]]:
+    """(mlx-lm name, array) for every tensor mlx-lm has a place for, read one at a time.
+
+    `dequantize`: GGUF module name → bits, for the MLX-quantized triples to turn into float32
+    (their scales and biases are consumed with the weight); with it, everything is float32.
+    """
+    import mlx.core as mx
+
+    for name in tensors:
+        module, _, suffix = name.rpartition(".")
+        if module in dequantize and suffix in ("scales", "biases"):
+            continue
+        value = tensors[name]
+        if module in dequantize and suffix == "weight":
+            # float32 scales and biases: with mx.load's float16 ones the result is float16,
+            # ~0.01 off in the logits of a tiny model (the quantized matmul is not)
+            value = mx.dequantize(
+                value,
+                tensors[f"{module}.scales"].astype(mx.float32),
+                tensors[f"{module}.biases"].astype(mx.float32),
+                group_size=GROUP_SIZE,
+                bits=dequantize[module],
+            )
+        if dequantize:
+            value = value.astype(mx.float32)
+        target = _target(module, spec)
+        if target is None:
+            logger.info("skipping GGUF tensor %s", name)
+            continue
+        if spec.norms_plus_one and module.endswith("norm"):
+            value = value - 1.0
+        if spec.permuted_qk:
+            value = _unpermuted(target, value, config)
+        yield f"{target}.{suffix}", value
+
+
+def _save_sharded(directory: Path, weights: Iterator[tuple[str, Any]]) -> None:
+    """Write `weights` as MLX safetensors shards of about SHARD_BYTES, holding one shard at a
+    time (`model.safetensors` when one is enough, else mlx-lm's numbered shards and index)."""
+    import mlx.core as mx
+
+    shard: dict[str, Any] = {}
+    written: list[dict[str, Any]] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal shard, size
+        mx.save_safetensors(
+            str(directory / f"shard-{len(written)}.safetensors"), shard, metadata={"format": "mlx"}
+        )
+        written.append({name: value.nbytes for name, value in shard.items()})
+        shard, size = {}, 0
+
+    for name, value in weights:
+        mx.eval(value)
+        shard[name] = value
+        size += value.nbytes
+        if size >= SHARD_BYTES:
+            flush()
+    if shard or not written:
+        flush()
+    if len(written) == 1:
+        (directory / "shard-0.safetensors").rename(directory / "model.safetensors")
+        return
+    weight_map = {}
+    for index, names in enumerate(written):
+        file_name = f"model-{index + 1:05d}-of-{len(written):05d}.safetensors"
+        (directory / f"shard-{index}.safetensors").rename(directory / file_name)
+        weight_map.update(dict.fromkeys(names, file_name))
+    total = sum(sum(names.values()) for names in written)
+    index_file = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index_file, indent=2))
 
 
 def _architecture(source: Path) -> str:
@@ -95,7 +162,8 @@ def _architecture(source: Path) -> str:
     return bytes(field.parts[field.data[0]]).decode("utf-8")
 
 
-def _read(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _read(source: Path) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """GGUF tensors by name (as stored, names unchanged) and metadata as plain Python values."""
     import mlx.core as mx
 
     try:
@@ -107,11 +175,33 @@ def _read(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return dict(tensors), {key: _plain(value) for key, value in metadata.items()}
 
 
-def _read_with_gguf(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    import mlx.core as mx
+class _DequantizedOnRead(Mapping[str, Any]):
+    """A GGUF file's tensors by name, each dequantized to float32 only when read: the importer
+    holds one shard at a time, not the whole model (a 1.5B model is 6 GB as float32)."""
+
+    def __init__(self, tensors: list[Any]) -> None:
+        self._tensors = {tensor.name: tensor for tensor in tensors}
+
+    def __getitem__(self, name: str) -> Any:
+        import mlx.core as mx
+        import numpy as np
+        from gguf.quants import dequantize
+
+        tensor = self._tensors[name]
+        shape = tuple(int(d) for d in reversed(tensor.shape))
+        values = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+        return mx.array(values.astype(np.float32, copy=False))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
+def _read_with_gguf(source: Path) -> tuple[Mapping[str, Any], dict[str, Any]]:
     import numpy as np
     from gguf import GGUFReader, GGUFValueType
-    from gguf.quants import dequantize
 
     reader = GGUFReader(str(source))
     metadata: dict[str, Any] = {}
@@ -130,12 +220,7 @@ def _read_with_gguf(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         else:
             value = field.parts[field.data[0]][0].item()
         metadata[field.name] = value
-    tensors = {}
-    for tensor in reader.tensors:
-        shape = tuple(int(d) for d in reversed(tensor.shape))
-        values = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
-        tensors[tensor.name] = mx.array(values.astype(np.float32, copy=False))
-    return tensors, metadata
+    return _DequantizedOnRead(list(reader.tensors)), metadata
 
 
 def _plain(value: Any) -> Any:
@@ -153,7 +238,7 @@ def _meta(metadata: dict[str, Any], key: str, default: Any = None) -> Any:
 
 
 def _model_config(
-    arch: str, spec: GGUFArchitecture, metadata: dict[str, Any], tensors: dict[str, Any]
+    arch: str, spec: GGUFArchitecture, metadata: dict[str, Any], tensors: Mapping[str, Any]
 ) -> dict[str, Any]:
     for key in spec.required:
         _meta(metadata, f"{arch}.{key}")
@@ -188,48 +273,36 @@ def _model_config(
     return config
 
 
-def _rename(tensors: dict[str, Any], spec: GGUFArchitecture) -> dict[str, Any]:
-    """llama.cpp tensor names → mlx-lm's; norms stored as 1 + w back to w where so stored."""
-    renamed: dict[str, Any] = {}
-    for name, value in tensors.items():
-        base, _, suffix = name.rpartition(".")
-        match = re.fullmatch(r"blk\.(\d+)\.(\w+)", base)
-        if spec.norms_plus_one and base.endswith("norm"):
-            value = value - 1.0
-        if match and match.group(2) in spec.layer_names:
-            target = f"model.layers.{match.group(1)}.{spec.layer_names[match.group(2)]}"
-        elif base in TOP_NAMES:
-            target = TOP_NAMES[base]
-        else:
-            logger.info("skipping GGUF tensor %s", name)
-            continue
-        renamed[f"{target}.{suffix}"] = value
-    return renamed
+def _target(module: str, spec: GGUFArchitecture) -> str | None:
+    """mlx-lm's module name for a llama.cpp tensor's module (`blk.3.attn_q`), or None when
+    mlx-lm has no place for it."""
+    match = re.fullmatch(r"blk\.(\d+)\.(\w+)", module)
+    if match and match.group(2) in spec.layer_names:
+        return f"model.layers.{match.group(1)}.{spec.layer_names[match.group(2)]}"
+    return TOP_NAMES.get(module)
 
 
-def _unpermute_qk(weights: dict[str, Any], config: dict[str, Any]) -> None:
+def _unpermuted(target: str, value: Any, config: dict[str, Any]) -> Any:
     """Undo llama.cpp's row permutation of q_proj/k_proj (weights, and quant scales/biases)."""
-    for projection, heads in (
-        ("q_proj", config["num_attention_heads"]),
-        ("k_proj", config["num_key_value_heads"]),
-    ):
-        for name in [n for n in weights if f"self_attn.{projection}." in n]:
-            value = weights[name]
-            rows, rest = value.shape[0], value.shape[1:]
-            weights[name] = (
-                value.reshape(heads, rows // heads // 2, 2, *rest)
-                .swapaxes(1, 2)
-                .reshape(value.shape)
-            )
+    if target.endswith("self_attn.q_proj"):
+        heads = config["num_attention_heads"]
+    elif target.endswith("self_attn.k_proj"):
+        heads = config["num_key_value_heads"]
+    else:
+        return value
+    rows, rest = value.shape[0], value.shape[1:]
+    return value.reshape(heads, rows // heads // 2, 2, *rest).swapaxes(1, 2).reshape(value.shape)
 
 
-def _quantized_bits(weights: dict[str, Any]) -> dict[str, int]:
-    """module name → bits, for every MLX-quantized module (packed uint32 weight + scales)."""
+def _quantized_bits(tensors: Mapping[str, Any]) -> dict[str, int]:
+    """GGUF module name → bits, for every MLX-quantized module (packed uint32 weight + scales);
+    only names are scanned, so lazily dequantized tensors are not read."""
     bits = {}
-    for name, scales in weights.items():
+    for name in tensors:
         if name.endswith(".scales"):
             module = name[: -len(".scales")]
-            packed_columns = weights[f"{module}.weight"].shape[-1]
+            scales = tensors[name]
+            packed_columns = tensors[f"{module}.weight"].shape[-1]
             input_features = scales.shape[-1] * GROUP_SIZE
             bits[module] = packed_columns * 32 // input_features
     return bits

@@ -14,7 +14,7 @@ itself (gemma).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,16 +50,16 @@ Metadata = dict[str, Any]
 Config = dict[str, Any]
 
 
-def _llama(config: Config, metadata: Metadata, tensors: dict[str, Any]) -> None:
+def _llama(config: Config, metadata: Metadata, tensors: Mapping[str, Any]) -> None:
     config["attention_bias"] = "blk.0.attn_q.bias" in tensors
     config["mlp_bias"] = False
 
 
-def _no_extra(config: Config, metadata: Metadata, tensors: dict[str, Any]) -> None:
+def _no_extra(config: Config, metadata: Metadata, tensors: Mapping[str, Any]) -> None:
     return None
 
 
-def _gemma3(config: Config, metadata: Metadata, tensors: dict[str, Any]) -> None:
+def _gemma3(config: Config, metadata: Metadata, tensors: Mapping[str, Any]) -> None:
     """mlx-lm's gemma3_text arguments: query scale from the head size, windows, eos per turn."""
     config.update(_GEMMA3_FIXED)
     config["query_pre_attn_scalar"] = config["head_dim"]
@@ -77,7 +77,7 @@ class GGUFArchitecture:
     permuted_qk: bool = False
     norms_plus_one: bool = False
     required: tuple[str, ...] = ()  # metadata keys (after the arch prefix) the config needs
-    extra_config: Callable[[Config, Metadata, dict[str, Any]], None] = field(default=_no_extra)
+    extra_config: Callable[[Config, Metadata, Mapping[str, Any]], None] = field(default=_no_extra)
 
 
 ARCHITECTURES = {

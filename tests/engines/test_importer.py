@@ -3,6 +3,7 @@ MLX models whose logits match the source model's, with a working tokenizer and t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlx.core as mx
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from mlx_lm.utils import load
 
+from engines.weights import gguf as gguf_module
 from engines.weights.gguf import GGUFImportError, import_gguf
 from tests.tiny import CHATML, tiny_model, write_gguf
 
@@ -66,3 +68,58 @@ def test_unsupported_architecture_is_refused(tmp_path: Path) -> None:
     writer.close()
     with pytest.raises(GGUFImportError, match="unsupported GGUF architecture 'mamba'"):
         import_gguf(path, tmp_path / "out", dequantize=True)
+
+
+def test_q8_0_gguf_imports_quantized_and_dequantized_alike_across_shards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Q8_0 linears: mx.load keeps them as MLX quantized triples; the float32 import dequantizes
+    them. Both must give the logits of gguf's own dequantization, also when the weights are
+    split over several safetensors shards (the importer holds one shard at a time)."""
+    import gguf
+
+    quantized_names = []
+    add_tensor = gguf.GGUFWriter.add_tensor
+
+    def add_q8_0(self: gguf.GGUFWriter, name: str, tensor: np.ndarray, **kwargs: object) -> None:
+        if name.startswith("blk.") and tensor.ndim == 2:  # the linears, as llama.cpp's Q8_0
+            quantized_names.append(name)
+            packed = gguf.quants.quantize(tensor, gguf.GGMLQuantizationType.Q8_0)
+            add_tensor(self, name, packed, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            add_tensor(self, name, tensor)
+
+    monkeypatch.setattr(gguf.GGUFWriter, "add_tensor", add_q8_0)
+    path = write_gguf(tiny_model("qwen2"), "qwen2", tmp_path / "q8.gguf")
+    monkeypatch.undo()
+    assert quantized_names, "no tensor was written quantized"
+
+    reference = tiny_model("qwen2")  # the source weights, as gguf dequantizes the Q8_0 ones
+    reader = gguf.GGUFReader(str(path))
+    dequantized = {t.name: gguf.quants.dequantize(t.data, t.tensor_type) for t in reader.tensors}
+    from tests.tiny import _GGUF_NAMES
+
+    to_mlx = {v: k for k, v in _GGUF_NAMES.items()}
+    reference.load_weights(
+        [
+            (
+                f"model.layers.{n.split('.')[1]}.{to_mlx[n.split('.')[2]]}.{n.split('.')[3]}",
+                mx.array(dequantized[n]),
+            )
+            for n in quantized_names
+        ],
+        strict=False,
+    )
+    monkeypatch.setattr(gguf_module, "SHARD_BYTES", 64 * 1024)
+    tokens = mx.array([[5, 80, 120, 33, 200, 7, 90, 150]])
+    expected = np.array(reference(tokens))
+    logits = {}
+    for dequantize in (True, False):
+        directory = import_gguf(path, tmp_path / f"q8-{dequantize}", dequantize=dequantize)
+        assert len(list(directory.glob("model-*-of-*.safetensors"))) > 1
+        imported, _ = load(str(directory))
+        logits[dequantize] = np.array(imported(tokens))
+        np.testing.assert_allclose(logits[dequantize], expected, atol=1e-4, rtol=1e-4)
+    assert np.abs(logits[True] - np.array(tiny_model("qwen2")(tokens))).max() > 1e-3
+    config = json.loads((tmp_path / "q8-False" / "config.json").read_text())
+    assert config["quantization"]["bits"] == 8
