@@ -143,7 +143,7 @@ def tiny_vlm_config(family: str) -> dict[str, Any]:
     return config
 
 
-def _processor_files(family: str, directory: Path) -> None:
+def _processor_files(family: str, directory: Path, overrides: dict[str, Any]) -> None:
     if family == "qwen2_vl":
         image = {
             "image_processor_type": "Qwen2VLImageProcessor",
@@ -169,23 +169,53 @@ def _processor_files(family: str, directory: Path) -> None:
             "do_image_splitting": False,
         }
         processor = {"processor_class": "Idefics3Processor", "image_seq_len": 4}
+    image.update(overrides)
     (directory / "preprocessor_config.json").write_text(json.dumps(image))
     (directory / "processor_config.json").write_text(json.dumps(processor))
 
 
-def save_tiny_vlm(family: str, directory: Path, seed: int = 0) -> Path:
-    """A tiny random checkpoint of `family` at `directory` (created)."""
+def _printable(token: str) -> bool:
+    return not token.startswith("<") and all(33 <= ord(c) <= 126 for c in token)
+
+
+def save_tiny_vlm(
+    family: str,
+    directory: Path,
+    seed: int = 0,
+    shape: dict[str, dict[str, Any]] | None = None,
+    dtype: mx.Dtype = mx.float32,
+    never_stop: bool = False,
+) -> Path:
+    """A tiny random checkpoint of `family` at `directory` (created). `shape` overrides parts
+    of the config ("text", "vision", "processor" — bench/vision.py builds real-sized models so);
+    a text vocabulary larger than the tokenizer's gets rows it never produces. `never_stop`
+    (benchmarks): only tokens of printable ASCII keep their embedding rows; the others (EOS,
+    special tokens, other bytes, ids past the tokenizer) are zero, so with tied embeddings their
+    logits are 0 and greedy decoding (of random logits whose maximum is positive) never picks
+    them: every run generates exactly max_tokens tokens, each one visible text."""
     from mlx_vlm.utils import get_model_and_args, update_module_configs
 
     directory.mkdir(parents=True, exist_ok=True)
     config = tiny_vlm_config(family)
+    shape = shape or {}
+    config["text_config"].update(shape.get("text", {}))
+    config["vision_config"].update(shape.get("vision", {}))
+    if family == "qwen2_vl":
+        config.update(config["text_config"])
+    config["vocab_size"] = config["text_config"]["vocab_size"]
     module, _ = get_model_and_args(dict(config))
     model_config = module.ModelConfig.from_dict(json.loads(json.dumps(config)))
     model_config = update_module_configs(model_config, module, config, ["text", "vision"])
     mx.random.seed(seed)
     model = module.Model(model_config)
     weights = dict(tree_flatten(model.parameters()))
-    weights = {k: v.astype(mx.float32) for k, v in weights.items()}
+    weights = {k: v.astype(dtype) for k, v in weights.items()}
+    if never_stop:
+        for name in [k for k in weights if k.endswith("embed_tokens.weight")]:
+            visible = [i for i, token in enumerate(_tokens(family)) if _printable(token)]
+            keep = mx.zeros((weights[name].shape[0], 1), mx.bool_)
+            keep[mx.array(visible)] = True
+            weights[name] = mx.where(keep, weights[name], 0).astype(dtype)
     mx.save_safetensors(str(directory / "model.safetensors"), weights)
     (directory / "config.json").write_text(json.dumps(config))
     metadata = {
@@ -211,6 +241,6 @@ def save_tiny_vlm(family: str, directory: Path, seed: int = 0) -> Path:
         }
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     (directory / "chat_template.jinja").write_text(chat_template(family))
-    _processor_files(family, directory)
+    _processor_files(family, directory, shape.get("processor", {}))
     (directory / COMPLETE_MARKER).write_text("tiny test model\n")
     return directory
