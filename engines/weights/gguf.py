@@ -4,7 +4,9 @@
 Output: `config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json` (with the
 chat template), then the store's completion marker. Facts this relies on:
 - `mx.load(path, return_metadata=True)` reads GGUF and keeps Q4_0/Q4_1/Q8_0 as MLX affine
-  quantized triples (weight/scales/biases, group 32); other types are dequantized with `gguf`.
+  quantized triples (weight/scales/biases, group 32); files with other quant types (K-quants,
+  which mx.load would round to float16) are dequantized to float32 with `gguf`, a tensor at a
+  time, and written in shards (a 1.5B model is 6 GB as float32).
 - llama.cpp permutes the Q and K rows of `llama` models for its RoPE layout; we undo it. The
   others are stored unpermuted; gemma3 stores its RMS norm weights as 1 + w (mlx-lm adds the 1).
 - The architecture is read from the header first: others are refused before any tensor is read.
@@ -29,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 GROUP_SIZE = 32  # the block size of the GGUF quant types that mx.load keeps quantized
+MLX_EXACT = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0"}  # GGML types mx.load reads as stored
 SHARD_BYTES = 2 << 30  # the importer holds one shard of converted weights in memory at a time
 
 
@@ -58,7 +61,7 @@ def import_gguf(source: Path, destination: Path, dequantize: bool) -> Path:
             if bits != default_bits and target is not None:
                 quantization[target] = {"group_size": GROUP_SIZE, "bits": bits}
         config["quantization"] = quantization
-    converted = _converted(tensors, spec, config, quantized if dequantize else {})
+    converted = _converted(tensors, spec, config, quantized if dequantize else None)
     with staged(destination, f"imported from {source.name}") as staging:
         _save_sharded(staging, converted)
         (staging / "config.json").write_text(json.dumps(config, indent=2))
@@ -73,21 +76,22 @@ def _converted(
     tensors: Mapping[str, Any],
     spec: GGUFArchitecture,
     config: dict[str, Any],
-    dequantize: dict[str, int],
+    dequantize: dict[str, int] | None,
 ) -> Iterator[tuple[str, Any]]:
     """(mlx-lm name, array) for every tensor mlx-lm has a place for, read one at a time.
 
-    `dequantize`: GGUF module name → bits, for the MLX-quantized triples to turn into float32
-    (their scales and biases are consumed with the weight); with it, everything is float32.
+    `dequantize`: None keeps dtypes and MLX-quantized triples as read; otherwise everything
+    becomes float32, the triples of its modules (GGUF module name → bits) dequantized (their
+    scales and biases are consumed with the weight).
     """
     import mlx.core as mx
 
     for name in tensors:
         module, _, suffix = name.rpartition(".")
-        if module in dequantize and suffix in ("scales", "biases"):
+        if dequantize is not None and module in dequantize and suffix in ("scales", "biases"):
             continue
         value = tensors[name]
-        if module in dequantize and suffix == "weight":
+        if dequantize is not None and module in dequantize and suffix == "weight":
             # float32 scales and biases: with mx.load's float16 ones the result is float16,
             # ~0.01 off in the logits of a tiny model (the quantized matmul is not)
             value = mx.dequantize(
@@ -97,7 +101,7 @@ def _converted(
                 group_size=GROUP_SIZE,
                 bits=dequantize[module],
             )
-        if dequantize:
+        if dequantize is not None:
             value = value.astype(mx.float32)
         target = _target(module, spec)
         if target is None:
@@ -163,15 +167,22 @@ def _architecture(source: Path) -> str:
 
 
 def _read(source: Path) -> tuple[Mapping[str, Any], dict[str, Any]]:
-    """GGUF tensors by name (as stored, names unchanged) and metadata as plain Python values."""
-    import mlx.core as mx
+    """GGUF tensors by name (as stored, names unchanged) and metadata as plain Python values.
 
-    try:
-        loaded = mx.load(str(source), return_metadata=True)
-    except Exception as exc:  # MLX reads only some quant types; dequantize the rest with gguf
-        logger.info("mx.load could not read %s (%s); dequantizing with gguf", source, exc)
+    mx.load keeps MLX_EXACT types exactly (Q4_0/Q4_1/Q8_0 as MLX quantized triples) but reads
+    K-quants as float16, rounding them: files with any other type are dequantized to float32
+    by `gguf`, as llama.cpp's own dequantization gives them.
+    """
+    import mlx.core as mx
+    from gguf import GGUFReader
+
+    types = {tensor.tensor_type.name for tensor in GGUFReader(str(source)).tensors}
+    if not types <= MLX_EXACT:
+        logger.info("%s holds %s: dequantizing with gguf", source.name, sorted(types - MLX_EXACT))
         return _read_with_gguf(source)
-    tensors, metadata = cast(tuple[dict[str, Any], dict[str, Any]], loaded)
+    tensors, metadata = cast(
+        tuple[dict[str, Any], dict[str, Any]], mx.load(str(source), return_metadata=True)
+    )
     return dict(tensors), {key: _plain(value) for key, value in metadata.items()}
 
 

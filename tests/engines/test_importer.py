@@ -70,31 +70,35 @@ def test_unsupported_architecture_is_refused(tmp_path: Path) -> None:
         import_gguf(path, tmp_path / "out", dequantize=True)
 
 
-def test_q8_0_gguf_imports_quantized_and_dequantized_alike_across_shards(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("kind", ["Q8_0", "Q5_0"])
+def test_a_quantized_gguf_imports_with_ggufs_own_dequantized_logits_across_shards(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Q8_0 linears: mx.load keeps them as MLX quantized triples; the float32 import dequantizes
-    them. Both must give the logits of gguf's own dequantization, also when the weights are
-    split over several safetensors shards (the importer holds one shard at a time)."""
+    """Q8_0 linears: mx.load keeps them as MLX quantized triples (dequantized on a float32
+    import). Q5_0 (like the K-quants) mx.load would round to float16: the importer dequantizes
+    it with `gguf` to float32. Either way, both import modes give the logits of gguf's own
+    dequantization, also when the weights are split over several safetensors shards."""
     import gguf
 
+    qtype = gguf.GGMLQuantizationType[kind]
     quantized_names = []
     add_tensor = gguf.GGUFWriter.add_tensor
 
-    def add_q8_0(self: gguf.GGUFWriter, name: str, tensor: np.ndarray, **kwargs: object) -> None:
-        if name.startswith("blk.") and tensor.ndim == 2:  # the linears, as llama.cpp's Q8_0
+    def add_quantized(
+        self: gguf.GGUFWriter, name: str, tensor: np.ndarray, **kwargs: object
+    ) -> None:
+        if name.startswith("blk.") and tensor.ndim == 2:  # the linears, as llama.cpp's
             quantized_names.append(name)
-            packed = gguf.quants.quantize(tensor, gguf.GGMLQuantizationType.Q8_0)
-            add_tensor(self, name, packed, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            add_tensor(self, name, gguf.quants.quantize(tensor, qtype), raw_dtype=qtype)
         else:
             add_tensor(self, name, tensor)
 
-    monkeypatch.setattr(gguf.GGUFWriter, "add_tensor", add_q8_0)
-    path = write_gguf(tiny_model("qwen2"), "qwen2", tmp_path / "q8.gguf")
+    monkeypatch.setattr(gguf.GGUFWriter, "add_tensor", add_quantized)
+    path = write_gguf(tiny_model("qwen2"), "qwen2", tmp_path / f"{kind}.gguf")
     monkeypatch.undo()
     assert quantized_names, "no tensor was written quantized"
 
-    reference = tiny_model("qwen2")  # the source weights, as gguf dequantizes the Q8_0 ones
+    reference = tiny_model("qwen2")  # the source weights, as gguf dequantizes the quantized ones
     reader = gguf.GGUFReader(str(path))
     dequantized = {t.name: gguf.quants.dequantize(t.data, t.tensor_type) for t in reader.tensors}
     from tests.tiny import _GGUF_NAMES
@@ -104,7 +108,7 @@ def test_q8_0_gguf_imports_quantized_and_dequantized_alike_across_shards(
         [
             (
                 f"model.layers.{n.split('.')[1]}.{to_mlx[n.split('.')[2]]}.{n.split('.')[3]}",
-                mx.array(dequantized[n]),
+                mx.array(dequantized[n].astype(np.float32)),
             )
             for n in quantized_names
         ],
@@ -115,11 +119,11 @@ def test_q8_0_gguf_imports_quantized_and_dequantized_alike_across_shards(
     expected = np.array(reference(tokens))
     logits = {}
     for dequantize in (True, False):
-        directory = import_gguf(path, tmp_path / f"q8-{dequantize}", dequantize=dequantize)
+        directory = import_gguf(path, tmp_path / f"{kind}-{dequantize}", dequantize=dequantize)
         assert len(list(directory.glob("model-*-of-*.safetensors"))) > 1
         imported, _ = load(str(directory))
         logits[dequantize] = np.array(imported(tokens))
         np.testing.assert_allclose(logits[dequantize], expected, atol=1e-4, rtol=1e-4)
     assert np.abs(logits[True] - np.array(tiny_model("qwen2")(tokens))).max() > 1e-3
-    config = json.loads((tmp_path / "q8-False" / "config.json").read_text())
-    assert config["quantization"]["bits"] == 8
+    config = json.loads((tmp_path / f"{kind}-False" / "config.json").read_text())
+    assert config.get("quantization", {}).get("bits") == (8 if kind == "Q8_0" else None)
