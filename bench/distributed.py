@@ -59,6 +59,8 @@ def start_mlxd(model: str, backend: str | None, ranks: int, pipeline: bool) -> S
         "MLXD_LOG_LEVEL": "warning",
         "MLXD_SPEECH_MODEL": "",
         "MLXD_EMBEDDING_MODEL": "",
+        # Every run starts cold: no prefix cache entries spilled by an earlier run.
+        "MLXD_PREFIX_DISK_MB": "0",
     }
     process = subprocess.Popen(command, cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"

@@ -300,6 +300,7 @@ class EngineStats:
     prefix_disk_hits: int = 0  # prefix cache entries read back from disk
     prefix_disk_entries: int = 0
     prefix_disk_bytes: int = 0
+    fault: str = ""  # why the engine cannot serve ('' while it can): a lost distributed group
 
 
 @dataclass(frozen=True)

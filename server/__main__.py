@@ -161,11 +161,23 @@ def _launch(settings: object, args: argparse.Namespace) -> int:
 
 
 def _service(settings: object, args: argparse.Namespace) -> int:
-    from server.service import ServiceOptions, run
+    from server.service import ClusterRank, ServiceOptions, run
     from server.settings import Settings
 
     assert isinstance(settings, Settings)
+    cluster = None
+    if settings.distributed is not None:
+        if args.rank is None or not settings.hosts:
+            raise ValueError("a cluster's service needs --hosts and this host's --rank")
+        hosts = Path(settings.hosts)
+        cluster = ClusterRank(
+            backend=settings.distributed,
+            hosts=str(hosts.resolve()) if hosts.is_file() else settings.hosts,
+            rank=args.rank,
+            pipeline=settings.pipeline,
+        )
     options = ServiceOptions(
+        cluster=cluster,
         host=settings.host,
         port=settings.port,
         model=args.model,
@@ -255,6 +267,8 @@ def _parser() -> argparse.ArgumentParser:
     service.add_argument("--host", help="address the service binds (default 127.0.0.1)")
     service.add_argument("--port", type=int, help="port (default 8000)")
     service.add_argument("--model", help="chat model to serve (default: the embedded one)")
+    _add_distributed_options(service)
+    service.add_argument("--rank", type=int, help="a cluster: this host's rank (0 serves HTTP)")
     return parser
 
 

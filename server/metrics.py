@@ -6,8 +6,8 @@
 - Generation: prompt/completion/cached tokens, time to first token and gaps between tokens as
   the server hands them to the client, finish reasons.
 - Engines: active and queued requests, largest batch, prefix-cache hits/misses/bytes, failed
-  steps, weights' memory, loaded or not — read from each engine's stats when scraped; MLX's
-  allocator (active, peak and cached bytes).
+  steps, weights' memory, loaded or not, why one cannot serve (a lost distributed group) — read
+  from each engine's stats when scraped; MLX's allocator (active, peak and cached bytes).
 
 Invariant: observing never changes a stream: `Observed` passes every event through unchanged.
 """
@@ -53,6 +53,15 @@ class _EngineCollector(Collector):
                 family.add_metric([name], float(getattr(engine, field)))
             yield family
         yield from _speculation(stats)
+        fault = GaugeMetricFamily(
+            "mlxd_engine_fault",
+            "1 while an engine cannot serve, with why",
+            labels=["model", "reason"],
+        )
+        for name, engine in stats.items():
+            if engine.fault:
+                fault.add_metric([name, engine.fault], 1.0)
+        yield fault
         loaded = GaugeMetricFamily(
             "mlxd_model_loaded", "1 while a model is loaded", labels=["model"]
         )

@@ -10,6 +10,11 @@ Invariants:
   `MLXD_HOME`, so it uses the same installation and model store as the shell that installed it.
 - `stop` sends SIGTERM: mlxd drains and exits 0, and neither launchd (KeepAlive only on an
   unsuccessful exit) nor systemd (Restart=on-failure) restarts it; a crash is restarted.
+- A lasting cluster is one service per host (`--distributed B --hosts H --rank R`): rank 0 runs
+  `serve`, the others `follower`, each with the environment `mlx.launch` would give it (its
+  rank, and the ring hostfile or JACCL device file, written under MLXD_HOME/cluster). A lost
+  group makes every rank exit unsuccessfully, so each manager restarts its rank and the group
+  forms again (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -33,6 +38,29 @@ VERBS = ("install", "uninstall", "start", "stop", "restart", "status", "logs")
 
 
 @dataclass(frozen=True)
+class ClusterRank:
+    """This host's place in a lasting cluster (mlxd service install --distributed …)."""
+
+    backend: str
+    hosts: str  # a comma list of IP addresses, or a hostfile's absolute path
+    rank: int
+    pipeline: bool = False
+
+    def environment(self, mlxd_home: Path) -> tuple[dict[str, str], dict[Path, str]]:
+        """The rank's variables (file variables pointing under MLXD_HOME/cluster) and the files
+        to write there."""
+        from engines.distributed.group import cluster_environment, read_hosts
+
+        variables, files = cluster_environment(self.backend, read_hosts(self.hosts), self.rank)
+        writes = {}
+        for variable, text in files.items():
+            path = mlxd_home / "cluster" / f"{variable.lower()}.json"
+            variables[variable] = str(path)
+            writes[path] = text + "\n"
+        return variables, writes
+
+
+@dataclass(frozen=True)
 class ServiceOptions:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -44,6 +72,7 @@ class ServiceOptions:
     home: Path = field(default_factory=Path.home)
     uid: int = field(default_factory=lambda: os.getuid() if hasattr(os, "getuid") else 0)
     user: str = field(default_factory=lambda: os.environ.get("USER", "root"))
+    cluster: ClusterRank | None = None
 
     @property
     def url(self) -> str:
@@ -51,11 +80,27 @@ class ServiceOptions:
         return f"http://{host}:{self.port}"
 
     def serve_arguments(self) -> list[str]:
+        cluster = self.cluster
+        if cluster is not None and cluster.rank > 0:
+            if not self.model:
+                raise ValueError("a follower's service needs --model (the same as rank 0's)")
+            arguments = [self.python, "-m", "server", "follower", "--model", self.model]
+            arguments += ["--distributed", cluster.backend]
+            return arguments + (["--pipeline"] if cluster.pipeline else [])
         arguments = [self.python, "-m", "server", "serve", "--host", self.host]
         arguments += ["--port", str(self.port)]
         if self.model:
             arguments += ["--model", self.model]
+        if cluster is not None:
+            arguments += ["--distributed", cluster.backend, "--hosts", cluster.hosts]
+            arguments += ["--pipeline"] if cluster.pipeline else []
         return arguments
+
+    def environment(self) -> tuple[dict[str, str], dict[Path, str]]:
+        """The service's variables (besides MLXD_HOME) and the files they name."""
+        if self.cluster is None:
+            return {}, {}
+        return self.cluster.environment(self.mlxd_home)
 
 
 @dataclass
@@ -97,6 +142,7 @@ def render_plist(options: ServiceOptions) -> str:
     template["Label"] = LABEL
     template["ProgramArguments"] = options.serve_arguments()
     template["EnvironmentVariables"]["MLXD_HOME"] = str(options.mlxd_home)
+    template["EnvironmentVariables"].update(options.environment()[0])
     template["WorkingDirectory"] = str(options.mlxd_home)
     template["ExitTimeOut"] = options.exit_timeout_s
     template["StandardOutPath"] = f"{logs}/mlxd.out.log"
@@ -116,7 +162,7 @@ def launchd_plan(verb: str, options: ServiceOptions) -> ServicePlan:
     logs = log_dir(options)
     if verb == "install":
         return ServicePlan(
-            writes={path: render_plist(options)},
+            writes={**options.environment()[1], path: render_plist(options)},
             commands=[["mkdir", "-p", str(logs)], ["launchctl", "bootstrap", domain, str(path)]],
         )
     if verb == "uninstall":
@@ -149,6 +195,9 @@ def render_unit(options: ServiceOptions) -> str:
     replacements = {
         "@EXEC_START@": shlex.join(options.serve_arguments()),
         "@MLXD_HOME@": str(options.mlxd_home),
+        "@ENVIRONMENT@": "".join(
+            f'Environment="{name}={value}"\n' for name, value in options.environment()[0].items()
+        ),
         "@EXIT_TIMEOUT@": str(options.exit_timeout_s),
         "@USER_LINE@": f"User={options.user}\n" if options.system else "",
         "@WANTED_BY@": "multi-user.target" if options.system else "default.target",
@@ -164,7 +213,7 @@ def systemd_plan(verb: str, options: ServiceOptions) -> ServicePlan:
     path = unit_path(options)
     if verb == "install":
         return ServicePlan(
-            writes={path: render_unit(options)},
+            writes={**options.environment()[1], path: render_unit(options)},
             commands=[[*systemctl, "daemon-reload"], [*systemctl, "enable", "--now", UNIT]],
         )
     if verb == "uninstall":

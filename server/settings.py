@@ -146,6 +146,12 @@ class Settings(BaseSettings):
     distributed_grace_s: float = Field(
         10.0, gt=0, description="A distributed step longer than 2x the slowest seen + this fails."
     )
+    distributed_restart_s: float = Field(
+        5.0,
+        ge=0,
+        description="After a lost distributed group, rank 0 restarts this much later to re-form "
+        "it (0: never; it answers 503 until restarted by hand).",
+    )
     log_level: str = Field("info", description="Python logging level name.")
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as text (control characters escaped) or JSON objects."

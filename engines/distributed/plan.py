@@ -10,8 +10,10 @@ only when the plan is not empty, its payload. A broadcast is an `all_sum` to whi
 contributes (every backend has it; NCCL has no send/recv).
 
 Invariants: sequence numbers count from 0 on every rank and must match; the payload's CRC must
-match; a follower's own token digest must equal rank 0's (the ranks sampled the same tokens).
-Any mismatch raises `PlanMismatch`: the ranks have diverged and the group must not go on.
+match; a follower's own token digest must equal rank 0's (the ranks sampled the same tokens);
+rank 0 gets back exactly what it sent (the others add zeros). Any mismatch raises
+`PlanMismatch`: the ranks have diverged, or a collective lost a peer and returned garbage, and
+the group must not go on.
 """
 
 from __future__ import annotations
@@ -74,9 +76,13 @@ class PlanChannel:
     def send(self, plan: StepPlan) -> None:
         payload = b"" if plan.empty else pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)
         header = [MAGIC, self.sequence, len(payload), zlib.crc32(payload) & _MASK31]
-        self._broadcast_header([*header, self.digest.value & _MASK31])
-        if payload:
-            self._broadcast_payload(payload, len(payload))
+        header.append(self.digest.value & _MASK31)
+        # The others add zeros: anything else back means a collective that lost a peer handed
+        # back garbage instead of failing (MLX's ring can, with three or more ranks).
+        if self._broadcast_header(header) != header:
+            raise PlanMismatch(f"plan {self.sequence} came back altered: a peer was lost")
+        if payload and self._broadcast_payload(payload, len(payload)) != payload:
+            raise PlanMismatch(f"plan {self.sequence}'s payload came back altered")
         self.sequence += 1
 
     def receive(self) -> StepPlan:

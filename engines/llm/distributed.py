@@ -19,9 +19,12 @@ Invariants:
   that fails (a peer died: fast) or a step that outlives the watchdog's limit (a peer is
   stopped: it would hang forever) fails every request in flight with `GroupLost`, makes new ones
   fail with 503 + Retry-After and `/health` report `stalled` with the reason; local followers are
-  killed; the process (or its service manager) restarts to re-form the group.
+  killed. After `restart_s` of answering 503 (so clients and health checks see why), rank 0
+  restarts to re-form the group: it re-executes itself when it started its followers, else it
+  exits with status 3 for its launcher or service manager to restart every rank.
 - While idle, the leader sends an empty plan every `heartbeat_s`, so a peer lost between
-  requests is noticed within about a second, and followers notice a lost leader.
+  requests is noticed within about a second, and followers notice a lost leader; the leader also
+  watches the followers it started itself and fails the group the moment one exits.
 """
 
 from __future__ import annotations
@@ -38,7 +41,12 @@ from pathlib import Path
 from typing import Any
 
 from engines.bridge import RequestStream
-from engines.distributed.group import LocalFollowers, launched_rank, spawn_local_followers
+from engines.distributed.group import (
+    LocalFollowers,
+    launched_rank,
+    restart_process,
+    spawn_local_followers,
+)
 from engines.distributed.plan import PlanChannel, StepPlan, TokenDigest
 from engines.distributed.sinks import FollowerSink, LeaderSink
 from engines.errors import EngineFailed, EngineUnavailable
@@ -56,7 +64,9 @@ _BEAT = object()  # inbox message: send an (empty) plan now
 class GroupLost(EngineUnavailable):
     """The distributed group lost a peer; the server must restart to form it again."""
 
-    retry_after_s = 30
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,8 @@ class DistributedOptions:
     hosts: tuple[str, ...] = ()  # one address per rank (rank 0 first); () under mlx.launch
     pipeline: bool = False  # pipeline stages instead of tensor parallel
     step_grace_s: float = 10.0  # watchdog: a step may last 2 x the slowest seen + this
-    heartbeat_s: float = 1.0  # idle: an empty plan this often
+    heartbeat_s: float = 0.5  # idle: an empty plan this often
+    restart_s: float = 5.0  # after a loss, rank 0 restarts this much later (0: never)
 
 
 class ReplicatedScheduler(Scheduler):
@@ -74,6 +85,18 @@ class ReplicatedScheduler(Scheduler):
 
     def _arrivals_pending_s(self) -> float:
         return 0.0
+
+
+def replicable(limits: ChatLimits) -> ChatLimits:
+    """`limits` with what would make the ranks' schedulers differ turned off: the disk tier of
+    the prefix cache (each rank's own disk, filled and evicted by its own shard's sizes: a hit
+    on one rank and a miss on another run different graphs) and the kernel warm-up (rows that
+    skip the plans). Options a follower cannot learn before it loads (quantized KV, speculative
+    decoding) are refused in one line."""
+    for field, value in (("kv_bits", limits.kv_bits), ("speculative", limits.speculative)):
+        if value:
+            raise ValueError(f"{field} is not supported with --distributed (got {value!r})")
+    return replace(limits, prefix_disk_dir=None, prefix_disk_bytes=0, warmup_rows=0)
 
 
 class DistributedLLMEngine(LLMEngine):
@@ -89,7 +112,7 @@ class DistributedLLMEngine(LLMEngine):
         prefill_chunk: int | None = None,
         limits: ChatLimits | None = None,
     ) -> None:
-        super().__init__(name, path, prefill_chunk, limits)
+        super().__init__(name, path, prefill_chunk, replicable(limits or ChatLimits()))
         self.options = options
         self.fault: str | None = None
         self.rank = launched_rank() or 0
@@ -114,14 +137,14 @@ class DistributedLLMEngine(LLMEngine):
 
     def submit(self, request: Any) -> RequestStream:
         if self.fault is not None:
-            raise GroupLost(self._fault_message())
+            raise self._lost()
         return super().submit(request)
 
     def stats(self) -> EngineStats:
         stats = super().stats()
         if self.fault is None:
             return stats
-        return replace(stats, stalled=True)
+        return replace(stats, stalled=True, fault=self._fault_message())
 
     def stop(self, timeout: float | None = 30.0) -> None:
         # An engine thread stuck in a collective of a lost group never returns: do not wait.
@@ -206,7 +229,7 @@ class DistributedLLMEngine(LLMEngine):
         request, stream = message
         if self.fault is not None:
             self.release(-request.n, -1)
-            stream.push(ErrorEvent(GroupLost(self._fault_message())))
+            stream.push(ErrorEvent(self._lost()))
             return
         if request.sampling.seed is None:  # every rank must draw the same numbers
             seed = secrets.randbits(63)
@@ -285,7 +308,7 @@ class DistributedLLMEngine(LLMEngine):
         if isinstance(error, EngineFailed):
             # A step raised: a collective failed (a peer died) or the ranks diverged.
             self.lose_group(f"{type(error).__name__}: {error}")
-        super().fail_all(GroupLost(self._fault_message()) if self.fault else error)
+        super().fail_all(self._lost() if self.fault else error)
 
     def unload(self) -> None:
         super().unload()
@@ -319,7 +342,7 @@ class DistributedLLMEngine(LLMEngine):
         logger.error(
             "engine %s (rank %d): distributed group lost: %s", self.name, self.rank, reason
         )
-        error = GroupLost(self._fault_message())
+        error = self._lost()
         for stream in [sink.stream for sink in sinks] + [stream for _, stream in outgoing]:
             stream.push(ErrorEvent(error))
         self.followers.stop(timeout_s=0.5)
@@ -328,6 +351,18 @@ class DistributedLLMEngine(LLMEngine):
             # in a collective that never returns.
             logger.error("follower exits")
             os._exit(3)
+        if self.options.restart_s > 0:
+            timer = threading.Timer(self.options.restart_s, self._restart)
+            timer.daemon = True
+            timer.start()
+
+    def _restart(self) -> None:
+        """Re-form the group the only way MLX allows: a new process (see group.restart_process).
+        Not a graceful stop: the engine thread may be stuck in a collective that never returns."""
+        logger.error(
+            "engine %s: restarting to re-form the distributed group (%s)", self.name, self.fault
+        )
+        restart_process(self.followers)
 
     def _heartbeat_due(self) -> bool:
         """The leader is idle (no step running) and has sent no plan for `heartbeat_s`."""
@@ -340,10 +375,18 @@ class DistributedLLMEngine(LLMEngine):
         )
 
     def _fault_message(self) -> str:
+        restart = self.options.restart_s
+        when = f"in {restart:g} s" if restart > 0 else "when mlxd is restarted"
         return (
             f"model '{self.name}' lost a peer of its distributed group ({self.fault}); "
-            "the server must restart to re-form the group"
+            f"the server restarts to re-form the group {when}"
         )
+
+    def _lost(self) -> GroupLost:
+        """The error for requests while the group is lost: retry once it may be back (the
+        restart, then a load of about as long as the first)."""
+        restart = self.options.restart_s
+        return GroupLost(self._fault_message(), int(restart + 30) if restart > 0 else 60)
 
     def _watch(self) -> None:
         """The step watchdog (and, on the leader, the idle heartbeat)."""
@@ -354,7 +397,10 @@ class DistributedLLMEngine(LLMEngine):
             limit = 2 * self._slowest_s + options.step_grace_s
             if not self.leader:
                 limit += options.heartbeat_s  # a follower waits for the leader's next plan too
-            if started is not None and time.monotonic() - started > limit:
+            exited = None if self._stop_sent else self.followers.first_exited()
+            if exited is not None:
+                self.lose_group(exited)
+            elif started is not None and time.monotonic() - started > limit:
                 self.lose_group(f"a step made no progress for {limit:.1f} s (a peer hung)")
             elif self._heartbeat_due():
                 self.post(_BEAT)
@@ -372,6 +418,7 @@ def build_distributed(
         hosts=hosts,
         pipeline=bool(settings.get("pipeline")),
         step_grace_s=float(settings.get("distributed_grace_s") or 10.0),
+        restart_s=float(settings.get("distributed_restart_s", 5.0)),
     )
     return DistributedLLMEngine(name, path, options, settings.get("prefill_chunk"), limits)
 
