@@ -2,22 +2,23 @@
 own call format (engines/llm/chat_formats.py), compiled by engines/llm/constrain.py.
 
 Formats with a grammar here: json_tools (`<tool_call>` JSON), mistral (`[TOOL_CALLS][…]`, the
-JSON-list form), llama3 (one bare JSON call), qwen3_coder, glm47 and minimax_m2 (XML-like
-parameters: a string parameter is free text up to its closing tag, bounded by `maxLength` when
-the schema has one; an enum of strings is one of them; any other parameter is JSON under its
-schema; parameters in the schema's order, the optional ones optional), kimi_k2 (JSON arguments
-between its section tokens) and harmony (a `commentary` message to `functions.NAME` with JSON
-arguments; gpt-oss then ends its turn with `<|call|>`). The others (gemma4, function_gemma,
-pythonic, longcat, minicpm5, kimi_k3) write values in notations of their own (Python literals,
-`<|"|>`-quoted strings, typed XTML) that no schema-to-grammar translation covers here: a forced
-call for those models is generated in the json_tools format instead (`grammar_format`), and the
-edge parses it in that format.
+JSON-list form), llama3 (one bare JSON call), qwen3_coder, glm47 and minimax_m2 (tagged
+parameters, in the schema's order, the optional ones optional: a string is free text up to its
+closing tag, bounded by `maxLength` when the schema has one; an enum of strings is one of them;
+a plain number has no exponent; anything else is JSON under its schema), kimi_k2 (JSON
+arguments between its section tokens) and harmony (a `commentary` message to `functions.NAME`
+with JSON arguments; gpt-oss then ends its turn with `<|call|>`). The others (gemma4,
+function_gemma, pythonic, longcat, minicpm5, kimi_k3) write values in notations of their own
+(Python literals, `<|"|>`-quoted strings, typed XTML) that no schema-to-grammar translation
+covers here: a forced call for those models is generated in the json_tools format instead
+(`grammar_format`), and the edge parses it in that format.
 
-Invariants: the grammar accepts exactly the calls of the allowed functions whose arguments the
-format's parser (server/tool_formats/) reads back as schema-valid JSON (strings aside, which
-the XML-like formats write raw); markers that are single tokens of the vocabulary are named as
-those tokens (`tag_tokens`): a grammar that spells them as text cannot accept the token the
-model was trained to emit.
+Invariants: every output the grammar accepts is read back by the format's parser
+(server/tool_formats/) as calls of the allowed functions with schema-valid arguments (in the
+tagged formats, string values are bounded by `maxLength` and an enum but no other string
+keyword); markers that are single tokens of the vocabulary are named as those tokens
+(`tag_tokens`): a grammar that spells them as text cannot accept the token the model was
+trained to emit.
 """
 
 from __future__ import annotations
@@ -157,7 +158,18 @@ def _xml_value(rule: str, schema: dict[str, Any], closing: str, rules: list[str]
         # Lazy: the value ends at the first closing tag (the parser reads it the same way).
         rules.append(f"{rule}[lazy]: /(.|\\n){repeat}{_regex_text(closing)}/")
         return rule
+    if set(schema) <= _PLAIN_KEYS and schema.get("type") in _PLAIN_NUMBERS:
+        # The parsers read such a value with float(): no exponent, which could overflow to inf.
+        return f"{_PLAIN_NUMBERS[schema['type']]} {json.dumps(closing)}"
     return f"%json {json.dumps(compact(schema))} {json.dumps(closing)}"
+
+
+_PLAIN_KEYS = {"type", "description", "title"}
+_DIGITS = "(0|[1-9][0-9]{0,15})"
+_PLAIN_NUMBERS = {
+    "integer": f"/-?{_DIGITS}/",
+    "number": f"/-?{_DIGITS}(\\.[0-9]{{1,16}})?/",
+}
 
 
 def _regex_text(text: str) -> str:

@@ -25,6 +25,7 @@ from openai import AsyncOpenAI
 
 from engines.llm.engine import LLMEngine
 from engines.pool import EnginePool
+from engines.types import ChatLimits
 from engines.weights.embedded import QWEN_CODER, SMOLLM2, ensure_embedded_llm
 from engines.weights.store import COMPLETE_MARKER, ModelStore
 from server.app import create_app
@@ -180,3 +181,85 @@ async def test_json_schema_numbers_close(served: str) -> None:
         choice = reply.choices[0]
         assert choice.finish_reason == "stop", choice.message.content
         jsonschema.validate(json.loads(choice.message.content or ""), ARGUMENTS)
+
+
+# -- each family's own format, forced, on SmolLM2's real tokenizer -----------------------------
+# A chat template naming a family's markup makes the engine choose that format (mlx-lm's rules);
+# gpt-oss's and Kimi's markers are special tokens added to the vocabulary, so the grammar names
+# them by id and the engine must keep them in the text it emits (it skips special tokens).
+
+HARMONY_TOKENS = ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|constrain|>")
+KIMI_TOKENS = (
+    "<|tool_calls_section_begin|>",
+    "<|tool_calls_section_end|>",
+    "<|tool_call_begin|>",
+    "<|tool_call_end|>",
+    "<|tool_call_argument_begin|>",
+)
+CHATML = (
+    "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{%- if tools %}<|im_start|>system\n{{ tools | tojson }}<|im_end|>\n{% endif %}"
+)
+FAMILIES = {
+    "qwen3_coder": (CHATML + "{# <tool_call>\n<function= #}<|im_start|>assistant\n", ()),
+    "glm47": (CHATML + "{# <arg_key> #}<|im_start|>assistant\n", ()),
+    "minimax_m2": (CHATML + "{# <minimax:tool_call> #}<|im_start|>assistant\n", ()),
+    "kimi_k2": (CHATML + "{# <|tool_calls_section_begin|> #}<|im_start|>assistant\n", KIMI_TOKENS),
+    "harmony": (CHATML + "{# <|channel|><|message|> #}<|start|>assistant", HARMONY_TOKENS),
+}
+
+
+def with_special_tokens(directory: Path, tokens: tuple[str, ...]) -> None:
+    """Add `tokens` to the tokenizer as special tokens (and to the model's vocabulary)."""
+    tokenizer = json.loads((directory / "tokenizer.json").read_text())
+    config = json.loads((directory / "config.json").read_text())
+    first = config["vocab_size"]
+    tokenizer["added_tokens"] += [
+        {"id": first + i, "content": token, "single_word": False, "lstrip": False,
+         "rstrip": False, "normalized": False, "special": True}
+        for i, token in enumerate(tokens)
+    ]  # fmt: skip
+    (directory / "tokenizer.json").write_text(json.dumps(tokenizer))
+    (directory / "config.json").write_text(json.dumps({**config, "vocab_size": first + 8}))
+
+
+@pytest.fixture(
+    params=[
+        *((fmt, SMOLLM2.name) for fmt in sorted(FAMILIES)),
+        # Qwen's <tool_call> is one (non-special) token: named by id in the grammar.
+        pytest.param(("qwen3_coder", QWEN_CODER.name), marks=pytest.mark.optin),
+    ],
+    ids=lambda param: "-".join(param),
+    scope="module",
+)
+def family(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    fmt, tokenizer = request.param
+    template, tokens = FAMILIES[fmt]
+    base = tmp_path_factory.mktemp(f"family-{fmt}")
+    source = base / "source"
+    source.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(store_entry(tokenizer) / name, source / name)
+    if tokens:
+        with_special_tokens(source, tokens)
+    directory = random_weights_dir(source, base / "model")
+    engine = LLMEngine("tiny", directory, limits=ChatLimits(chat_template=template))
+    with serve(create_app(Settings(), EnginePool([engine]))) as url:
+        assert engine.info is not None and engine.info.tool_format == fmt
+        yield fmt, url
+
+
+async def test_forced_calls_in_each_familys_format(family: tuple[str, str]) -> None:
+    """Whatever the weights, the forced call is written in the family's markup (special
+    markers included), read back by its parser, and schema-valid, streamed and not."""
+    _, url = family
+    client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
+    async with client:
+        await asyncio.gather(
+            *(
+                forced_call(client, FORCED[seed % 2], seed, stream=seed % 2 == 0)
+                for seed in range(4)
+            )
+        )
