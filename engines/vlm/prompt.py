@@ -13,8 +13,8 @@ Gemma 3, Idefics3 without splitting); otherwise (an image split into tiles) ever
 marked with the digest of all the prompt's images together: never a wrong reuse, less reuse.
 
 `embeddings` merges the images' features into the prompt's embeddings with the model's own
-`get_input_embeddings`; the vision tower's output is cached by the digests of the prompt's
-images (`VisionCache`) for the families whose tower mlxd can call alone (`image_encoder`).
+`get_input_embeddings`; the vision tower's output is cached by image digest (`VisionCache`,
+`image_features`) for the families whose tower mlxd can call alone (`image_encoder`).
 `rope_positions` are the prompt's mRoPE position ids and delta (Qwen families).
 """
 
@@ -24,6 +24,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import mlx.core as mx
@@ -132,13 +133,8 @@ def _key(ids: list[int], positions: list[int], digests: tuple[str, ...]) -> list
 def embeddings(model: Any, prompt: VisionPrompt, cache: VisionCache) -> mx.array:
     """(1, len(prompt.ids), hidden): the prompt's input embeddings, images merged in."""
     extra = {k: v for k, v in prompt.extra.items() if k != "attention_mask"}
-    encoder = image_encoder(model)
-    if encoder is not None and prompt.pixel_values is not None:
-        features = cache.get(prompt.digests)
-        if features is None:
-            features = encoder(prompt.pixel_values, extra)
-            mx.eval(features)
-            cache.put(prompt.digests, features)
+    features = image_features(model, prompt, cache)
+    if features is not None:
         extra["cached_image_features"] = features
     output = model.get_input_embeddings(
         mx.array([prompt.ids]),
@@ -147,6 +143,47 @@ def embeddings(model: Any, prompt: VisionPrompt, cache: VisionCache) -> mx.array
         **extra,
     )
     return output.inputs_embeds
+
+
+def image_features(model: Any, prompt: VisionPrompt, cache: VisionCache) -> Any:
+    """The vision tower's output for the prompt's images as `get_input_embeddings` takes it
+    back (`cached_image_features`), or None where mlxd cannot call the family's tower alone.
+
+    Cached per image (key: its digest) where the family's pixel values split by image (Qwen:
+    patch rows by each image's grid; Gemma 3: one row per image), so a turn adding a screenshot
+    encodes only the new one; otherwise per set of images (key: all their digests)."""
+    encoder = image_encoder(model)
+    pixels = prompt.pixel_values
+    if encoder is None or pixels is None:
+        return None
+    family = model.config.model_type
+    grids = prompt.extra.get("image_grid_thw")
+    if family in ("qwen2_vl", "qwen2_5_vl") and grids is not None:
+        sizes = [t * h * w for t, h, w in host_list(grids)]
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        parts = [
+            (pixels[start : start + size], {"image_grid_thw": grids[i : i + 1]})
+            for i, (start, size) in enumerate(zip(starts, sizes, strict=True))
+        ]
+    elif family == "gemma3" and pixels.shape[0] == len(prompt.digests):
+        parts = [(pixels[i : i + 1], {}) for i in range(len(prompt.digests))]
+    else:
+        return _cached(cache, prompt.digests, lambda: encoder(pixels, prompt.extra))
+    if len(parts) != len(prompt.digests):  # not one part per image: keep them together
+        return _cached(cache, prompt.digests, lambda: encoder(pixels, prompt.extra))
+    features = []
+    for digest, (part, grid) in zip(prompt.digests, parts, strict=True):
+        features.append(_cached(cache, (digest,), partial(encoder, part, grid)))
+    return features[0] if len(features) == 1 else mx.concatenate(features, axis=0)
+
+
+def _cached(cache: VisionCache, key: tuple[str, ...], encode: Callable[[], Any]) -> Any:
+    features = cache.get(key)
+    if features is None:
+        features = encode()
+        mx.eval(features)
+        cache.put(key, features)
+    return features
 
 
 def rope_positions(model: Any, prompt: VisionPrompt) -> tuple[mx.array, int]:
