@@ -209,6 +209,12 @@ def save_tiny_vlm(
     mx.random.seed(seed)
     model = module.Model(model_config)
     weights = dict(tree_flatten(model.parameters()))
+    for name in [k for k in weights if k.endswith("mm_input_projection_weight")]:
+        # mlx-vlm starts Gemma 3's projector at all ones: summed over channels, the tower's
+        # zero-mean (layer-normed) features would come out as rounding noise, and the image
+        # would not count in the output at all.
+        rows = weights[name].shape[0]
+        weights[name] = mx.random.normal(weights[name].shape) / rows**0.5
     weights = {k: v.astype(dtype) for k, v in weights.items()}
     if never_stop:
         for name in [k for k in weights if k.endswith("embed_tokens.weight")]:

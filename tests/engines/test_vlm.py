@@ -201,6 +201,36 @@ async def test_follow_up_turn_reuses_the_image_prefix(
     assert third.usage.cached_tokens <= images[0]  # reused at most up to the image
 
 
+async def test_two_images_then_a_third(cached_engine: VLMEngine, reference: Any) -> None:
+    """Two images in one prompt, then a turn adding a third: each image is encoded once (the
+    cache is per image where the family's pixels split by image), the second turn resumes from
+    the first through both images, and both match mlx-vlm."""
+    engine = cached_engine
+    a, b, c = image(11), image(12, height=60, width=44), image(13)
+    pair = {"type": "image"}
+    parts = [{"type": "text", "text": "Compare"}, pair, {"type": "text", "text": "&"}, pair]
+    turn = [{"role": "user", "content": parts}]
+    tokens, first = await served(engine, request(engine, "1", turn, a, b))
+    assert tokens == expected(reference, engine.render(turn), [a, b])
+    follow_up = [
+        *turn,
+        {"role": "assistant", "content": "They differ."},
+        {"role": "user", "content": [{"type": "text", "text": "And this one?"}, pair]},
+    ]
+    tokens, second = await served(engine, request(engine, "2", follow_up, a, b, c))
+    assert tokens == expected(reference, engine.render(follow_up), [a, b, c])
+    images = image_positions(reference, engine, request(engine, "2", follow_up, a, b, c))
+    runs = sum(1 for i, p in enumerate(images) if i == 0 or images[i - 1] != p - 1)
+    assert second.usage.cached_tokens >= first.usage.prompt_tokens - 1
+    cache = engine.vision_cache
+    assert cache is not None
+    if engine.info and engine.vlm.config.model_type in ("qwen2_vl", "gemma3"):
+        assert (cache.misses, cache.hits) == (3, 2)  # a, b, then c alone; a, b from the cache
+    else:  # idefics3: no tower of its own called by mlxd (re-encoded each time)
+        assert (cache.misses, cache.hits) == (0, 0)
+    assert runs == 3
+
+
 def image_positions(reference: Any, engine: VLMEngine, request: GenerationRequest) -> list[int]:
     """Where the expanded prompt's image tokens are (the processor run on this thread)."""
     model, processor = reference
