@@ -150,8 +150,14 @@ async def test_image_prompt_fed_in_padded_chunks(checkpoint: Path, reference: An
     assert tokens == expected(reference, engine.render(messages), [picture])
 
 
-async def test_batched_with_text_only_requests(engine: VLMEngine, reference: Any) -> None:
-    """Two image rows (different images and prompts) and two text rows decode in one batch."""
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "in-order"])
+async def test_batched_with_text_only_requests(
+    engine: VLMEngine, reference: Any, pipelined: bool
+) -> None:
+    """Two image rows (different images and prompts) and two text rows decode in one batch,
+    with decode steps pipelined (what GPUs do) and in order (what the CPU does)."""
+    assert engine.scheduler is not None
+    engine.scheduler.config.pipelined = pipelined  # idle engine: read at its next step
     first, second = image(2), image(6, height=112, width=100)
     describe, count, plain = with_image("Describe."), with_image("Count them all."), None
     plain = text_only("Say something.")
