@@ -29,7 +29,7 @@ from server.chat_output import ChoiceOutput
 from server.errors import APIError
 from server.generation import check_limits
 from server.images import ImagePolicy, collect_images, first_image_param
-from server.reasoning import opened_in_prompt
+from server.reasoning import opened_in_prompt, thinking_kwargs
 from server.schemas.chat import ChatCompletionRequest
 from server.settings import Settings
 from server.tool_calls import single_token_tags
@@ -66,7 +66,7 @@ async def count_prompt_tokens(pool: EnginePool, chat: ChatCompletionRequest) -> 
     tools, messages = template_inputs(chat)
     await collect_images(messages, ImagePolicy.from_env())
     engine = await pool.acquire(chat.model, CHAT)
-    return len(engine.encode_chat(messages, tools, chat.template_kwargs()))
+    return len(engine.encode_chat(messages, tools, template_kwargs(chat, engine)))
 
 
 async def prepare_chat(
@@ -106,7 +106,7 @@ async def prepare_chat(
         # Compiling checks the grammar against the tokenizer (no MLX; the first one builds
         # llguidance's tokenizer, a pass over the whole vocabulary): off the event loop.
         await asyncio.to_thread(engine.check_grammar, grammar, grammar_param)
-    prompt = engine.encode_chat(messages, tools, chat.template_kwargs())
+    prompt = engine.encode_chat(messages, tools, template_kwargs(chat, engine))
     info = engine.info
     think_tags = info.think_tags if info and info.reasoning else None
     # Whether the template left the block open (its tags are a few tokens at most).
@@ -152,6 +152,14 @@ async def prepare_chat(
         bool(chat.stream),
     )
     return PreparedChat(engine, generation, output_for)
+
+
+def template_kwargs(chat: ChatCompletionRequest, engine: ChatEngine) -> dict[str, Any]:
+    """The request's template variables, with the thinking switch of a model that thinks in tags
+    (gpt-oss's harmony template reads `reasoning_effort` itself)."""
+    info = engine.info
+    thinks = bool(info and info.reasoning and info.tool_format != "harmony")
+    return thinking_kwargs(chat.template_kwargs(), thinks)
 
 
 def check_vision(

@@ -13,10 +13,24 @@ feeding the same output in any chunking gives the same reasoning and the same co
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from server.tool_calls import partial_suffix
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+NO_THINKING_EFFORTS = frozenset({"none", "minimal"})
+
+
+def thinking_kwargs(template_kwargs: dict[str, Any], thinks: bool) -> dict[str, Any]:
+    """The chat template's variables, with a `reasoning_effort` also set as the thinking switch
+    of a model that thinks in tags (`thinks`): `enable_thinking` false for "none" or "minimal",
+    true for the others, unless the request set it. Without an effort the template's own
+    default stands (mlx-lm sets `enable_thinking` true there; the families' templates that
+    read it default to true too)."""
+    effort = template_kwargs.get("reasoning_effort")
+    if not thinks or effort is None or "enable_thinking" in template_kwargs:
+        return template_kwargs
+    return {**template_kwargs, "enable_thinking": effort not in NO_THINKING_EFFORTS}
 
 
 @dataclass

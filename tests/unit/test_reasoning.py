@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+from typing import Any
 
 import httpx
 import pytest
@@ -72,3 +74,22 @@ async def test_template_kwargs_pass_through(
     }
     message = response.json()["choices"][0]["message"]
     assert message["content"] == "Straight answer." and "reasoning_content" not in message
+
+
+@pytest.mark.parametrize(
+    ("effort", "tool_format", "seen"),
+    [
+        ("minimal", "json_tools", {"reasoning_effort": "minimal", "enable_thinking": False}),
+        ("high", "json_tools", {"reasoning_effort": "high", "enable_thinking": True}),
+        ("low", "harmony", {"reasoning_effort": "low"}),  # gpt-oss's template reads the effort
+    ],
+)
+async def test_reasoning_effort_is_the_thinking_switch(
+    http: httpx.AsyncClient, fake_engine: FakeEngine, effort: str, tool_format: str, seen: Any
+) -> None:
+    assert fake_engine.info is not None
+    fake_engine.info = dataclasses.replace(fake_engine.info, tool_format=tool_format)
+    fake_engine.reply = "Paris."
+    response = await http.post(URL, json=chat_body(reasoning_effort=effort))
+    assert response.status_code == 200
+    assert fake_engine.template_kwargs_seen == seen
