@@ -31,16 +31,21 @@ from engines.types import ChatLimits, GenerationRequest, SamplingParams, TokenEv
 from tests.engines.test_scheduler import ListSink, run_until_idle
 from tests.families import save_family_dir
 from tests.helpers import run
-from tests.tiny import VOCAB
+from tests.tiny import VOCAB, save_model_dir, tiny_model
 
 # A prompt that repeats itself: the random model's continuation tends to loop too, and prompt
 # lookup then finds n-grams to draft from in both.
 LOOP = [11, 12, 13, 14, 15, 16, 17, 18] * 4
 
 
+def plain_llama_dir(directory: Path) -> Path:
+    """tests/tiny.py's llama: every layer a plain KV cache (what speculation needs)."""
+    return save_model_dir(tiny_model("llama"), "llama", directory)
+
+
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
-    path = save_family_dir("llama", tmp_path_factory.mktemp("llama") / "llama")
+    path = plain_llama_dir(tmp_path_factory.mktemp("llama") / "llama")
     return load(str(path))  # type: ignore[return-value]
 
 

@@ -24,6 +24,7 @@ from tests.engines.test_speculative import (
     LOOP,
     admit_at_once,  # noqa: F401 (an autouse fixture)
     mixed_requests,
+    plain_llama_dir,
     scheduler,
     serve,
     text_of,
@@ -36,7 +37,7 @@ PROMPT = [7, 30, 41, 52, 63, 74, 85, 96, 21, 32, 43]
 
 @pytest.fixture(scope="module")
 def target_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_family_dir("llama", tmp_path_factory.mktemp("llama") / "llama")
+    return plain_llama_dir(tmp_path_factory.mktemp("llama") / "llama")
 
 
 @pytest.fixture(scope="module")
@@ -133,12 +134,13 @@ def test_seeded_sampling_repeats_and_drafts_are_kept(
     requests = [
         GenerationRequest(f"s{i}", PROMPT, 30, SamplingParams(0.7, top_k=20, seed=5 + i))
         for i in range(3)
-    ]
+    ]  # and two choices forking one prompt (its draft row prefilled once, copied)
+    requests.append(GenerationRequest("n2", PROMPT, 30, SamplingParams(0.9, seed=11), n=2))
     first_sched = scheduler(llama, str(perturbed_dir))
     first = serve(first_sched, requests)
     again = serve(scheduler(llama, str(perturbed_dir)), requests)
     assert [s.tokens for s in first] == [s.tokens for s in again]
-    assert all(len(s.tokens) == 30 for s in first)
+    assert [len(s.tokens) for s in first] == [30, 30, 30, 60]
     assert first_sched.counters.accepted_drafts > 0, first_sched.counters
 
 
