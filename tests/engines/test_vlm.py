@@ -230,7 +230,7 @@ async def test_two_images_then_a_third(cached_engine: VLMEngine, reference: Any)
     assert second.usage.cached_tokens >= first.usage.prompt_tokens - 1
     cache = engine.vision_cache
     assert cache is not None
-    if engine.info and engine.vlm.config.model_type in ("qwen2_vl", "gemma3"):
+    if engine.vlm.config.model_type in ("qwen2_vl", "gemma3"):
         assert (cache.misses, cache.hits) == (3, 2)  # a, b, then c alone; a, b from the cache
     else:  # idefics3: no tower of its own called by mlxd (re-encoded each time)
         assert (cache.misses, cache.hits) == (0, 0)
@@ -259,15 +259,18 @@ async def test_the_vision_tower_runs_once_per_image_set(
     assert (cache.misses, cache.hits) == ((1, 1) if cached else (0, 0))
 
 
-async def test_openai_sdk_sends_an_image_to_the_real_engine(
-    checkpoint: Path, reference: Any
-) -> None:
-    """Edge to engine: a data: URI through the strict SDK reaches the template as the family's
-    image placeholder, and usage is mlx-vlm's prompt (image tokens included) and output."""
+async def test_sdks_send_an_image_to_the_real_engine(checkpoint: Path, reference: Any) -> None:
+    """Edge to engine: a data: URI through the strict OpenAI SDK, then the same image as an
+    Anthropic base64 block through the strict Anthropic SDK, reach the template as the family's
+    image placeholder; usage is mlx-vlm's prompt (image tokens included) and output, and the
+    second request (the next turn) reads the first one's prompt from the cache (Anthropic's
+    cache_read_input_tokens)."""
     import base64
     import io
 
     import httpx
+    import httpx2
+    from anthropic import AsyncAnthropic
     from openai import AsyncOpenAI
     from PIL import Image
 
@@ -307,12 +310,49 @@ async def test_openai_sdk_sends_an_image_to_the_real_engine(
                     }
                 ],
             )
+        async with AsyncAnthropic(
+            base_url="http://127.0.0.1",
+            api_key="unused",
+            http_client=httpx2.AsyncClient(
+                transport=httpx2.ASGITransport(app=app), base_url="http://127.0.0.1"
+            ),
+            _strict_response_validation=True,
+            max_retries=0,
+        ) as claude:
+            source = {"type": "base64", "media_type": "image/png", "data": uri.split(",")[1]}
+            message = await claude.messages.create(
+                model="tiny-vlm",
+                max_tokens=MAX_TOKENS,
+                extra_body={"temperature": 0},  # this SDK's create() has no such argument
+                messages=[
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "What is it?"},
+                            {"type": "image", "source": source},  # type: ignore[typeddict-item]
+                        ],
+                    },
+                    {"role": "assistant", "content": "A picture."},
+                    {"role": "user", "content": "Which colours?"},
+                ],
+            )
     finally:
         await pool.drain(timeout=5)
     want = expected(reference, engine.render(with_image("What is it?")), [picture])
     assert reply.usage is not None and reply.usage.completion_tokens == len(want)
     assert reply.usage.prompt_tokens > len(engine.encode_chat(with_image("What is it?")))
     assert reply.choices[0].finish_reason in ("stop", "length")
+    follow_up = [
+        *with_image("What is it?"),
+        {"role": "assistant", "content": "A picture."},
+        {"role": "user", "content": "Which colours?"},
+    ]
+    usage = message.usage
+    assert message.stop_reason in ("end_turn", "max_tokens")
+    assert usage.output_tokens == len(expected(reference, engine.render(follow_up), [picture]))
+    # the first turn's prompt, its image included, came from the prefix cache
+    assert (usage.cache_read_input_tokens or 0) >= reply.usage.prompt_tokens - 1
+    assert usage.input_tokens > 0
 
 
 async def test_one_at_a_time_path_matches_mlx_vlm(checkpoint: Path, reference: Any) -> None:
