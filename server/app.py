@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -132,7 +133,9 @@ def _spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
     except ModelNotFound:
         return _hub_spec(entry, settings, store)  # a repo id not yet in the HF cache
     kind = entry.kind or detect_kind(path)  # left out: the checkpoint says what it is
-    factory = KINDS[kind].factory(entry.name, path, _options(entry, store), settings.model_dump())
+    options = _options(entry, store)
+    factory = KINDS[kind].factory(entry.name, path, options, settings.model_dump())
+    draft = options["speculative"] if entry.speculative not in (None, "prompt_lookup") else None
     return ModelSpec(
         name=entry.name,
         kind=kind,
@@ -141,7 +144,8 @@ def _spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
         pinned=entry.pinned,
         preload=entry.preload,
         idle_ttl_s=entry.idle_ttl_s,
-        size_bytes=store.size_bytes(path),
+        # A draft model's weights are loaded with the model's (one engine holds both).
+        size_bytes=store.size_bytes(path) + (store.size_bytes(Path(draft)) if draft else 0),
         kv_bytes=chat_kv_bytes(settings.kv_budget_mb) if kind == "chat" else 0,
         sampling_defaults=tuple(entry.sampling.values().items()),
     )
