@@ -6,7 +6,10 @@ Two LLMEngines load the same model, one with `speculative = "prompt_lookup"` (or
 runs them). Each run sends `--concurrency` requests at once, each asking
 the model to repeat a ~400-token Python module with one change (`--task edit`), or to write new
 code (`--task write`: a small module from a description); runs alternate between the two
-engines (plain, speculative, speculative, plain, ...) so drift hits both. Reported per side:
+engines (plain, speculative, speculative, plain, ...) so drift hits both. With `--one-engine`
+both sides are one speculative engine, the plain side's requests asking `speculative: false`
+(the same code path as an engine without drafting: its rows never draft), so large models are
+loaded once. Reported per side:
 decode rate = tokens after the first / (last token time − first token time), for one stream, or
 aggregate over the concurrent ones (from the last first-token to the last token), medians with
 min–max; and whether the speculative tokens equal the plain ones (they must, greedy).
@@ -148,11 +151,12 @@ async def one(engine: LLMEngine, request: GenerationRequest) -> tuple[list[int],
 
 
 async def burst(
-    engine: LLMEngine, prompts: list[list[int]], max_tokens: int
+    side: Side, prompts: list[list[int]], max_tokens: int
 ) -> tuple[float, list[list[int]]]:
     """Decode rate of one burst (tokens/s over the concurrent requests) and their tokens."""
+    engine, speculative = side
     requests = [
-        GenerationRequest(f"r{i}", prompt, max_tokens, SamplingParams(0.0))
+        GenerationRequest(f"r{i}", prompt, max_tokens, SamplingParams(0.0), speculative=speculative)
         for i, prompt in enumerate(prompts)
     ]
     results = await asyncio.gather(*(one(engine, r) for r in requests))
@@ -160,6 +164,22 @@ async def burst(
     start = max(first for _, first, _ in results)
     end = max(last for _, _, last in results)
     return decoded / max(end - start, 1e-9), [tokens for tokens, _, _ in results]
+
+
+# A side of the comparison: an engine, and the requests' per-request switch (None: as the
+# engine is configured; False: no drafting on a speculative engine).
+Side = tuple[LLMEngine, bool | None]
+
+
+def counts(engine: LLMEngine) -> tuple[int, int, int, int]:
+    """(tokens generated, row-passes, drafted, kept) so far."""
+    stats = engine.stats()
+    return (
+        stats.tokens_generated,
+        stats.decode_row_steps,
+        stats.drafted_tokens,
+        stats.accepted_drafts,
+    )
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -175,31 +195,40 @@ async def measure(args: argparse.Namespace, path: Path, draft: Path | None) -> d
         speculative=str(draft) if draft else "prompt_lookup",
         speculative_tokens=args.speculative_tokens,
     )
-    engines = {
-        "plain": LLMEngine("plain", path, limits=ChatLimits()),
-        "speculative": LLMEngine("speculative", path, limits=speculative),
-    }
-    for engine in engines.values():
+    drafting = LLMEngine("speculative", path, limits=speculative)
+    if args.one_engine:  # the plain side: the same engine, each request with drafting off
+        sides: dict[str, Side] = {"plain": (drafting, False), "speculative": (drafting, None)}
+    else:
+        plain = LLMEngine("plain", path, limits=ChatLimits())
+        sides = {"plain": (plain, None), "speculative": (drafting, None)}
+    engines = {id(engine): engine for engine, _ in sides.values()}.values()
+    for engine in engines:
         engine.start()
         await engine.wait_loaded()
     report: dict[str, object] = {}
     try:
         for concurrency in args.concurrency:
             prompts = [
-                engines["plain"].encode_chat(request_messages(i, args.task))
-                for i in range(concurrency)
+                drafting.encode_chat(request_messages(i, args.task)) for i in range(concurrency)
             ]
-            rates: dict[str, list[float]] = {name: [] for name in engines}
+            rates: dict[str, list[float]] = {name: [] for name in sides}
             outputs: dict[str, list[list[int]]] = {}
-            await burst(engines["plain"], prompts, 8)  # warm both engines on these shapes
-            await burst(engines["speculative"], prompts, 8)
+            await burst(sides["plain"], prompts, 8)  # warm both sides on these shapes
+            await burst(sides["speculative"], prompts, 8)
+            speculated = [0, 0, 0, 0]  # counts() over the measured speculative bursts
             for run in range(args.runs):
                 order = ["plain", "speculative"] if run % 2 == 0 else ["speculative", "plain"]
                 for name in order:
-                    rate, tokens = await burst(engines[name], prompts, args.tokens)
+                    before = counts(drafting)
+                    rate, tokens = await burst(sides[name], prompts, args.tokens)
+                    if name == "speculative":
+                        after = counts(drafting)
+                        speculated = [
+                            s + a - b for s, a, b in zip(speculated, after, before, strict=True)
+                        ]
                     rates[name].append(rate)
                     outputs[name] = tokens
-            stats = engines["speculative"].stats()
+            generated, row_passes, drafted, kept = speculated
             report[f"concurrency_{concurrency}"] = {
                 "prompt_tokens": [len(p) for p in prompts],
                 "output_tokens": [len(t) for t in outputs["plain"]],
@@ -209,16 +238,14 @@ async def measure(args: argparse.Namespace, path: Path, draft: Path | None) -> d
                     statistics.median(rates["speculative"]) / statistics.median(rates["plain"]), 2
                 ),
                 "identical_output": outputs["plain"] == outputs["speculative"],
-                "acceptance_so_far": round(stats.accepted_drafts / max(stats.drafted_tokens, 1), 3),
-                "tokens_per_step_so_far": round(
-                    stats.tokens_generated / max(stats.decode_row_steps, 1), 2
-                ),
+                "drafts_kept": round(kept / max(drafted, 1), 3),
+                "tokens_per_row_pass": round(generated / max(row_passes, 1), 2),
             }
             print(json.dumps({f"concurrency_{concurrency}": report[f"concurrency_{concurrency}"]}))
             if args.show_text:
-                print(engines["plain"].decode(outputs["plain"][0]))
+                print(drafting.decode(outputs["plain"][0]))
     finally:
-        for engine in engines.values():
+        for engine in engines:
             engine.stop()
     return report
 
@@ -232,6 +259,12 @@ def main() -> None:
     parser.add_argument("--speculative-tokens", type=int, default=8)
     parser.add_argument("--draft", help="a draft model (store name or directory)")
     parser.add_argument("--task", choices=["edit", "write"], default="edit")
+    parser.add_argument(
+        "--one-engine",
+        action="store_true",
+        help="one engine for both sides (the plain side: requests with drafting off): the "
+        "weights in memory once, for models too large to load twice",
+    )
     parser.add_argument("--show-text", action="store_true")
     args = parser.parse_args()
     store = ModelStore(default_home())
@@ -248,6 +281,7 @@ def main() -> None:
         "speculative_tokens": args.speculative_tokens,
         "drafter": str(draft) if draft else "prompt_lookup",
         "task": args.task,
+        "one_engine": args.one_engine,
     }
     print(json.dumps({"machine": machine, **report}, indent=2))
 
