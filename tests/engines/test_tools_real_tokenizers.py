@@ -220,7 +220,7 @@ def with_special_tokens(directory: Path, tokens: tuple[str, ...]) -> None:
         for i, token in enumerate(tokens)
     ]  # fmt: skip
     (directory / "tokenizer.json").write_text(json.dumps(tokenizer))
-    (directory / "config.json").write_text(json.dumps({**config, "vocab_size": first + 8}))
+    (directory / "config.json").write_text(json.dumps({**config, "vocab_size": first + 16}))
 
 
 @pytest.fixture(
@@ -263,3 +263,65 @@ async def test_forced_calls_in_each_familys_format(family: tuple[str, str]) -> N
                 for seed in range(4)
             )
         )
+
+
+# What each family's chat template renders for a call of get_weather (how the model was
+# trained to write it): its forced-call grammar accepts exactly that text, token by token.
+RENDERED = {
+    "json_tools": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 3, '
+    '"temperature": 21.5}}\n</tool_call>',
+    "mistral": '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris", "days": 3, '
+    '"temperature": 21.5}}]',
+    "llama3": '{"name": "get_weather", "parameters": {"city": "Paris", "days": 3, '
+    '"temperature": 21.5}}',
+    "qwen3_coder": "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+    "<parameter=days>\n3\n</parameter>\n<parameter=temperature>\n21.5\n</parameter>\n"
+    "</function>\n</tool_call>",
+    "glm47": "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n"
+    "<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n<arg_key>temperature</arg_key>\n"
+    "<arg_value>21.5</arg_value>\n</tool_call>",
+    "minimax_m2": '<minimax:tool_call>\n<invoke name="get_weather">\n<parameter name="city">Paris'
+    '</parameter>\n<parameter name="days">3</parameter>\n<parameter name="temperature">21.5'
+    "</parameter>\n</invoke>\n</minimax:tool_call>",
+    "kimi_k2": "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
+    '<|tool_call_argument_begin|>{"city": "Paris", "days": 3, "temperature": 21.5}'
+    "<|tool_call_end|><|tool_calls_section_end|>",
+    "harmony": "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"
+    '{"city": "Paris", "days": 3, "temperature": 21.5}',
+}
+
+
+@pytest.fixture(scope="module")
+def grammar_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    """SmolLM2's tokenizer with harmony's and Kimi's markers added, and its grammar compiler."""
+    from mlx_lm.tokenizer_utils import load
+
+    from engines.llm.constrain import GrammarCompiler
+
+    source = tmp_path_factory.mktemp("grammar-tok")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(store_entry(SMOLLM2.name) / name, source / name)
+    with_special_tokens(source, HARMONY_TOKENS + KIMI_TOKENS)
+    tokenizer = load(source)
+    return tokenizer, GrammarCompiler(tokenizer._tokenizer, 49152 + 16, [2])
+
+
+@pytest.mark.parametrize("fmt", sorted(RENDERED))
+def test_forced_grammar_accepts_the_familys_rendering(
+    fmt: str, grammar_tokenizer: tuple[Any, Any]
+) -> None:
+    import llguidance
+
+    from engines.llm.call_grammars import grammar_tags, tool_call_grammar
+
+    tokenizer, compiler = grammar_tokenizer
+    vocab = tokenizer.get_vocab()
+    tags = {tag: vocab[tag] for tag in grammar_tags(fmt) if tag in vocab}
+    other = {"type": "function", "function": {"name": "get_time", "parameters": {}}}
+    tokens = tokenizer.encode(RENDERED[fmt], add_special_tokens=False)
+    for forced, accepted in (("get_weather", True), ("get_time", False)):
+        grammar = tool_call_grammar([TOOL, other], forced, False, fmt, tags)
+        compiler.check(grammar, "tool_choice")
+        matcher = llguidance.LLMatcher(compiler._tokenizer, grammar)
+        consumed = all(matcher.consume_token(token) for token in tokens)
+        assert (consumed and matcher.is_accepting()) is accepted, (fmt, forced)
