@@ -22,16 +22,19 @@ from tests.tiny import MERGES, SPECIALS, _bytes_to_unicode
 
 FAMILY_SPECIALS = {
     "qwen2_vl": ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"],
+    "qwen2_5_vl": ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"],
     "gemma3": ["<start_of_image>", "<end_of_image>", "<image_soft_token>", "<bos>", "<pad>"],
     "idefics3": ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"],
 }
 # What one `{"type": "image"}` part becomes in the family's prompt (its processor expands it).
 IMAGE_TEXT = {
     "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
     "gemma3": "<start_of_image>",
     "idefics3": "<image>",
 }
 FAMILIES = tuple(FAMILY_SPECIALS)
+QWEN = ("qwen2_vl", "qwen2_5_vl")
 
 
 def chat_template(family: str) -> str:
@@ -70,10 +73,8 @@ def _text_config(family: str, vocab: int) -> dict[str, Any]:
         "max_position_embeddings": 4096,
         "rope_theta": 10000.0,
     }
-    if family == "qwen2_vl":
-        config.update(
-            model_type="qwen2_vl", rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}
-        )
+    if family in QWEN:
+        config.update(model_type=family, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})
     if family == "gemma3":
         config.update(
             model_type="gemma3_text",
@@ -89,6 +90,22 @@ def _text_config(family: str, vocab: int) -> dict[str, Any]:
 
 
 def _vision_config(family: str) -> dict[str, Any]:
+    if family == "qwen2_5_vl":  # window attention but in its last block
+        return {
+            "model_type": "qwen2_5_vl",
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "out_hidden_size": 64,
+            "num_heads": 2,
+            "patch_size": 14,
+            "spatial_patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 56,
+            "fullatt_block_indexes": [1],
+            "in_channels": 3,
+        }
     if family == "qwen2_vl":
         return {
             "model_type": "qwen2_vl",
@@ -124,7 +141,7 @@ def tiny_vlm_config(family: str) -> dict[str, Any]:
         "vocab_size": vocab,
         "eos_token_id": [2],
     }
-    if family == "qwen2_vl":
+    if family in QWEN:
         config.update(config["text_config"])
         config.update(
             image_token_id=_token_id(family, "<|image_pad|>"),
@@ -144,7 +161,7 @@ def tiny_vlm_config(family: str) -> dict[str, Any]:
 
 
 def _processor_files(family: str, directory: Path, overrides: dict[str, Any]) -> None:
-    if family == "qwen2_vl":
+    if family in QWEN:
         image = {
             "image_processor_type": "Qwen2VLImageProcessor",
             "min_pixels": 56 * 56,
@@ -153,7 +170,9 @@ def _processor_files(family: str, directory: Path, overrides: dict[str, Any]) ->
             "merge_size": 2,
             "temporal_patch_size": 2,
         }
-        processor = {"processor_class": "Qwen2VLProcessor"}
+        processor = {
+            "processor_class": "Qwen2VLProcessor" if family == "qwen2_vl" else "Qwen2_5_VLProcessor"
+        }
     elif family == "gemma3":
         image = {
             "image_processor_type": "Gemma3ImageProcessor",
@@ -200,7 +219,7 @@ def save_tiny_vlm(
     shape = shape or {}
     config["text_config"].update(shape.get("text", {}))
     config["vision_config"].update(shape.get("vision", {}))
-    if family == "qwen2_vl":
+    if family in QWEN:
         config.update(config["text_config"])
     config["vocab_size"] = config["text_config"]["vocab_size"]
     module, _ = get_model_and_args(dict(config))

@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 # Families whose language model is fed exactly by input embeddings (+ mRoPE position ids for
 # qwen2_vl) and checked against mlx-vlm's generate in tests/engines/test_vlm.py (smolvlm is
 # idefics3's model).
-BATCHED_FAMILIES = frozenset({"qwen2_vl", "gemma3", "idefics3", "smolvlm"})
+BATCHED_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl", "gemma3", "idefics3", "smolvlm"})
 
 
 def vision_engine(

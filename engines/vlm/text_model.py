@@ -27,7 +27,7 @@ from mlx_lm.models.cache import BatchKVCache, KVCache
 
 from engines.readback import host_list
 
-MROPE_FAMILIES = frozenset({"qwen2_vl"})
+MROPE_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl"})
 
 
 class MRopeKVCache(KVCache):
