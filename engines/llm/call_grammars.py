@@ -101,12 +101,14 @@ def _json_calls(fmt: str, functions: list[tuple[str, Any]], parallel: bool, tag:
 
 
 # Per XML-like format: (before the name, after it, a parameter's opening with {key}, its
-# closing, after the last parameter); as each family's chat template writes them.
+# closing, after the last parameter); as each family's chat template writes them. `_MAY`
+# marks a newline some of the family's templates write and others do not (GLM 4.5's and 4.7's).
+_MAY = "\x00"
 _XML_STYLES = {
     "qwen3_coder": (
         "\n<function=", ">\n", "<parameter={key}>\n", "\n</parameter>\n", "</function>\n"
     ),
-    "glm47": ("", "\n", "<arg_key>{key}</arg_key>\n<arg_value>", "</arg_value>\n", ""),
+    "glm47": ("", _MAY, f"<arg_key>{{key}}</arg_key>{_MAY}<arg_value>", f"</arg_value>{_MAY}", ""),
     "minimax_m2": (
         '<invoke name="', '">\n', '<parameter name="{key}">', "</parameter>\n", "</invoke>\n"
     ),
@@ -127,11 +129,11 @@ def _xml_calls(fmt: str, functions: list[tuple[str, Any]], parallel: bool, tag: 
         items = []
         for p, (key, schema) in enumerate(properties.items()):
             value = _xml_value(f"v{f}_{p}", schema or {}, closing, rules)
-            item = f"{json.dumps(opening.format(key=key))} {value}"
+            item = f"{_literal(opening.format(key=key))} {value}"
             items.append(f"({item})" if key in required else f"({item})?")
         body = " ".join(items)
         rules.append(
-            f"fn{f}: {json.dumps(before_name + name + after_name)} {body} {json.dumps(after_last)}"
+            f"fn{f}: {_literal(before_name + name + after_name)} {body} {_literal(after_last)}"
         )
     function = " | ".join(f"fn{f}" for f in range(len(functions)))
     start, end = (tag(t) for t in _SECTION_TAGS[fmt])
@@ -151,17 +153,24 @@ def _xml_value(rule: str, schema: dict[str, Any], closing: str, rules: list[str]
     enum = schema.get("enum")
     if schema.get("type") == "string" and enum and all(isinstance(e, str) for e in enum):
         choices = " | ".join(json.dumps(e) for e in enum)
-        return f"({choices}) {json.dumps(closing)}"
+        return f"({choices}) {_literal(closing)}"
     if schema.get("type") == "string":
         limit = schema.get("maxLength")
         repeat = f"{{0,{int(limit)}}}" if isinstance(limit, int) else "*"
         # Lazy: the value ends at the first closing tag (the parser reads it the same way).
-        rules.append(f"{rule}[lazy]: /(.|\\n){repeat}{_regex_text(closing)}/")
-        return rule
+        end, may, rest = closing.partition(_MAY)
+        rules.append(f"{rule}[lazy]: /(.|\\n){repeat}{_regex_text(end)}/")
+        return f"{rule} {_literal(may + rest)}" if may else rule
     if set(schema) <= _PLAIN_KEYS and schema.get("type") in _PLAIN_NUMBERS:
         # The parsers read such a value with float(): no exponent, which could overflow to inf.
-        return f"{_PLAIN_NUMBERS[schema['type']]} {json.dumps(closing)}"
-    return f"%json {json.dumps(compact(schema))} {json.dumps(closing)}"
+        return f"{_PLAIN_NUMBERS[schema['type']]} {_literal(closing)}"
+    return f"%json {json.dumps(compact(schema))} {_literal(closing)}"
+
+
+def _literal(text: str) -> str:
+    """`text` as a Lark sequence of strings, each `_MAY` an optional newline."""
+    pieces = [f"{json.dumps(piece)} " if piece else "" for piece in text.split(_MAY)]
+    return '"\\n"? '.join(pieces).strip() or '""'
 
 
 _PLAIN_KEYS = {"type", "description", "title"}

@@ -283,6 +283,9 @@ RENDERED = {
     "minimax_m2": '<minimax:tool_call>\n<invoke name="get_weather">\n<parameter name="city">Paris'
     '</parameter>\n<parameter name="days">3</parameter>\n<parameter name="temperature">21.5'
     "</parameter>\n</invoke>\n</minimax:tool_call>",
+    "glm47 (4.7)": "<tool_call>get_weather<arg_key>city</arg_key><arg_value>Paris</arg_value>"
+    "<arg_key>days</arg_key><arg_value>3</arg_value><arg_key>temperature</arg_key>"
+    "<arg_value>21.5</arg_value></tool_call>",
     "kimi_k2": "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
     '<|tool_call_argument_begin|>{"city": "Paris", "days": 3, "temperature": 21.5}'
     "<|tool_call_end|><|tool_calls_section_end|>",
@@ -306,19 +309,20 @@ def grammar_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, An
     return tokenizer, GrammarCompiler(tokenizer._tokenizer, 49152 + 16, [2])
 
 
-@pytest.mark.parametrize("fmt", sorted(RENDERED))
+@pytest.mark.parametrize("family", sorted(RENDERED))
 def test_forced_grammar_accepts_the_familys_rendering(
-    fmt: str, grammar_tokenizer: tuple[Any, Any]
+    family: str, grammar_tokenizer: tuple[Any, Any]
 ) -> None:
     import llguidance
 
     from engines.llm.call_grammars import grammar_tags, tool_call_grammar
 
+    fmt = family.split()[0]
     tokenizer, compiler = grammar_tokenizer
     vocab = tokenizer.get_vocab()
     tags = {tag: vocab[tag] for tag in grammar_tags(fmt) if tag in vocab}
     other = {"type": "function", "function": {"name": "get_time", "parameters": {}}}
-    tokens = tokenizer.encode(RENDERED[fmt], add_special_tokens=False)
+    tokens = tokenizer.encode(RENDERED[family], add_special_tokens=False)
     for forced, accepted in (("get_weather", True), ("get_time", False)):
         grammar = tool_call_grammar([TOOL, other], forced, False, fmt, tags)
         compiler.check(grammar, "tool_choice")
