@@ -105,12 +105,14 @@ def glm47(text: str, tools: Tools | None) -> list[ParsedCall] | None:
 
 
 def _glm_json(text: str, tools: Tools | None) -> list[ParsedCall] | None:
-    """GLM's other shape: a JSON call object (mlx-lm's first fallback; its plain-text
-    fallbacks, which turn any text into a call, are not followed: such text stays content)."""
+    """GLM's other shapes: a JSON call object (mlx-lm's first fallback), or a bare name (a call
+    without arguments, its plain-text fallback's first case). Its other plain-text readings,
+    which turn any text into a call, are not followed: such text stays content."""
     try:
         parsed = json.loads(text.strip())
     except ValueError:
-        return None
+        bare = text.strip()
+        return [ParsedCall(bare, {})] if bare and len(bare.split()) == 1 else None
     if isinstance(parsed, list) and parsed and isinstance(parsed[0], dict):
         parsed = parsed[0]
     if not isinstance(parsed, dict):

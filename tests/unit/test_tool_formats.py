@@ -53,6 +53,7 @@ OUTPUTS = {
     "glm47": [
         "Checking.<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n"
         "<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n</tool_call>",
+        "<tool_call>get_time</tool_call>",
         "<tool_call>get_time<arg_key>tz</arg_key><arg_value>Europe/Paris</arg_value></tool_call>"
         "<tool_call>get_weather<arg_key>city</arg_key><arg_value>42</arg_value>"
         "<arg_key>hours</arg_key><arg_value>[1, 2]</arg_value></tool_call>",
