@@ -179,11 +179,14 @@ def build_chat(
         kv_group_size=entry.get("kv_group_size") or 64,
         **_prefix_disk(settings),
     )
+    distributed = settings.get("distributed") and entry.get("source") == settings.get("model")
     if has_vision_tower(path):
+        if distributed:  # its followers would wait for a group that never forms
+            raise ValueError(f"{name} is a vision-language model: not served with --distributed")
         from engines.vlm.engine import vision_engine
 
         return vision_engine(name, path, limits)
-    if settings.get("distributed") and entry.get("source") == settings.get("model"):
+    if distributed:
         from engines.llm.distributed import build_distributed
 
         return build_distributed(name, path, limits, settings)

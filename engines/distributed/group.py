@@ -84,7 +84,9 @@ def cluster_environment(
         raise ValueError(f"a cluster needs each host's IP address, not a name: {names}")
     variables = {"MLX_RANK": str(rank)}
     if backend == "ring":
-        ring = [[f"{host.ips[0]}:{RING_PORT + index}"] for index, host in enumerate(hosts)]
+        # As mlx.launch numbers them: one port per address, counting up across hosts.
+        ports = iter(range(RING_PORT, RING_PORT + sum(len(host.ips) for host in hosts)))
+        ring = [[f"{ip}:{next(ports)}" for ip in host.ips] for host in hosts]
         return variables, {"MLX_HOSTFILE": json.dumps(ring)}
     if backend == "jaccl":
         if any(len(host.rdma) != len(hosts) for host in hosts):

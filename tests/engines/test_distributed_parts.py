@@ -210,6 +210,15 @@ def test_each_rank_gets_what_mlx_launch_would_give_it(tmp_path: Path) -> None:
     variables, files = cluster_environment("ring", hosts, 1)
     assert variables == {"MLX_RANK": "1"}
     assert json.loads(files["MLX_HOSTFILE"]) == [["10.0.0.1:32323"], ["10.0.0.2:32324"]]
+    two_links = [  # a Thunderbolt ring: an address per cable
+        {"ssh": "m1", "ips": ["10.0.1.1", "10.0.2.1"]},
+        {"ssh": "m2", "ips": ["10.0.1.2", "10.0.2.2"]},
+    ]
+    _, files = cluster_environment("ring", read_hosts(hostfile(tmp_path, two_links)), 0)
+    assert json.loads(files["MLX_HOSTFILE"]) == [
+        ["10.0.1.1:32323", "10.0.2.1:32324"],
+        ["10.0.1.2:32325", "10.0.2.2:32326"],
+    ]
     variables, files = cluster_environment("nccl", hosts, 0)
     assert variables["NCCL_HOST_IP"] == "10.0.0.1" and variables["MLX_WORLD_SIZE"] == "2"
     rdma = [
@@ -304,3 +313,14 @@ def test_rank_zero_sees_which_local_follower_died_and_how() -> None:
     sleeper.kill()
     sleeper.wait()
     assert followers.first_exited() == f"follower rank 1 (pid {sleeper.pid}) killed by signal 9"
+
+
+def test_a_vision_language_model_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    from engines.kinds import build_chat
+    from server.settings import Settings
+
+    (tmp_path / "config.json").write_text(json.dumps({"vision_config": {}}))
+    chosen = {"model": str(tmp_path), "distributed": "ring", "home": tmp_path}
+    settings = Settings.model_validate(chosen).model_dump()
+    with pytest.raises(ValueError, match="vlm is a vision-language model: not served with"):
+        build_chat("vlm", tmp_path, {"source": str(tmp_path)}, settings)
