@@ -16,9 +16,11 @@ Other families (their language model takes more than input embeddings, or is not
 here) are served one request at a time by `SoloVLMEngine` (engines/vlm/solo.py), with a log
 line; never refused.
 
-What the batched path does not carry yet: quantized KV caches (`kv_bits`), speculative
-decoding and the prefix cache's disk spill are turned off for vision models (a log line says
-so); n > 1, logprobs, grammars and prompt scoring are refused (engines/vlm/front.py).
+Image rows take n > 1, logprobs and grammars like text rows (their samplers see the prompt's
+real token ids). What the batched path does not carry yet: quantized KV caches (`kv_bits`),
+speculative decoding and the prefix cache's disk spill are turned off for vision models (a log
+line says so); prompt scoring of a prompt with images is refused (only /v1/completions scores
+prompts, and it takes no images).
 
 Invariants: every MLX call is on the engine thread; only plain values cross threads (the
 event loop renders with its own tokenizer copy; the processor's stays on the engine thread).
@@ -37,6 +39,7 @@ from engines.bridge import RequestStream
 from engines.errors import ContextTooLong, InvalidRequest
 from engines.llm.caches import CacheProfile
 from engines.llm.engine import LLMEngine
+from engines.llm.front import ChatFront
 from engines.llm.sampling import TokenSampler
 from engines.llm.scheduler import Scheduler
 from engines.types import ChatLimits, ErrorEvent, GenerationRequest
@@ -49,7 +52,7 @@ from engines.vlm.text_model import TextModel
 logger = logging.getLogger(__name__)
 
 # Families whose language model is fed exactly by input embeddings (+ mRoPE position ids for
-# qwen2_vl) and checked against mlx-vlm's generate in tests/engines/test_vlm.py (smolvlm is
+# the Qwen families) and checked against mlx-vlm's generate in tests/engines/test_vlm.py (smolvlm is
 # idefics3's model).
 BATCHED_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl", "gemma3", "idefics3", "smolvlm"})
 
@@ -89,8 +92,13 @@ class VLMEngine(LLMEngine, VisionFront):
     # -- event loop side ---------------------------------------------------------------------
 
     def submit(self, request: GenerationRequest) -> RequestStream:
-        self.check_request(request)
+        if request.images and request.prompt_logprobs:
+            raise InvalidRequest("prompt scoring does not take images", param="logprobs")
         return super().submit(request)
+
+    def check_grammar(self, grammar: str, param: str) -> None:
+        """Grammars are enforced here as on text models (not refused, as on SoloVLMEngine)."""
+        ChatFront.check_grammar(self, grammar, param)
 
     @property
     def vision_cache(self) -> VisionCache | None:

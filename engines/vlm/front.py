@@ -6,8 +6,9 @@ its image placeholder there (the processor expands it on the engine thread). The
 returned count each image as its placeholder only; the engine reports the expanded count in
 usage and refuses, with an in-stream error, a prompt whose images overflow the context.
 
-What the vision path does not do yet is refused here, before anything is queued: n > 1,
-logprobs, grammars (constrained output), prompt scoring.
+What the one-at-a-time path (`SoloVLMEngine`) does not do is refused here, before anything is
+queued: n > 1, logprobs, grammars (constrained output), prompt scoring. The batched
+`VLMEngine` does them all but prompt scoring with images.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from engines.kinds import build_chat
+from engines.llm.constrain import json_schema_grammar
 from engines.types import FinishEvent, GenerationRequest, ImageInput, SamplingParams, TokenEvent
 from engines.vlm.engine import VLMEngine, vision_engine
 from engines.vlm.prompt import process
@@ -176,6 +178,53 @@ async def test_batched_with_text_only_requests(
     )
     assert [tokens for tokens, _ in results] == want
     assert engine.largest_batch == 4
+
+
+async def test_image_row_with_n_logprobs_and_a_grammar(engine: VLMEngine, reference: Any) -> None:
+    """An image row takes n > 1 and logprobs (greedy: every choice is mlx-vlm's tokens, one
+    logprob entry per token) and a grammar (its output follows the JSON schema), batched with
+    a text row."""
+    picture, messages = image(14), with_image("Describe.")
+    want = expected(reference, engine.render(messages), [picture])
+    prompt = engine.encode_chat(messages)
+    both = GenerationRequest("n", prompt, MAX_TOKENS, GREEDY, n=2, logprobs=2, images=(picture,))
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
+    grammar = json_schema_grammar(schema)
+    engine.check_grammar(grammar, "response_format")
+    sampling = SamplingParams(temperature=1.0, seed=5)
+    shaped = GenerationRequest("g", prompt, 60, sampling, grammar=grammar, images=(picture,))
+    text = GenerationRequest("t", engine.encode_chat(text_only("Hi")), MAX_TOKENS, GREEDY)
+    events = await asyncio.gather(*(collect(engine, r) for r in (both, shaped, text)))
+    choices, entries, _ = events[0]
+    assert choices == {0: want, 1: want}
+    assert {index: len(logprobs) for index, logprobs in entries.items()} == {
+        0: len(want),
+        1: len(want),
+    }
+    _, _, document = events[1]
+    assert isinstance(json.loads(document), dict)
+
+
+async def collect(
+    engine: VLMEngine, request: GenerationRequest
+) -> tuple[dict[int, list[int]], dict[int, list[Any]], str]:
+    """Tokens and logprob entries per choice, and choice 0's text."""
+    tokens: dict[int, list[int]] = {}
+    logprobs: dict[int, list[Any]] = {}
+    text = ""
+    async for event in engine.submit(request):
+        if isinstance(event, TokenEvent):
+            tokens.setdefault(event.index, []).extend(event.token_ids)
+            logprobs.setdefault(event.index, []).extend(event.logprobs)
+            text += event.text if event.index == 0 else ""
+        elif not isinstance(event, FinishEvent):
+            raise AssertionError(event)
+    return tokens, logprobs, text
 
 
 async def test_follow_up_turn_reuses_the_image_prefix(
