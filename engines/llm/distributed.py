@@ -112,6 +112,8 @@ class DistributedLLMEngine(LLMEngine):
         prefill_chunk: int | None = None,
         limits: ChatLimits | None = None,
     ) -> None:
+        if options.pipeline and options.backend == "nccl":
+            raise ValueError("NCCL has no send/recv: serve tensor parallel (without --pipeline)")
         super().__init__(name, path, prefill_chunk, replicable(limits or ChatLimits()))
         self.options = options
         self.fault: str | None = None

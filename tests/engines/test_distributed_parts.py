@@ -23,7 +23,7 @@ from engines.distributed.group import (
 )
 from engines.distributed.plan import PlanChannel, PlanMismatch, StepPlan, TokenDigest
 from engines.distributed.shard import place
-from engines.llm.distributed import replicable
+from engines.llm.distributed import DistributedLLMEngine, DistributedOptions, replicable
 from engines.types import ChatLimits, GenerationRequest, SamplingParams
 from server.service import ClusterRank, ServiceOptions, plan
 from tests.tiny import tiny_config, tiny_model
@@ -324,3 +324,9 @@ def test_a_vision_language_model_is_refused_before_anything_starts(tmp_path: Pat
     settings = Settings.model_validate(chosen).model_dump()
     with pytest.raises(ValueError, match="vlm is a vision-language model: not served with"):
         build_chat("vlm", tmp_path, {"source": str(tmp_path)}, settings)
+
+
+def test_pipeline_over_nccl_is_refused() -> None:
+    options = DistributedOptions(backend="nccl", hosts=("127.0.0.1",) * 2, pipeline=True)
+    with pytest.raises(ValueError, match="NCCL has no send/recv"):
+        DistributedLLMEngine("m", Path("/nowhere"), options)
