@@ -35,12 +35,14 @@ from engines.vlm.generation import image_encoder
 
 
 class VisionCache:
-    """Vision-tower outputs keyed by the digests of a prompt's images, least recently used
-    evicted past `entries`."""
+    """Vision-tower outputs keyed by image digests, least recently used evicted past `entries`
+    or `max_bytes` (a large model's features for a large image take tens of MB)."""
 
-    def __init__(self, entries: int = 16) -> None:
+    def __init__(self, entries: int = 16, max_bytes: int = 512 * 2**20) -> None:
         self.entries = entries
+        self.max_bytes = max_bytes
         self._features: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+        self.nbytes = 0
         self.hits = 0
         self.misses = 0
 
@@ -54,9 +56,19 @@ class VisionCache:
         return features
 
     def put(self, key: tuple[str, ...], features: Any) -> None:
+        if key in self._features:
+            self.nbytes -= _nbytes(self._features.pop(key))
         self._features[key] = features
-        while len(self._features) > self.entries:
-            self._features.popitem(last=False)
+        self.nbytes += _nbytes(features)
+        while self._features and (
+            len(self._features) > self.entries or self.nbytes > self.max_bytes
+        ):
+            _, evicted = self._features.popitem(last=False)
+            self.nbytes -= _nbytes(evicted)
+
+
+def _nbytes(features: Any) -> int:
+    return int(getattr(features, "nbytes", 0))
 
 
 @dataclass

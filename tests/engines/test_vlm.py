@@ -21,7 +21,7 @@ from engines.kinds import build_chat
 from engines.llm.constrain import json_schema_grammar
 from engines.types import FinishEvent, GenerationRequest, ImageInput, SamplingParams, TokenEvent
 from engines.vlm.engine import VLMEngine, vision_engine
-from engines.vlm.prompt import process
+from engines.vlm.prompt import VisionCache, process
 from engines.vlm.solo import SoloVLMEngine
 from tests.tiny_vlm import FAMILIES, save_tiny_vlm
 
@@ -423,3 +423,18 @@ async def test_one_at_a_time_path_matches_mlx_vlm(checkpoint: Path, reference: A
         expected(reference, engine.render(plain), []),
     ]
     assert [tokens for tokens, _ in results] == want
+
+
+def test_vision_cache_is_bounded_in_entries_and_bytes() -> None:
+    import mlx.core as mx
+
+    cache = VisionCache(entries=3, max_bytes=100)
+    for key in "abc":  # 40 bytes each: the third goes past 100 bytes, the oldest leaves
+        cache.put((key,), mx.zeros((10,), mx.float32))
+    assert (cache.get(("a",)), cache.nbytes) == (None, 80)
+    assert cache.get(("b",)) is not None  # b is now the most recent: c is evicted next
+    cache.put(("d",), mx.zeros((10,), mx.float32))
+    assert cache.get(("c",)) is None and cache.get(("b",)) is not None
+    cache.put(("big",), mx.zeros((40,), mx.float32))  # over the bound alone: nothing is kept
+    assert (cache.nbytes, cache.get(("big",))) == (0, None)
+    assert (cache.hits, cache.misses) == (2, 3)
