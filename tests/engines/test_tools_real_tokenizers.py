@@ -329,3 +329,41 @@ def test_forced_grammar_accepts_the_familys_rendering(
         matcher = llguidance.LLMatcher(compiler._tokenizer, grammar)
         consumed = all(matcher.consume_token(token) for token in tokens)
         assert (consumed and matcher.is_accepting()) is accepted, (fmt, forced)
+
+
+ODD_TOOLS = [
+    {"type": "function", "function": {"name": "no_parameters"}},
+    {
+        "type": "function",
+        "function": {
+            "name": "mixed",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "unit": {"type": "string", "enum": ["c", "f"]},
+                    "where": {"type": "object", "properties": {"lat": {"type": "number"}}},
+                    "tags": {"type": "array", "items": {"type": "string"}},
+                    "either": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+                    "bounded": {"type": "integer", "minimum": 1, "maximum": 9},
+                    'quote"d': {"type": "string", "maxLength": 3},
+                },
+                "required": ["unit"],
+            },
+        },
+    },
+]
+
+
+@pytest.mark.parametrize("fmt", ["json_tools", "mistral", "llama3", "qwen3_coder", "glm47",
+                                 "minimax_m2", "kimi_k2", "harmony"])  # fmt: skip
+def test_forced_grammars_compile_for_any_schema(
+    fmt: str, grammar_tokenizer: tuple[Any, Any]
+) -> None:
+    from engines.llm.call_grammars import GRAMMAR_FORMATS, grammar_tags, tool_call_grammar
+
+    assert fmt in GRAMMAR_FORMATS
+    tokenizer, compiler = grammar_tokenizer
+    vocab = tokenizer.get_vocab()
+    tags = {tag: vocab[tag] for tag in grammar_tags(fmt) if tag in vocab}
+    for forced in (None, "no_parameters", "mixed"):
+        compiler.check(tool_call_grammar(ODD_TOOLS, forced, True, fmt, tags), "tool_choice")
