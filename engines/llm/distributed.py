@@ -127,6 +127,7 @@ class DistributedLLMEngine(LLMEngine):
         self._lock = threading.Lock()  # _sinks and fault: the watchdog reads them
         self._beat_due = False
         self._stop_sent = False
+        self._shutting_down = False  # stop() was called: followers exit, nothing restarts
         self._step_started: float | None = None
         self._slowest_s = 0.0
         self._watchdog = threading.Thread(target=self._watch, name=f"watchdog-{name}", daemon=True)
@@ -149,6 +150,7 @@ class DistributedLLMEngine(LLMEngine):
         return replace(stats, stalled=True, fault=self._fault_message())
 
     def stop(self, timeout: float | None = 30.0) -> None:
+        self._shutting_down = True
         # An engine thread stuck in a collective of a lost group never returns: do not wait.
         super().stop(1.0 if self.fault is not None else timeout)
         self.followers.stop()
@@ -353,7 +355,7 @@ class DistributedLLMEngine(LLMEngine):
             # in a collective that never returns.
             logger.error("follower exits")
             os._exit(3)
-        if self.options.restart_s > 0:
+        if self.options.restart_s > 0 and not self._shutting_down:
             timer = threading.Timer(self.options.restart_s, self._restart)
             timer.daemon = True
             timer.start()
@@ -361,6 +363,8 @@ class DistributedLLMEngine(LLMEngine):
     def _restart(self) -> None:
         """Re-form the group the only way MLX allows: a new process (see group.restart_process).
         Not a graceful stop: the engine thread may be stuck in a collective that never returns."""
+        if self._shutting_down:  # the server is stopping: a restart is not wanted
+            return
         logger.error(
             "engine %s: restarting to re-form the distributed group (%s)", self.name, self.fault
         )
@@ -399,7 +403,8 @@ class DistributedLLMEngine(LLMEngine):
             limit = 2 * self._slowest_s + options.step_grace_s
             if not self.leader:
                 limit += options.heartbeat_s  # a follower waits for the leader's next plan too
-            exited = None if self._stop_sent else self.followers.first_exited()
+            stopping = self._shutting_down or self._stop_sent  # followers exit when told to
+            exited = None if stopping else self.followers.first_exited()
             if exited is not None:
                 self.lose_group(exited)
             elif started is not None and time.monotonic() - started > limit:

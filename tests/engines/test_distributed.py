@@ -296,10 +296,9 @@ def test_three_stage_pipeline_equals_one_process(shared: Any) -> None:
     group = shared("qwen2", *ring(3), "--pipeline", restart_s=1.0)
     assert len(group.followers()) == 2
     assert texts(group) == texts(one)
-    assert texts(group, temperature=1.0, seed=11) == texts(one, temperature=1.0, seed=11)
     cached, text = prefix_follow_up(group)
     assert cached > 0 and text == prefix_follow_up(one)[1]
-    assert batch_of_four(group) == batch_of_four(one)
+    assert batch_of_four(group) == batch_of_four(one)  # seeded samples among them
     assert largest_batch(group) >= 4
 
 
