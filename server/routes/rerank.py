@@ -1,6 +1,10 @@
 """`POST /v1/rerank`: documents ranked by relevance to a query (the Cohere / Jina shape).
 
-Two kinds of embedding-kind model rank:
+Three kinds of model rank:
+- a chat model judges each document "yes" or "no" (server/judging.py: the Qwen3-Reranker
+  recipe through the chat engine's batch); `relevance_score` is P(yes) / (P(yes) + P(no)).
+  A real reranker when the model is one (Qwen3-Reranker); an ordinary chat model ranks clear
+  cases only;
 - a cross-encoder (BERT or XLM-R sequence classification: a real reranker) reads each
   (query, document) pair together; `relevance_score` is the sigmoid of its logit (or, for two
   labels, the probability of the second);
@@ -23,14 +27,17 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from engines.kinds import EMBEDDING
+from engines.kinds import CHAT, EMBEDDING, ChatEngine
+from engines.pool import EnginePool
 from engines.types import EmbeddingModelInfo, EmbeddingRequest
-from server import logs
+from server import judging, logs
 from server.body import read_json_object, validate
 from server.deps import PoolDep, SettingsDep
+from server.generation import EventSource
 from server.routes.embeddings import run, token_inputs
 from server.schemas.common import documented_body, response_headers
 from server.schemas.embeddings import IGNORED_RERANK_FIELDS, RerankRequest
+from server.serving import collected_or_gone, error_response
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -40,6 +47,8 @@ router = APIRouter()
 async def rerank(request: Request, settings: SettingsDep, pool: PoolDep) -> Response:
     raw = await read_json_object(request, settings.max_body_bytes)
     body = validate(RerankRequest, raw)
+    if _kind(pool, body.model) == CHAT.name:
+        return await _judged(request, raw, body, await pool.acquire(body.model, CHAT))
     engine = await pool.acquire(body.model, EMBEDDING)
     info = engine.info
     assert info is not None
@@ -61,16 +70,54 @@ async def rerank(request: Request, settings: SettingsDep, pool: PoolDep) -> Resp
     if isinstance(outcome, Response):
         return outcome
     scores = relevance(info, outcome.vectors)
+    response = _ranked(request_id, body, [float(s) for s in scores], outcome.prompt_tokens)
+    return JSONResponse(response, headers=headers)
+
+
+async def _judged(
+    request: Request, raw: dict[str, Any], body: RerankRequest, engine: ChatEngine
+) -> Response:
+    """Rerank with a chat model: every document judged yes/no on the chat engine."""
+    answers = judging.answer_tokens(engine, body.model)
+    documents = body.texts()
+    prompts = await asyncio.to_thread(
+        lambda: [judging.judging_prompt(engine, body.query, d) for d in documents]
+    )
+    request_id = f"rerank-{uuid.uuid4().hex}"
+    logs.request_id.set(request_id)
+    headers = response_headers(request_id, raw, RerankRequest, IGNORED_RERANK_FIELDS)
+    logger.info("%s rerank (judged) model=%r documents=%d", request_id, body.model, len(prompts))
+    streams: list[EventSource] = []
+    work = judging.judge(engine, request_id, prompts, answers, streams)
+    scores = await collected_or_gone(request, work, streams, request_id)
+    if isinstance(scores, Response):
+        return scores
+    if isinstance(scores, Exception):
+        return error_response(scores, headers)
+    tokens = sum(len(prompt) for prompt in prompts)
+    return JSONResponse(_ranked(request_id, body, scores, tokens), headers=headers)
+
+
+def _kind(pool: EnginePool, model: str) -> str:
+    """The configured kind of `model` (404 if there is no such model)."""
+    name = pool.resolve(model)
+    return next(entry.kind for entry in pool.models() if entry.name == name)
+
+
+def _ranked(
+    request_id: str, body: RerankRequest, scores: list[float], prompt_tokens: int
+) -> dict[str, Any]:
+    """The response: the best `top_n` documents, best first (ties in input order)."""
+    documents = body.texts()
     order = sorted(range(len(documents)), key=lambda i: -scores[i])[: body.top_n]
     results = []
     for index in order:
-        result: dict[str, Any] = {"index": index, "relevance_score": float(scores[index])}
+        result: dict[str, Any] = {"index": index, "relevance_score": scores[index]}
         if body.return_documents:
             result["document"] = {"text": documents[index]}
         results.append(result)
-    usage = {"prompt_tokens": outcome.prompt_tokens, "total_tokens": outcome.prompt_tokens}
-    response = {"id": request_id, "model": body.model, "results": results, "usage": usage}
-    return JSONResponse(response, headers=headers)
+    usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+    return {"id": request_id, "model": body.model, "results": results, "usage": usage}
 
 
 def relevance(info: EmbeddingModelInfo, vectors: np.ndarray) -> np.ndarray:

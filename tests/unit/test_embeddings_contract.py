@@ -21,6 +21,7 @@ from engines.pool import EnginePool
 from server.app import create_app
 from server.settings import Settings
 from tests.fake_embed import CLS, SEP, VOCAB, FakeEmbedEngine
+from tests.fake_tts import FakeTTSEngine
 from tests.fakes import FakeEngine
 from tests.servers import wait_until
 
@@ -31,9 +32,14 @@ def embedder() -> FakeEmbedEngine:
 
 
 @pytest.fixture
-async def http(embedder: FakeEmbedEngine) -> AsyncIterator[httpx.AsyncClient]:
-    engines = [FakeEngine(), embedder, FakeEmbedEngine("fake-matryoshka", matryoshka=True),
-               FakeEmbedEngine("fake-reranker", task="score")]  # fmt: skip
+def chat() -> FakeEngine:
+    return FakeEngine(context_length=1024)  # one token per character: room for a judging prompt
+
+
+@pytest.fixture
+async def http(embedder: FakeEmbedEngine, chat: FakeEngine) -> AsyncIterator[httpx.AsyncClient]:
+    engines = [chat, embedder, FakeEmbedEngine("fake-matryoshka", matryoshka=True),
+               FakeEmbedEngine("fake-reranker", task="score"), FakeTTSEngine()]  # fmt: skip
     pool = EnginePool(engines)
     app = create_app(Settings(max_body_bytes=64 * 1024), pool)
     await pool.start()
@@ -257,7 +263,7 @@ async def test_rerank_cuts_long_documents(
         ({"query": "a", "documents": [{"title": "no text"}]}, 400, "documents[0]"),
         ({"query": "a", "documents": ["a"], "top_n": 0}, 400, "top_n"),
         ({"query": "a " * 20, "documents": ["a"]}, 400, "query"),
-        ({"model": "fake", "query": "a", "documents": ["a"]}, 400, "model"),
+        ({"model": "fake-kokoro", "query": "a", "documents": ["a"]}, 400, "model"),
         ({"model": "nope", "query": "a", "documents": ["a"]}, 404, "model"),
     ],
 )
@@ -267,6 +273,23 @@ async def test_rerank_refusals(
     response = await http.post("/v1/rerank", json={"model": "fake-embed", **body})
     assert response.status_code == status, response.text
     assert response.json()["error"]["param"] == param
+
+
+async def test_rerank_on_a_chat_model_asks_for_the_yes_and_no_logprobs(
+    http: httpx.AsyncClient, chat: FakeEngine
+) -> None:
+    """The judging request on the scripted chat engine (tests/engines/test_rerank_llm.py checks
+    the scores on a real one): one greedy token, both answers biased alike, their logprobs
+    asked; the fake ignores the bias, so "n" is missing from its answer: a 500, not a score."""
+    body = {"model": "fake", "query": "where is it", "documents": ["it is here"]}
+    response = await http.post("/v1/rerank", json=body)
+    sent = chat.requests[-1]
+    prompt = "".join(chr(t) for t in sent.prompt_tokens)
+    assert "<Query>: where is it\n<Document>: it is here" in prompt
+    assert (sent.max_tokens, sent.logprobs, sent.sampling.temperature) == (1, 2, 0.0)
+    assert sent.sampling.logit_bias == ((ord("y"), 100.0), (ord("n"), 100.0))
+    assert response.status_code == 500
+    assert "miss yes or no" in response.json()["error"]["message"]
 
 
 # -- models file and batching ----------------------------------------------------------------

@@ -1,0 +1,147 @@
+"""Reranking with a chat model: each document is judged "yes" or "no" (the Qwen3-Reranker
+recipe), and its relevance is the model's probability of "yes" against "no".
+
+The prompt is Qwen3-Reranker's: a system line asking for "yes" or "no", then `<Instruct>`,
+`<Query>` and `<Document>` in the user turn, rendered with the model's own chat template
+(thinking off, so a Qwen3 template ends in the empty think block that Qwen3-Reranker was trained
+with). The score is `P(yes) / (P(yes) + P(no))` for the next token =
+`sigmoid(logit_yes - logit_no)`, exactly what Qwen3-Reranker computes from the last position.
+
+It runs through the chat engine's own batch as ordinary one-token greedy requests, reusing the
+engine's logprobs: both answer tokens get the same `logit_bias` (`ANSWER_BIAS`), which moves them
+to the top two places without changing their difference, and `logprobs=2` returns both. No second
+copy of the model's forward pass or sampling exists for this.
+
+Only a model trained for this judging ranks well (Qwen3-Reranker); an instruction-tuned chat
+model gives a usable ranking when the relevant document is clear (docs/api.md says which we
+checked), a small one may give flat scores.
+
+Invariants: every stream submitted here is read to its end or cancelled (`judge`'s finally);
+at most `IN_FLIGHT` documents are in the engine at once, so a long document list neither floods
+the engine's queue nor starves other clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from engines.errors import EngineFailed
+from engines.kinds import ChatEngine
+from engines.types import ErrorEvent, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from server.errors import APIError
+from server.generation import EventSource
+
+JUDGE_SYSTEM = (
+    "Judge whether the Document meets the requirements based on the Query and the Instruct "
+    'provided. Note that the answer can only be "yes" or "no".'
+)
+DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+NO_THINKING = {"enable_thinking": False}
+ANSWER_BIAS = 100.0  # far above any logit gap a model makes between its top token and yes/no
+IN_FLIGHT = 16  # documents judged at once (each is one engine sequence)
+
+
+@dataclass(frozen=True)
+class Answers:
+    """The token ids whose next-token probabilities are compared."""
+
+    yes: int
+    no: int
+
+
+def answer_tokens(engine: ChatEngine, model: str) -> Answers:
+    """The first token of "yes" and of "no" in the model's vocabulary (one token each in
+    Qwen's); 400 naming the model if they are the same token."""
+    bos = engine.encode_text("")
+    yes = engine.encode_text("yes")[len(bos) :]
+    no = engine.encode_text("no")[len(bos) :]
+    if not yes or not no or yes[0] == no[0]:
+        raise APIError(
+            400,
+            f"'{model}' cannot judge documents: its tokenizer does not tell 'yes' from 'no' "
+            "by the first token",
+            param="model",
+        )
+    return Answers(yes[0], no[0])
+
+
+def judging_prompt(
+    engine: ChatEngine, query: str, document: str, instruction: str = DEFAULT_INSTRUCTION
+) -> list[int]:
+    """The prompt's token ids; a document too long for the context is cut from its end (as
+    rerankers read the start of a document); a query too long even then is a 400 (ContextTooLong,
+    naming the query). Pure Python (template and tokenizer): any thread."""
+    assert engine.info is not None
+    tokens = engine.encode_chat(_messages(query, document, instruction), None, NO_THINKING)
+    over = len(tokens) + 1 - engine.info.context_length  # room for the one answer token
+    if over > 0:
+        bos = engine.encode_text("")
+        body = engine.encode_text(document)[len(bos) :]
+        keep = max(0, len(body) - over - 8)  # 8: tokens may merge differently at the cut
+        cut = engine.decode(body[:keep])
+        tokens = engine.encode_chat(_messages(query, cut, instruction), None, NO_THINKING)
+    engine.check_fits(len(tokens), 1, param="query")
+    return tokens
+
+
+def _messages(query: str, document: str, instruction: str) -> list[dict[str, str]]:
+    user = f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+async def judge(
+    engine: ChatEngine,
+    request_id: str,
+    prompts: Sequence[list[int]],
+    answers: Answers,
+    streams: list[EventSource],
+) -> list[float] | Exception:
+    """Each prompt's P(yes) / (P(yes) + P(no)), or the first engine error. Streams are appended
+    to `streams` as they are submitted (so a caller's disconnect watch can cancel them)."""
+    scores = [0.0] * len(prompts)
+    sampling = SamplingParams(temperature=0.0, logit_bias=((answers.yes, ANSWER_BIAS),
+                                                           (answers.no, ANSWER_BIAS)))  # fmt: skip
+    waiting = iter(range(len(prompts)))
+
+    async def judge_in_turn() -> None:
+        for index in waiting:  # shared: each worker takes the next document
+            request = GenerationRequest(
+                f"{request_id}-{index}", prompts[index], 1, sampling, logprobs=2, speculative=False
+            )
+            stream = engine.submit(request)
+            streams.append(stream)
+            scores[index] = await _yes_probability(stream, answers)
+
+    workers = [asyncio.ensure_future(judge_in_turn()) for _ in range(min(IN_FLIGHT, len(prompts)))]
+    try:
+        await asyncio.gather(*workers)
+    except Exception as exc:  # an engine error (refusal or failure): the route's error body
+        return exc
+    finally:
+        for worker in workers:
+            worker.cancel()
+        for stream in streams:
+            stream.cancel()  # idempotent; stops any judging still running after an error
+    return scores
+
+
+class JudgingFailed(EngineFailed):
+    """The engine's answer did not carry both answers' logprobs (a 500: the engine ignored the
+    logit_bias or the logprobs it was asked for; never a made-up score)."""
+
+
+async def _yes_probability(stream: EventSource, answers: Answers) -> float:
+    top: dict[int, float] = {}
+    async for event in stream:
+        if isinstance(event, TokenEvent) and event.logprobs:
+            top = {token: logprob for token, _, logprob in event.logprobs[0].top}
+        elif isinstance(event, ErrorEvent):
+            raise event.error
+        elif isinstance(event, FinishEvent):
+            break
+    if answers.yes not in top or answers.no not in top:
+        raise JudgingFailed(f"the answer's top logprobs {sorted(top)} miss yes or no")
+    return 1.0 / (1.0 + math.exp(top[answers.no] - top[answers.yes]))
