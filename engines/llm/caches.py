@@ -9,11 +9,12 @@ mlx-lm builds one cache per layer (`make_prompt_cache`); its kinds differ in wha
 | window | RotatingKVCache (sliding)      | up to its window   | BatchRotatingKVCache | not full |
 | state  | ArraysCache (SSM, linear attn) | constant           | itself               | no      |
 | (list) | CacheList: several per layer   | sum of its parts   | itself               | if all do |
-| other  | ChunkedKVCache, Quantized…     | grows with tokens  | none: sequential     | ask it  |
+| other  | ChunkedKVCache, a family's own | grows with tokens  | none: sequential     | ask it  |
 
 `CacheProfile.of(probe)` reads this from a probe cache filled with a couple of tokens:
-whether every layer can be merged into a batch (`batchable`; else the engine serves one sequence
-at a time), whether every layer is a plain unbounded KV cache that trims exactly (`plain`: the
+whether every layer can be merged into a batch and the model's family runs batches right
+(`batchable`; else the engine serves one sequence at a time), whether every layer is a plain
+unbounded KV cache that trims exactly (`plain`: the
 only kind prefill passes may pad and trim, and the only kind with the joint left-padded prefill),
 and the memory a row of `tokens` tokens takes (`row_bytes`), which admission projects.
 
@@ -55,6 +56,28 @@ def layer_kinds(probe: list[Any]) -> list[str]:
     return ["+".join(kind_of(part) for part in _parts(layer)) for layer in probe]
 
 
+# Families whose caches merge but whose batches are not exact (measured on the tiny models of
+# tests/families.py, greedy, against mlx-lm's `generate` of each prompt alone): served one
+# sequence at a time. Why, per family:
+_MLX_LM_WRONG = "mlx-lm's own batch_generate differs from generate (padded rows' masks or states)"
+_MLX_LM_RAISES = "mlx-lm's own batch_generate raises (its attention mask does not fit a batch)"
+SEQUENTIAL_FAMILIES: dict[str, str] = {
+    "afm7": _MLX_LM_WRONG,
+    "bailing_moe_linear": _MLX_LM_WRONG,
+    "gemma2": _MLX_LM_RAISES,
+    "gpt_bigcode": _MLX_LM_RAISES,
+    "jamba": _MLX_LM_WRONG,
+    "longcat_flash_ngram": _MLX_LM_WRONG,
+    "mamba": _MLX_LM_WRONG,
+    "olmo_hybrid": _MLX_LM_WRONG,
+}
+
+
+def family(model: Any) -> str:
+    """The mlx-lm module (model family) a model was built from, e.g. 'gemma3_text'."""
+    return type(model).__module__.rpartition(".")[2]
+
+
 @dataclass(frozen=True)
 class CacheProfile:
     """The memory and abilities of one model's caches (identical for every sequence)."""
@@ -64,11 +87,22 @@ class CacheProfile:
     window_per_token: tuple[tuple[int, int], ...]  # (window tokens, bytes per token) per window
     constant: int  # bytes per row that do not depend on its length (state caches)
     other_per_token: int = 0  # bytes per token of other kinds (projected with a step of slack)
+    sequential_family: str = ""  # why the family is served one sequence at a time, if it is
 
     @property
     def batchable(self) -> bool:
-        """Every layer can be merged into a batch (else: one sequence at a time)."""
-        return all("other" not in kind for kind in self.kinds)
+        """Every layer can be merged into a batch and the family runs batches right (else: one
+        sequence at a time)."""
+        return not self.sequential_family and all("other" not in kind for kind in self.kinds)
+
+    @property
+    def sequential_reason(self) -> str:
+        """Why the engine serves this model one sequence at a time ('' when it batches)."""
+        if self.sequential_family:
+            return self.sequential_family
+        if not self.batchable:
+            return f"caches {sorted(set(self.kinds))} include a kind mlx-lm cannot batch"
+        return ""
 
     @property
     def plain(self) -> bool:
@@ -85,14 +119,17 @@ class CacheProfile:
         return rounded * self.per_token + windows + self.constant + others
 
     @classmethod
-    def of(cls, probe: list[Any]) -> CacheProfile:
-        """Measure a probe cache that a forward pass has filled with a few tokens."""
+    def of(cls, probe: list[Any], model: Any = None) -> CacheProfile:
+        """Measure a probe cache that a forward pass of `model` has filled with a few tokens."""
         per_token = constant = other = 0
         windows: list[tuple[int, int]] = []
         for part in (part for layer in probe for part in _parts(layer)):
             kind = kind_of(part)
             if kind == "state":
                 constant += int(part.nbytes)
+                continue
+            if not hasattr(part, "keys"):  # a family's own cache (deepseek_v41's LayerCache)
+                other += -(-int(part.nbytes) // max(1, int(getattr(part, "offset", 0) or 0)))
                 continue
             keys, values = part.keys, part.values
             if isinstance(keys, tuple):  # quantized: (data, scales, biases)
@@ -105,7 +142,13 @@ class CacheProfile:
                 per_token += size
             else:
                 other += size
-        return cls(tuple(layer_kinds(probe)), per_token, tuple(windows), constant, other)
+        why = SEQUENTIAL_FAMILIES.get(family(model), "") if model is not None else ""
+        return cls(tuple(layer_kinds(probe)), per_token, tuple(windows), constant, other, why)
+
+
+def plain(cache: list[Any]) -> bool:
+    """Every layer of this (single or batch) cache a plain KV cache (`CacheProfile.plain`)."""
+    return all(kind_of(part) == "kv" for layer in cache for part in _parts(layer))
 
 
 def merge(caches: list[list[Any]]) -> list[Any]:

@@ -143,15 +143,15 @@ class LLMEngine(EngineThread, ChatFront):
             install_quantized_kv(model, self.limits.kv_bits, self.limits.kv_group_size)
         # Warm up (compile kernels, allocate buffers) and measure what the caches hold.
         probe = make_prompt_cache(model)
-        mx.eval(model(mx.array([[0, 1]]), cache=probe))
-        profile = self.profile = CacheProfile.of(probe)
+        # Long enough for state caches that keep the last few token ids (longcat_flash_ngram).
+        mx.eval(model(mx.array([list(range(16))]), cache=probe))
+        profile = self.profile = CacheProfile.of(probe, model)
         if not profile.batchable:
             self.max_batch = 1
             logger.info(
-                "engine %s: caches %s include a kind mlx-lm cannot batch; serving one "
-                "sequence at a time",
+                "engine %s: %s; serving one sequence at a time",
                 self.name,
-                sorted(set(profile.kinds)),
+                profile.sequential_reason,
             )
         self.measure_weights(model)
         self.kv_budget_bytes = self.limits.kv_budget_bytes or default_kv_budget(self.weights_bytes)

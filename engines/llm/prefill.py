@@ -71,7 +71,7 @@ class Prefill:
         return (
             self.shareable
             and not self.cached_tokens
-            and len(self.to_prefill) == len(self.request.prompt_tokens)
+            and len(self.to_prefill) == len(self.request.prompt_tokens) > 1
         )
 
     def feed(self, model: Any, budget: int, bucket: int = 1) -> int:
@@ -185,15 +185,20 @@ def prefill_together(
             layer.prepare(left_padding=padding)
         rows = [[0] * pad + p.to_prefill for pad, p in zip(padding, group, strict=True)]
         return batch, forward(model, rows, batch, bucket)[:, -1, :]
+    # As mlx-lm's BatchGenerator: all but the last tokens right-padded, `finalize`d, then the
+    # last tokens in one step. (Reading the last logits from the padded pass is wrong for some
+    # families, e.g. plamo3's sliding windows.)
+    heads = [length - 1 for length in lengths]
     if max(padding):
         for layer in batch:
-            layer.prepare(lengths=lengths, right_padding=padding)
-    rows = [p.to_prefill + [0] * pad for pad, p in zip(padding, group, strict=True)]
-    logits = model(mx.array(rows), cache=batch)
+            layer.prepare(lengths=heads, right_padding=padding)
+    rows = [p.to_prefill[:-1] + [0] * pad for pad, p in zip(padding, group, strict=True)]
+    model(mx.array(rows), cache=batch)
     if max(padding):
         for layer in batch:
             layer.finalize()
-    return batch, logits[mx.arange(len(group)), mx.array(lengths) - 1]
+    last = mx.array([p.to_prefill[-1:] for p in group])
+    return batch, model(last, cache=batch)[:, -1, :]
 
 
 def choose_resumed_group(prefills: list[Prefill], budget: int) -> list[Prefill]:
@@ -217,5 +222,11 @@ def prefill_resumed(
 ) -> tuple[list[Any], mx.array]:
     """Run equal-length prompt suffixes over their merged cached histories in one pass."""
     batch = caches.merge([p.cache for p in group])
-    logits = forward(model, [p.to_prefill for p in group], batch, bucket)[:, -1, :]
-    return batch, logits
+    rows = [p.to_prefill for p in group]
+    if len(rows[0]) > 1 and not caches.plain(batch):
+        # As mlx-lm (and `Prefill.feed`): all but the last tokens, then the last ones. A sliding
+        # window's output may depend on how the tokens are split (plamo3 masks one more key
+        # than its window holds).
+        forward(model, [row[:-1] for row in rows], batch, bucket)
+        rows = [row[-1:] for row in rows]
+    return batch, forward(model, rows, batch, bucket)[:, -1, :]

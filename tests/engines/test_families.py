@@ -16,19 +16,24 @@ from pathlib import Path
 
 import mlx.core as mx
 import pytest
-from mlx_lm.generate import generate_step
+from mlx_lm.generate import batch_generate, generate_step
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import load
 
 from engines.errors import EngineUnavailable
 from engines.llm import scheduler as scheduler_module
-from engines.llm.caches import CacheProfile, nbytes
+from engines.llm.caches import SEQUENTIAL_FAMILIES, CacheProfile, nbytes
 from engines.llm.engine import LLMEngine
 from engines.types import ChatLimits, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
-from tests.families import FAMILIES, save_family_dir
+from tests.families import MODULES, SKIPPED, save_family_dir
 
-# The families whose caches mlx-lm cannot merge: served one sequence at a time.
-SEQUENTIAL = {"llama4"}  # ChunkedKVCache has no batch form
+# Families whose mlx-lm output depends on how a prompt is split into forward passes, so that no
+# prefix reuse (in mlx-lm's own server either) can equal the uncached text: their follow-up
+# checks are skipped, saying why; alone and batched are still checked.
+SPLIT_DEPENDENT = {
+    "plamo3": "mlx-lm's plamo3 masks one more key than its sliding window holds: generate over a "
+    "prompt cache of the first 29 tokens differs from generate over all 33",
+}
 
 PROMPTS = [[(5 * i + 3 * j) % 240 + 7 for j in range(18 + 3 * i)] for i in range(3)]
 TOKENS = 8
@@ -52,7 +57,13 @@ async def generate(engine: LLMEngine, prompt: list[int], tag: str) -> tuple[list
     raise AssertionError("the stream ended without a FinishEvent")
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
+FAMILY_PARAMS = [
+    pytest.param(name, marks=pytest.mark.skip(reason=SKIPPED[name])) if name in SKIPPED else name
+    for name in MODULES
+]
+
+
+@pytest.fixture(scope="module", params=FAMILY_PARAMS)
 def family_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     family = str(request.param)
     return save_family_dir(family, tmp_path_factory.mktemp(family) / family)
@@ -84,7 +95,11 @@ async def test_alone_batched_and_prefix_cached_equal_mlx_lm(
     )
     assert [tokens for tokens, _ in together] == expected
     family = engine.name
-    assert engine.largest_batch == (1 if family in SEQUENTIAL else 3)
+    assert engine.profile is not None
+    batched = engine.profile.batchable
+    assert engine.largest_batch == (3 if batched else 1)
+    if family in SPLIT_DEPENDENT:
+        pytest.skip(f"prefix-cached follow-ups of {family}: {SPLIT_DEPENDENT[family]}")
     # The next turn of the first conversation: its prompt, its answer and a new message.
     follow_up = PROMPTS[0] + expected[0] + [11, 12, 13, 14]
     tokens, cached = await generate(engine, follow_up, "follow-up")
@@ -98,7 +113,7 @@ async def test_alone_batched_and_prefix_cached_equal_mlx_lm(
     )
     assert [tokens for tokens, _ in resumed] == [reference(model, p) for p in follow_ups]
     assert all(cached >= len(PROMPTS[1]) for _, cached in resumed), resumed
-    if family not in SEQUENTIAL:
+    if batched:
         assert engine.prefilled_together - before == 2
 
 
@@ -116,7 +131,8 @@ async def test_projection_bounds_the_real_caches(served: tuple[LLMEngine, object
             mx.eval(model(mx.array([part]), cache=cache))  # type: ignore[operator]
         real = nbytes(cache)
         assert real <= profile.row_bytes(length), (length, real, profile)
-        assert profile.row_bytes(length) - real <= 512 * _per_token(profile)
+        if profile.batchable:  # (one row at a time: admission never weighs rows against rows)
+            assert profile.row_bytes(length) - real <= 512 * _per_token(profile)
 
 
 def _per_token(profile: CacheProfile) -> int:
@@ -143,3 +159,19 @@ async def test_a_checkpoint_mlx_lm_cannot_build_fails_to_load_in_one_line(
         await engine.wait_loaded()
     assert message in str(raised.value) and "\n" not in str(raised.value)
     assert not engine.running
+
+
+@pytest.mark.parametrize("family", sorted(SEQUENTIAL_FAMILIES))
+def test_the_families_served_one_at_a_time_are_those_mlx_lm_batches_wrongly(
+    family: str, tmp_path: Path
+) -> None:
+    """SEQUENTIAL_FAMILIES stays true: mlx-lm's own batch of the three prompts still differs from
+    (or fails where) its generation of each alone does. When an mlx-lm upgrade fixes one, this
+    fails and the family can be batched again."""
+    model, tokenizer = load(str(save_family_dir(family, tmp_path / family)))  # type: ignore[misc]
+    try:
+        batch = batch_generate(model, tokenizer, PROMPTS, max_tokens=TOKENS, return_token_ids=True)
+    except ValueError:
+        return  # mlx-lm cannot run the batch at all
+    assert batch.token_ids is not None
+    assert [list(row) for row in batch.token_ids] != [reference(model, p) for p in PROMPTS]
