@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from engines.distributed.group import RING_PORT, cluster_environment, read_hosts
+
 TEMPLATES = resources.files("launchd")
 LABEL = "com.mlxd.server"
 UNIT = "mlxd.service"
@@ -45,13 +47,13 @@ class ClusterRank:
     hosts: str  # a comma list of IP addresses, or a hostfile's absolute path
     rank: int
     pipeline: bool = False
+    port: int = RING_PORT  # the ring's first port, JACCL's coordinator (as mlx.launch's)
 
     def environment(self, mlxd_home: Path) -> tuple[dict[str, str], dict[Path, str]]:
         """The rank's variables (file variables pointing under MLXD_HOME/cluster) and the files
         to write there."""
-        from engines.distributed.group import cluster_environment, read_hosts
-
-        variables, files = cluster_environment(self.backend, read_hosts(self.hosts), self.rank)
+        hosts = read_hosts(self.hosts)
+        variables, files = cluster_environment(self.backend, hosts, self.rank, self.port)
         writes = {}
         for variable, text in files.items():
             path = mlxd_home / "cluster" / f"{variable.lower()}.json"

@@ -41,7 +41,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SPAWNABLE = ("ring", "nccl")  # backends whose local environment we know how to set up
 
 
-RING_PORT = 32323  # mlx.launch's --starting-port: rank r's ring listens on this + r
+RING_PORT = 32323  # mlx.launch's --starting-port: the ring's first port, JACCL's coordinator
 NCCL_PORT = 12345  # mlx.launch's --nccl-port
 
 
@@ -72,7 +72,7 @@ def parse_hosts(hosts: str) -> list[str]:
 
 
 def cluster_environment(
-    backend: str, hosts: list[Host], rank: int
+    backend: str, hosts: list[Host], rank: int, port: int = RING_PORT
 ) -> tuple[dict[str, str], dict[str, str]]:
     """What `mlx.launch` gives rank `rank` of `hosts`, for a service manager to give it instead:
     the variables, and the files (variable → text: the caller writes each file and sets the
@@ -85,13 +85,13 @@ def cluster_environment(
     variables = {"MLX_RANK": str(rank)}
     if backend == "ring":
         # As mlx.launch numbers them: one port per address, counting up across hosts.
-        ports = iter(range(RING_PORT, RING_PORT + sum(len(host.ips) for host in hosts)))
+        ports = iter(range(port, port + sum(len(host.ips) for host in hosts)))
         ring = [[f"{ip}:{next(ports)}" for ip in host.ips] for host in hosts]
         return variables, {"MLX_HOSTFILE": json.dumps(ring)}
     if backend == "jaccl":
         if any(len(host.rdma) != len(hosts) for host in hosts):
             raise ValueError("a JACCL hostfile lists, for every host, its RDMA device to each host")
-        variables["MLX_JACCL_COORDINATOR"] = f"{hosts[0].ips[0]}:{RING_PORT}"
+        variables["MLX_JACCL_COORDINATOR"] = f"{hosts[0].ips[0]}:{port}"
         return variables, {"MLX_IBV_DEVICES": json.dumps([host.rdma for host in hosts])}
     if backend == "nccl":
         variables |= {"NCCL_HOST_IP": hosts[0].ips[0], "NCCL_PORT": str(NCCL_PORT)}

@@ -22,9 +22,11 @@ Invariants:
   killed. After `restart_s` of answering 503 (so clients and health checks see why), rank 0
   restarts to re-form the group: it re-executes itself when it started its followers, else it
   exits with status 3 for its launcher or service manager to restart every rank.
-- While idle, the leader sends an empty plan every `heartbeat_s`, so a peer lost between
-  requests is noticed within about a second, and followers notice a lost leader; the leader also
-  watches the followers it started itself and fails the group the moment one exits.
+- While idle, the leader sends an empty plan every `heartbeat_s` and fails the group when one
+  goes unanswered for `BEAT_LIMIT_S` (a peer lost mid-collective can leave MLX's ring waiting
+  for good), so a peer lost between requests is noticed within 2 s, and followers notice a lost
+  leader; the leader also watches the followers it started itself and fails the group the
+  moment one exits.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from engines.types import ChatLimits, EngineStats, ErrorEvent
 logger = logging.getLogger(__name__)
 
 _BEAT = object()  # inbox message: send an (empty) plan now
+BEAT_LIMIT_S = 1.0  # an idle plan unanswered this long (or 4 x the slowest seen) fails the group
 
 
 class GroupLost(EngineUnavailable):
@@ -130,6 +133,8 @@ class DistributedLLMEngine(LLMEngine):
         self._shutting_down = False  # stop() was called: followers exit, nothing restarts
         self._step_started: float | None = None
         self._slowest_s = 0.0
+        self._beat_started: float | None = None  # leader: an idle heartbeat's plan in flight
+        self._slowest_beat_s = 0.0
         self._watchdog = threading.Thread(target=self._watch, name=f"watchdog-{name}", daemon=True)
 
     @property
@@ -254,7 +259,10 @@ class DistributedLLMEngine(LLMEngine):
         try:
             if self.leader:
                 plan = self._next_plan()
-                self.channel.send(plan)
+                if plan.empty and not self.scheduler.has_work():
+                    self._send_heartbeat(plan)
+                else:
+                    self.channel.send(plan)
                 self._stop_sent = plan.stop
             else:
                 plan = self.channel.receive()
@@ -265,6 +273,17 @@ class DistributedLLMEngine(LLMEngine):
         finally:
             self._slowest_s = max(self._slowest_s, time.monotonic() - self._step_started)
             self._step_started = None
+
+    def _send_heartbeat(self, plan: StepPlan) -> None:
+        """An idle plan, timed on its own: a peer lost in the middle of a collective can leave
+        MLX's ring waiting for good, and an idle plan of 20 bytes has no reason to be slow."""
+        assert self.channel is not None
+        self._beat_started = time.monotonic()
+        try:
+            self.channel.send(plan)
+        finally:
+            self._slowest_beat_s = max(self._slowest_beat_s, time.monotonic() - self._beat_started)
+            self._beat_started = None
 
     def _next_plan(self) -> StepPlan:
         with self._lock:
@@ -398,15 +417,18 @@ class DistributedLLMEngine(LLMEngine):
         """The step watchdog (and, on the leader, the idle heartbeat)."""
         options = self.options
         while self.fault is None and not self._stopped.is_set():
-            time.sleep(min(0.25, options.heartbeat_s / 2))
-            started = self._step_started
+            time.sleep(min(0.1, options.heartbeat_s / 2))
+            started, beat = self._step_started, self._beat_started
             limit = 2 * self._slowest_s + options.step_grace_s
+            beat_limit = max(BEAT_LIMIT_S, 4 * self._slowest_beat_s)
             if not self.leader:
                 limit += options.heartbeat_s  # a follower waits for the leader's next plan too
             stopping = self._shutting_down or self._stop_sent  # followers exit when told to
             exited = None if stopping else self.followers.first_exited()
             if exited is not None:
                 self.lose_group(exited)
+            elif beat is not None and time.monotonic() - beat > beat_limit:
+                self.lose_group(f"an idle plan got no answer for {beat_limit:.1f} s (a peer lost)")
             elif started is not None and time.monotonic() - started > limit:
                 self.lose_group(f"a step made no progress for {limit:.1f} s (a peer hung)")
             elif self._heartbeat_due():
