@@ -21,7 +21,7 @@ from typing import Any, Literal
 Pooling = Literal["mean", "cls", "last", "max"]
 Task = Literal["embed", "score"]  # vectors, or cross-encoder relevance logits
 
-ENCODER_TYPES = frozenset({"bert", "xlm-roberta", "roberta"})
+ENCODER_TYPES = frozenset({"bert", "xlm-roberta", "roberta", "modernbert"})
 # Decoder families whose mlx-lm module we run for last-token embeddings (Qwen3-Embedding style).
 DECODER_TYPES = frozenset({"qwen3", "qwen2", "llama"})
 _ST_POOLING = {

@@ -1,4 +1,5 @@
-"""BERT and XLM-RoBERTa encoders in MLX, with the parameter names of Hugging Face's checkpoints.
+"""BERT and XLM-RoBERTa encoders in MLX, with the parameter names of Hugging Face's checkpoints
+(ModernBERT is in modernbert.py; `load_encoder` loads all three).
 
 The modules mirror `transformers`' BertModel layout (`embeddings.*`, `encoder.layer.N.*`), so a
 checkpoint's safetensors load as they are once the task prefix (`bert.`, `roberta.`) is dropped.
@@ -161,16 +162,20 @@ class EncoderModel(nn.Module):
             h = layer(h, bias.astype(h.dtype))
         return h
 
-    def score(self, hidden: mx.array) -> mx.array:
+    def score(self, hidden: mx.array, mask: mx.array) -> mx.array:
+        """The head's logits from the first token (`mask`: ModernBERT's head may pool over
+        it; BERT's never does)."""
         first = hidden[:, 0]
         if self.roberta:
             return self.classifier.out_proj(mx.tanh(self.classifier.dense(first)))
         return self.classifier(mx.tanh(self.pooler.dense(first)))
 
 
-def load_encoder(path: Path, config: dict[str, Any], num_labels: int) -> EncoderModel:
+def load_encoder(path: Path, config: dict[str, Any], num_labels: int) -> Any:
     """The encoder (and head, for cross-encoders) with the checkpoint's weights, strictly: a
-    missing or unexpected tensor is an error, never a silently random weight."""
+    missing or unexpected tensor is an error, never a silently random weight. Heads the
+    embedding does not use are dropped: BERT's pooler, a masked-LM checkpoint's `head` and
+    `decoder` (ModernBERT)."""
     weights: dict[str, mx.array] = {}
     for file in sorted(path.glob("*.safetensors")):
         weights.update(mx.load(str(file)))  # type: ignore[arg-type]
@@ -179,10 +184,17 @@ def load_encoder(path: Path, config: dict[str, Any], num_labels: int) -> Encoder
         for prefix in ("bert.", "roberta.", "model."):
             if name.startswith(prefix):
                 name = name[len(prefix) :]
-        if name.endswith("position_ids") or (not num_labels and name.startswith("pooler.")):
-            continue  # a buffer, and a pooler that embeddings do not use
+        unused = ("pooler.", "head.", "decoder.")
+        if name.endswith("position_ids") or (not num_labels and name.startswith(unused)):
+            continue  # a buffer, and heads that embeddings do not use
         renamed[name] = value
-    model = EncoderModel(config, num_labels)
+    model: Any
+    if config["model_type"] == "modernbert":
+        from engines.embed.modernbert import ModernBertModel
+
+        model = ModernBertModel(config, num_labels)
+    else:
+        model = EncoderModel(config, num_labels)
     model.load_weights(list(renamed.items()), strict=True)
     mx.eval(model.parameters())
     return model

@@ -214,7 +214,7 @@ class EmbedEngine(EngineThread):
             mask = mx.array([[1] * len(row) + [0] * (width - len(row)) for row in rows])
             hidden = self._model(ids, type_ids, mask)
             if checkpoint.task == "score":
-                return np.array(self._model.score(hidden).astype(mx.float32))
+                return np.array(self._model.score(hidden, mask).astype(mx.float32))
             pooled = _pool(hidden, mask, checkpoint.pooling)
         if checkpoint.normalize:
             pooled = pooled / mx.maximum(mx.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)

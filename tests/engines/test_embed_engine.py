@@ -24,6 +24,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from engines.bridge import RequestStream
 from engines.embed.engine import EmbedEngine
 from engines.types import EmbeddingLimits, EmbeddingRequest, EmbeddingsDone
+from tests.engines import modernbert_reference
 from tests.servers import wait_until
 from tests.tiny import save_model_dir, tiny_model
 
@@ -283,6 +284,57 @@ async def test_xlm_roberta_cross_encoder_two_labels(tmp_path: Path) -> None:
             np.testing.assert_allclose(
                 logits, _linear(dense, bare, "classifier.out_proj"), atol=2e-5
             )
+    finally:
+        engine.stop()
+
+
+# -- ModernBERT against transformers' numbers (tests/engines/modernbert_reference.py) ----------
+
+
+def _modernbert(directory: Path, labels: bool) -> dict[str, Any]:
+    """A tiny ModernBERT checkpoint: the sequence classifier, or its encoder alone as a
+    mean-pooling embedder (unnormalised, so the vectors are the pooled states themselves)."""
+    directory.mkdir(parents=True)
+    weights = modernbert_reference.tiny_weights()
+    config = dict(modernbert_reference.CONFIG)
+    if not labels:
+        weights = {k: v for k, v in weights.items() if k.startswith("model.")}
+        config = {**config, "architectures": ["ModernBertModel"]}
+        (directory / "1_Pooling").mkdir()
+        (directory / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    save_file(weights, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(config))
+    _tokenizer().save(str(directory / "tokenizer.json"))
+    reference: dict[str, Any] = json.loads(modernbert_reference.DATA.read_text())
+    return reference
+
+
+async def test_modernbert_matches_transformers(tmp_path: Path) -> None:
+    """Alternating global/local attention (±2 tokens here, so the 11-token input reaches past
+    it), rotary bases per kind, GeGLU, no biases: the mean-pooled states equal transformers'
+    last_hidden_state averaged, with the three inputs padded into one pass."""
+    reference = _modernbert(tmp_path / "modernbert", labels=False)
+    assert reference["window_changes_output_by"] > 0.1  # the local layer's window matters
+    engine = await started(tmp_path / "modernbert")
+    try:
+        assert engine.info is not None and engine.info.pooling == "mean"
+        assert not engine.info.normalized and engine.info.task == "embed"
+        done = await result(engine.submit(EmbeddingRequest("r1", modernbert_reference.INPUTS)))
+        for vector, hidden in zip(done.vectors, reference["hidden"], strict=True):
+            np.testing.assert_allclose(vector, np.mean(hidden, axis=0), atol=1e-4)
+    finally:
+        engine.stop()
+
+
+async def test_modernbert_cross_encoder_matches_transformers(tmp_path: Path) -> None:
+    """ModernBertForSequenceClassification: mean pooling over real tokens, the GELU head and
+    its norm, then the classifier; padded together like the embedder."""
+    reference = _modernbert(tmp_path / "modernbert-ce", labels=True)
+    engine = await started(tmp_path / "modernbert-ce")
+    try:
+        assert engine.info is not None and engine.info.task == "score"
+        done = await result(engine.submit(EmbeddingRequest("r1", modernbert_reference.INPUTS)))
+        np.testing.assert_allclose(done.vectors, reference["logits"], atol=1e-4)
     finally:
         engine.stop()
 
