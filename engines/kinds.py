@@ -173,6 +173,7 @@ def build_chat(
         context_length=entry.get("context_length"),
         chat_template=entry.get("chat_template"),
         untagged_tool_calls=entry.get("untagged_tool_calls", True),
+        tool_format=entry.get("tool_format"),
         speculative=entry.get("speculative"),
         speculative_tokens=entry.get("speculative_tokens") or 0,
         kv_bits=entry.get("kv_bits"),

@@ -366,6 +366,7 @@ class ChatLimits:
     context_length: int | None = None  # a cap below the model's own context, if set
     chat_template: str | None = None  # replaces the tokenizer's chat template, if set
     untagged_tool_calls: bool = True  # see ChatModelInfo
+    tool_format: str | None = None  # replaces the format read from the checkpoint, if set
     speculative: str | None = None  # "prompt_lookup", or a draft model's directory (its path)
     speculative_tokens: int = 0  # most tokens drafted per step (0: the default)
     warmup_rows: int | None = None  # synthetic rows warming kernels after load (None: per device)

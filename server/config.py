@@ -34,6 +34,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engines.kinds import KINDS
+from engines.llm.chat_formats import TOOL_FORMATS
 
 
 class SamplingDefaults(BaseModel):
@@ -65,6 +66,8 @@ class ModelEntry(BaseModel):
     context_length: int | None = Field(default=None, ge=16)
     chat_template: str | None = None  # a Jinja chat template replacing the model's own
     untagged_tool_calls: bool = True  # bare or ```json-fenced calls (no template tags) count
+    # The tool-call format (engines/llm/chat_formats.py); left out: read from the checkpoint.
+    tool_format: str | None = None
     # Speculative decoding: "prompt_lookup" (drafts from the prompt and output; no second model)
     # or a draft model sharing the tokenizer, named as `source` names a model.
     speculative: str | None = Field(default=None, min_length=1)
@@ -74,6 +77,13 @@ class ModelEntry(BaseModel):
     kv_bits: Literal[4, 8] | None = None
     kv_group_size: Literal[32, 64, 128] = 64
     sampling: SamplingDefaults = Field(default_factory=lambda: SamplingDefaults())
+
+    @field_validator("tool_format")
+    @classmethod
+    def _known_tool_format(cls, value: str | None) -> str | None:
+        if value is not None and value not in TOOL_FORMATS:
+            raise ValueError(f"unknown tool_format {value!r}; one of: {', '.join(TOOL_FORMATS)}")
+        return value
 
     @field_validator("kind")
     @classmethod

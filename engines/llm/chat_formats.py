@@ -63,6 +63,7 @@ MARKERS: dict[str, tuple[str, ...]] = {
     "llama3": ("<|python_tag|>",),
     "harmony": HARMONY_MARKERS,
 }
+TOOL_FORMATS = tuple(sorted(MARKERS))
 
 # Reasoning tags, single tokens of the vocabulary (mlx-lm's `_infer_thinking`, in its order).
 _THINK_TOKENS = (
@@ -133,15 +134,16 @@ def think_tags(chat_template: str | None, vocab: Mapping[str, Any]) -> tuple[str
     return None
 
 
-def model_formats(tokenizer: Any, template_replaced: bool) -> tuple[str, tuple[str, str] | None]:
-    """A loaded mlx-lm tokenizer's (tool format, think tags). mlx-lm records its own choice of
-    tool parser in the tokenizer's `init_kwargs` (the checkpoint's `tool_parser_type`, else its
-    rules on the checkpoint's template): that choice stands unless a models-file template
-    replaced the checkpoint's, which the same rules then read."""
+def model_formats(
+    tokenizer: Any, template_replaced: bool, configured: str | None = None
+) -> tuple[str, tuple[str, str] | None]:
+    """A loaded mlx-lm tokenizer's (tool format, think tags). `configured` (a models file's
+    `tool_format`) wins; else mlx-lm's own choice, recorded in the tokenizer's `init_kwargs`
+    (the checkpoint's `tool_parser_type`, else its rules on the checkpoint's template), unless
+    a models-file template replaced the checkpoint's, which the same rules then read."""
     template = getattr(tokenizer, "chat_template", None)
     vocab = tokenizer.get_vocab()
-    configured = None
-    if not template_replaced:
+    if configured is None and not template_replaced:
         configured = (getattr(tokenizer, "init_kwargs", None) or {}).get("tool_parser_type")
     return tool_format(template, vocab, configured), think_tags(template, vocab)
 

@@ -205,7 +205,9 @@ class LLMEngine(EngineThread, ChatFront):
         if self.limits.chat_template:
             tokenizer.chat_template = self.limits.chat_template
         vocab = tokenizer.vocab
-        tool_format, think = model_formats(tokenizer, bool(self.limits.chat_template))
+        tool_format, think = model_formats(
+            tokenizer, bool(self.limits.chat_template), self.limits.tool_format
+        )
         fim = next((s for s in FIM_TOKEN_SETS if all(t in vocab for t in s)), None)
         self.info = ChatModelInfo(
             name=self.name,

@@ -269,3 +269,24 @@ def test_think_tags_by_mlx_lms_rules() -> None:
     )
     assert think_tags("{{ '<think>' }}", {}) == ("<think>", "</think>")
     assert think_tags("{{ messages }}", {}) is None
+
+
+def test_a_models_file_names_the_format(tmp_path: Any) -> None:
+    """`tool_format` in a models file wins over the checkpoint's; an unknown name is refused
+    at start-up with the names it may be."""
+    from engines.llm.chat_formats import model_formats
+    from server.config import ConfigError, load_models_file
+
+    tokenizer = Tokenizer(
+        chat_template=TEMPLATES["json_tools"],
+        vocab={},
+        init_kwargs={"tool_parser_type": "json_tools"},
+    )
+    assert model_formats(tokenizer, False) == ("json_tools", None)
+    assert model_formats(tokenizer, False, "qwen3_coder") == ("qwen3_coder", None)
+    path = tmp_path / "models.toml"
+    path.write_text('[[models]]\nname = "m"\nsource = "x"\ntool_format = "qwen3_coder"\n')
+    assert load_models_file(path).models[0].tool_format == "qwen3_coder"
+    path.write_text('[[models]]\nname = "m"\nsource = "x"\ntool_format = "hermes"\n')
+    with pytest.raises(ConfigError, match=r"unknown tool_format 'hermes'; one of: .*qwen3_coder"):
+        load_models_file(path)
