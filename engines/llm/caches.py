@@ -59,8 +59,8 @@ def layer_kinds(probe: list[Any]) -> list[str]:
 # Families whose caches merge but whose batches are not exact (measured on the tiny models of
 # tests/families.py, greedy, against mlx-lm's `generate` of each prompt alone): served one
 # sequence at a time. Why, per family:
-_MLX_LM_WRONG = "mlx-lm's own batch_generate differs from generate (padded rows' masks or states)"
-_MLX_LM_RAISES = "mlx-lm's own batch_generate raises (its attention mask does not fit a batch)"
+_MLX_LM_WRONG = "mlx-lm's own batch_generate differs from generate: padded rows' masks or states"
+_MLX_LM_RAISES = "mlx-lm's own batch_generate raises: its attention mask does not fit a batch"
 SEQUENTIAL_FAMILIES: dict[str, str] = {
     "afm7": _MLX_LM_WRONG,
     "bailing_moe_linear": _MLX_LM_WRONG,
@@ -101,7 +101,8 @@ class CacheProfile:
         if self.sequential_family:
             return self.sequential_family
         if not self.batchable:
-            return f"caches {sorted(set(self.kinds))} include a kind mlx-lm cannot batch"
+            kinds = ", ".join(sorted(set(self.kinds)))
+            return f"its caches ({kinds}) include a kind mlx-lm cannot batch"
         return ""
 
     @property

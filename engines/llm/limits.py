@@ -78,3 +78,51 @@ def kv_bytes_per_token(
     else:
         per_vector = head_dim * width
     return 2 * layers * kv_heads * per_vector
+
+
+@dataclass(frozen=True)
+class PassShape:
+    """What the transient memory of a forward pass depends on, read from config.json."""
+
+    hidden: int
+    intermediate: int  # the widest feed-forward (dense or the experts' sum per token)
+    heads: int
+    vocab: int
+    itemsize: int  # bytes per activation (the model's dtype)
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> PassShape:
+        text = config.get("text_config") or config
+        hidden = int(text.get("hidden_size") or 0)
+        dtype = str(text.get("torch_dtype") or config.get("torch_dtype") or "bfloat16")
+        return cls(
+            hidden=hidden,
+            intermediate=int(text.get("intermediate_size") or 4 * hidden),
+            heads=int(text.get("num_attention_heads") or 1),
+            vocab=int(text.get("vocab_size") or config.get("vocab_size") or 0),
+            itemsize=4 if dtype == "float32" else 2,
+        )
+
+
+# Activations alive at once in one layer of a pass, per token, in units of the feed-forward and
+# hidden widths: the feed-forward's gate, up and product with their inputs and outputs, the
+# residual stream and the attention's projections (fitted to MLX's CPU peak memory, see
+# tests/engines/test_limits.py; about 5.4 x intermediate with the hidden terms folded in).
+FEED_FORWARD_COPIES = 6
+HIDDEN_COPIES = 8
+
+
+def pass_bytes(
+    shape: PassShape, tokens: int, context: int, logit_positions: int, fused_attention: bool
+) -> int:
+    """Transient memory of one forward pass of `tokens` query tokens (all rows together) over
+    `context` cached keys, on top of the weights and the caches it grows. MLX frees a layer's
+    intermediates before the next layer runs, so the peak is one layer's plus the logits of
+    every position the caller reads: slicing the last position of a pass's logits still computes
+    them all (`logits[:, -1]` costs `tokens` x vocab). Unfused attention (MLX's CPU backend)
+    also materializes the scores, heads x tokens x keys in float32; fused kernels (Metal, CUDA)
+    do not."""
+    layer = tokens * (FEED_FORWARD_COPIES * shape.intermediate + HIDDEN_COPIES * shape.hidden)
+    scores = 0 if fused_attention else shape.heads * tokens * (context + tokens) * 4
+    logits = logit_positions * shape.vocab * shape.itemsize
+    return layer * shape.itemsize + scores + logits

@@ -25,15 +25,7 @@ from engines.llm import scheduler as scheduler_module
 from engines.llm.caches import SEQUENTIAL_FAMILIES, CacheProfile, nbytes
 from engines.llm.engine import LLMEngine
 from engines.types import ChatLimits, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
-from tests.families import MODULES, SKIPPED, save_family_dir
-
-# Families whose mlx-lm output depends on how a prompt is split into forward passes, so that no
-# prefix reuse (in mlx-lm's own server either) can equal the uncached text: their follow-up
-# checks are skipped, saying why; alone and batched are still checked.
-SPLIT_DEPENDENT = {
-    "plamo3": "mlx-lm's plamo3 masks one more key than its sliding window holds: generate over a "
-    "prompt cache of the first 29 tokens differs from generate over all 33",
-}
+from tests.families import DOC, MODULES, SKIPPED, SPLIT_DEPENDENT, doc_row, save_family_dir
 
 PROMPTS = [[(5 * i + 3 * j) % 240 + 7 for j in range(18 + 3 * i)] for i in range(3)]
 TOKENS = 8
@@ -98,6 +90,9 @@ async def test_alone_batched_and_prefix_cached_equal_mlx_lm(
     assert engine.profile is not None
     batched = engine.profile.batchable
     assert engine.largest_batch == (3 if batched else 1)
+    # docs/families.md says what was measured here.
+    row = doc_row(family, list(engine.profile.kinds), engine.profile.sequential_reason)
+    assert row in DOC.read_text().splitlines(), "docs/families.md: run python -m tests.families"
     if family in SPLIT_DEPENDENT:
         pytest.skip(f"prefix-cached follow-ups of {family}: {SPLIT_DEPENDENT[family]}")
     # The next turn of the first conversation: its prompt, its answer and a new message.
@@ -175,3 +170,12 @@ def test_the_families_served_one_at_a_time_are_those_mlx_lm_batches_wrongly(
         return  # mlx-lm cannot run the batch at all
     assert batch.token_ids is not None
     assert [list(row) for row in batch.token_ids] != [reference(model, p) for p in PROMPTS]
+
+
+def test_the_families_doc_lists_every_module_and_every_skip() -> None:
+    """docs/families.md has one row per mlx-lm model module, in order; skipped ones say why
+    (the others' rows are checked against their engine in the test above)."""
+    rows = [line for line in DOC.read_text().splitlines() if line.startswith("| ")][1:]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == MODULES
+    for family, reason in SKIPPED.items():
+        assert doc_row(family, [], "") in rows, reason
