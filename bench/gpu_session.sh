@@ -16,6 +16,8 @@
 #   burst_warm         the same after the default warm-up: round 0 vs the later rounds (issue 25)
 #   c256               256 concurrent streams on the default limits, mlxd alone (issue 25)
 #   compiled           one stream: mx.compile'd step over fixed KV buffers vs mlx-lm's loop
+#   vision             one 1024x1024 image: mlxd vs mlx-vlm's stream_generate (bench/vision.py;
+#                      needs mlx-vlm on the path)
 #   speculative        prompt lookup vs plain on one engine's code path (1 and 8 streams)
 #   distributed        bench/distributed.py --dry-run: the distributed code path, a group of one
 #   embeddings_model   random all-MiniLM-L6-v2 weights from the carried shapes (.gpu/c/minilm)
@@ -54,7 +56,7 @@ if [ -z "$tokenizer" ]; then
   tokenizer=.gpu/c/tok
   [ -f "$tokenizer/tokenizer.json" ] || tokenizer=$HOME/.cache/mlxd/models/smollm2-135m-instruct
 fi
-steps=${STEPS:-probe llama_model gemma_model gemma_concurrency gemma_prefix decode concurrency burst_cold burst_warm c256 compiled speculative distributed embeddings_model embeddings embeddings_baseline}
+steps=${STEPS:-probe llama_model gemma_model gemma_concurrency gemma_prefix decode concurrency burst_cold burst_warm c256 compiled vision speculative distributed embeddings_model embeddings embeddings_baseline}
 minilm=${EMBEDDING_SHAPE_DIR:-.gpu/c/minilm}
 
 rm -rf "$work" && mkdir -p "$work/results" "$work/logs" "$work/home" "$out"
@@ -68,6 +70,7 @@ if [ "$smoke" = 1 ]; then
   burst_args=(--clients 4 --tokens 8 --rounds 2)
   c256_args=(--levels 8 --tokens 8)
   compiled_args=(--runs 1 --tokens 8)
+  vision_args=(--shape tiny --runs 1 --tokens 8)
   gemma_concurrency_args=(--levels 2 --tokens 8)
   prefix_args=(--history-tokens 300 --runs 1)
   speculative_args=(--runs 1 --tokens 16 --concurrency 1 2)
@@ -80,6 +83,7 @@ else
   burst_args=(--clients 32 --tokens 128 --rounds 4)
   c256_args=(--levels 256 --tokens 128)
   compiled_args=(--runs 9 --tokens 256)
+  vision_args=(--runs 3 --tokens 128)
   gemma_concurrency_args=(--levels 8 --tokens 128)
   prefix_args=(--history-tokens 3000 --runs 3)
   speculative_args=(--runs 4 --tokens 256 --concurrency 1 8)
@@ -249,6 +253,7 @@ step c256 150 "$llama/tokenizer_config.json" \
 step compiled 150 "$llama/tokenizer_config.json" \
   "$py" bench/compiled_step.py --model "$llama" "${compiled_args[@]}" \
   --out "$work/results/compiled.json"
+step vision 200 - "$py" bench/vision.py "${vision_args[@]}" --out "$work/results/vision.json"
 if [ -f bench/speculative.py ]; then
   step speculative 150 "$llama/tokenizer_config.json" \
     "$py" bench/speculative.py --model "$llama" "${speculative_args[@]}"
