@@ -78,7 +78,7 @@ class DistributedOptions:
     hosts: tuple[str, ...] = ()  # one address per rank (rank 0 first); () under mlx.launch
     pipeline: bool = False  # pipeline stages instead of tensor parallel
     step_grace_s: float = 10.0  # watchdog: a step may last 2 x the slowest seen + this
-    heartbeat_s: float = 0.5  # idle: an empty plan this often
+    heartbeat_s: float = 0.25  # idle: an empty plan this often
     restart_s: float = 5.0  # after a loss, rank 0 restarts this much later (0: never)
 
 
