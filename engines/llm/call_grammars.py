@@ -1,17 +1,17 @@
 """Forced tool calls (`tool_choice` "required" or a named function) as a grammar in the model's
 own call format (engines/llm/chat_formats.py), compiled by engines/llm/constrain.py.
 
-Formats with a grammar here: json_tools (`<tool_call>` JSON), mistral (`[TOOL_CALLS][…]`, the
-JSON-list form), llama3 (one bare JSON call), qwen3_coder, glm47 and minimax_m2 (tagged
-parameters, in the schema's order, the optional ones optional: a string is free text up to its
-closing tag, bounded by `maxLength` when the schema has one; an enum of strings is one of them;
-a plain number has no exponent; anything else is JSON under its schema), kimi_k2 (JSON
-arguments between its section tokens) and harmony (a `commentary` message to `functions.NAME`
-with JSON arguments; gpt-oss then ends its turn with `<|call|>`). The others (gemma4,
-function_gemma, pythonic, longcat, minicpm5, kimi_k3) write values in notations of their own
-(Python literals, `<|"|>`-quoted strings, typed XTML) that no schema-to-grammar translation
-covers here: a forced call for those models is generated in the json_tools format instead
-(`grammar_format`), and the edge parses it in that format.
+Formats with a grammar here: json_tools (`<tool_call>` JSON), mistral (`[TOOL_CALLS][…]` or
+`[TOOL_CALLS]NAME[ARGS]{…}`, whichever the model takes), llama3 (one bare JSON call),
+qwen3_coder, glm47 and minimax_m2 (tagged parameters, in the schema's order, the optional ones
+optional: a string is free text up to its closing tag, bounded by `maxLength` when the schema
+has one; an enum of strings is one of them; a plain number has no exponent; anything else is
+JSON under its schema), kimi_k2 (JSON arguments between its section tokens) and harmony (a
+`commentary` message to `functions.NAME` with JSON arguments; gpt-oss then ends its turn with
+`<|call|>`). The others (gemma4, function_gemma, pythonic, longcat, minicpm5, kimi_k3) write
+values in notations of their own (Python literals, `<|"|>`-quoted strings, typed XTML) that no
+schema-to-grammar translation covers here: a forced call for those models is generated in the
+json_tools format instead (`grammar_format`), and the edge parses it in that format.
 
 Invariants: every output the grammar accepts is read back by the format's parser
 (server/tool_formats/) as calls of the allowed functions with schema-valid arguments (in the
@@ -88,8 +88,14 @@ def _json_calls(fmt: str, functions: list[tuple[str, Any]], parallel: bool, tag:
     ]
     schema = options[0] if len(options) == 1 else {"anyOf": options}
     if fmt == "mistral":
+        # Either form Mistral's templates write: the model takes the one it was trained on.
         more = '(", " body)*' if parallel else ""
-        calls = f'{tag("[TOOL_CALLS]")} "[" body {more} "]"'
+        headers = f"({tag('[TOOL_CALLS]')} header)*" if parallel else ""
+        header = " | ".join(
+            f"{json.dumps(name)} {tag('[ARGS]')} %json {json.dumps(compact(parameters))}"
+            for name, parameters in functions
+        )
+        calls = f'{tag("[TOOL_CALLS]")} ("[" body {more} "]" | header {headers})\nheader: {header}'
     elif fmt == "llama3":
         calls = "body"  # Llama 3.x writes one bare call
     else:

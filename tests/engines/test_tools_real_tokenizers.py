@@ -287,6 +287,8 @@ RENDERED = {
     '"temperature": 21.5}}\n</tool_call>',
     "mistral": '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris", "days": 3, '
     '"temperature": 21.5}}]',
+    "mistral ([ARGS])": '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris", "days": 3, '
+    '"temperature": 21.5}',
     "llama3": '{"name": "get_weather", "parameters": {"city": "Paris", "days": 3, '
     '"temperature": 21.5}}',
     "qwen3_coder": "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
