@@ -6,12 +6,13 @@ Formats with a grammar here: json_tools (`<tool_call>` JSON), mistral (`[TOOL_CA
 qwen3_coder, glm47 and minimax_m2 (tagged parameters, in the schema's order, the optional ones
 optional: a string is free text up to its closing tag, bounded by `maxLength` when the schema
 has one; an enum of strings is one of them; a plain number has no exponent; anything else is
-JSON under its schema), kimi_k2 (JSON arguments between its section tokens) and harmony (a
+JSON under its schema), kimi_k2 (JSON arguments between its section tokens), harmony (a
 `commentary` message to `functions.NAME` with JSON arguments; gpt-oss then ends its turn with
-`<|call|>`). The others (gemma4, function_gemma, pythonic, longcat, minicpm5, kimi_k3) write
-values in notations of their own (Python literals, `<|"|>`-quoted strings, typed XTML) that no
-schema-to-grammar translation covers here: a forced call for those models is generated in the
-json_tools format instead (`grammar_format`), and the edge parses it in that format.
+`<|call|>`) and pythonic (`[f(k=value)]`, each value JSON, which the parser reads as Python). The
+others (gemma4, function_gemma, longcat, minicpm5, kimi_k3) write values in notations of their
+own (`<|"|>`-quoted strings, typed XTML) that no schema-to-grammar translation covers here: a
+forced call for those models is generated in the json_tools format instead (`grammar_format`),
+and the edge parses it in that format.
 
 Invariants: every output the grammar accepts is read back by the format's parser
 (server/tool_formats/) as calls of the allowed functions with schema-valid arguments (in the
@@ -32,6 +33,7 @@ from engines.llm.constrain import compact, lark_grammar
 
 GRAMMAR_FORMATS = (
     "json_tools", "mistral", "llama3", "qwen3_coder", "glm47", "minimax_m2", "kimi_k2", "harmony",
+    "pythonic",
 )  # fmt: skip
 
 
@@ -72,6 +74,8 @@ def tool_call_grammar(
         return lark_grammar(_kimi_calls(functions, parallel, tag))
     if fmt == "harmony":
         return lark_grammar(_harmony_call(functions, tag))
+    if fmt == "pythonic":
+        return lark_grammar(_python_calls(functions, parallel, tag))
     return lark_grammar(_json_calls(fmt, functions, parallel, tag))
 
 
@@ -204,6 +208,39 @@ def _kimi_calls(functions: list[tuple[str, Any]], parallel: bool, tag: Any) -> s
         f"start: {tag('<|tool_calls_section_begin|>')} call {more} "
         f"{tag('<|tool_calls_section_end|>')}\ncall: {' | '.join(calls)}\n"
     )
+
+
+def _python_calls(functions: list[tuple[str, Any]], parallel: bool, tag: Any) -> str:
+    """`[f(k=value, …), …]`, each value JSON under its schema (the pythonic parser reads JSON's
+    literals too): the required arguments in order, then the optional ones, each optional (with
+    none required, an argument only after the one before it)."""
+    rules = []
+    for f, (name, parameters) in enumerate(functions):
+        properties = parameters.get("properties") or {}
+        required = set(parameters.get("required") or [])
+        ordered = sorted(properties, key=lambda key: key not in required)
+        items = [
+            f"{json.dumps(key + '=')} {_python_value(properties[key] or {})}" for key in ordered
+        ]
+        needed = [item for key, item in zip(ordered, items, strict=True) if key in required]
+        optional = items[len(needed) :]
+        if needed:
+            body = ' ", " '.join(needed) + "".join(f' (", " {item})?' for item in optional)
+        elif optional:
+            body = "(" + optional[0] + "".join(f' (", " {item})?' for item in optional[1:]) + ")?"
+        else:
+            body = ""
+        rules.append(f'fn{f}: {json.dumps(name + "(")} {body} ")"')
+    function = " | ".join(f"fn{f}" for f in range(len(functions)))
+    more = '(", " call)*' if parallel else ""
+    start, end = tag("<|tool_call_start|>"), tag("<|tool_call_end|>")
+    return "\n".join([f'start: {start} "[" call {more} "]" {end}', f"call: {function}", *rules])
+
+
+def _python_value(schema: dict[str, Any]) -> str:
+    if set(schema) <= _PLAIN_KEYS and schema.get("type") in _PLAIN_NUMBERS:
+        return _PLAIN_NUMBERS[schema["type"]]  # read by ast: an exponent could overflow to inf
+    return f"%json {json.dumps(compact(schema))}"
 
 
 def _harmony_call(functions: list[tuple[str, Any]], tag: Any) -> str:

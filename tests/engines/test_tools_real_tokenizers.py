@@ -194,6 +194,7 @@ async def test_json_schema_numbers_close(served: str) -> None:
 # gpt-oss's and Kimi's markers are special tokens added to the vocabulary, so the grammar names
 # them by id and the engine must keep them in the text it emits (it skips special tokens).
 
+PYTHONIC_TOKENS = ("<|tool_call_start|>", "<|tool_call_end|>")
 HARMONY_TOKENS = ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|constrain|>")
 KIMI_TOKENS = (
     "<|tool_calls_section_begin|>",
@@ -212,6 +213,7 @@ FAMILIES = {
     "minimax_m2": (CHATML + "{# <minimax:tool_call> #}<|im_start|>assistant\n", ()),
     "kimi_k2": (CHATML + "{# <|tool_calls_section_begin|> #}<|im_start|>assistant\n", KIMI_TOKENS),
     "json_tools": (CHATML + "{# <tool_call> tool_call.name #}<|im_start|>assistant\n", ()),
+    "pythonic": (CHATML + "{# <|tool_call_start|> #}<|im_start|>assistant\n", PYTHONIC_TOKENS),
     "harmony": (CHATML + "{# <|channel|><|message|> #}<|start|>assistant", HARMONY_TOKENS),
 }
 
@@ -306,6 +308,8 @@ RENDERED = {
     "kimi_k2": "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
     '<|tool_call_argument_begin|>{"city": "Paris", "days": 3, "temperature": 21.5}'
     "<|tool_call_end|><|tool_calls_section_end|>",
+    "pythonic": '<|tool_call_start|>[get_weather(city="Paris", days=3, temperature=21.5)]'
+    "<|tool_call_end|>",
     "harmony": "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"
     '{"city": "Paris", "days": 3, "temperature": 21.5}',
 }
@@ -321,7 +325,7 @@ def grammar_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, An
     source = tmp_path_factory.mktemp("grammar-tok")
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy(store_entry(SMOLLM2.name) / name, source / name)
-    with_special_tokens(source, HARMONY_TOKENS + KIMI_TOKENS)
+    with_special_tokens(source, HARMONY_TOKENS + KIMI_TOKENS + PYTHONIC_TOKENS)
     tokenizer = load(source)
     return tokenizer, GrammarCompiler(tokenizer._tokenizer, 49152 + 16, [2])
 
@@ -372,7 +376,7 @@ ODD_TOOLS = [
 
 
 @pytest.mark.parametrize("fmt", ["json_tools", "mistral", "llama3", "qwen3_coder", "glm47",
-                                 "minimax_m2", "kimi_k2", "harmony"])  # fmt: skip
+                                 "minimax_m2", "kimi_k2", "harmony", "pythonic"])  # fmt: skip
 def test_forced_grammars_compile_for_any_schema(
     fmt: str, grammar_tokenizer: tuple[Any, Any]
 ) -> None:
