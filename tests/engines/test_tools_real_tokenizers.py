@@ -388,3 +388,22 @@ def test_forced_grammars_compile_for_any_schema(
     tags = {tag: vocab[tag] for tag in grammar_tags(fmt) if tag in vocab}
     for forced in (None, "no_parameters", "mixed"):
         compiler.check(tool_call_grammar(ODD_TOOLS, forced, True, fmt, tags), "tool_choice")
+
+
+def test_the_engine_keeps_only_the_formats_special_markers(
+    grammar_tokenizer: tuple[Any, Any],
+) -> None:
+    """Special tokens are skipped in emitted text, except the markers the model's format needs
+    (here harmony's): the same text the tokenizer gives with them kept, less the others."""
+    from engines.llm.chat_formats import hidden_special_ids
+    from engines.llm.detokenize import IncrementalDetokenizer
+
+    tokenizer, _ = grammar_tokenizer
+    assert hidden_special_ids(tokenizer, "json_tools", None) is None  # no special marker
+    hidden = hidden_special_ids(tokenizer, "harmony", None)
+    assert hidden is not None
+    text = "<|channel|>final<|message|>Hi<|im_end|> there<|tool_call_start|>"
+    tokens = tokenizer.encode(text, add_special_tokens=False)
+    detokenizer = IncrementalDetokenizer(tokenizer, hidden=hidden)
+    emitted = "".join(detokenizer.add(token) for token in tokens) + detokenizer.flush()
+    assert emitted == "<|channel|>final<|message|>Hi there"
