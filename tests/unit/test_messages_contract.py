@@ -514,6 +514,56 @@ async def test_claude_codes_first_request(
         assert response.json()["content"] == [{"type": "text", "text": "Hello there!"}]
 
 
+CLAUDE_CODE_2_1_332 = json.loads(
+    (Path(__file__).parent / "claude_code_2_1_332_first_request.json").read_text()
+)
+READ_CALL = '<tool_call>\n{"name": "Read", "arguments": {"file_path": "notes.txt"}}\n</tool_call>'
+
+
+async def test_claude_code_2_1_332_tool_round_trip(
+    http: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    """Claude Code 2.1.332's turn and its follow-up after running Read: its default model name
+    (served here under the fake's name), an empty `system` message carrying `output_config` after
+    the user turn, `thinking.display`; the call streams as a `tool_use` block whose
+    `input_json_delta`s assemble to the input, and the result reaches the template."""
+    capture = CLAUDE_CODE_2_1_332
+    body = {**capture["body"], "model": "fake"}
+    assert capture["body"]["model"] == "claude-opus-5-5"
+    assert body["thinking"] == {"type": "adaptive", "display": "omitted"}
+    assert body["messages"][1] == {
+        "role": "system",
+        "content": [],
+        "output_config": {"effort": "medium"},
+    }
+    fake_engine.reply = READ_CALL
+    response = await http.post(capture["path"], json=body, headers=capture["headers"])
+    assert response.status_code == 200, response.text
+    events = sse_events(response.text)
+    [start] = [data for name, data in events if name == "content_block_start"]
+    assert start["content_block"]["type"] == "tool_use" and start["content_block"]["name"] == "Read"
+    partial = "".join(
+        data["delta"]["partial_json"] for name, data in events if name == "content_block_delta"
+    )
+    assert json.loads(partial) == {"file_path": "notes.txt"}
+    [delta] = [data for name, data in events if name == "message_delta"]
+    assert delta["delta"]["stop_reason"] == "tool_use" and events[-1][0] == "message_stop"
+    assert prompt_of(fake_engine).startswith("<system>x-anthropic-billing-header")
+    assert prompt_of(fake_engine).count("<system>") == 1  # the empty system message adds none
+
+    fake_engine.reply = "The secret word is pineapple."
+    follow_up = {**body, "messages": capture["follow_up_messages"]}
+    response = await http.post(capture["path"], json=follow_up, headers=capture["headers"])
+    assert response.status_code == 200, response.text
+    text = "".join(
+        data["delta"].get("text", "") for name, data in sse_events(response.text)
+        if name == "content_block_delta"
+    )  # fmt: skip
+    assert text == "The secret word is pineapple."
+    result = capture["follow_up_messages"][3]["content"][0]["content"]
+    assert prompt_of(fake_engine).endswith("<assistant><tool>" + result)
+
+
 async def test_models_in_anthropics_shape_when_asked_with_anthropic_version(
     claude: AsyncAnthropic, http: httpx.AsyncClient
 ) -> None:
