@@ -5,8 +5,9 @@ Invariants: built and called only on the engine thread (it holds MLX arrays); `s
 returns plain numpy samples. A piece is read in one forward pass, so it must hold at most
 `MAX_PHONEMES` phonemes (Kokoro's 512 positions less the two boundary tokens): longer ones are
 cut there (engines/tts/text.py keeps pieces far below that). Kokoro's source module draws
-noise from MLX's global generator: it is seeded with `NOISE_SEED` before every piece, so the
-same text, voice and speed always give the same samples.
+noise from MLX's default generator: it is seeded with `NOISE_SEED` before every piece, so the
+same text, voice and speed always give the same samples. MLX's default generator is per thread
+(as of mlx 0.32), so this touches only the engine thread's own draws (a test checks it).
 """
 
 from __future__ import annotations
