@@ -30,6 +30,7 @@ from typing import Any, cast
 
 from engines.bridge import RequestStream
 from engines.errors import ContextTooLong, InvalidRequest, Overloaded
+from engines.llm.chat_formats import hidden_special_ids, model_formats
 from engines.llm.detokenize import TokenBytes
 from engines.llm.sequence import Choice, Vocabulary
 from engines.types import (
@@ -117,8 +118,11 @@ class SoloVLMEngine(EngineThread, VisionFront):
         # The event loop renders and tokenizes with its own copy: a Rust tokenizer used by two
         # threads at once can panic ("Already borrowed"); the processor's stays on this thread.
         self.tokenizer = copy.deepcopy(tokenizer)
-        self.vocabulary = Vocabulary(tokenizer, TokenBytes(tokenizer), self._eos_ids(tokenizer))
-        self.info = self.model_info(tokenizer, self._eos_ids(tokenizer))
+        info = self.info = self.model_info(tokenizer, self._eos_ids(tokenizer))
+        hidden = hidden_special_ids(
+            tokenizer, info.tool_format, info.think_tags if info.reasoning else None
+        )
+        self.vocabulary = Vocabulary(tokenizer, TokenBytes(tokenizer), info.eos_token_ids, hidden)
         logger.info("engine %s loaded vision-language model %s", self.name, self.path)
 
     def _eos_ids(self, tokenizer: Any) -> frozenset[int]:
@@ -131,12 +135,19 @@ class SoloVLMEngine(EngineThread, VisionFront):
         context = int(getattr(text_config, "max_position_embeddings", 0) or 4096)
         if self.limits.context_length:
             context = min(context, self.limits.context_length)
+        # The family's tool-call format and think tags, as for text models (Gemma 4's are its).
+        tool_format, think = model_formats(
+            tokenizer, bool(self.limits.chat_template), self.limits.tool_format
+        )
         return ChatModelInfo(
             name=self.name,
             path=str(self.path),
             context_length=context,
             eos_token_ids=eos,
             created=int(self.path.stat().st_mtime),
+            reasoning=think is not None or tool_format == "harmony",
+            think_tags=think or ChatModelInfo.think_tags,
+            tool_format=tool_format,
             untagged_tool_calls=self.limits.untagged_tool_calls,
             vision=True,
         )
