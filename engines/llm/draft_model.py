@@ -28,6 +28,7 @@ every rejection would cost more than drafting saves, so such a draft model is re
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from engines.llm.caches import CacheProfile
+from engines.llm.cpu_decode import decode_step
+from engines.llm.cpu_decode import install as install_cpu_decode
 from engines.llm.ragged_cache import RaggedKVCache
 from engines.llm.sequence import Choice
 from engines.llm.speculative import Drafts, RowResult, draft_keys, draft_room, record
@@ -46,9 +49,12 @@ PREFILL_CHUNK = 512  # prompt tokens per draft prefill pass
 class DraftModel:
     """The drafter of one engine's batch (see the module docstring)."""
 
-    def __init__(self, model: Any, probe: list[Any]) -> None:
-        """`probe`: a cache of this model filled by one pass (its layers' shapes and dtype)."""
+    def __init__(self, model: Any, probe: list[Any], cpu_decode: bool = False) -> None:
+        """`probe`: a cache of this model filled by one pass (its layers' shapes and dtype);
+        `cpu_decode`: its one-token passes are built inside `cpu_decode.decode_step` (the
+        rewrites are installed in it)."""
         self.model = model
+        self._cpu_decode = cpu_decode
         self.profile = CacheProfile.of(probe)  # its memory per row: admission adds it
         # Per layer: (1, kv heads, 0, head dim) of keys and of values, and their dtype.
         self._shapes = [
@@ -60,9 +66,12 @@ class DraftModel:
         self._drafted = 0  # K of the last proposal: each drafting row fed K - 1 drafts
 
     @classmethod
-    def load(cls, path: Path, vocab: int) -> DraftModel:
+    def load(cls, path: Path, vocab: int, cpu_decode: bool = False) -> DraftModel:
         """Load the draft model at `path` (on the calling thread: the engine thread); refuse one
-        whose caches cannot drop rejected drafts or whose logits are not `vocab` wide."""
+        whose caches cannot drop rejected drafts or whose logits are not `vocab` wide. With
+        `cpu_decode` (the target decodes with the CPU rewrites) the draft uses them too, where
+        its family allows: on a CPU its one-token passes cost mostly rotary embeddings and
+        attention, as the target's do."""
         from mlx_lm.utils import load
 
         model = load(str(path))[0]
@@ -79,7 +88,7 @@ class DraftModel:
                 f"draft model {path.name} has {width} logits, the model {vocab}: "
                 "a draft model must share the tokenizer"
             )
-        return cls(model, probe)
+        return cls(model, probe, cpu_decode and install_cpu_decode(model))
 
     # -- rows, as the DecodeBatch's ----------------------------------------------------------
 
@@ -138,7 +147,9 @@ class DraftModel:
         q: list[list[mx.array]] = [[] for _ in choices]
         for position in range(longest):
             if position:
-                logits = self.model(columns[-1][:, None], cache=self._cache)[:, -1]
+                offsets = self._cache[0].offset
+                with decode_step(offsets) if self._cpu_decode else nullcontext():
+                    logits = self.model(columns[-1][:, None], cache=self._cache)[:, -1]
             columns.append(_draw(logits, choices, wanted, keys, position, q))
         # Rows that did not draft were fed padding in the one-token passes: rewind it now.
         self._rewind([0 if want else longest - 1 for want in wanted])

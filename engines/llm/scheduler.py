@@ -108,7 +108,8 @@ class Scheduler:
             drafter = PromptLookup()
         elif config.speculative:
             vocab = model(mx.array([[0]])).shape[-1]  # a lazy pass: only its shape is read
-            drafter = self.draft_model = DraftModel.load(Path(config.speculative), vocab)
+            draft = DraftModel.load(Path(config.speculative), vocab, config.cpu_decode)
+            drafter = self.draft_model = draft
         self.batch = DecodeBatch(model, cpu_decode=config.cpu_decode, drafter=drafter)
         self._vocabulary = vocabulary
         self._new_sampler = new_sampler

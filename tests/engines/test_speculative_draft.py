@@ -155,12 +155,12 @@ def test_draft_models_that_cannot_draft_are_refused(
         scheduler(llama, str(tmp_path / "nothing-here"))
 
 
-async def test_the_engine_thread_drafts_with_a_draft_model(
-    target_dir: Path, perturbed_dir: Path
-) -> None:
+async def test_the_engine_thread_drafts_with_a_draft_model(target_dir: Path) -> None:
     """Through LLMEngine (the models-file options as ChatLimits): the draft model is loaded and
-    run on the engine thread; the per-request switch and the counters /metrics reads."""
-    limits = ChatLimits(speculative=str(perturbed_dir), speculative_tokens=4)
+    run on the engine thread, with the CPU decode rewrites the target uses on a CPU (the target
+    drafting for itself: every draft kept); the per-request switch; the counters /metrics
+    reads."""
+    limits = ChatLimits(speculative=str(target_dir), speculative_tokens=4)
     engine = LLMEngine("tiny", target_dir, prefill_chunk=16, limits=limits)
     engine.start()
     try:
@@ -172,7 +172,8 @@ async def test_the_engine_thread_drafts_with_a_draft_model(
         )
         assert with_drafts == without
         stats = engine.stats()
-        assert 0 < stats.accepted_drafts <= stats.drafted_tokens
+        assert engine.scheduler is not None and engine.scheduler.config.cpu_decode
+        assert 0 < stats.accepted_drafts == stats.drafted_tokens
         assert stats.decode_row_steps < stats.tokens_generated
     finally:
         engine.stop()
