@@ -62,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 _BEAT = object()  # inbox message: send an (empty) plan now
 BEAT_LIMIT_S = 1.0  # an idle plan unanswered this long (or 4 x the slowest seen) fails the group
+FIRST_STEP_ALLOWANCE_S = 60.0  # the watchdog's extra time for the first model step
 
 
 class GroupLost(EngineUnavailable):
@@ -134,6 +135,7 @@ class DistributedLLMEngine(LLMEngine):
         self._step_started: float | None = None
         self._slowest_s = 0.0
         self._beat_started: float | None = None  # leader: an idle heartbeat's plan in flight
+        self._stepped_model = False  # a model step has completed (the watchdog knows its pace)
         self._slowest_beat_s = 0.0
         self._watchdog = threading.Thread(target=self._watch, name=f"watchdog-{name}", daemon=True)
 
@@ -270,6 +272,7 @@ class DistributedLLMEngine(LLMEngine):
             self._apply(plan)
             if self.scheduler.has_work():
                 self.scheduler.step()
+                self._stepped_model = True
         finally:
             self._slowest_s = max(self._slowest_s, time.monotonic() - self._step_started)
             self._step_started = None
@@ -420,6 +423,8 @@ class DistributedLLMEngine(LLMEngine):
             time.sleep(min(0.1, options.heartbeat_s / 2))
             started, beat = self._step_started, self._beat_started
             limit = 2 * self._slowest_s + options.step_grace_s
+            if not self._stepped_model:  # no pace known yet: a first prefill chunk may be long
+                limit += FIRST_STEP_ALLOWANCE_S
             beat_limit = max(BEAT_LIMIT_S, 4 * self._slowest_beat_s)
             if not self.leader:
                 limit += options.heartbeat_s  # a follower waits for the leader's next plan too

@@ -330,3 +330,28 @@ def test_pipeline_over_nccl_is_refused() -> None:
     options = DistributedOptions(backend="nccl", hosts=("127.0.0.1",) * 2, pipeline=True)
     with pytest.raises(ValueError, match="NCCL has no send/recv"):
         DistributedLLMEngine("m", Path("/nowhere"), options)
+
+
+def test_serve_started_by_mlx_launch_as_a_later_rank_runs_a_follower(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import argparse
+
+    import server.__main__ as cli
+
+    ran: list[str] = []
+
+    def recorder(name: str) -> Any:
+        def run(settings: object) -> int:
+            ran.append(name)
+            return 0
+
+        return run
+
+    monkeypatch.setattr(cli, "_follower", recorder("follower"))
+    monkeypatch.setattr(cli, "_serve", recorder("serve"))
+    serve = argparse.Namespace(command="serve")
+    for rank in ("1", "0"):
+        monkeypatch.setenv("MLX_RANK", rank)  # what mlx.launch sets
+        assert cli._dispatch(serve, object(), None) == 0  # type: ignore[arg-type]
+    assert ran == ["follower", "serve"]
