@@ -8,16 +8,17 @@ optional: a string is free text up to its closing tag, bounded by `maxLength` wh
 has one; an enum of strings is one of them; a plain number has no exponent; anything else is
 JSON under its schema), kimi_k2 (JSON arguments between its section tokens), harmony (a
 `commentary` message to `functions.NAME` with JSON arguments; gpt-oss then ends its turn with
-`<|call|>`) and pythonic (`[f(k=value)]`, each value JSON, which the parser reads as Python). The
-others (gemma4, function_gemma, longcat, minicpm5, kimi_k3) write values in notations of their
-own (`<|"|>`-quoted strings, typed XTML) that no schema-to-grammar translation covers here: a
-forced call for those models is generated in the json_tools format instead (`grammar_format`),
-and the edge parses it in that format.
+`<|call|>`), pythonic (`[f(k=value)]`, each value JSON, which the parser reads as Python) and
+gemma4 (its `<|"|>`-quoted notation: engines/llm/gemma_grammar.py). The others
+(function_gemma, longcat, minicpm5, kimi_k3) write values in notations of their own
+(`<escape>`-quoted flat values, typed XTML, tagged values) that no schema-to-grammar
+translation covers here: a forced call for those models is generated in the json_tools format
+instead (`grammar_format`), and the edge parses it in that format.
 
 Invariants: every output the grammar accepts is read back by the format's parser
 (server/tool_formats/) as calls of the allowed functions with schema-valid arguments (in the
 tagged formats, string values are bounded by `maxLength` and an enum but no other string
-keyword); markers that are single tokens of the vocabulary are named as those tokens
+keyword; gemma4's notation enforces less: engines/llm/gemma_grammar.py says what); markers that are single tokens of the vocabulary are named as those tokens
 (`tag_tokens`): a grammar that spells them as text cannot accept the token the model was
 trained to emit.
 """
@@ -29,11 +30,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from engines.llm.chat_formats import DEFAULT_FORMAT, MARKERS
-from engines.llm.constrain import compact, lark_grammar
+from engines.llm.constrain import PLAIN_KEYS, PLAIN_NUMBERS, compact, lark_grammar, regex_text
+from engines.llm.gemma_grammar import gemma4_calls
 
 GRAMMAR_FORMATS = (
     "json_tools", "mistral", "llama3", "qwen3_coder", "glm47", "minimax_m2", "kimi_k2", "harmony",
-    "pythonic",
+    "pythonic", "gemma4",
 )  # fmt: skip
 
 
@@ -76,6 +78,8 @@ def tool_call_grammar(
         return lark_grammar(_harmony_call(functions, tag))
     if fmt == "pythonic":
         return lark_grammar(_python_calls(functions, parallel, tag))
+    if fmt == "gemma4":
+        return lark_grammar(gemma4_calls(functions, parallel, tag))
     return lark_grammar(_json_calls(fmt, functions, parallel, tag))
 
 
@@ -169,11 +173,11 @@ def _xml_value(rule: str, schema: dict[str, Any], closing: str, rules: list[str]
         repeat = f"{{0,{int(limit)}}}" if isinstance(limit, int) else "*"
         # Lazy: the value ends at the first closing tag (the parser reads it the same way).
         end, may, rest = closing.partition(_MAY)
-        rules.append(f"{rule}[lazy]: /(.|\\n){repeat}{_regex_text(end)}/")
+        rules.append(f"{rule}[lazy]: /(.|\\n){repeat}{regex_text(end)}/")
         return f"{rule} {_literal(may + rest)}" if may else rule
-    if set(schema) <= _PLAIN_KEYS and schema.get("type") in _PLAIN_NUMBERS:
+    if set(schema) <= PLAIN_KEYS and schema.get("type") in PLAIN_NUMBERS:
         # The parsers read such a value with float(): no exponent, which could overflow to inf.
-        return f"{_PLAIN_NUMBERS[schema['type']]} {_literal(closing)}"
+        return f"{PLAIN_NUMBERS[schema['type']]} {_literal(closing)}"
     return f"%json {json.dumps(compact(schema))} {_literal(closing)}"
 
 
@@ -181,19 +185,6 @@ def _literal(text: str) -> str:
     """`text` as a Lark sequence of strings, each `_MAY` an optional newline."""
     pieces = [f"{json.dumps(piece)} " if piece else "" for piece in text.split(_MAY)]
     return '"\\n"? '.join(pieces).strip() or '""'
-
-
-_PLAIN_KEYS = {"type", "description", "title"}
-_DIGITS = "(0|[1-9][0-9]{0,15})"
-_PLAIN_NUMBERS = {
-    "integer": f"/-?{_DIGITS}/",
-    "number": f"/-?{_DIGITS}(\\.[0-9]{{1,16}})?/",
-}
-
-
-def _regex_text(text: str) -> str:
-    """`text` as a Lark regex literal's content."""
-    return "".join("\\n" if c == "\n" else f"\\{c}" if c in "/\\.^$*+?()[]{}|" else c for c in text)
 
 
 def _kimi_calls(functions: list[tuple[str, Any]], parallel: bool, tag: Any) -> str:
@@ -238,8 +229,8 @@ def _python_calls(functions: list[tuple[str, Any]], parallel: bool, tag: Any) ->
 
 
 def _python_value(schema: dict[str, Any]) -> str:
-    if set(schema) <= _PLAIN_KEYS and schema.get("type") in _PLAIN_NUMBERS:
-        return _PLAIN_NUMBERS[schema["type"]]  # read by ast: an exponent could overflow to inf
+    if set(schema) <= PLAIN_KEYS and schema.get("type") in PLAIN_NUMBERS:
+        return PLAIN_NUMBERS[schema["type"]]  # read by ast: an exponent could overflow to inf
     return f"%json {json.dumps(compact(schema))}"
 
 

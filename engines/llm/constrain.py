@@ -43,6 +43,21 @@ def compact(schema: dict[str, Any]) -> dict[str, Any]:
     return {**schema, "x-guidance": {**_COMPACT, **schema.get("x-guidance", {})}}
 
 
+# Numbers written in text formats whose parsers read them with float() or Python's parser: no
+# exponent (1e999 would read as inf), runs of digits bounded as MAX_DIGITS bounds JSON's.
+PLAIN_KEYS = {"type", "description", "title"}  # a schema with only these: a plain number
+_PLAIN_DIGITS = "(0|[1-9][0-9]{0,15})"
+PLAIN_NUMBERS = {
+    "integer": f"/-?{_PLAIN_DIGITS}/",
+    "number": f"/-?{_PLAIN_DIGITS}(\\.[0-9]{{1,16}})?/",
+}
+
+
+def regex_text(text: str) -> str:
+    """`text` as literal content of a Lark regex."""
+    return "".join("\\n" if c == "\n" else f"\\{c}" if c in "/\\.^$*+?()[]{}|" else c for c in text)
+
+
 def json_schema_grammar(schema: dict[str, Any]) -> str:
     import llguidance
 

@@ -23,6 +23,7 @@ import pytest
 from mlx.utils import tree_flatten
 from openai import AsyncOpenAI
 
+from engines.llm.call_grammars import GRAMMAR_FORMATS
 from engines.llm.engine import LLMEngine
 from engines.pool import EnginePool
 from engines.types import ChatLimits
@@ -195,6 +196,7 @@ async def test_json_schema_numbers_close(served: str) -> None:
 # them by id and the engine must keep them in the text it emits (it skips special tokens).
 
 PYTHONIC_TOKENS = ("<|tool_call_start|>", "<|tool_call_end|>")
+GEMMA4_TOKENS = ("<|tool_call>", "<tool_call|>", '<|"|>')
 HARMONY_TOKENS = ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|constrain|>")
 KIMI_TOKENS = (
     "<|tool_calls_section_begin|>",
@@ -214,6 +216,7 @@ FAMILIES = {
     "kimi_k2": (CHATML + "{# <|tool_calls_section_begin|> #}<|im_start|>assistant\n", KIMI_TOKENS),
     "json_tools": (CHATML + "{# <tool_call> tool_call.name #}<|im_start|>assistant\n", ()),
     "pythonic": (CHATML + "{# <|tool_call_start|> #}<|im_start|>assistant\n", PYTHONIC_TOKENS),
+    "gemma4": (CHATML + "{# <|tool_call> <tool_call|> #}<|im_start|>assistant\n", GEMMA4_TOKENS),
     "harmony": (CHATML + "{# <|channel|><|message|> #}<|start|>assistant", HARMONY_TOKENS),
 }
 
@@ -310,6 +313,8 @@ RENDERED = {
     "<|tool_call_end|><|tool_calls_section_end|>",
     "pythonic": '<|tool_call_start|>[get_weather(city="Paris", days=3, temperature=21.5)]'
     "<|tool_call_end|>",
+    "gemma4": '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:3,temperature:21.5}'
+    "<tool_call|>",
     "harmony": "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"
     '{"city": "Paris", "days": 3, "temperature": 21.5}',
 }
@@ -325,7 +330,7 @@ def grammar_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, An
     source = tmp_path_factory.mktemp("grammar-tok")
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy(store_entry(SMOLLM2.name) / name, source / name)
-    with_special_tokens(source, HARMONY_TOKENS + KIMI_TOKENS + PYTHONIC_TOKENS)
+    with_special_tokens(source, HARMONY_TOKENS + KIMI_TOKENS + PYTHONIC_TOKENS + GEMMA4_TOKENS)
     tokenizer = load(source)
     return tokenizer, GrammarCompiler(tokenizer._tokenizer, 49152 + 16, [2])
 
@@ -375,14 +380,12 @@ ODD_TOOLS = [
 ]
 
 
-@pytest.mark.parametrize("fmt", ["json_tools", "mistral", "llama3", "qwen3_coder", "glm47",
-                                 "minimax_m2", "kimi_k2", "harmony", "pythonic"])  # fmt: skip
+@pytest.mark.parametrize("fmt", GRAMMAR_FORMATS)
 def test_forced_grammars_compile_for_any_schema(
     fmt: str, grammar_tokenizer: tuple[Any, Any]
 ) -> None:
-    from engines.llm.call_grammars import GRAMMAR_FORMATS, grammar_tags, tool_call_grammar
+    from engines.llm.call_grammars import grammar_tags, tool_call_grammar
 
-    assert fmt in GRAMMAR_FORMATS
     tokenizer, compiler = grammar_tokenizer
     vocab = tokenizer.get_vocab()
     tags = {tag: vocab[tag] for tag in grammar_tags(fmt) if tag in vocab}

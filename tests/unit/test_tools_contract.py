@@ -288,7 +288,8 @@ async def test_a_familys_own_format_comes_back_as_tool_calls(
     [
         ("qwen3_coder", "<function=get_weather>"),
         ("harmony", "commentary to=functions.get_weather "),
-        ("gemma4", '"<tool_call>"'),  # no grammar of its own: forced in the json_tools form
+        ("gemma4", '"call:get_weather"'),
+        ("function_gemma", '"<tool_call>"'),  # no grammar of its own: forced as json_tools
     ],
 )
 async def test_a_forced_call_is_constrained_in_the_familys_format(
@@ -296,7 +297,7 @@ async def test_a_forced_call_is_constrained_in_the_familys_format(
 ) -> None:
     assert fake_engine.info is not None
     fake_engine.info = dataclasses.replace(fake_engine.info, tool_format=tool_format)
-    fake_engine.reply = CALL  # json_tools: how the gemma4 model is forced to write it
+    fake_engine.reply = CALL  # json_tools: how the function_gemma model is forced to write it
     body = chat_body(
         tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}
     )
@@ -304,6 +305,6 @@ async def test_a_forced_call_is_constrained_in_the_familys_format(
     assert response.status_code == 200
     grammar = fake_engine.requests[-1].grammar or ""
     assert written_as in grammar
-    if tool_format == "gemma4":
+    if tool_format == "function_gemma":
         message = response.json()["choices"][0]["message"]
         assert message["tool_calls"][0]["function"]["name"] == "get_weather"
