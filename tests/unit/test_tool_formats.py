@@ -16,6 +16,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engines.llm.chat_formats import SECTIONS, think_tags, tool_format
 from server.tool_formats import call_parser
@@ -290,3 +292,71 @@ def test_a_models_file_names_the_format(tmp_path: Any) -> None:
     path.write_text('[[models]]\nname = "m"\nsource = "x"\ntool_format = "hermes"\n')
     with pytest.raises(ConfigError, match=r"unknown tool_format 'hermes'; one of: .*qwen3_coder"):
         load_models_file(path)
+
+
+# -- generated calls: any arguments, rendered as each family's template writes them -------------
+
+ARGUMENTS = st.fixed_dictionaries(
+    {"city": st.text(st.characters(blacklist_characters="<>\r", blacklist_categories=("Cs",)))},
+    optional={
+        "days": st.integers(-(10**6), 10**6),
+        "metric": st.booleans(),
+        "hours": st.lists(st.integers(0, 23), max_size=4),
+    },
+)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _gemma4(value: Any) -> str:
+    if isinstance(value, str):
+        return f'<|"|>{value}<|"|>'
+    return json.dumps(value).replace(" ", "")
+
+
+RENDERERS = {
+    "qwen3_coder": lambda a: (
+        "<tool_call>\n<function=get_weather>\n"
+        + "".join(f"<parameter={k}>\n{_text(v)}\n</parameter>\n" for k, v in a.items())
+        + "</function>\n</tool_call>"
+    ),
+    "glm47": lambda a: (
+        "<tool_call>get_weather\n"
+        + "".join(
+            f"<arg_key>{k}</arg_key>\n<arg_value>{_text(v)}</arg_value>\n" for k, v in a.items()
+        )
+        + "</tool_call>"
+    ),
+    "minimax_m2": lambda a: (
+        '<minimax:tool_call>\n<invoke name="get_weather">\n'
+        + "".join(f'<parameter name="{k}">{_text(v)}</parameter>\n' for k, v in a.items())
+        + "</invoke>\n</minimax:tool_call>"
+    ),
+    "kimi_k2": lambda a: (
+        "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
+        f"<|tool_call_argument_begin|>{json.dumps(a)}<|tool_call_end|><|tool_calls_section_end|>"
+    ),
+    "mistral": lambda a: f"[TOOL_CALLS]get_weather[ARGS]{json.dumps(a)}",
+    "gemma4": lambda a: (
+        "<|tool_call>call:get_weather{"
+        + ",".join(f"{k}:{_gemma4(v)}" for k, v in a.items())
+        + "}<tool_call|>"
+    ),
+    "json_tools": lambda a: (
+        f'<tool_call>\n{{"name": "get_weather", "arguments": {json.dumps(a)}}}\n</tool_call>'
+    ),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(RENDERERS))
+@settings(max_examples=30, deadline=None)
+@given(arguments=ARGUMENTS, cut=st.floats(0, 1))
+def test_generated_calls_as_mlx_lm_reads_them(fmt: str, arguments: Any, cut: float) -> None:
+    text = "Checking. " + RENDERERS[fmt](arguments)
+    expected = reference(fmt, text)
+    at = int(cut * len(text))
+    for pieces in ([text], [text[:at], text[at:]]):
+        content, calls = ours(fmt, pieces)
+        assert (content, model_ids(calls)) == expected
