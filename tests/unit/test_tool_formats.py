@@ -296,14 +296,15 @@ def test_a_models_file_names_the_format(tmp_path: Any) -> None:
 
 # -- generated calls: any arguments, rendered as each family's template writes them -------------
 
-ARGUMENTS = st.fixed_dictionaries(
-    {"city": st.text(st.characters(blacklist_characters="<>\r", blacklist_categories=("Cs",)))},
-    optional={
-        "days": st.integers(-(10**6), 10**6),
-        "metric": st.booleans(),
-        "hours": st.lists(st.integers(0, 23), max_size=4),
-    },
+CITY: st.SearchStrategy[Any] = st.text(
+    st.characters(blacklist_characters="<>\r", blacklist_categories=["Cs"])
 )
+OPTIONAL: dict[str, st.SearchStrategy[Any]] = {
+    "days": st.integers(-(10**6), 10**6),
+    "metric": st.booleans(),
+    "hours": st.lists(st.integers(0, 23), max_size=4),
+}
+ARGUMENTS = st.fixed_dictionaries({"city": CITY}, optional=OPTIONAL)
 
 
 def _text(value: Any) -> str:
