@@ -23,7 +23,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
-from engines.weights.gguf_architectures import ARCHITECTURES, TOP_NAMES, GGUFArchitecture
+from engines.weights.gguf_architectures import (
+    ARCHITECTURES,
+    TOP_NAMES,
+    GGUFArchitecture,
+    UnsupportedGGUF,
+    rope_scaling,
+)
 from engines.weights.gguf_tokenizer import build_tokenizer
 from engines.weights.store import staged
 
@@ -280,7 +286,13 @@ def _model_config(
         config["eos_token_id"] = int(metadata["tokenizer.ggml.eos_token_id"])
     if "tokenizer.ggml.bos_token_id" in metadata:
         config["bos_token_id"] = int(metadata["tokenizer.ggml.bos_token_id"])
-    spec.extra_config(config, metadata, tensors)
+    try:
+        scaling = rope_scaling(arch, metadata)
+        spec.extra_config(config, metadata, tensors)
+    except UnsupportedGGUF as exc:
+        raise GGUFImportError(f"unsupported GGUF: {exc}") from exc
+    if scaling is not None:
+        config["rope_scaling"] = scaling
     return config
 
 

@@ -42,9 +42,17 @@ GEMMA3_LAYER_NAMES = {
 }
 TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
-# Every gemma3 model has global attention on every 6th layer, sliding windows elsewhere, and a
-# local rope base of 10000 (llama.cpp's loader sets them too; the GGUF does not carry them).
-_GEMMA3_FIXED = {"sliding_window_pattern": 6, "rope_local_base_freq": 10000.0}
+# llama.cpp's gemma3 defaults when the GGUF does not say: global attention on every 6th layer,
+# sliding windows elsewhere with a rope base of 10000; the 27B (62 layers) scales queries by
+# hidden / heads instead of the head size (llama.cpp's models/gemma3.cpp, gemma_pytorch).
+_GEMMA3_PATTERN = 6
+_GEMMA3_LOCAL_ROPE_BASE = 10000.0
+_GEMMA3_27B_LAYERS = 62
+
+
+class UnsupportedGGUF(ValueError):
+    """The GGUF needs something mlx-lm's model for its architecture does not do."""
+
 
 Metadata = dict[str, Any]
 Config = dict[str, Any]
@@ -60,13 +68,41 @@ def _no_extra(config: Config, metadata: Metadata, tensors: Mapping[str, Any]) ->
 
 
 def _gemma3(config: Config, metadata: Metadata, tensors: Mapping[str, Any]) -> None:
-    """mlx-lm's gemma3_text arguments: query scale from the head size, windows, eos per turn."""
-    config.update(_GEMMA3_FIXED)
-    config["query_pre_attn_scalar"] = config["head_dim"]
-    config["sliding_window"] = int(metadata["gemma3.attention.sliding_window"])
+    """mlx-lm's gemma3_text arguments, with llama.cpp's defaults for what the file omits."""
+    if float(metadata.get("gemma3.final_logit_softcapping") or 0.0) != 0.0:
+        raise UnsupportedGGUF("gemma3 with final logit softcapping (mlx-lm's gemma3_text has none)")
+    pattern = metadata.get("gemma3.attention.sliding_window_pattern", _GEMMA3_PATTERN)
+    if not isinstance(pattern, int):
+        raise UnsupportedGGUF("gemma3 with a per-layer sliding-window pattern")
+    window = int(metadata.get("gemma3.attention.sliding_window") or 0)
+    config["sliding_window_pattern"] = pattern if window > 0 else 1  # 1: every layer global
+    config["sliding_window"] = window if window > 0 else config["max_position_embeddings"]
+    config["rope_local_base_freq"] = float(
+        metadata.get("gemma3.rope.freq_base_swa") or _GEMMA3_LOCAL_ROPE_BASE
+    )
+    if config["num_hidden_layers"] == _GEMMA3_27B_LAYERS:
+        config["query_pre_attn_scalar"] = config["hidden_size"] // config["num_attention_heads"]
+    else:
+        config["query_pre_attn_scalar"] = config["head_dim"]
     tokens = list(metadata.get("tokenizer.ggml.tokens") or [])
     if "<end_of_turn>" in tokens and "eos_token_id" in config:  # instruction-tuned turns end so
         config["eos_token_id"] = [config["eos_token_id"], tokens.index("<end_of_turn>")]
+
+
+def rope_scaling(arch: str, metadata: Metadata) -> dict[str, Any] | None:
+    """mlx-lm's `rope_scaling` from the GGUF's (linear only; gemma3 applies it to its global
+    layers, as llama.cpp does); other kinds are refused."""
+    kind = metadata.get(f"{arch}.rope.scaling.type") or "none"
+    factor = float(
+        metadata.get(f"{arch}.rope.scaling.factor")
+        or metadata.get(f"{arch}.rope.scale_linear")
+        or 1.0
+    )
+    if kind == "none" or factor == 1.0:
+        return None
+    if kind != "linear":
+        raise UnsupportedGGUF(f"{arch} with {kind!r} rope scaling (only linear is converted)")
+    return {"rope_type": "linear", "factor": factor}
 
 
 @dataclass(frozen=True)
@@ -91,7 +127,7 @@ ARCHITECTURES = {
         "Gemma3ForCausalLM",
         GEMMA3_LAYER_NAMES,
         norms_plus_one=True,
-        required=("attention.key_length", "attention.sliding_window"),
+        required=("attention.key_length",),
         extra_config=_gemma3,
     ),
 }

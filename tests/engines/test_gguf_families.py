@@ -15,7 +15,7 @@ import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.utils import load
 
-from engines.weights.gguf import import_gguf
+from engines.weights.gguf import GGUFImportError, import_gguf
 from tests.families import family_config
 from tests.tiny import EOS_ID, VOCAB, tiny_metadata
 
@@ -40,7 +40,9 @@ def tiny(family: str) -> tuple[Any, dict[str, Any]]:
     return model, config
 
 
-def write_like_llama_cpp(model: Any, config: dict[str, Any], arch: str, path: Path) -> Path:
+def write_like_llama_cpp(
+    model: Any, config: dict[str, Any], arch: str, path: Path, yarn: bool = False
+) -> Path:
     import gguf
 
     layers = int(config["num_hidden_layers"])
@@ -57,6 +59,9 @@ def write_like_llama_cpp(model: Any, config: dict[str, Any], arch: str, path: Pa
     writer.add_value_length(int(config["head_dim"]))
     writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
     writer.add_rope_freq_base(float(config["rope_theta"]))
+    if yarn:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(4.0)
     meta = tiny_metadata()
     writer.add_tokenizer_model(meta["tokenizer.ggml.model"])
     writer.add_tokenizer_pre(meta["tokenizer.ggml.pre"])
@@ -90,3 +95,12 @@ def test_imported_logits_match_mlx_lm(family: str, tmp_path: Path) -> None:
     assert tokenizer.decode(tokenizer.encode("the winter", add_special_tokens=False)) == (
         "the winter"
     )
+
+
+def test_rope_scaling_other_than_linear_is_refused_in_one_line(tmp_path: Path) -> None:
+    source, config = tiny("qwen3")
+    path = write_like_llama_cpp(source, config, "qwen3", tmp_path / "yarn.gguf", yarn=True)
+    with pytest.raises(GGUFImportError, match="qwen3 with 'yarn' rope scaling") as raised:
+        import_gguf(path, tmp_path / "out", dequantize=True)
+    assert "\n" not in str(raised.value)
+    assert not (tmp_path / "out").exists()

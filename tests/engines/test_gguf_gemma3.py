@@ -24,8 +24,8 @@ SCORES = [0.0] * 260 + [-10.0, -10.0, -10.0, -10.0, -3.0, -2.0, -1.0, -10.0, -4.
 TYPES = [3, 3, 3, 2] + [6] * 256 + [1] * len(PIECES) + [4]
 
 
-def tiny_gemma3() -> tuple[object, dict[str, object]]:
-    config = {**family_config("gemma3_text"), "vocab_size": len(TOKENS)}
+def tiny_gemma3(**overrides: object) -> tuple[object, dict[str, object]]:
+    config = {**family_config("gemma3_text"), "vocab_size": len(TOKENS), **overrides}
     config["sliding_window_pattern"] = 6  # as every gemma3 (the importer assumes it)
     config["num_hidden_layers"] = 6  # gemma3_text needs one global layer per pattern
     module = importlib.import_module("mlx_lm.models.gemma3_text")
@@ -53,6 +53,11 @@ def write_gemma3_gguf(model: object, config: dict[str, object], path: Path) -> P
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_freq_base(10000.0)
     writer.add_sliding_window(WINDOW)
+    if "rope_local_base_freq" in config:
+        writer.add_rope_freq_base_swa(float(config["rope_local_base_freq"]))  # type: ignore[arg-type]
+    if "rope_scaling" in config:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(config["rope_scaling"]["factor"])  # type: ignore[index]
     writer.add_tokenizer_model("llama")
     writer.add_token_list(TOKENS)
     writer.add_token_scores(SCORES)
@@ -82,6 +87,23 @@ def write_gemma3_gguf(model: object, config: dict[str, object], path: Path) -> P
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+# The long-context gemma3s (4B and up) scale their global layers' rope linearly; a GGUF may name
+# its own local rope base. Both must reach mlx-lm's config, or positions drift.
+LONG_CONTEXT = {"rope_scaling": {"rope_type": "linear", "factor": 8.0}, "rope_local_base_freq": 2e4}
+
+
+def test_rope_settings_in_the_gguf_reach_the_model(tmp_path: Path) -> None:
+    source, config = tiny_gemma3(**LONG_CONTEXT)
+    path = write_gemma3_gguf(source, config, tmp_path / "long.gguf")
+    imported, _ = load(str(import_gguf(path, tmp_path / "store" / "long", dequantize=True)))
+    tokens = mx.array([[2, *range(266, 269), *range(40, 60)]])  # past the 8-token window
+    np.testing.assert_allclose(
+        np.array(imported(tokens)), np.array(source(tokens)), atol=1e-4, rtol=1e-4
+    )
+    plain, _ = tiny_gemma3()
+    assert not np.allclose(np.array(plain(tokens)), np.array(source(tokens)), atol=1e-3)
 
 
 def test_a_gemma3_gguf_imports_with_matching_logits_and_tokenizer(tmp_path: Path) -> None:
