@@ -23,10 +23,10 @@ Invariants:
   restarts to re-form the group: it re-executes itself when it started its followers, else it
   exits with status 3 for its launcher or service manager to restart every rank.
 - While idle, the leader sends an empty plan every `heartbeat_s` and fails the group when one
-  goes unanswered for `BEAT_LIMIT_S` (a peer lost mid-collective can leave MLX's ring waiting
-  for good), so a peer lost between requests is noticed within 2 s, and followers notice a lost
-  leader; the leader also watches the followers it started itself and fails the group the
-  moment one exits.
+  goes unanswered (engines/distributed/watchdog.py: a peer lost mid-collective can leave MLX's
+  ring waiting for good), so a peer lost between requests is noticed within 2 s, and followers
+  notice a lost leader; the leader also watches the followers it started itself and fails the
+  group the moment one exits.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from engines.distributed.group import (
 )
 from engines.distributed.plan import PlanChannel, StepPlan, TokenDigest
 from engines.distributed.sinks import FollowerSink, LeaderSink
+from engines.distributed.watchdog import StepClock
 from engines.errors import EngineFailed, EngineUnavailable
 from engines.llm.engine import LLMEngine
 from engines.llm.prefix_cache import PrefixCache
@@ -61,8 +62,6 @@ from engines.types import ChatLimits, EngineStats, ErrorEvent
 logger = logging.getLogger(__name__)
 
 _BEAT = object()  # inbox message: send an (empty) plan now
-BEAT_LIMIT_S = 1.0  # an idle plan unanswered this long (or 4 x the slowest seen) fails the group
-FIRST_STEP_ALLOWANCE_S = 60.0  # the watchdog's extra time for the first model step
 
 
 class GroupLost(EngineUnavailable):
@@ -132,11 +131,7 @@ class DistributedLLMEngine(LLMEngine):
         self._beat_due = False
         self._stop_sent = False
         self._shutting_down = False  # stop() was called: followers exit, nothing restarts
-        self._step_started: float | None = None
-        self._slowest_s = 0.0
-        self._beat_started: float | None = None  # leader: an idle heartbeat's plan in flight
-        self._stepped_model = False  # a model step has completed (the watchdog knows its pace)
-        self._slowest_beat_s = 0.0
+        self.clock = StepClock(options.step_grace_s, options.heartbeat_s, self.leader)
         self._watchdog = threading.Thread(target=self._watch, name=f"watchdog-{name}", daemon=True)
 
     @property
@@ -257,7 +252,8 @@ class DistributedLLMEngine(LLMEngine):
 
     def step(self) -> None:
         assert self.scheduler is not None and self.channel is not None
-        self._step_started = time.monotonic()
+        self.clock.start_step()
+        ran_model = False
         try:
             if self.leader:
                 plan = self._next_plan()
@@ -272,21 +268,19 @@ class DistributedLLMEngine(LLMEngine):
             self._apply(plan)
             if self.scheduler.has_work():
                 self.scheduler.step()
-                self._stepped_model = True
+                ran_model = True
         finally:
-            self._slowest_s = max(self._slowest_s, time.monotonic() - self._step_started)
-            self._step_started = None
+            self.clock.end_step(ran_model)
 
     def _send_heartbeat(self, plan: StepPlan) -> None:
         """An idle plan, timed on its own: a peer lost in the middle of a collective can leave
         MLX's ring waiting for good, and an idle plan of 20 bytes has no reason to be slow."""
         assert self.channel is not None
-        self._beat_started = time.monotonic()
+        self.clock.start_beat()
         try:
             self.channel.send(plan)
         finally:
-            self._slowest_beat_s = max(self._slowest_beat_s, time.monotonic() - self._beat_started)
-            self._beat_started = None
+            self.clock.end_beat()
 
     def _next_plan(self) -> StepPlan:
         with self._lock:
@@ -397,7 +391,7 @@ class DistributedLLMEngine(LLMEngine):
         idle_s = time.monotonic() - self.last_progress
         return (
             self.leader
-            and self._step_started is None
+            and self.clock.step_started is None
             and not self._beat_due
             and (idle_s >= self.options.heartbeat_s)
         )
@@ -418,24 +412,13 @@ class DistributedLLMEngine(LLMEngine):
 
     def _watch(self) -> None:
         """The step watchdog (and, on the leader, the idle heartbeat)."""
-        options = self.options
         while self.fault is None and not self._stopped.is_set():
-            time.sleep(min(0.1, options.heartbeat_s / 2))
-            started, beat = self._step_started, self._beat_started
-            limit = 2 * self._slowest_s + options.step_grace_s
-            if not self._stepped_model:  # no pace known yet: a first prefill chunk may be long
-                limit += FIRST_STEP_ALLOWANCE_S
-            beat_limit = max(BEAT_LIMIT_S, 4 * self._slowest_beat_s)
-            if not self.leader:
-                limit += options.heartbeat_s  # a follower waits for the leader's next plan too
+            time.sleep(min(0.1, self.options.heartbeat_s / 2))
             stopping = self._shutting_down or self._stop_sent  # followers exit when told to
-            exited = None if stopping else self.followers.first_exited()
-            if exited is not None:
-                self.lose_group(exited)
-            elif beat is not None and time.monotonic() - beat > beat_limit:
-                self.lose_group(f"an idle plan got no answer for {beat_limit:.1f} s (a peer lost)")
-            elif started is not None and time.monotonic() - started > limit:
-                self.lose_group(f"a step made no progress for {limit:.1f} s (a peer hung)")
+            lost = None if stopping else self.followers.first_exited()
+            lost = lost or self.clock.overdue()
+            if lost is not None:
+                self.lose_group(lost)
             elif self._heartbeat_due():
                 self.post(_BEAT)
 

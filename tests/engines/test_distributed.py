@@ -329,12 +329,13 @@ def test_a_peer_lost_while_idle_is_seen_within_2_s_and_the_group_reforms(shared:
 
 
 def stream_until_error(server: Server, fault: Callable[[], None]) -> tuple[str, float]:
-    """Start a long stream, apply `fault` after its first chunk; the error message and the
-    seconds from the fault to the error event."""
+    """Start a long stream, apply `fault` after its third chunk (the first steps have set the
+    watchdog's pace); the error message and the seconds from the fault to the error event."""
     body = {"model": "long", "prompt": PROMPTS[0], "max_tokens": 3000, "stream": True}
     with server.client.stream("POST", "/v1/completions", json=body) as response:
         lines = (line for line in response.iter_lines() if line.startswith("data:"))
-        next(lines)
+        for _ in range(3):
+            next(lines)
         fault()
         started = time.monotonic()
         for line in lines:

@@ -23,6 +23,7 @@ from engines.distributed.group import (
 )
 from engines.distributed.plan import PlanChannel, PlanMismatch, StepPlan, TokenDigest
 from engines.distributed.shard import place
+from engines.distributed.watchdog import StepClock
 from engines.llm.distributed import DistributedLLMEngine, DistributedOptions, replicable
 from engines.types import ChatLimits, GenerationRequest, SamplingParams
 from server.service import ClusterRank, ServiceOptions, plan
@@ -355,3 +356,42 @@ def test_serve_started_by_mlx_launch_as_a_later_rank_runs_a_follower(
         monkeypatch.setenv("MLX_RANK", rank)  # what mlx.launch sets
         assert cli._dispatch(serve, object(), None) == 0  # type: ignore[arg-type]
     assert ran == ["follower", "serve"]
+
+
+# -- the step watchdog's limits -------------------------------------------------------------
+
+
+def test_a_first_model_step_gets_extra_time_then_the_pace_sets_the_limit() -> None:
+    clock = StepClock(grace_s=2.0, heartbeat_s=0.25, leader=True)
+    clock.start_step()
+    assert clock.step_started is not None
+    started = clock.step_started
+    assert clock.overdue(started + 30.0) is None  # no pace known: a long first prefill is fine
+    assert "no progress for 62.0 s" in str(clock.overdue(started + 63.0))
+    clock.step_started = started - 0.5  # the first model step took 0.5 s
+    clock.end_step(ran_model=True)
+    assert clock.paced and 0.5 <= clock.slowest_step_s < 1.0
+    clock.start_step()
+    assert clock.step_started is not None
+    limit = clock.step_limit_s()  # 2 x 0.5 + 2
+    assert 3.0 <= limit < 4.0
+    assert clock.overdue(clock.step_started + limit - 0.1) is None
+    assert "a peer hung" in str(clock.overdue(clock.step_started + limit + 0.1))
+
+
+def test_an_idle_plan_unanswered_for_a_second_is_a_lost_peer() -> None:
+    clock = StepClock(grace_s=10.0, heartbeat_s=0.25, leader=True)
+    clock.start_step()
+    clock.start_beat()
+    assert clock.beat_started is not None
+    assert clock.overdue(clock.beat_started + 0.9) is None
+    assert "an idle plan got no answer for 1.0 s" in str(clock.overdue(clock.beat_started + 1.1))
+    clock.beat_started -= 0.5  # a slow machine: that plan took 0.5 s, the limit grows to 2 s
+    clock.end_beat()
+    assert clock.beat_limit_s() >= 2.0
+
+
+def test_a_follower_also_waits_for_the_next_plan() -> None:
+    leader = StepClock(grace_s=2.0, heartbeat_s=0.25, leader=True)
+    follower = StepClock(grace_s=2.0, heartbeat_s=0.25, leader=False)
+    assert follower.step_limit_s() == leader.step_limit_s() + 0.25
