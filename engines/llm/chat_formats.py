@@ -1,9 +1,9 @@
 """Which format a model writes tool calls and reasoning in, read once at load from its chat
 template and vocabulary by mlx-lm 0.32's own rules (mlx_lm/tokenizer_utils.py:
-`_infer_tool_parser`, `_infer_thinking`), plus three of ours where mlx-lm has no parser.
+`_infer_tool_parser`, `_infer_thinking`), plus two of ours where mlx-lm has no parser.
 
 The names are mlx-lm's tool-parser module names; the HTTP edge parses each
-(server/tool_formats/) and the forced-call grammar follows it (engines/llm/constrain.py):
+(server/tool_formats/) and the forced-call grammar follows it (engines/llm/call_grammars.py):
 - json_tools: `<tool_call>{"name": …, "arguments": {…}}</tool_call>` (Qwen2.5/Qwen3, Hermes;
   also what the generic tool prompt asks of templates without tools: the default).
 - qwen3_coder: `<tool_call><function=NAME><parameter=KEY>value</parameter>…</function></tool_call>`.
