@@ -6,6 +6,7 @@ Used where no real weights can be fetched (the lent GPU machine reaches no regis
 - `gemma3-1b`: Gemma-3-1B (mlx-lm's `gemma3_text`: hidden 1152, 26 layers, 4/1 heads of 256,
   FFN 6912, sliding window 512 on five layers of every six, tied embeddings, 262,144-row
   vocabulary), the sliding-window family of issue 21;
+- `smol-gemma3`: the same family at SmolLM2-135M's size with its vocabulary, for CPU runs;
 - `tiny-llama`, `tiny-gemma3`: the same families a few MB large, for smoke runs on a CPU
   (the tiny Gemma's window is 32, so it rotates within a short prompt).
 
@@ -73,11 +74,27 @@ GEMMA3_1B: dict[str, Any] = {
     "vocab_size": 262144,
 }
 
+# SmolLM2-135M's size (hidden 576, 30 layers, 9/3 heads of 64, FFN 1536) as a Gemma-3 sliding-window
+# model (window 512 on five layers of every six): issue 21's CPU benchmark shape.
+SMOL_GEMMA3: dict[str, Any] = {
+    **GEMMA3_1B,
+    "hidden_size": 576,
+    "num_hidden_layers": 30,
+    "intermediate_size": 1536,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "query_pre_attn_scalar": 64,
+    "max_position_embeddings": 8192,
+    "vocab_size": 0,  # the tokenizer's (SmolLM2's 49,152)
+}
+
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "head_dim": 16}
 
 SHAPES: dict[str, dict[str, Any]] = {
     "llama-1b": LLAMA_1B,
     "gemma3-1b": GEMMA3_1B,
+    "smol-gemma3": SMOL_GEMMA3,
     "tiny-llama": {**LLAMA_1B, **TINY, "num_hidden_layers": 2, "num_key_value_heads": 2},
     "tiny-gemma3": {
         **GEMMA3_1B,

@@ -1,10 +1,14 @@
-"""Every cache family mlx-lm 0.32.2 serves, through the engine, against mlx-lm's own generation.
+"""Every model family mlx-lm 0.32.2 ships, through the engine, against mlx-lm's own generation.
 
-For each family of tests/families.py (tiny random float32 models, sliding windows of 8 tokens so
-that 20-token prompts rotate them): greedy output through the engine equals mlx-lm's
-`generate_step` on the same loaded model, alone and with three different prompts in one batch;
-a follow-up turn (the first prompt, its answer and more) resumed from the prefix cache equals
-mlx-lm's uncached output; and the admission projection bounds the real caches' memory.
+For each model module of mlx-lm (tests/families.MODULES: tiny random float32 models, sliding
+windows of 8 tokens so that 20-token prompts rotate them; the few that cannot be built are
+skipped with their reason, tests/families.SKIPPED): greedy output through the engine equals
+mlx-lm's `generate_step` on the same loaded model, alone and with three different prompts
+submitted together (one batch, or one at a time for the families in
+engines/llm/caches.SEQUENTIAL_FAMILIES and those whose caches mlx-lm cannot merge); follow-up
+turns resumed from the prefix cache equal mlx-lm's uncached output; the family's row of
+docs/families.md says what was measured; and the admission projection bounds the real caches'
+memory. The sequential families are checked to be still batched wrongly by mlx-lm itself.
 """
 
 from __future__ import annotations
