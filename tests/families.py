@@ -5,8 +5,9 @@ build). Each family's `config.json` is one generic set of small arguments (`_BAS
 layers, four experts, an 8-token sliding window so that 20-token prompts rotate it) plus the
 family's own overrides (`FAMILIES`); `SKIPPED` names the families that cannot be built this way
 and why. `tiny_family(name)` builds the model with mlx-lm's own `Model` class (random weights,
-fixed seed, the output row of the EOS token zeroed as in tests/tiny.py so that greedy decoding
-never stops by itself); `save_family_dir` writes it as a model directory the engine loads.
+fixed seed; the output layer, or the embedding where it is tied, drawn from N(0, 1) so that
+logits are well separated, its EOS row zeroed as in tests/tiny.py so that greedy decoding never
+stops by itself); `save_family_dir` writes it as a model directory the engine loads.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mlx_lm.models.base import BaseModelArgs
 from tests.tiny import EOS_ID, VOCAB, save_model_dir
 
 MAX_PARAMETERS = 5_000_000  # a tiny model has well under a million
+TIED_LAYER_SCALE = 4.0  # see tiny_family
 WINDOW = 8  # sliding windows: short prompts already rotate them
 
 # Modules of mlx_lm.models that are building blocks, not model families.
@@ -519,6 +521,14 @@ def tiny_family(family: str, seed: int = 0) -> Any:
         (n for n, w in weights.items() if "lm_head" in n and w.ndim == 2 and w.shape[0] == VOCAB),
         None,
     )
+    if head_name is None:  # tied: the embedding is the output layer too
+        head_name = next(
+            (n for n, w in weights.items() if w.ndim == 2 and w.shape[0] == VOCAB), None
+        )
+        # Larger layers, or the residual stream stays the input token's embedding and greedy
+        # decoding only repeats the last prompt token (no test of anything).
+        louder = [(n, w * TIED_LAYER_SCALE) for n, w in weights.items() if w.ndim >= 2]
+        model.load_weights(louder, strict=False)
     if head_name is not None:
         head = mx.random.normal(weights[head_name].shape, key=mx.random.key(seed + 1))
         head[EOS_ID] = 0.0
