@@ -126,3 +126,16 @@ def pass_bytes(
     scores = 0 if fused_attention else shape.heads * tokens * (context + tokens) * 4
     logits = logit_positions * shape.vocab * shape.itemsize
     return layer * shape.itemsize + scores + logits
+
+
+def prefill_peak_bytes(
+    shape: PassShape, prompt_tokens: int, chunk: int, fused_attention: bool, every_logit: bool
+) -> int:
+    """The largest transient of prefilling a `prompt_tokens` prompt as the engine does it, in
+    passes of at most `chunk` tokens: the last full pass, over the longest context. Chunked
+    passes read no logits (only the cache is computed) and the prompt's last token reads one
+    row; a joint prefill that slices the last position off a pass (`every_logit`) computes the
+    logits of all its positions."""
+    tokens = min(chunk, prompt_tokens)
+    logits = tokens if every_logit else 1
+    return pass_bytes(shape, tokens, prompt_tokens - tokens, logits, fused_attention)

@@ -11,7 +11,7 @@ from mlx_lm.models import llama
 from mlx_lm.models.cache import make_prompt_cache
 
 from engines.llm.caches import nbytes
-from engines.llm.limits import PassShape, pass_bytes
+from engines.llm.limits import PassShape, pass_bytes, prefill_peak_bytes
 
 SHAPES = [
     {"hidden_size": 256, "intermediate_size": 1024, "num_attention_heads": 8, "vocab_size": 32000},
@@ -58,3 +58,35 @@ def test_pass_bytes_bounds_the_measured_peak_closely(
     shape = PassShape.of(config)
     predicted = pass_bytes(shape, tokens, context, tokens if read_logits else 0, False)
     assert real <= predicted <= 1.6 * real + 2**20, (real, predicted)
+
+
+def test_prefill_peak_bytes_bounds_a_chunked_prefill() -> None:
+    """A 1,000-token prompt but its last token fed in passes of 256, reading no logits (as
+    `Prefill.feed` does): the peak over the passes is what `prefill_peak_bytes` projects, within
+    the same margin (the last token's own pass is far smaller)."""
+    config = {
+        "model_type": "llama",
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        **SHAPES[0],
+    }
+    model = llama.Model(llama.ModelArgs.from_dict(config))
+    mx.eval(model.parameters())
+    if mx.default_device() != mx.cpu:
+        pytest.skip("calibrated on MLX's CPU backend (unfused attention)")
+    prompt, chunk = list(range(1000)), 256
+    cache = make_prompt_cache(model)
+    peak = 0
+    for start in range(0, len(prompt) - 1, chunk):
+        part = prompt[start : min(start + chunk, len(prompt) - 1)]
+        mx.clear_cache()
+        before, cached = mx.get_active_memory(), nbytes(cache)
+        mx.reset_peak_memory()
+        model(mx.array([part]), cache=cache)  # its logits are never read: never computed
+        mx.eval([layer.state for layer in cache])
+        peak = max(peak, mx.get_peak_memory() - before - (nbytes(cache) - cached))
+    predicted = prefill_peak_bytes(PassShape.of(config), len(prompt), chunk, False, False)
+    assert peak <= predicted <= 1.6 * peak + 2**20, (peak, predicted)
