@@ -10,6 +10,11 @@ models file's `max_batch`, `MLXD_MAX_BATCH`, `MLXD_MAX_WAITING`) always win.
 The width only bounds rows: admission still projects each request's real length against the KV
 budget, so a batch of long requests stays within memory whatever the width.
 
+Prefill needs room beyond the KV cache while it runs: `pass_bytes` is the transient memory of one
+forward pass (one layer's activations, unfused attention scores on the CPU, the logits of every
+position read), `prefill_peak_bytes` the largest of a chunked prefill (tests/engines/
+test_families_memory.py checks both against MLX's measured peak). Admission does not add them yet.
+
 Pure arithmetic (no MLX): the engine calls it at load with its measured profile, `mlxd doctor`
 with an estimate from the checkpoint's config.json.
 """
