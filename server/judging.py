@@ -12,9 +12,9 @@ engine's logprobs: both answer tokens get the same `logit_bias` (`ANSWER_BIAS`),
 to the top two places without changing their difference, and `logprobs=2` returns both. No second
 copy of the model's forward pass or sampling exists for this.
 
-Only a model trained for this judging ranks well (Qwen3-Reranker); an instruction-tuned chat
-model gives a usable ranking when the relevant document is clear (docs/api.md says which we
-checked), a small one may give flat scores.
+Only a model trained for this judging ranks (Qwen3-Reranker); the small instruction-tuned models
+mlxd ships (SmolLM2-135M, Qwen2.5-Coder-0.5B) give flat scores that do not put a clearly
+relevant document first (docs/api.md has the numbers).
 
 Invariants: every stream submitted here is read to its end or cancelled (`judge`'s finally);
 at most `IN_FLIGHT` documents are in the engine at once, so a long document list neither floods
