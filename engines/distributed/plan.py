@@ -10,7 +10,7 @@ only when the plan is not empty, its payload. A broadcast is an `all_sum` to whi
 contributes (every backend has it; NCCL has no send/recv).
 
 Invariants: sequence numbers count from 0 on every rank and must match; the payload's CRC must
-match; a follower's own token digest must equal rank 0's (the ranks sampled the same tokens);
+match; a follower's own token digest must equal rank 0's (it decoded the tokens rank 0 sent);
 rank 0 gets back exactly what it sent (the others add zeros). Any mismatch raises
 `PlanMismatch`: the ranks have diverged, or a collective lost a peer and returned garbage, and
 the group must not go on.

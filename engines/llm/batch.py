@@ -20,6 +20,10 @@ Where launching does not overlap (MLX's CPU backend computes a launched step bef
 `async_eval` returns), the caller reads `pending` first and launches after: tokens come out a
 step sooner and finished rows are filtered out before the next step.
 
+Distributed (`agree` set: engines/llm/distributed.py): the batch argmax of plain greedy rows goes
+through `agree`, as every other row's token does in its sampler, so every rank decodes rank 0's
+tokens.
+
 Speculative (a `drafter`, plain KV caches only, never pipelined): rows are held in
 `RaggedKVCache`s, so that each row can drop its rejected drafts alone; the drafter follows the
 rows as they join and leave; a step whose rows have drafts runs one pass over [pending token,
@@ -30,6 +34,7 @@ per row, the kept drafts to emit before the row's new pending token.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +106,8 @@ class DecodeBatch:
         self.choices: list[Choice] = []
         self._caches: list[Any] | None = None  # a batch cache per layer, or single when solo
         self._pending: StepOutput | None = None
+        # Distributed: this step's tokens -> rank 0's (see TokenSampler.agree); None otherwise.
+        self.agree: Callable[[mx.array], mx.array] | None = None
 
     def __len__(self) -> int:
         return len(self.choices)
@@ -172,7 +179,10 @@ class DecodeBatch:
             logits = self._model(current.tokens[:, None], cache=self._caches)[:, -1, :]
         samplers = [choice.sampler for choice in self.choices]
         if all(sampler.plain_greedy for sampler in samplers):
-            upcoming = StepOutput(mx.argmax(logits, axis=-1), [None] * len(samplers))
+            tokens = mx.argmax(logits, axis=-1)
+            if self.agree is not None:
+                tokens = self.agree(tokens)
+            upcoming = StepOutput(tokens, [None] * len(samplers))
         else:
             rows = [sampler(logits[i : i + 1]) for i, sampler in enumerate(samplers)]
             upcoming = StepOutput(mx.concatenate([r.token for r in rows]), list(rows))

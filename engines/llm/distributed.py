@@ -6,9 +6,12 @@ Rank 0 (the leader) is a normal chat engine behind the HTTP server; the other ra
 (engines/distributed/plan.py: requests admitted, with concrete seeds; uids removed) and every
 rank applies it to its scheduler and steps it. So every rank builds the same graphs in the same
 order, and the model's collectives (tensor-parallel all-reduces, pipeline send/recv) pair up.
-Tokens agree on every rank because the logits are all-reduced (tensor parallel) or all-gathered
-(pipeline) and the seeds are shared; each plan carries the leader's digest of the tokens emitted
-so far and a follower that disagrees stops at once.
+Only rank 0's sampled tokens count: every token drawn (each step's, and each prompt's first)
+goes through `agree`, an `all_sum` to which only rank 0 contributes, and the followers' choices
+(grammar state, penalties, stop strings, cache) advance with rank 0's tokens whatever their own
+draw was. Rank 0 keeps its own tokens (made to depend on the collective, so it runs on every
+rank), never what a broken collective might hand back; each plan still carries rank 0's digest
+of the tokens emitted so far, and a follower that received other tokens stops the group at once.
 
 Invariants:
 - Every collective runs on the engine thread's stream (collectives from two streams corrupt
@@ -42,6 +45,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
+
 from engines.bridge import RequestStream
 from engines.distributed.group import (
     LocalFollowers,
@@ -55,9 +60,10 @@ from engines.distributed.watchdog import StepClock
 from engines.errors import EngineFailed, EngineUnavailable
 from engines.llm.engine import LLMEngine
 from engines.llm.prefix_cache import PrefixCache
+from engines.llm.sampling import TokenSampler
 from engines.llm.scheduler import Scheduler
 from engines.llm.scheduler_config import SchedulerConfig
-from engines.types import ChatLimits, EngineStats, ErrorEvent
+from engines.types import ChatLimits, EngineStats, ErrorEvent, GenerationRequest
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +166,6 @@ class DistributedLLMEngine(LLMEngine):
     # -- loading -----------------------------------------------------------------------------
 
     def load_checkpoint(self) -> tuple[Any, Any, dict[str, Any]]:
-        import mlx.core as mx
         from mlx_lm.utils import load
 
         from engines.distributed.shard import place
@@ -198,9 +203,29 @@ class DistributedLLMEngine(LLMEngine):
         command += ["--distributed", self.options.backend]
         return command + (["--pipeline"] if self.options.pipeline else [])
 
+    def _new_sampler(self, request: GenerationRequest) -> TokenSampler:
+        sampler = super()._new_sampler(request)
+        sampler.agree = self._agree  # its forks (n > 1) share it
+        return sampler
+
+    def _agree(self, tokens: mx.array) -> mx.array:
+        """`tokens` just sampled -> rank 0's, on every rank: one collective, issued in the same
+        order everywhere (the samplers and the batch run in the same order on every rank)."""
+        assert self.channel is not None
+        group = self.channel.group
+        mine = tokens.astype(mx.int32)
+        if self.leader:
+            summed = mx.distributed.all_sum(mine, group=group)
+            return mx.depends(tokens, summed)
+        # Zeros that depend on this rank's draw: the step's model collectives (which the draw
+        # depends on) run before this one, in the same order as on rank 0.
+        zeros = mx.depends(mx.zeros_like(mine), mine)
+        return mx.distributed.all_sum(zeros, group=group).astype(tokens.dtype)
+
     def load(self) -> None:
         super().load()
         assert self.channel is not None and self.scheduler is not None
+        self.scheduler.batch.agree = self._agree
         # The first plan carries the leader's scheduler settings: every replica must admit,
         # chunk and evict exactly alike.
         if self.leader:

@@ -15,11 +15,16 @@ tokens) is carried as MLX arrays updated with each sampled token.
 
 Each sequence draws from its own random stream: the key for step n is derived on the host from
 (seed, n), so a seeded request gives the same tokens whatever else the engine is running.
+
+`agree` (None but in a distributed engine: engines/llm/distributed.py) maps each drawn token to
+the one every rank goes on with (rank 0's, through a collective): penalty and grammar state
+advance with that token, never with this rank's own draw.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -64,6 +69,9 @@ class Sampled:
 
 class TokenSampler:
     """Turns the last position's logits (shape (1, vocab)) into the next token."""
+
+    # Distributed: a drawn token -> the token every rank keeps (rank 0's); forks share it.
+    agree: Callable[[mx.array], mx.array] | None = None
 
     def __init__(
         self,
@@ -137,6 +145,8 @@ class TokenSampler:
             token = mx.argmax(logits, axis=-1)
         else:
             token = mx.random.categorical(filtered, key=self.key())
+        if self.agree is not None:
+            token = self.agree(token)
         self._step += 1
         self._observe(token)
         if self.constraint is not None:

@@ -6,8 +6,9 @@ Each server is a real subprocess (a group cannot be formed twice in one process)
 over HTTP. The servers that the comparisons share are started once per module (a group of
 processes costs seconds to start); the fault tests break theirs and start their own.
 
-Tensor parallel output is compared token by token (logits agree within float tolerance, so
-greedy and seeded tokens agree); pipeline output is exact. A batch of four different requests
+Output is compared token by token (tensor parallel logits agree with one process's within float
+tolerance, pipeline ones exactly; followers decode rank 0's sampled tokens, which a group whose
+follower draws noise instead shows). A batch of four different requests
 (greedy, seeded, n = 2, a JSON schema) runs at once on the group and matches the same requests
 on one process. Faults: `kill -9` of a follower mid-stream, or while idle, and SIGSTOP of a
 follower (caught by the step watchdog) fail the streams with an error event; /health answers 503
@@ -377,3 +378,53 @@ def test_stopped_follower_is_caught_by_the_watchdog(launch: Launch) -> None:
             os.kill(follower, signal.SIGCONT)
     assert "made no progress" in message and seconds < 6.0
     assert_unavailable(server, "made no progress")
+
+
+# -- only rank 0 samples --------------------------------------------------------------------
+
+# Imported at start-up by every process of a server started with it on PYTHONPATH; in a follower
+# (MLX_RANK > 0) it makes every draw differ from rank 0's: noise on the logits a sampler sees and
+# on the batch argmax of plain greedy rows. It leaves a file naming the process, to show it ran.
+PERTURB_FOLLOWERS = """
+import os
+from pathlib import Path
+
+if os.environ.get("MLX_RANK", "0") != "0":
+    import mlx.core
+
+    import engines.llm.batch
+    from engines.llm.sampling import TokenSampler
+
+    def noisy(logits):
+        return logits + 50.0 * mlx.core.random.normal(logits.shape, key=mlx.core.random.key(1))
+
+    sample = TokenSampler.__call__
+    TokenSampler.__call__ = lambda self, logits: sample(self, noisy(logits))
+
+    class NoisyArgmax:
+        def __getattr__(self, name):
+            return getattr(mlx.core, name)
+
+        def argmax(self, logits, axis):
+            return mlx.core.argmax(noisy(logits), axis=axis)
+
+    engines.llm.batch.mx = NoisyArgmax()
+    Path(os.environ["PERTURBED_MARKS"], str(os.getpid())).touch()
+"""
+
+
+@pytest.mark.optin  # one more server of ~5 s: CI runs it
+def test_followers_decode_rank_0s_tokens_whatever_they_draw(
+    shared: Any, launch: Launch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "sitecustomize.py").write_text(PERTURB_FOLLOWERS)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(ROOT)]))
+    monkeypatch.setenv("PERTURBED_MARKS", str(marks))
+    one, group = shared("llama"), launch("llama", *ring(2))
+    assert [int(mark.name) for mark in marks.iterdir()] == group.followers()  # it drew noise
+    assert texts(group) == texts(one)
+    assert texts(group, temperature=1.0, seed=11) == texts(one, temperature=1.0, seed=11)
+    assert batch_of_four(group) == batch_of_four(one)  # n = 2 and a grammar among them
+    assert group.client.get("/health").status_code == 200  # no plan found the ranks apart
