@@ -127,3 +127,16 @@ def test_a_quantized_gguf_imports_with_ggufs_own_dequantized_logits_across_shard
     assert np.abs(logits[True] - np.array(tiny_model("qwen2")(tokens))).max() > 1e-3
     config = json.loads((tmp_path / f"{kind}-False" / "config.json").read_text())
     assert config.get("quantization", {}).get("bits") == (8 if kind == "Q8_0" else None)
+
+
+def test_an_unknown_packaged_name_is_refused_in_one_line_naming_the_packaged_llms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server.__main__ import main
+
+    monkeypatch.setenv("MLXD_HOME", str(tmp_path))
+    assert main(["import", "--packaged", "no-such-model"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error
+    for name in ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct", "gemma3-270m"):
+        assert name in error
