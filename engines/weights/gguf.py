@@ -9,6 +9,8 @@ chat template), then the store's completion marker. Facts this relies on:
   time, and written in shards (a 1.5B model is 6 GB as float32).
 - llama.cpp permutes the Q and K rows of `llama` models for its RoPE layout; we undo it. The
   others are stored unpermuted; gemma3 stores its RMS norm weights as 1 + w (mlx-lm adds the 1).
+- Rope settings: linear scaling from `{arch}.rope.scaling.*`; Llama 3.1+'s `rope_freqs` factors
+  become mlx-lm's `llama3` scaling, checked to reproduce every factor; anything else is refused.
 - The architecture is read from the header first: others are refused before any tensor is read.
 - The tokenizer is rebuilt from `tokenizer.ggml.*` (engines/weights/gguf_tokenizer.py).
 """
@@ -288,11 +290,11 @@ def _model_config(
         config["bos_token_id"] = int(metadata["tokenizer.ggml.bos_token_id"])
     try:
         scaling = rope_scaling(arch, metadata)
+        if scaling is not None:
+            config["rope_scaling"] = scaling
         spec.extra_config(config, metadata, tensors)
     except UnsupportedGGUF as exc:
         raise GGUFImportError(f"unsupported GGUF: {exc}") from exc
-    if scaling is not None:
-        config["rope_scaling"] = scaling
     return config
 
 

@@ -61,6 +61,62 @@ Config = dict[str, Any]
 def _llama(config: Config, metadata: Metadata, tensors: Mapping[str, Any]) -> None:
     config["attention_bias"] = "blk.0.attn_q.bias" in tensors
     config["mlp_bias"] = False
+    if "rope_freqs.weight" in tensors:  # Llama 3.1+: per-dimension rope factors
+        factors = [float(f) for f in tensors["rope_freqs.weight"].tolist()]
+        old = int(metadata.get("llama.rope.scaling.original_context_length") or 8192)
+        config["rope_scaling"] = llama3_rope_scaling(
+            factors, config["rope_theta"], config["head_dim"], old
+        )
+
+
+def llama3_rope_scaling(
+    factors: list[float], base: float, head_dim: int, old_context: int
+) -> dict[str, Any]:
+    """mlx-lm's `llama3` rope_scaling that reproduces llama.cpp's `rope_freqs` factors.
+
+    llama.cpp's converter writes, per rotary frequency, 1 (short wavelengths), `factor` (long
+    ones) or 1 / ((1 - s) / factor + s) with s linear in old_context / wavelength between. The
+    smooth points give that line; only (high - low) and low relative to old_context matter, so
+    old_context is taken as given. The result is checked against every factor, or refused.
+    """
+    import math
+
+    factor = max(factors)
+    wavelengths = [2 * math.pi * base ** (2 * i / head_dim) for i in range(len(factors))]
+    smooth = [
+        (old_context / w, (1 / f - 1 / factor) / (1 - 1 / factor))
+        for w, f in zip(wavelengths, factors, strict=True)
+        if 1.0 + 1e-6 < f < factor - 1e-6
+    ]
+    if factor <= 1.0 or len(smooth) < 2:
+        raise UnsupportedGGUF("llama rope_freqs this importer cannot express as llama3 scaling")
+    (x0, s0), (x1, s1) = smooth[0], smooth[-1]
+    span = (x1 - x0) / (s1 - s0)  # high_freq_factor - low_freq_factor
+    low = x0 - s0 * span
+    scaling = {
+        "rope_type": "llama3",
+        "factor": factor,
+        "low_freq_factor": low,
+        "high_freq_factor": low + span,
+        "original_max_position_embeddings": old_context,
+    }
+    for w, f in zip(wavelengths, factors, strict=True):
+        if not math.isclose(_llama3_factor(w, scaling), f, rel_tol=1e-4):
+            raise UnsupportedGGUF("llama rope_freqs that llama3 scaling does not reproduce")
+    return scaling
+
+
+def _llama3_factor(wavelength: float, scaling: dict[str, Any]) -> float:
+    """The factor mlx-lm's Llama3RoPE applies to one frequency (mlx_lm/models/rope_utils.py)."""
+    old, factor = scaling["original_max_position_embeddings"], scaling["factor"]
+    if wavelength < old / scaling["high_freq_factor"]:
+        return 1.0
+    if wavelength > old / scaling["low_freq_factor"]:
+        return float(factor)
+    s = (old / wavelength - scaling["low_freq_factor"]) / (
+        scaling["high_freq_factor"] - scaling["low_freq_factor"]
+    )
+    return float(1 / ((1 - s) / factor + s))
 
 
 def _no_extra(config: Config, metadata: Metadata, tensors: Mapping[str, Any]) -> None:
