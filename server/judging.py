@@ -4,17 +4,19 @@ recipe), and its relevance is the model's probability of "yes" against "no".
 The prompt is Qwen3-Reranker's: a system line asking for "yes" or "no", then `<Instruct>`,
 `<Query>` and `<Document>` in the user turn, rendered with the model's own chat template
 (thinking off, so a Qwen3 template ends in the empty think block that Qwen3-Reranker was trained
-with). The score is `P(yes) / (P(yes) + P(no))` for the next token =
-`sigmoid(logit_yes - logit_no)`, exactly what Qwen3-Reranker computes from the last position.
+with), plus one closing question (`QUESTION`): without it a general chat model's answer did not
+depend on the document (docs/api.md). The score is P(yes) / (P(yes) + P(no)) for the next token,
+each answer in either case ("yes" or "Yes"): for Qwen3-Reranker, which answers in lower case,
+that is `sigmoid(logit_yes - logit_no)`, what it computes from the last position.
 
 It runs through the chat engine's own batch as ordinary one-token greedy requests, reusing the
-engine's logprobs: both answer tokens get the same `logit_bias` (`ANSWER_BIAS`), which moves them
-to the top two places without changing their difference, and `logprobs=2` returns both. No second
-copy of the model's forward pass or sampling exists for this.
+engine's logprobs: the answer tokens all get the same `logit_bias` (`ANSWER_BIAS`), which moves
+them to the top places without changing their differences, and `logprobs` (as many as there are
+answer tokens) returns them all. No second copy of the model's forward pass or sampling exists.
 
-Only a model trained for this judging ranks (Qwen3-Reranker); the small instruction-tuned models
-mlxd ships (SmolLM2-135M, Qwen2.5-Coder-0.5B) give flat scores that do not put a clearly
-relevant document first (docs/api.md has the numbers).
+Only a model trained for this judging ranks well (Qwen3-Reranker); the small chat models mlxd
+ships are weak judges (Qwen2.5-Coder-0.5B puts a clearly relevant document first by a small
+margin, SmolLM2-135M is flat: docs/api.md has the numbers).
 
 Invariants: every stream submitted here is read to its end or cancelled (`judge`'s finally);
 at most `IN_FLIGHT` documents are in the engine at once, so a long document list neither floods
@@ -39,6 +41,7 @@ JUDGE_SYSTEM = (
     'provided. Note that the answer can only be "yes" or "no".'
 )
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+QUESTION = "Does the Document answer the Query? Answer yes or no."
 NO_THINKING = {"enable_thinking": False}
 ANSWER_BIAS = 100.0  # far above any logit gap a model makes between its top token and yes/no
 IN_FLIGHT = 16  # documents judged at once (each is one engine sequence)
@@ -46,26 +49,34 @@ IN_FLIGHT = 16  # documents judged at once (each is one engine sequence)
 
 @dataclass(frozen=True)
 class Answers:
-    """The token ids whose next-token probabilities are compared."""
+    """The token ids whose next-token probabilities are compared (each answer in both cases)."""
 
-    yes: int
-    no: int
+    yes: tuple[int, ...]
+    no: tuple[int, ...]
+
+    @property
+    def tokens(self) -> tuple[int, ...]:
+        return self.yes + self.no
 
 
 def answer_tokens(engine: ChatEngine, model: str) -> Answers:
-    """The first token of "yes" and of "no" in the model's vocabulary (one token each in
-    Qwen's); 400 naming the model if they are the same token."""
+    """The first token of "yes" / "Yes" and of "no" / "No" in the model's vocabulary (one token
+    each in Qwen's); 400 naming the model if a yes and a no share their first token."""
     bos = engine.encode_text("")
-    yes = engine.encode_text("yes")[len(bos) :]
-    no = engine.encode_text("no")[len(bos) :]
-    if not yes or not no or yes[0] == no[0]:
+
+    def first_tokens(*words: str) -> tuple[int, ...]:
+        firsts = [engine.encode_text(word)[len(bos) :][:1] for word in words]
+        return tuple(dict.fromkeys(token for first in firsts for token in first))
+
+    yes, no = first_tokens("yes", "Yes"), first_tokens("no", "No")
+    if not yes or not no or set(yes) & set(no):
         raise APIError(
             400,
             f"'{model}' cannot judge documents: its tokenizer does not tell 'yes' from 'no' "
             "by the first token",
             param="model",
         )
-    return Answers(yes[0], no[0])
+    return Answers(yes, no)
 
 
 def judging_prompt(
@@ -88,7 +99,7 @@ def judging_prompt(
 
 
 def _messages(query: str, document: str, instruction: str) -> list[dict[str, str]]:
-    user = f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
+    user = f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}\n{QUESTION}"
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -102,14 +113,20 @@ async def judge(
     """Each prompt's P(yes) / (P(yes) + P(no)), or the first engine error. Streams are appended
     to `streams` as they are submitted (so a caller's disconnect watch can cancel them)."""
     scores = [0.0] * len(prompts)
-    sampling = SamplingParams(temperature=0.0, logit_bias=((answers.yes, ANSWER_BIAS),
-                                                           (answers.no, ANSWER_BIAS)))  # fmt: skip
+    bias = tuple((token, ANSWER_BIAS) for token in answers.tokens)
+    sampling = SamplingParams(temperature=0.0, logit_bias=bias)
+    shown = len(answers.tokens)
     waiting = iter(range(len(prompts)))
 
     async def judge_in_turn() -> None:
         for index in waiting:  # shared: each worker takes the next document
             request = GenerationRequest(
-                f"{request_id}-{index}", prompts[index], 1, sampling, logprobs=2, speculative=False
+                f"{request_id}-{index}",
+                prompts[index],
+                1,
+                sampling,
+                logprobs=shown,
+                speculative=False,
             )
             stream = engine.submit(request)
             streams.append(stream)
@@ -142,6 +159,7 @@ async def _yes_probability(stream: EventSource, answers: Answers) -> float:
             raise event.error
         elif isinstance(event, FinishEvent):
             break
-    if answers.yes not in top or answers.no not in top:
+    if any(token not in top for token in answers.tokens):
         raise JudgingFailed(f"the answer's top logprobs {sorted(top)} miss yes or no")
-    return 1.0 / (1.0 + math.exp(top[answers.no] - top[answers.yes]))
+    yes = sum(math.exp(top[token]) for token in answers.yes)
+    return yes / (yes + sum(math.exp(top[token]) for token in answers.no))

@@ -3,8 +3,8 @@
 Three kinds of model rank:
 - a chat model judges each document "yes" or "no" (server/judging.py: the Qwen3-Reranker
   recipe through the chat engine's batch); `relevance_score` is P(yes) / (P(yes) + P(no)).
-  A real reranker when the model is one (Qwen3-Reranker); small general chat models give flat
-  scores;
+  A real reranker when the model is one (Qwen3-Reranker); small general chat models are weak
+  judges;
 - a cross-encoder (BERT or XLM-R sequence classification: a real reranker) reads each
   (query, document) pair together; `relevance_score` is the sigmoid of its logit (or, for two
   labels, the probability of the second);

@@ -3,10 +3,10 @@ tiny random llama: every document's relevance_score equals P(yes) / (P(yes) + P(
 direct mlx-lm forward pass computes on the same judging prompt and weights, for more documents
 than are judged at once; long documents are cut to fit, an over-long query is a 400.
 
-The tiny tokenizer spells "yes" and "no" byte by byte, so the answer tokens are "y" and "n"
-(the first token of each word, as the route takes them); it spells the judging prompt nearly
-byte by byte too (~300 tokens), so the model here has a 1,024-token context (rotary positions:
-only the config changes)."""
+The tiny tokenizer spells "yes" and "no" byte by byte, so the answer tokens are "y", "Y" and
+"n", "N" (the first token of each word in either case, as the route takes them); it spells the
+judging prompt nearly byte by byte too (~300 tokens), so the model here has a 1,024-token
+context (rotary positions: only the config changes)."""
 
 from __future__ import annotations
 
@@ -56,14 +56,17 @@ async def http(model_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def reference_log_odds(directory: Path, query: str, documents: list[str]) -> list[float]:
-    """mlx-lm's own forward pass: logit_y - logit_n at the prompt's last position (the score is
-    its sigmoid; compared as log-odds, which stay exact where the sigmoid saturates)."""
+    """mlx-lm's own forward pass: log (P(y) + P(Y)) - log (P(n) + P(N)) at the prompt's last
+    position (the score is its sigmoid; compared as log-odds, which stay exact where the sigmoid
+    saturates)."""
     model, tokenizer = load(str(directory))
-    yes, no = tokenizer.encode("y")[0], tokenizer.encode("n")[0]
+    yes = [tokenizer.encode(letter)[0] for letter in "yY"]
+    no = [tokenizer.encode(letter)[0] for letter in "nN"]
     scores = []
     for document in documents:
         user = (
-            f"<Instruct>: {judging.DEFAULT_INSTRUCTION}\n<Query>: {query}\n<Document>: {document}"
+            f"<Instruct>: {judging.DEFAULT_INSTRUCTION}\n<Query>: {query}\n"
+            f"<Document>: {document}\n{judging.QUESTION}"
         )
         messages = [
             {"role": "system", "content": judging.JUDGE_SYSTEM},
@@ -71,7 +74,9 @@ def reference_log_odds(directory: Path, query: str, documents: list[str]) -> lis
         ]
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         logits = model(mx.array([prompt]))[0, -1].astype(mx.float32)
-        scores.append(float(logits[yes] - logits[no]))
+        scores.append(
+            float(mx.logsumexp(logits[mx.array(yes)]) - mx.logsumexp(logits[mx.array(no)]))
+        )
     return scores
 
 

@@ -279,15 +279,16 @@ async def test_rerank_on_a_chat_model_asks_for_the_yes_and_no_logprobs(
     http: httpx.AsyncClient, chat: FakeEngine
 ) -> None:
     """The judging request on the scripted chat engine (tests/engines/test_rerank_llm.py checks
-    the scores on a real one): one greedy token, both answers biased alike, their logprobs
-    asked; the fake ignores the bias, so "n" is missing from its answer: a 500, not a score."""
+    the scores on a real one): one greedy token, the answers (either case) biased alike, their
+    logprobs asked; the fake ignores the bias, so "n" is missing from its answer: a 500, not a
+    score."""
     body = {"model": "fake", "query": "where is it", "documents": ["it is here"]}
     response = await http.post("/v1/rerank", json=body)
     sent = chat.requests[-1]
     prompt = "".join(chr(t) for t in sent.prompt_tokens)
     assert "<Query>: where is it\n<Document>: it is here" in prompt
-    assert (sent.max_tokens, sent.logprobs, sent.sampling.temperature) == (1, 2, 0.0)
-    assert sent.sampling.logit_bias == ((ord("y"), 100.0), (ord("n"), 100.0))
+    assert (sent.max_tokens, sent.logprobs, sent.sampling.temperature) == (1, 4, 0.0)
+    assert sent.sampling.logit_bias == tuple((ord(c), 100.0) for c in "yYnN")
     assert response.status_code == 500
     assert "miss yes or no" in response.json()["error"]["message"]
 
