@@ -1,0 +1,46 @@
+"""Opt-in (MLXD_OPTIN=1): /v1/rerank on a chat model, Qwen2.5-Coder-0.5B-Instruct (imported from
+its PyPI packages), judging each document yes/no (server/judging.py): with a clear query the
+relevant document ranks first. The margin is small (0.33 against 0.27 and 0.26 in a direct
+mlx-lm forward pass on the same prompts): a general 0.5B chat model is a weak judge, which
+docs/api.md says. Three short documents keep it to one engine batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from engines.weights.embedded import QWEN_CODER, ensure_embedded_llm
+from engines.weights.store import ModelStore
+from server.app import create_app
+from server.settings import Settings
+from tests.servers import serve
+
+pytestmark = pytest.mark.optin
+
+QUERY = "How do I reverse a list in Python?"
+DOCUMENTS = [
+    "The capital of France is Paris, a city on the Seine.",
+    "In Python, my_list.reverse() reverses a list in place, and my_list[::-1] returns a "
+    "reversed copy.",
+    "Bananas are rich in potassium and are a popular fruit.",
+]
+
+
+@pytest.fixture(scope="module")
+def coder_url() -> Iterator[str]:
+    settings = Settings(model=QWEN_CODER.name)
+    ensure_embedded_llm(ModelStore(settings.home), dequantize=True, model=QWEN_CODER)
+    with serve(create_app(settings)) as url:
+        yield url
+
+
+def test_the_relevant_document_ranks_first(coder_url: str) -> None:
+    body = {"model": QWEN_CODER.name, "query": QUERY, "documents": DOCUMENTS}
+    response = httpx.post(f"{coder_url}/v1/rerank", json=body, timeout=900)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    scores = {result["index"]: result["relevance_score"] for result in results}
+    assert results[0]["index"] == 1, results
+    assert scores[1] - max(scores[0], scores[2]) > 0.02, scores
