@@ -1,8 +1,9 @@
 """Opt-in (MLXD_OPTIN=1): /v1/rerank on a chat model, Qwen2.5-Coder-0.5B-Instruct (imported from
 its PyPI packages), judging each document yes/no (server/judging.py): with a clear query the
-relevant document ranks first. The margin is small (0.33 against 0.27 and 0.26 in a direct
-mlx-lm forward pass on the same prompts): a general 0.5B chat model is a weak judge, which
-docs/api.md says. Three short documents keep it to one engine batch."""
+relevant document ranks first against unrelated ones. The margin is small (0.326 against 0.272
+and 0.258, the same as a direct mlx-lm forward pass), and a near-miss document (JavaScript's
+sort, 0.335) would outrank it: a general 0.5B chat model is a weak judge, which docs/api.md says.
+Three short documents keep it to one engine batch."""
 
 from __future__ import annotations
 
