@@ -15,8 +15,8 @@ them to the top places without changing their differences, and `logprobs` (as ma
 answer tokens) returns them all. No second copy of the model's forward pass or sampling exists.
 
 Only a model trained for this judging ranks well (Qwen3-Reranker); the small chat models mlxd
-ships are weak judges (Qwen2.5-Coder-0.5B puts a clearly relevant document first by a small
-margin, SmolLM2-135M is flat: docs/api.md has the numbers).
+ships are not rerankers (Qwen2.5-Coder-0.5B puts a clearly relevant document above unrelated
+ones by a small margin but below a near-miss; SmolLM2-135M is flat: docs/api.md has the numbers).
 
 Invariants: every stream submitted here is read to its end or cancelled (`judge`'s finally);
 at most `IN_FLIGHT` documents are in the engine at once, so a long document list neither floods
