@@ -16,11 +16,11 @@ translation covers here: a forced call for those models is generated in the json
 instead (`grammar_format`), and the edge parses it in that format.
 
 Invariants: every output the grammar accepts is read back by the format's parser
-(server/tool_formats/) as calls of the allowed functions with schema-valid arguments (in the
-tagged formats, string values are bounded by `maxLength` and an enum but no other string
-keyword; gemma4's notation enforces less: engines/llm/gemma_grammar.py says what); markers that are single tokens of the vocabulary are named as those tokens
-(`tag_tokens`): a grammar that spells them as text cannot accept the token the model was
-trained to emit.
+(server/tool_formats/) as calls of the allowed functions with schema-valid arguments (in the tagged
+formats, string values are bounded by `maxLength` and an enum but no other string keyword; gemma4's
+notation enforces less: engines/llm/gemma_grammar.py says what); markers that are single tokens of
+the vocabulary are named as those tokens (`tag_tokens`): a grammar that spells them as text cannot
+accept the token the model was trained to emit.
 """
 
 from __future__ import annotations
