@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from engines.types import TokenLogprob
 from server.schemas.common import SamplingFields, Strict
@@ -41,8 +41,16 @@ class ChatMessage(Strict):
     content: str | list[TextPart | ImagePart] | None = None
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
+    tool_call_id: str | None = Field(None, validate_default=True)
     refusal: str | None = None
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _tool_results_name_their_call(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A `tool` message answers one call: the spec requires its id (OpenAI 400s without it)."""
+        if info.data.get("role") == "tool" and value is None:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return value
 
 
 class FunctionDefinition(Strict):

@@ -97,6 +97,16 @@ BAD_BODIES = [
         json.dumps(chat_body(messages=[{"role": "user", "content": 5}])).encode(),
         "messages[0].content",
     ),
+    (
+        json.dumps(chat_body(messages=[{"role": "tool", "content": "42"}])).encode(),
+        "messages[0].tool_call_id",
+    ),
+    (
+        json.dumps(
+            chat_body(messages=[{"role": "tool", "content": "42", "tool_call_id": None}])
+        ).encode(),
+        "messages[0].tool_call_id",
+    ),
     (json.dumps(chat_body(temperature="0.5")).encode(), "temperature"),
     (json.dumps(chat_body(temperature=2.5)).encode(), "temperature"),
     (json.dumps(chat_body(temperature=-1)).encode(), "temperature"),
