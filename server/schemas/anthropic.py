@@ -11,8 +11,9 @@ types (web search, bash, …: no schema to show the model) are left out. Anythin
 tool asks for is a 400 naming the field.
 
 Invariants of the translation: every system text (top level first, then `system` messages in
-order) becomes one leading system message, so templates that allow a single system turn work and
-a history that only grows keeps a stable prefix; a user turn's `tool_result` blocks become `tool`
+order; Claude Code's `x-anthropic-billing-header:` line dropped) becomes one leading system
+message, so templates that allow a single system turn work and a history that only grows keeps a
+stable prefix; a user turn's `tool_result` blocks become `tool`
 messages before its text; `tool_use` inputs become JSON-text arguments.
 """
 
@@ -240,17 +241,28 @@ def chat_messages(
     system: str | list[TextBlock] | None, messages: list[InputMessage]
 ) -> list[dict[str, Any]]:
     """Chat messages for an Anthropic `system` and `messages` (see the module's invariants)."""
-    system_texts = [_text_of(system)] if system else []
+    system_texts = [_system_text(system)] if system else []
     turns: list[dict[str, Any]] = []
     for message in messages:
         if message.role == "system":
-            system_texts.append(_text_of(message.content))
+            system_texts.append(_system_text(message.content))
         elif message.role == "user":
             turns.extend(_user_turns(message.content))
         else:
             turns.append(_assistant_turn(message.content))
     system_text = "\n\n".join(text for text in system_texts if text)
     return ([{"role": "system", "content": system_text}] if system_text else []) + turns
+
+
+BILLING_LINE = "x-anthropic-billing-header:"
+
+
+def _system_text(content: str | list[Any]) -> str:
+    """System text without Claude Code's billing line: its `cc_version=2.1.332.461` suffix is
+    derived from the session's first user message, so left in it would make the first tokens of
+    every session differ and no session could reuse another's cached system prompt and tools."""
+    lines = _text_of(content).split("\n")
+    return "\n".join(line for line in lines if not line.startswith(BILLING_LINE))
 
 
 def _text_of(content: str | list[Any]) -> str:

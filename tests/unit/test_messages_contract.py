@@ -505,13 +505,36 @@ async def test_claude_codes_first_request(
     assert response.status_code == 200, response.text
     assert fake_engine.requests[-1].max_tokens == 4096 - len(fake_engine.requests[-1].prompt_tokens)
     assert fake_engine.tools_seen and fake_engine.tools_seen[0]["function"]["name"] == "Read"
-    assert prompt_of(fake_engine).startswith("<system>x-anthropic-billing-header")
+    assert prompt_of(fake_engine).startswith("<system>You are a Claude agent")  # no billing line
     assert response.headers["x-mlxd-ignored-fields"] == "metadata,context_management"
     if stream:
         names = [name for name, _ in sse_events(response.text)]
         assert names[0] == "message_start" and names[-1] == "message_stop"
     else:
         assert response.json()["content"] == [{"type": "text", "text": "Hello there!"}]
+
+
+async def test_claude_codes_billing_line_is_not_in_the_prompt(
+    http: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    """Claude Code's billing line carries a per-session suffix (from the first user message): two
+    sessions differing only there get the same prompt, so they share cached prefixes."""
+    prompts = []
+    for suffix in ("461", "342"):
+        billing = f"x-anthropic-billing-header: cc_version=2.1.332.{suffix}; cc_entrypoint=sdk-cli;"
+        body = {
+            "model": "fake",
+            "max_tokens": 10,
+            "system": [{"type": "text", "text": billing}, {"type": "text", "text": "Be brief."}],
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "system", "content": f"{billing}\nEnvironment: linux"},
+            ],
+        }
+        response = await http.post("/v1/messages", json=body)
+        assert response.status_code == 200, response.text
+        prompts.append(prompt_of(fake_engine))
+    assert prompts[0] == prompts[1] == "<system>Be brief.\n\nEnvironment: linux<user>hi"
 
 
 CLAUDE_CODE_2_1_332 = json.loads(
@@ -548,7 +571,7 @@ async def test_claude_code_2_1_332_tool_round_trip(
     assert json.loads(partial) == {"file_path": "notes.txt"}
     [delta] = [data for name, data in events if name == "message_delta"]
     assert delta["delta"]["stop_reason"] == "tool_use" and events[-1][0] == "message_stop"
-    assert prompt_of(fake_engine).startswith("<system>x-anthropic-billing-header")
+    assert prompt_of(fake_engine).startswith("<system>You are a Claude agent")  # no billing line
     assert prompt_of(fake_engine).count("<system>") == 1  # the empty system message adds none
 
     fake_engine.reply = "The secret word is pineapple."
