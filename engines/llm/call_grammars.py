@@ -31,7 +31,7 @@ from typing import Any
 
 from engines.llm.chat_formats import DEFAULT_FORMAT, MARKERS
 from engines.llm.constrain import PLAIN_KEYS, PLAIN_NUMBERS, compact, lark_grammar, regex_text
-from engines.llm.gemma_grammar import gemma4_calls
+from engines.llm.gemma_grammar import argument_list, gemma4_calls
 
 GRAMMAR_FORMATS = (
     "json_tools", "mistral", "llama3", "qwen3_coder", "glm47", "minimax_m2", "kimi_k2", "harmony",
@@ -213,14 +213,7 @@ def _python_calls(functions: list[tuple[str, Any]], parallel: bool, tag: Any) ->
         items = [
             f"{json.dumps(key + '=')} {_python_value(properties[key] or {})}" for key in ordered
         ]
-        needed = [item for key, item in zip(ordered, items, strict=True) if key in required]
-        optional = items[len(needed) :]
-        if needed:
-            body = ' ", " '.join(needed) + "".join(f' (", " {item})?' for item in optional)
-        elif optional:
-            body = "(" + optional[0] + "".join(f' (", " {item})?' for item in optional[1:]) + ")?"
-        else:
-            body = ""
+        body = argument_list(items, sum(key in required for key in ordered), '", "')
         rules.append(f'fn{f}: {json.dumps(name + "(")} {body} ")"')
     function = " | ".join(f"fn{f}" for f in range(len(functions)))
     more = '(", " call)*' if parallel else ""

@@ -105,13 +105,20 @@ def _object(schema: dict[str, Any], rules: _Rules, any_value: str) -> str:
     items = [
         f"{json.dumps(key + ':')} {_value(properties[key], rules, any_value)}" for key in ordered
     ]
-    needed = [item for key, item in zip(ordered, items, strict=True) if key in required]
-    optional = items[len(needed) :]
-    if needed:
-        body = ' "," '.join(needed) + "".join(f' ("," {item})?' for item in optional)
-    else:
-        body = "(" + optional[0] + "".join(f' ("," {item})?' for item in optional[1:]) + ")?"
+    body = argument_list(items, sum(key in required for key in ordered), '","')
     return f'"{{" {body} "}}"'
+
+
+def argument_list(items: list[str], needed: int, separator: str) -> str:
+    """Lark for `items` in their order, joined by `separator` (a Lark literal): the first
+    `needed` always present, each later one optional and only after the one before it (so with
+    none needed, the list is empty or starts with the first item)."""
+    if not items:
+        return ""
+    optional = "".join(f" ({separator} {item})?" for item in items[max(needed, 1) :])
+    if needed:
+        return f" {separator} ".join(items[:needed]) + optional
+    return f"({items[0]}{optional})?"
 
 
 def _open_object(any_value: str) -> str:
