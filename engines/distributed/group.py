@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("ring", "jaccl", "nccl", "mpi")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SPAWNABLE = ("ring", "nccl")  # backends whose local environment we know how to set up
 
