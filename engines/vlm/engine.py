@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.bridge import RequestStream
-from engines.errors import ContextTooLong, InvalidRequest
+from engines.errors import ContextTooLong, InvalidRequest, KVBudgetExceeded
 from engines.llm.caches import CacheProfile
 from engines.llm.engine import LLMEngine
 from engines.llm.front import ChatFront
@@ -172,7 +172,7 @@ class VLMEngine(LLMEngine, VisionFront):
         try:
             prompt = process(self.vlm, self.processor, request, self._prompt_text)
             self._check_prompt(prompt.ids, prompt.image_positions, request)
-        except (InvalidRequest, ContextTooLong) as exc:
+        except (InvalidRequest, ContextTooLong, KVBudgetExceeded) as exc:
             self.release(-request.n, -1)
             stream.push(ErrorEvent(exc))
             return
@@ -192,6 +192,18 @@ class VLMEngine(LLMEngine, VisionFront):
             raise ContextTooLong(
                 f"This model's maximum context length is {context} tokens; the prompt with its "
                 f"images is {len(ids)} tokens and max_tokens is {request.max_tokens}",
+                param="messages",
+            )
+        # Admission (ChatFront.admit) saw one placeholder per image: project the expanded
+        # prompt, or a lone request with large images would pass the KV budget unchecked.
+        tokens = len(ids) + request.max_tokens
+        need = self.kv_bytes(request.n, tokens)
+        if need > self.kv_budget_bytes:
+            raise KVBudgetExceeded(
+                f"This request needs {need / 2**20:.0f} MiB of KV cache ({request.n} × "
+                f"{tokens} tokens, its images included), more than the engine's budget of "
+                f"{self.kv_budget_bytes / 2**20:.0f} MiB; lower max_tokens or n, or send fewer "
+                "or smaller images",
                 param="messages",
             )
         if images and images[-1] == len(ids) - 1:

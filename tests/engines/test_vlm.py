@@ -17,9 +17,17 @@ from typing import Any
 import numpy as np
 import pytest
 
+from engines.errors import KVBudgetExceeded
 from engines.kinds import build_chat
 from engines.llm.constrain import json_schema_grammar
-from engines.types import FinishEvent, GenerationRequest, ImageInput, SamplingParams, TokenEvent
+from engines.types import (
+    ErrorEvent,
+    FinishEvent,
+    GenerationRequest,
+    ImageInput,
+    SamplingParams,
+    TokenEvent,
+)
 from engines.vlm.engine import VLMEngine, vision_engine
 from engines.vlm.prompt import VisionCache, process
 from engines.vlm.solo import SoloVLMEngine
@@ -438,3 +446,23 @@ def test_vision_cache_is_bounded_in_entries_and_bytes() -> None:
     cache.put(("big",), mx.zeros((40,), mx.float32))  # over the bound alone: nothing is kept
     assert (cache.nbytes, cache.get(("big",))) == (0, None)
     assert (cache.hits, cache.misses) == (2, 3)
+
+
+async def test_images_count_against_the_kv_budget(engine: VLMEngine) -> None:
+    """Admission sees one placeholder per image; the engine projects the expanded prompt, so a
+    request whose images push it past the KV budget is refused (not run over budget)."""
+    messages = with_image("What is in this picture?")
+    prompt = engine.encode_chat(messages)
+    max_tokens = -len(prompt) % 256 or 256  # unexpanded prompt + output: exactly 256-token steps
+    fits_unexpanded = engine.kv_bytes(1, len(prompt) + max_tokens)
+    assert engine.kv_bytes(1, len(prompt) + max_tokens + 1) > fits_unexpanded  # a step boundary
+    budget, engine.kv_budget_bytes = engine.kv_budget_bytes, fits_unexpanded
+    try:
+        big = GenerationRequest("big", prompt, max_tokens, GREEDY, images=(image(1),))
+        events = [event async for event in engine.submit(big)]
+    finally:
+        engine.kv_budget_bytes = budget
+    assert len(events) == 1 and isinstance(events[0], ErrorEvent), events
+    assert isinstance(events[0].error, KVBudgetExceeded), events[0].error
+    tokens, _ = await served(engine, request(engine, "after", messages, image(1)))
+    assert tokens  # the engine serves on
