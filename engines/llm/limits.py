@@ -112,7 +112,7 @@ class PassShape:
 # Activations alive at once in one layer of a pass, per token, in units of the feed-forward and
 # hidden widths: the feed-forward's gate, up and product with their inputs and outputs, the
 # residual stream and the attention's projections (fitted to MLX's CPU peak memory, see
-# tests/engines/test_limits.py; about 5.4 x intermediate with the hidden terms folded in).
+# tests/engines/test_families_memory.py; about 5.4 x intermediate with the hidden terms folded in).
 FEED_FORWARD_COPIES = 6
 HIDDEN_COPIES = 8
 
