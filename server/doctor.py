@@ -80,8 +80,10 @@ def check_limits(settings: Settings) -> list[Finding]:
     budget unless set: engines/llm/limits.py), estimated from its config.json and weights."""
     import json
 
-    from engines.llm.engine import default_kv_budget
-    from engines.llm.limits import kv_bytes_per_token, size_limits
+    import mlx.core as mx
+
+    from engines.llm.engine import default_kv_budget, default_prefill_chunk
+    from engines.llm.limits import PassShape, kv_bytes_per_token, prefill_peak_bytes, size_limits
 
     store = ModelStore(settings.home)
     try:
@@ -90,7 +92,11 @@ def check_limits(settings: Settings) -> list[Finding]:
     except Exception:  # a missing model is check_store's finding
         return []
     weights = store.size_bytes(path)
-    budget = (settings.kv_budget_mb or 0) * 2**20 or default_kv_budget(weights)
+    on_cpu = mx.default_device() == mx.cpu
+    chunk = settings.prefill_chunk or default_prefill_chunk(on_cpu)
+    # As the engine reserves it (every logit of a joint prefill: plain caches, the common case).
+    reserve = prefill_peak_bytes(PassShape.of(config), chunk, chunk, not on_cpu, True)
+    budget = (settings.kv_budget_mb or 0) * 2**20 or default_kv_budget(weights, reserve)
     per_token = kv_bytes_per_token(config)
     sized = size_limits(
         budget, lambda tokens: tokens * per_token, settings.max_batch, settings.max_waiting

@@ -114,7 +114,10 @@ class Settings(BaseSettings):
         "the batch; other kinds 64).",
     )
     kv_budget_mb: int | None = Field(
-        None, ge=1, description="KV cache budget; default: half the device memory − weights."
+        None,
+        ge=1,
+        description="KV cache budget; default: half the device memory − weights − the "
+        "largest prefill pass.",
     )
     prefix_cache_mb: int = Field(1024, ge=0, description="Prefix cache size (0 turns it off).")
     prefix_disk_mb: int = Field(

@@ -23,7 +23,7 @@ from engines.llm.cpu_decode import install as install_cpu_decode
 from engines.llm.detokenize import TokenBytes
 from engines.llm.disk_cache import DiskPrefixCache, model_identity
 from engines.llm.front import ChatFront
-from engines.llm.limits import size_limits
+from engines.llm.limits import PassShape, prefill_peak_bytes, size_limits
 from engines.llm.prefix_cache import PrefixCache
 from engines.llm.quantized_cache import install as install_quantized_kv
 from engines.llm.sampling import TokenSampler, choice_seed
@@ -154,7 +154,17 @@ class LLMEngine(EngineThread, ChatFront):
                 profile.sequential_reason,
             )
         self.measure_weights(model)
-        self.kv_budget_bytes = self.limits.kv_budget_bytes or default_kv_budget(self.weights_bytes)
+        on_cpu = mx.default_device() == mx.cpu
+        if not self.prefill_chunk:
+            self.prefill_chunk = default_prefill_chunk(on_cpu)
+        # The default budget leaves room for the largest prefill pass next to the caches: its
+        # activations, and the logits of every position when fresh prompts share a pass.
+        reserve = prefill_peak_bytes(
+            PassShape.of(config), self.prefill_chunk, self.prefill_chunk, not on_cpu, profile.plain
+        )
+        self.kv_budget_bytes = self.limits.kv_budget_bytes or default_kv_budget(
+            self.weights_bytes, reserve
+        )
         self._size_limits(profile)
         self.scheduler = self._new_scheduler(model, tokenizer, profile)
         rows = default_rows() if self.limits.warmup_rows is None else self.limits.warmup_rows
@@ -227,11 +237,6 @@ class LLMEngine(EngineThread, ChatFront):
 
         assert self.info is not None
         on_cpu = mx.default_device() == mx.cpu
-        if not self.prefill_chunk:
-            # Bounds how long one step's prefill delays running streams: a CPU takes about a
-            # second for a few hundred tokens, a GPU milliseconds for thousands
-            # (docs/benchmarks.md, "Prefill stall").
-            self.prefill_chunk = 512 if on_cpu else 2048
         if not self.prefill_bucket:
             self.prefill_bucket = default_prefill_bucket()
         config = SchedulerConfig(
@@ -355,8 +360,16 @@ def default_prefill_bucket() -> int:
     return 32 if mx.default_device() == mx.gpu and mx.cuda.is_available() else 1
 
 
-def default_kv_budget(weight_bytes: int) -> int:
-    """Half of the memory MLX may use on this device, minus the weights (at least 256 MiB)."""
+def default_prefill_chunk(on_cpu: bool) -> int:
+    """Prompt tokens per step. Bounds how long one step's prefill delays running streams: a CPU
+    takes about a second for a few hundred tokens, a GPU milliseconds for thousands
+    (docs/benchmarks.md, "Prefill stall")."""
+    return 512 if on_cpu else 2048
+
+
+def default_kv_budget(weight_bytes: int, reserve_bytes: int = 0) -> int:
+    """Half of the memory MLX may use on this device, minus the weights and `reserve_bytes` (the
+    transient of a prefill pass: limits.prefill_peak_bytes), at least 256 MiB."""
     import os
 
     import mlx.core as mx
@@ -367,4 +380,4 @@ def default_kv_budget(weight_bytes: int) -> int:
     )
     if not device_memory:  # MLX's CPU backend reports no memory: use physical RAM
         device_memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return max(device_memory // 2 - weight_bytes, 256 * 2**20)
+    return max(device_memory // 2 - weight_bytes - reserve_bytes, 256 * 2**20)

@@ -13,7 +13,9 @@ budget, so a batch of long requests stays within memory whatever the width.
 Prefill needs room beyond the KV cache while it runs: `pass_bytes` is the transient memory of one
 forward pass (one layer's activations, unfused attention scores on the CPU, the logits of every
 position read), `prefill_peak_bytes` the largest of a chunked prefill (tests/engines/
-test_families_memory.py checks both against MLX's measured peak). Admission does not add them yet.
+test_families_memory.py checks both against MLX's measured peak). The default KV budget leaves that
+much free for a full prefill chunk (engine.default_kv_budget's `reserve_bytes`), so the rows
+admitted against it never leave the prefill without room.
 
 Pure arithmetic (no MLX): the engine calls it at load with its measured profile, `mlxd doctor`
 with an estimate from the checkpoint's config.json.

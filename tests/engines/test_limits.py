@@ -91,3 +91,26 @@ async def test_status_and_doctor_show_the_limits_in_force(tiny_model_dir: Path) 
     assert "max_waiting set explicitly" in model["limits_reason"]
     (finding,) = check_limits(Settings(model=str(tiny_model_dir), max_batch=6))
     assert finding.facts.startswith(f"{tiny_model_dir}: max_batch 6, max_waiting 12 (")
+
+
+async def test_the_default_budget_leaves_room_for_a_prefill_chunk(tiny_model_dir: Path) -> None:
+    """Without an explicit budget, the KV budget is half the device's memory less the weights
+    and less the transient of a prefill pass of a whole chunk (every position's logits: a joint
+    prefill of fresh prompts computes them all)."""
+    import json
+
+    from engines.llm.engine import default_kv_budget
+    from engines.llm.limits import PassShape, prefill_peak_bytes
+
+    engine = LLMEngine("tiny", tiny_model_dir, prefill_chunk=256)
+    engine.start()
+    await engine.wait_loaded()
+    try:
+        config = json.loads((tiny_model_dir / "config.json").read_text())
+        reserve = prefill_peak_bytes(PassShape.of(config), 256, 256, False, True)
+        logits = 256 * config["vocab_size"] * 4  # float32 logits of every position of the chunk
+        assert reserve > logits
+        assert engine.kv_budget_bytes == default_kv_budget(engine.weights_bytes) - reserve
+        assert engine.kv_budget_bytes == default_kv_budget(engine.weights_bytes, reserve)
+    finally:
+        engine.stop()
