@@ -132,7 +132,11 @@ async def judge(
             streams.append(stream)
             scores[index] = await _yes_probability(stream, answers)
 
-    workers = [asyncio.ensure_future(judge_in_turn()) for _ in range(min(IN_FLIGHT, len(prompts)))]
+    # Each document in flight holds one of the engine's queue places: never more than it has,
+    # or the rerank would refuse itself (429) and crowd out other clients.
+    room = engine.stats().max_waiting or IN_FLIGHT
+    in_flight = max(1, min(IN_FLIGHT, len(prompts), room // 2))
+    workers = [asyncio.ensure_future(judge_in_turn()) for _ in range(in_flight)]
     try:
         await asyncio.gather(*workers)
     except Exception as exc:  # an engine error (refusal or failure): the route's error body

@@ -27,6 +27,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from engines.errors import ModelNotFound
 from engines.kinds import CHAT, EMBEDDING, ChatEngine
 from engines.pool import EnginePool
 from engines.types import EmbeddingModelInfo, EmbeddingRequest
@@ -99,8 +100,14 @@ async def _judged(
 
 
 def _kind(pool: EnginePool, model: str) -> str:
-    """The configured kind of `model` (404 if there is no such model)."""
-    name = pool.resolve(model)
+    """The configured kind of `model`: for a name not configured, the default model's (rerank
+    takes either kind, so the default serves it whatever its kind); 404 without a default."""
+    try:
+        name = pool.resolve(model)
+    except ModelNotFound:
+        if pool.default_model is None:
+            raise
+        name = pool.default_model
     return next(entry.kind for entry in pool.models() if entry.name == name)
 
 

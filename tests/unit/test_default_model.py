@@ -135,3 +135,17 @@ def test_a_default_that_names_no_model_is_refused(engine: FakeEngine, tmp_path: 
     bad.write_text('default_model = "gpt-5"\n' + models)
     with pytest.raises(ConfigError, match="default_model 'gpt-5' names no model of this file"):
         load_models_file(bad)
+
+
+async def test_a_default_chat_model_judges_reranks_of_unknown_names(
+    defaulted: httpx.AsyncClient, strict: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    """The default model serves /v1/rerank too (rerank takes chat and embedding models). The fake
+    ignores the answers' bias, so its judgement ends in a 500 (test_embeddings_contract.py says
+    why); what matters here is that the judging request reached it instead of a 404."""
+    body = {"model": "claude-opus-9", "query": "where is it", "documents": ["it is here"]}
+    response = await defaulted.post("/v1/rerank", json=body)
+    prompt = "".join(chr(t) for t in engine.requests[-1].prompt_tokens)
+    assert "<Query>: where is it\n<Document>: it is here" in prompt
+    assert response.status_code == 500 and "miss yes or no" in response.text
+    assert_openai_error(await strict.post("/v1/rerank", json=body), 404, "model")
