@@ -68,6 +68,10 @@ class VisionCache:
 
 
 def _nbytes(features: Any) -> int:
+    """Bytes of an array, or of the arrays of a tuple / list of them (some towers return
+    several), so the byte bound holds whatever a family's tower hands back."""
+    if isinstance(features, (tuple, list)):
+        return sum(_nbytes(part) for part in features)
     return int(getattr(features, "nbytes", 0))
 
 

@@ -446,6 +446,11 @@ def test_vision_cache_is_bounded_in_entries_and_bytes() -> None:
     cache.put(("big",), mx.zeros((40,), mx.float32))  # over the bound alone: nothing is kept
     assert (cache.nbytes, cache.get(("big",))) == (0, None)
     assert (cache.hits, cache.misses) == (2, 3)
+    # Towers that return several arrays count them all (not as 0 bytes).
+    cache.put(("pair",), (mx.zeros((10,), mx.float32), mx.zeros((5,), mx.float32)))
+    assert cache.nbytes == 60
+    cache.put(("pair2",), [mx.zeros((20,), mx.float32)])  # 80 more: over 100, the pair leaves
+    assert (cache.nbytes, cache.get(("pair",))) == (80, None)
 
 
 async def test_images_count_against_the_kv_budget(engine: VLMEngine) -> None:
