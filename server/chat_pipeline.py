@@ -116,7 +116,7 @@ async def prepare_chat(
     untagged = info.untagged_tool_calls if info else True
     tool_format = info.tool_format if info else DEFAULT_FORMAT
     if grammar_param == "tool_choice":  # a forced call is read in the format it was forced in
-        tool_format = grammar_format(tool_format)
+        tool_format = grammar_format(tool_format, tools)
     tool_schemas = {tool["function"]["name"]: tool["function"].get("parameters") for tool in tools}
 
     def output_for() -> ChoiceOutput:
@@ -228,7 +228,7 @@ def output_grammar(
     if chat.tool_choice == "required" or forced is not None:
         parallel = forced is None and chat.parallel_tool_calls is not False
         tool_format = engine.info.tool_format if engine.info else DEFAULT_FORMAT
-        tags = single_token_tags(engine, grammar_tags(tool_format))
+        tags = single_token_tags(engine, grammar_tags(tool_format, tools))
         return tool_call_grammar(tools, forced, parallel, tool_format, tags), "tool_choice"
     response_format = chat.response_format
     if response_format is None or response_format.type == "text":

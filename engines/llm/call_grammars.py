@@ -26,7 +26,8 @@ accept the token the model was trained to emit.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import keyword
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engines.llm.chat_formats import DEFAULT_FORMAT, MARKERS
@@ -39,14 +40,25 @@ GRAMMAR_FORMATS = (
 )  # fmt: skip
 
 
-def grammar_format(tool_format: str) -> str:
-    """The format a forced call of a `tool_format` model is generated (and parsed) in."""
+def grammar_format(tool_format: str, tools: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The format a forced call of `tools` by a `tool_format` model is generated (and parsed)
+    in. A pythonic call names its function and arguments as Python identifiers (its parser reads
+    the call with Python's own grammar): tools named otherwise are forced in the default
+    format."""
+    if tool_format == "pythonic" and not all(_pythonic_names(tool) for tool in tools):
+        return DEFAULT_FORMAT
     return tool_format if tool_format in GRAMMAR_FORMATS else DEFAULT_FORMAT
 
 
-def grammar_tags(tool_format: str) -> tuple[str, ...]:
+def _pythonic_names(tool: Mapping[str, Any]) -> bool:
+    function = tool["function"]
+    names = [function["name"], *((function.get("parameters") or {}).get("properties") or {})]
+    return all(name.isidentifier() and not keyword.iskeyword(name) for name in names)
+
+
+def grammar_tags(tool_format: str, tools: Sequence[Mapping[str, Any]] = ()) -> tuple[str, ...]:
     """The markers the forced-call grammar of `tool_format` writes (to look up as tokens)."""
-    return MARKERS.get(grammar_format(tool_format), ())
+    return MARKERS.get(grammar_format(tool_format, tools), ())
 
 
 def tool_call_grammar(
@@ -69,7 +81,7 @@ def tool_call_grammar(
     def tag(text: str) -> str:
         return f"<[{tokens[text]}]>" if text in tokens else json.dumps(text)
 
-    fmt = grammar_format(tool_format)
+    fmt = grammar_format(tool_format, tools)
     if fmt in _XML_STYLES:
         return lark_grammar(_xml_calls(fmt, functions, parallel, tag))
     if fmt == "kimi_k2":

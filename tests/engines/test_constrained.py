@@ -142,3 +142,22 @@ def test_a_schemas_own_minimum_outranks_the_digit_bound(engine: LLMEngine) -> No
         "required": ["n"],
     }
     assert _digits_allowed(engine, big, '{"n": ' + "1" * 16)
+
+
+def test_pythonic_calls_of_names_python_cannot_read_are_forced_in_the_default_format() -> None:
+    """`f(a-b=1)` or `f(class=1)` is no Python call the pythonic parser could read back: such
+    tools are forced (and then parsed) in json_tools' form; well-named ones stay pythonic."""
+    from engines.llm.call_grammars import grammar_format, grammar_tags
+    from engines.llm.chat_formats import DEFAULT_FORMAT
+
+    def tool(name: str, *params: str) -> dict[str, object]:
+        properties = {p: {"type": "integer"} for p in params}
+        return {"function": {"name": name, "parameters": {"properties": properties}}}
+
+    assert grammar_format("pythonic", [tool("get_weather", "city", "days")]) == "pythonic"
+    assert "<|tool_call_start|>" in grammar_tags("pythonic", [tool("f", "a")])
+    for bad in ([tool("f", "a-b")], [tool("f", "class")], [tool("get-weather")]):
+        assert grammar_format("pythonic", bad) == DEFAULT_FORMAT
+        assert grammar_tags("pythonic", bad) == grammar_tags(DEFAULT_FORMAT)
+        grammar = tool_call_grammar(bad, None, parallel=False, tool_format="pythonic")
+        assert grammar == tool_call_grammar(bad, None, parallel=False)
