@@ -114,18 +114,10 @@ class ToolCallParser:
             return out
         while True:
             if not self._in_call:
-                start = self._buffer.find(OPEN)
-                held = partial_suffix(self._buffer, OPEN) if start < 0 else 0
-                text_end = start if start >= 0 else len(self._buffer) - held
-                separator = bool(self._calls) and not self._buffer[:text_end].strip()
-                if separator and start < 0:
-                    return out  # whitespace after a call: a separator, unless text follows
-                if not separator:
-                    out.content += self._buffer[:text_end]
-                self._buffer = self._buffer[text_end:]
-                if start < 0:
+                content, self._buffer, opened = text_before(self._buffer, OPEN, bool(self._calls))
+                out.content += content
+                if not opened:
                     return out
-                self._buffer = self._buffer[len(OPEN) :]
                 self._in_call = True
                 continue
             end = self._buffer.find(CLOSE)
@@ -212,6 +204,23 @@ class ToolCallParser:
             out.calls.append(ToolCallDelta(index, arguments=raw[self._streamed_arguments :]))
         self._calls.append(ToolCall(self._current_id, name, raw))
         self._current_id, self._streamed_arguments = None, 0
+
+
+def text_before(buffer: str, marker: str, after_call: bool) -> tuple[str, str, bool]:
+    """Split streamed output at the first `marker`: (content to emit now, what stays buffered —
+    from just after the marker, or the tail that could still begin it —, whether the marker was
+    found). Whitespace right after a call (`after_call`) separates calls and is not content,
+    unless text follows it: until then it stays buffered."""
+    start = buffer.find(marker)
+    held = partial_suffix(buffer, marker) if start < 0 else 0
+    text_end = start if start >= 0 else len(buffer) - held
+    separator = after_call and not buffer[:text_end].strip()
+    if separator and start < 0:
+        return "", buffer, False
+    content = "" if separator else buffer[:text_end]
+    if start < 0:
+        return content, buffer[text_end:], False
+    return content, buffer[start + len(marker) :], True
 
 
 def partial_suffix(text: str, tag: str) -> int:

@@ -28,7 +28,7 @@ from server.tool_calls import (
     ToolCallParser,
     may_be_untagged,
     new_call_id,
-    partial_suffix,
+    text_before,
 )
 from server.tool_formats.bodies import BODIES, ParsedCall
 
@@ -66,18 +66,12 @@ class SectionParser:
             return out
         while True:
             if not self._in_section:
-                start = self._buffer.find(self._start)
-                held = partial_suffix(self._buffer, self._start) if start < 0 else 0
-                text_end = start if start >= 0 else len(self._buffer) - held
-                separator = bool(self._calls) and not self._buffer[:text_end].strip()
-                if separator and start < 0:
-                    return out  # whitespace after a call: a separator, unless text follows
-                if not separator:
-                    out.content += self._buffer[:text_end]
-                self._buffer = self._buffer[text_end:]
-                if start < 0:
+                content, self._buffer, opened = text_before(
+                    self._buffer, self._start, bool(self._calls)
+                )
+                out.content += content
+                if not opened:
                     return out
-                self._buffer = self._buffer[len(self._start) :]
                 self._in_section = True
             if not self._end:
                 return out  # the section runs to the end of the output
