@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from engines import attention_backend, blas
 from engines.errors import EngineError
@@ -77,9 +79,9 @@ def _dispatch(args: argparse.Namespace, settings: object, blas_status: blas.Blas
 
         return (pull_command if args.command == "pull" else rm_command)(settings, args)
     if args.command == "follower" or (args.command == "serve" and _launched_follower()):
-        return _follower(settings)
+        _exit_without_finalizing(_follower(settings))
     if args.command == "serve":
-        return _serve(settings)
+        _exit_without_finalizing(_serve(settings))
     if args.command == "import":
         return _import(settings, args)
     if args.command == "service":
@@ -289,6 +291,18 @@ def _launched_follower() -> bool:
     from engines.distributed.group import launched_rank
 
     return bool(launched_rank())
+
+
+def _exit_without_finalizing(status: int) -> NoReturn:
+    """End a process that ran engine threads, once its work is done and its output flushed,
+    without interpreter finalization. MLX keeps a compile cache per thread; its destructor runs
+    as the engine thread's last act and needs the GIL: during finalization that thread is made
+    to exit instead, inside a destructor, and the process aborts (SIGABRT, a core dump) with
+    the status lost. Nothing of ours waits on atexit: engines are stopped and stores closed."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _follower(settings: object) -> int:

