@@ -79,9 +79,9 @@ def _dispatch(args: argparse.Namespace, settings: object, blas_status: blas.Blas
 
         return (pull_command if args.command == "pull" else rm_command)(settings, args)
     if args.command == "follower" or (args.command == "serve" and _launched_follower()):
-        _exit_without_finalizing(_follower(settings))
+        return _follower(settings)
     if args.command == "serve":
-        _exit_without_finalizing(_serve(settings))
+        return _serve(settings)
     if args.command == "import":
         return _import(settings, args)
     if args.command == "service":
@@ -293,18 +293,6 @@ def _launched_follower() -> bool:
     return bool(launched_rank())
 
 
-def _exit_without_finalizing(status: int) -> NoReturn:
-    """End a process that ran engine threads, once its work is done and its output flushed,
-    without interpreter finalization. MLX keeps a compile cache per thread; its destructor runs
-    as the engine thread's last act and needs the GIL: during finalization that thread is made
-    to exit instead, inside a destructor, and the process aborts (SIGABRT, a core dump) with
-    the status lost. Nothing of ours waits on atexit: engines are stopped and stores closed."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)
-
-
 def _follower(settings: object) -> int:
     from engines.llm.distributed import DistributedOptions, run_follower
     from engines.weights.store import ModelStore
@@ -436,5 +424,19 @@ def _doctor(settings: object, blas_status: blas.BlasStatus) -> int:
     return run_doctor(settings, blas_status)
 
 
+def entry() -> NoReturn:
+    """The `mlxd` process: run the command, then end without interpreter finalization, once its
+    work is done and its output flushed. MLX keeps a compile cache per thread; its destructor
+    runs as an engine thread's last act and needs the GIL: when that overlaps finalization the
+    thread is made to exit inside the destructor and the process aborts (SIGABRT, a core dump,
+    the status lost; seen with followers). Nothing of ours waits on atexit: engines are
+    stopped and files closed before a command returns. (`main` itself returns, for tests.)"""
+    status = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
