@@ -105,10 +105,10 @@ def reference_greedy(engine: LLMEngine, count: int) -> list[int]:
     result: list[int] = []
 
     def work() -> None:
-        from mlx_lm.utils import load
+        from engines.weights.checkpoint import load_checkpoint
 
         with mx.stream(mx.new_stream(mx.cpu)):
-            model, _ = load(str(engine.path))
+            model, _ = load_checkpoint(engine.path)
             cache = make_prompt_cache(model)
             logits = model(mx.array([PROMPT]), cache=cache)
             for _ in range(count):

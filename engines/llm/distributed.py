@@ -166,9 +166,8 @@ class DistributedLLMEngine(LLMEngine):
     # -- loading -----------------------------------------------------------------------------
 
     def load_checkpoint(self) -> tuple[Any, Any, dict[str, Any]]:
-        from mlx_lm.utils import load
-
         from engines.distributed.shard import place
+        from engines.weights.checkpoint import load_checkpoint
 
         options = self.options
         if self.leader and launched_rank() is None and len(options.hosts) > 1:
@@ -181,9 +180,8 @@ class DistributedLLMEngine(LLMEngine):
             raise ValueError(
                 f"the {options.backend} group has {group.size()} ranks, not {expected}"
             )
-        model, tokenizer, config = load(  # type: ignore[misc]
-            str(self.path), lazy=True, return_config=True
-        )
+        # float32 entries are dequantized (lazily) before mlx-lm shards their Linear layers
+        model, tokenizer, config = load_checkpoint(self.path, lazy=True, return_config=True)
         place(model, group, options.pipeline)
         mx.eval(model.parameters())  # only this rank's shard is read from disk
         mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group))  # every rank has loaded

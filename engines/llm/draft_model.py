@@ -72,9 +72,9 @@ class DraftModel:
         `cpu_decode` (the target decodes with the CPU rewrites) the draft uses them too, where
         its family allows: on a CPU its one-token passes cost mostly rotary embeddings and
         attention, as the target's do."""
-        from mlx_lm.utils import load
+        from engines.weights.checkpoint import load_checkpoint
 
-        model = load(str(path))[0]
+        model = load_checkpoint(path)[0]
         probe = make_prompt_cache(model)
         width = model(mx.array([[0, 1]]), cache=probe).shape[-1]
         profile = CacheProfile.of(probe)

@@ -331,14 +331,14 @@ def _load_checkpoint(path: Path) -> tuple[Any, Any, dict[str, Any]]:
     does not fit (an unknown model_type, weights that do not match the config)."""
     import json
 
-    from mlx_lm.utils import load
+    from engines.weights.checkpoint import load_checkpoint
 
     try:
         model_type = json.loads((path / "config.json").read_text()).get("model_type")
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path} has no readable config.json: {exc}") from exc
     try:
-        return load(str(path), return_config=True)  # type: ignore[return-value]
+        return load_checkpoint(path, return_config=True)
     except ValueError as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "not supported" in detail:

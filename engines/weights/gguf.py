@@ -3,10 +3,17 @@
 
 Output: `config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json` (with the
 chat template), then the store's completion marker. Facts this relies on:
-- `mx.load(path, return_metadata=True)` reads GGUF and keeps Q4_0/Q4_1/Q8_0 as MLX affine
-  quantized triples (weight/scales/biases, group 32); files with other quant types (K-quants,
-  which mx.load would round to float16) are dequantized to float32 with `gguf`, a tensor at a
-  time, and written in shards (a 1.5B model is 6 GB as float32).
+- Quantized tensors stay compact: every GGML type that is exactly an MLX affine quantization per
+  32 values (Q4_0/Q4_1/Q8_0, which `mx.load` keeps as MLX triples, and Q5_0/Q5_1/Q4_K/Q5_K,
+  decoded by engines/weights/gguf_quants.py) is stored as an MLX triple (packed weight, scales,
+  biases, group 32) with mlx-lm's `quantization` config; other types (Q6_K, Q2_K, Q3_K, IQ*) are
+  dequantized to float32 with `gguf`, a tensor at a time, and written in shards.
+- `mlxd_dequantize_on_load` in config.json (DEQUANTIZE_ON_LOAD): the entry must run in float32,
+  so engines/weights/checkpoint.py dequantizes its triples when loading, to the float32 values
+  llama.cpp's dequantization gives (up to the sign of zero). Set for CPU imports (MLX's CPU
+  quantized matmul is much slower than float32) and for files with types `mx.load` cannot keep
+  (their GPU imports ran in float32 before triples were kept for them); without it (GPU imports
+  of Q4_0/Q4_1/Q8_0 files) the triples run quantized, with float16 scales.
 - llama.cpp permutes the Q and K rows of `llama` models for its RoPE layout; we undo it. The
   others are stored unpermuted; gemma3 stores its RMS norm weights as 1 + w (mlx-lm adds the 1).
 - Rope settings: linear scaling from `{arch}.rope.scaling.*`; Llama 3.1+'s `rope_freqs` factors
@@ -25,6 +32,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
+from engines.weights.checkpoint import DEQUANTIZE_ON_LOAD
 from engines.weights.gguf_architectures import (
     ARCHITECTURES,
     TOP_NAMES,
@@ -32,13 +40,13 @@ from engines.weights.gguf_architectures import (
     UnsupportedGGUF,
     rope_scaling,
 )
+from engines.weights.gguf_quants import AFFINE_BITS, GROUP_SIZE, affine_triple
 from engines.weights.gguf_tokenizer import build_tokenizer
 from engines.weights.store import staged
 
 logger = logging.getLogger(__name__)
 
 SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
-GROUP_SIZE = 32  # the block size of the GGUF quant types that mx.load keeps quantized
 MLX_EXACT = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0"}  # GGML types mx.load reads as stored
 SHARD_BYTES = 2 << 30  # the importer holds one shard of converted weights in memory at a time
 
@@ -50,18 +58,20 @@ class GGUFImportError(ValueError):
 def import_gguf(source: Path, destination: Path, dequantize: bool) -> Path:
     """Convert `source` into the model directory `destination` (replaced if present).
 
-    `dequantize`: write float32 weights (fast path for MLX on CPU); otherwise keep the GGUF's
-    quantized linears as MLX affine quantization (Metal/CUDA).
+    `dequantize`: the entry is for MLX on CPU, which runs float32 fastest: quantized linears
+    are still stored compactly, marked to be dequantized when loaded (engines/weights/
+    checkpoint.py); otherwise they run as MLX affine quantization (Metal/CUDA) where the file's
+    types allow (see the module docstring).
     """
     arch = _architecture(source)  # from the header: refuse before any tensor is read
     if arch not in SUPPORTED_ARCHITECTURES:
         supported = ", ".join(SUPPORTED_ARCHITECTURES)
         raise GGUFImportError(f"unsupported GGUF architecture {arch!r}; supported: {supported}")
     spec = ARCHITECTURES[arch]
-    tensors, metadata = _read(source)
+    tensors, metadata, quantized, as_read = _read(source)
     config = _model_config(arch, spec, metadata, tensors)
-    quantized = _quantized_bits(tensors)
-    if quantized and not dequantize:
+    float32 = dequantize or not as_read
+    if quantized:
         default_bits = Counter(quantized.values()).most_common(1)[0][0]
         quantization: dict[str, Any] = {"group_size": GROUP_SIZE, "bits": default_bits}
         for module, bits in quantized.items():
@@ -69,7 +79,9 @@ def import_gguf(source: Path, destination: Path, dequantize: bool) -> Path:
             if bits != default_bits and target is not None:
                 quantization[target] = {"group_size": GROUP_SIZE, "bits": bits}
         config["quantization"] = quantization
-    converted = _converted(tensors, spec, config, quantized if dequantize else None)
+        if float32:
+            config[DEQUANTIZE_ON_LOAD] = True
+    converted = _converted(tensors, spec, config, set(quantized) if float32 else None)
     with staged(destination, f"imported from {source.name}") as staging:
         _save_sharded(staging, converted)
         (staging / "config.json").write_text(json.dumps(config, indent=2))
@@ -84,37 +96,25 @@ def _converted(
     tensors: Mapping[str, Any],
     spec: GGUFArchitecture,
     config: dict[str, Any],
-    dequantize: dict[str, int] | None,
+    float32_except: set[str] | None,
 ) -> Iterator[tuple[str, Any]]:
     """(mlx-lm name, array) for every tensor mlx-lm has a place for, read one at a time.
 
-    `dequantize`: None keeps dtypes and MLX-quantized triples as read; otherwise everything
-    becomes float32, the triples of its modules (GGUF module name → bits) dequantized (their
-    scales and biases are consumed with the weight).
+    MLX-quantized triples are kept as read. `float32_except`: None keeps every dtype as read;
+    otherwise every tensor except the triples of these (GGUF) modules becomes float32.
     """
     import mlx.core as mx
 
     for name in tensors:
         module, _, suffix = name.rpartition(".")
-        if dequantize is not None and module in dequantize and suffix in ("scales", "biases"):
-            continue
-        value = tensors[name]
-        if dequantize is not None and module in dequantize and suffix == "weight":
-            # float32 scales and biases: with mx.load's float16 ones the result is float16,
-            # ~0.01 off in the logits of a tiny model (the quantized matmul is not)
-            value = mx.dequantize(
-                value,
-                tensors[f"{module}.scales"].astype(mx.float32),
-                tensors[f"{module}.biases"].astype(mx.float32),
-                group_size=GROUP_SIZE,
-                bits=dequantize[module],
-            )
-        if dequantize is not None:
-            value = value.astype(mx.float32)
         target = _target(module, spec)
         if target is None:
             logger.info("skipping GGUF tensor %s", name)
             continue
+        value = tensors[name]
+        triple = module in (float32_except or ()) and suffix in ("weight", "scales", "biases")
+        if float32_except is not None and not triple:
+            value = value.astype(mx.float32)
         if spec.norms_plus_one and module.endswith("norm"):
             value = value - 1.0
         if spec.permuted_qk:
@@ -174,42 +174,69 @@ def _architecture(source: Path) -> str:
     return bytes(field.parts[field.data[0]]).decode("utf-8")
 
 
-def _read(source: Path) -> tuple[Mapping[str, Any], dict[str, Any]]:
-    """GGUF tensors by name (as stored, names unchanged) and metadata as plain Python values.
+def _read(source: Path) -> tuple[Mapping[str, Any], dict[str, Any], dict[str, int], bool]:
+    """GGUF tensors by name (quantized ones as MLX triples `<module>.weight/.scales/.biases`),
+    metadata as plain Python values, the bits of every quantized module (GGUF module name →
+    bits), and whether every tensor is as `mx.load` reads it.
 
-    mx.load keeps MLX_EXACT types exactly (Q4_0/Q4_1/Q8_0 as MLX quantized triples) but reads
-    K-quants as float16, rounding them: files with any other type are dequantized to float32
-    by `gguf`, as llama.cpp's own dequantization gives them.
+    mx.load keeps MLX_EXACT types exactly (Q4_0/Q4_1/Q8_0 as MLX quantized triples with float16
+    scales) but reads K-quants as float16, rounding them: files with any other type are read
+    with `gguf` (engines/weights/gguf_quants.py for the affine types, float32 for the rest).
     """
     import mlx.core as mx
     from gguf import GGUFReader
 
     types = {tensor.tensor_type.name for tensor in GGUFReader(str(source)).tensors}
     if not types <= MLX_EXACT:
-        logger.info("%s holds %s: dequantizing with gguf", source.name, sorted(types - MLX_EXACT))
-        return _read_with_gguf(source)
-    tensors, metadata = cast(
+        logger.info("%s holds %s: decoding with gguf", source.name, sorted(types - MLX_EXACT))
+        tensors, metadata = _read_with_gguf(source)
+        return tensors, metadata, tensors.bits, False
+    loaded, metadata = cast(
         tuple[dict[str, Any], dict[str, Any]], mx.load(str(source), return_metadata=True)
     )
-    return dict(tensors), {key: _plain(value) for key, value in metadata.items()}
+    plain = {key: _plain(value) for key, value in metadata.items()}
+    return dict(loaded), plain, _quantized_bits(loaded), True
 
 
-class _DequantizedOnRead(Mapping[str, Any]):
-    """A GGUF file's tensors by name, each dequantized to float32 only when read: the importer
-    holds one shard at a time, not the whole model (a 1.5B model is 6 GB as float32)."""
+class _DecodedOnRead(Mapping[str, Any]):
+    """A GGUF file's tensors by name, each decoded only when read: the importer holds one shard
+    at a time, not the whole model (a 1.5B model is 6 GB as float32).
+
+    A 2-D `<module>.weight` of a type in AFFINE_BITS appears as the MLX triple
+    `<module>.weight` (packed), `.scales`, `.biases` (`bits` maps the module to its bits); the
+    module's triple is decoded once, for the first of the three names read. Every other tensor
+    appears under its own name, dequantized to float32.
+    """
 
     def __init__(self, tensors: list[Any]) -> None:
-        self._tensors = {tensor.name: tensor for tensor in tensors}
+        self._tensors: dict[str, tuple[Any, int | None]] = {}
+        self.bits: dict[str, int] = {}
+        for tensor in tensors:
+            module, _, suffix = tensor.name.rpartition(".")
+            bits = AFFINE_BITS.get(tensor.tensor_type.name)
+            if bits is not None and suffix == "weight" and len(tensor.shape) == 2:
+                self.bits[module] = bits
+                for index, part in enumerate(("weight", "scales", "biases")):
+                    self._tensors[f"{module}.{part}"] = (tensor, index)
+            else:
+                self._tensors[tensor.name] = (tensor, None)
+        self._last: tuple[str, tuple[Any, ...]] = ("", ())
 
     def __getitem__(self, name: str) -> Any:
         import mlx.core as mx
         import numpy as np
         from gguf.quants import dequantize
 
-        tensor = self._tensors[name]
+        tensor, part = self._tensors[name]
         shape = tuple(int(d) for d in reversed(tensor.shape))
-        values = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
-        return mx.array(values.astype(np.float32, copy=False))
+        if part is None:
+            values = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+            return mx.array(values.astype(np.float32, copy=False))
+        if self._last[0] != tensor.name:
+            rows, columns = shape
+            triple = affine_triple(tensor.data, tensor.tensor_type.name, (rows, columns))
+            self._last = (tensor.name, tuple(mx.array(array) for array in triple))
+        return self._last[1][part]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._tensors)
@@ -218,7 +245,7 @@ class _DequantizedOnRead(Mapping[str, Any]):
         return len(self._tensors)
 
 
-def _read_with_gguf(source: Path) -> tuple[Mapping[str, Any], dict[str, Any]]:
+def _read_with_gguf(source: Path) -> tuple[_DecodedOnRead, dict[str, Any]]:
     import numpy as np
     from gguf import GGUFReader, GGUFValueType
 
@@ -239,7 +266,7 @@ def _read_with_gguf(source: Path) -> tuple[Mapping[str, Any], dict[str, Any]]:
         else:
             value = field.parts[field.data[0]][0].item()
         metadata[field.name] = value
-    return _DequantizedOnRead(list(reader.tensors)), metadata
+    return _DecodedOnRead(list(reader.tensors)), metadata
 
 
 def _plain(value: Any) -> Any:
@@ -320,8 +347,8 @@ def _unpermuted(target: str, value: Any, config: dict[str, Any]) -> Any:
 
 
 def _quantized_bits(tensors: Mapping[str, Any]) -> dict[str, int]:
-    """GGUF module name → bits, for every MLX-quantized module (packed uint32 weight + scales);
-    only names are scanned, so lazily dequantized tensors are not read."""
+    """GGUF module name → bits, for every MLX-quantized module (packed uint32 weight + scales)
+    of the arrays `mx.load` read."""
     bits = {}
     for name in tensors:
         if name.endswith(".scales"):

@@ -13,8 +13,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
-from mlx_lm.utils import load
 
+from engines.weights.checkpoint import load_checkpoint
 from engines.weights.gguf import GGUFImportError, import_gguf
 from tests.families import family_config
 from tests.tiny import EOS_ID, VOCAB, _llama_cpp_permute, tiny_metadata
@@ -130,7 +130,7 @@ def write_like_llama_cpp(
 def test_imported_logits_match_mlx_lm(family: str, tmp_path: Path) -> None:
     source, config = tiny(family)
     path = write_like_llama_cpp(source, config, family, tmp_path / f"{family}.gguf")
-    imported, tokenizer = load(str(import_gguf(path, tmp_path / "store" / family, True)))
+    imported, tokenizer = load_checkpoint(import_gguf(path, tmp_path / "store" / family, True))
     assert type(imported) is type(source)
     tokens = mx.array([[5, 80, 120, 33, 200, 7, 90, VOCAB - 1] * 8])  # 64 positions
     np.testing.assert_allclose(

@@ -10,8 +10,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
-from mlx_lm.utils import load
 
+from engines.weights.checkpoint import load_checkpoint
 from engines.weights.gguf import import_gguf
 from engines.weights.gguf_architectures import GEMMA3_LAYER_NAMES
 from tests.families import WINDOW, family_config
@@ -97,7 +97,7 @@ LONG_CONTEXT = {"rope_scaling": {"rope_type": "linear", "factor": 8.0}, "rope_lo
 def test_rope_settings_in_the_gguf_reach_the_model(tmp_path: Path) -> None:
     source, config = tiny_gemma3(**LONG_CONTEXT)
     path = write_gemma3_gguf(source, config, tmp_path / "long.gguf")
-    imported, _ = load(str(import_gguf(path, tmp_path / "store" / "long", dequantize=True)))
+    imported, _ = load_checkpoint(import_gguf(path, tmp_path / "store" / "long", dequantize=True))
     tokens = mx.array([[2, *range(266, 269), *range(40, 60)]])  # past the 8-token window
     np.testing.assert_allclose(
         np.array(imported(tokens)), np.array(source(tokens)), atol=1e-4, rtol=1e-4
@@ -109,7 +109,8 @@ def test_rope_settings_in_the_gguf_reach_the_model(tmp_path: Path) -> None:
 def test_a_gemma3_gguf_imports_with_matching_logits_and_tokenizer(tmp_path: Path) -> None:
     source, config = tiny_gemma3()
     path = write_gemma3_gguf(source, config, tmp_path / "tiny-gemma3.gguf")
-    imported, tokenizer = load(str(import_gguf(path, tmp_path / "store" / "g3", dequantize=True)))
+    directory = import_gguf(path, tmp_path / "store" / "g3", dequantize=True)
+    imported, tokenizer = load_checkpoint(directory)
     tokens = mx.array([[2, 266, 5, 80, 120, 267, 33, 200]])
     np.testing.assert_allclose(
         np.array(imported(tokens)), np.array(source(tokens)), atol=1e-4, rtol=1e-4

@@ -9,9 +9,9 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx_lm.utils import load
 
 from engines.weights import gguf as gguf_module
+from engines.weights.checkpoint import DEQUANTIZE_ON_LOAD, load_checkpoint
 from engines.weights.gguf import GGUFImportError, import_gguf
 from tests.tiny import CHATML, tiny_model, write_gguf
 
@@ -21,7 +21,7 @@ def test_imported_logits_match_source(arch: str, tmp_path: Path) -> None:
     source = tiny_model(arch)
     gguf_path = write_gguf(source, arch, tmp_path / f"tiny-{arch}.gguf")
     imported_dir = import_gguf(gguf_path, tmp_path / "store" / arch, dequantize=True)
-    imported, tokenizer = load(str(imported_dir))
+    imported, tokenizer = load_checkpoint(imported_dir)
 
     tokens = mx.array([[5, 80, 120, 33, 200, 7, 90, 150]])
     expected = np.array(source(tokens))
@@ -35,7 +35,7 @@ def test_unpermute_matters(tmp_path: Path) -> None:
     source = tiny_model("llama")
     gguf_path = write_gguf(source, "llama", tmp_path / "tiny.gguf")
     tensors = mx.load(str(gguf_path))
-    imported, _ = load(str(import_gguf(gguf_path, tmp_path / "ok", dequantize=True)))
+    imported, _ = load_checkpoint(import_gguf(gguf_path, tmp_path / "ok", dequantize=True))
     tokens = mx.array([[5, 80, 120, 33]])
     permuted_q = tensors["blk.0.attn_q.weight"]
     assert not np.allclose(
@@ -48,7 +48,7 @@ def test_unpermute_matters(tmp_path: Path) -> None:
 
 def test_tokenizer_round_trips(tmp_path: Path) -> None:
     gguf_path = write_gguf(tiny_model("llama"), "llama", tmp_path / "tiny.gguf")
-    _, tokenizer = load(str(import_gguf(gguf_path, tmp_path / "m", dequantize=True)))
+    _, tokenizer = load_checkpoint(import_gguf(gguf_path, tmp_path / "m", dequantize=True))
     text = "the winter in Paris: 42 ünïcode ✓"
     ids = tokenizer.encode(text, add_special_tokens=False)
     assert tokenizer.decode(ids) == text
@@ -70,14 +70,16 @@ def test_unsupported_architecture_is_refused(tmp_path: Path) -> None:
         import_gguf(path, tmp_path / "out", dequantize=True)
 
 
-@pytest.mark.parametrize("kind", ["Q8_0", "Q5_0"])
+@pytest.mark.parametrize("kind", ["Q8_0", "Q5_0", "Q5_1", "Q4_1"])
 def test_a_quantized_gguf_imports_with_ggufs_own_dequantized_logits_across_shards(
     kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Q8_0 linears: mx.load keeps them as MLX quantized triples (dequantized on a float32
-    import). Q5_0 (like the K-quants) mx.load would round to float16: the importer dequantizes
-    it with `gguf` to float32. Either way, both import modes give the logits of gguf's own
-    dequantization, also when the weights are split over several safetensors shards."""
+    """Q8_0/Q4_1 linears: mx.load keeps them as MLX quantized triples. Q5_0/Q5_1 (like the
+    K-quants) mx.load would round to float16: the importer decodes them into MLX triples itself.
+    Either way they are stored as triples; a CPU import (and any import of a file mx.load cannot
+    keep) is marked to be dequantized on load, and runs the float32 weights of gguf's own
+    dequantization: the reference's logits exactly. A GPU import of a Q8_0/Q4_1 file runs
+    quantized, close to them. Also when the weights are split over several shards."""
     import gguf
 
     qtype = gguf.GGMLQuantizationType[kind]
@@ -121,12 +123,21 @@ def test_a_quantized_gguf_imports_with_ggufs_own_dequantized_logits_across_shard
     for dequantize in (True, False):
         directory = import_gguf(path, tmp_path / f"{kind}-{dequantize}", dequantize=dequantize)
         assert len(list(directory.glob("model-*-of-*.safetensors"))) > 1
-        imported, _ = load(str(directory))
+        stored = [mx.load(str(shard)) for shard in directory.glob("model-*-of-*.safetensors")]
+        linear = "model.layers.0.mlp.down_proj"
+        [weight] = [shard[f"{linear}.weight"] for shard in stored if f"{linear}.weight" in shard]
+        assert weight.dtype == mx.uint32  # stored as a triple, not float32
+        config = json.loads((directory / "config.json").read_text())
+        assert config["quantization"] == {"group_size": 32, "bits": int(kind[1])}
+        on_load = dequantize or kind in ("Q5_0", "Q5_1")
+        assert config.get(DEQUANTIZE_ON_LOAD, False) == on_load
+        imported, _ = load_checkpoint(directory)
         logits[dequantize] = np.array(imported(tokens))
-        np.testing.assert_allclose(logits[dequantize], expected, atol=1e-4, rtol=1e-4)
+        if on_load:
+            np.testing.assert_array_equal(logits[dequantize], expected)
+        else:
+            np.testing.assert_allclose(logits[dequantize], expected, atol=1e-4, rtol=1e-4)
     assert np.abs(logits[True] - np.array(tiny_model("qwen2")(tokens))).max() > 1e-3
-    config = json.loads((tmp_path / f"{kind}-False" / "config.json").read_text())
-    assert config.get("quantization", {}).get("bits") == (8 if kind == "Q8_0" else None)
 
 
 def test_an_unknown_packaged_name_is_refused_in_one_line_naming_the_packaged_llms(

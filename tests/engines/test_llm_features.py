@@ -45,10 +45,10 @@ def reference_logits(engine: LLMEngine, tokens: list[int]) -> np.ndarray:
     result: list[np.ndarray] = []
 
     def work() -> None:
-        from mlx_lm.utils import load
+        from engines.weights.checkpoint import load_checkpoint
 
         with mx.stream(mx.new_stream(mx.cpu)):
-            model, _ = load(str(engine.path))
+            model, _ = load_checkpoint(engine.path)
             logits = model(mx.array([tokens]), cache=make_prompt_cache(model))
             result.append(np.array(logits[0].astype(mx.float32)))
 
