@@ -13,6 +13,7 @@ import pytest
 from engines.weights import gguf as gguf_module
 from engines.weights.checkpoint import DEQUANTIZE_ON_LOAD, load_checkpoint
 from engines.weights.gguf import GGUFImportError, import_gguf
+from tests.gguf_quantized import write_quantized_gguf
 from tests.tiny import CHATML, tiny_model, write_gguf
 
 
@@ -82,23 +83,8 @@ def test_a_quantized_gguf_imports_with_ggufs_own_dequantized_logits_across_shard
     quantized, close to them. Also when the weights are split over several shards."""
     import gguf
 
-    qtype = gguf.GGMLQuantizationType[kind]
-    quantized_names = []
-    add_tensor = gguf.GGUFWriter.add_tensor
-
-    def add_quantized(
-        self: gguf.GGUFWriter, name: str, tensor: np.ndarray, **kwargs: object
-    ) -> None:
-        if name.startswith("blk.") and tensor.ndim == 2:  # the linears, as llama.cpp's
-            quantized_names.append(name)
-            add_tensor(self, name, gguf.quants.quantize(tensor, qtype), raw_dtype=qtype)
-        else:
-            add_tensor(self, name, tensor)
-
-    monkeypatch.setattr(gguf.GGUFWriter, "add_tensor", add_quantized)
-    path = write_gguf(tiny_model("qwen2"), "qwen2", tmp_path / f"{kind}.gguf")
-    monkeypatch.undo()
-    assert quantized_names, "no tensor was written quantized"
+    path = tmp_path / f"{kind}.gguf"
+    quantized_names = write_quantized_gguf("qwen2", kind, path)
 
     reference = tiny_model("qwen2")  # the source weights, as gguf dequantizes the quantized ones
     reader = gguf.GGUFReader(str(path))
