@@ -33,8 +33,8 @@ blas.preload_from_env()
 import mlx.core as mx  # noqa: E402
 from mlx_lm.generate import generate_step  # noqa: E402
 from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
-from mlx_lm.utils import load  # noqa: E402
 
+from engines.weights.checkpoint import load_checkpoint  # noqa: E402
 from engines.weights.store import ModelStore, default_home  # noqa: E402
 
 BUCKET = 256  # capacity multiple: one trace serves every length below it
@@ -122,7 +122,7 @@ def main() -> None:
     path = Path(args.model)
     if not path.is_dir():
         path = ModelStore(default_home()).path_for(args.model)
-    model, tokenizer = load(str(path))  # type: ignore[misc]
+    model, tokenizer = load_checkpoint(path)  # as mlxd loads it: float32 where marked
     prompt = tokenizer.encode("Write a long story about a lighthouse keeper and the sea.")
     run_mlx_lm(model, prompt, 8)  # kernels compile on first use, on both paths
     run_compiled(model, prompt, 8)

@@ -135,9 +135,9 @@ def main() -> None:
             report["servers"][server.name] = rows
         finally:
             server.stop()
-    from mlx_lm.utils import load
+    from engines.weights.checkpoint import load_checkpoint
 
-    model, tokenizer = load(str(path))
+    model, tokenizer = load_checkpoint(path)  # as mlxd loads it: float32 where marked
     report["raw_batch_generator"] = []
     for clients in levels:
         raw_batch_generator(model, tokenizer, clients, 8)  # warm-up, as for the servers

@@ -31,9 +31,9 @@ BLAS = blas.preload_from_env()
 import httpx  # noqa: E402
 import mlx.core as mx  # noqa: E402
 from mlx_lm import stream_generate  # noqa: E402
-from mlx_lm.utils import load  # noqa: E402
 
 from engines.llm.templates import render_chat  # noqa: E402
+from engines.weights.checkpoint import load_checkpoint  # noqa: E402
 from engines.weights.store import ModelStore, default_home  # noqa: E402
 
 PROMPTS = [
@@ -118,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
 
     served_name, path = ModelStore(default_home()).resolve(args.model)
-    model, tokenizer = load(str(path))
+    model, tokenizer = load_checkpoint(path)  # as mlxd loads it: float32 where marked
     port = free_port()
     server = start_server(args.model, port)
     url = f"http://127.0.0.1:{port}"
