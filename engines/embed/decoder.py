@@ -22,11 +22,14 @@ import mlx.nn as nn
 def load_decoder(path: Path, config: dict[str, Any]) -> nn.Module:
     from mlx_lm.utils import _get_classes
 
+    from engines.weights.checkpoint import dequantized_weights
+
     model_class, args_class = _get_classes(config)
     model = model_class(args_class.from_dict(config))
     weights: dict[str, mx.array] = {}
     for file in sorted(path.glob("*.safetensors")):
         weights.update(mx.load(str(file)))  # type: ignore[arg-type]
+    weights = dequantized_weights(weights, config)  # a GGUF import for CPU: float32 triples
     weights = {
         name if name.startswith(("model.", "lm_head.")) else f"model.{name}": value
         for name, value in weights.items()

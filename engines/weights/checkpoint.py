@@ -10,7 +10,8 @@ the same arithmetic as before. Entries without the key (float32 entries imported
 checkpoints from a hub, GPU imports of Q4_0/Q4_1/Q8_0 files) load exactly as mlx-lm loads them.
 
 Every mlxd loader of an LLM directory, and the tests' reference loaders of imported entries, go
-through `load_checkpoint`, so the reference and mlxd see the same weights.
+through `load_checkpoint` (the decoder embedders, which build their model themselves, through
+`dequantized_weights`), so the reference and mlxd see the same weights.
 """
 
 from __future__ import annotations
@@ -67,6 +68,31 @@ def dequantize_model(model: Any, evaluate: bool = True) -> None:
         model.update_modules(tree_unflatten(replacements))
         if evaluate:
             mx.eval(model.parameters())
+
+
+def dequantized_weights(weights: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's arrays by name, for loaders that build the model without mlx-lm's `load`
+    (decoder embedders): with config.json's DEQUANTIZE_ON_LOAD, every triple `X.weight`,
+    `X.scales`, `X.biases` becomes the float32 `X.weight` that `dequantize_model` would give
+    (bits per module from the `quantization` config); otherwise `weights` as they are."""
+    import mlx.core as mx
+
+    if not config.get(DEQUANTIZE_ON_LOAD, False):
+        return weights
+    quantization = config["quantization"]
+    result = dict(weights)
+    for name in weights:
+        if name.endswith(".scales"):
+            module = name[: -len(".scales")]
+            spec = quantization.get(module, quantization)
+            result[f"{module}.weight"] = mx.dequantize(
+                result[f"{module}.weight"],
+                result.pop(name).astype(mx.float32),
+                result.pop(f"{module}.biases").astype(mx.float32),
+                group_size=spec["group_size"],
+                bits=spec["bits"],
+            )
+    return result
 
 
 def _dequantized(module: Any) -> Any:

@@ -72,3 +72,16 @@ def test_an_unmarked_entry_loads_as_mlx_lm_loads_it(tmp_path: Path) -> None:
     theirs = dict(tree_flatten(load(str(directory))[0].parameters()))
     assert ours.keys() == theirs.keys()
     assert all(np.array_equal(np.array(ours[k]), np.array(theirs[k])) for k in ours)
+
+
+def test_a_decoder_embedder_reads_a_marked_entry_as_the_float32_model(tmp_path: Path) -> None:
+    from engines.embed.decoder import load_decoder
+
+    directory = quantized_entry(tmp_path / "marked", mark=True)
+    body = load_decoder(directory, json.loads((directory / "config.json").read_text()))
+    expected = dict(tree_flatten(load_checkpoint(directory)[0].model.parameters()))
+    actual = dict(tree_flatten(body.parameters()))
+    assert actual.keys() == expected.keys()
+    for name, value in actual.items():
+        assert value.dtype == mx.float32
+        assert np.array_equal(np.array(value), np.array(expected[name])), name
