@@ -27,6 +27,7 @@ from engines.llm.call_grammars import GRAMMAR_FORMATS
 from engines.llm.engine import LLMEngine
 from engines.pool import EnginePool
 from engines.types import ChatLimits
+from engines.weights.checkpoint import DEQUANTIZE_ON_LOAD
 from engines.weights.embedded import (
     CATALOG,
     GEMMA3_270M,
@@ -56,6 +57,8 @@ FORCED: list[Any] = [{"type": "function", "function": {"name": "get_weather"}}, 
 def random_weights_dir(source: Path, directory: Path) -> Path:
     """A 2-layer random model shaped like `source`'s vocabulary, with `source`'s tokenizer."""
     config = json.loads((source / "config.json").read_text())
+    for key in ("quantization", DEQUANTIZE_ON_LOAD):  # the random weights are plain float32
+        config.pop(key, None)
     tiny = {
         **config,
         "hidden_size": 64,
