@@ -15,8 +15,13 @@ scale, bias and scale*q are exact float32 values and `scale*q + bias` rounds onc
 float32 values bit for bit (tests/engines/test_gguf_quants.py checks it on every type).
 Scales and biases are stored as float16 when that is exact for the whole tensor, else float32.
 
+The 5-bit types are stored with 8-bit codes (exact too, 1.125 instead of 0.75 bytes a value):
+MLX's CPU dequantization of its 5-bit packing is ~8x slower than of 4 or 8 bits, and the store
+entry is dequantized at every load (Qwen2.5-Coder-0.5B, mostly Q5_0, loads in ~4 s with 8-bit
+triples, 13.5 s with 5-bit ones, 1.9 s as float32 on 2 busy cores; `pack` writes any width).
+
 Other types are not affine per 32 values (Q6_K's sub-blocks hold 16, Q2_K/Q3_K/IQ* use other
-forms): `AFFINE_BITS` lists the ones handled here.
+forms): `AFFINE_BITS` (GGML type → bits of the stored triple) lists the ones handled here.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import numpy as np
 GROUP_SIZE = 32  # MLX's group: one GGUF block (or K-quant sub-block) of 32 values
 PACK_CHUNK = 1 << 22  # codes packed at a time
 
-AFFINE_BITS = {"Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q5_1": 5, "Q8_0": 8, "Q4_K": 4, "Q5_K": 5}
+AFFINE_BITS = {"Q4_0": 4, "Q4_1": 4, "Q5_0": 8, "Q5_1": 8, "Q8_0": 8, "Q4_K": 4, "Q5_K": 8}
 
 # (codes uint8 [groups, 32], scales float32 [groups], biases float32 [groups])
 Decoded = tuple[np.ndarray, np.ndarray, np.ndarray]

@@ -134,7 +134,7 @@ def test_float16_scales_are_kept_where_exact(tmp_path: Path) -> None:
     tensors, _, _, _ = gguf_module._read(path)
     assert tensors["blk.0.q.scales"].dtype == tensors["blk.0.q.biases"].dtype == mx.float16
     triple = tuple(tensors[f"blk.0.q.{part}"] for part in ("weight", "scales", "biases"))
-    assert_exact(triple, 5, gguf_float32(path)["blk.0.q.weight"]())
+    assert_exact(triple, AFFINE_BITS["Q5_0"], gguf_float32(path)["blk.0.q.weight"]())
 
 
 @pytest.mark.optin
