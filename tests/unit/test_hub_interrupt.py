@@ -26,8 +26,10 @@ REPO, WEIGHTS = "org/tiny", "model.safetensors"
 # whole chunks: a part-chunk would wait in the reader until its 10 s timeout, then be retried.
 CHUNK = 16 * 1024
 PAUSE = 8 * CHUNK
+# SIGUSR1 makes it print every thread's stack (faulthandler): the test's report if it hangs.
 PULL = (
-    "import sys; from huggingface_hub import constants; constants.DOWNLOAD_CHUNK_SIZE = "
+    "import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+    "from huggingface_hub import constants; constants.DOWNLOAD_CHUNK_SIZE = "
     f"{CHUNK}; "
     "from server.__main__ import main; sys.exit(main(['pull', sys.argv[1]]))"
 )
@@ -76,7 +78,14 @@ def _interrupted(child: subprocess.Popen[str]) -> tuple[str, str]:
         return child.communicate(timeout=5)
     except subprocess.TimeoutExpired:
         child.send_signal(signal.SIGINT)
+    try:
         return child.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        child.kill()
+        _, err = child.communicate()
+        raise AssertionError(f"the pull ignored two SIGINTs; its stacks:\n{err}") from None
 
 
 def test_ctrl_c_keeps_the_partial_file_and_the_next_pull_resumes(
