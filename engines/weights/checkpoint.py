@@ -17,6 +17,7 @@ through `load_checkpoint` (the decoder embedders, which build their model themse
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,35 @@ def dequantize_on_load(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return bool(config.get(DEQUANTIZE_ON_LOAD, False))
+
+
+def loaded_bytes(path: Path) -> int:
+    """The memory the weights at `path` take once loaded: their files' sizes, except for an
+    entry dequantized on load, whose quantized triples become float32 (3-4x their size on disk;
+    read from the safetensors headers, no tensor is loaded)."""
+    files = sorted(path.glob("*.safetensors"))
+    if not dequantize_on_load(path):
+        return sum(f.stat().st_size for f in files)
+    quantization = json.loads((path / "config.json").read_text()).get("quantization", {})
+    total = 0
+    for file in files:
+        header = _safetensors_header(file)
+        for name, entry in header.items():
+            if name == "__metadata__" or name.endswith((".scales", ".biases")):
+                continue
+            elements = math.prod(entry["shape"])
+            module = name.rpartition(".")[0]
+            if f"{module}.scales" in header:  # packed codes: 32 bits hold 32 / bits of them
+                spec = quantization.get(module, quantization)
+                elements = elements * 32 // int(spec["bits"])
+            total += 4 * elements
+    return total
+
+
+def _safetensors_header(file: Path) -> dict[str, Any]:
+    with file.open("rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        return dict(json.loads(handle.read(size)))
 
 
 def dequantize_model(model: Any, evaluate: bool = True) -> None:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from engines.errors import ModelNotFound
+from engines.weights.checkpoint import loaded_bytes
 from engines.weights.hub_cache import complete_snapshot, folder_bytes, hub_cache_dir
 from engines.weights.hub_files import RepoRef
 
@@ -91,8 +92,9 @@ class ModelStore:
         )
 
     def size_bytes(self, directory: Path) -> int:
-        """Memory a loaded model takes, estimated by its weight files."""
-        return sum(f.stat().st_size for f in directory.glob("*.safetensors"))
+        """Memory a loaded model takes, estimated by its weight files (float32 for an entry
+        dequantized on load)."""
+        return loaded_bytes(directory)
 
     def sizes(self) -> dict[str, int]:
         """Bytes on disk of each complete model in the store."""

@@ -14,6 +14,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.utils import load
 
 from engines.weights.checkpoint import DEQUANTIZE_ON_LOAD, load_checkpoint
+from engines.weights.store import ModelStore
 from tests.tiny import save_model_dir, tiny_model
 
 TOKENS = mx.array([[5, 80, 120, 33, 200, 7]])
@@ -85,3 +86,15 @@ def test_a_decoder_embedder_reads_a_marked_entry_as_the_float32_model(tmp_path: 
     for name, value in actual.items():
         assert value.dtype == mx.float32
         assert np.array_equal(np.array(value), np.array(expected[name])), name
+
+
+def test_the_memory_estimate_of_a_marked_entry_is_its_float32_size(tmp_path: Path) -> None:
+    """The pool's memory budget and `mlxd doctor` read `ModelStore.size_bytes`: for an entry
+    dequantized on load it is the float32 model, not the compact files."""
+    marked = quantized_entry(tmp_path / "marked", mark=True)
+    plain = quantized_entry(tmp_path / "plain", mark=False)
+    model, _ = load_checkpoint(marked)
+    float32 = sum(int(array.nbytes) for _, array in tree_flatten(model.parameters()))
+    on_disk = (marked / "model.safetensors").stat().st_size
+    assert ModelStore(tmp_path).size_bytes(marked) == float32 > 3 * on_disk
+    assert ModelStore(tmp_path).size_bytes(plain) == (plain / "model.safetensors").stat().st_size
