@@ -26,9 +26,14 @@ REPO, WEIGHTS = "org/tiny", "model.safetensors"
 # whole chunks: a part-chunk would wait in the reader until its 10 s timeout, then be retried.
 CHUNK = 16 * 1024
 PAUSE = 8 * CHUNK
+# Ctrl-C's default action first, as a shell gives it: a child inherits an ignored SIGINT, and
+# this process ignores it whenever one of its threads runs MLX's CPU kernel compiler (libmlx
+# calls system("g++ …"), which ignores SIGINT in the caller until the compiler exits); a pull
+# started in such a window ignored the test's SIGINT (seen in full runs, with the stacks below).
 # SIGUSR1 makes it print every thread's stack (faulthandler): the test's report if it hangs.
 PULL = (
-    "import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+    "import faulthandler, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "faulthandler.register(signal.SIGUSR1, all_threads=True); "
     "from huggingface_hub import constants; constants.DOWNLOAD_CHUNK_SIZE = "
     f"{CHUNK}; "
     "from server.__main__ import main; sys.exit(main(['pull', sys.argv[1]]))"
@@ -69,15 +74,8 @@ def _wait_for(folder: Path, size: int) -> Path:
 
 
 def _interrupted(child: subprocess.Popen[str]) -> tuple[str, str]:
-    """The child's output once it has exited after the SIGINT already sent. A second one
-    follows if it is still running 5 s later, as a user presses Ctrl-C again: in a full suite
-    run the first was, now and then, never acted on (the read it interrupts then waits for the
-    hub's 30 s), which the same pull alone never showed. The cause is not found (Python drops
-    a KeyboardInterrupt raised inside a destructor; that is one way to lose one)."""
-    try:
-        return child.communicate(timeout=5)
-    except subprocess.TimeoutExpired:
-        child.send_signal(signal.SIGINT)
+    """The child's output once it has exited after the SIGINT already sent; if it has not
+    within 30 s, its stacks in the failure."""
     try:
         return child.communicate(timeout=30)
     except subprocess.TimeoutExpired:
@@ -85,7 +83,7 @@ def _interrupted(child: subprocess.Popen[str]) -> tuple[str, str]:
         time.sleep(1)
         child.kill()
         _, err = child.communicate()
-        raise AssertionError(f"the pull ignored two SIGINTs; its stacks:\n{err}") from None
+        raise AssertionError(f"the pull ignored SIGINT; its stacks:\n{err}") from None
 
 
 def test_ctrl_c_keeps_the_partial_file_and_the_next_pull_resumes(
