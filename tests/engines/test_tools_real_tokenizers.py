@@ -108,6 +108,7 @@ def served(
     engine = LLMEngine("tiny", directory)
     with serve(create_app(Settings(), EnginePool([engine]))) as url:
         yield url
+    shutil.rmtree(directory.parent)  # ~100 MB of random weights: disk is short on CI machines
 
 
 async def forced_call(client: AsyncOpenAI, tool_choice: Any, seed: int, stream: bool) -> None:
@@ -272,6 +273,7 @@ def family(
     with serve(create_app(Settings(), EnginePool([engine]))) as url:
         assert engine.info is not None and engine.info.tool_format == fmt
         yield fmt, url
+    shutil.rmtree(base)  # up to ~200 MB of random weights: disk is short on CI machines
 
 
 async def test_forced_calls_in_each_familys_format(family: tuple[str, str]) -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import shutil
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def tiny_config() -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny_kokoro_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_kokoro_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_audio.tts.models.kokoro import Model, ModelConfig
@@ -68,7 +69,8 @@ def tiny_kokoro_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     meta = {"kind": "tts", "architecture": "kokoro", "sample_rate": 24000, "default_voice": "a"}
     (path / "mlxd.json").write_text(json.dumps(meta))
     (path / COMPLETE_MARKER).write_text("test\n")
-    return path
+    yield path
+    shutil.rmtree(path.parent)  # ~290 MB: disk is short on CI machines
 
 
 @pytest.fixture
