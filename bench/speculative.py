@@ -208,15 +208,21 @@ async def measure(args: argparse.Namespace, path: Path, draft: Path | None) -> d
     report: dict[str, object] = {}
     try:
         for concurrency in args.concurrency:
-            prompts = [
-                drafting.encode_chat(request_messages(i, args.task)) for i in range(concurrency)
-            ]
+            # One stream: each run another request (a rename of another name), so the figure
+            # is not one request's; N streams: N different requests at once, every run.
+            requests = len(CHANGES) if concurrency == 1 else concurrency
+            every = [drafting.encode_chat(request_messages(i, args.task)) for i in range(requests)]
             rates: dict[str, list[float]] = {name: [] for name in sides}
             outputs: dict[str, list[list[int]]] = {}
+            identical = True  # every run: the speculative side's tokens equal the plain side's
+            lengths: list[int] = []  # tokens per request, over the runs
+            prompts = every[:concurrency]
             await burst(sides["plain"], prompts, 8)  # warm both sides on these shapes
             await burst(sides["speculative"], prompts, 8)
             speculated = [0, 0, 0, 0]  # counts() over the measured speculative bursts
             for run in range(args.runs):
+                if concurrency == 1:
+                    prompts = [every[run % len(every)]]
                 order = ["plain", "speculative"] if run % 2 == 0 else ["speculative", "plain"]
                 for name in order:
                     before = counts(drafting)
@@ -228,16 +234,22 @@ async def measure(args: argparse.Namespace, path: Path, draft: Path | None) -> d
                         ]
                     rates[name].append(rate)
                     outputs[name] = tokens
+                identical = identical and outputs["plain"] == outputs["speculative"]
+                lengths += [len(t) for t in outputs["plain"]]
             generated, row_passes, drafted, kept = speculated
             report[f"concurrency_{concurrency}"] = {
                 "prompt_tokens": [len(p) for p in prompts],
-                "output_tokens": [len(t) for t in outputs["plain"]],
+                "output_tokens": lengths,
+                "ratio_per_run": [
+                    round(fast / slow, 2)
+                    for fast, slow in zip(rates["speculative"], rates["plain"], strict=True)
+                ],
                 "plain_tok_s": spread(rates["plain"]),
                 "speculative_tok_s": spread(rates["speculative"]),
                 "speedup_of_medians": round(
                     statistics.median(rates["speculative"]) / statistics.median(rates["plain"]), 2
                 ),
-                "identical_output": outputs["plain"] == outputs["speculative"],
+                "identical_output": identical,
                 "drafts_kept": round(kept / max(drafted, 1), 3),
                 "tokens_per_row_pass": round(generated / max(row_passes, 1), 2),
             }
@@ -254,7 +266,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--speculative-tokens", type=int, default=8)
     parser.add_argument("--draft", help="a draft model (store name or directory)")

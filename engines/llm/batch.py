@@ -10,8 +10,8 @@ A batch of one row runs on plain single-sequence KV caches instead ("solo"): no 
 and scalar offsets, the same graph as mlx-lm's `stream_generate`, so one stream decodes as fast
 as raw mlx-lm. The caches are converted (one copy) when a second row joins or all but one leave.
 
-On the CPU, steps are built inside `cpu_decode.decode_step` (the engine installed its rewrites
-of rotary embeddings and attention in the model).
+On the CPU, steps and verification passes are built inside `cpu_decode.decode_step` (the engine
+installed its rewrites of rotary embeddings and attention in the model).
 
 Pipelining: `schedule` builds and launches step n+1 from the tokens of step n while they are still
 being computed; the caller then reads step n's tokens back (`read`). A row that finishes on step n
@@ -28,12 +28,15 @@ Speculative (a `drafter`, plain KV caches only, never pipelined): rows are held 
 `RaggedKVCache`s, so that each row can drop its rejected drafts alone; the drafter follows the
 rows as they join and leave; a step whose rows have drafts runs one pass over [pending token,
 drafts...] and is verified at once (engines/llm/speculative.py); its StepOutput then carries,
-per row, the kept drafts to emit before the row's new pending token.
+per row, the kept drafts to emit before the row's new pending token. The batch times its steps
+(`pass_cost`: from one `schedule` to the next, the pass and the emitting of its tokens, for
+steps no prefill or change of rows interrupted) so drafting is priced on this device.
 """
 
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -46,7 +49,7 @@ from engines.llm.cpu_decode import decode_step
 from engines.llm.ragged_cache import RaggedKVCache
 from engines.llm.sampling import Sampled
 from engines.llm.sequence import Choice
-from engines.llm.speculative import Drafter, Drafts, verify
+from engines.llm.speculative import Drafter, Drafts, PassCost, verify
 from engines.readback import host_list
 
 
@@ -108,6 +111,8 @@ class DecodeBatch:
         self._pending: StepOutput | None = None
         # Distributed: this step's tokens -> rank 0's (see TokenSampler.agree); None otherwise.
         self.agree: Callable[[mx.array], mx.array] | None = None
+        self.pass_cost = PassCost()  # speculating: what a pass costs by its positions
+        self._timing: tuple[int, float] | None = None  # (positions, start) of the step timed
 
     def __len__(self) -> int:
         return len(self.choices)
@@ -117,10 +122,16 @@ class DecodeBatch:
         """Most tokens any row may reach (the dense cache's eventual length)."""
         return max((choice.limit for choice in self.choices), default=0)
 
+    def untimed(self) -> None:
+        """The step in progress also did other work (a prefill, rows joining or leaving): its
+        time says nothing of the pass's cost."""
+        self._timing = None
+
     def join(self, arrivals: list[tuple[Choice, list[Any], Sampled]]) -> None:
         """Add prefilled choices: (choice, its single-sequence KV cache, its first token)."""
         if not arrivals:
             return
+        self.untimed()
         if not self.choices and len(arrivals) == 1:  # alone: keep the plain cache
             choice, cache, sampled = arrivals[0]
             self._caches = cache
@@ -141,6 +152,7 @@ class DecodeBatch:
 
     def join_group(self, choices: list[Choice], caches: list[Any], first: list[Sampled]) -> None:
         """Add choices prefilled together: their batch cache rows and first tokens, in order."""
+        self.untimed()
         if self._speculative and not isinstance(caches[0], RaggedKVCache):
             caches = [RaggedKVCache.from_batch(layer, len(choices)) for layer in caches]
         if self._caches is None:
@@ -170,7 +182,15 @@ class DecodeBatch:
             return None
         assert self._caches is not None
         if self._drafter is not None:
-            drafts = self._drafter.propose(self.choices)
+            now = time.perf_counter()
+            if self._timing is not None:
+                positions, start = self._timing
+                self.pass_cost.record(positions, now - start)
+            count = len(self.choices)
+            drafts = self._drafter.propose(
+                self.choices, lambda width: self.pass_cost.relative(count, width)
+            )
+            self._timing = (count * (1 + max(len(d) for d in drafts.tokens)), now)
             if any(drafts.tokens):
                 self._pending = self._verify(current, drafts)
                 return current
@@ -198,7 +218,9 @@ class DecodeBatch:
         width = 1 + max(len(d) for d in drafts.tokens)
         padded = [d + [0] * (width - 1 - len(d)) for d in drafts.tokens]
         inputs = mx.concatenate([current.tokens[:, None], mx.array(padded, dtype=mx.int32)], 1)
-        logits = self._model(inputs, cache=self._caches)
+        offsets = self._caches[0].offset
+        with decode_step(offsets, width) if self._cpu_decode else nullcontext():
+            logits = self._model(inputs, cache=self._caches)
         samplers = [choice.sampler for choice in self.choices]
         results = verify(logits, drafts, samplers)
         # Each row keeps its pending token and its kept drafts; the rest of its positions go.
@@ -237,6 +259,7 @@ class DecodeBatch:
         """Keep only `rows` (in order); the others leave the batch."""
         if len(rows) == len(self.choices):
             return
+        self.untimed()
         if self._drafter is not None:
             self._drafter.keep(rows)
         if not rows:

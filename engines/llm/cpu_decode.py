@@ -55,28 +55,41 @@ REVIEWED_MODULES = frozenset(
 
 
 class DecodeStep:
-    """The positions of the decode step being built, and the rotary tables derived from them."""
+    """The positions of the step being built (`width` new tokens per row, the first at the row's
+    offset), and the rotary tables and causal masks derived from them."""
 
-    def __init__(self, offsets: mx.array | int) -> None:
+    def __init__(self, offsets: mx.array | int, width: int = 1) -> None:
         positions = offsets if isinstance(offsets, mx.array) else mx.array([offsets])
+        self.width = width
         self._positions = positions.astype(mx.float32)
         self._tables: dict[tuple[int, float, float, mx.Dtype], tuple[mx.array, mx.array]] = {}
+        self._causal: dict[int, mx.array] = {}
 
     @property
     def rows(self) -> int:
         return int(self._positions.size)
 
     def tables(self, rope: nn.RoPE, dtype: mx.Dtype) -> tuple[mx.array, mx.array]:
-        """(cos, sin) of shape (rows, 1, 1, dims / 2) for `rope` at this step's positions."""
+        """(cos, sin) of shape (rows, 1, width, dims / 2) for `rope` at this step's positions."""
         key = (rope.dims, float(rope.base), float(rope.scale), dtype)
         if key not in self._tables:
             # As MLX's fallback does: positions * scale times exp(-i * log(base) / half).
             half = rope.dims // 2
             log_base = mx.log(mx.array(rope.base, dtype=mx.float32)) / half
             inverse_frequencies = mx.exp(mx.arange(0, -half, -1, dtype=mx.float32) * log_base)
-            theta = (self._positions * rope.scale)[:, None, None, None] * inverse_frequencies
+            positions = self._positions[:, None] + mx.arange(self.width, dtype=mx.float32)
+            theta = (positions * rope.scale)[:, None, :, None] * inverse_frequencies
             self._tables[key] = (mx.cos(theta).astype(dtype), mx.sin(theta).astype(dtype))
         return self._tables[key]
+
+    def causal(self, keys: int) -> mx.array:
+        """(width, keys) bool: new token j sees keys up to keys - width + j, as MLX's fallback
+        builds a "causal" mask (queries are the last `width` positions)."""
+        if keys not in self._causal:
+            first = max(keys - self.width, 0)
+            queries = mx.arange(first, first + self.width)[:, None]
+            self._causal[keys] = queries >= mx.arange(keys)[None]
+        return self._causal[keys]
 
 
 class _Current(threading.local):
@@ -88,9 +101,10 @@ _current = _Current()
 
 
 @contextmanager
-def decode_step(offsets: mx.array | int) -> Iterator[None]:
-    """Build one decode step whose rows' new tokens sit at `offsets` (one per row, or an int)."""
-    _current.step = DecodeStep(offsets)
+def decode_step(offsets: mx.array | int, width: int = 1) -> Iterator[None]:
+    """Build one step whose rows' `width` new tokens start at `offsets` (one per row, or an
+    int): a decode step (width 1) or a verification pass over drafts."""
+    _current.step = DecodeStep(offsets, width)
     try:
         yield
     finally:
@@ -99,7 +113,7 @@ def decode_step(offsets: mx.array | int) -> Iterator[None]:
 
 def _decoding(rows: int, length: int) -> DecodeStep | None:
     step = _current.step
-    return step if step is not None and length == 1 and rows == step.rows else None
+    return step if step is not None and length == step.width and rows == step.rows else None
 
 
 class TabledRoPE(nn.Module):
@@ -123,7 +137,8 @@ class TabledRoPE(nn.Module):
 
 
 def grouped_decode_attention(original: Callable[..., mx.array]) -> Callable[..., mx.array]:
-    """mlx-lm's `scaled_dot_product_attention`, grouped for the queries of a `decode_step`."""
+    """mlx-lm's `scaled_dot_product_attention`, grouped for the queries of a `decode_step`
+    (one new token per row, or a verification pass's several)."""
 
     def attention(
         queries: mx.array,
@@ -135,29 +150,38 @@ def grouped_decode_attention(original: Callable[..., mx.array]) -> Callable[...,
         sinks: mx.array | None = None,
     ) -> mx.array:
         rows, heads, length, _ = queries.shape
+        step = _decoding(rows, length)
         # Quantized caches (keys are (data, scales, biases)) have their own attention; the
         # wrapper is module-wide, so it also sees other engines' quantized models.
         key_heads = 0 if hasattr(cache, "bits") else keys.shape[1]
         if (
-            _decoding(rows, length) is None
+            step is None
             or not key_heads
             or heads == key_heads
             or sinks is not None
             or not (queries.dtype == keys.dtype == values.dtype)
-            or not (mask is None or isinstance(mask, mx.array))
-            or (mask is not None and mask.ndim >= 3 and mask.shape[-3] != 1)  # per-head masks
-        ):
+            or not (mask is None or mask == "causal" or isinstance(mask, mx.array))
+            or (isinstance(mask, mx.array) and mask.ndim >= 3 and mask.shape[-3] != 1)
+        ):  # per-head masks, sinks, mixed dtypes: the original
             return original(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
-        # (rows, key heads, query heads per key head, dim): one product per row and key head.
-        grouped = (queries * scale).reshape(rows, key_heads, heads // key_heads, -1)
+        group = heads // key_heads
+        # (rows, key heads, group x new tokens, dim): one product per row and key head, the
+        # query heads that share a key head and their new tokens folded into its rows.
+        grouped = (queries * scale).reshape(rows, key_heads, group * length, -1)
         scores = grouped @ keys.swapaxes(-1, -2)
+        if isinstance(mask, str):
+            mask = step.causal(keys.shape[2])
         if mask is not None:
+            # (rows, key heads, group, new tokens, keys): the mask's query axis lines up.
+            scores = scores.reshape(rows, key_heads, group, length, -1)
+            mask = mx.expand_dims(mask, -3)
             if mask.dtype == mx.bool_:
                 scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
             else:
                 scores = scores + mask.astype(scores.dtype)
+            scores = scores.reshape(rows, key_heads, group * length, -1)
         weights = mx.softmax(scores, axis=-1, precise=True)
-        return (weights @ values).reshape(rows, heads, 1, -1)
+        return (weights @ values).reshape(rows, heads, length, -1)
 
     attention.original = original  # type: ignore[attr-defined]
     return attention

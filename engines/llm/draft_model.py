@@ -28,6 +28,7 @@ every rejection would cost more than drafting saves, so such a draft model is re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,14 @@ from engines.llm.cpu_decode import decode_step
 from engines.llm.cpu_decode import install as install_cpu_decode
 from engines.llm.ragged_cache import RaggedKVCache
 from engines.llm.sequence import Choice
-from engines.llm.speculative import Drafts, RowResult, draft_keys, draft_room, record
+from engines.llm.speculative import (
+    Drafts,
+    RowResult,
+    draft_keys,
+    draft_room,
+    fit_to_pass,
+    record,
+)
 from engines.readback import host_list
 
 PREFILL_CHUNK = 512  # prompt tokens per draft prefill pass
@@ -51,8 +59,8 @@ class DraftModel:
 
     def __init__(self, model: Any, probe: list[Any], cpu_decode: bool = False) -> None:
         """`probe`: a cache of this model filled by one pass (its layers' shapes and dtype);
-        `cpu_decode`: its one-token passes are built inside `cpu_decode.decode_step` (the
-        rewrites are installed in it)."""
+        `cpu_decode`: its passes are built inside `cpu_decode.decode_step` (the rewrites are
+        installed in it)."""
         self.model = model
         self._cpu_decode = cpu_decode
         self.profile = CacheProfile.of(probe)  # its memory per row: admission adds it
@@ -120,10 +128,11 @@ class DraftModel:
 
     # -- drafting ----------------------------------------------------------------------------
 
-    def propose(self, choices: list[Choice]) -> Drafts:
-        """Every row's drafts for this step (see the module docstring)."""
+    def propose(self, choices: list[Choice], relative_cost: Callable[[int], float]) -> Drafts:
+        """Every row's drafts for this step (see the module docstring); how many is fitted to
+        the pass before drafting (drafts cost draft-model passes)."""
         assert self._cache is not None
-        wanted = [draft_room(choice) for choice in choices]
+        wanted = fit_to_pass(choices, [draft_room(c) for c in choices], relative_cost)
         longest = max(wanted)
         self._drafted = longest
         if not longest:
@@ -135,7 +144,9 @@ class DraftModel:
         ]
         width = max(len(tokens) for tokens in catch_up)
         inputs = mx.array([tokens + [0] * (width - len(tokens)) for tokens in catch_up])
-        logits = self.model(inputs, cache=self._cache)
+        offsets = self._cache[0].offset
+        with decode_step(offsets, width) if self._cpu_decode else nullcontext():
+            logits = self.model(inputs, cache=self._cache)
         self._rewind([width - len(tokens) for tokens in catch_up])
         last = mx.array([max(len(tokens), 1) - 1 for tokens in catch_up])
         logits = mx.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]

@@ -160,6 +160,8 @@ class Scheduler:
             self._admit()
         elif not (batch or self._prefilling):  # idle: wait for the rest of the burst
             return gathering
+        if self._prefilling:
+            batch.untimed()  # this step prefills too
         budget = self._prefill_together(self.config.prefill_chunk)
         batch.join(self._prefill_some(budget))
         self.counters.largest_batch = max(self.counters.largest_batch, len(batch))

@@ -27,12 +27,18 @@ tokens before it through state the sampler updates one token at a time); they st
 batch. Logprobs, stop strings, stop tokens and max_tokens see the verified tokens one at a time
 (`Choice.accept`), so they behave as without speculation.
 
-The draft length adapts per row (`DraftLength`): it grows while every draft is kept and falls to
-just past the last kept one after a rejection.
+How many tokens are drafted adapts twice. Per row (`DraftLength`): the length grows while every
+draft is kept and falls to just past the last kept one after a rejection, and the row keeps an
+estimate of how likely each next draft is to be kept. Per pass (`best_width`): every row is
+padded to the longest draft, so the batch drafts only as far as the expected extra tokens pay for
+the wider pass, priced by `PassCost`, a line fitted to this engine's own pass times (on a GPU a
+pass of 8 positions costs about what one does; on a CPU, or with many rows, each position costs
+more); where nothing pays, the step is a plain one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -45,20 +51,24 @@ if TYPE_CHECKING:
     from engines.llm.sequence import Choice
 
 PROMPT_LOOKUP = "prompt_lookup"
-DEFAULT_DRAFT_TOKENS = 8
+DEFAULT_DRAFT_TOKENS = 16
 
 
 class NgramIndex:
     """Prompt lookup: where each n-gram of a token history (prompt + output) last occurred with
-    a token after it, so the tokens that followed it can be proposed when it recurs.
+    a token after it, so the tokens that followed it can be proposed when it recurs. The longest
+    recurring suffix (up to `max_n` tokens) wins: the more context matches, the likelier the
+    text is being copied from there.
 
-    Invariant: `_last[n][gram]` is the position just after the latest occurrence of `gram`
-    that is followed by a token, i.e. < len(history)."""
+    Invariant: `_last[n][hash(gram)]` is the position just after the latest occurrence of an
+    n-gram with that hash that is followed by a token, i.e. < len(history). Keys are hashes (a
+    machine word instead of a tuple per n-gram and n: a long agent prompt is indexed once per
+    n); two n-grams sharing a hash only cost a rejected draft."""
 
-    def __init__(self, tokens: list[int], max_n: int = 4, min_n: int = 2) -> None:
+    def __init__(self, tokens: list[int], max_n: int = 8, min_n: int = 2) -> None:
         self.max_n, self.min_n = max_n, min_n
         self.history: list[int] = []
-        self._last: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(min_n, max_n + 1)}
+        self._last: dict[int, dict[int, int]] = {n: {} for n in range(min_n, max_n + 1)}
         self.extend(tokens)
 
     def extend(self, tokens: list[int]) -> None:
@@ -67,7 +77,7 @@ class NgramIndex:
             end = len(history)
             for n, last in self._last.items():  # the n-grams ending just before `token`
                 if end >= n:
-                    last[tuple(history[end - n : end])] = end
+                    last[hash(tuple(history[end - n : end]))] = end
             history.append(token)
 
     def propose(self, k: int) -> list[int]:
@@ -76,30 +86,115 @@ class NgramIndex:
         for n in range(self.max_n, self.min_n - 1, -1):
             if len(history) <= n:
                 continue
-            start = self._last[n].get(tuple(history[-n:]))
+            start = self._last[n].get(hash(tuple(history[-n:])))
             if start is not None:
                 return history[start : start + k]
         return []
 
 
+# DraftLength's acceptance estimate: counts decay by KEEP_DECAY per verification (recent steps
+# weigh most) and by IDLE_DECAY per step without drafts, so a row that stopped drafting drifts
+# back towards the prior (1/2) and is tried again.
+KEEP_DECAY = 0.9
+IDLE_DECAY = 0.97
+
+
 @dataclass
 class DraftLength:
-    """How many tokens a row drafts next: grows by 2 while all are kept, else one past the last
-    kept one (at least 1, at most `maximum`)."""
+    """How many tokens a row drafts next: doubles while all are kept, else one past the last
+    kept one (at least 1, at most `maximum`); and how likely its next draft is to be kept
+    (`acceptance`: kept drafts over kept + rejections, decayed, from a prior of 1/2)."""
 
     maximum: int
     current: int = 0
+    kept: float = 0.0
+    missed: float = 0.0
 
     def __post_init__(self) -> None:
         self.current = self.current or min(4, self.maximum)
 
+    @property
+    def acceptance(self) -> float:
+        return (self.kept + 1) / (self.kept + self.missed + 2)
+
     def record(self, drafted: int, accepted: int) -> None:
         if not drafted:
+            self.kept *= IDLE_DECAY
+            self.missed *= IDLE_DECAY
             return
+        self.kept = KEEP_DECAY * self.kept + accepted
+        self.missed = KEEP_DECAY * self.missed + (accepted < drafted)
         if accepted == drafted:
-            self.current = min(self.maximum, self.current + 2)
+            self.current = min(self.maximum, 2 * self.current)
         else:
             self.current = max(1, accepted + 1)
+
+
+class PassCost:
+    """Seconds per decode pass as a line in the positions it computes (rows x width): `base` +
+    `per_position` x positions, fitted by least squares with exponential forgetting to the
+    passes this engine timed. Before two different sizes were timed nothing is known and
+    `relative` is flat (drafting looks free, as it is on a launch-bound GPU)."""
+
+    DECAY = 0.98
+
+    def __init__(self) -> None:
+        self._n = self._p = self._t = self._pp = self._pt = 0.0
+
+    def record(self, positions: int, seconds: float) -> None:
+        d = self.DECAY
+        self._n = d * self._n + 1
+        self._p = d * self._p + positions
+        self._t = d * self._t + seconds
+        self._pp = d * self._pp + positions * positions
+        self._pt = d * self._pt + positions * seconds
+
+    def line(self) -> tuple[float, float] | None:
+        """(base, per_position) seconds, or None while the timed sizes do not vary."""
+        n = self._n
+        spread = n * self._pp - self._p * self._p
+        if n < 2 or spread <= 1e-9 * n * self._pp:
+            return None
+        per_position = max(0.0, (n * self._pt - self._p * self._t) / spread)
+        base = max((self._t - per_position * self._p) / n, 1e-9)
+        return base, per_position
+
+    def relative(self, rows: int, width: int) -> float:
+        """A pass of `width` positions per row over a one-position pass of the same rows."""
+        line = self.line()
+        if line is None:
+            return 1.0
+        base, per_position = line
+        return (base + per_position * rows * width) / (base + per_position * rows)
+
+
+def expected_kept(acceptance: float, drafts: int) -> float:
+    """Expected drafts kept of `drafts` when each is kept with probability `acceptance` once
+    those before it were (verification stops at the first rejection)."""
+    if acceptance >= 1.0:
+        return float(drafts)
+    return acceptance * (1 - acceptance**drafts) / (1 - acceptance)
+
+
+def best_width(
+    proposed: list[int],
+    acceptance: list[float],
+    relative_cost: Callable[[int], float],
+    least: int = 1,
+) -> int:
+    """The pass width (1 + drafts verified per row; rows with fewer are padded), at least
+    `least`, that yields the most expected tokens per unit of pass cost, for rows proposing
+    `proposed` drafts with `acceptance` each; 1: no drafting pays this step."""
+    best, best_rate = 0, 0.0
+    for width in range(least, max(proposed, default=0) + 2):
+        tokens = sum(
+            1 + expected_kept(a, min(p, width - 1))
+            for p, a in zip(proposed, acceptance, strict=True)
+        )
+        rate = tokens / relative_cost(width)
+        if rate > best_rate:
+            best, best_rate = width, rate
+    return max(best, least)
 
 
 @dataclass
@@ -144,10 +239,34 @@ class Drafts:
         return cls([[] for _ in range(rows)], [None] * rows)
 
 
+def fit_to_pass(
+    choices: list[Choice], proposed: list[int], relative_cost: Callable[[int], float]
+) -> list[int]:
+    """How many of its `proposed` drafts each row has verified this step: all cut to the pass
+    width that pays best (`best_width`), except a seeded sampling row's, verified in full: its
+    draws depend on what it drafted, and a seeded request must repeat itself whatever the pass
+    timings were. A speculating row left without drafts counts an idle step (its acceptance
+    estimate drifts back towards the prior)."""
+    acceptance = [c.speculation.length.acceptance if c.speculation else 0.0 for c in choices]
+    fixed = [_seeded(choice) for choice in choices]
+    least = 1 + max((p for p, f in zip(proposed, fixed, strict=True) if f), default=0)
+    width = best_width(proposed, acceptance, relative_cost, least)
+    counts = [p if f else min(p, width - 1) for p, f in zip(proposed, fixed, strict=True)]
+    for choice, count in zip(choices, counts, strict=True):
+        if choice.speculation is not None and not count:
+            choice.speculation.length.record(0, 0)
+    return counts
+
+
+def _seeded(choice: Choice) -> bool:
+    params = choice.sampler.params
+    return not params.greedy and params.seed is not None
+
+
 def record(choices: list[Choice], results: list[RowResult]) -> None:
-    """Each drafting row's draft length follows what it just had kept."""
+    """Each row that drafted: its draft length follows what it just had kept."""
     for choice, result in zip(choices, results, strict=True):
-        if choice.speculation is not None:
+        if choice.speculation is not None and result.drafted:
             choice.speculation.length.record(result.drafted, result.accepted)
 
 
@@ -160,8 +279,9 @@ class Drafter(Protocol):
     def keep(self, rows: list[int]) -> None:
         """Only `rows` (in order) stay in the batch."""
 
-    def propose(self, choices: list[Choice]) -> Drafts:
-        """Every row's drafts for this step (at most `draft_room` each)."""
+    def propose(self, choices: list[Choice], relative_cost: Callable[[int], float]) -> Drafts:
+        """Every row's drafts for this step (at most `draft_room` each, fitted to the pass by
+        `fit_to_pass` with `relative_cost`: a pass's cost by its width)."""
 
     def verified(self, choices: list[Choice], results: list[RowResult]) -> None:
         """What the verification of the last proposal kept, per row."""
@@ -177,12 +297,15 @@ class PromptLookup:
     def keep(self, rows: list[int]) -> None:
         """Nothing per row to drop."""
 
-    def propose(self, choices: list[Choice]) -> Drafts:
-        tokens = []
+    def propose(self, choices: list[Choice], relative_cost: Callable[[int], float]) -> Drafts:
+        proposals: list[list[int]] = []
         for choice in choices:
             room = draft_room(choice)
             speculation = choice.speculation
-            tokens.append(speculation.propose(choice.tokens, room) if speculation and room else [])
+            drafts = speculation.propose(choice.tokens, room) if speculation and room else []
+            proposals.append(drafts)
+        counts = fit_to_pass(choices, [len(p) for p in proposals], relative_cost)
+        tokens = [p[:count] for p, count in zip(proposals, counts, strict=True)]
         return Drafts(tokens, [None] * len(choices))
 
     def verified(self, choices: list[Choice], results: list[RowResult]) -> None:

@@ -47,9 +47,12 @@ class _Counting:
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("lengths", [[5], [3, 9, 6]], ids=["solo", "batch"])
+@pytest.mark.parametrize("width", [1, 4], ids=["decode", "verify"])
 def test_decode_step_equals_the_original_bit_for_bit(
-    arch: str, lengths: list[int], monkeypatch: pytest.MonkeyPatch
+    arch: str, lengths: list[int], width: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A decode step (one new token per row) and a verification pass (several: the pending
+    token and drafts, under a causal mask or the batch cache's padding mask)."""
     model = tiny_model(arch)
     install(model)
     counting = _Counting(mx.fast.scaled_dot_product_attention)  # what mlx-lm's attention calls
@@ -58,7 +61,7 @@ def test_decode_step_equals_the_original_bit_for_bit(
     monkeypatch.setattr(mx.fast, "rope", ropes)
     prompts = [[(7 * row + i) % 50 + 3 for i in range(n)] for row, n in enumerate(lengths)]
     caches = _prefilled(model, prompts)
-    tokens = mx.array([[11 + row] for row in range(len(lengths))])
+    tokens = mx.array([[11 + row + j for j in range(width)] for row in range(len(lengths))])
     for _ in range(3):  # several steps: positions move, caches grow
         reference_caches = copy.deepcopy(caches)
         counting.calls = ropes.calls = 0
@@ -67,12 +70,12 @@ def test_decode_step_equals_the_original_bit_for_bit(
         assert (counting.calls, ropes.calls) == (len(caches), 2 * len(caches))
         offsets = caches[0].offset
         counting.calls = ropes.calls = 0
-        with decode_step(offsets):
+        with decode_step(offsets, width):
             actual = model(tokens, cache=caches)
         assert (counting.calls, ropes.calls) == (0, 0)  # inside: the rewrites, every layer
         mx.eval(expected, actual)
         assert mx.array_equal(actual, expected).item()
-        tokens = mx.argmax(actual[:, -1:, :], axis=-1)
+        tokens = mx.argmax(actual, axis=-1)
 
 
 def test_install_wraps_each_rope_once_and_the_attention_once() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import mlx.core as mx
@@ -26,7 +27,7 @@ from engines.llm.sampling import TokenSampler
 from engines.llm.scheduler import Scheduler
 from engines.llm.scheduler_config import SchedulerConfig
 from engines.llm.sequence import Vocabulary
-from engines.llm.speculative import DraftLength, NgramIndex
+from engines.llm.speculative import DraftLength, NgramIndex, PassCost, best_width, fit_to_pass
 from engines.types import ChatLimits, GenerationRequest, SamplingParams, TokenEvent
 from tests.engines.test_scheduler import ListSink, run_until_idle
 from tests.families import save_family_dir
@@ -224,15 +225,88 @@ def test_ngram_index_proposes_what_followed_the_latest_match() -> None:
     assert index.propose(2) == [5, 9]  # "2 3 4": seen once
 
 
+def test_ngram_index_prefers_the_longest_matching_context() -> None:
+    # "2 3" last occurred before 9, but "7 1 2 3" (the longer suffix) occurred before 4.
+    index = NgramIndex([7, 1, 2, 3, 4, 5, 8, 2, 3, 9, 6, 7, 1, 2, 3])
+    assert index.propose(2) == [4, 5]
+    assert NgramIndex([7, 1, 2, 3, 4, 5, 8, 2, 3, 9, 6, 7, 1, 2, 3], max_n=2).propose(2) == [9, 6]
+
+
 def test_draft_length_adapts() -> None:
-    length = DraftLength(8)
-    assert length.current == 4
+    length = DraftLength(16)
+    assert length.current == 4 and length.acceptance == 0.5  # the prior
     length.record(4, 4)
-    assert length.current == 6
-    length.record(6, 1)
-    assert length.current == 2
-    length.record(0, 0)
-    assert length.current == 2
+    assert length.current == 8
+    length.record(8, 8)
+    length.record(16, 16)
+    assert length.current == 16  # at most the maximum
+    high = length.acceptance
+    assert high > 0.9
+    length.record(16, 1)
+    assert length.current == 2 and length.acceptance < high
+    low = DraftLength(8)
+    for _ in range(5):
+        low.record(4, 0)
+    assert low.acceptance < 0.2
+    before = low.acceptance
+    low.record(0, 0)  # a step without drafts: back towards the prior
+    assert before < low.acceptance < 0.5 and low.current == 1
+
+
+def test_pass_cost_fits_its_timings() -> None:
+    cost = PassCost()
+    assert cost.relative(1, 8) == 1.0  # nothing known: flat
+    cost.record(1, 0.070)
+    cost.record(1, 0.070)
+    assert cost.line() is None and cost.relative(1, 8) == 1.0  # one size: still nothing
+    for positions in (4, 8, 2, 16):
+        cost.record(positions, 0.060 + 0.010 * positions)
+    base, per_position = cost.line() or (0.0, 0.0)
+    assert base == pytest.approx(0.060) and per_position == pytest.approx(0.010)
+    assert cost.relative(1, 8) == pytest.approx(0.14 / 0.07)
+    assert cost.relative(8, 2) == pytest.approx(0.22 / 0.14)
+
+
+def test_best_width_pays_for_the_positions_it_adds() -> None:
+    flat, steep = (lambda width: 1.0), (lambda width: float(width))
+    assert best_width([6, 3, 0], [0.9, 0.9, 0.5], flat) == 7  # free: verify every draft
+    assert best_width([6, 3, 0], [0.9, 0.9, 0.5], steep) == 1  # each position a full step
+    assert best_width([], [], flat) == 1
+    gentle = lambda width: 1 + 0.1 * (width - 1)  # noqa: E731
+    # One sure row among three unlikely ones: 9 positions yield ~12 tokens for 1.8 steps.
+    assert best_width([8, 8, 8, 8], [1.0, 0.01, 0.01, 0.01], gentle) == 9
+    # Four unlikely rows: one more position yields 4 x 0.05 tokens for 0.1 of a step.
+    assert best_width([8, 8, 8, 8], [0.05, 0.05, 0.05, 0.05], gentle) == 1
+    assert best_width([2, 2], [0.9, 0.9], steep, least=3) == 3  # a floor is kept
+
+
+def test_seeded_sampling_rows_verify_all_they_proposed() -> None:
+    """A seeded request's draws depend on its drafts: timings must not cut them."""
+
+    def choice(temperature: float, seed: int | None) -> Any:
+        return SimpleNamespace(
+            speculation=SimpleNamespace(length=DraftLength(8)),
+            sampler=SimpleNamespace(params=SamplingParams(temperature, seed=seed)),
+        )
+
+    rows = [choice(0.0, None), choice(0.8, 7), choice(0.8, None)]
+    assert fit_to_pass(rows, [5, 3, 5], lambda width: float(width)) == [3, 3, 3]
+    assert fit_to_pass(rows, [5, 0, 5], lambda width: float(width)) == [0, 0, 0]
+    assert fit_to_pass(rows, [5, 3, 5], lambda width: 1.0) == [5, 3, 5]
+
+
+def test_a_costly_pass_stops_drafting_and_changes_no_token(
+    llama: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Priced so that each position costs a full step, no drafting pays: the batch runs plain
+    steps only, with the greedy tokens of plain decoding."""
+    requests = mixed_requests()
+    plain = serve(scheduler(llama, None), requests)
+    monkeypatch.setattr(PassCost, "relative", lambda self, rows, width: float(width))
+    sched = scheduler(llama, "prompt_lookup")
+    sinks = serve(sched, requests)
+    assert [s.tokens for s in sinks] == [s.tokens for s in plain]
+    assert sched.counters.drafted_tokens == 0
 
 
 async def test_the_engine_thread_speculates_as_configured(tiny_model_dir: Path) -> None:
