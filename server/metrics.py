@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -149,6 +150,9 @@ class Observed:
         self._start = time.monotonic()
         self._first_seen = False
         self._last: dict[int, float] = {}  # per choice: when its previous output was handed over
+        # Labelled once per stream, not per token (`labels()` takes a lock and a dict lookup);
+        # on the first token, so a stream that yields none adds no series.
+        self._inter_token: Any = None
 
     def cancel(self) -> None:
         self._stream.cancel()
@@ -168,6 +172,7 @@ class Observed:
             if not self._first_seen:  # time to first token: once per request
                 self._first_seen = True
                 metrics.ttft.labels(model).observe(now - self._start)
+                self._inter_token = metrics.inter_token.labels(model)
             previous = self._last.get(event.index)
             # Tokens handed over together share the gap since the previous hand-over; in a
             # choice's first hand-over there is none, so they arrived 0 s apart. Either way a
@@ -177,7 +182,7 @@ class Observed:
             else:
                 gaps = [0.0] * (len(event.token_ids) - 1)
             for gap in gaps:
-                metrics.inter_token.labels(model).observe(gap)
+                self._inter_token.observe(gap)
             self._last[event.index] = now
         elif isinstance(event, FinishEvent):
             usage = event.usage

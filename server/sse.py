@@ -1,6 +1,12 @@
 """SSE framing for OpenAI streams: JSON chunks, an in-stream error event, the `[DONE]` sentinel,
 and comment keep-alives while nothing else is sent (so clients with read timeouts hold on); and
-for Anthropic's, whose every event is named (`event:` line) and whose keep-alive is a `ping`."""
+for Anthropic's, whose every event is named (`event:` line) and whose keep-alive is a `ping`.
+
+Frames are encoded to bytes where they are made (the same bytes sse-starlette's
+`ServerSentEvent` writes: `data: …` lines ended by CRLF, a blank line after), so the response
+writes them as they are: at hundreds of concurrent streams every token is a frame, and the
+event loop's work per frame bounds the server's token rate (bench/edge_overhead.py).
+"""
 
 from __future__ import annotations
 
@@ -9,32 +15,48 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Message, Send
 
 from server.settings import Settings
 
+SEP = "\r\n"  # sse-starlette's separator
 DONE = "[DONE]"
 
 
-def data(payload: dict[str, Any]) -> dict[str, str]:
-    """One `data:` event carrying `payload` as compact JSON."""
-    return {"data": json.dumps(payload, separators=(",", ":"), ensure_ascii=False)}
+def data(payload: dict[str, Any]) -> bytes:
+    """One `data:` event carrying `payload` as compact JSON (one line: JSON escapes newlines)."""
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return f"data: {text}{SEP}{SEP}".encode()
 
 
-def done() -> dict[str, str]:
-    return {"data": DONE}
+def done() -> bytes:
+    return f"data: {DONE}{SEP}{SEP}".encode()
 
 
-def event(name: str, payload: dict[str, Any]) -> dict[str, str]:
-    """One named event: an `event: name` line, then `payload` as a `data:` line."""
-    return {"event": name, **data(payload)}
+def event(name: str, payload: dict[str, Any]) -> bytes:
+    """One named event: an `event: name` line, then `payload` as a `data:` line. `name` is one
+    of the server's own event types (never client text), so it holds no line break."""
+    return f"event: {name}{SEP}".encode() + data(payload)
 
 
 def _keepalive() -> ServerSentEvent:
     return ServerSentEvent(comment="keep-alive")
 
 
+class _EventSourceResponse(EventSourceResponse):
+    """sse-starlette's response without its per-send cancel scope when no send timeout is set
+    (mlxd sets none): `anyio.move_on_after(None)` around every frame guards nothing, yet
+    entering and leaving it was ~10% of the event loop's time at 256 streams."""
+
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        if self.send_timeout is None:
+            await send(message)
+        else:
+            await super()._send_with_timeout(send, message)
+
+
 def event_stream(
-    events: AsyncIterator[dict[str, str]],
+    events: AsyncIterator[bytes],
     headers: Mapping[str, str],
     settings: Settings,
     keepalive: Callable[[], ServerSentEvent] = _keepalive,
@@ -42,7 +64,7 @@ def event_stream(
     """The streaming response: a `keepalive` (by default a comment) every
     `keepalive_interval_s` (also while a long prompt is prefilled); streams in flight may finish
     during the drain at shutdown."""
-    return EventSourceResponse(
+    return _EventSourceResponse(
         events,
         headers=dict(headers),
         ping=settings.keepalive_interval_s,

@@ -208,7 +208,7 @@ def _render(
     return JSONResponse(transcripts.json_body(segments, done.duration), headers=headers)
 
 
-async def _stream_events(stream: EventSource, request_id: str) -> AsyncIterator[dict[str, str]]:
+async def _stream_events(stream: EventSource, request_id: str) -> AsyncIterator[bytes]:
     """`transcript.text.delta` per finished segment, then `transcript.text.done`."""
     segments: list[Segment] = []
     async for event in stream:

@@ -88,11 +88,11 @@ async def _stream_chunks(
     include_usage: bool,
     interval_s: float,
     outputs: list[ChoiceOutput],
-) -> AsyncIterator[dict[str, str]]:
+) -> AsyncIterator[bytes]:
     created = int(time.time())
     with_logprobs = generation.logprobs is not None
 
-    def frame(choice: dict[str, Any] | None, usage: dict[str, Any] | None = None) -> dict[str, str]:
+    def frame(choice: dict[str, Any] | None, usage: dict[str, Any] | None = None) -> bytes:
         body = chunk(generation.request_id, model, created, choice, usage, include_usage)
         return sse.data(body)
 

@@ -169,17 +169,17 @@ async def _stream_chunks(
     generations: list[GenerationRequest],
     streams: list[EventSource],
     settings: Any,
-) -> AsyncIterator[dict[str, str]]:
+) -> AsyncIterator[bytes]:
     created = int(time.time())
     n = completion.choices
     with_logprobs = completion.logprobs is not None
     offsets: dict[int, int] = {}  # text_offset reached by each choice
 
-    def frame(choice: dict[str, Any] | None, usage: dict[str, Any] | None = None) -> dict[str, str]:
+    def frame(choice: dict[str, Any] | None, usage: dict[str, Any] | None = None) -> bytes:
         choices = [] if choice is None else [choice]
         return sse.data(completion_body(request_id, completion.model, choices, usage, created))
 
-    def text_frame(number: int, text: str, entries: list[TokenLogprob]) -> dict[str, str]:
+    def text_frame(number: int, text: str, entries: list[TokenLogprob]) -> bytes:
         logprobs = None
         if with_logprobs:
             logprobs = legacy_logprobs(entries, offsets.get(number, 0))

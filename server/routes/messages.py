@@ -124,7 +124,7 @@ async def _stream_events(
     model: str,
     blocks: MessageBlocks,
     interval_s: float,
-) -> AsyncIterator[dict[str, str]]:
+) -> AsyncIterator[bytes]:
     request_id = prepared.request_id
     output: ChoiceOutput = prepared.output_for()
     prompt_tokens = len(prepared.generation.prompt_tokens)
@@ -169,7 +169,7 @@ def _anthropic_body(error: APIError) -> dict[str, object]:
     return anthropic_error_body(error.status, error.message)
 
 
-def _framed(payload: dict[str, Any]) -> dict[str, str]:
+def _framed(payload: dict[str, Any]) -> bytes:
     return sse.event(payload["type"], payload)
 
 

@@ -269,19 +269,19 @@ class _Run:
 
     async def events(
         self, stream: EventSource, interval_s: float, heartbeat_s: float
-    ) -> AsyncIterator[dict[str, str]]:
+    ) -> AsyncIterator[bytes]:
         """The SSE events. While nothing is sent for `heartbeat_s` (a long prefill, a tool call
         the parser holds back) `response.in_progress` is repeated: Codex's idle timeout counts
         events, not the SSE comments every stream gets as keep-alives."""
         sequence = 0
         last_sent = time.monotonic()
 
-        def frame(event: Event) -> dict[str, str]:
+        def frame(event: Event) -> bytes:
             nonlocal sequence, last_sent
             payload = {**event, "sequence_number": sequence}
             sequence += 1
             last_sent = time.monotonic()
-            return {"event": event["type"], **sse.data(payload)}
+            return sse.event(event["type"], payload)
 
         in_progress = {
             "type": "response.in_progress",

@@ -157,7 +157,7 @@ async def _audio_bytes(pieces: AsyncIterator[bytes | SynthesisDone]) -> AsyncIte
 
 async def _sse_events(
     pieces: AsyncIterator[bytes | SynthesisDone],
-) -> AsyncIterator[dict[str, str]]:
+) -> AsyncIterator[bytes]:
     try:
         async for piece in pieces:
             if isinstance(piece, SynthesisDone):
