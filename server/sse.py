@@ -21,6 +21,8 @@ from server.settings import Settings
 
 SEP = "\r\n"  # sse-starlette's separator
 DONE = "[DONE]"
+SLOT = "\x00slot\x00"  # where a Template's text goes
+_SLOT_JSON = json.dumps(SLOT).encode()
 
 
 def data(payload: dict[str, Any]) -> bytes:
@@ -31,6 +33,22 @@ def data(payload: dict[str, Any]) -> bytes:
 
 def done() -> bytes:
     return f"data: {DONE}{SEP}{SEP}".encode()
+
+
+class Template:
+    """`data` frames of one payload that differ only in one string: one value of the payload
+    is `SLOT`, and each frame JSON-encodes just its text between the parts around it (per
+    token, the whole chunk would otherwise be encoded again). ValueError unless exactly one
+    string of the payload is `SLOT` (a client's, a model name say, could be too)."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        before, found, after = data(payload).partition(_SLOT_JSON)
+        if not found or _SLOT_JSON in after:
+            raise ValueError("the payload must hold SLOT exactly once")
+        self._before, self._after = before, after
+
+    def __call__(self, text: str) -> bytes:
+        return self._before + json.dumps(text, ensure_ascii=False).encode() + self._after
 
 
 def event(name: str, payload: dict[str, Any]) -> bytes:

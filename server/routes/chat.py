@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -92,11 +92,23 @@ async def _stream_chunks(
     created = int(time.time())
     with_logprobs = generation.logprobs is not None
 
+    def frame_body(
+        choice: dict[str, Any] | None, usage: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return chunk(generation.request_id, model, created, choice, usage, include_usage)
+
     def frame(choice: dict[str, Any] | None, usage: dict[str, Any] | None = None) -> bytes:
-        body = chunk(generation.request_id, model, created, choice, usage, include_usage)
-        return sse.data(body)
+        return sse.data(frame_body(choice, usage))
+
+    def content_frames(index: int) -> Callable[[str], bytes]:
+        """Frames of a plain content delta (most of a stream's), from a template."""
+        try:
+            return sse.Template(frame_body(delta_choice(index, {"content": sse.SLOT})))
+        except ValueError:  # the model name holds the slot marker: encode whole frames
+            return lambda text: frame(delta_choice(index, {"content": text}))
 
     completion_tokens = cached_tokens = 0
+    content = [content_frames(index) for index in range(generation.n)]
     for index in range(generation.n):
         yield frame(delta_choice(index, {"role": "assistant", "content": ""}))
     async for event in stream.events(interval_s):
@@ -106,7 +118,10 @@ async def _stream_chunks(
             if not deltas and logprobs:
                 deltas = [{"content": ""}]
             for delta in deltas:
-                yield frame(delta_choice(event.index, delta, None, logprobs))
+                if logprobs is None and len(delta) == 1 and "content" in delta:
+                    yield content[event.index](delta["content"])
+                else:
+                    yield frame(delta_choice(event.index, delta, None, logprobs))
                 logprobs = None
         elif isinstance(event, FinishEvent):
             completion_tokens += event.usage.completion_tokens

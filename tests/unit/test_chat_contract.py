@@ -453,3 +453,14 @@ async def test_a_model_without_chat_template_points_to_completions() -> None:
         error = assert_openai_error(await http.post(URL, json=chat_body()), 400, "messages")
     hint = "use /v1/completions with a plain prompt"
     assert error["message"] == f"this model has no chat template; {hint}"
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(name="\x00slot\x00")])
+async def test_stream_when_the_model_name_is_the_frame_slot(http: httpx.AsyncClient) -> None:
+    """Content frames come from a template with a slot marker (server/sse.py); a model named
+    as the marker gets whole frames instead, with the same content."""
+    response = await http.post(URL, json=chat_body(model="\x00slot\x00", stream=True))
+    events = [e for e in response.text.replace("\r\n", "\n").split("\n\n") if e.strip()]
+    payloads = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    assert {p["model"] for p in payloads} == {"\x00slot\x00"}
+    assert "".join(p["choices"][0]["delta"].get("content", "") for p in payloads) == "Hello there!"

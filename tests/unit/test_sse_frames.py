@@ -37,3 +37,22 @@ def test_named_events_are_the_librarys_bytes(payload: dict[str, Any]) -> None:
 
 def test_done_is_the_librarys_bytes() -> None:
     assert sse.done() == ServerSentEvent("[DONE]").encode() == b"data: [DONE]\r\n\r\n"
+
+
+TEXTS = ["", "Hello", ' "quoted" \\ \n\r\t', "naïve 日本語 🙂 \u2028", "\x00slot\x00 inside"]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_template_frames_are_whole_frames(text: str) -> None:
+    def payload(content: str) -> dict[str, Any]:
+        return {"id": "c-1", "choices": [{"delta": {"content": content}, "logprobs": None}]}
+
+    assert sse.Template(payload(sse.SLOT))(text) == sse.data(payload(text))
+
+
+@pytest.mark.parametrize(
+    "payload", [{"text": "no slot"}, {"model": sse.SLOT, "delta": {"content": sse.SLOT}}]
+)
+def test_a_template_needs_exactly_one_slot(payload: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="exactly once"):
+        sse.Template(payload)
