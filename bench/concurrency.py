@@ -3,6 +3,10 @@ model, BLAS, prompts and output lengths; plus raw mlx-lm BatchGenerator decode a
 sizes as the ceiling. Reports aggregate tok/s, TTFT p50/p95, inter-token p95, failed requests.
 
     python bench/concurrency.py [--model NAME_OR_DIR] [--levels 1,4,8,16,32] [--tokens 64]
+        [--repeat N] [--mlxd-env MLXD_MAX_BATCH=256 ...]
+
+Each level runs once untimed (8 tokens: kernel plans for its shapes), then `--repeat` measured
+bursts; mlxd's rows also carry its engine gauges from /metrics after the burst.
 """
 
 from __future__ import annotations
@@ -65,11 +69,27 @@ def sweep_level(server: Server, clients: int, tokens: int) -> dict[str, Any]:
         "aggregate_tok_s": sum(r.tokens for r in good) / wall,
         "ttft_p50_s": percentile([r.ttft_s for r in good], 0.5),
         "ttft_p95_s": percentile([r.ttft_s for r in good], 0.95),
+        # When first tokens arrived over the burst (one stall for all, or a queue draining).
+        "ttft_quantiles_s": {
+            f"p{q}": round(percentile([r.ttft_s for r in good], q / 100), 3)
+            for q in (0, 10, 25, 75, 90, 100)
+        },
         "inter_token_p95_s": percentile([g for r in good for g in r.gaps_s], 0.95),
         "steady_decode_tok_s": steady_decode_rate(good) if good else float("nan"),
         "tokens": sum(r.tokens for r in good),
         "wall_s": wall,
     }
+
+
+def engine_gauges(server: Server) -> dict[str, float]:
+    """mlxd's engine gauges from /metrics (largest batch so far, prefix cache hits, ...)."""
+    text = server.client.get(f"{server.url}/metrics").text
+    gauges = {}
+    for line in text.splitlines():
+        if line.startswith("mlxd_engine_") and "{" in line:
+            name, value = line.split("{", 1)[0], line.rsplit(" ", 1)[-1]
+            gauges[name.removeprefix("mlxd_engine_")] = float(value)
+    return gauges
 
 
 def raw_batch_generator(model: Any, tokenizer: Any, clients: int, tokens: int) -> dict[str, Any]:
@@ -106,10 +126,22 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--servers", default="mlxd,mlx_lm.server")
     parser.add_argument("--out", type=Path, default=Path("bench/results/concurrency.json"))
+    parser.add_argument(
+        "--mlxd-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set in mlxd's environment (e.g. MLXD_MAX_BATCH=256); repeatable",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="measured bursts per level, on the same server"
+    )
     args = parser.parse_args()
+    mlxd_env = dict(item.split("=", 1) for item in args.mlxd_env)
     levels = [int(x) for x in args.levels.split(",")]
     name, path = ModelStore(default_home()).resolve(args.model)
     report: dict[str, Any] = {
+        "mlxd_env": mlxd_env,
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores",
         "device": str(mx.default_device()),
         "blas": BLAS.library or "bundled",
@@ -119,7 +151,7 @@ def main() -> None:
     }
     for server_name in args.servers.split(","):
         if server_name == "mlxd":
-            server = start_mlxd(str(path), name)
+            server = start_mlxd(str(path), name, mlxd_env)
         else:
             server = start_mlx_lm_server(str(path))
         try:
@@ -129,9 +161,12 @@ def main() -> None:
                 # Same shapes once untimed first: MLX compiles kernels on first use (per batch
                 # size and padded prompt length), which is start-up cost, not serving speed.
                 sweep_level(server, clients, 8)
-                row = sweep_level(server, clients, args.tokens)
-                print(server.name, json.dumps(row), flush=True)
-                rows.append(row)
+                for _ in range(args.repeat):
+                    row = sweep_level(server, clients, args.tokens)
+                    if server.name == "mlxd":
+                        row["engine"] = engine_gauges(server)
+                    print(server.name, json.dumps(row), flush=True)
+                    rows.append(row)
             report["servers"][server.name] = rows
         finally:
             server.stop()

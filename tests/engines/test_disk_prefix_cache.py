@@ -13,6 +13,7 @@ import pytest
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import load
 
+from engines.llm import disk_cache
 from engines.llm.disk_cache import DiskPrefixCache, model_identity
 from engines.llm.engine import LLMEngine
 from engines.llm.prefix_cache import PrefixCache
@@ -31,6 +32,28 @@ def filled(model: Any, tokens: list[int]) -> list[Any]:
 @pytest.fixture(scope="module")
 def model(tiny_model_dir: Path) -> Any:
     return load(str(tiny_model_dir))[0]
+
+
+@pytest.fixture(autouse=True)
+def short_entries_spill(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny model's prompts are 40 tokens: let entries that short go to disk here."""
+    monkeypatch.setattr(disk_cache, "MIN_TOKENS", 16)
+
+
+def test_short_entries_stay_in_memory(
+    model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below MIN_TOKENS nothing is written, and no prefix that short is served from disk."""
+    disk = DiskPrefixCache(tmp_path, "id", max_bytes=2**30)
+    monkeypatch.setattr(disk_cache, "MIN_TOKENS", len(PROMPT) + 1)
+    disk.save(tuple(PROMPT), filled(model, PROMPT))
+    assert len(disk) == 0 and not list(disk.directory.glob("*.safetensors"))
+    monkeypatch.setattr(disk_cache, "MIN_TOKENS", len(PROMPT))
+    disk.save(tuple(PROMPT), filled(model, PROMPT))
+    assert len(disk) == 1
+    assert disk.best([*PROMPT, 1], len(PROMPT)) == (tuple(PROMPT), len(PROMPT))
+    monkeypatch.setattr(disk_cache, "MIN_TOKENS", len(PROMPT) + 1)
+    assert disk.best([*PROMPT, 1], len(PROMPT)) == (None, 0)
 
 
 def test_an_evicted_entry_comes_back_from_disk(model: Any, tmp_path: Path) -> None:
