@@ -15,7 +15,7 @@ aggregate over the concurrent ones (from the last first-token to the last token)
 min–max; and whether the speculative tokens equal the plain ones (they must, greedy).
 
     python3 bench/speculative.py --model NAME_OR_DIR [--runs 5] [--tokens 256]
-        [--concurrency 1 8] [--speculative-tokens 8] [--draft NAME_OR_DIR] [--task edit|write]
+        [--concurrency 1 8] [--speculative-tokens N] [--draft NAME_OR_DIR] [--task edit|write]
 
 A draft model: e.g. `--model qwen2.5-coder-1.5b-instruct --draft qwen2.5-coder-0.5b-instruct
 --concurrency 1` (issue 25: ≥ 1.5× single stream on a coding prompt, identical greedy output).
@@ -268,7 +268,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--speculative-tokens", type=int, default=8)
+    parser.add_argument(
+        "--speculative-tokens", type=int, default=0, help="most drafts per step (0: the default)"
+    )
     parser.add_argument("--draft", help="a draft model (store name or directory)")
     parser.add_argument("--task", choices=["edit", "write"], default="edit")
     parser.add_argument(
