@@ -184,6 +184,13 @@ def evaluate(cache: list[Any]) -> None:
     mx.eval([array for layer in cache for array in arrays(layer)])
 
 
+def launch(cache: list[Any]) -> None:
+    """Have a cache's arrays computed next on the stream, without waiting for them: like
+    `evaluate` it lets go of the graphs and buffers they were built from once they are done, but
+    the host goes on (a wait would also wait for the decode step in flight)."""
+    mx.async_eval([array for layer in cache for array in arrays(layer)])
+
+
 def arrays(layer: Any) -> list[mx.array]:
     """The arrays a layer cache holds (its `state` may also hold ints, None and class names)."""
     found: list[mx.array] = []
