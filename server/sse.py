@@ -51,6 +51,15 @@ class Template:
         return self._before + json.dumps(text, ensure_ascii=False).encode() + self._after
 
 
+def templated(payload_for: Callable[[str], dict[str, Any]]) -> Callable[[str], bytes]:
+    """`data` frames of `payload_for(text)`, from a Template when one can be made (else each
+    frame encoded whole: a client's string in the payload is the slot marker itself)."""
+    try:
+        return Template(payload_for(SLOT))
+    except ValueError:
+        return lambda text: data(payload_for(text))
+
+
 def event(name: str, payload: dict[str, Any]) -> bytes:
     """One named event: an `event: name` line, then `payload` as a `data:` line. `name` is one
     of the server's own event types (never client text), so it holds no line break."""

@@ -101,11 +101,8 @@ async def _stream_chunks(
         return sse.data(frame_body(choice, usage))
 
     def content_frames(index: int) -> Callable[[str], bytes]:
-        """Frames of a plain content delta (most of a stream's), from a template."""
-        try:
-            return sse.Template(frame_body(delta_choice(index, {"content": sse.SLOT})))
-        except ValueError:  # the model name holds the slot marker: encode whole frames
-            return lambda text: frame(delta_choice(index, {"content": text}))
+        """Frames of a plain content delta (most of a stream's)."""
+        return sse.templated(lambda text: frame_body(delta_choice(index, {"content": text})))
 
     completion_tokens = cached_tokens = 0
     content = [content_frames(index) for index in range(generation.n)]

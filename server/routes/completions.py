@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -179,10 +179,22 @@ async def _stream_chunks(
         choices = [] if choice is None else [choice]
         return sse.data(completion_body(request_id, completion.model, choices, usage, created))
 
+    def text_frames(number: int) -> Callable[[str], bytes]:
+        """Frames of choice `number`'s text without logprobs (most of a stream's)."""
+        return sse.templated(
+            lambda text: completion_body(
+                request_id, completion.model, [text_choice(number, text, None, None)], None, created
+            )
+        )
+
+    plain: dict[int, Callable[[str], bytes]] = {}  # per choice number, made on first use
+
     def text_frame(number: int, text: str, entries: list[TokenLogprob]) -> bytes:
-        logprobs = None
-        if with_logprobs:
-            logprobs = legacy_logprobs(entries, offsets.get(number, 0))
+        if not with_logprobs:
+            if number not in plain:
+                plain[number] = text_frames(number)
+            return plain[number](text)
+        logprobs = legacy_logprobs(entries, offsets.get(number, 0))
         offsets[number] = offsets.get(number, 0) + len(text)
         return frame(text_choice(number, text, None, logprobs))
 

@@ -56,3 +56,16 @@ def test_template_frames_are_whole_frames(text: str) -> None:
 def test_a_template_needs_exactly_one_slot(payload: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="exactly once"):
         sse.Template(payload)
+
+
+@pytest.mark.parametrize("model", ["m", sse.SLOT])
+def test_templated_frames_whatever_the_client_strings(model: str) -> None:
+    """From a Template, or whole when a client's string is the slot marker: the same bytes."""
+
+    def payload(text: str) -> dict[str, Any]:
+        return {"model": model, "choices": [{"text": text, "index": 0}]}
+
+    frames = sse.templated(payload)
+    assert isinstance(frames, sse.Template) == (model != sse.SLOT)
+    for text in TEXTS:
+        assert frames(text) == sse.data(payload(text))
