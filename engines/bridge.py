@@ -20,10 +20,51 @@ import asyncio
 import contextlib
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 
 from engines.types import Event, FinishEvent, TokenEvent
+
+
+class _LoopWaker:
+    """Wakes readers on one loop. A push adds its stream; the first push since the loop last
+    ran the callback schedules it (one `call_soon_threadsafe`, one self-pipe write), and the
+    callback sets every pending stream's event: a step that pushes to 256 streams wakes the
+    loop once, not 256 times."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[asyncio.Event] = []
+
+    def wake(self, ready: asyncio.Event) -> None:
+        with self._lock:
+            self._pending.append(ready)
+            if len(self._pending) > 1:
+                return  # a callback is already on its way
+        # RuntimeError: the loop is gone (shutdown), so nobody is left to read.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for ready in pending:
+            ready.set()
+
+
+_wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaker] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _waker(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
+    """The loop's waker (made on the loop's own thread, when a stream is made)."""
+    waker = _wakers.get(loop)
+    if waker is None:
+        waker = _wakers[loop] = _LoopWaker(loop)
+    return waker
 
 
 class RequestStream:
@@ -41,6 +82,7 @@ class RequestStream:
         self._cancelled = threading.Event()
         self._finished = False
         self._wake_pending = False  # a wake-up is already on its way to the loop
+        self._waker = _waker(self._loop)
 
     # -- engine thread side ------------------------------------------------------------------
 
@@ -51,9 +93,7 @@ class RequestStream:
             if self._wake_pending:
                 return
             self._wake_pending = True
-        # RuntimeError: the loop is gone (shutdown), so nobody is left to read.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._ready.set)
+        self._waker.wake(self._ready)
 
     @property
     def cancelled(self) -> bool:

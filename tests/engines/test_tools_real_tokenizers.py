@@ -415,3 +415,22 @@ def test_the_engine_keeps_only_the_formats_special_markers(
     detokenizer = IncrementalDetokenizer(tokenizer, hidden=hidden)
     emitted = "".join(detokenizer.add(token) for token in tokens) + detokenizer.flush()
     assert emitted == "<|channel|>final<|message|>Hi there"
+
+
+def test_the_detokenizer_calls_the_rust_decode_with_the_same_text(
+    grammar_tokenizer: tuple[Any, Any],
+) -> None:
+    """SmolLM2's tokenizer qualifies for the direct Rust `decode`; it gives transformers' text
+    with special tokens skipped or kept, whole and streamed a token at a time."""
+    from engines.llm.detokenize import IncrementalDetokenizer, rust_decode
+
+    tokenizer, _ = grammar_tokenizer
+    assert rust_decode(tokenizer) is not None
+    text = "<|im_start|>def f(x):\n    return x ** 2  # ½ — 東京 🙂<|im_end|> ok"
+    tokens = tokenizer.encode(text, add_special_tokens=False)
+    for skip in (True, False):
+        expected = tokenizer._tokenizer.decode(tokens, skip_special_tokens=skip)
+        assert rust_decode(tokenizer)(tokens, skip_special_tokens=skip) == expected
+        detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens=skip)
+        emitted = "".join(detokenizer.add(token) for token in tokens) + detokenizer.flush()
+        assert emitted == expected

@@ -46,3 +46,35 @@ async def test_paced_delivery_merges_tokens_and_loses_none() -> None:
             deliveries.append(event.token_ids)
     assert [t for batch in deliveries for t in batch] == list(range(60))
     assert len(deliveries) < 15  # ~0.3 s of tokens in ≥ 50 ms steps, not 60 deliveries
+
+
+async def test_a_step_pushing_to_many_streams_wakes_the_loop_once() -> None:
+    """One wake-up per loop for a batch of pushes, however many streams it reaches, and every
+    stream still gets its events."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    streams = [RequestStream(f"r{i}") for i in range(64)]
+    scheduled = 0
+    original = loop.call_soon_threadsafe
+
+    def counting(callback, *args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal scheduled
+        scheduled += 1
+        return original(callback, *args, **kwargs)
+
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    try:
+
+        def step() -> None:  # one engine step: a token for every stream
+            for i, stream in enumerate(streams):
+                stream.push(TokenEvent(str(i), [i]))
+
+        thread = threading.Thread(target=step)
+        thread.start()
+        thread.join()
+        received = [await stream.next_events() for stream in streams]
+    finally:
+        loop.call_soon_threadsafe = original  # type: ignore[method-assign]
+    assert scheduled == 1
+    assert [[e.token_ids for e in events] for events in received] == [[[i]] for i in range(64)]
