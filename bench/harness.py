@@ -3,7 +3,11 @@ preloaded on Linux, so they run on the same BLAS), and stream one chat request w
 
 Requests go through one long-lived `httpx.Client` per server (thread-safe, pooled connections):
 making a client costs ~20-30 ms of the load generator's own time (its TLS context), which a
-per-request client would count in every TTFT and serialize across client threads."""
+per-request client would count in every TTFT and serialize across client threads.
+
+`stream_chat` suits one or a few streams; a thread per stream in one process costs ~4-6 ms of
+client CPU per request and ~100-130 µs per token, so bursts of many streams go through
+bench/loadgen.py (asyncio worker processes) instead."""
 
 from __future__ import annotations
 
@@ -105,6 +109,24 @@ class StreamResult:
     chunk_times: list[float] = field(default_factory=list)  # perf_counter of each content chunk
 
 
+def chat_body(
+    model: str,
+    messages: list[dict[str, str]],
+    max_tokens: int,
+    extra: dict[str, object] | None = None,
+) -> dict[str, object]:
+    """The streamed chat request every bench sends: greedy, usage in the last chunk."""
+    return {
+        **(extra or {}),
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
 def stream_chat(
     server: Server,
     messages: list[dict[str, str]],
@@ -112,15 +134,7 @@ def stream_chat(
     timeout: float = 600,
     extra: dict[str, object] | None = None,
 ) -> StreamResult:
-    body = {
-        **(extra or {}),
-        "model": server.model,
-        "messages": messages,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+    body = chat_body(server.model, messages, max_tokens, extra)
     start = time.perf_counter()
     first = last = 0.0
     chunks = 0
