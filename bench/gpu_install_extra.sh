@@ -7,7 +7,8 @@
 #
 # Why these: `python -m server serve` imports jsonschema (+ attrs, referencing, rpds-py,
 # jsonschema-specifications) and huggingface_hub 2.x (+ httpx2, httpcore2, truststore, sniffio),
-# and structured output imports llguidance: none is on the machine. transformers, tokenizers,
+# and structured output imports llguidance, and uvicorn runs on uvloop and httptools: none is on
+# the machine. transformers, tokenizers,
 # tqdm, filelock, packaging and jinja2 are there in other versions (transformers 5.17, hub
 # 1.33 on 2026-11): the pinned ones are carried and shadow them from /root/pyx. Pillow, PyYAML,
 # regex, rich, Pygments, sentencepiece, MarkupSafe and numpy are on the machine and not carried.
@@ -24,7 +25,7 @@ SECOND_CALL=(
   attrs==26.1.0 filelock==4.3.2 httpcore2==2.16.2 httpx2==2.16.2 huggingface_hub==2.4.0
   Jinja2==3.1.6 jsonschema==4.25.1 jsonschema-specifications==2025.9.1 llguidance==1.9.1
   packaging==26.4 referencing==0.37.0 rpds-py==2026.9.1 sniffio==1.3.1 tokenizers==0.23.3
-  tqdm==4.70.1 truststore==0.10.5
+  tqdm==4.70.1 truststore==0.10.5 uvloop==0.23.0 httptools==0.9.0
 )
 PLATFORMS=(manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_27_x86_64 manylinux_2_28_x86_64
   manylinux_2_31_x86_64)
