@@ -96,11 +96,12 @@ def sweep_level(server: Server, load: LoadGenerator, clients: int, tokens: int) 
 
 
 def engine_gauges(server: Server) -> dict[str, float]:
-    """mlxd's engine gauges from /metrics (largest batch so far, prefix cache hits, ...)."""
+    """mlxd's engine gauges from /metrics (largest batch so far, prefix cache hits, ...), of the
+    served chat model only (mlxd also lists its speech and embedding engines, if any)."""
     text = server.client.get(f"{server.url}/metrics").text
     gauges = {}
     for line in text.splitlines():
-        if line.startswith("mlxd_engine_") and "{" in line:
+        if line.startswith("mlxd_engine_") and f'model="{server.model}"' in line:
             name, value = line.split("{", 1)[0], line.rsplit(" ", 1)[-1]
             gauges[name.removeprefix("mlxd_engine_")] = float(value)
     return gauges
@@ -112,7 +113,7 @@ def ttft_totals(server: Server) -> tuple[float, float]:
     totals = {"_sum": 0.0, "_count": 0.0}
     for line in text.splitlines():
         for suffix in totals:
-            if line.startswith(f"mlxd_time_to_first_token_seconds{suffix}"):
+            if line.startswith(f'mlxd_time_to_first_token_seconds{suffix}{{model="{server.model}"'):
                 totals[suffix] += float(line.rsplit(" ", 1)[-1])
     return totals["_sum"], totals["_count"]
 
