@@ -128,7 +128,11 @@ def raw_batch_generator(model: Any, tokenizer: Any, clients: int, tokens: int) -
         tokenizer.encode(render_chat(tokenizer, prompt(i)), add_special_tokens=False)
         for i in range(clients)
     ]
-    generator = BatchGenerator(model, max_tokens=tokens, stop_tokens=[[-1]])
+    # Every prompt decoded in one batch (mlx-lm's default completion_batch_size is 32: above it
+    # the rows never all ran together and the rate read 0).
+    generator = BatchGenerator(
+        model, max_tokens=tokens, stop_tokens=[[-1]], completion_batch_size=max(32, clients)
+    )
     generator.insert(prompts, max_tokens=[tokens] * clients)
     produced = 0
     first = 0.0
