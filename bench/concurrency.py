@@ -119,7 +119,9 @@ def ttft_totals(server: Server) -> tuple[float, float]:
 
 
 def raw_batch_generator(model: Any, tokenizer: Any, clients: int, tokens: int) -> dict[str, Any]:
-    """mlx-lm's BatchGenerator with `clients` prompts: decode tok/s once all are running."""
+    """mlx-lm's BatchGenerator with `clients` prompts: decode tok/s once all are running, and
+    the aggregate from insertion to the last token (prefill included, as in a server's burst;
+    no HTTP)."""
     from mlx_lm.generate import BatchGenerator
 
     from engines.llm.templates import render_chat
@@ -133,20 +135,27 @@ def raw_batch_generator(model: Any, tokenizer: Any, clients: int, tokens: int) -
     generator = BatchGenerator(
         model, max_tokens=tokens, stop_tokens=[[-1]], completion_batch_size=max(32, clients)
     )
+    start = time.perf_counter()
     generator.insert(prompts, max_tokens=[tokens] * clients)
-    produced = 0
+    produced = total = 0
     first = 0.0
     while True:
         responses = generator.next_generated()
         if not responses:
             break
+        total += len(responses)
         if not first and len(responses) == clients:
             first = time.perf_counter()
             continue
         if first:
             produced += len(responses)
+    end = time.perf_counter()
     generator.close()
-    return {"clients": clients, "decode_tok_s": produced / (time.perf_counter() - first)}
+    return {
+        "clients": clients,
+        "decode_tok_s": produced / (end - first),
+        "aggregate_tok_s": total / (end - start),
+    }
 
 
 def sweep_server(
