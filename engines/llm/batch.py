@@ -24,13 +24,17 @@ Distributed (`agree` set: engines/llm/distributed.py): the batch argmax of plain
 through `agree`, as every other row's token does in its sampler, so every rank decodes rank 0's
 tokens.
 
-Speculative (a `drafter`, plain KV caches only, never pipelined): rows are held in
+Speculative (a `drafter`, plain KV caches only, not pipelined: drafts follow tokens the host
+has read): rows are held in
 `RaggedKVCache`s, so that each row can drop its rejected drafts alone; the drafter follows the
 rows as they join and leave; a step whose rows have drafts runs one pass over [pending token,
 drafts...] and is verified at once (engines/llm/speculative.py); its StepOutput then carries,
 per row, the kept drafts to emit before the row's new pending token. The batch times its steps
 (`pass_cost`: from one `schedule` to the next, the pass and the emitting of its tokens, for
-steps no prefill or change of rows interrupted) so drafting is priced on this device.
+steps no prefill or change of rows interrupted) so drafting is priced on this device. Where the
+device pipelines (`coast`), a step whose pricing found no drafting that pays starts COAST_STEPS
+plain steps that the scheduler runs pipelined (`coasting`: nothing is drafted, each counts as an
+idle step of every row), then drafting is priced again.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ from engines.llm.sampling import Sampled
 from engines.llm.sequence import Choice
 from engines.llm.speculative import Drafter, Drafts, PassCost, verify
 from engines.readback import host_list
+
+COAST_STEPS = 16  # pipelined plain steps after a pricing found no drafting that pays
 
 
 @dataclass
@@ -100,9 +106,17 @@ class StepOutput:
 
 class DecodeBatch:
     def __init__(
-        self, model: Any, cpu_decode: bool = False, drafter: Drafter | None = None
+        self,
+        model: Any,
+        cpu_decode: bool = False,
+        drafter: Drafter | None = None,
+        coast: bool = False,
     ) -> None:
         self._model = model
+        self._coast = (
+            coast  # speculating: may run pipelined plain steps while drafting does not pay
+        )
+        self._coasting = 0  # such steps left
         self._cpu_decode = cpu_decode  # steps built inside cpu_decode.decode_step
         self._drafter = drafter  # set: ragged batch caches; rows may draft
         self._speculative = drafter is not None
@@ -121,6 +135,12 @@ class DecodeBatch:
     def longest(self) -> int:
         """Most tokens any row may reach (the dense cache's eventual length)."""
         return max((choice.limit for choice in self.choices), default=0)
+
+    @property
+    def coasting(self) -> bool:
+        """Speculating, but the next steps are plain and may run pipelined: the last pricing
+        found no drafting that pays."""
+        return self._coasting > 0
 
     def untimed(self) -> None:
         """The step in progress also did other work (a prefill, rows joining or leaving): its
@@ -181,7 +201,13 @@ class DecodeBatch:
         if current is None:
             return None
         assert self._caches is not None
-        if self._drafter is not None:
+        if self._drafter is not None and self._coasting:
+            self._coasting -= 1
+            self._timing = None  # a pipelined step's time is not a pass's
+            for choice in self.choices:
+                if choice.speculation is not None:
+                    choice.speculation.length.record(0, 0)  # an idle step
+        elif self._drafter is not None:
             now = time.perf_counter()
             if self._timing is not None:
                 positions, start = self._timing
@@ -194,6 +220,8 @@ class DecodeBatch:
             if any(drafts.tokens):
                 self._pending = self._verify(current, drafts)
                 return current
+            if self._coast:
+                self._coasting = COAST_STEPS
         # The new tokens' positions: every layer's cache holds as many as the first one's.
         with decode_step(self._caches[0].offset) if self._cpu_decode else nullcontext():
             logits = self._model(current.tokens[:, None], cache=self._caches)[:, -1, :]
@@ -264,6 +292,7 @@ class DecodeBatch:
             self._drafter.keep(rows)
         if not rows:
             self.choices, self._caches, self._pending = [], None, None
+            self._coasting = 0
             return
         assert self._caches is not None and self._pending is not None
         if len(rows) == 1:  # back to solo

@@ -110,7 +110,9 @@ class Scheduler:
             vocab = model(mx.array([[0]])).shape[-1]  # a lazy pass: only its shape is read
             draft = DraftModel.load(Path(config.speculative), vocab, config.cpu_decode)
             drafter = self.draft_model = draft
-        self.batch = DecodeBatch(model, cpu_decode=config.cpu_decode, drafter=drafter)
+        self.batch = DecodeBatch(
+            model, cpu_decode=config.cpu_decode, drafter=drafter, coast=config.coast
+        )
         self._vocabulary = vocabulary
         self._new_sampler = new_sampler
         self._release = release  # (choices, queue places) freed; negative counts
@@ -166,13 +168,14 @@ class Scheduler:
         batch.join(self._prefill_some(budget))
         self.counters.largest_batch = max(self.counters.largest_batch, len(batch))
         # Pipelined, step n+1 computes while step n is read; otherwise it is launched after.
-        current = batch.schedule() if self.config.pipelined else batch.pending
+        pipelined = self.config.pipelined or batch.coasting
+        current = batch.schedule() if pipelined else batch.pending
         if current is None:
             if not self.has_work():
                 mx.clear_cache()
             return 0.0
-        self._emit(current)
-        if not self.config.pipelined:
+        self._emit(current, pipelined)
+        if not pipelined:
             batch.schedule()
         self._steps += 1
         if self._steps % _CLEAR_CACHE_EVERY == 0 or not self.has_work():
@@ -351,8 +354,9 @@ class Scheduler:
 
     # -- decode output and leaving -----------------------------------------------------------
 
-    def _emit(self, current: Any) -> None:
-        """Read one step's tokens, hand each to its choice, retire the finished rows."""
+    def _emit(self, current: Any, pipelined: bool) -> None:
+        """Read one step's tokens, hand each to its choice, retire the finished rows (`pipelined`:
+        the next step was launched before this one was read)."""
         batch = self.batch
         counters = self.counters
         finished: list[int] = []
@@ -367,9 +371,9 @@ class Scheduler:
         counters.drafted_tokens += current.drafted
         counters.accepted_drafts += current.accepted
         if finished:
-            self._retire(finished)
+            self._retire(finished, pipelined)
 
-    def _retire(self, rows: list[int]) -> None:
+    def _retire(self, rows: list[int], pipelined: bool) -> None:
         """Finished rows leave the batch; their cache goes to the prefix cache."""
         batch = self.batch
         for row in rows:
@@ -377,7 +381,7 @@ class Scheduler:
             if self.prefix_cache is not None and choice.index == 0:
                 # Pipelined, the last token was fed into the step launched before it was read;
                 # in order, the row leaves before it is fed.
-                fed = choice.tokens if self.config.pipelined else choice.tokens[:-1]
+                fed = choice.tokens if pipelined else choice.tokens[:-1]
                 tokens = choice.request.prompt_tokens + fed
                 cache = batch.extract(row)
                 # Speculating, the cache may hold kept drafts past a stop: drop them (only

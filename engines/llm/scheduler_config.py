@@ -23,6 +23,9 @@ class SchedulerConfig:
     prefill_chunk: int
     prefill_bucket: int = 1  # > 1 only for plain KV caches (they trim the padding back)
     pipelined: bool = True  # launch step n+1 before reading step n
+    # Speculating where launching overlaps (set by for_caches): steps that draft nothing may run
+    # pipelined, DecodeBatch.coasting.
+    coast: bool = False
     cpu_decode: bool = False  # build steps inside cpu_decode.decode_step
     # "prompt_lookup": rows draft from their own text; else a draft model's directory.
     speculative: str | None = None
@@ -30,7 +33,8 @@ class SchedulerConfig:
 
     def for_caches(self, profile: CacheProfile) -> SchedulerConfig:
         """The config with speculation off where the caches cannot drop rejected drafts, and
-        never pipelined with it (drafts follow tokens the host has read)."""
+        not pipelined with it (drafts follow tokens the host has read), except, where the device
+        pipelines, while no drafting pays (`coast`)."""
         if not self.speculative:
             return self
         draft_model = (Path(self.speculative) / "config.json").exists()
@@ -45,7 +49,7 @@ class SchedulerConfig:
                 sorted(set(profile.kinds)),
             )
             return replace(self, speculative=None)
-        return replace(self, pipelined=False)
+        return replace(self, pipelined=False, coast=self.pipelined)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from mlx_lm.models.cache import KVCache, make_prompt_cache
 from mlx_lm.utils import load
 
 from engines.llm import scheduler as scheduler_module
+from engines.llm.batch import DecodeBatch
 from engines.llm.caches import CacheProfile
 from engines.llm.detokenize import TokenBytes
 from engines.llm.engine import LLMEngine
@@ -50,7 +51,9 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
     return load(str(path))  # type: ignore[return-value]
 
 
-def scheduler(llama: tuple[Any, Any], speculative: str | None, max_batch: int = 8) -> Scheduler:
+def scheduler(
+    llama: tuple[Any, Any], speculative: str | None, max_batch: int = 8, pipelined: bool = False
+) -> Scheduler:
     model, tokenizer = llama
     probe = make_prompt_cache(model)
     mx.eval(model(mx.array([[0, 1]]), cache=probe))
@@ -66,7 +69,7 @@ def scheduler(llama: tuple[Any, Any], speculative: str | None, max_batch: int = 
         max_batch=max_batch,
         kv_budget_bytes=2**30,
         prefill_chunk=64,
-        pipelined=False,
+        pipelined=pipelined,
         speculative=speculative,
         speculative_tokens=6,
     )
@@ -223,6 +226,48 @@ def test_ngram_index_proposes_what_followed_the_latest_match() -> None:
     assert index.propose(3) == [7, 1, 2]  # "1 2 3" last seen before 7
     index.extend([4])
     assert index.propose(2) == [5, 9]  # "2 3 4": seen once
+
+
+def test_while_no_drafting_pays_steps_run_pipelined(
+    llama: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a device that pipelines, a speculative batch whose pricing finds no drafting that pays
+    runs pipelined plain steps (coasting), then prices again: the tokens are plain decoding's,
+    and a finished row leaves the prefix cache exactly its tokens (the next turn equals mlx-lm)."""
+    model, _ = llama
+    requests = mixed_requests()
+    plain = serve(scheduler(llama, None), requests)
+    monkeypatch.setattr(PassCost, "relative", lambda self, rows, width: float(width))
+    coasting: list[bool] = []
+    schedule = DecodeBatch.schedule
+
+    def recording(self: DecodeBatch) -> Any:
+        coasting.append(self.coasting)
+        return schedule(self)
+
+    monkeypatch.setattr(DecodeBatch, "schedule", recording)
+    sched = scheduler(llama, "prompt_lookup", pipelined=True)
+    assert sched.config.coast and not sched.config.pipelined
+    sinks = serve(sched, requests)
+    assert [s.tokens for s in sinks] == [s.tokens for s in plain]
+    assert sched.counters.drafted_tokens == 0
+    assert any(coasting) and not all(coasting)  # coasted, and priced again in between
+    follow = LOOP + plain[0].tokens + [21, 22]
+    [second] = serve(sched, [GenerationRequest("t2", follow, 20, SamplingParams(0.0))])
+    assert second.finish is not None and second.finish.usage.cached_tokens > 0
+    expected = [int(t) for t, _ in generate_step(mx.array(follow), model, max_tokens=20)]
+    assert second.tokens == expected
+
+
+def test_drafting_on_a_device_that_pipelines_changes_no_token(llama: tuple[Any, Any]) -> None:
+    """Where drafting pays (flat pass costs), steps with drafts run in order and the batch may
+    coast in between: the same tokens as plain decoding, drafts kept."""
+    requests = mixed_requests()
+    plain = serve(scheduler(llama, None), requests)
+    sched = scheduler(llama, "prompt_lookup", pipelined=True)
+    sinks = serve(sched, requests)
+    assert [s.tokens for s in sinks] == [s.tokens for s in plain]
+    assert sched.counters.accepted_drafts > 0
 
 
 def test_ngram_index_prefers_the_longest_matching_context() -> None:
