@@ -168,7 +168,7 @@ def grouped_decode_attention(original: Callable[..., mx.array]) -> Callable[...,
             or heads == key_heads
             or sinks is not None
             or not (queries.dtype == keys.dtype == values.dtype)
-            or not (mask is None or mask == "causal" or isinstance(mask, mx.array))
+            or not (mask is None or isinstance(mask, mx.array) or mask == "causal")
             or (isinstance(mask, mx.array) and mask.ndim >= 3 and mask.shape[-3] != 1)
         ):  # per-head masks, sinks, mixed dtypes: the original
             return original(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
