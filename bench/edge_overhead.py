@@ -10,20 +10,22 @@ sleeping `--step-ms` (the device's time per step; the sleep releases the GIL, as
 does). So everything a real server does on the host except building and launching the model's
 graph is here, and the figures count only that work.
 
-A burst of `--clients` streamed chat requests (same bodies as bench/concurrency.py) is sent at
-once, by a raw-socket asyncio client (cheap per chunk, so it does not itself limit the server),
-or with `--client httpx` by bench/harness.py's threaded httpx client (the GPU bench's own: shows
-what that client costs). Each round runs twice: with 1 output token (per-request work) and with
-`--tokens` (the difference is per-token work). Reported per round: server CPU by thread (the
-event loop, the engine thread, others) from /proc schedstat, and the load generator's own CPU
-("client"), per request and per token; the time until the engine had received every request
-("ingested"), until the last client saw its first token, and until the last stream ended;
-tokens per second through the edge. The default step, 30 ms, is the H200's at 256 rows
-(~8.5k tok/s); with a step near 0 the engine outruns the loop, tokens merge into a few frames
-and the per-token figures measure little.
+A burst of `--clients` streamed chat requests (same prompts as bench/concurrency.py) is sent at
+once to `--route`: `chat` (`/v1/chat/completions`), `messages` (Anthropic's `/v1/messages`) or
+`responses` (`/v1/responses`, `store: false`), by a raw-socket asyncio client (cheap per chunk, so
+it does not itself limit the server), or (chat only) with `--client httpx` by bench/harness.py's
+threaded httpx client (the GPU bench's own: shows what that client costs). Each round runs twice:
+with 1 output token (per-request work) and with `--tokens` (the difference is per-token work).
+Reported per round: server CPU by thread (the event loop, the engine thread, others) from /proc
+schedstat, and the load generator's own CPU ("client"), per request and per token; the time until
+the engine had received every request ("ingested"), until the last client saw its first token, and
+until the last stream ended; tokens per second through the edge. The default step, 30 ms, is the
+H200's at 256 rows (~8.5k tok/s); with a step near 0 the engine outruns the loop, tokens merge into
+a few frames and the per-token figures measure little.
 
     python bench/edge_overhead.py [--clients 256] [--tokens 128] [--step-ms 30] [--rounds 3]
-        [--client raw|httpx] [--py-spy OUT.txt] [--out bench/results/edge_overhead.json]
+        [--route chat|messages|responses] [--client raw|httpx] [--py-spy OUT.txt]
+        [--out bench/results/edge_overhead.json]
 
 `--py-spy OUT.txt`: sample the server with py-spy during the rounds (the thread holding the GIL,
 collapsed stacks to OUT.txt, summarised by function on stdout); needs py-spy on PATH or in
@@ -44,6 +46,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -176,9 +179,51 @@ def scripted_engine(step_s: float, max_batch: int) -> Any:
 # -- the client side ---------------------------------------------------------------------------
 
 
-def body(i: int, tokens: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Route:
+    """A streamed route: its path, the `data:` events before the first token's, and the bytes
+    that only its last event holds."""
+
+    path: str
+    events_before_first_token: int
+    last_event_marks: tuple[bytes, ...]
+
+
+ROUTES = {
+    # The role chunk, then tokens; `[DONE]` last.
+    "chat": Route("/v1/chat/completions", 1, (b"data: [DONE]",)),
+    # message_start, content_block_start, then text deltas; message_stop last.
+    "messages": Route("/v1/messages", 2, (b"event: message_stop",)),
+    # created, in_progress, output_item.added, content_part.added, then text deltas; the
+    # terminal event (incomplete when max_output_tokens ends it) last.
+    "responses": Route(
+        "/v1/responses",
+        4,
+        (b"event: response.completed", b"event: response.incomplete", b"event: response.failed"),
+    ),
+}
+
+
+def body(i: int, tokens: int, route: str = "chat") -> dict[str, Any]:
     from bench.concurrency import prompt
 
+    if route == "messages":
+        return {
+            "model": MODEL,
+            "messages": prompt(i),
+            "max_tokens": tokens,
+            "temperature": 0,
+            "stream": True,
+        }
+    if route == "responses":
+        return {
+            "model": MODEL,
+            "input": prompt(i),
+            "max_output_tokens": tokens,
+            "temperature": 0,
+            "stream": True,
+            "store": False,
+        }
     return {
         "model": MODEL,
         "messages": prompt(i),
@@ -189,12 +234,12 @@ def body(i: int, tokens: int) -> dict[str, Any]:
     }
 
 
-async def raw_stream(port: int, payload: bytes) -> tuple[float, float, int]:
+async def raw_stream(port: int, payload: bytes, route: Route) -> tuple[float, float, int]:
     """One streamed request over a raw socket: (first content time, end time, data events).
-    The first `data: {` event is the role chunk, so the second is the first token."""
+    The first token's is the `data: {` event after the route's `events_before_first_token`."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"POST {route.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
         f"Connection: close\r\n\r\n"
     ).encode()
@@ -203,23 +248,23 @@ async def raw_stream(port: int, payload: bytes) -> tuple[float, float, int]:
     while chunk := await reader.read(65536):
         window = tail + chunk
         events += window.count(b"data: {")
-        tail = window[-8:]
-        if not first and events >= 2:
+        tail = window[-32:]
+        if not first and events > route.events_before_first_token:
             first = time.monotonic()
-        if events and b"data: [DONE]" in window:
+        if events and any(mark in window for mark in route.last_event_marks):
             break
     writer.close()
     return first, time.monotonic(), events
 
 
-def burst(port: int, clients: int, tokens: int, client: str) -> dict[str, Any]:
+def burst(port: int, clients: int, tokens: int, client: str, route: str) -> dict[str, Any]:
     """Send `clients` requests at once; wall times relative to the burst's start."""
     start = time.monotonic()
     if client == "raw":
-        payloads = [json.dumps(body(i, tokens)).encode() for i in range(clients)]
+        payloads = [json.dumps(body(i, tokens, route)).encode() for i in range(clients)]
 
         async def run_all() -> list[tuple[float, float, int]]:
-            return await asyncio.gather(*(raw_stream(port, p) for p in payloads))
+            return await asyncio.gather(*(raw_stream(port, p, ROUTES[route]) for p in payloads))
 
         start = time.monotonic()
         results = asyncio.run(run_all())
@@ -264,13 +309,15 @@ def thread_cpu_ns(pid: int) -> dict[int, int]:
     return times
 
 
-def measured(port: int, pid: int, clients: int, tokens: int, client: str) -> dict[str, Any]:
+def measured(
+    port: int, pid: int, clients: int, tokens: int, client: str, route: str
+) -> dict[str, Any]:
     """One burst with the server's CPU split by thread, and when the engine had every request."""
     import httpx
 
     httpx.get(f"http://127.0.0.1:{port}/bench/arrivals")  # clears the list
     before, client_before = thread_cpu_ns(pid), time.process_time()
-    result = burst(port, clients, tokens, client)
+    result = burst(port, clients, tokens, client, route)
     after, client_cpu = thread_cpu_ns(pid), time.process_time() - client_before
     info = httpx.get(f"http://127.0.0.1:{port}/bench/arrivals").json()
     cpu = {tid: (after[tid] - before.get(tid, 0)) / 1e9 for tid in after}
@@ -358,9 +405,12 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw")
+    parser.add_argument("--route", choices=sorted(ROUTES), default="chat")
     parser.add_argument("--py-spy", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("bench/results/edge_overhead.json"))
     args = parser.parse_args()
+    if args.client == "httpx" and args.route != "chat":
+        parser.error("--client httpx streams chat completions only")
     from bench.harness import free_port
 
     port = free_port()
@@ -369,14 +419,15 @@ def main() -> None:
     profiler = None
     try:
         pid = wait_healthy(process, port)
-        burst(port, args.clients, 4, "raw")  # warm-up: first-use costs (template compile…)
+        # Warm-up: first-use costs (template compile…).
+        burst(port, args.clients, 4, "raw", args.route)
         if args.py_spy:
             profiler = start_profiler(args.py_spy, pid)
             time.sleep(1)  # attached
         for round_number in range(args.rounds):
             for tokens in (1, args.tokens):
                 row = {"round": round_number, "tokens": tokens}
-                row.update(measured(port, pid, args.clients, tokens, args.client))
+                row.update(measured(port, pid, args.clients, tokens, args.client, args.route))
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     finally:
@@ -395,6 +446,7 @@ def main() -> None:
         "tokens": args.tokens,
         "step_ms": args.step_ms,
         "client": args.client,
+        "route": args.route,
         "rounds": rows,
         "summary": summary,
     }
