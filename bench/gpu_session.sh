@@ -13,6 +13,7 @@
 #   decode             single stream, mlxd vs raw mlx-lm (9 runs x 256 tokens)
 #   concurrency        8 and 32 streams, mlxd vs mlx_lm.server vs raw BatchGenerator
 #   burst_cold         32-stream bursts on a fresh engine without the kernel warm-up (bench/burst.py)
+#   burst8             8 streams x 512 tokens on the engine in-process (no HTTP), 3 rounds
 #   burst_warm         the same after the default warm-up: round 0 vs the later rounds (issue 25)
 #   c256               256 concurrent streams on the default limits, mlxd alone (issue 25)
 #   c256_repeat        the same, two measured bursts on one server, with TTFT quantiles and the
@@ -20,6 +21,7 @@
 #   c256_batch256      c256_repeat with MLXD_MAX_BATCH=256 MLXD_MAX_WAITING=512 (the settings
 #                      issue 25 measured 5.3-6.4k tok/s with)
 #   c256_profile       c256_repeat with the server sampled by py-spy (SPY names its binary)
+#   c8_profile         the same at 8 clients × 512 tokens, sampled at 200 Hz
 #   compiled           one stream: mx.compile'd step over fixed KV buffers vs mlx-lm's loop
 #   placement          one stream of raw mlx-lm and of the compiled step in processes pinned to
 #                      different CPU sets (bench/placement.py), with the machine's topology
@@ -74,7 +76,7 @@ if [ -z "$tokenizer" ]; then
   tokenizer=.gpu/c/tok
   [ -f "$tokenizer/tokenizer.json" ] || tokenizer=$HOME/.cache/mlxd/models/smollm2-135m-instruct
 fi
-steps=${STEPS:-probe llama_model gemma_model tts_model tts gemma_concurrency gemma_prefix decode concurrency burst_cold burst_warm c256 c256_repeat c256_batch256 c256_profile compiled placement graph_limits decode_pinned vision speculative distributed embeddings_model embeddings embeddings_baseline}
+steps=${STEPS:-probe llama_model gemma_model tts_model tts gemma_concurrency gemma_prefix decode concurrency burst_cold burst8 burst_warm c256 c256_repeat c256_batch256 c256_profile c8_profile compiled placement graph_limits decode_pinned vision speculative distributed embeddings_model embeddings embeddings_baseline}
 minilm=${EMBEDDING_SHAPE_DIR:-.gpu/c/minilm}
 
 rm -rf "$work" && mkdir -p "$work/results" "$work/logs" "$work/home" "$out"
@@ -97,7 +99,7 @@ if [ "$smoke" = 1 ]; then
   embeddings_args=(--batches 1 4 --runs 1)
 else
   dtype=bfloat16 llama_shape=llama-1b gemma_shape=gemma3-1b
-  decode_args=(--runs 9 --tokens 256)
+  decode_args=(--runs "${DECODE_RUNS:-9}" --tokens 256)
   concurrency_args=(--levels 8,32 --tokens 128)
   burst_args=(--clients 32 --tokens 128 --rounds 4)
   c256_args=(--levels 256 --tokens 128)
@@ -289,7 +291,7 @@ step gemma_concurrency 180 "$gemma/tokenizer_config.json" \
   --out "$work/results/gemma_concurrency.json"
 step gemma_prefix 180 "$gemma/tokenizer_config.json" \
   "$py" bench/prefix.py --model "$gemma" "${prefix_args[@]}" --out "$work/results/gemma_prefix.json"
-step decode 150 "$llama/tokenizer_config.json" \
+step decode 240 "$llama/tokenizer_config.json" \
   "$py" bench/decode.py --model "$llama" "${decode_args[@]}" --out "$work/results/decode.json"
 step concurrency 180 "$llama/tokenizer_config.json" \
   "$py" bench/concurrency.py --model "$llama" "${concurrency_args[@]}" \
@@ -297,6 +299,8 @@ step concurrency 180 "$llama/tokenizer_config.json" \
 step burst_cold 120 "$llama/tokenizer_config.json" \
   "$py" bench/burst.py --model "$llama" "${burst_args[@]}" --warmup-rows 0 \
   --out "$work/results/burst_cold.json"
+step burst8 120 "$llama/tokenizer_config.json" \
+  "$py" bench/burst.py --model "$llama" --clients 8 --tokens 512 --rounds 3 --out "$work/results/burst8.json"
 step burst_warm 150 "$llama/tokenizer_config.json" \
   "$py" bench/burst.py --model "$llama" "${burst_args[@]}" --out "$work/results/burst_warm.json"
 step c256 150 "$llama/tokenizer_config.json" \
@@ -309,19 +313,26 @@ step c256_batch256 150 "$llama/tokenizer_config.json" \
   "$py" bench/concurrency.py --model "$llama" "${c256_args[@]}" --servers mlxd --repeat 2 \
   --mlxd-env MLXD_MAX_BATCH=256 --mlxd-env MLXD_MAX_WAITING=512 \
   --out "$work/results/c256_batch256.json"
-# c256_repeat again, the server sampled by py-spy (SPY: its binary) for 70 s from its start.
-step c256_profile 150 "$llama/tokenizer_config.json" bash -c '
-  "$0" bench/concurrency.py --model "$1" --levels 256 --tokens 128 --servers mlxd --repeat 2 \
-    --out "$2/c256_profile.json" & bench=$!
+# A burst of LEVEL clients × TOKENS, twice on one server, the server sampled by py-spy (SPY: its
+# binary) at RATE Hz for 70 s from its start (SPY_FLAGS: py-spy options, default --nonblocking;
+# "--native" pauses the server per sample); prints self / total shares by function and keeps
+# the raw samples (NAME.spy, collapsed stacks).
+profile_step() {  # profile_step NAME LEVEL TOKENS RATE
+  step "$1" 150 "$llama/tokenizer_config.json" bash -c '
+  "$0" bench/concurrency.py --model "$1" --levels "$3" --tokens "$4" --servers mlxd --repeat 2 \
+    --out "$2/$5.json" & bench=$!
   for _ in $(seq 120); do
     pid=$(pgrep -f "server serve --model $1" | head -1); [ -n "$pid" ] && break; sleep 0.5
   done
-  "$SPY" record --pid "$pid" -r 50 -f raw -o "$2/c256.spy" --nonblocking --threads -d 70 &
+  "$SPY" record --pid "$pid" -r "$6" -f raw -o "$2/$5.spy" --threads -d 70 ${SPY_FLAGS:---nonblocking} &
   spy=$!
   wait $bench; sleep 1; kill -INT $spy 2>/dev/null; wait $spy
   "$0" -c "import sys; from pathlib import Path; from bench.edge_overhead import print_profile
-print_profile(Path(sys.argv[1]), 60)" "$2/c256.spy" && rm -f "$2/c256.spy"' \
-  "$py" "$llama" "$work/results"
+print_profile(Path(sys.argv[1]), 60)" "$2/$5.spy"' \
+    "$py" "$llama" "$work/results" "$2" "$3" "$1" "$4"
+}
+profile_step c256_profile 256 128 50
+profile_step c8_profile 8 512 200
 step compiled 150 "$llama/tokenizer_config.json" \
   "$py" bench/compiled_step.py --model "$llama" "${compiled_args[@]}" \
   --out "$work/results/compiled.json"

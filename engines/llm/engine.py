@@ -31,6 +31,7 @@ from engines.llm.scheduler import Scheduler
 from engines.llm.scheduler_config import Counters, SchedulerConfig
 from engines.llm.sequence import Vocabulary
 from engines.llm.speculative import DEFAULT_DRAFT_TOKENS
+from engines.llm.spill_writer import SpillWriter
 from engines.llm.warmup import WarmUp, default_rows
 from engines.types import (
     FIM_TOKEN_SETS,
@@ -283,7 +284,8 @@ class LLMEngine(EngineThread, ChatFront):
             return None
         options = f"kv_bits={limits.kv_bits},group={limits.kv_group_size}"
         identity = model_identity(self.path, options)
-        return DiskPrefixCache(Path(limits.prefix_disk_dir), identity, limits.prefix_disk_bytes)
+        directory = Path(limits.prefix_disk_dir)
+        return DiskPrefixCache(directory, identity, limits.prefix_disk_bytes, SpillWriter())
 
     def _new_sampler(self, request: GenerationRequest) -> TokenSampler:
         """The first choice's sampler (its grammar compiled here, on the engine thread)."""

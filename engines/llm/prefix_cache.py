@@ -142,8 +142,10 @@ class PrefixCache:
             self.nbytes -= self._entries.pop(key).nbytes
 
     def close(self) -> None:
-        """Spill every entry to disk (if any), then forget them (the engine unloads)."""
+        """Spill every entry to disk (if any) and finish writing them, then forget them (the
+        engine unloads)."""
         if self.disk is not None:
             for key, entry in self._entries.items():
                 self.disk.save(key, entry.cache)
+            self.disk.close()
         self.clear()
