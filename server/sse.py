@@ -22,7 +22,9 @@ from server.settings import Settings
 SEP = "\r\n"  # sse-starlette's separator
 DONE = "[DONE]"
 SLOT = "\x00slot\x00"  # where a Template's text goes
+NUMBER = "\x00number\x00"  # where a Template's integer goes (a sequence number), if anywhere
 _SLOT_JSON = json.dumps(SLOT).encode()
+_NUMBER_JSON = json.dumps(NUMBER).encode()
 
 
 def data(payload: dict[str, Any]) -> bytes:
@@ -36,19 +38,29 @@ def done() -> bytes:
 
 
 class Template:
-    """`data` frames of one payload that differ only in one string: one value of the payload
-    is `SLOT`, and each frame JSON-encodes just its text between the parts around it (per
-    token, the whole chunk would otherwise be encoded again). ValueError unless exactly one
-    string of the payload is `SLOT` (a client's, a model name say, could be too)."""
+    """Frames of one payload that differ only in one string and, optionally, one integer: the
+    payload holds `SLOT` once (each frame JSON-encodes just its text there; per token, the whole
+    payload would otherwise be encoded again) and may hold `NUMBER` once after it (a sequence
+    number, written as its digits). With `name`, the frames are named events (`event`), else
+    `data` frames. ValueError unless the markers are held so (a client's string, a model name
+    say, could be one of them too)."""
 
-    def __init__(self, payload: dict[str, Any]) -> None:
-        before, found, after = data(payload).partition(_SLOT_JSON)
+    def __init__(self, payload: dict[str, Any], name: str | None = None) -> None:
+        frame = data(payload) if name is None else event(name, payload)
+        before, found, after = frame.partition(_SLOT_JSON)
         if not found or _SLOT_JSON in after:
             raise ValueError("the payload must hold SLOT exactly once")
-        self._before, self._after = before, after
+        if _NUMBER_JSON in before or after.count(_NUMBER_JSON) > 1:
+            raise ValueError("the payload may hold NUMBER once, after SLOT")
+        self._before = before
+        self._middle, numbered, self._tail = after.partition(_NUMBER_JSON)
+        self._numbered = bool(numbered)
 
-    def __call__(self, text: str) -> bytes:
-        return self._before + json.dumps(text, ensure_ascii=False).encode() + self._after
+    def __call__(self, text: str, number: int = 0) -> bytes:
+        encoded = json.dumps(text, ensure_ascii=False).encode()
+        if self._numbered:
+            return self._before + encoded + self._middle + str(number).encode() + self._tail
+        return self._before + encoded + self._middle
 
 
 def templated(payload_for: Callable[[str], dict[str, Any]]) -> Callable[[str], bytes]:

@@ -129,14 +129,15 @@ async def _stream_events(
     output: ChoiceOutput = prepared.output_for()
     prompt_tokens = len(prepared.generation.prompt_tokens)
     start = message_body(request_id, model, [], usage_body(prompt_tokens, 0, 0))
+    block_frame = _BlockFrames()
     yield sse.event("message_start", {"type": "message_start", "message": start})
     async for event in stream.events(interval_s):
         if isinstance(event, TokenEvent):
             for block_event in blocks.feed(output.feed(event.text)):
-                yield _framed(block_event)
+                yield block_frame(block_event)
         elif isinstance(event, FinishEvent):
             for block_event in blocks.feed(output.finish()) + blocks.finish():
-                yield _framed(block_event)
+                yield block_frame(block_event)
             yield _framed(_message_delta(event, blocks))
             yield _framed({"type": "message_stop"})
         elif isinstance(event, ErrorEvent):
@@ -171,6 +172,38 @@ def _anthropic_body(error: APIError) -> dict[str, object]:
 
 def _framed(payload: dict[str, Any]) -> bytes:
     return sse.event(payload["type"], payload)
+
+
+# The string of each `content_block_delta` kind that carries the model's output.
+_DELTA_TEXT = {
+    "text_delta": "text",
+    "thinking_delta": "thinking",
+    "input_json_delta": "partial_json",
+}
+
+
+class _BlockFrames:
+    """The frames of block events. A block's deltas (most of a stream's frames) come from one
+    `sse.Template` per block and delta kind, made from the first such delta with its text as
+    the slot, so they are the bytes `_framed` writes; a delta holds no client string, so a
+    Template can always be made."""
+
+    def __init__(self) -> None:
+        self._templates: dict[tuple[int, str], sse.Template] = {}
+
+    def __call__(self, event: dict[str, Any]) -> bytes:
+        if event["type"] != "content_block_delta":
+            return _framed(event)
+        delta = event["delta"]
+        field = _DELTA_TEXT.get(delta["type"])
+        if field is None:
+            return _framed(event)
+        key = (event["index"], field)
+        template = self._templates.get(key)
+        if template is None:
+            payload = {**event, "delta": {**delta, field: sse.SLOT}}
+            template = self._templates[key] = sse.Template(payload, "content_block_delta")
+        return template(delta[field])
 
 
 def _ping() -> ServerSentEvent:

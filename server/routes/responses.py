@@ -19,7 +19,6 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -39,6 +38,7 @@ from server.chat_pipeline import PreparedChat, prepare_chat
 from server.deps import Body, MetricsDep, PoolDep, ResponseStoreDep, SettingsDep, json_body
 from server.errors import APIError, from_engine_error
 from server.generation import EventSource, collect
+from server.heartbeat import with_heartbeat
 from server.response_store import ResponseStore
 from server.response_store_items import ListQuery, input_items, item_page, with_ids
 from server.responses_input import to_chat
@@ -273,16 +273,7 @@ class _Run:
         """The SSE events. While nothing is sent for `heartbeat_s` (a long prefill, a tool call
         the parser holds back) `response.in_progress` is repeated: Codex's idle timeout counts
         events, not the SSE comments every stream gets as keep-alives."""
-        sequence = 0
-        last_sent = time.monotonic()
-
-        def frame(event: Event) -> bytes:
-            nonlocal sequence, last_sent
-            payload = {**event, "sequence_number": sequence}
-            sequence += 1
-            last_sent = time.monotonic()
-            return sse.event(event["type"], payload)
-
+        frame = _Frames()
         in_progress = {
             "type": "response.in_progress",
             "response": self.draft.body("in_progress", []),
@@ -290,9 +281,9 @@ class _Run:
         output = self.prepared.output_for()
         yield frame({"type": "response.created", "response": in_progress["response"]})
         yield frame(in_progress)
-        async for event in _with_heartbeat(stream.events(interval_s), heartbeat_s):
+        async for event in with_heartbeat(stream.events(interval_s), heartbeat_s):
             events = [] if event is None else self._item_events(event, output)
-            if not events and time.monotonic() - last_sent >= heartbeat_s:
+            if not events and time.monotonic() - frame.last_sent >= heartbeat_s:
                 events = [in_progress]
             for item_event in events:
                 yield frame(item_event)
@@ -320,25 +311,39 @@ class _Run:
         return events
 
 
-async def _with_heartbeat(
-    events: AsyncIterator[EngineEvent], every_s: float
-) -> AsyncIterator[EngineEvent | None]:
-    """`events`, and None after each `every_s` seconds in which none came."""
-    pending = asyncio.ensure_future(anext(events))
-    try:
-        while True:
-            done, _ = await asyncio.wait({pending}, timeout=every_s)
-            if not done:
-                yield None
-                continue
-            try:
-                event = pending.result()
-            except StopAsyncIteration:
-                return
-            yield event
-            pending = asyncio.ensure_future(anext(events))
-    finally:
-        pending.cancel()
+# The delta events (most of a stream's), whose `delta` is the model's output.
+_DELTA_EVENTS = frozenset(
+    {
+        "response.output_text.delta",
+        "response.reasoning_text.delta",
+        "response.function_call_arguments.delta",
+    }
+)
+
+
+class _Frames:
+    """A stream's frames: each event gets the next `sequence_number` (from 0). An item's deltas
+    come from one `sse.Template` per item and event type, made from the first such delta with
+    its text and sequence number as the slots, so they are the bytes `sse.event` writes; a
+    delta holds no client string, so a Template can always be made."""
+
+    def __init__(self) -> None:
+        self.sequence = 0
+        self.last_sent = time.monotonic()
+        self._templates: dict[tuple[str, str], sse.Template] = {}
+
+    def __call__(self, event: Event) -> bytes:
+        number, kind = self.sequence, event["type"]
+        self.sequence += 1
+        self.last_sent = time.monotonic()
+        if kind not in _DELTA_EVENTS:
+            return sse.event(kind, {**event, "sequence_number": number})
+        key = (kind, event["item_id"])
+        template = self._templates.get(key)
+        if template is None:
+            payload = {**event, "delta": sse.SLOT, "sequence_number": sse.NUMBER}
+            template = self._templates[key] = sse.Template(payload, kind)
+        return template(event["delta"], number)
 
 
 def _failure(error: Exception) -> dict[str, str]:
