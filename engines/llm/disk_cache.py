@@ -8,7 +8,9 @@ memory `PrefixCache` writes an entry here when it evicts it and when the engine 
 one back when a prompt's best reusable prefix is on disk rather than in memory. Given a
 `SpillWriter`, the file work (checksum, write, rename, touch, delete) runs on its thread: the
 engine thread only copies an entry's arrays to bytes and lays out its header (so it knows the
-file's exact size), and a read first waits for the writes submitted before it.
+file's exact size); a read either runs there too (`start_read`, handed over by
+`finished_reads`, after the writes submitted before it) or, through `load`, on the caller's
+thread once those writes are done. The file format is `entry_file`'s.
 
 Only entries of at least MIN_TOKENS tokens are written, and only prefixes that long served.
 
@@ -26,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
@@ -35,11 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.models import cache as mlx_lm_cache
 
-from engines.llm import caches
+from engines.llm import caches, entry_file
 from engines.llm.quantized_cache import QuantizedKV
 from engines.llm.spill_writer import SpillWriter
 
@@ -79,71 +81,6 @@ class _OnDisk:
     trimmable: bool
 
 
-# safetensors' names of the dtypes a cache's state may hold.
-SAFETENSORS_DTYPES = {
-    mx.bool_: "BOOL",
-    mx.uint8: "U8",
-    mx.int8: "I8",
-    mx.uint16: "U16",
-    mx.int16: "I16",
-    mx.uint32: "U32",
-    mx.int32: "I32",
-    mx.uint64: "U64",
-    mx.int64: "I64",
-    mx.float16: "F16",
-    mx.bfloat16: "BF16",
-    mx.float32: "F32",
-}
-CHECKSUM_PLACEHOLDER = "0" * 32  # as long as a checksum: the header's size is known before it
-
-
-def _array_bytes(array: mx.array) -> bytes:
-    """The array's elements, row-major, as bytes the caller owns (engine thread)."""
-    return np.asarray(array.reshape(-1).view(mx.uint8)).tobytes()
-
-
-def _checksum(tokens: str, chunks: list[tuple[str, bytes]]) -> str:
-    """BLAKE2b over the tokens, then each array's name and bytes, by name."""
-    digest = hashlib.blake2b(tokens.encode(), digest_size=16)
-    for name, data in sorted(chunks, key=lambda chunk: chunk[0]):
-        digest.update(name.encode())
-        digest.update(data)
-    return digest.hexdigest()
-
-
-def _safetensors_header(
-    chunks: list[tuple[str, mx.array, bytes]], metadata: dict[str, str]
-) -> bytes:
-    """The file's header (its length, then JSON padded to 8 bytes) for arrays in this order."""
-    tensors: dict[str, Any] = {}
-    offset = 0
-    for name, array, data in chunks:
-        tensors[name] = {
-            "dtype": SAFETENSORS_DTYPES[array.dtype],
-            "shape": list(array.shape),
-            "data_offsets": [offset, offset + len(data)],
-        }
-        offset += len(data)
-    text = json.dumps({**tensors, "__metadata__": metadata}, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text
-
-
-def _write_entry(
-    temporary: Path, final: Path, header: bytes, tokens: str, chunks: list[tuple[str, bytes]]
-) -> None:
-    """Checksum, write under a temporary name, rename (the writer's thread, or the caller's)."""
-    checksum = _checksum(tokens, chunks)
-    placeholder = f'"checksum":"{CHECKSUM_PLACEHOLDER}"'.encode()
-    assert header.count(placeholder) == 1
-    header = header.replace(placeholder, f'"checksum":"{checksum}"'.encode())
-    with temporary.open("wb") as file:
-        file.write(header)
-        for _, data in chunks:
-            file.write(data)
-    os.replace(temporary, final)
-
-
 def _header(path: Path) -> dict[str, str]:
     """A safetensors file's metadata, without reading its arrays."""
     with path.open("rb") as file:
@@ -162,6 +99,9 @@ class DiskPrefixCache:
         self.identity = identity
         self.max_bytes = max_bytes
         self._writer = writer  # None: file work on the caller's thread
+        self._reading: set[tuple[int, ...]] = set()  # keys read on the writer's thread now
+        # (key, verified read or why not) from the writer's thread to the engine's
+        self._read_results: queue.SimpleQueue[tuple[tuple[int, ...], Any]] = queue.SimpleQueue()
         self.nbytes = 0
         self.hits = 0
         self.dropped = 0  # corrupt or stale entries deleted
@@ -229,36 +169,74 @@ class DiskPrefixCache:
             "trimmable": "1" if caches.trimmable(cache) else "0",
             "classes": json.dumps([type(layer).__name__ for layer in cache]),
             "scalars": json.dumps(scalars),
-            "checksum": CHECKSUM_PLACEHOLDER,
+            "checksum": entry_file.CHECKSUM_PLACEHOLDER,
         }
-        laid_out = [(name, array, _array_bytes(array)) for name, array in arrays]
-        header = _safetensors_header(laid_out, metadata)
+        laid_out = [(name, array, entry_file.array_bytes(array)) for name, array in arrays]
+        header = entry_file.header(laid_out, metadata)
         chunks = [(name, data) for name, _, data in laid_out]
         data_bytes = sum(len(data) for _, data in chunks)
         name = f"{hashlib.blake2b(text.encode()).hexdigest()[:32]}.safetensors"
         temporary, final = self.directory / f"{PARTIAL}{name}", self.directory / name
-        self._do(partial(_write_entry, temporary, final, header, text, chunks), data_bytes)
+        self._do(partial(entry_file.write, temporary, final, header, text, chunks), data_bytes)
         size = len(header) + data_bytes
         self._entries[tokens] = _OnDisk(final, size, caches.trimmable(cache))
         self.nbytes += size
         self._evict()
 
     def load(self, key: tuple[int, ...]) -> list[Any] | None:
-        """The entry's cache, or None (the file dropped) if it is corrupt or stale."""
-        entry = self._entries[key]
+        """The entry's cache, read here, or None (the file dropped) if it is corrupt or stale."""
         if self._writer is not None:
             self._writer.flush()  # its file may still be on its way
         try:
-            loaded: Any = mx.load(str(entry.path), return_metadata=True)
-            arrays, metadata = loaded
-            if metadata.get("identity") != self.identity or metadata.get("format") != FORMAT:
-                raise ValueError("stale: written for another model or format")
-            if metadata["tokens"] != ",".join(str(t) for t in key):
-                raise ValueError("its tokens are not its key")
-            chunks = [(name, _array_bytes(array)) for name, array in arrays.items()]
-            if _checksum(metadata["tokens"], chunks) != metadata["checksum"]:
-                raise ValueError("checksum mismatch")
-            cache = self._rebuilt(arrays, metadata)
+            read: entry_file.Read | Exception = self._read(key, self._entries[key].path)
+        except Exception as exc:  # any damage: never served
+            read = exc
+        return self._served(key, read)
+
+    @property
+    def reads_in_background(self) -> bool:
+        """Whether `start_read` may be used (there is a writer thread to read on)."""
+        return self._writer is not None
+
+    def reading(self, key: tuple[int, ...]) -> bool:
+        return key in self._reading
+
+    def start_read(self, key: tuple[int, ...]) -> None:
+        """Read and verify the entry's file on the writer's thread, after the file work
+        submitted before; `finished_reads` hands it over."""
+        assert self._writer is not None and key not in self._reading
+        self._reading.add(key)
+        self._writer.submit(partial(self._read_into_queue, key, self._entries[key].path))
+
+    def finished_reads(self) -> list[tuple[tuple[int, ...], list[Any] | None]]:
+        """The background reads done since the last call: (key, its cache or None when the
+        file was unsound and is dropped, or its entry left the index meanwhile)."""
+        done = []
+        while not self._read_results.empty():
+            key, read = self._read_results.get()
+            self._reading.discard(key)
+            done.append((key, self._served(key, read) if key in self._entries else None))
+        return done
+
+    def _read(self, key: tuple[int, ...], path: Path) -> entry_file.Read:
+        tokens = ",".join(str(t) for t in key)
+        return entry_file.read(path, self.identity, FORMAT, tokens)
+
+    def _read_into_queue(self, key: tuple[int, ...], path: Path) -> None:
+        """(The writer's thread: no MLX, no index.)"""
+        try:
+            result: entry_file.Read | Exception = self._read(key, path)
+        except Exception as exc:
+            result = exc
+        self._read_results.put((key, result))
+
+    def _served(self, key: tuple[int, ...], read: entry_file.Read | Exception) -> list[Any] | None:
+        """A read's cache, or None with the entry dropped if the read failed or is unsound."""
+        entry = self._entries[key]
+        try:
+            if isinstance(read, Exception):
+                raise read
+            cache = self._rebuilt(entry_file.to_arrays(read), read.metadata)
         except Exception as exc:  # any damage: never served
             self._entries.pop(key)
             self.nbytes -= entry.nbytes

@@ -88,21 +88,52 @@ class PrefixCache:
         self.hits += 1
         return cache, best
 
+    def ready(self, prompt: list[int]) -> bool:
+        """False while the disk entry that would serve `prompt` better than memory is being read
+        on the disk's own thread (the read starts here if it has not); True once `lookup` can
+        answer without waiting for the disk. Reads finished meanwhile go into memory first.
+        Always True without a disk, or with one that reads on the caller's thread."""
+        if self.disk is None or not self.disk.reads_in_background:
+            return True
+        self.take_finished_reads()
+        key = self._wanted_from_disk(prompt)
+        if key is None:
+            return True
+        if not self.disk.reading(key):
+            self.disk.start_read(key)
+        return False
+
+    def take_finished_reads(self) -> None:
+        """Put the disk's finished background reads into memory (sound ones; unsound ones are
+        dropped there)."""
+        assert self.disk is not None
+        for key, cache in self.disk.finished_reads():
+            if cache is not None:
+                self.insert(list(key), cache)
+
     def _recall(self, prompt: list[int]) -> None:
         """Bring the disk's best entry for `prompt` back into memory if it serves a longer
         prefix than any entry in memory (a corrupt or stale one is dropped there, not served)."""
         assert self.disk is not None
+        if self.disk.reads_in_background:
+            self.take_finished_reads()
+        key = self._wanted_from_disk(prompt)
+        if key is not None:
+            cache = self.disk.load(key)
+            if cache is not None:
+                self.insert(list(key), cache)
+
+    def _wanted_from_disk(self, prompt: list[int]) -> tuple[int, ...] | None:
+        """The disk entry that serves a longer prefix of `prompt` than any in memory, if any."""
+        assert self.disk is not None
         key, length = self.disk.best(prompt, len(prompt) - 1)
-        if key is None or length < self.min_tokens:
-            return
+        if key is None or length < self.min_tokens or key in self._entries:
+            return None
         in_memory = max(
             (min(common_prefix_length(k, prompt), len(prompt) - 1) for k in self._entries),
             default=0,
         )
-        if length > in_memory and key not in self._entries:
-            cache = self.disk.load(key)
-            if cache is not None:
-                self.insert(list(key), cache)
+        return key if length > in_memory else None
 
     def insert(self, tokens: list[int], cache: list[Any]) -> None:
         """Keep `cache` (holding exactly `tokens`); drop entries it makes redundant, then evict."""

@@ -75,6 +75,8 @@ _CLEAR_CACHE_EVERY = 256
 # meanwhile leaves the GIL to the event loop that is parsing the rest of the burst.
 ARRIVAL_QUIET_S = 0.002
 ARRIVAL_WAIT_MAX_S = 0.02
+# How often an idle engine looks whether a prefix cache entry it waits for has been read from disk.
+DISK_POLL_S = 0.002
 
 Ready = tuple[Choice, list[Any], Sampled]  # a choice, its prefilled cache, its first token
 
@@ -121,6 +123,7 @@ class Scheduler:
         self._removed: set[int] = set()
         self._next_uid = 0
         self._steps = 0
+        self._awaiting_disk = False  # the first waiting request waits for a disk read
         self._last_arrival = self._waiting_since = 0.0  # monotonic times
         self.counters = counters or Counters()
 
@@ -173,7 +176,8 @@ class Scheduler:
         if current is None:
             if not self.has_work():
                 mx.clear_cache()
-            return 0.0
+            # Only a disk read to wait for: poll for it without spinning.
+            return DISK_POLL_S if self._awaiting_disk and not self._prefilling else 0.0
         self._emit(current, pipelined)
         if not pipelined:
             batch.schedule()
@@ -214,7 +218,9 @@ class Scheduler:
         return max(0.0, min(quiet, self._waiting_since + ARRIVAL_WAIT_MAX_S - now))
 
     def _admit(self) -> None:
-        """Move waiting requests to prefill while the batch has room and the budget allows."""
+        """Move waiting requests to prefill while the batch has room and the budget allows,
+        and the first one's prefix cache entry is not being read from disk."""
+        self._awaiting_disk = False
         while self._waiting:
             request = self._waiting[0].request
             rows = len(self.batch) + sum(p.request.n for p in self._prefilling)
@@ -224,12 +230,23 @@ class Scheduler:
             needed = max(longest, _limit(request))
             if rows and self.kv_bytes(rows + request.n, needed) > self.config.kv_budget_bytes:
                 return  # waits until running choices finish and free their rows
+            if not self._prefix_ready(request):
+                self._awaiting_disk = True  # its entry is being read; the batch goes on
+                return
             # Started before it leaves the queue: if starting raises, the request is still
             # waiting, so the step's failure (fail_all) reaches it and its client hears of it.
             prefill = self._start_prefill(self._waiting[0])
             self._waiting.popleft()
             self._release(0, -1)
             self._prefilling.append(prefill)
+
+    def _prefix_ready(self, request: GenerationRequest) -> bool:
+        """Whether the request's prefix cache lookup can answer without waiting for the disk
+        (a read of a long entry would hold every running row up on this thread: it runs on the
+        disk's thread while the request waits at the head of the queue)."""
+        if self.prefix_cache is None or request.prompt_logprobs:
+            return True
+        return self.prefix_cache.ready(request.prompt_tokens)
 
     def _start_prefill(self, waiting: _Waiting) -> Prefill:
         request = waiting.request

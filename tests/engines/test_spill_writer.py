@@ -15,7 +15,7 @@ import mlx.core as mx
 import pytest
 from mlx_lm.models.cache import KVCache
 
-from engines.llm import disk_cache
+from engines.llm import disk_cache, entry_file
 from engines.llm.disk_cache import DiskPrefixCache
 from engines.llm.quantized_cache import QuantizedKV
 from engines.llm.spill_writer import SpillWriter
@@ -149,7 +149,7 @@ def test_the_files_are_the_safetensors_mlx_reads(
     reference = tmp_path / "reference.safetensors"
     mx.save_safetensors(str(reference), arrays, metadata=metadata)
     again: Any = mx.load(str(reference), return_metadata=True)
-    assert metadata == again[1] and metadata["checksum"] != disk_cache.CHECKSUM_PLACEHOLDER
+    assert metadata == again[1] and metadata["checksum"] != entry_file.CHECKSUM_PLACEHOLDER
     assert sorted(arrays) == sorted(again[0])
     for name, array in arrays.items():
         assert array.dtype == again[0][name].dtype and mx.array_equal(array, again[0][name])
