@@ -1,10 +1,10 @@
 """Prefix cache spills: how long the engine thread is held per entry written to disk, with the
-file work on the calling thread (as before) vs on the SpillWriter's thread (as the engine runs
+file work on the calling thread (as before) vs on the DiskWorker's thread (as the engine runs
 it now). Every stream on the engine waits that long each time an entry is evicted to disk.
 
 A real model's cache is filled with a prompt of `--tokens` tokens (mlx-lm's prompt cache, as the
 engine's are), then `DiskPrefixCache.save` is timed on this thread: inline (checksum, write,
-rename here) and with a SpillWriter (bytes copied here; the rest on the writer's thread, whose
+rename here) and with a DiskWorker (bytes copied here; the rest on the writer's thread, whose
 own time is reported apart as `flush_s`). Runs alternate; medians and min–max.
 
     python bench/spill.py [--model NAME_OR_DIR] [--tokens 600 3000] [--runs 5]
@@ -33,7 +33,7 @@ from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 
 from engines.llm.caches import nbytes  # noqa: E402
 from engines.llm.disk_cache import DiskPrefixCache  # noqa: E402
-from engines.llm.spill_writer import SpillWriter  # noqa: E402
+from engines.llm.disk_worker import DiskWorker  # noqa: E402
 from engines.weights.checkpoint import load_checkpoint  # noqa: E402
 from engines.weights.store import ModelStore, default_home  # noqa: E402
 
@@ -64,7 +64,7 @@ def measure(model: Any, vocab: int, length: int, runs: int) -> dict[str, Any]:
             started = time.perf_counter()
             inline.save(tuple(tokens), cache)
             inline_s.append(time.perf_counter() - started)
-            writer = SpillWriter()
+            writer = DiskWorker()
             threaded = DiskPrefixCache(Path(scratch) / "writer", "bench", 2**40, writer)
             started = time.perf_counter()
             threaded.save(tuple(tokens), cache)

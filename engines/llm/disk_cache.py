@@ -6,7 +6,7 @@ and in its metadata the tokens it holds, whether it can be trimmed, each layer's
 non-array state, the model identity, and a BLAKE2b checksum over tokens and array bytes. The
 memory `PrefixCache` writes an entry here when it evicts it and when the engine unloads; it reads
 one back when a prompt's best reusable prefix is on disk rather than in memory. Given a
-`SpillWriter`, the file work (checksum, write, rename, touch, delete) runs on its thread: the
+`DiskWorker`, the file work (checksum, write, rename, touch, delete) runs on its thread: the
 engine thread only copies an entry's arrays to bytes and lays out its header (so it knows the
 file's exact size); a read either runs there too (`start_read`, handed over by
 `finished_reads`, after the writes submitted before it) or, through `load`, on the caller's
@@ -14,7 +14,7 @@ thread once those writes are done. The file format is `entry_file`'s.
 
 Only entries of at least MIN_TOKENS tokens are written, and only prefixes that long served.
 
-Invariants (engine thread only, but for the writer's file operations): the files' total size
+Invariants (engine thread only, but for the worker's file operations): the files' total size
 (counted when a write is submitted) ≤ `max_bytes`, least recently used
 removed first (use = save or load; the order survives restarts through file times); an entry
 is served only if its file parses, its identity is this model's and its checksum matches —
@@ -42,8 +42,8 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.models import cache as mlx_lm_cache
 
 from engines.llm import caches, entry_file
+from engines.llm.disk_worker import DiskWorker
 from engines.llm.quantized_cache import QuantizedKV
-from engines.llm.spill_writer import SpillWriter
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +93,14 @@ def _header(path: Path) -> dict[str, str]:
 
 class DiskPrefixCache:
     def __init__(
-        self, directory: Path, identity: str, max_bytes: int, writer: SpillWriter | None = None
+        self, directory: Path, identity: str, max_bytes: int, worker: DiskWorker | None = None
     ) -> None:
         self.directory = directory / identity
         self.identity = identity
         self.max_bytes = max_bytes
-        self._writer = writer  # None: file work on the caller's thread
-        self._reading: set[tuple[int, ...]] = set()  # keys read on the writer's thread now
-        # (key, verified read or why not) from the writer's thread to the engine's
+        self._worker = worker  # None: file work on the caller's thread
+        self._reading: set[tuple[int, ...]] = set()  # keys read on the worker's thread now
+        # (key, verified read or why not) from the worker's thread to the engine's
         self._read_results: queue.SimpleQueue[tuple[tuple[int, ...], Any]] = queue.SimpleQueue()
         self.nbytes = 0
         self.hits = 0
@@ -185,8 +185,8 @@ class DiskPrefixCache:
 
     def load(self, key: tuple[int, ...]) -> list[Any] | None:
         """The entry's cache, read here, or None (the file dropped) if it is corrupt or stale."""
-        if self._writer is not None:
-            self._writer.flush()  # its file may still be on its way
+        if self._worker is not None:
+            self._worker.flush()  # its file may still be on its way
         try:
             read: entry_file.Read | Exception = self._read(key, self._entries[key].path)
         except Exception as exc:  # any damage: never served
@@ -195,18 +195,18 @@ class DiskPrefixCache:
 
     @property
     def reads_in_background(self) -> bool:
-        """Whether `start_read` may be used (there is a writer thread to read on)."""
-        return self._writer is not None
+        """Whether `start_read` may be used (there is a worker thread to read on)."""
+        return self._worker is not None
 
     def reading(self, key: tuple[int, ...]) -> bool:
         return key in self._reading
 
     def start_read(self, key: tuple[int, ...]) -> None:
-        """Read and verify the entry's file on the writer's thread, after the file work
+        """Read and verify the entry's file on the worker's thread, after the file work
         submitted before; `finished_reads` hands it over."""
-        assert self._writer is not None and key not in self._reading
+        assert self._worker is not None and key not in self._reading
         self._reading.add(key)
-        self._writer.submit(partial(self._read_into_queue, key, self._entries[key].path))
+        self._worker.submit(partial(self._read_into_queue, key, self._entries[key].path))
 
     def finished_reads(self) -> list[tuple[tuple[int, ...], list[Any] | None]]:
         """The background reads done since the last call: (key, its cache or None when the
@@ -223,7 +223,7 @@ class DiskPrefixCache:
         return entry_file.read(path, self.identity, FORMAT, tokens)
 
     def _read_into_queue(self, key: tuple[int, ...], path: Path) -> None:
-        """(The writer's thread: no MLX, no index.)"""
+        """(The worker's thread: no MLX, no index.)"""
         try:
             result: entry_file.Read | Exception = self._read(key, path)
         except Exception as exc:
@@ -260,15 +260,15 @@ class DiskPrefixCache:
 
     def close(self) -> None:
         """Finish the file work submitted (the engine unloads)."""
-        if self._writer is not None:
-            self._writer.close()
+        if self._worker is not None:
+            self._worker.close()
 
     def _do(self, operation: Callable[[], None], nbytes: int = 0) -> None:
-        """File work: on the writer's thread, in order, or here when there is none."""
-        if self._writer is None:
+        """File work: on the worker's thread, in order, or here when there is none."""
+        if self._worker is None:
             operation()
         else:
-            self._writer.submit(operation, nbytes)
+            self._worker.submit(operation, nbytes)
 
     def _touch(self, key: tuple[int, ...]) -> None:
         self._entries.move_to_end(key)

@@ -22,6 +22,7 @@ from engines.llm.chat_formats import hidden_special_ids, model_formats
 from engines.llm.cpu_decode import install as install_cpu_decode
 from engines.llm.detokenize import TokenBytes
 from engines.llm.disk_cache import DiskPrefixCache, model_identity
+from engines.llm.disk_worker import DiskWorker
 from engines.llm.front import ChatFront
 from engines.llm.limits import PassShape, prefill_peak_bytes, size_limits
 from engines.llm.prefix_cache import PrefixCache
@@ -31,7 +32,6 @@ from engines.llm.scheduler import Scheduler
 from engines.llm.scheduler_config import Counters, SchedulerConfig
 from engines.llm.sequence import Vocabulary
 from engines.llm.speculative import DEFAULT_DRAFT_TOKENS
-from engines.llm.spill_writer import SpillWriter
 from engines.llm.warmup import WarmUp, default_rows
 from engines.types import (
     FIM_TOKEN_SETS,
@@ -285,7 +285,7 @@ class LLMEngine(EngineThread, ChatFront):
         options = f"kv_bits={limits.kv_bits},group={limits.kv_group_size}"
         identity = model_identity(self.path, options)
         directory = Path(limits.prefix_disk_dir)
-        return DiskPrefixCache(directory, identity, limits.prefix_disk_bytes, SpillWriter())
+        return DiskPrefixCache(directory, identity, limits.prefix_disk_bytes, DiskWorker())
 
     def _new_sampler(self, request: GenerationRequest) -> TokenSampler:
         """The first choice's sampler (its grammar compiled here, on the engine thread)."""

@@ -20,11 +20,11 @@ from mlx_lm.utils import load
 import engines.llm.scheduler as scheduler_module
 from engines.llm import disk_cache, entry_file
 from engines.llm.disk_cache import DiskPrefixCache
+from engines.llm.disk_worker import DiskWorker
 from engines.llm.prefix_cache import PrefixCache
-from engines.llm.spill_writer import SpillWriter
 from engines.types import GenerationRequest, SamplingParams
+from tests.engines.test_disk_worker import Gate
 from tests.engines.test_scheduler import ListSink, build
-from tests.engines.test_spill_writer import Gate
 
 PROMPT = [(7 * j) % 240 + 5 for j in range(40)]
 OTHER = [(11 * j) % 230 + 9 for j in range(24)]
@@ -38,8 +38,8 @@ def short_entries_spill(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def writer() -> Any:
-    spill = SpillWriter()
+def worker() -> Any:
+    spill = DiskWorker()
     yield spill
     spill.close()
 
@@ -55,14 +55,14 @@ def greedy(model: Any, prompt: list[int], count: int) -> list[int]:
 
 
 def test_running_rows_decode_while_an_entry_is_read(
-    tiny_model_dir: Path, tmp_path: Path, writer: SpillWriter
+    tiny_model_dir: Path, tmp_path: Path, worker: DiskWorker
 ) -> None:
     scheduler, model, _ = build(tiny_model_dir)
-    disk = DiskPrefixCache(tmp_path, "id", max_bytes=2**30, writer=writer)
+    disk = DiskPrefixCache(tmp_path, "id", max_bytes=2**30, worker=worker)
     disk.save(tuple(PROMPT), filled(model, PROMPT))
     scheduler.prefix_cache = PrefixCache(2**30, disk=disk)
     gate = Gate()
-    writer.submit(gate)  # the disk's thread is busy: the read will wait behind it
+    worker.submit(gate)  # the disk's thread is busy: the read will wait behind it
     assert gate.entered.wait(WAIT_S)
     running = ListSink()
     scheduler.insert(GenerationRequest("running", OTHER, 30, SamplingParams(0.0)), running)
@@ -87,21 +87,21 @@ def test_running_rows_decode_while_an_entry_is_read(
 
 
 def test_an_idle_scheduler_polls_for_the_read_instead_of_spinning(
-    tiny_model_dir: Path, tmp_path: Path, writer: SpillWriter
+    tiny_model_dir: Path, tmp_path: Path, worker: DiskWorker
 ) -> None:
     scheduler, model, _ = build(tiny_model_dir)
-    disk = DiskPrefixCache(tmp_path, "id", max_bytes=2**30, writer=writer)
+    disk = DiskPrefixCache(tmp_path, "id", max_bytes=2**30, worker=worker)
     disk.save(tuple(PROMPT), filled(model, PROMPT))
     scheduler.prefix_cache = PrefixCache(2**30, disk=disk)
     gate = Gate()
-    writer.submit(gate)
+    worker.submit(gate)
     assert gate.entered.wait(WAIT_S)
     sink = ListSink()
     scheduler.insert(GenerationRequest("r", [*PROMPT, 3], 4, SamplingParams(0.0)), sink)
     assert scheduler.step() == scheduler_module.DISK_POLL_S
     assert scheduler.step() == scheduler_module.DISK_POLL_S
     gate.open()
-    writer.flush()
+    worker.flush()
     for _ in range(50):
         if not scheduler.has_work():
             break
@@ -110,21 +110,21 @@ def test_an_idle_scheduler_polls_for_the_read_instead_of_spinning(
 
 
 def test_an_unsound_file_read_in_the_background_is_dropped(
-    tiny_model_dir: Path, tmp_path: Path, writer: SpillWriter
+    tiny_model_dir: Path, tmp_path: Path, worker: DiskWorker
 ) -> None:
     model = load(str(tiny_model_dir))[0]
-    disk = DiskPrefixCache(tmp_path, "id", max_bytes=2**30, writer=writer)
+    disk = DiskPrefixCache(tmp_path, "id", max_bytes=2**30, worker=worker)
     disk.save(tuple(PROMPT), filled(model, PROMPT))
-    writer.flush()
+    worker.flush()
     (file,) = disk.directory.glob("*.safetensors")
     data = bytearray(file.read_bytes())
     data[-100] ^= 0xFF  # one flipped byte in the arrays
     file.write_bytes(bytes(data))
     memory = PrefixCache(2**30, disk=disk)
     assert not memory.ready([*PROMPT, 9])  # the read starts
-    writer.flush()
+    worker.flush()
     assert memory.ready([*PROMPT, 9])  # it failed: nothing better to wait for
-    writer.flush()
+    worker.flush()
     assert memory.lookup([*PROMPT, 9]) == (None, 0)
     assert disk.dropped == 1 and not file.exists() and len(disk) == 0
 

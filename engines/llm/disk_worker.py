@@ -1,10 +1,12 @@
-"""SpillWriter: the prefix cache's disk work (checksum, write, rename, touch, delete) on a thread
-of its own, so an entry spilled to disk does not hold up the engine thread and every stream on
-it. Measured on an H200 with 8 streams of ~550 tokens each: the disk tier's checksums and writes
-were ~9% of the engine thread's samples, all of it a stall of every row.
+"""DiskWorker: the prefix cache's disk work (checksum and write, rename, touch, delete, and
+reading and verifying an entry) on a thread of its own, so an entry going to or coming from disk
+does not hold up the engine thread and every stream on it. Measured on an H200 with 8 streams of
+~550 tokens each: the disk tier's checksums and writes were ~9% of the engine thread's samples,
+all of it a stall of every row.
 
-Only plain Python values reach this thread (bytes, paths, strings): the engine thread copies an
-entry's arrays to bytes before it submits the write, and MLX is never called here.
+Only plain Python values cross to this thread (bytes, paths, strings) and back (bytes and
+metadata through a queue): the engine thread copies an entry's arrays to bytes before it submits
+the write and builds arrays from a verified read's bytes; MLX is never called here.
 
 Invariants: operations run one at a time in the order submitted (a delete submitted after a
 write of the same file runs after it); `flush` returns once everything submitted before it has
@@ -26,7 +28,7 @@ logger = logging.getLogger(__name__)
 MAX_PENDING_BYTES = 512 * 2**20
 
 
-class SpillWriter:
+class DiskWorker:
     def __init__(self, max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
         self.max_pending_bytes = max_pending_bytes
         self._queue: deque[tuple[Callable[[], None], int]] = deque()
@@ -34,7 +36,7 @@ class SpillWriter:
         self._running = False  # an operation taken off the queue and not finished
         self._closed = False
         self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._work, name="mlxd-prefix-spill", daemon=True)
+        self._thread = threading.Thread(target=self._work, name="mlxd-prefix-disk", daemon=True)
         self._thread.start()
 
     def submit(self, operation: Callable[[], None], nbytes: int = 0) -> None:
@@ -42,7 +44,7 @@ class SpillWriter:
         more than `max_pending_bytes` (one operation alone is always let in)."""
         with self._changed:
             if self._closed:
-                raise RuntimeError("the spill writer is closed")
+                raise RuntimeError("the disk worker is closed")
             while self._queue and self._pending_bytes + nbytes > self.max_pending_bytes:
                 self._changed.wait()
             self._queue.append((operation, nbytes))

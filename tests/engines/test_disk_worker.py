@@ -1,5 +1,5 @@
-"""The prefix cache's disk work on a writer thread (engines/llm/spill_writer.py, and
-engines/llm/disk_cache.py given a SpillWriter): operations run in order, `save` returns without
+"""The prefix cache's disk work on a worker thread (engines/llm/disk_worker.py, and
+engines/llm/disk_cache.py given a DiskWorker): operations run in order, `save` returns without
 waiting for the disk, a read waits for the writes before it, an entry evicted before its write ran
 leaves no file, the files are the safetensors MLX itself reads (byte layout, dtypes, metadata),
 their sizes are counted exactly, and a slow disk holds spilling to `max_pending_bytes`."""
@@ -17,8 +17,8 @@ from mlx_lm.models.cache import KVCache
 
 from engines.llm import disk_cache, entry_file
 from engines.llm.disk_cache import DiskPrefixCache
+from engines.llm.disk_worker import DiskWorker
 from engines.llm.quantized_cache import QuantizedKV
-from engines.llm.spill_writer import SpillWriter
 
 TOKENS = tuple(range(5, 45))
 WAIT_S = 10  # a bound for waits that must end: a hang fails the test instead of the suite
@@ -30,8 +30,8 @@ def short_entries_spill(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def writer() -> Any:
-    spill = SpillWriter()
+def worker() -> Any:
+    spill = DiskWorker()
     yield spill
     spill.close()
 
@@ -44,7 +44,7 @@ def layer(dtype: mx.Dtype = mx.bfloat16, seed: int = 0) -> KVCache:
 
 
 class Gate:
-    """An operation that holds the writer until `open` is called."""
+    """An operation that holds the worker until `open` is called."""
 
     def __init__(self) -> None:
         self.entered = threading.Event()
@@ -58,28 +58,28 @@ class Gate:
         self.opened.set()
 
 
-def test_operations_run_in_order_and_a_failure_does_not_stop_the_rest(writer: SpillWriter) -> None:
+def test_operations_run_in_order_and_a_failure_does_not_stop_the_rest(worker: DiskWorker) -> None:
     done: list[int] = []
 
     def fail() -> None:
         raise OSError("disk full")
 
-    writer.submit(lambda: done.append(1))
-    writer.submit(fail)
-    writer.submit(lambda: done.append(2), nbytes=10)
-    writer.flush()
+    worker.submit(lambda: done.append(1))
+    worker.submit(fail)
+    worker.submit(lambda: done.append(2), nbytes=10)
+    worker.flush()
     assert done == [1, 2]
 
 
 def test_a_full_queue_holds_the_submitter_until_the_disk_catches_up() -> None:
-    writer = SpillWriter(max_pending_bytes=100)
+    worker = DiskWorker(max_pending_bytes=100)
     gate = Gate()
-    writer.submit(gate, nbytes=60)
+    worker.submit(gate, nbytes=60)
     assert gate.entered.wait(WAIT_S)
-    writer.submit(lambda: None, nbytes=60)  # queued behind the gate: 120 pending, let in alone
+    worker.submit(lambda: None, nbytes=60)  # queued behind the gate: 120 pending, let in alone
     third_in = threading.Event()
     submitter = threading.Thread(
-        target=lambda: (writer.submit(lambda: None, nbytes=60), third_in.set())
+        target=lambda: (worker.submit(lambda: None, nbytes=60), third_in.set())
     )
     submitter.start()
     time.sleep(0.2)
@@ -87,18 +87,18 @@ def test_a_full_queue_holds_the_submitter_until_the_disk_catches_up() -> None:
     gate.open()
     assert third_in.wait(WAIT_S)
     submitter.join(WAIT_S)
-    writer.close()
+    worker.close()
 
 
 def test_save_returns_before_the_write_and_a_load_waits_for_it(
-    writer: SpillWriter, tmp_path: Path
+    worker: DiskWorker, tmp_path: Path
 ) -> None:
-    disk = DiskPrefixCache(tmp_path, "id", max_bytes=2**30, writer=writer)
+    disk = DiskPrefixCache(tmp_path, "id", max_bytes=2**30, worker=worker)
     gate = Gate()
-    writer.submit(gate)
+    worker.submit(gate)
     assert gate.entered.wait(WAIT_S)
     original = layer()
-    disk.save(TOKENS, [original])  # returns while the writer is held
+    disk.save(TOKENS, [original])  # returns while the worker is held
     assert len(disk) == 1 and not list(disk.directory.glob("*.safetensors"))
     threading.Timer(0.2, gate.open).start()
     (back,) = disk.load(TOKENS) or [None]  # waits for the write, then reads it
@@ -110,20 +110,20 @@ def test_save_returns_before_the_write_and_a_load_waits_for_it(
 
 
 def test_an_entry_evicted_before_its_write_leaves_no_file(
-    writer: SpillWriter, tmp_path: Path
+    worker: DiskWorker, tmp_path: Path
 ) -> None:
     probe = DiskPrefixCache(tmp_path / "probe", "id", max_bytes=2**30)
     probe.save(TOKENS, [layer()])
     size = probe.nbytes
-    disk = DiskPrefixCache(tmp_path, "id", max_bytes=size + size // 2, writer=writer)
+    disk = DiskPrefixCache(tmp_path, "id", max_bytes=size + size // 2, worker=worker)
     gate = Gate()
-    writer.submit(gate)
+    worker.submit(gate)
     assert gate.entered.wait(WAIT_S)
     disk.save(TOKENS, [layer()])
     later = tuple(t + 100 for t in TOKENS)
     disk.save(later, [layer(seed=1)])  # evicts the first while neither is written
     gate.open()
-    writer.flush()
+    worker.flush()
     (file,) = disk.directory.glob("*.safetensors")
     assert len(disk) == 1 and disk.nbytes == file.stat().st_size
     assert disk.best([*later, 1], len(later)) == (later, len(later))
@@ -132,17 +132,17 @@ def test_an_entry_evicted_before_its_write_leaves_no_file(
 
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16, mx.float32])
 def test_the_files_are_the_safetensors_mlx_reads(
-    writer: SpillWriter, tmp_path: Path, dtype: mx.Dtype
+    worker: DiskWorker, tmp_path: Path, dtype: mx.Dtype
 ) -> None:
     """Written by hand off the engine thread, read back by `mx.load`: the same arrays (dtype,
-    shape, bytes) and metadata as MLX's own writer gives for the same entry."""
+    shape, bytes) and metadata as MLX's own worker gives for the same entry."""
     quantized = QuantizedKV(group_size=32, bits=8)
     keys = mx.random.normal((1, 2, len(TOKENS), 32), key=mx.random.key(2)).astype(dtype)
     quantized.update_and_fetch(keys, keys * 2)
     cache = [layer(dtype), quantized]
-    disk = DiskPrefixCache(tmp_path, "id", max_bytes=2**30, writer=writer)
+    disk = DiskPrefixCache(tmp_path, "id", max_bytes=2**30, worker=worker)
     disk.save(TOKENS, cache)
-    writer.flush()
+    worker.flush()
     (file,) = disk.directory.glob("*.safetensors")
     loaded: Any = mx.load(str(file), return_metadata=True)
     arrays, metadata = loaded
@@ -160,14 +160,14 @@ def test_the_files_are_the_safetensors_mlx_reads(
 
 
 def test_close_finishes_the_writes(tmp_path: Path) -> None:
-    writer = SpillWriter()
-    disk = DiskPrefixCache(tmp_path, "id", max_bytes=2**30, writer=writer)
+    worker = DiskWorker()
+    disk = DiskPrefixCache(tmp_path, "id", max_bytes=2**30, worker=worker)
     gate = Gate()
-    writer.submit(gate)
+    worker.submit(gate)
     assert gate.entered.wait(WAIT_S)
     disk.save(TOKENS, [layer()])
     threading.Timer(0.2, gate.open).start()
     disk.close()
     assert len(list(disk.directory.glob("*.safetensors"))) == 1
     with pytest.raises(RuntimeError):
-        writer.submit(lambda: None)
+        worker.submit(lambda: None)
