@@ -44,6 +44,7 @@ from mlx_lm.models import cache as mlx_lm_cache
 from engines.llm import caches, entry_file
 from engines.llm.disk_worker import DiskWorker
 from engines.llm.quantized_cache import QuantizedKV
+from engines.llm.token_prefix import common_prefix_length
 
 logger = logging.getLogger(__name__)
 
@@ -137,11 +138,9 @@ class DiskPrefixCache:
         best_key, best = None, 0
         if usable < MIN_TOKENS:
             return None, 0
+        wanted = tuple(prompt[:usable])
         for key, entry in self._entries.items():
-            limit = min(len(key), usable)
-            length = 0
-            while length < limit and key[length] == prompt[length]:
-                length += 1
+            length = common_prefix_length(key, wanted)
             if length < len(key) and not entry.trimmable:
                 continue
             if length > best and length >= MIN_TOKENS:

@@ -27,6 +27,7 @@ from typing import Any
 
 from engines.llm import caches
 from engines.llm.disk_cache import DiskPrefixCache
+from engines.llm.token_prefix import common_prefix_length
 
 
 @dataclass
@@ -34,14 +35,6 @@ class _Entry:
     cache: list[Any]
     nbytes: int
     trimmable: bool
-
-
-def common_prefix_length(a: tuple[int, ...], b: list[int]) -> int:
-    limit = min(len(a), len(b))
-    index = 0
-    while index < limit and a[index] == b[index]:
-        index += 1
-    return index
 
 
 class PrefixCache:
@@ -54,6 +47,7 @@ class PrefixCache:
     ) -> None:
         self.max_bytes = max_bytes
         self.disk = disk  # where evicted entries go, and come back from
+        self._awaited: tuple[int, ...] | None = None  # the disk entry `ready` last waited for
         self.max_entries = max_entries
         self.min_tokens = min_tokens  # shorter matches are not worth a copy
         self._entries: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()
@@ -70,8 +64,9 @@ class PrefixCache:
             self._recall(prompt)
         best_key: tuple[int, ...] | None = None
         best = 0
+        wanted = tuple(prompt)  # once: every entry compares with it
         for key, entry in self._entries.items():
-            length = min(common_prefix_length(key, prompt), len(prompt) - 1)
+            length = min(common_prefix_length(key, wanted), len(prompt) - 1)
             if length < len(key) and not entry.trimmable:
                 continue  # it would have to be trimmed back to `length`: it cannot
             if length > best:
@@ -96,7 +91,9 @@ class PrefixCache:
         if self.disk is None or not self.disk.reads_in_background:
             return True
         self.take_finished_reads()
-        key = self._wanted_from_disk(prompt)
+        if self._awaited is not None and self.disk.reading(self._awaited):
+            return False  # still on its way: not worth comparing every entry again each step
+        key = self._awaited = self._wanted_from_disk(prompt)
         if key is None:
             return True
         if not self.disk.reading(key):
@@ -129,8 +126,9 @@ class PrefixCache:
         key, length = self.disk.best(prompt, len(prompt) - 1)
         if key is None or length < self.min_tokens or key in self._entries:
             return None
+        wanted = tuple(prompt)
         in_memory = max(
-            (min(common_prefix_length(k, prompt), len(prompt) - 1) for k in self._entries),
+            (min(common_prefix_length(k, wanted), len(prompt) - 1) for k in self._entries),
             default=0,
         )
         return key if length > in_memory else None
