@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlx.core as mx
@@ -75,20 +76,29 @@ async def served(family_dir: Path) -> AsyncIterator[tuple[LLMEngine, object]]:
     engine.stop()
 
 
+@contextmanager
+def admitted_together() -> Iterator[None]:
+    """Requests submitted together are admitted together, even on a loaded machine: admission
+    waits for 50 ms without an arrival. (Only around the requests sent together: a request
+    alone would wait those 50 ms for nothing, a second or more per family over the module.)"""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scheduler_module, "ARRIVAL_QUIET_S", 0.05)
+        patch.setattr(scheduler_module, "ARRIVAL_WAIT_MAX_S", 1.0)
+        yield
+
+
 async def test_alone_batched_and_prefix_cached_equal_mlx_lm(
-    served: tuple[LLMEngine, object], monkeypatch: pytest.MonkeyPatch
+    served: tuple[LLMEngine, object],
 ) -> None:
-    # Requests submitted together are admitted together, even on a loaded machine.
-    monkeypatch.setattr(scheduler_module, "ARRIVAL_QUIET_S", 0.05)
-    monkeypatch.setattr(scheduler_module, "ARRIVAL_WAIT_MAX_S", 1.0)
     engine, model = served
     expected = [reference(model, prompt) for prompt in PROMPTS]
     alone = [(await generate(engine, p, f"alone{i}"))[0] for i, p in enumerate(PROMPTS)]
     assert alone == expected
     engine.largest_batch = 0
-    together = await asyncio.gather(
-        *(generate(engine, p, f"together{i}") for i, p in enumerate(PROMPTS))
-    )
+    with admitted_together():
+        together = await asyncio.gather(
+            *(generate(engine, p, f"together{i}") for i, p in enumerate(PROMPTS))
+        )
     assert [tokens for tokens, _ in together] == expected
     family = engine.name
     assert engine.profile is not None
@@ -107,9 +117,10 @@ async def test_alone_batched_and_prefix_cached_equal_mlx_lm(
     # The next turns of the other two, arriving together: equal suffixes resumed in one pass.
     follow_ups = [PROMPTS[i] + expected[i] + [15, 16, 17, 18] for i in (1, 2)]
     before = engine.prefilled_together
-    resumed = await asyncio.gather(
-        *(generate(engine, p, f"next{i}") for i, p in enumerate(follow_ups))
-    )
+    with admitted_together():
+        resumed = await asyncio.gather(
+            *(generate(engine, p, f"next{i}") for i, p in enumerate(follow_ups))
+        )
     assert [tokens for tokens, _ in resumed] == [reference(model, p) for p in follow_ups]
     assert all(cached >= len(PROMPTS[1]) for _, cached in resumed), resumed
     if batched:
