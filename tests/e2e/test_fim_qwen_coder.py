@@ -4,26 +4,12 @@ package)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from engines.weights.embedded import QWEN_CODER, ensure_embedded_llm
-from engines.weights.store import ModelStore
-from server.app import create_app
-from server.settings import Settings
+from engines.weights.embedded import QWEN_CODER
 from tests.helpers import WEATHER, sdk_client
-from tests.servers import serve
 
 pytestmark = pytest.mark.optin
-
-
-@pytest.fixture(scope="module")
-def coder_url() -> Iterator[str]:
-    settings = Settings(model=QWEN_CODER.name)
-    ensure_embedded_llm(ModelStore(settings.home), dequantize=True, model=QWEN_CODER)
-    with serve(create_app(settings)) as url:
-        yield url
 
 
 def test_fim_fills_the_middle(coder_url: str) -> None:

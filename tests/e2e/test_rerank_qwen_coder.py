@@ -7,16 +7,10 @@ Three short documents keep it to one engine batch."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 
-from engines.weights.embedded import QWEN_CODER, ensure_embedded_llm
-from engines.weights.store import ModelStore
-from server.app import create_app
-from server.settings import Settings
-from tests.servers import serve
+from engines.weights.embedded import QWEN_CODER
 
 pytestmark = pytest.mark.optin
 
@@ -27,14 +21,6 @@ DOCUMENTS = [
     "reversed copy.",
     "Bananas are rich in potassium and are a popular fruit.",
 ]
-
-
-@pytest.fixture(scope="module")
-def coder_url() -> Iterator[str]:
-    settings = Settings(model=QWEN_CODER.name)
-    ensure_embedded_llm(ModelStore(settings.home), dequantize=True, model=QWEN_CODER)
-    with serve(create_app(settings)) as url:
-        yield url
 
 
 def test_the_relevant_document_ranks_first(coder_url: str) -> None:

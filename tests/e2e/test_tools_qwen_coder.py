@@ -10,30 +10,17 @@ still comes back as a call. A schema with a free number must close within 100 to
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from engines.weights.embedded import QWEN_CODER, ensure_embedded_llm
-from engines.weights.store import ModelStore
-from server.app import create_app
-from server.settings import Settings
+from engines.weights.embedded import QWEN_CODER
 from tests.helpers import WEATHER, sdk_client
-from tests.servers import serve
 
 pytestmark = pytest.mark.optin
 
 SF = [{"role": "user", "content": "What's the weather like in San Francisco?"}]
 FORCED: list[Any] = ["required", {"type": "function", "function": {"name": "get_weather"}}]
-
-
-@pytest.fixture(scope="module")
-def coder_url() -> Iterator[str]:
-    settings = Settings(model=QWEN_CODER.name)
-    ensure_embedded_llm(ModelStore(settings.home), dequantize=True, model=QWEN_CODER)
-    with serve(create_app(settings)) as url:
-        yield url
 
 
 @pytest.mark.parametrize("tool_choice", FORCED, ids=["required", "named"])
