@@ -116,7 +116,10 @@ def main() -> None:
             for run in range(args.runs)
         ]
         ratios = [r["restart_ttft_s"] / r["cold_ttft_s"] for r in runs]
-        print(json.dumps({"runs": runs, "ratio_median": median(ratios), "ratios": ratios}))
+        restarted = {"runs": runs, "ratio_median": median(ratios), "ratios": ratios}
+        print(json.dumps(restarted))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(restarted, indent=2))
         return
     report: dict[str, Any] = {
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores",
