@@ -14,6 +14,8 @@
 #   concurrency        8 and 32 streams, mlxd vs mlx_lm.server vs raw BatchGenerator
 #   burst_cold         32-stream bursts on a fresh engine without the kernel warm-up (bench/burst.py)
 #   burst8             8 streams x 512 tokens on the engine in-process (no HTTP), 3 rounds
+#   engine_paths       8 greedy rows: raw BatchGenerator vs mlxd's Scheduler stepped in-process vs
+#                      the LLMEngine on its thread (bench/engine_paths.py)
 #   burst_warm         the same after the default warm-up: round 0 vs the later rounds (issue 25)
 #   c256               256 concurrent streams on the default limits, mlxd alone (issue 25)
 #   c256_repeat        the same, two measured bursts on one server, with TTFT quantiles and the
@@ -76,7 +78,7 @@ if [ -z "$tokenizer" ]; then
   tokenizer=.gpu/c/tok
   [ -f "$tokenizer/tokenizer.json" ] || tokenizer=$HOME/.cache/mlxd/models/smollm2-135m-instruct
 fi
-steps=${STEPS:-probe llama_model gemma_model tts_model tts gemma_concurrency gemma_prefix decode concurrency burst_cold burst8 burst_warm c256 c256_repeat c256_batch256 c256_profile c8_profile compiled placement graph_limits decode_pinned vision speculative distributed embeddings_model embeddings embeddings_baseline}
+steps=${STEPS:-probe llama_model gemma_model tts_model tts gemma_concurrency gemma_prefix decode concurrency burst_cold burst8 engine_paths burst_warm c256 c256_repeat c256_batch256 c256_profile c8_profile compiled placement graph_limits decode_pinned vision speculative distributed embeddings_model embeddings embeddings_baseline}
 minilm=${EMBEDDING_SHAPE_DIR:-.gpu/c/minilm}
 
 rm -rf "$work" && mkdir -p "$work/results" "$work/logs" "$work/home" "$out"
@@ -91,6 +93,7 @@ if [ "$smoke" = 1 ]; then
   c256_args=(--levels 8 --tokens 8)
   compiled_args=(--runs 1 --tokens 8)
   placement_args=(--runs 1 --rounds 1 --tokens 8 --modes raw,compiled)
+  engine_paths_args=(--rows 2 --tokens 8 --rounds 1)
   vision_args=(--shape tiny --runs 1 --tokens 8)
   gemma_concurrency_args=(--levels 2 --tokens 8)
   prefix_args=(--history-tokens 300 --runs 1)
@@ -105,6 +108,7 @@ else
   c256_args=(--levels 256 --tokens 128)
   compiled_args=(--runs 9 --tokens 256)
   placement_args=(--runs 4 --rounds 2 --tokens 256 --modes raw,compiled)
+  engine_paths_args=(--rows 8 --tokens 256 --rounds 3)
   vision_args=(--runs 3 --tokens 128)
   gemma_concurrency_args=(--levels 8 --tokens 128)
   prefix_args=(--history-tokens 3000 --runs 3)
@@ -301,6 +305,9 @@ step burst_cold 120 "$llama/tokenizer_config.json" \
   --out "$work/results/burst_cold.json"
 step burst8 120 "$llama/tokenizer_config.json" \
   "$py" bench/burst.py --model "$llama" --clients 8 --tokens 512 --rounds 3 --out "$work/results/burst8.json"
+step engine_paths 150 "$llama/tokenizer_config.json" \
+  "$py" bench/engine_paths.py --model "$llama" "${engine_paths_args[@]}" \
+  --out "$work/results/engine_paths.json"
 step burst_warm 150 "$llama/tokenizer_config.json" \
   "$py" bench/burst.py --model "$llama" "${burst_args[@]}" --out "$work/results/burst_warm.json"
 step c256 150 "$llama/tokenizer_config.json" \
