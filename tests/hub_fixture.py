@@ -251,7 +251,11 @@ class RunningHub:
         self.server.daemon_threads = True
         hub.port = self.server.server_address[1]
         self.hub = hub
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # serve_forever checks for shutdown every poll_interval (0.5 s by default): each test
+        # would wait that long in its teardown.
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
         self.thread.start()
 
     def close(self) -> None:

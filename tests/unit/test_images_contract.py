@@ -340,7 +340,10 @@ class _ImageHost(BaseHTTPRequestHandler):
 @pytest.fixture
 def image_host() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ImageHost)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # (serve_forever looks for shutdown every poll_interval: 0.5 s by default)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+    )
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
