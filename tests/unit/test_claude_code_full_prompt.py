@@ -1,0 +1,65 @@
+"""Claude Code 2.1.332's full requests (no `--bare`: its whole system prompt, 12 tools, its
+environment as a `system` message after the first user message), two turns of one session
+captured against mlxd on the real Qwen2.5-Coder-0.5B: both are accepted whole and streamed in
+order, the follow-up's prompt extends the first one's (so the prefix cache serves it), and the
+Read result reaches the prompt."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from engines.pool import EnginePool
+from server.app import create_app
+from server.settings import Settings
+from tests.fakes import FakeEngine
+
+CAPTURE = json.loads((Path(__file__).parent / "claude_code_2_1_332_full_turns.json").read_text())
+FIRST, FOLLOW_UP = CAPTURE["turns"]
+MODEL = FIRST["model"]
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine(MODEL, reply="Hi.", context_length=200_000)
+
+
+@pytest.fixture
+async def http(engine: FakeEngine) -> AsyncIterator[httpx.AsyncClient]:
+    pool = EnginePool([engine])
+    app = create_app(Settings(max_body_bytes=1 << 22), pool)
+    await pool.start()  # ASGITransport runs no lifespan
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        yield client
+    await pool.drain(timeout=1)
+
+
+async def send(http: httpx.AsyncClient, body: dict[str, Any], engine: FakeEngine) -> str:
+    """POST the captured body as Claude Code does; the prompt the engine got."""
+    response = await http.post("/v1/messages?beta=true", json=body, headers=CAPTURE["headers"])
+    assert response.status_code == 200, response.text
+    lines = response.text.split("\r\n")
+    names = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")]
+    names = [name for name in names if name != "ping"]
+    assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
+    return "".join(chr(t) for t in engine.requests[-1].prompt_tokens)
+
+
+async def test_both_turns_are_served_and_the_follow_up_extends_the_first(
+    http: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    first = await send(http, FIRST, engine)
+    assert len(engine.tools_seen or []) == len(FIRST["tools"]) == 12
+    follow_up = await send(http, FOLLOW_UP, engine)
+    # The environment `system` message (blocks in the first turn, a string in the follow-up)
+    # joins the leading system text the same way both times: the first prompt is a prefix.
+    assert follow_up.startswith(first)
+    assert first.startswith("<system>") and "# Environment" in first.split("<user>")[0]
+    assert "x-anthropic-billing-header" not in first
+    assert "<tool>1\tThe secret word is: marmalade" in follow_up[len(first) :]
