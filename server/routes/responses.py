@@ -282,8 +282,12 @@ class _Run:
         yield frame({"type": "response.created", "response": in_progress["response"]})
         yield frame(in_progress)
         async for event in with_heartbeat(stream.events(interval_s), heartbeat_s):
-            events = [] if event is None else self._item_events(event, output)
+            # None: a silence of the engine stream, so no frame was made either: repeat at
+            # once, not judged by the clock below (the marker's timer runs on the loop's clock,
+            # which may lag it by a few ms: a skipped repeat doubled the gap, past Codex's limit).
+            events = [in_progress] if event is None else self._item_events(event, output)
             if not events and time.monotonic() - frame.last_sent >= heartbeat_s:
+                # Tokens came but made no frame (a tool call the parser holds back).
                 events = [in_progress]
             for item_event in events:
                 yield frame(item_event)

@@ -1,17 +1,26 @@
 """server/heartbeat.py: an engine stream's events in order, None for each silence of `every_s`,
 errors after the events before them, token events merged while the consumer is slow, and the
-source cancelled when the consumer closes."""
+source cancelled when the consumer closes; and the Responses stream repeating
+`response.in_progress` on each silence."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
+import httpx
 import pytest
 
+from engines.pool import EnginePool
 from engines.types import Event, FinishEvent, TokenEvent, Usage
+from server.app import create_app
 from server.heartbeat import with_heartbeat
+from server.routes import responses as responses_route
+from server.settings import Settings
+from tests.fakes import FakeEngine
 
 
 def token(text: str, index: int = 0) -> TokenEvent:
@@ -84,3 +93,28 @@ async def test_closing_cancels_the_source() -> None:
     assert await anext(events) == token("x")
     await events.aclose()
     await asyncio.wait_for(closed.wait(), 1)
+
+
+async def test_responses_repeat_in_progress_on_each_silence_whatever_the_route_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each silence repeats `response.in_progress`, even when the route's clock says less than
+    the interval passed (the marker's timer runs on the loop's clock, which may lag it: judged by
+    the route's clock, every other repeat was skipped and the gap doubled, past Codex's idle
+    limit). Here the route's clock is frozen, the extreme of that lag."""
+    frozen = SimpleNamespace(monotonic=lambda: 1000.0, time=time.time)
+    monkeypatch.setattr(responses_route, "time", frozen)
+    engine = FakeEngine(context_length=4096, prefill_delay_s=0.3)
+    pool = EnginePool([engine])
+    app = create_app(Settings(keepalive_interval_s=0.05), pool)
+    await pool.start()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        body = {"model": "fake", "input": "hi", "stream": True}
+        response = await http.post("/v1/responses", json=body)
+    await pool.drain(timeout=1)
+    kinds = [line for line in response.text.split("\r\n") if line.startswith("event: ")]
+    first_item = kinds.index("event: response.output_item.added")
+    assert kinds[:2] == ["event: response.created", "event: response.in_progress"]
+    assert kinds[2:first_item] == ["event: response.in_progress"] * (first_item - 2)
+    assert first_item - 2 >= 2  # repeats during the 0.3 s "prefill", none skipped by the clock
