@@ -6,7 +6,6 @@ source cancelled when the consumer closes; and the Responses stream repeating
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
@@ -46,16 +45,12 @@ async def test_events_pass_in_order_without_markers_when_none_is_late() -> None:
 async def test_a_marker_for_each_silence_of_every_s() -> None:
     loop = asyncio.get_running_loop()
     start = loop.time()
-    got, marked_at = [], [start]
-    async for event in with_heartbeat(scripted([0.33, token("a"), 0.01, token("b", 1)]), 0.1):
-        got.append(event)
-        if event is None:
-            marked_at.append(loop.time())
+    got = [e async for e in with_heartbeat(scripted([0.33, token("a"), token("b", 1)]), 0.1)]
+    silence = loop.time() - start  # at least 0.33 s; more on a busy machine
     markers = got.index(token("a"))
     assert got[:markers] == [None] * markers and markers >= 2
-    assert got[markers:] == [token("a"), token("b", 1)]  # no marker after 0.01 s
-    gaps = [later - earlier for earlier, later in itertools.pairwise(marked_at)]
-    assert min(gaps) >= 0.1 * 0.99  # never more often than every_s (timers are not early)
+    assert markers <= silence / 0.1 + 1  # never more often than every_s (timers are not early)
+    assert got[markers:] == [token("a"), token("b", 1)]
 
 
 async def test_an_error_comes_after_the_events_before_it() -> None:
