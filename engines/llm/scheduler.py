@@ -411,6 +411,22 @@ class Scheduler:
         finished = set(rows)
         batch.keep([i for i in range(len(batch)) if i not in finished])
 
+    def _keep_prefilled(self, prefill: Prefill) -> None:
+        """A cancelled prompt's prefilled part goes to the prefix cache: an agent that gives up
+        on a long prefill (Claude Code cuts a stream at 10 minutes and retries) and sends the
+        same prompt again resumes where the last attempt stopped instead of from zero. (Not for
+        prompts fed as embeddings or with their own positions: their tokens do not say what the
+        cache holds.)"""
+        if (
+            self.prefix_cache is None
+            or prefill.embeddings is not None
+            or prefill.positions is not None
+        ):
+            return
+        done = len(prefill.request.prompt_tokens) - len(prefill.to_prefill)
+        if done > prefill.cached_tokens:
+            self.prefix_cache.insert(list(prefill.request.prompt_tokens[:done]), prefill.cache)
+
     def _gone(self, uid: int, sink: EventSink) -> bool:
         return sink.cancelled or uid in self._removed
 
@@ -422,6 +438,7 @@ class Scheduler:
             _push_cancelled(waiting.request, waiting.sink, range(waiting.request.n), 0)
         for prefill in [p for p in self._prefilling if self._gone(p.uid, p.stream)]:
             self._prefilling.remove(prefill)
+            self._keep_prefilled(prefill)
             self._release(-prefill.request.n, 0)
             _push_cancelled(prefill.request, prefill.stream, range(prefill.request.n), 0)
         batch = self.batch
