@@ -18,7 +18,22 @@ class ModelNotFound(EngineError):
 
 
 class ContextTooLong(EngineError):
-    """The prompt (plus what must be generated) does not fit the model's context."""
+    """The prompt (plus what must be generated) does not fit the model's context. The counts,
+    where the raiser knows them, let an edge word the error as its API does: `max_tokens` is
+    None when the prompt alone is too long."""
+
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        prompt_tokens: int | None = None,
+        limit: int | None = None,
+        max_tokens: int | None = None,
+    ) -> None:
+        super().__init__(message, param)
+        self.prompt_tokens = prompt_tokens
+        self.limit = limit
+        self.max_tokens = max_tokens
 
 
 class InvalidRequest(EngineError):

@@ -329,6 +329,8 @@ class ChatModelInfo:
                 f"This model's maximum context length is {limit} tokens. However, your {param} "
                 f"resulted in {prompt_tokens} tokens. Please reduce the length of the {param}.",
                 param=param,
+                prompt_tokens=prompt_tokens,
+                limit=limit,
             )
         if max_tokens is None:
             return limit - prompt_tokens
@@ -339,6 +341,9 @@ class ChatModelInfo:
                 f"{max_tokens} in the completion). Please reduce the length of the {param} or "
                 "completion.",
                 param="max_tokens",
+                prompt_tokens=prompt_tokens,
+                limit=limit,
+                max_tokens=max_tokens,
             )
         return max_tokens
 

@@ -59,10 +59,12 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        anthropic_message: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.anthropic_message = anthropic_message  # Anthropic's own wording, where it differs
         self.type = type_
         self.param = param
         self.code = code
@@ -118,13 +120,30 @@ def from_engine_error(error: Exception) -> APIError:
                 headers["x-should-retry"] = "false"  # the OpenAI SDK would otherwise retry 500s
             hint = HINTS.get(type(error))
             message = f"{error.message}; {hint}" if hint else error.message
-            return APIError(status, message, type_, error.param, code, headers)
+            anthropic = anthropic_wording(error) if isinstance(error, ContextTooLong) else None
+            return APIError(status, message, type_, error.param, code, headers, anthropic)
     return APIError(500, "internal error", "server_error", None, "internal_error")
+
+
+def anthropic_wording(error: ContextTooLong) -> str | None:
+    """Anthropic's messages for a prompt over the context, with their counts: Claude Code reads
+    the counts from these exact forms (to compact the conversation, or to retry with a smaller
+    `max_tokens`)."""
+    if error.prompt_tokens is None or error.limit is None:
+        return None
+    if error.max_tokens is None:
+        return f"prompt is too long: {error.prompt_tokens} tokens > {error.limit} maximum"
+    return (
+        "input length and `max_tokens` exceed context limit: "
+        f"{error.prompt_tokens} + {error.max_tokens} > {error.limit}, "
+        "decrease input length or `max_tokens` and try again"
+    )
 
 
 def _response(error: APIError, request: Request) -> JSONResponse:
     anthropic = speaks_anthropic(request.url.path, "anthropic-version" in request.headers)
-    body = anthropic_error_body(error.status, error.message) if anthropic else error.body()
+    message = error.anthropic_message or error.message
+    body = anthropic_error_body(error.status, message) if anthropic else error.body()
     return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
