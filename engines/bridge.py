@@ -114,7 +114,7 @@ class RequestStream:
                 self._ready.clear()
                 self._wake_pending = False
             if pending:
-                return _coalesce(pending)
+                return coalesced(pending)
             await self._ready.wait()
 
     def __aiter__(self) -> AsyncIterator[Event]:
@@ -139,7 +139,9 @@ class RequestStream:
                 yield event
 
 
-def _coalesce(events: list[Event]) -> list[Event]:
+def coalesced(events: list[Event]) -> list[Event]:
+    """`events` with each run of consecutive TokenEvents of one choice merged into one (a slow
+    reader gets fewer, larger events; nothing is lost or reordered)."""
     merged: list[Event] = []
     for event in events:
         previous = merged[-1] if merged else None

@@ -19,7 +19,8 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 
-from engines.types import Event, TokenEvent
+from engines.bridge import coalesced
+from engines.types import Event
 
 
 async def with_heartbeat(
@@ -30,7 +31,7 @@ async def with_heartbeat(
         while True:
             await reader.ready.wait()
             reader.ready.clear()
-            for event in _merged(reader.take()):
+            for event in coalesced(reader.take()):
                 yield event
             if reader.silent:
                 reader.silent = False
@@ -84,19 +85,3 @@ class _Reader:
             self._last = now
             self.ready.set()
         self._timer = self._loop.call_later(self._last + self._every_s - now, self._tick)
-
-
-def _merged(events: list[Event]) -> list[Event]:
-    """Consecutive TokenEvents of one choice as one."""
-    merged: list[Event] = []
-    for event in events:
-        previous = merged[-1] if merged else None
-        if (
-            isinstance(event, TokenEvent)
-            and isinstance(previous, TokenEvent)
-            and previous.index == event.index
-        ):
-            previous.merge(event)
-        else:
-            merged.append(event)
-    return merged
