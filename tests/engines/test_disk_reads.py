@@ -22,6 +22,7 @@ from engines.llm import disk_cache, entry_file
 from engines.llm.disk_cache import DiskPrefixCache
 from engines.llm.disk_worker import DiskWorker
 from engines.llm.prefix_cache import PrefixCache
+from engines.llm.scheduler import Scheduler
 from engines.types import GenerationRequest, SamplingParams
 from tests.engines.test_disk_worker import Gate
 from tests.engines.test_scheduler import ListSink, build
@@ -54,16 +55,25 @@ def greedy(model: Any, prompt: list[int], count: int) -> list[int]:
     return [int(t) for t, _ in generate_step(mx.array(prompt), model, max_tokens=count)]
 
 
-def test_running_rows_decode_while_an_entry_is_read(
-    tiny_model_dir: Path, tmp_path: Path, worker: DiskWorker
-) -> None:
-    scheduler, model, _ = build(tiny_model_dir)
-    disk = DiskPrefixCache(tmp_path, "id", max_bytes=2**30, worker=worker)
+def with_prompt_on_busy_disk(
+    model_dir: Path, directory: Path, worker: DiskWorker
+) -> tuple[Scheduler, Any, DiskPrefixCache, Gate]:
+    """A scheduler whose prefix cache has PROMPT's entry on disk only, and the disk's thread held
+    by a gate (a read waits behind it until the gate opens)."""
+    scheduler, model, _ = build(model_dir)
+    disk = DiskPrefixCache(directory, "id", max_bytes=2**30, worker=worker)
     disk.save(tuple(PROMPT), filled(model, PROMPT))
     scheduler.prefix_cache = PrefixCache(2**30, disk=disk)
     gate = Gate()
-    worker.submit(gate)  # the disk's thread is busy: the read will wait behind it
+    worker.submit(gate)
     assert gate.entered.wait(WAIT_S)
+    return scheduler, model, disk, gate
+
+
+def test_running_rows_decode_while_an_entry_is_read(
+    tiny_model_dir: Path, tmp_path: Path, worker: DiskWorker
+) -> None:
+    scheduler, model, disk, gate = with_prompt_on_busy_disk(tiny_model_dir, tmp_path, worker)
     running = ListSink()
     scheduler.insert(GenerationRequest("running", OTHER, 30, SamplingParams(0.0)), running)
     scheduler.step()
@@ -89,13 +99,7 @@ def test_running_rows_decode_while_an_entry_is_read(
 def test_an_idle_scheduler_polls_for_the_read_instead_of_spinning(
     tiny_model_dir: Path, tmp_path: Path, worker: DiskWorker
 ) -> None:
-    scheduler, model, _ = build(tiny_model_dir)
-    disk = DiskPrefixCache(tmp_path, "id", max_bytes=2**30, worker=worker)
-    disk.save(tuple(PROMPT), filled(model, PROMPT))
-    scheduler.prefix_cache = PrefixCache(2**30, disk=disk)
-    gate = Gate()
-    worker.submit(gate)
-    assert gate.entered.wait(WAIT_S)
+    scheduler, model, _, gate = with_prompt_on_busy_disk(tiny_model_dir, tmp_path, worker)
     sink = ListSink()
     scheduler.insert(GenerationRequest("r", [*PROMPT, 3], 4, SamplingParams(0.0)), sink)
     assert scheduler.step() == scheduler_module.DISK_POLL_S
