@@ -63,12 +63,13 @@ def import_gguf(source: Path, destination: Path, dequantize: bool) -> Path:
     checkpoint.py); otherwise they run as MLX affine quantization (Metal/CUDA) where the file's
     types allow (see the module docstring).
     """
-    arch = _architecture(source)  # from the header: refuse before any tensor is read
+    reader = _opened(source)
+    arch = _architecture(reader, source.name)  # from the header: refuse before any tensor is read
     if arch not in SUPPORTED_ARCHITECTURES:
         supported = ", ".join(SUPPORTED_ARCHITECTURES)
         raise GGUFImportError(f"unsupported GGUF architecture {arch!r}; supported: {supported}")
     spec = ARCHITECTURES[arch]
-    tensors, metadata, quantized, as_read = _read(source)
+    tensors, metadata, quantized, as_read = _read(source, reader)
     config = _model_config(arch, spec, metadata, tensors)
     float32 = dequantize or not as_read
     if quantized:
@@ -160,21 +161,28 @@ def _save_sharded(directory: Path, weights: Iterator[tuple[str, Any]]) -> None:
     (directory / "model.safetensors.index.json").write_text(json.dumps(index_file, indent=2))
 
 
-def _architecture(source: Path) -> str:
-    """`general.architecture` of a GGUF file, read from its header (the tensors are mapped,
-    not loaded or dequantized)."""
+def _opened(source: Path) -> Any:
+    """The file's `GGUFReader`: its header parsed (seconds for a 262k-token vocabulary, so once
+    per import), its tensors mapped, not loaded or dequantized."""
     from gguf import GGUFReader
 
     try:
-        field = GGUFReader(str(source)).fields.get("general.architecture")
+        return GGUFReader(str(source))
     except (OSError, ValueError) as exc:
         raise GGUFImportError(f"{source.name} is not a readable GGUF file: {exc}") from exc
+
+
+def _architecture(reader: Any, name: str) -> str:
+    """`general.architecture` from a GGUF file's header."""
+    field = reader.fields.get("general.architecture")
     if field is None:
-        raise GGUFImportError(f"{source.name} names no architecture (general.architecture)")
+        raise GGUFImportError(f"{name} names no architecture (general.architecture)")
     return bytes(field.parts[field.data[0]]).decode("utf-8")
 
 
-def _read(source: Path) -> tuple[Mapping[str, Any], dict[str, Any], dict[str, int], bool]:
+def _read(
+    source: Path, reader: Any = None
+) -> tuple[Mapping[str, Any], dict[str, Any], dict[str, int], bool]:
     """GGUF tensors by name (quantized ones as MLX triples `<module>.weight/.scales/.biases`),
     metadata as plain Python values, the bits of every quantized module (GGUF module name →
     bits), and whether every tensor is as `mx.load` reads it.
@@ -184,12 +192,13 @@ def _read(source: Path) -> tuple[Mapping[str, Any], dict[str, Any], dict[str, in
     with `gguf` (engines/weights/gguf_quants.py for the affine types, float32 for the rest).
     """
     import mlx.core as mx
-    from gguf import GGUFReader
 
-    types = {tensor.tensor_type.name for tensor in GGUFReader(str(source)).tensors}
+    if reader is None:
+        reader = _opened(source)
+    types = {tensor.tensor_type.name for tensor in reader.tensors}
     if not types <= MLX_EXACT:
         logger.info("%s holds %s: decoding with gguf", source.name, sorted(types - MLX_EXACT))
-        tensors, metadata = _read_with_gguf(source)
+        tensors, metadata = _read_with_gguf(reader)
         return tensors, metadata, tensors.bits, False
     loaded, metadata = cast(
         tuple[dict[str, Any], dict[str, Any]], mx.load(str(source), return_metadata=True)
@@ -245,11 +254,10 @@ class _DecodedOnRead(Mapping[str, Any]):
         return len(self._tensors)
 
 
-def _read_with_gguf(source: Path) -> tuple[_DecodedOnRead, dict[str, Any]]:
+def _read_with_gguf(reader: Any) -> tuple[_DecodedOnRead, dict[str, Any]]:
     import numpy as np
-    from gguf import GGUFReader, GGUFValueType
+    from gguf import GGUFValueType
 
-    reader = GGUFReader(str(source))
     metadata: dict[str, Any] = {}
     for field in reader.fields.values():
         if field.name.startswith("GGUF."):
