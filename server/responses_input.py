@@ -3,7 +3,9 @@ functions chat tools, and its knobs (`max_output_tokens`, `text.format`, `reason
 
 Invariants:
 - `developer` messages and `instructions` become `system` messages (templates drop roles they do
-  not know); the leading ones are merged into one, which is what every template renders.
+  not know); the leading ones are merged into one, which is what every template renders. Later
+  ones stay where they are: the chat renderer keeps them there where the template renders them,
+  else merges them into the leading one (engines/llm/templates.py).
 - Consecutive `function_call` items become one assistant message with `tool_calls` (the call
   following an assistant text joins it); a `function_call_output` becomes a `tool` message.
 - Past reasoning items are not put back into the prompt.

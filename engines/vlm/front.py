@@ -2,7 +2,8 @@
 
 It is a `ChatFront` (tokenizer, fit checks, counts) whose chat rendering keeps image parts:
 `{"type": "image"}` parts reach the chat template as they are, and the family's template writes
-its image placeholder there (the processor expands it on the engine thread). The token ids
+its image placeholder there (the processor expands it on the engine thread); system turns after
+the first message are placed as on the text path (engines/llm/templates.py). The token ids
 returned count each image as its placeholder only; the engine reports the expanded count in
 usage and refuses, with an in-stream error, a prompt whose images overflow the context.
 
@@ -17,7 +18,12 @@ from typing import Any
 
 from engines.errors import InvalidRequest, NoChatTemplate
 from engines.llm.front import ChatFront
-from engines.llm.templates import supports_tools
+from engines.llm.templates import (
+    apply_template,
+    render_placed,
+    supports_tools,
+    template_variables,
+)
 from engines.types import GenerationRequest
 
 
@@ -41,25 +47,17 @@ class VisionFront(ChatFront):
         tools: list[dict[str, Any]] | None = None,
         template_kwargs: dict[str, Any] | None = None,
     ) -> str:
+        """The prompt text; later system turns placed as engines/llm/templates.py places them."""
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise NoChatTemplate()
-        extra = {
-            key: value
-            for key, value in (template_kwargs or {}).items()
-            if key not in ("conversation", "tools", "tokenize", "add_generation_prompt")
-        }
+        extra = template_variables(template_kwargs)
         if tools and supports_tools(self.tokenizer):
             extra["tools"] = tools
-        try:
-            return str(
-                self.tokenizer.apply_chat_template(
-                    messages, tokenize=False, add_generation_prompt=True, **extra
-                )
-            )
-        except Exception as exc:  # the template's own `raise_exception`, or a Jinja error
-            raise InvalidRequest(
-                f"the model's chat template rejected the messages: {exc}", "messages"
-            ) from exc
+        return render_placed(
+            self.tokenizer,
+            messages,
+            lambda conversation: apply_template(self.tokenizer, conversation, extra),
+        )
 
     def check_grammar(self, grammar: str, param: str) -> None:
         raise InvalidRequest(

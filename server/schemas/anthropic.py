@@ -10,11 +10,15 @@ Spec: https://docs.anthropic.com/en/api/messages. Supported: `system` (a string 
 types (web search, bash, …: no schema to show the model) are left out. Anything else a block or
 tool asks for is a 400 naming the field.
 
-Invariants of the translation: every system text (top level first, then `system` messages in
-order; Claude Code's `x-anthropic-billing-header:` line dropped) becomes one leading system
-message, so templates that allow a single system turn work and a history that only grows keeps a
-stable prefix; a user turn's `tool_result` blocks become `tool`
-messages before its text; `tool_use` inputs become JSON-text arguments.
+Invariants of the translation: the top-level `system` is the leading system message and each
+`system` message stays a system message where it is (Claude Code's `x-anthropic-billing-header:`
+line dropped from both; one left empty adds no message). Where the model's template cannot render
+a system turn after the first message, the chat renderer merges it into the leading one
+(engines/llm/templates.py), the same for every turn of a conversation, so a history that only
+grows keeps a stable prefix; where it can, text that changes between sessions (Claude Code's
+environment: working directory, date) stays behind the system prompt and the tools block. A
+user turn's `tool_result` blocks become `tool` messages before its text; `tool_use` inputs
+become JSON-text arguments.
 """
 
 from __future__ import annotations
@@ -241,20 +245,25 @@ def chat_messages(
     system: str | list[TextBlock] | None, messages: list[InputMessage]
 ) -> list[dict[str, Any]]:
     """Chat messages for an Anthropic `system` and `messages` (see the module's invariants)."""
-    system_texts = [_system_text(system)] if system else []
-    turns: list[dict[str, Any]] = []
+    turns = _system_turns(system or "")
     for message in messages:
         if message.role == "system":
-            system_texts.append(_system_text(message.content))
+            turns.extend(_system_turns(message.content))
         elif message.role == "user":
             turns.extend(_user_turns(message.content))
         else:
             turns.append(_assistant_turn(message.content))
-    system_text = "\n\n".join(text for text in system_texts if text)
-    return ([{"role": "system", "content": system_text}] if system_text else []) + turns
+    return turns
 
 
 BILLING_LINE = "x-anthropic-billing-header:"
+
+
+def _system_turns(content: str | list[Any]) -> list[dict[str, Any]]:
+    """The system turn for `content`, or none where it has no text (Claude Code's billing line
+    alone, or its empty system message carrying `output_config`)."""
+    text = _system_text(content)
+    return [{"role": "system", "content": text}] if text else []
 
 
 def _system_text(content: str | list[Any]) -> str:

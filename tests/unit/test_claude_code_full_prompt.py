@@ -1,8 +1,8 @@
 """Claude Code 2.1.332's full requests (no `--bare`: its whole system prompt, 12 tools, its
-environment as a `system` message after the first user message), two turns of one session
-captured against mlxd on the real Qwen2.5-Coder-0.5B: both are accepted whole and streamed in
-order, the follow-up's prompt extends the first one's (so the prefix cache serves it), and the
-Read result reaches the prompt."""
+environment as a `system` message after the first user message, kept there), two turns of one
+session captured against mlxd on the real Qwen2.5-Coder-0.5B: both are accepted whole and
+streamed in order, the follow-up's prompt extends the first one's (so the prefix cache serves
+it), and the Read result reaches the prompt."""
 
 from __future__ import annotations
 
@@ -58,8 +58,10 @@ async def test_both_turns_are_served_and_the_follow_up_extends_the_first(
     assert len(engine.tools_seen or []) == len(FIRST["tools"]) == 12
     follow_up = await send(http, FOLLOW_UP, engine)
     # The environment `system` message (blocks in the first turn, a string in the follow-up)
-    # joins the leading system text the same way both times: the first prompt is a prefix.
+    # stays after the first user turn the same way both times: the first prompt is a prefix.
     assert follow_up.startswith(first)
-    assert first.startswith("<system>") and "# Environment" in first.split("<user>")[0]
+    system, after_user = first.split("<user>", 1)
+    assert system.startswith("<system>") and "Primary working directory" not in system
+    assert "<system># Environment\nYou have been invoked" in after_user
     assert "x-anthropic-billing-header" not in first
     assert "<tool>1\tThe secret word is: marmalade" in follow_up[len(first) :]

@@ -165,9 +165,11 @@ async def test_max_tokens_reached_is_the_stop_reason(claude: AsyncAnthropic) -> 
     assert message.stop_reason == "max_tokens"
 
 
-async def test_system_as_text_blocks_and_system_messages_lead_the_prompt(
+async def test_system_as_text_blocks_leads_and_system_messages_stay_in_place(
     http: httpx.AsyncClient, fake_engine: FakeEngine
 ) -> None:
+    """The fake renders every turn where it is (a template that takes later system turns; the
+    renderer merges them for one that does not: tests/engines/test_system_turns.py)."""
     body = messages_body(
         system=[
             {"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}},
@@ -184,7 +186,7 @@ async def test_system_as_text_blocks_and_system_messages_lead_the_prompt(
     response = await http.post(URL, json=body)
     assert response.status_code == 200, response.text
     assert prompt_of(fake_engine) == (
-        "<system>You are terse.\nAnswer in English.\n\ncwd: /tmp<user>hi\nthere"
+        "<system>You are terse.\nAnswer in English.<system>cwd: /tmp<user>hi\nthere"
     )
 
 
@@ -534,7 +536,21 @@ async def test_claude_codes_billing_line_is_not_in_the_prompt(
         response = await http.post("/v1/messages", json=body)
         assert response.status_code == 200, response.text
         prompts.append(prompt_of(fake_engine))
-    assert prompts[0] == prompts[1] == "<system>Be brief.\n\nEnvironment: linux<user>hi"
+    assert prompts[0] == prompts[1] == "<system>Be brief.<user>hi<system>Environment: linux"
+
+
+async def test_a_system_message_without_a_top_level_system_stays_in_place(
+    http: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    body = messages_body(
+        messages=[
+            {"role": "user", "content": "hi"},
+            {"role": "system", "content": [{"type": "text", "text": "Environment: linux"}]},
+        ]
+    )
+    response = await http.post(URL, json=body)
+    assert response.status_code == 200, response.text
+    assert prompt_of(fake_engine) == "<user>hi<system>Environment: linux"
 
 
 CLAUDE_CODE_2_1_332 = json.loads(
