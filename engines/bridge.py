@@ -6,8 +6,10 @@ Invariants:
 - When the reader is slower than the engine, consecutive TokenEvents of the same choice are merged
   on the next read (several tokens in one SSE chunk). The stream ends after one FinishEvent per
   choice, or at the first event whose class sets `ends_stream` (an ErrorEvent, a
-  transcription's TranscriptionDone).
+  transcription's TranscriptionDone); nothing queued after its last event is read.
 - `cancel` may be called from anywhere; the engine sees `cancelled` at its next step.
+- `fail` (on the loop) ends the stream with an ErrorEvent after what is already queued, without
+  waiting for the engine to see it cancelled (the server's drain at shutdown uses it).
 - The reader is woken at most once per batch of pushes (not once per token), and may ask for a
   minimum interval between deliveries: on fast devices the event loop's per-chunk work (JSON,
   SSE framing, socket writes) would otherwise compete with the engine thread for the GIL on
@@ -24,7 +26,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 
-from engines.types import Event, FinishEvent, TokenEvent
+from engines.types import ErrorEvent, Event, FinishEvent, TokenEvent
 
 
 class _LoopWaker:
@@ -105,6 +107,15 @@ class RequestStream:
         """Ask the engine to stop this sequence at its next step. Idempotent."""
         self._cancelled.set()
 
+    def fail(self, error: Exception) -> None:
+        """On the loop: end the stream with `error` after the events already queued, and cancel
+        it. A stream whose choices all finished first ends as it would have; what the engine
+        pushes after is never read."""
+        self.cancel()
+        with self._lock:
+            self._events.append(ErrorEvent(error))
+        self._ready.set()
+
     async def next_events(self) -> list[Event]:
         """Wait for and return everything queued, with consecutive TokenEvents merged."""
         while True:
@@ -137,6 +148,8 @@ class RequestStream:
                 elif getattr(event, "ends_stream", False):
                     self._finished = True
                 yield event
+                if self._finished:
+                    return
 
 
 def coalesced(events: list[Event]) -> list[Event]:

@@ -71,5 +71,14 @@ class EngineUnavailable(EngineError):
     """The engine is not running (still loading, stopped, or failed to load)."""
 
 
+class ShuttingDown(EngineUnavailable):
+    """The server is shutting down: it takes no new work, and work still running when its drain
+    period ends is stopped with this. Worth retrying (this server once restarted, or another)."""
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class EngineFailed(EngineError):
     """The engine hit an internal error while serving the request."""

@@ -10,6 +10,7 @@ Invariants:
 - `acquire*` either returns a loaded engine of the asked kind or raises before any work is
   queued. While a model is being unloaded (drained: its running requests finish), new requests
   for it wait and then load it again.
+- From `begin_drain` (the server is shutting down) on, `acquire*` raises ShuttingDown.
 - Names and aliases are unique across kinds.
 - A name that is neither is 404 (ModelNotFound), unless a default model is configured: then a
   request of the default model's kind is served by it (other kinds still get 404), so agents
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from engines.device_memory import check_fits
-from engines.errors import EngineUnavailable, ModelNotFound, WrongModelKind
+from engines.errors import EngineUnavailable, ModelNotFound, ShuttingDown, WrongModelKind
 from engines.kinds import CHAT, KINDS, Engine, EngineKind
 from engines.types import EngineStats
 
@@ -176,11 +177,15 @@ class EnginePool:
         except Exception as exc:  # a request for it retries and reports why
             logger.error("model %s could not be downloaded and loaded: %s", slot.spec.name, exc)
 
-    async def drain(self, timeout: float = 30.0) -> None:
-        """Refuse new work, let work in flight finish (up to `timeout`), then stop engines."""
+    def begin_drain(self) -> None:
+        """Refuse new work from now on (ShuttingDown); work in flight goes on. Idempotent."""
         self._draining = True
         if self._reaper is not None:
             self._reaper.cancel()
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Refuse new work, let work in flight finish (up to `timeout`), then stop engines."""
+        self.begin_drain()
         deadline = time.monotonic() + timeout
         while self.active and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -227,7 +232,7 @@ class EnginePool:
         """The slot's running engine, loading it first (once, however many ask at a time)."""
         while True:
             if self._draining:
-                raise EngineUnavailable(f"The model '{slot.spec.name}' is not available right now")
+                raise ShuttingDown("The server is shutting down and takes no new requests")
             if slot.unloading is not None:
                 await slot.unloading.wait()
                 continue

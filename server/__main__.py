@@ -314,12 +314,13 @@ def _serve(settings: object) -> int:
     import uvicorn
 
     from server.app import create_app, uvicorn_options
+    from server.drain import DrainingServer
     from server.settings import Settings
 
-    class Server(uvicorn.Server):
+    class Server(DrainingServer):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
-            """SIGTERM/SIGINT stop gracefully (work in flight finishes), then exit with status 0:
+            """SIGTERM/SIGINT stop gracefully (the drain: server.drain), then exit with status 0:
             uvicorn would re-raise the signal, and launchd/systemd count that death as a crash."""
             handled = (signal.SIGINT, signal.SIGTERM)
             previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
@@ -330,15 +331,16 @@ def _serve(settings: object) -> int:
                     signal.signal(sig, handler)
 
     assert isinstance(settings, Settings)
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         log_config=None,  # keep the handler and format `server.logs.configure` set up
         **uvicorn_options(settings),
     )
-    Server(config).run()
+    Server(config, app.state.drain).run()
     return 0
 
 

@@ -1,6 +1,7 @@
 """The app factory: `create_app(settings, pool=None)`.
 
-The lifespan starts the pool (loading models on their engine threads) and drains it at shutdown.
+The lifespan starts the pool (loading models on their engine threads) and stops it at shutdown;
+the drain before that starts with uvicorn's shutdown (`server.drain`, `app.state.drain`).
 Tests pass a pool of scripted fake engines; `__main__` builds the real one from settings.
 """
 
@@ -20,6 +21,7 @@ from engines.device_memory import chat_kv_bytes, usable_memory
 from engines.errors import ModelNotFound
 from engines.kinds import KINDS, detect_kind
 from engines.pool import EnginePool, ModelSpec
+from server.drain import Drain, backstop_s
 from server.errors import install_error_handlers
 from server.logs import RequestId
 from server.metrics import Metrics, RequestCounter
@@ -206,6 +208,7 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.pool = engine_pool
+    app.state.drain = Drain(engine_pool, settings.drain_timeout_s)
     app.state.metrics = Metrics(engine_pool)
     install_error_handlers(app)
     app.add_middleware(
@@ -236,9 +239,11 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """How uvicorn must run this app (shared by `mlxd serve` and the socket tests)."""
+    """How uvicorn must run this app (shared by `mlxd serve` and the socket tests), with
+    `server.drain.DrainingServer`."""
     return {
-        "timeout_graceful_shutdown": int(settings.drain_timeout_s) + 1,
+        # A backstop: the drain answers the work it cuts before this.
+        "timeout_graceful_shutdown": backstop_s(settings.drain_timeout_s),
         # Let oversized headers reach AccessControl, which answers 431 in OpenAI's shape.
         "h11_max_incomplete_event_size": settings.max_header_bytes * 2,
     }

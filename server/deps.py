@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from engines.pool import EnginePool
 from server.body import read_json_object, validate
+from server.drain import Drain
 from server.metrics import Metrics
 from server.response_store import ResponseStore
 from server.settings import Settings
@@ -33,6 +34,11 @@ def app_settings(request: Request) -> Settings:
 def app_pool(request: Request) -> EnginePool:
     pool: EnginePool = request.app.state.pool
     return pool
+
+
+def app_drain(request: Request) -> Drain:
+    drain: Drain = request.app.state.drain
+    return drain
 
 
 def app_metrics(request: Request) -> Metrics:

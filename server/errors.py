@@ -28,6 +28,7 @@ from engines.errors import (
     ModelNotFound,
     NoChatTemplate,
     Overloaded,
+    ShuttingDown,
 )
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ ERRORS: dict[type[EngineError], tuple[int, str, str | None]] = {
     KVBudgetExceeded: (400, "invalid_request_error", "kv_budget_exceeded"),
     Overloaded: (429, "rate_limit_error", "overloaded"),
     EngineUnavailable: (503, "server_error", "model_unavailable"),
+    ShuttingDown: (503, "server_error", "server_shutting_down"),
     EngineFailed: (500, "server_error", "engine_failed"),
 }
 # What to do instead, for engine errors that have an answer at this edge (engines know no URLs).

@@ -29,6 +29,8 @@ class EventSource(Protocol):
 
     def cancel(self) -> None: ...
 
+    def fail(self, error: Exception) -> None: ...
+
 
 @dataclass
 class CollectedChoice:

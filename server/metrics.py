@@ -141,7 +141,7 @@ class Metrics:
 
 
 class Observed:
-    """A RequestStream seen through the metrics: same events, same cancel."""
+    """A RequestStream seen through the metrics: same events, same cancel and fail."""
 
     def __init__(self, stream: RequestStream, model: str, metrics: Metrics) -> None:
         self._stream = stream
@@ -156,6 +156,9 @@ class Observed:
 
     def cancel(self) -> None:
         self._stream.cancel()
+
+    def fail(self, error: Exception) -> None:
+        self._stream.fail(error)
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self.events()

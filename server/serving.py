@@ -1,8 +1,11 @@
 """How every route serves engine streams, written once: a client that goes away cancels its
-work (499 when nothing was sent yet), an engine error becomes the route's error body, and a
-stream closed early — disconnect, shutdown, an error — cancels what it was reading.
+work (499 when nothing was sent yet), an engine error becomes the route's error body, a stream
+closed early — disconnect, shutdown, an error — cancels what it was reading, and work still
+running when the drain at shutdown is cut ends with ShuttingDown (`server.drain`), which the
+route answers like any engine error.
 
-Invariant: every stream handed to these helpers is read to its end or cancelled.
+Invariant: every stream handed to these helpers is read to its end or cancelled, and is
+tracked by the drain while it is read.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import TypeVar
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from server.deps import app_drain
 from server.errors import APIError, from_engine_error
 from server.generation import EventSource, unless_disconnected
 
@@ -26,7 +30,8 @@ async def collected_or_gone(
     request: Request, work: Awaitable[T], streams: list[EventSource], request_id: str
 ) -> T | Response:
     """`work`'s result, or a 499 when the client disconnected first (its streams cancelled)."""
-    result = await unless_disconnected(request, work, streams)
+    with app_drain(request).tracking(streams):
+        result = await unless_disconnected(request, work, streams)
     if result is None:
         logger.info("%s client disconnected; cancelled", request_id)
         return Response(status_code=499)
@@ -47,14 +52,15 @@ def error_response(
 
 
 async def cancel_on_close(
-    frames: AsyncIterator[F], streams: list[EventSource], request_id: str
+    request: Request, frames: AsyncIterator[F], streams: list[EventSource], request_id: str
 ) -> AsyncIterator[F]:
     """`frames` passed through; if they are not read to their end (the client went away, the
     server is stopping, the route stopped early), `streams` are cancelled."""
     ended = False
     try:
-        async for frame in frames:
-            yield frame
+        with app_drain(request).tracking(streams):
+            async for frame in frames:
+                yield frame
         ended = True
     finally:
         if not ended:

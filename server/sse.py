@@ -17,6 +17,7 @@ from typing import Any
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Message, Send
 
+from server.drain import backstop_s
 from server.settings import Settings
 
 SEP = "\r\n"  # sse-starlette's separator
@@ -102,11 +103,12 @@ def event_stream(
 ) -> EventSourceResponse:
     """The streaming response: a `keepalive` (by default a comment) every
     `keepalive_interval_s` (also while a long prompt is prefilled); streams in flight may finish
-    during the drain at shutdown."""
+    during the drain at shutdown, and one the drain cuts ends with its error event
+    (`server.drain`) before sse-starlette's own shutdown deadline would close it unended."""
     return _EventSourceResponse(
         events,
         headers=dict(headers),
         ping=settings.keepalive_interval_s,
         ping_message_factory=keepalive,
-        shutdown_grace_period=settings.drain_timeout_s,
+        shutdown_grace_period=backstop_s(settings.drain_timeout_s),
     )

@@ -111,7 +111,7 @@ async def _handle(request: Request, settings: Settings, pool: EnginePool, task: 
         streamed,
     )
     if streamed:
-        events = cancel_on_close(_stream_events(stream, request_id), [stream], request_id)
+        events = cancel_on_close(request, _stream_events(stream, request_id), [stream], request_id)
         return sse.event_stream(events, headers, settings)
     outcome = await collected_or_gone(request, _collect(stream), [stream], request_id)
     if isinstance(outcome, Response):

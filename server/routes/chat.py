@@ -59,7 +59,7 @@ async def create_chat_completion(
         chunks = _stream_chunks(
             stream, generation, chat.model, chat.include_usage, interval, outputs
         )
-        events = cancel_on_close(chunks, [stream], request_id)
+        events = cancel_on_close(request, chunks, [stream], request_id)
         return sse.event_stream(events, headers, settings)
     collected = await collected_or_gone(request, collect(stream), [stream], request_id)
     if isinstance(collected, Response):

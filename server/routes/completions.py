@@ -120,7 +120,7 @@ async def create_completion(
     ]
     if completion.stream:
         chunks = _stream_chunks(request_id, completion, texts, generations, streams, settings)
-        events = cancel_on_close(chunks, streams, request_id)
+        events = cancel_on_close(request, chunks, streams, request_id)
         return sse.event_stream(events, headers, settings)
     return await _complete(request, request_id, completion, texts, streams, headers)
 

@@ -65,7 +65,7 @@ async def create_message(
     if message.stream:
         interval = settings.stream_interval_ms / 1000
         frames = _stream_events(stream, prepared, message.model, blocks, interval)
-        guarded = cancel_on_close(frames, [stream], prepared.request_id)
+        guarded = cancel_on_close(request, frames, [stream], prepared.request_id)
         return sse.event_stream(guarded, headers, settings, keepalive=_ping)
     collected = await collected_or_gone(request, collect(stream), [stream], prepared.request_id)
     if isinstance(collected, Response):

@@ -163,7 +163,7 @@ async def create_response(
         heartbeat = settings.keepalive_interval_s
         frames = run.events(stream, interval, heartbeat)
         return sse.event_stream(
-            cancel_on_close(frames, [stream], draft.response_id), headers, settings
+            cancel_on_close(request, frames, [stream], draft.response_id), headers, settings
         )
     collected = await collected_or_gone(request, collect(stream), [stream], draft.response_id)
     if isinstance(collected, Response):

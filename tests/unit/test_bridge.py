@@ -6,7 +6,8 @@ import threading
 import time
 
 from engines.bridge import RequestStream
-from engines.types import FinishEvent, TokenEvent, Usage
+from engines.errors import ShuttingDown
+from engines.types import ErrorEvent, FinishEvent, TokenEvent, Usage
 
 
 async def test_tokens_of_different_choices_are_never_merged() -> None:
@@ -28,6 +29,24 @@ async def test_stream_ends_after_every_choice_finished() -> None:
     stream.push(FinishEvent("length", Usage(1, 1), 1))
     events = [event async for event in stream]
     assert [type(e).__name__ for e in events] == ["FinishEvent", "TokenEvent", "FinishEvent"]
+
+
+async def test_fail_ends_the_stream_after_what_is_queued_and_cancels_it() -> None:
+    stream = RequestStream("r")
+    stream.push(TokenEvent("a", [1]))
+    stream.fail(ShuttingDown("stopping"))
+    stream.push(TokenEvent("b", [2]))  # the engine, before it saw the cancellation
+    events = [event async for event in stream]
+    assert [type(e).__name__ for e in events] == ["TokenEvent", "ErrorEvent"]
+    assert isinstance(events[1], ErrorEvent) and isinstance(events[1].error, ShuttingDown)
+    assert stream.cancelled
+
+
+async def test_fail_after_every_choice_finished_changes_nothing() -> None:
+    stream = RequestStream("r")
+    stream.push(FinishEvent("stop", Usage(1, 0)))
+    stream.fail(ShuttingDown("stopping"))
+    assert [type(e).__name__ for e in [event async for event in stream]] == ["FinishEvent"]
 
 
 async def test_paced_delivery_merges_tokens_and_loses_none() -> None:
