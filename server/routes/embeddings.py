@@ -116,11 +116,14 @@ async def token_inputs(
                 code="invalid_value",
             )
         if len(tokens) > room and not cut:
+            # `truncate` is an /v1/embeddings field; a rerank query cannot be cut.
+            hint = (
+                ' (send "truncate": true to cut inputs to that length)' if param == "input" else ""
+            )
             raise APIError(
                 400,
                 f"{name} is {len(tokens) + info.max_tokens - room} tokens long; "
-                f"'{info.name}' takes at most {info.max_tokens} (send \"truncate\": true to cut "
-                "inputs to that length)",
+                f"'{info.name}' takes at most {info.max_tokens}{hint}",
                 param=param,
                 code="context_length_exceeded",
             )

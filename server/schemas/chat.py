@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from engines.types import TokenLogprob
+from server.body import check_json_text
 from server.schemas.common import SamplingFields, Strict
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -43,6 +44,23 @@ class ChatMessage(Strict):
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = Field(None, validate_default=True)
     refusal: str | None = None
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _calls_are_function_objects(
+        cls, value: list[dict[str, Any]] | None
+    ) -> list[dict[str, Any]] | None:
+        """Chat templates read each call's `function` as an object and parse its `arguments`
+        when they are a JSON string: anything else there is refused here, not met there.
+        Otherwise as lenient as before (a missing name or non-JSON arguments pass through)."""
+        for index, call in enumerate(value or []):
+            function = call.get("function", {})
+            if not isinstance(function, dict):
+                raise ValueError(f"tool_calls[{index}].function must be an object")
+            arguments = function.get("arguments")
+            if isinstance(arguments, str):
+                check_json_text(arguments, f"tool_calls[{index}].function.arguments")
+        return value
 
     @field_validator("tool_call_id")
     @classmethod

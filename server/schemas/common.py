@@ -57,7 +57,8 @@ class SamplingFields(Strict):
     @classmethod
     def _bias_keys_and_range(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key, bias in (value or {}).items():
-            if not key.isdigit():
+            # ASCII digits only: str.isdigit() also takes '²' (which int() refuses) and '٣'.
+            if not (key.isascii() and key.isdigit()):
                 raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
             if not -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT:
                 raise ValueError(f"logit_bias values must be in [-100, 100], got {bias}")

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from server.body import check_json_text
 from server.errors import APIError, loc_to_param
 from server.schemas.common import Strict
 
@@ -101,6 +102,13 @@ class FunctionCallItem(Strict):
     id: str | None = None
     status: str | None = None
     namespace: str | None = None
+
+    @field_validator("arguments")
+    @classmethod
+    def _arguments_nest_within_limit(cls, value: str) -> str:
+        """The chat templates parse the arguments (server/body.py `check_json_text`)."""
+        check_json_text(value, "arguments")
+        return value
 
 
 class FunctionCallOutputItem(Strict):
@@ -227,7 +235,7 @@ class ResponseCreateRequest(Strict):
                 functions.append(_checked(FunctionTool, raw, param))
             elif kind == "namespace":
                 functions += _namespace_functions(_checked(NamespaceTool, raw, param), param)
-            elif kind not in HOSTED_TOOL_TYPES:
+            elif not isinstance(kind, str) or kind not in HOSTED_TOOL_TYPES:
                 raise APIError(
                     400,
                     f"Unknown tool type {kind!r}",
@@ -293,7 +301,7 @@ def _parse_item(index: int, raw: Any) -> InputItem:
         )
     content = raw.get("content") if kind == "message" else None
     for part_index, part in enumerate(content if isinstance(content, list) else []):
-        if isinstance(part, dict) and part.get("type") in UNSUPPORTED_PARTS:
+        if isinstance(part, dict) and _type_name(part) in UNSUPPORTED_PARTS:
             raise APIError(
                 400,
                 f"Content of type {part['type']!r} is not supported by this server",
@@ -305,11 +313,18 @@ def _parse_item(index: int, raw: Any) -> InputItem:
     return item
 
 
+def _type_name(raw: dict[str, Any]) -> str | None:
+    """`raw["type"]` when it is a string (a list or object there is no type: looked up in a set
+    it would raise; left to the item's own validation, which names it)."""
+    kind = raw.get("type")
+    return kind if isinstance(kind, str) else None
+
+
 def _namespace_functions(namespace: NamespaceTool, param: str) -> list[FunctionTool]:
     functions = []
     for index, raw in enumerate(namespace.tools):
         inner = f"{param}.tools[{index}]"
-        if isinstance(raw, dict) and raw.get("type") in HOSTED_TOOL_TYPES:
+        if isinstance(raw, dict) and _type_name(raw) in HOSTED_TOOL_TYPES:
             continue  # a custom (free-form grammar) tool inside a namespace: not offered
         function = _checked(FunctionTool, raw, inner)
         qualified = f"{namespace.name}{NAMESPACE_SEPARATOR}{function.name}"

@@ -1,0 +1,193 @@
+"""Hostile request bodies found by fuzzing a live server (schemathesis and hand-written probes):
+each is a clear 4xx in the route's own error shape, never a 500, a traceback or a dropped
+connection. Scripted fake engines; the real engine's chat templates, which some of these values
+used to reach and crash, are behind the checks tested here."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from starlette.types import Message
+
+from engines.pool import EnginePool
+from server.app import create_app
+from server.body import MAX_JSON_DEPTH
+from server.settings import Settings
+from tests.fake_embed import FakeEmbedEngine
+from tests.fakes import FakeEngine
+from tests.helpers import HELLO, assert_openai_error, chat_body
+
+DEEP = "[" * 100_000 + "]" * 100_000  # past what Python's json parser can recurse into
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    pool = EnginePool([FakeEngine(context_length=4096), FakeEmbedEngine()])
+    app = create_app(Settings(max_body_bytes=1024 * 1024), pool)
+    await pool.start()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        yield client
+    await pool.drain(timeout=1)
+
+
+def nested(depth: int) -> Any:
+    """A JSON value `depth` levels deep (arrays)."""
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def assert_anthropic_error(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
+    message: str = body["error"]["message"]
+    return message
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions"]
+)
+async def test_a_body_too_deep_to_parse_is_400(http: httpx.AsyncClient, path: str) -> None:
+    content = '{"model": "fake", "metadata": ' + DEEP + "}"
+    response = await http.post(path, content=content)
+    error = assert_openai_error(response, 400, code="json_too_deep")
+    assert f"more than {MAX_JSON_DEPTH} levels" in error["message"]
+
+
+async def test_a_body_too_deep_to_parse_is_an_anthropic_400_on_messages(
+    http: httpx.AsyncClient,
+) -> None:
+    response = await http.post("/v1/messages", content='{"model": "fake", "x": ' + DEEP + "}")
+    assert "levels deep" in assert_anthropic_error(response, 400)
+
+
+async def test_nesting_is_refused_past_the_limit_and_served_up_to_it(
+    http: httpx.AsyncClient,
+) -> None:
+    """A value inside a tool's parameters sits 5 levels down the body, so one `MAX_JSON_DEPTH - 5`
+    levels deep makes the body exactly `MAX_JSON_DEPTH` deep. A few hundred levels more still
+    parse, but then `json.dumps` of the tools in a chat template hit the recursion limit."""
+
+    def body(depth: int) -> dict[str, Any]:
+        function = {"name": "f", "parameters": {"type": "object", "x": nested(depth)}}
+        return chat_body(tools=[{"type": "function", "function": function}])
+
+    fits = await http.post("/v1/chat/completions", json=body(MAX_JSON_DEPTH - 5))
+    assert fits.status_code == 200, fits.text
+    deeper = await http.post("/v1/chat/completions", json=body(MAX_JSON_DEPTH - 4))
+    assert_openai_error(deeper, 400, code="json_too_deep")
+
+
+@pytest.mark.parametrize("function", [[], "f", 5, None])
+async def test_an_assistant_tool_call_whose_function_is_no_object_is_400(
+    http: httpx.AsyncClient, function: Any
+) -> None:
+    call = {"id": "call_1", "type": "function", "function": function}
+    messages = [{"role": "assistant", "tool_calls": [call]}, *HELLO]
+    response = await http.post("/v1/chat/completions", json=chat_body(messages=messages))
+    error = assert_openai_error(response, 400, param="messages[0].tool_calls")
+    assert "tool_calls[0].function must be an object" in error["message"]
+
+
+async def test_tool_call_arguments_nested_too_deep_are_400(http: httpx.AsyncClient) -> None:
+    """Templates parse a call's arguments: a JSON text too deep to parse (or to dump again
+    after parsing) is refused like a body that deep, naming the field."""
+    for arguments in (DEEP, json.dumps({"a": nested(MAX_JSON_DEPTH + 1)})):
+        call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}
+        messages = [{"role": "assistant", "tool_calls": [call]}, *HELLO]
+        response = await http.post("/v1/chat/completions", json=chat_body(messages=messages))
+        assert_openai_error(response, 400, param="messages[0].tool_calls")
+        items = [
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": arguments},
+            {"type": "function_call_output", "call_id": "c", "output": "ok"},
+        ]
+        response = await http.post("/v1/responses", json={"model": "fake", "input": items})
+        assert_openai_error(response, 400, param="input[0].arguments")
+    # Arguments that are no JSON at all still pass through as text (templates keep them).
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "[" * 200}}
+    messages = [{"role": "assistant", "tool_calls": [call]}, *HELLO]
+    response = await http.post("/v1/chat/completions", json=chat_body(messages=messages))
+    assert response.status_code == 200, response.text
+
+
+PART_TYPE = "input[0].content[0].type"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": [{"role": "user", "content": [{"type": ["input_text"]}]}]}, PART_TYPE),
+        ({"input": [{"role": "user", "content": [{"type": {"a": 1}}]}]}, PART_TYPE),
+        ({"tools": [{"type": ["function"], "name": "f"}]}, "tools[0].type"),
+        ({"tools": [{"type": {"a": 1}, "name": "f"}]}, "tools[0].type"),
+        (
+            {"tools": [{"type": "namespace", "name": "n", "description": "d",
+                        "tools": [{"type": ["custom"], "name": "f"}]}]},
+            "tools[0].tools[0].type",
+        ),
+    ],
+)  # fmt: skip
+async def test_responses_types_that_are_lists_or_objects_are_400(
+    http: httpx.AsyncClient, body: dict[str, Any], param: str
+) -> None:
+    response = await http.post("/v1/responses", json={"model": "fake", "input": "hi", **body})
+    assert_openai_error(response, 400, param=param)
+
+
+@pytest.mark.parametrize("key", ["\u00b2", "\u0663", "1\u00b9"])  # '²', Arabic-Indic 3, '1¹'
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+async def test_logit_bias_keys_must_be_ascii_digits(
+    http: httpx.AsyncClient, key: str, path: str
+) -> None:
+    prompt = {"messages": HELLO} if "chat" in path else {"prompt": "hi"}
+    body = {"model": "fake", "logit_bias": {key: 1}, **prompt}
+    response = await http.post(path, json=body)
+    assert_openai_error(response, 400, param="logit_bias")
+
+
+async def test_a_client_gone_before_its_body_arrived_is_a_499_not_a_server_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Starlette raises ClientDisconnect from the body stream; it used to reach the catch-all
+    handler (an ERROR with its traceback, a 500 in the metrics) and be re-raised to uvicorn."""
+    pool = EnginePool([FakeEngine()])
+    app = create_app(Settings(), pool)
+    await pool.start()
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+                    (b"content-length", b"100")],
+    }  # fmt: skip
+    with caplog.at_level(logging.ERROR):
+        await app(scope, receive, send)
+    await pool.drain(timeout=1)
+    assert sent[0]["status"] == 499
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_rerank_query_too_long_names_no_embeddings_only_field(
+    http: httpx.AsyncClient,
+) -> None:
+    body = {"model": "fake-embed", "query": "a " * 40, "documents": ["a"]}
+    response = await http.post("/v1/rerank", json=body)
+    error = assert_openai_error(response, 400, param="query", code="context_length_exceeded")
+    assert "truncate" not in error["message"]
