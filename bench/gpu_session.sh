@@ -11,6 +11,8 @@
 #   gemma_concurrency  8 streams, mlxd vs mlx_lm.server vs raw BatchGenerator (issue 21)
 #   gemma_prefix       warm-prefix TTFT on a 3,000-token agent history, mlxd vs mlx_lm.server
 #   decode             single stream, mlxd vs raw mlx-lm (9 runs x 256 tokens)
+#   decode_unfused     the same with MLXD_FUSE_PROJECTIONS=0 (the layers as mlx-lm builds them)
+#   fused              one stream of raw mlx-lm's loop, layers fused vs not (bench/fused_step.py)
 #   concurrency        8 and 32 streams, mlxd vs mlx_lm.server vs raw BatchGenerator
 #   burst_cold         32-stream bursts on a fresh engine without the kernel warm-up (bench/burst.py)
 #   burst8             8 streams x 512 tokens on the engine in-process (no HTTP), 3 rounds
@@ -78,7 +80,7 @@ if [ -z "$tokenizer" ]; then
   tokenizer=.gpu/c/tok
   [ -f "$tokenizer/tokenizer.json" ] || tokenizer=$HOME/.cache/mlxd/models/smollm2-135m-instruct
 fi
-steps=${STEPS:-probe llama_model gemma_model tts_model tts gemma_concurrency gemma_prefix decode concurrency burst_cold burst8 engine_paths burst_warm c256 c256_repeat c256_batch256 c256_profile c8_profile compiled placement graph_limits decode_pinned vision speculative distributed embeddings_model embeddings embeddings_baseline}
+steps=${STEPS:-probe llama_model gemma_model tts_model tts gemma_concurrency gemma_prefix decode decode_unfused fused concurrency burst_cold burst8 engine_paths burst_warm c256 c256_repeat c256_batch256 c256_profile c8_profile compiled placement graph_limits decode_pinned vision speculative distributed embeddings_model embeddings embeddings_baseline}
 minilm=${EMBEDDING_SHAPE_DIR:-.gpu/c/minilm}
 
 rm -rf "$work" && mkdir -p "$work/results" "$work/logs" "$work/home" "$out"
@@ -297,6 +299,12 @@ step gemma_prefix 180 "$gemma/tokenizer_config.json" \
   "$py" bench/prefix.py --model "$gemma" "${prefix_args[@]}" --out "$work/results/gemma_prefix.json"
 step decode 240 "$llama/tokenizer_config.json" \
   "$py" bench/decode.py --model "$llama" "${decode_args[@]}" --out "$work/results/decode.json"
+step decode_unfused 240 "$llama/tokenizer_config.json" \
+  env MLXD_FUSE_PROJECTIONS=0 "$py" bench/decode.py --model "$llama" "${decode_args[@]}" \
+  --out "$work/results/decode_unfused.json"
+step fused 150 "$llama/tokenizer_config.json" \
+  "$py" bench/fused_step.py --model "$llama" "${compiled_args[@]}" \
+  --out "$work/results/fused.json"
 step concurrency 180 "$llama/tokenizer_config.json" \
   "$py" bench/concurrency.py --model "$llama" "${concurrency_args[@]}" \
   --out "$work/results/concurrency.json"

@@ -24,6 +24,8 @@ from engines.llm.detokenize import TokenBytes
 from engines.llm.disk_cache import DiskPrefixCache, model_identity
 from engines.llm.disk_worker import DiskWorker
 from engines.llm.front import ChatFront
+from engines.llm.fused_projections import fusion_pays
+from engines.llm.fused_projections import install as install_fused_projections
 from engines.llm.limits import PassShape, prefill_peak_bytes, size_limits
 from engines.llm.prefix_cache import PrefixCache
 from engines.llm.quantized_cache import install as install_quantized_kv
@@ -199,8 +201,13 @@ class LLMEngine(EngineThread, ChatFront):
         )
 
     def load_checkpoint(self) -> tuple[Any, Any, dict[str, Any]]:
-        """The model, tokenizer and config (a distributed engine loads its shard instead)."""
-        return _load_checkpoint(self.path)
+        """The model, tokenizer and config (a distributed engine loads its shard instead), its
+        projections fused where kernels launch one by one (engines/llm/fused_projections.py)."""
+        model, tokenizer, config = _load_checkpoint(self.path)
+        if self.limits.fuse_projections and fusion_pays():
+            fused = install_fused_projections(model)
+            logger.info("engine %s: projections fused in %d layers", self.name, fused)
+        return model, tokenizer, config
 
     def _read_tokenizer(self, tokenizer: Any, config: dict[str, Any]) -> None:
         """Set the front's tokenizer facts (before any request can be accepted)."""

@@ -1,0 +1,139 @@
+"""Fewer kernels per decode step on a GPU: a layer's query, key and value projections as one
+matrix product, its gate and up projections as one, and the rotary embedding of its queries and
+keys as one call.
+
+A small model's decode step on a GPU is bound by the host's work per kernel, not by the chip
+(docs/benchmarks.md: on an H200 a 1B model's single stream runs at the same pace whether or not
+Python builds the graph). mlx-lm's Llama and Qwen2 layers launch ~17 kernels each for one token;
+fusing the projections (concatenating their weights along the output axis) and rotating the
+queries and keys in one call launches 13.
+
+What is computed is the same model: each output of a fused product is the dot product of the
+same weight row with the same input, and rotary embeddings act on each head alone. Whether the
+GPU's matrix kernels sum in the same order for a wider output is the kernel's choice, so logits
+may differ from the unfused layers in the last bits (measured by `bench/fused_step.py`).
+
+`install(model)` replaces the attention and MLP modules of the layers whose classes are exactly
+the ones read for this (`FUSABLE`); any other layer, a projection with its own options (LoRA,
+mixed quantization, a different input size) or a layer whose modules were already replaced, is
+left as it is. It runs on the engine thread right after load, before any cache exists; the
+engine calls it only where kernels are launched one by one (not on the CPU, whose steps are
+rewritten by engines/llm/cpu_decode.py instead) and not on a sharded model.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.activations import swiglu
+
+# Modules whose Attention and MLP were read for this: projections q/k/v/o and gate/up/down,
+# attention = mlx-lm's `scaled_dot_product_attention` of the module, MLP = down(swiglu(gate, up)).
+FUSABLE = frozenset({"mlx_lm.models.llama", "mlx_lm.models.qwen2"})
+
+
+def _fused_linear(parts: list[nn.Module]) -> nn.Module | None:
+    """One layer computing `parts` side by side, or None if they cannot be joined."""
+    first = parts[0]
+    kinds = {type(part) for part in parts}
+    if len(kinds) != 1 or kinds.pop() not in (nn.Linear, nn.QuantizedLinear):
+        return None
+    names = sorted(first.keys())
+    if any(sorted(part.keys()) != names for part in parts):
+        return None  # a bias on some and not others
+    if isinstance(first, nn.QuantizedLinear) and any(
+        (part.group_size, part.bits, part.mode) != (first.group_size, first.bits, first.mode)
+        for part in parts
+    ):
+        return None
+    arrays = {name: [part[name] for part in parts] for name in names}
+    if any(not isinstance(values[0], mx.array) for values in arrays.values()):
+        return None
+    if any(len({v.shape[1:] for v in values}) != 1 for values in arrays.values()):
+        return None  # different input sizes
+    fused = copy.copy(first)  # the same options (quantization, bias); new arrays below
+    for name, values in arrays.items():
+        fused[name] = mx.concatenate(values, axis=0)
+    return fused
+
+
+class FusedAttention(nn.Module):
+    """mlx-lm's Llama/Qwen2 attention with one q/k/v product and one rotary call."""
+
+    def __init__(self, attention: nn.Module, qkv: nn.Module, module_name: str) -> None:
+        super().__init__()
+        self.n_heads = attention.n_heads
+        self.n_kv_heads = attention.n_kv_heads
+        self.scale = attention.scale
+        self.qkv_proj = qkv
+        self.o_proj = attention.o_proj
+        self.rope = attention.rope
+        self._module = sys.modules[module_name]  # looked up per call: patched attention wins
+
+    def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
+        batch, length, _ = x.shape
+        heads, kv_heads = self.n_heads, self.n_kv_heads
+        qkv = self.qkv_proj(x).reshape(batch, length, heads + 2 * kv_heads, -1)
+        qkv = qkv.transpose(0, 2, 1, 3)
+        rotated = qkv[:, : heads + kv_heads]
+        values = qkv[:, heads + kv_heads :]
+        # Queries and keys rotate by the same positions: one call for both.
+        rotated = self.rope(rotated, offset=cache.offset if cache is not None else 0)
+        queries, keys = rotated[:, :heads], rotated[:, heads:]
+        if cache is not None:
+            keys, values = cache.update_and_fetch(keys, values)
+        output = self._module.scaled_dot_product_attention(
+            queries, keys, values, cache=cache, scale=self.scale, mask=mask
+        )
+        return self.o_proj(output.transpose(0, 2, 1, 3).reshape(batch, length, -1))
+
+
+class FusedMLP(nn.Module):
+    """down(swiglu(gate, up)) with gate and up from one product."""
+
+    def __init__(self, mlp: nn.Module, gate_up: nn.Module) -> None:
+        super().__init__()
+        self.gate_up_proj = gate_up
+        self.down_proj = mlp.down_proj
+
+    def __call__(self, x: mx.array) -> mx.array:
+        gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
+        return self.down_proj(swiglu(gate, up))
+
+
+def fusion_pays() -> bool:
+    """Whether this thread's device launches kernels one by one (a GPU). The CPU backend's steps
+    are bound by arithmetic, and engines/llm/cpu_decode.py rewrites them instead."""
+    return bool(mx.default_device() != mx.cpu)
+
+
+def install(model: nn.Module) -> int:
+    """Fuse the projections of every fusable layer of `model`; the number of layers fused."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, list):
+        return 0
+    fused = 0
+    for layer in layers:
+        attention: Any = getattr(layer, "self_attn", None)
+        mlp: Any = getattr(layer, "mlp", None)
+        module_name = type(attention).__module__
+        if (
+            module_name not in FUSABLE
+            or type(attention) is not sys.modules[module_name].Attention
+            or type(mlp) is not sys.modules[module_name].MLP
+        ):
+            continue
+        qkv = _fused_linear([attention.q_proj, attention.k_proj, attention.v_proj])
+        gate_up = _fused_linear([mlp.gate_proj, mlp.up_proj])
+        if qkv is None or gate_up is None:
+            continue
+        layer.self_attn = FusedAttention(attention, qkv, module_name)
+        layer.mlp = FusedMLP(mlp, gate_up)
+        fused += 1
+    if fused:
+        mx.eval(model.parameters())  # the joined weights now; the separate ones are freed
+    return fused

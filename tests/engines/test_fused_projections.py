@@ -1,0 +1,139 @@
+"""engines/llm/fused_projections.py: a model whose projections are fused computes what mlx-lm's
+own layers compute, through prompt, decode and batched caches, quantized or not, to float
+rounding (a wider matrix product may sum in another order: OpenBLAS does on prompts) and to the
+same greedy tokens; layers it was not written for are left as they are."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
+
+from engines.llm import engine as engine_module
+from engines.llm.engine import LLMEngine
+from engines.llm.fused_projections import FusedAttention, FusedMLP, install
+from engines.types import GenerationRequest, SamplingParams
+from tests.families import tiny_family
+from tests.helpers import PROMPT, reference_greedy, run
+from tests.tiny import tiny_model
+
+
+def greedy_logits(model: Any, prompt: list[int], steps: int) -> tuple[list[mx.array], list[int]]:
+    """The prompt's last logits, then each greedy step's, and the greedy tokens."""
+    cache = make_prompt_cache(model)
+    logits = model(mx.array([prompt]), cache=cache)[:, -1]
+    out, tokens = [logits], []
+    for _ in range(steps):
+        token = mx.argmax(logits, axis=-1)
+        tokens.append(int(token.item()))
+        logits = model(token[:, None], cache=cache)[:, -1]
+        out.append(logits)
+    mx.eval(out)
+    return out, tokens
+
+
+def assert_same_model(plain: Any, fused: Any, steps: int) -> None:
+    expected, expected_tokens = greedy_logits(plain, PROMPT, steps)
+    got, tokens = greedy_logits(fused, PROMPT, steps)
+    assert tokens == expected_tokens
+    for want, have in zip(expected, got, strict=True):
+        assert mx.allclose(want, have, rtol=1e-5, atol=1e-5).item()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_fused_layers_compute_what_mlx_lm_layers_compute(arch: str) -> None:
+    plain, fused = tiny_model(arch), tiny_model(arch)
+    assert install(fused) == len(fused.model.layers) == 2
+    for layer in fused.model.layers:
+        assert type(layer.self_attn) is FusedAttention and type(layer.mlp) is FusedMLP
+        assert "q_proj" not in layer.self_attn and "gate_proj" not in layer.mlp
+    assert_same_model(plain, fused, 8)
+
+
+def test_left_padded_batch_with_per_row_offsets() -> None:
+    """mlx-lm's BatchKVCache: rows of different lengths, offsets an array (the rotary call
+    rotates queries and keys of every row at that row's position)."""
+    plain, fused = tiny_model("llama"), tiny_model("llama")
+    install(fused)
+    prompts = [PROMPT, PROMPT[5:]]
+    padding = [0, 5]
+    batch = mx.array([[0] * pad + prompt for pad, prompt in zip(padding, prompts, strict=True)])
+    results = []
+    for model in (plain, fused):
+        cache = [BatchKVCache(padding) for _ in model.model.layers]
+        logits = model(batch, cache=cache)
+        steps = [logits]
+        for _ in range(4):
+            token = mx.argmax(logits[:, -1], axis=-1)
+            logits = model(token[:, None], cache=cache)
+            steps.append(logits)
+        results.append(mx.stack([step[:, -1] for step in steps]))
+    assert mx.allclose(results[0], results[1], rtol=1e-5, atol=1e-5).item()
+    assert mx.array_equal(mx.argmax(results[0], -1), mx.argmax(results[1], -1)).item()
+
+
+def test_quantized_projections_fuse_to_the_same_output() -> None:
+    plain, fused = tiny_model("qwen2"), tiny_model("qwen2")
+    for model in (plain, fused):
+        nn.quantize(model, group_size=32, bits=4)
+    assert install(fused) == 2
+    assert isinstance(fused.model.layers[0].self_attn.qkv_proj, nn.QuantizedLinear)
+    assert_same_model(plain, fused, 4)
+
+
+def test_differently_quantized_projections_are_left_alone() -> None:
+    """A mixed quantization (8-bit values next to 4-bit queries) cannot share one product."""
+    model = tiny_model("llama")
+    nn.quantize(
+        model,
+        group_size=32,
+        bits=4,
+        class_predicate=lambda path, module: (
+            isinstance(module, nn.Linear) and not path.endswith("v_proj")
+        ),
+    )
+    nn.quantize(model, group_size=32, bits=8)  # what is still float: the value projections
+    attention = model.model.layers[0].self_attn
+    assert (attention.q_proj.bits, attention.v_proj.bits) == (4, 8)
+    assert install(model) == 0
+    assert "q_proj" in model.model.layers[0].self_attn
+
+
+@pytest.mark.parametrize("family", ["phi3", "gemma3_text"])
+def test_other_families_are_left_alone(family: str) -> None:
+    model = tiny_family(family)
+    before = [type(layer.self_attn) for layer in model.model.layers]
+    assert install(model) == 0
+    assert [type(layer.self_attn) for layer in model.model.layers] == before
+
+
+def test_engine_with_fused_projections_decodes_mlx_lm_tokens(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine fuses at load where fusion pays (a GPU; forced here) and still decodes
+    exactly mlx-lm's greedy tokens, alone and in a batch."""
+    monkeypatch.setattr(engine_module, "fusion_pays", lambda: True)
+
+    async def scenario() -> None:
+        engine = LLMEngine("tiny", tiny_model_dir, prefill_chunk=16)
+        engine.start()
+        try:
+            await engine.wait_loaded()
+            assert engine.scheduler is not None
+            layers = engine.scheduler.model.model.layers
+            assert all(type(layer.self_attn) is FusedAttention for layer in layers)
+            request = GenerationRequest("r", PROMPT, 12, SamplingParams(temperature=0.0))
+            expected = reference_greedy(engine, 12)
+            _, alone, _ = await run(engine, request)
+            together = await asyncio.gather(run(engine, request), run(engine, request))
+            assert alone == expected
+            assert [tokens for _, tokens, _ in together] == [expected, expected]
+        finally:
+            engine.stop()
+
+    asyncio.run(scenario())
