@@ -6,7 +6,8 @@ A small model's decode step on a GPU is bound by the host's work per kernel, not
 (docs/benchmarks.md: on an H200 a 1B model's single stream runs at the same pace whether or not
 Python builds the graph). mlx-lm's Llama and Qwen2 layers launch ~17 kernels each for one token;
 fusing the projections (concatenating their weights along the output axis) and rotating the
-queries and keys in one call launches 13.
+queries and keys in one call launches 13. Qwen3 and Gemma 3 normalise query and key heads with
+weights of their own, so their queries and keys still rotate apart (14 of 18).
 
 What is computed is the same model: each output of a fused product is the dot product of the
 same weight row with the same input, and rotary embeddings act on each head alone. Whether the
@@ -25,15 +26,28 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.activations import swiglu
 
-# Modules whose Attention and MLP were read for this: projections q/k/v/o and gate/up/down,
-# attention = mlx-lm's `scaled_dot_product_attention` of the module, MLP = down(swiglu(gate, up)).
-FUSABLE = frozenset({"mlx_lm.models.llama", "mlx_lm.models.qwen2"})
+
+def _gelu_gate(gate: mx.array, up: mx.array) -> mx.array:
+    return nn.gelu_approx(gate) * up  # as gemma3_text's MLP computes it
+
+
+# Modules whose Attention and MLP were read for this, with their MLP's activation: attention
+# projects q/k/v from one input, optionally normalises the query and key heads (q_norm, k_norm),
+# rotates them at `cache.offset`, calls the module's `scaled_dot_product_attention` and projects
+# with o_proj; the MLP is down(activation(gate, up)).
+FUSABLE: dict[str, Callable[[mx.array, mx.array], mx.array]] = {
+    "mlx_lm.models.llama": swiglu,
+    "mlx_lm.models.qwen2": swiglu,
+    "mlx_lm.models.qwen3": swiglu,
+    "mlx_lm.models.gemma3_text": _gelu_gate,
+}
 
 
 def _fused_linear(parts: list[nn.Module]) -> nn.Module | None:
@@ -62,7 +76,8 @@ def _fused_linear(parts: list[nn.Module]) -> nn.Module | None:
 
 
 class FusedAttention(nn.Module):
-    """mlx-lm's Llama/Qwen2 attention with one q/k/v product and one rotary call."""
+    """The attention of a `FUSABLE` module with one q/k/v product; queries and keys rotated in
+    one call where no per-head norm tells them apart."""
 
     def __init__(self, attention: nn.Module, qkv: nn.Module, module_name: str) -> None:
         super().__init__()
@@ -72,18 +87,25 @@ class FusedAttention(nn.Module):
         self.qkv_proj = qkv
         self.o_proj = attention.o_proj
         self.rope = attention.rope
+        self.normed = "q_norm" in attention
+        if self.normed:
+            self.q_norm, self.k_norm = attention.q_norm, attention.k_norm
         self._module = sys.modules[module_name]  # looked up per call: patched attention wins
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
         batch, length, _ = x.shape
         heads, kv_heads = self.n_heads, self.n_kv_heads
         qkv = self.qkv_proj(x).reshape(batch, length, heads + 2 * kv_heads, -1)
-        qkv = qkv.transpose(0, 2, 1, 3)
-        rotated = qkv[:, : heads + kv_heads]
-        values = qkv[:, heads + kv_heads :]
-        # Queries and keys rotate by the same positions: one call for both.
-        rotated = self.rope(rotated, offset=cache.offset if cache is not None else 0)
-        queries, keys = rotated[:, :heads], rotated[:, heads:]
+        offset = cache.offset if cache is not None else 0
+        if self.normed:
+            queries = self.q_norm(qkv[:, :, :heads]).transpose(0, 2, 1, 3)
+            keys = self.k_norm(qkv[:, :, heads : heads + kv_heads]).transpose(0, 2, 1, 3)
+            queries, keys = self.rope(queries, offset=offset), self.rope(keys, offset=offset)
+        else:
+            # Queries and keys rotate by the same positions: one call for both.
+            rotated = self.rope(qkv[:, :, : heads + kv_heads].transpose(0, 2, 1, 3), offset=offset)
+            queries, keys = rotated[:, :heads], rotated[:, heads:]
+        values = qkv[:, :, heads + kv_heads :].transpose(0, 2, 1, 3)
         if cache is not None:
             keys, values = cache.update_and_fetch(keys, values)
         output = self._module.scaled_dot_product_attention(
@@ -93,16 +115,22 @@ class FusedAttention(nn.Module):
 
 
 class FusedMLP(nn.Module):
-    """down(swiglu(gate, up)) with gate and up from one product."""
+    """down(activation(gate, up)) with gate and up from one product."""
 
-    def __init__(self, mlp: nn.Module, gate_up: nn.Module) -> None:
+    def __init__(
+        self,
+        mlp: nn.Module,
+        gate_up: nn.Module,
+        activation: Callable[[mx.array, mx.array], mx.array],
+    ) -> None:
         super().__init__()
         self.gate_up_proj = gate_up
         self.down_proj = mlp.down_proj
+        self._activation = activation
 
     def __call__(self, x: mx.array) -> mx.array:
         gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
-        return self.down_proj(swiglu(gate, up))
+        return self.down_proj(self._activation(gate, up))
 
 
 def fusion_pays() -> bool:
@@ -113,7 +141,8 @@ def fusion_pays() -> bool:
 
 def install(model: nn.Module) -> int:
     """Fuse the projections of every fusable layer of `model`; the number of layers fused."""
-    layers = getattr(getattr(model, "model", None), "layers", None)
+    inner = getattr(model, "language_model", model)  # a multimodal wrapper's text model
+    layers = getattr(getattr(inner, "model", None), "layers", None)
     if not isinstance(layers, list):
         return 0
     fused = 0
@@ -132,7 +161,7 @@ def install(model: nn.Module) -> int:
         if qkv is None or gate_up is None:
             continue
         layer.self_attn = FusedAttention(attention, qkv, module_name)
-        layer.mlp = FusedMLP(mlp, gate_up)
+        layer.mlp = FusedMLP(mlp, gate_up, FUSABLE[module_name])
         fused += 1
     if fused:
         mx.eval(model.parameters())  # the joined weights now; the separate ones are freed

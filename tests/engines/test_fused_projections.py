@@ -12,6 +12,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
+from mlx.utils import tree_flatten
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
 from engines.llm import engine as engine_module
@@ -42,7 +43,7 @@ def assert_same_model(plain: Any, fused: Any, steps: int) -> None:
     got, tokens = greedy_logits(fused, PROMPT, steps)
     assert tokens == expected_tokens
     for want, have in zip(expected, got, strict=True):
-        assert mx.allclose(want, have, rtol=1e-5, atol=1e-5).item()
+        assert mx.allclose(want, have, rtol=1e-4, atol=1e-4).item()
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -73,7 +74,7 @@ def test_left_padded_batch_with_per_row_offsets() -> None:
             logits = model(token[:, None], cache=cache)
             steps.append(logits)
         results.append(mx.stack([step[:, -1] for step in steps]))
-    assert mx.allclose(results[0], results[1], rtol=1e-5, atol=1e-5).item()
+    assert mx.allclose(results[0], results[1], rtol=1e-4, atol=1e-4).item()
     assert mx.array_equal(mx.argmax(results[0], -1), mx.argmax(results[1], -1)).item()
 
 
@@ -104,7 +105,26 @@ def test_differently_quantized_projections_are_left_alone() -> None:
     assert "q_proj" in model.model.layers[0].self_attn
 
 
-@pytest.mark.parametrize("family", ["phi3", "gemma3_text"])
+@pytest.mark.parametrize("family", ["qwen3", "gemma3_text"])
+def test_families_with_normalised_heads(family: str) -> None:
+    """Qwen3 and Gemma 3 normalise query and key heads apart (Gemma 3: GELU-gated MLP, sliding
+    window caches on most layers)."""
+    plain, fused = tiny_family(family), tiny_family(family)
+    # Head norms of their own (built as ones: a swapped pair would go unnoticed).
+    norms = [
+        (name, 1 + 0.5 * mx.random.normal(value.shape, key=mx.random.key(i)))
+        for i, (name, value) in enumerate(tree_flatten(plain.parameters()))
+        if name.endswith(("q_norm.weight", "k_norm.weight"))
+    ]
+    assert norms
+    for model in (plain, fused):
+        model.load_weights(norms, strict=False)
+    assert install(fused) == len(fused.model.layers)
+    assert all(layer.self_attn.normed for layer in fused.model.layers)
+    assert_same_model(plain, fused, 8)
+
+
+@pytest.mark.parametrize("family", ["phi3", "starcoder2"])
 def test_other_families_are_left_alone(family: str) -> None:
     model = tiny_family(family)
     before = [type(layer.self_attn) for layer in model.model.layers]
