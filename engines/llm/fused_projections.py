@@ -160,9 +160,10 @@ def install(model: nn.Module) -> int:
         gate_up = _fused_linear([mlp.gate_proj, mlp.up_proj])
         if qkv is None or gate_up is None:
             continue
+        # Joined now, layer by layer: the separate weights are freed as each layer's modules
+        # are replaced, so memory peaks at the model plus one layer's projections.
+        mx.eval(qkv.parameters(), gate_up.parameters())
         layer.self_attn = FusedAttention(attention, qkv, module_name)
         layer.mlp = FusedMLP(mlp, gate_up, FUSABLE[module_name])
         fused += 1
-    if fused:
-        mx.eval(model.parameters())  # the joined weights now; the separate ones are freed
     return fused
