@@ -39,6 +39,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from engines.llm.caches import CacheProfile
 from engines.llm.cpu_decode import decode_step
 from engines.llm.cpu_decode import install as install_cpu_decode
+from engines.llm.fused_projections import install as install_fused_projections
 from engines.llm.ragged_cache import RaggedKVCache
 from engines.llm.sequence import Choice
 from engines.llm.speculative import (
@@ -74,15 +75,20 @@ class DraftModel:
         self._drafted = 0  # K of the last proposal: each drafting row fed K - 1 drafts
 
     @classmethod
-    def load(cls, path: Path, vocab: int, cpu_decode: bool = False) -> DraftModel:
+    def load(
+        cls, path: Path, vocab: int, cpu_decode: bool = False, fuse: bool = False
+    ) -> DraftModel:
         """Load the draft model at `path` (on the calling thread: the engine thread); refuse one
         whose caches cannot drop rejected drafts or whose logits are not `vocab` wide. With
         `cpu_decode` (the target decodes with the CPU rewrites) the draft uses them too, where
         its family allows: on a CPU its one-token passes cost mostly rotary embeddings and
-        attention, as the target's do."""
+        attention, as the target's do. With `fuse` (the target's projections are fused, on a
+        GPU) the draft's are too: its one-token passes are bound by kernels launched."""
         from engines.weights.checkpoint import load_checkpoint
 
         model = load_checkpoint(path)[0]
+        if fuse:
+            install_fused_projections(model)
         probe = make_prompt_cache(model)
         width = model(mx.array([[0, 1]]), cache=probe).shape[-1]
         profile = CacheProfile.of(probe)

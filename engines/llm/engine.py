@@ -68,6 +68,7 @@ class LLMEngine(EngineThread, ChatFront):
         self.prefill_bucket = prefill_bucket or 0  # 0: chosen for the device at load
         self.scheduler: Scheduler | None = None
         self.warmup = WarmUp(name, 0)  # replaced at load
+        self.fused_layers = 0  # layers whose projections were fused at load
         self.counters = Counters()  # kept across unload (final stats)
 
     # -- event loop side ---------------------------------------------------------------------
@@ -205,8 +206,8 @@ class LLMEngine(EngineThread, ChatFront):
         projections fused where kernels launch one by one (engines/llm/fused_projections.py)."""
         model, tokenizer, config = _load_checkpoint(self.path)
         if self.limits.fuse_projections and fusion_pays():
-            fused = install_fused_projections(model)
-            logger.info("engine %s: projections fused in %d layers", self.name, fused)
+            self.fused_layers = install_fused_projections(model)
+            logger.info("engine %s: projections fused in %d layers", self.name, self.fused_layers)
         return model, tokenizer, config
 
     def _read_tokenizer(self, tokenizer: Any, config: dict[str, Any]) -> None:
@@ -259,6 +260,7 @@ class LLMEngine(EngineThread, ChatFront):
             pipelined=not on_cpu,
             # cpu_decode's rewrites assume plain KV caches filled in lockstep.
             cpu_decode=on_cpu and profile.plain and install_cpu_decode(model),
+            fused_projections=self.fused_layers > 0,
             speculative=self.limits.speculative,
             speculative_tokens=self.limits.speculative_tokens or DEFAULT_DRAFT_TOKENS,
         )

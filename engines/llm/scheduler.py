@@ -110,7 +110,9 @@ class Scheduler:
             drafter = PromptLookup()
         elif config.speculative:
             vocab = model(mx.array([[0]])).shape[-1]  # a lazy pass: only its shape is read
-            draft = DraftModel.load(Path(config.speculative), vocab, config.cpu_decode)
+            draft = DraftModel.load(
+                Path(config.speculative), vocab, config.cpu_decode, config.fused_projections
+            )
             drafter = self.draft_model = draft
         self.batch = DecodeBatch(
             model, cpu_decode=config.cpu_decode, drafter=drafter, coast=config.coast

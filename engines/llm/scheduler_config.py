@@ -27,6 +27,7 @@ class SchedulerConfig:
     # pipelined, DecodeBatch.coasting.
     coast: bool = False
     cpu_decode: bool = False  # build steps inside cpu_decode.decode_step
+    fused_projections: bool = False  # the model's projections are fused: fuse a draft model's too
     # "prompt_lookup": rows draft from their own text; else a draft model's directory.
     speculative: str | None = None
     speculative_tokens: int = DEFAULT_DRAFT_TOKENS  # most tokens a row drafts per step

@@ -18,7 +18,7 @@ from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 from engines.llm import engine as engine_module
 from engines.llm.engine import LLMEngine
 from engines.llm.fused_projections import FusedAttention, FusedMLP, install
-from engines.types import GenerationRequest, SamplingParams
+from engines.types import ChatLimits, GenerationRequest, SamplingParams
 from tests.families import tiny_family
 from tests.helpers import PROMPT, reference_greedy, run
 from tests.tiny import tiny_model
@@ -132,21 +132,27 @@ def test_other_families_are_left_alone(family: str) -> None:
     assert [type(layer.self_attn) for layer in model.model.layers] == before
 
 
+@pytest.mark.parametrize("draft", [False, True], ids=["plain", "draft-model"])
 def test_engine_with_fused_projections_decodes_mlx_lm_tokens(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, draft: bool
 ) -> None:
-    """The engine fuses at load where fusion pays (a GPU; forced here) and still decodes
-    exactly mlx-lm's greedy tokens, alone and in a batch."""
+    """The engine fuses at load where fusion pays (a GPU; forced here), a draft model's layers
+    too, and still decodes exactly mlx-lm's greedy tokens, alone and in a batch."""
     monkeypatch.setattr(engine_module, "fusion_pays", lambda: True)
+    limits = ChatLimits(speculative=str(tiny_model_dir), speculative_tokens=4) if draft else None
 
     async def scenario() -> None:
-        engine = LLMEngine("tiny", tiny_model_dir, prefill_chunk=16)
+        engine = LLMEngine("tiny", tiny_model_dir, prefill_chunk=16, limits=limits)
         engine.start()
         try:
             await engine.wait_loaded()
             assert engine.scheduler is not None
-            layers = engine.scheduler.model.model.layers
-            assert all(type(layer.self_attn) is FusedAttention for layer in layers)
+            models = [engine.scheduler.model]
+            if draft:
+                assert engine.scheduler.draft_model is not None
+                models.append(engine.scheduler.draft_model.model)
+            for model in models:
+                assert all(type(layer.self_attn) is FusedAttention for layer in model.model.layers)
             request = GenerationRequest("r", PROMPT, 12, SamplingParams(temperature=0.0))
             expected = reference_greedy(engine, 12)
             _, alone, _ = await run(engine, request)
