@@ -7,7 +7,8 @@ A small model's decode step on a GPU is bound by the host's work per kernel, not
 Python builds the graph). mlx-lm's Llama and Qwen2 layers launch ~17 kernels each for one token;
 fusing the projections (concatenating their weights along the output axis) and rotating the
 queries and keys in one call launches 13. Qwen3 and Gemma 3 normalise query and key heads with
-weights of their own, so their queries and keys still rotate apart (14 of 18).
+weights of their own, so their queries and keys still rotate apart (14 of 18); Qwen3-MoE's
+layers fuse their attention and leave the experts as they are.
 
 What is computed is the same model: each output of a fused product is the dot product of the
 same weight row with the same input, and rotary embeddings act on each head alone. Whether the
@@ -46,6 +47,7 @@ FUSABLE: dict[str, Callable[[mx.array, mx.array], mx.array]] = {
     "mlx_lm.models.llama": swiglu,
     "mlx_lm.models.qwen2": swiglu,
     "mlx_lm.models.qwen3": swiglu,
+    "mlx_lm.models.qwen3_moe": swiglu,  # its dense layers' MLP; the experts stay as they are
     "mlx_lm.models.gemma3_text": _gelu_gate,
 }
 
@@ -140,7 +142,9 @@ def fusion_pays() -> bool:
 
 
 def install(model: nn.Module) -> int:
-    """Fuse the projections of every fusable layer of `model`; the number of layers fused."""
+    """Fuse the projections of every fusable layer of `model` (its attention, and its MLP where
+    the layer has the module's plain MLP rather than a mixture of experts); the number of
+    layers whose attention was fused."""
     inner = getattr(model, "language_model", model)  # a multimodal wrapper's text model
     layers = getattr(getattr(inner, "model", None), "layers", None)
     if not isinstance(layers, list):
@@ -148,22 +152,21 @@ def install(model: nn.Module) -> int:
     fused = 0
     for layer in layers:
         attention: Any = getattr(layer, "self_attn", None)
-        mlp: Any = getattr(layer, "mlp", None)
         module_name = type(attention).__module__
-        if (
-            module_name not in FUSABLE
-            or type(attention) is not sys.modules[module_name].Attention
-            or type(mlp) is not sys.modules[module_name].MLP
-        ):
+        if module_name not in FUSABLE or type(attention) is not sys.modules[module_name].Attention:
             continue
         qkv = _fused_linear([attention.q_proj, attention.k_proj, attention.v_proj])
-        gate_up = _fused_linear([mlp.gate_proj, mlp.up_proj])
-        if qkv is None or gate_up is None:
+        if qkv is None:
             continue
         # Joined now, layer by layer: the separate weights are freed as each layer's modules
         # are replaced, so memory peaks at the model plus one layer's projections.
-        mx.eval(qkv.parameters(), gate_up.parameters())
+        mx.eval(qkv.parameters())
         layer.self_attn = FusedAttention(attention, qkv, module_name)
-        layer.mlp = FusedMLP(mlp, gate_up, FUSABLE[module_name])
         fused += 1
+        mlp: Any = getattr(layer, "mlp", None)
+        if type(mlp) is sys.modules[module_name].MLP:
+            gate_up = _fused_linear([mlp.gate_proj, mlp.up_proj])
+            if gate_up is not None:
+                mx.eval(gate_up.parameters())
+                layer.mlp = FusedMLP(mlp, gate_up, FUSABLE[module_name])
     return fused

@@ -124,6 +124,15 @@ def test_families_with_normalised_heads(family: str) -> None:
     assert_same_model(plain, fused, 8)
 
 
+def test_mixture_of_experts_layers_fuse_their_attention() -> None:
+    """Qwen3-MoE: attention fused; the sparse expert block (no gate/up pair) stays."""
+    plain, fused = tiny_family("qwen3_moe"), tiny_family("qwen3_moe")
+    assert install(fused) == len(fused.model.layers)
+    assert all(type(layer.self_attn) is FusedAttention for layer in fused.model.layers)
+    assert not any(type(layer.mlp) is FusedMLP for layer in fused.model.layers)
+    assert_same_model(plain, fused, 8)
+
+
 @pytest.mark.parametrize("family", ["phi3", "starcoder2"])
 def test_other_families_are_left_alone(family: str) -> None:
     model = tiny_family(family)
