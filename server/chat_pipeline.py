@@ -66,7 +66,8 @@ async def count_prompt_tokens(pool: EnginePool, chat: ChatCompletionRequest) -> 
     tools, messages = template_inputs(chat)
     await collect_images(messages, ImagePolicy.from_env())
     engine = await pool.acquire(chat.model, CHAT)
-    return len(engine.encode_chat(messages, tools, template_kwargs(chat, engine)))
+    kwargs = template_kwargs(chat, engine)
+    return len(await asyncio.to_thread(engine.encode_chat, messages, tools, kwargs))
 
 
 async def prepare_chat(
@@ -106,7 +107,10 @@ async def prepare_chat(
         # Compiling checks the grammar against the tokenizer (no MLX; the first one builds
         # llguidance's tokenizer, a pass over the whole vocabulary): off the event loop.
         await asyncio.to_thread(engine.check_grammar, grammar, grammar_param)
-    prompt = engine.encode_chat(messages, tools, template_kwargs(chat, engine))
+    # Rendering and tokenizing (no MLX: any thread) off the event loop: a prompt near the body
+    # limit takes seconds, which would stall every other request and stream meanwhile.
+    kwargs = template_kwargs(chat, engine)
+    prompt = await asyncio.to_thread(engine.encode_chat, messages, tools, kwargs)
     info = engine.info
     think_tags = info.think_tags if info and info.reasoning else None
     # Whether the template left the block open (its tags are a few tokens at most).

@@ -1,9 +1,10 @@
-"""ChatFront: the half of a chat engine that runs on the event loop and never calls MLX.
+"""ChatFront: the half of a chat engine that runs off the engine thread and never calls MLX.
 
 Tokenizer, chat templates, fit checks, grammar compilation, request validation and admission
-counting. Everything here is pure Python over values the engine thread set once at load
-(`tokenizer`, `info`, `vocab_size`, `profile`, `kv_budget_bytes`, `max_batch`); after that they
-are only read.
+counting, called from the event loop (the server runs the slow ones, tokenizing a prompt and
+compiling a grammar, in worker threads). Everything here is pure Python over values the engine
+thread set once at load (`tokenizer`, `info`, `vocab_size`, `profile`, `kv_budget_bytes`,
+`max_batch`); after that they are only read.
 
 Invariants: `submit`-side checks raise before anything is queued; the counts (`active`,
 `queued`) change only under `_counts_lock` (the event loop adds, the engine thread releases).

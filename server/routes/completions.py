@@ -6,6 +6,7 @@ Choice indices follow OpenAI: prompt p's choice i has index p * n + i.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -90,7 +91,8 @@ async def create_completion(
     texts: list[str] = []
     generations: list[GenerationRequest] = []
     for position, prompt in enumerate(prompts):
-        text, tokens = _encode(engine, completion, prompt)
+        # Off the event loop (tokenizer only, no MLX): a long prompt takes seconds.
+        text, tokens = await asyncio.to_thread(_encode, engine, completion, prompt)
         max_tokens = engine.check_fits(len(tokens), completion.max_tokens, param="prompt")
         texts.append(text)
         generations.append(

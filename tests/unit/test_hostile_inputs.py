@@ -5,8 +5,10 @@ used to reach and crash, are behind the checks tested here."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -191,3 +193,57 @@ async def test_a_rerank_query_too_long_names_no_embeddings_only_field(
     response = await http.post("/v1/rerank", json=body)
     error = assert_openai_error(response, 400, param="query", code="context_length_exceeded")
     assert "truncate" not in error["message"]
+
+
+class SlowTokenizerEngine(FakeEngine):
+    """A chat engine whose tokenizer takes as long as the test wants (a prompt near the body
+    limit takes seconds to render and tokenize): `entered` is set when it starts, and it
+    records whether the test released it (`released`) or it gave up waiting."""
+
+    def __init__(self) -> None:
+        super().__init__(context_length=4096)
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.released: list[bool] = []
+
+    def _slow(self) -> None:
+        self.entered.set()
+        self.released.append(self.release.wait(timeout=2))
+
+    def encode_chat(self, *args: Any, **kwargs: Any) -> list[int]:
+        self._slow()
+        return super().encode_chat(*args, **kwargs)
+
+    def encode_text(self, text: str) -> list[int]:
+        self._slow()
+        return super().encode_text(text)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", chat_body()),
+        ("/v1/completions", {"model": "fake", "prompt": "hi", "max_tokens": 1}),
+        ("/v1/responses", {"model": "fake", "input": "hi"}),
+        ("/v1/messages/count_tokens", {"model": "fake", "messages": HELLO}),
+    ],
+)
+async def test_tokenizing_a_prompt_does_not_stall_other_requests(
+    path: str, body: dict[str, Any]
+) -> None:
+    """While one request's prompt is tokenized, /health (and every stream) is still served:
+    tokenizing runs in a worker thread. On the event loop it held everything up: a 15 MB
+    prompt stalled /health for 7 s on a 2-core machine."""
+    engine = SlowTokenizerEngine()
+    pool = EnginePool([engine])
+    await pool.start()
+    transport = httpx.ASGITransport(app=create_app(Settings(), pool))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        slow = asyncio.create_task(client.post(path, json=body))
+        assert await asyncio.to_thread(engine.entered.wait, 2)
+        health = await client.get("/health")
+        engine.release.set()
+        response = await slow
+    await pool.drain(timeout=1)
+    assert health.status_code == 200
+    assert response.status_code == 200, response.text
+    assert engine.released == [True]  # it waited for the test, not for its own timeout
