@@ -13,12 +13,15 @@ import mlx.core as mx
 import mlx.nn as nn
 import pytest
 from mlx.utils import tree_flatten
+from mlx_lm import load
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
 from engines.llm import engine as engine_module
 from engines.llm.engine import LLMEngine
 from engines.llm.fused_projections import FusedAttention, FusedMLP, install
 from engines.types import ChatLimits, GenerationRequest, SamplingParams
+from tests.engines import test_quantized_kv as quantized_kv_tests
+from tests.engines import test_speculative as speculative_tests
 from tests.families import tiny_family
 from tests.helpers import PROMPT, reference_greedy, run
 from tests.tiny import tiny_model
@@ -172,3 +175,45 @@ def test_engine_with_fused_projections_decodes_mlx_lm_tokens(
             engine.stop()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["in-order", "pipelined"])
+def test_speculative_passes_over_fused_layers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pipelined: bool
+) -> None:
+    """Prompt lookup's verification passes (several new tokens per row, ragged caches) over
+    fused layers give what they give over mlx-lm's: a mixed batch, request by request."""
+    monkeypatch.setattr(speculative_tests.scheduler_module, "ARRIVAL_QUIET_S", 0.0)
+    plain_model, tokenizer = load(str(speculative_tests.plain_llama_dir(tmp_path / "llama")))
+    fused_model, _ = load(str(tmp_path / "llama"))
+    install(fused_model)
+    results = []
+    for model in (plain_model, fused_model):
+        sched = speculative_tests.scheduler(
+            (model, tokenizer), "prompt_lookup", pipelined=pipelined
+        )
+        sinks = speculative_tests.serve(sched, speculative_tests.mixed_requests())
+        assert sched.counters.accepted_drafts > 0
+        results.append([sink.tokens for sink in sinks])
+    assert results[0] == results[1]
+
+
+def test_quantized_kv_over_fused_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """8-bit KV caches fed by the fused layers' keys and values (views of one product) hold
+    what the unfused layers' would: the same greedy tokens."""
+    model_dir = quantized_kv_tests.quantizable_model_dir(tmp_path / "tiny-qkv")
+    limits = ChatLimits(kv_bits=8, kv_group_size=quantized_kv_tests.GROUP)
+    request = GenerationRequest("r", PROMPT, 16, SamplingParams(temperature=0.0))
+
+    async def tokens(fuse: bool) -> list[int]:
+        monkeypatch.setattr(engine_module, "fusion_pays", lambda: fuse)
+        engine = LLMEngine("tiny", model_dir, prefill_chunk=16, limits=limits)
+        engine.start()
+        try:
+            await engine.wait_loaded()
+            assert engine.fused_layers == (2 if fuse else 0)
+            return (await run(engine, request))[1]
+        finally:
+            engine.stop()
+
+    assert asyncio.run(tokens(True)) == asyncio.run(tokens(False))

@@ -30,16 +30,21 @@ PROMPTS = [[(5 * i + 3 * j) % 240 + 7 for j in range(18 + 7 * i)] for i in range
 TOKENS = 10
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def quantizable_model_dir(directory: Path) -> Path:
+    """tests/tiny.py's llama with heads of GROUP dimensions (MLX quantizes groups of 32 up)."""
     config = {**tiny_config("llama"), "head_dim": GROUP}
     mx.random.seed(3)
     model = Model(ModelArgs.from_dict(config))
     head = model.lm_head.weight
     model.lm_head.weight = mx.random.normal(head.shape, key=mx.random.key(4))
-    directory = save_model_dir(model, "llama", tmp_path_factory.mktemp("qkv") / "tiny-qkv")
+    directory = save_model_dir(model, "llama", directory)
     (directory / "config.json").write_text(json.dumps(config))
     return directory
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return quantizable_model_dir(tmp_path_factory.mktemp("qkv") / "tiny-qkv")
 
 
 @pytest.fixture(params=[8, 4], ids=["8bit", "4bit"])
