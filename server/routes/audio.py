@@ -18,6 +18,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.types import Message
 
 from engines.asr.audio import AudioDecodeError, content_frames, decode_audio, log_mel
@@ -146,7 +147,12 @@ async def _read_form(request: Request, max_audio_bytes: int) -> tuple[dict[str, 
         return {"type": "http.request", "body": raw, "more_body": False}
 
     parsed = Request(request.scope, receive=replay)
-    form = await parsed.form(max_files=1, max_fields=MAX_FORM_FIELDS)
+    try:
+        form = await parsed.form(max_files=1, max_fields=MAX_FORM_FIELDS)
+    except HTTPException as exc:  # Starlette's multipart parser: no boundary, bad parts, limits
+        raise APIError(
+            400, f"Invalid multipart/form-data body: {exc.detail}", code="invalid_multipart"
+        ) from None
     try:
         fields: dict[str, Any] = {}
         audio: bytes | None = None

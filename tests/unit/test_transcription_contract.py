@@ -172,6 +172,31 @@ async def test_missing_file_and_wrong_content_type(http: httpx.AsyncClient) -> N
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.parametrize(
+    ("content_type", "content", "reason"),
+    [
+        ("multipart/form-data", b"x", "Missing boundary"),
+        ("multipart/form-data; boundary=x", b'--x\r\nContent-Disposition: form-data\r\n\r\nv\r\n'
+         b"--x--\r\n", '"name" must be provided'),
+        ("multipart/form-data; boundary=x",
+         b'--x\r\nContent-Disposition: form-data; name="model"; filename="m"\r\n\r\nv\r\n'
+         b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nv\r\n'
+         b"--x--\r\n", "Too many files"),
+    ],
+)  # fmt: skip
+async def test_a_malformed_multipart_body_is_a_400_saying_so(
+    http: httpx.AsyncClient, content_type: str, content: bytes, reason: str
+) -> None:
+    """Starlette's own parser errors used to come out as `http_error` with the URL appended."""
+    response = await http.post(
+        "/v1/audio/transcriptions", content=content, headers={"content-type": content_type}
+    )
+    error = assert_openai_error(response, 400, None)
+    assert error["code"] == "invalid_multipart"
+    assert error["message"].startswith("Invalid multipart/form-data body: ")
+    assert reason in error["message"]
+
+
 async def test_too_long_audio_is_400(http: httpx.AsyncClient) -> None:
     minute_and_more = encode(silence(61), "ogg", "libopus", rate=48000)
     response = await http.post(
