@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from engines.errors import EngineError
 from engines.kinds import CHAT, ChatEngine
 from engines.llm.call_grammars import grammar_format, grammar_tags, tool_call_grammar
 from engines.llm.chat_formats import DEFAULT_FORMAT
@@ -26,7 +28,7 @@ from engines.pool import EnginePool
 from engines.types import GenerationRequest, ImageInput
 from server import logs
 from server.chat_output import ChoiceOutput
-from server.errors import APIError
+from server.errors import APIError, from_engine_error
 from server.generation import check_limits
 from server.images import ImagePolicy, collect_images, first_image_param
 from server.reasoning import opened_in_prompt, thinking_kwargs
@@ -49,6 +51,34 @@ class PreparedChat:
     @property
     def request_id(self) -> str:
         return self.generation.request_id
+
+
+@contextmanager
+def errors_named(names: Mapping[str, str]) -> Iterator[None]:
+    """Errors raised inside — validating or preparing the chat request a front end built from
+    its own request — name the front end's fields (`names`: chat's → its own, by whole param
+    or by the part before the first `[`): the `param`, and the message where it quotes the
+    param or starts with it. A client sees the fields it sent, not the chat request's."""
+    try:
+        yield
+    except EngineError as exc:
+        raise _renamed(from_engine_error(exc), names) from None
+    except APIError as exc:
+        raise _renamed(exc, names) from None
+
+
+def _renamed(error: APIError, names: Mapping[str, str]) -> APIError:
+    param = error.param
+    if param is None:
+        return error
+    own = names.get(param) or names.get(param.partition("[")[0])
+    if own is None:
+        return error
+    message = error.message.replace(f"'{param}'", f"'{own}'")
+    if message.startswith(f"{param} "):
+        message = own + message[len(param) :]
+    error.param, error.message = own, message
+    return error
 
 
 def template_inputs(

@@ -27,7 +27,7 @@ from engines.types import ErrorEvent, FinishEvent, TokenEvent
 from server import sse
 from server.body import read_json_object, validate
 from server.chat_output import ChoiceOutput
-from server.chat_pipeline import PreparedChat, count_prompt_tokens, prepare_chat
+from server.chat_pipeline import PreparedChat, count_prompt_tokens, errors_named, prepare_chat
 from server.deps import MetricsDep, PoolDep, SettingsDep
 from server.errors import APIError, anthropic_error_body, from_engine_error, loc_to_param
 from server.generation import EventSource, collect
@@ -47,6 +47,14 @@ router = APIRouter()
 M = TypeVar("M", bound=BaseModel)
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
+# The chat request's fields as a Messages request names them, for errors.
+CHAT_PARAMS = {
+    "stop": "stop_sequences",
+    "max_completion_tokens": "max_tokens",
+    "response_format": "output_config.format",
+    "response_format.json_schema": "output_config.format",
+    "response_format.json_schema.schema": "output_config.format.schema",
+}
 
 
 @router.post("/v1/messages", openapi_extra=documented_body(MessagesRequest))
@@ -55,10 +63,11 @@ async def create_message(
 ) -> Response:
     body = await read_json_object(request, settings.max_body_bytes)
     message = _validated(MessagesRequest, body)
-    chat = validate(ChatCompletionRequest, message.chat_body())
-    prepared = await prepare_chat(
-        pool, settings, chat, f"msg_{uuid.uuid4().hex}", clamp_max_tokens=True
-    )
+    with errors_named(CHAT_PARAMS):
+        chat = validate(ChatCompletionRequest, message.chat_body())
+        prepared = await prepare_chat(
+            pool, settings, chat, f"msg_{uuid.uuid4().hex}", clamp_max_tokens=True
+        )
     headers = response_headers(prepared.request_id, body, MessagesRequest, IGNORED_FIELDS)
     stream = metrics.observe(prepared.engine.submit(prepared.generation), prepared.engine.name)
     blocks = MessageBlocks(message.thinking_shown())
@@ -87,8 +96,9 @@ async def count_tokens(request: Request, settings: SettingsDep, pool: PoolDep) -
     """The prompt's length in tokens as `/v1/messages` would render it (template and tools)."""
     body = await read_json_object(request, settings.max_body_bytes)
     counted = _validated(CountTokensRequest, body)
-    chat = validate(ChatCompletionRequest, counted.chat_body())
-    return {"input_tokens": await count_prompt_tokens(pool, chat)}
+    with errors_named(CHAT_PARAMS):
+        chat = validate(ChatCompletionRequest, counted.chat_body())
+        return {"input_tokens": await count_prompt_tokens(pool, chat)}
 
 
 def message_body(

@@ -28,13 +28,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from engines.errors import EngineError
 from engines.pool import EnginePool
 from engines.types import ErrorEvent, FinishEvent, TokenEvent
 from engines.types import Event as EngineEvent
 from server import sse
 from server.chat_output import ChoiceOutput
-from server.chat_pipeline import PreparedChat, prepare_chat
+from server.chat_pipeline import PreparedChat, errors_named, prepare_chat
 from server.deps import Body, MetricsDep, PoolDep, ResponseStoreDep, SettingsDep, json_body
 from server.errors import APIError, from_engine_error
 from server.generation import EventSource, collect
@@ -233,16 +232,8 @@ async def _prepare(
     pool: EnginePool, settings: Settings, chat: ChatCompletionRequest, response_id: str
 ) -> PreparedChat:
     """`prepare_chat`, its errors naming the Responses request's fields."""
-    try:
+    with errors_named(CHAT_PARAMS):
         return await prepare_chat(pool, settings, chat, response_id)
-    except EngineError as exc:
-        error = from_engine_error(exc)
-    except APIError as exc:
-        error = exc
-    if error.param is not None:
-        head = error.param.partition("[")[0]
-        error.param = CHAT_PARAMS.get(error.param) or CHAT_PARAMS.get(head) or error.param
-    raise error
 
 
 @dataclass

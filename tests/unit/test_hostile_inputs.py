@@ -247,3 +247,34 @@ async def test_tokenizing_a_prompt_does_not_stall_other_requests(
     assert health.status_code == 200
     assert response.status_code == 200, response.text
     assert engine.released == [True]  # it waited for the test, not for its own timeout
+
+
+UNENFORCEABLE = {"type": "object", "x-unsupported": True}  # the fake's grammar check refuses it
+
+
+@pytest.mark.parametrize(
+    ("body", "wording"),
+    [
+        ({"stop_sequences": [""]}, "Invalid value for 'stop_sequences': "),
+        (
+            {"output_config": {"format": {"type": "json_schema", "schema": UNENFORCEABLE}}},
+            "output_config.format.schema cannot be enforced: ",
+        ),
+    ],
+)
+async def test_messages_errors_name_the_anthropic_fields(
+    http: httpx.AsyncClient, body: dict[str, Any], wording: str
+) -> None:
+    """A Messages request runs as a chat request; its errors used to name the chat fields
+    (`stop`, `response_format.json_schema.schema`), which the client never sent."""
+    request = {"model": "fake", "max_tokens": 5, "messages": HELLO, **body}
+    message = assert_anthropic_error(await http.post("/v1/messages", json=request), 400)
+    assert message.startswith(wording), message
+
+
+async def test_responses_errors_name_the_responses_fields(http: httpx.AsyncClient) -> None:
+    text = {"format": {"type": "json_schema", "name": "out", "schema": UNENFORCEABLE}}
+    body = {"model": "fake", "input": "hi", "text": text}
+    response = await http.post("/v1/responses", json=body)
+    error = assert_openai_error(response, 400, param="text.format.schema")
+    assert error["message"].startswith("text.format.schema cannot be enforced: "), error
