@@ -107,7 +107,9 @@ def decode_image(data: bytes, policy: ImagePolicy, i: int, j: int) -> ImageInput
             pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         kinds = ", ".join(FORMATS.values())
-        raise _bad(i, j, f"the image could not be decoded as one of {kinds}: {exc}") from None
+        # PIL's own words name its in-memory file object (`<_io.BytesIO object at 0x…>`).
+        reason = "no known image format" if isinstance(exc, UnidentifiedImageError) else exc
+        raise _bad(i, j, f"the image could not be decoded as one of {kinds}: {reason}") from None
     return ImageInput(pixels, hashlib.sha256(data).hexdigest())
 
 

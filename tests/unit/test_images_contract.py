@@ -239,6 +239,7 @@ async def test_bad_images_are_400s_naming_the_part(
         await http.post("/v1/chat/completions", json=body), "messages[0].content[1]"
     )
     assert needle in message
+    assert "object at 0x" not in message  # no Python object's repr (PIL's own message had one)
     assert not vision.requests
 
 
