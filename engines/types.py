@@ -297,6 +297,7 @@ class EngineStats:
     max_waiting: int = 0
     limits_reason: str = ""  # where the limits came from (status page, logs)
     kv_bits: int | None = None  # quantized KV cache bits, None: unquantized
+    fused_layers: int = 0  # layers whose projections were fused at load (a GPU)
     prefix_disk_hits: int = 0  # prefix cache entries read back from disk
     prefix_disk_entries: int = 0
     prefix_disk_bytes: int = 0

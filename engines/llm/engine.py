@@ -103,6 +103,7 @@ class LLMEngine(EngineThread, ChatFront):
             max_waiting=self.max_waiting,
             limits_reason=self.limits_reason,
             kv_bits=self.limits.kv_bits,
+            fused_layers=self.fused_layers,
             prefix_disk_hits=disk.hits if disk else 0,
             prefix_disk_entries=len(disk) if disk else 0,
             prefix_disk_bytes=disk.nbytes if disk else 0,

@@ -211,7 +211,7 @@ def test_quantized_kv_over_fused_layers(tmp_path: Path, monkeypatch: pytest.Monk
         engine.start()
         try:
             await engine.wait_loaded()
-            assert engine.fused_layers == (2 if fuse else 0)
+            assert engine.fused_layers == engine.stats().fused_layers == (2 if fuse else 0)
             return (await run(engine, request))[1]
         finally:
             engine.stop()
