@@ -59,7 +59,9 @@ def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
     except AudioDecodeError:
         raise
     except (av.error.FFmpegError, ValueError, UnicodeDecodeError, IndexError) as exc:
-        raise AudioDecodeError(f"The audio file could not be decoded: {exc}") from exc
+        # FFmpeg's reason without PyAV's wrapping ("[Errno 1094995529] …: '<none>'").
+        reason = getattr(exc, "strerror", None) or exc
+        raise AudioDecodeError(f"The audio file could not be decoded: {reason}") from exc
     samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     if samples.size == 0:
         raise AudioDecodeError("The audio file contains no samples.")
