@@ -85,6 +85,8 @@ class FusedAttention(nn.Module):
         super().__init__()
         self.n_heads = attention.n_heads
         self.n_kv_heads = attention.n_kv_heads
+        if "head_dim" in vars(attention):  # read by engines/llm/quantized_cache.py's checks
+            self.head_dim = attention.head_dim
         self.scale = attention.scale
         self.qkv_proj = qkv
         self.o_proj = attention.o_proj

@@ -19,6 +19,7 @@ from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 from engines.llm import engine as engine_module
 from engines.llm.engine import LLMEngine
 from engines.llm.fused_projections import FusedAttention, FusedMLP, install
+from engines.llm.quantized_cache import install as install_quantized_kv
 from engines.types import ChatLimits, GenerationRequest, SamplingParams
 from tests.engines import test_quantized_kv as quantized_kv_tests
 from tests.engines import test_speculative as speculative_tests
@@ -217,3 +218,12 @@ def test_quantized_kv_over_fused_layers(tmp_path: Path, monkeypatch: pytest.Monk
             engine.stop()
 
     assert asyncio.run(tokens(True)) == asyncio.run(tokens(False))
+
+
+def test_fused_layers_keep_their_head_size_for_the_kv_checks(tmp_path: Path) -> None:
+    """quantized_cache.install reads each attention's head size: a group that does not divide it
+    is refused in one line, fused or not."""
+    model, _ = load(str(quantized_kv_tests.quantizable_model_dir(tmp_path / "tiny-qkv")))
+    install(model)
+    with pytest.raises(ValueError, match="does not divide the head size"):
+        install_quantized_kv(model, 8, 64)
