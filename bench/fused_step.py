@@ -2,6 +2,9 @@
 checkpoint loaded twice, one copy's projections fused, both decoded greedily by mlx-lm's own
 `generate_step` from the same prompt, runs interleaved (plain, fused, fused, plain, ...).
 
+The fused side is fused whatever the device (`install` directly, not the engine's CUDA-only
+default): run it on Metal to decide whether fusing should be on there by default.
+
 Reports each side's decode rate (median, min–max), the ratio of medians, the kernels in one
 decode step's graph (primitives `mx.export_to_dot` writes, views included), whether the greedy
 tokens are identical, and how far the logits are apart when both sides are fed the plain side's
@@ -32,6 +35,7 @@ from engines import blas
 blas.preload_from_env()
 
 import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
 from mlx_lm.generate import generate_step  # noqa: E402
 from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 
@@ -52,6 +56,11 @@ def decode(model: Any, tokens: int) -> tuple[float, list[int]]:
     return (len(out) - 1) / (last - first), out
 
 
+def largest(values: mx.array) -> float:
+    """The largest magnitude in `values`, as a Python float."""
+    return float(np.abs(np.array(values)).max())
+
+
 def forced_agreement(plain: Any, fused: Any, tokens: list[int]) -> dict[str, Any]:
     """Both models fed the prompt, then `tokens`: their logits' largest difference, the largest
     logit, and on how many steps the greedy tokens agree."""
@@ -63,8 +72,8 @@ def forced_agreement(plain: Any, fused: Any, tokens: list[int]) -> dict[str, Any
         ids = mx.array([step])
         a = plain(ids, cache=caches[0])[0, -1].astype(mx.float32)
         b = fused(ids, cache=caches[1])[0, -1].astype(mx.float32)
-        difference = max(difference, mx.abs(a - b).max().item())
-        scale = max(scale, mx.abs(a).max().item())
+        difference = max(difference, largest(a - b))
+        scale = max(scale, largest(a))
         agree += int(mx.argmax(a).item() == mx.argmax(b).item())
     return {"max_difference": difference, "max_logit": scale, "steps": len(inputs), "agree": agree}
 

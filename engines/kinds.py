@@ -170,7 +170,7 @@ def build_chat(
         prefix_cache_bytes=settings["prefix_cache_mb"] * 2**20,
         watchdog_s=settings["watchdog_s"],
         warmup_rows=settings.get("warmup_rows"),
-        fuse_projections=settings.get("fuse_projections", True),
+        fuse_projections=settings.get("fuse_projections"),
         context_length=entry.get("context_length"),
         chat_template=entry.get("chat_template"),
         untagged_tool_calls=entry.get("untagged_tool_calls", True),

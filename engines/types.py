@@ -376,7 +376,7 @@ class ChatLimits:
     speculative: str | None = None  # "prompt_lookup", or a draft model's directory (its path)
     speculative_tokens: int = 0  # most tokens drafted per step (0: the default)
     warmup_rows: int | None = None  # synthetic rows warming kernels after load (None: per device)
-    fuse_projections: bool = True  # on a GPU: q/k/v and gate/up as one product each
+    fuse_projections: bool | None = None  # q/k/v, gate/up as one product each (None: CUDA)
 
 
 @dataclass(frozen=True)

@@ -206,7 +206,7 @@ class LLMEngine(EngineThread, ChatFront):
         """The model, tokenizer and config (a distributed engine loads its shard instead), its
         projections fused where kernels launch one by one (engines/llm/fused_projections.py)."""
         model, tokenizer, config = _load_checkpoint(self.path)
-        if self.limits.fuse_projections and fusion_pays():
+        if fusion_pays(self.limits.fuse_projections):
             self.fused_layers = install_fused_projections(model)
             logger.info("engine %s: projections fused in %d layers", self.name, self.fused_layers)
         return model, tokenizer, config

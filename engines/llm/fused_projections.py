@@ -16,11 +16,11 @@ GPU's matrix kernels sum in the same order for a wider output is the kernel's ch
 may differ from the unfused layers in the last bits (measured by `bench/fused_step.py`).
 
 `install(model)` replaces the attention and MLP modules of the layers whose classes are exactly
-the ones read for this (`FUSABLE`); any other layer, a projection with its own options (LoRA,
-mixed quantization, a different input size) or a layer whose modules were already replaced, is
-left as it is. It runs on the engine thread right after load, before any cache exists; the
-engine calls it only where kernels are launched one by one (not on the CPU, whose steps are
-rewritten by engines/llm/cpu_decode.py instead) and not on a sharded model.
+the ones read for this (`FUSABLE`); any other layer, or projections that differ in kind, options
+or dtype (LoRA, mixed quantization, a float32 projection, a different input size), is left as it
+is (attention and MLP each on its own). It runs on the engine thread right after load, before any
+cache exists; the engine calls it where `fusion_pays` (CUDA GPUs by default, Metal when asked,
+never the CPU) and not on a sharded or vision-language model.
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ def _fused_linear(parts: list[nn.Module]) -> nn.Module | None:
     arrays = {name: [part[name] for part in parts] for name in names}
     if any(not isinstance(values[0], mx.array) for values in arrays.values()):
         return None
+    if any(len({v.dtype for v in values}) != 1 for values in arrays.values()):
+        return None  # one product has one dtype (a float32 value projection would be cast)
     if any(len({v.shape[1:] for v in values}) != 1 for values in arrays.values()):
         return None  # different input sizes
     fused = copy.copy(first)  # the same options (quantization, bias); new arrays below
@@ -137,16 +139,28 @@ class FusedMLP(nn.Module):
         return self.down_proj(self._activation(gate, up))
 
 
-def fusion_pays() -> bool:
-    """Whether this thread's device launches kernels one by one (a GPU). The CPU backend's steps
-    are bound by arithmetic, and engines/llm/cpu_decode.py rewrites them instead."""
-    return bool(mx.default_device() != mx.cpu)
+def _gpu_kind() -> str | None:
+    """ "cuda" or "metal" where this thread's default device is a GPU, else None."""
+    if mx.default_device() == mx.cpu:
+        return None
+    return "cuda" if mx.cuda.is_available() else "metal"
+
+
+def fusion_pays(setting: bool | None) -> bool:
+    """Whether to fuse on this thread's device. Never on the CPU: its steps are bound by
+    arithmetic, and engines/llm/cpu_decode.py rewrites them instead. On a GPU as `setting` says;
+    unset, where fusing was measured faster (CUDA, docs/benchmarks.md) — Metal is not measured
+    yet, so there it is opt-in."""
+    gpu = _gpu_kind()
+    if gpu is None:
+        return False
+    return setting if setting is not None else gpu == "cuda"
 
 
 def install(model: nn.Module) -> int:
-    """Fuse the projections of every fusable layer of `model` (its attention, and its MLP where
-    the layer has the module's plain MLP rather than a mixture of experts); the number of
-    layers whose attention was fused."""
+    """Fuse the projections of every fusable layer of `model`: its attention's, and its MLP's
+    where the layer has the module's plain MLP (not a mixture of experts). The number of layers
+    with anything fused."""
     inner = getattr(model, "language_model", model)  # a multimodal wrapper's text model
     layers = getattr(getattr(inner, "model", None), "layers", None)
     if not isinstance(layers, list):
@@ -157,18 +171,20 @@ def install(model: nn.Module) -> int:
         module_name = type(attention).__module__
         if module_name not in FUSABLE or type(attention) is not sys.modules[module_name].Attention:
             continue
-        qkv = _fused_linear([attention.q_proj, attention.k_proj, attention.v_proj])
-        if qkv is None:
-            continue
         # Joined now, layer by layer: the separate weights are freed as each layer's modules
         # are replaced, so memory peaks at the model plus one layer's projections.
-        mx.eval(qkv.parameters())
-        layer.self_attn = FusedAttention(attention, qkv, module_name)
-        fused += 1
+        qkv = _fused_linear([attention.q_proj, attention.k_proj, attention.v_proj])
+        if qkv is not None:
+            mx.eval(qkv.parameters())
+            layer.self_attn = FusedAttention(attention, qkv, module_name)
         mlp: Any = getattr(layer, "mlp", None)
+        gate_up = None
         if type(mlp) is sys.modules[module_name].MLP:
             gate_up = _fused_linear([mlp.gate_proj, mlp.up_proj])
-            if gate_up is not None:
-                mx.eval(gate_up.parameters())
-                layer.mlp = FusedMLP(mlp, gate_up, FUSABLE[module_name])
+        if gate_up is not None:
+            mx.eval(gate_up.parameters())
+            layer.mlp = FusedMLP(mlp, gate_up, FUSABLE[module_name])
+        fused += qkv is not None or gate_up is not None
+    if fused:
+        mx.clear_cache()  # the separate weights' buffers, kept by MLX's cache otherwise
     return fused

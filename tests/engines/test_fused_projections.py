@@ -16,11 +16,13 @@ from mlx.utils import tree_flatten
 from mlx_lm import load
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
-from engines.llm import engine as engine_module
+from engines.kinds import build_chat
+from engines.llm import fused_projections
 from engines.llm.engine import LLMEngine
 from engines.llm.fused_projections import FusedAttention, FusedMLP, install
 from engines.llm.quantized_cache import install as install_quantized_kv
 from engines.types import ChatLimits, GenerationRequest, SamplingParams
+from server.settings import Settings
 from tests.engines import test_quantized_kv as quantized_kv_tests
 from tests.engines import test_speculative as speculative_tests
 from tests.families import tiny_family
@@ -92,7 +94,8 @@ def test_quantized_projections_fuse_to_the_same_output() -> None:
 
 
 def test_differently_quantized_projections_are_left_alone() -> None:
-    """A mixed quantization (8-bit values next to 4-bit queries) cannot share one product."""
+    """A mixed quantization (8-bit values next to 4-bit queries) cannot share one product; the
+    layer's MLP, all 4-bit, is fused all the same."""
     model = tiny_model("llama")
     nn.quantize(
         model,
@@ -105,8 +108,31 @@ def test_differently_quantized_projections_are_left_alone() -> None:
     nn.quantize(model, group_size=32, bits=8)  # what is still float: the value projections
     attention = model.model.layers[0].self_attn
     assert (attention.q_proj.bits, attention.v_proj.bits) == (4, 8)
-    assert install(model) == 0
-    assert "q_proj" in model.model.layers[0].self_attn
+    plain = tiny_model("llama")
+    nn.quantize(
+        plain,
+        group_size=32,
+        bits=4,
+        class_predicate=lambda path, module: (
+            isinstance(module, nn.Linear) and not path.endswith("v_proj")
+        ),
+    )
+    nn.quantize(plain, group_size=32, bits=8)
+    assert install(model) == 2
+    for layer in model.model.layers:
+        assert "q_proj" in layer.self_attn
+        assert type(layer.mlp) is FusedMLP
+    assert_same_model(plain, model, 4)
+
+
+def test_projections_of_different_dtypes_are_left_alone() -> None:
+    """A float32 value projection next to float16 ones: one product would cast it."""
+    model = tiny_model("llama")
+    for layer in model.model.layers:
+        for name in ("q_proj", "k_proj"):
+            layer.self_attn[name].weight = layer.self_attn[name].weight.astype(mx.float16)
+    install(model)
+    assert all("q_proj" in layer.self_attn for layer in model.model.layers)
 
 
 @pytest.mark.parametrize("family", ["qwen3", "gemma3_text"])
@@ -114,6 +140,9 @@ def test_families_with_normalised_heads(family: str) -> None:
     """Qwen3 and Gemma 3 normalise query and key heads apart (Gemma 3: GELU-gated MLP, sliding
     window caches on most layers)."""
     plain, fused = tiny_family(family), tiny_family(family)
+    for model in (plain, fused):  # a scale no head size gives (Gemma: query_pre_attn_scalar)
+        for layer in model.model.layers:
+            layer.self_attn.scale = 0.3
     # Head norms of their own (built as ones: a swapped pair would go unnoticed).
     norms = [
         (name, 1 + 0.5 * mx.random.normal(value.shape, key=mx.random.key(i)))
@@ -151,7 +180,7 @@ def test_engine_with_fused_projections_decodes_mlx_lm_tokens(
 ) -> None:
     """The engine fuses at load where fusion pays (a GPU; forced here), a draft model's layers
     too, and still decodes exactly mlx-lm's greedy tokens, alone and in a batch."""
-    monkeypatch.setattr(engine_module, "fusion_pays", lambda: True)
+    monkeypatch.setattr(fused_projections, "_gpu_kind", lambda: "cuda")
     limits = ChatLimits(speculative=str(tiny_model_dir), speculative_tokens=4) if draft else None
 
     async def scenario() -> None:
@@ -207,7 +236,7 @@ def test_quantized_kv_over_fused_layers(tmp_path: Path, monkeypatch: pytest.Monk
     request = GenerationRequest("r", PROMPT, 16, SamplingParams(temperature=0.0))
 
     async def tokens(fuse: bool) -> list[int]:
-        monkeypatch.setattr(engine_module, "fusion_pays", lambda: fuse)
+        monkeypatch.setattr(fused_projections, "_gpu_kind", lambda: "cuda" if fuse else None)
         engine = LLMEngine("tiny", model_dir, prefill_chunk=16, limits=limits)
         engine.start()
         try:
@@ -227,3 +256,56 @@ def test_fused_layers_keep_their_head_size_for_the_kv_checks(tmp_path: Path) -> 
     install(model)
     with pytest.raises(ValueError, match="does not divide the head size"):
         install_quantized_kv(model, 8, 64)
+
+
+@pytest.mark.parametrize(
+    ("gpu", "setting", "fused"),
+    [
+        (None, None, False),
+        (None, True, False),  # never on the CPU
+        ("cuda", None, True),  # measured faster there
+        ("cuda", False, False),
+        ("metal", None, False),  # not measured: opt-in
+        ("metal", True, True),
+    ],
+)
+def test_where_fusion_is_on(
+    monkeypatch: pytest.MonkeyPatch, gpu: str | None, setting: bool | None, fused: bool
+) -> None:
+    monkeypatch.setattr(fused_projections, "_gpu_kind", lambda: gpu)
+    assert fused_projections.fusion_pays(setting) is fused
+
+
+def test_engine_keeps_mlx_lm_layers_when_told(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLXD_FUSE_PROJECTIONS=false reaches the engine: no layer fused, even on CUDA."""
+    monkeypatch.setattr(fused_projections, "_gpu_kind", lambda: "cuda")
+
+    async def scenario() -> None:
+        engine = LLMEngine(
+            "tiny", tiny_model_dir, prefill_chunk=16, limits=ChatLimits(fuse_projections=False)
+        )
+        engine.start()
+        try:
+            await engine.wait_loaded()
+            assert engine.scheduler is not None
+            assert engine.fused_layers == 0
+            layers = engine.scheduler.model.model.layers
+            assert not any(type(layer.self_attn) is FusedAttention for layer in layers)
+        finally:
+            engine.stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, None), ("false", False), ("true", True)])
+def test_the_setting_reaches_the_engine(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, value: str | None, expected: bool | None
+) -> None:
+    if value is not None:
+        monkeypatch.setenv("MLXD_FUSE_PROJECTIONS", value)
+    settings = Settings().model_dump()
+    engine = build_chat("tiny", tiny_model_dir, {}, settings)
+    assert isinstance(engine, LLMEngine)
+    assert engine.limits.fuse_projections is expected
