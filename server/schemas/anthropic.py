@@ -174,6 +174,18 @@ class MessagesFields(Strict):
     thinking: ThinkingConfig | None = None
     output_config: OutputConfig | None = None
 
+    @model_validator(mode="after")
+    def _forced_tool_needs_tools(self) -> MessagesFields:
+        """As Anthropic answers: a tool_choice that forces a call needs a tool to call (one of
+        the request's own tools: server tools such as web search are not run here)."""
+        choice = self.tool_choice
+        if choice is not None and choice.type in ("any", "tool") and not self.custom_tools():
+            raise ValueError(
+                f"tool_choice of type '{choice.type}' needs tools: "
+                + ("the request has none" if not self.tools else "mlxd runs none of its tools")
+            )
+        return self
+
     def custom_tools(self) -> list[Tool]:
         return [tool for tool in self.tools or [] if tool.type in (None, "custom")]
 

@@ -388,6 +388,10 @@ def one_block(role: str, **block: Any) -> dict[str, Any]:
         (messages_body(tool_choice={"type": "tool"}), "name"),
         (messages_body(tools=[{"name": "bad name", "input_schema": {}}]), "tools[0].name"),
         (messages_body(tools=[WEATHER], tool_choice={"type": "tool", "name": "nope"}), "nope"),
+        (messages_body(tool_choice={"type": "any"}), "tool_choice of type 'any' needs tools"),
+        (messages_body(tool_choice={"type": "tool", "name": "get_weather"}), "needs tools"),
+        (messages_body(tools=[{"type": "web_search_20250305", "name": "web_search"}],
+                       tool_choice={"type": "any"}), "mlxd runs none of its tools"),
         (messages_body(thinking={"type": "sometimes"}), "thinking.type"),
     ],
 )  # fmt: skip
