@@ -23,6 +23,7 @@ from engines.kinds import KINDS, detect_kind
 from engines.pool import EnginePool, ModelSpec
 from server.drain import Drain, backstop_s
 from server.errors import install_error_handlers
+from server.head import HeadAsGet
 from server.logs import RequestId
 from server.metrics import Metrics, RequestCounter
 from server.routes import (
@@ -211,6 +212,7 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
     app.state.drain = Drain(engine_pool, settings.drain_timeout_s)
     app.state.metrics = Metrics(engine_pool)
     install_error_handlers(app)
+    app.add_middleware(HeadAsGet)  # innermost: the others see the HEAD as it came
     app.add_middleware(
         AccessControl,
         allowed_hosts=settings.host_allowlist(),

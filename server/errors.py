@@ -165,6 +165,8 @@ def _methods_for(request: Request) -> list[str]:
     for route in routes:
         if route.path == template:
             methods |= route.methods or set()
+    if "GET" in methods:
+        methods.add("HEAD")  # server/head.py answers it
     return sorted(methods)
 
 

@@ -433,10 +433,10 @@ async def test_unknown_field_names_are_reported_safely(http: httpx.AsyncClient) 
 
 
 async def test_405_allows_every_method_of_the_resource(http: httpx.AsyncClient) -> None:
-    """GET and DELETE of a stored response are two routes; Allow names both."""
+    """GET and DELETE of a stored response are two routes; Allow names both, and HEAD."""
     response = await http.put("/v1/responses/resp_x")
     assert response.status_code == 405
-    assert response.headers["allow"] == "DELETE, GET"
+    assert response.headers["allow"] == "DELETE, GET, HEAD"
     assert_openai_error(response, 405, None, "method_not_allowed")
 
 

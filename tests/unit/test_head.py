@@ -1,0 +1,33 @@
+"""HEAD on GET routes (server/head.py): the GET's status and headers, no body."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.helpers import URL, assert_openai_error
+
+
+@pytest.mark.parametrize("path", ["/health", "/v1/models", "/metrics", "/status"])
+async def test_head_answers_as_get_without_a_body(http: httpx.AsyncClient, path: str) -> None:
+    get = await http.get(path)
+    head = await http.head(path)
+    assert head.status_code == get.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+    if "content-length" in get.headers and path != "/metrics":  # metrics move between calls
+        assert head.headers["content-length"] == get.headers["content-length"]
+
+
+async def test_head_of_an_unknown_model_is_the_get_404(http: httpx.AsyncClient) -> None:
+    get = await http.get("/v1/models/nope")
+    head = await http.head("/v1/models/nope")
+    assert head.status_code == get.status_code == 404
+    assert head.content == b""
+
+
+async def test_head_of_a_post_only_route_is_405(http: httpx.AsyncClient) -> None:
+    response = await http.head(URL)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert_openai_error(await http.get(URL), 405, code="method_not_allowed")
