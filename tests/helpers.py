@@ -5,6 +5,8 @@ end-to-end tests, and running requests on a real engine thread against mlx-lm.""
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 from openai import OpenAI
 
+from engines.kinds import Engine
 from engines.llm.engine import LLMEngine
 from engines.pool import EnginePool
 from engines.types import FinishEvent, GenerationRequest, TokenEvent
@@ -120,3 +123,18 @@ def reference_greedy(engine: LLMEngine, count: int) -> list[int]:
     thread.start()
     thread.join()
     return result
+
+
+@asynccontextmanager
+async def asgi_client(settings: Any, engines: Sequence[Engine]) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of an app serving `engines` in process (no socket, no lifespan: the pool
+    is started and drained here)."""
+    from server.app import create_app
+
+    pool = EnginePool(list(engines))
+    app = create_app(settings, pool)
+    await pool.start()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        yield client
+    await pool.drain(timeout=1)

@@ -93,9 +93,8 @@ def test_quantized_projections_fuse_to_the_same_output() -> None:
     assert_same_model(plain, fused, 4)
 
 
-def test_differently_quantized_projections_are_left_alone() -> None:
-    """A mixed quantization (8-bit values next to 4-bit queries) cannot share one product; the
-    layer's MLP, all 4-bit, is fused all the same."""
+def mixed_quantized_llama() -> Any:
+    """tests/tiny.py's llama, 4-bit but for 8-bit value projections."""
     model = tiny_model("llama")
     nn.quantize(
         model,
@@ -106,18 +105,15 @@ def test_differently_quantized_projections_are_left_alone() -> None:
         ),
     )
     nn.quantize(model, group_size=32, bits=8)  # what is still float: the value projections
+    return model
+
+
+def test_differently_quantized_projections_are_left_alone() -> None:
+    """A mixed quantization (8-bit values next to 4-bit queries) cannot share one product; the
+    layer's MLP, all 4-bit, is fused all the same."""
+    plain, model = mixed_quantized_llama(), mixed_quantized_llama()
     attention = model.model.layers[0].self_attn
     assert (attention.q_proj.bits, attention.v_proj.bits) == (4, 8)
-    plain = tiny_model("llama")
-    nn.quantize(
-        plain,
-        group_size=32,
-        bits=4,
-        class_predicate=lambda path, module: (
-            isinstance(module, nn.Linear) and not path.endswith("v_proj")
-        ),
-    )
-    nn.quantize(plain, group_size=32, bits=8)
     assert install(model) == 2
     for layer in model.model.layers:
         assert "q_proj" in layer.self_attn

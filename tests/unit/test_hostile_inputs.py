@@ -22,20 +22,18 @@ from server.body import MAX_JSON_DEPTH
 from server.settings import Settings
 from tests.fake_embed import FakeEmbedEngine
 from tests.fakes import FakeEngine
-from tests.helpers import HELLO, assert_openai_error, chat_body
+from tests.helpers import HELLO, asgi_client, assert_openai_error, chat_body
 
 DEEP = "[" * 100_000 + "]" * 100_000  # past what Python's json parser can recurse into
 
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    pool = EnginePool([FakeEngine(context_length=4096), FakeEmbedEngine()])
-    app = create_app(Settings(max_body_bytes=1024 * 1024), pool)
-    await pool.start()
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+    settings = Settings(max_body_bytes=1024 * 1024)
+    async with asgi_client(
+        settings, [FakeEngine(context_length=4096), FakeEmbedEngine()]
+    ) as client:
         yield client
-    await pool.drain(timeout=1)
 
 
 def nested(depth: int) -> Any:
