@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import mlx.core as mx
+from fastapi import FastAPI
 from mlx_lm.models.cache import make_prompt_cache
 from openai import OpenAI
 
@@ -126,15 +127,28 @@ def reference_greedy(engine: LLMEngine, count: int) -> list[int]:
 
 
 @asynccontextmanager
-async def asgi_client(settings: Any, engines: Sequence[Engine]) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client of an app serving `engines` in process (no socket, no lifespan: the pool
-    is started and drained here)."""
+async def started_app(settings: Any, engines: Sequence[Engine]) -> AsyncIterator[FastAPI]:
+    """An app serving `engines`, its pool started (ASGITransport runs no lifespan) and drained
+    after."""
     from server.app import create_app
 
     pool = EnginePool(list(engines))
     app = create_app(settings, pool)
     await pool.start()
+    yield app
+    await pool.drain(timeout=1)
+
+
+@asynccontextmanager
+async def app_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of `app` in process (no socket)."""
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         yield client
-    await pool.drain(timeout=1)
+
+
+@asynccontextmanager
+async def asgi_client(settings: Any, engines: Sequence[Engine]) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of an app serving `engines` in process (`started_app`)."""
+    async with started_app(settings, engines) as app, app_client(app) as client:
+        yield client

@@ -14,11 +14,10 @@ import pytest
 from fastapi import FastAPI
 
 from engines.errors import ContextTooLong
-from engines.pool import EnginePool
-from server.app import create_app
 from server.errors import anthropic_wording
 from server.settings import Settings
 from tests.fakes import FakeEngine
+from tests.helpers import app_client, started_app
 from tests.unit.test_messages_contract import assert_anthropic_error, sdk
 
 LONG = [{"role": "user", "content": "x" * 100}]  # the fake's context is 64 tokens (characters)
@@ -26,17 +25,14 @@ LONG = [{"role": "user", "content": "x" * 100}]  # the fake's context is 64 toke
 
 @pytest.fixture
 async def app() -> AsyncIterator[FastAPI]:
-    pool = EnginePool([FakeEngine(context_length=64)])
-    served = create_app(Settings(max_body_bytes=1 << 20), pool)
-    await pool.start()
-    yield served
-    await pool.drain(timeout=1)
+    engines = [FakeEngine(context_length=64)]
+    async with started_app(Settings(max_body_bytes=1 << 20), engines) as served:
+        yield served
 
 
 @pytest.fixture
 async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+    async with app_client(app) as client:
         yield client
 
 

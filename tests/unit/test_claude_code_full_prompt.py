@@ -14,10 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from engines.pool import EnginePool
-from server.app import create_app
 from server.settings import Settings
 from tests.fakes import FakeEngine
+from tests.helpers import asgi_client
 
 CAPTURE = json.loads((Path(__file__).parent / "claude_code_2_1_332_full_turns.json").read_text())
 FIRST, FOLLOW_UP = CAPTURE["turns"]
@@ -31,13 +30,8 @@ def engine() -> FakeEngine:
 
 @pytest.fixture
 async def http(engine: FakeEngine) -> AsyncIterator[httpx.AsyncClient]:
-    pool = EnginePool([engine])
-    app = create_app(Settings(max_body_bytes=1 << 22), pool)
-    await pool.start()  # ASGITransport runs no lifespan
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+    async with asgi_client(Settings(max_body_bytes=1 << 22), [engine]) as client:
         yield client
-    await pool.drain(timeout=1)
 
 
 async def send(http: httpx.AsyncClient, body: dict[str, Any], engine: FakeEngine) -> str:

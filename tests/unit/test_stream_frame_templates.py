@@ -14,15 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from engines.pool import EnginePool
 from server import sse
-from server.app import create_app
 from server.message_blocks import MessageBlocks
 from server.responses_output import OutputItems
 from server.routes.messages import _BlockFrames
 from server.routes.responses import _DELTA_EVENTS, _Frames
 from server.settings import Settings
 from tests.fakes import FakeEngine
+from tests.helpers import asgi_client
 
 TEXTS = ["", "Hello", ' "quoted" \\ \n\r\t', "naïve 日本語 🙂 \u2028", "\x00slot\x00 inside"]
 WEATHER_INPUT = {
@@ -78,13 +77,8 @@ def test_a_number_is_held_once_after_the_text(payload: dict[str, Any]) -> None:
 @pytest.fixture
 async def http(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
     engine: FakeEngine = request.param
-    pool = EnginePool([engine])
-    app = create_app(Settings(max_body_bytes=1 << 20), pool)
-    await pool.start()  # ASGITransport runs no lifespan
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+    async with asgi_client(Settings(max_body_bytes=1 << 20), [engine]) as client:
         yield client
-    await pool.drain(timeout=1)
 
 
 def frames(body: bytes) -> list[tuple[bytes, str, dict[str, Any]]]:
