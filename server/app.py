@@ -21,6 +21,7 @@ from engines.device_memory import chat_kv_bytes, usable_memory
 from engines.errors import ModelNotFound
 from engines.kinds import KINDS, detect_kind
 from engines.pool import EnginePool, ModelSpec
+from server.body_timeout import BodyTimeout
 from server.drain import Drain, backstop_s
 from server.errors import install_error_handlers
 from server.head import HeadAsGet
@@ -213,6 +214,9 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
     app.state.metrics = Metrics(engine_pool)
     install_error_handlers(app)
     app.add_middleware(HeadAsGet)  # innermost: the others see the HEAD as it came
+    app.add_middleware(
+        BodyTimeout, idle_s=settings.body_timeout_s, total_s=settings.body_deadline_s
+    )
     app.add_middleware(
         AccessControl,
         allowed_hosts=settings.host_allowlist(),

@@ -1,5 +1,6 @@
 """Reading request bodies: size limit, UTF-8, JSON, nesting depth, object-ness — each a clear
-4xx (a client gone before its body arrived: 499, as for any request it leaves).
+4xx (a client gone before its body arrived: 499, as for any request it leaves; a body that
+stalls: 408, raised from `receive` by `server.body_timeout`).
 
 FastAPI's own body parsing is not used for the OpenAI routes: its errors are not OpenAI-shaped
 and it cannot enforce a size limit while reading.

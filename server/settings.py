@@ -80,6 +80,12 @@ class Settings(BaseSettings):
         512, ge=1, description="HTTP requests in progress at once (streams included) before 503."
     )
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Request body limit.")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Longest wait for the next piece of a request body (408 after)."
+    )
+    body_deadline_s: float = Field(
+        300.0, gt=0, description="Longest time to receive a whole request body (408 after)."
+    )
     max_stop_sequences: int = Field(4, ge=0, description="Most `stop` strings per request.")
     max_n: int = Field(16, ge=1, le=128, description="Most choices (`n`) per request.")
     max_messages: int = Field(4096, ge=1, description="Most chat messages per request.")
