@@ -19,7 +19,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
-from server.errors import APIError, loc_to_param
+from server.errors import APIError, loc_to_param, pydantic_message
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -143,7 +143,7 @@ def validate(model: type[M], body: dict[str, Any]) -> M:
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
         param = loc_to_param(error["loc"])
-        message = str(error["msg"])
+        message = pydantic_message(error)
         if param:
             message = f"Invalid value for '{param}': {message}"
         raise APIError(400, message, param=param, code="invalid_value") from None

@@ -29,7 +29,13 @@ from server.body import read_json_object, validate
 from server.chat_output import ChoiceOutput
 from server.chat_pipeline import PreparedChat, count_prompt_tokens, errors_named, prepare_chat
 from server.deps import MetricsDep, PoolDep, SettingsDep
-from server.errors import APIError, anthropic_error_body, from_engine_error, loc_to_param
+from server.errors import (
+    APIError,
+    anthropic_error_body,
+    from_engine_error,
+    loc_to_param,
+    pydantic_message,
+)
 from server.generation import EventSource, collect
 from server.message_blocks import MessageBlocks, assembled
 from server.schemas.anthropic import (
@@ -240,7 +246,7 @@ def _validated(model: type[M], body: dict[str, Any]) -> M:
             if not (item in BLOCK_TYPES and 0 < i < len(loc) - 1 and isinstance(loc[i - 1], int))
         ]
         param = loc_to_param(kept)
-        message = str(error["msg"])
+        message = pydantic_message(error)
         if param:
             message = f"Invalid value for '{param}': {message}"
         raise APIError(400, message, param=param, code="invalid_value") from None

@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from server.body import check_json_text
-from server.errors import APIError, loc_to_param
+from server.errors import APIError, loc_to_param, pydantic_message
 from server.schemas.common import Strict
 
 M = TypeVar("M", bound=BaseModel)
@@ -272,7 +272,10 @@ def _checked(model: type[M], raw: Any, param: str) -> M:
         inner = loc_to_param(path)
         where = f"{param}.{inner}" if inner and not inner.startswith("[") else param + (inner or "")
         raise APIError(
-            400, f"Invalid value for '{where}': {error['msg']}", param=where, code="invalid_value"
+            400,
+            f"Invalid value for '{where}': {pydantic_message(error)}",
+            param=where,
+            code="invalid_value",
         ) from None
 
 
