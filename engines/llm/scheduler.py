@@ -43,6 +43,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from engines.llm import caches
 from engines.llm.batch import DecodeBatch
 from engines.llm.caches import CacheProfile
+from engines.llm.cpu_decode import PromptPasses
 from engines.llm.draft_model import DraftModel
 from engines.llm.prefill import (
     Prefill,
@@ -250,6 +251,12 @@ class Scheduler:
             return True
         return self.prefix_cache.ready(request.prompt_tokens)
 
+    @property
+    def _prompt_model(self) -> Any:
+        """What prompt passes call: on a CPU with cpu_decode, the model with each pass built as
+        a wide decode step (`PromptPasses`); else the model."""
+        return PromptPasses(self.model) if self.config.cpu_decode else self.model
+
     def _start_prefill(self, waiting: _Waiting) -> Prefill:
         request = waiting.request
         cache, reused = None, 0
@@ -271,12 +278,14 @@ class Scheduler:
         bucket = self.config.prefill_bucket
         group, width = choose_group(self._prefilling, budget)
         if len(group) >= 2:
-            batch, logits = prefill_together(self.model, group, width, self.profile.plain, bucket)
+            batch, logits = prefill_together(
+                self._prompt_model, group, width, self.profile.plain, bucket
+            )
             self._join_prefilled(group, batch, logits)
             budget -= len(group) * width
         resumed = choose_resumed_group(self._prefilling, budget)
         if resumed:
-            batch, logits = prefill_resumed(self.model, resumed, bucket)
+            batch, logits = prefill_resumed(self._prompt_model, resumed, bucket)
             self._join_prefilled(resumed, batch, logits)
             budget -= len(resumed) * len(resumed[0].to_prefill)
         return budget
@@ -303,7 +312,7 @@ class Scheduler:
         bucket = self.config.prefill_bucket
         while self._prefilling and budget > 0:
             prefill = self._prefilling[0]
-            budget -= prefill.feed(self.model, budget, bucket)
+            budget -= prefill.feed(self._prompt_model, budget, bucket)
             if len(prefill.to_prefill) == 1 and budget > 0:
                 budget -= 1
                 self._prefilling.pop(0)

@@ -15,8 +15,9 @@ import mlx.nn as nn
 import pytest
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
-from engines.llm import cpu_decode
-from engines.llm.cpu_decode import TabledRoPE, decode_step, install
+from engines.llm import caches as cache_ops
+from engines.llm import cpu_decode, native_softmax
+from engines.llm.cpu_decode import PromptPasses, TabledRoPE, decode_step, install
 from engines.llm.engine import LLMEngine
 from tests.tiny import tiny_model
 
@@ -151,3 +152,47 @@ async def test_a_cpu_engine_decodes_with_the_rewrites(engine: LLMEngine) -> None
     layers = engine.scheduler.model.model.layers
     assert all(isinstance(layer.self_attn.rope, TabledRoPE) for layer in layers)
     assert engine.scheduler is not None and engine.scheduler.batch._cpu_decode
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("case", ["fresh", "resumed", "left_padded"])
+def test_prompt_passes_equal_the_original_bit_for_bit(
+    arch: str, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prompt chunk on a fresh cache, one resuming after cached tokens, and several prompts
+    left-padded into a batch cache (as `prefill_together` builds it), through `PromptPasses`
+    (the rewrites, every layer; every softmax through the native kernel where it runs) and
+    through the model itself."""
+    model = tiny_model(arch)
+    install(model)
+    monkeypatch.setattr(native_softmax, "MIN_ELEMENTS", 0)
+    counting = _Counting(mx.fast.scaled_dot_product_attention)
+    monkeypatch.setattr(mx.fast, "scaled_dot_product_attention", counting)
+    if case == "left_padded":
+        lengths = [9, 4, 7]
+        caches = cache_ops.merge([make_prompt_cache(model) for _ in lengths])
+        for layer in caches:
+            layer.prepare(left_padding=[9 - n for n in lengths])
+        tokens = mx.array(
+            [
+                [0] * (9 - n) + [(5 * r + i) % 40 + 3 for i in range(n)]
+                for r, n in enumerate(lengths)
+            ]
+        )
+    elif case == "resumed":
+        caches = _prefilled(model, [[4, 9, 16, 25, 36]])
+        tokens = mx.array([[3 + (7 * i) % 45 for i in range(11)]])
+    else:
+        caches = make_prompt_cache(model)
+        tokens = mx.array([[3 + (7 * i) % 45 for i in range(11)]])
+    counting.calls = 0
+    reference_caches = copy.deepcopy(caches)
+    expected = model(tokens, cache=reference_caches)
+    assert counting.calls == len(caches)
+    counting.calls = 0
+    actual = PromptPasses(model)(tokens, cache=caches)
+    assert counting.calls == 0  # the grouped attention ran in every layer
+    mx.eval(expected, actual)
+    assert mx.array_equal(actual, expected).item()
+    for mine, theirs in zip(caches, reference_caches, strict=True):
+        assert mx.array_equal(mine.state[0], theirs.state[0]).item()  # keys rotated alike
