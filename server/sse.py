@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -83,12 +84,42 @@ def _keepalive() -> ServerSentEvent:
     return ServerSentEvent(comment="keep-alive")
 
 
+@dataclass(frozen=True)
+class Last:
+    """A stream's last frame, as its generator yields it: nothing but the response's end is
+    written after it. (sse-starlette's keep-alive task runs beside the stream and would
+    otherwise write a keep-alive while the generator winds down after its last frame — its
+    cleanup closes the engine stream, and awaits — so a `ping` could follow `message_stop`,
+    or a comment `[DONE]`.)"""
+
+    frame: bytes
+
+
 class _EventSourceResponse(EventSourceResponse):
-    """sse-starlette's response without its per-send cancel scope when no send timeout is set
-    (mlxd sets none): `anyio.move_on_after(None)` around every frame guards nothing, yet
-    entering and leaving it was ~10% of the event loop's time at 256 streams."""
+    """sse-starlette's response, with two changes:
+    - without its per-send cancel scope when no send timeout is set (mlxd sets none):
+      `anyio.move_on_after(None)` around every frame guards nothing, yet entering and leaving
+      it was ~10% of the event loop's time at 256 streams;
+    - a `Last` frame ends the keep-alives: it is sent holding the lock keep-alives are sent
+      under, and every keep-alive after it is dropped (invariant: once `_ended`, only the
+      response's closing message is sent)."""
+
+    def __init__(self, content: AsyncIterator[bytes | Last], **options: Any) -> None:
+        self._ended = False
+        super().__init__(self._marked(content), **options)
+
+    async def _marked(self, events: AsyncIterator[bytes | Last]) -> AsyncIterator[bytes]:
+        async for item in events:
+            if not isinstance(item, Last):
+                yield item
+                continue
+            async with self._send_lock:  # no keep-alive between this frame and `_ended`
+                yield item.frame
+                self._ended = True
 
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        if self._ended and message.get("more_body"):
+            return  # a keep-alive due after the last frame
         if self.send_timeout is None:
             await send(message)
         else:
@@ -96,13 +127,14 @@ class _EventSourceResponse(EventSourceResponse):
 
 
 def event_stream(
-    events: AsyncIterator[bytes],
+    events: AsyncIterator[bytes | Last],
     headers: Mapping[str, str],
     settings: Settings,
     keepalive: Callable[[], ServerSentEvent] = _keepalive,
 ) -> EventSourceResponse:
     """The streaming response: a `keepalive` (by default a comment) every
-    `keepalive_interval_s` (also while a long prompt is prefilled); streams in flight may finish
+    `keepalive_interval_s` (also while a long prompt is prefilled) until the stream's `Last`
+    frame, if it marks one; streams in flight may finish
     during the drain at shutdown, and one the drain cuts ends with its error event
     (`server.drain`) before sse-starlette's own shutdown deadline would close it unended."""
     return _EventSourceResponse(

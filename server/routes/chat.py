@@ -88,7 +88,7 @@ async def _stream_chunks(
     include_usage: bool,
     interval_s: float,
     outputs: list[ChoiceOutput],
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[bytes | sse.Last]:
     created = int(time.time())
     with_logprobs = generation.logprobs is not None
 
@@ -135,4 +135,4 @@ async def _stream_chunks(
     if include_usage:
         prompt = len(generation.prompt_tokens)
         yield frame(None, usage_body(prompt, completion_tokens, cached_tokens))
-    yield sse.done()
+    yield sse.Last(sse.done())

@@ -171,7 +171,7 @@ async def _stream_chunks(
     generations: list[GenerationRequest],
     streams: list[EventSource],
     settings: Any,
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[bytes | sse.Last]:
     created = int(time.time())
     n = completion.choices
     with_logprobs = completion.logprobs is not None
@@ -225,4 +225,4 @@ async def _stream_chunks(
         prompt_tokens = sum(len(g.prompt_tokens) for g in generations)
         usage = usage_body(prompt_tokens, completion_tokens, sum(cached.values()))
         yield frame(None, usage)
-    yield sse.done()
+    yield sse.Last(sse.done())

@@ -140,15 +140,14 @@ async def _stream_events(
     model: str,
     blocks: MessageBlocks,
     interval_s: float,
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[bytes | sse.Last]:
     request_id = prepared.request_id
     output: ChoiceOutput = prepared.output_for()
     prompt_tokens = len(prepared.generation.prompt_tokens)
     start = message_body(request_id, model, [], usage_body(prompt_tokens, 0, 0))
     block_frame = _BlockFrames()
     yield sse.event("message_start", {"type": "message_start", "message": start})
-    # The stream ends with its last frame: waiting on for the engine stream's own end, a
-    # keep-alive `ping` due meanwhile went out after `message_stop`.
+    # The stream ends with its last frame (`sse.Last`: no keep-alive `ping` after it).
     async for event in stream.events(interval_s):
         if isinstance(event, TokenEvent):
             for block_event in blocks.feed(output.feed(event.text)):
@@ -157,12 +156,12 @@ async def _stream_events(
             for block_event in blocks.feed(output.finish()) + blocks.finish():
                 yield block_frame(block_event)
             yield _framed(_message_delta(event, blocks))
-            yield _framed({"type": "message_stop"})
+            yield sse.Last(_framed({"type": "message_stop"}))
             return
         elif isinstance(event, ErrorEvent):
             logger.error("%s failed in stream: %s", request_id, event.error)
             error = from_engine_error(event.error)
-            yield sse.event("error", anthropic_error_body(error.status, error.message))
+            yield sse.Last(sse.event("error", anthropic_error_body(error.status, error.message)))
             return
 
 

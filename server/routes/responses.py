@@ -260,7 +260,7 @@ class _Run:
 
     async def events(
         self, stream: EventSource, interval_s: float, heartbeat_s: float
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[bytes | sse.Last]:
         """The SSE events. While nothing is sent for `heartbeat_s` (a long prefill, a tool call
         the parser holds back) `response.in_progress` is repeated: Codex's idle timeout counts
         events, not the SSE comments every stream gets as keep-alives."""
@@ -283,7 +283,7 @@ class _Run:
             for item_event in events:
                 yield frame(item_event)
         final = await self.final(self.status, self.usage, self.error)
-        yield frame({"type": f"response.{self.status}", "response": final})
+        yield sse.Last(frame({"type": f"response.{self.status}", "response": final}))
 
     def _item_events(self, event: EngineEvent, output: ChoiceOutput) -> list[Event]:
         """The Responses events for one engine event; a finish or an error sets the outcome."""
