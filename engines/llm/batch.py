@@ -247,10 +247,17 @@ class DecodeBatch:
         padded = [d + [0] * (width - 1 - len(d)) for d in drafts.tokens]
         inputs = mx.concatenate([current.tokens[:, None], mx.array(padded, dtype=mx.int32)], 1)
         offsets = self._caches[0].offset
-        with decode_step(offsets, width) if self._cpu_decode else nullcontext():
+        used = [1 + len(d) for d in drafts.tokens]  # each row's positions before its padding
+        starts = None
+        if self._cpu_decode:
+            with decode_step(offsets, width, used) as step:
+                logits = self._model(inputs, cache=self._caches)
+            if step.packed_logits:  # (1, sum(used), vocab): row i's from starts[i]
+                starts = [sum(used[:i]) for i in range(len(used))]
+        else:
             logits = self._model(inputs, cache=self._caches)
         samplers = [choice.sampler for choice in self.choices]
-        results = verify(logits, drafts, samplers)
+        results = verify(logits, drafts, samplers, starts)
         # Each row keeps its pending token and its kept drafts; the rest of its positions go.
         drop = [width - 1 - r.accepted for r in results]
         for layer in self._caches:

@@ -343,11 +343,25 @@ class _Pending:
     sampled: Sampled | None = None  # rows without drafts: their sampler's token
 
 
-def verify(logits: mx.array, drafts: Drafts, samplers: list[TokenSampler]) -> list[RowResult]:
-    """Decide every row of one verification pass (logits: rows × (1 + longest draft) × vocab)."""
+def verify(
+    logits: mx.array,
+    drafts: Drafts,
+    samplers: list[TokenSampler],
+    starts: list[int] | None = None,
+) -> list[RowResult]:
+    """Decide every row of one verification pass (logits: rows × (1 + longest draft) × vocab;
+    or, packed, 1 × the rows' used positions × vocab, row i's from `starts[i]`)."""
+
+    def row_logits(i: int, positions: int) -> mx.array:
+        if starts is None:
+            return logits[i, :positions]
+        return logits[0, starts[i] : starts[i] + positions]
+
     rows = enumerate(zip(drafts.tokens, drafts.logprobs, samplers, strict=True))
     pending = [
-        _prepare(logits[i, : 1 + len(d)], d, q, sampler) if d else _plain(logits[i, :1], sampler)
+        _prepare(row_logits(i, 1 + len(d)), d, q, sampler)
+        if d
+        else _plain(row_logits(i, 1), sampler)
         for i, (d, q, sampler) in rows
     ]
     lazy = [a for p in pending for a in (p.greedy, p.kept, p.redraw, p.bonus) if a is not None]

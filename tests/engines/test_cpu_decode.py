@@ -17,8 +17,15 @@ from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
 from engines.llm import caches as cache_ops
 from engines.llm import cpu_decode, native_softmax
-from engines.llm.cpu_decode import PromptPasses, TabledRoPE, decode_step, install
+from engines.llm.cpu_decode import (
+    PackedPositions,
+    PromptPasses,
+    TabledRoPE,
+    decode_step,
+    install,
+)
 from engines.llm.engine import LLMEngine
+from engines.llm.ragged_cache import RaggedKVCache
 from tests.tiny import tiny_model
 
 
@@ -196,3 +203,51 @@ def test_prompt_passes_equal_the_original_bit_for_bit(
     assert mx.array_equal(actual, expected).item()
     for mine, theirs in zip(caches, reference_caches, strict=True):
         assert mx.array_equal(mine.state[0], theirs.state[0]).item()  # keys rotated alike
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_a_packed_verification_pass_equals_the_padded_one(
+    arch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows padded to the longest draft (ragged caches, as speculation runs them): with `used`
+    given, the MLPs run on the used positions only and the head
+    computes their logits alone; those logits, and every used position's keys, equal the
+    padded pass's up to the rounding of a matrix product over fewer rows (BLAS sums in an order
+    that depends on the rows: the padded pass is not bit for bit a one-token step either), and
+    pick the same greedy tokens."""
+    model = tiny_model(arch)
+    install(model)
+    inner_calls: list[tuple[int, ...]] = []
+    first_mlp = model.model.layers[0].mlp
+    assert isinstance(first_mlp, PackedPositions)
+    original_mlp = first_mlp.inner
+    monkeypatch.setattr(
+        first_mlp, "inner", lambda x: inner_calls.append(x.shape) or original_mlp(x)
+    )
+
+    rows = []
+    for length in (6, 11, 8):
+        cache = make_prompt_cache(model)
+        mx.eval(model(mx.array([[(3 * length + i) % 40 + 2 for i in range(length)]]), cache=cache))
+        rows.append(cache)
+    caches = [RaggedKVCache.merge([row[i] for row in rows]) for i in range(len(rows[0]))]
+    used, width = [3, 1, 5], 5
+    tokens = mx.array([[7 + r + 2 * j for j in range(width)] for r in range(3)])
+    padded_caches = copy.deepcopy(caches)
+    with decode_step(caches[0].offset, width) as step:
+        padded = model(tokens, cache=padded_caches)
+    assert not step.packed_logits and inner_calls[-1] == (3, width, 64)
+    with decode_step(caches[0].offset, width, used) as step:
+        packed = model(tokens, cache=caches)
+    assert step.packed_logits and inner_calls[-1] == (1, sum(used), 64)
+    mx.eval(padded, packed)
+    assert packed.shape == (1, sum(used), padded.shape[-1])
+    starts = [0, 3, 4]
+    for row, (start, n) in enumerate(zip(starts, used, strict=True)):
+        mine, theirs = packed[0, start : start + n], padded[row, :n]
+        assert mx.allclose(mine, theirs, rtol=1e-5, atol=1e-4).item()
+        assert mx.array_equal(mx.argmax(mine, axis=-1), mx.argmax(theirs, axis=-1)).item()
+        for layer, reference in zip(caches, padded_caches, strict=True):
+            end = layer.lengths[row] - width + n
+            got, expected = layer.keys[row, :, :end], reference.keys[row, :, :end]
+            assert mx.allclose(got, expected, rtol=1e-5, atol=1e-5).item()
