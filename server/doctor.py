@@ -57,6 +57,22 @@ def check_blas(status: blas.BlasStatus) -> Finding:
     )
 
 
+def check_native_softmax(backend: str) -> Finding:
+    """The CPU engines' softmax kernel (engines/llm/native_softmax.py): built, or why not."""
+    if backend != "cpu":
+        return Finding("native softmax", f"not used: MLX runs on {backend}")
+    from engines.llm import native_softmax
+
+    kernel, detail = native_softmax.kernel_status()
+    if kernel is not None or native_softmax.unsupported_cpu():
+        return Finding("native softmax", detail)
+    return Finding(
+        "native softmax",
+        f"off: {detail}; CPU attention ~10x slower per exponential",
+        "install a C compiler (apt-get install gcc) or set CC",
+    )
+
+
 def check_store(settings: Settings) -> list[Finding]:
     store = ModelStore(settings.home)
     names = store.names()
@@ -173,6 +189,7 @@ def run_doctor(settings: Settings, blas_status: blas.BlasStatus) -> int:
     findings = [
         *check_runtime(),
         check_blas(blas_status),
+        check_native_softmax(runtime().backend),
         *check_store(settings),
         *check_limits(settings),
         *check_hub(),

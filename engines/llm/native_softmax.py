@@ -84,7 +84,7 @@ def kernel_status() -> tuple[RowSoftmax | None, str]:
 
 
 def _load() -> tuple[RowSoftmax | None, str]:
-    unsupported = _unsupported_cpu()
+    unsupported = unsupported_cpu()
     if unsupported:
         return None, unsupported
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -100,7 +100,7 @@ def _load() -> tuple[RowSoftmax | None, str]:
     return function, f"built with {compiler}: {library}"
 
 
-def _unsupported_cpu() -> str:
+def unsupported_cpu() -> str:
     """Why this CPU cannot run the kernel ('' when it can)."""
     if platform.machine().lower() not in {"x86_64", "amd64"}:
         return f"a {platform.machine()} CPU (the kernel is x86 AVX2)"

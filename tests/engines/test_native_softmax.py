@@ -16,9 +16,7 @@ from engines.llm import cpu_decode, native_softmax
 from engines.llm.ragged_cache import RaggedKVCache
 from tests.tiny import tiny_model
 
-SUPPORTED = not native_softmax._unsupported_cpu() and bool(
-    shutil.which("cc") or shutil.which("gcc")
-)
+SUPPORTED = not native_softmax.unsupported_cpu() and bool(shutil.which("cc") or shutil.which("gcc"))
 needs_kernel = pytest.mark.skipif(not SUPPORTED, reason="not an x86 CPU with AVX2/FMA and cc")
 
 
@@ -94,7 +92,7 @@ def test_without_a_compiler_mlxs_softmax_runs(
     monkeypatch.setattr(native_softmax, "MIN_ELEMENTS", 0)
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("MLXD_HOME", str(tmp_path))
-    monkeypatch.setattr(native_softmax, "_unsupported_cpu", lambda: "")
+    monkeypatch.setattr(native_softmax, "unsupported_cpu", lambda: "")
     kernel, detail = native_softmax.kernel_status()
     assert kernel is None and "did not build" in detail
     scores = mx.random.normal((8, 300))

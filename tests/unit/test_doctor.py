@@ -6,8 +6,11 @@ import socket
 import sys
 from pathlib import Path
 
+import pytest
+
 from engines.blas import BlasStatus
-from server.doctor import check_blas, check_port, check_store, run_doctor
+from engines.llm import native_softmax
+from server.doctor import check_blas, check_native_softmax, check_port, check_store, run_doctor
 from server.settings import Settings
 
 
@@ -40,3 +43,15 @@ def test_exit_status_reflects_problems(tmp_path: Path, capsys: object) -> None:
     assert run_doctor(Settings(home=tmp_path), BlasStatus("/lib/libopenblas.so", "preloaded")) == 1
     out = capsys.readouterr().out  # type: ignore[attr-defined]
     assert "fix: mlxd import --embedded" in out and "problem(s) found" in out
+
+
+def test_a_supported_cpu_without_a_compiler_is_a_problem(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(native_softmax, "_loaded", None)
+    monkeypatch.setattr(native_softmax, "unsupported_cpu", lambda: "")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("MLXD_HOME", str(tmp_path))
+    finding = check_native_softmax("cpu")
+    assert finding.fix is not None and "C compiler" in finding.fix
+    assert check_native_softmax("metal").fix is None  # not used there
