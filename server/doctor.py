@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from engines import blas
 from engines.weights.embedded import SMOLLM2, WHISPER_TINY_EN
-from engines.weights.store import ModelStore
+from engines.weights.store import ModelStore, default_home
 from server.runtime import runtime
 from server.service import LABEL, UNIT, ServiceOptions, plist_path, unit_path
 from server.settings import Settings
@@ -66,11 +66,11 @@ def check_native_softmax(backend: str) -> Finding:
     kernel, detail = native_softmax.kernel_status()
     if kernel is not None or native_softmax.unsupported_cpu():
         return Finding("native softmax", detail)
-    return Finding(
-        "native softmax",
-        f"off: {detail}; CPU attention ~10x slower per exponential",
-        "install a C compiler (apt-get install gcc) or set CC",
-    )
+    if detail == native_softmax.NO_COMPILER:
+        fix = "install a C compiler (apt-get install gcc) or set CC"
+    else:  # a compiler, but the build or the load failed
+        fix = f"make {default_home() / 'native'} writable, or set CC to a working C compiler"
+    return Finding("native softmax", f"off: {detail}; CPU attention ~10x slower", fix)
 
 
 def check_store(settings: Settings) -> list[Finding]:

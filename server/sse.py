@@ -109,13 +109,18 @@ class _EventSourceResponse(EventSourceResponse):
         super().__init__(self._marked(content), **options)
 
     async def _marked(self, events: AsyncIterator[bytes | Last]) -> AsyncIterator[bytes]:
-        async for item in events:
-            if not isinstance(item, Last):
-                yield item
-                continue
-            async with self._send_lock:  # no keep-alive between this frame and `_ended`
-                yield item.frame
-                self._ended = True
+        try:
+            async for item in events:
+                if not isinstance(item, Last):
+                    yield item
+                    continue
+                async with self._send_lock:  # no keep-alive between this frame and `_ended`
+                    yield item.frame
+                    self._ended = True
+        finally:  # closed early (a failed send): the route's generator cleans up now, not at GC
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
 
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
         if self._ended and message.get("more_body"):

@@ -12,6 +12,10 @@
  *
  * Built with -ffp-contract=off: no multiply and add may be fused other than where MLX fuses
  * them (its explicit fma calls, _mm256_fmadd_ps here).
+ *
+ * One exception: a row holding several NaNs with different payloads may come out with another
+ * payload than MLX's (which NaN an operation returns depends on its operands' order in MLX's
+ * compiled code). Such a row is all NaN either way.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -67,8 +71,8 @@ static __m256 exp_eight(__m256 x_init) {
     return _mm256_blendv_ps(result, _mm256_setzero_ps(), _mm256_cmp_ps(x_init, _mm256_set1_ps(-88.0f), _CMP_LT_OQ));
 }
 
-/* MLX's running maximum: a NaN, once seen, stays (the first one); otherwise the largest
-   value, which does not depend on the order of comparison. */
+/* MLX's running maximum: each NaN seen replaces it and stays until the next (the last one
+   wins); otherwise the largest value, which does not depend on the order of comparison. */
 static float row_max(const float *row, int64_t n) {
     __m256 lanes = _mm256_set1_ps(-INFINITY);
     __m256 unordered = _mm256_setzero_ps();
@@ -88,7 +92,7 @@ static float row_max(const float *row, int64_t n) {
         m = row[j] > m ? row[j] : m;
     }
     if (nan)
-        for (j = 0; j < n; j++)
+        for (j = n - 1; j >= 0; j--)
             if (isnan(row[j])) return row[j];
     return m;
 }

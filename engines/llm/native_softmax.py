@@ -6,7 +6,8 @@ computes each exponential one at a time (~12 ns). A speculative verification pas
 8 positions over ~640 cached tokens of SmolLM2-135M computes 11M of them, 42% of the pass
 (measured: 388 ms with MLX's softmax, 225 ms with none). The kernel runs the same IEEE
 operations in the same order, eight elements at a time where the order does not matter, so a
-step's logits do not change by a bit (tests compare it with `mx.softmax` bit for bit).
+step's logits do not change by a bit (tests compare it with `mx.softmax` bit for bit; the one
+exception is which payload a row of several different NaNs ends with: all NaN either way).
 
 How: the scores are evaluated (a sync point inside the step: CPU steps are not pipelined, and on
 a CPU this costs far less than it saves on the large passes that use it), read through the
@@ -28,6 +29,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -50,6 +52,7 @@ FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fno-math-errno", "-fPI
 MIN_ELEMENTS = 16_384
 
 RowSoftmax = Callable[[int, int, int], None]  # (address, rows, row length)
+NO_COMPILER = "no C compiler (cc, gcc or $CC)"
 
 _lock = threading.Lock()
 _loaded: tuple[RowSoftmax | None, str] | None = None
@@ -87,9 +90,10 @@ def _load() -> tuple[RowSoftmax | None, str]:
     unsupported = unsupported_cpu()
     if unsupported:
         return None, unsupported
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    found = shutil.which("cc") or shutil.which("gcc")
+    compiler = shlex.split(os.environ.get("CC", "")) or ([found] if found else [])
     if not compiler:
-        return None, "no C compiler (cc or $CC)"
+        return None, NO_COMPILER
     try:
         library = _built(compiler, default_home() / "native")
         function = ctypes.CDLL(str(library)).mlxd_softmax_rows
@@ -97,7 +101,7 @@ def _load() -> tuple[RowSoftmax | None, str]:
         return None, f"the kernel did not build or load: {error}"
     function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
     function.restype = None
-    return function, f"built with {compiler}: {library}"
+    return function, f"built with {' '.join(compiler)}: {library}"
 
 
 def unsupported_cpu() -> str:
@@ -116,10 +120,10 @@ def unsupported_cpu() -> str:
     return f"the CPU lacks {', '.join(sorted(missing))}" if missing else ""
 
 
-def _built(compiler: str, directory: Path) -> Path:
+def _built(compiler: list[str], directory: Path) -> Path:
     """The shared library for this source and compiler, compiled into `directory` if absent."""
     version = subprocess.run(
-        [compiler, "--version"], capture_output=True, text=True, timeout=30, check=True
+        [*compiler, "--version"], capture_output=True, text=True, timeout=30, check=True
     ).stdout
     digest = hashlib.sha256(
         SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()
@@ -132,7 +136,7 @@ def _built(compiler: str, directory: Path) -> Path:
     os.close(handle)
     try:
         subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", partial],
+            [*compiler, *FLAGS, str(SOURCE), "-o", partial],
             capture_output=True,
             text=True,
             timeout=120,

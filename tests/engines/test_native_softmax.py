@@ -58,7 +58,7 @@ def test_bit_for_bit_with_infinities_nans_and_fully_masked_rows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rows = np.random.default_rng(0).normal(size=(16, 100)).astype(np.float32) * 10
-    rows[0, 3] = np.nan  # the first NaN wins MLX's maximum
+    rows[0, 3] = np.nan  # a NaN is MLX's maximum from where it is seen
     rows[1, 50] = np.inf
     rows[2, :] = -np.inf
     rows[3, :] = np.finfo(np.float32).min  # a row every key of which is masked
@@ -107,6 +107,17 @@ def test_an_unsupported_cpu_never_builds(monkeypatch: pytest.MonkeyPatch, tmp_pa
     kernel, detail = native_softmax.kernel_status()
     assert kernel is None and "arm64" in detail
     assert not (tmp_path / "native").exists()
+
+
+@needs_kernel
+def test_cc_may_carry_arguments(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`CC="ccache gcc"`, `CC="gcc -m64"`: split as a shell would."""
+    monkeypatch.setattr(native_softmax, "_loaded", None)
+    monkeypatch.setenv("MLXD_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", f"{shutil.which('cc') or shutil.which('gcc')} -m64")
+    kernel, detail = native_softmax.kernel_status()
+    assert kernel is not None, detail
+    assert "-m64" in detail
 
 
 @needs_kernel

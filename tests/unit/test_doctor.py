@@ -52,6 +52,11 @@ def test_a_supported_cpu_without_a_compiler_is_a_problem(
     monkeypatch.setattr(native_softmax, "unsupported_cpu", lambda: "")
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("MLXD_HOME", str(tmp_path))
+    finding = check_native_softmax("cpu")  # $CC names a compiler that is not there
+    assert finding.fix is not None and "writable" in finding.fix
+    monkeypatch.setattr(native_softmax, "_loaded", None)
+    monkeypatch.setenv("CC", "")
+    monkeypatch.setattr(native_softmax.shutil, "which", lambda name: None)
     finding = check_native_softmax("cpu")
-    assert finding.fix is not None and "C compiler" in finding.fix
+    assert finding.fix is not None and "install a C compiler" in finding.fix
     assert check_native_softmax("metal").fix is None  # not used there
