@@ -153,7 +153,24 @@ def _packing(x: mx.array) -> DecodeStep | None:
     return step if x.shape[0] == step.rows and x.shape[1] == step.width else None
 
 
-class PackedPositions(nn.Module):
+class _Packing(nn.Module):
+    """A wrapped per-position module that sees a packing step's used positions."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    @staticmethod
+    def used(x: mx.array) -> tuple[DecodeStep, mx.array] | None:
+        """In a step that packs `x` (rows, width, features): the step and x's used positions,
+        (1, used positions, features); else None."""
+        step = _packing(x)
+        if step is None or step.packed is None:
+            return None
+        return step, x.reshape(-1, x.shape[-1])[step.packed][None]
+
+
+class PackedPositions(_Packing):
     """A per-position module (a decoder layer's MLP) that, in a verification pass with padded
     rows, runs on the used positions only and leaves zeros at the padding (which only later
     padding positions attend to: each row's used positions come first, and attention within
@@ -162,38 +179,30 @@ class PackedPositions(nn.Module):
     (SmolLM2, 8 rows, with the head packed too: one row verifying 8 drafts, the others none,
     338 -> 225 ms)."""
 
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
     def __call__(self, x: mx.array) -> mx.array:
-        step = _packing(x)
-        if step is None:
+        packing = self.used(x)
+        if packing is None:
             return self.inner(x)
-        assert step.packed is not None
-        rows, width, features = x.shape
-        used = self.inner(x.reshape(rows * width, features)[step.packed][None])[0]
-        out = mx.zeros((rows * width, used.shape[-1]), dtype=used.dtype)
-        out[step.packed] = used
+        step, used = packing
+        rows, width, _ = x.shape
+        outputs = self.inner(used)[0]
+        out = mx.zeros((rows * width, outputs.shape[-1]), dtype=outputs.dtype)
+        out[step.packed] = outputs
         return out.reshape(rows, width, -1)
 
 
-class PackedFinalNorm(nn.Module):
+class PackedFinalNorm(_Packing):
     """The model's final norm that, in a verification pass with padded rows, keeps only the used
     positions: the output head (a vocabulary-wide product per position) then computes their
     logits alone, (1, used positions, vocab), and the step records it (`packed_logits`)."""
 
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
     def __call__(self, x: mx.array) -> mx.array:
-        step = _packing(x)
-        if step is None:
+        packing = self.used(x)
+        if packing is None:
             return self.inner(x)
-        assert step.packed is not None
+        step, used = packing
         step.packed_logits = True
-        return self.inner(x.reshape(-1, x.shape[-1])[step.packed][None])
+        return self.inner(used)
 
 
 class TabledRoPE(nn.Module):
