@@ -295,9 +295,11 @@ class PromptPasses:
             return self.model(tokens, cache=cache)
 
 
-def install(model: nn.Module) -> bool:
-    """Wrap the model's `nn.RoPE`s and its module's attention function (once per module);
-    False, touching nothing, for a model outside `REVIEWED_MODULES`."""
+def install(model: nn.Module, packing: bool = True) -> bool:
+    """Wrap the model's `nn.RoPE`s and its module's attention function (once per module) and,
+    with `packing`, its MLPs and final norm for packed verification passes (a draft model,
+    which never verifies, goes without: they would only add work to its passes); False,
+    touching nothing, for a model outside `REVIEWED_MODULES`."""
     package, _, name = type(model).__module__.rpartition(".")
     if package != "mlx_lm.models" or name not in REVIEWED_MODULES:
         return False
@@ -314,7 +316,7 @@ def install(model: nn.Module) -> bool:
     # final norm (before the output head), where the model has them under mlx-lm's usual names.
     # (Packing the attention projections too measured no faster: their gathers and scatters
     # cost about what they save.)
-    inner: Any = getattr(model, "model", None)
+    inner: Any = getattr(model, "model", None) if packing else None
     for layer in getattr(inner, "layers", None) or []:
         mlp = getattr(layer, "mlp", None)
         if isinstance(mlp, nn.Module) and not isinstance(mlp, PackedPositions):

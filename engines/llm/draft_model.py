@@ -102,7 +102,7 @@ class DraftModel:
                 f"draft model {path.name} has {width} logits, the model {vocab}: "
                 "a draft model must share the tokenizer"
             )
-        return cls(model, probe, cpu_decode and install_cpu_decode(model))
+        return cls(model, probe, cpu_decode and install_cpu_decode(model, packing=False))
 
     # -- rows, as the DecodeBatch's ----------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""The attention softmax of CPU decode steps, computed by a small C kernel (native_softmax.c)
-that gives MLX's own results bit for bit, ~10x faster on x86.
+"""The attention softmax of CPU decode steps, verification passes and prompt passes, computed by
+a small C kernel (native_softmax.c) that gives MLX's own results bit for bit, ~10x faster on x86.
 
 Why: MLX's CPU backend has no vector code on x86 (its SIMD width there is 1), so its softmax
 computes each exponential one at a time (~12 ns). A speculative verification pass of 8 rows x
