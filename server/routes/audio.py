@@ -214,8 +214,9 @@ def _render(
     return JSONResponse(transcripts.json_body(segments, done.duration), headers=headers)
 
 
-async def _stream_events(stream: EventSource, request_id: str) -> AsyncIterator[bytes]:
-    """`transcript.text.delta` per finished segment, then `transcript.text.done`."""
+async def _stream_events(stream: EventSource, request_id: str) -> AsyncIterator[bytes | sse.Last]:
+    """`transcript.text.delta` per finished segment, then `transcript.text.done` (or the error
+    event) as the stream's `Last` frame."""
     segments: list[Segment] = []
     async for event in stream:
         if isinstance(event, Segment):
@@ -226,7 +227,7 @@ async def _stream_events(stream: EventSource, request_id: str) -> AsyncIterator[
             # No usage here: the SDK's done event only knows token usage, which whisper's
             # duration-billed transcription does not have.
             body = {"type": "transcript.text.done", "text": transcripts.transcript_text(segments)}
-            yield sse.data(body)
+            yield sse.Last(sse.data(body))
         elif isinstance(event, ErrorEvent):
             logger.error("%s failed in stream: %s", request_id, event.error)
-            yield sse.data(from_engine_error(event.error).body())
+            yield sse.Last(sse.data(from_engine_error(event.error).body()))

@@ -157,15 +157,17 @@ async def _audio_bytes(pieces: AsyncIterator[bytes | SynthesisDone]) -> AsyncIte
 
 async def _sse_events(
     pieces: AsyncIterator[bytes | SynthesisDone],
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[bytes | sse.Last]:
+    """`speech.audio.delta` per encoded piece, then `speech.audio.done` (or the error event) as
+    the stream's `Last` frame."""
     try:
         async for piece in pieces:
             if isinstance(piece, SynthesisDone):
                 usage = {"input_tokens": piece.tokens, "output_tokens": 0}
                 usage["total_tokens"] = piece.tokens
-                yield sse.data({"type": "speech.audio.done", "usage": usage})
+                yield sse.Last(sse.data({"type": "speech.audio.done", "usage": usage}))
             elif piece:
                 audio = base64.b64encode(piece).decode("ascii")
                 yield sse.data({"type": "speech.audio.delta", "audio": audio})
     except SynthesisFailed as exc:
-        yield sse.data(from_engine_error(exc.error).body())
+        yield sse.Last(sse.data(from_engine_error(exc.error).body()))

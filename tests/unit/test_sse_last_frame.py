@@ -7,9 +7,13 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
+from engines.errors import EngineError
+from engines.types import ErrorEvent, Segment, SynthesisDone, TranscriptionDone
 from server import sse
+from server.routes import audio, speech
 from server.settings import Settings
 
 FIRST = sse.event("message_start", {"type": "message_start"})
@@ -48,3 +52,37 @@ async def test_unmarked_the_keepalives_run_on_past_it() -> None:
     text = await _response_text(mark_last=False)
     assert not text.endswith(STOP.decode())
     assert STOP.decode() + ": keep-alive" in text
+
+
+async def _items(frames: AsyncIterator[bytes | sse.Last]) -> list[bytes | sse.Last]:
+    return [item async for item in frames]
+
+
+def _segment(text: str) -> Segment:
+    return Segment(0, 0, 0.0, 1.0, text, [], 0.0, -0.1, 1.0, 0.01)
+
+
+async def _events(*events: object) -> AsyncIterator[object]:
+    for event in events:
+        yield event
+
+
+@pytest.mark.parametrize(
+    "ending", [TranscriptionDone("english", 1.0), ErrorEvent(EngineError("the engine stopped"))]
+)
+async def test_a_transcription_stream_marks_its_last_frame(ending: object) -> None:
+    frames = audio._stream_events(_events(_segment(" Hello."), ending), "req")  # type: ignore[arg-type]
+    items = await _items(frames)
+    assert [isinstance(item, sse.Last) for item in items] == [False, True]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_a_speech_stream_marks_its_last_frame(fails: bool) -> None:
+    async def pieces() -> AsyncIterator[bytes | SynthesisDone]:
+        yield b"\x00\x01"
+        if fails:
+            raise speech.SynthesisFailed(EngineError("the engine stopped"))
+        yield SynthesisDone(samples=1, tokens=3)
+
+    items = await _items(speech._sse_events(pieces()))
+    assert [isinstance(item, sse.Last) for item in items] == [False, True]
