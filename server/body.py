@@ -19,7 +19,8 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
-from server.errors import APIError, loc_to_param, pydantic_message
+from server.errors import APIError, loc_to_param
+from server.validation_messages import pydantic_message
 
 M = TypeVar("M", bound=BaseModel)
 

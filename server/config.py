@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engines.kinds import KINDS
 from engines.llm.chat_formats import TOOL_FORMATS
+from server import validation_messages
 
 
 class SamplingDefaults(BaseModel):
@@ -120,6 +121,4 @@ def load_models_file(path: Path) -> ModelsFile:
     try:
         return ModelsFile.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from exc
+        raise ConfigError(f"{path}: {validation_messages.one_line(exc)}") from exc

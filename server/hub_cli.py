@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from server import validation_messages
+
 # huggingface_hub and httpx log a line per request at INFO, and huggingface_hub a warning per
 # in-process retry; mlxd's own progress and errors say what matters.
 _CHATTY_LOGGERS = {"httpx": logging.WARNING, "httpx2": logging.WARNING, "huggingface_hub": 40}
@@ -48,9 +50,7 @@ def add_quantize_options(parser: Any) -> None:
 def one_line(error: BaseException) -> str:
     """An error as one line (pydantic's multi-line reports become `field: message`)."""
     if isinstance(error, ValidationError):
-        first = error.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in first["loc"])
-        return f"{where}: {first['msg']}" if where else str(first["msg"])
+        return validation_messages.one_line(error)
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
 

@@ -34,7 +34,6 @@ from server.errors import (
     anthropic_error_body,
     from_engine_error,
     loc_to_param,
-    pydantic_message,
 )
 from server.generation import EventSource, collect
 from server.message_blocks import MessageBlocks, assembled
@@ -47,6 +46,7 @@ from server.schemas.anthropic import (
 from server.schemas.chat import ChatCompletionRequest
 from server.schemas.common import documented_body, response_headers
 from server.serving import cancel_on_close, collected_or_gone, error_response
+from server.validation_messages import pydantic_message
 
 logger = logging.getLogger(__name__)
 router = APIRouter()

@@ -20,8 +20,9 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from server.body import check_json_text
-from server.errors import APIError, loc_to_param, pydantic_message
+from server.errors import APIError, loc_to_param
 from server.schemas.common import Strict
+from server.validation_messages import pydantic_message
 
 M = TypeVar("M", bound=BaseModel)
 FUNCTION_NAME = r"^[A-Za-z0-9_.-]{1,64}$"

@@ -6,11 +6,15 @@ into a 400: a validator's text without pydantic's "Value error, " prefix, JSON's
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
+from server.config import ConfigError, ModelEntry, load_models_file
+from server.hub_cli import one_line
 from server.settings import Settings
 from tests.fake_embed import FakeEmbedEngine
 from tests.fakes import FakeEngine
@@ -160,3 +164,29 @@ async def test_no_pydantic_wording_in_a_batch_of_wrong_shapes(http: httpx.AsyncC
         assert response.status_code == 400, (path, response.text)
         message = response.text
         assert not any(word in message for word in PYDANTIC_WORDS), (path, message)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ('kind = "llm"', "models.0.kind: unknown kind 'llm'; one of: chat, speech, tts, embedding"),
+        (
+            "speculative_tokens = 0",
+            "models.0.speculative_tokens: Input should be greater than or equal to 1",
+        ),
+    ],
+)
+def test_the_models_file_reads_the_same_words(tmp_path: Path, entry: str, message: str) -> None:
+    path = tmp_path / "models.toml"
+    path.write_text(f'[[models]]\nname = "coder"\nsource = "/m"\n{entry}\n')
+    with pytest.raises(ConfigError) as raised:
+        load_models_file(path)
+    assert str(raised.value) == f"{path}: {message}"
+
+
+def test_the_command_line_reads_the_same_words() -> None:
+    with pytest.raises(ValidationError) as raised:
+        ModelEntry.model_validate({"name": "coder", "source": "/m", "kind": "llm"})
+    assert one_line(raised.value) == (
+        "kind: unknown kind 'llm'; one of: chat, speech, tts, embedding"
+    )
