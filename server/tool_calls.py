@@ -15,8 +15,10 @@ Invariants of `ToolCallParser`:
   differ; their concatenations do not).
 - Markup never leaks into content: text that might be the start of `<tool_call>` is held back
   until it is known not to be. Whitespace between or after calls is no content either.
-- A call's argument fragments concatenate to exactly the model's JSON text of `arguments`; a
-  call's `name` is sent once, in its first delta, with its id.
+- A call's argument fragments concatenate to exactly the model's JSON text of `arguments` (a
+  call written out again — untagged, or `arguments` before `name` — is the same JSON with the
+  model's characters, never `\\u` escapes); a call's `name` is sent once, in its first delta,
+  with its id.
 - A tagged call that does not parse as `{"name": str, "arguments": object}` is returned as
   content.
 """
@@ -149,7 +151,7 @@ class ToolCallParser:
             out.content += self._buffer
             return
         for name, arguments in calls:
-            call = ToolCall(new_call_id(), name, json.dumps(arguments))
+            call = ToolCall(new_call_id(), name, json.dumps(arguments, ensure_ascii=False))
             out.calls.append(ToolCallDelta(len(self._calls), call.id, name))
             out.calls.append(ToolCallDelta(len(self._calls), arguments=call.arguments))
             self._calls.append(call)
@@ -195,7 +197,7 @@ class ToolCallParser:
             return
         raw = body[head.end() :].rstrip().removesuffix("}").rstrip() if head else ""
         if parsed is not None and (head is None or _json_object(raw) is None):
-            raw = json.dumps(parsed[1])  # keys in another order: re-serialise
+            raw = json.dumps(parsed[1], ensure_ascii=False)  # keys in another order: re-serialise
         name = parsed[0] if parsed is not None else json.loads(f'"{head[1]}"') if head else ""
         if self._current_id is None:
             self._current_id = new_call_id()

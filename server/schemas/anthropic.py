@@ -323,7 +323,11 @@ def _assistant_turn(content: str | list[Any]) -> dict[str, Any]:
         {
             "id": block.id,
             "type": "function",
-            "function": {"name": block.name, "arguments": json.dumps(block.input)},
+            # The model's characters, not \u escapes: as it wrote them (server/tool_calls.py)
+            "function": {
+                "name": block.name,
+                "arguments": json.dumps(block.input, ensure_ascii=False),
+            },
         }
         for block in content
         if isinstance(block, ToolUseBlock)

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from engines.errors import Overloaded
 from engines.pool import EnginePool
 from server.app import create_app
+from server.schemas.anthropic import MessagesRequest
 from server.settings import Settings
 from tests.fakes import FakeEngine
 from tests.servers import serve, wait_until
@@ -619,3 +620,24 @@ async def test_models_in_anthropics_shape_when_asked_with_anthropic_version(
         await claude.models.retrieve("nope")
     plain = await http.get("/v1/models")  # without the header: OpenAI's list
     assert plain.json()["object"] == "list"
+
+
+def test_tool_use_input_keeps_its_characters_in_the_chat_request() -> None:
+    """A `tool_use` input goes back to the template as the model wrote it (`北京`, not
+    `\\u5317\\u4eac`): the history the model sees, and the prompt's cached prefix, match its
+    own output."""
+    request = MessagesRequest.model_validate(
+        {
+            "model": "fake",
+            "max_tokens": 5,
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "t", "name": "get_weather",
+                     "input": {"city": "北京 🌧"}},
+                ]},
+            ],
+        }
+    )  # fmt: skip
+    call = request.chat_body()["messages"][1]["tool_calls"][0]
+    assert call["function"]["arguments"] == '{"city": "北京 🌧"}'

@@ -159,3 +159,19 @@ def test_untagged_call_is_held_back_until_the_end() -> None:
     assert all(not delta.content and not delta.calls for delta in sent)
     end = parser.finish()
     assert end.content == "" and [c.name for c in parser.calls] == ["get_weather"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name": "get_weather", "arguments": {"city": "北京 🌧"}}',  # untagged: re-serialised
+        '<tool_call>{"arguments": {"city": "北京 🌧"}, "name": "get_weather"}</tool_call>',
+    ],
+)
+def test_reserialised_arguments_keep_their_characters(text: str) -> None:
+    """Arguments the parser writes out again read as the model wrote them: `北京`, not
+    `\\u5317\\u4eac` (what the tagged in-order path, the other formats and OpenAI send)."""
+    parser = ToolCallParser(KNOWN)
+    parser.feed(text)
+    parser.finish()
+    assert [c.arguments for c in parser.calls] == ['{"city": "北京 🌧"}']
