@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,31 +55,57 @@ class PreparedChat:
 
 
 @contextmanager
-def errors_named(names: Mapping[str, str]) -> Iterator[None]:
+def errors_named(
+    names: Mapping[str, str], paths: Callable[[], Mapping[str, str]] | None = None
+) -> Iterator[None]:
     """Errors raised inside — validating or preparing the chat request a front end built from
     its own request — name the front end's fields (`names`: chat's → its own, by whole param
     or by the part before the first `[`): the `param`, and the message where it quotes the
-    param or starts with it. A client sees the fields it sent, not the chat request's."""
+    param or starts with it. A client sees the fields it sent, not the chat request's.
+
+    `paths` (asked only when an error names a chat message) maps chat messages and content
+    parts — `messages[i]`, `messages[i].content[j]` — to where the front end's request has
+    them: its messages do not map one to one (a system prompt, a tool result or an
+    `instructions` becomes a message of its own), so chat's indices would point the client
+    at the wrong message. The longest mapped prefix of the param wins, before `names`."""
     try:
         yield
     except EngineError as exc:
-        raise _renamed(from_engine_error(exc), names) from None
+        raise _renamed(from_engine_error(exc), names, paths) from None
     except APIError as exc:
-        raise _renamed(exc, names) from None
+        raise _renamed(exc, names, paths) from None
 
 
-def _renamed(error: APIError, names: Mapping[str, str]) -> APIError:
+# A chat message, or one of its content parts, at the start of an error's param.
+_MESSAGE_PATH = re.compile(r"messages\[\d+\](?:\.content\[\d+\])?")
+
+
+def _renamed(
+    error: APIError, names: Mapping[str, str], paths: Callable[[], Mapping[str, str]] | None
+) -> APIError:
     param = error.param
     if param is None:
         return error
-    own = names.get(param) or names.get(param.partition("[")[0])
+    own = names.get(param) or _own_path(param, paths) or names.get(param.partition("[")[0])
     if own is None:
         return error
     message = error.message.replace(f"'{param}'", f"'{own}'")
-    if message.startswith(f"{param} "):
+    if message.startswith((f"{param} ", f"{param}:")):
         message = own + message[len(param) :]
     error.param, error.message = own, message
     return error
+
+
+def _own_path(param: str, paths: Callable[[], Mapping[str, str]] | None) -> str | None:
+    """`param` (a chat message's path) as the front end's request names it, if `paths` knows."""
+    match = _MESSAGE_PATH.match(param)
+    if paths is None or match is None:
+        return None
+    mapping = paths()
+    for prefix in (match[0], match[0].partition(".")[0]):
+        if prefix in mapping:
+            return mapping[prefix] + param[len(prefix) :]
+    return None
 
 
 def template_inputs(

@@ -73,10 +73,33 @@ def to_chat(
 
 
 def chat_messages(instructions: str | None, items: list[InputItem]) -> list[dict[str, Any]]:
+    return _conversation(instructions, items)[0]
+
+
+def chat_paths(instructions: str | None, items: list[InputItem], first: int) -> dict[str, str]:
+    """Where each of `chat_messages`' messages came from, as the request names it:
+    `messages[i]` → `input[k - first]` for the item `k` it began with (`items` from `first` on
+    are the request's `input`; those before, the stored conversation `previous_response_id`
+    continues, and `instructions`, are not mapped). A message's parts are its item's, in order."""
+    sources = _conversation(instructions, items)[1]
+    return {
+        f"messages[{i}]": f"input[{k - first}]"
+        for i, k in enumerate(sources)
+        if k is not None and k >= first
+    }
+
+
+def _conversation(
+    instructions: str | None, items: list[InputItem]
+) -> tuple[list[dict[str, Any]], list[int | None]]:
+    """The chat messages, and for each the index of the item it began with (None: the
+    instructions)."""
     messages: list[dict[str, Any]] = []
+    sources: list[int | None] = []
     if instructions:
         messages.append({"role": "system", "content": instructions})
-    for item in items:
+        sources.append(None)
+    for k, item in enumerate(items):
         if isinstance(item, MessageItem):
             role = "system" if item.role == "developer" else item.role
             text = item.text()
@@ -90,7 +113,8 @@ def chat_messages(instructions: str | None, items: list[InputItem]) -> list[dict
             _add_call(messages, item)
         elif isinstance(item, FunctionCallOutputItem):
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.text()})
-    return messages
+        sources.extend([k] * (len(messages) - len(sources)))  # none where the item merged
+    return messages, sources
 
 
 def _parts_with_images(item: MessageItem) -> list[dict[str, Any]]:

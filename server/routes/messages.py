@@ -69,7 +69,7 @@ async def create_message(
 ) -> Response:
     body = await read_json_object(request, settings.max_body_bytes)
     message = _validated(MessagesRequest, body)
-    with errors_named(CHAT_PARAMS):
+    with errors_named(CHAT_PARAMS, message.chat_paths):
         chat = validate(ChatCompletionRequest, message.chat_body())
         prepared = await prepare_chat(
             pool, settings, chat, f"msg_{uuid.uuid4().hex}", clamp_max_tokens=True
@@ -102,7 +102,7 @@ async def count_tokens(request: Request, settings: SettingsDep, pool: PoolDep) -
     """The prompt's length in tokens as `/v1/messages` would render it (template and tools)."""
     body = await read_json_object(request, settings.max_body_bytes)
     counted = _validated(CountTokensRequest, body)
-    with errors_named(CHAT_PARAMS):
+    with errors_named(CHAT_PARAMS, counted.chat_paths):
         chat = validate(ChatCompletionRequest, counted.chat_body())
         return {"input_tokens": await count_prompt_tokens(pool, chat)}
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -40,7 +41,7 @@ from server.generation import EventSource, collect
 from server.heartbeat import with_heartbeat
 from server.response_store import ResponseStore
 from server.response_store_items import ListQuery, input_items, item_page, with_ids
-from server.responses_input import to_chat
+from server.responses_input import chat_paths, to_chat
 from server.responses_output import Event, ItemStatus, OutputItems, new_id
 from server.schemas.chat import ChatCompletionRequest
 from server.schemas.common import documented_body, response_headers
@@ -147,11 +148,13 @@ async def create_response(
             400, f"'{field}' is not supported by this server yet", param=field,
             code="unsupported_parameter",
         )  # fmt: skip
-    items = await _history(store, parsed.previous_response_id) + with_ids(parsed.input_items())
+    history = await _history(store, parsed.previous_response_id)
+    items = history + with_ids(parsed.input_items())
     functions = parsed.function_tools()
     chat = to_chat(parsed, items, functions)
     draft = Draft(parsed, functions, new_id("resp"), int(time.time()))
-    prepared = await _prepare(pool, settings, chat, draft.response_id)
+    paths = partial(chat_paths, parsed.instructions, items, len(history))
+    prepared = await _prepare(pool, settings, chat, draft.response_id, paths)
     headers = response_headers(draft.response_id, body.raw, ResponseCreateRequest, IGNORED_FIELDS)
     submitted = prepared.engine.submit(prepared.generation)
     stream = metrics.observe(submitted, prepared.engine.name)
@@ -229,10 +232,15 @@ async def _history(store: ResponseStore, previous_response_id: str | None) -> li
 
 
 async def _prepare(
-    pool: EnginePool, settings: Settings, chat: ChatCompletionRequest, response_id: str
+    pool: EnginePool,
+    settings: Settings,
+    chat: ChatCompletionRequest,
+    response_id: str,
+    paths: Callable[[], Mapping[str, str]],
 ) -> PreparedChat:
-    """`prepare_chat`, its errors naming the Responses request's fields."""
-    with errors_named(CHAT_PARAMS):
+    """`prepare_chat`, its errors naming the Responses request's fields (`paths`: its input
+    items, `responses_input.chat_paths`)."""
+    with errors_named(CHAT_PARAMS, paths):
         return await prepare_chat(pool, settings, chat, response_id)
 
 

@@ -213,6 +213,11 @@ class MessagesFields(Strict):
             }
         return body
 
+    def chat_paths(self) -> dict[str, str]:
+        """Where `chat_body()`'s messages came from in this request (for errors that name
+        them: `server.chat_pipeline.errors_named`)."""
+        return chat_paths(self.system, self.messages)
+
 
 class MessagesRequest(MessagesFields):
     """`POST /v1/messages`."""
@@ -257,15 +262,51 @@ def chat_messages(
     system: str | list[TextBlock] | None, messages: list[InputMessage]
 ) -> list[dict[str, Any]]:
     """Chat messages for an Anthropic `system` and `messages` (see the module's invariants)."""
+    return _conversation(system, messages)[0]
+
+
+def chat_paths(
+    system: str | list[TextBlock] | None, messages: list[InputMessage]
+) -> dict[str, str]:
+    """Where each of `chat_messages`' messages and content parts came from, as this request
+    names it: `messages[i]` → `system` or `messages[k]`, a tool result's turn →
+    `messages[k].content[b]` (its block), `messages[i].content[j]` → `messages[k].content[b]`
+    (tool results are no part of the user turn's content, so block and part indices differ)."""
+    return _conversation(system, messages)[1]
+
+
+def _conversation(
+    system: str | list[TextBlock] | None, messages: list[InputMessage]
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
     turns = _system_turns(system or "")
-    for message in messages:
+    paths = {f"messages[{i}]": "system" for i in range(len(turns))}
+    for k, message in enumerate(messages):
+        first = len(turns)
         if message.role == "system":
             turns.extend(_system_turns(message.content))
         elif message.role == "user":
             turns.extend(_user_turns(message.content))
         else:
             turns.append(_assistant_turn(message.content))
-    return turns
+        paths.update({f"messages[{i}]": f"messages[{k}]" for i in range(first, len(turns))})
+        if message.role == "user" and isinstance(message.content, list):
+            paths.update(_block_paths(message.content, first, k))
+    return turns, paths
+
+
+def _block_paths(content: list[Any], first: int, k: int) -> dict[str, str]:
+    """For user message `k` whose turns start at chat message `first` (`_user_turns`: one tool
+    turn per `tool_result` block, then the user turn of its text and image blocks)."""
+    results = [b for b, block in enumerate(content) if isinstance(block, ToolResultBlock)]
+    parts = [b for b, block in enumerate(content) if isinstance(block, ImageBlock | TextBlock)]
+    user = first + len(results)
+    return {
+        **{f"messages[{first + n}]": f"messages[{k}].content[{b}]" for n, b in enumerate(results)},
+        **{
+            f"messages[{user}].content[{j}]": f"messages[{k}].content[{b}]"
+            for j, b in enumerate(parts)
+        },
+    }
 
 
 BILLING_LINE = "x-anthropic-billing-header:"

@@ -307,12 +307,89 @@ async def test_responses_bad_image_and_file_id(http: httpx.AsyncClient) -> None:
             {"role": "user", "content": [{"type": "input_image", "image_url": "data:image/gif,x"}]}
         ],
     }
-    # The Responses route reports chat-path errors against `input`; the message names the part.
-    message = openai_error(await http.post("/v1/responses", json=body), "input")
-    assert message.startswith("messages[0].content[0]:") and "must be base64" in message
+    message = openai_error(await http.post("/v1/responses", json=body), "input[0].content[0]")
+    assert message.startswith("input[0].content[0]:") and "must be base64" in message
     body["input"] = [{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}]
     response = await http.post("/v1/responses", json=body)
     assert response.status_code == 400 and "Files API" in response.json()["error"]["message"]
+
+
+BAD_BLOCK = {
+    "type": "image",
+    "source": {"type": "base64", "media_type": "image/png", "data": "bm90IGFuIGltYWdl"},
+}
+
+
+def anthropic_error(response: httpx.Response) -> str:
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    return str(error["error"]["message"])
+
+
+@pytest.mark.parametrize(
+    ("model", "block", "needle"),
+    [
+        ("vision", BAD_BLOCK, "could not be decoded"),
+        ("text", {**BAD_BLOCK, "source": {**BAD_BLOCK["source"], "data": "x"}}, "base64"),
+        (
+            "text",
+            {**BAD_BLOCK, "source": {**BAD_BLOCK["source"], "data": data_uri(png())[22:]}},
+            "text-only",
+        ),
+    ],
+)
+async def test_anthropic_image_errors_name_the_clients_message_and_block(
+    http: httpx.AsyncClient, model: str, block: dict[str, Any], needle: str
+) -> None:
+    """A system prompt and a tool result become chat messages of their own, and a tool result
+    block is no part of the user turn's chat content: the error still names the message and
+    block the client sent (`messages[2].content[2]`), not the chat request's
+    (`messages[4].content[1]`)."""
+    body = {
+        "model": model,
+        "max_tokens": 20,
+        "system": "Be brief.",
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "t1", "name": "shot", "input": {}},
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": "taken"},
+                {"type": "text", "text": "what is in it?"},
+                block,
+            ]},
+        ],
+    }  # fmt: skip
+    message = anthropic_error(await http.post("/v1/messages", json=body))
+    assert message.startswith("messages[2].content[2]: ") and needle in message, message
+    if needle != "text-only":  # count_tokens decodes images, and counts them for any model
+        counted = await http.post("/v1/messages/count_tokens", json=body)
+        assert anthropic_error(counted) == message
+
+
+async def test_responses_image_errors_name_the_clients_item_and_part(
+    http: httpx.AsyncClient,
+) -> None:
+    """`instructions` become a chat message of their own and a function call joins the
+    assistant message before it: the error still names the input item the client sent."""
+    body = {
+        "model": "vision",
+        "instructions": "Be brief.",
+        "input": [
+            {"role": "user", "content": "take a screenshot"},
+            {"role": "assistant", "content": "Taking it."},
+            {"type": "function_call", "call_id": "c1", "name": "shot", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "taken"},
+            {"role": "user", "content": [
+                {"type": "input_text", "text": "what is in it?"},
+                {"type": "input_image", "image_url": "data:image/png;base64,bm90IGFuIGltYWdl"},
+            ]},
+        ],
+    }  # fmt: skip
+    message = openai_error(await http.post("/v1/responses", json=body), "input[4].content[1]")
+    assert message.startswith("input[4].content[1]: ") and "could not be decoded" in message
 
 
 class _ImageHost(BaseHTTPRequestHandler):
