@@ -37,6 +37,10 @@ class ImagePart(Strict):
     image_url: ImageURL
 
 
+# The content part types read, as a refusal names them.
+_PARTS_READ = "parts are 'text', 'image_url' and, from the assistant, 'refusal'"
+
+
 class ChatMessage(Strict):
     role: Role
     content: str | list[TextPart | ImagePart] | None = None
@@ -44,6 +48,32 @@ class ChatMessage(Strict):
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = Field(None, validate_default=True)
     refusal: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts_read_here(cls, value: Any) -> Any:
+        """An assistant's `refusal` part (the spec's assistant parts are `text` and `refusal`; a
+        client replays them) is its text. A part of another type, or no object, is refused
+        naming it: left to the union, pydantic would report only its first branch's error,
+        "Input should be a valid string"."""
+        if not isinstance(value, list):
+            return value
+        parts = []
+        for index, part in enumerate(value):
+            if not isinstance(part, dict):
+                raise ValueError(f"content[{index}] is not an object: {_PARTS_READ}")
+            kind = part.get("type")
+            if kind == "refusal" and isinstance(part.get("refusal"), str):
+                part = {"type": "text", "text": part["refusal"]}
+            elif kind is None:
+                raise ValueError(f"content[{index}] has no type: {_PARTS_READ}")
+            elif kind not in ("text", "input_text", "image_url"):
+                raise ValueError(
+                    f"content[{index}] has type {kind!r}, which this server does not "
+                    f"read: {_PARTS_READ}"
+                )
+            parts.append(part)
+        return parts
 
     @field_validator("tool_calls")
     @classmethod

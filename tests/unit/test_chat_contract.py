@@ -12,6 +12,8 @@ from openai import AsyncOpenAI
 from engines.errors import KVBudgetExceeded, NoChatTemplate, Overloaded
 from engines.pool import EnginePool
 from server.app import create_app
+from server.chat_pipeline import template_inputs
+from server.schemas.chat import ChatCompletionRequest
 from server.settings import Settings
 from tests.fakes import FakeEngine
 from tests.helpers import HELLO, URL, assert_openai_error, chat_body
@@ -464,3 +466,40 @@ async def test_stream_when_the_model_name_is_the_frame_slot(http: httpx.AsyncCli
     payloads = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
     assert {p["model"] for p in payloads} == {"\x00slot\x00"}
     assert "".join(p["choices"][0]["delta"].get("content", "") for p in payloads) == "Hello there!"
+
+
+async def test_an_assistant_refusal_part_is_the_assistants_text(http: httpx.AsyncClient) -> None:
+    """An assistant message replayed with a `refusal` part (the spec's assistant content parts
+    are `text` and `refusal`) is accepted, and reaches the template as what the assistant said."""
+    refused = {"role": "assistant", "content": [{"type": "refusal", "refusal": "No."}]}
+    messages = [*HELLO, refused, {"role": "user", "content": "ok"}]
+    response = await http.post(URL, json=chat_body(messages=messages))
+    assert response.status_code == 200, response.text
+    chat = ChatCompletionRequest.model_validate(chat_body(messages=messages))
+    assert template_inputs(chat)[1][1]["content"] == [{"type": "text", "text": "No."}]
+
+
+@pytest.mark.parametrize(
+    ("part", "named"),
+    [
+        (
+            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+            "'input_audio'",
+        ),
+        ({"type": "file", "file": {"file_id": "file-1"}}, "'file'"),
+        ({"text": "no type"}, "no type"),
+        (3, "not an object"),
+    ],
+)
+async def test_content_parts_this_server_cannot_read_are_named(
+    http: httpx.AsyncClient, part: Any, named: str
+) -> None:
+    """Not pydantic's "Input should be a valid string" (the first branch of `str | parts`): the
+    part, and what it is, are named, with the part types this server reads."""
+    text = {"type": "text", "text": "see"}
+    body = chat_body(messages=[{"role": "user", "content": [text, part]}])
+    error = assert_openai_error(await http.post(URL, json=body), 400, "messages[0].content")
+    message = error["message"]
+    assert message.startswith("Invalid value for 'messages[0].content': content[1] "), message
+    assert named in message and "valid string" not in message
+    assert "'text', 'image_url'" in message
