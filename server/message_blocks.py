@@ -12,6 +12,7 @@ Invariants:
   with `display: "omitted"` its text is not sent, the block and its signature are.
 - Whitespace-only text while no text block is open is held back: sent when more text follows,
   dropped before a tool call or at the end (small models wrap their calls in newlines).
+- `assembled` never fails on a call's JSON: a call cut inside its arguments gets `input: {}`.
 """
 
 from __future__ import annotations
@@ -125,5 +126,16 @@ def assembled(events: list[Event]) -> list[dict[str, Any]]:
                     partial_json.get(event["index"], "") + delta["partial_json"]
                 )
         elif event["type"] == "content_block_stop" and blocks[event["index"]]["type"] == "tool_use":
-            blocks[event["index"]]["input"] = json.loads(partial_json.get(event["index"]) or "{}")
+            blocks[event["index"]]["input"] = tool_input(partial_json.get(event["index"], ""))
     return blocks
+
+
+def tool_input(arguments: str) -> dict[str, Any]:
+    """A `tool_use` block's `input` from its streamed JSON. A call cut inside its arguments (by
+    `max_tokens`, or a stop sequence) has no whole object: `{}`, which is also what the SDK
+    makes of the cut JSON of a string (its partial parse drops what is unfinished)."""
+    try:
+        parsed = json.loads(arguments or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}

@@ -178,10 +178,12 @@ def _message_delta(finish: FinishEvent, blocks: MessageBlocks) -> dict[str, Any]
 
 
 def _stop_reason(finish_reason: str, stop_sequence: str | None, blocks: MessageBlocks) -> str:
-    if blocks.tool_used and finish_reason == "stop":
-        return "tool_use"
+    """A stop sequence that ended the output names the reason even after a call began (one cut
+    inside its arguments never finished; Anthropic sets `stop_sequence` only with this reason)."""
     if stop_sequence is not None:
         return "stop_sequence"
+    if blocks.tool_used and finish_reason == "stop":
+        return "tool_use"
     return STOP_REASONS.get(finish_reason, "end_turn")
 
 

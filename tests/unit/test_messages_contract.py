@@ -3,6 +3,7 @@ scripted fake engine, through the official `anthropic` SDK in strict mode and as
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from fastapi import FastAPI
 
 from engines.errors import Overloaded
 from engines.pool import EnginePool
+from engines.types import ErrorEvent, FinishEvent
 from server.app import create_app
 from server.schemas.anthropic import MessagesRequest
 from server.settings import Settings
@@ -641,3 +643,47 @@ def test_tool_use_input_keeps_its_characters_in_the_chat_request() -> None:
     )  # fmt: skip
     call = request.chat_body()["messages"][1]["tool_calls"][0]
     assert call["function"]["arguments"] == '{"city": "北京 🌧"}'
+
+
+class StoppedBySequence(FakeEngine):
+    """Ends its reply as a stop sequence would: reason `stop`, naming the string `STOP`."""
+
+    def _end(self, stream: Any, choices: int, event: FinishEvent | ErrorEvent) -> None:
+        if isinstance(event, FinishEvent) and event.reason == "stop":
+            event = dataclasses.replace(event, stop_sequence="STOP")
+        super()._end(stream, choices, event)
+
+
+CUT = CALL[: CALL.index("Paris") + 1]  # the call cut inside its arguments: '{"city": "P'
+
+
+async def final_streamed(claude: AsyncAnthropic, **fields: Any) -> anthropic.types.Message:
+    async with claude.messages.stream(model="fake", messages=HELLO, **fields) as stream:
+        return await stream.get_final_message()
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(reply=CALL, context_length=4096)])
+async def test_a_tool_call_cut_by_max_tokens(claude: AsyncAnthropic) -> None:
+    """`max_tokens` (or the context's room it is lowered to) running out inside a call's
+    arguments: the call is a `tool_use` block whose input is what the SDK makes of the cut
+    JSON when it is streamed (`{}`), with `stop_reason: max_tokens`, not a 500."""
+    fields: dict[str, Any] = {"max_tokens": len(CUT), "tools": [WEATHER]}
+    message = await claude.messages.create(model="fake", messages=HELLO, **fields)
+    streamed = await final_streamed(claude, **fields)
+    for reply in (message, streamed):
+        assert reply.stop_reason == "max_tokens" and reply.stop_sequence is None
+        assert [(b.type, getattr(b, "input", None)) for b in reply.content] == [("tool_use", {})]
+
+
+@pytest.mark.parametrize(
+    "fake_engine", [StoppedBySequence(reply=CUT, context_length=4096)], ids=["cut"]
+)
+async def test_a_stop_sequence_inside_a_tool_call(claude: AsyncAnthropic) -> None:
+    """A stop sequence that cuts a call: `stop_reason: stop_sequence` with the string (Anthropic
+    sets `stop_sequence` only then), not `tool_use` for a call that never finished; no 500."""
+    fields: dict[str, Any] = {"max_tokens": 100, "tools": [WEATHER], "stop_sequences": ["STOP"]}
+    message = await claude.messages.create(model="fake", messages=HELLO, **fields)
+    streamed = await final_streamed(claude, **fields)
+    for reply in (message, streamed):
+        assert reply.stop_reason == "stop_sequence" and reply.stop_sequence == "STOP"
+        assert [(b.type, getattr(b, "input", None)) for b in reply.content] == [("tool_use", {})]
