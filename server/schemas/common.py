@@ -123,8 +123,34 @@ def response_headers(
     """`x-request-id`, and `x-mlxd-ignored-fields` naming what the request sent in vain."""
     headers = {"x-request-id": request_id}
     if fields := ignored_fields(body, model, ignored):
-        headers["x-mlxd-ignored-fields"] = ",".join(_header_safe(field) for field in fields)
+        headers["x-mlxd-ignored-fields"] = _ignored_header(fields)
     return headers
+
+
+# The ignored-fields header grows with what the client sent; HTTP clients and proxies refuse a
+# response whose headers are large (nginx buffers 4-8 KiB of them, h11 64 KiB, curl 100 KiB).
+MAX_IGNORED_NAME = 64
+MAX_IGNORED_HEADER = 1024
+
+
+def _ignored_header(fields: list[str]) -> str:
+    """The names, header-safe, each cut to `MAX_IGNORED_NAME` characters (ending `...`); at most
+    `MAX_IGNORED_HEADER` characters in all, the last entry then saying how many more there were
+    (`+1990 more`)."""
+    names = [_header_safe(field) for field in fields]
+    names = [n if len(n) <= MAX_IGNORED_NAME else n[: MAX_IGNORED_NAME - 3] + "..." for n in names]
+    kept: list[str] = []
+    length = -1  # no comma before the first name
+    for index, name in enumerate(names):
+        more = len(names) - index - 1
+        tail = len(f",+{more} more") if more else 0
+        if length + 1 + len(name) + tail > MAX_IGNORED_HEADER:
+            break
+        kept.append(name)
+        length += 1 + len(name)
+    if len(kept) < len(names):
+        kept.append(f"+{len(names) - len(kept)} more")
+    return ",".join(kept)
 
 
 def _header_safe(name: str) -> str:

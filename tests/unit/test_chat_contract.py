@@ -434,6 +434,32 @@ async def test_unknown_field_names_are_reported_safely(http: httpx.AsyncClient) 
     assert response.headers["x-mlxd-ignored-fields"] == "r\\xe9\\U000d2557,a\\x2cb\\x0a"
 
 
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"x" * 50_000: 1}, "x" * 61 + "..."),  # one long name
+        ({f"field_{i:04}": i for i in range(2000)}, None),  # many names
+    ],
+)
+async def test_the_ignored_fields_header_stays_small(
+    http: httpx.AsyncClient, fields: dict[str, int], expected: str | None
+) -> None:
+    """The header grows with what the client sent: names are cut to 64 characters and the list
+    to 1 KiB, ending with how many more there were. Uncapped, a request with a long unknown key
+    got a response whose headers curl (100 KiB), h11 (64 KiB) and proxies (nginx: 4-8 KiB) refuse
+    to read."""
+    response = await http.post(URL, json=chat_body(**fields))
+    assert response.status_code == 200, response.text
+    header = response.headers["x-mlxd-ignored-fields"]
+    assert len(header) <= 1024
+    if expected is not None:
+        assert header == expected
+    else:
+        named = header.split(",")
+        assert named[:-1] == list(fields)[: len(named) - 1]
+        assert named[-1] == f"+{len(fields) - len(named) + 1} more"
+
+
 async def test_405_allows_every_method_of_the_resource(http: httpx.AsyncClient) -> None:
     """GET and DELETE of a stored response are two routes; Allow names both, and HEAD."""
     response = await http.put("/v1/responses/resp_x")
