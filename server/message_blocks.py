@@ -21,6 +21,8 @@ import hashlib
 import json
 from typing import Any
 
+from server.tool_calls import without_surrogates
+
 Event = dict[str, Any]
 
 
@@ -133,9 +135,10 @@ def assembled(events: list[Event]) -> list[dict[str, Any]]:
 def tool_input(arguments: str) -> dict[str, Any]:
     """A `tool_use` block's `input` from its streamed JSON. A call cut inside its arguments (by
     `max_tokens`, or a stop sequence) has no whole object: `{}`, which is also what the SDK
-    makes of the cut JSON of a string (its partial parse drops what is unfinished)."""
+    makes of the cut JSON of a string (its partial parse drops what is unfinished). A `\\ud800`
+    escape in it is U+FFFD (`tool_calls.without_surrogates`)."""
     try:
         parsed = json.loads(arguments or "{}")
     except json.JSONDecodeError:
         return {}
-    return parsed if isinstance(parsed, dict) else {}
+    return without_surrogates(parsed) if isinstance(parsed, dict) else {}

@@ -177,8 +177,11 @@ class ToolCallParser:
             return
         index = len(self._calls)
         if self._current_id is None:
+            name = _name(head)
+            if name is None:  # no JSON string: not a call, which its close will say
+                return
             self._current_id = new_call_id()
-            out.calls.append(ToolCallDelta(index, self._current_id, json.loads(f'"{head[1]}"')))
+            out.calls.append(ToolCallDelta(index, self._current_id, name))
         arguments = self._buffer[head.end() :]
         # Hold back what may be the outer object's closing brace, whitespace, or a partial tag.
         safe = len(arguments) - partial_suffix(arguments, CLOSE)
@@ -198,7 +201,7 @@ class ToolCallParser:
         raw = body[head.end() :].rstrip().removesuffix("}").rstrip() if head else ""
         if parsed is not None and (head is None or _json_object(raw) is None):
             raw = json.dumps(parsed[1], ensure_ascii=False)  # keys in another order: re-serialise
-        name = parsed[0] if parsed is not None else json.loads(f'"{head[1]}"') if head else ""
+        name = parsed[0] if parsed is not None else (_name(head) or "") if head else ""
         if self._current_id is None:
             self._current_id = new_call_id()
             out.calls.append(ToolCallDelta(index, self._current_id, name))
@@ -272,7 +275,28 @@ def _call_of(call: Any) -> tuple[str, dict[str, Any]] | None:
         arguments = _json_object(arguments)
     if not isinstance(arguments, dict):
         return None
-    return call["name"], arguments
+    return without_surrogates(call["name"]), without_surrogates(arguments)
+
+
+def _name(head: re.Match[str]) -> str | None:
+    """A call's name from the text of its JSON string; None where that is no valid JSON."""
+    try:
+        return str(without_surrogates(json.loads(f'"{head[1]}"')))
+    except ValueError:
+        return None
+
+
+def without_surrogates(value: Any) -> Any:
+    """`value`, decoded from the model's JSON, with each lone surrogate as U+FFFD: a `\\ud800`
+    escape decodes to no character, which UTF-8 cannot carry, so the response holding it could
+    not be sent (a 500, or a stream cut short)."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {without_surrogates(k): without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_surrogates(item) for item in value]
+    return value
 
 
 def single_token_tags(engine: Any, tags: tuple[str, ...]) -> dict[str, int]:

@@ -29,6 +29,7 @@ from server.tool_calls import (
     may_be_untagged,
     new_call_id,
     text_before,
+    without_surrogates,
 )
 from server.tool_formats.bodies import BODIES, ParsedCall
 
@@ -121,10 +122,10 @@ class SectionParser:
             self._emit(call, out)
 
     def _emit(self, parsed: ParsedCall, out: ParsedDeltas) -> None:
-        call = ToolCall(
-            parsed.id or new_call_id(),
-            parsed.name,
-            json.dumps(parsed.arguments, ensure_ascii=False),
+        call = ToolCall(  # the model's characters, but no lone surrogate: UTF-8 cannot carry it
+            without_surrogates(parsed.id) or new_call_id(),
+            without_surrogates(parsed.name),
+            json.dumps(without_surrogates(parsed.arguments), ensure_ascii=False),
         )
         index = len(self._calls)
         out.calls.append(ToolCallDelta(index, call.id, call.name))

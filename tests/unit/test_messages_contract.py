@@ -687,3 +687,23 @@ async def test_a_stop_sequence_inside_a_tool_call(claude: AsyncAnthropic) -> Non
     for reply in (message, streamed):
         assert reply.stop_reason == "stop_sequence" and reply.stop_sequence == "STOP"
         assert [(b.type, getattr(b, "input", None)) for b in reply.content] == [("tool_use", {})]
+
+
+SURROGATE_CALL = (
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "\\ud800"}}\n</tool_call>'
+)
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(reply=SURROGATE_CALL, context_length=4096)])
+async def test_a_lone_surrogate_escape_in_a_call_is_no_500(claude: AsyncAnthropic) -> None:
+    """The model wrote `\\ud800` in a call's JSON: the block's input holds U+FFFD, not a lone
+    surrogate that the response cannot be encoded with."""
+    message = await claude.messages.create(
+        model="fake",
+        max_tokens=200,
+        messages=HELLO,
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert [(b.type, getattr(b, "input", None)) for b in message.content] == [
+        ("tool_use", {"city": "\ufffd"})
+    ]

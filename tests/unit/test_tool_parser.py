@@ -175,3 +175,36 @@ def test_reserialised_arguments_keep_their_characters(text: str) -> None:
     parser.feed(text)
     parser.finish()
     assert [c.arguments for c in parser.calls] == ['{"city": "北京 🌧"}']
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"name": "get_weather", "arguments": {"city": "\\ud800"}}',  # untagged: re-serialised
+        '<tool_call>{"arguments": {"city": "\\ud800"}, "name": "get_weather"}</tool_call>',
+    ],
+)
+def test_a_lone_surrogate_escape_in_arguments_becomes_a_replacement_character(text: str) -> None:
+    """`\\ud800` decodes to no character, which UTF-8 cannot carry: written out again as is, it
+    made encoding the response fail (a 500, or a stream cut short). It becomes U+FFFD."""
+    parser = ToolCallParser(KNOWN)
+    parser.feed(text)
+    parser.finish()
+    [call] = parser.calls
+    call.arguments.encode("utf-8")
+    assert json.loads(call.arguments) == {"city": "\ufffd"}
+
+
+@pytest.mark.parametrize("name", ["get\\ud800", "get\\u00", "get\\x"])
+@pytest.mark.parametrize("seed", range(10))
+def test_a_name_that_is_no_text_does_not_break_the_parser(name: str, seed: int) -> None:
+    """A name whose escapes are invalid JSON (`\\u00`) or decode to no character: streamed
+    (the name is sent before the call closes) the parser raised or passed on a surrogate."""
+    text = f'<tool_call>\n{{"name": "{name}", "arguments": {{"a": 1}}}}\n</tool_call>'
+    content, calls, _ = run(text, seed)
+    for part in (content, *(n for n, _ in calls), *(a for _, a in calls)):
+        part.encode("utf-8")
+    if name.endswith("ud800"):
+        assert calls == [("get\ufffd", '{"a": 1}')]
+    else:
+        assert content == text and not calls
