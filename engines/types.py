@@ -41,9 +41,13 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        """Temperature 0, or one so small (< GREEDY_BELOW: the spec allows any value > 0) that
+        scaling float32 logits by its reciprocal would overflow into inf/NaN rows: the draw
+        such a temperature asks for is the argmax anyway."""
+        return self.temperature < GREEDY_BELOW
 
 
+GREEDY_BELOW = 1e-30
 REPETITION_WINDOW = 64
 
 

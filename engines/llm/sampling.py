@@ -35,6 +35,7 @@ from engines.readback import host_scalar
 from engines.types import REPETITION_WINDOW, SamplingParams
 
 _MASK64 = (1 << 64) - 1
+SMALLEST_TOP_P = 1e-30  # a normal float32: top_p × the total mass stays above 0
 
 
 def mix64(value: int) -> int:
@@ -172,7 +173,9 @@ class TokenSampler:
         if 0 < params.top_k < filtered.shape[-1]:
             filtered = apply_top_k(filtered, params.top_k)
         if 0.0 < params.top_p < 1.0:
-            filtered = apply_top_p(filtered, params.top_p)
+            # float32 reads a top_p below ~1e-45 as 0, and mlx-lm's filter then drops every
+            # token; the smallest top_p it keeps the likeliest token with is what was asked.
+            filtered = apply_top_p(filtered, max(params.top_p, SMALLEST_TOP_P))
         if params.min_p > 0.0:
             filtered = apply_min_p(filtered, params.min_p)
         return logprobs, filtered
