@@ -95,7 +95,8 @@ def _generic_tool_messages(
                     {
                         "name": call.get("function", {}).get("name"),
                         "arguments": _arguments_object(call.get("function", {}).get("arguments")),
-                    }
+                    },
+                    ensure_ascii=False,  # as the model wrote it: the prompt's prefix stays its own
                 )
                 + f"\n{CLOSE}"
                 for call in message["tool_calls"]

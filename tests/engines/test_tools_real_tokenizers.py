@@ -434,3 +434,25 @@ def test_the_detokenizer_calls_the_rust_decode_with_the_same_text(
         detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens=skip)
         emitted = "".join(detokenizer.add(token) for token in tokens) + detokenizer.flush()
         assert emitted == expected
+
+
+def test_the_generic_format_replays_a_calls_arguments_as_the_model_wrote_them() -> None:
+    """SmolLM2 has no tool template: its earlier calls go back into the prompt as the JSON it
+    writes, characters as they are (an escaped `\\u5317` history is not what the model wrote,
+    and would break the cached prefix of the next turn)."""
+    from mlx_lm.tokenizer_utils import load
+
+    from engines.llm.templates import render_chat
+
+    tokenizer = load(store_entry(SMOLLM2.name))
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {}}}]
+    call = {"id": "c1", "type": "function"}
+    call["function"] = {"name": "weather", "arguments": '{"city": "北京"}'}
+    messages = [
+        {"role": "user", "content": "北京的天气?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "晴"},
+    ]
+    prompt = render_chat(tokenizer, messages, tools)
+    assert '"arguments": {"city": "北京"}' in prompt
+    assert "\\u" not in prompt
