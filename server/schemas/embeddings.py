@@ -11,9 +11,9 @@ Rerank: the Cohere / Jina shape that Open WebUI, LlamaIndex and LangChain send â
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from server.schemas.common import Strict
 
@@ -68,10 +68,20 @@ class RerankDocument(BaseModel):
     text: str
 
 
+def _document(value: Any) -> Any:
+    """A document is a string or an object with a string `text`; said so, where pydantic would
+    report only the union's first branch ("Input should be a valid string")."""
+    if isinstance(value, str) or (isinstance(value, dict) and isinstance(value.get("text"), str)):
+        return value
+    raise ValueError("a document is a string or an object with a string 'text'")
+
+
 class RerankRequest(Strict):
     model: str = Field(min_length=1)
     query: str = Field(min_length=1)
-    documents: list[str | RerankDocument] = Field(min_length=1, max_length=MAX_DOCUMENTS)
+    documents: list[Annotated[str | RerankDocument, BeforeValidator(_document)]] = Field(
+        min_length=1, max_length=MAX_DOCUMENTS
+    )
     top_n: int | None = Field(None, ge=1)
     return_documents: bool = False
 

@@ -275,6 +275,22 @@ async def test_rerank_refusals(
     assert response.json()["error"]["param"] == param
 
 
+@pytest.mark.parametrize("document", [{"title": "no text"}, {"text": 3}, 3, None])
+async def test_a_rerank_document_that_is_no_text_is_named(
+    http: httpx.AsyncClient, document: object
+) -> None:
+    """What a document may be, not pydantic's first union branch ("Input should be a valid
+    string", also for an object that only lacks `text`)."""
+    body = {"model": "fake-embed", "query": "a", "documents": ["b", document]}
+    response = await http.post("/v1/rerank", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "documents[1]"
+    assert error["message"] == (
+        "Invalid value for 'documents[1]': a document is a string or an object with a string 'text'"
+    )
+
+
 async def test_rerank_on_a_chat_model_asks_for_the_yes_and_no_logprobs(
     http: httpx.AsyncClient, chat: FakeEngine
 ) -> None:
