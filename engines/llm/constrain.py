@@ -8,8 +8,10 @@ device; llguidance's own MLX kernel is Metal-only).
 
 Invariants:
 - `GrammarCompiler.check` runs on any thread (no MLX) and raises InvalidRequest naming the param
-  for a grammar the library cannot compile (an unsupported schema feature, say); a grammar that
-  passed `check` never fails later for that reason.
+  for a grammar the library cannot compile (an unsupported schema feature, say) or one no output
+  satisfies (a schema that only refers to itself: nothing but the end of the sequence is
+  allowed at the start, and the empty output is not accepted); a grammar that passed `check`
+  never fails later for those reasons.
 - A `Constraint` is used by one sequence on the engine thread; forking copies the matcher.
 - Once the grammar is complete, only end-of-sequence tokens are allowed: the sequence stops.
 - Numbers are bounded: outside JSON strings no run of digits grows past `MAX_DIGITS` (integer
@@ -78,6 +80,7 @@ class GrammarCompiler:
         import llguidance.hf
 
         self.n_vocab = n_vocab
+        self._eos = frozenset(eos_token_ids)
         self._tokenizer = llguidance.hf.from_tokenizer(
             hf_tokenizer, n_vocab=n_vocab, eos_token=eos_token_ids
         )
@@ -94,6 +97,13 @@ class GrammarCompiler:
             error = str(exc)
         if error:
             raise InvalidRequest(f"{param} cannot be enforced: {error}", param=param)
+        start = self.constraint(grammar)
+        if not start.accepting() and set(np.flatnonzero(start.allowed())) <= self._eos:
+            raise InvalidRequest(
+                f"{param} cannot be enforced: no output satisfies it (does it only refer to "
+                "itself?)",
+                param=param,
+            )
 
     def constraint(self, grammar: str) -> Constraint:
         import llguidance
@@ -172,6 +182,10 @@ class Constraint:
         self._n_vocab = n_vocab
         self._digits = digits
         self._bitmask = llguidance.numpy.allocate_token_bitmask(1, n_vocab)
+
+    def accepting(self) -> bool:
+        """The output so far is complete as it stands."""
+        return bool(self._matcher.is_accepting())
 
     def allowed(self) -> np.ndarray:
         """Boolean (n_vocab,): the tokens the grammar allows next (numbers bounded)."""

@@ -113,6 +113,23 @@ def test_unsupported_schema_is_refused_with_the_reason(engine: LLMEngine) -> Non
     assert caught.value.param == "response_format"
 
 
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}},
+        {"$ref": "#/$defs/a", "$defs": {"a": {"anyOf": [{"$ref": "#/$defs/a"}]}}},
+    ],
+)
+def test_a_schema_no_output_satisfies_is_refused(
+    engine: LLMEngine, schema: dict[str, object]
+) -> None:
+    """Not a 200 with empty content (the grammar allowed nothing but the end at the start)."""
+    with pytest.raises(InvalidRequest, match="no output satisfies it") as caught:
+        engine.check_grammar(json_schema_grammar(schema), "response_format")
+    assert caught.value.param == "response_format"
+    engine.check_grammar(json_schema_grammar({"type": "string"}), "response_format")
+
+
 def _digits_allowed(engine: LLMEngine, schema: dict[str, object], text: str) -> bool:
     """After the output `text`, whether the grammar (with its digit bound) allows a digit."""
     constraint = engine.grammar_compiler().constraint(json_schema_grammar(schema))
