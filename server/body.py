@@ -110,9 +110,12 @@ def nests_deeper(value: Any, limit: int, text: str) -> bool:
 def check_json_text(text: str, what: str) -> None:
     """A JSON text sent inside a string field (a tool call's `arguments`), which the chat
     templates parse: ValueError (a 400 naming the field, through `validate`) when it nests
-    deeper than `MAX_JSON_DEPTH`. Text that is not JSON is left alone (templates keep it as
-    text)."""
-    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+    deeper than `MAX_JSON_DEPTH`, or escapes a lone UTF-16 surrogate (`"\\ud800"`: the body's
+    own strings cannot hold one, see `read_json_object`, but parsed into the prompt it is text no
+    tokenizer encodes). Text that is not JSON is left alone (templates keep it as text)."""
+    deep = text.count("[") + text.count("{") > MAX_JSON_DEPTH
+    escaped = "\\ud" in text.lower()  # only such an escape can decode to a lone surrogate
+    if not (deep or escaped):
         return
     try:
         value = json.loads(text)
@@ -120,8 +123,15 @@ def check_json_text(text: str, what: str) -> None:
         raise ValueError(_too_deep(what)) from None
     except ValueError:
         return
-    if isinstance(value, dict | list) and nests_deeper(value, MAX_JSON_DEPTH, text):
+    if deep and isinstance(value, dict | list) and nests_deeper(value, MAX_JSON_DEPTH, text):
         raise ValueError(_too_deep(what))
+    if escaped:
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{what} escapes a lone UTF-16 surrogate, which is not valid Unicode text"
+            ) from None
 
 
 def _reject_lone_surrogates(body: dict[str, Any]) -> None:

@@ -118,6 +118,34 @@ async def test_tool_call_arguments_nested_too_deep_are_400(http: httpx.AsyncClie
     assert response.status_code == 200, response.text
 
 
+@pytest.mark.parametrize(
+    "arguments", ['{"city": "\\ud800"}', '{"\\udc00": 1}', '["a", ["\\uDBFF"]]']
+)
+async def test_tool_call_arguments_holding_a_lone_surrogate_escape_are_400(
+    http: httpx.AsyncClient, arguments: str
+) -> None:
+    """The body's own strings may not hold a lone UTF-16 surrogate (server/body.py), but a call's
+    JSON `arguments` text may escape one (`"\\ud800"`): the templates parse it into the prompt,
+    which no tokenizer encodes (a 500, TypeError in `tokenizers`, on Qwen2.5 and SmolLM2)."""
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    messages = [{"role": "assistant", "tool_calls": [call]}, *HELLO]
+    response = await http.post("/v1/chat/completions", json=chat_body(messages=messages))
+    error = assert_openai_error(response, 400, param="messages[0].tool_calls")
+    assert "lone UTF-16 surrogate" in error["message"]
+    items = [
+        {"type": "function_call", "call_id": "c", "name": "f", "arguments": arguments},
+        {"type": "function_call_output", "call_id": "c", "output": "ok"},
+    ]
+    response = await http.post("/v1/responses", json={"model": "fake", "input": items})
+    error = assert_openai_error(response, 400, param="input[0].arguments")
+    assert "lone UTF-16 surrogate" in error["message"]
+    # A whole pair escaped is a character; text that is no JSON stays text.
+    for fine in ('{"emoji": "\\ud83d\\ude00"}', "not json \\ud800"):
+        call["function"]["arguments"] = fine
+        response = await http.post("/v1/chat/completions", json=chat_body(messages=messages))
+        assert response.status_code == 200, response.text
+
+
 PART_TYPE = "input[0].content[0].type"
 
 
