@@ -125,13 +125,20 @@ def template_variables(template_kwargs: dict[str, Any] | None) -> dict[str, Any]
     }
 
 
+# A template variable with a meaning of its own (transformers' name, as vLLM's request field): the
+# prompt ends inside the final assistant message, which the model continues (Anthropic's prefill).
+CONTINUE_FINAL = "continue_final_message"
+
+
 def apply_template(tokenizer: Any, messages: list[dict[str, Any]], extra: dict[str, Any]) -> str:
-    """The template's prompt, ending with the assistant's turn opened; InvalidRequest (a 400
-    naming `messages`) where the template refuses the messages."""
+    """The template's prompt, ending with the assistant's turn opened (or, with
+    `extra[CONTINUE_FINAL]`, inside the final assistant message); InvalidRequest (a 400 naming
+    `messages`) where the template refuses the messages."""
+    opened = not extra.get(CONTINUE_FINAL)
     try:
         return str(
             tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True, **extra
+                messages, tokenize=False, add_generation_prompt=opened, **extra
             )
         )
     except Exception as exc:  # the template's own `raise_exception`, or a Jinja error
@@ -147,7 +154,8 @@ def render_chat(
     template_kwargs: dict[str, Any] | None = None,
 ) -> str:
     """The prompt text for `messages` (and `tools`), ending with the assistant's turn opened.
-    `template_kwargs` are extra template variables (`enable_thinking`, `reasoning_effort`)."""
+    `template_kwargs` are extra template variables (`enable_thinking`, `reasoning_effort`), and
+    `CONTINUE_FINAL` (the prompt ends inside the final assistant message instead)."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise NoChatTemplate()
     normalised = [

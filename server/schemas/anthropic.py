@@ -175,6 +175,15 @@ class MessagesFields(Strict):
     output_config: OutputConfig | None = None
 
     @model_validator(mode="after")
+    def _prefill_without_trailing_whitespace(self) -> MessagesFields:
+        """As Anthropic answers: a final assistant message (a prefill, continued by the reply)
+        may not end in whitespace (templates would trim it, and the model continue elsewhere)."""
+        last = self.messages[-1]
+        if last.role == "assistant" and _text_of(last.content) != _text_of(last.content).rstrip():
+            raise ValueError("final assistant content cannot end with trailing whitespace")
+        return self
+
+    @model_validator(mode="after")
     def _forced_tool_needs_tools(self) -> MessagesFields:
         """As Anthropic answers: a tool_choice that forces a call needs a tool to call (one of
         the request's own tools: server tools such as web search are not run here)."""
@@ -195,10 +204,11 @@ class MessagesFields(Strict):
     def chat_body(self) -> dict[str, Any]:
         """The body of the chat request this asks for (a `ChatCompletionRequest` once
         validated)."""
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": chat_messages(self.system, self.messages),
-        }
+        messages = chat_messages(self.system, self.messages)
+        body: dict[str, Any] = {"model": self.model, "messages": messages}
+        final = messages[-1]
+        if self.messages[-1].role == "assistant" and final["content"] and "tool_calls" not in final:
+            body["continue_final_message"] = True  # a prefill: the reply continues it
         tools = self.custom_tools()
         if tools:
             body["tools"] = [_chat_tool(tool) for tool in tools]

@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from engines.llm.templates import CONTINUE_FINAL
 from engines.types import TokenLogprob
 from server.body import check_json_text
 from server.schemas.common import SamplingFields, Strict
@@ -147,6 +148,9 @@ class ChatCompletionRequest(SamplingFields):
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     chat_template_kwargs: dict[str, Any] | None = None  # extension, as in vLLM
     speculative: bool | None = None  # extension: speculative decoding off/on (None: the model's)
+    # Extension, as in vLLM: the output continues the final assistant message (Anthropic's
+    # prefill, which /v1/messages sets) instead of opening a new assistant turn.
+    continue_final_message: bool | None = None
     # Fields of the spec that later work may support; rejected when they ask for something.
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
@@ -164,11 +168,26 @@ class ChatCompletionRequest(SamplingFields):
             return -1  # rejected by the route: the spec needs logprobs: true with top_logprobs
         return (self.top_logprobs or 0) if self.logprobs else None
 
+    @model_validator(mode="after")
+    def _continues_an_assistant_message(self) -> ChatCompletionRequest:
+        last = self.messages[-1]
+        if self.continue_final_message and (
+            last.role != "assistant" or not last.content or last.tool_calls
+        ):
+            raise ValueError(
+                "continue_final_message needs the last message to be the assistant's, with "
+                "text and no tool calls"
+            )
+        return self
+
     def template_kwargs(self) -> dict[str, Any]:
-        """Extra variables for the chat template (`enable_thinking`, `reasoning_effort`, …)."""
+        """Extra variables for the chat template (`enable_thinking`, `reasoning_effort`, …), and
+        `CONTINUE_FINAL` when the output continues the final assistant message."""
         extra = dict(self.chat_template_kwargs or {})
         if self.reasoning_effort is not None:
             extra.setdefault("reasoning_effort", self.reasoning_effort)
+        if self.continue_final_message:
+            extra[CONTINUE_FINAL] = True
         return extra
 
     def tools_in_play(self) -> list[Tool]:

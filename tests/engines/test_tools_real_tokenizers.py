@@ -456,3 +456,18 @@ def test_the_generic_format_replays_a_calls_arguments_as_the_model_wrote_them() 
     prompt = render_chat(tokenizer, messages, tools)
     assert '"arguments": {"city": "北京"}' in prompt
     assert "\\u" not in prompt
+
+
+def test_a_prefill_ends_the_prompt_inside_the_assistants_message() -> None:
+    """`CONTINUE_FINAL`: the prompt stops right after the final assistant message's text (no
+    end-of-turn, no new assistant turn), so the model continues it."""
+    from mlx_lm.tokenizer_utils import load
+
+    from engines.llm.templates import CONTINUE_FINAL, render_chat
+
+    tokenizer = load(store_entry(SMOLLM2.name))
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Bonjour"}]
+    continued = render_chat(tokenizer, turns, None, {CONTINUE_FINAL: True})
+    assert continued.endswith("<|im_start|>assistant\nBonjour")
+    opened = render_chat(tokenizer, turns, None, {})
+    assert opened.endswith("Bonjour<|im_end|>\n<|im_start|>assistant\n")

@@ -17,6 +17,7 @@ from anthropic import AsyncAnthropic
 from fastapi import FastAPI
 
 from engines.errors import Overloaded
+from engines.llm.templates import CONTINUE_FINAL
 from engines.pool import EnginePool
 from engines.types import ErrorEvent, FinishEvent
 from server.app import create_app
@@ -707,3 +708,22 @@ async def test_a_lone_surrogate_escape_in_a_call_is_no_500(claude: AsyncAnthropi
     assert [(b.type, getattr(b, "input", None)) for b in message.content] == [
         ("tool_use", {"city": "\ufffd"})
     ]
+
+
+async def test_a_final_assistant_message_is_a_prefill_the_reply_continues(
+    claude: AsyncAnthropic, fake_engine: FakeEngine
+) -> None:
+    turns: Any = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Bonjour"}]
+    message = await claude.messages.create(model="fake", max_tokens=10, messages=turns)
+    assert fake_engine.template_kwargs_seen == {CONTINUE_FINAL: True}
+    assert message.content[0].type == "text"  # the continuation alone, as Anthropic answers
+    opened: Any = [{"role": "user", "content": "hi"}]
+    await claude.messages.create(model="fake", max_tokens=10, messages=opened)
+    assert fake_engine.template_kwargs_seen == {}
+
+
+async def test_a_prefill_ending_in_whitespace_is_refused(http: httpx.AsyncClient) -> None:
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Bonjour "}]
+    response = await http.post(URL, json=messages_body(messages=turns))
+    message = assert_anthropic_error(response, 400, "invalid_request_error")
+    assert message.endswith("final assistant content cannot end with trailing whitespace")

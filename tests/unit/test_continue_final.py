@@ -1,0 +1,69 @@
+"""`continue_final_message` (an extension, as in vLLM; what /v1/messages sets for a prefill): the
+prompt ends inside the final assistant message and the reply continues it. On chat it must name
+an assistant message with text last; the template sees the flag, and only then."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from engines.llm.templates import CONTINUE_FINAL
+from server.settings import Settings
+from tests.fakes import FakeEngine
+from tests.helpers import asgi_client, assert_openai_error
+
+URL = "/v1/chat/completions"
+PREFILLED = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Bonjour"}]
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine(context_length=4096)
+
+
+@pytest.fixture
+async def http(engine: FakeEngine) -> AsyncIterator[httpx.AsyncClient]:
+    async with asgi_client(Settings(), [engine]) as client:
+        yield client
+
+
+def body(messages: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    return {"model": "fake", "max_tokens": 4, "messages": messages, **fields}
+
+
+async def test_the_template_continues_the_final_assistant_message(
+    http: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    response = await http.post(URL, json=body(PREFILLED, continue_final_message=True))
+    assert response.status_code == 200, response.text
+    assert engine.template_kwargs_seen == {CONTINUE_FINAL: True}
+    await http.post(URL, json=body(PREFILLED))  # a new assistant turn, as OpenAI's API does
+    assert engine.template_kwargs_seen == {}
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "hi"}],
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}],
+        [
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "content": "Calling",
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+        ],
+    ],
+)
+async def test_nothing_to_continue_is_a_400(
+    http: httpx.AsyncClient, messages: list[dict[str, Any]]
+) -> None:
+    response = await http.post(URL, json=body(messages, continue_final_message=True))
+    error = assert_openai_error(response, 400)
+    assert error["message"].startswith("continue_final_message needs the last message")
