@@ -8,6 +8,7 @@ sent, so the `text` of a choice's entries always concatenates to the choice's te
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -25,6 +26,8 @@ from engines.types import (
     TokenLogprob,
     Usage,
 )
+
+LOGPROB_FLOOR = -9999.0  # OpenAI's value for "very unlikely"
 
 
 class EventSink(Protocol):
@@ -48,7 +51,14 @@ class Vocabulary:
     def logprob(
         self, token: int, text: str, logprob: float | None, top: tuple[tuple[int, float], ...]
     ) -> TokenLogprob:
-        alternatives = tuple((t, str(self.tokenizer.decode([t])), lp) for t, lp in top)
+        """Alternatives a grammar ruled out (log-probability -inf: fewer allowed tokens than
+        asked for) are left out, as impossible; the token's own is finite but for a drawn
+        token no distribution allowed, which reads as OpenAI's floor (JSON has no -inf)."""
+        alternatives = tuple(
+            (t, str(self.tokenizer.decode([t])), lp) for t, lp in top if math.isfinite(lp)
+        )
+        if logprob is not None and not math.isfinite(logprob):
+            logprob = LOGPROB_FLOOR
         return TokenLogprob(token, text, self.token_bytes(token), logprob, alternatives)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 
 import pytest
 
@@ -13,7 +14,7 @@ from engines.errors import InvalidRequest
 from engines.llm.call_grammars import tool_call_grammar
 from engines.llm.constrain import json_schema_grammar
 from engines.llm.engine import LLMEngine
-from engines.types import GenerationRequest, SamplingParams
+from engines.types import GenerationRequest, SamplingParams, TokenEvent
 from server.tool_calls import ToolCallParser
 from tests.helpers import PROMPT, prompt, run
 
@@ -178,3 +179,21 @@ def test_pythonic_calls_of_names_python_cannot_read_are_forced_in_the_default_fo
         assert grammar_tags("pythonic", bad) == grammar_tags(DEFAULT_FORMAT)
         grammar = tool_call_grammar(bad, None, parallel=False, tool_format="pythonic")
         assert grammar == tool_call_grammar(bad, None, parallel=False)
+
+
+async def test_logprobs_under_a_grammar_are_finite(engine: LLMEngine) -> None:
+    """Where the grammar allows fewer tokens than `top_logprobs` asks for, the ruled-out ones
+    (log-probability -inf, which JSON cannot carry: a 500 at the edge) are left out."""
+    request = GenerationRequest(
+        "t", PROMPT, 24, SamplingParams(0.0), grammar=json_schema_grammar(SCHEMA), logprobs=5
+    )
+    entries = []
+    async for event in engine.submit(request):
+        if isinstance(event, TokenEvent):
+            entries += event.logprobs
+    assert entries
+    assert any(len(entry.top) < 5 for entry in entries)  # the grammar left fewer than five
+    for entry in entries:
+        assert entry.logprob is not None and math.isfinite(entry.logprob)
+        assert all(math.isfinite(logprob) for _, _, logprob in entry.top)
+    json.dumps([entry.logprob for entry in entries], allow_nan=False)
