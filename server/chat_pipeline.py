@@ -22,7 +22,12 @@ from typing import Any
 
 from engines.errors import EngineError
 from engines.kinds import CHAT, ChatEngine
-from engines.llm.call_grammars import grammar_format, grammar_tags, tool_call_grammar
+from engines.llm.call_grammars import (
+    answers_beside_calls,
+    grammar_format,
+    grammar_tags,
+    tool_call_grammar,
+)
 from engines.llm.chat_formats import DEFAULT_FORMAT
 from engines.llm.constrain import json_schema_grammar
 from engines.pool import EnginePool
@@ -176,7 +181,7 @@ async def prepare_chat(
     )
     untagged = info.untagged_tool_calls if info else True
     tool_format = info.tool_format if info else DEFAULT_FORMAT
-    if grammar_param == "tool_choice":  # a forced call is read in the format it was forced in
+    if grammar is not None and tools:  # a call under a grammar is read in the format it took
         tool_format = grammar_format(tool_format, tools)
     tool_schemas = {tool["function"]["name"]: tool["function"].get("parameters") for tool in tools}
 
@@ -284,7 +289,7 @@ def output_grammar(
 ) -> tuple[str | None, str]:
     """The grammar the output must follow, if any, and the param it comes from: a forced tool
     call (`tool_choice` "required" or a named function, in the model's own call format) or
-    `response_format` JSON."""
+    `response_format` JSON — or, with tools the model may call, calls or that JSON."""
     forced = chat.forced_tool()
     if chat.tool_choice == "required" or forced is not None:
         parallel = forced is None and chat.parallel_tool_calls is not False
@@ -295,11 +300,24 @@ def output_grammar(
     if response_format is None or response_format.type == "text":
         return None, ""
     if response_format.type == "json_object":
-        return json_schema_grammar({"type": "object"}), "response_format"
-    if response_format.json_schema is None:
+        schema, param = {"type": "object"}, "response_format"
+    elif response_format.json_schema is None:
         raise APIError(400, "json_schema is required", param="response_format.json_schema")
-    schema = response_format.json_schema.schema_ or {"type": "object"}
-    return json_schema_grammar(schema), "response_format.json_schema.schema"
+    else:
+        schema = response_format.json_schema.schema_ or {"type": "object"}
+        param = "response_format.json_schema.schema"
+    tool_format = engine.info.tool_format if engine.info else DEFAULT_FORMAT
+    if tools and answers_beside_calls(tool_format, tools):
+        # tool_choice "auto": the model calls tools or answers in the schema, as OpenAI's API
+        # lets it (agent frameworks send an output schema beside their tools).
+        parallel = chat.parallel_tool_calls is not False
+        tags = single_token_tags(engine, grammar_tags(tool_format, tools))
+        untagged = engine.info.untagged_tool_calls if engine.info else True
+        grammar = tool_call_grammar(
+            tools, None, parallel, tool_format, tags, answer_schema=schema, untagged=untagged
+        )
+        return grammar, param
+    return json_schema_grammar(schema), param
 
 
 def check_chat_limits(

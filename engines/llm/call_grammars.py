@@ -1,5 +1,6 @@
 """Forced tool calls (`tool_choice` "required" or a named function) as a grammar in the model's
-own call format (engines/llm/chat_formats.py), compiled by engines/llm/constrain.py.
+own call format (engines/llm/chat_formats.py), compiled by engines/llm/constrain.py; and, for
+`response_format` beside tools the model may call, calls or a JSON answer under the schema.
 
 Formats with a grammar here: json_tools (`<tool_call>` JSON), mistral (`[TOOL_CALLS][…]` or
 `[TOOL_CALLS]NAME[ARGS]{…}`, whichever the model takes), llama3 (one bare JSON call),
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import keyword
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -67,10 +69,15 @@ def tool_call_grammar(
     parallel: bool,
     tool_format: str = DEFAULT_FORMAT,
     tag_tokens: Mapping[str, int] | None = None,
+    answer_schema: dict[str, Any] | None = None,
+    untagged: bool = False,
 ) -> str:
     """Calls in `grammar_format(tool_format)` — one (or, with `parallel`, one or more) of
     `tools`, or only the function named `forced`. `tag_tokens`: the markers that are single
-    tokens of the model's vocabulary, named in the grammar by id."""
+    tokens of the vocabulary, named in the grammar by id. With `answer_schema` (not for
+    harmony: `answers_beside_calls`), a JSON answer under it is the alternative to calls, and
+    with `untagged` (a json_tools model whose bare call objects the edge reads as calls: small
+    models write them so) a bare call object is one more."""
     functions = [
         (tool["function"]["name"], tool["function"].get("parameters") or {"type": "object"})
         for tool in tools
@@ -83,19 +90,41 @@ def tool_call_grammar(
 
     fmt = grammar_format(tool_format, tools)
     if fmt in _XML_STYLES:
-        return lark_grammar(_xml_calls(fmt, functions, parallel, tag))
-    if fmt == "kimi_k2":
-        return lark_grammar(_kimi_calls(functions, parallel, tag))
-    if fmt == "harmony":
-        return lark_grammar(_harmony_call(functions, tag))
-    if fmt == "pythonic":
-        return lark_grammar(_python_calls(functions, parallel, tag))
-    if fmt == "gemma4":
-        return lark_grammar(gemma4_calls(functions, parallel, tag))
-    return lark_grammar(_json_calls(fmt, functions, parallel, tag))
+        calls = _xml_calls(fmt, functions, parallel, tag)
+    elif fmt == "kimi_k2":
+        calls = _kimi_calls(functions, parallel, tag)
+    elif fmt == "harmony":
+        calls = _harmony_call(functions, tag)
+    elif fmt == "pythonic":
+        calls = _python_calls(functions, parallel, tag)
+    elif fmt == "gemma4":
+        calls = gemma4_calls(functions, parallel, tag)
+    else:
+        calls = _json_calls(fmt, functions, parallel, tag)
+    if answer_schema is not None:
+        if untagged and fmt == "json_tools":  # a bare call object is read as a call too
+            answer_schema = {"anyOf": [answer_schema, _call_schema(fmt, functions)]}
+        calls = _calls_or_answer(calls, answer_schema)
+    return lark_grammar(calls)
 
 
-def _json_calls(fmt: str, functions: list[tuple[str, Any]], parallel: bool, tag: Any) -> str:
+def answers_beside_calls(tool_format: str, tools: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a JSON answer can be the alternative to calls in this format: not in harmony,
+    whose answers go to another channel than its calls (that model gets JSON only)."""
+    return grammar_format(tool_format, tools) != "harmony"
+
+
+def _calls_or_answer(calls: str, answer_schema: dict[str, Any]) -> str:
+    """`calls`' grammar with a JSON answer under `answer_schema` as the alternative: the model
+    calls tools or answers in the schema (OpenAI's `response_format` beside `tools`)."""
+    renamed, found = re.subn(r"^start:", "tool_calls:", calls, flags=re.MULTILINE)
+    assert found == 1, "a call grammar has one start rule"
+    answer = json.dumps(compact(answer_schema))
+    return f"start: tool_calls | json_answer\njson_answer: %json {answer}\n{renamed}"
+
+
+def _call_schema(fmt: str, functions: list[tuple[str, Any]]) -> dict[str, Any]:
+    """One call of one of `functions` as the JSON object the json formats write."""
     arguments_key = "parameters" if fmt == "llama3" else "arguments"
     options = [
         {
@@ -106,7 +135,11 @@ def _json_calls(fmt: str, functions: list[tuple[str, Any]], parallel: bool, tag:
         }
         for name, parameters in functions
     ]
-    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def _json_calls(fmt: str, functions: list[tuple[str, Any]], parallel: bool, tag: Any) -> str:
+    schema = _call_schema(fmt, functions)
     if fmt == "mistral":
         # Either form Mistral's templates write: the model takes the one it was trained on.
         more = '(", " body)*' if parallel else ""

@@ -362,6 +362,65 @@ def test_forced_grammar_accepts_the_familys_rendering(
         assert (consumed and matcher.is_accepting()) is accepted, (fmt, forced)
 
 
+ANSWER_SCHEMA = {
+    "type": "object",
+    "properties": {"summary": {"type": "string"}},
+    "required": ["summary"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("family", sorted(RENDERED))
+def test_calls_or_an_answer_accepts_both(family: str, grammar_tokenizer: tuple[Any, Any]) -> None:
+    """`response_format` beside tools the model may call: the grammar takes the family's call
+    or a JSON answer under the schema, and nothing else (harmony keeps JSON alone)."""
+    import llguidance
+
+    from engines.llm.call_grammars import answers_beside_calls, grammar_tags, tool_call_grammar
+
+    fmt = family.split()[0]
+    if not answers_beside_calls(fmt, [TOOL]):
+        assert fmt == "harmony"
+        return
+    tokenizer, compiler = grammar_tokenizer
+    vocab = tokenizer.get_vocab()
+    tags = {tag: vocab[tag] for tag in grammar_tags(fmt) if tag in vocab}
+    grammar = tool_call_grammar([TOOL], None, True, fmt, tags, answer_schema=ANSWER_SCHEMA)
+    compiler.check(grammar, "response_format")
+    outputs = {
+        RENDERED[family]: True,
+        '{"summary": "sunny"}': True,
+        '{"summary": 3}': False,
+        "It is sunny.": False,
+    }
+    for text, accepted in outputs.items():
+        matcher = llguidance.LLMatcher(compiler._tokenizer, grammar)
+        tokens = tokenizer.encode(text, add_special_tokens=False)
+        consumed = all(matcher.consume_token(token) for token in tokens)
+        assert (consumed and matcher.is_accepting()) is accepted, (fmt, text)
+
+
+def test_a_bare_call_object_is_a_call_beside_an_answer(grammar_tokenizer: tuple[Any, Any]) -> None:
+    """A json_tools model whose untagged calls the edge reads (small Qwens write them so) may
+    also call with a bare call object; without `untagged`, only the tagged call is one."""
+    import llguidance
+
+    from engines.llm.call_grammars import grammar_tags, tool_call_grammar
+
+    tokenizer, compiler = grammar_tokenizer
+    vocab = tokenizer.get_vocab()
+    tags = {tag: vocab[tag] for tag in grammar_tags("json_tools") if tag in vocab}
+    bare = '{"name": "get_weather", "arguments": {"city": "Paris", "days": 2, "temperature": 1.5}}'
+    for untagged in (True, False):
+        grammar = tool_call_grammar(
+            [TOOL], None, True, "json_tools", tags, answer_schema=ANSWER_SCHEMA, untagged=untagged
+        )
+        matcher = llguidance.LLMatcher(compiler._tokenizer, grammar)
+        tokens = tokenizer.encode(bare, add_special_tokens=False)
+        consumed = all(matcher.consume_token(token) for token in tokens)
+        assert (consumed and matcher.is_accepting()) is untagged
+
+
 ODD_TOOLS = [
     {"type": "function", "function": {"name": "no_parameters"}},
     {
