@@ -73,16 +73,28 @@ class ToolUseBlock(Strict):
     input: dict[str, Any]
 
 
+# What a tool result's image becomes in the prompt: images reach a model only from user turns
+# (where a text-only model refuses them), and a refused tool result would fail every later
+# request of an agent's session (Claude Code's Read tool returns screenshots so).
+TOOL_IMAGE_PLACEHOLDER = "[image: images in tool results are not passed to the model]"
+
+
 class ToolResultBlock(Strict):
     type: Literal["tool_result"]
     tool_use_id: str
-    content: str | list[TextBlock] | None = None
+    content: str | list[Annotated[TextBlock | ImageBlock, Field(discriminator="type")]] | None = (
+        None
+    )
     is_error: bool | None = None
 
     def text(self) -> str:
+        """Its text, each image as `TOOL_IMAGE_PLACEHOLDER`."""
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
-        return "\n".join(block.text for block in self.content)
+        return "\n".join(
+            block.text if isinstance(block, TextBlock) else TOOL_IMAGE_PLACEHOLDER
+            for block in self.content
+        )
 
 
 class ThinkingBlock(Strict):

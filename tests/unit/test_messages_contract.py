@@ -21,7 +21,7 @@ from engines.llm.templates import CONTINUE_FINAL
 from engines.pool import EnginePool
 from engines.types import ErrorEvent, FinishEvent
 from server.app import create_app
-from server.schemas.anthropic import MessagesRequest
+from server.schemas.anthropic import TOOL_IMAGE_PLACEHOLDER, MessagesRequest
 from server.settings import Settings
 from tests.fakes import FakeEngine
 from tests.servers import serve, wait_until
@@ -727,3 +727,33 @@ async def test_a_prefill_ending_in_whitespace_is_refused(http: httpx.AsyncClient
     response = await http.post(URL, json=messages_body(messages=turns))
     message = assert_anthropic_error(response, 400, "invalid_request_error")
     assert message.endswith("final assistant content cannot end with trailing whitespace")
+
+
+async def test_an_image_in_a_tool_result_is_a_placeholder_not_a_400(
+    claude: AsyncAnthropic, fake_engine: FakeEngine
+) -> None:
+    """Claude Code's Read tool returns screenshots as tool-result images: refused, that block
+    would fail every later request of the session. The model reads a placeholder instead."""
+    png = (
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/"
+        "iZk9HQAAAABJRU5ErkJggg=="
+    )
+    await claude.messages.create(
+        model="fake",
+        max_tokens=50,
+        tools=[WEATHER],  # type: ignore[list-item]
+        messages=[
+            {"role": "user", "content": "look"},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}},
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                    {"type": "text", "text": "screenshot:"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                 "data": png}},
+                ]},
+            ]},
+        ],
+    )  # fmt: skip
+    assert prompt_of(fake_engine).endswith(f"<tool>screenshot:\n{TOOL_IMAGE_PLACEHOLDER}")
