@@ -5,31 +5,17 @@ frameworks send an output schema with their tools); without tools, or with `tool
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from server.settings import Settings
 from tests.fakes import FakeEngine
-from tests.helpers import asgi_client
 
 URL = "/v1/chat/completions"
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
 SCHEMA = {"type": "object", "properties": {"summary": {"type": "string"}}}
 FORMAT = {"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA}}
-
-
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine(context_length=4096)
-
-
-@pytest.fixture
-async def http(engine: FakeEngine) -> AsyncIterator[httpx.AsyncClient]:
-    async with asgi_client(Settings(), [engine]) as client:
-        yield client
 
 
 def body(**fields: Any) -> dict[str, Any]:
@@ -39,21 +25,21 @@ def body(**fields: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("tool_choice", [None, "auto"])
 async def test_tools_beside_a_schema_may_be_called(
-    http: httpx.AsyncClient, engine: FakeEngine, tool_choice: str | None
+    http: httpx.AsyncClient, fake_engine: FakeEngine, tool_choice: str | None
 ) -> None:
     extra = {} if tool_choice is None else {"tool_choice": tool_choice}
     response = await http.post(URL, json=body(tools=TOOLS, response_format=FORMAT, **extra))
     assert response.status_code == 200, response.text
-    grammar = engine.grammars_checked[-1]
+    grammar = fake_engine.grammars_checked[-1]
     assert "json_answer" in grammar and "get_weather" in grammar and "summary" in grammar
 
 
 @pytest.mark.parametrize("fields", [{}, {"tools": TOOLS, "tool_choice": "none"}])
 async def test_without_callable_tools_the_schema_stands_alone(
-    http: httpx.AsyncClient, engine: FakeEngine, fields: dict[str, Any]
+    http: httpx.AsyncClient, fake_engine: FakeEngine, fields: dict[str, Any]
 ) -> None:
     response = await http.post(URL, json=body(response_format=FORMAT, **fields))
     assert response.status_code == 200, response.text
-    grammar = engine.grammars_checked[-1]
+    grammar = fake_engine.grammars_checked[-1]
     assert "summary" in grammar and "json_answer" not in grammar
     assert "get_weather" not in grammar

@@ -4,30 +4,17 @@ an assistant message with text last; the template sees the flag, and only then."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
 from engines.llm.templates import CONTINUE_FINAL
-from server.settings import Settings
 from tests.fakes import FakeEngine
-from tests.helpers import asgi_client, assert_openai_error
+from tests.helpers import assert_openai_error
 
 URL = "/v1/chat/completions"
 PREFILLED = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Bonjour"}]
-
-
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine(context_length=4096)
-
-
-@pytest.fixture
-async def http(engine: FakeEngine) -> AsyncIterator[httpx.AsyncClient]:
-    async with asgi_client(Settings(), [engine]) as client:
-        yield client
 
 
 def body(messages: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
@@ -35,13 +22,13 @@ def body(messages: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
 
 
 async def test_the_template_continues_the_final_assistant_message(
-    http: httpx.AsyncClient, engine: FakeEngine
+    http: httpx.AsyncClient, fake_engine: FakeEngine
 ) -> None:
     response = await http.post(URL, json=body(PREFILLED, continue_final_message=True))
     assert response.status_code == 200, response.text
-    assert engine.template_kwargs_seen == {CONTINUE_FINAL: True}
+    assert fake_engine.template_kwargs_seen == {CONTINUE_FINAL: True}
     await http.post(URL, json=body(PREFILLED))  # a new assistant turn, as OpenAI's API does
-    assert engine.template_kwargs_seen == {}
+    assert fake_engine.template_kwargs_seen == {}
 
 
 @pytest.mark.parametrize(
