@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from engines.errors import EngineError
+from engines.errors import EngineError, InvalidRequest
 from engines.kinds import CHAT, ChatEngine
 from engines.llm.call_grammars import (
     answers_beside_calls,
@@ -164,11 +164,14 @@ async def prepare_chat(
     images = await collect_images(messages, ImagePolicy.from_env())  # 400s before any load
     engine = await pool.acquire(chat.model, CHAT)
     check_vision(engine, chat.model, images, messages, _asks_grammar(chat))
-    grammar, grammar_param = output_grammar(chat, tools, engine)
-    if grammar is not None:
-        # Compiling checks the grammar against the tokenizer (no MLX; the first one builds
-        # llguidance's tokenizer, a pass over the whole vocabulary): off the event loop.
-        await asyncio.to_thread(engine.check_grammar, grammar, grammar_param)
+    grammar = await checked_grammar(chat, tools, engine)
+    if grammar is not None and chat.continue_final_message:
+        raise APIError(
+            400,
+            "a prefill (a final assistant message the reply continues) cannot be combined with "
+            "constrained output (response_format, output_config or a forced tool_choice)",
+            param="messages",
+        )
     # Rendering and tokenizing (no MLX: any thread) off the event loop: a prompt near the body
     # limit takes seconds, which would stall every other request and stream meanwhile.
     kwargs = template_kwargs(chat, engine)
@@ -284,6 +287,42 @@ def check_tool_choice(chat: ChatCompletionRequest, tools: list[dict[str, Any]]) 
         )
 
 
+async def checked_grammar(
+    chat: ChatCompletionRequest, tools: list[dict[str, Any]], engine: ChatEngine
+) -> str | None:
+    """`output_grammar`'s, compiled against the tokenizer (no MLX; the first one builds
+    llguidance's tokenizer, a pass over the whole vocabulary: off the event loop). A call-or-
+    answer grammar the library refuses because of the tools' schemas (a `$ref` inside a tool's
+    parameters, a keyword it does not implement) falls back to the JSON answer alone — what
+    such a request got before tools could be called beside a schema —, not a 400 about tools
+    the client did not ask to force."""
+    grammar, param = output_grammar(chat, tools, engine)
+    if grammar is None:
+        return None
+    try:
+        await asyncio.to_thread(engine.check_grammar, grammar, param)
+    except InvalidRequest:
+        answer = _answer_schema(chat) if param != "tool_choice" and tools else None
+        if answer is None:
+            raise
+        grammar = json_schema_grammar(answer[0])
+        await asyncio.to_thread(engine.check_grammar, grammar, param)
+    return grammar
+
+
+def _answer_schema(chat: ChatCompletionRequest) -> tuple[dict[str, Any], str] | None:
+    """The JSON `response_format` asks for, and the param it comes from (None: plain text)."""
+    response_format = chat.response_format
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return {"type": "object"}, "response_format"
+    if response_format.json_schema is None:
+        raise APIError(400, "json_schema is required", param="response_format.json_schema")
+    schema = response_format.json_schema.schema_ or {"type": "object"}
+    return schema, "response_format.json_schema.schema"
+
+
 def output_grammar(
     chat: ChatCompletionRequest, tools: list[dict[str, Any]], engine: ChatEngine
 ) -> tuple[str | None, str]:
@@ -296,16 +335,10 @@ def output_grammar(
         tool_format = engine.info.tool_format if engine.info else DEFAULT_FORMAT
         tags = single_token_tags(engine, grammar_tags(tool_format, tools))
         return tool_call_grammar(tools, forced, parallel, tool_format, tags), "tool_choice"
-    response_format = chat.response_format
-    if response_format is None or response_format.type == "text":
+    answer = _answer_schema(chat)
+    if answer is None:
         return None, ""
-    if response_format.type == "json_object":
-        schema, param = {"type": "object"}, "response_format"
-    elif response_format.json_schema is None:
-        raise APIError(400, "json_schema is required", param="response_format.json_schema")
-    else:
-        schema = response_format.json_schema.schema_ or {"type": "object"}
-        param = "response_format.json_schema.schema"
+    schema, param = answer
     tool_format = engine.info.tool_format if engine.info else DEFAULT_FORMAT
     if tools and answers_beside_calls(tool_format, tools):
         # tool_choice "auto": the model calls tools or answers in the schema, as OpenAI's API

@@ -102,9 +102,9 @@ def tool_call_grammar(
     else:
         calls = _json_calls(fmt, functions, parallel, tag)
     if answer_schema is not None:
-        if untagged and fmt == "json_tools":  # a bare call object is read as a call too
-            answer_schema = {"anyOf": [answer_schema, _call_schema(fmt, functions)]}
-        calls = _calls_or_answer(calls, answer_schema)
+        # A bare call object is read as a call too (json_tools models, untagged on).
+        bare = _call_schema(fmt, functions) if untagged and fmt == "json_tools" else None
+        calls = _calls_or_answer(calls, answer_schema, bare)
     return lark_grammar(calls)
 
 
@@ -114,13 +114,20 @@ def answers_beside_calls(tool_format: str, tools: Sequence[Mapping[str, Any]]) -
     return grammar_format(tool_format, tools) != "harmony"
 
 
-def _calls_or_answer(calls: str, answer_schema: dict[str, Any]) -> str:
-    """`calls`' grammar with a JSON answer under `answer_schema` as the alternative: the model
-    calls tools or answers in the schema (OpenAI's `response_format` beside `tools`)."""
+def _calls_or_answer(
+    calls: str, answer_schema: dict[str, Any], bare_call: dict[str, Any] | None
+) -> str:
+    """`calls`' grammar with a JSON answer under `answer_schema` as the alternative (and a
+    `bare_call` object, if given): the model calls tools or answers in the schema (OpenAI's
+    `response_format` beside `tools`). Each JSON alternative is a rule of its own, its schema
+    at its root, so the client's `$ref`s (`#/$defs/...`) resolve as written."""
     renamed, found = re.subn(r"^start:", "tool_calls:", calls, flags=re.MULTILINE)
     assert found == 1, "a call grammar has one start rule"
-    answer = json.dumps(compact(answer_schema))
-    return f"start: tool_calls | json_answer\njson_answer: %json {answer}\n{renamed}"
+    alternatives = {"json_answer": answer_schema}
+    if bare_call is not None:
+        alternatives["bare_call"] = bare_call
+    rules = [f"{rule}: %json {json.dumps(compact(shape))}" for rule, shape in alternatives.items()]
+    return "\n".join([f"start: tool_calls | {' | '.join(alternatives)}", *rules, renamed])
 
 
 def _call_schema(fmt: str, functions: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -530,3 +530,28 @@ def test_a_prefill_ends_the_prompt_inside_the_assistants_message() -> None:
     assert continued.endswith("<|im_start|>assistant\nBonjour")
     opened = render_chat(tokenizer, turns, None, {})
     assert opened.endswith("Bonjour<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_an_answer_schema_with_refs_beside_calls(grammar_tokenizer: tuple[Any, Any]) -> None:
+    """A pydantic model with a nested model (`$defs`, `#/$defs/...` refs) as the answer: its
+    refs resolve in the call-or-answer grammar (each JSON alternative at its own root)."""
+    import llguidance
+
+    from engines.llm.call_grammars import grammar_tags, tool_call_grammar
+
+    tokenizer, compiler = grammar_tokenizer
+    vocab = tokenizer.get_vocab()
+    tags = {tag: vocab[tag] for tag in grammar_tags("json_tools") if tag in vocab}
+    nested = {
+        "$defs": {"Place": {"type": "object", "properties": {"city": {"type": "string"}}}},
+        "type": "object",
+        "properties": {"place": {"$ref": "#/$defs/Place"}},
+        "required": ["place"],
+    }
+    grammar = tool_call_grammar(
+        [TOOL], None, True, "json_tools", tags, answer_schema=nested, untagged=True
+    )
+    compiler.check(grammar, "response_format.json_schema.schema")
+    matcher = llguidance.LLMatcher(compiler._tokenizer, grammar)
+    tokens = tokenizer.encode('{"place": {"city": "Paris"}}', add_special_tokens=False)
+    assert all(matcher.consume_token(token) for token in tokens) and matcher.is_accepting()

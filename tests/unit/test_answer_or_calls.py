@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.fakes import FakeEngine
+from tests.helpers import assert_openai_error
 
 URL = "/v1/chat/completions"
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
@@ -43,3 +44,24 @@ async def test_without_callable_tools_the_schema_stands_alone(
     grammar = fake_engine.grammars_checked[-1]
     assert "summary" in grammar and "json_answer" not in grammar
     assert "get_weather" not in grammar
+
+
+async def test_tools_the_library_cannot_take_leave_the_schema_alone(
+    http: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    """Not a 400 about tools nobody forced: the JSON answer alone, as before tools could be
+    called beside a schema (the fake refuses grammars holding `x-unsupported`)."""
+    odd = [{"type": "function", "function": {"name": "odd", "parameters": {"x-unsupported": 1}}}]
+    response = await http.post(URL, json=body(tools=odd, response_format=FORMAT))
+    assert response.status_code == 200, response.text
+    assert "odd" in fake_engine.grammars_checked[-2]  # tried first
+    assert "summary" in fake_engine.grammars_checked[-1]
+    assert "odd" not in fake_engine.grammars_checked[-1]
+
+
+async def test_an_answer_schema_the_library_cannot_take_is_still_a_400(
+    http: httpx.AsyncClient,
+) -> None:
+    bad = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"x-unsupported": 1}}}
+    response = await http.post(URL, json=body(tools=TOOLS, response_format=bad))
+    assert_openai_error(response, 400, param="response_format.json_schema.schema")
