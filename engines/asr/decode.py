@@ -26,6 +26,7 @@ from engines.asr.audio import FRAMES_PER_SECOND
 from engines.asr.vocab import WhisperVocab
 from engines.asr.whisper import DecoderState, Whisper
 from engines.readback import host_list
+from engines.types import GREEDY_BELOW
 
 TIME_PRECISION = 0.02  # seconds per timestamp token
 INPUT_STRIDE = 2  # mel frames per audio-feature position
@@ -205,7 +206,9 @@ class WindowBatch:
         tokens: list[int] = []
         for row, entry in enumerate(self._rows):
             temperature = entry.task.temperature
-            if temperature > 0:  # Gumbel-max: a sample of softmax(logits / temperature)
+            # Gumbel-max: a sample of softmax(logits / temperature); below GREEDY_BELOW the
+            # division overflows into inf rows, and the argmax is what is asked anyway.
+            if temperature >= GREEDY_BELOW:
                 gumbel = entry.rng.gumbel(size=logits.shape[1])
                 tokens.append(int(np.argmax(logits[row] / temperature + gumbel)))
             else:

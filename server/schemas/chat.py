@@ -186,6 +186,9 @@ class ChatCompletionRequest(SamplingFields):
         extra = dict(self.chat_template_kwargs or {})
         if self.reasoning_effort is not None:
             extra.setdefault("reasoning_effort", self.reasoning_effort)
+        # Only the checked field continues a message: as a template variable it would end the
+        # prompt inside whatever message is last (a user's, say).
+        extra.pop(CONTINUE_FINAL, None)
         if self.continue_final_message:
             extra[CONTINUE_FINAL] = True
         return extra

@@ -117,3 +117,24 @@ def test_windows_joining_a_running_batch_decode_as_alone(
         assert results[i].tokens == expected[i].tokens
         assert results[i].avg_logprob == pytest.approx(expected[i].avg_logprob, abs=1e-4)
         assert results[i].no_speech_prob == pytest.approx(expected[i].no_speech_prob, abs=1e-5)
+
+
+def test_a_vanishing_temperature_decodes_as_greedy(
+    tiny: tuple[Whisper, WhisperVocab, list[int]],
+) -> None:
+    """1e-320 is a valid temperature (> 0); dividing logits by it overflows into inf rows, so
+    it is read as 0 (the argmax it asks for)."""
+    model, vocab, suppress = tiny
+    rng = np.random.default_rng(2)
+    features = mx.array(rng.standard_normal((1, 1500, model.dims.n_audio_state)).astype(np.float32))
+    start = vocab.sot_sequence("en", "transcribe")
+
+    def decoded(temperature: float) -> WindowResult:
+        batch = WindowBatch(model, vocab, suppress)
+        batch.add(model.decoder.cross_kv(features), [WindowTask(start, 0, temperature, 1)], [0])
+        while True:
+            finished = batch.step()
+            if finished:
+                return finished[0][1]
+
+    assert decoded(1e-320).tokens == decoded(0.0).tokens

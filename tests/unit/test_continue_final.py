@@ -54,3 +54,24 @@ async def test_nothing_to_continue_is_a_400(
     response = await http.post(URL, json=body(messages, continue_final_message=True))
     error = assert_openai_error(response, 400)
     assert error["message"].startswith("continue_final_message needs the last message")
+
+
+async def test_a_prefill_with_constrained_output_is_a_400(http: httpx.AsyncClient) -> None:
+    """The grammar would start after the prefill, so prefill and reply would not be one JSON."""
+    response = await http.post(
+        URL,
+        json=body(PREFILLED, continue_final_message=True, response_format={"type": "json_object"}),
+    )
+    error = assert_openai_error(response, 400, param="messages")
+    assert "prefill" in error["message"]
+
+
+async def test_only_the_checked_field_continues_a_message(
+    http: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    """As a template variable it would end the prompt inside the user's message."""
+    kwargs = {CONTINUE_FINAL: True, "enable_thinking": False}
+    messages = [{"role": "user", "content": "hi"}]
+    response = await http.post(URL, json=body(messages, chat_template_kwargs=kwargs))
+    assert response.status_code == 200, response.text
+    assert fake_engine.template_kwargs_seen == {"enable_thinking": False}
