@@ -269,7 +269,9 @@ def _asks_grammar(chat: ChatCompletionRequest) -> bool:
 
 
 def check_tool_choice(chat: ChatCompletionRequest, tools: list[dict[str, Any]]) -> None:
-    """Refuse a forced `tool_choice` that cannot be honoured (before any model is loaded)."""
+    """Refuse a forced `tool_choice` that cannot be honoured (before any model is loaded). With
+    `response_format` it stands: the output must be a call, and the schema is for an answer
+    (OpenAI's Agents SDK sends both when an agent with an output type must use a tool)."""
     forced = chat.forced_tool()
     if chat.tool_choice != "required" and forced is None:
         return
@@ -278,12 +280,6 @@ def check_tool_choice(chat: ChatCompletionRequest, tools: list[dict[str, Any]]) 
     if forced is not None and forced not in {t["function"]["name"] for t in tools}:
         raise APIError(
             400, f"tool_choice names an unknown function {forced!r}", param="tool_choice"
-        )
-    if chat.response_format is not None and chat.response_format.type != "text":
-        raise APIError(
-            400,
-            "response_format cannot be combined with a forced tool_choice",
-            param="response_format",
         )
 
 

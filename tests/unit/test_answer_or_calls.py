@@ -65,3 +65,18 @@ async def test_an_answer_schema_the_library_cannot_take_is_still_a_400(
     bad = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"x-unsupported": 1}}}
     response = await http.post(URL, json=body(tools=TOOLS, response_format=bad))
     assert_openai_error(response, 400, param="response_format.json_schema.schema")
+
+
+@pytest.mark.parametrize(
+    "tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}]
+)
+async def test_a_forced_call_beside_a_schema_is_the_call(
+    http: httpx.AsyncClient, fake_engine: FakeEngine, tool_choice: Any
+) -> None:
+    """As OpenAI's API: the output must be a call, the schema is for an answer (was a 400)."""
+    response = await http.post(
+        URL, json=body(tools=TOOLS, tool_choice=tool_choice, response_format=FORMAT)
+    )
+    assert response.status_code == 200, response.text
+    grammar = fake_engine.grammars_checked[-1]
+    assert "get_weather" in grammar and "summary" not in grammar

@@ -163,14 +163,6 @@ async def test_tool_choice_none_hides_the_tools(
             },
             "response_format.json_schema.schema",
         ),
-        (
-            {
-                "tools": [WEATHER],
-                "tool_choice": "required",
-                "response_format": {"type": "json_object"},
-            },
-            "response_format",
-        ),
     ],
 )
 async def test_bad_tool_and_format_requests_are_400(
