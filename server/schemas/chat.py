@@ -64,7 +64,9 @@ class ChatMessage(Strict):
             if not isinstance(part, dict):
                 raise ValueError(f"content[{index}] is not an object: {_PARTS_READ}")
             kind = part.get("type")
-            if kind == "refusal" and isinstance(part.get("refusal"), str):
+            if kind == "refusal":
+                if not isinstance(part.get("refusal"), str):
+                    raise ValueError(f"content[{index}].refusal should be a string")
                 part = {"type": "text", "text": part["refusal"]}
             elif kind is None:
                 raise ValueError(f"content[{index}] has no type: {_PARTS_READ}")

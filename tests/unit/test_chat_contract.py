@@ -529,3 +529,10 @@ async def test_content_parts_this_server_cannot_read_are_named(
     assert message.startswith("Invalid value for 'messages[0].content': content[1] "), message
     assert named in message and "valid string" not in message
     assert "'text', 'image_url'" in message
+
+
+async def test_a_refusal_part_without_text_says_so(http: httpx.AsyncClient) -> None:
+    refused = {"role": "assistant", "content": [{"type": "refusal", "refusal": 3}]}
+    body = chat_body(messages=[*HELLO, refused, {"role": "user", "content": "ok"}])
+    error = assert_openai_error(await http.post(URL, json=body), 400, "messages[1].content")
+    assert error["message"].endswith("content[0].refusal should be a string")
