@@ -79,7 +79,7 @@ def tool_call_grammar(
     with `untagged` (a json_tools model whose bare call objects the edge reads as calls: small
     models write them so) a bare call object is one more."""
     functions = [
-        (tool["function"]["name"], tool["function"].get("parameters") or {"type": "object"})
+        (tool["function"]["name"], inline_refs(tool["function"].get("parameters") or {}))
         for tool in tools
         if forced is None or tool["function"]["name"] == forced
     ]
@@ -106,6 +106,34 @@ def tool_call_grammar(
         bare = _call_schema(fmt, functions) if untagged and fmt == "json_tools" else None
         calls = _calls_or_answer(calls, answer_schema, bare)
     return lark_grammar(calls)
+
+
+def inline_refs(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A tool's `parameters` with its local `$ref`s (`#/$defs/X`, `#/definitions/X`: pydantic
+    writes nested models so) replaced by what they point at, and the definitions dropped: each
+    grammar places the schema (or each of its properties) inside a larger one, where those
+    pointers would not resolve. A reference inside its own definition stays (pointing nowhere
+    now, the grammar library says it cannot be enforced, as it did); an empty schema is an
+    object."""
+    definitions = {
+        f"#/{key}/{name}": value
+        for key in ("$defs", "definitions")
+        for name, value in (schema.get(key) or {}).items()
+    }
+
+    def resolved(node: Any, seen: frozenset[str]) -> Any:
+        if isinstance(node, list):
+            return [resolved(item, seen) for item in node]
+        if not isinstance(node, dict):
+            return node
+        pointer = node.get("$ref")
+        if isinstance(pointer, str) and pointer in definitions and pointer not in seen:
+            siblings = {k: v for k, v in node.items() if k != "$ref"}
+            target = resolved(definitions[pointer], seen | {pointer})
+            return {**target, **resolved(siblings, seen)}
+        return {k: resolved(v, seen) for k, v in node.items() if k not in ("$defs", "definitions")}
+
+    return resolved(dict(schema), frozenset()) or {"type": "object"}
 
 
 def answers_beside_calls(tool_format: str, tools: Sequence[Mapping[str, Any]]) -> bool:

@@ -423,6 +423,18 @@ def test_a_bare_call_object_is_a_call_beside_an_answer(grammar_tokenizer: tuple[
 
 ODD_TOOLS = [
     {"type": "function", "function": {"name": "no_parameters"}},
+    {  # as pydantic writes a nested model: a `$ref` into `$defs`, which the grammar inlines
+        "type": "function",
+        "function": {
+            "name": "nested",
+            "parameters": {
+                "$defs": {"Place": {"type": "object", "properties": {"city": {"type": "string"}}}},
+                "type": "object",
+                "properties": {"place": {"$ref": "#/$defs/Place"}},
+                "required": ["place"],
+            },
+        },
+    },
     {
         "type": "function",
         "function": {
@@ -453,7 +465,7 @@ def test_forced_grammars_compile_for_any_schema(
     tokenizer, compiler = grammar_tokenizer
     vocab = tokenizer.get_vocab()
     tags = {tag: vocab[tag] for tag in grammar_tags(fmt) if tag in vocab}
-    for forced in (None, "no_parameters", "mixed"):
+    for forced in (None, "no_parameters", "mixed", "nested"):
         compiler.check(tool_call_grammar(ODD_TOOLS, forced, True, fmt, tags), "tool_choice")
 
 
