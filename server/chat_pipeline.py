@@ -288,8 +288,8 @@ async def checked_grammar(
 ) -> str | None:
     """`output_grammar`'s, compiled against the tokenizer (no MLX; the first one builds
     llguidance's tokenizer, a pass over the whole vocabulary: off the event loop). A call-or-
-    answer grammar the library refuses because of the tools' schemas (a `$ref` inside a tool's
-    parameters, a keyword it does not implement) falls back to the JSON answer alone — what
+    answer grammar the library refuses because of the tools' schemas (a self-referencing
+    definition, a keyword it does not implement) falls back to the JSON answer alone — what
     such a request got before tools could be called beside a schema —, not a 400 about tools
     the client did not ask to force."""
     grammar, param = output_grammar(chat, tools, engine)
