@@ -218,9 +218,15 @@ class MessagesFields(Strict):
         validated)."""
         messages = chat_messages(self.system, self.messages)
         body: dict[str, Any] = {"model": self.model, "messages": messages}
-        final = messages[-1]
-        if self.messages[-1].role == "assistant" and final["content"] and "tool_calls" not in final:
-            body["continue_final_message"] = True  # a prefill: the reply continues it
+        # A prefill: the reply continues it. (`messages` may be empty: empty system turns make
+        # no chat message, and the chat request's own check answers that.)
+        final = messages[-1] if messages else {}
+        if (
+            self.messages[-1].role == "assistant"
+            and final.get("content")
+            and "tool_calls" not in final
+        ):
+            body["continue_final_message"] = True
         tools = self.custom_tools()
         if tools:
             body["tools"] = [_chat_tool(tool) for tool in tools]

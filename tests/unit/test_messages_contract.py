@@ -757,3 +757,10 @@ async def test_an_image_in_a_tool_result_is_a_placeholder_not_a_400(
         ],
     )  # fmt: skip
     assert prompt_of(fake_engine).endswith(f"<tool>screenshot:\n{TOOL_IMAGE_PLACEHOLDER}")
+
+
+@pytest.mark.parametrize("path", [URL, f"{URL}/count_tokens"])
+async def test_only_an_empty_system_message_is_a_400(http: httpx.AsyncClient, path: str) -> None:
+    """It makes no chat message at all (found by schemathesis: a 500 from the prefill check)."""
+    body = {"model": "fake", "max_tokens": 8, "messages": [{"role": "system", "content": ""}]}
+    assert_anthropic_error(await http.post(path, json=body), 400, "invalid_request_error")
