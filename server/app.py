@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from engines.device_memory import chat_kv_bytes, usable_memory
@@ -41,7 +40,7 @@ from server.routes import (
     speech,
     status,
 )
-from server.security import AccessControl, ConcurrencyLimit
+from server.security import AccessControl, ConcurrencyLimit, ShapedCORS
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -226,7 +225,7 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
     )
     if settings.origins():  # outermost, so browsers' preflight requests are answered first
         app.add_middleware(
-            CORSMiddleware,
+            ShapedCORS,
             allow_origins=settings.origins(),
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],

@@ -19,6 +19,8 @@ import hmac
 import json
 from collections.abc import Iterable
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import anthropic_error_body, error_body, speaks_anthropic
@@ -158,3 +160,31 @@ class ConcurrencyLimit:
             await self.app(scope, receive, send)
         finally:
             self.in_progress -= 1
+
+
+class ShapedCORS(CORSMiddleware):
+    """Starlette's CORS middleware, its refused preflight (a 400: an origin, method or header
+    the configuration does not allow) answered in the route's error shape instead of plain
+    text; browsers read only the status, other clients the body."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope) if scope["type"] == "http" else Headers()
+        if (
+            scope.get("method") == "OPTIONS"
+            and "origin" in headers
+            and "access-control-request-method" in headers
+        ):
+            response = self.preflight_response(request_headers=headers)
+            if response.status_code == 400:
+                message = bytes(response.body).decode()  # "Disallowed CORS origin, method"
+                cors = [
+                    (name, value)
+                    for name, value in response.raw_headers
+                    if name not in (b"content-type", b"content-length")
+                ]
+                anthropic = speaks_anthropic(scope["path"], "anthropic-version" in headers)
+                await send_error(
+                    send, 400, message, "invalid_request_error", "cors_disallowed", cors, anthropic
+                )
+                return
+        await super().__call__(scope, receive, send)

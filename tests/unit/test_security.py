@@ -100,3 +100,28 @@ async def test_configured_origin_gets_cors_and_preflight(keyed_server: httpx.Asy
 async def test_oversized_headers_are_431(open_server: httpx.AsyncClient) -> None:
     response = await open_server.get("/v1/models", headers={"x-filler": "a" * 40_000})
     assert_openai_error(response, 431, code="headers_too_large")
+
+
+@pytest.mark.parametrize(
+    ("path", "origin", "shape"),
+    [
+        ("/v1/chat/completions", "https://evil.example", "openai"),
+        ("/v1/messages", "https://evil.example", "anthropic"),
+        ("/v1/chat/completions", "https://app.example", "openai"),  # a method not allowed
+    ],
+)
+async def test_a_refused_preflight_is_an_error_in_the_routes_shape(
+    keyed_server: httpx.AsyncClient, path: str, origin: str, shape: str
+) -> None:
+    method = "PUT" if origin == "https://app.example" else "POST"
+    response = await keyed_server.options(
+        path, headers={"origin": origin, "access-control-request-method": method}
+    )
+    assert response.status_code == 400
+    body = response.json()
+    if shape == "anthropic":
+        assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+        assert body["error"]["message"].startswith("Disallowed CORS")
+    else:
+        assert_openai_error(response, 400, code="cors_disallowed")
+        assert body["error"]["message"].startswith("Disallowed CORS")
