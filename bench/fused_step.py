@@ -1,15 +1,17 @@
 """One stream of raw mlx-lm decoding, with and without engines/llm/fused_projections.py: the same
-checkpoint loaded twice, one copy's projections fused, both decoded greedily by mlx-lm's own
-`generate_step` from the same prompt, runs interleaved (plain, fused, fused, plain, ...).
+checkpoint loaded three times — "plain" (the layers as mlx-lm builds them), "fused" (projections
+fused, `install(whole_blocks=False)`) and "lean" (fused, and whole blocks computed as `LeanBlock`s:
+what the engine installs) — all decoded greedily by mlx-lm's own `generate_step` from the same
+prompt, runs interleaved (each run's order rotates).
 
-The fused side is fused whatever the device (`install` directly, not the engine's CUDA-only
+The fused sides are fused whatever the device (`install` directly, not the engine's CUDA-only
 default): run it on Metal to decide whether fusing should be on there by default.
 
-Reports each side's decode rate (median, min–max), the ratio of medians, the kernels in one
-decode step's graph (primitives `mx.export_to_dot` writes, views included), whether the greedy
-tokens are identical, and how far the logits are apart when both sides are fed the plain side's
-tokens (teacher-forced: the largest difference, the logits' own scale, and how many steps pick
-the same greedy token).
+Reports each side's decode rate (median, min–max), the ratios of medians to plain's, the
+primitives in one decode step's graph (`mx.export_to_dot`, views included), whether the greedy
+tokens are identical, and how far each fused side's logits are from plain's when all are fed the
+plain side's tokens (teacher-forced: the largest difference, the logits' own scale, and how many
+steps pick the same greedy token).
 
     python bench/fused_step.py --model DIR [--runs 9] [--tokens 256] [--out FILE]
 """
@@ -42,7 +44,8 @@ from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 from engines.llm import fused_projections  # noqa: E402
 from engines.weights.checkpoint import load_checkpoint  # noqa: E402
 
-PROMPT = list(range(100, 164))  # 64 token ids: a random model's output does not depend on text
+PROMPT = list(range(100, 164))
+SIDES = ("plain", "fused", "lean")  # 64 token ids: a random model's output does not depend on text
 
 
 def decode(model: Any, tokens: int) -> tuple[float, list[int]]:
@@ -97,19 +100,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/fused_step.json"))
     args = parser.parse_args()
 
-    plain, _ = load_checkpoint(args.model)
-    fused, _ = load_checkpoint(args.model)
-    layers = fused_projections.install(fused)
+    models = {side: load_checkpoint(args.model)[0] for side in SIDES}
+    layers = fused_projections.install(models["fused"], whole_blocks=False)
+    fused_projections.install(models["lean"])
     prompt = mx.array([PROMPT])
-    difference = mx.abs(plain(prompt) - fused(prompt)).max().item()
-    kernels = {"plain": step_kernels(plain), "fused": step_kernels(fused)}
-    models = {"plain": plain, "fused": fused}
+    reference = models["plain"](prompt)
+    differences = {
+        side: mx.abs(reference - models[side](prompt)).max().item() for side in SIDES[1:]
+    }
+    kernels = {side: step_kernels(model) for side, model in models.items()}
     for model in models.values():
         decode(model, min(args.tokens, 32))  # kernels planned per shape on first use
-    rates: dict[str, list[float]] = {"plain": [], "fused": []}
+    rates: dict[str, list[float]] = {side: [] for side in SIDES}
     outputs: dict[str, list[int]] = {}
     for run in range(args.runs):
-        order = ("plain", "fused") if run % 2 == 0 else ("fused", "plain")
+        order = SIDES[run % len(SIDES) :] + SIDES[: run % len(SIDES)]
         for side in order:
             rate, tokens = decode(models[side], args.tokens)
             rates[side].append(rate)
@@ -124,19 +129,26 @@ def main() -> None:
         "tokens": args.tokens,
         "fused_layers": layers,
         "kernels_per_step": kernels,
-        "prompt_logits_max_difference": difference,
-        "identical_greedy_tokens": outputs["plain"] == outputs["fused"],
-        "teacher_forced": forced_agreement(plain, fused, outputs["plain"]),
+        "prompt_logits_max_difference": differences,
+        "identical_greedy_tokens": {side: outputs["plain"] == outputs[side] for side in SIDES[1:]},
+        "lean_tokens_identical_to_fused": outputs["fused"] == outputs["lean"],
+        "teacher_forced": {
+            side: forced_agreement(models["plain"], models[side], outputs["plain"])
+            for side in SIDES[1:]
+        },
         "rates": {
             side: {"median": medians[side], "min": min(v), "max": max(v), "runs": v}
             for side, v in rates.items()
         },
         "fused_over_plain": medians["fused"] / medians["plain"],
+        "lean_over_plain": medians["lean"] / medians["plain"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps({k: v for k, v in report.items() if k != "rates"}))
-    print(f"fused/plain {report['fused_over_plain']:.2f}")
+    print(
+        f"fused/plain {report['fused_over_plain']:.2f} lean/plain {report['lean_over_plain']:.2f}"
+    )
 
 
 if __name__ == "__main__":

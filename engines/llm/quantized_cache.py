@@ -295,7 +295,9 @@ def install(model: Any, bits: int, group_size: int) -> None:
             f"kv_bits needs plain KV caches; this model's are {sorted(kinds)} (sliding windows, "
             "states and chunked caches are not quantized)"
         )
-    head_dims = {int(getattr(layer.self_attn, "head_dim", 0) or 0) for layer in model.layers}
+    # A block fused whole (fused_projections.LeanBlock) holds the head size itself.
+    attentions = [getattr(layer, "self_attn", layer) for layer in model.layers]
+    head_dims = {int(getattr(attention, "head_dim", 0) or 0) for attention in attentions}
     if any(dim % group_size for dim in head_dims if dim):
         raise ValueError(f"kv_group_size {group_size} does not divide the head size {head_dims}")
     layers = len(model.layers)

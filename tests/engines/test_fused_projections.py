@@ -6,6 +6,8 @@ same greedy tokens; layers it was not written for are left as they are."""
 from __future__ import annotations
 
 import asyncio
+import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 from engines.kinds import build_chat
 from engines.llm import fused_projections
 from engines.llm.engine import LLMEngine
-from engines.llm.fused_projections import FusedAttention, FusedMLP, install
+from engines.llm.fused_projections import FusedAttention, FusedMLP, LeanBlock, install
 from engines.llm.quantized_cache import install as install_quantized_kv
 from engines.types import ChatLimits, GenerationRequest, SamplingParams
 from server.settings import Settings
@@ -55,11 +57,39 @@ def assert_same_model(plain: Any, fused: Any, steps: int) -> None:
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_fused_layers_compute_what_mlx_lm_layers_compute(arch: str) -> None:
     plain, fused = tiny_model(arch), tiny_model(arch)
-    assert install(fused) == len(fused.model.layers) == 2
+    assert install(fused, whole_blocks=False) == len(fused.model.layers) == 2
     for layer in fused.model.layers:
         assert type(layer.self_attn) is FusedAttention and type(layer.mlp) is FusedMLP
         assert "q_proj" not in layer.self_attn and "gate_proj" not in layer.mlp
     assert_same_model(plain, fused, 8)
+
+
+def step_primitives(model: Any) -> int:
+    """Primitives (views included) in one decode step's graph after a short prompt."""
+    cache = make_prompt_cache(model)
+    mx.eval(model(mx.array([PROMPT]), cache=cache))
+    dot = io.StringIO()
+    mx.export_to_dot(dot, model(mx.array([[PROMPT[0]]]), cache=cache))
+    return len(re.findall(r'label ="[A-Za-z]', dot.getvalue()))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_lean_blocks_compute_exactly_what_fused_layers_compute(arch: str) -> None:
+    """Whole blocks on flattened hidden states: the same products on the same operands as the
+    fused layers (bit for bit), mlx-lm's model to rounding, with fewer primitives per step."""
+    plain, fused, lean = tiny_model(arch), tiny_model(arch), tiny_model(arch)
+    install(fused, whole_blocks=False)
+    assert install(lean) == 2
+    assert all(type(layer) is LeanBlock for layer in lean.model.layers)
+    assert_same_model(plain, lean, 8)
+    (want, want_tokens), (got, tokens) = (greedy_logits(m, PROMPT, 8) for m in (fused, lean))
+    assert tokens == want_tokens
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
+    # Per block: no flatten, unflatten or transpose around each of the four products, no
+    # transposes of one token's heads, splits for slices (the CPU's own primitives aside).
+    assert step_primitives(fused) - step_primitives(lean) == 2 * 15
+    weights = [tree_flatten(model.parameters()) for model in (fused, lean)]
+    assert sum(v.nbytes for _, v in weights[0]) == sum(v.nbytes for _, v in weights[1])
 
 
 def test_left_padded_batch_with_per_row_offsets() -> None:
@@ -88,9 +118,15 @@ def test_quantized_projections_fuse_to_the_same_output() -> None:
     plain, fused = tiny_model("qwen2"), tiny_model("qwen2")
     for model in (plain, fused):
         nn.quantize(model, group_size=32, bits=4)
-    assert install(fused) == 2
+    assert install(fused, whole_blocks=False) == 2
     assert isinstance(fused.model.layers[0].self_attn.qkv_proj, nn.QuantizedLinear)
     assert_same_model(plain, fused, 4)
+    lean = tiny_model("qwen2")
+    nn.quantize(lean, group_size=32, bits=4)
+    install(lean)
+    assert type(lean.model.layers[0]) is LeanBlock
+    assert lean.model.layers[0].qkv_proj.quantized
+    assert_same_model(plain, lean, 4)
 
 
 def mixed_quantized_llama() -> Any:
@@ -149,7 +185,12 @@ def test_families_with_normalised_heads(family: str) -> None:
     for model in (plain, fused):
         model.load_weights(norms, strict=False)
     assert install(fused) == len(fused.model.layers)
-    assert all(layer.self_attn.normed for layer in fused.model.layers)
+    # Qwen3's blocks are computed whole; Gemma 3's (norms around each half) keep mlx-lm's block
+    # around the fused attention and MLP.
+    whole = family == "qwen3"
+    for layer in fused.model.layers:
+        assert (type(layer) is LeanBlock) is whole
+        assert (layer if whole else layer.self_attn).normed
     assert_same_model(plain, fused, 8)
 
 
@@ -190,7 +231,7 @@ def test_engine_with_fused_projections_decodes_mlx_lm_tokens(
                 assert engine.scheduler.draft_model is not None
                 models.append(engine.scheduler.draft_model.model)
             for model in models:
-                assert all(type(layer.self_attn) is FusedAttention for layer in model.model.layers)
+                assert all(type(layer) is LeanBlock for layer in model.model.layers)
             request = GenerationRequest("r", PROMPT, 12, SamplingParams(temperature=0.0))
             expected = reference_greedy(engine, 12)
             _, alone, _ = await run(engine, request)
@@ -288,7 +329,7 @@ def test_engine_keeps_mlx_lm_layers_when_told(
             assert engine.scheduler is not None
             assert engine.fused_layers == 0
             layers = engine.scheduler.model.model.layers
-            assert not any(type(layer.self_attn) is FusedAttention for layer in layers)
+            assert {type(layer.self_attn).__module__ for layer in layers} == {"mlx_lm.models.llama"}
         finally:
             engine.stop()
 
