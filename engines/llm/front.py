@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from engines.errors import InvalidRequest, KVBudgetExceeded, Overloaded
 from engines.llm.constrain import GrammarCompiler
+from engines.llm.special_text import SpecialText
 from engines.llm.templates import render_chat
 from engines.types import ChatLimits, ChatModelInfo, GenerationRequest
 
@@ -41,6 +42,7 @@ class ChatFront:
         self.max_waiting = 64 if limits.max_waiting is None else limits.max_waiting
         self.limits_reason = ""
         self._grammars: GrammarCompiler | None = None
+        self._special_text: SpecialText | None = None
         self._grammar_lock = threading.Lock()
         self._counts_lock = threading.Lock()
         self._active = 0  # choices accepted and not finished
@@ -83,9 +85,13 @@ class ChatFront:
         tools: list[dict[str, Any]] | None = None,
         template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
-        """Render the model's chat template and tokenize; pure Python (no MLX), any thread."""
-        text = render_chat(self.tokenizer, messages, tools, template_kwargs)
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        """Render the model's chat template and tokenize, special-token strings in the messages'
+        text as text (engines/llm/special_text.py); pure Python (no MLX), any thread."""
+        if self._special_text is None:  # built once; two threads building it build the same
+            self._special_text = SpecialText(self.tokenizer)
+        return self._special_text.encode_chat(
+            messages, lambda chat: render_chat(self.tokenizer, chat, tools, template_kwargs)
+        )
 
     def encode_text(self, text: str) -> list[int]:
         """Tokenize a raw prompt as the model expects it (BOS added if the model wants one)."""

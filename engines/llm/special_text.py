@@ -1,0 +1,132 @@
+"""Special-token strings inside message text are text, not control tokens.
+
+A chat template writes the control tokens that structure a conversation (`<|im_start|>`,
+`<|eot_id|>`, `<start_of_turn>`), and the tokenizer turns every such string in the rendered
+prompt into that token, including strings that came from a message: a user pasting a transcript,
+a tool result holding a tokenizer config that a coding agent read. Parsed as tokens they would
+end the turn or open another inside the prompt. So `encode_chat` here:
+1. replaces each special-token string in a message's text with a sentinel (a private-use
+   character, a per-call nonce of digits, its index);
+2. renders the template over those messages;
+3. replaces each sentinel in the rendered prompt with a marker: a special token that the
+   prompt does not otherwise hold and that the tokenizer matches exactly (no stripping of
+   neighbouring spaces);
+4. tokenizes the prompt once, specials parsed (the text around a marker splits there, as it
+   did around the special token it stands for), and puts in place of each marker token the
+   plain-text tokens of the string it stands for.
+
+Invariants: a conversation with no special-token string in its messages' text is tokenized
+exactly as without this module (one `encode` of the rendered prompt); only added tokens the
+tokenizer marks special are escaped (added tokens that are not, such as Qwen's `<tool_call>` and
+`<think>`, are markup the model writes in its own turns and stay tokens); tool definitions and
+tool-call arguments are not touched (templates serialise them as JSON, escaping a sentinel).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def _trie_pattern(words: list[str]) -> str:
+    """A regex matching any of `words`, longest first, branching a character at a time (an
+    alternation of thousands of words — Gemma's unused tokens — would try each at every '<')."""
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def emit(node: dict[str, Any]) -> str:
+        branches = [re.escape(char) + emit(node[char]) for char in sorted(node) if char]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return emit(trie)
+
+
+class SpecialText:
+    """One tokenizer's special-token strings, and its chat encoding that keeps them as text
+    where messages hold them."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        added = dict(getattr(tokenizer, "added_tokens_decoder", None) or {})
+        specials = {int(i): token for i, token in added.items() if token.special and token.content}
+        self._pattern = (
+            re.compile(_trie_pattern(sorted({t.content for t in specials.values()})))
+            if specials
+            else None
+        )
+        # Markers: matched as themselves wherever they stand, leaving the text around them as
+        # it is (no stripping of spaces, no word boundaries, no normalisation first).
+        self._markers = [
+            (token.content, token_id)
+            for token_id, token in sorted(specials.items())
+            if not (token.lstrip or token.rstrip or token.single_word or token.normalized)
+        ]
+
+    def encode_chat(
+        self, messages: list[dict[str, Any]], render: Callable[[list[dict[str, Any]]], str]
+    ) -> list[int]:
+        """The token ids of `render(messages)`, special-token strings of the messages' text
+        tokenized as text."""
+        nonce = str(secrets.randbelow(10**9))
+        ours = re.compile(f"\ue000{nonce}:([0-9]+)\ue001")
+        escaped: list[str] = []
+
+        def sentinel(match: re.Match[str]) -> str:
+            escaped.append(match.group(0))
+            return f"\ue000{nonce}:{len(escaped) - 1}\ue001"
+
+        masked = [self._masked(message, sentinel) for message in messages]
+        if not escaped:
+            return self._encode(render(messages))
+        prompt = render(masked)
+        marker = next(((s, i) for s, i in self._markers if s not in prompt), None)
+        if marker is None:  # every special token is in the prompt: none can stand in
+            logger.warning("no free special token to stand in for escaped text; left as is")
+            return self._encode(render(messages))
+        # The template may drop a message's text or repeat it: sentinels in the prompt's order.
+        stand_ins = iter([int(m.group(1)) for m in ours.finditer(prompt)])
+        out: list[int] = []
+        for token in self._encode(ours.sub(lambda _: marker[0], prompt)):
+            if token == marker[1]:
+                text = escaped[next(stand_ins)]
+                out += self.tokenizer.encode(
+                    text, add_special_tokens=False, split_special_tokens=True
+                )
+            else:
+                out.append(token)
+        return out
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _masked(
+        self, message: dict[str, Any], sentinel: Callable[[re.Match[str]], str]
+    ) -> dict[str, Any]:
+        """`message` with the special-token strings of its text replaced by sentinels."""
+        if self._pattern is None:
+            return message
+        pattern = self._pattern
+        content = message.get("content")
+        if isinstance(content, str):
+            return {**message, "content": pattern.sub(sentinel, content)}
+        if isinstance(content, list):
+            parts = [
+                {**part, "text": pattern.sub(sentinel, part["text"])}
+                if isinstance(part, dict) and isinstance(part.get("text"), str)
+                else part
+                for part in content
+            ]
+            return {**message, "content": parts}
+        return message
