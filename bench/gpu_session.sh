@@ -12,7 +12,8 @@
 #   gemma_prefix       warm-prefix TTFT on a 3,000-token agent history, mlxd vs mlx_lm.server
 #   decode             single stream, mlxd vs raw mlx-lm (9 runs x 256 tokens)
 #   decode_unfused     the same with MLXD_FUSE_PROJECTIONS=0 (the layers as mlx-lm builds them)
-#   fused              one stream of raw mlx-lm's loop, layers fused vs not (bench/fused_step.py)
+#   fused              one stream of raw mlx-lm's loop: layers as built, fused, and lean blocks
+#                      (bench/fused_step.py)
 #   concurrency        8 and 32 streams, mlxd vs mlx_lm.server vs raw BatchGenerator
 #   burst_cold         32-stream bursts on a fresh engine without the kernel warm-up (bench/burst.py)
 #   burst8             8 streams x 512 tokens on the engine in-process (no HTTP), 3 rounds

@@ -15,6 +15,11 @@ same weight row with the same input, and rotary embeddings act on each head alon
 GPU's matrix kernels sum in the same order for a wider output is the kernel's choice, so logits
 may differ from the unfused layers in the last bits (measured by `bench/fused_step.py`).
 
+A step's host work is per primitive, views included (each is built in Python and evaluated by
+MLX), so a Llama, Qwen2 or Qwen3 block whose attention and MLP are both fused is then replaced
+whole by a `LeanBlock` (`WHOLE_BLOCK`): the same kernels on the same operands, bit for bit, with
+15 fewer primitives per block (no transpose, flatten and unflatten around each product).
+
 `install(model)` replaces the attention and MLP modules of the layers whose classes are exactly
 the ones read for this (`FUSABLE`); any other layer, or projections that differ in kind, options
 or dtype (LoRA, mixed quantization, a float32 projection, a different input size), is left as it
