@@ -10,6 +10,7 @@ same object, so they cannot disagree.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from server.reasoning import ReasoningParser
@@ -105,3 +106,18 @@ def collected_message(output: ChoiceOutput, text: str) -> dict[str, Any]:
     if output.reasoning_text:
         message["reasoning_content"] = message["reasoning"] = output.reasoning_text
     return message
+
+
+def finish_reason(reason: str, calls: list[dict[str, Any]]) -> str:
+    """The choice's `finish_reason`: "tool_calls" where it stopped after calls whose arguments are
+    whole JSON. A call cut inside its arguments (a stop sequence, or the end-of-sequence token,
+    met mid-call) leaves "stop": a client that runs the calls of a "tool_calls" choice would run
+    it with arguments it cannot parse."""
+    if reason != "stop" or not calls:
+        return reason
+    try:
+        for call in calls:
+            json.loads(call["function"]["arguments"])
+    except ValueError:
+        return reason
+    return "tool_calls"

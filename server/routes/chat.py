@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from engines.types import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
 from server import sse
-from server.chat_output import ChoiceOutput, collected_message
+from server.chat_output import ChoiceOutput, collected_message, finish_reason
 from server.chat_pipeline import prepare_chat
 from server.deps import Body, MetricsDep, PoolDep, SettingsDep, json_body
 from server.errors import from_engine_error
@@ -69,9 +69,7 @@ async def create_chat_completion(
     choices = []
     for index, choice in sorted(collected.choices.items()):
         message = collected_message(output_for(), choice.text)
-        reason = choice.finish_reason
-        if message.get("tool_calls") and reason == "stop":
-            reason = "tool_calls"
+        reason = finish_reason(choice.finish_reason, message.get("tool_calls") or [])
         choice_logprobs = None if generation.logprobs is None else choice.logprobs
         choices.append(message_choice(index, message, reason, choice_logprobs))
     completion_tokens = sum(c.completion_tokens for c in collected.choices.values())
@@ -123,11 +121,9 @@ async def _stream_chunks(
         elif isinstance(event, FinishEvent):
             completion_tokens += event.usage.completion_tokens
             cached_tokens = event.usage.cached_tokens
-            reason: str = event.reason
             for delta in outputs[event.index].finish():
                 yield frame(delta_choice(event.index, delta))
-            if outputs[event.index].tool_calls and reason == "stop":
-                reason = "tool_calls"
+            reason = finish_reason(event.reason, outputs[event.index].tool_calls)
             yield frame(delta_choice(event.index, {}, reason))
         elif isinstance(event, ErrorEvent):
             logger.error("%s failed in stream: %s", generation.request_id, event.error)

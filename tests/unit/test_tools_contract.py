@@ -300,3 +300,34 @@ async def test_a_forced_call_is_constrained_in_the_familys_format(
     if tool_format == "function_gemma":
         message = response.json()["choices"][0]["message"]
         assert message["tool_calls"][0]["function"]["name"] == "get_weather"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_call_cut_inside_its_arguments_is_no_tool_calls_finish(
+    client: AsyncOpenAI, fake_engine: FakeEngine, stream: bool
+) -> None:
+    """A stop sequence met mid-call (here the engine's end-of-sequence, as the fake ends) leaves
+    arguments no client can parse: the finish is "stop", not "tool_calls" (which agents run)."""
+    fake_engine.reply = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "P'
+    body: dict[str, Any] = {
+        "model": "fake",
+        "messages": [{"role": "user", "content": "weather?"}],
+        "tools": [WEATHER],
+    }
+    if stream:
+        chunks = [c async for c in await client.chat.completions.create(**body, stream=True)]
+        reasons = [c.choices[0].finish_reason for c in chunks if c.choices]
+        assert reasons[-1] == "stop"
+        arguments = "".join(
+            call.function.arguments or ""
+            for c in chunks
+            if c.choices
+            for call in c.choices[0].delta.tool_calls or []
+            if call.function is not None
+        )
+    else:
+        completion = await client.chat.completions.create(**body)
+        assert completion.choices[0].finish_reason == "stop"
+        calls = completion.choices[0].message.tool_calls or []
+        arguments = calls[0].function.arguments  # type: ignore[union-attr]
+    assert arguments == '{"city": "P'
