@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import sys
@@ -302,3 +303,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # End as `mlxd` does (server/__main__.py `entry`): without interpreter finalization, which
+    # on CUDA aborted this process after its report ("terminate called without an active
+    # exception", a collection on another thread while MLX's per-thread state was torn down).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
