@@ -20,13 +20,22 @@ exactly as without this module (one `encode` of the rendered prompt); only added
 tokenizer marks special are escaped (added tokens that are not, such as Qwen's `<tool_call>` and
 `<think>`, are markup the model writes in its own turns and stay tokens); tool definitions and
 tool-call arguments are not touched (templates serialise them as JSON, escaping a sentinel).
+
+Threads: `encode_chat` runs in several threads at once on the front's tokenizer, which others
+(`ChatFront.encode_text`) use too. Asking a fast tokenizer to split special tokens switches a
+flag on its shared Rust tokenizer (transformers sets `encode_special_tokens` per call), so a
+prompt encoded meanwhile in another thread would have its template's control tokens split into
+text. The escaped strings are therefore encoded by a copy of the tokenizer, switched once
+before any thread uses it; the front's tokenizer is never switched.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import secrets
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -73,6 +82,8 @@ class SpecialText:
             for token_id, token in sorted(specials.items())
             if not (token.lstrip or token.rstrip or token.single_word or token.normalized)
         ]
+        self._as_text: Any = None  # the copy that splits special tokens; made at first use
+        self._as_text_lock = threading.Lock()
 
     def encode_chat(
         self, messages: list[dict[str, Any]], render: Callable[[list[dict[str, Any]]], str]
@@ -101,7 +112,7 @@ class SpecialText:
         for token in self._encode(ours.sub(lambda _: marker[0], prompt)):
             if token == marker[1]:
                 text = escaped[next(stand_ins)]
-                out += self.tokenizer.encode(
+                out += self._text_encoder().encode(
                     text, add_special_tokens=False, split_special_tokens=True
                 )
             else:
@@ -110,6 +121,17 @@ class SpecialText:
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _text_encoder(self) -> Any:
+        """A copy of the tokenizer that tokenizes special-token strings as text, already
+        switched to do so (its first encode sets the flag), so calls from several threads only
+        read it."""
+        with self._as_text_lock:
+            if self._as_text is None:
+                as_text = copy.deepcopy(self.tokenizer)
+                as_text.encode("", add_special_tokens=False, split_special_tokens=True)
+                self._as_text = as_text
+            return self._as_text
 
     def _masked(
         self, message: dict[str, Any], sentinel: Callable[[re.Match[str]], str]

@@ -5,6 +5,7 @@ without such strings tokenizes exactly as the rendered template always did."""
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import pytest
@@ -109,3 +110,27 @@ def test_qwen_keeps_its_tool_markup_as_tokens() -> None:
     assert qwen.decode(ids) == render_chat(qwen, messages)
     im_end = qwen.convert_tokens_to_ids("<|im_end|>")
     assert ids.count(im_end) == old_encoding(qwen, messages).count(im_end) - 1
+
+
+def test_escaping_in_one_thread_leaves_other_threads_prompts_alone(smol: Any) -> None:
+    """encode_chat runs in several threads on the front's one tokenizer: while one conversation
+    has its special strings encoded as text, a plain one encoded meanwhile keeps its control
+    tokens (splitting specials must not switch the shared tokenizer)."""
+    front = front_of(smol)
+    plain = [{"role": "user", "content": "Tell me about the weather. " * 40}]
+    escaped = [{"role": "user", "content": INJECTED * 10}]
+    expected = front.encode_chat(plain)
+    done = threading.Event()
+
+    def escape() -> None:
+        while not done.is_set():
+            front.encode_chat(escaped)
+
+    other = threading.Thread(target=escape)
+    other.start()
+    try:
+        wrong = sum(front.encode_chat(plain) != expected for _ in range(400))
+    finally:
+        done.set()
+        other.join()
+    assert wrong == 0
