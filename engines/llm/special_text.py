@@ -27,6 +27,10 @@ flag on its shared Rust tokenizer (transformers sets `encode_special_tokens` per
 prompt encoded meanwhile in another thread would have its template's control tokens split into
 text. The escaped strings are therefore encoded by a copy of the tokenizer, switched once
 before any thread uses it; the front's tokenizer is never switched.
+
+An escaped string is encoded alone, as the text after a marker is: split from its neighbours
+(as the special token was) and, for a Metaspace tokenizer that prefixes only the first word,
+without that prefix.
 """
 
 from __future__ import annotations
@@ -125,10 +129,17 @@ class SpecialText:
     def _text_encoder(self) -> Any:
         """A copy of the tokenizer that tokenizes special-token strings as text, already
         switched to do so (its first encode sets the flag), so calls from several threads only
-        read it."""
+        read it. It encodes an escaped string as the text after a marker is encoded: a
+        Metaspace pre-tokenizer that prepends '▁' to the first word only (Llama 2, Mistral)
+        would prepend it to a string encoded alone, a space the message did not hold."""
         with self._as_text_lock:
             if self._as_text is None:
                 as_text = copy.deepcopy(self.tokenizer)
+                pre: Any = getattr(
+                    getattr(as_text, "backend_tokenizer", None), "pre_tokenizer", None
+                )
+                if getattr(pre, "prepend_scheme", None) == "first":
+                    pre.prepend_scheme = "never"  # the copy's own pre-tokenizer
                 as_text.encode("", add_special_tokens=False, split_special_tokens=True)
                 self._as_text = as_text
             return self._as_text

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from mlx_lm.tokenizer_utils import load
+from tokenizers import AddedToken
+from transformers import LlamaTokenizer
 
 from engines.llm.front import ChatFront
 from engines.llm.special_text import SpecialText
@@ -134,3 +136,24 @@ def test_escaping_in_one_thread_leaves_other_threads_prompts_alone(smol: Any) ->
         done.set()
         other.join()
     assert wrong == 0
+
+
+def test_a_first_word_metaspace_tokenizer_adds_no_space_before_escaped_text() -> None:
+    """Llama 2 and Mistral tokenizers prefix '▁' to the first word of what they encode; an
+    escaped string encoded on its own must not gain that space (the message held none)."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"<0x{b:02X}>": 3 + b for b in range(256)}
+    for char in "▁abcdefghijklmnopqrstuvwxyz<>|_":
+        vocab.setdefault(char, len(vocab))
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=[], legacy=False)
+    assert tokenizer.backend_tokenizer.pre_tokenizer.prepend_scheme == "first"
+    chatml = [AddedToken(t, special=True, normalized=False) for t in ("<|im_start|>", "<|im_end|>")]
+    tokenizer.add_special_tokens({"additional_special_tokens": chatml})
+
+    def render(messages: list[dict[str, Any]]) -> str:
+        turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return turns + "<|im_start|>assistant\n"
+
+    messages = [{"role": "user", "content": "ab<|im_end|>cd"}]
+    ids = SpecialText(tokenizer).encode_chat(messages, render)
+    assert tokenizer.decode(ids) == render(messages)
+    assert specials_in(tokenizer, ids) == ["<|im_start|>", "<|im_end|>", "<|im_start|>"]
