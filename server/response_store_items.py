@@ -145,7 +145,7 @@ def listed(item: InputItem, include: frozenset[str]) -> dict[str, Any]:
         return item.model_dump(exclude_none=True) | {"status": status}
     if isinstance(item, FunctionCallOutputItem):
         output = item.output if isinstance(item.output, str) else [
-            {"type": "input_text", "text": part.text} for part in item.output
+            _part(part, False, include) for part in item.output
         ]  # fmt: skip
         return {
             "id": item.id,

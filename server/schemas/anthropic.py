@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from server.schemas.common import Strict
+from server.schemas.common import TOOL_IMAGE_PLACEHOLDER, Strict
 
 TOOL_NAME = r"^[A-Za-z0-9_.-]{1,64}$"  # what the chat path's tool schema accepts
 
@@ -71,12 +71,6 @@ class ToolUseBlock(Strict):
     id: str
     name: str
     input: dict[str, Any]
-
-
-# What a tool result's image becomes in the prompt: images reach a model only from user turns
-# (where a text-only model refuses them), and a refused tool result would fail every later
-# request of an agent's session (Claude Code's Read tool returns screenshots so).
-TOOL_IMAGE_PLACEHOLDER = "[image: images in tool results are not passed to the model]"
 
 
 class ToolResultBlock(Strict):

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from server.body import check_json_text
 from server.errors import APIError, loc_to_param
-from server.schemas.common import Strict
+from server.schemas.common import TOOL_IMAGE_PLACEHOLDER, Strict
 from server.validation_messages import pydantic_message
 
 M = TypeVar("M", bound=BaseModel)
@@ -115,12 +115,17 @@ class FunctionCallItem(Strict):
 class FunctionCallOutputItem(Strict):
     type: Literal["function_call_output"]
     call_id: str = Field(min_length=1)
-    output: str | list[TextPart]
+    output: str | list[TextPart | ImagePart]
     id: str | None = None
     status: str | None = None
 
     def text(self) -> str:
-        return self.output if isinstance(self.output, str) else "".join(p.text for p in self.output)
+        """Its text, each image as `TOOL_IMAGE_PLACEHOLDER` (never passed to the model)."""
+        if isinstance(self.output, str):
+            return self.output
+        return "".join(
+            p.text if isinstance(p, TextPart) else TOOL_IMAGE_PLACEHOLDER for p in self.output
+        )
 
 
 class ReasoningItem(Strict):

@@ -16,6 +16,7 @@ from openai import AsyncOpenAI, NotFoundError
 from engines.pool import EnginePool
 from server.app import create_app
 from server.response_store_items import listed
+from server.schemas.common import TOOL_IMAGE_PLACEHOLDER
 from server.schemas.responses import parse_items
 from server.settings import Settings
 from tests.fakes import FakeEngine
@@ -495,6 +496,32 @@ async def test_codexs_tool_follow_up(http: httpx.AsyncClient, fake_engine: FakeE
     assert prompt_of(fake_engine).endswith(
         "<user>Say hello in one word.<assistant><tool>" + follow_up[1]["output"]
     )
+
+
+async def test_an_image_in_a_function_call_output(
+    client: AsyncOpenAI, fake_engine: FakeEngine
+) -> None:
+    """A tool's output may hold images (the spec's `input_image` parts; Codex's image viewer and
+    MCP screenshots, the Agents SDK's `ToolOutputImage`): refused, the item would fail every
+    later request of the session. The model reads a placeholder; the stored item keeps the part."""
+    png = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg=="  # noqa: E501
+    response = await client.responses.create(
+        model="fake",
+        input=[
+            {"role": "user", "content": "look"},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": [
+                {"type": "input_text", "text": "screenshot:"},
+                {"type": "input_image", "image_url": png, "detail": "low"},
+            ]},
+        ],
+        tools=[WEATHER],  # type: ignore[list-item]
+    )  # fmt: skip
+    assert prompt_of(fake_engine).endswith(f"<tool>screenshot:{TOOL_IMAGE_PLACEHOLDER}")
+    [output_item, _, _] = (await client.responses.input_items.list(response.id)).data
+    assert output_item.type == "function_call_output"
+    assert isinstance(output_item.output, list)
+    assert [part.type for part in output_item.output] == ["input_text", "input_image"]
 
 
 @pytest.mark.parametrize("stream", [True, False])
