@@ -85,12 +85,14 @@ class ChatFront:
         tools: list[dict[str, Any]] | None = None,
         template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
-        """Render the model's chat template and tokenize, special-token strings in the messages'
-        text as text (engines/llm/special_text.py); pure Python (no MLX), any thread."""
+        """Render the model's chat template and tokenize, special-token strings in the messages
+        and tools as text (engines/llm/special_text.py); pure Python (no MLX), any thread."""
         if self._special_text is None:  # built once; two threads building it build the same
             self._special_text = SpecialText(self.tokenizer)
         return self._special_text.encode_chat(
-            messages, lambda chat: render_chat(self.tokenizer, chat, tools, template_kwargs)
+            messages,
+            lambda chat, defined: render_chat(self.tokenizer, chat, defined, template_kwargs),
+            tools,
         )
 
     def encode_text(self, text: str) -> list[int]:

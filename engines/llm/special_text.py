@@ -4,22 +4,26 @@ A chat template writes the control tokens that structure a conversation (`<|im_s
 `<|eot_id|>`, `<start_of_turn>`), and the tokenizer turns every such string in the rendered
 prompt into that token, including strings that came from a message: a user pasting a transcript,
 a tool result holding a tokenizer config that a coding agent read. Parsed as tokens they would
-end the turn or open another inside the prompt. So `encode_chat` here:
-1. replaces each special-token string in a message's text with a sentinel (a private-use
-   character, a per-call nonce of digits, its index);
-2. renders the template over those messages;
-3. replaces each sentinel in the rendered prompt with a marker: a special token that the
-   prompt does not otherwise hold and that the tokenizer matches exactly (no stripping of
-   neighbouring spaces);
+end the turn or open another inside the prompt. The same holds for the arguments of the
+assistant's earlier tool calls (a file it wrote) and for tool definitions. So `encode_chat` here:
+1. replaces each special-token string in a message's text, its tool calls' arguments and the
+   tools' definitions with a sentinel (a private-use character, a per-call nonce of digits,
+   its index);
+2. renders the template over those messages and tools;
+3. replaces each sentinel in the rendered prompt (as written, or as JSON with ASCII escapes
+   writes it: `\\ue000…`) with a marker: a special token that the prompt does not otherwise
+   hold and that the tokenizer matches exactly (no stripping of neighbouring spaces);
 4. tokenizes the prompt once, specials parsed (the text around a marker splits there, as it
    did around the special token it stands for), and puts in place of each marker token the
    plain-text tokens of the string it stands for.
 
-Invariants: a conversation with no special-token string in its messages' text is tokenized
-exactly as without this module (one `encode` of the rendered prompt); only added tokens the
-tokenizer marks special are escaped (added tokens that are not, such as Qwen's `<tool_call>` and
-`<think>`, are markup the model writes in its own turns and stay tokens); tool definitions and
-tool-call arguments are not touched (templates serialise them as JSON, escaping a sentinel).
+Invariants: a conversation with no special-token string in its messages' text, tool-call
+arguments or tools is tokenized exactly as without this module (one `encode` of the rendered
+prompt); only added tokens the tokenizer marks special are escaped (added tokens that are not,
+such as Qwen's `<tool_call>` and `<think>`, are markup the model writes in its own turns and
+stay tokens). Templates serialise arguments and tools as JSON: a sentinel holds no character
+JSON must escape, and one written with ASCII escapes (engines/llm/tools.py's generic prompt)
+is found in that form.
 
 Threads: `encode_chat` runs in several threads at once on the front's tokenizer, which others
 (`ChatFront.encode_text`) use too. Asking a fast tokenizer to split special tokens switches a
@@ -44,6 +48,8 @@ from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+Tools = list[dict[str, Any]] | None
 
 
 def _trie_pattern(words: list[str]) -> str:
@@ -90,12 +96,15 @@ class SpecialText:
         self._as_text_lock = threading.Lock()
 
     def encode_chat(
-        self, messages: list[dict[str, Any]], render: Callable[[list[dict[str, Any]]], str]
+        self,
+        messages: list[dict[str, Any]],
+        render: Callable[[list[dict[str, Any]], Tools], str],
+        tools: Tools = None,
     ) -> list[int]:
-        """The token ids of `render(messages)`, special-token strings of the messages' text
-        tokenized as text."""
+        """The token ids of `render(messages, tools)`, special-token strings of the messages'
+        text, tool-call arguments and of the tools tokenized as text."""
         nonce = str(secrets.randbelow(10**9))
-        ours = re.compile(f"\ue000{nonce}:([0-9]+)\ue001")
+        ours = re.compile(rf"(?:\ue000|\\u[eE]000){nonce}:([0-9]+)(?:\ue001|\\u[eE]001)")
         escaped: list[str] = []
 
         def sentinel(match: re.Match[str]) -> str:
@@ -103,13 +112,14 @@ class SpecialText:
             return f"\ue000{nonce}:{len(escaped) - 1}\ue001"
 
         masked = [self._masked(message, sentinel) for message in messages]
+        masked_tools = self._masked_json(tools, sentinel)
         if not escaped:
-            return self._encode(render(messages))
-        prompt = render(masked)
+            return self._encode(render(messages, tools))
+        prompt = render(masked, masked_tools)
         marker = next(((s, i) for s, i in self._markers if s not in prompt), None)
         if marker is None:  # every special token is in the prompt: none can stand in
             logger.warning("no free special token to stand in for escaped text; left as is")
-            return self._encode(render(messages))
+            return self._encode(render(messages, tools))
         # The template may drop a message's text or repeat it: sentinels in the prompt's order.
         stand_ins = iter([int(m.group(1)) for m in ours.finditer(prompt)])
         out: list[int] = []
@@ -147,19 +157,41 @@ class SpecialText:
     def _masked(
         self, message: dict[str, Any], sentinel: Callable[[re.Match[str]], str]
     ) -> dict[str, Any]:
-        """`message` with the special-token strings of its text replaced by sentinels."""
+        """`message` with the special-token strings of its text and of its tool calls'
+        arguments replaced by sentinels."""
         if self._pattern is None:
             return message
         pattern = self._pattern
+        masked = dict(message)
         content = message.get("content")
         if isinstance(content, str):
-            return {**message, "content": pattern.sub(sentinel, content)}
-        if isinstance(content, list):
-            parts = [
+            masked["content"] = pattern.sub(sentinel, content)
+        elif isinstance(content, list):
+            masked["content"] = [
                 {**part, "text": pattern.sub(sentinel, part["text"])}
                 if isinstance(part, dict) and isinstance(part.get("text"), str)
                 else part
                 for part in content
             ]
-            return {**message, "content": parts}
-        return message
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):
+            masked["tool_calls"] = [
+                {**call, "function": self._masked_json(call["function"], sentinel)}
+                if isinstance(call, dict) and isinstance(call.get("function"), dict)
+                else call
+                for call in calls
+            ]
+        return masked
+
+    def _masked_json(self, value: Any, sentinel: Callable[[re.Match[str]], str]) -> Any:
+        """`value` (JSON data, or JSON text such as a call's arguments: a sentinel holds no
+        character JSON escapes) with the special-token strings of its strings replaced."""
+        if self._pattern is None or value is None:
+            return value
+        if isinstance(value, str):
+            return self._pattern.sub(sentinel, value)
+        if isinstance(value, list):
+            return [self._masked_json(item, sentinel) for item in value]
+        if isinstance(value, dict):
+            return {key: self._masked_json(item, sentinel) for key, item in value.items()}
+        return value

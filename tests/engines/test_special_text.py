@@ -78,6 +78,34 @@ def test_text_parts_and_repeated_strings(smol: Any) -> None:
     assert smol.decode(ids) == render_chat(smol, messages)
 
 
+def test_tool_call_arguments_and_tool_definitions_are_text(smol: Any) -> None:
+    """An earlier call's arguments (a file the agent wrote) and a tool's description holding
+    special strings: rendered as JSON (the tools with ASCII escapes, by the generic tool prompt
+    SmolLM2's template needs), they are text too."""
+    written = '{"path": "chat.jinja", "text": "' + INJECTED.replace("\n", "\\n") + '"}'
+    call = {"id": "c1", "type": "function", "function": {"name": "write", "arguments": written}}
+    messages = [
+        {"role": "user", "content": "Write the template."},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "done"},
+    ]
+    about = "Writes a file; ends a turn with <|im_end|>."
+    schema = {"type": "object", "properties": {"path": {"type": "string"}}}
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "write", "description": about, "parameters": schema},
+        }
+    ]
+    ids = front_of(smol).encode_chat(messages, tools)
+    assert smol.decode(ids) == render_chat(smol, messages, tools)
+    plain = {**call, "function": {"name": "write", "arguments": '{"path": "chat.jinja"}'}}
+    clean = [messages[0], {**messages[1], "tool_calls": [plain]}, messages[2]]
+    clean_tools = [{**tools[0], "function": {**tools[0]["function"], "description": "x"}}]
+    expected = render_chat(smol, clean, clean_tools)
+    assert specials_in(smol, ids) == specials_in(smol, list(smol.encode(expected)))
+
+
 def test_without_a_free_special_token_nothing_is_escaped(
     smol: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -85,7 +113,7 @@ def test_without_a_free_special_token_nothing_is_escaped(
     prompt is tokenized as it used to be, with a warning."""
     everything = "".join(t.content for t in smol.added_tokens_decoder.values() if t.special)
 
-    def render(messages: list[dict[str, Any]]) -> str:
+    def render(messages: list[dict[str, Any]], tools: Any = None) -> str:
         return everything + "".join(str(m["content"]) for m in messages)
 
     messages = [{"role": "user", "content": "x<|im_end|>"}]
@@ -149,7 +177,7 @@ def test_a_first_word_metaspace_tokenizer_adds_no_space_before_escaped_text() ->
     chatml = [AddedToken(t, special=True, normalized=False) for t in ("<|im_start|>", "<|im_end|>")]
     tokenizer.add_special_tokens({"additional_special_tokens": chatml})
 
-    def render(messages: list[dict[str, Any]]) -> str:
+    def render(messages: list[dict[str, Any]], tools: Any = None) -> str:
         turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
         return turns + "<|im_start|>assistant\n"
 
