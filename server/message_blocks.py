@@ -33,7 +33,6 @@ class MessageBlocks:
         self._index = -1
         self._thoughts = ""  # the open thinking block's text, for its signature
         self._held_space = ""
-        self.tool_used = False
 
     def feed(self, deltas: list[dict[str, Any]]) -> list[Event]:
         """The events for a `ChoiceOutput`'s deltas (possibly none)."""
@@ -71,7 +70,6 @@ class MessageBlocks:
         events: list[Event] = []
         if call.get("id") is not None:
             self._held_space = ""
-            self.tool_used = True
             events += self._close()
             name = call["function"]["name"]
             events += self._start({"type": "tool_use", "id": call["id"], "name": name, "input": {}})

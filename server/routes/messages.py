@@ -26,7 +26,7 @@ from sse_starlette import ServerSentEvent
 from engines.types import ErrorEvent, FinishEvent, TokenEvent
 from server import sse
 from server.body import read_json_object, validate
-from server.chat_output import ChoiceOutput
+from server.chat_output import ChoiceOutput, finish_reason
 from server.chat_pipeline import PreparedChat, count_prompt_tokens, errors_named, prepare_chat
 from server.deps import MetricsDep, PoolDep, SettingsDep
 from server.errors import (
@@ -92,7 +92,7 @@ async def create_message(
     events = blocks.feed(output.feed(choice.text)) + blocks.feed(output.finish()) + blocks.finish()
     usage = usage_body(collected.prompt_tokens, choice.completion_tokens, collected.cached_tokens)
     reply = message_body(prepared.request_id, message.model, assembled(events), usage)
-    reply["stop_reason"] = _stop_reason(choice.finish_reason, choice.stop_sequence, blocks)
+    reply["stop_reason"] = _stop_reason(choice.finish_reason, choice.stop_sequence, output)
     reply["stop_sequence"] = choice.stop_sequence
     return JSONResponse(reply, headers=headers)
 
@@ -155,7 +155,7 @@ async def _stream_events(
         elif isinstance(event, FinishEvent):
             for block_event in blocks.feed(output.finish()) + blocks.finish():
                 yield block_frame(block_event)
-            yield _framed(_message_delta(event, blocks))
+            yield _framed(_message_delta(event, output))
             yield sse.Last(_framed({"type": "message_stop"}))
             return
         elif isinstance(event, ErrorEvent):
@@ -165,26 +165,28 @@ async def _stream_events(
             return
 
 
-def _message_delta(finish: FinishEvent, blocks: MessageBlocks) -> dict[str, Any]:
+def _message_delta(finish: FinishEvent, output: ChoiceOutput) -> dict[str, Any]:
     usage = finish.usage
     return {
         "type": "message_delta",
         "delta": {
-            "stop_reason": _stop_reason(finish.reason, finish.stop_sequence, blocks),
+            "stop_reason": _stop_reason(finish.reason, finish.stop_sequence, output),
             "stop_sequence": finish.stop_sequence,
         },
         "usage": usage_body(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens),
     }
 
 
-def _stop_reason(finish_reason: str, stop_sequence: str | None, blocks: MessageBlocks) -> str:
+def _stop_reason(reason: str, stop_sequence: str | None, output: ChoiceOutput) -> str:
     """A stop sequence that ended the output names the reason even after a call began (one cut
-    inside its arguments never finished; Anthropic sets `stop_sequence` only with this reason)."""
+    inside its arguments never finished; Anthropic sets `stop_sequence` only with this reason).
+    `tool_use` only where every call's arguments are whole (chat_output.finish_reason): one cut
+    by the end of sequence is `end_turn`, not a call for the agent to run."""
     if stop_sequence is not None:
         return "stop_sequence"
-    if blocks.tool_used and finish_reason == "stop":
+    if finish_reason(reason, output.tool_calls) == "tool_calls":
         return "tool_use"
-    return STOP_REASONS.get(finish_reason, "end_turn")
+    return STOP_REASONS.get(reason, "end_turn")
 
 
 def _anthropic_body(error: APIError) -> dict[str, object]:

@@ -764,3 +764,15 @@ async def test_only_an_empty_system_message_is_a_400(http: httpx.AsyncClient, pa
     """It makes no chat message at all (found by schemathesis: a 500 from the prefill check)."""
     body = {"model": "fake", "max_tokens": 8, "messages": [{"role": "system", "content": ""}]}
     assert_anthropic_error(await http.post(path, json=body), 400, "invalid_request_error")
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(reply=CUT, context_length=4096)], ids=["cut"])
+async def test_a_call_cut_by_the_end_of_sequence_is_no_tool_use(claude: AsyncAnthropic) -> None:
+    """The model's end of sequence met inside a call's arguments: no `tool_use` stop (which
+    agents answer by running the call, here on `{}`), `end_turn`, as the chat route's `stop`."""
+    fields: dict[str, Any] = {"max_tokens": 100, "tools": [WEATHER]}
+    message = await claude.messages.create(model="fake", messages=HELLO, **fields)
+    streamed = await final_streamed(claude, **fields)
+    for reply in (message, streamed):
+        assert reply.stop_reason == "end_turn" and reply.stop_sequence is None
+        assert [(b.type, getattr(b, "input", None)) for b in reply.content] == [("tool_use", {})]
