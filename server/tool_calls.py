@@ -16,9 +16,10 @@ Invariants of `ToolCallParser`:
 - Markup never leaks into content: text that might be the start of `<tool_call>` is held back
   until it is known not to be. Whitespace between or after calls is no content either.
 - A call's argument fragments concatenate to exactly the model's JSON text of `arguments` (a
-  call written out again — untagged, or `arguments` before `name` — is the same JSON with the
-  model's characters, never `\\u` escapes); a call's `name` is sent once, in its first delta,
-  with its id.
+  call written out again — untagged, `arguments` before `name`, or arguments written as a JSON
+  string holding the object, which are sent whole when the call closes — is the same JSON with
+  the model's characters, never `\\u` escapes); a call's `name` is sent once, in its first
+  delta, with its id.
 - A tagged call that does not parse as `{"name": str, "arguments": object}` is returned as
   content.
 """
@@ -183,6 +184,8 @@ class ToolCallParser:
             self._current_id = new_call_id()
             out.calls.append(ToolCallDelta(index, self._current_id, name))
         arguments = self._buffer[head.end() :]
+        if not arguments.startswith("{"):
+            return  # a JSON string holding the object (or no object): its close decodes it
         # Hold back what may be the outer object's closing brace, whitespace, or a partial tag.
         safe = len(arguments) - partial_suffix(arguments, CLOSE)
         safe = min(safe, len(arguments[:safe].rstrip().removesuffix("}").rstrip()))

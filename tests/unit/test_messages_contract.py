@@ -710,6 +710,30 @@ async def test_a_lone_surrogate_escape_in_a_call_is_no_500(claude: AsyncAnthropi
     ]
 
 
+STRING_ARGUMENTS_CALL = (
+    '<tool_call>\n{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}\n</tool_call>'
+)
+
+
+@pytest.mark.parametrize(
+    "fake_engine", [FakeEngine(reply=STRING_ARGUMENTS_CALL, context_length=4096)]
+)
+async def test_a_call_whose_arguments_are_a_json_string_streams_its_input(
+    claude: AsyncAnthropic,
+) -> None:
+    """Models often write a call's arguments as a JSON string. The block's input is the object
+    it holds, streamed or not: streamed as written, the SDK's stream helper raised on the
+    input_json_delta ('Unable to parse tool parameter JSON')."""
+    fields: dict[str, Any] = {"max_tokens": 200, "tools": [WEATHER]}
+    message = await claude.messages.create(model="fake", messages=HELLO, **fields)
+    streamed = await final_streamed(claude, **fields)
+    for reply in (message, streamed):
+        assert reply.stop_reason == "tool_use"
+        assert [(b.type, getattr(b, "input", None)) for b in reply.content] == [
+            ("tool_use", {"city": "Paris"})
+        ]
+
+
 async def test_a_final_assistant_message_is_a_prefill_the_reply_continues(
     claude: AsyncAnthropic, fake_engine: FakeEngine
 ) -> None:

@@ -63,6 +63,15 @@ def test_other_key_order_and_string_arguments(seed: int) -> None:
     assert run(text, seed)[1] == [("f", '{"x": 1}')]
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_string_arguments_after_the_name_are_sent_decoded(seed: int) -> None:
+    """Arguments a model wrote as a JSON string are held back to the call's close: streamed as
+    written, they concatenated to the string ('"{\\"x\\": 1}"'), not the object the call holds
+    (and the Anthropic SDK's stream helper raised on the input_json_delta)."""
+    text = '<tool_call>\n{"name": "f", "arguments": "{\\"x\\": 1}"}\n</tool_call>'
+    assert run(text, seed)[1] == [("f", '{"x": 1}')]
+
+
 @pytest.mark.parametrize("seed", range(10))
 def test_text_that_only_looks_like_markup_is_content(seed: int) -> None:
     text = "a < b, <tool and <tool_call>not json</tool_call> end <tool_ca"
