@@ -35,6 +35,13 @@ before any thread uses it; the front's tokenizer is never switched.
 An escaped string is encoded alone, as the text after a marker is: split from its neighbours
 (as the special token was) and, for a Metaspace tokenizer that prefixes only the first word,
 without that prefix.
+
+Why not transformers' own `apply_chat_template(..., tokenize=True, sanitize_control_tokens=True)`
+(5.x; the same idea with markers): it works only inside transformers' rendering, and mlxd renders
+the prompt to text itself first (engines/llm/templates.py decides where later system turns go by
+looking at rendered text, writes the generic tool prompt, ends prefills inside the assistant's
+turn); and it also escapes added tokens that are not special wherever the template's text names
+them, which changes how assistant turns the model wrote are tokenized back.
 """
 
 from __future__ import annotations
