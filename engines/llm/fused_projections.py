@@ -167,6 +167,9 @@ def fusion_pays(setting: bool | None) -> bool:
 WHOLE_BLOCK = ("mlx_lm.models.llama", "mlx_lm.models.qwen2", "mlx_lm.models.qwen3")
 
 
+LEAN_LINEAR = {nn.Linear, nn.QuantizedLinear}  # the layers LeanLinear computes (not LoRA's)
+
+
 class LeanLinear(nn.Module):
     """A projection of 2-D inputs that adds no views to the graph: a plain layer's weight is
     kept transposed (a view of the same buffer, made once), so a product is one primitive where
@@ -289,6 +292,7 @@ def install(model: nn.Module, whole_blocks: bool = True) -> int:
             and type(layer) is sys.modules[module_name].TransformerBlock
             and isinstance(layer.self_attn, FusedAttention)
             and isinstance(layer.mlp, FusedMLP)
+            and {type(layer.self_attn.o_proj), type(layer.mlp.down_proj)} <= LEAN_LINEAR
         ):
             layers[index] = LeanBlock(layer, layer.self_attn, layer.mlp)
     if fused:

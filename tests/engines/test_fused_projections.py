@@ -114,6 +114,27 @@ def test_left_padded_batch_with_per_row_offsets() -> None:
     assert mx.array_equal(mx.argmax(results[0], -1), mx.argmax(results[1], -1)).item()
 
 
+def test_a_block_with_other_output_projections_is_not_computed_whole() -> None:
+    """An output projection of another kind (an adapter's wrapper) keeps mlx-lm's block around
+    the fused attention and MLP: LeanLinear computes plain and quantized layers only."""
+
+    class Wrapped(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def __call__(self, x: mx.array) -> mx.array:
+            return self.inner(x)
+
+    plain, model = tiny_model("llama"), tiny_model("llama")
+    for layer in model.model.layers:
+        layer.self_attn.o_proj = Wrapped(layer.self_attn.o_proj)
+    assert install(model) == 2
+    assert not any(type(layer) is LeanBlock for layer in model.model.layers)
+    assert all(type(layer.self_attn) is FusedAttention for layer in model.model.layers)
+    assert_same_model(plain, model, 4)
+
+
 def test_quantized_projections_fuse_to_the_same_output() -> None:
     plain, fused = tiny_model("qwen2"), tiny_model("qwen2")
     for model in (plain, fused):
