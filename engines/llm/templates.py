@@ -82,13 +82,21 @@ def _native_tool_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]
     return out
 
 
+def _wrapped(before: str, content: Any, after: str) -> Any:
+    """`content` (text, or a vision model's parts) between two pieces of text."""
+    if isinstance(content, list):
+        return [{"type": "text", "text": before}, *content, {"type": "text", "text": after}]
+    return before + content_to_text(content) + after
+
+
 def _generic_tool_messages(
     messages: list[dict[str, Any]], tools: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for message in messages:
-        role, content = message["role"], message["content"]
+        role, content = message["role"], message.get("content")
         if role == "assistant" and message.get("tool_calls"):
+            content = content_to_text(content)
             calls = "\n".join(
                 f"{OPEN}\n"
                 + json.dumps(
@@ -103,13 +111,15 @@ def _generic_tool_messages(
             )
             out.append({"role": "assistant", "content": (content + "\n" + calls).strip()})
         elif role == "tool":
-            out.append({"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"})
+            wrapped = _wrapped("<tool_response>\n", content, "\n</tool_response>")
+            out.append({"role": "user", "content": wrapped})
         else:
             out.append({"role": role, "content": content})
     if tools:
         prompt = generic_tool_prompt(tools)
         if out and out[0]["role"] in ("system", "developer"):
-            out[0] = {"role": out[0]["role"], "content": out[0]["content"] + "\n\n" + prompt}
+            lead = _wrapped("", out[0]["content"], "\n\n" + prompt)
+            out[0] = {"role": out[0]["role"], "content": lead}
         else:
             out.insert(0, {"role": "system", "content": prompt})
     return out
@@ -152,14 +162,20 @@ def render_chat(
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]] | None = None,
     template_kwargs: dict[str, Any] | None = None,
+    keep_images: bool = False,
 ) -> str:
     """The prompt text for `messages` (and `tools`), ending with the assistant's turn opened.
     `template_kwargs` are extra template variables (`enable_thinking`, `reasoning_effort`), and
-    `CONTINUE_FINAL` (the prompt ends inside the final assistant message instead)."""
+    `CONTINUE_FINAL` (the prompt ends inside the final assistant message instead).
+    `keep_images`: content holding `{"type": "image"}` parts stays a list of parts, for a vision
+    model's template to place its image markers (other content is text either way)."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise NoChatTemplate()
     normalised = [
-        {**message, "content": content_to_text(message.get("content"))} for message in messages
+        message
+        if keep_images and not _text_only(message.get("content"))
+        else {**message, "content": content_to_text(message.get("content"))}
+        for message in messages
     ]
     extra = template_variables(template_kwargs)
     native = supports_tools(tokenizer)

@@ -2,10 +2,13 @@
 
 It is a `ChatFront` (tokenizer, fit checks, counts) whose chat rendering keeps image parts:
 `{"type": "image"}` parts reach the chat template as they are, and the family's template writes
-its image placeholder there (the processor expands it on the engine thread); system turns after
-the first message are placed as on the text path (engines/llm/templates.py). The token ids
-returned count each image as its placeholder only; the engine reports the expanded count in
-usage and refuses, with an in-stream error, a prompt whose images overflow the context.
+its image placeholder there (the processor expands it on the engine thread); everything else is
+rendered as on the text path (engines/llm/templates.py): system turns after the first message
+placed, tool calls' arguments as objects for a template with tools, and for one without, the
+generic tool prompt (tool results as `<tool_response>` user turns, an image in one kept
+there). The token ids returned count each image as its placeholder only; the engine reports the
+expanded count in usage and refuses, with an in-stream error, a prompt whose images overflow the
+context.
 
 What the one-at-a-time path (`SoloVLMEngine`) does not do is refused here, before anything is
 queued: n > 1, logprobs, grammars (constrained output), prompt scoring. The batched
@@ -16,14 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from engines.errors import InvalidRequest, NoChatTemplate
+from engines.errors import InvalidRequest
 from engines.llm.front import ChatFront
-from engines.llm.templates import (
-    apply_template,
-    render_placed,
-    supports_tools,
-    template_variables,
-)
+from engines.llm.templates import render_chat
 from engines.types import GenerationRequest
 
 
@@ -47,17 +45,10 @@ class VisionFront(ChatFront):
         tools: list[dict[str, Any]] | None = None,
         template_kwargs: dict[str, Any] | None = None,
     ) -> str:
-        """The prompt text; later system turns placed as engines/llm/templates.py places them."""
-        if getattr(self.tokenizer, "chat_template", None) is None:
-            raise NoChatTemplate()
-        extra = template_variables(template_kwargs)
-        if tools and supports_tools(self.tokenizer):
-            extra["tools"] = tools
-        return render_placed(
-            self.tokenizer,
-            messages,
-            lambda conversation: apply_template(self.tokenizer, conversation, extra),
-        )
+        """The prompt text, rendered as for a text model (later system turns placed, tools in
+        the template's own way or, where it has none, the generic tool prompt), image parts
+        kept where they are."""
+        return render_chat(self.tokenizer, messages, tools, template_kwargs, keep_images=True)
 
     def check_grammar(self, grammar: str, param: str) -> None:
         raise InvalidRequest(

@@ -264,6 +264,54 @@ async def test_follow_up_turn_reuses_the_image_prefix(
     assert third.usage.cached_tokens <= images[0]  # reused at most up to the image
 
 
+SCREENSHOT = {
+    "type": "function",
+    "function": {
+        "name": "screenshot",
+        "description": "Take a screenshot",
+        "parameters": {"type": "object", "properties": {}},
+    },
+}
+
+
+async def test_tools_and_an_image_in_a_tool_result(engine: VLMEngine, reference: Any) -> None:
+    """A vision model whose template has no tools (these tiny ones, Qwen2-VL's, Gemma 3's) gets
+    the generic tool prompt, its earlier call written back as markup, and the tool's result as a
+    `<tool_response>` user turn that keeps the result's image where it was: the engine decodes
+    what mlx-vlm decodes for that prompt and image."""
+    picture = image(7)
+    messages = [
+        {"role": "user", "content": "Look at my screen."},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "screenshot", "arguments": "{}"},
+                }
+            ],
+        },
+        {
+            "role": "tool",
+            "tool_call_id": "call_1",
+            "content": [{"type": "text", "text": "Here it is:"}, {"type": "image"}],
+        },
+    ]
+    prompt = engine.render(messages, [SCREENSHOT])
+    assert "You can call functions" in prompt and '"name": "screenshot"' in prompt
+    assert '<tool_call>\n{"name": "screenshot", "arguments": {}}\n</tool_call>' in prompt
+    image_text = engine.render(with_image(""))
+    marker = image_text[image_text.index("user\n") + 5 : image_text.index("<|im_end|>")]
+    assert f"<tool_response>\nHere it is:{marker}\n</tool_response>" in prompt
+    tools_request = GenerationRequest(
+        "t", engine.encode_chat(messages, [SCREENSHOT]), MAX_TOKENS, GREEDY, images=(picture,)
+    )
+    tokens, _ = await served(engine, tools_request)
+    assert tokens == expected(reference, prompt, [picture])
+
+
 async def test_two_images_then_a_third(cached_engine: VLMEngine, reference: Any) -> None:
     """Two images in one prompt, then a turn adding a third: each image is encoded once (the
     cache is per image where the family's pixels split by image), the second turn resumes from
