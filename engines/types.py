@@ -325,6 +325,10 @@ class ChatModelInfo:
     tool_format: str = "json_tools"  # how it writes tool calls (engines/llm/chat_formats.py)
     untagged_tool_calls: bool = True  # calls written without the format's tags count (server/)
     vision: bool = False  # the checkpoint has a vision tower: prompts may hold images
+    # A tool's result may hold images: a vision model whose template has no tools, so tool
+    # results are user turns mlxd writes (engines/llm/templates.py), where an image is placed as
+    # in any user turn. A template with tools of its own may drop a tool message's images.
+    tool_images: bool = False
 
     def fit(self, prompt_tokens: int, max_tokens: int | None, param: str = "messages") -> int:
         """The max_tokens to use (all the room left when None), or ContextTooLong."""

@@ -36,7 +36,14 @@ from server import logs
 from server.chat_output import ChoiceOutput
 from server.errors import APIError, from_engine_error
 from server.generation import check_limits
-from server.images import ImagePolicy, collect_images, first_image_param
+from server.images import (
+    TOOL_IMAGE_TEXT,
+    ImagePolicy,
+    collect_images,
+    first_image_param,
+    in_tool_results,
+    tool_images_as_text,
+)
 from server.reasoning import opened_in_prompt, thinking_kwargs
 from server.schemas.chat import ChatCompletionRequest
 from server.settings import Settings
@@ -126,8 +133,7 @@ async def count_prompt_tokens(pool: EnginePool, chat: ChatCompletionRequest) -> 
     """The prompt's length in tokens exactly as `prepare_chat` renders it (template, tools,
     image placeholders), without checking or queueing anything else."""
     tools, messages = template_inputs(chat)
-    await collect_images(messages, ImagePolicy.from_env())
-    engine = await pool.acquire(chat.model, CHAT)
+    engine, _ = await engine_and_images(pool, chat.model, messages)
     kwargs = template_kwargs(chat, engine)
     return len(await asyncio.to_thread(engine.encode_chat, messages, tools, kwargs))
 
@@ -161,8 +167,7 @@ async def prepare_chat(
         raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
     tools, messages = template_inputs(chat)
     check_tool_choice(chat, tools)
-    images = await collect_images(messages, ImagePolicy.from_env())  # 400s before any load
-    engine = await pool.acquire(chat.model, CHAT)
+    engine, images = await engine_and_images(pool, chat.model, messages)
     check_vision(engine, chat.model, images, messages, _asks_grammar(chat))
     grammar = await checked_grammar(chat, tools, engine)
     if grammar is not None and chat.continue_final_message:
@@ -221,6 +226,23 @@ async def prepare_chat(
         bool(chat.stream),
     )
     return PreparedChat(engine, generation, output_for)
+
+
+async def engine_and_images(
+    pool: EnginePool, model: str, messages: list[dict[str, Any]]
+) -> tuple[ChatEngine, tuple[ImageInput, ...]]:
+    """The model's engine and the messages' images, decoded in order (each part replaced by
+    `{"type": "image"}`, in place). A bad image is a 400 before the model loads, unless a tool
+    result holds an image: whether the model reads it (`ChatModelInfo.tool_images`) or
+    `TOOL_IMAGE_TEXT` in its place is known only once the engine is there."""
+    policy = ImagePolicy.from_env()
+    if not in_tool_results(messages):
+        images = await collect_images(messages, policy)
+        return await pool.acquire(model, CHAT), images
+    engine = await pool.acquire(model, CHAT)
+    if not (engine.info and engine.info.tool_images):
+        tool_images_as_text(messages, TOOL_IMAGE_TEXT)
+    return engine, await collect_images(messages, policy)
 
 
 def template_kwargs(chat: ChatCompletionRequest, engine: ChatEngine) -> dict[str, Any]:

@@ -64,6 +64,37 @@ class ImagePolicy:
         return cls(offline=any(flag not in ("", "0", "false") for flag in flags))
 
 
+# What a model that reads no images sees of an image in a tool's result (a Messages
+# `tool_result`'s, a Responses `function_call_output`'s, a chat `tool` message's): a refused tool
+# result would fail every later request of an agent's session (Claude Code's Read tool and
+# Codex's image viewer return screenshots so). A vision model reads the image itself.
+TOOL_IMAGE_TEXT = "[image: not shown, this model reads no images]"
+
+
+def in_tool_results(messages: list[dict[str, Any]]) -> bool:
+    """Whether a tool message (a tool's result: a screenshot, an image file read) holds an
+    image part."""
+    return any(
+        messages[i]["role"] == "tool" and part.get("type") == "image_url"
+        for i, _, part in _parts(messages)
+    )
+
+
+def tool_images_as_text(messages: list[dict[str, Any]], text: str) -> None:
+    """Make each tool message holding an image text (in place), `text` in each image's place:
+    what a model that reads no images sees of a tool's image, rather than a 400 that would fail
+    every later request of an agent's session."""
+    for message in messages:
+        content = message.get("content")
+        if message["role"] != "tool" or not isinstance(content, list):
+            continue
+        if any(part.get("type") == "image_url" for part in content):
+            message["content"] = "".join(
+                text if part.get("type") == "image_url" else str(part.get("text", ""))
+                for part in content
+            )
+
+
 def first_image_param(messages: list[dict[str, Any]]) -> str:
     """Where the first image of `messages` (after `collect_images`) is, as an error's param."""
     i, j = next((i, j) for i, j, part in _parts(messages) if part.get("type") == "image")

@@ -13,6 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from server.body import validate
@@ -27,6 +28,7 @@ from server.schemas.responses import (
     InputItem,
     MessageItem,
     ReasoningConfig,
+    RefusalPart,
     ResponseCreateRequest,
     TextConfig,
     TextPart,
@@ -104,7 +106,8 @@ def _conversation(
             role = "system" if item.role == "developer" else item.role
             text = item.text()
             if item.images():
-                messages.append({"role": role, "content": _parts_with_images(item)})
+                assert isinstance(item.content, list)
+                messages.append({"role": role, "content": _chat_parts(item.content)})
             elif role == "system" and len(messages) == 1 and messages[0]["role"] == "system":
                 messages[0]["content"] += "\n\n" + text
             else:
@@ -112,16 +115,19 @@ def _conversation(
         elif isinstance(item, FunctionCallItem):
             _add_call(messages, item)
         elif isinstance(item, FunctionCallOutputItem):
-            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.text()})
+            output = item.output
+            images = isinstance(output, list) and item.images()
+            content = _chat_parts(output) if isinstance(output, list) and images else item.text()
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": content})
         sources.extend([k] * (len(messages) - len(sources)))  # none where the item merged
     return messages, sources
 
 
-def _parts_with_images(item: MessageItem) -> list[dict[str, Any]]:
-    """A message's parts in order, `input_image` as chat `image_url` (server/images.py)."""
-    assert isinstance(item.content, list)
+def _chat_parts(content: Sequence[TextPart | RefusalPart | ImagePart]) -> list[dict[str, Any]]:
+    """A message's or a tool output's parts in order, `input_image` as chat `image_url`
+    (server/images.py)."""
     parts: list[dict[str, Any]] = []
-    for part in item.content:
+    for part in content:
         if isinstance(part, ImagePart):
             if part.image_url is None:
                 raise APIError(

@@ -42,6 +42,7 @@ from engines.llm.engine import LLMEngine
 from engines.llm.front import ChatFront
 from engines.llm.sampling import TokenSampler
 from engines.llm.scheduler import Scheduler
+from engines.llm.templates import supports_tools
 from engines.types import ChatLimits, ErrorEvent, GenerationRequest
 from engines.vlm.front import VisionFront
 from engines.vlm.prompt import VisionCache, image_token_id, process
@@ -142,7 +143,9 @@ class VLMEngine(LLMEngine, VisionFront):
     def _read_tokenizer(self, tokenizer: Any, config: dict[str, Any]) -> None:
         super()._read_tokenizer(tokenizer, config)
         assert self.info is not None
-        self.info = dataclasses.replace(self.info, vision=True)
+        self.info = dataclasses.replace(
+            self.info, vision=True, tool_images=not supports_tools(tokenizer)
+        )
 
     def _new_scheduler(self, model: Any, tokenizer: Any, profile: CacheProfile) -> Scheduler:
         scheduler = super()._new_scheduler(model, tokenizer, profile)

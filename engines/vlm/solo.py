@@ -33,6 +33,7 @@ from engines.errors import ContextTooLong, InvalidRequest, Overloaded
 from engines.llm.chat_formats import hidden_special_ids, model_formats
 from engines.llm.detokenize import TokenBytes
 from engines.llm.sequence import Choice, Vocabulary
+from engines.llm.templates import supports_tools
 from engines.types import (
     ChatLimits,
     ChatModelInfo,
@@ -150,6 +151,7 @@ class SoloVLMEngine(EngineThread, VisionFront):
             tool_format=tool_format,
             untagged_tool_calls=self.limits.untagged_tool_calls,
             vision=True,
+            tool_images=not supports_tools(tokenizer),
         )
 
     def unload(self) -> None:

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from server.schemas.common import TOOL_IMAGE_PLACEHOLDER, Strict
+from server.schemas.common import Strict
 
 TOOL_NAME = r"^[A-Za-z0-9_.-]{1,64}$"  # what the chat path's tool schema accepts
 
@@ -81,14 +81,25 @@ class ToolResultBlock(Strict):
     )
     is_error: bool | None = None
 
-    def text(self) -> str:
-        """Its text, each image as `TOOL_IMAGE_PLACEHOLDER`."""
+    def chat_content(self) -> str | list[dict[str, Any]]:
+        """The tool message's content: its text (an error's prefixed `Error: `), blocks joined
+        by newlines; with images, chat parts in the blocks' order (server/images.py decides
+        what a model that reads no images sees of them)."""
+        prefix = "Error: " if self.is_error else ""
         if self.content is None or isinstance(self.content, str):
-            return self.content or ""
-        return "\n".join(
-            block.text if isinstance(block, TextBlock) else TOOL_IMAGE_PLACEHOLDER
-            for block in self.content
-        )
+            return prefix + (self.content or "")
+        if not any(isinstance(block, ImageBlock) for block in self.content):
+            return prefix + "\n".join(b.text for b in self.content if isinstance(b, TextBlock))
+        parts: list[dict[str, Any]] = [{"type": "text", "text": prefix}] if prefix else []
+        for n, block in enumerate(self.content):
+            if n:
+                parts.append({"type": "text", "text": "\n"})
+            parts.append(
+                block.chat_part()
+                if isinstance(block, ImageBlock)
+                else {"type": "text", "text": block.text}
+            )
+        return parts
 
 
 class ThinkingBlock(Strict):
@@ -361,8 +372,8 @@ def _user_turns(content: str | list[Any]) -> list[dict[str, Any]]:
     turns: list[dict[str, Any]] = []
     for block in content:
         if isinstance(block, ToolResultBlock):
-            text = ("Error: " if block.is_error else "") + block.text()
-            turns.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": text})
+            result = block.chat_content()
+            turns.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": result})
     text = _text_of(content)
     if any(isinstance(block, ImageBlock) for block in content):
         parts = [

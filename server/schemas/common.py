@@ -14,11 +14,6 @@ from engines.types import SamplingParams
 
 LOGIT_BIAS_LIMIT = 100.0
 MAX_STOP_LENGTH = 1024  # characters per stop string
-# What an image in a tool's result becomes in the prompt (Messages' `tool_result`, Responses'
-# `function_call_output`): images reach a model only from user turns (where a text-only model
-# refuses them), and a refused tool result would fail every later request of an agent's session
-# (Claude Code's Read tool and Codex's image viewer return screenshots so).
-TOOL_IMAGE_PLACEHOLDER = "[image: images in tool results are not passed to the model]"
 
 
 class Strict(BaseModel):

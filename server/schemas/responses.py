@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from server.body import check_json_text
 from server.errors import APIError, loc_to_param
-from server.schemas.common import TOOL_IMAGE_PLACEHOLDER, Strict
+from server.schemas.common import Strict
 from server.validation_messages import pydantic_message
 
 M = TypeVar("M", bound=BaseModel)
@@ -119,13 +119,14 @@ class FunctionCallOutputItem(Strict):
     id: str | None = None
     status: str | None = None
 
+    def images(self) -> bool:
+        return isinstance(self.output, list) and any(isinstance(p, ImagePart) for p in self.output)
+
     def text(self) -> str:
-        """Its text, each image as `TOOL_IMAGE_PLACEHOLDER` (never passed to the model)."""
+        """Its text (of an output without images)."""
         if isinstance(self.output, str):
             return self.output
-        return "".join(
-            p.text if isinstance(p, TextPart) else TOOL_IMAGE_PLACEHOLDER for p in self.output
-        )
+        return "".join(p.text for p in self.output if isinstance(p, TextPart))
 
 
 class ReasoningItem(Strict):

@@ -279,6 +279,7 @@ async def test_tools_and_an_image_in_a_tool_result(engine: VLMEngine, reference:
     the generic tool prompt, its earlier call written back as markup, and the tool's result as a
     `<tool_response>` user turn that keeps the result's image where it was: the engine decodes
     what mlx-vlm decodes for that prompt and image."""
+    assert engine.info is not None and engine.info.tool_images  # the server sends such images
     picture = image(7)
     messages = [
         {"role": "user", "content": "Look at my screen."},

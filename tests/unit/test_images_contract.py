@@ -24,7 +24,7 @@ from PIL import Image
 from engines.pool import EnginePool
 from engines.types import ChatModelInfo
 from server.app import create_app
-from server.images import ImagePolicy, decode_image
+from server.images import TOOL_IMAGE_TEXT, ImagePolicy, decode_image
 from server.settings import Settings
 from tests.fakes import FakeEngine
 
@@ -39,7 +39,7 @@ class FakeVisionEngine(FakeEngine):
     def start(self) -> None:
         super().start()
         assert self.info is not None
-        self.info = ChatModelInfo(**{**self.info.__dict__, "vision": True})
+        self.info = ChatModelInfo(**{**self.info.__dict__, "vision": True, "tool_images": True})
 
     def encode_chat(
         self,
@@ -448,3 +448,88 @@ async def test_url_images_are_fetched_when_online(
         "/v1/chat/completions", json=chat_body([image_part(f"{image_host}/elsewhere")])
     )
     assert "private address" in openai_error(private, "messages[0].content[0]")
+
+
+def tool_turns(api: str, image: dict[str, Any]) -> dict[str, Any]:
+    """A tool round trip whose result holds text and an image, in `api`'s own shape."""
+    if api == "messages":
+        block = {
+            "type": "image",
+            "source": {
+                "type": "base64",
+                "media_type": "image/png",
+                "data": image["image_url"]["url"].split(",")[1],
+            },
+        }
+        return {"max_tokens": 20, "messages": [
+            {"role": "user", "content": "look"},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "t1", "name": "shot", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                          "content": [{"type": "text", "text": "taken:"}, block]}]},
+        ]}  # fmt: skip
+    if api == "responses":
+        return {"input": [
+            {"role": "user", "content": "look"},
+            {"type": "function_call", "call_id": "t1", "name": "shot", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "t1", "output": [
+                {"type": "input_text", "text": "taken:"},
+                {"type": "input_image", "image_url": image["image_url"]["url"]}]},
+        ]}  # fmt: skip
+    return {"messages": [
+        {"role": "user", "content": "look"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "t1", "type": "function", "function": {"name": "shot", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "t1", "content": [
+            {"type": "text", "text": "taken:"}, image]},
+    ]}  # fmt: skip
+
+
+ROUTES = {"chat": "/v1/chat/completions", "messages": "/v1/messages", "responses": "/v1/responses"}
+
+
+@pytest.mark.parametrize("api", sorted(ROUTES))
+async def test_an_image_in_a_tool_result_reaches_a_vision_model(
+    http: httpx.AsyncClient, vision: FakeVisionEngine, api: str
+) -> None:
+    """Claude Code's Read tool, Codex's image viewer and MCP screenshots return images: a vision
+    model reads them where the tool's result is (its template, or the generic tool prompt,
+    places it); the request's images are in prompt order."""
+    first, second = png(8, 6, (1, 2, 3)), png(4, 4, (9, 9, 9))
+    body = {"model": "vision", **tool_turns(api, image_part(data_uri(second)))}
+    key = "input" if api == "responses" else "messages"
+    body[key][0] = {"role": "user", "content": [
+        {"type": "input_text" if api == "responses" else "text", "text": "look"},
+        {"type": "input_image", "image_url": data_uri(first)} if api == "responses"
+        else {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                          "data": data_uri(first).split(",")[1]}}
+        if api == "messages" else image_part(data_uri(first)),
+    ]}  # fmt: skip
+    response = await http.post(ROUTES[api], json=body)
+    assert response.status_code == 200, response.text
+    [request] = vision.requests
+    assert [image.pixels.shape[:2] for image in request.images] == [(6, 8), (4, 4)]
+    [tool] = [m for m in vision.messages_seen if m["role"] == "tool"]
+    assert {"type": "image"} in tool["content"]
+
+
+@pytest.mark.parametrize("api", sorted(ROUTES))
+async def test_a_text_model_reads_a_tool_results_image_as_text(
+    http: httpx.AsyncClient, text_only: FakeEngine, api: str
+) -> None:
+    """Not a 400 (that would fail every later request of the agent's session); chat's `tool`
+    messages included, though OpenAI's own API takes only text there."""
+    body = {"model": "text", **tool_turns(api, image_part(data_uri(png())))}
+    response = await http.post(ROUTES[api], json=body)
+    assert response.status_code == 200, response.text
+    [request] = text_only.requests
+    assert request.images == ()
+    assert TOOL_IMAGE_TEXT in text_only.decode(list(request.prompt_tokens))
+
+
+async def test_a_bad_image_in_a_tool_result_is_a_400_for_a_vision_model(
+    http: httpx.AsyncClient,
+) -> None:
+    body = {"model": "vision", **tool_turns("chat", image_part(data_uri(b"not an image")))}
+    message = openai_error(await http.post(ROUTES["chat"], json=body), "messages[2].content[1]")
+    assert "could not be decoded" in message

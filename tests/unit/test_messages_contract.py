@@ -21,7 +21,8 @@ from engines.llm.templates import CONTINUE_FINAL
 from engines.pool import EnginePool
 from engines.types import ErrorEvent, FinishEvent
 from server.app import create_app
-from server.schemas.anthropic import TOOL_IMAGE_PLACEHOLDER, MessagesRequest
+from server.images import TOOL_IMAGE_TEXT
+from server.schemas.anthropic import MessagesRequest
 from server.settings import Settings
 from tests.fakes import FakeEngine
 from tests.servers import serve, wait_until
@@ -780,7 +781,7 @@ async def test_an_image_in_a_tool_result_is_a_placeholder_not_a_400(
             ]},
         ],
     )  # fmt: skip
-    assert prompt_of(fake_engine).endswith(f"<tool>screenshot:\n{TOOL_IMAGE_PLACEHOLDER}")
+    assert prompt_of(fake_engine).endswith(f"<tool>screenshot:\n{TOOL_IMAGE_TEXT}")
 
 
 @pytest.mark.parametrize("path", [URL, f"{URL}/count_tokens"])

@@ -15,8 +15,8 @@ from openai import AsyncOpenAI, NotFoundError
 
 from engines.pool import EnginePool
 from server.app import create_app
+from server.images import TOOL_IMAGE_TEXT
 from server.response_store_items import listed
-from server.schemas.common import TOOL_IMAGE_PLACEHOLDER
 from server.schemas.responses import parse_items
 from server.settings import Settings
 from tests.fakes import FakeEngine
@@ -517,7 +517,7 @@ async def test_an_image_in_a_function_call_output(
         ],
         tools=[WEATHER],  # type: ignore[list-item]
     )  # fmt: skip
-    assert prompt_of(fake_engine).endswith(f"<tool>screenshot:{TOOL_IMAGE_PLACEHOLDER}")
+    assert prompt_of(fake_engine).endswith(f"<tool>screenshot:{TOOL_IMAGE_TEXT}")
     [output_item, _, _] = (await client.responses.input_items.list(response.id)).data
     assert output_item.type == "function_call_output"
     assert isinstance(output_item.output, list)
