@@ -21,12 +21,14 @@ from server.errors import APIError
 from server.schemas.chat import ChatCompletionRequest
 from server.schemas.responses import (
     NAMESPACE_SEPARATOR,
+    AllowedTools,
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionTool,
     ImagePart,
     InputItem,
     MessageItem,
+    NamedFunction,
     ReasoningConfig,
     RefusalPart,
     ResponseCreateRequest,
@@ -59,19 +61,31 @@ def to_chat(
         "chat_template_kwargs": template_kwargs(request.reasoning),
     }
     body.update({key: value for key, value in optional.items() if value is not None})
+    choice = request.tool_choice
+    if isinstance(choice, AllowedTools):
+        functions = _allowed(functions, choice)
     if functions:
         body["tools"] = [
             {"type": "function", "function": f.model_dump(exclude={"type"}, exclude_none=True)}
             for f in functions
         ]
-    choice = request.tool_choice
-    if choice is not None:
-        body["tool_choice"] = (
-            choice
-            if isinstance(choice, str)
-            else {"type": "function", "function": {"name": choice.name}}
-        )
+    if isinstance(choice, NamedFunction):
+        body["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+    elif choice is not None:
+        body["tool_choice"] = choice if isinstance(choice, str) else choice.mode
     return validate(ChatCompletionRequest, body)
+
+
+def _allowed(functions: list[FunctionTool], choice: AllowedTools) -> list[FunctionTool]:
+    """The functions `choice` lets the model call; one it names that `tools` has not is a 400."""
+    allowed = choice.names()
+    offered = {f.name for f in functions}
+    unknown = next((name for name in allowed if name not in offered), None)
+    if unknown is not None:
+        raise APIError(
+            400, f"tool_choice.tools names an unknown function {unknown!r}", param="tool_choice"
+        )
+    return [f for f in functions if f.name in allowed]
 
 
 def chat_messages(instructions: str | None, items: list[InputItem]) -> list[dict[str, Any]]:

@@ -49,7 +49,6 @@ from server.schemas.responses import (
     IGNORED_FIELDS,
     FunctionTool,
     InputItem,
-    NamedFunction,
     ResponseCreateRequest,
     parse_items,
 )
@@ -111,9 +110,9 @@ class Draft:
             "store": request.store is not False,
             "temperature": request.temperature,
             "text": {"format": {"type": "text"}, **text},
-            "tool_choice": choice.model_dump()
-            if isinstance(choice, NamedFunction)
-            else choice or "auto",
+            "tool_choice": (choice or "auto")
+            if isinstance(choice, str | None)
+            else choice.model_dump(),
             "tools": [f.model_dump(exclude_none=True) for f in self.functions],
             "top_p": request.top_p,
             "truncation": "disabled",

@@ -16,6 +16,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from engines.llm.templates import CONTINUE_FINAL
 from engines.types import TokenLogprob
 from server.body import check_json_text
+from server.errors import APIError
 from server.schemas.common import SamplingFields, Strict
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -125,6 +126,23 @@ class NamedToolChoice(Strict):
     function: FunctionName
 
 
+class AllowedTools(Strict):
+    mode: Literal["auto", "required"]
+    tools: list[NamedToolChoice] = Field(min_length=1)
+
+
+class AllowedToolsChoice(Strict):
+    """The spec's `allowed_tools`: the model is offered these of `tools` (a client keeps `tools`
+    the same turn after turn, so the prompt's cached prefix holds), `mode` as a tool_choice.
+    Read as that subset and that mode once validated (`_allowed_tools_narrow_the_tools`)."""
+
+    type: Literal["allowed_tools"]
+    allowed_tools: AllowedTools
+
+
+TOOL_CHOICE_TYPES = ("function", "allowed_tools")
+
+
 class JSONSchemaFormat(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str | None = None
@@ -145,7 +163,9 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = Field(None, max_length=128)
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tool_choice: (
+        Literal["none", "auto", "required"] | NamedToolChoice | AllowedToolsChoice | None
+    ) = None
     parallel_tool_calls: bool | None = None
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     chat_template_kwargs: dict[str, Any] | None = None  # extension, as in vLLM
@@ -169,6 +189,36 @@ class ChatCompletionRequest(SamplingFields):
         if self.top_logprobs and not self.logprobs:
             return -1  # rejected by the route: the spec needs logprobs: true with top_logprobs
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _a_tool_choice_type_read_here(cls, value: Any) -> Any:
+        """An object of another type (`custom`, a hosted tool's) is named as such, not refused
+        with the first member of the union's error ('should be 'none', 'auto' or …')."""
+        kind = value.get("type") if isinstance(value, dict) else None
+        if isinstance(kind, str) and kind not in TOOL_CHOICE_TYPES:
+            raise ValueError(
+                f"a tool_choice of type {kind!r} is not supported: it is 'none', 'auto', "
+                "'required', a function or allowed_tools"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _allowed_tools_narrow_the_tools(self) -> ChatCompletionRequest:
+        choice = self.tool_choice
+        if isinstance(choice, AllowedToolsChoice):
+            allowed = [tool.function.name for tool in choice.allowed_tools.tools]
+            offered = {tool.function.name for tool in self.tools or []}
+            unknown = next((name for name in allowed if name not in offered), None)
+            if unknown is not None:  # a 400 naming the field (a model validator's has no place)
+                raise APIError(
+                    400,
+                    f"tool_choice.allowed_tools names an unknown function {unknown!r}",
+                    param="tool_choice",
+                )
+            self.tools = [tool for tool in self.tools or [] if tool.function.name in allowed]
+            self.tool_choice = choice.allowed_tools.mode
+        return self
 
     @model_validator(mode="after")
     def _continues_an_assistant_message(self) -> ChatCompletionRequest:

@@ -169,6 +169,28 @@ class NamedFunction(Strict):
     name: str
 
 
+class AllowedTools(Strict):
+    """The spec's `allowed_tools` choice: the model is offered these functions of `tools` (the
+    hosted tools listed are not run here), with `mode` as the tool_choice."""
+
+    type: Literal["allowed_tools"]
+    mode: Literal["auto", "required"]
+    tools: list[dict[str, Any]] = Field(min_length=1)
+
+    def names(self) -> list[str]:
+        """The functions it allows, as offered (a namespace's qualified)."""
+        return [
+            f"{tool['namespace']}{NAMESPACE_SEPARATOR}{tool['name']}"
+            if isinstance(tool.get("namespace"), str)
+            else str(tool.get("name"))
+            for tool in self.tools
+            if tool.get("type") == "function"
+        ]
+
+
+TOOL_CHOICE_TYPES = ("function", "allowed_tools")
+
+
 class TextFormat(Strict):
     type: Literal["text", "json_object", "json_schema"]
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
@@ -196,7 +218,7 @@ class ResponseCreateRequest(Strict):
     input: str | list[Any] = Field(default_factory=list)
     instructions: str | None = None
     tools: list[Any] | None = Field(None, max_length=512)
-    tool_choice: Literal["none", "auto", "required"] | NamedFunction | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedFunction | AllowedTools | None = None
     parallel_tool_calls: bool | None = None
     max_output_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0, allow_inf_nan=False)
@@ -211,6 +233,19 @@ class ResponseCreateRequest(Strict):
     background: bool | None = None
     conversation: str | dict[str, Any] | None = None
     prompt: dict[str, Any] | None = None
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _a_tool_choice_type_read_here(cls, value: Any) -> Any:
+        """An object of another type (a hosted tool's, `custom`, `mcp`) is named as such, not
+        refused with the first member of the union's error ('should be 'none', 'auto' or …')."""
+        kind = value.get("type") if isinstance(value, dict) else None
+        if isinstance(kind, str) and kind not in TOOL_CHOICE_TYPES:
+            raise ValueError(
+                f"a tool_choice of type {kind!r} is not supported: it is 'none', 'auto', "
+                "'required', a function or allowed_tools (hosted tools are not run here)"
+            )
+        return value
 
     def unsupported_field(self) -> str | None:
         asks = {

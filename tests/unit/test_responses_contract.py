@@ -165,6 +165,48 @@ async def test_streamed_tool_call_events(http: httpx.AsyncClient, fake_engine: F
     assert events[-1]["response"]["output"][0]["arguments"] == arguments
 
 
+@pytest.mark.parametrize(("mode", "forced"), [("required", True), ("auto", False)])
+async def test_allowed_tools_narrow_what_the_model_is_offered(
+    client: AsyncOpenAI, fake_engine: FakeEngine, mode: str, forced: bool
+) -> None:
+    """The spec's `allowed_tools` choice: the model is offered that subset of `tools` (hosted
+    tools listed are not run here), `required` forcing a call among it; the response echoes the
+    choice. It was a 400 saying tool_choice should be 'none', 'auto' or 'required'."""
+    clock = {**WEATHER, "name": "get_time"}
+    response = await client.responses.create(
+        model="fake",
+        input="time?",
+        tools=[WEATHER, clock, {"type": "web_search"}],  # type: ignore[list-item]
+        tool_choice={"type": "allowed_tools", "mode": mode,  # type: ignore[typeddict-item]
+                     "tools": [{"type": "function", "name": "get_time"}, {"type": "web_search"}]},
+    )  # fmt: skip
+    assert [tool["function"]["name"] for tool in fake_engine.tools_seen or []] == ["get_time"]
+    grammar = fake_engine.requests[-1].grammar
+    assert (grammar is not None) == forced
+    if grammar is not None:
+        assert "get_time" in grammar and "get_weather" not in grammar
+    assert response.tool_choice.type == "allowed_tools"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "message"),
+    [
+        ({"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "x"}]},
+         "tool_choice.tools names an unknown function 'x'"),
+        ({"type": "web_search_preview"},
+         "Invalid value for 'tool_choice': a tool_choice of type 'web_search_preview' is not "
+         "supported: it is 'none', 'auto', 'required', a function or allowed_tools (hosted "
+         "tools are not run here)"),
+    ],
+)  # fmt: skip
+async def test_tool_choices_this_server_cannot_honour_say_so(
+    http: httpx.AsyncClient, tool_choice: dict[str, Any], message: str
+) -> None:
+    body = {"model": "fake", "input": "hi", "tools": [WEATHER], "tool_choice": tool_choice}
+    error = assert_openai_error(await http.post(URL, json=body), 400, "tool_choice")
+    assert error["message"] == message
+
+
 async def test_hosted_tools_are_ignored_and_namespaces_exposed(
     client: AsyncOpenAI, fake_engine: FakeEngine
 ) -> None:

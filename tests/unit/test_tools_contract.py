@@ -126,6 +126,50 @@ async def test_forced_tool_choice_is_a_grammar(
         assert "get_weather" not in grammar
 
 
+@pytest.mark.parametrize(
+    ("mode", "forced"), [("required", True), ("auto", False)]
+)  # fmt: skip
+async def test_allowed_tools_narrow_what_the_model_is_offered(
+    http: httpx.AsyncClient, fake_engine: FakeEngine, mode: str, forced: bool
+) -> None:
+    """The spec's `allowed_tools` choice (a subset of `tools`, which stay the same turn after turn
+    so the prompt's cached prefix holds): the model is offered that subset, and `required`
+    forces a call among it. It was a 400 saying tool_choice should be a string."""
+    choice = {
+        "type": "allowed_tools",
+        "allowed_tools": {
+            "mode": mode,
+            "tools": [{"type": "function", "function": {"name": "get_time"}}],
+        },
+    }
+    response = await http.post(URL, json=chat_body(tools=[WEATHER, TIME], tool_choice=choice))
+    assert response.status_code == 200, response.text
+    assert fake_engine.tools_seen == [TIME]
+    grammar = fake_engine.requests[-1].grammar
+    assert (grammar is not None) == forced
+    if grammar is not None:
+        assert "get_time" in grammar and "get_weather" not in grammar
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "message"),
+    [
+        ({"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [
+            {"type": "function", "function": {"name": "nope"}}]}},
+         "tool_choice.allowed_tools names an unknown function 'nope'"),  # as a named one's
+        ({"type": "custom", "custom": {"name": "apply_patch"}},
+         "a tool_choice of type 'custom' is not supported: it is 'none', 'auto', 'required', "
+         "a function or allowed_tools"),
+    ],
+)  # fmt: skip
+async def test_tool_choices_this_server_cannot_honour_say_so(
+    http: httpx.AsyncClient, tool_choice: dict[str, Any], message: str
+) -> None:
+    response = await http.post(URL, json=chat_body(tools=[WEATHER], tool_choice=tool_choice))
+    error = assert_openai_error(response, 400, "tool_choice")
+    assert error["message"].removeprefix("Invalid value for 'tool_choice': ") == message
+
+
 async def test_tool_choice_none_hides_the_tools(
     http: httpx.AsyncClient, fake_engine: FakeEngine
 ) -> None:
