@@ -22,7 +22,9 @@ class ChoiceOutput:
     """`reasoning`: the model's think tags (None: no reasoning block), `think_opened`: the
     prompt opened the block; `tool_schemas`: the request's functions and their parameters
     schemas (none: no tool parsing); `untagged`: whether calls written without the model's tags
-    are recognised; `tool_format`: the format the model writes calls in."""
+    are recognised; `tool_format`: the format the model writes calls in; `single_call`: at most
+    one call (`parallel_tool_calls: false`): where no grammar held the model to one, the calls
+    after its first are left out, streamed or not (as vLLM does)."""
 
     def __init__(
         self,
@@ -31,7 +33,9 @@ class ChoiceOutput:
         tool_schemas: dict[str, dict[str, Any] | None],
         untagged: bool = True,
         tool_format: str = "json_tools",
+        single_call: bool = False,
     ) -> None:
+        self._single_call = single_call
         harmony = tool_format == "harmony"
         self._reasoning = (
             ReasoningParser(think_opened, reasoning) if reasoning and not harmony else None
@@ -45,6 +49,8 @@ class ChoiceOutput:
     @property
     def tool_calls(self) -> list[dict[str, Any]]:
         calls = self._tools.calls if self._tools else []
+        if self._single_call:
+            calls = calls[:1]
         return [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
             for c in calls
@@ -85,6 +91,8 @@ class ChoiceOutput:
             self.content += parsed.content
             deltas.append({"content": parsed.content})
         for call in parsed.calls:
+            if self._single_call and call.index > 0:
+                continue
             body: dict[str, Any] = {"index": call.index, "function": {"arguments": call.arguments}}
             if call.id is not None:
                 body.update(id=call.id, type="function")

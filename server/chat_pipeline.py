@@ -194,7 +194,10 @@ async def prepare_chat(
     tool_schemas = {tool["function"]["name"]: tool["function"].get("parameters") for tool in tools}
 
     def output_for() -> ChoiceOutput:
-        return ChoiceOutput(think_tags, think_opened, tool_schemas, untagged, tool_format)
+        single_call = chat.parallel_tool_calls is False
+        return ChoiceOutput(
+            think_tags, think_opened, tool_schemas, untagged, tool_format, single_call
+        )
 
     requested = chat.requested_max_tokens()
     if clamp_max_tokens and requested is not None:

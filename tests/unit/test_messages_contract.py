@@ -735,6 +735,24 @@ async def test_a_call_whose_arguments_are_a_json_string_streams_its_input(
         ]
 
 
+@pytest.mark.parametrize(
+    "fake_engine",
+    [FakeEngine(reply=CALL + "\n" + CALL.replace("Paris", "Rome"), context_length=4096)],
+)
+async def test_disable_parallel_tool_use_is_one_call_under_auto(claude: AsyncAnthropic) -> None:
+    """`disable_parallel_tool_use` is at most one tool_use block, also under `auto` (no grammar
+    forces the call): a second call the model wrote is left out, streamed or not."""
+    choice = {"type": "auto", "disable_parallel_tool_use": True}
+    fields: dict[str, Any] = {"max_tokens": 300, "tools": [WEATHER], "tool_choice": choice}
+    message = await claude.messages.create(model="fake", messages=HELLO, **fields)
+    streamed = await final_streamed(claude, **fields)
+    for reply in (message, streamed):
+        assert reply.stop_reason == "tool_use"
+        assert [(b.type, getattr(b, "input", None)) for b in reply.content] == [
+            ("tool_use", {"city": "Paris"})
+        ]
+
+
 async def test_a_final_assistant_message_is_a_prefill_the_reply_continues(
     claude: AsyncAnthropic, fake_engine: FakeEngine
 ) -> None:

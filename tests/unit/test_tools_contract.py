@@ -170,6 +170,29 @@ async def test_tool_choices_this_server_cannot_honour_say_so(
     assert error["message"].removeprefix("Invalid value for 'tool_choice': ") == message
 
 
+@pytest.mark.parametrize(
+    "fake_engine",
+    [FakeEngine(reply=CALL + "\n" + CALL.replace("Paris", "Rome"), context_length=4096)],
+)
+async def test_parallel_tool_calls_false_returns_one_call_under_auto(
+    client: AsyncOpenAI,
+) -> None:
+    """`parallel_tool_calls: false` is at most one call, also where no grammar forces the call:
+    a second one the model wrote is left out, streamed or not (as vLLM does), not returned for
+    an agent that asked to run its calls one at a time."""
+    fields: Any = {"model": "fake", "messages": [{"role": "user", "content": "weather?"}],
+                   "tools": [WEATHER], "parallel_tool_calls": False}  # fmt: skip
+    created = await client.chat.completions.create(**fields)
+    async with client.chat.completions.stream(**fields) as stream:
+        streamed = await stream.get_final_completion()
+    for completion in (created, streamed):
+        choice = completion.choices[0]
+        calls = [c.function.arguments for c in choice.message.tool_calls or []]  # type: ignore[union-attr]
+        assert (calls, choice.finish_reason) == (['{"city": "Paris"}'], "tool_calls")
+    both = await client.chat.completions.create(**{**fields, "parallel_tool_calls": True})
+    assert len(both.choices[0].message.tool_calls or []) == 2
+
+
 async def test_tool_choice_none_hides_the_tools(
     http: httpx.AsyncClient, fake_engine: FakeEngine
 ) -> None:
