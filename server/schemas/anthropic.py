@@ -30,7 +30,9 @@ from pydantic import Field, model_validator
 
 from server.schemas.common import Strict
 
-TOOL_NAME = r"^[A-Za-z0-9_.-]{1,64}$"  # what the chat path's tool schema accepts
+# Anthropic's own limit, 128 (Claude Code names MCP tools `mcp__<server>__<tool>`, often past
+# OpenAI's 64); the chat path's tool schema takes as many.
+TOOL_NAME = r"^[A-Za-z0-9_.-]{1,128}$"
 
 
 class TextBlock(Strict):

@@ -106,7 +106,9 @@ class ChatMessage(Strict):
 
 
 class FunctionDefinition(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # OpenAI's limit is 64 characters; up to 128 are taken, as Anthropic's API takes them (a
+    # Messages request runs as a chat request; Claude Code's MCP tool names run long).
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None

@@ -753,6 +753,23 @@ async def test_disable_parallel_tool_use_is_one_call_under_auto(claude: AsyncAnt
         ]
 
 
+async def test_tool_names_up_to_128_characters_are_taken(
+    claude: AsyncAnthropic, fake_engine: FakeEngine, http: httpx.AsyncClient
+) -> None:
+    """Anthropic's tool names are `^[a-zA-Z0-9_-]{1,128}$`: Claude Code names an MCP server's
+    tools `mcp__<server>__<tool>`, often past OpenAI's 64, and a 400 for one failed every request
+    of the session. Longer is still a 400 naming the tool."""
+    name = "mcp__" + "s" * 60 + "__" + "t" * 61  # 128
+    tool = {**WEATHER, "name": name}
+    await claude.messages.create(model="fake", max_tokens=10, messages=HELLO, tools=[tool])  # type: ignore[list-item]
+    assert [t["function"]["name"] for t in fake_engine.tools_seen or []] == [name]
+    longer = messages_body(tools=[{**WEATHER, "name": name + "x"}])
+    message = assert_anthropic_error(
+        await http.post(URL, json=longer), 400, "invalid_request_error"
+    )
+    assert "'tools[0].name'" in message
+
+
 async def test_a_final_assistant_message_is_a_prefill_the_reply_continues(
     claude: AsyncAnthropic, fake_engine: FakeEngine
 ) -> None:
