@@ -5,7 +5,8 @@ Spec: https://docs.anthropic.com/en/api/messages. Supported: `system` (a string 
 `messages` with text / `tool_use` / `tool_result` / `thinking` / `redacted_thinking` blocks and
 `{"role": "system"}` messages (Claude Code sends its environment that way), `tools`,
 `tool_choice`, `max_tokens`, `stop_sequences`, `temperature` / `top_p` / `top_k`, `thinking`,
-`output_config.format` (JSON schema). Accepted and ignored: `IGNORED_FIELDS`, `cache_control`,
+`output_config.format` (JSON schema; `output_format`, its structured-outputs beta name, too).
+Accepted and ignored: `IGNORED_FIELDS`, `cache_control`,
 `defer_loading` and the other tool options, `thinking.budget_tokens`; tools of Anthropic's own
 types (web search, bash, …: no schema to show the model) are left out. Anything else a block or
 tool asks for is a 400 naming the field.
@@ -192,6 +193,18 @@ class MessagesFields(Strict):
     tool_choice: ToolChoice | None = None
     thinking: ThinkingConfig | None = None
     output_config: OutputConfig | None = None
+    # The structured-outputs beta's name for `output_config.format` (clients written for the
+    # beta, e.g. langchain4j, still send it).
+    output_format: OutputFormat | None = None
+
+    @model_validator(mode="after")
+    def _one_output_format(self) -> MessagesFields:
+        if self.output_format and self.output_config and self.output_config.format:
+            raise ValueError(
+                "give the output format once: output_config.format (output_format is the "
+                "structured-outputs beta's name for it)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _prefill_without_trailing_whitespace(self) -> MessagesFields:
@@ -240,8 +253,9 @@ class MessagesFields(Strict):
             body.update(_chat_tool_choice(self.tool_choice))
         if self.thinking is not None and self.thinking.type != "adaptive":
             body["chat_template_kwargs"] = {"enable_thinking": self.thinking.type == "enabled"}
-        if self.output_config and self.output_config.format:
-            schema = self.output_config.format.schema_
+        output_format = self.output_format or (self.output_config and self.output_config.format)
+        if output_format:
+            schema = output_format.schema_
             body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": schema},

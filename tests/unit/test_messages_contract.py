@@ -836,3 +836,27 @@ async def test_a_call_cut_by_the_end_of_sequence_is_no_tool_use(claude: AsyncAnt
     for reply in (message, streamed):
         assert reply.stop_reason == "end_turn" and reply.stop_sequence is None
         assert [(b.type, getattr(b, "input", None)) for b in reply.content] == [("tool_use", {})]
+
+
+CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+async def test_the_beta_output_format_is_output_config_format(
+    http: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    """Clients written for the structured-outputs beta send `output_format`: the same grammar
+    as `output_config.format`, not free text; both at once is a 400."""
+    body: dict[str, Any] = {
+        "model": "fake",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "Where?"}],
+    }
+    fmt = {"type": "json_schema", "schema": CITY}
+    for extra in ({"output_config": {"format": fmt}}, {"output_format": fmt}):
+        response = await http.post(URL, json={**body, **extra})
+        assert response.status_code == 200, response.text
+        assert "x-mlxd-ignored-fields" not in response.headers
+    beta, current = fake_engine.requests[-1].grammar, fake_engine.requests[-2].grammar
+    assert beta is not None and beta == current
+    both = {**body, "output_format": fmt, "output_config": {"format": fmt}}
+    assert_anthropic_error(await http.post(URL, json=both), 400, "invalid_request_error")
