@@ -26,6 +26,7 @@ from engines.llm.call_grammars import (
     answers_beside_calls,
     grammar_format,
     grammar_tags,
+    inline_refs,
     tool_call_grammar,
 )
 from engines.llm.chat_formats import DEFAULT_FORMAT
@@ -323,12 +324,29 @@ async def checked_grammar(
     try:
         await asyncio.to_thread(engine.check_grammar, grammar, param)
     except InvalidRequest:
+        if param == "tool_choice":
+            await asyncio.to_thread(_check_each_tool, tools, engine)
         answer = _answer_schema(chat) if param != "tool_choice" and tools else None
         if answer is None:
             raise
         grammar = json_schema_grammar(answer[0])
         await asyncio.to_thread(engine.check_grammar, grammar, param)
     return grammar
+
+
+def _check_each_tool(tools: list[dict[str, Any]], engine: ChatEngine) -> None:
+    """Where a forced call cannot be enforced, InvalidRequest naming the first tool whose
+    parameters schema is the cause (the call grammar holds every tool's)."""
+    for tool in tools:
+        function = tool["function"]
+        schema = inline_refs(function.get("parameters") or {"type": "object"})
+        try:
+            engine.check_grammar(json_schema_grammar(schema), "tool_choice")
+        except InvalidRequest as exc:
+            raise InvalidRequest(
+                f"{exc.message.rstrip('.')} (in the parameters of tool '{function['name']}')",
+                param="tool_choice",
+            ) from None
 
 
 def _answer_schema(chat: ChatCompletionRequest) -> tuple[dict[str, Any], str] | None:

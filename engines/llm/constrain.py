@@ -27,6 +27,7 @@ Invariants:
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,9 @@ PLAIN_NUMBERS = {
 def regex_text(text: str) -> str:
     """`text` as literal content of a Lark regex."""
     return "".join("\\n" if c == "\n" else f"\\{c}" if c in "/\\.^$*+?()[]{}|" else c for c in text)
+
+
+_GRAMMAR_POSITION = re.compile(r"^at \d+\(\d+\): ")
 
 
 def json_schema_grammar(schema: dict[str, Any]) -> str:
@@ -96,7 +100,10 @@ class GrammarCompiler:
         except (ValueError, RuntimeError) as exc:
             error = str(exc)
         if error:
-            raise InvalidRequest(f"{param} cannot be enforced: {error}", param=param)
+            # The library's first line says why; the rest, and a position like "at 3(7): ", is
+            # about the grammar mlxd built around the schema, which the client never wrote.
+            reason = _GRAMMAR_POSITION.sub("", error.strip().splitlines()[0])
+            raise InvalidRequest(f"{param} cannot be enforced: {reason}", param=param)
         start = self.constraint(grammar)
         if not start.accepting() and set(np.flatnonzero(start.allowed())) <= self._eos:
             raise InvalidRequest(

@@ -469,6 +469,23 @@ def test_forced_grammars_compile_for_any_schema(
         compiler.check(tool_call_grammar(ODD_TOOLS, forced, True, fmt, tags), "tool_choice")
 
 
+def test_an_unenforceable_schema_is_refused_in_one_line(
+    grammar_tokenizer: tuple[Any, Any],
+) -> None:
+    """llguidance's reason, without the grammar mlxd built around the schema (its listing and
+    positions in it are nothing the client wrote)."""
+    from engines.errors import InvalidRequest
+    from engines.llm.call_grammars import tool_call_grammar
+
+    _, compiler = grammar_tokenizer
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "wat"}}}]
+    with pytest.raises(InvalidRequest) as refused:
+        compiler.check(tool_call_grammar(tools, None, True, "json_tools", {}), "tool_choice")
+    message = refused.value.message
+    reason = "failed to compile JSON schema: Invalid type: wat"
+    assert message == f"tool_choice cannot be enforced: {reason}"
+
+
 def test_the_engine_keeps_only_the_formats_special_markers(
     grammar_tokenizer: tuple[Any, Any],
 ) -> None:

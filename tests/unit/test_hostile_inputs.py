@@ -304,3 +304,30 @@ async def test_responses_errors_name_the_responses_fields(http: httpx.AsyncClien
     response = await http.post("/v1/responses", json=body)
     error = assert_openai_error(response, 400, param="text.format.schema")
     assert error["message"].startswith("text.format.schema cannot be enforced: "), error
+
+
+@pytest.mark.parametrize("route", ["chat", "messages"])
+async def test_a_forced_call_names_the_tool_whose_schema_cannot_be_enforced(
+    http: httpx.AsyncClient, route: str
+) -> None:
+    """The call grammar holds every tool's schema: the 400 says which tool's is at fault."""
+    good = {"type": "object", "properties": {"x": {"type": "string"}}}
+    if route == "chat":
+        tools = [
+            {"type": "function", "function": {"name": name, "parameters": schema}}
+            for name, schema in (("fine", good), ("broken", UNENFORCEABLE))
+        ]
+        body = {"model": "fake", "messages": HELLO, "tools": tools, "tool_choice": "required"}
+        response = await http.post("/v1/chat/completions", json=body)
+        message = assert_openai_error(response, 400, param="tool_choice")["message"]
+    else:
+        tools = [
+            {"name": name, "input_schema": schema}
+            for name, schema in (("fine", good), ("broken", UNENFORCEABLE))
+        ]
+        body = {
+            "model": "fake", "max_tokens": 5, "messages": HELLO, "tools": tools,
+            "tool_choice": {"type": "any"},
+        }  # fmt: skip
+        message = assert_anthropic_error(await http.post("/v1/messages", json=body), 400)
+    assert message.endswith("(in the parameters of tool 'broken')"), message
