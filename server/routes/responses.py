@@ -1,5 +1,5 @@
 """`POST /v1/responses` (streamed and not), `GET` and `DELETE /v1/responses/{id}`,
-`GET /v1/responses/{id}/input_items`.
+`GET /v1/responses/{id}/input_items`, `POST /v1/responses/input_tokens`.
 
 A front end over the chat path: the request becomes a chat request (server/responses_input.py),
 runs through `prepare_chat` and the same engine batch as chat completions, and its chat deltas
@@ -34,7 +34,7 @@ from engines.types import ErrorEvent, FinishEvent, TokenEvent
 from engines.types import Event as EngineEvent
 from server import sse
 from server.chat_output import ChoiceOutput
-from server.chat_pipeline import PreparedChat, errors_named, prepare_chat
+from server.chat_pipeline import PreparedChat, count_prompt_tokens, errors_named, prepare_chat
 from server.deps import Body, MetricsDep, PoolDep, ResponseStoreDep, SettingsDep, json_body
 from server.errors import APIError, from_engine_error
 from server.generation import EventSource, collect
@@ -49,6 +49,7 @@ from server.schemas.responses import (
     IGNORED_FIELDS,
     FunctionTool,
     InputItem,
+    InputTokensRequest,
     ResponseCreateRequest,
     parse_items,
 )
@@ -183,6 +184,26 @@ async def create_response(
         collected.prompt_tokens, choice.completion_tokens if choice else 0, collected.cached_tokens
     )
     return JSONResponse(await run.final(status, usage), headers=headers)
+
+
+@router.post("/v1/responses/input_tokens", openapi_extra=documented_body(InputTokensRequest))
+async def count_input_tokens(
+    pool: PoolDep,
+    store: ResponseStoreDep,
+    body: Annotated[Body[InputTokensRequest], Depends(json_body(InputTokensRequest))],
+) -> dict[str, Any]:
+    """The prompt's length in tokens as `POST /v1/responses` would render it: the conversation
+    it continues, instructions, tools, template (spec `TokenCountsResource`)."""
+    parsed = body.value
+    model = parsed.model or pool.default_model
+    if model is None:
+        raise APIError(400, "model is required: this server has no default model", param="model")
+    history = await _history(store, parsed.previous_response_id)
+    items = history + with_ids(parsed.input_items())
+    chat = to_chat(parsed.model_copy(update={"model": model}), items, parsed.function_tools())
+    with errors_named(CHAT_PARAMS, partial(chat_paths, parsed.instructions, items, len(history))):
+        tokens = await count_prompt_tokens(pool, chat)
+    return {"object": "response.input_tokens", "input_tokens": tokens}
 
 
 @router.get("/v1/responses/{response_id}")

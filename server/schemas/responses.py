@@ -326,6 +326,13 @@ def _field_path(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     return tuple(part for part in loc if isinstance(part, int) or not part[:1].isupper())
 
 
+class InputTokensRequest(ResponseCreateRequest):
+    """`POST /v1/responses/input_tokens` (spec `TokenCountsBody`): what a create request reads,
+    `model` optional (the server's default model when it has one)."""
+
+    model: str | None = None  # type: ignore[assignment]
+
+
 def parse_items(raw: list[Any]) -> list[InputItem]:
     """Input items (also a stored conversation's), each checked; errors name `input[i]`."""
     return [_parse_item(index, item) for index, item in enumerate(raw)]

@@ -582,3 +582,32 @@ async def test_client_disconnect_cancels(tmp_path: Path, stream: bool) -> None:
                     await http.post(URL, json=body)
         assert await wait_until(lambda: engine.active == 0, timeout=2)
     assert 0 < engine.tokens_generated < 1000
+
+
+async def test_input_tokens_counts_what_create_would_send(
+    client: AsyncOpenAI, http: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    """`client.responses.input_tokens.count` (strict): the prompt a create request with the same
+    body renders, the conversation it continues included; no default model → 400 naming it."""
+    first = await client.responses.create(model="fake", input="Hi there", instructions="Be brief.")
+    body: dict[str, Any] = {
+        "model": "fake",
+        "input": "And the weather?",
+        "instructions": "Be brief.",
+        "previous_response_id": first.id,
+        "tools": [WEATHER],
+    }
+    counted = await client.responses.input_tokens.count(**body)
+    assert counted.object == "response.input_tokens"
+    created = await client.responses.create(**body)
+    assert created.usage is not None
+    assert counted.input_tokens == created.usage.input_tokens == len(
+        fake_engine.requests[-1].prompt_tokens
+    )
+    assert counted.input_tokens > (await client.responses.input_tokens.count(
+        model="fake", input="And the weather?"
+    )).input_tokens  # fmt: skip
+    response = await http.post(f"{URL}/input_tokens", json={"input": "hi"})
+    assert_openai_error(response, 400, param="model")
+    response = await http.post(f"{URL}/input_tokens", json={"model": "fake", "input": 5})
+    assert response.status_code == 400
