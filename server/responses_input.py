@@ -96,13 +96,19 @@ def chat_paths(instructions: str | None, items: list[InputItem], first: int) -> 
     """Where each of `chat_messages`' messages came from, as the request names it:
     `messages[i]` → `input[k - first]` for the item `k` it began with (`items` from `first` on
     are the request's `input`; those before, the stored conversation `previous_response_id`
-    continues, and `instructions`, are not mapped). A message's parts are its item's, in order."""
-    sources = _conversation(instructions, items)[1]
-    return {
-        f"messages[{i}]": f"input[{k - first}]"
-        for i, k in enumerate(sources)
-        if k is not None and k >= first
-    }
+    continues, and `instructions`, are not mapped). A message's parts are its item's, in order:
+    a `function_call_output`'s are its `output`'s."""
+    messages, sources = _conversation(instructions, items)
+    paths: dict[str, str] = {}
+    for i, k in enumerate(sources):
+        if k is None or k < first:
+            continue
+        paths[f"messages[{i}]"] = f"input[{k - first}]"
+        content = messages[i]["content"]
+        if isinstance(items[k], FunctionCallOutputItem) and isinstance(content, list):
+            for j in range(len(content)):
+                paths[f"messages[{i}].content[{j}]"] = f"input[{k - first}].output[{j}]"
+    return paths
 
 
 def _conversation(

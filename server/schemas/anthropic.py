@@ -93,15 +93,31 @@ class ToolResultBlock(Strict):
             return prefix + (self.content or "")
         if not any(isinstance(block, ImageBlock) for block in self.content):
             return prefix + "\n".join(b.text for b in self.content if isinstance(b, TextBlock))
-        parts: list[dict[str, Any]] = [{"type": "text", "text": prefix}] if prefix else []
+        return [part for part, _ in self._parts()]
+
+    def part_blocks(self) -> dict[int, int]:
+        """For each part of `chat_content()`'s parts that is a block, the block's index (the
+        prefix and the newlines between blocks are parts of their own): errors about a part
+        name the client's block."""
+        if not isinstance(self.content, list):
+            return {}
+        return {j: b for j, (_, b) in enumerate(self._parts()) if b is not None}
+
+    def _parts(self) -> list[tuple[dict[str, Any], int | None]]:
+        """Chat parts, each with the index of the block it is (None: text mlxd adds)."""
+        assert isinstance(self.content, list)
+        parts: list[tuple[dict[str, Any], int | None]] = []
+        if self.is_error:
+            parts.append(({"type": "text", "text": "Error: "}, None))
         for n, block in enumerate(self.content):
             if n:
-                parts.append({"type": "text", "text": "\n"})
-            parts.append(
+                parts.append(({"type": "text", "text": "\n"}, None))
+            part = (
                 block.chat_part()
                 if isinstance(block, ImageBlock)
                 else {"type": "text", "text": block.text}
             )
+            parts.append((part, n))
         return parts
 
 
@@ -319,8 +335,9 @@ def chat_paths(
 ) -> dict[str, str]:
     """Where each of `chat_messages`' messages and content parts came from, as this request
     names it: `messages[i]` → `system` or `messages[k]`, a tool result's turn →
-    `messages[k].content[b]` (its block), `messages[i].content[j]` → `messages[k].content[b]`
-    (tool results are no part of the user turn's content, so block and part indices differ)."""
+    `messages[k].content[b]` (its block) and its parts → `messages[k].content[b].content[c]`,
+    `messages[i].content[j]` → `messages[k].content[b]` (tool results are no part of the user
+    turn's content, so block and part indices differ)."""
     return _conversation(system, messages)[1]
 
 
@@ -349,13 +366,15 @@ def _block_paths(content: list[Any], first: int, k: int) -> dict[str, str]:
     results = [b for b, block in enumerate(content) if isinstance(block, ToolResultBlock)]
     parts = [b for b, block in enumerate(content) if isinstance(block, ImageBlock | TextBlock)]
     user = first + len(results)
-    return {
-        **{f"messages[{first + n}]": f"messages[{k}].content[{b}]" for n, b in enumerate(results)},
-        **{
-            f"messages[{user}].content[{j}]": f"messages[{k}].content[{b}]"
-            for j, b in enumerate(parts)
-        },
-    }
+    paths: dict[str, str] = {}
+    for n, b in enumerate(results):
+        result = f"messages[{k}].content[{b}]"
+        paths[f"messages[{first + n}]"] = result
+        for j, c in content[b].part_blocks().items():
+            paths[f"messages[{first + n}].content[{j}]"] = f"{result}.content[{c}]"
+    for j, b in enumerate(parts):
+        paths[f"messages[{user}].content[{j}]"] = f"messages[{k}].content[{b}]"
+    return paths
 
 
 BILLING_LINE = "x-anthropic-billing-header:"

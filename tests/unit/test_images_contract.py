@@ -533,3 +533,46 @@ async def test_a_bad_image_in_a_tool_result_is_a_400_for_a_vision_model(
     body = {"model": "vision", **tool_turns("chat", image_part(data_uri(b"not an image")))}
     message = openai_error(await http.post(ROUTES["chat"], json=body), "messages[2].content[1]")
     assert "could not be decoded" in message
+
+
+@pytest.mark.parametrize(
+    ("api", "is_error", "param"),
+    [
+        ("messages", False, "messages[2].content[0].content[2]"),
+        ("messages", True, "messages[2].content[0].content[2]"),
+        ("responses", False, "input[2].output[2]"),
+    ],
+)
+async def test_a_bad_image_in_a_tool_result_names_the_clients_field(
+    http: httpx.AsyncClient, api: str, is_error: bool, param: str
+) -> None:
+    """The 400 names the image where the client put it: its block in the `tool_result`'s
+    content (not the chat part mlxd made, behind an `Error: ` prefix and newlines between
+    blocks), the part of a `function_call_output`'s `output` (not `content`)."""
+    body = {"model": "vision", **tool_turns(api, image_part(data_uri(b"not an image")))}
+    key, good = "input", {"type": "input_image", "image_url": data_uri(png())}
+    if api == "messages":
+        key, good = (
+            "messages",
+            {
+                "type": "image",
+                "source": {
+                    "type": "base64",
+                    "media_type": "image/png",
+                    "data": data_uri(png())[22:],
+                },
+            },
+        )
+    result = body[key][2]
+    blocks = result["content"][0] if api == "messages" else result
+    field = "content" if api == "messages" else "output"
+    blocks[field].insert(1, good)  # text, a good image, the bad one
+    if is_error:
+        blocks["is_error"] = True
+    response = await http.post(ROUTES[api], json=body)
+    if api == "messages":
+        assert response.status_code == 400, response.text
+        message = response.json()["error"]["message"]
+        assert message.startswith(f"{param}: "), message
+    else:
+        openai_error(response, param)
