@@ -325,7 +325,7 @@ async def checked_grammar(
         await asyncio.to_thread(engine.check_grammar, grammar, param)
     except InvalidRequest:
         if param == "tool_choice":
-            await asyncio.to_thread(_check_each_tool, tools, engine)
+            await asyncio.to_thread(_check_each_tool, tools, chat.forced_tool(), engine)
         answer = _answer_schema(chat) if param != "tool_choice" and tools else None
         if answer is None:
             raise
@@ -334,11 +334,19 @@ async def checked_grammar(
     return grammar
 
 
-def _check_each_tool(tools: list[dict[str, Any]], engine: ChatEngine) -> None:
+def _check_each_tool(tools: list[dict[str, Any]], forced: str | None, engine: ChatEngine) -> None:
     """Where a forced call cannot be enforced, InvalidRequest naming the first tool whose
-    parameters schema is the cause (the call grammar holds every tool's)."""
+    parameters schema is the cause (the call grammar holds every tool's, or only the one
+    `forced` names). Nothing where the engine refuses grammars whatever the schema (the vision
+    path): no tool is at fault there."""
+    try:
+        engine.check_grammar(json_schema_grammar({"type": "object"}), "tool_choice")
+    except InvalidRequest:
+        return
     for tool in tools:
         function = tool["function"]
+        if forced is not None and function["name"] != forced:
+            continue
         schema = inline_refs(function.get("parameters") or {"type": "object"})
         try:
             engine.check_grammar(json_schema_grammar(schema), "tool_choice")

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from starlette.types import Message
 
+from engines.errors import InvalidRequest
 from engines.pool import EnginePool
 from server.app import create_app
 from server.body import MAX_JSON_DEPTH
@@ -331,3 +332,34 @@ async def test_a_forced_call_names_the_tool_whose_schema_cannot_be_enforced(
         }  # fmt: skip
         message = assert_anthropic_error(await http.post("/v1/messages", json=body), 400)
     assert message.endswith("(in the parameters of tool 'broken')"), message
+
+
+class NoGrammarEngine(FakeEngine):
+    """Refuses every grammar, as the vision path does (engines/vlm/front.py)."""
+
+    def check_grammar(self, grammar: str, param: str) -> None:
+        raise InvalidRequest("constrained output is not supported here yet", param=param)
+
+
+async def test_a_forced_call_on_an_engine_without_grammars_blames_no_tool() -> None:
+    """The engine's refusal is not about a tool's parameters (each tool's schema alone is
+    refused by it too): the 400 says what the engine said."""
+    tools = [{"type": "function", "function": {"name": "fine", "parameters": {"type": "object"}}}]
+    body = {"model": "fake", "messages": HELLO, "tools": tools, "tool_choice": "required"}
+    async with asgi_client(Settings(), [NoGrammarEngine("fake")]) as client:
+        response = await client.post("/v1/chat/completions", json=body)
+    message = assert_openai_error(response, 400, param="tool_choice")["message"]
+    assert message == "constrained output is not supported here yet", message
+
+
+async def test_a_named_forced_call_names_that_tool(http: httpx.AsyncClient) -> None:
+    """A call forced by name holds only that tool's schema: another tool's is not at fault."""
+    tools = [
+        {"type": "function", "function": {"name": name, "parameters": UNENFORCEABLE}}
+        for name in ("other", "forced")
+    ]
+    choice = {"type": "function", "function": {"name": "forced"}}
+    body = {"model": "fake", "messages": HELLO, "tools": tools, "tool_choice": choice}
+    response = await http.post("/v1/chat/completions", json=body)
+    message = assert_openai_error(response, 400, param="tool_choice")["message"]
+    assert message.endswith("(in the parameters of tool 'forced')"), message
