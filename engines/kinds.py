@@ -269,7 +269,10 @@ def _mib(value: int | None) -> int | None:
 
 CHAT: EngineKind[ChatEngine] = EngineKind("chat", "a chat model", "engines.kinds:build_chat")
 SPEECH: EngineKind[SpeechEngine] = EngineKind(
-    "speech", "a speech-to-text model", "engines.kinds:build_speech"
+    "speech",
+    "a speech-to-text model",
+    "engines.kinds:build_speech",
+    detector="engines.weights.ct2:is_whisper_checkpoint",
 )
 TTS: EngineKind[TTSEngine] = EngineKind(
     "tts",

@@ -36,6 +36,15 @@ class CT2FormatError(ValueError):
     """The file is not a CTranslate2 whisper model this importer understands."""
 
 
+def is_whisper_checkpoint(path: Path) -> bool:
+    """Whether the store entry at `path` is a whisper model this importer wrote (the speech
+    kind's detector: its `mlxd.json` says `"kind": "speech"`)."""
+    try:
+        return bool(json.loads((path / "mlxd.json").read_text()).get("kind") == "speech")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def read_ct2(path: Path) -> dict[str, np.ndarray]:
     """Every variable of a CTranslate2 `model.bin` (aliases resolved) as numpy arrays."""
     data = memoryview(path.read_bytes())

@@ -4,12 +4,14 @@ SDK, streaming events, and every refusal as an OpenAI-shaped 4xx before any engi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from openai import AsyncOpenAI, NotFoundError
 
+from engines.kinds import detect_kind
 from tests.fakes import FakeSpeechEngine
 from tests.speech import encode, silence
 
@@ -237,3 +239,16 @@ async def test_engine_failure_is_an_openai_error(
 async def test_models_lists_the_speech_model(client: AsyncOpenAI) -> None:
     ids = [model.id async for model in client.models.list()]
     assert ids == ["fake", MODEL]
+
+
+def test_a_whisper_store_entry_needs_no_kind(tmp_path: Path) -> None:
+    """A models-file entry `source = "whisper-tiny.en"` without `kind` is a speech model: its
+    store entry's mlxd.json says so, as Kokoro's says tts (it was served as a chat model, and
+    transcriptions named it one)."""
+    entry = tmp_path / "whisper-tiny.en"
+    entry.mkdir()
+    (entry / "config.json").write_text(json.dumps({"n_mels": 80, "n_vocab": 51864}))
+    (entry / "mlxd.json").write_text(json.dumps({"kind": "speech", "architecture": "whisper"}))
+    assert detect_kind(entry) == "speech"
+    (entry / "mlxd.json").unlink()
+    assert detect_kind(entry) == "chat"
