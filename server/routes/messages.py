@@ -61,6 +61,13 @@ CHAT_PARAMS = {
     "response_format.json_schema": "output_config.format",
     "response_format.json_schema.schema": "output_config.format.schema",
 }
+# The same, for a request that gave its format as the structured-outputs beta's `output_format`.
+BETA_FORMAT_PARAMS = {
+    **CHAT_PARAMS,
+    "response_format": "output_format",
+    "response_format.json_schema": "output_format",
+    "response_format.json_schema.schema": "output_format.schema",
+}
 
 
 @router.post("/v1/messages", openapi_extra=documented_body(MessagesRequest))
@@ -69,7 +76,8 @@ async def create_message(
 ) -> Response:
     body = await read_json_object(request, settings.max_body_bytes)
     message = _validated(MessagesRequest, body)
-    with errors_named(CHAT_PARAMS, message.chat_paths):
+    names = BETA_FORMAT_PARAMS if message.output_format else CHAT_PARAMS
+    with errors_named(names, message.chat_paths):
         chat = validate(ChatCompletionRequest, message.chat_body())
         prepared = await prepare_chat(
             pool, settings, chat, f"msg_{uuid.uuid4().hex}", clamp_max_tokens=True
@@ -102,7 +110,8 @@ async def count_tokens(request: Request, settings: SettingsDep, pool: PoolDep) -
     """The prompt's length in tokens as `/v1/messages` would render it (template and tools)."""
     body = await read_json_object(request, settings.max_body_bytes)
     counted = _validated(CountTokensRequest, body)
-    with errors_named(CHAT_PARAMS, counted.chat_paths):
+    names = BETA_FORMAT_PARAMS if counted.output_format else CHAT_PARAMS
+    with errors_named(names, counted.chat_paths):
         chat = validate(ChatCompletionRequest, counted.chat_body())
         return {"input_tokens": await count_prompt_tokens(pool, chat)}
 

@@ -363,3 +363,14 @@ async def test_a_named_forced_call_names_that_tool(http: httpx.AsyncClient) -> N
     response = await http.post("/v1/chat/completions", json=body)
     message = assert_openai_error(response, 400, param="tool_choice")["message"]
     assert message.endswith("(in the parameters of tool 'forced')"), message
+
+
+async def test_an_unenforceable_beta_output_format_is_named_as_sent(
+    http: httpx.AsyncClient,
+) -> None:
+    """`output_format` (the structured-outputs beta's name): the 400 names it, not
+    `output_config.format`, which the client did not send."""
+    fmt = {"type": "json_schema", "schema": UNENFORCEABLE}
+    body = {"model": "fake", "max_tokens": 5, "messages": HELLO, "output_format": fmt}
+    message = assert_anthropic_error(await http.post("/v1/messages", json=body), 400)
+    assert message.startswith("output_format.schema cannot be enforced"), message
