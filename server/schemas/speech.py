@@ -35,8 +35,10 @@ class SpeechBody(Strict):
     @field_validator("input")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("input must not be empty")
+        # Invisible characters (controls, NUL, zero-width spaces, a BOM) give Kokoro no
+        # phonemes: such an input made no samples and, as mp3/opus/aac, a 0-byte "file".
+        if not any(char.isprintable() and not char.isspace() for char in value):
+            raise ValueError("input must not be empty (it has no visible character)")
         return value
 
     @property

@@ -137,6 +137,8 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
     [
         ({"input": ""}, "input"),
         ({"input": "   \n"}, "input"),
+        ({"input": "\x00"}, "input"),  # nothing to speak: was a 200 with an empty mp3
+        ({"input": "\u200b\ufeff \x01"}, "input"),  # zero-width space, BOM, a control
         ({"input": "a" * 4097}, "input"),
         ({"voice": "aria"}, "voice"),  # neither the model's nor an OpenAI voice
         ({"response_format": "ogg"}, "response_format"),
