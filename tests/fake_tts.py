@@ -2,8 +2,9 @@
 
 Like the real engine it splits the input at sentence ends (engines/tts/text.py), makes one
 AudioChunk per piece from its own thread (a sine tone, `samples_per_char` samples per
-character, after `piece_delay_s`), checks cancellation before each piece and counts the pieces it
-made, so tests can see that a cancelled request stopped the work.
+character; none for a piece without letters or digits, as Kokoro reads no sound in most
+punctuation; after `piece_delay_s`), checks cancellation before each piece and counts the
+pieces it made, so tests can see that a cancelled request stopped the work.
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ class FakeTTSEngine(FakeLifecycle):
             if number == self.fail_at_piece:
                 final = ErrorEvent(EngineFailed("scripted failure"))
                 break
-            audio = tone(len(piece) * self.samples_per_char / request.speed)
+            # Like Kokoro, no sound for a piece without letters or digits ("()", "|", "...").
+            spoken = any(char.isalnum() for char in piece)
+            audio = tone(spoken * len(piece) * self.samples_per_char / request.speed)
             self.pieces_made += 1
             samples += audio.size
             tokens += len(piece)

@@ -4,10 +4,11 @@ Order of checks, all before any engine work: body (size, JSON), fields (400 nami
 empty or over-long input, unknown response_format or stream_format, speed out of range), model
 (404 unknown, 400 not a text-to-speech model), voice (400 naming the model's voices; OpenAI's
 voice names are taken as the model's voice each stands for, engines/tts/voices.py). The route
-then waits for the engine's first event, so a failure before any audio is still a plain error
-response; after that the audio streams as it is made, one encoded piece per sentence:
-`stream_format` "audio" sends the file's bytes (chunked), "sse" sends `speech.audio.delta`
-events (base64 of the same bytes) and `speech.audio.done`.
+then waits for the engine's first audio (or its end), so a failure before any audio is still a
+plain error response, and an input the model reads no sound in is a 400; after that the audio
+streams as it is made, one encoded piece per sentence: `stream_format` "audio" sends the file's
+bytes (chunked), "sse" sends `speech.audio.delta` events (base64 of the same bytes) and
+`speech.audio.done`.
 
 Invariant: a synthesis stream is read to its end or cancelled; a client that goes away cancels
 it, and the engine stops before its next sentence.
@@ -32,7 +33,7 @@ from engines.types import AudioChunk, ErrorEvent, Event, SynthesisDone, Synthesi
 from server import logs, sse
 from server.body import read_json_object, validate
 from server.deps import PoolDep, SettingsDep
-from server.errors import from_engine_error
+from server.errors import APIError, from_engine_error
 from server.generation import EventSource
 from server.schemas.common import documented_body, response_headers
 from server.schemas.speech import IGNORED_FIELDS, SpeechBody
@@ -72,11 +73,18 @@ async def create_speech(request: Request, settings: SettingsDep, pool: PoolDep) 
         form.stream_format,
     )
     events = aiter(stream)
-    first = await collected_or_gone(request, _next(events), [stream], request_id)
+    first = await collected_or_gone(request, _first_audio(events), [stream], request_id)
     if isinstance(first, Response):
         return first
     if isinstance(first, ErrorEvent):
         return error_response(first.error, headers)
+    if isinstance(first, SynthesisDone):  # every piece was silent: no file to send
+        raise APIError(
+            400,
+            "input has nothing to speak: the model reads no sound in it",
+            param="input",
+            code="invalid_value",
+        )
     encoder = AudioEncoder(form.response_format, engine.info.sample_rate)
     pieces = _encoded(first, events, encoder, stream, request_id)
     if form.stream_format == "sse":
@@ -114,8 +122,14 @@ async def list_voices(pool: PoolDep, model: str | None = None) -> dict[str, Any]
     return {"object": "list", "data": data}
 
 
-async def _next(events: AsyncIterator[Event]) -> Event:
-    return await anext(events)
+async def _first_audio(events: AsyncIterator[Event]) -> Event:
+    """The first chunk that holds samples, else the stream's last event. A piece the model
+    reads no sound in (punctuation) makes an empty chunk; an input of nothing else made a
+    0-byte mp3, opus or aac body."""
+    while True:
+        event = await anext(events)
+        if not isinstance(event, AudioChunk) or event.samples.size:
+            return event
 
 
 async def _encoded(

@@ -192,6 +192,19 @@ async def test_a_failure_before_any_audio_is_an_openai_error(
     assert response.json()["error"]["code"] == "engine_failed"
 
 
+@pytest.mark.parametrize("stream_format", ["audio", "sse"])
+async def test_an_input_with_nothing_to_speak_is_a_400(
+    speech_http: httpx.AsyncClient, stream_format: str
+) -> None:
+    """Punctuation the model reads no sound in: no audio at all was a 200 with a 0-byte mp3."""
+    body = {"model": MODEL, "voice": "jf_alpha", "stream_format": stream_format}
+    response = await speech_http.post("/v1/audio/speech", json={**body, "input": "() [] | <>"})
+    assert "nothing to speak" in assert_openai_error(response, 400, "input")
+    # A silent first piece is no refusal when a later one speaks.
+    response = await speech_http.post("/v1/audio/speech", json={**body, "input": "... Hello."})
+    assert response.status_code == 200 and response.content
+
+
 # What OpenAI's names stand for on the fake's two voices (one female, one male).
 FAKE_MODEL_ALIASES = {
     **dict.fromkeys(["alloy", "coral", "nova", "sage", "shimmer", "marin"], "jf_alpha"),
