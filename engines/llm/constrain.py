@@ -102,7 +102,7 @@ class GrammarCompiler:
         if error:
             # The library's first line says why; the rest, and a position like "at 3(7): ", is
             # about the grammar mlxd built around the schema, which the client never wrote.
-            reason = _GRAMMAR_POSITION.sub("", error.strip().splitlines()[0])
+            reason = _GRAMMAR_POSITION.sub("", (error.strip().splitlines() or [error])[0])
             raise InvalidRequest(f"{param} cannot be enforced: {reason}", param=param)
         start = self.constraint(grammar)
         if not start.accepting() and set(np.flatnonzero(start.allowed())) <= self._eos:

@@ -83,9 +83,12 @@ def _native_tool_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]
 
 
 def _wrapped(before: str, content: Any, after: str) -> Any:
-    """`content` (text, or a vision model's parts) between two pieces of text."""
+    """`content` (text, or a vision model's parts) between two pieces of text. No empty part
+    is added: templates that read only a turn's first part (Gemma 3's system turn) read the
+    content's own."""
     if isinstance(content, list):
-        return [{"type": "text", "text": before}, *content, {"type": "text", "text": after}]
+        ends = [[{"type": "text", "text": text}] if text else [] for text in (before, after)]
+        return [*ends[0], *content, *ends[1]]
     return before + content_to_text(content) + after
 
 

@@ -520,3 +520,14 @@ async def test_images_count_against_the_kv_budget(engine: VLMEngine) -> None:
     assert isinstance(events[0].error, KVBudgetExceeded), events[0].error
     tokens, _ = await served(engine, request(engine, "after", messages, image(1)))
     assert tokens  # the engine serves on
+
+
+def test_the_generic_tool_prompt_adds_no_empty_part() -> None:
+    """Gemma 3's template reads a system turn's first part only: with an image in the system
+    turn, that part is still the turn's own text, and the tools prompt follows it."""
+    from engines.llm.templates import _generic_tool_messages
+
+    system = {"role": "system", "content": [{"type": "text", "text": "Rules."}, {"type": "image"}]}
+    [lead, _] = _generic_tool_messages([system, *text_only("hi")], [SCREENSHOT])
+    assert lead["content"][:2] == system["content"]
+    assert lead["content"][2]["text"].startswith("\n\nYou can call functions")
