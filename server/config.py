@@ -116,7 +116,7 @@ class ConfigError(ValueError):
 def load_models_file(path: Path) -> ModelsFile:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     try:
         return ModelsFile.model_validate(raw)

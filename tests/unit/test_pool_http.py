@@ -81,6 +81,10 @@ def test_models_file_is_validated(tmp_path: Path) -> None:
     broken.write_text("[[models]\n")
     with pytest.raises(ConfigError, match=r"broken\.toml"):
         load_models_file(broken)
+    latin1 = tmp_path / "latin1.toml"  # not UTF-8: the error names the file too
+    latin1.write_bytes('[[models]]\nname = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.toml: .*utf-8"):
+        load_models_file(latin1)
 
 
 def test_models_file_sampling_defaults_fill_what_requests_leave_out() -> None:
