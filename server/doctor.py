@@ -100,6 +100,7 @@ def check_limits(settings: Settings) -> list[Finding]:
 
     from engines.llm.engine import default_kv_budget, default_prefill_chunk
     from engines.llm.limits import PassShape, kv_bytes_per_token, prefill_peak_bytes, size_limits
+    from engines.weights.checkpoint import dequantize_on_load
 
     store = ModelStore(settings.home)
     try:
@@ -107,6 +108,10 @@ def check_limits(settings: Settings) -> list[Finding]:
         config = json.loads((path / "config.json").read_text())
     except Exception:  # a missing model is check_store's finding
         return []
+    if dequantize_on_load(path):  # runs in float32, so its KV cache is float32 too
+        config = {**config, "torch_dtype": "float32"}
+        if isinstance(config.get("text_config"), dict):
+            config["text_config"] = {**config["text_config"], "torch_dtype": "float32"}
     weights = store.size_bytes(path)
     on_cpu = mx.default_device() == mx.cpu
     chunk = settings.prefill_chunk or default_prefill_chunk(on_cpu)

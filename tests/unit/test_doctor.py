@@ -60,3 +60,30 @@ def test_a_supported_cpu_without_a_compiler_is_a_problem(
     finding = check_native_softmax("cpu")
     assert finding.fix is not None and "install a C compiler" in finding.fix
     assert check_native_softmax("metal").fix is None  # not used there
+
+
+def test_chat_limits_count_the_kv_of_an_entry_dequantized_on_load(tmp_path: Path) -> None:
+    """The embedded models are stored quantized and run in float32 on the CPU (their config
+    says mlxd_dequantize_on_load, and names no torch_dtype): their KV cache is float32 too, so
+    doctor sized rows at half the bytes the engine does (max_batch 127 where serve has 63)."""
+    import json
+
+    from server.doctor import check_limits
+
+    model = tmp_path / "tiny"
+    model.mkdir()
+    config = {
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "vocab_size": 100,
+        "mlxd_dequantize_on_load": True,
+        "quantization": {"group_size": 64, "bits": 4},
+    }
+    (model / "config.json").write_text(json.dumps(config))
+    # float32 K and V: 2 layers x 2 heads x 16 dims x 4 bytes x 2 = 512 bytes a token, 2 MiB a
+    # 4096-token row: 32 rows in 64 MiB (bfloat16 would make it 64).
+    [finding] = check_limits(Settings(home=tmp_path, model=str(model), kv_budget_mb=64))
+    assert "max_batch 32," in finding.facts, finding.facts
