@@ -27,6 +27,7 @@ Unknown keys are errors (a typo must not silently do nothing). Without a file, t
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -84,6 +85,26 @@ class ModelEntry(BaseModel):
     def _known_tool_format(cls, value: str | None) -> str | None:
         if value is not None and value not in TOOL_FORMATS:
             raise ValueError(f"unknown tool_format {value!r}; one of: {', '.join(TOOL_FORMATS)}")
+        return value
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_parses(cls, value: str | None) -> str | None:
+        """A template with a syntax error stops the start: served, it failed every chat request
+        with a 400 that blamed the messages. Parsed in the environment transformers' chat
+        templates render in (loop controls, generation blocks), so what renders parses."""
+        if value is None:
+            return value
+        # As mlx_lm's import does at serve, before transformers loads: without it, importing
+        # transformers prints an advisory line ("PyTorch was not found") on the console.
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        from jinja2 import TemplateSyntaxError
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        try:
+            _compile_jinja_template(value)
+        except TemplateSyntaxError as exc:
+            raise ValueError(f"line {exc.lineno}: {exc.message}") from None
         return value
 
     @field_validator("kind")

@@ -87,6 +87,20 @@ def test_models_file_is_validated(tmp_path: Path) -> None:
         load_models_file(latin1)
 
 
+def test_a_chat_template_that_does_not_parse_is_a_start_up_error(tmp_path: Path) -> None:
+    """Served, it failed every chat request with a 400 blaming `messages`, /health said ok."""
+    entry = '[[models]]\nname = "chat"\nsource = "x"\nchat_template = """{}"""\n'
+    broken = tmp_path / "broken.toml"
+    broken.write_text(entry.format("{% for m in messages %}{{ m.content }}\n{% if %}"))
+    with pytest.raises(ConfigError, match=r"models\.0\.chat_template: line 2: Expected an"):
+        load_models_file(broken)
+    # What transformers' templates use parses: loop controls, generation blocks.
+    good = tmp_path / "good.toml"
+    template = "{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}"
+    good.write_text(entry.format(template + "{% break %}{% endfor %}"))
+    assert load_models_file(good).models[0].chat_template is not None
+
+
 def test_models_file_sampling_defaults_fill_what_requests_leave_out() -> None:
     fake = FakeEngine("tuned", context_length=4096)
     spec = ModelSpec("tuned", "chat", lambda: fake, preload=True,
