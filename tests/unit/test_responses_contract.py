@@ -601,8 +601,10 @@ async def test_input_tokens_counts_what_create_would_send(
     assert counted.object == "response.input_tokens"
     created = await client.responses.create(**body)
     assert created.usage is not None
-    assert counted.input_tokens == created.usage.input_tokens == len(
-        fake_engine.requests[-1].prompt_tokens
+    assert (
+        counted.input_tokens
+        == created.usage.input_tokens
+        == len(fake_engine.requests[-1].prompt_tokens)
     )
     assert counted.input_tokens > (await client.responses.input_tokens.count(
         model="fake", input="And the weather?"
