@@ -42,6 +42,7 @@ from server.routes import (
 )
 from server.security import AccessControl, ConcurrencyLimit, ShapedCORS
 from server.settings import Settings
+from server.startup_failure import OneLineStartupFailure
 from server.trailing_slash import TrailingSlash
 
 logger = logging.getLogger(__name__)
@@ -234,7 +235,8 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
     app.add_middleware(ConcurrencyLimit, limit=settings.max_connections)
     app.add_middleware(RequestCounter, metrics=app.state.metrics)  # counts refusals too
     app.add_middleware(RequestId)  # refusals get an id and are logged with it
-    app.add_middleware(TrailingSlash)  # outermost: every layer sees the route's own path
+    app.add_middleware(TrailingSlash)  # every layer sees the route's own path
+    app.add_middleware(OneLineStartupFailure)  # outermost: the lifespan's messages
     for router in ROUTERS:
         app.include_router(router)
     # FastAPI nests included routers; the served routes, flat, for metrics labels and 405s.

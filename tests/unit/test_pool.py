@@ -181,3 +181,28 @@ def test_the_engine_boundary_imports_no_mlx() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert found.stdout.strip() == "[]"
+
+
+async def test_a_failed_start_is_one_line_for_uvicorn_to_log() -> None:
+    """server/startup_failure.py: the lifespan's failure message is the exception's line (what
+    uvicorn logs before `mlxd serve` exits 3), not Starlette's forty-line traceback."""
+    from server.app import create_app
+    from server.settings import Settings
+
+    pool = EnginePool(
+        specs=[ModelSpec("bad", "chat", lambda: BrokenCheckpoint("bad"), preload=True)]
+    )
+    app = create_app(Settings(), pool)
+    inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    await inbox.put({"type": "lifespan.startup"})
+    sent: list[dict[str, str]] = []
+
+    async def send(message: dict[str, str]) -> None:
+        sent.append(message)
+
+    with pytest.raises(EngineUnavailable):
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send)  # type: ignore[arg-type]
+    [failed] = sent
+    assert failed["type"] == "lifespan.startup.failed"
+    assert failed["message"].startswith("engines.errors.EngineUnavailable: no model could be")
+    assert "\n" not in failed["message"] and "bad: " in failed["message"]
