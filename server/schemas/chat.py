@@ -17,7 +17,7 @@ from engines.llm.templates import CONTINUE_FINAL
 from engines.types import TokenLogprob
 from server.body import check_json_text
 from server.errors import APIError
-from server.schemas.common import SamplingFields, Strict
+from server.schemas.common import SamplingFields, Strict, tool_choice_type_read
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -142,9 +142,6 @@ class AllowedToolsChoice(Strict):
     allowed_tools: AllowedTools
 
 
-TOOL_CHOICE_TYPES = ("function", "allowed_tools")
-
-
 class JSONSchemaFormat(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str | None = None
@@ -195,15 +192,7 @@ class ChatCompletionRequest(SamplingFields):
     @field_validator("tool_choice", mode="before")
     @classmethod
     def _a_tool_choice_type_read_here(cls, value: Any) -> Any:
-        """An object of another type (`custom`, a hosted tool's) is named as such, not refused
-        with the first member of the union's error ('should be 'none', 'auto' or …')."""
-        kind = value.get("type") if isinstance(value, dict) else None
-        if isinstance(kind, str) and kind not in TOOL_CHOICE_TYPES:
-            raise ValueError(
-                f"a tool_choice of type {kind!r} is not supported: it is 'none', 'auto', "
-                "'required', a function or allowed_tools"
-            )
-        return value
+        return tool_choice_type_read(value)
 
     @model_validator(mode="after")
     def _allowed_tools_narrow_the_tools(self) -> ChatCompletionRequest:

@@ -16,6 +16,23 @@ LOGIT_BIAS_LIMIT = 100.0
 MAX_STOP_LENGTH = 1024  # characters per stop string
 
 
+TOOL_CHOICE_TYPES = ("function", "allowed_tools")  # object tool_choices read (chat, Responses)
+
+
+def tool_choice_type_read(value: Any, hosted: str = "") -> Any:
+    """`value` (a `tool_choice` before validation) as it is, unless it is an object of a type
+    not in TOOL_CHOICE_TYPES (`custom`, a hosted tool's): then a ValueError naming that type,
+    not the first member of the union's error ('should be 'none', 'auto' or …'). `hosted`: a
+    remark added to the message."""
+    kind = value.get("type") if isinstance(value, dict) else None
+    if isinstance(kind, str) and kind not in TOOL_CHOICE_TYPES:
+        raise ValueError(
+            f"a tool_choice of type {kind!r} is not supported: it is 'none', 'auto', "
+            f"'required', a function or allowed_tools{hosted}"
+        )
+    return value
+
+
 class Strict(BaseModel):
     """Strict types (no "0.5" for a number); unknown fields are kept so they can be reported."""
 

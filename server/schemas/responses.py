@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from server.body import check_json_text
 from server.errors import APIError, loc_to_param
-from server.schemas.common import Strict
+from server.schemas.common import Strict, tool_choice_type_read
 from server.validation_messages import pydantic_message
 
 M = TypeVar("M", bound=BaseModel)
@@ -188,9 +188,6 @@ class AllowedTools(Strict):
         ]
 
 
-TOOL_CHOICE_TYPES = ("function", "allowed_tools")
-
-
 class TextFormat(Strict):
     type: Literal["text", "json_object", "json_schema"]
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
@@ -237,15 +234,7 @@ class ResponseCreateRequest(Strict):
     @field_validator("tool_choice", mode="before")
     @classmethod
     def _a_tool_choice_type_read_here(cls, value: Any) -> Any:
-        """An object of another type (a hosted tool's, `custom`, `mcp`) is named as such, not
-        refused with the first member of the union's error ('should be 'none', 'auto' or …')."""
-        kind = value.get("type") if isinstance(value, dict) else None
-        if isinstance(kind, str) and kind not in TOOL_CHOICE_TYPES:
-            raise ValueError(
-                f"a tool_choice of type {kind!r} is not supported: it is 'none', 'auto', "
-                "'required', a function or allowed_tools (hosted tools are not run here)"
-            )
-        return value
+        return tool_choice_type_read(value, " (hosted tools are not run here)")
 
     def unsupported_field(self) -> str | None:
         asks = {
