@@ -175,7 +175,7 @@ def render_chat(
     if getattr(tokenizer, "chat_template", None) is None:
         raise NoChatTemplate()
     normalised = [
-        message
+        {**message, "content": _text_parts_named_text(message["content"])}
         if keep_images and not _text_only(message.get("content"))
         else {**message, "content": content_to_text(message.get("content"))}
         for message in messages
@@ -248,6 +248,17 @@ def render_placed(
                 return prompt
         merge = later
     return render(_merged(messages, merge))
+
+
+def _text_parts_named_text(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`parts` with each text part (`input_text` too: clients of both APIs send it) as
+    `{"type": "text", ...}`, the only name templates look for beside their image parts."""
+    return [
+        {"type": "text", "text": str(part.get("text", ""))}
+        if part.get("type") in TEXT_PARTS
+        else part
+        for part in parts
+    ]
 
 
 def _text_only(content: Any) -> bool:

@@ -531,3 +531,22 @@ def test_the_generic_tool_prompt_adds_no_empty_part() -> None:
     [lead, _] = _generic_tool_messages([system, *text_only("hi")], [SCREENSHOT])
     assert lead["content"][:2] == system["content"]
     assert lead["content"][2]["text"].startswith("\n\nYou can call functions")
+
+
+def test_input_text_parts_beside_an_image_reach_the_template_as_text() -> None:
+    """Vision templates look for `text` parts beside their image parts; chat clients also send
+    `input_text` (the Responses name): rendered, not dropped."""
+    from mlx_lm.tokenizer_utils import load
+
+    from engines.llm.templates import render_chat
+    from engines.weights.embedded import SMOLLM2
+    from tests.engines.test_tools_real_tokenizers import store_entry
+
+    tokenizer = load(store_entry(SMOLLM2.name))
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% for p in m['content'] %}{% if p['type'] == 'text' %}"
+        "{{ p['text'] }}{% elif p['type'] == 'image' %}<img>{% endif %}{% endfor %}{% endfor %}"
+    )
+    parts = [{"type": "input_text", "text": "What is it?"}, {"type": "image"}]
+    prompt = render_chat(tokenizer, [{"role": "user", "content": parts}], keep_images=True)
+    assert prompt == "What is it?<img>"
