@@ -716,6 +716,17 @@ STRING_ARGUMENTS_CALL = (
 )
 
 
+async def assert_one_paris_call(claude: AsyncAnthropic, fields: dict[str, Any]) -> None:
+    """Created and streamed alike: one tool_use block, get_weather's input {"city": "Paris"}."""
+    message = await claude.messages.create(model="fake", messages=HELLO, **fields)
+    streamed = await final_streamed(claude, **fields)
+    for reply in (message, streamed):
+        assert reply.stop_reason == "tool_use"
+        assert [(b.type, getattr(b, "input", None)) for b in reply.content] == [
+            ("tool_use", {"city": "Paris"})
+        ]
+
+
 @pytest.mark.parametrize(
     "fake_engine", [FakeEngine(reply=STRING_ARGUMENTS_CALL, context_length=4096)]
 )
@@ -726,13 +737,7 @@ async def test_a_call_whose_arguments_are_a_json_string_streams_its_input(
     it holds, streamed or not: streamed as written, the SDK's stream helper raised on the
     input_json_delta ('Unable to parse tool parameter JSON')."""
     fields: dict[str, Any] = {"max_tokens": 200, "tools": [WEATHER]}
-    message = await claude.messages.create(model="fake", messages=HELLO, **fields)
-    streamed = await final_streamed(claude, **fields)
-    for reply in (message, streamed):
-        assert reply.stop_reason == "tool_use"
-        assert [(b.type, getattr(b, "input", None)) for b in reply.content] == [
-            ("tool_use", {"city": "Paris"})
-        ]
+    await assert_one_paris_call(claude, fields)
 
 
 @pytest.mark.parametrize(
@@ -744,13 +749,7 @@ async def test_disable_parallel_tool_use_is_one_call_under_auto(claude: AsyncAnt
     forces the call): a second call the model wrote is left out, streamed or not."""
     choice = {"type": "auto", "disable_parallel_tool_use": True}
     fields: dict[str, Any] = {"max_tokens": 300, "tools": [WEATHER], "tool_choice": choice}
-    message = await claude.messages.create(model="fake", messages=HELLO, **fields)
-    streamed = await final_streamed(claude, **fields)
-    for reply in (message, streamed):
-        assert reply.stop_reason == "tool_use"
-        assert [(b.type, getattr(b, "input", None)) for b in reply.content] == [
-            ("tool_use", {"city": "Paris"})
-        ]
+    await assert_one_paris_call(claude, fields)
 
 
 async def test_tool_names_up_to_128_characters_are_taken(
