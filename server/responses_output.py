@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -70,10 +71,15 @@ class OutputItems:
 
     def finish(self, status: ItemStatus) -> list[Event]:
         """Close the open item (`status` "incomplete" when the output was cut short); an output
-        with no item at all gets an empty message, so clients always find one."""
+        with no item at all gets an empty message, so clients always find one. A call whose
+        arguments the end of sequence cut short is "incomplete" whatever `status` says: its
+        arguments are no JSON, and an agent must not run it as a finished call."""
         events: list[Event] = []
         if not self.done and self._open is None:
             events += self._open_message()
+        elif self._open is not None and self._open.kind == "function_call":
+            if not _whole_json(self._open.text):
+                status = "incomplete"
         return events + self._close(status)
 
     def _reasoning(self, text: str) -> list[Event]:
@@ -176,6 +182,14 @@ class OutputItems:
         assert self._open is not None
         where = {"item_id": self._open.item["id"], "output_index": self._open.index}
         return {"type": kind, **where, "content_index": 0, "part": part}
+
+
+def _whole_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _part(current: _OpenItem) -> dict[str, Any]:

@@ -613,3 +613,26 @@ async def test_input_tokens_counts_what_create_would_send(
     assert_openai_error(response, 400, param="model")
     response = await http.post(f"{URL}/input_tokens", json={"model": "fake", "input": 5})
     assert response.status_code == 400
+
+
+CUT = CALL[: CALL.index("Paris") + 1]  # the call cut inside its arguments: '{"city": "P'
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(reply=CUT, context_length=4096)], ids=["cut"])
+async def test_a_call_cut_by_the_end_of_sequence_is_an_incomplete_item(
+    client: AsyncOpenAI, http: httpx.AsyncClient
+) -> None:
+    """The end of sequence met inside a call's arguments: the `function_call` item is
+    "incomplete" (agents run "completed" calls), streamed and not, as chat's finish `stop`."""
+    created = await client.responses.create(model="fake", input="weather?", tools=[WEATHER])  # type: ignore[list-item]
+    events = await sse_events(
+        http, {"model": "fake", "input": "weather?", "tools": [WEATHER], "stream": True}
+    )
+    streamed = events[-1]["response"]
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    for output in (created.model_dump()["output"], streamed["output"], done):
+        [call] = output
+        assert call["type"] == "function_call" and call["status"] == "incomplete"
+        with pytest.raises(ValueError):
+            json.loads(call["arguments"])
+    assert created.status == streamed["status"] == "completed"
