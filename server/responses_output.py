@@ -77,9 +77,12 @@ class OutputItems:
         events: list[Event] = []
         if not self.done and self._open is None:
             events += self._open_message()
-        elif self._open is not None and self._open.kind == "function_call":
-            if not _whole_json(self._open.text):
-                status = "incomplete"
+        elif (
+            self._open is not None
+            and self._open.kind == "function_call"
+            and not _whole_json(self._open.text)
+        ):
+            status = "incomplete"
         return events + self._close(status)
 
     def _reasoning(self, text: str) -> list[Event]:
