@@ -9,7 +9,8 @@ history by.
 
 Asked with an `anthropic-version` header (Anthropic's SDK and clients), the two GET routes answer
 in Anthropic's shape (`ModelInfo`, a page with `first_id`/`last_id`/`has_more`), chat models only,
-`max_input_tokens` being the context window.
+`max_input_tokens` being the context window. The list honours Anthropic's `limit` (1–1000,
+default 20), `after_id` and `before_id`, so the SDK's auto-pagination walks every model once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fastapi import APIRouter, Request
 
 from engines.pool import EnginePool, PoolModel
 from server.deps import PoolDep
+from server.errors import APIError
 
 router = APIRouter()
 
@@ -54,6 +56,30 @@ def _anthropic(request: Request) -> bool:
     return "anthropic-version" in request.headers
 
 
+def _anthropic_page(models: list[dict[str, Any]], request: Request) -> dict[str, Any]:
+    """One page of Anthropic's model list: `limit` models after `after_id`, or the `limit`
+    before `before_id`; `has_more` says whether models lie beyond the page in that direction."""
+    query = request.query_params
+    limit = query.get("limit", "20")
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        raise APIError(400, "limit: must be an integer from 1 to 1000", param="limit")
+    ids = [model["id"] for model in models]
+    after, before = query.get("after_id"), query.get("before_id")
+    for name, cursor in (("after_id", after), ("before_id", before)):
+        if cursor is not None and cursor not in ids:
+            raise APIError(400, f"{name}: no model '{cursor}' in the list", param=name)
+    if before is not None:
+        end = ids.index(before)
+        start = max(0, end - int(limit))
+        page, has_more = models[start:end], start > 0
+    else:
+        start = ids.index(after) + 1 if after is not None else 0
+        page = models[start : start + int(limit)]
+        has_more = start + int(limit) < len(models)
+    first, last = (page[0]["id"], page[-1]["id"]) if page else (None, None)
+    return {"data": page, "first_id": first, "last_id": last, "has_more": has_more}
+
+
 def _find(pool: EnginePool, model_id: str) -> PoolModel:
     name = pool.resolve(model_id)  # ModelNotFound → 404 in OpenAI's shape
     return next(model for model in pool.models() if model.name == name)
@@ -63,9 +89,7 @@ def _find(pool: EnginePool, model_id: str) -> PoolModel:
 async def list_models(request: Request, pool: PoolDep) -> dict[str, Any]:
     models = pool.models()
     if _anthropic(request):
-        data = [_anthropic_model(m) for m in models if m.kind == "chat"]
-        first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
-        return {"data": data, "first_id": first, "last_id": last, "has_more": False}
+        return _anthropic_page([_anthropic_model(m) for m in models if m.kind == "chat"], request)
     return {"object": "list", "data": [_model_object(m) for m in models]}
 
 

@@ -626,6 +626,33 @@ async def test_models_in_anthropics_shape_when_asked_with_anthropic_version(
     assert plain.json()["object"] == "list"
 
 
+async def test_anthropic_model_list_pages_by_limit_and_cursors() -> None:
+    """`limit`, `after_id` and `before_id` as Anthropic's API: the SDK's auto-pagination walks
+    every chat model once, in order; a bad limit or cursor is a 400 in Anthropic's shape."""
+    names = [f"m{i}" for i in range(5)]
+    pool = EnginePool([FakeEngine(name=name) for name in names])
+    await pool.start()
+    try:
+        app = create_app(Settings(), pool)
+        async with sdk(app) as claude:
+            assert [model.id async for model in claude.models.list(limit=2)] == names
+            page = await claude.models.list(limit=2, after_id="m1")
+            assert [m.id for m in page.data] == ["m2", "m3"] and page.has_more
+            page = await claude.models.list(limit=2, before_id="m3")
+            assert [m.id for m in page.data] == ["m1", "m2"] and page.has_more
+            page = await claude.models.list(before_id="m2")
+            assert [m.id for m in page.data] == ["m0", "m1"] and not page.has_more
+            assert (await claude.models.list()).has_more is False
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            headers = {"anthropic-version": "2023-06-01"}
+            for query in ("limit=0", "limit=1001", "limit=x", "after_id=nope"):
+                response = await http.get(f"/v1/models?{query}", headers=headers)
+                assert_anthropic_error(response, 400, "invalid_request_error")
+    finally:
+        await pool.drain(timeout=1)
+
+
 def test_tool_use_input_keeps_its_characters_in_the_chat_request() -> None:
     """A `tool_use` input goes back to the template as the model wrote it (`北京`, not
     `\\u5317\\u4eac`): the history the model sees, and the prompt's cached prefix, match its
