@@ -87,16 +87,20 @@ class ChoiceOutput:
 
     def _tool_deltas(self, parsed: ParsedDeltas) -> list[dict[str, Any]]:
         deltas: list[dict[str, Any]] = self._thoughts(parsed.reasoning)
-        if parsed.content:
-            self.content += parsed.content
-            deltas.append({"content": parsed.content})
-        for call in parsed.calls:
-            if self._single_call and call.index > 0:
+        for piece in parsed.pieces:  # text and calls in the order the model wrote them
+            if isinstance(piece, str):
+                self.content += piece
+                deltas.append({"content": piece})
                 continue
-            body: dict[str, Any] = {"index": call.index, "function": {"arguments": call.arguments}}
-            if call.id is not None:
-                body.update(id=call.id, type="function")
-                body["function"]["name"] = call.name
+            if self._single_call and piece.index > 0:
+                continue
+            body: dict[str, Any] = {
+                "index": piece.index,
+                "function": {"arguments": piece.arguments},
+            }
+            if piece.id is not None:
+                body.update(id=piece.id, type="function")
+                body["function"]["name"] = piece.name
             deltas.append({"tool_calls": [body]})
         return deltas
 

@@ -56,9 +56,31 @@ class ToolCallDelta:
 
 @dataclass
 class ParsedDeltas:
-    content: str = ""
-    calls: list[ToolCallDelta] = field(default_factory=list)
+    """What one piece of output parsed into. `pieces` keeps content text and call deltas in the
+    order the model wrote them, so a text after a call stays after it, however the output was
+    cut into pieces (streamed token by token, or whole)."""
+
+    pieces: list[str | ToolCallDelta] = field(default_factory=list)
     reasoning: str = ""  # only formats that carry reasoning too (gpt-oss's harmony) set it
+
+    @property
+    def content(self) -> str:
+        return "".join(piece for piece in self.pieces if isinstance(piece, str))
+
+    @property
+    def calls(self) -> list[ToolCallDelta]:
+        return [piece for piece in self.pieces if isinstance(piece, ToolCallDelta)]
+
+    def add_text(self, text: str) -> None:
+        if not text:
+            return
+        if self.pieces and isinstance(self.pieces[-1], str):
+            self.pieces[-1] += text
+        else:
+            self.pieces.append(text)
+
+    def add_call(self, *deltas: ToolCallDelta) -> None:
+        self.pieces += deltas
 
 
 @dataclass
@@ -118,7 +140,7 @@ class ToolCallParser:
         while True:
             if not self._in_call:
                 content, self._buffer, opened = text_before(self._buffer, OPEN, bool(self._calls))
-                out.content += content
+                out.add_text(content)
                 if not opened:
                     return out
                 self._in_call = True
@@ -140,7 +162,7 @@ class ToolCallParser:
             self._in_call = False
             self._close_call(self._buffer, out, closed=False)
         elif self._buffer.strip() or not self._calls:
-            out.content += self._buffer
+            out.add_text(self._buffer)
         self._buffer = ""
         return out
 
@@ -149,12 +171,12 @@ class ToolCallParser:
         fenced = _FENCE.match(text)
         calls = _bare_calls(fenced[1].strip() if fenced else text)
         if calls is None or not all(self._valid(name, arguments) for name, arguments in calls):
-            out.content += self._buffer
+            out.add_text(self._buffer)
             return
         for name, arguments in calls:
             call = ToolCall(new_call_id(), name, json.dumps(arguments, ensure_ascii=False))
-            out.calls.append(ToolCallDelta(len(self._calls), call.id, name))
-            out.calls.append(ToolCallDelta(len(self._calls), arguments=call.arguments))
+            out.add_call(ToolCallDelta(len(self._calls), call.id, name))
+            out.add_call(ToolCallDelta(len(self._calls), arguments=call.arguments))
             self._calls.append(call)
 
     def _valid(self, name: str, arguments: dict[str, Any]) -> bool:
@@ -182,7 +204,7 @@ class ToolCallParser:
             if name is None:  # no JSON string: not a call, which its close will say
                 return
             self._current_id = new_call_id()
-            out.calls.append(ToolCallDelta(index, self._current_id, name))
+            out.add_call(ToolCallDelta(index, self._current_id, name))
         arguments = self._buffer[head.end() :]
         if not arguments.startswith("{"):
             return  # a JSON string holding the object (or no object): its close decodes it
@@ -191,7 +213,7 @@ class ToolCallParser:
         safe = min(safe, len(arguments[:safe].rstrip().removesuffix("}").rstrip()))
         if safe > self._streamed_arguments:
             fragment = arguments[self._streamed_arguments : safe]
-            out.calls.append(ToolCallDelta(index, arguments=fragment))
+            out.add_call(ToolCallDelta(index, arguments=fragment))
             self._streamed_arguments = safe
 
     def _close_call(self, body: str, out: ParsedDeltas, closed: bool) -> None:
@@ -199,7 +221,7 @@ class ToolCallParser:
         parsed = _parse_call(body)
         head = _HEAD.match(body)
         if parsed is None and self._current_id is None:
-            out.content += f"{OPEN}{body}{CLOSE if closed else ''}"  # not a call: it is text
+            out.add_text(f"{OPEN}{body}{CLOSE if closed else ''}")  # not a call: it is text
             return
         raw = body[head.end() :].rstrip().removesuffix("}").rstrip() if head else ""
         if parsed is not None and (head is None or _json_object(raw) is None):
@@ -207,9 +229,9 @@ class ToolCallParser:
         name = parsed[0] if parsed is not None else (_name(head) or "") if head else ""
         if self._current_id is None:
             self._current_id = new_call_id()
-            out.calls.append(ToolCallDelta(index, self._current_id, name))
+            out.add_call(ToolCallDelta(index, self._current_id, name))
         if len(raw) > self._streamed_arguments:
-            out.calls.append(ToolCallDelta(index, arguments=raw[self._streamed_arguments :]))
+            out.add_call(ToolCallDelta(index, arguments=raw[self._streamed_arguments :]))
         self._calls.append(ToolCall(self._current_id, name, raw))
         self._current_id, self._streamed_arguments = None, 0
 

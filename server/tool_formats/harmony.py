@@ -57,7 +57,7 @@ class HarmonyParser:
         out = ParsedDeltas()
         while self._buffer:
             if self._state == "plain":
-                out.content += self._buffer
+                out.add_text(self._buffer)
                 self._buffer = ""
             elif self._state == "header":
                 if not self._read_header():
@@ -72,7 +72,7 @@ class HarmonyParser:
         if self._state == "body":
             self._end_message(self._buffer, out)
         else:
-            out.content += self._buffer
+            out.add_text(self._buffer)
         self._buffer, self._state = "", "header"
         return out
 
@@ -123,18 +123,18 @@ class HarmonyParser:
         except ValueError:
             arguments = None
         if not isinstance(arguments, dict):
-            out.content += body
+            out.add_text(body)
             return
         call = ToolCall(new_call_id(), self._name, body.strip())
         index = len(self._calls)
-        out.calls += [
+        out.add_call(
             ToolCallDelta(index, call.id, call.name),
             ToolCallDelta(index, arguments=call.arguments),
-        ]
+        )
         self._calls.append(call)
 
     def _send(self, text: str, out: ParsedDeltas) -> None:
         if self._kind == "reasoning":
             out.reasoning += text
         else:
-            out.content += text
+            out.add_text(text)

@@ -70,7 +70,7 @@ class SectionParser:
                 content, self._buffer, opened = text_before(
                     self._buffer, self._start, bool(self._calls)
                 )
-                out.content += content
+                out.add_text(content)
                 if not opened:
                     return out
                 self._in_section = True
@@ -95,7 +95,7 @@ class SectionParser:
             self._in_section = False
             self._close(self._buffer, out, closed=False)
         elif self._buffer.strip() or not self._calls:
-            out.content += self._buffer
+            out.add_text(self._buffer)
         self._buffer = ""
         return out
 
@@ -116,7 +116,7 @@ class SectionParser:
     def _close(self, body: str, out: ParsedDeltas, closed: bool) -> None:
         calls = self._body(body, self._tools)
         if calls is None:
-            out.content += f"{self._start}{body}{self._end if closed else ''}"
+            out.add_text(f"{self._start}{body}{self._end if closed else ''}")
             return
         for call in calls:
             self._emit(call, out)
@@ -128,6 +128,6 @@ class SectionParser:
             json.dumps(without_surrogates(parsed.arguments), ensure_ascii=False),
         )
         index = len(self._calls)
-        out.calls.append(ToolCallDelta(index, call.id, call.name))
-        out.calls.append(ToolCallDelta(index, arguments=call.arguments))
+        out.add_call(ToolCallDelta(index, call.id, call.name))
+        out.add_call(ToolCallDelta(index, arguments=call.arguments))
         self._calls.append(call)

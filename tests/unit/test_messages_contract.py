@@ -886,3 +886,28 @@ async def test_the_beta_output_format_is_output_config_format(
     assert beta is not None and beta == current
     both = {**body, "output_format": fmt, "output_config": {"format": fmt}}
     assert_anthropic_error(await http.post(URL, json=both), 400, "invalid_request_error")
+
+
+AFTER = f"Let me check.{CALL}\nThat is all."  # a text after the call
+
+
+@pytest.mark.parametrize(
+    "fake_engine", [FakeEngine(reply=AFTER, context_length=4096)], ids=["after"]
+)
+async def test_a_text_after_a_call_is_a_block_after_it_streamed_or_not(
+    claude: AsyncAnthropic,
+) -> None:
+    """Blocks in the order the model wrote them, the same streamed (a character at a time)
+    and not (the whole output at once), as the chat route's deltas."""
+    fields: dict[str, Any] = {"max_tokens": 200, "tools": [WEATHER]}
+    message = await claude.messages.create(model="fake", messages=HELLO, **fields)
+    streamed = await final_streamed(claude, **fields)
+    for reply in (message, streamed):
+        blocks = [
+            (b.type, getattr(b, "text", None) or getattr(b, "input", None)) for b in reply.content
+        ]
+        assert blocks == [
+            ("text", "Let me check."),
+            ("tool_use", {"city": "Paris"}),
+            ("text", "\nThat is all."),
+        ]

@@ -636,3 +636,30 @@ async def test_a_call_cut_by_the_end_of_sequence_is_an_incomplete_item(
         with pytest.raises(ValueError):
             json.loads(call["arguments"])
     assert created.status == streamed["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    "fake_engine",
+    [FakeEngine(reply=f"Let me check.{CALL}\nThat is all.", context_length=4096)],
+    ids=["after"],
+)
+async def test_a_text_after_a_call_is_an_item_after_it_streamed_or_not(
+    client: AsyncOpenAI, http: httpx.AsyncClient
+) -> None:
+    """Items in the order the model wrote them, the same streamed (a character at a time) and
+    not (the whole output at once)."""
+    created = await client.responses.create(model="fake", input="weather?", tools=[WEATHER])  # type: ignore[list-item]
+    events = await sse_events(
+        http, {"model": "fake", "input": "weather?", "tools": [WEATHER], "stream": True}
+    )
+    for output in (created.model_dump()["output"], events[-1]["response"]["output"]):
+        parts = [
+            (item["type"], item["arguments"] if item["type"] == "function_call"
+             else item["content"][0]["text"])
+            for item in output
+        ]  # fmt: skip
+        assert parts == [
+            ("message", "Let me check."),
+            ("function_call", '{"city": "Paris"}'),
+            ("message", "\nThat is all."),
+        ]

@@ -191,6 +191,31 @@ def test_any_split_gives_the_whole_result(fmt: str, text: str) -> None:
     assert model_ids(ours(fmt, list(text))[1]) == model_ids(whole[1])
 
 
+def sequence(fmt: str, pieces: list[str]) -> list[str]:
+    """The output as the order of its parts: "text" runs (whitespace alone is none) and calls by
+    index, each run once."""
+    parser = call_parser(fmt, SCHEMAS)
+    order: list[str] = []
+    for delta in [*(parser.feed(p) for p in pieces), parser.finish()]:
+        for piece in delta.pieces:
+            part = "text" if isinstance(piece, str) else f"call {piece.index}"
+            if (part != "text" or piece.strip()) and order[-1:] != [part]:  # type: ignore[union-attr]
+                order.append(part)
+    return order
+
+
+@pytest.mark.parametrize(("fmt", "text"), CASES, ids=[f"{f}-{i}" for i, (f, _) in enumerate(CASES)])
+def test_text_and_calls_keep_their_order_however_split(fmt: str, text: str) -> None:
+    """A text after a call stays after it, whether the output comes whole (non-streamed) or
+    a character at a time: Responses items and Messages blocks follow this order."""
+    whole = sequence(fmt, [text])
+    if text.endswith(("Done.", "Checking both.")):  # the samples with text after their calls
+        assert whole[-1] == "text" and whole[-2].startswith("call"), whole
+    assert whole == sequence(fmt, list(text))
+    for cut in range(1, len(text), 7):
+        assert sequence(fmt, [text[:cut], text[cut:]]) == whole, cut
+
+
 @pytest.mark.parametrize("fmt", sorted(set(SECTIONS) - {"json_tools"}))
 def test_a_section_that_does_not_parse_is_content(fmt: str) -> None:
     start, end = SECTIONS[fmt]
