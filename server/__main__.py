@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in words:
         cut = words.index("--")
         words, passthrough = words[:cut], words[cut + 1 :]
-    args = parser.parse_args(words)
+    args, extra = parser.parse_known_args(words)
+    if extra:  # reported by the subcommand's parser, so its usage line is the one shown
+        _subcommand_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     args.client_args = passthrough
     if passthrough and args.command != "launch":
         parser.error("arguments after -- are only for `mlxd launch`")
@@ -188,6 +190,16 @@ def _service(settings: object, args: argparse.Namespace) -> int:
         exit_timeout_s=int(settings.drain_timeout_s) + 10,
     )
     return run(args.verb, options, args.dry_run)
+
+
+def _subcommand_parser(
+    parser: argparse.ArgumentParser, command: str | None
+) -> argparse.ArgumentParser:
+    """The parser of `command` (`parser` itself when there is none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]  # type: ignore[no-any-return]
+    return parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -397,13 +409,17 @@ def _import(settings: object, args: argparse.Namespace) -> int:
             )
         else:
             known = ", ".join([*CATALOG, *SPEECH_CATALOG, *EMBEDDING_CATALOG, KOKORO_NAME])
-            print(f"unknown packaged model; choose from {known}", file=sys.stderr)
+            print(
+                f"mlxd: unknown packaged model '{args.packaged}'; choose from {known}",
+                file=sys.stderr,
+            )
             return 2
         print(f"{args.packaged} ready: {path}")
         return 0
     if args.format is None or args.path is None:
         print(
             "usage: mlxd import gguf FILE [--name NAME] | mlxd import ct2 DIR [--name NAME] | "
+            "mlxd import hf SOURCE --quantize 4|8 | mlxd import --packaged NAME | "
             "mlxd import --embedded",
             file=sys.stderr,
         )
