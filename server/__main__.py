@@ -198,7 +198,7 @@ def _subcommand_parser(
     """The parser of `command` (`parser` itself when there is none)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction) and command in action.choices:
-            return action.choices[command]  # type: ignore[no-any-return]
+            return action.choices[command]
     return parser
 
 
