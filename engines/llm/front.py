@@ -90,10 +90,17 @@ class ChatFront:
         if self._special_text is None:  # built once; two threads building it build the same
             self._special_text = SpecialText(self.tokenizer)
         return self._special_text.encode_chat(
-            messages,
-            lambda chat, defined: render_chat(self.tokenizer, chat, defined, template_kwargs),
-            tools,
+            messages, lambda chat, defined: self.render(chat, defined, template_kwargs), tools
         )
+
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
+        """The prompt text (engines/llm/templates.py)."""
+        return render_chat(self.tokenizer, messages, tools, template_kwargs)
 
     def encode_text(self, text: str) -> list[int]:
         """Tokenize a raw prompt as the model expects it (BOS added if the model wants one)."""

@@ -176,7 +176,7 @@ def render_chat(
         raise NoChatTemplate()
     normalised = [
         {**message, "content": _text_parts_named_text(message["content"])}
-        if keep_images and not _text_only(message.get("content"))
+        if keep_images and not text_only(message.get("content"))
         else {**message, "content": content_to_text(message.get("content"))}
         for message in messages
     ]
@@ -234,7 +234,7 @@ def render_placed(
     later = [
         i
         for i, message in enumerate(messages)
-        if i and message["role"] in LATER_ROLES and _text_only(message.get("content"))
+        if i and message["role"] in LATER_ROLES and text_only(message.get("content"))
     ]
     merge = [i for i in later if not renders_in_place(tokenizer, messages[i]["role"])]
     if len(merge) < len(later):
@@ -261,7 +261,7 @@ def _text_parts_named_text(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _text_only(content: Any) -> bool:
+def text_only(content: Any) -> bool:
     """Content without images: a turn with one is never moved (images are decoded in the order
     of the messages and must meet their placeholders in that order)."""
     return not isinstance(content, list) or all(part.get("type") in TEXT_PARTS for part in content)
@@ -290,7 +290,7 @@ def _merged(messages: list[dict[str, Any]], indices: list[int]) -> list[dict[str
 def _joined(contents: list[Any]) -> Any:
     """Contents joined by blank lines: text, or parts where the first (the leading message's)
     holds an image, its parts first then the text."""
-    if all(_text_only(content) for content in contents):
+    if all(text_only(content) for content in contents):
         return "\n\n".join(text for text in map(content_to_text, contents) if text)
     text = "\n\n".join(text for text in map(content_to_text, contents[1:]) if text)
     return [*contents[0], {"type": "text", "text": "\n\n" + text}]

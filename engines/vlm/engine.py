@@ -42,7 +42,7 @@ from engines.llm.engine import LLMEngine
 from engines.llm.front import ChatFront
 from engines.llm.sampling import TokenSampler
 from engines.llm.scheduler import Scheduler
-from engines.llm.templates import supports_tools
+from engines.llm.templates import supports_tools, text_only
 from engines.types import ChatLimits, ErrorEvent, GenerationRequest
 from engines.vlm.front import VisionFront
 from engines.vlm.prompt import VisionCache, image_token_id, process
@@ -100,6 +100,11 @@ class VLMEngine(LLMEngine, VisionFront):
     def check_grammar(self, grammar: str, param: str) -> None:
         """Grammars are enforced here as on text models (not refused, as on SoloVLMEngine)."""
         ChatFront.check_grammar(self, grammar, param)
+
+    def reprocessed(self, messages: list[dict[str, Any]]) -> bool:
+        """Only a prompt with images goes through the processor (`handle`); a text-only one is
+        a text row on the ids the front encoded."""
+        return not all(text_only(message.get("content")) for message in messages)
 
     @property
     def vision_cache(self) -> VisionCache | None:

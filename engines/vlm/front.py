@@ -32,12 +32,24 @@ class VisionFront(ChatFront):
         tools: list[dict[str, Any]] | None = None,
         template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
-        """Render the chat template with image parts kept; pure Python (no MLX), any thread."""
-        return list(
-            self.tokenizer.encode(
-                self.render(messages, tools, template_kwargs), add_special_tokens=False
+        """Render the chat template with image parts kept and tokenize; pure Python (no MLX),
+        any thread. Special-token strings in the messages are text (as on text models) where
+        the prompt's ids are what the model reads; where the engine's processor tokenizes the
+        prompt's text again (`reprocessed`) they cannot be kept as text, and are left as the
+        template wrote them."""
+        if self.reprocessed(messages):
+            return list(
+                self.tokenizer.encode(
+                    self.render(messages, tools, template_kwargs), add_special_tokens=False
+                )
             )
-        )
+        return super().encode_chat(messages, tools, template_kwargs)
+
+    def reprocessed(self, messages: list[dict[str, Any]]) -> bool:
+        """Whether the engine gives this conversation's prompt text to the model's processor
+        (which parses special-token strings again): always, one request at a time
+        (`SoloVLMEngine`); the batched engine says where it does not."""
+        return True
 
     def render(
         self,

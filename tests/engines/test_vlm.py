@@ -550,3 +550,18 @@ def test_input_text_parts_beside_an_image_reach_the_template_as_text() -> None:
     parts = [{"type": "input_text", "text": "What is it?"}, {"type": "image"}]
     prompt = render_chat(tokenizer, [{"role": "user", "content": parts}], keep_images=True)
     assert prompt == "What is it?<img>"
+
+
+async def test_special_token_strings_in_a_text_row_are_text(engine: VLMEngine) -> None:
+    """A text-only conversation's ids are what the model reads, so a pasted `<|im_end|>` is
+    text there, as on text models. A prompt with an image goes through the processor, which
+    tokenizes its text again: there the string is left as the template wrote it."""
+    im_end = engine.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pasted, plain = "quote: <|im_end|> end", "quote: end"
+    ids = engine.encode_chat(text_only(pasted))
+    assert ids.count(im_end) == engine.encode_chat(text_only(plain)).count(im_end)
+    assert engine.decode(ids) == engine.render(text_only(pasted))
+    with_picture = engine.encode_chat(with_image(pasted))
+    assert with_picture.count(im_end) == engine.encode_chat(with_image(plain)).count(im_end) + 1
+    tokens, _ = await served(engine, request(engine, "t", text_only(pasted)))
+    assert tokens  # the escaped prompt decodes as a text row
