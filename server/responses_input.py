@@ -92,20 +92,27 @@ def chat_messages(instructions: str | None, items: list[InputItem]) -> list[dict
     return _conversation(instructions, items)[0]
 
 
-def chat_paths(instructions: str | None, items: list[InputItem], first: int) -> dict[str, str]:
+def chat_paths(
+    instructions: str | None,
+    items: list[InputItem],
+    first: int,
+    origin: Sequence[int] | None = None,
+) -> dict[str, str]:
     """Where each of `chat_messages`' messages came from, as the request names it:
     `messages[i]` → `input[k - first]` for the item `k` it began with (`items` from `first` on
     are the request's `input`; those before, the stored conversation `previous_response_id`
     continues, and `instructions`, are not mapped). A message's parts are its item's, in order:
-    a `function_call_output`'s are its `output`'s."""
+    a `function_call_output`'s are its `output`'s. `origin`: where `items` were a selection of
+    the conversation (truncation), each one's index in the whole."""
     messages, sources = _conversation(instructions, items)
     paths: dict[str, str] = {}
-    for i, k in enumerate(sources):
-        if k is None or k < first:
+    for i, source in enumerate(sources):
+        k = source if source is None or origin is None else origin[source]
+        if source is None or k is None or k < first:
             continue
         paths[f"messages[{i}]"] = f"input[{k - first}]"
         content = messages[i]["content"]
-        if isinstance(items[k], FunctionCallOutputItem) and isinstance(content, list):
+        if isinstance(items[source], FunctionCallOutputItem) and isinstance(content, list):
             for j in range(len(content)):
                 paths[f"messages[{i}].content[{j}]"] = f"input[{k - first}].output[{j}]"
     return paths

@@ -43,6 +43,7 @@ from server.response_store import ResponseStore
 from server.response_store_items import ListQuery, input_items, item_page, with_ids
 from server.responses_input import chat_paths, to_chat
 from server.responses_output import Event, ItemStatus, OutputItems, new_id
+from server.responses_truncation import fitted
 from server.schemas.chat import ChatCompletionRequest
 from server.schemas.common import documented_body, response_headers
 from server.schemas.responses import (
@@ -116,7 +117,7 @@ class Draft:
             else choice.model_dump(),
             "tools": [f.model_dump(exclude_none=True) for f in self.functions],
             "top_p": request.top_p,
-            "truncation": "disabled",
+            "truncation": request.truncation or "disabled",
             "usage": usage,
             "metadata": request.metadata or {},
         }
@@ -151,10 +152,19 @@ async def create_response(
     history = await _history(store, parsed.previous_response_id)
     items = history + with_ids(parsed.input_items())
     functions = parsed.function_tools()
-    chat = to_chat(parsed, items, functions)
     draft = Draft(parsed, functions, new_id("resp"), int(time.time()))
-    paths = partial(chat_paths, parsed.instructions, items, len(history))
-    prepared = await _prepare(pool, settings, chat, draft.response_id, paths)
+
+    async def prepared_for(selected: list[int]) -> PreparedChat:
+        """The chat request of these items of the conversation (all, or a truncated one)."""
+        kept = [items[k] for k in selected]
+        chat = to_chat(parsed, kept, functions)
+        paths = partial(chat_paths, parsed.instructions, kept, len(history), selected)
+        return await _prepare(pool, settings, chat, draft.response_id, paths)
+
+    if parsed.truncation == "auto":
+        prepared = await fitted(items, prepared_for)
+    else:
+        prepared = await prepared_for(list(range(len(items))))
     headers = response_headers(draft.response_id, body.raw, ResponseCreateRequest, IGNORED_FIELDS)
     submitted = prepared.engine.submit(prepared.generation)
     stream = metrics.observe(submitted, prepared.engine.name)

@@ -226,6 +226,7 @@ class ResponseCreateRequest(Strict):
     store: bool | None = True
     previous_response_id: str | None = None
     metadata: dict[str, str] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
     # Fields of the spec that later work may support; rejected when they ask for something.
     background: bool | None = None
     conversation: str | dict[str, Any] | None = None
@@ -285,7 +286,6 @@ IGNORED_FIELDS = (
     "prompt_cache_key",
     "prompt_cache_retention",
     "client_metadata",
-    "truncation",
     "stream_options",
     "max_tool_calls",
     "top_logprobs",

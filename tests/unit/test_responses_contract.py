@@ -663,3 +663,55 @@ async def test_a_text_after_a_call_is_an_item_after_it_streamed_or_not(
             ("function_call", '{"city": "Paris"}'),
             ("message", "\nThat is all."),
         ]
+
+
+def turns(count: int) -> list[dict[str, Any]]:
+    """A conversation of `count` turns (one holding a call and its output), after a system
+    message; each turn's texts name it."""
+    items: list[dict[str, Any]] = [{"role": "system", "content": "Be brief."}]
+    for turn in range(count):
+        items.append({"role": "user", "content": f"question {turn} " + "x" * 60})
+        if turn == 1:
+            items += [
+                {"type": "function_call", "call_id": "c1", "name": "get_weather",
+                 "arguments": '{"city": "Paris"}'},
+                {"type": "function_call_output", "call_id": "c1", "output": "sunny " * 10},
+            ]  # fmt: skip
+        items.append({"role": "assistant", "content": f"answer {turn} " + "y" * 60})
+    return items[:-1]  # ends on the last question
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(context_length=600)], ids=["600"])
+async def test_truncation_auto_drops_the_fewest_oldest_turns(
+    http: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    """A conversation over the context: `disabled` (the default) is a 400; `auto` drops whole
+    turns, oldest first, the fewest that make it fit, keeps the system message, and stores
+    every item."""
+    conversation = turns(8)
+    body = {"model": "fake", "input": conversation, "tools": [WEATHER], "max_output_tokens": 16}
+    for refused in (body, {**body, "truncation": "disabled"}):
+        response = await http.post(URL, json=refused)
+        assert_openai_error(response, 400, "input", "context_length_exceeded")
+    response = await http.post(URL, json={**body, "truncation": "auto"})
+    assert response.status_code == 200, response.text
+    created = response.json()
+    assert created["truncation"] == "auto" and created["status"] == "completed"
+    prompt = prompt_of(fake_engine)
+    assert prompt.startswith("<system>Be brief.") and "question 7" in prompt
+    first = next(turn for turn in range(8) if f"question {turn}" in prompt)
+    assert first > 0 and all(f"question {turn}" in prompt for turn in range(first, 8))
+    assert len(prompt) + 16 <= 600 and created["usage"]["input_tokens"] == len(prompt)
+    # One turn more would not have fitted.
+    start = next(i for i, item in enumerate(conversation) if f"question {first - 1}" in str(item))
+    wider = {**body, "input": conversation[:1] + conversation[start:]}
+    assert_openai_error(await http.post(URL, json=wider), 400, "input", "context_length_exceeded")
+    items = await http.get(f"{URL}/{created['id']}/input_items", params={"limit": 100})
+    assert len(items.json()["data"]) == len(conversation)
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(context_length=80)], ids=["80"])
+async def test_truncation_auto_never_drops_the_last_turn(http: httpx.AsyncClient) -> None:
+    body = {"model": "fake", "input": turns(3), "truncation": "auto", "max_output_tokens": 16}
+    response = await http.post(URL, json=body)
+    assert_openai_error(response, 400, "input", "context_length_exceeded")
