@@ -1,4 +1,5 @@
-"""Stored responses, for `previous_response_id` and `GET`/`DELETE /v1/responses/{id}`.
+"""Stored responses, for `previous_response_id`, `item_reference` input items and
+`GET`/`DELETE /v1/responses/{id}`.
 
 One SQLite file under MLXD_HOME. Each row holds a response object and its whole conversation
 (input items then output items), so a follow-up request can continue it without the client
@@ -58,6 +59,12 @@ class ResponseStore:
     async def delete(self, response_id: str) -> bool:
         return await asyncio.to_thread(self._delete, response_id)
 
+    async def items(self, item_ids: set[str]) -> dict[str, dict[str, Any]]:
+        """The stored items (input or output of any stored response) with these ids, by id; an
+        id no stored conversation holds is left out. Where several conversations hold one (a
+        continued conversation repeats its history), the newest row's copy is given."""
+        return await asyncio.to_thread(self._items, item_ids)
+
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(self.path, timeout=10)
@@ -89,6 +96,21 @@ class ResponseStore:
         if row is None:
             return None
         return StoredResponse(json.loads(row[0]), json.loads(row[1]))
+
+    def _items(self, item_ids: set[str]) -> dict[str, dict[str, Any]]:
+        if not item_ids:
+            return {}
+        with self._connect() as db:
+            # The ids go in as one JSON array: any number of them, no SQL variable limit.
+            rows = db.execute(
+                "SELECT item.value FROM responses, json_each(responses.conversation) AS item "
+                "WHERE responses.created >= ? AND json_extract(item.value, '$.id') IN "
+                "(SELECT value FROM json_each(?)) ORDER BY responses.created ASC",
+                (time.time() - self.ttl_s, json.dumps(sorted(item_ids))),
+            ).fetchall()
+        db.close()
+        found = (json.loads(value) for (value,) in rows)
+        return {item["id"]: item for item in found}  # ascending: the newest copy wins
 
     def _delete(self, response_id: str) -> bool:
         with self._connect() as db:

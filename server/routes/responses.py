@@ -39,6 +39,7 @@ from server.deps import Body, MetricsDep, PoolDep, ResponseStoreDep, SettingsDep
 from server.errors import APIError, from_engine_error
 from server.generation import EventSource, collect
 from server.heartbeat import with_heartbeat
+from server.response_references import resolved
 from server.response_store import ResponseStore
 from server.response_store_items import ListQuery, input_items, item_page, with_ids
 from server.responses_input import chat_paths, to_chat
@@ -150,7 +151,7 @@ async def create_response(
             code="unsupported_parameter",
         )  # fmt: skip
     history = await _history(store, parsed.previous_response_id)
-    items = history + with_ids(parsed.input_items())
+    items = history + await _input_items(store, parsed)
     functions = parsed.function_tools()
     draft = Draft(parsed, functions, new_id("resp"), int(time.time()))
 
@@ -209,7 +210,7 @@ async def count_input_tokens(
     if model is None:
         raise APIError(400, "model is required: this server has no default model", param="model")
     history = await _history(store, parsed.previous_response_id)
-    items = history + with_ids(parsed.input_items())
+    items = history + await _input_items(store, parsed)
     chat = to_chat(parsed.model_copy(update={"model": model}), items, parsed.function_tools())
     with errors_named(CHAT_PARAMS, partial(chat_paths, parsed.instructions, items, len(history))):
         tokens = await count_prompt_tokens(pool, chat)
@@ -249,6 +250,13 @@ def _not_found(response_id: str, param: str) -> APIError:
     return APIError(
         404, f"Response with id '{response_id}' not found.", param=param, code="response_not_found"
     )
+
+
+async def _input_items(store: ResponseStore, request: ResponseCreateRequest) -> list[InputItem]:
+    """The request's own input items, each `item_reference` replaced by the stored item it names
+    (server/response_references.py), every item with an id."""
+    raw = await resolved(store, request.input)
+    return with_ids(request.model_copy(update={"input": raw}).input_items())
 
 
 async def _history(store: ResponseStore, previous_response_id: str | None) -> list[InputItem]:
