@@ -67,6 +67,9 @@ class GenerationRequest:
     grammar: str | None = None  # an llguidance grammar the output must follow (constrain.py)
     images: tuple[ImageInput, ...] = ()  # in prompt order (vision models only)
     speculative: bool | None = None  # draft tokens ahead (None: as the model is configured)
+    # The client's guess at the output (Predicted Outputs), as tokens: where the model drafts
+    # by prompt lookup, drafts are looked up there first.
+    prediction: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    accepted_prediction_tokens: int = 0  # drafts from the request's prediction the model kept
 
 
 @dataclass(frozen=True)

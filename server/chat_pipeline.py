@@ -182,6 +182,9 @@ async def prepare_chat(
     # limit takes seconds, which would stall every other request and stream meanwhile.
     kwargs = template_kwargs(chat, engine)
     prompt = await asyncio.to_thread(engine.encode_chat, messages, tools, kwargs)
+    prediction: list[int] = []
+    if chat.prediction is not None:
+        prediction = await asyncio.to_thread(engine.encode_output, chat.prediction.text())
     info = engine.info
     think_tags = info.think_tags if info and info.reasoning else None
     # Whether the template left the block open (its tags are a few tokens at most).
@@ -218,6 +221,7 @@ async def prepare_chat(
         grammar=grammar,
         images=images,
         speculative=chat.speculative,
+        prediction=tuple(prediction),
     )
     logger.info(
         "%s chat model=%r prompt_tokens=%d images=%d max_tokens=%d n=%d stream=%s",

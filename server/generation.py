@@ -41,6 +41,7 @@ class CollectedChoice:
     finish_reason: str = "stop"
     completion_tokens: int = 0
     stop_sequence: str | None = None  # the stop string that ended it, when one did
+    accepted_prediction_tokens: int = 0
 
 
 @dataclass
@@ -67,6 +68,7 @@ async def collect(stream: EventSource) -> Collected:
             choice.finish_reason = event.reason
             choice.stop_sequence = event.stop_sequence
             choice.completion_tokens = event.usage.completion_tokens
+            choice.accepted_prediction_tokens = event.usage.accepted_prediction_tokens
             result.prompt_tokens = event.usage.prompt_tokens
             result.cached_tokens = event.usage.cached_tokens
         elif isinstance(event, ErrorEvent):

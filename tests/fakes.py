@@ -133,6 +133,9 @@ class FakeEngine(FakeLifecycle):
     def encode_text(self, text: str) -> list[int]:
         return [ord(c) for c in text]
 
+    def encode_output(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
     def encode_fim(self, prefix: str, suffix: str) -> list[int]:
         if self.fim_tokens is None:
             raise InvalidRequest("fake has no fill-in-the-middle tokens", param="suffix")
@@ -189,7 +192,8 @@ class FakeEngine(FakeLifecycle):
                     return
                 if reason is not None:
                     done[index] = True
-                    usage = Usage(len(request.prompt_tokens), produced[index])
+                    kept = _kept(request.prediction, self.reply[: produced[index]])
+                    usage = Usage(len(request.prompt_tokens), produced[index], 0, kept)
                     self._end(stream, 1, FinishEvent(reason, usage, index))  # type: ignore[arg-type]
                     continue
                 time.sleep(self.token_delay_s)
@@ -208,6 +212,14 @@ class FakeEngine(FakeLifecycle):
         with self._lock:
             self._active -= choices
         stream.push(event)
+
+
+def _kept(prediction: tuple[int, ...], reply: str) -> int:
+    """A scripted drafter's kept prediction: as far as it matches the reply."""
+    kept = 0
+    while kept < min(len(prediction), len(reply)) and prediction[kept] == ord(reply[kept]):
+        kept += 1
+    return kept
 
 
 class FakeSpeechEngine(FakeLifecycle):

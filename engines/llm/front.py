@@ -106,6 +106,11 @@ class ChatFront:
         """Tokenize a raw prompt as the model expects it (BOS added if the model wants one)."""
         return list(self.tokenizer.encode(text, add_special_tokens=True))
 
+    def encode_output(self, text: str) -> list[int]:
+        """Tokenize text as the model would write it in its reply (no special token added): a
+        predicted output's tokens."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
     def encode_fim(self, prefix: str, suffix: str) -> list[int]:
         """A fill-in-the-middle prompt, or InvalidRequest if the model has no FIM tokens."""
         assert self.info is not None

@@ -365,7 +365,9 @@ class Scheduler:
         if self.config.speculative and request.speculative is not False:
             lookup = self.config.speculative == PROMPT_LOOKUP
             speculation = RowSpeculation(
-                NgramIndex(request.prompt_tokens) if lookup else None,
+                NgramIndex(request.prompt_tokens, prediction=request.prediction)
+                if lookup
+                else None,
                 DraftLength(self.config.speculative_tokens),
             )
         return Choice(

@@ -143,7 +143,8 @@ class Choice:
         if text or self._unsent_token_ids or logprobs:
             self._send(text, logprobs)
         self.finished = True
-        usage = Usage(len(self.request.prompt_tokens), self.generated, self.cached_tokens)
+        kept = self.speculation.prediction_kept if self.speculation else 0
+        usage = Usage(len(self.request.prompt_tokens), self.generated, self.cached_tokens, kept)
         self.on_finish()  # first, so a reader woken by the event sees the engine's new counts
         matched = self._stops.matched if reason == "stop" else None
         self.stream.push(FinishEvent(reason, usage, self.index, matched))

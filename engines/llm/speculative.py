@@ -38,7 +38,8 @@ more); where nothing pays, the step is a plain one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -60,16 +61,33 @@ class NgramIndex:
     recurring suffix (up to `max_n` tokens) wins: the more context matches, the likelier the
     text is being copied from there.
 
+    A `prediction` (OpenAI's Predicted Outputs: the client's guess at the whole output, e.g. the
+    file being edited) is indexed apart, read as what follows the prompt's last tokens; at each
+    n-gram length it is looked up before the history, and at the occurrence nearest after the
+    last one proposed from it, so repeated lines are followed in order.
+
     Invariant: `_last[n][hash(gram)]` is the position just after the latest occurrence of an
     n-gram with that hash that is followed by a token, i.e. < len(history). Keys are hashes (a
     machine word instead of a tuple per n-gram and n: a long agent prompt is indexed once per
     n); two n-grams sharing a hash only cost a rejected draft."""
 
-    def __init__(self, tokens: list[int], max_n: int = 8, min_n: int = 2) -> None:
+    def __init__(
+        self, tokens: list[int], max_n: int = 8, min_n: int = 2, prediction: Sequence[int] = ()
+    ) -> None:
         self.max_n, self.min_n = max_n, min_n
         self.history: list[int] = []
         self._last: dict[int, dict[int, int]] = {n: {} for n in range(min_n, max_n + 1)}
         self.extend(tokens)
+        # The prediction after the prompt's last tokens (so the output's start finds it), and
+        # for each n-gram of that every position just after it, ascending.
+        self._predicted = [*tokens[-max_n:], *prediction] if prediction else []
+        self._predicted_at: dict[int, dict[int, list[int]]] = {n: {} for n in self._last}
+        for end in range(min_n, len(self._predicted)):
+            for n, at in self._predicted_at.items():
+                if end >= n:
+                    at.setdefault(hash(tuple(self._predicted[end - n : end])), []).append(end)
+        self._cursor = 0  # where in the prediction the last proposal from it began
+        self.from_prediction = False  # whether the last proposal came from the prediction
 
     def extend(self, tokens: list[int]) -> None:
         history = self.history
@@ -81,12 +99,20 @@ class NgramIndex:
             history.append(token)
 
     def propose(self, k: int) -> list[int]:
-        """Up to k tokens that followed the latest earlier occurrence of the longest suffix."""
+        """Up to k tokens that followed an earlier occurrence of the longest suffix: in the
+        prediction, else the latest in the history."""
         history = self.history
+        self.from_prediction = False
         for n in range(self.max_n, self.min_n - 1, -1):
-            if len(history) <= n:
+            if len(history) < n:
                 continue
-            start = self._last[n].get(hash(tuple(history[-n:])))
+            key = hash(tuple(history[-n:]))
+            ends = self._predicted_at[n].get(key)
+            if ends:
+                begin = ends[min(bisect.bisect_left(ends, self._cursor), len(ends) - 1)]
+                self._cursor, self.from_prediction = begin, True
+                return self._predicted[begin : begin + k]
+            start = self._last[n].get(key) if len(history) > n else None
             if start is not None:
                 return history[start : start + k]
         return []
@@ -205,6 +231,7 @@ class RowSpeculation:
     index: NgramIndex | None
     length: DraftLength
     seen: int = 0  # output tokens already added to the index
+    prediction_kept: int = 0  # drafts proposed from the request's prediction that were kept
 
     def propose(self, output: list[int], room: int) -> list[int]:
         """Drafts to follow `output` (the choice's tokens so far), at most `room` of them."""
@@ -264,10 +291,14 @@ def _seeded(choice: Choice) -> bool:
 
 
 def record(choices: list[Choice], results: list[RowResult]) -> None:
-    """Each row that drafted: its draft length follows what it just had kept."""
+    """Each row that drafted: its draft length follows what it just had kept (and what it kept
+    of its prediction is counted)."""
     for choice, result in zip(choices, results, strict=True):
-        if choice.speculation is not None and result.drafted:
-            choice.speculation.length.record(result.drafted, result.accepted)
+        speculation = choice.speculation
+        if speculation is not None and result.drafted:
+            speculation.length.record(result.drafted, result.accepted)
+            if speculation.index is not None and speculation.index.from_prediction:
+                speculation.prediction_kept += result.accepted
 
 
 class Drafter(Protocol):

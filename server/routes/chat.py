@@ -73,10 +73,25 @@ async def create_chat_completion(
         choice_logprobs = None if generation.logprobs is None else choice.logprobs
         choices.append(message_choice(index, message, reason, choice_logprobs))
     completion_tokens = sum(c.completion_tokens for c in collected.choices.values())
-    usage = usage_body(collected.prompt_tokens, completion_tokens, collected.cached_tokens)
+    accepted = [c.accepted_prediction_tokens for c in collected.choices.values()]
+    usage = usage_body(
+        collected.prompt_tokens,
+        completion_tokens,
+        collected.cached_tokens,
+        prediction_counts(generation, accepted),
+    )
     return JSONResponse(
         completion_response(request_id, chat.model, choices, usage), headers=headers
     )
+
+
+def prediction_counts(generation: GenerationRequest, accepted: list[int]) -> tuple[int, int] | None:
+    """Usage's prediction counts over the choices (None: the request had no prediction): its
+    tokens kept as drafts, and the rest of each choice's copy of it."""
+    if not generation.prediction:
+        return None
+    total = sum(accepted)
+    return total, len(generation.prediction) * len(accepted) - total
 
 
 async def _stream_chunks(
@@ -103,6 +118,7 @@ async def _stream_chunks(
         return sse.templated(lambda text: frame_body(delta_choice(index, {"content": text})))
 
     completion_tokens = cached_tokens = 0
+    accepted: list[int] = []
     content = [content_frames(index) for index in range(generation.n)]
     for index in range(generation.n):
         yield frame(delta_choice(index, {"role": "assistant", "content": ""}))
@@ -121,6 +137,7 @@ async def _stream_chunks(
         elif isinstance(event, FinishEvent):
             completion_tokens += event.usage.completion_tokens
             cached_tokens = event.usage.cached_tokens
+            accepted.append(event.usage.accepted_prediction_tokens)
             for delta in outputs[event.index].finish():
                 yield frame(delta_choice(event.index, delta))
             reason = finish_reason(event.reason, outputs[event.index].tool_calls)
@@ -130,5 +147,6 @@ async def _stream_chunks(
             yield sse.data(from_engine_error(event.error).body())
     if include_usage:
         prompt = len(generation.prompt_tokens)
-        yield frame(None, usage_body(prompt, completion_tokens, cached_tokens))
+        predicted = prediction_counts(generation, accepted)
+        yield frame(None, usage_body(prompt, completion_tokens, cached_tokens, predicted))
     yield sse.Last(sse.done())

@@ -149,6 +149,18 @@ class JSONSchemaFormat(Strict):
     strict: bool | None = None
 
 
+class Prediction(Strict):
+    """Predicted Outputs: text the reply is expected to hold (a file being edited)."""
+
+    type: Literal["content"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(
+            part.text for part in self.content
+        )  # fmt: skip
+
+
 class ResponseFormat(Strict):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
@@ -172,11 +184,11 @@ class ChatCompletionRequest(SamplingFields):
     # Extension, as in vLLM: the output continues the final assistant message (Anthropic's
     # prefill, which /v1/messages sets) instead of opening a new assistant turn.
     continue_final_message: bool | None = None
+    prediction: Prediction | None = None
     # Fields of the spec that later work may support; rejected when they ask for something.
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     audio: dict[str, Any] | None = None
-    prediction: dict[str, Any] | None = None
     web_search_options: dict[str, Any] | None = None
     modalities: list[str] | None = None
 
@@ -254,7 +266,6 @@ class ChatCompletionRequest(SamplingFields):
             "functions": bool(self.functions),
             "function_call": self.function_call not in (None, "none", "auto"),
             "audio": self.audio is not None,
-            "prediction": self.prediction is not None,
             "web_search_options": self.web_search_options is not None,
             "modalities": any(m != "text" for m in self.modalities or []),
         }

@@ -114,15 +114,24 @@ class SamplingFields(Strict):
 
 
 def usage_body(
-    prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int = 0,
+    prediction: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """`usage`; `cached_tokens` counts prompt tokens whose KV came from the prefix cache."""
+    """`usage`; `cached_tokens` counts prompt tokens whose KV came from the prefix cache;
+    `prediction` (a request with a predicted output): its tokens kept as drafts and the rest,
+    over every choice."""
+    details = {"reasoning_tokens": 0}
+    if prediction is not None:
+        accepted, rejected = prediction
+        details |= {"accepted_prediction_tokens": accepted, "rejected_prediction_tokens": rejected}
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": cached_tokens},
-        "completion_tokens_details": {"reasoning_tokens": 0},
+        "completion_tokens_details": details,
     }
 
 

@@ -29,7 +29,7 @@ from engines.llm.scheduler import Scheduler
 from engines.llm.scheduler_config import SchedulerConfig
 from engines.llm.sequence import Vocabulary
 from engines.llm.speculative import DraftLength, NgramIndex, PassCost, best_width, fit_to_pass
-from engines.types import ChatLimits, GenerationRequest, SamplingParams, TokenEvent
+from engines.types import ChatLimits, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
 from tests.engines.test_scheduler import ListSink, run_until_idle
 from tests.families import save_family_dir
 from tests.helpers import run
@@ -38,6 +38,7 @@ from tests.tiny import VOCAB, save_model_dir, tiny_model
 # A prompt that repeats itself: the random model's continuation tends to loop too, and prompt
 # lookup then finds n-grams to draft from in both.
 LOOP = [11, 12, 13, 14, 15, 16, 17, 18] * 4
+GREEDY = SamplingParams(0.0)
 
 
 def plain_llama_dir(directory: Path) -> Path:
@@ -389,3 +390,41 @@ def test_caches_that_cannot_drop_drafts_turn_speculation_off(
     [sink] = serve(sched, [GenerationRequest("w", LOOP, 12, SamplingParams(0.0))])
     expected = [int(t) for t, _ in generate_step(mx.array(LOOP), model, max_tokens=12)]
     assert sink.tokens == expected
+
+
+def test_a_prediction_is_proposed_from_the_output_start_and_in_order() -> None:
+    """The prediction reads as the prompt's continuation; a line it repeats is followed where
+    the output is, not at its latest occurrence; it is looked up before the history."""
+    prompt = [1, 2, 3, 4]
+    index = NgramIndex(prompt, prediction=[5, 6, 7, 8, 9, 5, 6, 7, 10])
+    assert index.propose(4) == [5, 6, 7, 8] and index.from_prediction
+    index.extend([5, 6, 7, 8, 9, 5, 6, 7])
+    assert index.propose(3) == [10]
+    index = NgramIndex([1, 2, 3, 4, 1, 2], prediction=[3, 9, 1, 2, 7])
+    index.extend([3, 9, 1, 2])
+    assert index.propose(1) == [7]  # the history had [1, 2] → 3
+    assert NgramIndex([1, 2, 3]).propose(2) == [] and not NgramIndex([1, 2]).from_prediction
+
+
+def finish_of(sink: ListSink) -> FinishEvent:
+    return next(e for e in sink.events if isinstance(e, FinishEvent))
+
+
+def test_a_prediction_drafts_and_changes_no_token(llama: tuple[Any, Any]) -> None:
+    """Predicted Outputs: the prompt holds nothing to copy, the prediction is the output (or
+    noise); the tokens are those without it, and a right prediction is kept as drafts."""
+    prompt = [(37 * i) % 190 + 20 for i in range(24)]
+    [plain] = serve(scheduler(llama, None), [GenerationRequest("p", prompt, 40, GREEDY)])
+    right, wrong = tuple(plain.tokens), tuple((t + 1) % 200 for t in plain.tokens)
+    passes = []
+    for prediction in (right, wrong):
+        sched = scheduler(llama, "prompt_lookup")
+        request = GenerationRequest("r", prompt, 40, GREEDY, prediction=prediction)
+        [sink] = serve(sched, [request])
+        assert sink.tokens == plain.tokens
+        kept = finish_of(sink).usage.accepted_prediction_tokens
+        assert kept <= sched.counters.accepted_drafts
+        passes.append((kept, sched.counters.decode_row_steps))
+    (right_kept, right_passes), (wrong_kept, wrong_passes) = passes
+    assert right_kept >= 30 and right_passes <= 10 and wrong_kept == 0, passes
+    assert wrong_passes >= 30, passes  # noise saves (almost) nothing

@@ -536,3 +536,43 @@ async def test_a_refusal_part_without_text_says_so(http: httpx.AsyncClient) -> N
     body = chat_body(messages=[*HELLO, refused, {"role": "user", "content": "ok"}])
     error = assert_openai_error(await http.post(URL, json=body), 400, "messages[1].content")
     assert error["message"].endswith("content[0].refusal should be a string")
+
+
+@pytest.mark.parametrize(
+    ("predicted", "accepted"),
+    [("Hello there!", 12), ("Hello world, how are you?", 6)],
+    ids=["right", "partly"],
+)
+async def test_a_prediction_reaches_the_engine_and_usage_counts_it(
+    client: AsyncOpenAI, fake_engine: FakeEngine, predicted: str, accepted: int
+) -> None:
+    """Predicted Outputs: the prediction's tokens go to the engine (its drafter looks there
+    first); usage says how many were kept and how many not, streamed or not."""
+    prediction = {"type": "content", "content": [{"type": "text", "text": predicted}]}
+    completion = await client.chat.completions.create(
+        model="fake",
+        messages=HELLO,  # type: ignore[arg-type]
+        prediction=prediction,  # type: ignore[arg-type]
+    )
+    assert fake_engine.requests[-1].prediction == tuple(ord(c) for c in predicted)
+    stream = await client.chat.completions.create(
+        model="fake",
+        messages=HELLO,  # type: ignore[arg-type]
+        prediction=prediction,  # type: ignore[arg-type]
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    last = [chunk async for chunk in stream][-1]
+    for usage in (completion.usage, last.usage):
+        assert usage is not None and usage.completion_tokens_details is not None
+        details = usage.completion_tokens_details
+        assert details.accepted_prediction_tokens == accepted
+        assert details.rejected_prediction_tokens == len(predicted) - accepted
+    plain = await client.chat.completions.create(model="fake", messages=HELLO)  # type: ignore[arg-type]
+    assert plain.usage is not None and plain.usage.completion_tokens_details is not None
+    assert plain.usage.completion_tokens_details.accepted_prediction_tokens is None
+
+
+async def test_a_prediction_of_another_type_is_a_400(http: httpx.AsyncClient) -> None:
+    response = await http.post(URL, json=chat_body(prediction={"type": "diff", "content": "x"}))
+    assert_openai_error(response, 400, "prediction.type")
