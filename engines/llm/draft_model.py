@@ -17,6 +17,9 @@ Invariant: draft row i holds exactly the first `lengths[i]` tokens of its choice
    holds: its context plus the drafts that were kept (never the last draft: it was not fed).
 Rows that do not draft this step are fed padding, rewound at the end of the step; rows that
 never draft (no speculation, a grammar or penalties) join with an empty row and no prefill.
+A row whose request has a prediction (Predicted Outputs) drafts from it where its n-gram index
+finds a match: the model drafts nothing for it that step (it is fed padding, as a row that does
+not draft), and its draft row catches up on the kept tokens the next time the model drafts.
 
 A row's prompt is prefilled into its draft row when it joins, in one go on the engine thread
 (the target's prompt prefill is chunked and spread over steps; this one is not).
@@ -73,6 +76,7 @@ class DraftModel:
         ]  # fmt: skip
         self._cache: list[RaggedKVCache] | None = None
         self._drafted = 0  # K of the last proposal: each drafting row fed K - 1 drafts
+        self._fed_drafts: list[bool] = []  # per row: the model drafted for it last proposal
 
     @classmethod
     def load(
@@ -138,11 +142,14 @@ class DraftModel:
         """Every row's drafts for this step (see the module docstring); how many is fitted to
         the pass before drafting (drafts cost draft-model passes)."""
         assert self._cache is not None
-        wanted = fit_to_pass(choices, [draft_room(c) for c in choices], relative_cost)
+        fitted = fit_to_pass(choices, [draft_room(c) for c in choices], relative_cost)
+        predicted = [_predicted(c, want) for c, want in zip(choices, fitted, strict=True)]
+        wanted = [0 if p else want for p, want in zip(predicted, fitted, strict=True)]
         longest = max(wanted)
         self._drafted = longest
+        self._fed_drafts = [bool(want) for want in wanted]
         if not longest:
-            return Drafts.none(len(choices))
+            return Drafts(predicted, [None] * len(choices))
         lengths = self._cache[0].lengths
         catch_up = [
             _unfed(choice, fed) if want else []
@@ -172,7 +179,7 @@ class DraftModel:
         self._rewind([0 if want else longest - 1 for want in wanted])
         drafted = host_list(mx.stack(columns, axis=1))
         return Drafts(
-            [row[:want] for row, want in zip(drafted, wanted, strict=True)],
+            [p or row[:want] for p, row, want in zip(predicted, drafted, wanted, strict=True)],
             [mx.stack(qs[:want]) if qs else None for qs, want in zip(q, wanted, strict=True)],
         )
 
@@ -183,7 +190,10 @@ class DraftModel:
             return
         fed = self._drafted - 1
         self._rewind(
-            [fed - min(r.accepted, fed) if r.drafted else 0 for r in results],
+            [
+                fed - min(r.accepted, fed) if r.drafted and model_drafted else 0
+                for r, model_drafted in zip(results, self._fed_drafts, strict=True)
+            ],
         )
 
     # -- helpers -----------------------------------------------------------------------------
@@ -207,6 +217,14 @@ class DraftModel:
             RaggedKVCache(mx.zeros(keys, dtype), mx.zeros(values, dtype), [0])
             for keys, values, dtype in self._shapes
         ]
+
+
+def _predicted(choice: Choice, room: int) -> list[int]:
+    """The drafts a row's prediction gives it this step (at most `room`; none without one)."""
+    speculation = choice.speculation
+    if not room or speculation is None or speculation.index is None:
+        return []
+    return speculation.propose(choice.tokens, room)
 
 
 def _unfed(choice: Choice, fed: int) -> list[int]:

@@ -363,10 +363,14 @@ class Scheduler:
         speculation = None
         request = prefill.request
         if self.config.speculative and request.speculative is not False:
+            # Prompt lookup copies from the prompt, the output and a prediction; beside a draft
+            # model, a prediction alone is looked up (where it has none, the model drafts).
             lookup = self.config.speculative == PROMPT_LOOKUP
             speculation = RowSpeculation(
-                NgramIndex(request.prompt_tokens, prediction=request.prediction)
-                if lookup
+                NgramIndex(
+                    request.prompt_tokens, prediction=request.prediction, copy_history=lookup
+                )
+                if lookup or request.prediction
                 else None,
                 DraftLength(self.config.speculative_tokens),
             )

@@ -63,8 +63,12 @@ class NgramIndex:
 
     A `prediction` (OpenAI's Predicted Outputs: the client's guess at the whole output, e.g. the
     file being edited) is indexed apart, read as what follows the prompt's last tokens; at each
-    n-gram length it is looked up before the history, and at the occurrence nearest after the
-    last one proposed from it, so repeated lines are followed in order.
+    n-gram length it is looked up before the history, at the occurrence where the output would
+    be now had it followed the prediction since the last proposal from it (else the nearest
+    after that: the output left out some of it; else the nearest after the last proposal's
+    start: it added text of its own), never before, so repeated lines are followed in order and
+    a prediction used up proposes nothing more. With `copy_history`
+    off (a draft model drafts the rest) only the prediction is looked up.
 
     Invariant: `_last[n][hash(gram)]` is the position just after the latest occurrence of an
     n-gram with that hash that is followed by a token, i.e. < len(history). Keys are hashes (a
@@ -72,21 +76,28 @@ class NgramIndex:
     n); two n-grams sharing a hash only cost a rejected draft."""
 
     def __init__(
-        self, tokens: list[int], max_n: int = 8, min_n: int = 2, prediction: Sequence[int] = ()
+        self,
+        tokens: list[int],
+        max_n: int = 8,
+        min_n: int = 2,
+        prediction: Sequence[int] = (),
+        copy_history: bool = True,
     ) -> None:
         self.max_n, self.min_n = max_n, min_n
         self.history: list[int] = []
-        self._last: dict[int, dict[int, int]] = {n: {} for n in range(min_n, max_n + 1)}
+        lengths = range(min_n, max_n + 1)
+        self._last: dict[int, dict[int, int]] = {n: {} for n in lengths if copy_history}
         self.extend(tokens)
         # The prediction after the prompt's last tokens (so the output's start finds it), and
         # for each n-gram of that every position just after it, ascending.
         self._predicted = [*tokens[-max_n:], *prediction] if prediction else []
-        self._predicted_at: dict[int, dict[int, list[int]]] = {n: {} for n in self._last}
+        self._predicted_at: dict[int, dict[int, list[int]]] = {n: {} for n in lengths}
         for end in range(min_n, len(self._predicted)):
             for n, at in self._predicted_at.items():
                 if end >= n:
                     at.setdefault(hash(tuple(self._predicted[end - n : end])), []).append(end)
-        self._cursor = 0  # where in the prediction the last proposal from it began
+        # Where in the prediction the last proposal from it began, and the history's length then.
+        self._anchor = (0, len(self.history))
         self.from_prediction = False  # whether the last proposal came from the prediction
 
     def extend(self, tokens: list[int]) -> None:
@@ -107,15 +118,24 @@ class NgramIndex:
             if len(history) < n:
                 continue
             key = hash(tuple(history[-n:]))
-            ends = self._predicted_at[n].get(key)
-            if ends:
-                begin = ends[min(bisect.bisect_left(ends, self._cursor), len(ends) - 1)]
-                self._cursor, self.from_prediction = begin, True
+            begin = self._in_prediction(self._predicted_at[n].get(key, []))
+            if begin is not None:
+                self._anchor, self.from_prediction = (begin, len(history)), True
                 return self._predicted[begin : begin + k]
-            start = self._last[n].get(key) if len(history) > n else None
+            start = self._last[n].get(key) if n in self._last and len(history) > n else None
             if start is not None:
                 return history[start : start + k]
         return []
+
+    def _in_prediction(self, ends: list[int]) -> int | None:
+        """Of the positions just after a matched n-gram in the prediction (ascending), the one
+        to propose from (None: none of them)."""
+        start, length = self._anchor
+        for bound in (start + len(self.history) - length, start):
+            after = bisect.bisect_left(ends, bound)
+            if after < len(ends):
+                return ends[after]
+        return None
 
 
 # DraftLength's acceptance estimate: counts decay by KEEP_DECAY per verification (recent steps
@@ -225,8 +245,9 @@ def best_width(
 
 @dataclass
 class RowSpeculation:
-    """One choice's drafting state: its draft length and, for prompt lookup, its n-gram index
-    (fed the choice's tokens as they come; None when a draft model drafts)."""
+    """One choice's drafting state: its draft length and, for prompt lookup or a request with a
+    prediction, its n-gram index (fed the choice's tokens as they come; None when a draft model
+    drafts everything)."""
 
     index: NgramIndex | None
     length: DraftLength

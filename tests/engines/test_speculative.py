@@ -406,6 +406,29 @@ def test_a_prediction_is_proposed_from_the_output_start_and_in_order() -> None:
     assert NgramIndex([1, 2, 3]).propose(2) == [] and not NgramIndex([1, 2]).from_prediction
 
 
+def test_a_prediction_is_found_again_after_the_output_leaves_it() -> None:
+    """Lines left out or added by the output: the prediction is picked up where the output
+    meets it again, never before the last place it was proposed from."""
+    line, other = [20, 21, 22], [30, 31, 32]
+    prediction = [*line, 5, *other, 6, *line, 7]  # a line, another, the first again
+    index = NgramIndex([1, 2], prediction=prediction)
+    assert index.propose(2) == [20, 21]
+    index.extend([*line, 6])  # the output left `5, *other` out: then `line` again
+    index.extend(line)
+    assert index.propose(1) == [7]
+    index = NgramIndex([1, 2], prediction=prediction)
+    assert index.propose(2) == [20, 21]
+    index.extend([20, 21, 40, 41, 42])  # it wrote text of its own, then the prediction's again
+    index.extend([22, 5, 30])
+    assert index.propose(2) == [31, 32]
+    index.extend([31, 32, 6, *line, 7])  # the prediction used up: nothing more from it
+    index.propose(2)
+    assert not index.from_prediction
+    # Beside a draft model, only a prediction is looked up, not the history.
+    assert NgramIndex([5, 6, 7, 5, 6]).propose(1) == [7]
+    assert NgramIndex([5, 6, 7, 5, 6], copy_history=False).propose(1) == []
+
+
 def finish_of(sink: ListSink) -> FinishEvent:
     return next(e for e in sink.events if isinstance(e, FinishEvent))
 

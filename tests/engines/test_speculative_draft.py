@@ -9,6 +9,7 @@ draft with rows that do not; seeded sampling repeats; unusable draft models are 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -181,3 +182,26 @@ async def test_the_engine_thread_drafts_with_a_draft_model(target_dir: Path) -> 
         assert stats.decode_row_steps < stats.tokens_generated
     finally:
         engine.stop()
+
+
+def test_predictions_beside_the_target_as_draft_keep_every_draft(
+    llama: tuple[Any, Any], target_dir: Path
+) -> None:
+    """Rows drafting from their predictions (whole, or only the first half of the output)
+    while the draft model drafts for the others and for them once a prediction runs out: with
+    the target as its own draft, a draft row left out of step by the rows' prediction drafts
+    would show as a rejected draft."""
+    plain = serve(scheduler(llama, None), mixed_requests())
+    requests = [
+        dataclasses.replace(
+            request, prediction=tuple(sink.tokens[: len(sink.tokens) // (1 + i % 2)])
+        )
+        for i, (request, sink) in enumerate(zip(mixed_requests(), plain, strict=True))
+    ]
+    sched = scheduler(llama, str(target_dir))
+    drafted = serve(sched, requests)
+    assert [s.tokens for s in drafted] == [s.tokens for s in plain]
+    counters = sched.counters
+    assert counters.drafted_tokens > 50 and counters.accepted_drafts == counters.drafted_tokens
+    kept = [s.finish.usage.accepted_prediction_tokens for s in drafted if s.finish]
+    assert kept[0] > 20 and sum(kept) < counters.accepted_drafts, kept  # the model drafted too
