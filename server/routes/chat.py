@@ -120,8 +120,22 @@ async def _stream_chunks(
     completion_tokens = cached_tokens = 0
     accepted: list[int] = []
     content = [content_frames(index) for index in range(generation.n)]
-    for index in range(generation.n):
-        yield frame(delta_choice(index, {"role": "assistant", "content": ""}))
+    opened = [False] * generation.n
+
+    def opening(index: int, delta: dict[str, Any]) -> tuple[list[bytes], dict[str, Any]]:
+        """The choice's role, sent once, with its first delta as OpenAI streams it: (frames to
+        send before `delta`, `delta` as sent). Text (or no output, `delta` empty) gets a
+        `{"role", "content": ""}` chunk of its own; any other first delta (a tool call,
+        reasoning) carries the role itself with `content: null`, so no client assembles a text
+        part the reply has not (the Vercel AI SDK opens one on any non-null content; the SDKs'
+        stream helpers ended a call with `content: ""` where the unstreamed reply has null)."""
+        if opened[index]:
+            return [], delta
+        opened[index] = True
+        if delta and "content" not in delta:
+            return [], {"role": "assistant", "content": None, **delta}
+        return [frame(delta_choice(index, {"role": "assistant", "content": ""}))], delta
+
     async for event in stream.events(interval_s):
         if isinstance(event, TokenEvent):
             logprobs = event.logprobs if with_logprobs else None
@@ -129,6 +143,9 @@ async def _stream_chunks(
             if not deltas and logprobs:
                 deltas = [{"content": ""}]
             for delta in deltas:
+                before, delta = opening(event.index, delta)
+                for role_frame in before:
+                    yield role_frame
                 if logprobs is None and len(delta) == 1 and "content" in delta:
                     yield content[event.index](delta["content"])
                 else:
@@ -139,7 +156,12 @@ async def _stream_chunks(
             cached_tokens = event.usage.cached_tokens
             accepted.append(event.usage.accepted_prediction_tokens)
             for delta in outputs[event.index].finish():
+                before, delta = opening(event.index, delta)
+                for role_frame in before:
+                    yield role_frame
                 yield frame(delta_choice(event.index, delta))
+            for role_frame in opening(event.index, {})[0]:  # a choice that wrote nothing
+                yield role_frame
             reason = finish_reason(event.reason, outputs[event.index].tool_calls)
             yield frame(delta_choice(event.index, {}, reason))
         elif isinstance(event, ErrorEvent):

@@ -332,7 +332,8 @@ async def test_n_choices_streamed_interleaved_by_index(client: AsyncOpenAI) -> N
     for c in chunks:
         for choice in c.choices:
             texts[choice.index] += choice.delta.content or ""
-            order.append(choice.index)
+            if choice.delta.content:
+                order.append(choice.index)
     assert texts == {0: "Hello there!", 1: "Hello there!"}
     assert order[:4] == [0, 1, 0, 1]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 24

@@ -67,10 +67,32 @@ async def test_streamed_tool_call_assembles_in_the_sdk(client: AsyncOpenAI) -> N
         final = await stream.get_final_completion()
     choice = final.choices[0]
     assert choice.finish_reason == "tool_calls"
-    assert not choice.message.content
+    assert choice.message.content is None  # as unstreamed: no text, not an empty one
     calls = choice.message.tool_calls or []
     assert calls[0].function.name == "get_weather"
     assert json.loads(calls[0].function.arguments) == {"city": "Paris"}
+
+
+async def test_a_streamed_call_opens_with_the_role_and_no_content(
+    http: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    """OpenAI's first chunk of a call is `{"role": "assistant", "content": null, "tool_calls"}`;
+    a `content: ""` ahead of it made the Vercel AI SDK's `openai.chat` open an empty text part
+    (text-start, text-end) before the call. A text reply still opens with `content: ""`."""
+    for reply, first in [
+        (CALL, {"role": "assistant", "content": None}),
+        ("It is sunny.", {"role": "assistant", "content": ""}),
+        ("", {"role": "assistant", "content": ""}),
+    ]:
+        fake_engine.reply = reply
+        async with http.stream("POST", URL, json=chat_body(tools=[WEATHER], stream=True)) as r:
+            lines = [line async for line in r.aiter_lines() if line.startswith("data: {")]
+        deltas = [json.loads(line[6:])["choices"][0]["delta"] for line in lines]
+        assert {key: deltas[0][key] for key in ("role", "content")} == first
+        assert [d for d in deltas if "role" in d] == deltas[:1]
+        if reply == CALL:
+            assert deltas[0]["tool_calls"][0]["function"]["name"] == "get_weather"
+            assert all(d.get("content") is None for d in deltas)
 
 
 async def test_streamed_markup_never_reaches_content(http: httpx.AsyncClient) -> None:
