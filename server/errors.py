@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -96,9 +96,28 @@ ANTHROPIC_TYPES = {
 ANTHROPIC_PATH = "/v1/messages"
 
 
-def speaks_anthropic(path: str, anthropic_version: bool) -> bool:
-    """Whether errors for this request go out in Anthropic's shape."""
-    return anthropic_version or path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/")
+OLLAMA_PREFIX = "/api/"
+
+Wire = Literal["openai", "anthropic", "ollama"]
+
+
+def error_wire(path: str, anthropic_version: bool) -> Wire:
+    """The API whose error shape a request's errors take: Anthropic's on its routes (and for
+    any request carrying `anthropic-version`), Ollama's on `/api/…`, else OpenAI's."""
+    if anthropic_version or path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/"):
+        return "anthropic"
+    return "ollama" if path.startswith(OLLAMA_PREFIX) else "openai"
+
+
+def wire_error_body(
+    wire: Wire, status: int, message: str, type_: str, code: str | None, param: str | None = None
+) -> dict[str, Any]:
+    """An error body in `wire`'s shape (Ollama's is `{"error": message}`)."""
+    if wire == "anthropic":
+        return anthropic_error_body(status, message)
+    if wire == "ollama":
+        return {"error": message}
+    return error_body(message, type_, param, code)
 
 
 def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
@@ -144,9 +163,9 @@ def anthropic_wording(error: ContextTooLong) -> str | None:
 
 
 def _response(error: APIError, request: Request) -> JSONResponse:
-    anthropic = speaks_anthropic(request.url.path, "anthropic-version" in request.headers)
-    message = error.anthropic_message or error.message
-    body = anthropic_error_body(error.status, message) if anthropic else error.body()
+    wire = error_wire(request.url.path, "anthropic-version" in request.headers)
+    message = (error.anthropic_message or error.message) if wire == "anthropic" else error.message
+    body = wire_error_body(wire, error.status, message, error.type, error.code, error.param)
     return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 

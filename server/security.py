@@ -23,7 +23,7 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.errors import anthropic_error_body, error_body, speaks_anthropic
+from server.errors import Wire, error_wire, wire_error_body
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 OPEN_PATHS = frozenset({"/health", "/", "/status"})  # health, the status page and its data
@@ -43,16 +43,11 @@ async def send_error(
     type_: str,
     code: str,
     extra_headers: list[tuple[bytes, bytes]],
-    anthropic: bool = False,
+    wire: Wire = "openai",
 ) -> None:
-    """Answer with an OpenAI-shaped (or Anthropic-shaped) error straight from ASGI middleware
-    (before any route)."""
-    shaped = (
-        anthropic_error_body(status, message)
-        if anthropic
-        else error_body(message, type_, None, code)
-    )
-    body = json.dumps(shaped).encode()
+    """Answer with an error in `wire`'s shape straight from ASGI middleware (before any
+    route)."""
+    body = json.dumps(wire_error_body(wire, status, message, type_, code)).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -90,8 +85,8 @@ class AccessControl:
             return
         status, message, code, extra = refusal
         versioned = any(name == b"anthropic-version" for name, _ in scope["headers"])
-        anthropic = speaks_anthropic(scope["path"], versioned)
-        await send_error(send, status, message, "invalid_request_error", code, extra, anthropic)
+        wire = error_wire(scope["path"], versioned)
+        await send_error(send, status, message, "invalid_request_error", code, extra, wire)
 
     def _refusal(self, scope: Scope) -> tuple[int, str, str, list[tuple[bytes, bytes]]] | None:
         headers = scope["headers"]
@@ -139,7 +134,8 @@ class AccessControl:
 
 class ConcurrencyLimit:
     """At most `limit` HTTP requests in progress (streams count until they end); beyond that a
-    503 with `Retry-After`, in OpenAI's shape — uvicorn's own limit would answer in plain text."""
+    503 with `Retry-After`, in the route's API's shape — uvicorn's own limit would answer in
+    plain text."""
 
     def __init__(self, app: ASGIApp, *, limit: int) -> None:
         self.app = app
@@ -153,7 +149,9 @@ class ConcurrencyLimit:
         if self.in_progress >= self.limit:
             message = f"The server is handling {self.limit} requests, its limit; retry shortly"
             retry = [(b"retry-after", b"1")]
-            await send_error(send, 503, message, "server_error", "server_busy", retry)
+            versioned = any(name == b"anthropic-version" for name, _ in scope["headers"])
+            wire = error_wire(scope["path"], versioned)
+            await send_error(send, 503, message, "server_error", "server_busy", retry, wire)
             return
         self.in_progress += 1  # the event loop is single-threaded: no lock needed
         try:
@@ -182,9 +180,9 @@ class ShapedCORS(CORSMiddleware):
                     for name, value in response.raw_headers
                     if name not in (b"content-type", b"content-length")
                 ]
-                anthropic = speaks_anthropic(scope["path"], "anthropic-version" in headers)
+                wire = error_wire(scope["path"], "anthropic-version" in headers)
                 await send_error(
-                    send, 400, message, "invalid_request_error", "cors_disallowed", cors, anthropic
+                    send, 400, message, "invalid_request_error", "cors_disallowed", cors, wire
                 )
                 return
         await super().__call__(scope, receive, send)

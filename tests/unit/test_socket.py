@@ -100,7 +100,7 @@ async def test_oversized_headers_over_a_socket_are_an_openai_431() -> None:
     assert response.json()["error"]["code"] == "headers_too_large"
 
 
-async def test_requests_over_the_connection_limit_get_an_openai_503() -> None:
+async def test_requests_over_the_connection_limit_get_a_503_in_their_apis_shape() -> None:
     engine = FakeEngine(reply="word " * 100, token_delay_s=0.01, context_length=4096)
     with serve(create_app(Settings(max_connections=2), EnginePool([engine]))) as url:
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
@@ -113,5 +113,12 @@ async def test_requests_over_the_connection_limit_get_an_openai_503() -> None:
                 assert refused.status_code == 503
                 assert refused.headers["retry-after"] == "1"
                 assert refused.json()["error"]["code"] == "server_busy"
+                # In the API's own shape on its routes.
+                anthropic = await http.post("/v1/messages", json={})
+                assert anthropic.status_code == 503
+                assert anthropic.json()["error"]["type"] == "overloaded_error"
+                assert (await http.get("/api/tags")).json() == {
+                    "error": refused.json()["error"]["message"]
+                }
             assert await wait_until(lambda: engine.active == 0, timeout=5)
             assert (await http.get("/v1/models")).status_code == 200
