@@ -58,6 +58,8 @@ def to_chat(
         "top_p": request.top_p,
         "parallel_tool_calls": request.parallel_tool_calls,
         "response_format": response_format(request.text),
+        "logprobs": None if request.logprobs_count() is None else True,
+        "top_logprobs": request.logprobs_count(),
         "chat_template_kwargs": template_kwargs(request.reasoning),
     }
     body.update({key: value for key, value in optional.items() if value is not None})

@@ -12,6 +12,9 @@ Invariants:
 - Whitespace alone (the newline before a tool call) does not open a message item; it is kept
   and sent with the next text, if any.
 - Streamed and non-streamed responses come from this same object, so their `output` agree.
+- Token logprobs (`offer`, when the request asks for them) go with the output text their tokens
+  made: the next `output_text.delta` carries those offered since the last one, and the message's
+  `output_text` part holds them all; tokens that made reasoning or a call are not the text's.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class _OpenItem:
     index: int
     item: dict[str, Any]
     text: str = ""  # the text, reasoning or arguments received so far
+    logprobs: list[dict[str, Any]] = field(default_factory=list)  # a message's, so far
 
     @property
     def kind(self) -> str:
@@ -48,6 +52,7 @@ class OutputItems:
     done: list[dict[str, Any]] = field(default_factory=list)
     _open: _OpenItem | None = None
     _space: str = ""
+    _offered: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def output(self) -> list[dict[str, Any]]:
@@ -58,14 +63,20 @@ class OutputItems:
     def has_calls(self) -> bool:
         return any(item["type"] == "function_call" for item in self.done)
 
+    def offer(self, logprobs: list[dict[str, Any]]) -> None:
+        """Logprobs of tokens the next deltas come from (spec `LogProb`, chat's entries)."""
+        self._offered += logprobs
+
     def feed(self, delta: dict[str, Any]) -> list[Event]:
         """The events for one chat delta."""
-        if delta.get("reasoning_content"):
-            return self._reasoning(delta["reasoning_content"])
         if delta.get("content"):
             return self._text(delta["content"])
+        if delta.get("reasoning_content"):
+            self._offered = []  # the reasoning's tokens
+            return self._reasoning(delta["reasoning_content"])
         events: list[Event] = []
         for call in delta.get("tool_calls") or []:
+            self._offered = []  # the call's tokens
             events += self._call(call)
         return events
 
@@ -146,7 +157,9 @@ class OutputItems:
         kind = "output_text" if current.kind == "message" else "reasoning_text"
         event = {"type": f"response.{kind}.delta", **where, "content_index": 0, "delta": text}
         if kind == "output_text":
-            event["logprobs"] = []
+            offered, self._offered = self._offered, []
+            current.logprobs += offered
+            event["logprobs"] = [_delta_logprob(entry) for entry in offered]
         return [event]
 
     def _close(self, status: ItemStatus) -> list[Event]:
@@ -168,7 +181,7 @@ class OutputItems:
             done: Event = {"type": f"response.{kind}.done", **where, "content_index": 0}
             done["text"] = current.text
             if kind == "output_text":
-                done["logprobs"] = []
+                done["logprobs"] = current.logprobs
             part = _part(current)
             events += [
                 done,
@@ -195,9 +208,20 @@ def _whole_json(text: str) -> bool:
     return True
 
 
+def _delta_logprob(entry: dict[str, Any]) -> dict[str, Any]:
+    """A delta event's logprob (spec `ResponseLogProb`: no `bytes`)."""
+    top = [{"token": t["token"], "logprob": t["logprob"]} for t in entry["top_logprobs"]]
+    return {"token": entry["token"], "logprob": entry["logprob"], "top_logprobs": top}
+
+
 def _part(current: _OpenItem) -> dict[str, Any]:
     if current.kind == "message":
-        return {"type": "output_text", "text": current.text, "annotations": [], "logprobs": []}
+        return {
+            "type": "output_text",
+            "text": current.text,
+            "annotations": [],
+            "logprobs": current.logprobs,
+        }
     return {"type": "reasoning_text", "text": current.text}
 
 

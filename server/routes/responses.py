@@ -30,14 +30,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from engines.pool import EnginePool
-from engines.types import ErrorEvent, FinishEvent, TokenEvent
+from engines.types import ErrorEvent, FinishEvent, TokenEvent, TokenLogprob
 from engines.types import Event as EngineEvent
 from server import sse
 from server.chat_output import ChoiceOutput
 from server.chat_pipeline import PreparedChat, count_prompt_tokens, errors_named, prepare_chat
 from server.deps import Body, MetricsDep, PoolDep, ResponseStoreDep, SettingsDep, json_body
 from server.errors import APIError, from_engine_error
-from server.generation import EventSource, collect
+from server.generation import CollectedChoice, EventSource, collect
 from server.heartbeat import with_heartbeat
 from server.response_references import resolved
 from server.response_store import ResponseStore
@@ -45,10 +45,9 @@ from server.response_store_items import ListQuery, input_items, item_page, with_
 from server.responses_input import chat_paths, to_chat
 from server.responses_output import Event, ItemStatus, OutputItems, new_id
 from server.responses_truncation import fitted
-from server.schemas.chat import ChatCompletionRequest
+from server.schemas.chat import ChatCompletionRequest, logprob_content
 from server.schemas.common import documented_body, response_headers
 from server.schemas.responses import (
-    IGNORED_FIELDS,
     FunctionTool,
     InputItem,
     InputTokensRequest,
@@ -166,7 +165,8 @@ async def create_response(
         prepared = await fitted(items, prepared_for)
     else:
         prepared = await prepared_for(list(range(len(items))))
-    headers = response_headers(draft.response_id, body.raw, ResponseCreateRequest, IGNORED_FIELDS)
+    ignored = parsed.ignored_fields()
+    headers = response_headers(draft.response_id, body.raw, ResponseCreateRequest, ignored)
     submitted = prepared.engine.submit(prepared.generation)
     stream = metrics.observe(submitted, prepared.engine.name)
     conversation = [item.model_dump(by_alias=True, exclude_none=True) for item in items]
@@ -185,7 +185,11 @@ async def create_response(
         return error_response(collected.error, headers)
     choice = collected.choices.get(0)
     output = prepared.output_for()
-    for delta in output.feed(choice.text if choice else "") + output.finish():
+    for piece, logprobs in _pieces(choice):
+        run.items.offer(logprob_content(logprobs))
+        for delta in output.feed(piece):
+            run.items.feed(delta)
+    for delta in output.finish():
         run.items.feed(delta)
     status: ItemStatus = (
         "incomplete" if choice and choice.finish_reason == "length" else "completed"
@@ -250,6 +254,17 @@ def _not_found(response_id: str, param: str) -> APIError:
     return APIError(
         404, f"Response with id '{response_id}' not found.", param=param, code="response_not_found"
     )
+
+
+def _pieces(choice: CollectedChoice | None) -> list[tuple[str, list[TokenLogprob]]]:
+    """A finished choice's text as the stream would have fed it, each piece with its tokens'
+    logprobs: token by token where it has logprobs (so they go with the text, reasoning or call
+    their tokens made, as streamed), else all at once."""
+    if choice is None:
+        return [("", [])]
+    if choice.logprobs and "".join(entry.text for entry in choice.logprobs) == choice.text:
+        return [(entry.text, [entry]) for entry in choice.logprobs]
+    return [(choice.text, choice.logprobs)]
 
 
 async def _input_items(store: ResponseStore, request: ResponseCreateRequest) -> list[InputItem]:
@@ -335,6 +350,7 @@ class _Run:
         """The Responses events for one engine event; a finish or an error sets the outcome."""
         events: list[Event] = []
         if isinstance(event, TokenEvent):
+            self.items.offer(logprob_content(event.logprobs))
             for delta in output.feed(event.text):
                 events += self.items.feed(delta)
         elif isinstance(event, FinishEvent):
@@ -366,7 +382,8 @@ class _Frames:
     """A stream's frames: each event gets the next `sequence_number` (from 0). An item's deltas
     come from one `sse.Template` per item and event type, made from the first such delta with
     its text and sequence number as the slots, so they are the bytes `sse.event` writes; a
-    delta holds no client string, so a Template can always be made."""
+    delta holds no client string, so a Template can always be made. A delta with logprobs is
+    written whole (a Template would repeat the first delta's)."""
 
     def __init__(self) -> None:
         self.sequence = 0
@@ -377,7 +394,7 @@ class _Frames:
         number, kind = self.sequence, event["type"]
         self.sequence += 1
         self.last_sent = time.monotonic()
-        if kind not in _DELTA_EVENTS:
+        if kind not in _DELTA_EVENTS or event.get("logprobs"):  # a Template repeats its own
             return sse.event(kind, {**event, "sequence_number": number})
         key = (kind, event["item_id"])
         template = self._templates.get(key)

@@ -226,6 +226,8 @@ class ResponseCreateRequest(Strict):
     store: bool | None = True
     previous_response_id: str | None = None
     metadata: dict[str, str] | None = None
+    include: list[str] | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     truncation: Literal["auto", "disabled"] | None = None
     # Fields of the spec that later work may support; rejected when they ask for something.
     background: bool | None = None
@@ -244,6 +246,20 @@ class ResponseCreateRequest(Strict):
             "prompt": self.prompt is not None,
         }
         return next((name for name, asked in asks.items() if asked), None)
+
+    def logprobs_count(self) -> int | None:
+        """How many alternatives each output token's logprob lists (`top_logprobs`, 0 unless
+        given) when `include` asks for the output text's logprobs; None when it does not."""
+        if LOGPROBS_INCLUDE in (self.include or []):
+            return self.top_logprobs or 0
+        return None
+
+    def ignored_fields(self) -> tuple[str, ...]:
+        """The fields sent in vain: `include` and `top_logprobs` count as read only when
+        `include` asks for logprobs (the one value it may hold that changes anything here)."""
+        if self.logprobs_count() is None:
+            return (*IGNORED_FIELDS, "include", "top_logprobs")
+        return IGNORED_FIELDS
 
     def input_items(self) -> list[InputItem]:
         if isinstance(self.input, str):
@@ -277,8 +293,9 @@ class ResponseCreateRequest(Strict):
         return functions
 
 
+# `include`'s value that asks for the output text's logprobs (the others are not honoured).
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
 IGNORED_FIELDS = (
-    "include",
     "user",
     "store",
     "service_tier",
@@ -288,7 +305,6 @@ IGNORED_FIELDS = (
     "client_metadata",
     "stream_options",
     "max_tool_calls",
-    "top_logprobs",
 )
 
 
