@@ -64,11 +64,14 @@ class NgramIndex:
     A `prediction` (OpenAI's Predicted Outputs: the client's guess at the whole output, e.g. the
     file being edited) is indexed apart, read as what follows the prompt's last tokens; at each
     n-gram length it is looked up before the history, at the occurrence where the output would
-    be now had it followed the prediction since the last proposal from it (else the nearest
-    after that: the output left out some of it; else the nearest after the last proposal's
-    start: it added text of its own), never before, so repeated lines are followed in order and
-    a prediction used up proposes nothing more. With `copy_history`
-    off (a draft model drafts the rest) only the prediction is looked up.
+    be now had it followed the prediction since the last proposal from it that had a draft kept
+    (else the nearest after that: the output left out some of it; else the nearest after that
+    proposal's start: it added text of its own), never before, so repeated lines are followed in
+    order and a prediction used up proposes nothing more. Only a proposal with a draft kept
+    (`kept`) moves that anchor: a chance match (an n-gram of the reply's opening words that
+    the prediction also holds further on) would otherwise move it past where the output
+    meets the prediction, and everything before would be lost. With `copy_history` off (a draft
+    model drafts the rest) only the prediction is looked up.
 
     Invariant: `_last[n][hash(gram)]` is the position just after the latest occurrence of an
     n-gram with that hash that is followed by a token, i.e. < len(history). Keys are hashes (a
@@ -96,8 +99,11 @@ class NgramIndex:
             for n, at in self._predicted_at.items():
                 if end >= n:
                     at.setdefault(hash(tuple(self._predicted[end - n : end])), []).append(end)
-        # Where in the prediction the last proposal from it began, and the history's length then.
-        self._anchor = (0, len(self.history))
+        # Where in the prediction the last proposal from it with a draft kept began, and the
+        # history's length then; the same for the last proposal from it.
+        self._anchor = self._proposed = (0, len(self.history))
+        # Prediction positions below this were counted as kept (the prompt's tail is none).
+        self._counted = len(self._predicted) - len(prediction)
         self.from_prediction = False  # whether the last proposal came from the prediction
 
     def extend(self, tokens: list[int]) -> None:
@@ -120,12 +126,27 @@ class NgramIndex:
             key = hash(tuple(history[-n:]))
             begin = self._in_prediction(self._predicted_at[n].get(key, []))
             if begin is not None:
-                self._anchor, self.from_prediction = (begin, len(history)), True
+                self._proposed, self.from_prediction = (begin, len(history)), True
                 return self._predicted[begin : begin + k]
             start = self._last[n].get(key) if n in self._last and len(history) > n else None
             if start is not None:
                 return history[start : start + k]
         return []
+
+    def kept(self, accepted: int) -> int:
+        """The last proposal came from the prediction and its first `accepted` drafts were kept:
+        the prediction's tokens that were not counted as kept before (each once, however often a
+        looping output meets it again: at most the prediction's length in all). A kept
+        proposal never begins before the last kept one (the anchor), so the kept positions below
+        the mark `_counted` are all counted and those past it are new."""
+        if not accepted:
+            return 0
+        self._anchor = self._proposed
+        begin = self._proposed[0]
+        end = begin + accepted
+        new = max(0, end - max(begin, self._counted))
+        self._counted = max(self._counted, end)
+        return new
 
     def _in_prediction(self, ends: list[int]) -> int | None:
         """Of the positions just after a matched n-gram in the prediction (ascending), the one
@@ -252,7 +273,7 @@ class RowSpeculation:
     index: NgramIndex | None
     length: DraftLength
     seen: int = 0  # output tokens already added to the index
-    prediction_kept: int = 0  # drafts proposed from the request's prediction that were kept
+    prediction_kept: int = 0  # the request's prediction's tokens kept as drafts (each once)
 
     def propose(self, output: list[int], room: int) -> list[int]:
         """Drafts to follow `output` (the choice's tokens so far), at most `room` of them."""
@@ -319,7 +340,7 @@ def record(choices: list[Choice], results: list[RowResult]) -> None:
         if speculation is not None and result.drafted:
             speculation.length.record(result.drafted, result.accepted)
             if speculation.index is not None and speculation.index.from_prediction:
-                speculation.prediction_kept += result.accepted
+                speculation.prediction_kept += speculation.index.kept(result.accepted)
 
 
 class Drafter(Protocol):

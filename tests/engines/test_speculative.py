@@ -28,7 +28,16 @@ from engines.llm.sampling import TokenSampler
 from engines.llm.scheduler import Scheduler
 from engines.llm.scheduler_config import SchedulerConfig
 from engines.llm.sequence import Vocabulary
-from engines.llm.speculative import DraftLength, NgramIndex, PassCost, best_width, fit_to_pass
+from engines.llm.speculative import (
+    DraftLength,
+    NgramIndex,
+    PassCost,
+    RowResult,
+    RowSpeculation,
+    best_width,
+    fit_to_pass,
+    record,
+)
 from engines.types import ChatLimits, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
 from tests.engines.test_scheduler import ListSink, run_until_idle
 from tests.families import save_family_dir
@@ -429,6 +438,42 @@ def test_a_prediction_is_found_again_after_the_output_leaves_it() -> None:
     assert NgramIndex([5, 6, 7, 5, 6], copy_history=False).propose(1) == []
 
 
+def follow(prompt: list[int], prediction: list[int], output: list[int]) -> tuple[int, int]:
+    """A greedy row whose model writes `output`, drafting by prompt lookup with `prediction`:
+    the prediction's tokens counted as kept, and the steps taken."""
+    speculation = RowSpeculation(NgramIndex(prompt, prediction=prediction), DraftLength(8))
+    row = SimpleNamespace(speculation=speculation)
+    written, steps = output[:1], 0  # the first token comes from the prefill
+    while len(written) < len(output):
+        drafts = speculation.propose(written, 8)
+        truth = output[len(written) :]
+        kept = 0
+        while kept < min(len(drafts), len(truth)) and drafts[kept] == truth[kept]:
+            kept += 1
+        result = RowResult(truth[: kept + 1], drafted=len(drafts), accepted=kept)
+        record([row], [result])  # type: ignore[list-item]
+        written, steps = written + truth[: kept + 1], steps + 1
+    return speculation.prediction_kept, steps
+
+
+def test_a_looping_output_counts_each_predicted_token_once() -> None:
+    """An output that repeats its prediction's lines beyond it meets the same predicted
+    tokens again and again: each is counted as kept once (rejected_prediction_tokens, the
+    prediction's length less these, was negative)."""
+    line = [5, 6, 7]
+    kept, _ = follow([1, 2, 3], line * 3, line * 30)
+    assert 0 < kept <= 9
+
+
+def test_a_chance_match_before_the_output_meets_the_prediction_does_not_lose_it() -> None:
+    """The reply opens with words of its own whose pair the prediction holds near its end: the
+    draft proposed there is rejected, and the prediction is still followed from its start once
+    the output meets it (it was looked up only after that chance match, and lost)."""
+    prediction = [10, 11, 12, 13, 14, 15, 50, 51, 16, 17, 18, 19, 20, 21, 22, 23]
+    kept, steps = follow([1, 2, 3], prediction, [50, 51, 52, *prediction])
+    assert kept >= 10 and steps <= 8, (kept, steps)
+
+
 def finish_of(sink: ListSink) -> FinishEvent:
     return next(e for e in sink.events if isinstance(e, FinishEvent))
 
@@ -451,3 +496,14 @@ def test_a_prediction_drafts_and_changes_no_token(llama: tuple[Any, Any]) -> Non
     (right_kept, right_passes), (wrong_kept, wrong_passes) = passes
     assert right_kept >= 30 and right_passes <= 10 and wrong_kept == 0, passes
     assert wrong_passes >= 30, passes  # noise saves (almost) nothing
+
+
+def test_a_looping_output_keeps_no_more_than_its_prediction(llama: tuple[Any, Any]) -> None:
+    """The tiny llama loops on LOOP (one token, over and over); a prediction of its first 16
+    tokens is met again and again by the prompt lookup: at most those 16 count as kept."""
+    [plain] = serve(scheduler(llama, None), [GenerationRequest("p", LOOP, 80, GREEDY)])
+    prediction = tuple(plain.tokens[:16])
+    request = GenerationRequest("r", LOOP, 80, GREEDY, prediction=prediction)
+    [sink] = serve(scheduler(llama, "prompt_lookup"), [request])
+    assert sink.tokens == plain.tokens
+    assert 0 < finish_of(sink).usage.accepted_prediction_tokens <= len(prediction)
