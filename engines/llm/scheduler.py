@@ -340,10 +340,10 @@ class Scheduler:
             prefill.sampler.fork(choice_seed(request.sampling.seed, index))
             for index in range(1, request.n)
         ]
-        ready = []
+        ready: list[Ready] = []
         for index, sampler in enumerate(samplers):
             cache = prefill.cache if index == 0 else copy.deepcopy(prefill.cache)
-            choice = self._choice(prefill, index, sampler)
+            choice = self._choice(prefill, index, sampler, ready[0][0] if ready else None)
             sampled = sampler(logits)
             mx.async_eval(*sampled.arrays(), *sampler.state())
             ready.append((choice, cache, sampled))
@@ -359,21 +359,23 @@ class Scheduler:
         assert self.prefix_cache is not None
         self.prefix_cache.insert(list(tokens), cache)
 
-    def _choice(self, prefill: Prefill, index: int, sampler: TokenSampler) -> Choice:
+    def _choice(
+        self, prefill: Prefill, index: int, sampler: TokenSampler, first: Choice | None = None
+    ) -> Choice:
+        """Choice `index` of the prefilled request (`first`: its choice 0, made before)."""
         speculation = None
         request = prefill.request
         if self.config.speculative and request.speculative is not False:
             # Prompt lookup copies from the prompt, the output and a prediction; beside a draft
             # model, a prediction alone is looked up (where it has none, the model drafts).
             lookup = self.config.speculative == PROMPT_LOOKUP
-            speculation = RowSpeculation(
-                NgramIndex(
+            ngrams = None
+            if lookup or request.prediction:
+                built = first.speculation.index if first and first.speculation else None
+                ngrams = built.fork() if built is not None else NgramIndex(
                     request.prompt_tokens, prediction=request.prediction, copy_history=lookup
-                )
-                if lookup or request.prediction
-                else None,
-                DraftLength(self.config.speculative_tokens),
-            )
+                )  # fmt: skip
+            speculation = RowSpeculation(ngrams, DraftLength(self.config.speculative_tokens))
         return Choice(
             prefill.request,
             prefill.stream,

@@ -39,6 +39,7 @@ more); where nothing pays, the step is a plain one.
 from __future__ import annotations
 
 import bisect
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -105,6 +106,16 @@ class NgramIndex:
         # Prediction positions below this were counted as kept (the prompt's tail is none).
         self._counted = len(self._predicted) - len(prediction)
         self.from_prediction = False  # whether the last proposal came from the prediction
+
+    def fork(self) -> NgramIndex:
+        """A copy that goes its own way (another choice of the same request): built once per
+        request, not once per choice (n up to 128 of a long prompt and prediction would stall
+        the engine thread that long). The prediction's index, never changed once built, is
+        shared."""
+        twin = copy.copy(self)
+        twin.history = list(self.history)
+        twin._last = {n: dict(last) for n, last in self._last.items()}
+        return twin
 
     def extend(self, tokens: list[int]) -> None:
         history = self.history

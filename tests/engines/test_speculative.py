@@ -507,3 +507,30 @@ def test_a_looping_output_keeps_no_more_than_its_prediction(llama: tuple[Any, An
     [sink] = serve(scheduler(llama, "prompt_lookup"), [request])
     assert sink.tokens == plain.tokens
     assert 0 < finish_of(sink).usage.accepted_prediction_tokens <= len(prediction)
+
+
+def test_the_choices_of_a_request_share_one_built_index(
+    llama: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """n choices index the prompt and the prediction once (a long prediction with n = 128 was
+    indexed 128 times on the engine thread, stalling every stream); each choice still drafts
+    from its own copy: the tokens are those without speculation, each keeps the prediction."""
+    built: list[NgramIndex] = []
+
+    class Counted(NgramIndex):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(scheduler_module, "NgramIndex", Counted)
+    prompt = [(37 * i) % 190 + 20 for i in range(24)]
+    [plain] = serve(scheduler(llama, None), [GenerationRequest("p", prompt, 40, GREEDY)])
+    request = GenerationRequest("r", prompt, 40, GREEDY, n=3, prediction=tuple(plain.tokens))
+    [sink] = serve(scheduler(llama, "prompt_lookup"), [request])
+    finishes = [e for e in sink.events if isinstance(e, FinishEvent)]
+    assert len(built) == 1 and len(finishes) == 3
+    for index in range(3):
+        events = [e for e in sink.events if isinstance(e, TokenEvent) and e.index == index]
+        tokens = [t for e in events for t in e.token_ids]
+        assert tokens == plain.tokens
+    assert all(f.usage.accepted_prediction_tokens >= 30 for f in finishes), finishes
