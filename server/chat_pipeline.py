@@ -185,6 +185,9 @@ async def prepare_chat(
     prediction: list[int] = []
     if chat.prediction is not None:
         prediction = await asyncio.to_thread(engine.encode_output, chat.prediction.text())
+        # No output is longer than the context: past that, a prediction (indexed on the engine
+        # thread, per token) would only stall it.
+        engine.check_fits(len(prediction), None, param="prediction")
     info = engine.info
     think_tags = info.think_tags if info and info.reasoning else None
     # Whether the template left the block open (its tags are a few tokens at most).
