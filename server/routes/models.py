@@ -61,7 +61,8 @@ def _anthropic_page(models: list[dict[str, Any]], request: Request) -> dict[str,
     before `before_id`; `has_more` says whether models lie beyond the page in that direction."""
     query = request.query_params
     limit = query.get("limit", "20")
-    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+    # ASCII digits only: str.isdigit also takes '²', which int() refuses.
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 1000:
         raise APIError(400, "limit: must be an integer from 1 to 1000", param="limit")
     ids = [model["id"] for model in models]
     after, before = query.get("after_id"), query.get("before_id")

@@ -646,7 +646,7 @@ async def test_anthropic_model_list_pages_by_limit_and_cursors() -> None:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
             headers = {"anthropic-version": "2023-06-01"}
-            for query in ("limit=0", "limit=1001", "limit=x", "after_id=nope"):
+            for query in ("limit=0", "limit=1001", "limit=x", "limit=%C2%B2", "after_id=nope"):
                 response = await http.get(f"/v1/models?{query}", headers=headers)
                 assert_anthropic_error(response, 400, "invalid_request_error")
     finally:
