@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from server.reasoning import ReasoningParser
-from server.tool_calls import ParsedDeltas
+from server.tool_calls import ParsedDeltas, Thought
 from server.tool_formats import CallParser, call_parser
 
 
@@ -86,11 +86,14 @@ class ChoiceOutput:
         return self._tool_deltas(self._tools.feed(text))
 
     def _tool_deltas(self, parsed: ParsedDeltas) -> list[dict[str, Any]]:
-        deltas: list[dict[str, Any]] = self._thoughts(parsed.reasoning)
-        for piece in parsed.pieces:  # text and calls in the order the model wrote them
+        deltas: list[dict[str, Any]] = []
+        for piece in parsed.pieces:  # text, reasoning and calls in the order the model wrote them
             if isinstance(piece, str):
                 self.content += piece
                 deltas.append({"content": piece})
+                continue
+            if isinstance(piece, Thought):
+                deltas += self._thoughts(piece.text)
                 continue
             if self._single_call and piece.index > 0:
                 continue

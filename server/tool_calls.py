@@ -55,17 +55,35 @@ class ToolCallDelta:
 
 
 @dataclass
-class ParsedDeltas:
-    """What one piece of output parsed into. `pieces` keeps content text and call deltas in the
-    order the model wrote them, so a text after a call stays after it, however the output was
-    cut into pieces (streamed token by token, or whole)."""
+class Thought:
+    """Reasoning text, in formats that carry reasoning too (gpt-oss's harmony)."""
 
-    pieces: list[str | ToolCallDelta] = field(default_factory=list)
-    reasoning: str = ""  # only formats that carry reasoning too (gpt-oss's harmony) set it
+    text: str
+
+
+@dataclass
+class ParsedDeltas:
+    """What one piece of output parsed into. `pieces` keeps content text, reasoning and call
+    deltas in the order the model wrote them, so a text (or reasoning) after a call stays after
+    it, however the output was cut into pieces (streamed token by token, or whole)."""
+
+    pieces: list[str | Thought | ToolCallDelta] = field(default_factory=list)
 
     @property
     def content(self) -> str:
         return "".join(piece for piece in self.pieces if isinstance(piece, str))
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(piece.text for piece in self.pieces if isinstance(piece, Thought))
+
+    def add_reasoning(self, text: str) -> None:
+        if not text:
+            return
+        if self.pieces and isinstance(self.pieces[-1], Thought):
+            self.pieces[-1].text += text
+        else:
+            self.pieces.append(Thought(text))
 
     @property
     def calls(self) -> list[ToolCallDelta]:

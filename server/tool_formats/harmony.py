@@ -14,9 +14,10 @@ to the user) is content, and a message to `functions.NAME` is a call of NAME wit
 its JSON arguments. `<|call|>` and `<|return|>` end the turn (the engine stops on them and
 does not emit them); `<|end|>` ends a message.
 
-Invariants: any chunking gives the same reasoning, content and calls; header markup never
-reaches either field; reasoning and content stream as they come (a possible partial terminator
-held back), a call when its message ends. Output that does not begin with a header (a model
+Invariants: any chunking gives the same reasoning, content and calls, in the same order (a
+reasoning after a preamble stays after it); header markup never reaches either field;
+reasoning and content stream as they come (a possible partial terminator held back), a call
+when its message ends. Output that does not begin with a header (a model
 ignoring its format) is content as it stands; a call whose body is not a JSON object is
 content (nothing is lost).
 """
@@ -135,6 +136,6 @@ class HarmonyParser:
 
     def _send(self, text: str, out: ParsedDeltas) -> None:
         if self._kind == "reasoning":
-            out.reasoning += text
+            out.add_reasoning(text)
         else:
             out.add_text(text)

@@ -164,3 +164,27 @@ def test_harmony_streams_reasoning_before_the_answer_ends() -> None:
     assert first.reasoning == "Thinking so" and not first.content
     assert parser.feed(" far<|e").reasoning == " far"  # a partial terminator is held back
     assert parser.feed("nd|><|start|>assistant<|channel|>final<|message|>Hi").content == "Hi"
+
+
+def test_harmony_keeps_reasoning_where_it_was_written_however_split() -> None:
+    """Reasoning after a preamble (analysis, commentary to the user, analysis again, a call)
+    stays after it when the output comes whole, as it does streamed: Responses' reasoning and
+    message items, and Messages' thinking and text blocks, follow this order (the whole
+    output's reasoning was put first, in one run)."""
+    text = PREAMBLE.replace(
+        "<|start|>assistant<|channel|>commentary to=",
+        "<|start|>assistant<|channel|>analysis<|message|>Oslo, then.<|end|>"
+        "<|start|>assistant<|channel|>commentary to=",
+    )
+
+    def order(pieces: list[str]) -> list[str]:
+        output = ChoiceOutput(None, False, SCHEMAS, tool_format="harmony")
+        kinds: list[str] = []
+        for delta in [*(d for p in pieces for d in output.feed(p)), *output.finish()]:
+            kind = next(iter(delta))
+            if kinds[-1:] != [kind]:
+                kinds.append(kind)
+        return kinds
+
+    assert order([text]) == ["content", "reasoning_content", "tool_calls"]
+    assert order(list(text)) == order([text])
