@@ -130,13 +130,19 @@ def template_inputs(
     return tools, messages
 
 
-async def count_prompt_tokens(pool: EnginePool, chat: ChatCompletionRequest) -> int:
+async def count_prompt_tokens(
+    pool: EnginePool, chat: ChatCompletionRequest, fit: bool = False
+) -> int:
     """The prompt's length in tokens exactly as `prepare_chat` renders it (template, tools,
-    image placeholders), without checking or queueing anything else."""
+    image placeholders), without checking or queueing anything else; `fit`: but that it and
+    `max_tokens` fit the context, as `prepare_chat` checks (ContextTooLong)."""
     tools, messages = template_inputs(chat)
     engine, _ = await engine_and_images(pool, chat.model, messages)
     kwargs = template_kwargs(chat, engine)
-    return len(await asyncio.to_thread(engine.encode_chat, messages, tools, kwargs))
+    tokens = len(await asyncio.to_thread(engine.encode_chat, messages, tools, kwargs))
+    if fit:
+        engine.check_fits(tokens, chat.requested_max_tokens())
+    return tokens
 
 
 async def prepare_chat(

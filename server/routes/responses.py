@@ -44,7 +44,7 @@ from server.response_store import ResponseStore
 from server.response_store_items import ListQuery, input_items, item_page, with_ids
 from server.responses_input import chat_paths, to_chat
 from server.responses_output import Event, ItemStatus, OutputItems, new_id
-from server.responses_truncation import fitted
+from server.responses_truncation import TOO_LONG, fitted
 from server.schemas.chat import ChatCompletionRequest, logprob_content
 from server.schemas.common import documented_body, response_headers
 from server.schemas.responses import (
@@ -215,9 +215,25 @@ async def count_input_tokens(
         raise APIError(400, "model is required: this server has no default model", param="model")
     history = await _history(store, parsed.previous_response_id)
     items = history + await _input_items(store, parsed)
-    chat = to_chat(parsed.model_copy(update={"model": model}), items, parsed.function_tools())
-    with errors_named(CHAT_PARAMS, partial(chat_paths, parsed.instructions, items, len(history))):
-        tokens = await count_prompt_tokens(pool, chat)
+    request, functions = parsed.model_copy(update={"model": model}), parsed.function_tools()
+
+    async def counted(selected: list[int], fit: bool = False) -> int:
+        """The prompt of these items of the conversation (`fit`: checked against the context
+        as create checks it, for `truncation: "auto"`)."""
+        kept = [items[k] for k in selected]
+        paths = partial(chat_paths, parsed.instructions, kept, len(history), selected)
+        with errors_named(CHAT_PARAMS, paths):
+            return await count_prompt_tokens(pool, to_chat(request, kept, functions), fit)
+
+    tokens = None
+    if parsed.truncation == "auto":  # the conversation create would send, truncated
+        try:
+            tokens = await fitted(items, partial(counted, fit=True))
+        except APIError as exc:
+            if exc.code != TOO_LONG:
+                raise
+    if tokens is None:  # as sent (create would refuse it, too long even truncated: a 400)
+        tokens = await counted(list(range(len(items))))
     return {"object": "response.input_tokens", "input_tokens": tokens}
 
 

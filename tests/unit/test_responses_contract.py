@@ -715,3 +715,21 @@ async def test_truncation_auto_never_drops_the_last_turn(http: httpx.AsyncClient
     body = {"model": "fake", "input": turns(3), "truncation": "auto", "max_output_tokens": 16}
     response = await http.post(URL, json=body)
     assert_openai_error(response, 400, "input", "context_length_exceeded")
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(context_length=600)], ids=["600"])
+async def test_input_tokens_counts_the_truncated_conversation_create_would_send(
+    http: httpx.AsyncClient,
+) -> None:
+    """With `truncation: "auto"` the count is of the prompt create sends, its oldest turns
+    dropped (it counted every turn: more than the context, and than create's usage); one that
+    no truncation makes fit is counted whole, as with `disabled`."""
+    body = {"model": "fake", "input": turns(8), "tools": [WEATHER], "max_output_tokens": 16}
+    whole = (await http.post(f"{URL}/input_tokens", json=body)).json()["input_tokens"]
+    auto = {**body, "truncation": "auto"}
+    counted = (await http.post(f"{URL}/input_tokens", json=auto)).json()["input_tokens"]
+    created = (await http.post(URL, json=auto)).json()
+    assert counted == created["usage"]["input_tokens"] < 600 < whole
+    hopeless = {**auto, "max_output_tokens": 600}
+    response = await http.post(f"{URL}/input_tokens", json=hopeless)
+    assert response.status_code == 200 and response.json()["input_tokens"] == whole
