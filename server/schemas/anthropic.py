@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from server.schemas.anthropic_tools import schema_for
 from server.schemas.common import Strict
 
 # Anthropic's own limit, 128 (Claude Code names MCP tools `mcp__<server>__<tool>`, often past
@@ -162,8 +163,10 @@ class InputMessage(Strict):
 
 
 class Tool(Strict):
-    """A client tool; Anthropic's own tool types (`type` other than `custom`) are accepted
-    and left out (`MessagesFields.custom_tools`)."""
+    """A client tool. Of Anthropic's own tool types (`type` other than `custom`), those the
+    client runs (bash, the text editor, memory) are offered with their documented input schema
+    (server/schemas/anthropic_tools.py); the others are accepted and left out
+    (`MessagesFields.custom_tools`)."""
 
     type: str | None = None
     name: str = Field(pattern=TOOL_NAME)
@@ -244,7 +247,19 @@ class MessagesFields(Strict):
         return self
 
     def custom_tools(self) -> list[Tool]:
-        return [tool for tool in self.tools or [] if tool.type in (None, "custom")]
+        """The tools offered to the model: the client's own, and Anthropic-defined client tools
+        with their schema."""
+        offered = []
+        for tool in self.tools or []:
+            defined = None if tool.type in (None, "custom") else schema_for(str(tool.type))
+            if defined is not None:
+                description = tool.description or defined["description"]
+                tool = tool.model_copy(
+                    update={"description": description, "input_schema": defined["input_schema"]}
+                )
+            if tool.type in (None, "custom") or defined is not None:
+                offered.append(tool)
+        return offered
 
     def thinking_shown(self) -> bool:
         return not (self.thinking and self.thinking.display == "omitted")
