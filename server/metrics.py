@@ -149,6 +149,7 @@ class Observed:
         self._metrics = metrics
         self._start = time.monotonic()
         self._first_seen = False
+        self.first_token_at: float | None = None  # time.monotonic() of the first token
         self._last: dict[int, float] = {}  # per choice: when its previous output was handed over
         # Labelled once per stream, not per token (`labels()` takes a lock and a dict lookup);
         # on the first token, so a stream that yields none adds no series.
@@ -174,6 +175,7 @@ class Observed:
             now = time.monotonic()
             if not self._first_seen:  # time to first token: once per request
                 self._first_seen = True
+                self.first_token_at = now
                 metrics.ttft.labels(model).observe(now - self._start)
                 self._inter_token = metrics.inter_token.labels(model)
             previous = self._last.get(event.index)

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -132,13 +133,17 @@ async def token_inputs(
 
 
 async def run(
-    request: Request, engine: EmbeddingEngine, work: EmbeddingRequest
+    request: Request,
+    engine: EmbeddingEngine,
+    work: EmbeddingRequest,
+    shape: Callable[[APIError], dict[str, object]] = APIError.body,
 ) -> EmbeddingsDone | Response:
-    """The engine's result; a 499 when the client left first, an error body if it failed."""
+    """The engine's result; a 499 when the client left first, an error body (in `shape`) if it
+    failed."""
     stream = engine.submit(work)
     outcome = await collected_or_gone(request, _result(stream), [stream], work.request_id)
     if isinstance(outcome, Exception):
-        return error_response(outcome, {})
+        return error_response(outcome, {}, shape)
     return outcome
 
 

@@ -1,0 +1,210 @@
+"""Ollama's API bodies (https://github.com/ollama/ollama/blob/main/docs/api.md), read into the
+chat request the OpenAI routes run.
+
+Ollama's clients (Open WebUI, Continue's and Zed's Ollama providers, Page Assist, the `ollama`
+SDKs) talk to `/api/…`. A `/api/chat` body becomes a `ChatCompletionRequest` body
+(`chat_body`), so it shares the chat path's template, tools, grammars, images and limits:
+- messages: `images` (bare base64, as Ollama sends them) become image parts after the text;
+  `tool_calls` (arguments as objects) get ids, and each `tool` message answers the first call
+  not yet answered (of its `tool_name`, where it says one), as chat's `tool_call_id` needs;
+  `thinking` is the template's `reasoning_content`;
+- `format`: `"json"` is JSON mode, an object a JSON schema;
+- `options`: `temperature`, `top_p`, `top_k`, `min_p`, `seed`, `num_predict` (-1: no limit),
+  `stop`, `repeat_penalty`, `presence_penalty`, `frequency_penalty`; the rest (`num_ctx`,
+  `num_gpu`, `mirostat`, …) tune llama.cpp and change nothing here;
+- `think`: the template's `enable_thinking` (and `reasoning_effort` for "low"/"medium"/"high").
+`stream` defaults to true, as in Ollama.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from server.schemas.common import Strict
+
+# Options that tune Ollama's runner (context size, GPU layers, threads, …): accepted, no effect.
+RUNNER_OPTIONS = frozenset(
+    {
+        "numa", "num_ctx", "num_batch", "num_gpu", "main_gpu", "low_vram", "f16_kv",
+        "logits_all", "vocab_only", "use_mmap", "use_mlock", "embedding_only", "num_thread",
+        "num_keep", "tfs_z", "typical_p", "repeat_last_n", "mirostat", "mirostat_tau",
+        "mirostat_eta", "penalize_newline",
+    }
+)  # fmt: skip
+
+
+class Options(Strict):
+    temperature: float | int | None = None
+    top_p: float | int | None = None
+    top_k: int | None = None
+    min_p: float | int | None = None
+    seed: int | None = None
+    num_predict: int | None = None
+    stop: list[str] | str | None = None
+    repeat_penalty: float | int | None = None
+    presence_penalty: float | int | None = None
+    frequency_penalty: float | int | None = None
+
+    def sampling_fields(self) -> dict[str, Any]:
+        """The chat request's sampling fields these options set."""
+        fields: dict[str, Any] = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "seed": self.seed,
+            "stop": self.stop,
+            "repetition_penalty": self.repeat_penalty,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+        }
+        if self.num_predict is not None and self.num_predict >= 0:
+            fields["max_tokens"] = self.num_predict  # -1 (and -2): as long as the context allows
+        return {key: value for key, value in fields.items() if value is not None}
+
+
+class Function(Strict):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolCall(Strict):
+    function: Function
+
+
+class Message(Strict):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    images: list[str] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_name: str | None = None
+    thinking: str | None = None
+
+
+class GenerationFields(Strict):
+    """What `/api/chat` and `/api/generate` share."""
+
+    model: str = Field(min_length=1)
+    format: Literal["", "json"] | dict[str, Any] | None = None
+    options: Options | None = None
+    stream: bool = True
+    keep_alive: str | int | float | None = None
+    think: bool | Literal["low", "medium", "high"] | None = None
+
+    def common_body(self) -> dict[str, Any]:
+        """The chat request fields of these (model, sampling, format, thinking)."""
+        body: dict[str, Any] = {"model": self.model, "stream": False}
+        if self.options is not None:
+            body |= self.options.sampling_fields()
+        if self.format == "json":
+            body["response_format"] = {"type": "json_object"}
+        elif isinstance(self.format, dict):
+            schema = {"name": "response", "schema": self.format}
+            body["response_format"] = {"type": "json_schema", "json_schema": schema}
+        if self.think is not None:
+            kwargs: dict[str, Any] = {"enable_thinking": self.think is not False}
+            if isinstance(self.think, str):
+                kwargs["reasoning_effort"] = self.think
+            body["chat_template_kwargs"] = kwargs
+        return body
+
+
+class ChatRequest(GenerationFields):
+    messages: list[Message] = Field(default_factory=list)
+    tools: list[dict[str, Any]] | None = None
+
+    def chat_body(self) -> dict[str, Any]:
+        """The `ChatCompletionRequest` body of this request."""
+        body = self.common_body()
+        body["messages"] = chat_messages(self.messages)
+        if self.tools:
+            body["tools"] = self.tools
+        return body
+
+
+class GenerateRequest(GenerationFields):
+    prompt: str = ""
+    suffix: str | None = None
+    system: str | None = None
+    images: list[str] | None = None
+    raw: bool = False
+    context: list[int] | None = None  # deprecated in Ollama: not read
+
+    def chat_body(self) -> dict[str, Any]:
+        """The chat request of a templated (not raw) generate: `system`, then the prompt."""
+        messages = [Message(role="system", content=self.system)] if self.system else []
+        messages.append(Message(role="user", content=self.prompt, images=self.images))
+        return self.common_body() | {"messages": chat_messages(messages)}
+
+
+class EmbedRequest(Strict):
+    model: str = Field(min_length=1)
+    input: str | list[str]
+    truncate: bool = True
+    dimensions: int | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: str | int | float | None = None
+
+
+class LegacyEmbeddingsRequest(Strict):
+    """`/api/embeddings`: one `prompt`, one vector."""
+
+    model: str = Field(min_length=1)
+    prompt: str
+    options: dict[str, Any] | None = None
+    keep_alive: str | int | float | None = None
+
+
+class ShowRequest(Strict):
+    model: str | None = None
+    name: str | None = None  # the older field
+    verbose: bool | None = None
+
+    def model_name(self) -> str | None:
+        return self.model or self.name
+
+
+def chat_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """Ollama messages as chat messages (see the module docstring)."""
+    chat: list[dict[str, Any]] = []
+    unanswered: list[tuple[str, str]] = []  # (call id, name) of calls with no result yet
+    for message in messages:
+        out: dict[str, Any] = {"role": message.role, "content": message.content}
+        if message.images:
+            # Ollama sends bare base64; the decoder reads the format from the bytes
+            # (server/images.py), so the media type here only has to be one it accepts.
+            out["content"] = [
+                *([{"type": "text", "text": message.content}] if message.content else []),
+                *(
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}}
+                    for image in message.images
+                ),
+            ]
+        if message.thinking:
+            out["reasoning_content"] = message.thinking
+        if message.tool_calls:
+            calls: list[dict[str, Any]] = []
+            for call in message.tool_calls:
+                call_id = f"call_{len(chat)}_{len(calls)}"
+                unanswered.append((call_id, call.function.name))
+                arguments = call.function.arguments
+                calls.append(
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": call.function.name, "arguments": arguments},
+                    }
+                )
+            out["tool_calls"] = calls
+        if message.role == "tool":
+            match = next(
+                (c for c in unanswered if message.tool_name in (None, c[1])),
+                unanswered[0] if unanswered else None,
+            )
+            if match is not None:
+                unanswered.remove(match)
+            out["tool_call_id"] = match[0] if match else f"call_unmatched_{len(chat)}"
+        chat.append(out)
+    return chat
