@@ -8,6 +8,7 @@ there); a chat stream ends instead after one FinishEvent per choice.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -70,6 +71,19 @@ class GenerationRequest:
     # The client's guess at the output (Predicted Outputs), as tokens: where the model drafts
     # by prompt lookup, drafts are looked up there first.
     prediction: tuple[int, ...] = ()
+    # max_tokens is the room the prompt's ids leave in the context (the client set none, or
+    # asked more and the route lowers that to the room): `within` lowers it where the prompt
+    # turns out longer (a vision model's images expanded), instead of refusing the request.
+    max_tokens_is_room: bool = False
+
+    def within(self, context: int, prompt_tokens: int) -> GenerationRequest:
+        """This request for a prompt of `prompt_tokens` (its images expanded): max_tokens
+        lowered to the room left in `context`, where it was the room and some is left; else
+        as it is (the engine's fit check refuses it if it does not fit)."""
+        room = context - prompt_tokens
+        if not self.max_tokens_is_room or not 0 < room < self.max_tokens:
+            return self
+        return dataclasses.replace(self, max_tokens=room)
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,8 @@ class VLMEngine(LLMEngine, VisionFront):
         assert isinstance(scheduler, VisionScheduler)
         try:
             prompt = process(self.vlm, self.processor, request, self._prompt_text)
+            assert self.info is not None
+            request = request.within(self.info.context_length, len(prompt.ids))
             self._check_prompt(prompt.ids, prompt.image_positions, request)
         except (InvalidRequest, ContextTooLong, KVBudgetExceeded) as exc:
             self.release(-request.n, -1)

@@ -213,6 +213,7 @@ class SoloVLMEngine(EngineThread, VisionFront):
             stream.push(ErrorEvent(InvalidRequest(str(exc), param="messages")))
             return None
         assert self.info is not None
+        request = request.within(self.info.context_length, len(prompt_ids))
         if len(prompt_ids) + request.max_tokens > self.info.context_length:
             self.release(-1)
             error = ContextTooLong(

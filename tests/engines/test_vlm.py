@@ -8,6 +8,7 @@ is checked once."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -565,3 +566,36 @@ async def test_special_token_strings_in_a_text_row_are_text(engine: VLMEngine) -
     assert with_picture.count(im_end) == engine.encode_chat(with_image(plain)).count(im_end) + 1
     tokens, _ = await served(engine, request(engine, "t", text_only(pasted)))
     assert tokens  # the escaped prompt decodes as a text row
+
+
+async def first_event(engine: AnyVisionEngine, request: GenerationRequest) -> Any:
+    """The first event of `request` (the rest cancelled)."""
+    stream = engine.submit(request)
+    async for event in stream:
+        stream.cancel()
+        return event
+    raise AssertionError("no event")
+
+
+async def test_the_room_left_is_what_the_images_leave(checkpoint: Path) -> None:
+    """A request whose max_tokens is the room its prompt's ids leave (the client set none, or
+    Messages lowered it to the room) is served, on both paths, with the room its images
+    expanded leave (every chat request with an image and no max_tokens failed: the images'
+    tokens went past the context). One that asked that many itself is refused, as before."""
+    messages = with_image("What is it?")
+    batched = await started(checkpoint, prefix_cache_mb=0)
+    solo = SoloVLMEngine("tiny-vlm", checkpoint)
+    solo.start()
+    await solo.wait_loaded()
+    try:
+        for engine in (batched, solo):
+            prompt = engine.encode_chat(messages)
+            room = engine.check_fits(len(prompt), None)
+            asked = GenerationRequest("r", prompt, room, GREEDY, images=(image(1),))
+            roomy = dataclasses.replace(asked, max_tokens_is_room=True)
+            assert isinstance(await first_event(engine, roomy), TokenEvent | FinishEvent)
+            refused = await first_event(engine, asked)
+            assert isinstance(refused, ErrorEvent) and "context length" in str(refused.error)
+    finally:
+        batched.stop()
+        solo.stop()
