@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from server.schemas.anthropic_tools import schema_for
 from server.schemas.common import Strict
@@ -68,6 +68,54 @@ class ImageBlock(Strict):
             else f"data:{source.media_type};base64,{source.data}"
         )
         return {"type": "image_url", "image_url": {"url": url}}
+
+
+class PlainTextSource(Strict):
+    type: Literal["text"]
+    media_type: str = "text/plain"
+    data: str
+
+
+class ContentSource(Strict):
+    type: Literal["content"]
+    content: str | list[TextBlock]
+
+
+class DocumentBlock(Strict):
+    """A document the user attaches: plain text (`source.type` `text`) or text blocks
+    (`content`), read as text in the user turn, under its title and context. A PDF (`base64`,
+    `url`) is refused: mlxd has no PDF reader (its text, sent as a `text` source, is read)."""
+
+    type: Literal["document"]
+    source: Annotated[
+        PlainTextSource | ContentSource | Base64Source | URLSource, Field(discriminator="type")
+    ]
+    title: str | None = None
+    context: str | None = None
+    citations: dict[str, Any] | None = None
+    cache_control: dict[str, Any] | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _a_text_source(cls, source: Any) -> Any:
+        if isinstance(source, Base64Source | URLSource):
+            raise ValueError(
+                f"a document of source type '{source.type}' (a PDF) is not read here: send its "
+                "text as a source of type 'text'"
+            )
+        return source
+
+    @property
+    def text(self) -> str:
+        """The document as the model reads it: its title and context, then its text."""
+        source = self.source
+        if isinstance(source, ContentSource):
+            body = _text_of(source.content)
+        else:
+            assert isinstance(source, PlainTextSource)  # a PDF was refused
+            body = source.data
+        head = [line for line in (self.title, self.context) if line]
+        return "\n".join([*head, body])
 
 
 class ToolUseBlock(Strict):
@@ -134,17 +182,23 @@ class RedactedThinkingBlock(Strict):
 
 
 ContentBlock = Annotated[
-    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock,
+    TextBlock
+    | ImageBlock
+    | DocumentBlock
+    | ToolUseBlock
+    | ToolResultBlock
+    | ThinkingBlock
+    | RedactedThinkingBlock,
     Field(discriminator="type"),
 ]
 BLOCK_TYPES = frozenset(
-    {"text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking"}
+    {"text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking"}
 )
 
 
 # The blocks each role may hold (Anthropic refuses the others too).
 ROLE_BLOCKS = {
-    "user": frozenset({"text", "image", "tool_result"}),
+    "user": frozenset({"text", "image", "document", "tool_result"}),
     "assistant": frozenset({"text", "tool_use", "thinking", "redacted_thinking"}),
     "system": frozenset({"text"}),
 }
@@ -379,7 +433,11 @@ def _block_paths(content: list[Any], first: int, k: int) -> dict[str, str]:
     """For user message `k` whose turns start at chat message `first` (`_user_turns`: one tool
     turn per `tool_result` block, then the user turn of its text and image blocks)."""
     results = [b for b, block in enumerate(content) if isinstance(block, ToolResultBlock)]
-    parts = [b for b, block in enumerate(content) if isinstance(block, ImageBlock | TextBlock)]
+    parts = [
+        b
+        for b, block in enumerate(content)
+        if isinstance(block, ImageBlock | TextBlock | DocumentBlock)
+    ]
     user = first + len(results)
     paths: dict[str, str] = {}
     for n, b in enumerate(results):
@@ -413,7 +471,9 @@ def _system_text(content: str | list[Any]) -> str:
 def _text_of(content: str | list[Any]) -> str:
     if isinstance(content, str):
         return content
-    return "\n".join(block.text for block in content if isinstance(block, TextBlock))
+    return "\n".join(
+        block.text for block in content if isinstance(block, TextBlock | DocumentBlock)
+    )
 
 
 def _user_turns(content: str | list[Any]) -> list[dict[str, Any]]:
@@ -431,7 +491,7 @@ def _user_turns(content: str | list[Any]) -> list[dict[str, Any]]:
             if isinstance(block, ImageBlock)
             else {"type": "text", "text": block.text}
             for block in content
-            if isinstance(block, ImageBlock | TextBlock)
+            if isinstance(block, ImageBlock | TextBlock | DocumentBlock)
         ]
         turns.append({"role": "user", "content": parts})
     elif text or not turns:

@@ -1,0 +1,77 @@
+"""Document blocks on `/v1/messages`: a plain-text document (`source.type` `text`) or one of text
+blocks (`content`) is read as text in the user turn, under its title and context; a PDF is a
+400 naming the block. Through the strict `anthropic` SDK on a scripted engine.
+
+The shape is the Vercel AI SDK's (`@ai-sdk/anthropic` 3.0.140): a `file` part of media type
+`text/plain` becomes `{"type": "document", "source": {"type": "text", ...}, "title": filename}`;
+it was a 400 ("Input 'type' should be one of 'text', 'image', ...")."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+import pytest
+from anthropic import AsyncAnthropic, BadRequestError
+
+from engines.pool import EnginePool
+from server.app import create_app
+from server.settings import Settings
+from tests.fakes import FakeEngine
+
+QUESTION = {"type": "text", "text": "What is the secret word?"}
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine(context_length=4096)
+
+
+@pytest.fixture
+async def claude(fake_engine: FakeEngine) -> AsyncIterator[AsyncAnthropic]:
+    pool = EnginePool([fake_engine])
+    app = create_app(Settings(max_body_bytes=1 << 20), pool)
+    await pool.start()
+    transport = httpx2.ASGITransport(app=app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        yield AsyncAnthropic(
+            base_url="http://127.0.0.1",
+            api_key="unused",
+            http_client=http,
+            _strict_response_validation=True,
+            max_retries=0,
+        )
+    await pool.drain(timeout=1)
+
+
+def prompt_of(engine: FakeEngine) -> str:
+    return engine.decode(engine.requests[-1].prompt_tokens)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"type": "text", "media_type": "text/plain", "data": "The secret word is pineapple."},
+        {"type": "content", "content": [{"type": "text", "text": "The secret word is pineapple."}]},
+        {"type": "content", "content": "The secret word is pineapple."},
+    ],
+)
+async def test_a_text_document_is_read_in_the_user_turn(
+    claude: AsyncAnthropic, fake_engine: FakeEngine, source: dict[str, Any]
+) -> None:
+    document = {"type": "document", "source": source, "title": "notes.txt", "context": "Mine."}
+    messages: Any = [{"role": "user", "content": [QUESTION, document]}]
+    counted = await claude.messages.count_tokens(model="fake", messages=messages)
+    message = await claude.messages.create(model="fake", max_tokens=50, messages=messages)
+    assert prompt_of(fake_engine) == (
+        "<user>What is the secret word?\nnotes.txt\nMine.\nThe secret word is pineapple."
+    )
+    assert counted.input_tokens == message.usage.input_tokens
+
+
+async def test_a_pdf_document_is_a_400_naming_it(claude: AsyncAnthropic) -> None:
+    pdf = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}
+    messages: Any = [{"role": "user", "content": [QUESTION, {"type": "document", "source": pdf}]}]
+    with pytest.raises(BadRequestError, match=r"messages\[0\]\.content\[1\]\.source.: .*PDF"):
+        await claude.messages.create(model="fake", max_tokens=50, messages=messages)
