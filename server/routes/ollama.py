@@ -35,7 +35,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from engines.kinds import CHAT, EMBEDDING, ChatEngine
 from engines.pool import EnginePool, PoolModel
-from engines.types import EmbeddingRequest, ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
+from engines.types import (
+    EmbeddingRequest,
+    ErrorEvent,
+    FinishEvent,
+    GenerationRequest,
+    TokenEvent,
+    TokenLogprob,
+)
 from server import logs
 from server.body import read_json_object, validate
 from server.chat_output import ChoiceOutput
@@ -210,6 +217,7 @@ async def _raw(pool: EnginePool, body: GenerateRequest) -> PreparedChat:
         engine.check_fits(len(tokens), requested, param="prompt"),
         sampling.sampling(pool.sampling_defaults(body.model)),
         sampling.stop_sequences(),
+        logprobs=sampling.logprobs_count(),
     )
     return PreparedChat(engine, generation, lambda: ChoiceOutput(None, False, {}))
 
@@ -253,8 +261,19 @@ async def _serve(
     content = "".join(d.get("content") or "" for d in deltas)
     thinking = "".join(d.get("reasoning_content") or "" for d in deltas)
     reply = lines.part(content, thinking, _calls(output))
+    if prepared.generation.logprobs is not None:
+        reply["logprobs"] = [_logprob(entry) for entry in choice.logprobs]
     tokens = (collected.prompt_tokens, choice.completion_tokens)
     return JSONResponse(reply | lines.done(choice.finish_reason, *tokens))
+
+
+def _logprob(entry: TokenLogprob) -> dict[str, Any]:
+    """One token as Ollama's `logprobs` lists it: its text, log-probability, alternatives."""
+    return {
+        "token": entry.raw.decode("utf-8", "replace"),
+        "logprob": entry.logprob,
+        "top_logprobs": [{"token": text, "logprob": logprob} for _, text, logprob in entry.top],
+    }
 
 
 def _calls(output: ChoiceOutput) -> list[dict[str, Any]]:
@@ -277,6 +296,9 @@ class _Lines:
         self.model, self.field, self.prepared = model, field, prepared
         self.timed = timed  # the stream, timed by the metrics (its first token's time)
         self.started = time.monotonic()
+        self.logprobs: list[dict[str, Any]] | None = (
+            None if prepared.generation.logprobs is None else []
+        )  # tokens not sent yet (their text held back by a parser)
 
     def part(self, content: str, thinking: str = "", calls: Any = ()) -> dict[str, Any]:
         body: dict[str, Any]
@@ -312,6 +334,8 @@ class _Lines:
         output = self.prepared.output_for()
         async for event in stream.events(interval_s):
             if isinstance(event, TokenEvent):
+                if self.logprobs is not None:
+                    self.logprobs += [_logprob(entry) for entry in event.logprobs]
                 line = self._line(output.feed(event.text))
                 if line:
                     yield line
@@ -323,7 +347,7 @@ class _Lines:
                 if calls:
                     yield _json_line(self.part("", calls=calls))
                 usage = event.usage
-                last = self.part("") | self.done(
+                last = self._with_logprobs(self.part("")) | self.done(
                     event.reason, usage.prompt_tokens, usage.completion_tokens
                 )
                 yield _json_line(last)
@@ -336,7 +360,16 @@ class _Lines:
     def _line(self, deltas: list[dict[str, Any]]) -> bytes:
         content = "".join(d.get("content") or "" for d in deltas)
         thinking = "".join(d.get("reasoning_content") or "" for d in deltas)
-        return _json_line(self.part(content, thinking)) if content or thinking else b""
+        if not content and not thinking:
+            return b""
+        return _json_line(self._with_logprobs(self.part(content, thinking)))
+
+    def _with_logprobs(self, part: dict[str, Any]) -> dict[str, Any]:
+        """`part` with the logprobs of the tokens not sent yet, when they were asked for."""
+        if self.logprobs is None:
+            return part
+        sent, self.logprobs = self.logprobs, []
+        return part | {"logprobs": sent}
 
 
 def _ns(seconds: float) -> int:

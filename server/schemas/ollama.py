@@ -12,7 +12,8 @@ SDKs) talk to `/api/…`. A `/api/chat` body becomes a `ChatCompletionRequest` b
 - `options`: `temperature`, `top_p`, `top_k`, `min_p`, `seed`, `num_predict` (-1: no limit),
   `stop`, `repeat_penalty`, `presence_penalty`, `frequency_penalty`; the rest (`num_ctx`,
   `num_gpu`, `mirostat`, …) tune llama.cpp and change nothing here;
-- `think`: the template's `enable_thinking` (and `reasoning_effort` for "low"/"medium"/"high").
+- `think`: the template's `enable_thinking` (and `reasoning_effort` for "low"/"medium"/"high");
+- `logprobs`, `top_logprobs`: chat's, answered as Ollama's `logprobs` list.
 `stream` defaults to true, as in Ollama.
 """
 
@@ -92,6 +93,8 @@ class GenerationFields(Strict):
     stream: bool = True
     keep_alive: str | int | float | None = None
     think: bool | Literal["low", "medium", "high"] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
     def common_body(self) -> dict[str, Any]:
         """The chat request fields of these (model, sampling, format, thinking)."""
@@ -103,6 +106,8 @@ class GenerationFields(Strict):
         elif isinstance(self.format, dict):
             schema = {"name": "response", "schema": self.format}
             body["response_format"] = {"type": "json_schema", "json_schema": schema}
+        if self.logprobs:
+            body |= {"logprobs": True, "top_logprobs": self.top_logprobs or 0}
         if self.think is not None:
             kwargs: dict[str, Any] = {"enable_thinking": self.think is not False}
             if isinstance(self.think, str):

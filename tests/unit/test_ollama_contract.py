@@ -184,3 +184,17 @@ async def test_an_engine_failure_mid_stream_ends_with_an_error_line(
         lines = [json.loads(line) async for line in response.aiter_lines() if line]
     assert [line["message"]["content"] for line in lines[:-1]] == ["H", "e", "l"]
     assert set(lines[-1]) == {"error"}
+
+
+async def test_logprobs_whole_and_streamed(client: ollama.AsyncClient) -> None:
+    fields: dict[str, Any] = {"model": "fake", "messages": HI, "logprobs": True, "top_logprobs": 2}
+    reply = await client.chat(**fields)
+    assert [entry.token for entry in reply.logprobs or []] == list("Hello there!")
+    first = (reply.logprobs or [])[0]
+    assert first.logprob == -0.5 and [t.token for t in first.top_logprobs or []] == ["x", "y"]
+    parts = [part async for part in await client.chat(**fields, stream=True)]
+    streamed = [entry.token for part in parts for entry in part.logprobs or []]
+    assert streamed == list("Hello there!")
+    raw = await client.generate(model="fake", prompt="x", raw=True, logprobs=True)
+    assert len(raw.logprobs or []) == 12 and (raw.logprobs or [])[0].top_logprobs == []
+    assert (await client.chat(model="fake", messages=HI)).logprobs is None
