@@ -46,7 +46,7 @@ from engines.types import (
 from server import logs
 from server.body import read_json_object, validate
 from server.chat_output import ChoiceOutput
-from server.chat_pipeline import PreparedChat, prepare_chat
+from server.chat_pipeline import PreparedChat, errors_named, prepare_chat
 from server.deps import MetricsDep, PoolDep, SettingsDep
 from server.errors import APIError, from_engine_error
 from server.generation import EventSource, collect
@@ -55,6 +55,7 @@ from server.routes.embeddings import check_dimensions, embedder_info, run, short
 from server.schemas.chat import ChatCompletionRequest
 from server.schemas.common import documented_body
 from server.schemas.ollama import (
+    CHAT_PARAMS,
     ChatRequest,
     EmbedRequest,
     GenerateRequest,
@@ -175,8 +176,9 @@ async def chat(
     body = validate(ChatRequest, await read_json_object(request, settings.max_body_bytes))
     if not body.messages:
         return await _loaded(pool, body.model, "message", {"role": "assistant", "content": ""})
-    chat_request = validate(ChatCompletionRequest, body.chat_body())
-    prepared = await prepare_chat(pool, settings, chat_request, f"ollama-{uuid.uuid4().hex}")
+    with errors_named(CHAT_PARAMS, body.chat_paths):
+        chat_request = validate(ChatCompletionRequest, body.chat_body())
+        prepared = await prepare_chat(pool, settings, chat_request, f"ollama-{uuid.uuid4().hex}")
     return await _serve(request, settings, metrics, prepared, body.model, body.stream, "message")
 
 
@@ -187,11 +189,13 @@ async def generate(
     body = validate(GenerateRequest, await read_json_object(request, settings.max_body_bytes))
     if not body.prompt and not body.images and body.suffix is None:
         return await _loaded(pool, body.model, "response", "")
-    if body.raw or body.suffix is not None:
-        prepared = await _raw(pool, body)
-    else:
-        chat_request = validate(ChatCompletionRequest, body.chat_body())
-        prepared = await prepare_chat(pool, settings, chat_request, f"ollama-{uuid.uuid4().hex}")
+    with errors_named(CHAT_PARAMS | {"messages": "prompt"}, body.chat_paths):
+        if body.raw or body.suffix is not None:
+            prepared = await _raw(pool, body)
+        else:
+            chat_request = validate(ChatCompletionRequest, body.chat_body())
+            request_id = f"ollama-{uuid.uuid4().hex}"
+            prepared = await prepare_chat(pool, settings, chat_request, request_id)
     return await _serve(request, settings, metrics, prepared, body.model, body.stream, "response")
 
 
@@ -404,6 +408,8 @@ async def embed(request: Request, settings: SettingsDep, pool: PoolDep) -> Respo
 async def legacy_embeddings(request: Request, settings: SettingsDep, pool: PoolDep) -> Response:
     raw = await read_json_object(request, settings.max_body_bytes)
     body = validate(LegacyEmbeddingsRequest, raw)
+    if not body.prompt:
+        raise APIError(400, "prompt is empty", param="prompt")
     vectors = await _vectors(request, pool, body.model, [body.prompt], True, None)
     if isinstance(vectors, Response):
         return vectors

@@ -36,6 +36,18 @@ RUNNER_OPTIONS = frozenset(
 )  # fmt: skip
 
 
+# The chat request's fields as Ollama's request names them, for errors.
+_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "presence_penalty")
+CHAT_PARAMS = {
+    **{name: f"options.{name}" for name in (*_SAMPLING, "frequency_penalty")},
+    "max_tokens": "options.num_predict",
+    "repetition_penalty": "options.repeat_penalty",
+    "response_format": "format",
+    "response_format.json_schema": "format",
+    "response_format.json_schema.schema": "format",
+}
+
+
 class Options(Strict):
     temperature: float | int | None = None
     top_p: float | int | None = None
@@ -128,6 +140,14 @@ class ChatRequest(GenerationFields):
             body["tools"] = self.tools
         return body
 
+    def chat_paths(self) -> dict[str, str]:
+        """Where the chat messages' image parts came from: `messages[i].images[k]`."""
+        return {
+            chat: f"messages[{i}].{own}"
+            for i, message in enumerate(self.messages)
+            for chat, own in _image_paths(i, message).items()
+        }
+
 
 class GenerateRequest(GenerationFields):
     prompt: str = ""
@@ -142,6 +162,13 @@ class GenerateRequest(GenerationFields):
         messages = [Message(role="system", content=self.system)] if self.system else []
         messages.append(Message(role="user", content=self.prompt, images=self.images))
         return self.common_body() | {"messages": chat_messages(messages)}
+
+    def chat_paths(self) -> dict[str, str]:
+        """Where the chat messages came from: `system`, `prompt` and its `images[k]`."""
+        user = 1 if self.system else 0
+        prompt = Message(role="user", content=self.prompt, images=self.images)
+        paths = {f"messages[{user}]": "prompt", **_image_paths(user, prompt)}
+        return paths | ({"messages[0]": "system"} if self.system else {})
 
 
 class EmbedRequest(Strict):
@@ -169,6 +196,15 @@ class ShowRequest(Strict):
 
     def model_name(self) -> str | None:
         return self.model or self.name
+
+
+def _image_paths(index: int, message: Message) -> dict[str, str]:
+    """The chat paths of message `index`'s image parts → `images[k]` (after its text part)."""
+    first = 1 if message.content else 0
+    return {
+        f"messages[{index}].content[{first + k}]": f"images[{k}]"
+        for k in range(len(message.images or []))
+    }
 
 
 def chat_messages(messages: list[Message]) -> list[dict[str, Any]]:

@@ -198,3 +198,21 @@ async def test_logprobs_whole_and_streamed(client: ollama.AsyncClient) -> None:
     raw = await client.generate(model="fake", prompt="x", raw=True, logprobs=True)
     assert len(raw.logprobs or []) == 12 and (raw.logprobs or [])[0].top_logprobs == []
     assert (await client.chat(model="fake", messages=HI)).logprobs is None
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "named"),
+    [
+        ("/api/chat", {"messages": HI, "options": {"top_k": -1}}, "'options.top_k'"),
+        ("/api/chat", {"messages": HI, "options": {"num_predict": 10**9}}, "maximum context"),
+        ("/api/chat", {"messages": [{"role": "user", "content": "x", "images": ["aGk="]}]},
+         "messages[0].images[0]:"),
+        ("/api/generate", {"prompt": "x", "system": "s", "images": ["#"]}, "images[0]:"),
+        ("/api/embeddings", {"model": "fake-embed", "prompt": ""}, "prompt is empty"),
+    ],
+)  # fmt: skip
+async def test_errors_name_ollamas_fields(
+    http: httpx.AsyncClient, path: str, body: dict[str, Any], named: str
+) -> None:
+    response = await http.post(path, json={"model": "fake", "stream": False, **body})
+    assert response.status_code == 400 and named in response.json()["error"], response.text
