@@ -71,17 +71,18 @@ class GenerationRequest:
     # The client's guess at the output (Predicted Outputs), as tokens: where the model drafts
     # by prompt lookup, drafts are looked up there first.
     prediction: tuple[int, ...] = ()
-    # max_tokens is the room the prompt's ids leave in the context (the client set none, or
-    # asked more and the route lowers that to the room): `within` lowers it where the prompt
-    # turns out longer (a vision model's images expanded), instead of refusing the request.
-    max_tokens_is_room: bool = False
+    # max_tokens is lowered to the room the prompt leaves, never refused for being large (the
+    # client set none, so it is the room the prompt's ids leave; or the route clamps, as
+    # Messages does): `within` applies it where the prompt turns out longer than its ids (a
+    # vision model's images expanded).
+    clamp_max_tokens: bool = False
 
     def within(self, context: int, prompt_tokens: int) -> GenerationRequest:
-        """This request for a prompt of `prompt_tokens` (its images expanded): max_tokens
-        lowered to the room left in `context`, where it was the room and some is left; else
-        as it is (the engine's fit check refuses it if it does not fit)."""
+        """This request for a prompt of `prompt_tokens` (its images expanded): with
+        `clamp_max_tokens`, max_tokens lowered to the room left in `context` where that is
+        less and not empty; else as it is (the engine's fit check refuses what does not fit)."""
         room = context - prompt_tokens
-        if not self.max_tokens_is_room or not 0 < room < self.max_tokens:
+        if not self.clamp_max_tokens or not 0 < room < self.max_tokens:
             return self
         return dataclasses.replace(self, max_tokens=room)
 

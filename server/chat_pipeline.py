@@ -213,11 +213,8 @@ async def prepare_chat(
         )
 
     requested = chat.requested_max_tokens()
-    room = engine.check_fits(len(prompt), None)
-    # The room, where none was asked or more is lowered to it: a vision engine lowers it
-    # further where the images' tokens make the prompt longer than its ids.
-    is_room = requested is None or (clamp_max_tokens and requested >= room)
     if clamp_max_tokens and requested is not None:
+        room = engine.check_fits(len(prompt), None)
         requested = min(requested, room)
     max_tokens = engine.check_fits(len(prompt), requested)
 
@@ -234,7 +231,9 @@ async def prepare_chat(
         images=images,
         speculative=chat.speculative,
         prediction=tuple(prediction),
-        max_tokens_is_room=is_room,
+        # None asked is the room; a vision engine lowers it, or a clamped one, further where
+        # the images' tokens make the prompt longer than its ids.
+        clamp_max_tokens=clamp_max_tokens or requested is None,
     )
     logger.info(
         "%s chat model=%r prompt_tokens=%d images=%d max_tokens=%d n=%d stream=%s",

@@ -578,8 +578,8 @@ async def first_event(engine: AnyVisionEngine, request: GenerationRequest) -> An
 
 
 async def test_the_room_left_is_what_the_images_leave(checkpoint: Path) -> None:
-    """A request whose max_tokens is the room its prompt's ids leave (the client set none, or
-    Messages lowered it to the room) is served, on both paths, with the room its images
+    """A request whose max_tokens may be lowered (the client set none: the room its prompt's
+    ids leave; or Messages, which clamps) is served, on both paths, with the room its images
     expanded leave (every chat request with an image and no max_tokens failed: the images'
     tokens went past the context). One that asked that many itself is refused, as before."""
     messages = with_image("What is it?")
@@ -592,7 +592,7 @@ async def test_the_room_left_is_what_the_images_leave(checkpoint: Path) -> None:
             prompt = engine.encode_chat(messages)
             room = engine.check_fits(len(prompt), None)
             asked = GenerationRequest("r", prompt, room, GREEDY, images=(image(1),))
-            roomy = dataclasses.replace(asked, max_tokens_is_room=True)
+            roomy = dataclasses.replace(asked, clamp_max_tokens=True)
             assert isinstance(await first_event(engine, roomy), TokenEvent | FinishEvent)
             refused = await first_event(engine, asked)
             assert isinstance(refused, ErrorEvent) and "context length" in str(refused.error)
