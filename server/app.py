@@ -233,6 +233,9 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
             allow_origins=settings.origins(),
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
+            # The SDKs read these (request ids in errors, Retry-After to back off a 429/503);
+            # a browser hides any response header not listed.
+            expose_headers=["x-request-id", "retry-after", "x-mlxd-ignored-fields"],
         )
     app.add_middleware(ConcurrencyLimit, limit=settings.max_connections)
     app.add_middleware(RequestCounter, metrics=app.state.metrics)  # counts refusals too
