@@ -14,14 +14,14 @@ SDKs) talk to `/api/…`. A `/api/chat` body becomes a `ChatCompletionRequest` b
   `num_gpu`, `mirostat`, …) tune llama.cpp and change nothing here;
 - `think`: the template's `enable_thinking` (and `reasoning_effort` for "low"/"medium"/"high");
 - `logprobs`, `top_logprobs`: chat's, answered as Ollama's `logprobs` list.
-`stream` defaults to true, as in Ollama.
+`stream` defaults to true, as in Ollama. A model named `name:latest` is `name`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from server.schemas.common import Strict
 
@@ -35,6 +35,10 @@ RUNNER_OPTIONS = frozenset(
     }
 )  # fmt: skip
 
+
+# Ollama treats `name` and `name:latest` as one model, and clients add the tag: mlxd's names
+# have none, so it is dropped.
+OllamaName = Annotated[str, AfterValidator(lambda name: name.removesuffix(":latest"))]
 
 # The chat request's fields as Ollama's request names them, for errors.
 _SAMPLING = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "presence_penalty")
@@ -99,7 +103,7 @@ class Message(Strict):
 class GenerationFields(Strict):
     """What `/api/chat` and `/api/generate` share."""
 
-    model: str = Field(min_length=1)
+    model: OllamaName = Field(min_length=1)
     format: Literal["", "json"] | dict[str, Any] | None = None
     options: Options | None = None
     stream: bool = True
@@ -172,7 +176,7 @@ class GenerateRequest(GenerationFields):
 
 
 class EmbedRequest(Strict):
-    model: str = Field(min_length=1)
+    model: OllamaName = Field(min_length=1)
     input: str | list[str]
     truncate: bool = True
     dimensions: int | None = None
@@ -183,15 +187,15 @@ class EmbedRequest(Strict):
 class LegacyEmbeddingsRequest(Strict):
     """`/api/embeddings`: one `prompt`, one vector."""
 
-    model: str = Field(min_length=1)
+    model: OllamaName = Field(min_length=1)
     prompt: str
     options: dict[str, Any] | None = None
     keep_alive: str | int | float | None = None
 
 
 class ShowRequest(Strict):
-    model: str | None = None
-    name: str | None = None  # the older field
+    model: OllamaName | None = None
+    name: OllamaName | None = None  # the older field
     verbose: bool | None = None
 
     def model_name(self) -> str | None:

@@ -216,3 +216,11 @@ async def test_errors_name_ollamas_fields(
 ) -> None:
     response = await http.post(path, json={"model": "fake", "stream": False, **body})
     assert response.status_code == 400 and named in response.json()["error"], response.text
+
+
+async def test_the_latest_tag_names_the_model(client: ollama.AsyncClient) -> None:
+    """Ollama's `name:latest` is `name`: clients add the tag to names listed without one."""
+    reply = await client.chat(model="fake:latest", messages=HI)
+    assert reply.message.content == "Hello there!"
+    assert (await client.show("fake:latest")).capabilities
+    assert len((await client.embed(model="fake-embed:latest", input="x")).embeddings) == 1
