@@ -16,6 +16,12 @@ min–max; and whether the speculative tokens equal the plain ones (they must, g
 
     python3 bench/speculative.py --model NAME_OR_DIR [--runs 5] [--tokens 256]
         [--concurrency 1 8] [--speculative-tokens N] [--draft NAME_OR_DIR] [--task edit|write]
+        [--prediction original|output]
+
+`--prediction` gives the speculative side's requests a predicted output (chat's `prediction`,
+Predicted Outputs), as an editor sends the file it asks to change: `original` the module as it
+stands before the edit (fenced, as the model writes it), `output` the reply itself (taken from
+an unmeasured plain run first: the most a prediction can give).
 
 A draft model: e.g. `--model qwen2.5-coder-1.5b-instruct --draft qwen2.5-coder-0.5b-instruct
 --concurrency 1` (issue 25: ≥ 1.5× single stream on a coding prompt, identical greedy output).
@@ -152,13 +158,24 @@ async def one(engine: LLMEngine, request: GenerationRequest) -> tuple[list[int],
 
 
 async def burst(
-    side: Side, prompts: list[list[int]], max_tokens: int
+    side: Side,
+    prompts: list[list[int]],
+    max_tokens: int,
+    predictions: list[tuple[int, ...]] | None = None,
 ) -> tuple[float, list[list[int]]]:
     """Decode rate of one burst (tokens/s over the concurrent requests) and their tokens."""
     engine, speculative = side
+    predicted = predictions or [() for _ in prompts]
     requests = [
-        GenerationRequest(f"r{i}", prompt, max_tokens, SamplingParams(0.0), speculative=speculative)
-        for i, prompt in enumerate(prompts)
+        GenerationRequest(
+            f"r{i}",
+            prompt,
+            max_tokens,
+            SamplingParams(0.0),
+            speculative=speculative,
+            prediction=prediction,
+        )
+        for i, (prompt, prediction) in enumerate(zip(prompts, predicted, strict=True))
     ]
     results = await asyncio.gather(*(one(engine, r) for r in requests))
     decoded = sum(max(0, len(tokens) - 1) for tokens, _, _ in results)
@@ -191,6 +208,20 @@ def spread(values: list[float]) -> dict[str, float]:
     }
 
 
+async def predicted_outputs(
+    args: argparse.Namespace, plain: Side, prompts: list[list[int]], requests: int
+) -> list[tuple[int, ...]]:
+    """Each request's `--prediction` (none without the option)."""
+    engine = plain[0]
+    if args.prediction == "original":
+        fenced = engine.encode_output(f"```python\n{CODE}```")
+        return [tuple(fenced)] * requests
+    if args.prediction == "output":
+        outputs = [(await burst(plain, [prompt], args.tokens))[1][0] for prompt in prompts]
+        return [tuple(tokens) for tokens in outputs]
+    return [()] * requests
+
+
 async def measure(args: argparse.Namespace, path: Path, draft: Path | None) -> dict[str, object]:
     speculative = ChatLimits(
         speculative=str(draft) if draft else "prompt_lookup",
@@ -220,6 +251,7 @@ async def measure(args: argparse.Namespace, path: Path, draft: Path | None) -> d
             prompts = every[:concurrency]
             await burst(sides["plain"], prompts, 8)  # warm both sides on these shapes
             await burst(sides["speculative"], prompts, 8)
+            predictions = await predicted_outputs(args, sides["plain"], every, requests)
             speculated = [0, 0, 0, 0]  # counts() over the measured speculative bursts
             for run in range(args.runs):
                 if concurrency == 1:
@@ -227,7 +259,9 @@ async def measure(args: argparse.Namespace, path: Path, draft: Path | None) -> d
                 order = ["plain", "speculative"] if run % 2 == 0 else ["speculative", "plain"]
                 for name in order:
                     before = counts(drafting)
-                    rate, tokens = await burst(sides[name], prompts, args.tokens)
+                    asked = [predictions[every.index(p)] for p in prompts]
+                    given = asked if name == "speculative" and args.prediction else None
+                    rate, tokens = await burst(sides[name], prompts, args.tokens, given)
                     if name == "speculative":
                         after = counts(drafting)
                         speculated = [
@@ -280,6 +314,7 @@ def main() -> None:
         help="one engine for both sides (the plain side: requests with drafting off): the "
         "weights in memory once, for models too large to load twice",
     )
+    parser.add_argument("--prediction", choices=["original", "output"])
     parser.add_argument("--show-text", action="store_true")
     args = parser.parse_args()
     store = ModelStore(default_home())
@@ -297,6 +332,7 @@ def main() -> None:
         "drafter": str(draft) if draft else "prompt_lookup",
         "task": args.task,
         "one_engine": args.one_engine,
+        "prediction": args.prediction,
     }
     print(json.dumps({"machine": machine, **report}, indent=2))
 
