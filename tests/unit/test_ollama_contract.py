@@ -17,6 +17,7 @@ from server.app import create_app
 from server.settings import Settings
 from tests.fake_embed import FakeEmbedEngine
 from tests.fakes import FakeEngine
+from tests.servers import serve, wait_until
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 WEATHER = {
@@ -224,3 +225,21 @@ async def test_the_latest_tag_names_the_model(client: ollama.AsyncClient) -> Non
     assert reply.message.content == "Hello there!"
     assert (await client.show("fake:latest")).capabilities
     assert len((await client.embed(model="fake-embed:latest", input="x")).embeddings) == 1
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+async def test_a_client_that_leaves_cancels_its_generation(stream: bool) -> None:
+    engine = FakeEngine(reply="word " * 200, token_delay_s=0.01, context_length=4096)
+    body = {"model": "fake", "messages": HI, "stream": stream}
+    with serve(create_app(Settings(), EnginePool([engine]))) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=0.3) as http:
+            if stream:
+                async with http.stream("POST", "/api/chat", json=body) as response:
+                    async for line in response.aiter_lines():
+                        if '"content":"w' in line:
+                            break  # leaving the block closes the connection mid-stream
+            else:
+                with pytest.raises(httpx.ReadTimeout):
+                    await http.post("/api/chat", json=body)
+        assert await wait_until(lambda: engine.active == 0, timeout=2)
+    assert 0 < engine.tokens_generated < 1000
