@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 class ChatFront:
     """Set by the engine at load: tokenizer, info, vocab_size, profile, budget, max_batch."""
 
+    keeps_images = False  # a vision model's front keeps image parts for its template
+
     def __init__(self, name: str, limits: ChatLimits) -> None:
         self.name = name
         self.limits = limits
@@ -99,8 +101,11 @@ class ChatFront:
         tools: list[dict[str, Any]] | None = None,
         template_kwargs: dict[str, Any] | None = None,
     ) -> str:
-        """The prompt text (engines/llm/templates.py)."""
-        return render_chat(self.tokenizer, messages, tools, template_kwargs)
+        """The prompt text (engines/llm/templates.py); image parts kept where they are on a
+        model that reads images (`keeps_images`)."""
+        return render_chat(
+            self.tokenizer, messages, tools, template_kwargs, keep_images=self.keeps_images
+        )
 
     def encode_text(self, text: str) -> list[int]:
         """Tokenize a raw prompt as the model expects it (BOS added if the model wants one)."""

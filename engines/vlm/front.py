@@ -21,11 +21,14 @@ from typing import Any
 
 from engines.errors import InvalidRequest
 from engines.llm.front import ChatFront
-from engines.llm.templates import render_chat
 from engines.types import GenerationRequest
 
 
 class VisionFront(ChatFront):
+    # The prompt is rendered as for a text model (later system turns placed, tools in the
+    # template's own way or, where it has none, the generic tool prompt), image parts kept.
+    keeps_images = True
+
     def encode_chat(
         self,
         messages: list[dict[str, Any]],
@@ -50,17 +53,6 @@ class VisionFront(ChatFront):
         (which parses special-token strings again): always, one request at a time
         (`SoloVLMEngine`); the batched engine says where it does not."""
         return True
-
-    def render(
-        self,
-        messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]] | None = None,
-        template_kwargs: dict[str, Any] | None = None,
-    ) -> str:
-        """The prompt text, rendered as for a text model (later system turns placed, tools in
-        the template's own way or, where it has none, the generic tool prompt), image parts
-        kept where they are."""
-        return render_chat(self.tokenizer, messages, tools, template_kwargs, keep_images=True)
 
     def check_grammar(self, grammar: str, param: str) -> None:
         raise InvalidRequest(
