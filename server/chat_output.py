@@ -24,7 +24,8 @@ class ChoiceOutput:
     schemas (none: no tool parsing); `untagged`: whether calls written without the model's tags
     are recognised; `tool_format`: the format the model writes calls in; `single_call`: at most
     one call (`parallel_tool_calls: false`): where no grammar held the model to one, the calls
-    after its first are left out, streamed or not (as vLLM does)."""
+    after its first are left out, streamed or not (as vLLM does), and a turn the output limit
+    cut only in what was left out finishes as a call (`finish_reason`)."""
 
     def __init__(
         self,
@@ -45,6 +46,8 @@ class ChoiceOutput:
             self._tools = call_parser(tool_format, tool_schemas, untagged)
         self.reasoning_text = ""
         self.content = ""
+        self._after_call = ""  # what was kept after the first call: text and reasoning
+        self._called = False
 
     @property
     def tool_calls(self) -> list[dict[str, Any]]:
@@ -55,6 +58,18 @@ class ChoiceOutput:
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
             for c in calls
         ]
+
+    def finish_reason(self, reason: str) -> str:
+        """The choice's `finish_reason` once the output is finished (module `finish_reason`).
+        Under `single_call`, an output cut by the limit after a whole first call, with nothing
+        but whitespace kept after it, finishes "tool_calls": the limit cut only calls that were
+        left out, and the client got all a one-call turn holds (reported "length", an agent
+        took the turn for cut short: Responses said `incomplete`, which the OpenAI Agents SDK
+        raises on, and Instructor raised on "length")."""
+        calls = self.tool_calls
+        if reason == "length" and self._single_call and calls and not self._after_call.strip():
+            reason = "stop"
+        return finish_reason(reason, calls)
 
     def feed(self, text: str) -> list[dict[str, Any]]:
         """Chat `delta` objects for `text` (possibly none while markup is being recognised)."""
@@ -77,6 +92,8 @@ class ChoiceOutput:
         if not text:
             return []
         self.reasoning_text += text
+        if self._called:
+            self._after_call += text
         return [{"reasoning_content": text, "reasoning": text}]
 
     def _content(self, text: str) -> list[dict[str, Any]]:
@@ -90,11 +107,14 @@ class ChoiceOutput:
         for piece in parsed.pieces:  # text, reasoning and calls in the order the model wrote them
             if isinstance(piece, str):
                 self.content += piece
+                if self._called:
+                    self._after_call += piece
                 deltas.append({"content": piece})
                 continue
             if isinstance(piece, Thought):
                 deltas += self._thoughts(piece.text)
                 continue
+            self._called = True
             if self._single_call and piece.index > 0:
                 continue
             body: dict[str, Any] = {

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from engines.types import ErrorEvent, FinishEvent, GenerationRequest, TokenEvent
 from server import sse
-from server.chat_output import ChoiceOutput, collected_message, finish_reason
+from server.chat_output import ChoiceOutput, collected_message
 from server.chat_pipeline import prepare_chat
 from server.deps import Body, MetricsDep, PoolDep, SettingsDep, json_body
 from server.errors import from_engine_error
@@ -68,8 +68,9 @@ async def create_chat_completion(
         return error_response(collected.error, headers)
     choices = []
     for index, choice in sorted(collected.choices.items()):
-        message = collected_message(output_for(), choice.text)
-        reason = finish_reason(choice.finish_reason, message.get("tool_calls") or [])
+        output = output_for()
+        message = collected_message(output, choice.text)
+        reason = output.finish_reason(choice.finish_reason)
         choice_logprobs = None if generation.logprobs is None else choice.logprobs
         choices.append(message_choice(index, message, reason, choice_logprobs))
     completion_tokens = sum(c.completion_tokens for c in collected.choices.values())
@@ -162,7 +163,7 @@ async def _stream_chunks(
                 yield frame(delta_choice(event.index, delta))
             for role_frame in opening(event.index, {})[0]:  # a choice that wrote nothing
                 yield role_frame
-            reason = finish_reason(event.reason, outputs[event.index].tool_calls)
+            reason = outputs[event.index].finish_reason(event.reason)
             yield frame(delta_choice(event.index, {}, reason))
         elif isinstance(event, ErrorEvent):
             logger.error("%s failed in stream: %s", generation.request_id, event.error)

@@ -26,7 +26,7 @@ from sse_starlette import ServerSentEvent
 from engines.types import ErrorEvent, FinishEvent, TokenEvent
 from server import sse
 from server.body import read_json_object, validate
-from server.chat_output import ChoiceOutput, finish_reason
+from server.chat_output import ChoiceOutput
 from server.chat_pipeline import PreparedChat, count_prompt_tokens, errors_named, prepare_chat
 from server.deps import MetricsDep, PoolDep, SettingsDep
 from server.errors import (
@@ -193,7 +193,7 @@ def _stop_reason(reason: str, stop_sequence: str | None, output: ChoiceOutput) -
     by the end of sequence is `end_turn`, not a call for the agent to run."""
     if stop_sequence is not None:
         return "stop_sequence"
-    if finish_reason(reason, output.tool_calls) == "tool_calls":
+    if output.finish_reason(reason) == "tool_calls":
         return "tool_use"
     return STOP_REASONS.get(reason, "end_turn")
 

@@ -192,7 +192,9 @@ async def create_response(
     for delta in output.finish():
         run.items.feed(delta)
     status: ItemStatus = (
-        "incomplete" if choice and choice.finish_reason == "length" else "completed"
+        "incomplete"
+        if choice and output.finish_reason(choice.finish_reason) == "length"
+        else "completed"
     )
     run.items.finish(status)
     usage = usage_body(
@@ -372,7 +374,9 @@ class _Run:
         elif isinstance(event, FinishEvent):
             for delta in output.finish():
                 events += self.items.feed(delta)
-            self.status = "incomplete" if event.reason == "length" else "completed"
+            self.status = (
+                "incomplete" if output.finish_reason(event.reason) == "length" else "completed"
+            )
             events += self.items.finish(self.status)
             tokens = event.usage
             self.usage = usage_body(

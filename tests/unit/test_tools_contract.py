@@ -215,6 +215,57 @@ async def test_parallel_tool_calls_false_returns_one_call_under_auto(
     assert len(both.choices[0].message.tool_calls or []) == 2
 
 
+TWO_CALLS = CALL + "\n" + CALL.replace("Paris", "Rome")
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(reply=TWO_CALLS, context_length=4096)])
+async def test_one_call_turn_cut_only_after_its_call_finishes_as_a_call(
+    client: AsyncOpenAI, http: httpx.AsyncClient
+) -> None:
+    """Under `parallel_tool_calls: false` a limit met inside a second call, which is left out,
+    did not cut the turn: the client gets one whole call, finishing as a call on every wire
+    (the OpenAI Agents SDK raises on a Responses `incomplete`), streamed or not. With parallel
+    calls the cut call was the client's: `length` stays."""
+    limit = len(TWO_CALLS) - len('me"}}\n</tool_call>')  # inside the second call's arguments
+    fields: Any = {"model": "fake", "messages": [{"role": "user", "content": "weather?"}],
+                   "tools": [WEATHER], "parallel_tool_calls": False,
+                   "max_tokens": limit}  # fmt: skip
+    created = await client.chat.completions.create(**fields)
+    async with client.chat.completions.stream(**fields) as stream:
+        streamed = await stream.get_final_completion()
+    for completion in (created, streamed):
+        choice = completion.choices[0]
+        calls = [c.function.arguments for c in choice.message.tool_calls or []]  # type: ignore[union-attr]
+        assert (calls, choice.finish_reason) == (['{"city": "Paris"}'], "tool_calls")
+    both = await client.chat.completions.create(**{**fields, "parallel_tool_calls": True})
+    assert both.choices[0].finish_reason == "length"
+
+    tool = {"type": "function", **WEATHER["function"]}
+    body = {"model": "fake", "input": "weather?", "tools": [tool], "parallel_tool_calls": False,
+            "max_output_tokens": limit}  # fmt: skip
+    response = (await http.post("/v1/responses", json=body)).json()
+    assert (response["status"], [item["status"] for item in response["output"]]) == (
+        "completed",
+        ["completed"],
+    )
+    async with http.stream("POST", "/v1/responses", json={**body, "stream": True}) as sse:
+        last = [line async for line in sse.aiter_lines() if line.startswith("event:")][-1]
+    assert last == "event: response.completed"
+
+    anthropic_tool = {"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}
+    message = {"model": "fake", "max_tokens": limit, "tools": [anthropic_tool],
+               "tool_choice": {"type": "auto", "disable_parallel_tool_use": True},
+               "messages": [{"role": "user", "content": "weather?"}]}  # fmt: skip
+    reply = (await http.post("/v1/messages", json=message)).json()
+    assert (reply["stop_reason"], [b["type"] for b in reply["content"]]) == (
+        "tool_use",
+        ["tool_use"],
+    )
+    async with http.stream("POST", "/v1/messages", json={**message, "stream": True}) as sse:
+        text = "".join([line async for line in sse.aiter_lines()])
+    assert '"stop_reason":"tool_use"' in text.replace(" ", "")
+
+
 async def test_tool_choice_none_hides_the_tools(
     http: httpx.AsyncClient, fake_engine: FakeEngine
 ) -> None:
