@@ -212,14 +212,21 @@ class PassCost:
     """Seconds per decode pass as a line in the positions it computes (rows x width): `base` +
     `per_position` x positions, fitted by least squares with exponential forgetting to the
     passes this engine timed. Before two different sizes were timed nothing is known and
-    `relative` is flat (drafting looks free, as it is on a launch-bound GPU)."""
+    `relative` is flat (drafting looks free, as it is on a launch-bound GPU). The first pass of
+    each size is not counted: it pays what later ones do not (buffers of a new shape allocated;
+    on CUDA, kernels planned), and one such slow wide pass made drafting look dear, so the
+    engine stopped drafting, timed no wide pass again and stayed there until the fit forgot it."""
 
     DECAY = 0.98
 
     def __init__(self) -> None:
         self._n = self._p = self._t = self._pp = self._pt = 0.0
+        self._sizes: set[int] = set()  # sizes timed once already
 
     def record(self, positions: int, seconds: float) -> None:
+        if positions not in self._sizes:
+            self._sizes.add(positions)
+            return
         d = self.DECAY
         self._n = d * self._n + 1
         self._p = d * self._p + positions
