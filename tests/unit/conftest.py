@@ -1,11 +1,14 @@
-"""Fake-engine apps, reachable in-process (ASGITransport) through the strict OpenAI client."""
+"""Fake-engine apps, reachable in-process (ASGITransport) through the strict OpenAI client, and
+the strict Anthropic client."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
 import httpx
+import httpx2
 import pytest
+from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
 
 from engines.pool import EnginePool
@@ -60,3 +63,21 @@ def loose_client(http: httpx.AsyncClient) -> AsyncOpenAI:
     return AsyncOpenAI(
         base_url="http://127.0.0.1/v1", api_key="unused", http_client=http, max_retries=0
     )
+
+
+@pytest.fixture
+async def claude(fake_engine: FakeEngine) -> AsyncIterator[AsyncAnthropic]:
+    """The strict `anthropic` SDK (its own HTTP library, httpx2) on an app of `fake_engine`."""
+    pool = EnginePool([fake_engine])
+    app = create_app(Settings(max_body_bytes=1 << 20), pool)
+    await pool.start()
+    transport = httpx2.ASGITransport(app=app)
+    async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        yield AsyncAnthropic(
+            base_url="http://127.0.0.1",
+            api_key="unused",
+            http_client=http,
+            _strict_response_validation=True,
+            max_retries=0,
+        )
+    await pool.drain(timeout=1)

@@ -9,16 +9,11 @@ tools"), and without it the model was never shown the tool."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx2
 import pytest
 from anthropic import AsyncAnthropic, BadRequestError
 
-from engines.pool import EnginePool
-from server.app import create_app
-from server.settings import Settings
 from tests.fakes import FakeEngine
 
 BASH_CALL = '<tool_call>\n{"name": "bash", "arguments": {"command": "ls"}}\n</tool_call>'
@@ -34,23 +29,6 @@ TOOLS: list[Any] = [
 @pytest.fixture
 def fake_engine() -> FakeEngine:
     return FakeEngine(reply=BASH_CALL, context_length=4096)
-
-
-@pytest.fixture
-async def claude(fake_engine: FakeEngine) -> AsyncIterator[AsyncAnthropic]:
-    pool = EnginePool([fake_engine])
-    app = create_app(Settings(max_body_bytes=1 << 20), pool)
-    await pool.start()
-    transport = httpx2.ASGITransport(app=app)
-    async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
-        yield AsyncAnthropic(
-            base_url="http://127.0.0.1",
-            api_key="unused",
-            http_client=http,
-            _strict_response_validation=True,
-            max_retries=0,
-        )
-    await pool.drain(timeout=1)
 
 
 async def test_client_tools_are_offered_with_their_schema(

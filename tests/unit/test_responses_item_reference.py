@@ -19,14 +19,7 @@ from openai import AsyncOpenAI
 from server.settings import Settings
 from tests.fakes import FakeEngine
 from tests.helpers import assert_openai_error
-
-URL = "/v1/responses"
-CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-}
+from tests.unit.test_responses_contract import CALL, URL, WEATHER, prompt_of
 
 
 @pytest.fixture
@@ -37,10 +30,6 @@ def fake_engine() -> FakeEngine:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path, max_body_bytes=1 << 20)
-
-
-def prompt_of(engine: FakeEngine) -> str:
-    return engine.decode(engine.requests[-1].prompt_tokens)
 
 
 async def test_a_referenced_assistant_message_is_in_the_prompt(

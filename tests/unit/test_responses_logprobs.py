@@ -15,15 +15,9 @@ import pytest
 from openai import AsyncOpenAI
 
 from tests.fakes import FakeEngine
+from tests.unit.test_responses_contract import CALL, URL, WEATHER
 
-URL = "/v1/responses"
 LOGPROBS = {"include": ["message.output_text.logprobs"], "top_logprobs": 2}
-CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
-WEATHER: Any = {
-    "type": "function",
-    "name": "get_weather",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-}
 
 
 @pytest.fixture
