@@ -192,10 +192,21 @@ async def test_tool_choices_this_server_cannot_honour_say_so(
     assert error["message"].removeprefix("Invalid value for 'tool_choice': ") == message
 
 
-@pytest.mark.parametrize(
-    "fake_engine",
-    [FakeEngine(reply=CALL + "\n" + CALL.replace("Paris", "Rome"), context_length=4096)],
-)
+TWO_CALLS = CALL + "\n" + CALL.replace("Paris", "Rome")
+
+
+async def assert_the_paris_call_alone(client: AsyncOpenAI, fields: Any) -> None:
+    """Created and streamed, the reply is the first (Paris) call alone, finishing a call."""
+    created = await client.chat.completions.create(**fields)
+    async with client.chat.completions.stream(**fields) as stream:
+        streamed = await stream.get_final_completion()
+    for completion in (created, streamed):
+        choice = completion.choices[0]
+        calls = [c.function.arguments for c in choice.message.tool_calls or []]  # type: ignore[union-attr]
+        assert (calls, choice.finish_reason) == (['{"city": "Paris"}'], "tool_calls")
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(reply=TWO_CALLS, context_length=4096)])
 async def test_parallel_tool_calls_false_returns_one_call_under_auto(
     client: AsyncOpenAI,
 ) -> None:
@@ -204,18 +215,9 @@ async def test_parallel_tool_calls_false_returns_one_call_under_auto(
     an agent that asked to run its calls one at a time."""
     fields: Any = {"model": "fake", "messages": [{"role": "user", "content": "weather?"}],
                    "tools": [WEATHER], "parallel_tool_calls": False}  # fmt: skip
-    created = await client.chat.completions.create(**fields)
-    async with client.chat.completions.stream(**fields) as stream:
-        streamed = await stream.get_final_completion()
-    for completion in (created, streamed):
-        choice = completion.choices[0]
-        calls = [c.function.arguments for c in choice.message.tool_calls or []]  # type: ignore[union-attr]
-        assert (calls, choice.finish_reason) == (['{"city": "Paris"}'], "tool_calls")
+    await assert_the_paris_call_alone(client, fields)
     both = await client.chat.completions.create(**{**fields, "parallel_tool_calls": True})
     assert len(both.choices[0].message.tool_calls or []) == 2
-
-
-TWO_CALLS = CALL + "\n" + CALL.replace("Paris", "Rome")
 
 
 @pytest.mark.parametrize("fake_engine", [FakeEngine(reply=TWO_CALLS, context_length=4096)])
@@ -230,13 +232,7 @@ async def test_one_call_turn_cut_only_after_its_call_finishes_as_a_call(
     fields: Any = {"model": "fake", "messages": [{"role": "user", "content": "weather?"}],
                    "tools": [WEATHER], "parallel_tool_calls": False,
                    "max_tokens": limit}  # fmt: skip
-    created = await client.chat.completions.create(**fields)
-    async with client.chat.completions.stream(**fields) as stream:
-        streamed = await stream.get_final_completion()
-    for completion in (created, streamed):
-        choice = completion.choices[0]
-        calls = [c.function.arguments for c in choice.message.tool_calls or []]  # type: ignore[union-attr]
-        assert (calls, choice.finish_reason) == (['{"city": "Paris"}'], "tool_calls")
+    await assert_the_paris_call_alone(client, fields)
     both = await client.chat.completions.create(**{**fields, "parallel_tool_calls": True})
     assert both.choices[0].finish_reason == "length"
 
