@@ -135,7 +135,9 @@ class NgramIndex:
             if len(history) < n:
                 continue
             key = hash(tuple(history[-n:]))
-            begin = self._in_prediction(self._predicted_at[n].get(key, []))
+            # Most rows have no prediction: no lookups for one (this runs every step per row).
+            ends = self._predicted_at[n].get(key) if self._predicted else None
+            begin = self._in_prediction(ends) if ends else None
             if begin is not None:
                 self._proposed, self.from_prediction = (begin, len(history)), True
                 return self._predicted[begin : begin + k]
