@@ -55,6 +55,10 @@ class WrongModelKind(InvalidRequest):
         super().__init__(f"'{model}' is {noun}, not {wanted_noun}", param="model")
 
 
+class ModelInUse(EngineError):
+    """The model is loading, unloading or serving requests, so it cannot be removed now."""
+
+
 class KVBudgetExceeded(EngineError):
     """The request could never fit the engine's KV memory budget, even running alone."""
 

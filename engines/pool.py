@@ -16,6 +16,9 @@ Invariants:
   request of the default model's kind is served by it (other kinds still get 404), so agents
   that send their own model names (`claude-opus-5-5`, `gpt-5-codex`) reach the local model.
 - Engines built by a factory are used once: an unloaded model gets a fresh engine next time.
+- Models may be added while serving (`add`: one pulled through Ollama's `/api/pull`) and removed
+  (`remove`), never while loading, unloading or serving requests (ModelInUse); a removed name is
+  unknown at once, before its engine stops.
 """
 
 from __future__ import annotations
@@ -29,7 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from engines.device_memory import check_fits
-from engines.errors import EngineUnavailable, ModelNotFound, ShuttingDown, WrongModelKind
+from engines.errors import (
+    EngineUnavailable,
+    ModelInUse,
+    ModelNotFound,
+    ShuttingDown,
+    WrongModelKind,
+)
 from engines.kinds import CHAT, KINDS, Engine, EngineKind
 from engines.types import EngineStats
 
@@ -55,6 +64,8 @@ class ModelSpec:
     # A hub model not yet in the cache (engines.weights.hub_download.ModelDownload): requests
     # start it and get 503 + Retry-After until it is done; the factory runs only after.
     download: Any = None
+    source: str | None = None  # what its entry named: a store name, a directory or a repo id
+    pulled: bool = False  # added while serving (/api/pull), so /api/delete may remove it
 
 
 @dataclass(frozen=True)
@@ -261,6 +272,46 @@ class EnginePool:
             raise
         finally:
             slot.loading = None
+
+    # -- models added and removed while serving ---------------------------------------------------
+
+    def add(self, spec: ModelSpec) -> None:
+        """Serve one more model (lazy: loaded on its first request); ValueError when its name or
+        an alias is taken."""
+        taken = [name for name in (spec.name, *spec.aliases) if name in self._names]
+        if taken:
+            raise ValueError(f"model name {taken[0]!r} is used already")
+        for name in (spec.name, *spec.aliases):
+            self._names[name] = spec.name
+        self._slots[spec.name] = _Slot(spec)
+
+    async def remove(self, model: str) -> ModelSpec:
+        """Stop serving `model` (its name or an alias; its spec returned): unknown from now on,
+        then its engine, if loaded, stopped. ModelInUse, changing nothing, while it loads,
+        unloads or serves a request."""
+        slot = self._slots[self.resolve(model)]
+        if slot.loading is not None or slot.unloading is not None:
+            raise ModelInUse(f"model '{model}' is being loaded or unloaded; try again shortly")
+        if slot.engine is not None and slot.engine.active:
+            raise ModelInUse(
+                f"model '{model}' is serving {slot.engine.active} request(s); try again when "
+                "they are done"
+            )
+        del self._slots[slot.spec.name]
+        for name in (slot.spec.name, *slot.spec.aliases):
+            del self._names[name]
+        engine, slot.engine = slot.engine, None
+        if engine is not None:
+            await asyncio.to_thread(engine.stop)
+        logger.info("removed %s", slot.spec.name)
+        return slot.spec
+
+    def spec(self, model: str) -> ModelSpec:
+        """The spec of a configured name or alias (ModelNotFound otherwise; no default model)."""
+        return self._slots[self.resolve(model)].spec
+
+    def specs(self) -> list[ModelSpec]:
+        return [slot.spec for slot in self._slots.values()]
 
     # -- memory and unloading ------------------------------------------------------------------
 

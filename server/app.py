@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,12 @@ from engines.device_memory import chat_kv_bytes, usable_memory
 from engines.errors import ModelNotFound
 from engines.kinds import KINDS, detect_kind
 from engines.pool import EnginePool, ModelSpec
+from engines.weights.store import ModelStore
 from server.body_timeout import BodyTimeout
 from server.drain import Drain, backstop_s
 from server.errors import install_error_handlers
 from server.head import HeadAsGet
+from server.hub_pulls import HubPulls
 from server.logs import RequestId
 from server.metrics import Metrics, RequestCounter
 from server.routes import (
@@ -36,6 +39,7 @@ from server.routes import (
     metrics,
     models,
     ollama,
+    ollama_models,
     rerank,
     responses,
     speech,
@@ -59,6 +63,7 @@ ROUTERS = (
     rerank.router,
     models.router,
     ollama.router,
+    ollama_models.router,
     health.router,
     metrics.router,
     status.router,
@@ -69,7 +74,6 @@ def build_pool(settings: Settings) -> EnginePool:
     """The pool for the models file (`settings.config`), or, without one, for `settings.model`
     and `settings.speech_model` (both pinned and loaded at start)."""
     from engines.weights.hub_download import served_name
-    from engines.weights.store import ModelStore
     from server.config import ModelEntry, load_models_file
     from server.runtime import default_memory_budget
 
@@ -155,7 +159,18 @@ def _spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
         size_bytes=store.size_bytes(path) + (store.size_bytes(Path(draft)) if draft else 0),
         kv_bytes=chat_kv_bytes(settings.kv_budget_mb) if kind == "chat" else 0,
         sampling_defaults=tuple(entry.sampling.values().items()),
+        source=entry.source,
     )
+
+
+def pulled_spec(name: str, settings: Settings, store: ModelStore) -> ModelSpec:
+    """A pool entry for a hub model pulled while serving (`name`: its repo reference, complete
+    in the Hugging Face cache or, a GGUF quant, imported into the store), as `--model name`
+    would serve it: lazy, unpinned, marked pulled."""
+    from server.config import ModelEntry
+
+    entry = ModelEntry(name=name, source=name)
+    return replace(_spec(entry, settings, store), pulled=True)
 
 
 def _options(entry: Any, store: Any) -> dict[str, Any]:
@@ -191,6 +206,7 @@ def _hub_spec(entry: Any, settings: Settings, store: Any) -> ModelSpec:
         kv_bytes=chat_kv_bytes(settings.kv_budget_mb) if kind.name == "chat" else 0,
         sampling_defaults=tuple(entry.sampling.values().items()),
         download=download,
+        source=entry.source,
     )
 
 
@@ -215,6 +231,10 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
     app.state.pool = engine_pool
     app.state.drain = Drain(engine_pool, settings.drain_timeout_s)
     app.state.metrics = Metrics(engine_pool)
+    store = ModelStore(settings.home)
+    app.state.hub_pulls = HubPulls(
+        engine_pool, store, lambda name: pulled_spec(name, settings, store)
+    )
     install_error_handlers(app)
     app.add_middleware(HeadAsGet)  # innermost: the others see the HEAD as it came
     app.add_middleware(

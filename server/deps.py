@@ -1,7 +1,8 @@
 """Typed FastAPI dependencies: what a route may take from the app, and its validated body.
 
 Routes declare `settings: SettingsDep`, `pool: PoolDep`, `metrics: MetricsDep` (and the
-Responses API its `store: ResponseStoreDep`) instead of reading untyped `request.app.state`
+Responses API its `store: ResponseStoreDep`, Ollama's `/api/pull` and `/api/delete` their
+`pulls: HubPullsDep`) instead of reading untyped `request.app.state`
 attributes, and take their JSON body through `json_body`, which reads it within the size limit
 and validates it (every failure a 4xx in the route's shape, raised before the route's own code
 runs).
@@ -19,6 +20,7 @@ from pydantic import BaseModel
 from engines.pool import EnginePool
 from server.body import read_json_object, validate
 from server.drain import Drain
+from server.hub_pulls import HubPulls
 from server.metrics import Metrics
 from server.response_store import ResponseStore
 from server.settings import Settings
@@ -46,6 +48,11 @@ def app_metrics(request: Request) -> Metrics:
     return metrics
 
 
+def app_hub_pulls(request: Request) -> HubPulls:
+    pulls: HubPulls = request.app.state.hub_pulls
+    return pulls
+
+
 def app_response_store(request: Request) -> ResponseStore:
     """The Responses API's store under MLXD_HOME, opened on first use."""
     state = request.app.state
@@ -59,6 +66,7 @@ SettingsDep = Annotated[Settings, Depends(app_settings)]
 PoolDep = Annotated[EnginePool, Depends(app_pool)]
 MetricsDep = Annotated[Metrics, Depends(app_metrics)]
 ResponseStoreDep = Annotated[ResponseStore, Depends(app_response_store)]
+HubPullsDep = Annotated[HubPulls, Depends(app_hub_pulls)]
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ def pull(ref: RepoRef, hub: HubConfig, progress: PullProgress | None = None) -> 
         (folder / "refs" / ref.revision).write_text(commit)
     progress.start(sum(sizes.values()))
     for name in sorted(sizes):
+        progress.begin_file(name, sizes[name], hashes.get(name))
         _fetch_file(ref, hub, folder, commit, name, hashes.get(name), progress)
     progress.finish()
     return folder / "snapshots" / commit
@@ -81,13 +82,15 @@ def pull_model(
     store: ModelStore,
     progress: PullProgress | None = None,
     dequantize: bool = False,
+    check_hub: bool = False,
 ) -> Path:
     """The directory to serve `ref` from: its complete cached snapshot (no network call), else
     pulled; for a GGUF quant, the store directory our importer made of the pulled file (imported
-    once; `dequantize` as for `mlxd import gguf`). Imports run MLX: call this on a thread of its
-    own (the CLI's, or a dedicated one), never in a thread pool."""
+    once; `dequantize` as for `mlxd import gguf`). `check_hub`: pull even a cached snapshot (the
+    revision may have moved on; what `mlxd pull` does). Imports run MLX: call this on a thread of
+    its own (the CLI's, or a dedicated one), never in a thread pool."""
     if ref.quant is None:
-        cached = cached_or_none(ref, hub)
+        cached = None if check_hub else cached_or_none(ref, hub)
         return cached if cached is not None else pull(ref, hub, progress)
     destination = store.path_for(gguf_store_name(ref))
     if store.has(destination.name):

@@ -36,14 +36,24 @@ class ModelDownloading(EngineUnavailable):
 
 
 class ModelDownload:
-    def __init__(self, ref: RepoRef, hub: HubConfig, store: ModelStore) -> None:
+    def __init__(
+        self,
+        ref: RepoRef,
+        hub: HubConfig,
+        store: ModelStore,
+        progress: PullProgress | None = None,
+        check_hub: bool = False,
+    ) -> None:
+        """`progress`: where the download's progress goes (default: log lines); `check_hub`: ask
+        the hub even when the snapshot is cached (an explicit pull), as `pull_model` says."""
         self.ref, self._hub, self._store = ref, hub, store
+        self._check_hub = check_hub
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._path: Path | None = None
         self._size_bytes = 0
         self._error: Exception | None = None
-        self._progress = PullProgress(str(ref), bar=False)
+        self._progress = progress or PullProgress(str(ref), bar=False)
         self._finished = asyncio.Event()
 
     @property
@@ -103,7 +113,9 @@ class ModelDownload:
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            path = pull_model(self.ref, self._hub, self._store, self._progress, _on_cpu())
+            path = pull_model(
+                self.ref, self._hub, self._store, self._progress, _on_cpu(), self._check_hub
+            )
             size = self._store.size_bytes(path)
         except Exception as exc:  # reported to the next request, which retries
             with self._lock:

@@ -40,6 +40,10 @@ class PullProgress:
         else:
             logger.info("pulling %s: %s", self.label, _size(total_bytes))
 
+    def begin_file(self, name: str, size: int, sha256: str | None) -> None:
+        """A file of the pull starts: the `advance`s until the next one are its bytes (`sha256`:
+        its LFS hash, None for a small file). Shown by subclasses (Ollama's per-file lines)."""
+
     def advance(self, count: int) -> None:
         with self._lock:
             self._done += count

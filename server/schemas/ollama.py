@@ -193,13 +193,26 @@ class LegacyEmbeddingsRequest(Strict):
     keep_alive: str | int | float | None = None
 
 
-class ShowRequest(Strict):
+class NamedModel(Strict):
+    """A body naming one model, in `model` or the older `name` (`/api/show`, `/api/delete`)."""
+
     model: OllamaName | None = None
     name: OllamaName | None = None  # the older field
-    verbose: bool | None = None
 
     def model_name(self) -> str | None:
         return self.model or self.name
+
+
+class ShowRequest(NamedModel):
+    verbose: bool | None = None
+
+
+class PullRequest(NamedModel):
+    """`/api/pull`: a Hugging Face repo, `ORG/NAME` or a GGUF repo's `ORG/NAME:QUANT`. `insecure`
+    is accepted and changes nothing (the hub is `HF_ENDPOINT`'s)."""
+
+    insecure: bool | None = None
+    stream: bool = True
 
 
 def _image_paths(index: int, message: Message) -> dict[str, str]:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from engines.errors import EngineUnavailable, InvalidRequest, ModelNotFound
+from engines.errors import EngineUnavailable, InvalidRequest, ModelInUse, ModelNotFound
 from engines.kinds import CHAT, SPEECH
 from engines.pool import EnginePool, ModelSpec
 from engines.types import GenerationRequest
@@ -206,3 +206,26 @@ async def test_a_failed_start_is_one_line_for_uvicorn_to_log() -> None:
     assert failed["type"] == "lifespan.startup.failed"
     assert failed["message"].startswith("engines.errors.EngineUnavailable: no model could be")
     assert "\n" not in failed["message"] and "bad: " in failed["message"]
+
+
+async def test_a_model_added_while_serving_is_removed_only_when_idle() -> None:
+    pool = EnginePool(specs=[ModelSpec("a", "chat", factory("a", []))])
+    await pool.start()
+    pool.add(ModelSpec("b", "chat", lambda: FakeEngine("b", "x" * 50, 0.01, 4096), ("bee",)))
+    with pytest.raises(ValueError, match="'bee' is used already"):
+        pool.add(ModelSpec("c", "chat", factory("c", []), aliases=("bee",)))
+    assert [m.name for m in pool.models()] == ["a", "b"]
+    engine = await pool.acquire("bee", CHAT)
+    running = asyncio.create_task(_drain_events(engine.submit(GenerationRequest("r", [1], 50))))
+    await wait_until(lambda: engine.active == 1, timeout=5)
+    with pytest.raises(ModelInUse, match="serving 1 request"):
+        await pool.remove("b")
+    assert pool.resolve("bee") == "b"  # nothing changed
+    assert await running == "x" * 50
+    assert (await pool.remove("bee")).name == "b"
+    assert not engine.running  # stopped
+    for name in ("b", "bee"):
+        with pytest.raises(ModelNotFound):
+            await pool.acquire(name, CHAT)
+    assert [m.name for m in pool.models()] == ["a"]
+    await pool.drain(timeout=1)
