@@ -76,6 +76,9 @@ class GenerationRequest:
     # Messages does): `within` applies it where the prompt turns out longer than its ids (a
     # vision model's images expanded).
     clamp_max_tokens: bool = False
+    # Push an AdmittedEvent when the request leaves the queue (Messages streams: Anthropic's
+    # `message_start` reports the prefix cache's share of the prompt before any output).
+    report_admission: bool = False
 
     def within(self, context: int, prompt_tokens: int) -> GenerationRequest:
         """This request for a prompt of `prompt_tokens` (its images expanded): with
@@ -136,6 +139,17 @@ class TokenEvent:
         self.text += later.text
         self.token_ids.extend(later.token_ids)
         self.logprobs.extend(later.logprobs)
+
+
+@dataclass(frozen=True)
+class AdmittedEvent:
+    """The request left the queue and its prefill began (pushed only where the request sets
+    `report_admission`, before any other event of it): `prompt_tokens` as the engine counts them
+    (a vision prompt's images expanded), `cached_tokens` of them read from the prefix cache —
+    the usage its FinishEvents will report for the prompt."""
+
+    prompt_tokens: int
+    cached_tokens: int
 
 
 @dataclass(frozen=True)
@@ -293,8 +307,8 @@ class EmbeddingLimits:
 
 
 Event = (
-    TokenEvent | PromptEvent | FinishEvent | ErrorEvent | Segment | TranscriptionDone
-    | AudioChunk | SynthesisDone | EmbeddingsDone
+    TokenEvent | AdmittedEvent | PromptEvent | FinishEvent | ErrorEvent | Segment
+    | TranscriptionDone | AudioChunk | SynthesisDone | EmbeddingsDone
 )  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from engines.asr.vocab import LANGUAGES, decoding_language
 from engines.bridge import RequestStream
 from engines.errors import EngineFailed, InvalidRequest
 from engines.types import (
+    AdmittedEvent,
     ChatModelInfo,
     EngineStats,
     ErrorEvent,
@@ -79,8 +80,12 @@ class FakeEngine(FakeLifecycle):
         fim_tokens: tuple[str, str, str] | None = None,
         refuse_with: Exception | None = None,
         reasoning: bool = False,
+        cached_tokens: int = 0,
+        queued_s: float = 0.0,
     ) -> None:
         self.reasoning = reasoning
+        self.cached_tokens = cached_tokens  # of each prompt, served by a "prefix cache"
+        self.queued_s = queued_s  # how long each request waits to be admitted
         self.template_kwargs_seen: dict[str, Any] | None = None
         self.refuse_with = refuse_with
         super().__init__()
@@ -167,6 +172,10 @@ class FakeEngine(FakeLifecycle):
 
     def _generate(self, request: GenerationRequest, stream: RequestStream) -> None:
         """Choices take turns, one character each, like sequences sharing an engine step."""
+        time.sleep(self.queued_s)
+        cached = min(self.cached_tokens, len(request.prompt_tokens))
+        if request.report_admission:
+            stream.push(AdmittedEvent(len(request.prompt_tokens), cached))
         time.sleep(self.prefill_delay_s)
         if request.prompt_logprobs:
             first = TokenLogprob(request.prompt_tokens[0], chr(request.prompt_tokens[0]), b"", None)
@@ -193,7 +202,7 @@ class FakeEngine(FakeLifecycle):
                 if reason is not None:
                     done[index] = True
                     kept = _kept(request.prediction, self.reply[: produced[index]])
-                    usage = Usage(len(request.prompt_tokens), produced[index], 0, kept)
+                    usage = Usage(len(request.prompt_tokens), produced[index], cached, kept)
                     self._end(stream, 1, FinishEvent(reason, usage, index))  # type: ignore[arg-type]
                     continue
                 time.sleep(self.token_delay_s)

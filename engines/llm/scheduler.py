@@ -9,7 +9,8 @@ One `step` (docs/architecture.md has the long form):
 1. Requests whose client went away (or that were removed) leave at once, wherever they are.
 2. Admission: waiting requests start prefill while the batch has rows free and the projected
    cache memory (per cache kind: `CacheProfile.row_bytes`) fits the budget. Arrivals close together
-   are admitted together (see ARRIVAL_QUIET_S).
+   are admitted together (see ARRIVAL_QUIET_S). A request with `report_admission` is told, with
+   its prefix cache reuse (AdmittedEvent), before it is prefilled.
 3. Prefill, at most `prefill_chunk` tokens per step: fresh prompts together in one padded pass,
    the others one at a time (resuming from the prefix cache when they can). A request with n > 1
    is prefilled once; its n choices fork the prompt's cache.
@@ -64,7 +65,14 @@ from engines.llm.speculative import (
     PromptLookup,
     RowSpeculation,
 )
-from engines.types import ErrorEvent, FinishEvent, GenerationRequest, PromptEvent, Usage
+from engines.types import (
+    AdmittedEvent,
+    ErrorEvent,
+    FinishEvent,
+    GenerationRequest,
+    PromptEvent,
+    Usage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +250,9 @@ class Scheduler:
             self._waiting.popleft()
             self._release(0, -1)
             self._prefilling.append(prefill)
+            if request.report_admission:  # the engine's prompt: a vision prompt's is expanded
+                prompt = len(prefill.request.prompt_tokens)
+                prefill.stream.push(AdmittedEvent(prompt, prefill.cached_tokens))
 
     def _prefix_ready(self, request: GenerationRequest) -> bool:
         """Whether the request's prefix cache lookup can answer without waiting for the disk

@@ -12,6 +12,8 @@ then). A client that goes away cancels its sequence, streamed or not.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import logging
 import uuid
@@ -23,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from sse_starlette import ServerSentEvent
 
-from engines.types import ErrorEvent, FinishEvent, TokenEvent
+from engines.types import AdmittedEvent, ErrorEvent, Event, FinishEvent, TokenEvent
 from server import sse
 from server.body import read_json_object, validate
 from server.chat_output import ChoiceOutput
@@ -83,11 +85,14 @@ async def create_message(
             pool, settings, chat, f"msg_{uuid.uuid4().hex}", clamp_max_tokens=True
         )
     headers = response_headers(prepared.request_id, body, MessagesRequest, IGNORED_FIELDS)
-    stream = metrics.observe(prepared.engine.submit(prepared.generation), prepared.engine.name)
+    # A stream's `message_start` reports the prefix cache's reads, known at admission.
+    generation = dataclasses.replace(prepared.generation, report_admission=bool(message.stream))
+    stream = metrics.observe(prepared.engine.submit(generation), prepared.engine.name)
     blocks = MessageBlocks(message.thinking_shown())
     if message.stream:
         interval = settings.stream_interval_ms / 1000
-        frames = _stream_events(stream, prepared, message.model, blocks, interval)
+        admission_wait = settings.keepalive_interval_s / 2
+        frames = _stream_events(stream, prepared, message.model, blocks, interval, admission_wait)
         guarded = cancel_on_close(request, frames, [stream], prepared.request_id)
         return sse.event_stream(guarded, headers, settings, keepalive=_ping)
     collected = await collected_or_gone(request, collect(stream), [stream], prepared.request_id)
@@ -149,15 +154,55 @@ async def _stream_events(
     model: str,
     blocks: MessageBlocks,
     interval_s: float,
+    admission_wait_s: float,
 ) -> AsyncIterator[bytes | sse.Last]:
+    """The stream's frames. `message_start` waits for the engine to admit the request (its
+    `AdmittedEvent` says how much of the prompt the prefix cache serves: Anthropic reports that
+    there) at most `admission_wait_s`, half a keep-alive interval, so it is still the first
+    frame, before any `ping`; a request not admitted by then (queued behind a full batch) gets
+    the prompt counted as input, and `message_delta` says what the cache served."""
     request_id = prepared.request_id
     output: ChoiceOutput = prepared.output_for()
-    prompt_tokens = len(prepared.generation.prompt_tokens)
-    start = message_body(request_id, model, [], usage_body(prompt_tokens, 0, 0))
+    events = stream.events(interval_s)
+    # A task, not wait_for: cancelling a pending `anext` would close the generator.
+    first = asyncio.ensure_future(anext(events, None))
+    try:
+        await asyncio.wait({first}, timeout=admission_wait_s)
+        admitted = first.result() if first.done() and first.exception() is None else None
+        if isinstance(admitted, AdmittedEvent):
+            usage = usage_body(admitted.prompt_tokens, 0, admitted.cached_tokens)
+        else:
+            usage = usage_body(len(prepared.generation.prompt_tokens), 0, 0)
+        start = message_body(request_id, model, [], usage)
+        yield sse.event("message_start", {"type": "message_start", "message": start})
+        async for frame in _frames(_after(first, events), prepared, output, blocks):
+            yield frame
+    finally:
+        first.cancel()  # the client left before the first event came: stop waiting for it
+
+
+async def _after(
+    first: asyncio.Future[Event | None], rest: AsyncIterator[Event]
+) -> AsyncIterator[Event]:
+    """The first event (unless it was the admission, or the end), then the rest."""
+    event = await first
+    if event is not None and not isinstance(event, AdmittedEvent):
+        yield event
+    async for event in rest:
+        yield event
+
+
+async def _frames(
+    events: AsyncIterator[Event],
+    prepared: PreparedChat,
+    output: ChoiceOutput,
+    blocks: MessageBlocks,
+) -> AsyncIterator[bytes | sse.Last]:
+    """The frames after `message_start`, to `message_stop` or an `error` event."""
+    request_id = prepared.request_id
     block_frame = _BlockFrames()
-    yield sse.event("message_start", {"type": "message_start", "message": start})
     # The stream ends with its last frame (`sse.Last`: no keep-alive `ping` after it).
-    async for event in stream.events(interval_s):
+    async for event in events:
         if isinstance(event, TokenEvent):
             for block_event in blocks.feed(output.feed(event.text)):
                 yield block_frame(block_event)

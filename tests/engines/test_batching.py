@@ -12,7 +12,13 @@ import pytest
 from engines.errors import KVBudgetExceeded, Overloaded
 from engines.llm import scheduler as engine_module
 from engines.llm.engine import LLMEngine
-from engines.types import ChatLimits, FinishEvent, GenerationRequest, SamplingParams
+from engines.types import (
+    AdmittedEvent,
+    ChatLimits,
+    FinishEvent,
+    GenerationRequest,
+    SamplingParams,
+)
 from tests.helpers import PROMPT, prompt, run
 from tests.servers import wait_until
 
@@ -77,6 +83,23 @@ async def test_prefix_cache_reuses_a_previous_turn(engine: LLMEngine) -> None:
         engine.prefix_cache = cache
     assert cold[1] == warm[1]
     assert cold[2].usage.cached_tokens == 0
+
+
+async def test_admission_is_reported_first_with_the_prefix_cache_reads(engine: LLMEngine) -> None:
+    """A request with `report_admission` hears, before anything else, the prompt's length and
+    how much of it the prefix cache serves: what its FinishEvent will report."""
+    assert engine.prefix_cache is not None
+    engine.prefix_cache.clear()
+    history = [(7 * j) % 240 + 6 for j in range(80)]
+    first = await run(engine, GenerationRequest("a", history, 6, SamplingParams(0.0)))
+    follow_up = history + first[1] + [21, 22, 23]
+    reported = GenerationRequest("b", follow_up, 6, SamplingParams(0.0), report_admission=True)
+    events = [event async for event in engine.submit(reported)]
+    admitted, finish = events[0], events[-1]
+    assert isinstance(admitted, AdmittedEvent) and isinstance(finish, FinishEvent)
+    assert not any(isinstance(event, AdmittedEvent) for event in events[1:])
+    assert admitted.prompt_tokens == finish.usage.prompt_tokens == len(follow_up)
+    assert admitted.cached_tokens == finish.usage.cached_tokens > 0
 
 
 async def test_full_queue_is_overloaded_and_waiting_requests_run_later(
