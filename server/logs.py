@@ -3,7 +3,8 @@
 Invariants:
 - Every record carries `request_id` ("-" outside a request): the `RequestId` middleware gives
   each HTTP request an id (routes that make their own, like `chatcmpl-…`, replace it) and sends
-  it back in `x-request-id`; anything logged while serving that request carries it.
+  it back in `x-request-id` (Anthropic's clients also in `request-id`); anything logged while
+  serving that request carries it.
 - Control characters in messages are escaped (`\\n` → `\\\\n`), so a value a client sent can never
   forge a log line; JSON lines are escaped by JSON itself.
 - uvicorn's own loggers go through the same handler, so access lines get the same format.
@@ -20,6 +21,8 @@ from contextvars import ContextVar
 from typing import IO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.errors import error_wire
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -75,7 +78,9 @@ def configure(level: str, log_format: str, stream: IO[str] | None = None) -> Non
 
 
 class RequestId:
-    """Pure ASGI middleware: a request id per HTTP request, in the logs and `x-request-id`."""
+    """Pure ASGI middleware: a request id per HTTP request, in the logs and `x-request-id`; for
+    Anthropic's clients (server.errors.error_wire) also in `request-id`, where their SDKs read it
+    (`message._request_id`, an error's `request_id`)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -85,12 +90,18 @@ class RequestId:
             await self.app(scope, receive, send)
             return
         token = request_id.set(f"req-{secrets.token_hex(8)}")
+        versioned = any(name == b"anthropic-version" for name, _ in scope["headers"])
+        anthropic = error_wire(scope["path"], versioned) == "anthropic"
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                if not any(name.lower() == b"x-request-id" for name, _ in headers):
-                    headers.append((b"x-request-id", request_id.get().encode()))
+                given = [value for name, value in headers if name.lower() == b"x-request-id"]
+                if not given:
+                    given = [request_id.get().encode()]
+                    headers.append((b"x-request-id", given[0]))
+                if anthropic:
+                    headers.append((b"request-id", given[0]))
                 message = {**message, "headers": headers}
             await send(message)
 

@@ -356,6 +356,20 @@ async def test_thinking_settings(http: httpx.AsyncClient, fake_engine: FakeEngin
     assert fake_engine.template_kwargs_seen == {"enable_thinking": True}
 
 
+async def test_the_sdk_reads_each_requests_id(claude: AsyncAnthropic) -> None:
+    """Anthropic's SDKs read a request's id from `request-id` (`message._request_id`, a stream's
+    `request_id`, an error's): the id mlxd logs the request under (`x-request-id`)."""
+    raw = await claude.messages.with_raw_response.create(model="fake", max_tokens=5, messages=HELLO)
+    message = await raw.parse()
+    assert message._request_id == raw.headers["x-request-id"] == message.id
+    async with claude.messages.stream(model="fake", max_tokens=5, messages=HELLO) as stream:
+        streamed = await stream.get_final_message()
+    assert stream.request_id == streamed.id
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        await claude.messages.create(model="fake", max_tokens=0, messages=HELLO)
+    assert refused.value.request_id == refused.value.response.headers["x-request-id"]
+
+
 async def test_count_tokens_matches_the_prompt_the_request_would_use(
     claude: AsyncAnthropic,
 ) -> None:
