@@ -63,13 +63,19 @@ def test_stream_helper_assembles_the_same_answer(claude: Anthropic) -> None:
         messages=question,  # type: ignore[arg-type]
         extra_body=GREEDY,
     ) as stream:
-        text = "".join(stream.text_stream)
+        events = list(stream)
         final = stream.get_final_message()
+    text = "".join(event.text for event in events if event.type == "text")
     assert text == final.content[0].text == message.content[0].text  # type: ignore[union-attr]
     assert final.stop_reason == message.stop_reason
     assert final.usage.output_tokens == message.usage.output_tokens
-    # The second request shares the first one's prompt: served from the prefix cache.
+    # The second request shares the first one's prompt: served from the prefix cache, which
+    # message_start already says (clients such as LangChain read the input side there).
     assert (final.usage.cache_read_input_tokens or 0) > 0
+    start = events[0]
+    assert start.type == "message_start"
+    assert start.message.usage.input_tokens == final.usage.input_tokens
+    assert start.message.usage.cache_read_input_tokens == final.usage.cache_read_input_tokens
 
 
 def test_stop_sequences_end_the_answer(claude: Anthropic) -> None:
