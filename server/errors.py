@@ -152,11 +152,12 @@ def from_engine_error(error: Exception) -> APIError:
 def anthropic_wording(error: ContextTooLong) -> str | None:
     """Anthropic's messages for a prompt over the context, with their counts: Claude Code reads
     the counts from these exact forms (to compact the conversation, or to retry with a smaller
-    `max_tokens`)."""
+    `max_tokens`). A prompt alone must leave room for one output token: its maximum is the
+    context less one (a prompt the context's length is over it, never `4096 > 4096`)."""
     if error.prompt_tokens is None or error.limit is None:
         return None
     if error.max_tokens is None:
-        return f"prompt is too long: {error.prompt_tokens} tokens > {error.limit} maximum"
+        return f"prompt is too long: {error.prompt_tokens} tokens > {error.limit - 1} maximum"
     return (
         "input length and `max_tokens` exceed context limit: "
         f"{error.prompt_tokens} + {error.max_tokens} > {error.limit}, "

@@ -45,7 +45,19 @@ async def test_messages_says_prompt_is_too_long_with_the_counts(
     message = assert_anthropic_error(response, 400, "invalid_request_error")
     match = re.fullmatch(r"prompt is too long: (\d+) tokens > (\d+) maximum", message)
     assert match is not None, message
-    assert int(match[1]) > 100 and int(match[2]) == 64
+    assert int(match[1]) > 100 and int(match[2]) == 63  # room for one output token is kept
+
+
+async def test_a_prompt_that_fills_the_context_is_over_the_maximum(http: httpx.AsyncClient) -> None:
+    """A prompt must leave room for one output token, so the largest is the context less one:
+    one of exactly the context's length reads `64 tokens > 63 maximum`, not `64 > 64` (no
+    excess, for a client that trims the conversation by the difference)."""
+    full = [{"role": "user", "content": "x" * (64 - len("<user>"))}]
+    response = await http.post(
+        "/v1/messages", json={"model": "fake", "max_tokens": 10, "messages": full}
+    )
+    message = assert_anthropic_error(response, 400, "invalid_request_error")
+    assert message == "prompt is too long: 64 tokens > 63 maximum"
 
 
 async def test_the_strict_sdk_raises_bad_request_with_it(app: FastAPI) -> None:
