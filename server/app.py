@@ -255,7 +255,7 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
             allow_headers=["*"],
             # The SDKs read these (request ids in errors, Retry-After to back off a 429/503);
             # a browser hides any response header not listed.
-            expose_headers=["x-request-id", "retry-after", "x-mlxd-ignored-fields"],
+            expose_headers=["x-request-id", "request-id", "retry-after", "x-mlxd-ignored-fields"],
         )
     app.add_middleware(ConcurrencyLimit, limit=settings.max_connections)
     app.add_middleware(RequestCounter, metrics=app.state.metrics)  # counts refusals too

@@ -91,7 +91,7 @@ async def test_configured_origin_gets_cors_and_preflight(keyed_server: httpx.Asy
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == "https://app.example"
     exposed = response.headers["access-control-expose-headers"].lower().split(", ")
-    assert {"x-request-id", "retry-after"} <= set(exposed)  # the SDKs read them
+    assert {"x-request-id", "request-id", "retry-after"} <= set(exposed)  # the SDKs read them
     # A stored Responses API answer can be deleted from the configured origin too.
     delete = await keyed_server.options(
         "/v1/responses/resp_x", headers={**origin, "access-control-request-method": "DELETE"}
