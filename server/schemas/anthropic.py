@@ -125,23 +125,25 @@ class ToolUseBlock(Strict):
     input: dict[str, Any]
 
 
+ResultBlock = Annotated[TextBlock | ImageBlock | DocumentBlock, Field(discriminator="type")]
+
+
 class ToolResultBlock(Strict):
     type: Literal["tool_result"]
     tool_use_id: str
-    content: str | list[Annotated[TextBlock | ImageBlock, Field(discriminator="type")]] | None = (
-        None
-    )
+    content: str | list[ResultBlock] | None = None
     is_error: bool | None = None
 
     def chat_content(self) -> str | list[dict[str, Any]]:
         """The tool message's content: its text (an error's prefixed `Error: `), blocks joined
-        by newlines; with images, chat parts in the blocks' order (server/images.py decides
-        what a model that reads no images sees of them)."""
+        by newlines (a document as its text, as in a user turn); with images, chat parts in the
+        blocks' order (server/images.py decides what a model that reads no images sees of
+        them)."""
         prefix = "Error: " if self.is_error else ""
         if self.content is None or isinstance(self.content, str):
             return prefix + (self.content or "")
         if not any(isinstance(block, ImageBlock) for block in self.content):
-            return prefix + "\n".join(b.text for b in self.content if isinstance(b, TextBlock))
+            return prefix + "\n".join(b.text for b in self.content if not isinstance(b, ImageBlock))
         return [part for part, _ in self._parts()]
 
     def part_blocks(self) -> dict[int, int]:

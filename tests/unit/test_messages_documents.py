@@ -53,3 +53,36 @@ async def test_a_pdf_document_is_a_400_naming_it(claude: AsyncAnthropic) -> None
     messages: Any = [{"role": "user", "content": [QUESTION, {"type": "document", "source": pdf}]}]
     with pytest.raises(BadRequestError, match=r"messages\[0\]\.content\[1\]\.source.: .*PDF"):
         await claude.messages.create(model="fake", max_tokens=50, messages=messages)
+
+
+def tool_turns(*result: dict[str, Any]) -> Any:
+    call = {"type": "tool_use", "id": "t1", "name": "read", "input": {"path": "notes.txt"}}
+    return [
+        {"role": "user", "content": "Read notes.txt"},
+        {"role": "assistant", "content": [call]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "t1", "content": list(result)}],
+        },
+    ]
+
+
+async def test_a_text_document_in_a_tool_result_is_read_there(
+    claude: AsyncAnthropic, fake_engine: FakeEngine
+) -> None:
+    """Anthropic's tool results may hold documents (a file-reading tool's): read as text, in
+    the tool turn, as in a user turn."""
+    source = {"type": "text", "media_type": "text/plain", "data": "The secret word is pineapple."}
+    document = {"type": "document", "source": source, "title": "notes.txt"}
+    messages = tool_turns({"type": "text", "text": "Found:"}, document)
+    await claude.messages.create(model="fake", max_tokens=50, messages=messages)
+    assert prompt_of(fake_engine).endswith("<tool>Found:\nnotes.txt\nThe secret word is pineapple.")
+
+
+async def test_a_pdf_document_in_a_tool_result_is_a_400_naming_it(claude: AsyncAnthropic) -> None:
+    pdf = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}
+    messages = tool_turns({"type": "document", "source": pdf})
+    with pytest.raises(
+        BadRequestError, match=r"messages\[2\]\.content\[0\]\.content\[0\]\.source.: .*PDF"
+    ):
+        await claude.messages.create(model="fake", max_tokens=50, messages=messages)
