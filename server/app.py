@@ -26,7 +26,7 @@ from server.body_timeout import BodyTimeout
 from server.drain import Drain, backstop_s
 from server.errors import install_error_handlers
 from server.head import HeadAsGet
-from server.hub_pulls import HubPulls
+from server.hub_pulls import HubPulls, PulledRecord
 from server.logs import RequestId
 from server.metrics import Metrics, RequestCounter
 from server.routes import (
@@ -114,7 +114,23 @@ def build_pool(settings: Settings) -> EnginePool:
     for model in pool.models():  # refuse at start, in one line, what could never load
         if model.preload:
             pool.check_fits(model.name)
+    _serve_pulled(pool, settings, store)
     return pool
+
+
+def _serve_pulled(pool: EnginePool, settings: Settings, store: ModelStore) -> None:
+    """Serve again the models pulled over Ollama's API (server/hub_pulls.py), unless configured
+    under that name or no longer complete here (then skipped, with a warning)."""
+    taken = {name for model in pool.models() for name in (model.name, *model.aliases)}
+    for name in PulledRecord(settings.home).names():
+        if name in taken:
+            continue  # configured: served as configured
+        try:
+            store.resolve(name)  # still here (else pulled_spec would download it on first use)
+            pool.add(pulled_spec(name, settings, store))
+        except (ModelNotFound, ValueError) as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            logger.warning("pulled model %s is not served: %s", name, message)
 
 
 def _embedding_entry(settings: Settings, store: Any) -> list[Any]:
@@ -233,7 +249,10 @@ def create_app(settings: Settings, pool: EnginePool | None = None) -> FastAPI:
     app.state.metrics = Metrics(engine_pool)
     store = ModelStore(settings.home)
     app.state.hub_pulls = HubPulls(
-        engine_pool, store, lambda name: pulled_spec(name, settings, store)
+        engine_pool,
+        store,
+        lambda name: pulled_spec(name, settings, store),
+        PulledRecord(settings.home),
     )
     install_error_handlers(app)
     app.add_middleware(HeadAsGet)  # innermost: the others see the HEAD as it came

@@ -3,7 +3,8 @@ own hub path: `hub_download.ModelDownload` (a thread of its own; resumable; each
 checked before it is kept; a GGUF quant imported into the store), as `mlxd pull` fetches them.
 
 A pulled model is served as `mlxd serve --model ORG/NAME` serves it: added to the pool under its
-repo reference (lazy, unpinned, marked pulled) until the server stops.
+repo reference (lazy, unpinned, marked pulled), and recorded in `$MLXD_HOME/pulled.json`
+(`PulledRecord`), so that the next start serves it again (server/app.py) until it is deleted.
 
 Invariants:
 - One pull or deletion at a time per repo (they share its files): a second pull of it waits for
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -75,12 +77,45 @@ def _without_prefix(name: str) -> str:
     return next((name[len(p) :] for p in _HUB_PREFIXES if name.startswith(p)), name)
 
 
+class PulledRecord:
+    """`$MLXD_HOME/pulled.json`: the models pulled over the API, in the order pulled. Written
+    whole and renamed into place; unreadable, it records nothing."""
+
+    def __init__(self, home: Path) -> None:
+        self.path = home / "pulled.json"
+
+    def names(self) -> list[str]:
+        try:
+            names = json.loads(self.path.read_text())["models"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        return [name for name in names if isinstance(name, str)]
+
+    def add(self, name: str) -> None:
+        if name not in self.names():
+            self._write([*self.names(), name])
+
+    def remove(self, name: str) -> None:
+        if name in self.names():
+            self._write([n for n in self.names() if n != name])
+
+    def _write(self, names: list[str]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".json.tmp")
+        partial.write_text(json.dumps({"models": names}, indent=1))
+        partial.replace(self.path)
+
+
 class HubPulls:
     def __init__(
-        self, pool: EnginePool, store: ModelStore, spec_for: Callable[[str], ModelSpec]
+        self,
+        pool: EnginePool,
+        store: ModelStore,
+        spec_for: Callable[[str], ModelSpec],
+        record: PulledRecord,
     ) -> None:
         """`spec_for(name)`: the pool entry serving a pulled repo reference."""
-        self._pool, self._store, self._spec_for = pool, store, spec_for
+        self._pool, self._store, self._spec_for, self._record = pool, store, spec_for, record
         self._locks: dict[str, asyncio.Lock] = {}  # repo id → held while pulling or deleting
         self._tasks: set[asyncio.Task[None]] = set()  # running pulls (kept from the GC)
 
@@ -129,6 +164,8 @@ class HubPulls:
                 if served is None:  # its spec reads the checkpoint's files: off the loop
                     self._pool.add(await asyncio.to_thread(self._spec_for, str(ref)))
                     logger.info("pulled %s: served from now on", ref)
+                if served is None or served.pulled:
+                    await asyncio.to_thread(self._record.add, str(ref))
             lines.put_nowait({"status": "success"})
             lines.put_nowait(None)
         except Exception as exc:
@@ -153,6 +190,7 @@ class HubPulls:
         async with lock:
             owned = await asyncio.to_thread(self._owned, ref)
             if served is None and owned is None:
+                await asyncio.to_thread(self._record.remove, str(ref))  # its files went otherwise
                 raise ModelNotFound(f"model '{name}' not found", param="model")
             holder = next(
                 (s for s in self._pool.specs() if s is not served and _holds(s, ref)), None
@@ -166,6 +204,7 @@ class HubPulls:
                 )
             if served is not None:
                 await self._pool.remove(served.name)
+            await asyncio.to_thread(self._record.remove, str(ref))
             if owned is not None:
                 await asyncio.to_thread(self._remove, ref, owned)
 

@@ -22,7 +22,7 @@ from huggingface_hub import constants
 from engines.pool import EnginePool, ModelSpec
 from engines.weights.hub_cache import repo_folder
 from server.__main__ import main
-from server.app import create_app
+from server.app import build_pool, create_app
 from server.settings import Settings
 from tests.fakes import FakeEngine
 from tests.hub_fixture import FakeHub, FakeRepo, RunningHub
@@ -214,6 +214,30 @@ async def test_a_gguf_quant_is_pulled_imported_served_and_deleted(
     deleted = await http.request("DELETE", "/api/delete", json={"model": "org/tiny-GGUF:F32"})
     assert deleted.status_code == 200 and not imported.exists()
     assert "org/tiny-GGUF:F32" not in await _tags(http)
+
+
+async def test_a_pulled_model_is_served_again_after_a_restart_until_deleted(
+    hub: FakeHub, tiny_dir: Path, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    home = tmp_path / "mlxd"
+    settings = Settings(model=str(tiny_dir), speech_model="", embedding_model="", home=home)
+    await http.post("/api/pull", json={"model": REPO, "stream": False})
+    hub.requests.clear()
+    restarted = [(m.name, m.loaded) for m in build_pool(settings).models()]
+    assert restarted == [(tiny_dir.name, False), (REPO, False)] and hub.requests == []
+    configured = settings.model_copy(update={"model": REPO})  # named by --model: served so
+    assert [m.name for m in build_pool(configured).models()] == [REPO]
+    await http.request("DELETE", "/api/delete", json={"model": REPO})
+    assert [m.name for m in build_pool(settings).models()] == [tiny_dir.name]
+    await http.post("/api/pull", json={"model": REPO, "stream": False})
+    assert main(["rm", REPO]) == 0  # its files deleted behind the server's back: not served
+    assert [m.name for m in build_pool(settings).models()] == [tiny_dir.name]
+    assert (home / "pulled.json").read_text().count(REPO) == 1
+    transport = httpx.ASGITransport(app=_app(tmp_path))  # a restarted server
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as fresh:
+        gone = await fresh.request("DELETE", "/api/delete", json={"model": REPO})
+    assert gone.status_code == 404  # and the record of it dropped
+    assert json.loads((home / "pulled.json").read_text()) == {"models": []}
 
 
 async def test_delete_keeps_the_files_a_configured_model_serves(
