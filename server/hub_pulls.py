@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -158,7 +157,10 @@ class HubPulls:
                     await served.download.wait()
                 else:
                     progress = _ProgressLines(str(ref), asyncio.get_running_loop(), lines)
-                    await ModelDownload(ref, hub, self._store, progress, check_hub=True).wait()
+                    try:
+                        await ModelDownload(ref, hub, self._store, progress, check_hub=True).wait()
+                    finally:
+                        progress.stop()
                 lines.put_nowait({"status": "verifying sha256 digest"})  # per file, as it landed
                 lines.put_nowait({"status": "writing manifest"})
                 if served is None:  # its spec reads the checkpoint's files: off the loop
@@ -249,11 +251,14 @@ def _pull_error(ref: RepoRef, error: Exception) -> APIError:
 
 
 class _ProgressLines(PullProgress):
-    """Ollama's progress lines for one pull, handed from the download thread to the event loop:
-    "pulling manifest" once the listing is read, then per file `{"status": "pulling FILE",
-    "digest", "total", "completed"}` (the digest is `sha256:…` for LFS files, else the file's
-    name), at most every `every_s` and at each file's end. Zero counts are left out, as Ollama
-    leaves them out."""
+    """Ollama's progress lines for one pull: "pulling manifest" once the listing is read, then
+    per file `{"status": "pulling FILE", "digest", "total", "completed"}` (the digest is
+    `sha256:…` for LFS files, else the file's name), at each file's start and end and at most
+    every `every_s` between, the latest count always sent within `every_s` (a download that
+    stalls shows how far it got). Zero counts are left out, as Ollama leaves them out.
+
+    Invariant: the download thread only hands plain values to the loop (`call_soon_threadsafe`,
+    in order); the lines' state is touched on the loop alone."""
 
     def __init__(
         self, label: str, loop: asyncio.AbstractEventLoop, lines: PullLines, every_s: float = 0.25
@@ -262,34 +267,59 @@ class _ProgressLines(PullProgress):
         self._loop, self._lines, self._every_s = loop, lines, every_s
         self._file: tuple[str, int, str] | None = None  # (name, size, digest)
         self._completed = 0
-        self._sent: tuple[float, int] = (0.0, -1)  # (when, completed) of the last line sent
+        self._sent: tuple[float, Any] = (0.0, None)  # when the last line went, and its counts
+        self._flush: asyncio.TimerHandle | None = None  # a line due when `every_s` has passed
+
+    # -- on the download thread --
 
     def start(self, total_bytes: int) -> None:
         super().start(total_bytes)
-        self._send({"status": "pulling manifest"})
+        self._call(self._lines.put_nowait, {"status": "pulling manifest"})
 
     def begin_file(self, name: str, size: int, sha256: str | None) -> None:
-        self._file = (name, size, f"sha256:{sha256}" if sha256 else name)
-        self._completed = 0
-        self._send_file()
+        self._call(self._begun, (name, size, f"sha256:{sha256}" if sha256 else name))
 
     def advance(self, count: int) -> None:
         super().advance(count)
-        self._completed += count
-        if self._file is None or self._completed == self._sent[1]:
-            return
-        if self._completed >= self._file[1] or time.monotonic() - self._sent[0] >= self._every_s:
-            self._send_file()
+        self._call(self._advanced, count)
 
-    def _send_file(self) -> None:
-        assert self._file is not None
+    def _call(self, function: Callable[[Any], None], argument: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server stopped
+            self._loop.call_soon_threadsafe(function, argument)
+
+    # -- on the loop --
+
+    def stop(self) -> None:
+        """No more lines (the pull ended)."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        self._file = None
+
+    def _begun(self, file: tuple[str, int, str]) -> None:
+        self.stop()
+        self._file, self._completed = file, 0
+        self._send()
+
+    def _advanced(self, count: int) -> None:
+        self._completed += count
+        if self._file is None:
+            return
+        due = self._sent[0] + self._every_s - self._loop.time()
+        if self._completed >= self._file[1] or due <= 0:
+            self._send()
+        elif self._flush is None:
+            self._flush = self._loop.call_later(due, self._send)
+
+    def _send(self) -> None:
+        self._flush = None
+        if self._file is None:
+            return
         name, total, digest = self._file
         completed = max(self._completed, 0)  # a refetch after a hash mismatch starts again
+        if self._sent[1] == (digest, completed):
+            return
         line: Line = {"status": f"pulling {name}", "digest": digest}
         line |= {key: value for key, value in (("total", total), ("completed", completed)) if value}
-        self._sent = (time.monotonic(), self._completed)
-        self._send(line)
-
-    def _send(self, line: Line) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the server stopped
-            self._loop.call_soon_threadsafe(self._lines.put_nowait, line)
+        self._sent = (self._loop.time(), (digest, completed))
+        self._lines.put_nowait(line)

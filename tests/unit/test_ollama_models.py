@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,28 @@ async def test_unsupported_routes_say_so_in_ollamas_shape(
         assert response.status_code == 501
         assert set(response.json()) == {"error"} and message in response.json()["error"]
         assert (await http.head("/api/blobs/sha256:00")).status_code == 501
+
+
+def test_progress_reaches_the_client_while_a_file_is_still_downloading(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    chunk = 10 << 20  # huggingface_hub's http_get writes 10 MiB at a time
+    weights = os.urandom(chunk + 4096)
+    hub.repos["org/big"] = FakeRepo({"config.json": b"{}", "model.safetensors": weights})
+    hub.pause_after["model.safetensors"] = chunk  # the rest waits for the gate
+    hub.gate.clear()
+    with (
+        serve(_app(tmp_path)) as url,
+        httpx.Client(base_url=url, timeout=30) as http,
+        http.stream("POST", "/api/pull", json={"model": "org/big"}) as response,
+    ):
+        lines = (json.loads(raw) for raw in response.iter_lines())
+        held = next(line for line in lines if line.get("completed") == chunk)
+        assert held["total"] == len(weights) and not hub.gate.is_set()
+        hub.gate.set()  # the download resumes for the rest
+        rest = list(lines)
+    assert rest[-1] == {"status": "success"}
+    assert [line["completed"] for line in rest if "completed" in line][-1] == len(weights)
 
 
 def test_the_ollama_client_pulls_chats_and_deletes_on_a_live_server(
