@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from server.schemas.anthropic_tools import schema_for
-from server.schemas.common import Strict
+from server.schemas.common import Strict, object_schema
 
 # Anthropic's own limit, 128 (Claude Code names MCP tools `mcp__<server>__<tool>`, often past
 # OpenAI's 64); the chat path's tool schema takes as many.
@@ -228,6 +228,8 @@ class Tool(Strict):
     name: str = Field(pattern=TOOL_NAME)
     description: str | None = None
     input_schema: dict[str, Any] | None = None
+
+    _an_object = field_validator("input_schema")(object_schema)
 
 
 class ToolChoice(Strict):

@@ -17,7 +17,7 @@ from engines.llm.templates import CONTINUE_FINAL
 from engines.types import TokenLogprob
 from server.body import check_json_text
 from server.errors import APIError
-from server.schemas.common import SamplingFields, Strict, tool_choice_type_read
+from server.schemas.common import SamplingFields, Strict, object_schema, tool_choice_type_read
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -112,6 +112,8 @@ class FunctionDefinition(Strict):
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+
+    _an_object = field_validator("parameters")(object_schema)
 
 
 class Tool(Strict):

@@ -33,6 +33,16 @@ def tool_choice_type_read(value: Any, hosted: str = "") -> Any:
     return value
 
 
+def object_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A tool's parameters (input) schema as it is, unless its `type` is not `object`: a call's
+    arguments are an object (OpenAI's and Anthropic's APIs refuse other types), and a forced
+    call of another type's schema cannot parse as a call (it came back as text holding the
+    call's markup)."""
+    if schema is not None and schema.get("type", "object") != "object":
+        raise ValueError(f"a tool's schema must be of type 'object', not {schema['type']!r}")
+    return schema
+
+
 class Strict(BaseModel):
     """Strict types (no "0.5" for a number); unknown fields are kept so they can be reported."""
 

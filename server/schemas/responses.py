@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from server.body import check_json_text
 from server.errors import APIError, loc_to_param
-from server.schemas.common import Strict, tool_choice_type_read
+from server.schemas.common import Strict, object_schema, tool_choice_type_read
 from server.validation_messages import pydantic_message
 
 M = TypeVar("M", bound=BaseModel)
@@ -155,6 +155,8 @@ class FunctionTool(Strict):
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+
+    _an_object = field_validator("parameters")(object_schema)
 
 
 class NamespaceTool(Strict):

@@ -356,6 +356,16 @@ async def test_thinking_settings(http: httpx.AsyncClient, fake_engine: FakeEngin
     assert fake_engine.template_kwargs_seen == {"enable_thinking": True}
 
 
+async def test_a_tool_whose_input_is_no_object_is_a_400(claude: AsyncAnthropic) -> None:
+    """A tool's input is an object (Anthropic's `input_schema.type` is `object`): a forced call
+    of a string's schema came back as text holding the call's markup."""
+    tool: Any = {"name": "f", "input_schema": {"type": "string"}}
+    with pytest.raises(anthropic.BadRequestError, match=r"tools\[0\]\.input_schema"):
+        await claude.messages.create(
+            model="fake", max_tokens=5, messages=HELLO, tools=[tool], tool_choice={"type": "any"}
+        )
+
+
 async def test_the_sdk_reads_each_requests_id(claude: AsyncAnthropic) -> None:
     """Anthropic's SDKs read a request's id from `request-id` (`message._request_id`, a stream's
     `request_id`, an error's): the id mlxd logs the request under (`x-request-id`)."""

@@ -441,6 +441,9 @@ def test_listed_items_show_image_urls_and_encrypted_reasoning_only_when_included
     assert included["encrypted_content"] == "opaque"
 
 
+STRING = {"type": "string"}  # a tool's schema not of an object
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
@@ -462,6 +465,8 @@ def test_listed_items_show_image_urls_and_encrypted_reasoning_only_when_included
         ({"input": []}, "input"),
         ({"input": "hi", "tools": [{"type": "teleport"}]}, "tools[0].type"),
         ({"input": "hi", "tools": [{"type": "function", "name": "bad name"}]}, "tools[0].name"),
+        ({"input": "hi", "tools": [{"type": "function", "name": "f", "parameters": STRING}]},
+         "tools[0].parameters"),
         ({"input": "hi", "tool_choice": "required"}, "tools"),
         ({"input": "hi", "text": {"format": {"type": "json_schema"}}}, "text.format.name"),
         ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),

@@ -284,6 +284,18 @@ async def test_tool_choice_none_hides_the_tools(
             "tools[0].function.name",
         ),
         ({"tools": [{"type": "retrieval"}]}, "tools[0].type"),
+        (  # arguments are an object: a forced call of a string's schema came back as text
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {"name": "f", "parameters": {"type": "string"}},
+                    }
+                ],
+                "tool_choice": "required",
+            },
+            "tools[0].function.parameters",
+        ),
         ({"tool_choice": "sometimes", "tools": [WEATHER]}, "tool_choice"),
         ({"response_format": {"type": "xml"}}, "response_format.type"),
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
