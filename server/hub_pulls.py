@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,10 +79,12 @@ def _without_prefix(name: str) -> str:
 
 class PulledRecord:
     """`$MLXD_HOME/pulled.json`: the models pulled over the API, in the order pulled. Written
-    whole and renamed into place; unreadable, it records nothing."""
+    whole and renamed into place, one change at a time (pulls of two repos may end together, on
+    two threads); unreadable, it records nothing."""
 
     def __init__(self, home: Path) -> None:
         self.path = home / "pulled.json"
+        self._lock = threading.Lock()
 
     def names(self) -> list[str]:
         try:
@@ -91,12 +94,16 @@ class PulledRecord:
         return [name for name in names if isinstance(name, str)]
 
     def add(self, name: str) -> None:
-        if name not in self.names():
-            self._write([*self.names(), name])
+        with self._lock:
+            names = self.names()
+            if name not in names:
+                self._write([*names, name])
 
     def remove(self, name: str) -> None:
-        if name in self.names():
-            self._write([n for n in self.names() if n != name])
+        with self._lock:
+            names = self.names()
+            if name in names:
+                self._write([n for n in names if n != name])
 
     def _write(self, names: list[str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
