@@ -35,6 +35,7 @@ from engines.llm.detokenize import TokenBytes
 from engines.llm.sequence import Choice, Vocabulary
 from engines.llm.templates import supports_tools
 from engines.types import (
+    AdmittedEvent,
     ChatLimits,
     ChatModelInfo,
     EngineStats,
@@ -224,6 +225,8 @@ class SoloVLMEngine(EngineThread, VisionFront):
             )
             stream.push(ErrorEvent(error))
             return None
+        if request.report_admission:  # no prefix cache on this path: nothing of it is read
+            stream.push(AdmittedEvent(len(prompt_ids), 0))
         expanded = dataclasses.replace(request, prompt_tokens=prompt_ids, images=())
         choice = Choice(
             expanded,

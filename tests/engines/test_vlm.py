@@ -22,6 +22,7 @@ from engines.errors import KVBudgetExceeded
 from engines.kinds import build_chat
 from engines.llm.constrain import json_schema_grammar
 from engines.types import (
+    AdmittedEvent,
     ErrorEvent,
     FinishEvent,
     GenerationRequest,
@@ -596,6 +597,30 @@ async def test_the_room_left_is_what_the_images_leave(checkpoint: Path) -> None:
             assert isinstance(await first_event(engine, roomy), TokenEvent | FinishEvent)
             refused = await first_event(engine, asked)
             assert isinstance(refused, ErrorEvent) and "context length" in str(refused.error)
+    finally:
+        batched.stop()
+        solo.stop()
+
+
+async def test_admission_reports_the_prompt_with_its_images_expanded(checkpoint: Path) -> None:
+    """A request with `report_admission` hears first, on both paths, the prompt's length as
+    its usage will count it (its images expanded, past the ids sent): Messages' `message_start`
+    reports it."""
+    messages = with_image("What is it?")
+    batched = await started(checkpoint, prefix_cache_mb=0)
+    solo = SoloVLMEngine("tiny-vlm", checkpoint)
+    solo.start()
+    await solo.wait_loaded()
+    try:
+        for engine in (batched, solo):
+            asked = dataclasses.replace(
+                request(engine, "a", messages, image(2)), report_admission=True
+            )
+            events = [event async for event in engine.submit(asked)]
+            admitted, finish = events[0], events[-1]
+            assert isinstance(admitted, AdmittedEvent) and isinstance(finish, FinishEvent)
+            assert admitted.prompt_tokens == finish.usage.prompt_tokens > len(asked.prompt_tokens)
+            assert admitted.cached_tokens == finish.usage.cached_tokens
     finally:
         batched.stop()
         solo.stop()
