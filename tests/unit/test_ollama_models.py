@@ -164,6 +164,25 @@ async def test_concurrent_pulls_fetch_a_file_once_and_a_delete_meanwhile_is_refu
     assert (await _tags(http)).count(REPO) == 1
 
 
+async def test_a_pull_of_a_configured_hub_model_waits_for_its_own_download(
+    hub: FakeHub, tiny_dir: Path, tmp_path: Path
+) -> None:
+    hub.gate.clear()
+    settings = Settings(model=REPO, speech_model="", embedding_model="", home=tmp_path / "mlxd")
+    app = create_app(settings)  # serves REPO, downloaded on first use
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        await app.state.pool.start()  # starts the download: REPO is preloaded
+        pull = asyncio.create_task(http.post("/api/pull", json={"model": REPO, "stream": False}))
+        await wait_until(lambda: any(" /cdn/" in request for request in hub.requests), timeout=10)
+        hub.gate.set()
+        assert (await pull).json() == {"status": "success"}
+        assert await _tags(http) == [REPO]
+        await app.state.pool.drain(timeout=5)
+    assert hub.served["model.safetensors"] == (tiny_dir / "model.safetensors").stat().st_size
+    assert not (tmp_path / "mlxd" / "pulled.json").exists()  # configured, not pulled
+
+
 async def test_offline_only_a_model_already_here_is_pulled(
     hub: FakeHub, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
