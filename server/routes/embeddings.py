@@ -2,9 +2,11 @@
 
 Everything is checked before the engine sees the request — body, model and its kind, each
 input's length (400 naming the input unless `truncate`), token ids within the vocabulary,
-`dimensions` — and texts are tokenized with the model's Rust tokenizer in a worker thread (no
-MLX there). Vectors come back as float lists or, with `encoding_format: "base64"`, as the
-base64 of little-endian float32 bytes (what the OpenAI SDKs ask for by default).
+`dimensions` (Voyage's client names these `truncation` and `output_dimension`, and asks for
+`output_dtype`: only float is served) — and texts are tokenized with the model's Rust tokenizer
+in a worker thread (no MLX there). Vectors come back as float lists or, with
+`encoding_format: "base64"`, as the base64 of little-endian float32 bytes (what the OpenAI SDKs
+ask for by default).
 
 `dimensions` below the model's own keeps the first components and renormalises them — only
 for Matryoshka-trained models, whose prefixes are embeddings themselves; other models answer 400.
@@ -44,8 +46,9 @@ async def create_embeddings(request: Request, settings: SettingsDep, pool: PoolD
     body = validate(EmbeddingsRequest, raw)
     engine = await pool.acquire(body.model, EMBEDDING)
     info = embedder_info(engine, body.model)
-    check_dimensions(info, body.dimensions)
-    inputs = await token_inputs(engine, info, body.items(), body.truncate)
+    dimensions, named = body.shortened()
+    check_dimensions(info, dimensions, named)
+    inputs = await token_inputs(engine, info, body.items(), body.cut())
     request_id = f"embd-{uuid.uuid4().hex}"
     logs.request_id.set(request_id)
     headers = response_headers(request_id, raw, EmbeddingsRequest, IGNORED_EMBEDDING_FIELDS)
@@ -53,7 +56,7 @@ async def create_embeddings(request: Request, settings: SettingsDep, pool: PoolD
     outcome = await run(request, engine, EmbeddingRequest(request_id, inputs))
     if isinstance(outcome, Response):
         return outcome
-    vectors = shorten(outcome.vectors, body.dimensions, info.normalized)
+    vectors = shorten(outcome.vectors, dimensions, info.normalized)
     data = [
         {"object": "embedding", "index": index, "embedding": encode(vector, body.encoding_format)}
         for index, vector in enumerate(vectors)
@@ -77,7 +80,9 @@ def embedder_info(engine: EmbeddingEngine, model: str) -> EmbeddingModelInfo:
     return info
 
 
-def check_dimensions(info: EmbeddingModelInfo, dimensions: int | None) -> None:
+def check_dimensions(
+    info: EmbeddingModelInfo, dimensions: int | None, param: str = "dimensions"
+) -> None:
     if dimensions is None or dimensions == info.dimensions:
         return
     if dimensions > info.dimensions:
@@ -89,7 +94,7 @@ def check_dimensions(info: EmbeddingModelInfo, dimensions: int | None) -> None:
         )
     else:
         return
-    raise APIError(400, message, param="dimensions", code="invalid_value")
+    raise APIError(400, message, param=param, code="invalid_value")
 
 
 async def token_inputs(

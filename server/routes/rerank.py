@@ -1,4 +1,6 @@
-"""`POST /v1/rerank`: documents ranked by relevance to a query (the Cohere / Jina shape).
+"""`POST /v1/rerank`: documents ranked by relevance to a query (the Cohere / Jina shape, or
+Voyage's). Also at `/v2/rerank`, where Cohere's v2 client posts, and `/rerank` (as vLLM serves
+it); the same body and answer on each.
 
 Three kinds of model rank:
 - a chat model judges each document "yes" or "no" (server/judging.py: the Qwen3-Reranker
@@ -14,6 +16,7 @@ Three kinds of model rank:
 
 Documents longer than the model takes are cut to fit (rerankers read the start of a document);
 an over-long query is refused. Results are sorted by score, best first, `top_n` of them.
+A body in Voyage's words (`top_k`) gets Voyage's answer (`data`, documents as strings).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ router = APIRouter()
 
 
 @router.post("/v1/rerank", openapi_extra=documented_body(RerankRequest))
+@router.post("/v2/rerank", include_in_schema=False)
+@router.post("/rerank", include_in_schema=False)
 async def rerank(request: Request, settings: SettingsDep, pool: PoolDep) -> Response:
     raw = await read_json_object(request, settings.max_body_bytes)
     body = validate(RerankRequest, raw)
@@ -114,15 +119,20 @@ def _kind(pool: EnginePool, model: str) -> str:
 def _ranked(
     request_id: str, body: RerankRequest, scores: list[float], prompt_tokens: int
 ) -> dict[str, Any]:
-    """The response: the best `top_n` documents, best first (ties in input order)."""
+    """The response: the best `top_n` documents, best first (ties in input order); in Voyage's
+    shape for Voyage's body (its client reads `data` and `usage.total_tokens`)."""
     documents = body.texts()
-    order = sorted(range(len(documents)), key=lambda i: -scores[i])[: body.top_n]
+    order = sorted(range(len(documents)), key=lambda i: -scores[i])[: body.count()]
+    voyage = body.voyage()
     results = []
     for index in order:
         result: dict[str, Any] = {"index": index, "relevance_score": scores[index]}
         if body.return_documents:
-            result["document"] = {"text": documents[index]}
+            result["document"] = documents[index] if voyage else {"text": documents[index]}
         results.append(result)
+    if voyage:
+        usage = {"total_tokens": prompt_tokens}
+        return {"object": "list", "data": results, "model": body.model, "usage": usage}
     usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
     return {"id": request_id, "model": body.model, "results": results, "usage": usage}
 

@@ -3,10 +3,13 @@
 Embeddings: spec `CreateEmbeddingRequest` (../shared/openai/openapi.yaml) — `input` as a string,
 strings, token ids or lists of token ids; `encoding_format`; `dimensions`; `user` (ignored).
 `truncate` is an extension (as in Hugging Face's TEI): cut over-long inputs to the model's
-length instead of refusing them.
+length instead of refusing them. Voyage's client posts the same body with its own names:
+`truncation` (`truncate`), `output_dimension` (`dimensions`) and `output_dtype`, of which only
+`float` is served (its client decodes base64 as the type it asked for).
 
 Rerank: the Cohere / Jina shape that Open WebUI, LlamaIndex and LangChain send — `query`,
-`documents` as strings or `{"text": ...}` objects, `top_n`, `return_documents`.
+`documents` as strings or `{"text": ...}` objects, `top_n`, `return_documents` — or Voyage's,
+which names `top_n` `top_k` and also sends `truncation`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,11 @@ class EmbeddingsRequest(Strict):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
-    truncate: bool = False
+    truncate: bool | None = None
+    # Voyage's names
+    truncation: bool | None = None
+    output_dimension: int | None = Field(None, ge=1)
+    output_dtype: str | None = None
 
     @field_validator("input")
     @classmethod
@@ -48,6 +55,23 @@ class EmbeddingsRequest(Strict):
             if tokens and min(tokens) < 0:
                 raise ValueError("token ids must not be negative")
         return value
+
+    @field_validator("output_dtype")
+    @classmethod
+    def _float_only(cls, value: str | None) -> str | None:
+        if value not in (None, "float"):
+            raise ValueError(f"'{value}' embeddings are not served: leave it out or send 'float'")
+        return value
+
+    def cut(self) -> bool:
+        """Whether over-long inputs are cut: `truncate`, else Voyage's `truncation`; else not."""
+        return bool(self.truncate if self.truncate is not None else self.truncation)
+
+    def shortened(self) -> tuple[int | None, str]:
+        """The dimensions asked for, and the field that asked (`dimensions` wins)."""
+        if self.dimensions is not None or self.output_dimension is None:
+            return self.dimensions, "dimensions"
+        return self.output_dimension, "output_dimension"
 
     def items(self) -> list[str | list[int]]:
         """One entry per input: a text, or the token ids of one input."""
@@ -84,9 +108,21 @@ class RerankRequest(Strict):
     )
     top_n: int | None = Field(None, ge=1)
     return_documents: bool = False
+    # Voyage's names: `top_k` for `top_n`; `truncation` (documents are always cut to fit)
+    top_k: int | None = Field(None, ge=1)
+    truncation: bool | None = None
 
     def texts(self) -> list[str]:
         return [d if isinstance(d, str) else d.text for d in self.documents]
+
+    def voyage(self) -> bool:
+        """Whether the body is Voyage's: its client always sends `top_k` (null when not set),
+        which Cohere's and Jina's shape do not have."""
+        return "top_k" in self.model_fields_set
+
+    def count(self) -> int | None:
+        """How many results to return (`top_n`, or Voyage's `top_k`); None: all."""
+        return self.top_n if self.top_n is not None else self.top_k
 
 
 # Cohere fields that change nothing here: documents are never split into chunks, and objects

@@ -10,9 +10,11 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import cohere
 import httpx
 import numpy as np
 import pytest
+import voyageai
 from openai import AsyncOpenAI, BadRequestError, NotFoundError
 
 from engines.embed.batching import Pending, bucket, by_bucket, choose
@@ -23,7 +25,7 @@ from server.settings import Settings
 from tests.fake_embed import CLS, SEP, VOCAB, FakeEmbedEngine
 from tests.fake_tts import FakeTTSEngine
 from tests.fakes import FakeEngine
-from tests.servers import wait_until
+from tests.servers import serve, wait_until
 
 
 @pytest.fixture
@@ -212,6 +214,49 @@ async def test_engine_failure_is_500_and_client_leaving_cancels() -> None:
     await pool.drain(timeout=1)
 
 
+@pytest.mark.parametrize(
+    ("fields", "param", "fragment"),
+    [
+        ({"output_dtype": "int8"}, "output_dtype", "float"),
+        ({"output_dtype": "ubinary"}, "output_dtype", "float"),
+        ({"output_dimension": 4}, "output_dimension", "not Matryoshka-trained"),
+    ],
+)
+async def test_voyage_fields_that_would_change_the_vectors_are_not_ignored(
+    http: httpx.AsyncClient,
+    embedder: FakeEmbedEngine,
+    fields: dict[str, object],
+    param: str,
+    fragment: str,
+) -> None:
+    """Voyage's client decodes base64 as the `output_dtype` it asked for: float32 bytes read as
+    int8 were 4x as many numbers, none of them the embedding. Its `output_dimension` is
+    `dimensions`."""
+    body = {"model": "fake-embed", "input": "a", "encoding_format": "base64", **fields}
+    response = await http.post("/v1/embeddings", json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and fragment in error["message"], error
+    assert embedder.requests == []
+
+
+async def test_voyage_client_embeds(embedder: FakeEmbedEngine) -> None:
+    """voyageai's `embed` (base64 by default, `truncation` on by default, `output_dimension`
+    on a Matryoshka model) on a real socket."""
+    pool = EnginePool([embedder, FakeEmbedEngine("fake-matryoshka", matryoshka=True)])
+    with serve(create_app(Settings(), pool)) as url:
+        client = voyageai.AsyncClient(api_key="unused", base_url=f"{url}/v1", max_retries=0)
+        result = await client.embed(["a man", "a " * 20], model="fake-embed", input_type="query")
+        counts = np.bincount(np.array(ids("a man")) % 8, minlength=8)
+        np.testing.assert_allclose(result.embeddings[0], counts / np.linalg.norm(counts), 1e-6)
+        assert [len(row) for row in embedder.requests[-1].inputs] == [4, 16]  # cut, as Voyage
+        short = await client.embed(["a man"], model="fake-matryoshka", output_dimension=5)
+        assert len(short.embeddings[0]) == 5
+        # OpenAI's error shape, which the client shows whole (it looks for Voyage's `detail`)
+        with pytest.raises(voyageai.error.APIError, match="output_dtype"):
+            await client.embed(["a man"], model="fake-embed", output_dtype="int8")
+
+
 # -- rerank ----------------------------------------------------------------------------------
 
 
@@ -255,6 +300,54 @@ async def test_rerank_cuts_long_documents(
     assert [len(row) for row in embedder.requests[-1].inputs] == [3, 16]
 
 
+async def test_cohere_sdks_rerank(http: httpx.AsyncClient) -> None:
+    """Cohere's v2 client posts to /v2/rerank, its v1 client to /v1/rerank; vLLM's /rerank is
+    the same route."""
+    v2 = cohere.AsyncClientV2(api_key="unused", base_url="http://127.0.0.1", httpx_client=http)
+    ranked = await v2.rerank(
+        model="fake-embed", query="a man eating", documents=["the horse", "a man eating food"]
+    )
+    assert [r.index for r in ranked.results] == [1, 0] and ranked.id
+    v1 = cohere.AsyncClient(api_key="unused", base_url="http://127.0.0.1", httpx_client=http)
+    first = await v1.rerank(
+        model="fake-embed", query="man eating", documents=DOCUMENTS, top_n=1, return_documents=True
+    )
+    [result] = first.results
+    assert result.index == 1 and result.document and result.document.text == "a man eating food"
+    body = {"model": "fake-embed", "query": "man eating", "documents": DOCUMENTS}
+    plain = await http.post("/rerank", json=body)
+    assert plain.status_code == 200, plain.text
+    expected = (await http.post("/v1/rerank", json=body)).json()["results"]
+    assert plain.json()["results"] == expected
+
+
+async def test_voyage_rerank_shape(http: httpx.AsyncClient) -> None:
+    """A body in Voyage's words (`top_k`, `truncation`; its client always sends both) gets
+    Voyage's response: `data`, each document a string, `usage.total_tokens`."""
+    body = {"model": "fake-embed", "query": "man eating", "documents": DOCUMENTS, "top_k": 2,
+            "truncation": True, "return_documents": True}  # fmt: skip
+    response = await http.post("/v1/rerank", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert set(answer) == {"object", "data", "model", "usage"} and answer["object"] == "list"
+    assert [r["index"] for r in answer["data"]] == [1, 0]
+    assert answer["data"][1]["document"] == "the horse"
+    assert answer["usage"]["total_tokens"] > 0
+    assert "x-mlxd-ignored-fields" not in response.headers
+
+
+async def test_voyage_client_reranks(embedder: FakeEmbedEngine) -> None:
+    with serve(create_app(Settings(), EnginePool([embedder]))) as url:
+        client = voyageai.AsyncClient(api_key="unused", base_url=f"{url}/v1", max_retries=0)
+        ranked = await client.rerank("man eating", ["the horse", "a man eating food"], "fake-embed")
+        assert [r.index for r in ranked.results] == [1, 0]
+        assert ranked.results[0].document == "a man eating food" and ranked.total_tokens > 0
+        top = await client.rerank(
+            "man eating", ["the horse", "a man eating"], "fake-embed", top_k=1
+        )
+        assert [r.index for r in top.results] == [1]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "param"),
     [
@@ -262,6 +355,7 @@ async def test_rerank_cuts_long_documents(
         ({"query": "", "documents": ["a"]}, 400, "query"),
         ({"query": "a", "documents": [{"title": "no text"}]}, 400, "documents[0]"),
         ({"query": "a", "documents": ["a"], "top_n": 0}, 400, "top_n"),
+        ({"query": "a", "documents": ["a"], "top_k": -1}, 400, "top_k"),
         ({"query": "a " * 20, "documents": ["a"]}, 400, "query"),
         ({"model": "fake-kokoro", "query": "a", "documents": ["a"]}, 400, "model"),
         ({"model": "nope", "query": "a", "documents": ["a"]}, 404, "model"),
