@@ -293,6 +293,7 @@ class EmbeddingModelInfo:
     vocab_size: int
     special_prefix: tuple[int, ...]  # what the tokenizer puts around one input's tokens
     special_suffix: tuple[int, ...]
+    pair_specials: int  # special tokens in a (query, document) pair: 3 for BERT, 4 for XLM-R
     normalized: bool
     matryoshka: bool
     pooling: str

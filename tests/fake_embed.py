@@ -66,6 +66,7 @@ class FakeEmbedEngine(FakeLifecycle):
             vocab_size=len(VOCAB),
             special_prefix=(CLS,),
             special_suffix=(SEP,),
+            pair_specials=3,
             normalized=True,
             matryoshka=self.matryoshka,
             pooling="cls" if self.task == "score" else "mean",

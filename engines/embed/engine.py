@@ -88,7 +88,8 @@ class EmbedEngine(EngineThread):
         self, query: str, documents: list[str], max_tokens: int
     ) -> list[tuple[list[int], list[int]]]:
         """(ids, segment ids) of each (query, document) pair with special tokens, the document
-        cut so that the pair fits `max_tokens` (the query is never cut: the edge checks it)."""
+        cut so that the pair fits `max_tokens` (the query is never cut: the edge checks that it
+        leaves room for a document token, `EmbeddingModelInfo.pair_specials`)."""
         query_encoding = self._tokenizer.encode(query, add_special_tokens=False)
         specials = self._tokenizer.post_process(query_encoding, query_encoding).ids
         room = max(0, max_tokens - (len(specials) - len(query_encoding.ids)))
@@ -133,6 +134,7 @@ class EmbedEngine(EngineThread):
         with_specials = tokenizer.encode("a").ids
         bare = tokenizer.encode("a", add_special_tokens=False).ids
         start = next(i for i in range(len(with_specials)) if with_specials[i:][: len(bare)] == bare)
+        empty = tokenizer.encode("", add_special_tokens=False)
         self.info = EmbeddingModelInfo(
             name=self.name,
             path=str(self.path),
@@ -143,6 +145,7 @@ class EmbedEngine(EngineThread):
             vocab_size=int(config["vocab_size"]),
             special_prefix=tuple(with_specials[:start]),
             special_suffix=tuple(with_specials[start + len(bare) :]),
+            pair_specials=len(tokenizer.post_process(empty, empty).ids),
             normalized=checkpoint.normalize,
             matryoshka=checkpoint.matryoshka,
             pooling=checkpoint.pooling,

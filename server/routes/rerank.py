@@ -15,7 +15,8 @@ Three kinds of model rank:
   but what semantic search with that model gives.
 
 Documents longer than the model takes are cut to fit (rerankers read the start of a document);
-an over-long query is refused. Results are sorted by score, best first, `top_n` of them.
+an over-long query is refused (for a cross-encoder, one that leaves no room for a document).
+Results are sorted by score, best first, `top_n` of them.
 A body in Voyage's words (`top_k`) gets Voyage's answer (`data`, documents as strings).
 """
 
@@ -31,12 +32,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from engines.errors import ModelNotFound
-from engines.kinds import CHAT, EMBEDDING, ChatEngine
+from engines.kinds import CHAT, EMBEDDING, ChatEngine, EmbeddingEngine
 from engines.pool import EnginePool
 from engines.types import EmbeddingModelInfo, EmbeddingRequest
 from server import judging, logs
 from server.body import read_json_object, validate
 from server.deps import PoolDep, SettingsDep
+from server.errors import APIError
 from server.generation import EventSource
 from server.routes.embeddings import run, token_inputs
 from server.schemas.common import documented_body, response_headers
@@ -59,7 +61,10 @@ async def rerank(request: Request, settings: SettingsDep, pool: PoolDep) -> Resp
     info = engine.info
     assert info is not None
     documents = body.texts()
-    await token_inputs(engine, info, [body.query], cut=False, param="query")  # fits whole
+    if info.task == "score":
+        await _check_pair_room(engine, info, body.query)
+    else:
+        await token_inputs(engine, info, [body.query], cut=False, param="query")  # fits whole
     request_id = f"rerank-{uuid.uuid4().hex}"
     logs.request_id.set(request_id)
     headers = response_headers(request_id, raw, RerankRequest, IGNORED_RERANK_FIELDS)
@@ -102,6 +107,22 @@ async def _judged(
         return error_response(scores, headers)
     tokens = sum(len(prompt) for prompt in prompts)
     return JSONResponse(_ranked(request_id, body, scores, tokens), headers=headers)
+
+
+async def _check_pair_room(engine: EmbeddingEngine, info: EmbeddingModelInfo, query: str) -> None:
+    """A cross-encoder reads the query and a document together in `max_tokens`: a query that
+    fits alone may still leave no room for the document (which would be cut to nothing, every
+    one scored on the query alone) or even for the pair's own separators."""
+    [tokens] = await asyncio.to_thread(engine.tokenize, [query])
+    most = info.max_tokens - info.pair_specials - 1
+    if len(tokens) > most:
+        raise APIError(
+            400,
+            f"query is {len(tokens)} tokens long; '{info.name}' reads it together with each "
+            f"document in {info.max_tokens} tokens, so it takes a query of at most {most}",
+            param="query",
+            code="context_length_exceeded",
+        )
 
 
 def _kind(pool: EnginePool, model: str) -> str:

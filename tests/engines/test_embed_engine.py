@@ -250,6 +250,7 @@ async def test_cross_encoder_scores_pairs_like_numpy(tmp_path: Path) -> None:
         pairs = engine.tokenize_pairs("a man eating", TEXTS, max_tokens=12)
         assert all(len(ids) <= 12 for ids, _ in pairs)
         assert pairs[1] == ([2, 4, 5, 7, 3, 11, 10, 3], [0, 0, 0, 0, 0, 1, 1, 1])
+        assert engine.info.pair_specials == 3  # [CLS] [SEP] [SEP]: the edge's room for a query
         request = EmbeddingRequest("r1", [ids for ids, _ in pairs], [t for _, t in pairs])
         done = await result(engine.submit(request))
         assert done.vectors.shape == (len(TEXTS), 1)

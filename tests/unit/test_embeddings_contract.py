@@ -348,6 +348,24 @@ async def test_voyage_client_reranks(embedder: FakeEmbedEngine) -> None:
         assert [r.index for r in top.results] == [1]
 
 
+async def test_a_cross_encoder_query_leaves_room_for_the_document(
+    http: httpx.AsyncClient, embedder: FakeEmbedEngine
+) -> None:
+    """A cross-encoder reads `[CLS] query [SEP] document [SEP]` in its 16 tokens: a query of 13
+    fits alone (15) but left the documents no room, so every one was scored on the query
+    alone (and one of 14 made a pair longer than the model's positions)."""
+    reranker = {"model": "fake-reranker", "documents": ["a man", "the horse"]}
+    for words in (13, 14):
+        response = await http.post("/v1/rerank", json={**reranker, "query": "a " * words})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == "query" and error["code"] == "context_length_exceeded"
+        assert f"query is {words} tokens long" in error["message"], error
+        assert "at most 12" in error["message"], error
+    response = await http.post("/v1/rerank", json={**reranker, "query": "a " * 12})
+    assert response.status_code == 200, response.text
+
+
 @pytest.mark.parametrize(
     ("body", "status", "param"),
     [
