@@ -12,6 +12,8 @@
 #   gemma_prefix       warm-prefix TTFT on a 3,000-token agent history, mlxd vs mlx_lm.server
 #   decode             single stream, mlxd vs raw mlx-lm (9 runs x 256 tokens)
 #   decode_unfused     the same with MLXD_FUSE_PROJECTIONS=0 (the layers as mlx-lm builds them)
+#   decode_interval    the same with MLXD_STREAM_INTERVAL_MS=${STREAM_INTERVAL_MS:-20} (tokens merged
+#                      into fewer SSE chunks: less per-token work on the server's event loop)
 #   fused              one stream of raw mlx-lm's loop: layers as built, fused, and lean blocks
 #                      (bench/fused_step.py)
 #   concurrency        8 and 32 streams, mlxd vs mlx_lm.server vs raw BatchGenerator
@@ -81,7 +83,7 @@ if [ -z "$tokenizer" ]; then
   tokenizer=.gpu/c/tok
   [ -f "$tokenizer/tokenizer.json" ] || tokenizer=$HOME/.cache/mlxd/models/smollm2-135m-instruct
 fi
-steps=${STEPS:-probe llama_model gemma_model tts_model tts gemma_concurrency gemma_prefix decode decode_unfused fused concurrency burst_cold burst8 engine_paths burst_warm c256 c256_repeat c256_batch256 c256_profile c8_profile compiled placement graph_limits decode_pinned vision speculative distributed embeddings_model embeddings embeddings_baseline}
+steps=${STEPS:-probe llama_model gemma_model tts_model tts gemma_concurrency gemma_prefix decode decode_unfused decode_interval fused concurrency burst_cold burst8 engine_paths burst_warm c256 c256_repeat c256_batch256 c256_profile c8_profile compiled placement graph_limits decode_pinned vision speculative distributed embeddings_model embeddings embeddings_baseline}
 minilm=${EMBEDDING_SHAPE_DIR:-.gpu/c/minilm}
 
 rm -rf "$work" && mkdir -p "$work/results" "$work/logs" "$work/home" "$out"
@@ -303,6 +305,9 @@ step decode 240 "$llama/tokenizer_config.json" \
 step decode_unfused 240 "$llama/tokenizer_config.json" \
   env MLXD_FUSE_PROJECTIONS=0 "$py" bench/decode.py --model "$llama" "${decode_args[@]}" \
   --out "$work/results/decode_unfused.json"
+step decode_interval 240 "$llama/tokenizer_config.json" \
+  env MLXD_STREAM_INTERVAL_MS="${STREAM_INTERVAL_MS:-20}" "$py" bench/decode.py --model "$llama" \
+  "${decode_args[@]}" --out "$work/results/decode_interval.json"
 step fused 150 "$llama/tokenizer_config.json" \
   "$py" bench/fused_step.py --model "$llama" "${compiled_args[@]}" \
   --out "$work/results/fused.json"
