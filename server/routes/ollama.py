@@ -10,7 +10,8 @@
   line before the last; the last line has `done: true`, `done_reason` and Ollama's counts and
   durations (nanoseconds). An empty `messages` or `prompt` only loads the model
   (`done_reason: "load"`), as Ollama answers.
-- `POST /api/embed` (and the older `POST /api/embeddings`): the embedding engine's vectors.
+- `POST /api/embed` (and the older `POST /api/embeddings`): the embedding engine's vectors. No
+  input (none, `""` or `[]`; an empty `prompt`) only loads the model, as Ollama answers.
 
 Errors are Ollama's `{"error": "…"}` with the status (server/errors.py picks the shape by
 path); after the first line, an error ends the stream as a last `{"error": …}` line. A client
@@ -387,6 +388,9 @@ def _json_line(payload: dict[str, Any]) -> bytes:
 @router.post("/api/embed", openapi_extra=documented_body(EmbedRequest))
 async def embed(request: Request, settings: SettingsDep, pool: PoolDep) -> Response:
     body = validate(EmbedRequest, await read_json_object(request, settings.max_body_bytes))
+    if not body.input:
+        await _load_embedder(pool, body.model)
+        return JSONResponse({"model": body.model, "embeddings": []})
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
     started = time.monotonic_ns()
     vectors = await _vectors(request, pool, body.model, texts, body.truncate, body.dimensions)
@@ -409,11 +413,18 @@ async def legacy_embeddings(request: Request, settings: SettingsDep, pool: PoolD
     raw = await read_json_object(request, settings.max_body_bytes)
     body = validate(LegacyEmbeddingsRequest, raw)
     if not body.prompt:
-        raise APIError(400, "prompt is empty", param="prompt")
+        await _load_embedder(pool, body.model)
+        return JSONResponse({"embedding": []})
     vectors = await _vectors(request, pool, body.model, [body.prompt], True, None)
     if isinstance(vectors, Response):
         return vectors
     return JSONResponse({"embedding": vectors[0][0].tolist()})
+
+
+async def _load_embedder(pool: EnginePool, model: str) -> None:
+    """What Ollama does with an embedding request that has nothing to embed: load the model
+    (an embedder; another kind is still refused)."""
+    embedder_info(await pool.acquire(model, EMBEDDING), model)
 
 
 async def _vectors(
@@ -428,8 +439,6 @@ async def _vectors(
     for index, text in enumerate(texts):
         if not text:
             raise APIError(400, f"input[{index}] is empty", param="input")
-    if not texts:
-        raise APIError(400, "input is empty", param="input")
     engine = await pool.acquire(model, EMBEDDING)
     info = embedder_info(engine, model)
     check_dimensions(info, dimensions)

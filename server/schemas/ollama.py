@@ -176,8 +176,10 @@ class GenerateRequest(GenerationFields):
 
 
 class EmbedRequest(Strict):
+    """`/api/embed`; no `input` (or an empty one) only loads the model, as Ollama answers."""
+
     model: OllamaName = Field(min_length=1)
-    input: str | list[str]
+    input: str | list[str] | None = None
     truncate: bool = True
     dimensions: int | None = None
     options: dict[str, Any] | None = None
@@ -185,10 +187,10 @@ class EmbedRequest(Strict):
 
 
 class LegacyEmbeddingsRequest(Strict):
-    """`/api/embeddings`: one `prompt`, one vector."""
+    """`/api/embeddings`: one `prompt`, one vector; no `prompt` only loads the model."""
 
     model: OllamaName = Field(min_length=1)
-    prompt: str
+    prompt: str = ""
     options: dict[str, Any] | None = None
     keep_alive: str | int | float | None = None
 

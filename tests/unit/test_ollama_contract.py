@@ -12,7 +12,7 @@ import httpx
 import ollama
 import pytest
 
-from engines.pool import EnginePool
+from engines.pool import EnginePool, ModelSpec
 from server.app import create_app
 from server.settings import Settings
 from tests.fake_embed import FakeEmbedEngine
@@ -146,6 +146,40 @@ async def test_an_empty_request_loads_the_model(http: httpx.AsyncClient) -> None
         assert response.status_code == 200 and response.json()["done_reason"] == "load"
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "answer"),
+    [
+        ("/api/embed", {}, {"model": "fake-embed", "embeddings": []}),
+        ("/api/embed", {"input": ""}, {"model": "fake-embed", "embeddings": []}),
+        ("/api/embed", {"input": []}, {"model": "fake-embed", "embeddings": []}),
+        ("/api/embeddings", {}, {"embedding": []}),
+        ("/api/embeddings", {"prompt": ""}, {"embedding": []}),
+    ],
+)
+async def test_an_empty_embedding_request_loads_the_model(
+    path: str, body: dict[str, Any], answer: dict[str, Any]
+) -> None:
+    """Ollama's "an empty request loads the model" (`{"model": "all-minilm"}`, with `keep_alive`
+    to keep it warm), as on /api/chat and /api/generate; a chat model is still the wrong kind."""
+    lazy = ModelSpec("fake-embed", "embedding", lambda: FakeEmbedEngine())
+    pool = EnginePool([FakeEngine()], [lazy])
+    await pool.start()
+    transport = httpx.ASGITransport(app=create_app(Settings(), pool))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+
+        async def loaded() -> list[str]:
+            return [m["model"] for m in (await http.get("/api/ps")).json()["models"]]
+
+        assert await loaded() == ["fake"]
+        response = await http.post(path, json={"model": "fake-embed", **body})
+        assert response.status_code == 200, response.text
+        assert response.json() == answer
+        assert await loaded() == ["fake", "fake-embed"]
+        wrong = await http.post(path, json={"model": "fake", **body})
+        assert wrong.status_code == 400 and "not an embedding model" in wrong.json()["error"]
+    await pool.drain(timeout=1)
+
+
 async def test_embeddings(client: ollama.AsyncClient, http: httpx.AsyncClient) -> None:
     embedded = await client.embed(model="fake-embed", input=["one", "two"])
     assert len(embedded.embeddings) == 2 and len(embedded.embeddings[0]) == 8
@@ -209,7 +243,7 @@ async def test_logprobs_whole_and_streamed(client: ollama.AsyncClient) -> None:
         ("/api/chat", {"messages": [{"role": "user", "content": "x", "images": ["aGk="]}]},
          "messages[0].images[0]:"),
         ("/api/generate", {"prompt": "x", "system": "s", "images": ["#"]}, "images[0]:"),
-        ("/api/embeddings", {"model": "fake-embed", "prompt": ""}, "prompt is empty"),
+        ("/api/embeddings", {"model": "fake-embed", "prompt": 3}, "'prompt'"),
     ],
 )  # fmt: skip
 async def test_errors_name_ollamas_fields(
