@@ -181,7 +181,7 @@ class EmbedRequest(Strict):
     model: OllamaName = Field(min_length=1)
     input: str | list[str] | None = None
     truncate: bool = True
-    dimensions: int | None = None
+    dimensions: int | None = Field(None, ge=1)
     options: dict[str, Any] | None = None
     keep_alive: str | int | float | None = None
 

@@ -180,6 +180,23 @@ async def test_an_empty_embedding_request_loads_the_model(
     await pool.drain(timeout=1)
 
 
+@pytest.mark.parametrize("dimensions", [-3, 0])
+async def test_dimensions_below_one_are_refused(dimensions: int) -> None:
+    """On a Matryoshka model `dimensions: -3` kept all but the last 3 components (a numpy slice)
+    and 0 gave empty vectors, both with a 200."""
+    pool = EnginePool([FakeEmbedEngine("fake-matryoshka", matryoshka=True)])
+    await pool.start()
+    transport = httpx.ASGITransport(app=create_app(Settings(), pool))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        body = {"model": "fake-matryoshka", "input": "a man", "dimensions": dimensions}
+        response = await http.post("/api/embed", json=body)
+        assert response.status_code == 400, response.text
+        assert "'dimensions'" in response.json()["error"]
+        shortened = await http.post("/api/embed", json={**body, "dimensions": 3})
+        assert len(shortened.json()["embeddings"][0]) == 3
+    await pool.drain(timeout=1)
+
+
 async def test_embeddings(client: ollama.AsyncClient, http: httpx.AsyncClient) -> None:
     embedded = await client.embed(model="fake-embed", input=["one", "two"])
     assert len(embedded.embeddings) == 2 and len(embedded.embeddings[0]) == 8
