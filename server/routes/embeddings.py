@@ -117,7 +117,9 @@ async def token_inputs(
             raise APIError(
                 400,
                 f"{name} holds token id {max(item)}, outside the vocabulary of "
-                f"'{info.name}' ({info.vocab_size} tokens)",
+                f"'{info.name}' ({info.vocab_size} tokens). Token ids are the model's own; "
+                "tiktoken ids (LangChain's OpenAIEmbeddings sends them unless "
+                "check_embedding_ctx_length=False) are not: send the texts",
                 param="input",
                 code="invalid_value",
             )

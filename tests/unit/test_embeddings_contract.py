@@ -141,6 +141,7 @@ async def test_unknown_fields_reported_user_ignored(http: httpx.AsyncClient) -> 
         ({"input": "a", "dimensions": 4}, "dimensions", "not Matryoshka-trained"),
         ({"input": "a", "dimensions": 9}, "dimensions", "makes 8 dimensions"),
         ({"input": [[4, 99]]}, "input", "input[0] holds token id 99"),
+        ({"input": [[4, 99]]}, "input", "tiktoken ids (LangChain's OpenAIEmbeddings"),
         ({"input": ["a", "a " * 15]}, "input", "input[1] is 17 tokens long"),
         ({"model": "fake", "input": "a"}, "model", "'fake' is a chat model, not an embedding"),
         ({"model": "fake-reranker", "input": "a"}, "model", "is a reranker"),
