@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import httpx2
 import mlx.core as mx
+from anthropic import AsyncAnthropic
 from fastapi import FastAPI
 from mlx_lm.models.cache import make_prompt_cache
 from openai import OpenAI
@@ -152,3 +154,21 @@ async def asgi_client(settings: Any, engines: Sequence[Engine]) -> AsyncIterator
     """An HTTP client of an app serving `engines` in process (`started_app`)."""
     async with started_app(settings, engines) as app, app_client(app) as client:
         yield client
+
+
+@asynccontextmanager
+async def strict_anthropic(
+    settings: Any, engines: Sequence[Engine]
+) -> AsyncIterator[AsyncAnthropic]:
+    """The strict `anthropic` SDK (its own HTTP library, httpx2) on an app of `engines`, in
+    process (`started_app`)."""
+    async with started_app(settings, engines) as app:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            yield AsyncAnthropic(
+                base_url="http://127.0.0.1",
+                api_key="unused",
+                http_client=http,
+                _strict_response_validation=True,
+                max_retries=0,
+            )

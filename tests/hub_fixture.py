@@ -18,7 +18,7 @@ then holds the connection until `gate.set()` and closes it (a download to interr
 `served[name]` counts the body bytes sent.
 
 `mlx_lm_quantized_copy` makes the kind of repo mlx-community publishes: a checkpoint quantized by
-mlx-lm's own converter.
+mlx-lm's own converter. `serving_hub` runs a stand-in for one test, named where mlxd looks.
 """
 
 from __future__ import annotations
@@ -31,10 +31,14 @@ import re
 import socket
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import pytest
+from huggingface_hub import constants
 
 LFS_SUFFIXES = (".safetensors", ".gguf", ".npz", ".bin")
 
@@ -261,3 +265,21 @@ class RunningHub:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextlib.contextmanager
+def serving_hub(
+    repos: dict[str, FakeRepo], home: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FakeHub]:
+    """A stand-in serving `repos` for the length of the block, named by HF_ENDPOINT, online
+    (HF_HUB_OFFLINE off), with HF_HUB_CACHE (`home`/hf) and MLXD_HOME (`home`/mlxd) in `home`."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    fake = FakeHub(repos)
+    running = RunningHub(fake)
+    monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf"))
+    monkeypatch.setenv("MLXD_HOME", str(home / "mlxd"))
+    try:
+        yield fake
+    finally:
+        running.close()

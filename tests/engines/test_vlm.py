@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -578,18 +579,29 @@ async def first_event(engine: AnyVisionEngine, request: GenerationRequest) -> An
     raise AssertionError("no event")
 
 
+@asynccontextmanager
+async def both_paths(checkpoint: Path) -> AsyncIterator[tuple[VLMEngine, SoloVLMEngine]]:
+    """The batched engine (no prefix cache) and the one-at-a-time path on one checkpoint,
+    started, and stopped after."""
+    batched = await started(checkpoint, prefix_cache_mb=0)
+    solo = SoloVLMEngine("tiny-vlm", checkpoint)
+    solo.start()
+    await solo.wait_loaded()
+    try:
+        yield batched, solo
+    finally:
+        batched.stop()
+        solo.stop()
+
+
 async def test_the_room_left_is_what_the_images_leave(checkpoint: Path) -> None:
     """A request whose max_tokens may be lowered (the client set none: the room its prompt's
     ids leave; or Messages, which clamps) is served, on both paths, with the room its images
     expanded leave (every chat request with an image and no max_tokens failed: the images'
     tokens went past the context). One that asked that many itself is refused, as before."""
     messages = with_image("What is it?")
-    batched = await started(checkpoint, prefix_cache_mb=0)
-    solo = SoloVLMEngine("tiny-vlm", checkpoint)
-    solo.start()
-    await solo.wait_loaded()
-    try:
-        for engine in (batched, solo):
+    async with both_paths(checkpoint) as engines:
+        for engine in engines:
             prompt = engine.encode_chat(messages)
             room = engine.check_fits(len(prompt), None)
             asked = GenerationRequest("r", prompt, room, GREEDY, images=(image(1),))
@@ -597,9 +609,6 @@ async def test_the_room_left_is_what_the_images_leave(checkpoint: Path) -> None:
             assert isinstance(await first_event(engine, roomy), TokenEvent | FinishEvent)
             refused = await first_event(engine, asked)
             assert isinstance(refused, ErrorEvent) and "context length" in str(refused.error)
-    finally:
-        batched.stop()
-        solo.stop()
 
 
 async def test_admission_reports_the_prompt_with_its_images_expanded(checkpoint: Path) -> None:
@@ -607,12 +616,8 @@ async def test_admission_reports_the_prompt_with_its_images_expanded(checkpoint:
     its usage will count it (its images expanded, past the ids sent): Messages' `message_start`
     reports it."""
     messages = with_image("What is it?")
-    batched = await started(checkpoint, prefix_cache_mb=0)
-    solo = SoloVLMEngine("tiny-vlm", checkpoint)
-    solo.start()
-    await solo.wait_loaded()
-    try:
-        for engine in (batched, solo):
+    async with both_paths(checkpoint) as engines:
+        for engine in engines:
             asked = dataclasses.replace(
                 request(engine, "a", messages, image(2)), report_admission=True
             )
@@ -621,6 +626,3 @@ async def test_admission_reports_the_prompt_with_its_images_expanded(checkpoint:
             assert isinstance(admitted, AdmittedEvent) and isinstance(finish, FinishEvent)
             assert admitted.prompt_tokens == finish.usage.prompt_tokens > len(asked.prompt_tokens)
             assert admitted.cached_tokens == finish.usage.cached_tokens
-    finally:
-        batched.stop()
-        solo.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import httpx
-import httpx2
 import pytest
 from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
@@ -15,6 +14,7 @@ from engines.pool import EnginePool
 from server.app import create_app
 from server.settings import Settings
 from tests.fakes import FakeEngine, FakeSpeechEngine
+from tests.helpers import strict_anthropic
 
 
 @pytest.fixture
@@ -68,16 +68,5 @@ def loose_client(http: httpx.AsyncClient) -> AsyncOpenAI:
 @pytest.fixture
 async def claude(fake_engine: FakeEngine) -> AsyncIterator[AsyncAnthropic]:
     """The strict `anthropic` SDK (its own HTTP library, httpx2) on an app of `fake_engine`."""
-    pool = EnginePool([fake_engine])
-    app = create_app(Settings(max_body_bytes=1 << 20), pool)
-    await pool.start()
-    transport = httpx2.ASGITransport(app=app)
-    async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
-        yield AsyncAnthropic(
-            base_url="http://127.0.0.1",
-            api_key="unused",
-            http_client=http,
-            _strict_response_validation=True,
-            max_retries=0,
-        )
-    await pool.drain(timeout=1)
+    async with strict_anthropic(Settings(max_body_bytes=1 << 20), [fake_engine]) as client:
+        yield client

@@ -6,37 +6,19 @@ says what the cache served)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx2
 import pytest
 from anthropic import AsyncAnthropic
 
-from engines.pool import EnginePool
-from server.app import create_app
 from server.settings import Settings
 from tests.fakes import FakeEngine
+from tests.helpers import strict_anthropic
 from tests.unit.test_messages_contract import sse_events
 
 CACHED = 5
 MESSAGES: Any = [{"role": "user", "content": "the same question again"}]
 PROMPT = len("<user>the same question again")  # as the fake engine renders it
-
-
-async def anthropic_client(engine: FakeEngine, settings: Settings) -> AsyncIterator[AsyncAnthropic]:
-    pool = EnginePool([engine])
-    await pool.start()
-    transport = httpx2.ASGITransport(app=create_app(settings, pool))
-    async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
-        yield AsyncAnthropic(
-            base_url="http://127.0.0.1",
-            api_key="unused",
-            http_client=http,
-            _strict_response_validation=True,
-            max_retries=0,
-        )
-    await pool.drain(timeout=1)
 
 
 @pytest.fixture
@@ -72,7 +54,7 @@ async def test_the_sdks_final_message_has_the_usage_of_the_whole_reply(
 async def test_a_request_still_queued_gets_message_start_before_any_ping() -> None:
     engine = FakeEngine(cached_tokens=CACHED, queued_s=0.6)
     settings = Settings(max_body_bytes=1 << 20, keepalive_interval_s=0.2)
-    async for claude in anthropic_client(engine, settings):
+    async with strict_anthropic(settings, [engine]) as claude:
         response = await claude.messages.with_raw_response.create(
             model="fake", max_tokens=10, messages=MESSAGES, stream=True
         )

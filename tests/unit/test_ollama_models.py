@@ -26,7 +26,7 @@ from server.__main__ import main
 from server.app import build_pool, create_app
 from server.settings import Settings
 from tests.fakes import FakeEngine
-from tests.hub_fixture import FakeHub, FakeRepo, RunningHub
+from tests.hub_fixture import FakeHub, FakeRepo, serving_hub
 from tests.servers import serve, wait_until
 from tests.tiny import save_model_dir, tiny_model, write_gguf
 
@@ -41,14 +41,8 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def hub(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     """The stand-in serving `org/tiny`, named by HF_ENDPOINT, with HF_HUB_CACHE in tmp_path."""
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    fake = FakeHub({REPO: FakeRepo.from_dir(tiny_dir)})
-    running = RunningHub(fake)
-    monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("MLXD_HOME", str(tmp_path / "mlxd"))
-    yield fake
-    running.close()
+    with serving_hub({REPO: FakeRepo.from_dir(tiny_dir)}, tmp_path, monkeypatch) as fake:
+        yield fake
 
 
 def _app(tmp_path: Path, pool: EnginePool | None = None) -> Any:
