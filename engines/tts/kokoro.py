@@ -63,7 +63,9 @@ class Kokoro:
         phonemes = self.phonemes(text)
         if not phonemes.strip():
             return np.zeros(0, np.float32), 0
-        style = mx.array(self.voices[voice][len(phonemes)])  # (1, 256): the row for its length
+        # (1, 256): the row for its length, as mlx-audio's KPipeline takes it (pack[n - 1]); a
+        # voice has MAX_PHONEMES rows, so row n failed a piece cut to the limit
+        style = mx.array(self.voices[voice][len(phonemes) - 1])
         mx.random.seed(NOISE_SEED)
         audio = self.model(phonemes, style, speed)
         return np.array(audio, np.float32).reshape(-1), len(phonemes)

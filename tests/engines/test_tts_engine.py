@@ -10,6 +10,7 @@ import json
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from engines.errors import InvalidRequest, Overloaded
 from engines.tts.cpu_conv import GatheredConv
 from engines.tts.engine import KokoroEngine
-from engines.tts.kokoro import NOISE_SEED
+from engines.tts.kokoro import MAX_PHONEMES, NOISE_SEED, Kokoro
 from engines.tts.phonemes import phonemize
 from engines.types import AudioChunk, Event, SynthesisDone, SynthesisRequest, TTSLimits
 from engines.weights.kokoro import HYPER_PARAMETERS, is_kokoro_checkpoint
@@ -91,7 +92,8 @@ def reference_audio(path: Path, text: str, voice: str, speed: float) -> np.ndarr
     model = Model(ModelConfig.from_dict(config))
     model.load_weights(str(path / "model.safetensors"))
     phonemes = "".join(s for s in phonemize(text) if s in config["vocab"])
-    style = mx.load(str(path / "voices.safetensors"))[voice][len(phonemes)]
+    voices = cast(dict[str, Any], mx.load(str(path / "voices.safetensors")))
+    style = voices[voice][len(phonemes) - 1]  # mlx-audio's KPipeline: pack[n - 1]
     mx.random.seed(NOISE_SEED)
     return np.array(model(phonemes, style, speed), np.float32).reshape(-1)
 
@@ -122,6 +124,28 @@ async def test_audio_equals_mlx_audio_on_the_same_weights(
     np.testing.assert_allclose(chunk.samples, expected, atol=1e-5)
     assert (done.samples, done.tokens) == (chunk.samples.size, chunk.tokens)
     assert chunk.tokens == len("".join(s for s in phonemize("Hello there.") if s.strip() or s))
+
+
+def test_a_piece_cut_to_the_phoneme_limit_takes_the_last_style_row() -> None:
+    """Numbers read long: 297 characters (one piece) are over 1,000 phonemes, cut to
+    MAX_PHONEMES. The style row for n phonemes is row n - 1 (mlx-audio's KPipeline), so a cut
+    piece takes the last of a voice's 510 rows; row n was one past it and failed the request
+    (IndexError, a 500). The network is a stand-in that records what it is given."""
+    rows = np.arange(MAX_PHONEMES, dtype=np.float32).reshape(MAX_PHONEMES, 1, 1) * np.ones(256)
+    seen: list[tuple[str, float]] = []
+
+    def network(phonemes: str, style: object, speed: float) -> np.ndarray:
+        seen.append((phonemes, float(np.array(style)[0, 0])))
+        return np.zeros(4, np.float32)
+
+    kokoro = object.__new__(Kokoro)
+    kokoro.voices = {"a": rows.astype(np.float32)}
+    kokoro.vocab = {symbol: 1 for symbol in set(phonemize("1234567890 Hello there."))}
+    kokoro.model = network
+    _, tokens = kokoro.synthesise(" ".join(["1234567890"] * 27), "a", 1.0)
+    assert tokens == MAX_PHONEMES and seen[-1][1] == MAX_PHONEMES - 1
+    _, tokens = kokoro.synthesise("Hello there.", "a", 1.0)
+    assert seen[-1][1] == tokens - 1 == len(seen[-1][0]) - 1
 
 
 async def test_speaking_leaves_other_threads_generators_alone(engine: KokoroEngine) -> None:
