@@ -233,7 +233,8 @@ def _kept(prediction: tuple[int, ...], reply: str) -> int:
 
 class FakeSpeechEngine(FakeLifecycle):
     """Transcribes any audio as the scripted `segments` ((start, end, text) each), one segment per
-    `segment_delay_s`, from its own thread; English-only unless `multilingual`."""
+    `segment_delay_s`, from its own thread; English-only unless `multilingual`, when a request
+    naming no language is heard as `detected`."""
 
     kind = "speech"
 
@@ -247,12 +248,14 @@ class FakeSpeechEngine(FakeLifecycle):
         segment_delay_s: float = 0.0,
         multilingual: bool = False,
         fail: bool = False,
+        detected: str = "en",
     ) -> None:
         super().__init__()
         self.name = name
         self.segments = segments
         self.segment_delay_s = segment_delay_s
         self.multilingual = multilingual
+        self.detected = detected
         self.fail = fail
         self.info: SpeechModelInfo | None = None
         self.requests: list[TranscriptionRequest] = []
@@ -275,7 +278,8 @@ class FakeSpeechEngine(FakeLifecycle):
 
     def _transcribe(self, request: TranscriptionRequest, stream: RequestStream) -> None:
         final: ErrorEvent | TranscriptionDone
-        final = TranscriptionDone(LANGUAGES[request.language or "en"], request.content_frames / 100)
+        heard = LANGUAGES[request.language or self.detected]
+        final = TranscriptionDone(heard, request.content_frames / 100)
         for number, (start, end, text) in enumerate(self.segments):
             time.sleep(self.segment_delay_s)
             if stream.cancelled:

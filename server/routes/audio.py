@@ -209,7 +209,9 @@ def _render(
     if response_format == "vtt":
         return PlainTextResponse(transcripts.vtt(segments), headers=headers, media_type="text/vtt")
     if response_format == "verbose_json":
-        body = transcripts.verbose_json_body(segments, task, done.language, done.duration, words)
+        # A translation's `language` is its output's (OpenAI: "always english"), not the one heard
+        language = "english" if task == "translate" else done.language
+        body = transcripts.verbose_json_body(segments, task, language, done.duration, words)
         return JSONResponse(body, headers=headers)
     return JSONResponse(transcripts.json_body(segments, done.duration), headers=headers)
 

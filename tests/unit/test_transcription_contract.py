@@ -142,6 +142,19 @@ async def test_english_only_model_cannot_translate(http: httpx.AsyncClient, wav:
     assert "English-only" in assert_openai_error(response, 400, "model")["message"]
 
 
+@pytest.mark.parametrize("fake_speech", [FakeSpeechEngine(multilingual=True, detected="de")])
+async def test_verbose_translation_language_is_english(http: httpx.AsyncClient, wav: bytes) -> None:
+    """OpenAI's verbose translation: `language` is the output's, always english; a verbose
+    transcription names the language heard."""
+    data = {"model": MODEL, "response_format": "verbose_json"}
+    files = {"file": ("a.wav", wav)}
+    translated = await http.post("/v1/audio/translations", data=data, files=files)
+    transcribed = await http.post("/v1/audio/transcriptions", data=data, files=files)
+    assert translated.status_code == transcribed.status_code == 200, translated.text
+    assert (translated.json()["task"], translated.json()["language"]) == ("translate", "english")
+    assert transcribed.json()["language"] == "german"
+
+
 async def test_speech_model_on_chat_is_400(http: httpx.AsyncClient) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
     response = await http.post("/v1/chat/completions", json=body)
