@@ -41,6 +41,7 @@ import pytest
 from huggingface_hub import constants
 
 LFS_SUFFIXES = (".safetensors", ".gguf", ".npz", ".bin")
+TINY_REPO = "org/tiny"  # where tests/unit/conftest.py's `tiny_hub` serves the tiny model
 
 
 @dataclass

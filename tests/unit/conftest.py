@@ -1,9 +1,10 @@
 """Fake-engine apps, reachable in-process (ASGITransport) through the strict OpenAI client, and
-the strict Anthropic client."""
+the strict Anthropic client; a tiny random model served by the hub stand-in as `org/tiny`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +16,22 @@ from server.app import create_app
 from server.settings import Settings
 from tests.fakes import FakeEngine, FakeSpeechEngine
 from tests.helpers import strict_anthropic
+from tests.hub_fixture import TINY_REPO, FakeHub, FakeRepo, serving_hub
+from tests.tiny import save_model_dir, tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama as mlx-lm saves one, built once per module."""
+    return save_model_dir(tiny_model(), "llama", tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def tiny_hub(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """The stand-in serving the tiny model as `TINY_REPO`, named by HF_ENDPOINT, with
+    HF_HUB_CACHE in tmp_path."""
+    with serving_hub({TINY_REPO: FakeRepo.from_dir(tiny_dir)}, tmp_path, monkeypatch) as fake:
+        yield fake
 
 
 @pytest.fixture

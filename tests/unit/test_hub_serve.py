@@ -5,7 +5,7 @@ CLI: pull / models list / rm, and one-line errors for bad start-ups."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,23 +19,11 @@ from server.__main__ import main
 from server.app import create_app
 from server.doctor import check_hub
 from server.settings import Settings
-from tests.hub_fixture import FakeHub, FakeRepo, mlx_lm_quantized_copy, serving_hub
-from tests.tiny import save_model_dir, tiny_model, write_gguf
+from tests.hub_fixture import TINY_REPO, FakeHub, FakeRepo, mlx_lm_quantized_copy
+from tests.tiny import tiny_model, write_gguf
 
-REPO = "org/tiny"
+REPO = TINY_REPO
 CHAT = {"model": REPO, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_model_dir(tiny_model(), "llama", tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture
-def hub(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
-    """The stand-in serving `org/tiny`, named by HF_ENDPOINT, with HF_HUB_CACHE in tmp_path."""
-    with serving_hub({REPO: FakeRepo.from_dir(tiny_dir)}, tmp_path, monkeypatch) as fake:
-        yield fake
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +49,8 @@ async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         await pool.drain(5)
 
 
-async def test_a_repo_downloads_on_first_use_then_serves(hub: FakeHub, tmp_path: Path) -> None:
-    hub.gate.clear()  # hold the weights until the test has seen the download in progress
+async def test_a_repo_downloads_on_first_use_then_serves(tiny_hub: FakeHub, tmp_path: Path) -> None:
+    tiny_hub.gate.clear()  # hold the weights until the test has seen the download in progress
     async with _client(_settings(tmp_path)) as client:
         refused = await client.post("/v1/chat/completions", json=CHAT)
         assert refused.status_code == 503
@@ -72,7 +60,7 @@ async def test_a_repo_downloads_on_first_use_then_serves(hub: FakeHub, tmp_path:
         assert listed[0]["id"] == REPO and listed[0]["status"].startswith("downloading ")
         status = (await client.get("/status")).json()["models"][0]
         assert status["status"].startswith("downloading ")
-        hub.gate.set()
+        tiny_hub.gate.set()
 
         async def loaded() -> bool:
             return bool((await client.get("/v1/models")).json()["data"][0]["loaded"])
@@ -87,19 +75,19 @@ async def test_a_repo_downloads_on_first_use_then_serves(hub: FakeHub, tmp_path:
 
 
 async def test_a_cached_repo_starts_and_serves_without_the_network(
-    hub: FakeHub, tmp_path: Path
+    tiny_hub: FakeHub, tmp_path: Path
 ) -> None:
     assert main(["pull", REPO]) == 0
-    hub.requests.clear()
+    tiny_hub.requests.clear()
     async with _client(_settings(tmp_path)) as client:
         assert (await client.get("/v1/models")).json()["data"][0]["loaded"] is True
         served = await client.post("/v1/chat/completions", json=CHAT)
         assert served.status_code == 200, served.text
-    assert hub.requests == []
+    assert tiny_hub.requests == []
 
 
 def test_pull_list_and_rm(
-    hub: FakeHub, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tiny_hub: FakeHub, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLXD_PORT", "9")  # no server answers: models list shows what is local
     assert main(["pull", REPO]) == 0
@@ -123,7 +111,7 @@ def test_pull_list_and_rm(
     ],
 )
 def test_command_errors_are_one_line(
-    hub: FakeHub,
+    tiny_hub: FakeHub,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     argv: list[str],
@@ -139,12 +127,12 @@ def test_command_errors_are_one_line(
 
 
 def test_doctor_reports_the_hub_cache_and_reachability(
-    hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+    tiny_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert main(["pull", REPO]) == 0
     cache, reach = check_hub()
     assert "1 model repo(s), 0.00 GiB" in cache.facts and cache.fix is None
-    assert f"{hub.endpoint} reachable (HTTP 200)" in reach.facts
+    assert f"{tiny_hub.endpoint} reachable (HTTP 200)" in reach.facts
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     assert "unreachable" in check_hub()[1].facts
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -152,15 +140,17 @@ def test_doctor_reports_the_hub_cache_and_reachability(
 
 
 def test_a_gguf_repo_pulls_the_named_quant_and_imports_it(
-    hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     gguf = write_gguf(tiny_model(), "llama", tmp_path / "tiny-F32.gguf")
     other = b"another quant, never fetched"
-    hub.repos["org/tiny-GGUF"] = FakeRepo({gguf.name: gguf.read_bytes(), "tiny-Q8_0.gguf": other})
+    tiny_hub.repos["org/tiny-GGUF"] = FakeRepo(
+        {gguf.name: gguf.read_bytes(), "tiny-Q8_0.gguf": other}
+    )
     assert main(["pull", "org/tiny-GGUF"]) == 1
     assert "name a quant after a colon, REPO:F32 (offered: F32, Q8_0)" in capsys.readouterr().err
     assert main(["pull", "org/tiny-GGUF:F32"]) == 0
-    assert "tiny-Q8_0.gguf" not in hub.served
+    assert "tiny-Q8_0.gguf" not in tiny_hub.served
     store = ModelStore(tmp_path / "mlxd")
     name, path = store.resolve("org/tiny-GGUF:F32")
     assert name == "org/tiny-GGUF:F32" and path == store.path_for("org--tiny-GGUF--F32")
@@ -168,9 +158,9 @@ def test_a_gguf_repo_pulls_the_named_quant_and_imports_it(
 
 
 async def test_a_4bit_repo_made_by_mlx_lm_pulls_and_serves(
-    hub: FakeHub, tmp_path: Path, tiny_4bit_dir: Path
+    tiny_hub: FakeHub, tmp_path: Path, tiny_4bit_dir: Path
 ) -> None:
-    hub.repos["org/tiny-4bit"] = FakeRepo.from_dir(tiny_4bit_dir)
+    tiny_hub.repos["org/tiny-4bit"] = FakeRepo.from_dir(tiny_4bit_dir)
     assert main(["pull", "org/tiny-4bit"]) == 0
     async with _client(_settings(tmp_path, "org/tiny-4bit")) as client:
         served = await client.post("/v1/chat/completions", json=CHAT | {"model": "org/tiny-4bit"})
@@ -179,7 +169,7 @@ async def test_a_4bit_repo_made_by_mlx_lm_pulls_and_serves(
 
 
 async def test_pull_quantize_puts_mlx_lm_s_4bit_copy_in_the_store(
-    hub: FakeHub, tmp_path: Path, tiny_4bit_dir: Path, capsys: pytest.CaptureFixture[str]
+    tiny_hub: FakeHub, tmp_path: Path, tiny_4bit_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["pull", REPO, "--quantize", "4"]) == 0
     assert "tiny-4bit ready: " in capsys.readouterr().out
@@ -194,7 +184,7 @@ async def test_pull_quantize_puts_mlx_lm_s_4bit_copy_in_the_store(
 
 
 async def test_a_model_downloaded_while_serving_counts_against_the_memory_budget(
-    hub: FakeHub, tmp_path: Path, tiny_dir: Path
+    tiny_hub: FakeHub, tmp_path: Path, tiny_dir: Path
 ) -> None:
     """Both models weigh the same; the budget holds one: loading the local one must unload the
     downloaded one, which counts its weights once its download is done."""
@@ -226,7 +216,7 @@ async def test_a_model_downloaded_while_serving_counts_against_the_memory_budget
 
 
 def test_pull_says_when_the_model_could_never_load_here(
-    hub: FakeHub, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tiny_hub: FakeHub, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from engines import device_memory
 

@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +26,11 @@ from server.__main__ import main
 from server.app import build_pool, create_app
 from server.settings import Settings
 from tests.fakes import FakeEngine
-from tests.hub_fixture import FakeHub, FakeRepo, serving_hub
+from tests.hub_fixture import TINY_REPO, FakeHub, FakeRepo
 from tests.servers import serve, wait_until
-from tests.tiny import save_model_dir, tiny_model, write_gguf
+from tests.tiny import tiny_model, write_gguf
 
-REPO = "org/tiny"
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_model_dir(tiny_model(), "llama", tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture
-def hub(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
-    """The stand-in serving `org/tiny`, named by HF_ENDPOINT, with HF_HUB_CACHE in tmp_path."""
-    with serving_hub({REPO: FakeRepo.from_dir(tiny_dir)}, tmp_path, monkeypatch) as fake:
-        yield fake
+REPO = TINY_REPO
 
 
 def _app(tmp_path: Path, pool: EnginePool | None = None) -> Any:
@@ -51,7 +39,7 @@ def _app(tmp_path: Path, pool: EnginePool | None = None) -> Any:
 
 
 @pytest.fixture
-async def http(hub: FakeHub, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+async def http(tiny_hub: FakeHub, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     app = _app(tmp_path)
     await app.state.pool.start()
     transport = httpx.ASGITransport(app=app)
@@ -70,7 +58,7 @@ async def _tags(http: httpx.AsyncClient) -> list[str]:
 
 
 async def test_a_streamed_pull_reports_each_file_then_the_model_is_served(
-    hub: FakeHub, tiny_dir: Path, http: httpx.AsyncClient, tmp_path: Path
+    tiny_hub: FakeHub, tiny_dir: Path, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     assert await _tags(http) == ["fake"]
     response = await http.post("/api/pull", json={"model": REPO})
@@ -94,7 +82,7 @@ async def test_a_streamed_pull_reports_each_file_then_the_model_is_served(
 
 
 async def test_an_unstreamed_pull_answers_success_once(
-    hub: FakeHub, http: httpx.AsyncClient
+    tiny_hub: FakeHub, http: httpx.AsyncClient
 ) -> None:
     response = await http.post("/api/pull", json={"name": f"hf.co/{REPO}:latest", "stream": False})
     assert response.status_code == 200, response.text
@@ -106,7 +94,7 @@ async def test_an_unstreamed_pull_answers_success_once(
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_pull_errors_are_ollama_errors_with_a_status(
-    hub: FakeHub, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, stream: bool
+    tiny_hub: FakeHub, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, stream: bool
 ) -> None:
     cases = [
         ({"model": "llama3.2"}, 400, "is not a Hugging Face repo"),
@@ -127,9 +115,9 @@ async def test_pull_errors_are_ollama_errors_with_a_status(
 
 
 async def test_a_download_failing_midway_ends_the_stream_with_an_error_line(
-    hub: FakeHub, http: httpx.AsyncClient
+    tiny_hub: FakeHub, http: httpx.AsyncClient
 ) -> None:
-    hub.drop_after["model.safetensors"] = 100  # the network goes away within the weights
+    tiny_hub.drop_after["model.safetensors"] = 100  # the network goes away within the weights
     streamed = _lines(await http.post("/api/pull", json={"model": REPO}))
     assert streamed[0] == {"status": "pulling manifest"}
     assert (
@@ -138,47 +126,49 @@ async def test_a_download_failing_midway_ends_the_stream_with_an_error_line(
     whole = await http.post("/api/pull", json={"model": REPO, "stream": False})
     assert whole.status_code == 502 and "model.safetensors" in whole.json()["error"]
     assert REPO not in await _tags(http)
-    hub.drop_after.clear()  # back: the next pull resumes and succeeds
+    tiny_hub.drop_after.clear()  # back: the next pull resumes and succeeds
     assert _lines(await http.post("/api/pull", json={"model": REPO}))[-1] == {"status": "success"}
 
 
 async def test_concurrent_pulls_fetch_a_file_once_and_a_delete_meanwhile_is_refused(
-    hub: FakeHub, tiny_dir: Path, http: httpx.AsyncClient
+    tiny_hub: FakeHub, tiny_dir: Path, http: httpx.AsyncClient
 ) -> None:
-    hub.gate.clear()  # the weights wait until the test opens it
+    tiny_hub.gate.clear()  # the weights wait until the test opens it
     body = {"model": REPO, "stream": False}
     pulls = [asyncio.create_task(http.post("/api/pull", json=body)) for _ in range(2)]
-    await wait_until(lambda: any(" /cdn/" in request for request in hub.requests), timeout=10)
+    await wait_until(lambda: any(" /cdn/" in request for request in tiny_hub.requests), timeout=10)
     busy = await http.request("DELETE", "/api/delete", json={"model": REPO})
     assert busy.status_code == 409, busy.text
     assert busy.json() == {"error": f"model '{REPO}' is being pulled; delete it when that is done"}
-    hub.gate.set()
+    tiny_hub.gate.set()
     assert [(await pull).json() for pull in pulls] == [{"status": "success"}] * 2
-    assert hub.served["model.safetensors"] == (tiny_dir / "model.safetensors").stat().st_size
+    assert tiny_hub.served["model.safetensors"] == (tiny_dir / "model.safetensors").stat().st_size
     assert (await _tags(http)).count(REPO) == 1
 
 
 async def test_a_pull_of_a_configured_hub_model_waits_for_its_own_download(
-    hub: FakeHub, tiny_dir: Path, tmp_path: Path
+    tiny_hub: FakeHub, tiny_dir: Path, tmp_path: Path
 ) -> None:
-    hub.gate.clear()
+    tiny_hub.gate.clear()
     settings = Settings(model=REPO, speech_model="", embedding_model="", home=tmp_path / "mlxd")
     app = create_app(settings)  # serves REPO, downloaded on first use
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
         await app.state.pool.start()  # starts the download: REPO is preloaded
         pull = asyncio.create_task(http.post("/api/pull", json={"model": REPO, "stream": False}))
-        await wait_until(lambda: any(" /cdn/" in request for request in hub.requests), timeout=10)
-        hub.gate.set()
+        await wait_until(
+            lambda: any(" /cdn/" in request for request in tiny_hub.requests), timeout=10
+        )
+        tiny_hub.gate.set()
         assert (await pull).json() == {"status": "success"}
         assert await _tags(http) == [REPO]
         await app.state.pool.drain(timeout=5)
-    assert hub.served["model.safetensors"] == (tiny_dir / "model.safetensors").stat().st_size
+    assert tiny_hub.served["model.safetensors"] == (tiny_dir / "model.safetensors").stat().st_size
     assert not (tmp_path / "mlxd" / "pulled.json").exists()  # configured, not pulled
 
 
 async def test_offline_only_a_model_already_here_is_pulled(
-    hub: FakeHub, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    tiny_hub: FakeHub, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     refused = await http.post("/api/pull", json={"model": REPO, "stream": False})
@@ -186,14 +176,14 @@ async def test_offline_only_a_model_already_here_is_pulled(
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     assert main(["pull", REPO]) == 0
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    hub.requests.clear()
+    tiny_hub.requests.clear()
     pulled = await http.post("/api/pull", json={"model": REPO, "stream": False})
     assert pulled.json() == {"status": "success"} and REPO in await _tags(http)
-    assert hub.requests == []
+    assert tiny_hub.requests == []
 
 
 async def test_delete_removes_what_mlxd_pulled_and_nothing_else(
-    hub: FakeHub, http: httpx.AsyncClient, tmp_path: Path
+    tiny_hub: FakeHub, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     folder = repo_folder(tmp_path / "hf", REPO)
     await http.post("/api/pull", json={"model": REPO, "stream": False})
@@ -215,13 +205,15 @@ async def test_delete_removes_what_mlxd_pulled_and_nothing_else(
 
 
 async def test_a_gguf_quant_is_pulled_imported_served_and_deleted(
-    hub: FakeHub, http: httpx.AsyncClient, tmp_path: Path
+    tiny_hub: FakeHub, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     gguf = write_gguf(tiny_model(), "llama", tmp_path / "tiny-F32.gguf")
-    hub.repos["org/tiny-GGUF"] = FakeRepo({gguf.name: gguf.read_bytes(), "tiny-Q8_0.gguf": b"x"})
+    tiny_hub.repos["org/tiny-GGUF"] = FakeRepo(
+        {gguf.name: gguf.read_bytes(), "tiny-Q8_0.gguf": b"x"}
+    )
     lines = _lines(await http.post("/api/pull", json={"model": "hf.co/org/tiny-GGUF:F32"}))
     assert [line["status"] for line in lines if "digest" in line][-1] == "pulling tiny-F32.gguf"
-    assert lines[-1] == {"status": "success"} and "tiny-Q8_0.gguf" not in hub.served
+    assert lines[-1] == {"status": "success"} and "tiny-Q8_0.gguf" not in tiny_hub.served
     assert "org/tiny-GGUF:F32" in await _tags(http)
     imported = tmp_path / "mlxd" / "models" / "org--tiny-GGUF--F32"
     assert imported.is_dir()
@@ -231,14 +223,14 @@ async def test_a_gguf_quant_is_pulled_imported_served_and_deleted(
 
 
 async def test_a_pulled_model_is_served_again_after_a_restart_until_deleted(
-    hub: FakeHub, tiny_dir: Path, http: httpx.AsyncClient, tmp_path: Path
+    tiny_hub: FakeHub, tiny_dir: Path, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     home = tmp_path / "mlxd"
     settings = Settings(model=str(tiny_dir), speech_model="", embedding_model="", home=home)
     await http.post("/api/pull", json={"model": REPO, "stream": False})
-    hub.requests.clear()
+    tiny_hub.requests.clear()
     restarted = [(m.name, m.loaded) for m in build_pool(settings).models()]
-    assert restarted == [(tiny_dir.name, False), (REPO, False)] and hub.requests == []
+    assert restarted == [(tiny_dir.name, False), (REPO, False)] and tiny_hub.requests == []
     configured = settings.model_copy(update={"model": REPO})  # named by --model: served so
     assert [m.name for m in build_pool(configured).models()] == [REPO]
     await http.request("DELETE", "/api/delete", json={"model": REPO})
@@ -255,7 +247,7 @@ async def test_a_pulled_model_is_served_again_after_a_restart_until_deleted(
 
 
 async def test_delete_keeps_the_files_a_configured_model_serves(
-    hub: FakeHub, tmp_path: Path
+    tiny_hub: FakeHub, tmp_path: Path
 ) -> None:
     assert main(["pull", REPO]) == 0
     coder = ModelSpec("coder", "chat", FakeEngine, source=REPO)  # a models-file entry
@@ -292,13 +284,13 @@ async def test_unsupported_routes_say_so_in_ollamas_shape(
 
 
 def test_progress_reaches_the_client_while_a_file_is_still_downloading(
-    hub: FakeHub, tmp_path: Path
+    tiny_hub: FakeHub, tmp_path: Path
 ) -> None:
     chunk = 10 << 20  # huggingface_hub's http_get writes 10 MiB at a time
     weights = os.urandom(chunk + 4096)
-    hub.repos["org/big"] = FakeRepo({"config.json": b"{}", "model.safetensors": weights})
-    hub.pause_after["model.safetensors"] = chunk  # the rest waits for the gate
-    hub.gate.clear()
+    tiny_hub.repos["org/big"] = FakeRepo({"config.json": b"{}", "model.safetensors": weights})
+    tiny_hub.pause_after["model.safetensors"] = chunk  # the rest waits for the gate
+    tiny_hub.gate.clear()
     with (
         serve(_app(tmp_path)) as url,
         httpx.Client(base_url=url, timeout=30) as http,
@@ -306,15 +298,15 @@ def test_progress_reaches_the_client_while_a_file_is_still_downloading(
     ):
         lines = (json.loads(raw) for raw in response.iter_lines())
         held = next(line for line in lines if line.get("completed") == chunk)
-        assert held["total"] == len(weights) and not hub.gate.is_set()
-        hub.gate.set()  # the download resumes for the rest
+        assert held["total"] == len(weights) and not tiny_hub.gate.is_set()
+        tiny_hub.gate.set()  # the download resumes for the rest
         rest = list(lines)
     assert rest[-1] == {"status": "success"}
     assert [line["completed"] for line in rest if "completed" in line][-1] == len(weights)
 
 
 def test_the_ollama_client_pulls_chats_and_deletes_on_a_live_server(
-    hub: FakeHub, tmp_path: Path
+    tiny_hub: FakeHub, tmp_path: Path
 ) -> None:
     with serve(_app(tmp_path)) as url, ollama.Client(host=url, timeout=120) as client:
         progress = list(client.pull(REPO, stream=True))
