@@ -13,7 +13,8 @@ Invariants:
   a `status` on every message and call.
 - `include` adds what the spec says it adds: an input image's `image_url`
   (`message.input_image.image_url`) and a reasoning item's `encrypted_content`
-  (`reasoning.encrypted_content`); without it they are left out, as OpenAI does.
+  (`reasoning.encrypted_content`); without it they are left out, as OpenAI does. A
+  `compaction` item always has its `encrypted_content` (the spec requires it).
 - A query value out of range, an unknown `include` value or a cursor naming no item of the list
   is a 400 naming that query parameter.
 """
@@ -26,6 +27,7 @@ from typing import Any, Literal
 from server.errors import APIError
 from server.responses_output import new_id
 from server.schemas.responses import (
+    CompactionItem,
     FunctionCallItem,
     FunctionCallOutputItem,
     ImagePart,
@@ -36,7 +38,12 @@ from server.schemas.responses import (
     parse_items,
 )
 
-ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+ID_PREFIXES = {
+    "message": "msg",
+    "function_call": "fc",
+    "function_call_output": "fco",
+    "compaction": "cmp",
+}
 STATUSES = frozenset({"in_progress", "completed", "incomplete"})
 # `ResponseIncludable` in the spec; the ones an input item can carry are honoured.
 INCLUDABLE = frozenset(
@@ -125,6 +132,8 @@ def item_page(items: list[InputItem], query: ListQuery) -> dict[str, Any]:
 
 def listed(item: InputItem, include: frozenset[str]) -> dict[str, Any]:
     """`item` in the SDK's `ResponseItem` shape."""
+    if isinstance(item, CompactionItem):  # no status; its content always (spec `CompactionBody`)
+        return item.model_dump(exclude_none=True)
     status = item.status if item.status in STATUSES else "completed"
     if isinstance(item, MessageItem):
         assistant = item.role == "assistant"

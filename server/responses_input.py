@@ -9,6 +9,8 @@ Invariants:
 - Consecutive `function_call` items become one assistant message with `tool_calls` (the call
   following an assistant text joins it); a `function_call_output` becomes a `tool` message.
 - Past reasoning items are not put back into the prompt.
+- A `compaction` item becomes the messages it stands for (its user messages, then its summary
+  as a user message: server/schemas/responses.py `CompactionItem`), where it is.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from server.schemas.chat import ChatCompletionRequest
 from server.schemas.responses import (
     NAMESPACE_SEPARATOR,
     AllowedTools,
+    CompactionItem,
     FunctionCallItem,
     FunctionCallOutputItem,
     FunctionTool,
@@ -98,14 +101,15 @@ def chat_paths(
     instructions: str | None,
     items: list[InputItem],
     first: int,
-    origin: Sequence[int] | None = None,
+    origin: Sequence[int | None] | None = None,
 ) -> dict[str, str]:
     """Where each of `chat_messages`' messages came from, as the request names it:
     `messages[i]` → `input[k - first]` for the item `k` it began with (`items` from `first` on
     are the request's `input`; those before, the stored conversation `previous_response_id`
     continues, and `instructions`, are not mapped). A message's parts are its item's, in order:
     a `function_call_output`'s are its `output`'s. `origin`: where `items` were a selection of
-    the conversation (truncation), each one's index in the whole."""
+    the conversation (truncation), each one's index in the whole (None: an item the server
+    added, not mapped)."""
     messages, sources = _conversation(instructions, items)
     paths: dict[str, str] = {}
     for i, source in enumerate(sources):
@@ -131,16 +135,9 @@ def _conversation(
         messages.append({"role": "system", "content": instructions})
         sources.append(None)
     for k, item in enumerate(items):
-        if isinstance(item, MessageItem):
-            role = "system" if item.role == "developer" else item.role
-            text = item.text()
-            if item.images():
-                assert isinstance(item.content, list)
-                messages.append({"role": role, "content": _chat_parts(item.content)})
-            elif role == "system" and len(messages) == 1 and messages[0]["role"] == "system":
-                messages[0]["content"] += "\n\n" + text
-            else:
-                messages.append({"role": role, "content": text})
+        if isinstance(item, MessageItem | CompactionItem):
+            for message in [item] if isinstance(item, MessageItem) else item.messages():
+                _add_message(messages, message)
         elif isinstance(item, FunctionCallItem):
             _add_call(messages, item)
         elif isinstance(item, FunctionCallOutputItem):
@@ -150,6 +147,18 @@ def _conversation(
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": content})
         sources.extend([k] * (len(messages) - len(sources)))  # none where the item merged
     return messages, sources
+
+
+def _add_message(messages: list[dict[str, Any]], item: MessageItem) -> None:
+    role = "system" if item.role == "developer" else item.role
+    text = item.text()
+    if item.images():
+        assert isinstance(item.content, list)
+        messages.append({"role": role, "content": _chat_parts(item.content)})
+    elif role == "system" and len(messages) == 1 and messages[0]["role"] == "system":
+        messages[0]["content"] += "\n\n" + text
+    else:
+        messages.append({"role": role, "content": text})
 
 
 def _chat_parts(content: Sequence[TextPart | RefusalPart | ImagePart]) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
 """`POST /v1/responses` (streamed and not), `GET` and `DELETE /v1/responses/{id}`,
-`GET /v1/responses/{id}/input_items`, `POST /v1/responses/input_tokens`.
+`GET /v1/responses/{id}/input_items`, `POST /v1/responses/input_tokens`,
+`POST /v1/responses/compact` (server/responses_compaction.py).
 
 A front end over the chat path: the request becomes a chat request (server/responses_input.py),
 runs through `prepare_chat` and the same engine batch as chat completions, and its chat deltas
@@ -42,16 +43,20 @@ from server.heartbeat import with_heartbeat
 from server.response_references import resolved
 from server.response_store import ResponseStore
 from server.response_store_items import ListQuery, input_items, item_page, with_ids
+from server.responses_compaction import compaction_item, prompt_message
 from server.responses_input import chat_paths, to_chat
 from server.responses_output import Event, ItemStatus, OutputItems, new_id
 from server.responses_truncation import TOO_LONG, fitted
 from server.schemas.chat import ChatCompletionRequest, logprob_content
 from server.schemas.common import documented_body, response_headers
 from server.schemas.responses import (
+    COMPACT_IGNORED_FIELDS,
+    CompactRequest,
     FunctionTool,
     InputItem,
     InputTokensRequest,
     ResponseCreateRequest,
+    items_of,
     parse_items,
 )
 from server.serving import cancel_on_close, collected_or_gone, error_response
@@ -150,7 +155,7 @@ async def create_response(
             code="unsupported_parameter",
         )  # fmt: skip
     history = await _history(store, parsed.previous_response_id)
-    items = history + await _input_items(store, parsed)
+    items = history + await _input_items(store, parsed.input)
     functions = parsed.function_tools()
     draft = Draft(parsed, functions, new_id("resp"), int(time.time()))
 
@@ -216,7 +221,7 @@ async def count_input_tokens(
     if model is None:
         raise APIError(400, "model is required: this server has no default model", param="model")
     history = await _history(store, parsed.previous_response_id)
-    items = history + await _input_items(store, parsed)
+    items = history + await _input_items(store, parsed.input)
     request, functions = parsed.model_copy(update={"model": model}), parsed.function_tools()
 
     async def counted(selected: list[int], fit: bool = False) -> int:
@@ -237,6 +242,63 @@ async def count_input_tokens(
     if tokens is None:  # as sent (create would refuse it, too long even truncated: a 400)
         tokens = await counted(list(range(len(items))))
     return {"object": "response.input_tokens", "input_tokens": tokens}
+
+
+@router.post("/v1/responses/compact", openapi_extra=documented_body(CompactRequest))
+async def compact_conversation(
+    request: Request,
+    settings: SettingsDep,
+    pool: PoolDep,
+    metrics: MetricsDep,
+    store: ResponseStoreDep,
+    body: Annotated[Body[CompactRequest], Depends(json_body(CompactRequest))],
+) -> Response:
+    """The conversation as one `compaction` item holding a summary the model wrote of it
+    (server/responses_compaction.py; spec `CompactResource`). Nothing is stored."""
+    parsed = body.value
+    model = parsed.model or pool.default_model
+    if model is None:
+        raise APIError(400, "model is required: this server has no default model", param="model")
+    history = await _history(store, parsed.previous_response_id)
+    items = history + await _input_items(store, parsed.input or [])
+    if not items:
+        raise APIError(400, "'input' must contain at least one item to compact", param="input")
+    compaction_id = new_id("resp")
+    summarize = ResponseCreateRequest.model_validate(
+        {"model": model, "instructions": parsed.instructions}
+    )
+
+    async def prepared_for(selected: list[int]) -> PreparedChat:
+        """The summary's chat request: these items of the conversation, then the prompt."""
+        kept = [*(items[k] for k in selected), prompt_message()]
+        origin = [*selected, None]  # the prompt is no item of the request's
+        paths = partial(chat_paths, parsed.instructions, kept, len(history), origin)
+        return await _prepare(pool, settings, to_chat(summarize, kept, []), compaction_id, paths)
+
+    prepared = await fitted(items, prepared_for)
+    headers = response_headers(compaction_id, body.raw, CompactRequest, COMPACT_IGNORED_FIELDS)
+    submitted = prepared.engine.submit(prepared.generation)
+    stream = metrics.observe(submitted, prepared.engine.name)
+    collected = await collected_or_gone(request, collect(stream), [stream], compaction_id)
+    if isinstance(collected, Response):
+        return collected
+    if collected.error is not None:
+        return error_response(collected.error, headers)
+    choice = collected.choices.get(0)
+    output = prepared.output_for()
+    deltas = [*output.feed(choice.text if choice else ""), *output.finish()]
+    summary = "".join(delta.get("content") or "" for delta in deltas).strip()  # no reasoning
+    usage = usage_body(
+        collected.prompt_tokens, choice.completion_tokens if choice else 0, collected.cached_tokens
+    )
+    compacted = {
+        "id": compaction_id,
+        "object": "response.compaction",
+        "created_at": int(time.time()),
+        "output": [compaction_item(summary, items)],
+        "usage": usage,
+    }
+    return JSONResponse(compacted, headers=headers)
 
 
 @router.get("/v1/responses/{response_id}")
@@ -285,11 +347,10 @@ def _pieces(choice: CollectedChoice | None) -> list[tuple[str, list[TokenLogprob
     return [(choice.text, choice.logprobs)]
 
 
-async def _input_items(store: ResponseStore, request: ResponseCreateRequest) -> list[InputItem]:
-    """The request's own input items, each `item_reference` replaced by the stored item it names
+async def _input_items(store: ResponseStore, raw_input: str | list[Any]) -> list[InputItem]:
+    """A request's own input items, each `item_reference` replaced by the stored item it names
     (server/response_references.py), every item with an id."""
-    raw = await resolved(store, request.input)
-    return with_ids(request.model_copy(update={"input": raw}).input_items())
+    return with_ids(items_of(await resolved(store, raw_input)))
 
 
 async def _history(store: ResponseStore, previous_response_id: str | None) -> list[InputItem]:

@@ -1,4 +1,5 @@
-"""`POST /v1/responses` request shapes and their translation into a chat request.
+"""`POST /v1/responses` (and `/v1/responses/compact`) request shapes and their translation into a
+chat request.
 
 Spec: https://platform.openai.com/docs/api-reference/responses/create (`CreateResponse` in
 ../shared/openai/openapi.yaml). The Responses API is a front end over the chat path: a request
@@ -20,6 +21,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from server.body import check_json_text
+from server.compaction_content import SUMMARY_HEADING, decode
 from server.errors import APIError, loc_to_param
 from server.schemas.common import Strict, object_schema, tool_choice_type_read
 from server.validation_messages import pydantic_message
@@ -140,12 +142,44 @@ class ReasoningItem(Strict):
     status: str | None = None
 
 
-InputItem = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem
+class CompactionItem(Strict):
+    """A conversation compacted by `POST /v1/responses/compact` (server/compaction_content.py):
+    it stands for the user messages it carries, then its summary as a user message. Content
+    this server did not write, or whose messages are no message items, is refused (a 400
+    naming `encrypted_content`) when the item is read."""
+
+    type: Literal["compaction"]
+    encrypted_content: str
+    id: str | None = None
+    created_by: str | None = None
+
+    @field_validator("encrypted_content")
+    @classmethod
+    def _written_here(cls, value: str) -> str:
+        for index, raw in enumerate(decode(value).messages):
+            try:
+                MessageItem.model_validate(raw)
+            except ValidationError:
+                raise ValueError(f"the compaction's message {index} is no message item") from None
+        return value
+
+    def carried(self) -> list[MessageItem]:
+        """The user messages of the conversation it compacted."""
+        return [MessageItem.model_validate(raw) for raw in decode(self.encrypted_content).messages]
+
+    def messages(self) -> list[MessageItem]:
+        """What the item stands for in the conversation: its user messages, then its summary."""
+        summary = f"{SUMMARY_HEADING}\n\n{decode(self.encrypted_content).summary}"
+        return [*self.carried(), MessageItem(role="user", content=summary)]
+
+
+InputItem = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem | CompactionItem
 ITEM_MODELS: dict[str, type[BaseModel]] = {
     "message": MessageItem,
     "function_call": FunctionCallItem,
     "function_call_output": FunctionCallOutputItem,
     "reasoning": ReasoningItem,
+    "compaction": CompactionItem,
 }
 
 
@@ -264,9 +298,7 @@ class ResponseCreateRequest(Strict):
         return IGNORED_FIELDS
 
     def input_items(self) -> list[InputItem]:
-        if isinstance(self.input, str):
-            return [MessageItem(role="user", content=self.input)]
-        return parse_items(self.input)
+        return items_of(self.input)
 
     def namespaces(self) -> frozenset[str]:
         return frozenset(
@@ -338,6 +370,36 @@ class InputTokensRequest(ResponseCreateRequest):
     `model` optional (the server's default model when it has one)."""
 
     model: str | None = None  # type: ignore[assignment]
+
+
+class CompactRequest(Strict):
+    """`POST /v1/responses/compact` (spec `CompactResponseMethodPublicBody`): the conversation to
+    compact, as a create request gives it; `model` optional (the server's default model)."""
+
+    model: str | None = None
+    input: str | list[Any] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = None
+
+    def input_items(self) -> list[InputItem]:
+        return items_of(self.input or [])
+
+
+# Fields of a compact request that change nothing here (prompt caching is automatic).
+COMPACT_IGNORED_FIELDS = (
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "prompt_cache_options",
+    "service_tier",
+    "image",
+)
+
+
+def items_of(raw_input: str | list[Any]) -> list[InputItem]:
+    """A request's `input` as items: a string is one user message."""
+    if isinstance(raw_input, str):
+        return [MessageItem(role="user", content=raw_input)]
+    return parse_items(raw_input)
 
 
 def parse_items(raw: list[Any]) -> list[InputItem]:
