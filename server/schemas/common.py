@@ -34,12 +34,19 @@ def tool_choice_type_read(value: Any, hosted: str = "") -> Any:
 
 
 def object_schema(schema: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A tool's parameters (input) schema as it is, unless its `type` is not `object`: a call's
-    arguments are an object (OpenAI's and Anthropic's APIs refuse other types), and a forced
-    call of another type's schema cannot parse as a call (it came back as text holding the
-    call's markup)."""
-    if schema is not None and schema.get("type", "object") != "object":
-        raise ValueError(f"a tool's schema must be of type 'object', not {schema['type']!r}")
+    """A tool's parameters (input) schema as it is, unless its `type` cannot be `object`: a
+    call's arguments are an object (OpenAI's and Anthropic's APIs refuse other types), and a
+    forced call of another type's schema cannot parse as a call (it came back as text holding
+    the call's markup). A list of types holding `object` (`["object", "null"]`, which schema
+    generators write for an optional model) is `object`: a call has arguments, and the grammar
+    of a forced call must not let them be `null` (no parser reads that as a call)."""
+    if schema is None:
+        return None
+    kind = schema.get("type", "object")
+    if isinstance(kind, list) and "object" in kind:
+        return {**schema, "type": "object"}
+    if kind != "object":
+        raise ValueError(f"a tool's schema must be of type 'object', not {kind!r}")
     return schema
 
 

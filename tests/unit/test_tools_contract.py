@@ -296,6 +296,17 @@ async def test_tool_choice_none_hides_the_tools(
             },
             "tools[0].function.parameters",
         ),
+        (  # a list of types is an object's only where it holds "object"
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {"name": "f", "parameters": {"type": ["string", "null"]}},
+                    }
+                ],
+            },
+            "tools[0].function.parameters",
+        ),
         ({"tool_choice": "sometimes", "tools": [WEATHER]}, "tool_choice"),
         ({"response_format": {"type": "xml"}}, "response_format.type"),
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
