@@ -12,6 +12,12 @@ Invariants:
 - Whitespace alone (the newline before a tool call) does not open a message item; it is kept
   and sent with the next text, if any.
 - Streamed and non-streamed responses come from this same object, so their `output` agree.
+- A reasoning item's text is its `content` (`reasoning_text`). Where the request asks for a
+  reasoning summary (`summary`), it is also its `summary` (`summary_text`): no other model
+  writes a summary here, so the "summary" is the whole reasoning. Its stream is then OpenAI's
+  summary events (`reasoning_summary_part.added`, `reasoning_summary_text.delta`…, `.done`,
+  `reasoning_summary_part.done`) instead of the `reasoning_text` ones, so that clients that show
+  both kinds of delta as thinking (several do) show it once; the item done carries both.
 - Token logprobs (`offer`, when the request asks for them) go with the output text their tokens
   made: the next `output_text.delta` carries those offered since the last one, and the message's
   `output_text` part holds them all; tokens that made reasoning or a call are not the text's.
@@ -49,6 +55,7 @@ class _OpenItem:
 @dataclass
 class OutputItems:
     namespaces: frozenset[str] = frozenset()
+    summary: bool = False  # the reasoning is asked for as `summary_text` too
     done: list[dict[str, Any]] = field(default_factory=list)
     _open: _OpenItem | None = None
     _space: str = ""
@@ -57,7 +64,8 @@ class OutputItems:
     @property
     def output(self) -> list[dict[str, Any]]:
         """The items so far (the open one as it stands)."""
-        return self.done + ([_finished(self._open, "in_progress")] if self._open else [])
+        in_progress = [_finished(self._open, "in_progress", self.summary)] if self._open else []
+        return self.done + in_progress
 
     @property
     def has_calls(self) -> bool:
@@ -101,8 +109,12 @@ class OutputItems:
         if self._open is None or self._open.kind != "reasoning":
             item = {"id": new_id("rs"), "type": "reasoning", "summary": [], "content": []}
             events += self._close("completed") + self._add(item)
-            part = {"type": "reasoning_text", "text": ""}
-            events.append(self._part_event("response.content_part.added", part))
+            if self.summary:
+                part = {"type": "summary_text", "text": ""}
+                events.append(self._part_event("response.reasoning_summary_part.added", part))
+            else:
+                part = {"type": "reasoning_text", "text": ""}
+                events.append(self._part_event("response.content_part.added", part))
         return events + self._append(text)
 
     def _text(self, text: str) -> list[Event]:
@@ -142,7 +154,7 @@ class OutputItems:
 
     def _add(self, item: dict[str, Any]) -> list[Event]:
         self._open = _OpenItem(len(self.done), item)
-        added = _finished(self._open, "in_progress")
+        added = _finished(self._open, "in_progress", self.summary)
         return [
             {"type": "response.output_item.added", "output_index": self._open.index, "item": added}
         ]
@@ -154,6 +166,9 @@ class OutputItems:
         where = {"item_id": current.item["id"], "output_index": current.index}
         if current.kind == "function_call":
             return [{"type": "response.function_call_arguments.delta", **where, "delta": text}]
+        if current.kind == "reasoning" and self.summary:
+            delta = {**where, "summary_index": 0, "delta": text}
+            return [{"type": "response.reasoning_summary_text.delta", **delta}]
         kind = "output_text" if current.kind == "message" else "reasoning_text"
         event = {"type": f"response.{kind}.delta", **where, "content_index": 0, "delta": text}
         if kind == "output_text":
@@ -176,6 +191,16 @@ class OutputItems:
                     "arguments": current.text,
                 }
             )
+        elif current.kind == "reasoning" and self.summary:
+            summary = {**where, "summary_index": 0}
+            events += [
+                {"type": "response.reasoning_summary_text.done", **summary, "text": current.text},
+                {
+                    "type": "response.reasoning_summary_part.done",
+                    **summary,
+                    "part": _summary_part(current),
+                },
+            ]
         else:
             kind = "output_text" if current.kind == "message" else "reasoning_text"
             done: Event = {"type": f"response.{kind}.done", **where, "content_index": 0}
@@ -187,7 +212,7 @@ class OutputItems:
                 done,
                 {"type": "response.content_part.done", **where, "content_index": 0, "part": part},
             ]
-        finished = _finished(current, status)
+        finished = _finished(current, status, self.summary)
         self.done.append(finished)
         events.append(
             {"type": "response.output_item.done", "output_index": current.index, "item": finished}
@@ -195,9 +220,11 @@ class OutputItems:
         return events
 
     def _part_event(self, kind: str, part: dict[str, Any]) -> Event:
+        """A part's `….added` event: a content part's, or a reasoning summary's."""
         assert self._open is not None
         where = {"item_id": self._open.item["id"], "output_index": self._open.index}
-        return {"type": kind, **where, "content_index": 0, "part": part}
+        index = {"summary_index": 0} if part["type"] == "summary_text" else {"content_index": 0}
+        return {"type": kind, **where, **index, "part": part}
 
 
 def _whole_json(text: str) -> bool:
@@ -225,11 +252,18 @@ def _part(current: _OpenItem) -> dict[str, Any]:
     return {"type": "reasoning_text", "text": current.text}
 
 
-def _finished(current: _OpenItem, status: str) -> dict[str, Any]:
-    """The item with its text so far and `status`."""
+def _summary_part(current: _OpenItem) -> dict[str, Any]:
+    return {"type": "summary_text", "text": current.text}
+
+
+def _finished(current: _OpenItem, status: str, summary: bool) -> dict[str, Any]:
+    """The item with its text so far and `status` (`summary`: a reasoning item's text is its
+    summary too)."""
     item = {**current.item, "status": status}
     if current.kind == "function_call":
         item["arguments"] = current.text
     elif status != "in_progress" or current.text:
         item["content"] = [_part(current)]
+        if current.kind == "reasoning" and summary:
+            item["summary"] = [_summary_part(current)]
     return item

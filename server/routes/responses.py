@@ -175,7 +175,9 @@ async def create_response(
     submitted = prepared.engine.submit(prepared.generation)
     stream = metrics.observe(submitted, prepared.engine.name)
     conversation = [item.model_dump(by_alias=True, exclude_none=True) for item in items]
-    run = _Run(draft, prepared, OutputItems(parsed.namespaces()), conversation, store)
+    summary = parsed.reasoning is not None and parsed.reasoning.wants_summary()
+    items_out = OutputItems(parsed.namespaces(), summary)
+    run = _Run(draft, prepared, items_out, conversation, store)
     if parsed.stream:
         interval = settings.stream_interval_ms / 1000
         heartbeat = settings.keepalive_interval_s
@@ -454,6 +456,7 @@ _DELTA_EVENTS = frozenset(
     {
         "response.output_text.delta",
         "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
         "response.function_call_arguments.delta",
     }
 )

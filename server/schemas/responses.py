@@ -237,10 +237,18 @@ class TextConfig(Strict):
     verbosity: str | None = None
 
 
+SummaryLevel = Literal["auto", "concise", "detailed", "none"]
+
+
 class ReasoningConfig(Strict):
     effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
-    summary: str | None = None
-    generate_summary: str | None = None
+    summary: SummaryLevel | None = None
+    generate_summary: SummaryLevel | None = None  # `summary`'s deprecated name
+
+    def wants_summary(self) -> bool:
+        """Whether the reasoning is asked for as `summary_text` too (server/responses_output.py:
+        there is no summarizer; the summary is the whole reasoning, whatever the level)."""
+        return (self.summary or self.generate_summary or "none") != "none"
 
 
 class ResponseCreateRequest(Strict):

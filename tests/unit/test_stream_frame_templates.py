@@ -160,9 +160,11 @@ def test_message_block_frames_are_the_events_whole_frames() -> None:
 
 
 def test_responses_frames_are_the_events_whole_frames_numbered_from_0() -> None:
-    items, frame = OutputItems(), _Frames()
-    events = [event for delta in DELTAS + DELTAS[2:] for event in items.feed(delta)]
-    events += items.finish("completed")
+    """Also with the reasoning streamed as a summary (`reasoning.summary` asked for)."""
+    events, frame = [], _Frames()
+    for items in (OutputItems(), OutputItems(summary=True)):
+        events += [event for delta in DELTAS + DELTAS[2:] for event in items.feed(delta)]
+        events += items.finish("completed")
     assert {e["type"] for e in events} >= _DELTA_EVENTS
     for number, event in enumerate(events):
         assert frame(event) == sse.event(event["type"], {**event, "sequence_number": number})
