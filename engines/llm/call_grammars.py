@@ -79,8 +79,8 @@ def tool_call_grammar(
     with `untagged` (a json_tools model whose bare call objects the edge reads as calls: small
     models write them so) a bare call object is one more."""
     functions = [
-        (tool["function"]["name"], inline_refs(tool["function"].get("parameters") or {}))
-        for tool in tools
+        (tool["function"]["name"], inline_refs(tool["function"].get("parameters") or {}, f"{i}."))
+        for i, tool in enumerate(tools)
         if forced is None or tool["function"]["name"] == forced
     ]
     tokens = tag_tokens or {}
@@ -108,18 +108,21 @@ def tool_call_grammar(
     return lark_grammar(calls)
 
 
-def inline_refs(schema: Mapping[str, Any]) -> dict[str, Any]:
+def inline_refs(schema: Mapping[str, Any], namespace: str = "") -> dict[str, Any]:
     """A tool's `parameters` with its local `$ref`s (`#/$defs/X`, `#/definitions/X`: pydantic
     writes nested models so) replaced by what they point at, and the definitions dropped: each
     grammar places the schema (or each of its properties) inside a larger one, where those
-    pointers would not resolve. A reference inside its own definition stays (pointing nowhere
-    now, the grammar library says it cannot be enforced, as it did); an empty schema is an
-    object."""
+    pointers would not resolve. A reference inside its own definition (a recursive model: a
+    tree whose children are trees) cannot be inlined: it points at that definition, kept under
+    the returned schema's root `$defs` as `{namespace}{$defs or definitions}.{X}` so that
+    several tools' definitions can share one root (`rooted`, `_call_schema`). An empty schema
+    is an object."""
     definitions = {
-        f"#/{key}/{name}": value
+        f"#/{key}/{name}": (f"{namespace}{key}.{name}", value)
         for key in ("$defs", "definitions")
         for name, value in (schema.get(key) or {}).items()
     }
+    kept: dict[str, Any] = {}
 
     def resolved(node: Any, seen: frozenset[str]) -> Any:
         if isinstance(node, list):
@@ -127,13 +130,29 @@ def inline_refs(schema: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(node, dict):
             return node
         pointer = node.get("$ref")
-        if isinstance(pointer, str) and pointer in definitions and pointer not in seen:
-            siblings = {k: v for k, v in node.items() if k != "$ref"}
-            target = resolved(definitions[pointer], seen | {pointer})
-            return {**target, **resolved(siblings, seen)}
+        if isinstance(pointer, str) and pointer in definitions:
+            siblings = resolved({k: v for k, v in node.items() if k != "$ref"}, seen)
+            name, definition = definitions[pointer]
+            if pointer not in seen:
+                return {**resolved(definition, seen | {pointer}), **siblings}
+            if name not in kept:
+                kept[name] = {}  # taken before it is resolved: it refers to itself
+                kept[name] = resolved(definition, frozenset({pointer}))
+            escaped = name.replace("~", "~0").replace("/", "~1")  # a JSON pointer's token
+            return {"$ref": f"#/$defs/{escaped}", **siblings}
         return {k: resolved(v, seen) for k, v in node.items() if k not in ("$defs", "definitions")}
 
-    return resolved(dict(schema), frozenset()) or {"type": "object"}
+    inlined = resolved(dict(schema), frozenset()) or {"type": "object"}
+    return {**inlined, "$defs": kept} if kept else inlined
+
+
+def rooted(schema: Any, parameters: Mapping[str, Any]) -> Any:
+    """`schema`, a part of a tool's inlined `parameters`, with the definitions their recursive
+    references point at (`inline_refs`) under its root, where `#/$defs/...` resolves."""
+    definitions = parameters.get("$defs")
+    if not definitions or not isinstance(schema, dict):
+        return schema
+    return {**schema, "$defs": definitions}
 
 
 def answers_beside_calls(tool_format: str, tools: Sequence[Mapping[str, Any]]) -> bool:
@@ -159,18 +178,24 @@ def _calls_or_answer(
 
 
 def _call_schema(fmt: str, functions: list[tuple[str, Any]]) -> dict[str, Any]:
-    """One call of one of `functions` as the JSON object the json formats write."""
+    """One call of one of `functions` as the JSON object the json formats write (the
+    functions' kept definitions at its root, each named apart by its namespace)."""
     arguments_key = "parameters" if fmt == "llama3" else "arguments"
-    options = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": name}, arguments_key: parameters},
-            "required": ["name", arguments_key],
-            "additionalProperties": False,
-        }
-        for name, parameters in functions
-    ]
-    return options[0] if len(options) == 1 else {"anyOf": options}
+    definitions: dict[str, Any] = {}
+    options = []
+    for name, parameters in functions:
+        definitions.update(parameters.get("$defs") or {})
+        arguments = {k: v for k, v in parameters.items() if k != "$defs"}
+        options.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": name}, arguments_key: arguments},
+                "required": ["name", arguments_key],
+                "additionalProperties": False,
+            }
+        )
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    return {**schema, "$defs": definitions} if definitions else schema
 
 
 def _json_calls(fmt: str, functions: list[tuple[str, Any]], parallel: bool, tag: Any) -> str:
@@ -222,7 +247,7 @@ def _xml_calls(fmt: str, functions: list[tuple[str, Any]], parallel: bool, tag: 
         required = set(parameters.get("required") or [])
         items = []
         for p, (key, schema) in enumerate(properties.items()):
-            value = _xml_value(f"v{f}_{p}", schema or {}, closing, rules)
+            value = _xml_value(f"v{f}_{p}", schema or {}, closing, rules, parameters)
             item = f"{_literal(opening.format(key=key))} {value}"
             items.append(f"({item})" if key in required else f"({item})?")
         body = " ".join(items)
@@ -242,8 +267,11 @@ def _xml_calls(fmt: str, functions: list[tuple[str, Any]], parallel: bool, tag: 
     return "\n".join([f'start: {calls} "\\n"?', *rules]) + "\n"
 
 
-def _xml_value(rule: str, schema: dict[str, Any], closing: str, rules: list[str]) -> str:
-    """A parameter's value and its closing text: raw text for strings, JSON otherwise."""
+def _xml_value(
+    rule: str, schema: dict[str, Any], closing: str, rules: list[str], parameters: dict[str, Any]
+) -> str:
+    """A parameter's value (of the function's `parameters`) and its closing text: raw text for
+    strings, JSON otherwise."""
     enum = schema.get("enum")
     if schema.get("type") == "string" and enum and all(isinstance(e, str) for e in enum):
         choices = " | ".join(json.dumps(e) for e in enum)
@@ -258,7 +286,7 @@ def _xml_value(rule: str, schema: dict[str, Any], closing: str, rules: list[str]
     if set(schema) <= PLAIN_KEYS and schema.get("type") in PLAIN_NUMBERS:
         # The parsers read such a value with float(): no exponent, which could overflow to inf.
         return f"{PLAIN_NUMBERS[schema['type']]} {_literal(closing)}"
-    return f"%json {json.dumps(compact(schema))} {_literal(closing)}"
+    return f"%json {json.dumps(compact(rooted(schema, parameters)))} {_literal(closing)}"
 
 
 def _literal(text: str) -> str:
@@ -291,7 +319,8 @@ def _python_calls(functions: list[tuple[str, Any]], parallel: bool, tag: Any) ->
         required = set(parameters.get("required") or [])
         ordered = sorted(properties, key=lambda key: key not in required)
         items = [
-            f"{json.dumps(key + '=')} {_python_value(properties[key] or {})}" for key in ordered
+            f"{json.dumps(key + '=')} {_python_value(properties[key] or {}, parameters)}"
+            for key in ordered
         ]
         body = argument_list(items, sum(key in required for key in ordered), '", "')
         rules.append(f'fn{f}: {json.dumps(name + "(")} {body} ")"')
@@ -301,10 +330,10 @@ def _python_calls(functions: list[tuple[str, Any]], parallel: bool, tag: Any) ->
     return "\n".join([f'start: {start} "[" call {more} "]" {end}', f"call: {function}", *rules])
 
 
-def _python_value(schema: dict[str, Any]) -> str:
+def _python_value(schema: dict[str, Any], parameters: dict[str, Any]) -> str:
     if set(schema) <= PLAIN_KEYS and schema.get("type") in PLAIN_NUMBERS:
         return PLAIN_NUMBERS[schema["type"]]  # read by ast: an exponent could overflow to inf
-    return f"%json {json.dumps(compact(schema))}"
+    return f"%json {json.dumps(compact(rooted(schema, parameters)))}"
 
 
 def _harmony_call(functions: list[tuple[str, Any]], tag: Any) -> str:

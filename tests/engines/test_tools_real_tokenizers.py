@@ -421,6 +421,22 @@ def test_a_bare_call_object_is_a_call_beside_an_answer(grammar_tokenizer: tuple[
         assert (consumed and matcher.is_accepting()) is untagged
 
 
+def tree_tool(name: str, leaf: dict[str, Any]) -> dict[str, Any]:
+    """A recursive pydantic model's parameters as pydantic writes them (a `Node`'s children are
+    `Node`s: the reference inside its own definition cannot be inlined)."""
+    node = {
+        "type": "object",
+        "properties": {
+            "value": leaf,
+            "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}},
+        },
+        "required": ["value", "children"],
+        "additionalProperties": False,
+    }
+    parameters = {"$defs": {"Node": node}, "$ref": "#/$defs/Node"}
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
 ODD_TOOLS = [
     {"type": "function", "function": {"name": "no_parameters"}},
     {  # as pydantic writes a nested model: a `$ref` into `$defs`, which the grammar inlines
@@ -453,6 +469,7 @@ ODD_TOOLS = [
             },
         },
     },
+    tree_tool("tree", {"type": "integer"}),
 ]
 
 
@@ -465,8 +482,41 @@ def test_forced_grammars_compile_for_any_schema(
     tokenizer, compiler = grammar_tokenizer
     vocab = tokenizer.get_vocab()
     tags = {tag: vocab[tag] for tag in grammar_tags(fmt) if tag in vocab}
-    for forced in (None, "no_parameters", "mixed", "nested"):
+    for forced in (None, "no_parameters", "mixed", "nested", "tree"):
         compiler.check(tool_call_grammar(ODD_TOOLS, forced, True, fmt, tags), "tool_choice")
+
+
+def test_a_recursive_models_calls_are_enforced_at_every_depth(
+    grammar_tokenizer: tuple[Any, Any],
+) -> None:
+    """A forced call of a recursive model (Instructor's TOOLS mode sends one for a tree) is
+    enforced at any depth, each tool's definitions its own where two tools name theirs alike:
+    before, the reference inside `Node` pointed nowhere once the parameters were placed in the
+    call's schema, and the request was a 400."""
+    import llguidance
+
+    from engines.llm.call_grammars import grammar_tags, tool_call_grammar
+
+    tokenizer, compiler = grammar_tokenizer
+    vocab = tokenizer.get_vocab()
+    tags = {tag: vocab[tag] for tag in grammar_tags("json_tools") if tag in vocab}
+    tools = [tree_tool("numbers", {"type": "integer"}), tree_tool("words", {"type": "string"})]
+    leaf = '{{"value": {1}, "children": []}}'
+    deep = '{{"value": {0}, "children": [{{"value": {0}, "children": [' + leaf + "]}}]}}"
+    outputs = {
+        ("numbers", deep.format(1, 2)): True,
+        ("numbers", deep.format(1, '"two"')): False,  # a word three levels down
+        ("words", deep.format('"a"', '"b"')): True,
+        ("words", deep.format('"a"', 2)): False,
+    }
+    grammar = tool_call_grammar(tools, None, True, "json_tools", tags)
+    compiler.check(grammar, "tool_choice")
+    for (name, arguments), accepted in outputs.items():
+        text = f'<tool_call>\n{{"name": "{name}", "arguments": {arguments}}}\n</tool_call>'
+        matcher = llguidance.LLMatcher(compiler._tokenizer, grammar)
+        tokens = tokenizer.encode(text, add_special_tokens=False)
+        consumed = all(matcher.consume_token(token) for token in tokens)
+        assert (consumed and matcher.is_accepting()) is accepted, (name, arguments)
 
 
 def test_an_unenforceable_schema_is_refused_in_one_line(
