@@ -1,16 +1,18 @@
 """KokoroEngine: text to speech on its own engine thread.
 
 Each request's input is split at sentence ends (text.py) when it is submitted; every step the
-engine speaks one piece of the request at the head of the queue, pushes its audio, and moves
-that request to the back, so concurrent requests take turns a sentence at a time (the second
-request's first audio waits for one sentence, not for the whole first request).
+engine speaks one reading of the request at the head of the queue — a piece, or a part of one
+that reads over Kokoro's phoneme limit (kokoro.py `readings`: all parts are spoken) — pushes
+its audio, and moves that request to the back, so concurrent requests take turns a sentence at
+a time (the second request's first audio waits for one sentence, not for the whole first
+request).
 
 Invariants:
 - All MLX work happens on the engine thread; requests and audio cross as plain values.
-- A request stays in the queue while its piece is being made, so a step that raises fails it
-  (fail_all) instead of leaving its stream open; every accepted request ends with SynthesisDone
-  or an ErrorEvent.
-- A cancelled request leaves before the next step: its remaining pieces are never made.
+- A request stays in the queue while its reading is being made, so a step that raises fails
+  it (fail_all) instead of leaving its stream open; every accepted request ends with
+  SynthesisDone or an ErrorEvent.
+- A cancelled request leaves before the next step: its remaining readings are never made.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ class _Job:
     request: SynthesisRequest
     stream: RequestStream
     pieces: deque[str]
+    readings: deque[tuple[str, str]] = field(default_factory=deque)  # of the piece begun
     samples: int = 0
     tokens: int = 0
 
@@ -90,8 +93,8 @@ class KokoroEngine(EngineThread):
         return voice
 
     def submit(self, request: SynthesisRequest) -> RequestStream:
-        """Queue a synthesis; AudioChunks (one per piece) then SynthesisDone arrive on the
-        stream."""
+        """Queue a synthesis; AudioChunks (one per reading: a piece, or a part of a long one)
+        then SynthesisDone arrive on the stream."""
         self.accept_request(self.limits.max_waiting, "syntheses", retry_after_s=2)
         stream = RequestStream(request.request_id)
         self.post(_Job(request, stream, deque(split_pieces(request.text))))
@@ -130,25 +133,28 @@ class KokoroEngine(EngineThread):
             self._finish(self._jobs.popleft(), ErrorEvent(error))
 
     def step(self) -> None:
-        """Speak the next piece of the request at the head of the queue."""
+        """Speak the next reading of the request at the head of the queue."""
         for job in [job for job in self._jobs if job.stream.cancelled]:
             self._jobs.remove(job)
             self.finish_request()
         if not self._jobs:
             return
         job = self._jobs[0]
-        if job.pieces:
-            piece = job.pieces[0]
-            request = job.request
-            samples, tokens = self._model.synthesise(piece, request.voice, request.speed)
+        if job.pieces and not job.readings:
+            job.readings.extend(self._model.readings(job.pieces[0]))
             job.pieces.popleft()
+        if job.readings:
+            text, phonemes = job.readings[0]
+            request = job.request
+            samples, tokens = self._model.synthesise(phonemes, request.voice, request.speed)
+            job.readings.popleft()
             job.samples += samples.size
             job.tokens += tokens
             self.pieces_made += 1
             self.tokens_read += tokens
-            job.stream.push(AudioChunk(samples, piece, tokens))
+            job.stream.push(AudioChunk(samples, text, tokens))
         self._jobs.rotate(-1)  # the head goes to the back: requests take turns
-        if not job.pieces:
+        if not job.pieces and not job.readings:
             self._jobs.remove(job)
             self._finish(job, SynthesisDone(job.samples, job.tokens))
         if not self._jobs:

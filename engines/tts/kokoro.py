@@ -2,26 +2,25 @@
 (engines/weights/kokoro.py), with our offline phonemizer and the entry's voices.
 
 Invariants: built and called only on the engine thread (it holds MLX arrays); `synthesise`
-returns plain numpy samples. A piece is read in one forward pass, so it must hold at most
-`MAX_PHONEMES` phonemes (Kokoro's 512 positions less the two boundary tokens): longer ones are
-cut there (engines/tts/text.py keeps pieces far below that). Kokoro's source module draws
-noise from MLX's default generator: it is seeded with `NOISE_SEED` before every piece, so the
-same text, voice and speed always give the same samples. MLX's default generator is per thread
-(as of mlx 0.32), so this touches only the engine thread's own draws (a test checks it).
+returns plain numpy samples. A reading is one forward pass, so it holds at most `MAX_PHONEMES`
+phonemes (Kokoro's 512 positions less the two boundary tokens): `readings` cuts a piece that
+reads longer into parts that fit (engines/tts/text.py), all of which are spoken. Kokoro's
+source module draws noise from MLX's default generator: it is seeded with `NOISE_SEED` before
+every reading, so the same text, voice and speed always give the same samples. MLX's default
+generator is per thread (as of mlx 0.32), so this touches only the engine thread's own draws (a
+test checks it).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
 from engines.tts.phonemes import phonemize
-
-logger = logging.getLogger(__name__)
+from engines.tts.text import readings
 
 MAX_PHONEMES = 510
 NOISE_SEED = 0
@@ -50,21 +49,22 @@ class Kokoro:
         self.weights_bytes = sum(int(array.nbytes) for array in weights.values())
 
     def phonemes(self, text: str) -> str:
-        """The phonemes Kokoro reads for `text` (unknown symbols dropped, cut to the limit)."""
-        known = "".join(symbol for symbol in phonemize(text) if symbol in self.vocab)
-        if len(known) > MAX_PHONEMES:
-            logger.warning("a piece of %d phonemes was cut to %d", len(known), MAX_PHONEMES)
-        return known[:MAX_PHONEMES]
+        """The phonemes Kokoro reads for `text` (symbols outside its vocabulary dropped)."""
+        return "".join(symbol for symbol in phonemize(text) if symbol in self.vocab)
 
-    def synthesise(self, text: str, voice: str, speed: float) -> tuple[np.ndarray, int]:
-        """(float32 samples at `sample_rate`, phoneme tokens read) for one piece of text."""
+    def readings(self, piece: str) -> list[tuple[str, str]]:
+        """`piece` as (text, phonemes) parts of at most `MAX_PHONEMES` phonemes, in order."""
+        return readings(piece, self.phonemes, MAX_PHONEMES)
+
+    def synthesise(self, phonemes: str, voice: str, speed: float) -> tuple[np.ndarray, int]:
+        """(float32 samples at `sample_rate`, phoneme tokens read) for one reading."""
         import mlx.core as mx
 
-        phonemes = self.phonemes(text)
+        assert len(phonemes) <= MAX_PHONEMES, "readings() keeps every part within the limit"
         if not phonemes.strip():
             return np.zeros(0, np.float32), 0
         # (1, 256): the row for its length, as mlx-audio's KPipeline takes it (pack[n - 1]); a
-        # voice has MAX_PHONEMES rows, so row n failed a piece cut to the limit
+        # voice has MAX_PHONEMES rows, so row n would be past a reading of the limit's length
         style = mx.array(self.voices[voice][len(phonemes) - 1])
         mx.random.seed(NOISE_SEED)
         audio = self.model(phonemes, style, speed)

@@ -20,6 +20,7 @@ from engines.tts.cpu_conv import GatheredConv
 from engines.tts.engine import KokoroEngine
 from engines.tts.kokoro import MAX_PHONEMES, NOISE_SEED, Kokoro
 from engines.tts.phonemes import phonemize
+from engines.tts.text import readings, split_pieces
 from engines.types import AudioChunk, Event, SynthesisDone, SynthesisRequest, TTSLimits
 from engines.weights.kokoro import HYPER_PARAMETERS, is_kokoro_checkpoint
 from engines.weights.kokoro_onnx import _gates, mlx_name, module_path
@@ -126,11 +127,10 @@ async def test_audio_equals_mlx_audio_on_the_same_weights(
     assert chunk.tokens == len("".join(s for s in phonemize("Hello there.") if s.strip() or s))
 
 
-def test_a_piece_cut_to_the_phoneme_limit_takes_the_last_style_row() -> None:
-    """Numbers read long: 297 characters (one piece) are over 1,000 phonemes, cut to
-    MAX_PHONEMES. The style row for n phonemes is row n - 1 (mlx-audio's KPipeline), so a cut
-    piece takes the last of a voice's 510 rows; row n was one past it and failed the request
-    (IndexError, a 500). The network is a stand-in that records what it is given."""
+def test_a_reading_takes_the_style_row_of_its_length() -> None:
+    """The style row for n phonemes is row n - 1 (mlx-audio's KPipeline), so a reading of the
+    limit's length takes the last of a voice's 510 rows; row n was one past it and failed the
+    request (IndexError, a 500). The network is a stand-in that records what it is given."""
     rows = np.arange(MAX_PHONEMES, dtype=np.float32).reshape(MAX_PHONEMES, 1, 1) * np.ones(256)
     seen: list[tuple[str, float]] = []
 
@@ -142,10 +142,43 @@ def test_a_piece_cut_to_the_phoneme_limit_takes_the_last_style_row() -> None:
     kokoro.voices = {"a": rows.astype(np.float32)}
     kokoro.vocab = {symbol: 1 for symbol in set(phonemize("1234567890 Hello there."))}
     kokoro.model = network
-    _, tokens = kokoro.synthesise(" ".join(["1234567890"] * 27), "a", 1.0)
+    numbers = " ".join(["1234567890"] * 27)
+    for _, phonemes in kokoro.readings(numbers):
+        _, tokens = kokoro.synthesise(phonemes, "a", 1.0)
+        assert seen[-1][1] == tokens - 1 == len(seen[-1][0]) - 1
+    _, tokens = kokoro.synthesise("x" * MAX_PHONEMES, "a", 1.0)
     assert tokens == MAX_PHONEMES and seen[-1][1] == MAX_PHONEMES - 1
-    _, tokens = kokoro.synthesise("Hello there.", "a", 1.0)
-    assert seen[-1][1] == tokens - 1 == len(seen[-1][0]) - 1
+
+
+def test_a_piece_that_reads_over_the_limit_is_read_in_parts() -> None:
+    """297 characters of numbers are one piece of over 1,000 phonemes: it was cut at
+    MAX_PHONEMES and the rest never spoken. Now it is read in parts of at most MAX_PHONEMES,
+    cut at spaces, which together hold the whole text and read every number (espeak-ng alone
+    stops the whole clause's phonemes at 14 of the 27: parts are read anew)."""
+    numbers = " ".join(["1234567890"] * 27)
+    assert split_pieces(numbers) == [numbers] and len(phonemize(numbers)) > MAX_PHONEMES
+    parts = readings(numbers, phonemize, MAX_PHONEMES)
+    assert len(parts) > 1 and all(len(phonemes) <= MAX_PHONEMES for _, phonemes in parts)
+    assert " ".join(text for text, _ in parts) == numbers
+    assert all(phonemes == phonemize(text) for text, phonemes in parts)
+    one_billion = phonemize("1000000000").split()[:2]  # "one billion"
+    words = " ".join(phonemes for _, phonemes in parts).split()
+    said = [words[i : i + 2] for i in range(len(words) - 1)].count(one_billion)
+    assert said == 27
+
+
+def test_a_long_piece_is_cut_at_clause_marks_before_spaces() -> None:
+    """As mlx-audio's KPipeline does: where a clause mark falls within the limit, the cut is
+    there, not at the last space that fits; a single word that reads over it is halved."""
+    listed = ", ".join(["1234567890"] * 20) + "."
+    parts = readings(listed, phonemize, MAX_PHONEMES)
+    assert len(parts) > 1 and " ".join(text for text, _ in parts) == listed
+    assert all(text.endswith(",") for text, _ in parts[:-1])
+    assert all(len(phonemes) <= MAX_PHONEMES for _, phonemes in parts)
+    word = "abcdefgh" * 512  # 4,096 characters, OpenAI's input limit, and no space
+    halves = readings(word, phonemize, MAX_PHONEMES)
+    assert "".join(text for text, _ in halves) == word
+    assert len(halves) > 1 and all(len(phonemes) <= MAX_PHONEMES for _, phonemes in halves)
 
 
 async def test_speaking_leaves_other_threads_generators_alone(engine: KokoroEngine) -> None:
