@@ -29,7 +29,8 @@
 #                      issue 25 measured 5.3-6.4k tok/s with)
 #   c256_profile       c256_repeat with the server sampled by py-spy (SPY names its binary)
 #   c8_profile         the same at 8 clients × 512 tokens, sampled at 200 Hz
-#   c1_profile         the same at 1 client × 1024 tokens, sampled at 500 Hz (one stream's host work)
+#   stream_profile     one stream over HTTP, 4 × 1024 tokens after two warm ones, the server sampled
+#                      by py-spy (SPY) at 500 Hz thread by thread (bench/stream_profile.py)
 #   compiled           one stream: mx.compile'd step over fixed KV buffers vs mlx-lm's loop
 #   placement          one stream of raw mlx-lm and of the compiled step in processes pinned to
 #                      different CPU sets (bench/placement.py), with the machine's topology
@@ -84,7 +85,7 @@ if [ -z "$tokenizer" ]; then
   tokenizer=.gpu/c/tok
   [ -f "$tokenizer/tokenizer.json" ] || tokenizer=$HOME/.cache/mlxd/models/smollm2-135m-instruct
 fi
-steps=${STEPS:-probe llama_model gemma_model tts_model tts gemma_concurrency gemma_prefix decode decode_unfused decode_interval fused concurrency burst_cold burst8 engine_paths burst_warm c256 c256_repeat c256_batch256 c256_profile c8_profile c1_profile compiled placement graph_limits decode_pinned vision speculative distributed embeddings_model embeddings embeddings_baseline}
+steps=${STEPS:-probe llama_model gemma_model tts_model tts gemma_concurrency gemma_prefix decode decode_unfused decode_interval fused concurrency burst_cold burst8 engine_paths burst_warm c256 c256_repeat c256_batch256 c256_profile c8_profile stream_profile compiled placement graph_limits decode_pinned vision speculative distributed embeddings_model embeddings embeddings_baseline}
 minilm=${EMBEDDING_SHAPE_DIR:-.gpu/c/minilm}
 
 rm -rf "$work" && mkdir -p "$work/results" "$work/logs" "$work/home" "$out"
@@ -355,7 +356,9 @@ print_profile(Path(sys.argv[1]), 60)" "$2/$5.spy"' \
 }
 profile_step c256_profile 256 128 50
 profile_step c8_profile 8 512 200
-profile_step c1_profile 1 1024 500
+step stream_profile 150 "$llama/tokenizer_config.json" \
+  "$py" bench/stream_profile.py --model "$llama" --spy "${SPY:-py-spy}" \
+  --out "$work/results/stream_profile.json"
 step compiled 150 "$llama/tokenizer_config.json" \
   "$py" bench/compiled_step.py --model "$llama" "${compiled_args[@]}" \
   --out "$work/results/compiled.json"
