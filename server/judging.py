@@ -80,20 +80,37 @@ def answer_tokens(engine: ChatEngine, model: str) -> Answers:
 
 
 def judging_prompt(
-    engine: ChatEngine, query: str, document: str, instruction: str = DEFAULT_INSTRUCTION
+    engine: ChatEngine,
+    query: str,
+    document: str,
+    instruction: str = DEFAULT_INSTRUCTION,
+    *,
+    cut: bool = True,
+    name: str = "document",
 ) -> list[int]:
     """The prompt's token ids; a document too long for the context is cut from its end (as
-    rerankers read the start of a document); a query too long even then is a 400 (ContextTooLong,
-    naming the query). Pure Python (template and tokenizer): any thread."""
+    rerankers read the start of a document), or unless `cut` is a 400 naming it (`name`); a
+    query too long even then is a 400 (ContextTooLong, naming the query). Pure Python (template
+    and tokenizer): any thread."""
     assert engine.info is not None
     tokens = engine.encode_chat(_messages(query, document, instruction), None, NO_THINKING)
-    over = len(tokens) + 1 - engine.info.context_length  # room for the one answer token
+    most = engine.info.context_length - 1  # room for the one answer token
+    over = len(tokens) - most
+    if over > 0 and not cut:
+        raise APIError(
+            400,
+            f"{name} makes a judging prompt of {len(tokens)} tokens; '{engine.info.name}' reads "
+            f'at most {most} (its context less the answer\'s token; send "truncation": true to '
+            "cut documents to fit)",
+            param="documents",
+            code="context_length_exceeded",
+        )
     if over > 0:
         bos = engine.encode_text("")
         body = engine.encode_text(document)[len(bos) :]
         keep = max(0, len(body) - over - 8)  # 8: tokens may merge differently at the cut
-        cut = engine.decode(body[:keep])
-        tokens = engine.encode_chat(_messages(query, cut, instruction), None, NO_THINKING)
+        start = engine.decode(body[:keep])
+        tokens = engine.encode_chat(_messages(query, start, instruction), None, NO_THINKING)
     engine.check_fits(len(tokens), 1, param="query")
     return tokens
 

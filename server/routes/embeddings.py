@@ -1,7 +1,8 @@
 """`POST /v1/embeddings` (spec `CreateEmbeddingResponse`).
 
 Everything is checked before the engine sees the request — body, model and its kind, each
-input's length (400 naming the input unless `truncate`), token ids within the vocabulary,
+input's length (400 naming the input unless `truncate`, or Voyage's `truncation`, is true: both
+default to refusing here, as OpenAI does), token ids within the vocabulary,
 `dimensions` (Voyage's client names these `truncation` and `output_dimension`, and asks for
 `output_dtype`: only float is served) — and texts are tokenized with the model's Rust tokenizer
 in a worker thread (no MLX there). Vectors come back as float lists or, with
@@ -18,7 +19,7 @@ import asyncio
 import base64
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,7 @@ async def create_embeddings(request: Request, settings: SettingsDep, pool: PoolD
     info = embedder_info(engine, body.model)
     dimensions, named = body.shortened()
     check_dimensions(info, dimensions, named)
-    inputs = await token_inputs(engine, info, body.items(), body.cut())
+    inputs = await token_inputs(engine, info, body.items(), body.cut(), cut_by=body.cut_by())
     request_id = f"embd-{uuid.uuid4().hex}"
     logs.request_id.set(request_id)
     headers = response_headers(request_id, raw, EmbeddingsRequest, IGNORED_EMBEDDING_FIELDS)
@@ -100,18 +101,22 @@ def check_dimensions(
 async def token_inputs(
     engine: EmbeddingEngine,
     info: EmbeddingModelInfo,
-    items: list[str | list[int]],
+    items: Sequence[str | list[int]],
     cut: bool,
     param: str = "input",
+    *,
+    indexed: bool = True,
+    cut_by: str | None = "truncate",
 ) -> list[list[int]]:
     """Each input's token ids with the model's special tokens; over-long ones cut (`cut`) or
-    refused, naming the first (`param[i]`, or `param` alone for a single non-list field)."""
+    refused, naming the first (`param[i]`, or `param` alone when not `indexed`) and the field
+    that would have it cut (`cut_by`; None: none can, as for a rerank query)."""
     texts = [item for item in items if isinstance(item, str)]
     encoded = iter(await asyncio.to_thread(engine.tokenize, texts) if texts else [])
     room = info.max_tokens - len(info.special_prefix) - len(info.special_suffix)
     inputs = []
     for index, item in enumerate(items):
-        name = f"{param}[{index}]" if param == "input" else param
+        name = f"{param}[{index}]" if indexed else param
         tokens = next(encoded) if isinstance(item, str) else item
         if not isinstance(item, str) and max(item) >= info.vocab_size:
             raise APIError(
@@ -124,10 +129,7 @@ async def token_inputs(
                 code="invalid_value",
             )
         if len(tokens) > room and not cut:
-            # `truncate` is an /v1/embeddings field; a rerank query cannot be cut.
-            hint = (
-                ' (send "truncate": true to cut inputs to that length)' if param == "input" else ""
-            )
+            hint = f' (send "{cut_by}": true to cut {param} to that length)' if cut_by else ""
             raise APIError(
                 400,
                 f"{name} is {len(tokens) + info.max_tokens - room} tokens long; "

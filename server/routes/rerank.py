@@ -14,8 +14,10 @@ Three kinds of model rank:
   apart; `relevance_score` is their cosine similarity, in [-1, 1]. Weaker than a cross-encoder,
   but what semantic search with that model gives.
 
-Documents longer than the model takes are cut to fit (rerankers read the start of a document);
-an over-long query is refused (for a cross-encoder, one that leaves no room for a document).
+Documents longer than the model takes are cut to fit (rerankers read the start of a document),
+unless Voyage's `truncation` is false: then, as Voyage's API does, such a document is a 400
+naming it and its token count against the limit. An over-long query is refused (for a
+cross-encoder, one that leaves no room for a document).
 Results are sorted by score, best first, `top_n` of them.
 A body in Voyage's words (`top_k`) gets Voyage's answer (`data`, documents as strings).
 """
@@ -63,8 +65,15 @@ async def rerank(request: Request, settings: SettingsDep, pool: PoolDep) -> Resp
     documents = body.texts()
     if info.task == "score":
         await _check_pair_room(engine, info, body.query)
+        if not body.cut():
+            await _check_pairs_fit(engine, info, body.query, documents)
     else:
-        await token_inputs(engine, info, [body.query], cut=False, param="query")  # fits whole
+        query = await token_inputs(
+            engine, info, [body.query], cut=False, param="query", indexed=False, cut_by=None
+        )
+        inputs = query + await token_inputs(
+            engine, info, documents, body.cut(), param="documents", cut_by="truncation"
+        )
     request_id = f"rerank-{uuid.uuid4().hex}"
     logs.request_id.set(request_id)
     headers = response_headers(request_id, raw, RerankRequest, IGNORED_RERANK_FIELDS)
@@ -75,7 +84,6 @@ async def rerank(request: Request, settings: SettingsDep, pool: PoolDep) -> Resp
         )
         work = EmbeddingRequest(request_id, [ids for ids, _ in pairs], [t for _, t in pairs])
     else:
-        inputs = await token_inputs(engine, info, [body.query, *documents], cut=True)
         work = EmbeddingRequest(request_id, inputs)
     outcome = await run(request, engine, work)
     if isinstance(outcome, Response):
@@ -92,7 +100,10 @@ async def _judged(
     answers = judging.answer_tokens(engine, body.model)
     documents = body.texts()
     prompts = await asyncio.to_thread(
-        lambda: [judging.judging_prompt(engine, body.query, d) for d in documents]
+        lambda: [
+            judging.judging_prompt(engine, body.query, d, cut=body.cut(), name=f"documents[{i}]")
+            for i, d in enumerate(documents)
+        ]
     )
     request_id = f"rerank-{uuid.uuid4().hex}"
     logs.request_id.set(request_id)
@@ -123,6 +134,25 @@ async def _check_pair_room(engine: EmbeddingEngine, info: EmbeddingModelInfo, qu
             param="query",
             code="context_length_exceeded",
         )
+
+
+async def _check_pairs_fit(
+    engine: EmbeddingEngine, info: EmbeddingModelInfo, query: str, documents: list[str]
+) -> None:
+    """Unless cut (Voyage's `truncation: false`), each document must fit beside the query in
+    the pair the cross-encoder reads; the first that does not is named."""
+    query_tokens, *document_tokens = await asyncio.to_thread(engine.tokenize, [query, *documents])
+    for index, tokens in enumerate(document_tokens):
+        length = len(query_tokens) + len(tokens) + info.pair_specials
+        if length > info.max_tokens:
+            raise APIError(
+                400,
+                f"documents[{index}] is {len(tokens)} tokens long, {length} with the query and "
+                f"separators; '{info.name}' reads a query and a document together in at most "
+                f'{info.max_tokens} (send "truncation": true to cut documents to fit)',
+                param="documents",
+                code="context_length_exceeded",
+            )
 
 
 def _kind(pool: EnginePool, model: str) -> str:

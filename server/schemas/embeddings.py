@@ -9,7 +9,8 @@ length instead of refusing them. Voyage's client posts the same body with its ow
 
 Rerank: the Cohere / Jina shape that Open WebUI, LlamaIndex and LangChain send — `query`,
 `documents` as strings or `{"text": ...}` objects, `top_n`, `return_documents` — or Voyage's,
-which names `top_n` `top_k` and also sends `truncation`.
+which names `top_n` `top_k` and also sends `truncation` (false: a document too long for the
+model is refused, as Voyage's API refuses it, instead of cut).
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ class EmbeddingsRequest(Strict):
         """Whether over-long inputs are cut: `truncate`, else Voyage's `truncation`; else not."""
         return bool(self.truncate if self.truncate is not None else self.truncation)
 
+    def cut_by(self) -> str:
+        """The field that asks for cutting, in the body's own words (Voyage's or ours)."""
+        return "truncation" if self.truncate is None and self.truncation is not None else "truncate"
+
     def shortened(self) -> tuple[int | None, str]:
         """The dimensions asked for, and the field that asked (`dimensions` wins)."""
         if self.dimensions is not None or self.output_dimension is None:
@@ -108,12 +113,17 @@ class RerankRequest(Strict):
     )
     top_n: int | None = Field(None, ge=1)
     return_documents: bool = False
-    # Voyage's names: `top_k` for `top_n`; `truncation` (documents are always cut to fit)
+    # Voyage's names: `top_k` for `top_n`; `truncation`
     top_k: int | None = Field(None, ge=1)
     truncation: bool | None = None
 
     def texts(self) -> list[str]:
         return [d if isinstance(d, str) else d.text for d in self.documents]
+
+    def cut(self) -> bool:
+        """Whether documents too long for the model are cut to fit (Voyage's default), or
+        refused: only Voyage's `truncation: false` refuses them."""
+        return self.truncation is not False
 
     def voyage(self) -> bool:
         """Whether the body is Voyage's: its client always sends `top_k` (null when not set),

@@ -337,6 +337,56 @@ async def test_voyage_rerank_shape(http: httpx.AsyncClient) -> None:
     assert "x-mlxd-ignored-fields" not in response.headers
 
 
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("fake-embed", "documents[1] is 22 tokens long; 'fake-embed' takes at most 16"),
+        ("fake-reranker", "documents[1] is 20 tokens long, 24 with the query and separators"),
+        ("fake", "documents[1] makes a judging prompt of"),
+    ],
+    ids=["bi-encoder", "cross-encoder", "chat-judge"],
+)
+async def test_voyage_truncation_false_refuses_a_long_document(
+    http: httpx.AsyncClient,
+    embedder: FakeEmbedEngine,
+    chat: FakeEngine,
+    model: str,
+    message: str,
+) -> None:
+    """Voyage's API answers an error for a document too long for the model when `truncation`
+    is false; it was cut as with true. Cut it still is with true (Voyage's default) or without
+    the field (Cohere's and Jina's bodies have none)."""
+    long = "a " * 20 if model != "fake" else "a" * 2000  # the chat fake reads characters
+    body = {"model": model, "query": "man", "documents": ["the horse", long], "top_k": None}
+    response = await http.post("/v1/rerank", json={**body, "truncation": False})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "documents" and error["code"] == "context_length_exceeded"
+    assert message in error["message"] and '"truncation": true' in error["message"], error
+    assert embedder.requests == [] and chat.requests == []
+    for cut in ({"truncation": True}, {}):
+        response = await http.post("/v1/rerank", json={**body, **cut})
+        # the chat fake cannot judge (its answer misses yes and no: a 500 once it was asked)
+        assert response.status_code == (500 if model == "fake" else 200), response.text
+
+
+async def test_voyage_client_truncation_false(embedder: FakeEmbedEngine) -> None:
+    """voyageai's `embed` and `rerank` with `truncation=False` on a real socket: a 400 whose
+    message names the input and its length (the client shows OpenAI's error shape whole, as it
+    looks for Voyage's `detail`)."""
+    pool = EnginePool([embedder])
+    with serve(create_app(Settings(), pool)) as url:
+        client = voyageai.AsyncClient(api_key="unused", base_url=f"{url}/v1", max_retries=0)
+        refused = voyageai.error.APIError
+        with pytest.raises(refused, match=r"documents\[1\] is 22 tokens long.*at most 16"):
+            await client.rerank("man", ["the horse", "a " * 20], "fake-embed", truncation=False)
+        with pytest.raises(refused, match=r"input\[1\] is 22 tokens long.*truncation.*: true"):
+            await client.embed(["a man", "a " * 20], model="fake-embed", truncation=False)
+        assert embedder.requests == []
+        ranked = await client.rerank("man", ["the horse", "a " * 20], "fake-embed")
+        assert len(ranked.results) == 2
+
+
 async def test_voyage_client_reranks(embedder: FakeEmbedEngine) -> None:
     with serve(create_app(Settings(), EnginePool([embedder]))) as url:
         client = voyageai.AsyncClient(api_key="unused", base_url=f"{url}/v1", max_retries=0)
