@@ -32,6 +32,7 @@ from server.metrics import Metrics, RequestCounter
 from server.routes import (
     audio,
     chat,
+    cohere,
     completions,
     embeddings,
     health,
@@ -61,6 +62,7 @@ ROUTERS = (
     speech.router,
     embeddings.router,
     rerank.router,
+    cohere.router,
     models.router,
     ollama.router,
     ollama_models.router,

@@ -2,7 +2,8 @@
 
 Every error leaves as `{"error": {"message", "type", "param", "code"}}` — or, to Anthropic
 clients (the Messages routes, or any request with an `anthropic-version` header), as Anthropic's
-`{"type": "error", "error": {"type", "message"}}` with the same status. Engine errors map to a
+`{"type": "error", "error": {"type", "message"}}` with the same status; on Ollama's routes as
+`{"error": message}` and on Cohere's embed routes as `{"message": message}`. Engine errors map to a
 status through `ERRORS`; HTTP-level errors (unknown route, wrong method) and anything unexpected
 are shaped here too, so no client ever sees a framework's own error body.
 """
@@ -99,26 +100,33 @@ ANTHROPIC_PATH = "/v1/messages"
 
 
 OLLAMA_PREFIX = "/api/"
+COHERE_PATHS = frozenset({"/v1/embed", "/v2/embed"})
 
-Wire = Literal["openai", "anthropic", "ollama"]
+Wire = Literal["openai", "anthropic", "ollama", "cohere"]
 
 
 def error_wire(path: str, anthropic_version: bool) -> Wire:
     """The API whose error shape a request's errors take: Anthropic's on its routes (and for
-    any request carrying `anthropic-version`), Ollama's on `/api/…`, else OpenAI's."""
+    any request carrying `anthropic-version`), Ollama's on `/api/…`, Cohere's on its embed
+    routes, else OpenAI's."""
     if anthropic_version or path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/"):
         return "anthropic"
+    if path in COHERE_PATHS:
+        return "cohere"
     return "ollama" if path.startswith(OLLAMA_PREFIX) else "openai"
 
 
 def wire_error_body(
     wire: Wire, status: int, message: str, type_: str, code: str | None, param: str | None = None
 ) -> dict[str, Any]:
-    """An error body in `wire`'s shape (Ollama's is `{"error": message}`)."""
+    """An error body in `wire`'s shape (Ollama's is `{"error": message}`, Cohere's
+    `{"message": message}`)."""
     if wire == "anthropic":
         return anthropic_error_body(status, message)
     if wire == "ollama":
         return {"error": message}
+    if wire == "cohere":
+        return {"message": message}
     return error_body(message, type_, param, code)
 
 

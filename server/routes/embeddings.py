@@ -106,11 +106,13 @@ async def token_inputs(
     param: str = "input",
     *,
     indexed: bool = True,
-    cut_by: str | None = "truncate",
+    cut_by: str | None = '"truncate": true',
+    keep_end: bool = False,
 ) -> list[list[int]]:
-    """Each input's token ids with the model's special tokens; over-long ones cut (`cut`) or
-    refused, naming the first (`param[i]`, or `param` alone when not `indexed`) and the field
-    that would have it cut (`cut_by`; None: none can, as for a rerank query)."""
+    """Each input's token ids with the model's special tokens; over-long ones cut to their start
+    (`cut`; to their end with `keep_end`, Cohere's `truncate: START`) or refused, naming the
+    first (`param[i]`, or `param` alone when not `indexed`) and what to send to have it cut
+    (`cut_by`, e.g. `"truncate": true`; None: nothing can, as for a rerank query)."""
     texts = [item for item in items if isinstance(item, str)]
     encoded = iter(await asyncio.to_thread(engine.tokenize, texts) if texts else [])
     room = info.max_tokens - len(info.special_prefix) - len(info.special_suffix)
@@ -129,7 +131,7 @@ async def token_inputs(
                 code="invalid_value",
             )
         if len(tokens) > room and not cut:
-            hint = f' (send "{cut_by}": true to cut {param} to that length)' if cut_by else ""
+            hint = f" (send {cut_by} to cut {param} to that length)" if cut_by else ""
             raise APIError(
                 400,
                 f"{name} is {len(tokens) + info.max_tokens - room} tokens long; "
@@ -137,7 +139,8 @@ async def token_inputs(
                 param=param,
                 code="context_length_exceeded",
             )
-        inputs.append([*info.special_prefix, *tokens[:room], *info.special_suffix])
+        kept = tokens[max(0, len(tokens) - room) :] if keep_end else tokens[:room]
+        inputs.append([*info.special_prefix, *kept, *info.special_suffix])
     return inputs
 
 

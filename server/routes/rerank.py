@@ -72,7 +72,7 @@ async def rerank(request: Request, settings: SettingsDep, pool: PoolDep) -> Resp
             engine, info, [body.query], cut=False, param="query", indexed=False, cut_by=None
         )
         inputs = query + await token_inputs(
-            engine, info, documents, body.cut(), param="documents", cut_by="truncation"
+            engine, info, documents, body.cut(), param="documents", cut_by='"truncation": true'
         )
     request_id = f"rerank-{uuid.uuid4().hex}"
     logs.request_id.set(request_id)

@@ -69,8 +69,9 @@ class EmbeddingsRequest(Strict):
         return bool(self.truncate if self.truncate is not None else self.truncation)
 
     def cut_by(self) -> str:
-        """The field that asks for cutting, in the body's own words (Voyage's or ours)."""
-        return "truncation" if self.truncate is None and self.truncation is not None else "truncate"
+        """What asks for cutting, in the body's own words (Voyage's or ours)."""
+        voyage = self.truncate is None and self.truncation is not None
+        return '"truncation": true' if voyage else '"truncate": true'
 
     def shortened(self) -> tuple[int | None, str]:
         """The dimensions asked for, and the field that asked (`dimensions` wins)."""

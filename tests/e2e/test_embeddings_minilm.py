@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import cohere
 import httpx
 import numpy as np
 import pytest
@@ -93,6 +94,45 @@ def test_rerank_puts_the_relevant_document_first(embedding_live: LiveServer) -> 
     assert results[0]["document"] == {"text": SENTENCES[1]}
     scores = [r["relevance_score"] for r in results]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_cohere_clients_embed_what_v1_embeddings_does(embedding_live: LiveServer) -> None:
+    """Cohere's clients (cohere 7.3.1) on /v2/embed and /v1/embed (404s before): MiniLM's
+    vectors equal /v1/embeddings' for the same texts, their signs packed 8 to a byte (384
+    dimensions, 48 bytes); an over-long text is cut as `truncate: true` cuts it (Cohere's
+    default END), or with NONE refused in Cohere's error body."""
+    openai = embedding_live.client()
+    result = openai.embeddings.create(model=MODEL, input=SENTENCES, encoding_format="float")
+    floats = np.array([item.embedding for item in result.data])
+    long = "word " * 300
+    with httpx.Client(timeout=120) as http:
+        v2 = cohere.ClientV2(api_key="unused", base_url=embedding_live.url, httpx_client=http)
+        embedded = v2.embed(
+            model=MODEL,
+            texts=SENTENCES,
+            input_type="search_document",
+            embedding_types=["float", "ubinary"],
+        )
+        np.testing.assert_array_equal(embedded.embeddings.float_, floats)
+        ubinary = np.array(embedded.embeddings.ubinary, np.uint8)
+        assert ubinary.shape == (4, 48)
+        np.testing.assert_array_equal(np.unpackbits(ubinary, axis=1), floats > 0)
+        assert embedded.meta and embedded.meta.billed_units
+        assert embedded.meta.billed_units.input_tokens == result.usage.prompt_tokens
+        v1 = cohere.Client(api_key="unused", base_url=embedding_live.url, httpx_client=http)
+        np.testing.assert_array_equal(v1.embed(texts=SENTENCES, model=MODEL).embeddings, floats)
+        cut = v2.embed(model=MODEL, texts=[long], input_type="search_query")
+        same = openai.embeddings.create(
+            model=MODEL, input=long, encoding_format="float", extra_body={"truncate": True}
+        )
+        assert cut.embeddings.float_ == [same.data[0].embedding]
+        with pytest.raises(cohere.BadRequestError) as refused:
+            v2.embed(model=MODEL, texts=["ok", long], input_type="search_query", truncate="NONE")
+        assert set(refused.value.body) == {"message"}
+        assert (
+            "texts[1] is 302 tokens long; 'all-minilm-l6-v2' takes at most 256"
+            in (refused.value.body["message"])
+        )
 
 
 async def test_concurrent_requests_batch_and_agree(embedding_live: LiveServer) -> None:

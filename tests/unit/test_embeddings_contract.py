@@ -6,6 +6,7 @@ any engine work; plus the models file's kind detection and the engine's batch ch
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from engines.kinds import detect_kind
 from engines.pool import EnginePool
 from server.app import create_app
 from server.settings import Settings
-from tests.fake_embed import CLS, SEP, VOCAB, FakeEmbedEngine
+from tests.fake_embed import CLS, SEP, VOCAB, WORDS, FakeEmbedEngine
 from tests.fake_tts import FakeTTSEngine
 from tests.fakes import FakeEngine
 from tests.servers import serve, wait_until
@@ -256,6 +257,119 @@ async def test_voyage_client_embeds(embedder: FakeEmbedEngine) -> None:
         # OpenAI's error shape, which the client shows whole (it looks for Voyage's `detail`)
         with pytest.raises(voyageai.error.APIError, match="output_dtype"):
             await client.embed(["a man"], model="fake-embed", output_dtype="int8")
+
+
+# -- Cohere's embed API ----------------------------------------------------------------------
+
+
+def cohere_v2(http: httpx.AsyncClient) -> cohere.AsyncClientV2:
+    return cohere.AsyncClientV2(api_key="unused", base_url="http://127.0.0.1", httpx_client=http)
+
+
+# The v1 client's merge of batched by-type answers (cohere/utils.py) uses pydantic APIs that
+# pydantic deprecates (`parse_obj`, `model_fields` on an instance): the client's warnings.
+@pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince20")
+@pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince211")
+async def test_cohere_sdks_embed(http: httpx.AsyncClient) -> None:
+    """Cohere's v2 client posts to /v2/embed, its v1 client to /v1/embed (both were 404s): the
+    vectors are /v1/embeddings' for the same texts, in each embedding type served."""
+    texts = ["a man", "the horse riding", "man"]
+    body = {"model": "fake-embed", "input": texts, "encoding_format": "float"}
+    answer = (await http.post("/v1/embeddings", json=body)).json()
+    openai = [item["embedding"] for item in answer["data"]]
+    kinds = ["float", "ubinary", "binary", "base64"]
+    result = await cohere_v2(http).embed(
+        model="fake-embed", texts=texts, input_type="search_document", embedding_types=kinds
+    )
+    assert result.id and result.texts == texts
+    assert result.embeddings.float_ == openai
+    signs = np.packbits(np.array(openai) > 0, axis=1)  # 8 dimensions: one byte a vector
+    assert result.embeddings.ubinary == signs.tolist()
+    assert result.embeddings.binary == (signs.astype(int) - 128).tolist()
+    assert result.embeddings.base64 is not None
+    decoded = [
+        np.frombuffer(base64.b64decode(row), "<f4").tolist() for row in result.embeddings.base64
+    ]
+    assert decoded == openai
+    assert result.meta and result.meta.billed_units and result.meta.api_version
+    billed = (result.meta.billed_units.input_tokens, result.meta.api_version.version)
+    assert billed == (answer["usage"]["prompt_tokens"], "2")
+    v1 = cohere.AsyncClient(api_key="unused", base_url="http://127.0.0.1", httpx_client=http)
+    floats = await v1.embed(texts=texts, model="fake-embed")
+    assert floats.response_type == "embeddings_floats" and floats.embeddings == openai
+    by_type = await v1.embed(texts=texts, model="fake-embed", embedding_types=["float"])
+    assert by_type.response_type == "embeddings_by_type"
+    assert by_type.embeddings.float_ == openai  # type: ignore[union-attr]
+
+
+async def test_cohere_embed_truncate(http: httpx.AsyncClient, embedder: FakeEmbedEngine) -> None:
+    """`truncate`: END (Cohere's default) keeps a long text's start, START its end, NONE
+    refuses it with Cohere's error body, naming the text and its length."""
+    long = " ".join(WORDS * 3)  # 27 tokens; the fake takes 16 with [CLS] and [SEP]
+    tokens = ids(long)[1:-1]
+    client = cohere_v2(http)
+    for truncate, kept in (("END", tokens[:14]), ("START", tokens[-14:])):
+        await client.embed(model="fake-embed", texts=["a", long], input_type="search_query",
+                           truncate=truncate)  # fmt: skip
+        assert embedder.requests[-1].inputs[1] == [CLS, *kept, SEP]
+    await client.embed(model="fake-embed", texts=[long], input_type="search_query")
+    assert embedder.requests[-1].inputs[0] == [CLS, *tokens[:14], SEP]
+    with pytest.raises(cohere.BadRequestError) as refused:
+        await client.embed(
+            model="fake-embed", texts=["a", long], input_type="search_query", truncate="NONE"
+        )
+    assert refused.value.body == {
+        "message": "texts[1] is 29 tokens long; 'fake-embed' takes at most 16 "
+        '(send "truncate": "END" (or "START") to cut texts to that length)'
+    }
+
+
+@pytest.mark.parametrize("path", ["/v2/embed", "/v1/embed"])
+@pytest.mark.parametrize(
+    ("fields", "status", "fragment"),
+    [
+        ({"embedding_types": ["int8"]}, 400, "served: float, binary, ubinary, base64"),
+        ({"embedding_types": ["uint8", "float"]}, 400, "'uint8' embeddings are not served"),
+        ({"embedding_types": []}, 400, "embedding_types"),
+        ({"texts": []}, 400, "texts"),
+        ({"texts": ["a", ""]}, 400, "texts[1] is empty"),
+        ({"texts": ["a"] * 97}, 400, "texts"),
+        ({"truncate": "LEFT"}, 400, "truncate"),
+        ({"input_type": "query"}, 400, "input_type"),
+        ({"images": ["data:image/png;base64,AA=="]}, 400, "only texts are embedded"),
+        ({"max_tokens": 8}, 400, "max_tokens"),
+        ({"output_dimension": 4}, 400, "not Matryoshka-trained"),
+        ({"model": "fake-reranker"}, 400, "is a reranker"),
+        ({"model": "fake"}, 400, "is a chat model"),
+        ({"model": "nope"}, 404, "nope"),
+    ],
+)
+async def test_cohere_embed_refusals_are_cohere_shaped(
+    http: httpx.AsyncClient,
+    embedder: FakeEmbedEngine,
+    path: str,
+    fields: dict[str, object],
+    status: int,
+    fragment: str,
+) -> None:
+    """Cohere's error body, `{"message": ...}`, with a 4xx, before any engine work; int8 and
+    uint8 (Cohere's calibrated quantisation) are refused, not faked."""
+    body = {"model": "fake-embed", "texts": ["a man"], "input_type": "search_query", **fields}
+    response = await http.post(path, json=body)
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"message"} and fragment in response.json()["message"]
+    assert embedder.requests == []
+
+
+async def test_cohere_embed_output_dimension(http: httpx.AsyncClient) -> None:
+    """`output_dimension` shortens a Matryoshka model's vectors, as `dimensions` does."""
+    body = {"model": "fake-matryoshka", "input": "a man", "encoding_format": "float",
+            "dimensions": 5}  # fmt: skip
+    openai = (await http.post("/v1/embeddings", json=body)).json()["data"][0]["embedding"]
+    result = await cohere_v2(http).embed(
+        model="fake-matryoshka", texts=["a man"], input_type="clustering", output_dimension=5
+    )
+    assert result.embeddings.float_ == [openai]
 
 
 # -- rerank ----------------------------------------------------------------------------------
