@@ -1,7 +1,8 @@
 """Plain dataclasses that cross between the HTTP edge and the engine threads.
 
 Invariants: nothing here holds an MLX array, a pydantic model or anything bound to a thread; every
-value is a plain Python value, so it may be passed between the event loop and an engine thread.
+value is a plain Python value, so it may be passed between the event loop and an engine thread
+(`end_watch` is a function that makes a fresh watch each time, state of no other thread's).
 An event class whose `ends_stream` is true is the last event of its stream (the bridge stops
 there); a chat stream ends instead after one FinishEvent per choice.
 """
@@ -9,6 +10,7 @@ there); a chat stream ends instead after one FinishEvent per choice.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
+EndWatch = Callable[[str], int | None]  # GenerationRequest.end_watch's
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,11 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
+    # Makes each choice's end watch (on the engine thread, pure Python, no MLX): fed each piece
+    # of the choice's text as it goes out, it answers how many of the piece's characters to keep
+    # where the output should end with them (a client that wants one tool call: the end of the
+    # first), None to go on. The choice finishes "stop", naming no stop sequence.
+    end_watch: Callable[[], EndWatch] | None = None
     n: int = 1
     logprobs: int | None = None  # None: off; k >= 0: the chosen token's logprob and the top k
     prompt_logprobs: bool = False  # also score the prompt's tokens (completions' echo)

@@ -23,9 +23,10 @@ class ChoiceOutput:
     prompt opened the block; `tool_schemas`: the request's functions and their parameters
     schemas (none: no tool parsing); `untagged`: whether calls written without the model's tags
     are recognised; `tool_format`: the format the model writes calls in; `single_call`: at most
-    one call (`parallel_tool_calls: false`): where no grammar held the model to one, the calls
-    after its first are left out, streamed or not (as vLLM does), and a turn the output limit
-    cut only in what was left out finishes as a call (`finish_reason`)."""
+    one call (`parallel_tool_calls: false`): where no grammar held the model to one, the engine
+    ended the output after its first (server/first_call.py), and calls after it that this did
+    not catch (a list, one fence of several) are left out, streamed or not (as vLLM does); a
+    turn the output limit cut only in what was left out finishes as a call (`finish_reason`)."""
 
     def __init__(
         self,

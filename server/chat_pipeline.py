@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from engines.errors import EngineError, InvalidRequest
@@ -36,6 +37,7 @@ from engines.types import GenerationRequest, ImageInput
 from server import logs
 from server.chat_output import ChoiceOutput
 from server.errors import APIError, from_engine_error
+from server.first_call import FirstCallEnd
 from server.generation import check_limits
 from server.images import (
     TOOL_IMAGE_TEXT,
@@ -205,9 +207,15 @@ async def prepare_chat(
     if grammar is not None and tools:  # a call under a grammar is read in the format it took
         tool_format = grammar_format(tool_format, tools)
     tool_schemas = {tool["function"]["name"]: tool["function"].get("parameters") for tool in tools}
+    single_call = chat.parallel_tool_calls is False
+    end_watch = None
+    if single_call and tools and grammar is None and tool_format != "harmony":
+        # No grammar holds the model to one call: the output ends after its first (harmony's
+        # turn ends with its call).
+        schemas = tool_schemas if untagged else None
+        end_watch = partial(FirstCallEnd, tool_format, schemas, think_tags, think_opened)
 
     def output_for() -> ChoiceOutput:
-        single_call = chat.parallel_tool_calls is False
         return ChoiceOutput(
             think_tags, think_opened, tool_schemas, untagged, tool_format, single_call
         )
@@ -225,6 +233,7 @@ async def prepare_chat(
         max_tokens,
         chat.sampling(pool.sampling_defaults(chat.model)),
         chat.stop_sequences(),
+        end_watch=end_watch,
         n=chat.choices,
         logprobs=logprobs,
         grammar=grammar,

@@ -45,6 +45,20 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "minicpm5": ("<function name=", "</function>"),
 }
 
+# The marker that ends one call, by format, where each call has one of its own (its section's
+# end, or a call's inside a section that holds several): an output cut just after it holds the
+# first call whole. The others end no single call (mistral, pythonic, llama3, kimi_k3), or end
+# the turn with it (harmony).
+CALL_ENDS: dict[str, str] = {
+    **{
+        name: SECTIONS[name][1]
+        for name in ("json_tools", "qwen3_coder", "glm47", "function_gemma", "gemma4", "longcat")
+    },
+    "minicpm5": SECTIONS["minicpm5"][1],
+    "kimi_k2": "<|tool_call_end|>",
+    "minimax_m2": "</invoke>",
+}
+
 HARMONY_MARKERS = ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|constrain|>")
 
 # Every marker a parser reads, by format (sections, inner markup, harmony's headers).

@@ -1,9 +1,10 @@
 """Per-choice output handling on the engine thread: from sampled token ids to events.
 
 `Choice.accept` turns one token into text (whole UTF-8 characters), applies end-of-sequence,
-stop token ids, stop strings and max_tokens, and pushes TokenEvents; `Choice.finish` flushes and
-pushes the FinishEvent. With logprobs, each token's entry is released only once its text has been
-sent, so the `text` of a choice's entries always concatenates to the choice's text.
+stop token ids, stop strings, the request's end watch and max_tokens, and pushes TokenEvents;
+`Choice.finish` flushes and pushes the FinishEvent. With logprobs, each token's entry is released
+only once its text has been sent, so the `text` of a choice's entries always concatenates to the
+choice's text.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class Choice:
             self.vocabulary.tokenizer, hidden=self.vocabulary.hidden_ids
         )
         self._stops = StopMatcher(self.request.stop)
+        self._end_watch = self.request.end_watch() if self.request.end_watch else None
 
     @property
     def limit(self) -> int:
@@ -119,6 +121,11 @@ class Choice:
         if stopped:
             self.finish("stop", text, flush=False)
             return True
+        if self._end_watch is not None and text:
+            kept = self._end_watch(text)
+            if kept is not None:
+                self.finish("stop", text[:kept], flush=False)
+                return True
         if self.generated >= request.max_tokens:
             self.finish("length", text, flush=True)
             return True

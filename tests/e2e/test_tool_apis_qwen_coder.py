@@ -5,6 +5,9 @@ completions, Responses and Messages.
 - A tool whose parameters are typed `["object", "null"]` (what schema generators write for an
   optional model) is a tool taking an object: its forced call comes back as a call (Ollama's
   /api/chat, which forces none, calls it too).
+- Asked for one call (`parallel_tool_calls: false`; Messages: `disable_parallel_tool_use`) with
+  no grammar to hold it to one, the model that would call twice stops after its first call:
+  one call, finished as a call, and fewer output tokens than the two calls took.
 """
 
 from __future__ import annotations
@@ -26,6 +29,62 @@ MODEL = QWEN_CODER.name
 SF = "What's the weather like in San Francisco?"
 SF_MESSAGES: Any = [{"role": "user", "content": SF}]
 PARAMETERS: Any = WEATHER["function"]["parameters"]  # type: ignore[index]
+# A turn where the model called twice before, then a question it answers with two calls (asked
+# plainly, this model calls once). The same turns as each API writes them.
+EARLIER = "What's the weather in Rome and in Oslo?"
+SUNNY = "It is sunny in Rome and Oslo."
+ASKED = "Please look up the weather in Paris and in London with the tool."
+TWO_CITIES: Any = [
+    {"role": "user", "content": EARLIER},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": f"c{i}",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": json.dumps({"city": city})},
+            }
+            for i, city in enumerate(["Rome", "Oslo"])
+        ],
+    },
+    *({"role": "tool", "tool_call_id": f"c{i}", "content": "Sunny"} for i in range(2)),
+    {"role": "assistant", "content": SUNNY},
+    {"role": "user", "content": ASKED},
+]
+TWO_CITIES_INPUT: Any = [
+    {"role": "user", "content": EARLIER},
+    *(
+        {
+            "type": "function_call",
+            "call_id": f"c{i}",
+            "name": "get_weather",
+            "arguments": json.dumps({"city": city}),
+        }
+        for i, city in enumerate(["Rome", "Oslo"])
+    ),
+    *({"type": "function_call_output", "call_id": f"c{i}", "output": "Sunny"} for i in range(2)),
+    {"role": "assistant", "content": SUNNY},
+    {"role": "user", "content": ASKED},
+]
+TWO_CITIES_MESSAGES: Any = [
+    {"role": "user", "content": EARLIER},
+    {
+        "role": "assistant",
+        "content": [
+            {"type": "tool_use", "id": f"c{i}", "name": "get_weather", "input": {"city": city}}
+            for i, city in enumerate(["Rome", "Oslo"])
+        ],
+    },
+    {
+        "role": "user",
+        "content": [
+            {"type": "tool_result", "tool_use_id": f"c{i}", "content": "Sunny"} for i in range(2)
+        ],
+    },
+    {"role": "assistant", "content": SUNNY},
+    {"role": "user", "content": ASKED},
+]
 GREEDY = {"temperature": 0}  # the anthropic SDK has no temperature argument
 NULLABLE_PARAMETERS = {**PARAMETERS, "type": ["object", "null"]}
 NULLABLE_TOOL: Any = {
@@ -100,3 +159,63 @@ def test_ollama_calls_a_tool_of_a_nullable_object_schema(coder_url: str) -> None
     assert response.status_code == 200, response.text
     [call] = response.json()["message"]["tool_calls"]
     assert call["function"] == {"name": "get_weather", "arguments": {"city": "Paris"}}
+
+
+def test_chat_stops_after_the_first_call_when_one_is_wanted(coder_url: str) -> None:
+    client = sdk_client(coder_url)
+    fields: Any = {"model": MODEL, "messages": TWO_CITIES, "tools": [WEATHER], "temperature": 0}
+    both = client.chat.completions.create(**fields, max_tokens=100)
+    assert len(both.choices[0].message.tool_calls or []) == 2, "the model calls twice"
+    one = client.chat.completions.create(**fields, max_tokens=100, parallel_tool_calls=False)
+    [call] = one.choices[0].message.tool_calls or []
+    assert one.choices[0].finish_reason == "tool_calls"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+    assert one.usage and both.usage
+    assert one.usage.completion_tokens < both.usage.completion_tokens
+    stream = client.chat.completions.create(
+        **fields,
+        max_tokens=100,
+        parallel_tool_calls=False,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    choices = [choice for chunk in chunks for choice in chunk.choices]
+    assert {call.index for choice in choices for call in choice.delta.tool_calls or []} == {0}
+    assert [choice.finish_reason for choice in choices if choice.finish_reason] == ["tool_calls"]
+    assert chunks[-1].usage and chunks[-1].usage.completion_tokens == one.usage.completion_tokens
+
+
+def test_responses_stops_after_the_first_call_when_one_is_wanted(coder_url: str) -> None:
+    client = sdk_client(coder_url)
+    tool: Any = {"type": "function", "name": "get_weather", "parameters": PARAMETERS}
+    fields: Any = {"model": MODEL, "input": TWO_CITIES_INPUT, "tools": [tool], "temperature": 0}
+    both = client.responses.create(**fields, max_output_tokens=100)
+    assert [item.type for item in both.output] == ["function_call", "function_call"]
+    one = client.responses.create(**fields, max_output_tokens=100, parallel_tool_calls=False)
+    [call] = one.output
+    assert one.status == "completed" and call.type == "function_call"
+    assert json.loads(call.arguments) == {"city": "Paris"}
+    assert one.usage and both.usage and one.usage.output_tokens < both.usage.output_tokens
+
+
+def test_messages_stops_after_the_first_call_when_one_is_wanted(claude: Anthropic) -> None:
+    tool: Any = {"name": "get_weather", "input_schema": PARAMETERS}
+    fields: Any = {"model": MODEL, "max_tokens": 100, "messages": TWO_CITIES_MESSAGES}
+    fields |= {"tools": [tool], "extra_body": GREEDY}
+    both = claude.messages.create(**fields)
+    assert [block.type for block in both.content] == ["tool_use", "tool_use"]
+    single: Any = {"type": "auto", "disable_parallel_tool_use": True}
+    one = claude.messages.create(**fields, tool_choice=single)
+    [call] = one.content
+    assert one.stop_reason == "tool_use" and call.type == "tool_use"
+    assert call.input == {"city": "Paris"}
+    assert one.usage.output_tokens < both.usage.output_tokens
+    with claude.messages.stream(**fields, tool_choice=single) as stream:
+        streamed = stream.get_final_message()
+    [streamed_call] = streamed.content
+    assert streamed_call.type == "tool_use" and streamed_call.input == call.input
+    assert (streamed.stop_reason, streamed.usage.output_tokens) == (
+        "tool_use",
+        one.usage.output_tokens,
+    )

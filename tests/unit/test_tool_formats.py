@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engines.llm.chat_formats import SECTIONS, think_tags, tool_format
+from engines.llm.chat_formats import CALL_ENDS, SECTIONS, think_tags, tool_format
 from server.tool_formats import call_parser
 
 WEATHER = {
@@ -214,6 +214,20 @@ def test_text_and_calls_keep_their_order_however_split(fmt: str, text: str) -> N
     assert whole == sequence(fmt, list(text))
     for cut in range(1, len(text), 7):
         assert sequence(fmt, [text[:cut], text[cut:]]) == whole, cut
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text"),
+    [(fmt, text) for fmt, text in CASES if fmt in CALL_ENDS],
+    ids=[f"{f}-{i}" for i, (f, _) in enumerate(CASES) if f in CALL_ENDS],
+)
+def test_an_output_stopped_at_the_first_calls_end_holds_that_call(fmt: str, text: str) -> None:
+    """`parallel_tool_calls: false` stops the output just after `CALL_ENDS`' marker: what is
+    left is the first call, whole (a section cut open after it is parsed as it stands)."""
+    end = CALL_ENDS[fmt]
+    stopped = text[: text.index(end) + len(end)]
+    first = model_ids(ours(fmt, [text])[1])[0]
+    assert model_ids(ours(fmt, [stopped])[1]) == [first]
 
 
 @pytest.mark.parametrize("fmt", sorted(set(SECTIONS) - {"json_tools"}))
