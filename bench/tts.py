@@ -84,7 +84,7 @@ def raw_run(kokoro: Any, timer: TimedDecoder, text: str) -> dict[str, float]:
     import mlx.core as mx
 
     phonemes = kokoro.phonemes(text)
-    style = mx.array(kokoro.voices[VOICE][len(phonemes)])
+    style = mx.array(kokoro.voices[VOICE][len(phonemes) - 1])  # pack[n - 1], as the engine
     timer.started = time.perf_counter()
     mx.random.seed(NOISE_SEED)  # as the engine does
     audio = kokoro.model(phonemes, style, 1.0)
