@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from server.reasoning import ReasoningParser
-from server.tool_calls import ParsedDeltas, Thought
+from server.tool_calls import ParsedDeltas, Thought, ToolCall, ToolCallDelta, new_call_id
 from server.tool_formats import CallParser, call_parser
 
 
@@ -26,7 +26,11 @@ class ChoiceOutput:
     one call (`parallel_tool_calls: false`): where no grammar held the model to one, the engine
     ended the output after its first (server/first_call.py), and calls after it that this did
     not catch (a list, one fence of several) are left out, streamed or not (as vLLM does); a
-    turn the output limit cut only in what was left out finishes as a call (`finish_reason`)."""
+    turn the output limit cut only in what was left out finishes as a call (`finish_reason`).
+    `forced`: a grammar held the output to calls of these functions (`tool_choice` "required"
+    or one named): a call cut (by `max_tokens`, a stop sequence) before its name was whole is
+    no content, since its markup is no answer, but a call of the one function it can be, its
+    arguments empty, where only one can be (OpenAI's API answers so), else nothing."""
 
     def __init__(
         self,
@@ -36,8 +40,10 @@ class ChoiceOutput:
         untagged: bool = True,
         tool_format: str = "json_tools",
         single_call: bool = False,
+        forced: tuple[str, ...] | None = None,
     ) -> None:
         self._single_call = single_call
+        self._forced = forced
         harmony = tool_format == "harmony"
         self._reasoning = (
             ReasoningParser(think_opened, reasoning) if reasoning and not harmony else None
@@ -49,10 +55,13 @@ class ChoiceOutput:
         self.content = ""
         self._after_call = ""  # what was kept after the first call: text and reasoning
         self._called = False
+        self._cut_call: ToolCall | None = None  # `forced`'s call cut before its name
 
     @property
     def tool_calls(self) -> list[dict[str, Any]]:
         calls = self._tools.calls if self._tools else []
+        if self._cut_call is not None:
+            calls = [*calls, self._cut_call]
         if self._single_call:
             calls = calls[:1]
         return [
@@ -86,8 +95,20 @@ class ChoiceOutput:
             split = self._reasoning.finish()
             deltas += self._thoughts(split.reasoning) + self._content(split.content)
         if self._tools is not None:
-            deltas += self._tool_deltas(self._tools.finish())
+            parsed = self._tools.finish()
+            if self._forced is not None:
+                parsed = self._cut_short(parsed, len(self._tools.calls), self._forced)
+            deltas += self._tool_deltas(parsed)
         return deltas
+
+    def _cut_short(self, parsed: ParsedDeltas, index: int, forced: tuple[str, ...]) -> ParsedDeltas:
+        """The end of a forced output: its text is the markup of a call cut before its name (a
+        grammar allows nothing else), which becomes that call where only one function can be."""
+        kept = ParsedDeltas([piece for piece in parsed.pieces if not isinstance(piece, str)])
+        if parsed.content.strip() and len(forced) == 1:
+            self._cut_call = ToolCall(new_call_id(), forced[0], "")
+            kept.add_call(ToolCallDelta(index, self._cut_call.id, self._cut_call.name))
+        return kept
 
     def _thoughts(self, text: str) -> list[dict[str, Any]]:
         if not text:

@@ -215,9 +215,14 @@ async def prepare_chat(
         schemas = tool_schemas if untagged else None
         end_watch = partial(FirstCallEnd, tool_format, schemas, think_tags, think_opened)
 
+    named = chat.forced_tool()
+    forced = None
+    if chat.tool_choice == "required" or named is not None:
+        forced = (named,) if named is not None else tuple(tool_schemas)
+
     def output_for() -> ChoiceOutput:
         return ChoiceOutput(
-            think_tags, think_opened, tool_schemas, untagged, tool_format, single_call
+            think_tags, think_opened, tool_schemas, untagged, tool_format, single_call, forced
         )
 
     requested = chat.requested_max_tokens()

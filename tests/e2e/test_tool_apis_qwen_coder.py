@@ -8,6 +8,9 @@ completions, Responses and Messages.
 - Asked for one call (`parallel_tool_calls: false`; Messages: `disable_parallel_tool_use`) with
   no grammar to hold it to one, the model that would call twice stops after its first call:
   one call, finished as a call, and fewer output tokens than the two calls took.
+- A forced call cut by the output limit before its name is whole is no text holding its markup:
+  where the request named the function, it is that call with its arguments cut (empty), as
+  OpenAI's API answers; with several functions possible, nothing. The finish says the limit.
 """
 
 from __future__ import annotations
@@ -85,6 +88,12 @@ TWO_CITIES_MESSAGES: Any = [
     {"role": "assistant", "content": SUNNY},
     {"role": "user", "content": ASKED},
 ]
+TIME: Any = {
+    "type": "function",
+    "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
+}
+NAMED: Any = {"type": "function", "function": {"name": "get_weather"}}
+CUT = 3  # tokens: `<tool_call>`, a newline, `{"`: the call's name not begun
 GREEDY = {"temperature": 0}  # the anthropic SDK has no temperature argument
 NULLABLE_PARAMETERS = {**PARAMETERS, "type": ["object", "null"]}
 NULLABLE_TOOL: Any = {
@@ -219,3 +228,86 @@ def test_messages_stops_after_the_first_call_when_one_is_wanted(claude: Anthropi
         "tool_use",
         one.usage.output_tokens,
     )
+
+
+@pytest.mark.parametrize(
+    ("tools", "tool_choice", "names"),
+    [([WEATHER], NAMED, ["get_weather"]), ([WEATHER, TIME], "required", [])],
+    ids=["named", "required"],
+)
+def test_chat_returns_a_forced_call_cut_before_its_name_as_a_cut_call(
+    coder_url: str, tools: Any, tool_choice: Any, names: list[str]
+) -> None:
+    client = sdk_client(coder_url)
+    fields: Any = {"model": MODEL, "messages": SF_MESSAGES, "tools": tools}
+    fields |= {"tool_choice": tool_choice, "temperature": 0, "max_tokens": CUT}
+    choice = client.chat.completions.create(**fields).choices[0]
+    assert choice.finish_reason == "length" and not choice.message.content, choice.message
+    calls = choice.message.tool_calls or []
+    assert [(c.function.name, c.function.arguments) for c in calls] == [  # type: ignore[union-attr]
+        (name, "") for name in names
+    ]
+    content, streamed, reasons = "", [], []
+    for chunk in client.chat.completions.create(**fields, stream=True):
+        for delta_choice in chunk.choices:
+            content += delta_choice.delta.content or ""
+            for call in delta_choice.delta.tool_calls or []:
+                streamed += [call.function.name] if call.function and call.function.name else []
+            reasons += [delta_choice.finish_reason] if delta_choice.finish_reason else []
+    assert (content, streamed, reasons) == ("", names, ["length"])
+
+
+def test_responses_returns_a_forced_call_cut_before_its_name_as_an_incomplete_call(
+    coder_url: str,
+) -> None:
+    tool: Any = {"type": "function", "name": "get_weather", "parameters": PARAMETERS}
+    response = sdk_client(coder_url).responses.create(
+        model=MODEL,
+        input=SF,
+        tools=[tool],
+        tool_choice={"type": "function", "name": "get_weather"},
+        temperature=0,
+        max_output_tokens=CUT,
+    )
+    assert response.status == "incomplete" and response.incomplete_details
+    assert response.incomplete_details.reason == "max_output_tokens"
+    [call] = response.output
+    assert call.type == "function_call" and call.status == "incomplete"
+    assert (call.name, call.arguments) == ("get_weather", "")
+
+
+@pytest.mark.parametrize(
+    ("tools", "tool_choice", "names"),
+    [
+        (
+            [{"name": "get_weather", "input_schema": PARAMETERS}],
+            {"type": "tool", "name": "get_weather"},
+            ["get_weather"],
+        ),
+        (
+            [
+                {"name": "get_weather", "input_schema": PARAMETERS},
+                {"name": "get_time", "input_schema": {"type": "object"}},
+            ],
+            {"type": "any"},
+            [],
+        ),
+    ],
+    ids=["tool", "any"],
+)
+def test_messages_returns_a_forced_call_cut_before_its_name_as_a_cut_tool_use(
+    claude: Anthropic, tools: Any, tool_choice: Any, names: list[str]
+) -> None:
+    fields: Any = {"model": MODEL, "max_tokens": CUT, "messages": SF_MESSAGES, "tools": tools}
+    fields |= {"tool_choice": tool_choice, "extra_body": GREEDY}
+    message = claude.messages.create(**fields)
+    assert message.stop_reason == "max_tokens"
+    assert [(b.type, getattr(b, "name", None)) for b in message.content] == [
+        ("tool_use", name) for name in names
+    ]
+    with claude.messages.stream(**fields) as stream:
+        streamed = stream.get_final_message()
+    assert streamed.stop_reason == "max_tokens"
+    assert [(b.type, getattr(b, "name", None)) for b in streamed.content] == [
+        ("tool_use", name) for name in names
+    ]
