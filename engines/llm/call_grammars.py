@@ -19,9 +19,10 @@ instead (`grammar_format`), and the edge parses it in that format.
 Invariants: every output the grammar accepts is read back by the format's parser
 (server/tool_formats/) as calls of the allowed functions with schema-valid arguments (in the tagged
 formats, string values are bounded by `maxLength` and an enum but no other string keyword; gemma4's
-notation enforces less: engines/llm/gemma_grammar.py says what); markers that are single tokens of
-the vocabulary are named as those tokens (`tag_tokens`): a grammar that spells them as text cannot
-accept the token the model was trained to emit.
+notation enforces less: engines/llm/gemma_grammar.py says what; a tool that is not `strict` is held
+to all but the keywords the grammar library does not implement: `inline_refs`); markers that are
+single tokens of the vocabulary are named as those tokens (`tag_tokens`): a grammar that spells
+them as text cannot accept the token the model was trained to emit.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ from typing import Any
 from engines.llm.chat_formats import DEFAULT_FORMAT, MARKERS
 from engines.llm.constrain import PLAIN_KEYS, PLAIN_NUMBERS, compact, lark_grammar, regex_text
 from engines.llm.gemma_grammar import argument_list, gemma4_calls
+
+# llguidance's option to leave unenforced the keywords it does not implement (`inline_refs`).
+LENIENT = {"lenient": True}
+# What `inline_refs` puts at a tool's parameters' root for the grammar library (`rooted`).
+_ROOT_KEYS = ("$defs", "x-guidance")
 
 GRAMMAR_FORMATS = (
     "json_tools", "mistral", "llama3", "qwen3_coder", "glm47", "minimax_m2", "kimi_k2", "harmony",
@@ -77,11 +83,16 @@ def tool_call_grammar(
     tokens of the vocabulary, named in the grammar by id. With `answer_schema` (not for
     harmony: `answers_beside_calls`), a JSON answer under it is the alternative to calls, and
     with `untagged` (a json_tools model whose bare call objects the edge reads as calls: small
-    models write them so) a bare call object is one more."""
-    functions = [
-        (tool["function"]["name"], inline_refs(tool["function"].get("parameters") or {}, f"{i}."))
+    models write them so) a bare call object is one more. A function that is not `strict`
+    gets a lenient grammar (`inline_refs`)."""
+    selected = [
+        (i, tool["function"])
         for i, tool in enumerate(tools)
         if forced is None or tool["function"]["name"] == forced
+    ]
+    functions = [
+        (f["name"], inline_refs(f.get("parameters") or {}, f"{i}.", lenient=not f.get("strict")))
+        for i, f in selected
     ]
     tokens = tag_tokens or {}
 
@@ -108,7 +119,9 @@ def tool_call_grammar(
     return lark_grammar(calls)
 
 
-def inline_refs(schema: Mapping[str, Any], namespace: str = "") -> dict[str, Any]:
+def inline_refs(
+    schema: Mapping[str, Any], namespace: str = "", lenient: bool = False
+) -> dict[str, Any]:
     """A tool's `parameters` with its local `$ref`s (`#/$defs/X`, `#/definitions/X`: pydantic
     writes nested models so) replaced by what they point at, and the definitions dropped: each
     grammar places the schema (or each of its properties) inside a larger one, where those
@@ -116,7 +129,10 @@ def inline_refs(schema: Mapping[str, Any], namespace: str = "") -> dict[str, Any
     tree whose children are trees) cannot be inlined: it points at that definition, kept under
     the returned schema's root `$defs` as `{namespace}{$defs or definitions}.{X}` so that
     several tools' definitions can share one root (`rooted`, `_call_schema`). An empty schema
-    is an object."""
+    is an object. `lenient` (a tool that is not `strict`): the grammar library is told to
+    ignore the keywords it does not implement (`uniqueItems`, which pydantic writes for a set;
+    `contains`, `not`, `if`…) rather than refuse the schema — OpenAI's API holds a call to
+    its schema only when the tool is strict, and refuses those keywords there."""
     definitions = {
         f"#/{key}/{name}": (f"{namespace}{key}.{name}", value)
         for key in ("$defs", "definitions")
@@ -143,16 +159,21 @@ def inline_refs(schema: Mapping[str, Any], namespace: str = "") -> dict[str, Any
         return {k: resolved(v, seen) for k, v in node.items() if k not in ("$defs", "definitions")}
 
     inlined = resolved(dict(schema), frozenset()) or {"type": "object"}
-    return {**inlined, "$defs": kept} if kept else inlined
+    if kept:
+        inlined["$defs"] = kept
+    if lenient:
+        inlined["x-guidance"] = {**(inlined.get("x-guidance") or {}), **LENIENT}
+    return inlined
 
 
 def rooted(schema: Any, parameters: Mapping[str, Any]) -> Any:
-    """`schema`, a part of a tool's inlined `parameters`, with the definitions their recursive
-    references point at (`inline_refs`) under its root, where `#/$defs/...` resolves."""
-    definitions = parameters.get("$defs")
-    if not definitions or not isinstance(schema, dict):
+    """`schema`, a part of a tool's inlined `parameters`, with what `inline_refs` put at their
+    root — the definitions their recursive references point at, the grammar options — at its
+    own, where the grammar library reads them."""
+    shared = {key: parameters[key] for key in _ROOT_KEYS if key in parameters}
+    if not shared or not isinstance(schema, dict):
         return schema
-    return {**schema, "$defs": definitions}
+    return {**schema, **shared}
 
 
 def answers_beside_calls(tool_format: str, tools: Sequence[Mapping[str, Any]]) -> bool:
@@ -179,13 +200,14 @@ def _calls_or_answer(
 
 def _call_schema(fmt: str, functions: list[tuple[str, Any]]) -> dict[str, Any]:
     """One call of one of `functions` as the JSON object the json formats write (the
-    functions' kept definitions at its root, each named apart by its namespace)."""
+    functions' kept definitions at its root, each named apart by its namespace; lenient where
+    every function is)."""
     arguments_key = "parameters" if fmt == "llama3" else "arguments"
     definitions: dict[str, Any] = {}
     options = []
     for name, parameters in functions:
         definitions.update(parameters.get("$defs") or {})
-        arguments = {k: v for k, v in parameters.items() if k != "$defs"}
+        arguments = {k: v for k, v in parameters.items() if k not in _ROOT_KEYS}
         options.append(
             {
                 "type": "object",
@@ -195,7 +217,11 @@ def _call_schema(fmt: str, functions: list[tuple[str, Any]]) -> dict[str, Any]:
             }
         )
     schema = options[0] if len(options) == 1 else {"anyOf": options}
-    return {**schema, "$defs": definitions} if definitions else schema
+    if definitions:
+        schema = {**schema, "$defs": definitions}
+    if all((parameters.get("x-guidance") or {}).get("lenient") for _, parameters in functions):
+        schema = {**schema, "x-guidance": LENIENT}
+    return schema
 
 
 def _json_calls(fmt: str, functions: list[tuple[str, Any]], parallel: bool, tag: Any) -> str:

@@ -470,6 +470,19 @@ ODD_TOOLS = [
         },
     },
     tree_tool("tree", {"type": "integer"}),
+    {  # a set, as pydantic writes it: `uniqueItems`, which the grammar library does not implement
+        "type": "function",
+        "function": {
+            "name": "a_set",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "ids": {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}
+                },
+                "required": ["ids"],
+            },
+        },
+    },
 ]
 
 
@@ -482,7 +495,7 @@ def test_forced_grammars_compile_for_any_schema(
     tokenizer, compiler = grammar_tokenizer
     vocab = tokenizer.get_vocab()
     tags = {tag: vocab[tag] for tag in grammar_tags(fmt) if tag in vocab}
-    for forced in (None, "no_parameters", "mixed", "nested", "tree"):
+    for forced in (None, "no_parameters", "mixed", "nested", "tree", "a_set"):
         compiler.check(tool_call_grammar(ODD_TOOLS, forced, True, fmt, tags), "tool_choice")
 
 
@@ -517,6 +530,36 @@ def test_a_recursive_models_calls_are_enforced_at_every_depth(
         tokens = tokenizer.encode(text, add_special_tokens=False)
         consumed = all(matcher.consume_token(token) for token in tokens)
         assert (consumed and matcher.is_accepting()) is accepted, (name, arguments)
+
+
+def test_a_tool_that_is_not_strict_is_held_to_what_the_library_implements(
+    grammar_tokenizer: tuple[Any, Any],
+) -> None:
+    """A forced call of a tool whose schema has a keyword the grammar library does not
+    implement (a pydantic set's `uniqueItems`) is held to the rest of its schema, as OpenAI's
+    API takes such a tool when it is not strict; a strict one is refused, as OpenAI's API
+    refuses it. Before, both were a 400 ('Unimplemented keys')."""
+    import llguidance
+
+    from engines.errors import InvalidRequest
+    from engines.llm.call_grammars import grammar_tags, tool_call_grammar
+
+    tokenizer, compiler = grammar_tokenizer
+    vocab = tokenizer.get_vocab()
+    tags = {tag: vocab[tag] for tag in grammar_tags("json_tools") if tag in vocab}
+    a_set = next(tool for tool in ODD_TOOLS if tool["function"]["name"] == "a_set")
+    grammar = tool_call_grammar([a_set], None, True, "json_tools", tags)
+    compiler.check(grammar, "tool_choice")
+    for ids, accepted in (("[1, 2]", True), ("[1, 1]", True), ('[1, "2"]', False)):
+        text = f'<tool_call>\n{{"name": "a_set", "arguments": {{"ids": {ids}}}}}\n</tool_call>'
+        matcher = llguidance.LLMatcher(compiler._tokenizer, grammar)
+        tokens = tokenizer.encode(text, add_special_tokens=False)
+        consumed = all(matcher.consume_token(token) for token in tokens)
+        assert (consumed and matcher.is_accepting()) is accepted, ids
+    strict = {"type": "function", "function": {**a_set["function"], "strict": True}}
+    for fmt in ("json_tools", "qwen3_coder"):
+        with pytest.raises(InvalidRequest, match="uniqueItems"):
+            compiler.check(tool_call_grammar([strict], None, True, fmt, tags), "tool_choice")
 
 
 def test_an_unenforceable_schema_is_refused_in_one_line(
