@@ -89,8 +89,10 @@ class Settings(BaseSettings):
     max_stop_sequences: int = Field(4, ge=0, description="Most `stop` strings per request.")
     max_n: int = Field(16, ge=1, le=128, description="Most choices (`n`) per request.")
     max_messages: int = Field(4096, ge=1, description="Most chat messages per request.")
+    # Claude Code's tools declared in full are 72 KiB; 128 tools of that size (434 KiB) compile
+    # into a forced-call grammar in under a second.
     max_schema_bytes: int = Field(
-        64 * 1024, ge=256, description="Largest `tools` / `response_format` schema (as JSON)."
+        1024 * 1024, ge=256, description="Largest `tools` / `response_format` schema (as JSON)."
     )
     keepalive_interval_s: float = Field(
         5.0,
