@@ -16,6 +16,9 @@ Invariants:
 - A conversation too long for the model's context with the prompt is summarized from its
   latest turns that fit (server/responses_truncation.py: the oldest are dropped); every user
   message is still carried.
+- The summary (the model's output, reasoning included) is at most `SUMMARY_MAX_TOKENS` or the
+  room left in the context, the smaller: the client has no limit to give, and a model that
+  does not stop must not fill the context with it. One cut short is returned as it stands.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from server.compaction_content import Compacted, encode
 from server.responses_output import new_id
 from server.schemas.responses import CompactionItem, InputItem, MessageItem
 
+SUMMARY_MAX_TOKENS = 4096
 COMPACTION_PROMPT = (
     "The conversation above is about to be compacted: it will be replaced by a summary. "
     "Write that summary now, so the work can go on from it alone: what the user asked for, "

@@ -43,7 +43,7 @@ from server.heartbeat import with_heartbeat
 from server.response_references import resolved
 from server.response_store import ResponseStore
 from server.response_store_items import ListQuery, input_items, item_page, with_ids
-from server.responses_compaction import compaction_item, prompt_message
+from server.responses_compaction import SUMMARY_MAX_TOKENS, compaction_item, prompt_message
 from server.responses_input import chat_paths, to_chat
 from server.responses_output import Event, ItemStatus, OutputItems, new_id
 from server.responses_truncation import TOO_LONG, fitted
@@ -267,7 +267,11 @@ async def compact_conversation(
         raise APIError(400, "'input' must contain at least one item to compact", param="input")
     compaction_id = new_id("resp")
     summarize = ResponseCreateRequest.model_validate(
-        {"model": model, "instructions": parsed.instructions}
+        {
+            "model": model,
+            "instructions": parsed.instructions,
+            "max_output_tokens": SUMMARY_MAX_TOKENS,
+        }
     )
 
     async def prepared_for(selected: list[int]) -> PreparedChat:
@@ -275,7 +279,8 @@ async def compact_conversation(
         kept = [*(items[k] for k in selected), prompt_message()]
         origin = [*selected, None]  # the prompt is no item of the request's
         paths = partial(chat_paths, parsed.instructions, kept, len(history), origin)
-        return await _prepare(pool, settings, to_chat(summarize, kept, []), compaction_id, paths)
+        chat = to_chat(summarize, kept, [])
+        return await _prepare(pool, settings, chat, compaction_id, paths, clamp_max_tokens=True)
 
     prepared = await fitted(items, prepared_for)
     headers = response_headers(compaction_id, body.raw, CompactRequest, COMPACT_IGNORED_FIELDS)
@@ -371,11 +376,12 @@ async def _prepare(
     chat: ChatCompletionRequest,
     response_id: str,
     paths: Callable[[], Mapping[str, str]],
+    clamp_max_tokens: bool = False,
 ) -> PreparedChat:
     """`prepare_chat`, its errors naming the Responses request's fields (`paths`: its input
     items, `responses_input.chat_paths`)."""
     with errors_named(CHAT_PARAMS, paths):
-        return await prepare_chat(pool, settings, chat, response_id)
+        return await prepare_chat(pool, settings, chat, response_id, clamp_max_tokens)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from server.compaction_content import PREFIX, SUMMARY_HEADING, Compacted, decode, encode
-from server.responses_compaction import COMPACTION_PROMPT
+from server.responses_compaction import COMPACTION_PROMPT, SUMMARY_MAX_TOKENS
 from server.settings import Settings
 from tests.fakes import FakeEngine
 from tests.helpers import assert_openai_error
@@ -159,6 +159,19 @@ async def test_a_conversation_too_long_is_summarized_from_its_latest_turns(
     assert prompt.endswith(COMPACTION_PROMPT) and len(prompt) < 900
     carried = [m["content"] for m in decode(item["encrypted_content"]).messages]
     assert carried == [f"question {turn}" for turn in range(8)]
+
+
+@pytest.mark.parametrize(
+    "fake_engine", [FakeEngine(context_length=4096), FakeEngine(context_length=10_000)],
+    ids=["4096", "10000"],
+)  # fmt: skip
+async def test_the_summary_is_limited(client: AsyncOpenAI, fake_engine: FakeEngine) -> None:
+    """To `SUMMARY_MAX_TOKENS`, or the room left in the context where that is less: a model
+    that does not stop must not fill the context."""
+    await client.responses.compact(model="fake", input=CONVERSATION)  # type: ignore[arg-type]
+    request = fake_engine.requests[-1]
+    room = fake_engine.loaded_info().context_length - len(request.prompt_tokens)
+    assert request.max_tokens == min(SUMMARY_MAX_TOKENS, room)
 
 
 async def test_fields_that_change_nothing_are_named(http: httpx.AsyncClient) -> None:
