@@ -31,7 +31,7 @@ from engines.llm.call_grammars import (
     tool_call_grammar,
 )
 from engines.llm.chat_formats import DEFAULT_FORMAT
-from engines.llm.constrain import json_schema_grammar
+from engines.llm.constrain import json_schema_grammar, lenient
 from engines.pool import EnginePool
 from engines.types import GenerationRequest, ImageInput
 from server import logs
@@ -344,10 +344,10 @@ async def checked_grammar(
 ) -> str | None:
     """`output_grammar`'s, compiled against the tokenizer (no MLX; the first one builds
     llguidance's tokenizer, a pass over the whole vocabulary: off the event loop). A call-or-
-    answer grammar the library refuses because of the tools' schemas (a self-referencing
-    definition, a keyword it does not implement) falls back to the JSON answer alone — what
-    such a request got before tools could be called beside a schema —, not a 400 about tools
-    the client did not ask to force."""
+    answer grammar the library refuses because of the tools' schemas (a definition that only
+    refers to itself, a keyword it does not implement in a strict tool) falls back to the JSON
+    answer alone — what such a request got before tools could be called beside a schema —, not
+    a 400 about tools the client did not ask to force."""
     grammar, param = output_grammar(chat, tools, engine)
     if grammar is None:
         return None
@@ -377,7 +377,7 @@ def _check_each_tool(tools: list[dict[str, Any]], forced: str | None, engine: Ch
         function = tool["function"]
         if forced is not None and function["name"] != forced:
             continue
-        schema = inline_refs(function.get("parameters") or {"type": "object"})
+        schema = inline_refs(function.get("parameters") or {}, loose=not function.get("strict"))
         try:
             engine.check_grammar(json_schema_grammar(schema), "tool_choice")
         except InvalidRequest as exc:
@@ -397,6 +397,8 @@ def _answer_schema(chat: ChatCompletionRequest) -> tuple[dict[str, Any], str] | 
     if response_format.json_schema is None:
         raise APIError(400, "json_schema is required", param="response_format.json_schema")
     schema = response_format.json_schema.schema_ or {"type": "object"}
+    if not response_format.json_schema.strict:
+        schema = lenient(schema)
     return schema, "response_format.json_schema.schema"
 
 

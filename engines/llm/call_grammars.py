@@ -34,11 +34,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engines.llm.chat_formats import DEFAULT_FORMAT, MARKERS
-from engines.llm.constrain import PLAIN_KEYS, PLAIN_NUMBERS, compact, lark_grammar, regex_text
+from engines.llm.constrain import (
+    PLAIN_KEYS,
+    PLAIN_NUMBERS,
+    compact,
+    lark_grammar,
+    lenient,
+    regex_text,
+)
 from engines.llm.gemma_grammar import argument_list, gemma4_calls
 
-# llguidance's option to leave unenforced the keywords it does not implement (`inline_refs`).
-LENIENT = {"lenient": True}
 # What `inline_refs` puts at a tool's parameters' root for the grammar library (`rooted`).
 _ROOT_KEYS = ("$defs", "x-guidance")
 
@@ -91,7 +96,7 @@ def tool_call_grammar(
         if forced is None or tool["function"]["name"] == forced
     ]
     functions = [
-        (f["name"], inline_refs(f.get("parameters") or {}, f"{i}.", lenient=not f.get("strict")))
+        (f["name"], inline_refs(f.get("parameters") or {}, f"{i}.", loose=not f.get("strict")))
         for i, f in selected
     ]
     tokens = tag_tokens or {}
@@ -120,7 +125,7 @@ def tool_call_grammar(
 
 
 def inline_refs(
-    schema: Mapping[str, Any], namespace: str = "", lenient: bool = False
+    schema: Mapping[str, Any], namespace: str = "", loose: bool = False
 ) -> dict[str, Any]:
     """A tool's `parameters` with its local `$ref`s (`#/$defs/X`, `#/definitions/X`: pydantic
     writes nested models so) replaced by what they point at, and the definitions dropped: each
@@ -129,10 +134,8 @@ def inline_refs(
     tree whose children are trees) cannot be inlined: it points at that definition, kept under
     the returned schema's root `$defs` as `{namespace}{$defs or definitions}.{X}` so that
     several tools' definitions can share one root (`rooted`, `_call_schema`). An empty schema
-    is an object. `lenient` (a tool that is not `strict`): the grammar library is told to
-    ignore the keywords it does not implement (`uniqueItems`, which pydantic writes for a set;
-    `contains`, `not`, `if`…) rather than refuse the schema — OpenAI's API holds a call to
-    its schema only when the tool is strict, and refuses those keywords there."""
+    is an object. `loose`: made `lenient`, for a tool that is not `strict` (OpenAI's API holds
+    only a strict tool's calls to its schema, and refuses there what it cannot hold them to)."""
     definitions = {
         f"#/{key}/{name}": (f"{namespace}{key}.{name}", value)
         for key in ("$defs", "definitions")
@@ -161,9 +164,7 @@ def inline_refs(
     inlined = resolved(dict(schema), frozenset()) or {"type": "object"}
     if kept:
         inlined["$defs"] = kept
-    if lenient:
-        inlined["x-guidance"] = {**(inlined.get("x-guidance") or {}), **LENIENT}
-    return inlined
+    return lenient(inlined) if loose else inlined
 
 
 def rooted(schema: Any, parameters: Mapping[str, Any]) -> Any:
@@ -220,7 +221,7 @@ def _call_schema(fmt: str, functions: list[tuple[str, Any]]) -> dict[str, Any]:
     if definitions:
         schema = {**schema, "$defs": definitions}
     if all((parameters.get("x-guidance") or {}).get("lenient") for _, parameters in functions):
-        schema = {**schema, "x-guidance": LENIENT}
+        schema = lenient(schema)
     return schema
 
 

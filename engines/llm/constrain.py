@@ -46,6 +46,13 @@ def compact(schema: dict[str, Any]) -> dict[str, Any]:
     return {**schema, "x-guidance": {**_COMPACT, **schema.get("x-guidance", {})}}
 
 
+def lenient(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with the keywords llguidance does not implement (`uniqueItems`, which pydantic
+    writes for a set; `contains`, `not`, `if`…) left unenforced rather than refused: for a
+    schema that is not `strict`, which OpenAI's API does not hold the output to at all."""
+    return {**schema, "x-guidance": {**(schema.get("x-guidance") or {}), "lenient": True}}
+
+
 # Numbers written in text formats whose parsers read them with float() or Python's parser: no
 # exponent (1e999 would read as inf), runs of digits bounded as MAX_DIGITS bounds JSON's.
 PLAIN_KEYS = {"type", "description", "title"}  # a schema with only these: a plain number

@@ -228,6 +228,7 @@ class Tool(Strict):
     name: str = Field(pattern=TOOL_NAME)
     description: str | None = None
     input_schema: dict[str, Any] | None = None
+    strict: bool | None = None  # as chat's: a forced call is held to all of the schema
 
     _an_object = field_validator("input_schema")(object_schema)
 
@@ -347,7 +348,8 @@ class MessagesFields(Strict):
             schema = output_format.schema_
             body["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": "output", "schema": schema},
+                # Anthropic holds every structured output to its schema (no non-strict mode).
+                "json_schema": {"name": "output", "schema": schema, "strict": True},
             }
         return body
 
@@ -533,6 +535,8 @@ def _chat_tool(tool: Tool) -> dict[str, Any]:
     if tool.description is not None:
         function["description"] = tool.description
     function["parameters"] = tool.input_schema or {"type": "object", "properties": {}}
+    if tool.strict:
+        function["strict"] = True
     return {"type": "function", "function": function}
 
 

@@ -15,6 +15,9 @@ from engines.llm.call_grammars import tool_call_grammar
 from engines.llm.constrain import json_schema_grammar
 from engines.llm.engine import LLMEngine
 from engines.types import GenerationRequest, SamplingParams, TokenEvent
+from server.chat_pipeline import checked_grammar
+from server.schemas.anthropic import MessagesRequest
+from server.schemas.chat import ChatCompletionRequest
 from server.tool_calls import ToolCallParser
 from tests.helpers import PROMPT, prompt, run
 
@@ -112,6 +115,58 @@ def test_unsupported_schema_is_refused_with_the_reason(engine: LLMEngine) -> Non
     with pytest.raises(InvalidRequest) as caught:
         engine.check_grammar(json_schema_grammar({"type": "wat"}), "response_format")
     assert caught.value.param == "response_format"
+
+
+# A pydantic set: `uniqueItems`, which the grammar library does not implement.
+A_SET = {
+    "type": "object",
+    "properties": {
+        "ids": {"type": "array", "items": {"type": "integer"}, "uniqueItems": True, "maxItems": 4}
+    },
+    "required": ["ids"],
+    "additionalProperties": False,
+}
+
+
+async def test_a_schema_that_is_not_strict_is_held_to_what_the_library_implements(
+    engine: LLMEngine,
+) -> None:
+    """A `response_format` schema that is not strict (Instructor's JSON_SCHEMA mode with a set
+    field) is enforced but for the keywords the grammar library does not implement, as OpenAI's
+    API takes it; a strict one, and Anthropic's structured output and strict tools (always held
+    to their schema), are refused as before ('Unimplemented keys')."""
+
+    def chat(strict: bool | None) -> ChatCompletionRequest:
+        json_schema = {"name": "ids", "schema": A_SET, "strict": strict}
+        return ChatCompletionRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+             "response_format": {"type": "json_schema", "json_schema": json_schema}}
+        )  # fmt: skip
+
+    for strict in (None, False):
+        grammar = await checked_grammar(chat(strict), [], engine)
+        assert grammar is not None
+        for seed in range(3):
+            sampling = SamplingParams(temperature=1.0, seed=seed)
+            text, _, finish = await run(
+                engine, GenerationRequest(f"s{seed}", PROMPT, 200, sampling, grammar=grammar)
+            )
+            ids = json.loads(text)["ids"]  # the rest of the schema holds
+            assert finish.reason == "stop" and len(ids) <= 4, text
+            assert all(isinstance(i, int) for i in ids), text
+    with pytest.raises(InvalidRequest, match="uniqueItems"):
+        await checked_grammar(chat(True), [], engine)
+    hi = [{"role": "user", "content": "hi"}]
+    for anthropic in (
+        {"output_config": {"format": {"type": "json_schema", "schema": A_SET}}},
+        {"tools": [{"name": "f", "input_schema": A_SET, "strict": True}],
+         "tool_choice": {"type": "any"}},
+    ):  # fmt: skip
+        request = {"model": "m", "max_tokens": 9, "messages": hi, **anthropic}
+        body = MessagesRequest.model_validate(request).chat_body()
+        chat_request = ChatCompletionRequest.model_validate(body)
+        with pytest.raises(InvalidRequest, match="uniqueItems"):
+            await checked_grammar(chat_request, body.get("tools", []), engine)
 
 
 @pytest.mark.parametrize(
