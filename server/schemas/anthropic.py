@@ -6,7 +6,7 @@ Spec: https://docs.anthropic.com/en/api/messages. Supported: `system` (a string 
 `{"role": "system"}` messages (Claude Code sends its environment that way), `tools`,
 `tool_choice`, `max_tokens`, `stop_sequences`, `temperature` / `top_p` / `top_k`, `thinking`,
 `output_config.format` (JSON schema; `output_format`, its structured-outputs beta name, too).
-Accepted and ignored: `IGNORED_FIELDS`, `cache_control`,
+A tool's `strict` is read as chat's. Accepted and ignored: `IGNORED_FIELDS`, `cache_control`,
 `defer_loading` and the other tool options, `thinking.budget_tokens`; tools of Anthropic's own
 types (web search, bash, …: no schema to show the model) are left out. Anything else a block or
 tool asks for is a 400 naming the field.
