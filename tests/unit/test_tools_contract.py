@@ -38,7 +38,7 @@ def fake_engine() -> FakeEngine:
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(max_body_bytes=1 << 20)  # room for the limit tests' large bodies
+    return Settings(max_body_bytes=4 << 20)  # room for the limit tests' large bodies
 
 
 async def test_a_tool_call_comes_back_as_tool_calls(
@@ -347,7 +347,7 @@ async def test_json_schema_becomes_the_grammar(
 async def test_message_count_and_schema_size_limits(http: httpx.AsyncClient) -> None:
     many = [{"role": "user", "content": "x"}] * 4097
     assert_openai_error(await http.post(URL, json=chat_body(messages=many)), 400, "messages")
-    big = {"type": "object", "description": "x" * 70_000}
+    big = {"type": "object", "description": "x" * (Settings().max_schema_bytes + 1)}
     response_format = {"type": "json_schema", "json_schema": {"name": "b", "schema": big}}
     response = await http.post(URL, json=chat_body(response_format=response_format))
     assert_openai_error(response, 400, "response_format")
