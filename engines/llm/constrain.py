@@ -27,6 +27,7 @@ Invariants:
 from __future__ import annotations
 
 import copy
+import json
 import re
 from typing import Any
 
@@ -74,7 +75,9 @@ _GRAMMAR_POSITION = re.compile(r"^at \d+\(\d+\): ")
 def json_schema_grammar(schema: dict[str, Any]) -> str:
     import llguidance
 
-    return str(llguidance.LLMatcher.grammar_from_json_schema(compact(schema)))
+    # As JSON text: the library cannot take a Python int past 64 bits (`"minimum": 1e20`
+    # written as an integer), which it parses from text.
+    return str(llguidance.LLMatcher.grammar_from_json_schema(json.dumps(compact(schema))))
 
 
 def lark_grammar(lark: str) -> str:

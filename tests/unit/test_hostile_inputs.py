@@ -334,6 +334,29 @@ async def test_a_forced_call_names_the_tool_whose_schema_cannot_be_enforced(
     assert message.endswith("(in the parameters of tool 'broken')"), message
 
 
+# An integer past 64 bits in a schema (a bound on a uint64 and more): the grammar library cannot
+# take it as a Python int.
+HUGE = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 10**20}}}
+
+
+async def test_an_integer_past_64_bits_in_a_schema_is_no_500(http: httpx.AsyncClient) -> None:
+    """It was a ValueError ('Value is not JSON serializable'), a 500, where a schema became a
+    grammar alone: a `response_format`, and each tool's parameters where a forced call's grammar
+    was refused."""
+    response_format = {"type": "json_schema", "json_schema": {"name": "n", "schema": HUGE}}
+    body = {"model": "fake", "messages": HELLO, "response_format": response_format}
+    response = await http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    tools = [
+        {"type": "function", "function": {"name": name, "parameters": schema}}
+        for name, schema in (("huge", HUGE), ("broken", UNENFORCEABLE))
+    ]
+    body = {"model": "fake", "messages": HELLO, "tools": tools, "tool_choice": "required"}
+    response = await http.post("/v1/chat/completions", json=body)
+    message = assert_openai_error(response, 400, param="tool_choice")["message"]
+    assert message.endswith("(in the parameters of tool 'broken')"), message
+
+
 class NoGrammarEngine(FakeEngine):
     """Refuses every grammar, as the vision path does (engines/vlm/front.py)."""
 
