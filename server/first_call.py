@@ -10,7 +10,9 @@ calls so, one object a line, more often than in its tags). A reasoning block the
 (or the prompt left open) is passed first: a marker written while thinking ends nothing.
 
 Invariants: runs on the engine thread (pure Python, no MLX); it ends an output only after a
-call: its marker, or untagged text that the edge's parser reads as exactly one call.
+call: its marker, or untagged text that the edge's parser reads as exactly one call. It never
+raises on what the model writes (JSON nested too deeply to parse is no call): an exception here
+would fail the engine step, and with it every request in the batch.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ class FirstCallEnd:
             try:
                 _, length = json.JSONDecoder().raw_decode(head)
             except ValueError:
+                return None
+            except RecursionError:  # nested deeper than the parser goes: no call the edge reads
+                self._schemas = None
                 return None
         elif (fence := _FENCE.match(head)) is not None:
             length = fence.end()

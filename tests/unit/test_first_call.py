@@ -72,3 +72,11 @@ def test_another_formats_marker_ends_its_first_call() -> None:
     call += "</parameter>\n</invoke>"
     text = f'{call}\n<invoke name="get_weather">\n</invoke>\n</minimax:tool_call>'
     assert kept(FirstCallEnd("minimax_m2", SCHEMAS, None, False), text, 4) == call
+
+
+def test_json_nested_too_deeply_to_parse_is_no_call() -> None:
+    """A prompt can make the model write it; raising on the engine thread would fail the step,
+    and every request of the batch with it."""
+    deep = '{"name": "get_weather", "arguments": {"city": ' + "[" * 5000 + "]" * 5000 + "}}"
+    text = f"{deep}\n{PARIS}"
+    assert kept(FirstCallEnd("json_tools", SCHEMAS, None, False), text, 7) == text
