@@ -234,7 +234,8 @@ async def test_an_engine_failure_mid_stream_ends_with_an_error_line(
     async with http.stream("POST", "/api/chat", json=body) as response:
         assert response.headers["content-type"].startswith("application/x-ndjson")
         lines = [json.loads(line) async for line in response.aiter_lines() if line]
-    assert [line["message"]["content"] for line in lines[:-1]] == ["H", "e", "l"]
+    # Tokens that reach the stream together may go out in one line: the text is what counts.
+    assert "".join(line["message"]["content"] for line in lines[:-1]) == "Hel"
     assert set(lines[-1]) == {"error"}
 
 
