@@ -175,6 +175,6 @@ def finish_reason(reason: str, calls: list[dict[str, Any]]) -> str:
     try:
         for call in calls:
             json.loads(call["function"]["arguments"])
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deeply to parse: no whole JSON either
         return reason
     return "tool_calls"

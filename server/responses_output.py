@@ -230,7 +230,7 @@ class OutputItems:
 def _whole_json(text: str) -> bool:
     try:
         json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deeply to parse: no whole JSON either
         return False
     return True
 

@@ -21,7 +21,8 @@ Invariants of `ToolCallParser`:
   the model's characters, never `\\u` escapes); a call's `name` is sent once, in its first
   delta, with its id.
 - A tagged call that does not parse as `{"name": str, "arguments": object}` is returned as
-  content.
+  content. JSON nested deeper than a request body may be (server/body.py `MAX_JSON_DEPTH`) is
+  no call: the parser never raises on what the model writes.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any
 import jsonschema
 
 from engines.llm.tools import CLOSE, MISTRAL_TAG, OPEN, PYTHON_TAG
+from server.body import MAX_JSON_DEPTH, nests_deeper
 
 _HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
 _FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*?)\n?```$", re.DOTALL)
@@ -282,9 +284,16 @@ def partial_suffix(text: str, tag: str) -> int:
 def _json_object(text: str) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    return value if isinstance(value, dict) else None
+    return value if isinstance(value, dict) and not _too_deep(value, text) else None
+
+
+def _too_deep(value: Any, text: str) -> bool:
+    """Whether the model's JSON nests deeper than a body may (server/body.py): no call, so
+    that nothing after it (surrogate repair, schema validation, serialising) meets Python's
+    recursion limit, and a prompt cannot make the model's output a 500."""
+    return isinstance(value, dict | list) and nests_deeper(value, MAX_JSON_DEPTH, text)
 
 
 def _bare_calls(text: str) -> list[tuple[str, dict[str, Any]]] | None:
@@ -293,9 +302,12 @@ def _bare_calls(text: str) -> list[tuple[str, dict[str, Any]]] | None:
     values: list[Any] = []
     position = 0
     while position < len(text):
+        start = position
         try:
             value, position = decoder.raw_decode(text, position)
-        except ValueError:
+        except (ValueError, RecursionError):
+            return None
+        if _too_deep(value, text[start:position]):
             return None
         values.extend(value if isinstance(value, list) else [value])
         while position < len(text) and text[position] in " \t\r\n;,":

@@ -45,7 +45,7 @@ from engines.types import (
     TokenLogprob,
 )
 from server import logs
-from server.body import read_json_object, validate
+from server.body import MAX_JSON_DEPTH, nests_deeper, read_json_object, validate
 from server.chat_output import ChoiceOutput
 from server.chat_pipeline import PreparedChat, errors_named, prepare_chat
 from server.deps import MetricsDep, PoolDep, SettingsDep
@@ -283,12 +283,16 @@ def _logprob(entry: TokenLogprob) -> dict[str, Any]:
 
 def _calls(output: ChoiceOutput) -> list[dict[str, Any]]:
     """The choice's tool calls as Ollama writes them (arguments an object); a call whose
-    arguments were cut (not JSON) is left out."""
+    arguments were cut (not JSON), or nest deeper than a body may (server/body.py), is left
+    out."""
     calls = []
     for call in output.tool_calls:
+        text = call["function"]["arguments"] or "{}"
         try:
-            arguments = json.loads(call["function"]["arguments"] or "{}")
-        except ValueError:
+            arguments = json.loads(text)
+        except (ValueError, RecursionError):
+            continue
+        if nests_deeper(arguments, MAX_JSON_DEPTH, text):
             continue
         calls.append({"function": {"name": call["function"]["name"], "arguments": arguments}})
     return calls

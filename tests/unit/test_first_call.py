@@ -74,9 +74,12 @@ def test_another_formats_marker_ends_its_first_call() -> None:
     assert kept(FirstCallEnd("minimax_m2", SCHEMAS, None, False), text, 4) == call
 
 
-def test_json_nested_too_deeply_to_parse_is_no_call() -> None:
+DEEP = '{"name": "get_weather", "arguments": {"city": ' + "[" * 5000 + "]" * 5000 + "}}"
+
+
+@pytest.mark.parametrize("first", [DEEP, f"```json\n{DEEP}\n```"], ids=["bare", "fenced"])
+def test_json_nested_too_deeply_to_parse_is_no_call(first: str) -> None:
     """A prompt can make the model write it; raising on the engine thread would fail the step,
     and every request of the batch with it."""
-    deep = '{"name": "get_weather", "arguments": {"city": ' + "[" * 5000 + "]" * 5000 + "}}"
-    text = f"{deep}\n{PARIS}"
+    text = f"{first}\n{PARIS}"
     assert kept(FirstCallEnd("json_tools", SCHEMAS, None, False), text, 7) == text

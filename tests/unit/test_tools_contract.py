@@ -490,3 +490,44 @@ async def test_a_call_cut_inside_its_arguments_is_no_tool_calls_finish(
         calls = completion.choices[0].message.tool_calls or []
         arguments = calls[0].function.arguments  # type: ignore[union-attr]
     assert arguments == '{"city": "P'
+
+
+DEEP_ARGUMENTS = "[" * 1500 + "]" * 1500  # past Python's recursion limit, parsed or repaired
+DEEP_CALL = '{"name": "get_weather", "arguments": {"city": ' + DEEP_ARGUMENTS + "}}"
+LAST_STREAMED = {
+    "/v1/chat/completions": "data: [DONE]",
+    "/v1/responses": '"type":"response.completed"',
+    "/v1/messages": '"type":"message_stop"',
+    "/api/chat": '"done":true',
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("path", list(LAST_STREAMED))
+@pytest.mark.parametrize("reply", [DEEP_CALL, f"<tool_call>\n{DEEP_CALL}\n</tool_call>"])
+async def test_output_json_nested_too_deeply_is_answered(
+    http: httpx.AsyncClient, fake_engine: FakeEngine, reply: str, path: str, stream: bool
+) -> None:
+    """A prompt can make the model write JSON nested past the recursion limit; it was a 500 (a
+    stream cut short) on every API. Untagged it is text; a tagged call with such arguments is
+    a call whose arguments do not parse, as one cut short is."""
+    fake_engine.reply = reply
+    messages = [{"role": "user", "content": "weather?"}]
+    function = WEATHER["function"]
+    assert isinstance(function, dict)
+    body: dict[str, Any] = {
+        "/v1/chat/completions": {"messages": messages, "tools": [WEATHER]},
+        "/v1/responses": {"input": "weather?", "tools": [{"type": "function", **function}]},
+        "/v1/messages": {
+            "max_tokens": 4000,
+            "messages": messages,
+            "tools": [{"name": function["name"], "input_schema": function["parameters"]}],
+        },
+        "/api/chat": {"messages": messages, "tools": [WEATHER]},
+    }[path]
+    response = await http.post(path, json={"model": "fake", "stream": stream, **body})
+    assert response.status_code == 200, response.text
+    if stream:
+        assert LAST_STREAMED[path] in response.text.strip().splitlines()[-1]
+    else:
+        assert "error" not in response.json() or response.json()["error"] is None
