@@ -2,7 +2,8 @@
 their translation into the chat request every chat-shaped API runs through.
 
 Spec: https://docs.anthropic.com/en/api/messages. Supported: `system` (a string or text blocks),
-`messages` with text / `tool_use` / `tool_result` / `thinking` / `redacted_thinking` blocks and
+`messages` with text / `tool_use` / `tool_result` (holding text, image, document or
+`tool_reference` blocks) / `thinking` / `redacted_thinking` blocks and
 `{"role": "system"}` messages (Claude Code sends its environment that way), `tools`,
 `tool_choice`, `max_tokens`, `stop_sequences`, `temperature` / `top_p` / `top_k`, `thinking`,
 `output_config.format` (JSON schema; `output_format`, its structured-outputs beta name, too).
@@ -125,7 +126,24 @@ class ToolUseBlock(Strict):
     input: dict[str, Any]
 
 
-ResultBlock = Annotated[TextBlock | ImageBlock | DocumentBlock, Field(discriminator="type")]
+class ToolReferenceBlock(Strict):
+    """A tool a tool search found, in a `tool_result` (the advanced-tool-use beta: Claude Code's
+    ToolSearch answers with them, and adds the tool to `tools` with `defer_loading`). Anthropic's
+    API loads the deferred tool's definition there; mlxd offers every tool, deferred or not, in
+    the prompt's tools block from the start, so the model reads the reference as a line naming
+    the tool."""
+
+    type: Literal["tool_reference"]
+    tool_name: str = Field(min_length=1)
+
+    @property
+    def text(self) -> str:
+        return f"Tool loaded: {self.tool_name}"
+
+
+ResultBlock = Annotated[
+    TextBlock | ImageBlock | DocumentBlock | ToolReferenceBlock, Field(discriminator="type")
+]
 
 
 class ToolResultBlock(Strict):
@@ -193,8 +211,18 @@ ContentBlock = Annotated[
     | RedactedThinkingBlock,
     Field(discriminator="type"),
 ]
+# Every block type, a tool result's own included (routes/messages.py drops them from error paths).
 BLOCK_TYPES = frozenset(
-    {"text", "image", "document", "tool_use", "tool_result", "thinking", "redacted_thinking"}
+    {
+        "text",
+        "image",
+        "document",
+        "tool_use",
+        "tool_result",
+        "tool_reference",
+        "thinking",
+        "redacted_thinking",
+    }
 )
 
 
