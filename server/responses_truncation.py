@@ -5,9 +5,10 @@ of the conversation"), instead of the 400 `context_length_exceeded` of `"disable
 Invariants:
 - The conversation's leading system and developer messages always stay (an agent's standing
   instructions; `instructions` is not an item and stays too).
-- Turns are dropped whole and oldest first: a turn begins at a user message and holds what
-  follows up to the next one (the assistant's messages, its calls and their outputs), so no
-  call loses its output and no output its call. The last turn is never dropped.
+- Turns are dropped whole and oldest first: a turn begins at a user message (or a
+  `compaction` item, which stands for user messages: server/schemas/responses.py) and holds
+  what follows up to the next one (the assistant's messages, its calls and their outputs), so
+  no call loses its output and no output its call. The last turn is never dropped.
 - The fewest turns that make the prompt fit are dropped. Fitting is decided by the chat path's
   own check (render, tokenize, count against the context with the output's room), probed by a
   binary search over the number dropped: log2(turns) renders, not one per turn.
@@ -21,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from server.errors import APIError
-from server.schemas.responses import InputItem, MessageItem
+from server.schemas.responses import CompactionItem, InputItem, MessageItem
 
 T = TypeVar("T")
 
@@ -59,15 +60,17 @@ async def fitted(items: list[InputItem], prepare: Callable[[list[int]], Awaitabl
 
 def _turns(items: list[InputItem]) -> tuple[list[int], list[int]]:
     """The indices of the leading system and developer messages, and where each turn begins
-    (each user message after them)."""
+    (each user message or compaction after them)."""
     lead: list[int] = []
     for k, item in enumerate(items):
         if not (isinstance(item, MessageItem) and item.role in ("system", "developer")):
             break
         lead.append(k)
-    starts = [
-        k
-        for k, item in enumerate(items)
-        if k >= len(lead) and isinstance(item, MessageItem) and item.role == "user"
-    ]
+    starts = [k for k, item in enumerate(items) if k >= len(lead) and _begins_turn(item)]
     return lead, starts
+
+
+def _begins_turn(item: InputItem) -> bool:
+    """A user message, or a compaction (it stands for user messages, then its summary)."""
+    is_user = isinstance(item, MessageItem) and item.role == "user"
+    return is_user or isinstance(item, CompactionItem)

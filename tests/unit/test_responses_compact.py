@@ -161,6 +161,26 @@ async def test_a_conversation_too_long_is_summarized_from_its_latest_turns(
     assert carried == [f"question {turn}" for turn in range(8)]
 
 
+@pytest.mark.parametrize("fake_engine", [FakeEngine(context_length=900)], ids=["900"])
+@pytest.mark.parametrize("path", ["/compact", ""], ids=["compact", "create"])
+async def test_a_compaction_too_long_to_read_is_an_oldest_turn(
+    http: httpx.AsyncClient, fake_engine: FakeEngine, path: str
+) -> None:
+    """A compaction begins with a user message (those it carries, or its summary), so it
+    begins a turn: where it does not fit it is dropped as the oldest, and the conversation goes
+    on (compacted again, or answered with `truncation: "auto"`). It was part of no turn: the
+    conversation was a 400 however it went on, since its user messages only grow."""
+    long_ago = encode(Compacted("old summary", [{"role": "user", "content": "x" * 1000}]))
+    item = {"type": "compaction", "encrypted_content": long_ago}
+    body = {"model": "fake", "input": [item, {"role": "user", "content": "next"}]}
+    if not path:
+        body["truncation"] = "auto"
+    response = await http.post(URL + path, json=body)
+    assert response.status_code == 200, response.text
+    prompt = prompt_of(fake_engine)
+    assert "next" in prompt and "old summary" not in prompt
+
+
 @pytest.mark.parametrize(
     "fake_engine", [FakeEngine(context_length=4096), FakeEngine(context_length=10_000)],
     ids=["4096", "10000"],
