@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from server.deps import app_drain
 from server.errors import APIError, from_engine_error
-from server.generation import EventSource, unless_disconnected
+from server.generation import Collected, EventSource, collect, unless_disconnected
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,6 +49,21 @@ def error_response(
     return JSONResponse(
         shape(api_error), status_code=api_error.status, headers={**headers, **api_error.headers}
     )
+
+
+async def collected_whole(
+    request: Request,
+    stream: EventSource,
+    request_id: str,
+    headers: dict[str, str],
+    shape: Callable[[APIError], dict[str, object]] = APIError.body,
+) -> Collected | Response:
+    """One request's stream read to its end, or the response to send instead: a 499 when the
+    client went away first, the engine's error in the route's `shape`."""
+    collected = await collected_or_gone(request, collect(stream), [stream], request_id)
+    if not isinstance(collected, Response) and collected.error is not None:
+        return error_response(collected.error, headers, shape)
+    return collected
 
 
 async def cancel_on_close(

@@ -23,7 +23,7 @@ from server.chat_output import ChoiceOutput, collected_message
 from server.chat_pipeline import prepare_chat
 from server.deps import Body, MetricsDep, PoolDep, SettingsDep, json_body
 from server.errors import from_engine_error
-from server.generation import EventSource, collect
+from server.generation import EventSource
 from server.schemas.chat import (
     IGNORED_FIELDS,
     ChatCompletionRequest,
@@ -33,7 +33,7 @@ from server.schemas.chat import (
     message_choice,
 )
 from server.schemas.common import documented_body, response_headers, usage_body
-from server.serving import cancel_on_close, collected_or_gone, error_response
+from server.serving import cancel_on_close, collected_whole
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -61,11 +61,9 @@ async def create_chat_completion(
         )
         events = cancel_on_close(request, chunks, [stream], request_id)
         return sse.event_stream(events, headers, settings)
-    collected = await collected_or_gone(request, collect(stream), [stream], request_id)
+    collected = await collected_whole(request, stream, request_id, headers)
     if isinstance(collected, Response):
         return collected
-    if collected.error is not None:
-        return error_response(collected.error, headers)
     choices = []
     for index, choice in sorted(collected.choices.items()):
         output = output_for()

@@ -37,7 +37,7 @@ from server.errors import (
     from_engine_error,
     loc_to_param,
 )
-from server.generation import EventSource, collect
+from server.generation import EventSource
 from server.message_blocks import MessageBlocks, assembled
 from server.schemas.anthropic import (
     BLOCK_TYPES,
@@ -47,7 +47,7 @@ from server.schemas.anthropic import (
 )
 from server.schemas.chat import ChatCompletionRequest
 from server.schemas.common import documented_body, response_headers
-from server.serving import cancel_on_close, collected_or_gone, error_response
+from server.serving import cancel_on_close, collected_whole
 from server.validation_messages import pydantic_message
 
 logger = logging.getLogger(__name__)
@@ -95,11 +95,11 @@ async def create_message(
         frames = _stream_events(stream, prepared, message.model, blocks, interval, admission_wait)
         guarded = cancel_on_close(request, frames, [stream], prepared.request_id)
         return sse.event_stream(guarded, headers, settings, keepalive=_ping)
-    collected = await collected_or_gone(request, collect(stream), [stream], prepared.request_id)
+    collected = await collected_whole(
+        request, stream, prepared.request_id, headers, _anthropic_body
+    )
     if isinstance(collected, Response):
         return collected
-    if collected.error is not None:
-        return error_response(collected.error, headers, _anthropic_body)
     choice = collected.choices[0]
     output = prepared.output_for()
     events = blocks.feed(output.feed(choice.text)) + blocks.feed(output.finish()) + blocks.finish()

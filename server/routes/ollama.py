@@ -50,7 +50,7 @@ from server.chat_output import ChoiceOutput
 from server.chat_pipeline import PreparedChat, errors_named, prepare_chat
 from server.deps import MetricsDep, PoolDep, SettingsDep
 from server.errors import APIError, from_engine_error
-from server.generation import EventSource, collect
+from server.generation import EventSource
 from server.metrics import Metrics, Observed
 from server.routes.embeddings import check_dimensions, embedder_info, run, shorten, token_inputs
 from server.schemas.chat import ChatCompletionRequest
@@ -63,7 +63,7 @@ from server.schemas.ollama import (
     LegacyEmbeddingsRequest,
     ShowRequest,
 )
-from server.serving import cancel_on_close, collected_or_gone
+from server.serving import cancel_on_close, collected_whole
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -254,12 +254,9 @@ async def _serve(
             request, lines.stream(stream, interval), [stream], prepared.request_id
         )
         return StreamingResponse(frames, media_type=NDJSON)
-    collected = await collected_or_gone(request, collect(stream), [stream], prepared.request_id)
+    collected = await collected_whole(request, stream, prepared.request_id, {}, _error)
     if isinstance(collected, Response):
         return collected
-    if collected.error is not None:
-        error = from_engine_error(collected.error)
-        return JSONResponse(_error(error), status_code=error.status, headers=error.headers)
     choice = collected.choices[0]
     output = prepared.output_for()
     deltas = output.feed(choice.text) + output.finish()

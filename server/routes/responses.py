@@ -38,7 +38,7 @@ from server.chat_output import ChoiceOutput
 from server.chat_pipeline import PreparedChat, count_prompt_tokens, errors_named, prepare_chat
 from server.deps import Body, MetricsDep, PoolDep, ResponseStoreDep, SettingsDep, json_body
 from server.errors import APIError, from_engine_error
-from server.generation import CollectedChoice, EventSource, collect
+from server.generation import CollectedChoice, EventSource
 from server.heartbeat import with_heartbeat
 from server.response_references import resolved
 from server.response_store import ResponseStore
@@ -59,7 +59,7 @@ from server.schemas.responses import (
     items_of,
     parse_items,
 )
-from server.serving import cancel_on_close, collected_or_gone, error_response
+from server.serving import cancel_on_close, collected_whole
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -185,11 +185,9 @@ async def create_response(
         return sse.event_stream(
             cancel_on_close(request, frames, [stream], draft.response_id), headers, settings
         )
-    collected = await collected_or_gone(request, collect(stream), [stream], draft.response_id)
+    collected = await collected_whole(request, stream, draft.response_id, headers)
     if isinstance(collected, Response):
         return collected
-    if collected.error is not None:
-        return error_response(collected.error, headers)
     choice = collected.choices.get(0)
     output = prepared.output_for()
     for piece, logprobs in _pieces(choice):
@@ -286,11 +284,9 @@ async def compact_conversation(
     headers = response_headers(compaction_id, body.raw, CompactRequest, COMPACT_IGNORED_FIELDS)
     submitted = prepared.engine.submit(prepared.generation)
     stream = metrics.observe(submitted, prepared.engine.name)
-    collected = await collected_or_gone(request, collect(stream), [stream], compaction_id)
+    collected = await collected_whole(request, stream, compaction_id, headers)
     if isinstance(collected, Response):
         return collected
-    if collected.error is not None:
-        return error_response(collected.error, headers)
     choice = collected.choices.get(0)
     output = prepared.output_for()
     deltas = [*output.feed(choice.text if choice else ""), *output.finish()]
