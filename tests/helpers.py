@@ -4,6 +4,7 @@ end-to-end tests, and running requests on a real engine thread against mlx-lm.""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -172,3 +173,17 @@ async def strict_anthropic(
                 _strict_response_validation=True,
                 max_retries=0,
             )
+
+
+async def responses_events(http: httpx.AsyncClient, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A streamed `/v1/responses` request's events (comments skipped), each checked to come
+    with an `event:` line naming its type."""
+    async with http.stream("POST", "/v1/responses", json={**body, "stream": True}) as response:
+        assert response.status_code == 200
+        lines = [line async for line in response.aiter_lines() if line and line[0] != ":"]
+    events = []
+    for name, data in zip(lines[::2], lines[1::2], strict=True):
+        event = json.loads(data.removeprefix("data: "))
+        assert name == f"event: {event['type']}"
+        events.append(event)
+    return events

@@ -20,7 +20,7 @@ from server.response_store_items import listed
 from server.schemas.responses import parse_items
 from server.settings import Settings
 from tests.fakes import FakeEngine
-from tests.helpers import assert_openai_error
+from tests.helpers import assert_openai_error, responses_events
 from tests.servers import serve, wait_until
 
 URL = "/v1/responses"
@@ -45,19 +45,6 @@ def settings(tmp_path: Path) -> Settings:
 
 def prompt_of(engine: FakeEngine) -> str:
     return engine.decode(engine.requests[-1].prompt_tokens)
-
-
-async def sse_events(http: httpx.AsyncClient, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The stream's events (comments skipped), each with an `event:` line naming its type."""
-    async with http.stream("POST", URL, json=body) as response:
-        assert response.status_code == 200
-        lines = [line async for line in response.aiter_lines() if line and line[0] != ":"]
-    events = []
-    for name, data in zip(lines[::2], lines[1::2], strict=True):
-        event = json.loads(data.removeprefix("data: "))
-        assert name == f"event: {event['type']}"
-        events.append(event)
-    return events
 
 
 async def test_create_through_strict_sdk(client: AsyncOpenAI, fake_engine: FakeEngine) -> None:
@@ -87,7 +74,7 @@ async def test_stream_helper_assembles_the_response(client: AsyncOpenAI) -> None
 
 
 async def test_stream_event_sequence(http: httpx.AsyncClient) -> None:
-    events = await sse_events(http, {"model": "fake", "input": "hi", "stream": True})
+    events = await responses_events(http, {"model": "fake", "input": "hi", "stream": True})
     kinds = [e["type"] for e in events]
     assert kinds[:5] == [
         "response.created",
@@ -114,7 +101,7 @@ async def test_a_long_prefill_repeats_in_progress(
     for `keepalive_interval_s` repeats `response.in_progress`."""
     settings.keepalive_interval_s = 0.05
     fake_engine.prefill_delay_s = 0.3
-    events = await sse_events(http, {"model": "fake", "input": "hi", "stream": True})
+    events = await responses_events(http, {"model": "fake", "input": "hi", "stream": True})
     kinds = [e["type"] for e in events]
     first_item = kinds.index("response.output_item.added")
     assert kinds[0] == "response.created"
@@ -152,7 +139,7 @@ async def test_a_tool_call_round_trip(client: AsyncOpenAI, fake_engine: FakeEngi
 async def test_streamed_tool_call_events(http: httpx.AsyncClient, fake_engine: FakeEngine) -> None:
     fake_engine.reply = CALL
     body = {"model": "fake", "input": "weather?", "tools": [WEATHER], "stream": True}
-    events = await sse_events(http, body)
+    events = await responses_events(http, body)
     kinds = [e["type"] for e in events]
     assert "response.output_text.delta" not in kinds  # the markup's whitespace opens no message
     added = next(e for e in events if e["type"] == "response.output_item.added")
@@ -238,7 +225,7 @@ async def test_max_output_tokens_makes_it_incomplete(
     assert response.incomplete_details.reason == "max_output_tokens"
     assert response.output_text == "Hello"
     body = {"model": "fake", "input": "hi", "max_output_tokens": 5, "stream": True}
-    events = await sse_events(http, body)
+    events = await responses_events(http, body)
     assert events[-1]["type"] == "response.incomplete"
     assert events[-2]["item"]["status"] == "incomplete"
 
@@ -313,7 +300,7 @@ async def test_previous_response_id_continues_a_stored_conversation(
 async def test_streamed_response_is_stored_before_it_completes(
     client: AsyncOpenAI, http: httpx.AsyncClient
 ) -> None:
-    events = await sse_events(http, {"model": "fake", "input": "hi", "stream": True})
+    events = await responses_events(http, {"model": "fake", "input": "hi", "stream": True})
     stored = await client.responses.retrieve(events[-1]["response"]["id"])
     assert stored.output_text == "Hello there!"
 
@@ -489,7 +476,7 @@ async def test_engine_failure_mid_stream_ends_with_response_failed(
     http: httpx.AsyncClient, fake_engine: FakeEngine
 ) -> None:
     fake_engine.fail_after = 5
-    events = await sse_events(http, {"model": "fake", "input": "hi", "stream": True})
+    events = await responses_events(http, {"model": "fake", "input": "hi", "stream": True})
     assert events[-1]["type"] == "response.failed"
     failed = events[-1]["response"]
     assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
@@ -630,7 +617,7 @@ async def test_a_call_cut_by_the_end_of_sequence_is_an_incomplete_item(
     """The end of sequence met inside a call's arguments: the `function_call` item is
     "incomplete" (agents run "completed" calls), streamed and not, as chat's finish `stop`."""
     created = await client.responses.create(model="fake", input="weather?", tools=[WEATHER])  # type: ignore[list-item]
-    events = await sse_events(
+    events = await responses_events(
         http, {"model": "fake", "input": "weather?", "tools": [WEATHER], "stream": True}
     )
     streamed = events[-1]["response"]
@@ -654,7 +641,7 @@ async def test_a_text_after_a_call_is_an_item_after_it_streamed_or_not(
     """Items in the order the model wrote them, the same streamed (a character at a time) and
     not (the whole output at once)."""
     created = await client.responses.create(model="fake", input="weather?", tools=[WEATHER])  # type: ignore[list-item]
-    events = await sse_events(
+    events = await responses_events(
         http, {"model": "fake", "input": "weather?", "tools": [WEATHER], "stream": True}
     )
     for output in (created.model_dump()["output"], events[-1]["response"]["output"]):

@@ -6,7 +6,6 @@ summary events; without a summary asked for, the item and stream are as they wer
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import httpx
@@ -14,7 +13,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from tests.fakes import FakeEngine
-from tests.helpers import assert_openai_error
+from tests.helpers import assert_openai_error, responses_events
 
 URL = "/v1/responses"
 THOUGHT = "The user asks for the capital of France, which is Paris."
@@ -26,18 +25,6 @@ def fake_engine() -> FakeEngine:
     engine = FakeEngine(context_length=4096, reply=REPLY, reasoning=True)
     engine.info = dataclasses.replace(engine.loaded_info(), reasoning=True)
     return engine
-
-
-async def sse_events(http: httpx.AsyncClient, body: dict[str, Any]) -> list[dict[str, Any]]:
-    async with http.stream("POST", URL, json={**body, "stream": True}) as response:
-        assert response.status_code == 200
-        lines = [line async for line in response.aiter_lines() if line and line[0] != ":"]
-    events = []
-    for name, data in zip(lines[::2], lines[1::2], strict=True):
-        event = json.loads(data.removeprefix("data: "))
-        assert name == f"event: {event['type']}"
-        events.append(event)
-    return events
 
 
 @pytest.mark.parametrize(
@@ -69,7 +56,7 @@ async def test_without_a_summary_asked_for_it_stays_empty(
 
 
 async def test_the_summary_streams_as_openais_summary_events(http: httpx.AsyncClient) -> None:
-    events = await sse_events(
+    events = await responses_events(
         http, {"model": "fake", "input": "capital?", "reasoning": {"summary": "auto"}}
     )
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
@@ -114,7 +101,7 @@ async def test_the_stream_helper_assembles_the_summary(client: AsyncOpenAI) -> N
 
 
 async def test_without_a_summary_the_stream_is_reasoning_text(http: httpx.AsyncClient) -> None:
-    events = await sse_events(http, {"model": "fake", "input": "capital?"})
+    events = await responses_events(http, {"model": "fake", "input": "capital?"})
     kinds = {e["type"] for e in events}
     assert "response.reasoning_text.delta" in kinds
     assert not any("summary" in kind for kind in kinds)
