@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from server.schemas.common import Strict
 
@@ -39,6 +39,14 @@ class CohereEmbedRequest(Strict):
     inputs: list[Any] | None = None
     max_tokens: int | None = None
     priority: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inputs_are_no_texts(cls, body: Any) -> Any:
+        """`inputs` sent in place of `texts` is refused as what it is, not as texts missing."""
+        if isinstance(body, dict) and "texts" not in body and body.get("inputs"):
+            raise ValueError("'inputs' are not embedded here, only texts: send them in 'texts'")
+        return body
 
     @field_validator("texts")
     @classmethod

@@ -361,6 +361,19 @@ async def test_cohere_embed_refusals_are_cohere_shaped(
     assert embedder.requests == []
 
 
+@pytest.mark.parametrize("path", ["/v2/embed", "/v1/embed"])
+async def test_cohere_inputs_in_place_of_texts_are_refused_as_such(
+    http: httpx.AsyncClient, embedder: FakeEmbedEngine, path: str
+) -> None:
+    """The v2 client's `inputs` (content lists, its multimodal form) sent with no `texts`: the
+    400 says inputs are not served; it said `texts` was required, as if the body lacked it."""
+    inputs = [{"content": [{"type": "text", "text": "a man"}]}]
+    response = await http.post(path, json={"model": "fake-embed", "inputs": inputs})
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"message"} and "'inputs'" in response.json()["message"]
+    assert embedder.requests == []
+
+
 async def test_cohere_embed_output_dimension(http: httpx.AsyncClient) -> None:
     """`output_dimension` shortens a Matryoshka model's vectors, as `dimensions` does."""
     body = {"model": "fake-matryoshka", "input": "a man", "encoding_format": "float",
