@@ -2,8 +2,9 @@
 their translation into the chat request every chat-shaped API runs through.
 
 Spec: https://docs.anthropic.com/en/api/messages. Supported: `system` (a string or text blocks),
-`messages` with text / `tool_use` / `tool_result` (holding text, image, document or
-`tool_reference` blocks) / `thinking` / `redacted_thinking` blocks and
+`messages` with text / `tool_use` / `tool_result` (holding text, image, document — a PDF there
+read as a note, a PDF elsewhere refused — or `tool_reference` blocks) / `thinking` /
+`redacted_thinking` blocks and
 `{"role": "system"}` messages (Claude Code sends its environment that way), `tools`,
 `tool_choice`, `max_tokens`, `stop_sequences`, `temperature` / `top_p` / `top_k`, `thinking`,
 `output_config.format` (JSON schema; `output_format`, its structured-outputs beta name, too).
@@ -82,10 +83,12 @@ class ContentSource(Strict):
     content: str | list[TextBlock]
 
 
-class DocumentBlock(Strict):
-    """A document the user attaches: plain text (`source.type` `text`) or text blocks
-    (`content`), read as text in the user turn, under its title and context. A PDF (`base64`,
-    `url`) is refused: mlxd has no PDF reader (its text, sent as a `text` source, is read)."""
+class ResultDocumentBlock(Strict):
+    """A document in a `tool_result`: plain text (`source.type` `text`) or text blocks
+    (`content`), read as text under its title and context. A PDF (`base64`, `url`: Claude Code's
+    Read tool answers with the file so) is a note in its place: mlxd has no PDF reader, and a
+    refused tool result would fail every later request of the agent's session (as
+    `TOOL_IMAGE_TEXT` stands for an image a model cannot read)."""
 
     type: Literal["document"]
     source: Annotated[
@@ -96,6 +99,27 @@ class DocumentBlock(Strict):
     citations: dict[str, Any] | None = None
     cache_control: dict[str, Any] | None = None
 
+    @property
+    def text(self) -> str:
+        """The document as the model reads it: its title and context, then its text."""
+        source = self.source
+        if isinstance(source, ContentSource):
+            body = _text_of(source.content)
+        elif isinstance(source, PlainTextSource):
+            body = source.data
+        else:
+            body = TOOL_PDF_TEXT
+        head = [line for line in (self.title, self.context) if line]
+        return "\n".join([*head, body])
+
+
+TOOL_PDF_TEXT = "[document: not shown, this server reads no PDFs]"
+
+
+class DocumentBlock(ResultDocumentBlock):
+    """A document the user attaches: as in a tool result, but a PDF is refused (the user can
+    send its text, as a source of type `text`, instead)."""
+
     @field_validator("source")
     @classmethod
     def _a_text_source(cls, source: Any) -> Any:
@@ -105,18 +129,6 @@ class DocumentBlock(Strict):
                 "text as a source of type 'text'"
             )
         return source
-
-    @property
-    def text(self) -> str:
-        """The document as the model reads it: its title and context, then its text."""
-        source = self.source
-        if isinstance(source, ContentSource):
-            body = _text_of(source.content)
-        else:
-            assert isinstance(source, PlainTextSource)  # a PDF was refused
-            body = source.data
-        head = [line for line in (self.title, self.context) if line]
-        return "\n".join([*head, body])
 
 
 class ToolUseBlock(Strict):
@@ -142,7 +154,7 @@ class ToolReferenceBlock(Strict):
 
 
 ResultBlock = Annotated[
-    TextBlock | ImageBlock | DocumentBlock | ToolReferenceBlock, Field(discriminator="type")
+    TextBlock | ImageBlock | ResultDocumentBlock | ToolReferenceBlock, Field(discriminator="type")
 ]
 
 
@@ -154,7 +166,8 @@ class ToolResultBlock(Strict):
 
     def chat_content(self) -> str | list[dict[str, Any]]:
         """The tool message's content: its text (an error's prefixed `Error: `), blocks joined
-        by newlines (a document as its text, as in a user turn); with images, chat parts in the
+        by newlines (a document as its text, as in a user turn, a PDF as `TOOL_PDF_TEXT`; a
+        `tool_reference` as a line naming the tool); with images, chat parts in the
         blocks' order (server/images.py decides what a model that reads no images sees of
         them)."""
         prefix = "Error: " if self.is_error else ""

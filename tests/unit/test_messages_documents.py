@@ -1,6 +1,7 @@
 """Document blocks on `/v1/messages`: a plain-text document (`source.type` `text`) or one of text
 blocks (`content`) is read as text in the user turn, under its title and context; a PDF is a
-400 naming the block. Through the strict `anthropic` SDK on a scripted engine.
+400 naming the block, but in a tool result a note in its place. Through the strict `anthropic`
+SDK on a scripted engine.
 
 The shape is the Vercel AI SDK's (`@ai-sdk/anthropic` 3.0.140): a `file` part of media type
 `text/plain` becomes `{"type": "document", "source": {"type": "text", ...}, "title": filename}`;
@@ -79,10 +80,26 @@ async def test_a_text_document_in_a_tool_result_is_read_there(
     assert prompt_of(fake_engine).endswith("<tool>Found:\nnotes.txt\nThe secret word is pineapple.")
 
 
-async def test_a_pdf_document_in_a_tool_result_is_a_400_naming_it(claude: AsyncAnthropic) -> None:
-    pdf = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}
-    messages = tool_turns({"type": "document", "source": pdf})
-    with pytest.raises(
-        BadRequestError, match=r"messages\[2\]\.content\[0\]\.content\[0\]\.source.: .*PDF"
-    ):
-        await claude.messages.create(model="fake", max_tokens=50, messages=messages)
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"},
+        {"type": "url", "url": "https://example.com/doc.pdf"},
+    ],
+)
+async def test_a_pdf_document_in_a_tool_result_is_read_as_a_note(
+    claude: AsyncAnthropic, fake_engine: FakeEngine, source: dict[str, Any]
+) -> None:
+    """Claude Code's Read tool answers with the PDF itself (a `base64` document after a text
+    block). mlxd reads no PDFs; refused, the result would fail every later request of the
+    session, so the model reads a note in its place (as a model that reads no images reads
+    one in an image's place)."""
+    read = {"type": "text", "text": "PDF file read: /work/doc.pdf (394 bytes)"}
+    messages = tool_turns(read, {"type": "document", "source": source, "title": "doc.pdf"})
+    counted = await claude.messages.count_tokens(model="fake", messages=messages)
+    message = await claude.messages.create(model="fake", max_tokens=50, messages=messages)
+    assert prompt_of(fake_engine).endswith(
+        "<tool>PDF file read: /work/doc.pdf (394 bytes)\ndoc.pdf\n"
+        "[document: not shown, this server reads no PDFs]"
+    )
+    assert counted.input_tokens == message.usage.input_tokens
