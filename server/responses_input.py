@@ -107,9 +107,9 @@ def chat_paths(
     `messages[i]` → `input[k - first]` for the item `k` it began with (`items` from `first` on
     are the request's `input`; those before, the stored conversation `previous_response_id`
     continues, and `instructions`, are not mapped). A message's parts are its item's, in order:
-    a `function_call_output`'s are its `output`'s. `origin`: where `items` were a selection of
-    the conversation (truncation), each one's index in the whole (None: an item the server
-    added, not mapped)."""
+    a `function_call_output`'s are its `output`'s, a `compaction`'s its `encrypted_content`.
+    `origin`: where `items` were a selection of the conversation (truncation), each one's index
+    in the whole (None: an item the server added, not mapped)."""
     messages, sources = _conversation(instructions, items)
     paths: dict[str, str] = {}
     for i, source in enumerate(sources):
@@ -121,6 +121,9 @@ def chat_paths(
         if isinstance(items[source], FunctionCallOutputItem) and isinstance(content, list):
             for j in range(len(content)):
                 paths[f"messages[{i}].content[{j}]"] = f"input[{k - first}].output[{j}]"
+        elif isinstance(items[source], CompactionItem) and isinstance(content, list):
+            for j in range(len(content)):  # its messages' parts are inside its content
+                paths[f"messages[{i}].content[{j}]"] = f"input[{k - first}].encrypted_content"
     return paths
 
 

@@ -20,6 +20,7 @@ from server.responses_compaction import COMPACTION_PROMPT, SUMMARY_MAX_TOKENS
 from server.settings import Settings
 from tests.fakes import FakeEngine
 from tests.helpers import assert_openai_error
+from tests.unit.test_images_contract import data_uri, png
 
 URL = "/v1/responses"
 SUMMARY = "The user greeted and asked for 2+2; the answer was 4."
@@ -225,6 +226,21 @@ async def test_a_compaction_not_written_here_is_a_400(
     body = {"model": "fake", "input": [{"role": "user", "content": "hi"}, item]}
     response = await http.post(URL + path, json=body)
     assert_openai_error(response, 400, "input[1].encrypted_content", "invalid_value")
+
+
+@pytest.mark.parametrize("path", ["/compact", ""], ids=["compact", "create"])
+async def test_an_error_in_a_compactions_message_names_its_content(
+    http: httpx.AsyncClient, path: str
+) -> None:
+    """An image the model cannot read in a message a compaction carries: the 400 names the
+    compaction's `encrypted_content`; it named `input[1].content[0]`, which a compaction has
+    not."""
+    image = [{"type": "input_image", "image_url": data_uri(png())}]
+    carried = encode(Compacted("s", [{"role": "user", "content": image}]))
+    item = {"type": "compaction", "encrypted_content": carried}
+    body = {"model": "fake", "input": [{"role": "user", "content": "hi"}, item]}
+    response = await http.post(URL + path, json=body)
+    assert_openai_error(response, 400, "input[1].encrypted_content", "image_input_unsupported")
 
 
 @pytest.mark.parametrize(
