@@ -188,6 +188,8 @@ class OutputItems:
                 {
                     "type": "response.function_call_arguments.done",
                     **where,
+                    # The spec's event names the function (openai-python 3.3's type requires it).
+                    "name": current.item["name"],
                     "arguments": current.text,
                 }
             )

@@ -148,6 +148,10 @@ async def test_streamed_tool_call_events(http: httpx.AsyncClient, fake_engine: F
         e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta"
     )
     assert json.loads(arguments) == {"city": "Paris"}
+    # It named no function: strict clients whose type requires `name` (openai-python 3.3, which
+    # pip picks beside instructor) failed on the event.
+    [done] = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert done["name"] == "get_weather" and done["arguments"] == arguments
     assert events[-1]["type"] == "response.completed"
     assert events[-1]["response"]["output"][0]["arguments"] == arguments
 
