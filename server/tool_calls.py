@@ -22,7 +22,8 @@ Invariants of `ToolCallParser`:
   delta, with its id.
 - A tagged call that does not parse as `{"name": str, "arguments": object}` is returned as
   content. JSON nested deeper than a request body may be (server/body.py `MAX_JSON_DEPTH`) is
-  no call: the parser never raises on what the model writes.
+  no call: the parser never raises on what the model writes. Arguments are checked against
+  the function's schema without fetching anything (a `$ref` to a URL is not followed).
 """
 
 from __future__ import annotations
@@ -34,10 +35,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
+from referencing import Registry
+from referencing.exceptions import Unresolvable
 
 from engines.llm.tools import CLOSE, MISTRAL_TAG, OPEN, PYTHON_TAG
 from server.body import MAX_JSON_DEPTH, nests_deeper
 
+# `$ref`s resolve within the client's schema: a URL it names is never fetched (jsonschema's
+# default registry would fetch it, from the event loop or the engine thread).
+_NOTHING_FETCHED: Registry[Any] = Registry()
 _HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
 _FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*?)\n?```$", re.DOTALL)
 _BARE_PREFIXES = (PYTHON_TAG, MISTRAL_TAG)
@@ -206,11 +212,15 @@ class ToolCallParser:
         if not schema:
             return True
         try:
-            jsonschema.validate(arguments, schema)
+            validator = jsonschema.validators.validator_for(schema)
+            validator.check_schema(schema)
+            validator(schema, registry=_NOTHING_FETCHED).validate(arguments)
         except jsonschema.ValidationError:
             return False
-        except jsonschema.SchemaError:
-            return True  # a schema the validator cannot read: the name alone decides
+        except (jsonschema.SchemaError, Unresolvable, RecursionError):
+            # A schema the validator cannot read (a `$ref` to nowhere, to itself, or off the
+            # schema, which is never fetched): the name alone decides.
+            return True
         return True
 
     def _stream_partial(self, out: ParsedDeltas) -> None:

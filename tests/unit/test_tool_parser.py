@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 
 import pytest
 
@@ -217,3 +218,32 @@ def test_a_name_that_is_no_text_does_not_break_the_parser(name: str, seed: int) 
         assert calls == [("get\ufffd", '{"a": 1}')]
     else:
         assert content == text and not calls
+
+
+@pytest.mark.parametrize("ref", ["#/nope", "#/$defs/Loop", "http://schemas.invalid/city.json"])
+def test_a_ref_the_validator_cannot_follow_leaves_the_name_to_decide(
+    ref: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's parameters whose `$ref` points nowhere, at itself, or off the schema: the
+    call's name decides, as for any schema the validator cannot read. Validating raised (a
+    500; on the engine thread, through server/first_call.py, the whole batch failed), and a
+    URL was fetched: a client's schema made the server open connections where it named."""
+    lookups: list[object] = []
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        lookups.append(args)
+        raise OSError("no network here")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    schema = {
+        "type": "object",
+        "properties": {"city": {"$ref": ref}},
+        "$defs": {"Loop": {"$ref": "#/$defs/Loop"}},
+    }
+    parser = ToolCallParser({"get_weather": schema})
+    parser.feed('{"name": "get_weather", "arguments": {"city": "Paris"}}')
+    parser.finish()
+    assert [(call.name, call.arguments) for call in parser.calls] == [
+        ("get_weather", '{"city": "Paris"}')
+    ]
+    assert lookups == []
