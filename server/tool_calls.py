@@ -8,7 +8,8 @@ what small models often write instead), the same inside one ```json fence, or Mi
 `[TOOL_CALLS][{…}]` — is recognised too. Such output (its first character `{`, `[` or a fence,
 after `<|python_tag|>` or `[TOOL_CALLS]` if present) is held back to the end and becomes calls
 only if every call names a known function and its arguments validate against that function's
-parameters schema; otherwise it is content. Text that merely contains JSON is content.
+parameters schema (its regular expressions unchecked: see `_PATTERN_PROPERTIES`); otherwise it
+is content. Text that merely contains JSON is content.
 
 Invariants of `ToolCallParser`:
 - Fed text in any chunking, it emits the same content and the same tool calls (the pieces may
@@ -23,18 +24,21 @@ Invariants of `ToolCallParser`:
 - A tagged call that does not parse as `{"name": str, "arguments": object}` is returned as
   content. JSON nested deeper than a request body may be (server/body.py `MAX_JSON_DEPTH`) is
   no call: the parser never raises on what the model writes. Arguments are checked against
-  the function's schema without fetching anything (a `$ref` to a URL is not followed).
+  the function's schema without fetching anything (a `$ref` to a URL is not followed) and
+  without running the client's regular expressions (`pattern`, `patternProperties`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
+from jsonschema.protocols import Validator
 from referencing import Registry
 from referencing.exceptions import Unresolvable
 
@@ -44,6 +48,23 @@ from server.body import MAX_JSON_DEPTH, nests_deeper
 # `$ref`s resolve within the client's schema: a URL it names is never fetched (jsonschema's
 # default registry would fetch it, from the event loop or the engine thread).
 _NOTHING_FETCHED: Registry[Any] = Registry()
+# A client's regular expressions are not run on the model's text: Python's `re` backtracks
+# (holding the GIL), so a pattern such as `^(a+)+$` and text the prompt asks for took
+# exponential time, on the event loop or the engine thread (server/first_call.py). `pattern` is
+# not checked; a schema with `patternProperties` (which `additionalProperties` and
+# `unevaluatedProperties` match keys against) is not checked at all: the name decides.
+_PATTERN_PROPERTIES = '"patternProperties":'
+
+
+@functools.cache
+def _patterns_unchecked(validator: type[Validator]) -> type[Validator]:
+    return cast(type[Validator], jsonschema.validators.extend(validator, {"pattern": _unchecked}))
+
+
+def _unchecked(*_: Any) -> None:
+    return None
+
+
 _HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
 _FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*?)\n?```$", re.DOTALL)
 _BARE_PREFIXES = (PYTHON_TAG, MISTRAL_TAG)
@@ -211,10 +232,12 @@ class ToolCallParser:
         schema = self._schemas[name]
         if not schema:
             return True
+        if _PATTERN_PROPERTIES in json.dumps(schema):
+            return True  # its keys are matched by the client's regular expressions (above)
         try:
             validator = jsonschema.validators.validator_for(schema)
             validator.check_schema(schema)
-            validator(schema, registry=_NOTHING_FETCHED).validate(arguments)
+            _patterns_unchecked(validator)(schema, registry=_NOTHING_FETCHED).validate(arguments)
         except jsonschema.ValidationError:
             return False
         except (jsonschema.SchemaError, Unresolvable, RecursionError):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import random
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -247,3 +250,35 @@ def test_a_ref_the_validator_cannot_follow_leaves_the_name_to_decide(
         ("get_weather", '{"city": "Paris"}')
     ]
     assert lookups == []
+
+
+EVIL = "^(a+)+$"  # backtracks exponentially on a run of a's that does not end the text
+SLOW = {
+    "pattern": {"properties": {"city": {"type": "string", "pattern": EVIL}}},
+    "patternProperties": {"patternProperties": {EVIL: {}}, "additionalProperties": False},
+}
+PARSE = """
+import json, sys
+from server.tool_calls import ToolCallParser
+schema, arguments = json.loads(sys.argv[1]), sys.argv[2]
+parser = ToolCallParser({"get_weather": {"type": "object", **schema}})
+parser.feed('{"name": "get_weather", "arguments": ' + arguments + '}')
+parser.finish()
+print(len(parser.calls))
+"""
+
+
+@pytest.mark.parametrize("schema", SLOW.values(), ids=SLOW.keys())
+def test_a_clients_regular_expressions_are_not_run_on_the_models_text(
+    schema: dict[str, object],
+) -> None:
+    """Python's `re` backtracks (holding the GIL): a client's pattern and text the model
+    writes (the prompt can ask for it) took exponential time, on the event loop or, through
+    server/first_call.py, the engine thread. They are not checked: such a call is one by its
+    name and the rest of its schema. (A process of its own: the match cannot be interrupted.)"""
+    key = "a" * 40 + "!"
+    arguments = {key: 1} if "patternProperties" in schema else {"city": key}
+    argv = [sys.executable, "-c", PARSE, json.dumps(schema), json.dumps(arguments)]
+    root = Path(__file__).parents[2]
+    done = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=20, check=True)
+    assert done.stdout.strip() == "1"
