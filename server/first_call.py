@@ -99,8 +99,7 @@ class FirstCallEnd:
             return None
         parser = ToolCallParser(self._schemas)
         parser.feed(head[:length])
-        parser.finish()
-        if len(parser.calls) != 1:
+        if parser.finish_untagged() is None or len(parser.calls) != 1:  # (not a tagged call in it)
             self._schemas = None  # the output's first object (or fence) is no single call
             return None
         return offset + length

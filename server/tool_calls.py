@@ -6,10 +6,14 @@ Untagged calls: an output that is nothing but calls written without the tags —
 `{"name": …, "arguments"|"parameters": {…}}`, one or several, or a list (Llama 3.x style, and
 what small models often write instead), the same inside one ```json fence, or Mistral's
 `[TOOL_CALLS][{…}]` — is recognised too. Such output (its first character `{`, `[` or a fence,
-after `<|python_tag|>` or `[TOOL_CALLS]` if present) is held back to the end and becomes calls
-only if every call names a known function and its arguments validate against that function's
-parameters schema (its regular expressions unchecked: see `_PATTERN_PROPERTIES`); otherwise it
-is content. Text that merely contains JSON is content.
+after `<|python_tag|>` or `[TOOL_CALLS]` if present) is held back, and becomes calls only if
+every call names a known function and its arguments validate against that function's
+parameters schema (its regular expressions unchecked: see `_PATTERN_PROPERTIES`). It is held
+only while it may still be such calls (server/untagged.py `UntaggedWatch`): as soon as it
+cannot — a whole JSON value that is no call, text after one, a "name" of no known function —
+what was held is let go and the output streams on as text, in which tagged calls are read as
+anywhere; at the end, held output that is not calls is read as text the same way.
+Text that merely contains JSON is content.
 
 Invariants of `ToolCallParser`:
 - Fed text in any chunking, it emits the same content and the same tool calls (the pieces may
@@ -44,6 +48,7 @@ from referencing.exceptions import Unresolvable
 
 from engines.llm.tools import CLOSE, MISTRAL_TAG, OPEN, PYTHON_TAG
 from server.body import MAX_JSON_DEPTH, nests_deeper
+from server.untagged import UntaggedWatch
 
 # `$ref`s resolve within the client's schema: a URL it names is never fetched (jsonschema's
 # default registry would fetch it, from the event loop or the engine thread).
@@ -160,7 +165,9 @@ class ToolCallParser:
     ) -> None:
         self._schemas = schemas or {}
         self._untagged = untagged and bool(self._schemas)
-        self._mode = "start"  # start → text | bare (the whole output is JSON, held back)
+        # start → text | bare (the output may be untagged calls: held back) → text (it is not)
+        self._mode = "start"
+        self._watch: UntaggedWatch | None = None  # in bare mode
         self._buffer = ""  # text not yet classified
         self._in_call = False
         self._calls: list[ToolCall] = []
@@ -170,6 +177,11 @@ class ToolCallParser:
     @property
     def calls(self) -> list[ToolCall]:
         return list(self._calls)
+
+    @property
+    def holding(self) -> bool:
+        """Whether the output is held back as possibly untagged calls."""
+        return self._mode == "bare"
 
     def feed(self, text: str) -> ParsedDeltas:
         self._buffer += text
@@ -182,8 +194,14 @@ class ToolCallParser:
             if untagged is None:
                 return out  # undecided
             self._mode = "bare" if untagged else "text"
+            if untagged:
+                self._watch = UntaggedWatch(
+                    len(self._buffer) - len(head), self._is_call, self._known
+                )
         if self._mode == "bare":
-            return out
+            if self._watch is None or not self._watch.rules_out(self._buffer):
+                return out
+            self._mode = "text"  # no untagged calls: what was held goes out, read as text
         while True:
             if not self._in_call:
                 content, self._buffer, opened = text_before(self._buffer, OPEN, bool(self._calls))
@@ -201,11 +219,13 @@ class ToolCallParser:
             self._close_call(body, out, closed=True)
 
     def finish(self) -> ParsedDeltas:
-        """End of output: flush held-back text; an unclosed call that parses counts as a call."""
-        out = ParsedDeltas()
-        if self._mode == "bare":
-            self._finish_bare(out)
-        elif self._in_call:
+        """End of output: flush held-back text; an unclosed call that parses counts as a call.
+        Held output that is not untagged calls is read as text, as if let go while streaming."""
+        calls = self.finish_untagged()
+        if calls is not None:
+            return calls
+        out = self.feed("")  # text mode: what the buffer still holds is read (start: nothing)
+        if self._in_call:
             self._in_call = False
             self._close_call(self._buffer, out, closed=False)
         elif self._buffer.strip() or not self._calls:
@@ -213,18 +233,34 @@ class ToolCallParser:
         self._buffer = ""
         return out
 
-    def _finish_bare(self, out: ParsedDeltas) -> None:
+    def finish_untagged(self) -> ParsedDeltas | None:
+        """End of a held-back output: its calls if it is nothing but untagged calls (None: it
+        is text, and the parser reads it so from now on)."""
+        if self._mode != "bare":
+            return None
+        self._mode = "text"
+        if self._watch is None or self._watch.rules_out(self._buffer):
+            return None
         text = _strip_bare_prefix(self._buffer).rstrip()
         fenced = _FENCE.match(text)
         calls = _bare_calls(fenced[1].strip() if fenced else text)
         if calls is None or not all(self._valid(name, arguments) for name, arguments in calls):
-            out.add_text(self._buffer)
-            return
+            return None
+        out = ParsedDeltas()
         for name, arguments in calls:
             call = ToolCall(new_call_id(), name, json.dumps(arguments, ensure_ascii=False))
             out.add_call(ToolCallDelta(len(self._calls), call.id, name))
             out.add_call(ToolCallDelta(len(self._calls), arguments=call.arguments))
             self._calls.append(call)
+        self._buffer = ""
+        return out
+
+    def _is_call(self, value: Any) -> bool:
+        call = _call_of(value)
+        return call is not None and self._valid(*call)
+
+    def _known(self, name: Any) -> bool:
+        return isinstance(name, str) and without_surrogates(name) in self._schemas
 
     def _valid(self, name: str, arguments: dict[str, Any]) -> bool:
         if name not in self._schemas:

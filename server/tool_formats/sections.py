@@ -12,7 +12,8 @@ Invariants (those of server/tool_calls.py's `ToolCallParser`, which serves json_
   one delta with its id and name, then one with its arguments as JSON text (the model's own id
   where the format writes one).
 - A section that does not parse is content, markers included: nothing the model wrote is lost.
-- An output that is nothing but untagged JSON calls is recognised as ToolCallParser does.
+- An output that is nothing but untagged JSON calls is recognised as ToolCallParser does: held
+  back only while it may still be such calls, then read on as text with sections.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ class SectionParser:
             for name, parameters in schemas.items()
         ]
         self._untagged = untagged and bool(schemas)
-        self._mode = "start"  # start → text | bare (the whole output is JSON, held back)
+        # start → text | bare (the output may be untagged calls: held back) → text (it is not)
+        self._mode = "start"
+        self._bare: ToolCallParser | None = None  # reads the held-back output, in bare mode
         self._buffer = ""
         self._in_section = False
         self._calls: list[ToolCall] = []
@@ -61,10 +64,16 @@ class SectionParser:
     def feed(self, text: str) -> ParsedDeltas:
         self._buffer += text
         out = ParsedDeltas()
-        if self._mode == "start" and not self._classify():
-            return out
-        if self._mode == "bare":
-            return out
+        if self._mode == "start":
+            if not self._classify():
+                return out
+            if self._mode == "bare":
+                self._bare, text = ToolCallParser(self._schemas), self._buffer
+        if self._bare is not None:
+            self._bare.feed(text)
+            if self._bare.holding:
+                return out
+            self._bare, self._mode = None, "text"  # no untagged calls: read on as text
         while True:
             if not self._in_section:
                 content, self._buffer, opened = text_before(
@@ -85,13 +94,15 @@ class SectionParser:
 
     def finish(self) -> ParsedDeltas:
         """End of output: flush held-back text; an open section is parsed as it stands."""
-        out = ParsedDeltas()
-        if self._mode == "bare":
-            bare = ToolCallParser(self._schemas, untagged=True)
-            bare.feed(self._buffer)
-            out = bare.finish()
-            self._calls += bare.calls
-        elif self._in_section:
+        if self._bare is not None:
+            calls = self._bare.finish_untagged()
+            if calls is not None:
+                self._calls += self._bare.calls
+                self._buffer = ""
+                return calls
+            self._bare, self._mode = None, "text"
+        out = self.feed("")  # text mode: what the buffer still holds is read (start: nothing)
+        if self._in_section:
             self._in_section = False
             self._close(self._buffer, out, closed=False)
         elif self._buffer.strip() or not self._calls:
@@ -100,8 +111,8 @@ class SectionParser:
         return out
 
     def _classify(self) -> bool:
-        """Decide, from the output's first characters, whether it is untagged JSON (held back
-        whole) or text with sections; False while it cannot tell yet."""
+        """Decide, from the output's first characters, whether it may be untagged JSON (held
+        back) or is text with sections; False while it cannot tell yet."""
         head = self._buffer.lstrip()
         if not head or (self._start.startswith(head) and head != self._start):
             return False

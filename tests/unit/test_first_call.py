@@ -54,6 +54,13 @@ def test_no_end_where_the_output_begins_with_no_single_call(text: str) -> None:
     assert kept(FirstCallEnd("json_tools", SCHEMAS, None, False), text, 1) == text
 
 
+def test_a_fence_is_an_untagged_call_only_when_its_json_is_one() -> None:
+    """A fence holding a tagged call (which the edge reads as text with a call in it) is no
+    untagged call: it ends nothing, here for llama3, whose tagged calls have no end marker."""
+    text = f"```json\n<tool_call>\n{PARIS}\n</tool_call>\n```\n{LONDON}"
+    assert kept(FirstCallEnd("llama3", SCHEMAS, None, False), text, 1) == text
+
+
 def test_untagged_calls_are_left_alone_where_the_edge_reads_none() -> None:
     text = f"{PARIS}\n{LONDON}"
     assert kept(FirstCallEnd("json_tools", None, None, False), text, 1) == text
