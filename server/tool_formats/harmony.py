@@ -28,6 +28,7 @@ import json
 import re
 from typing import Any
 
+from server.body import MAX_JSON_DEPTH, nests_deeper
 from server.tool_calls import ParsedDeltas, ToolCall, ToolCallDelta, new_call_id, partial_suffix
 
 MESSAGE = "<|message|>"
@@ -121,9 +122,9 @@ class HarmonyParser:
             return
         try:
             arguments = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past what Python parses
             arguments = None
-        if not isinstance(arguments, dict):
+        if not isinstance(arguments, dict) or nests_deeper(arguments, MAX_JSON_DEPTH, body):
             out.add_text(body)
             return
         call = ToolCall(new_call_id(), self._name, body.strip())

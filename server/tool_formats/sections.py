@@ -12,6 +12,8 @@ Invariants (those of server/tool_calls.py's `ToolCallParser`, which serves json_
   one delta with its id and name, then one with its arguments as JSON text (the model's own id
   where the format writes one).
 - A section that does not parse is content, markers included: nothing the model wrote is lost.
+  Arguments nested deeper than a request body may be (server/body.py `MAX_JSON_DEPTH`) do not
+  parse: the parser never raises on what the model writes.
 - An output that is nothing but untagged JSON calls is recognised as ToolCallParser does: held
   back only while it may still be such calls, then read on as text with sections.
 """
@@ -22,6 +24,7 @@ import json
 from typing import Any
 
 from engines.llm.chat_formats import SECTIONS
+from server.body import MAX_JSON_DEPTH, nests_deeper
 from server.tool_calls import (
     ParsedDeltas,
     ToolCall,
@@ -125,7 +128,14 @@ class SectionParser:
         return True
 
     def _close(self, body: str, out: ParsedDeltas, closed: bool) -> None:
-        calls = self._body(body, self._tools)
+        try:
+            calls = self._body(body, self._tools)
+        except RecursionError:  # JSON nested past what Python parses: no call, as json_tools'
+            calls = None
+        if calls is not None and any(
+            nests_deeper(call.arguments, MAX_JSON_DEPTH, body) for call in calls
+        ):
+            calls = None  # deeper than a body may be: no call (server/tool_calls.py `_too_deep`)
         if calls is None:
             out.add_text(f"{self._start}{body}{self._end if closed else ''}")
             return

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from server.body import MAX_JSON_DEPTH
 from server.chat_output import ChoiceOutput, collected_message
 from server.reasoning import ReasoningParser, opened_in_prompt
 from server.tool_formats.harmony import HarmonyParser
@@ -121,6 +122,15 @@ HARMONY = [
         "",
         "{not json",
         [],
+    ),
+    *(  # nested deeper than a request body may be (MAX_JSON_DEPTH), or than Python parses
+        (
+            f"<|channel|>commentary to=functions.get_time <|constrain|>json<|message|>{deep}",
+            "",
+            deep,
+            [],
+        )
+        for deep in ('{"tz": ' + "[" * n + "]" * n + "}" for n in (MAX_JSON_DEPTH, 1500))
     ),
 ]
 

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engines.llm.chat_formats import CALL_ENDS, SECTIONS, think_tags, tool_format
+from server.body import MAX_JSON_DEPTH
 from server.tool_formats import call_parser
 
 WEATHER = {
@@ -400,3 +401,24 @@ def test_generated_calls_as_mlx_lm_reads_them(fmt: str, arguments: Any, cut: flo
     for pieces in ([text], [text[:at], text[at:]]):
         content, calls = ours(fmt, pieces)
         assert (content, model_ids(calls)) == expected
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+DEEP_OUTPUTS = {
+    "qwen3_coder": "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+    "<parameter=hours>\n{deep}\n</parameter>\n</function>\n</tool_call>",
+    "kimi_k2": "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
+    '<|tool_call_argument_begin|>{{"hours": {deep}}}<|tool_call_end|><|tool_calls_section_end|>',
+}
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 1500])  # a body's limit; Python's
+@pytest.mark.parametrize("fmt", DEEP_OUTPUTS)
+def test_arguments_nested_too_deeply_are_text(fmt: str, depth: int) -> None:
+    """No call, the section as content (nothing raised: it was a RecursionError, a 500)."""
+    output = DEEP_OUTPUTS[fmt].format(deep=nested(depth))
+    content, calls = ours(fmt, [output])
+    assert calls == [] and content == words(output)
