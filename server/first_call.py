@@ -12,7 +12,11 @@ calls so, one object a line, more often than in its tags). A reasoning block the
 Invariants: runs on the engine thread (pure Python, no MLX); it ends an output only after a
 call: its marker, or untagged text that the edge's parser reads as exactly one call. It never
 raises on what the model writes (JSON nested too deeply to parse is no call): an exception here
-would fail the engine step, and with it every request in the batch.
+would fail the engine step, and with it every request in the batch. Where it ends does not depend
+on how the output is cut into pieces (the earlier of a marker and an untagged call's end). Cheap
+per piece: each character is read once (the first value is decoded once, when its brackets
+balance; a marker is searched for in the new text only), so a long output costs no more per
+token than a short one.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from typing import Any
 from engines.llm.chat_formats import CALL_ENDS
 from server.tool_calls import ToolCallParser
 
-_FENCE = re.compile(r"```(?:json)?[ \t]*\n.*?```", re.DOTALL)
+_FENCE_HEADER = re.compile(r"```(?:json)?[ \t]*")
+_STRUCTURE = re.compile(r'["{}\[\]]')  # in JSON, outside strings
+_IN_STRING = re.compile(r'["\\]')
+_DECODER = json.JSONDecoder()
 
 
 class FirstCallEnd:
@@ -45,15 +52,23 @@ class FirstCallEnd:
         self._thinking = think_opened  # inside the reasoning block (known open)
         self._text = ""
         self._start = 0  # where calls may begin: after the reasoning block
+        self._searched = 0  # where the reasoning block's closing may begin, not found before
+        self._head: int | None = None  # where the output's first value (or fence) begins
+        self._scanned = 0  # where reading that value (or fence) goes on
+        self._depth = 0  # of brackets in the first value, outside its strings
+        self._in_string = False
 
     def __call__(self, piece: str) -> int | None:
         before = len(self._text)
-        self._text += piece
+        text, self._text = self._text, ""
+        text += piece  # its only reference: CPython extends it in place, no copy of the output
+        self._text = text
         if not self._past_reasoning():
             return None
         end = self._tagged_end(before)
-        if end is None and ("}" in piece or "`" in piece):
-            end = self._untagged_end()
+        if "}" in piece or "`" in piece:  # the earlier end, as where the pieces are smaller
+            untagged = self._untagged_end()
+            end = untagged if end is None or (untagged is not None and untagged < end) else end
         return end - before if end is not None and end > before else None
 
     def _past_reasoning(self) -> bool:
@@ -68,8 +83,9 @@ class FirstCallEnd:
                 self._reasoning = None
                 return True
             self._thinking = True
-        close = self._text.find(closing)
+        close = self._text.find(closing, self._searched)
         if close < 0:
+            self._searched = max(self._searched, len(self._text) - len(closing) + 1)
             return False
         self._start, self._reasoning = close + len(closing), None
         return True
@@ -83,23 +99,71 @@ class FirstCallEnd:
     def _untagged_end(self) -> int | None:
         if self._schemas is None:
             return None
-        head = self._text[self._start :].lstrip()
-        offset = len(self._text) - len(head)
-        if head.startswith("{"):
-            try:
-                _, length = json.JSONDecoder().raw_decode(head)
-            except ValueError:
+        if self._head is None:
+            head = self._text[self._start :].lstrip()
+            if not head:
                 return None
-            except RecursionError:  # nested deeper than the parser goes: no call the edge reads
-                self._schemas = None
-                return None
-        elif (fence := _FENCE.match(head)) is not None:
-            length = fence.end()
+            self._head = self._scanned = len(self._text) - len(head)
+        if self._text.startswith("{", self._head):
+            end = self._object_end()
+        elif self._text.startswith("```", self._head):
+            end = self._fence_end()
         else:
             return None
-        parser = ToolCallParser(self._schemas)
-        parser.feed(head[:length])
-        if parser.finish_untagged() is None or len(parser.calls) != 1:  # (not a tagged call in it)
-            self._schemas = None  # the output's first object (or fence) is no single call
+        if end is None:
             return None
-        return offset + length
+        head = self._text[self._head : end]
+        try:
+            if head.startswith("{") and _DECODER.raw_decode(head)[1] != len(head):
+                end = None
+        except (ValueError, RecursionError):  # no JSON, or nested deeper than the parser goes
+            end = None
+        if end is not None:
+            parser = ToolCallParser(self._schemas)
+            parser.feed(head)
+            if parser.finish_untagged() is not None and len(parser.calls) == 1:
+                return end  # (a tagged call in a fence is no untagged call)
+        self._schemas = None  # the output's first object (or fence) is no single call
+        return None
+
+    def _object_end(self) -> int | None:
+        """Where the first value's brackets balance (None: not yet). Read on from where the
+        last piece was left, outside strings, so each character is read once."""
+        text, at = self._text, self._scanned
+        while True:
+            if self._in_string:
+                found = _IN_STRING.search(text, at)
+                if found is not None and found[0] == "\\" and found.end() == len(text):
+                    self._scanned = found.start()  # the escaped character is still to come
+                    return None
+            else:
+                found = _STRUCTURE.search(text, at)
+            if found is None:
+                self._scanned = len(text)
+                return None
+            at = found.end()
+            if found[0] == "\\":
+                at += 1
+            elif found[0] == '"':
+                self._in_string = not self._in_string
+            elif found[0] in "{[":
+                self._depth += 1
+            else:
+                self._depth -= 1
+                if self._depth == 0:
+                    return at
+
+    def _fence_end(self) -> int | None:
+        """Just after a ```json fence's closing ``` (None: not yet)."""
+        assert self._head is not None
+        line_end = self._text.find("\n", self._head)
+        if line_end < 0:
+            return None
+        if _FENCE_HEADER.fullmatch(self._text, self._head, line_end) is None:
+            self._schemas = None  # no ```json fence: no untagged call
+            return None
+        close = self._text.find("```", max(self._scanned, line_end + 1))
+        if close < 0:
+            self._scanned = max(line_end + 1, len(self._text) - 2)
+            return None
+        return close + 3

@@ -3,11 +3,16 @@ it ends the output just after the first call, tagged or untagged, and nowhere el
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from server.first_call import FirstCallEnd
 
-SCHEMAS = {"get_weather": {"type": "object", "properties": {"city": {"type": "string"}}}}
+SCHEMAS: dict[str, dict[str, Any] | None] = {
+    "get_weather": {"type": "object", "properties": {"city": {"type": "string"}}}
+}
 PARIS = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
 LONDON = '{"name": "get_weather", "arguments": {"city": "London"}}'
 THINK = ("<think>", "</think>")
@@ -90,3 +95,28 @@ def test_json_nested_too_deeply_to_parse_is_no_call(first: str) -> None:
     and every request of the batch with it."""
     text = f"{first}\n{PARIS}"
     assert kept(FirstCallEnd("json_tools", SCHEMAS, None, False), text, 7) == text
+
+
+@pytest.mark.parametrize("piece", [1, 5, 1000])
+def test_the_end_does_not_depend_on_how_the_output_is_cut(piece: int) -> None:
+    """An untagged call and a later marker in one piece: the output ends after the call, as
+    where they come in pieces of their own (the marker ended it, leaving the text between)."""
+    text = f"{PARIS}\nThat is all.\n</tool_call>\nMore."
+    assert kept(FirstCallEnd("json_tools", SCHEMAS, None, False), text, piece) == PARIS
+
+
+def test_a_long_first_value_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watch runs per token on the engine thread: the first value is decoded once, when its
+    brackets balance, not again at every '}' the model writes (quadratic in a long output)."""
+    decoded: list[int] = []
+    raw_decode = json.JSONDecoder.raw_decode
+
+    def counted(self: json.JSONDecoder, text: str, idx: int = 0) -> tuple[Any, int]:
+        decoded.append(len(text))
+        return raw_decode(self, text, idx)
+
+    monkeypatch.setattr(json.JSONDecoder, "raw_decode", counted)
+    rows = json.dumps({"rows": [{"id": i, "name": "}`"} for i in range(500)]})
+    text = f"{rows}\n{PARIS}"
+    assert kept(FirstCallEnd("json_tools", SCHEMAS, None, False), text, 1) == text
+    assert sum(decoded) < 4 * len(text)
