@@ -170,6 +170,7 @@ class ToolCallParser:
         self._watch: UntaggedWatch | None = None  # in bare mode
         self._buffer = ""  # text not yet classified
         self._in_call = False
+        self._after_call = False  # nothing but whitespace was written since the last call
         self._calls: list[ToolCall] = []
         self._current_id: str | None = None  # the open call's id, once its name was sent
         self._streamed_arguments = 0  # characters of the open call's arguments sent
@@ -204,8 +205,9 @@ class ToolCallParser:
             self._mode = "text"  # no untagged calls: what was held goes out, read as text
         while True:
             if not self._in_call:
-                content, self._buffer, opened = text_before(self._buffer, OPEN, bool(self._calls))
+                content, self._buffer, opened = text_before(self._buffer, OPEN, self._after_call)
                 out.add_text(content)
+                self._after_call = self._after_call and not content
                 if not opened:
                     return out
                 self._in_call = True
@@ -228,7 +230,7 @@ class ToolCallParser:
         if self._in_call:
             self._in_call = False
             self._close_call(self._buffer, out, closed=False)
-        elif self._buffer.strip() or not self._calls:
+        elif self._buffer.strip() or not self._after_call:
             out.add_text(self._buffer)
         self._buffer = ""
         return out
@@ -311,6 +313,7 @@ class ToolCallParser:
         head = _HEAD.match(body)
         if parsed is None and self._current_id is None:
             out.add_text(f"{OPEN}{body}{CLOSE if closed else ''}")  # not a call: it is text
+            self._after_call = False
             return
         raw = body[head.end() :].rstrip().removesuffix("}").rstrip() if head else ""
         if parsed is not None and (head is None or _json_object(raw) is None):
@@ -322,6 +325,7 @@ class ToolCallParser:
         if len(raw) > self._streamed_arguments:
             out.add_call(ToolCallDelta(index, arguments=raw[self._streamed_arguments :]))
         self._calls.append(ToolCall(self._current_id, name, raw))
+        self._after_call = True
         self._current_id, self._streamed_arguments = None, 0
 
 

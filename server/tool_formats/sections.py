@@ -58,6 +58,7 @@ class SectionParser:
         self._bare: ToolCallParser | None = None  # reads the held-back output, in bare mode
         self._buffer = ""
         self._in_section = False
+        self._after_call = False  # nothing but whitespace was written since the last call
         self._calls: list[ToolCall] = []
 
     @property
@@ -80,9 +81,10 @@ class SectionParser:
         while True:
             if not self._in_section:
                 content, self._buffer, opened = text_before(
-                    self._buffer, self._start, bool(self._calls)
+                    self._buffer, self._start, self._after_call
                 )
                 out.add_text(content)
+                self._after_call = self._after_call and not content
                 if not opened:
                     return out
                 self._in_section = True
@@ -108,7 +110,7 @@ class SectionParser:
         if self._in_section:
             self._in_section = False
             self._close(self._buffer, out, closed=False)
-        elif self._buffer.strip() or not self._calls:
+        elif self._buffer.strip() or not self._after_call:
             out.add_text(self._buffer)
         self._buffer = ""
         return out
@@ -138,6 +140,7 @@ class SectionParser:
             calls = None  # deeper than a body may be: no call (server/tool_calls.py `_too_deep`)
         if calls is None:
             out.add_text(f"{self._start}{body}{self._end if closed else ''}")
+            self._after_call = False
             return
         for call in calls:
             self._emit(call, out)
@@ -152,3 +155,4 @@ class SectionParser:
         out.add_call(ToolCallDelta(index, call.id, call.name))
         out.add_call(ToolCallDelta(index, arguments=call.arguments))
         self._calls.append(call)
+        self._after_call = True

@@ -217,6 +217,22 @@ def test_text_and_calls_keep_their_order_however_split(fmt: str, text: str) -> N
         assert sequence(fmt, [text[:cut], text[cut:]]) == whole, cut
 
 
+def streamed_content(fmt: str, pieces: list[str]) -> str:
+    parser = call_parser(fmt, SCHEMAS)
+    return "".join(delta.content for delta in [*map(parser.feed, pieces), parser.finish()])
+
+
+@pytest.mark.parametrize("fmt", sorted(f for f in OUTPUTS if SECTIONS[f][1]))
+def test_whitespace_ending_a_text_after_a_call_is_content_however_split(fmt: str) -> None:
+    """Only whitespace right after a call is none: where the text after it came a character at
+    a time, the whitespace ending it was held as if right after the call, then dropped."""
+    text = next(t for t in OUTPUTS[fmt] if not t.endswith(("Done.", "Checking both.")))
+    text += "Done. \n"
+    whole = streamed_content(fmt, [text])
+    assert whole.endswith("Done. \n")
+    assert streamed_content(fmt, list(text)) == whole
+
+
 @pytest.mark.parametrize(
     ("fmt", "text"),
     [(fmt, text) for fmt, text in CASES if fmt in CALL_ENDS],
