@@ -181,8 +181,9 @@ class ToolCallParser:
 
     @property
     def holding(self) -> bool:
-        """Whether the output is held back as possibly untagged calls."""
-        return self._mode == "bare"
+        """Whether the output is held back as possibly untagged calls, or not yet known not
+        to be (a `[TOOL_CALLS]` prefix whole, the JSON's first character to come)."""
+        return self._mode != "text"
 
     def feed(self, text: str) -> ParsedDeltas:
         self._buffer += text

@@ -176,3 +176,16 @@ async def test_streamed_json_that_is_no_call_arrives_before_the_end(path: str) -
             else:
                 pytest.fail("the reply never arrived")
     assert generated < len(REPLY) / 2
+
+
+@pytest.mark.parametrize("fmt", ["qwen3_coder", "kimi_k2"])
+def test_a_section_format_holds_a_prefixed_call_in_every_split(fmt: str) -> None:
+    """Where the `[TOOL_CALLS]` prefix is whole before the JSON's first character, the parser
+    reading the held output cannot tell yet whether it may be calls: that is still held, not
+    let go as text."""
+    text = f"[TOOL_CALLS][{PARIS}]"
+    whole = fed(call_parser(fmt, KNOWN), [text])
+    assert whole == ("", [("get_weather", '{"city": "Paris"}')])
+    assert fed(call_parser(fmt, KNOWN), list(text)) == whole
+    for split in range(1, len(text)):
+        assert fed(call_parser(fmt, KNOWN), [text[:split], text[split:]]) == whole, split
