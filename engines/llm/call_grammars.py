@@ -46,6 +46,10 @@ from engines.llm.gemma_grammar import argument_list, gemma4_calls
 
 # What `inline_refs` puts at a tool's parameters' root for the grammar library (`rooted`).
 _ROOT_KEYS = ("$defs", "x-guidance")
+# Nodes `inline_refs` writes before it inlines no more: past it, a definition is referred to
+# where it is used, as a recursive one is. Definitions that each use the next twice double the
+# schema at each level: 2 KB of them inlined were 69 MB, written in 13 s on the event loop.
+INLINED_NODES = 20_000
 
 GRAMMAR_FORMATS = (
     "json_tools", "mistral", "llama3", "qwen3_coder", "glm47", "minimax_m2", "kimi_k2", "harmony",
@@ -133,26 +137,32 @@ def inline_refs(
     pointers would not resolve. A reference inside its own definition (a recursive model: a
     tree whose children are trees) cannot be inlined: it points at that definition, kept under
     the returned schema's root `$defs` as `{namespace}{$defs or definitions}.{X}` so that
-    several tools' definitions can share one root (`rooted`, `_call_schema`). An empty schema
-    is an object. `loose`: made `lenient`, for a tool that is not `strict` (OpenAI's API holds
-    only a strict tool's calls to its schema, and refuses there what it cannot hold them to)."""
+    several tools' definitions can share one root (`rooted`, `_call_schema`). So is every
+    definition used once the inlined schema holds `INLINED_NODES` nodes: inlining copies each
+    use, and a schema can use a definition a number of times exponential in its size. An empty
+    schema is an object. `loose`: made `lenient`, for a tool that is not `strict` (OpenAI's API
+    holds only a strict tool's calls to its schema, and refuses there what it cannot hold them
+    to)."""
     definitions = {
         f"#/{key}/{name}": (f"{namespace}{key}.{name}", value)
         for key in ("$defs", "definitions")
         for name, value in (schema.get(key) or {}).items()
     }
     kept: dict[str, Any] = {}
+    written = 0
 
     def resolved(node: Any, seen: frozenset[str]) -> Any:
+        nonlocal written
         if isinstance(node, list):
             return [resolved(item, seen) for item in node]
         if not isinstance(node, dict):
             return node
+        written += 1
         pointer = node.get("$ref")
         if isinstance(pointer, str) and pointer in definitions:
             siblings = resolved({k: v for k, v in node.items() if k != "$ref"}, seen)
             name, definition = definitions[pointer]
-            if pointer not in seen:
+            if pointer not in seen and written < INLINED_NODES:
                 return {**resolved(definition, seen | {pointer}), **siblings}
             if name not in kept:
                 kept[name] = {}  # taken before it is resolved: it refers to itself
