@@ -23,8 +23,9 @@ Invariants of `ToolCallParser`:
 - A call's argument fragments concatenate to exactly the model's JSON text of `arguments` (a
   call written out again — untagged, `arguments` before `name`, or arguments written as a JSON
   string holding the object, which are sent whole when the call closes — is the same JSON with
-  the model's characters, never `\\u` escapes); a call's `name` is sent once, in its first
-  delta, with its id.
+  the model's characters, never `\\u` escapes), and end where that object ends (members the
+  model writes after it are no part); a call's `name` is sent once, in its first delta, with
+  its id (its first "name", where the model wrote two).
 - A tagged call that does not parse as `{"name": str, "arguments": object}` is returned as
   content. JSON nested deeper than a request body may be (server/body.py `MAX_JSON_DEPTH`) is
   no call: the parser never raises on what the model writes. Arguments are checked against
@@ -70,6 +71,8 @@ def _unchecked(*_: Any) -> None:
     return None
 
 
+_STRUCTURE = re.compile(r'["{}\[\]]')  # in JSON, outside strings
+_IN_STRING = re.compile(r'["\\]')
 _HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
 _FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*?)\n?```$", re.DOTALL)
 _BARE_PREFIXES = (PYTHON_TAG, MISTRAL_TAG)
@@ -174,6 +177,7 @@ class ToolCallParser:
         self._calls: list[ToolCall] = []
         self._current_id: str | None = None  # the open call's id, once its name was sent
         self._streamed_arguments = 0  # characters of the open call's arguments sent
+        self._arguments = _ObjectEnd()  # where the open call's arguments object ends
 
     @property
     def calls(self) -> list[ToolCall]:
@@ -300,9 +304,11 @@ class ToolCallParser:
         arguments = self._buffer[head.end() :]
         if not arguments.startswith("{"):
             return  # a JSON string holding the object (or no object): its close decodes it
-        # Hold back what may be the outer object's closing brace, whitespace, or a partial tag.
-        safe = len(arguments) - partial_suffix(arguments, CLOSE)
-        safe = min(safe, len(arguments[:safe].rstrip().removesuffix("}").rstrip()))
+        safe = self._arguments.end(arguments)  # the object whole: members after it are no part
+        if safe is None:
+            # Hold back what may be the outer object's closing brace, whitespace, a partial tag.
+            safe = len(arguments) - partial_suffix(arguments, CLOSE)
+            safe = min(safe, len(arguments[:safe].rstrip().removesuffix("}").rstrip()))
         if safe > self._streamed_arguments:
             fragment = arguments[self._streamed_arguments : safe]
             out.add_call(ToolCallDelta(index, arguments=fragment))
@@ -316,10 +322,14 @@ class ToolCallParser:
             out.add_text(f"{OPEN}{body}{CLOSE if closed else ''}")  # not a call: it is text
             self._after_call = False
             return
-        raw = body[head.end() :].rstrip().removesuffix("}").rstrip() if head else ""
-        if parsed is not None and (head is None or _json_object(raw) is None):
+        raw = _arguments_text(body[head.end() :], parsed) if head else None
+        if raw is None and parsed is not None:
             raw = json.dumps(parsed[1], ensure_ascii=False)  # keys in another order: re-serialise
-        name = parsed[0] if parsed is not None else (_name(head) or "") if head else ""
+        elif raw is None:  # no call that parses, but its name was sent: what was written
+            raw = body[head.end() :].rstrip().removesuffix("}").rstrip() if head else ""
+        # The first "name" (the one streamed), also where a later duplicate wins in json.loads.
+        first = _name(head) if head else None
+        name = first if first is not None else parsed[0] if parsed is not None else ""
         if self._current_id is None:
             self._current_id = new_call_id()
             out.add_call(ToolCallDelta(index, self._current_id, name))
@@ -328,6 +338,7 @@ class ToolCallParser:
         self._calls.append(ToolCall(self._current_id, name, raw))
         self._after_call = True
         self._current_id, self._streamed_arguments = None, 0
+        self._arguments = _ObjectEnd()
 
 
 def text_before(buffer: str, marker: str, after_call: bool) -> tuple[str, str, bool]:
@@ -353,6 +364,47 @@ def partial_suffix(text: str, tag: str) -> int:
         if text.endswith(tag[:length]):
             return length
     return 0
+
+
+class _ObjectEnd:
+    """Where a JSON object that a text begins with ends, read as the text grows (each call's
+    text extends the last's); each character is read once."""
+
+    def __init__(self) -> None:
+        self._seen = 0
+        self._depth = 0
+        self._in_string = False
+        self._end: int | None = None
+
+    def end(self, text: str) -> int | None:
+        at = self._seen
+        while self._end is None:
+            found = (_IN_STRING if self._in_string else _STRUCTURE).search(text, at)
+            if found is None or (found[0] == "\\" and found.end() == len(text)):
+                self._seen = len(text) if found is None else found.start()
+                return None  # (an escaped character still to come: read on from its backslash)
+            at = found.end() + (found[0] == "\\")
+            if found[0] == '"':
+                self._in_string = not self._in_string
+            elif found[0] in "{[":
+                self._depth += 1
+            elif found[0] in "}]":
+                self._depth -= 1
+                if self._depth == 0:
+                    self._end = at
+        return self._end
+
+
+def _arguments_text(text: str, parsed: tuple[str, dict[str, Any]] | None) -> str | None:
+    """The model's text of a call's arguments: the object `text` begins with, where it is the
+    call's arguments (None: it is not, or they were written as a JSON string)."""
+    try:
+        value, end = json.JSONDecoder().raw_decode(text)
+    except (ValueError, RecursionError):
+        return None
+    if parsed is None or not isinstance(value, dict) or without_surrogates(value) != parsed[1]:
+        return None
+    return text[:end]
 
 
 def _json_object(text: str) -> dict[str, Any] | None:

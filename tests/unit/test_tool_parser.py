@@ -61,6 +61,26 @@ def test_hermes_calls_in_any_chunking(seed: int) -> None:
     assert len(set(ids)) == 2 and all(i.startswith("call_") for i in ids)
 
 
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize(
+    "after",
+    [', "id": "call_1"', ', "name": "search"', ', "extra": {"a": "}"}'],
+    ids=["id", "duplicate name", "object"],
+)
+def test_members_after_the_arguments_are_no_part_of_them(after: str, seed: int) -> None:
+    """Streamed, the argument fragments stop where the model's arguments object closes: they
+    ran on to the call's last brace (a client's concatenation was no JSON), while the call
+    held the arguments alone. The first "name" names the call (the one streamed)."""
+    arguments = '{"city":"Paris", "note": "a } b"}'
+    text = f'<tool_call>\n{{"name": "get_weather", "arguments": {arguments}{after}}}\n</tool_call>'
+    content, calls, _ = run(text, seed)
+    assert (content, calls) == ("", [("get_weather", arguments)])
+    whole = ToolCallParser()
+    whole.feed(text)
+    whole.finish()
+    assert [(c.name, c.arguments) for c in whole.calls] == calls
+
+
 @pytest.mark.parametrize("seed", range(10))
 def test_other_key_order_and_string_arguments(seed: int) -> None:
     text = '<tool_call>{"arguments": "{\\"x\\": 1}", "name": "f"}</tool_call>'
