@@ -4,7 +4,8 @@
 model to one. The output ends just after the first call, so the calls after it are neither
 generated nor counted (the edge, `ChoiceOutput`, would leave them out).
 
-A call ends at its format's marker (engines/llm/chat_formats.py `CALL_ENDS`), or, untagged, at
+A call ends at its format's marker (engines/llm/chat_formats.py `CALL_ENDS`) after its section's
+opening (`SECTIONS`), or, untagged, at
 the end of a bare JSON call object or of the ```json fence holding one (Qwen2.5-Coder writes its
 calls so, one object a line, more often than in its tags). A reasoning block the output opens
 (or the prompt left open) is passed first: a marker written while thinking ends nothing.
@@ -25,7 +26,7 @@ import json
 import re
 from typing import Any
 
-from engines.llm.chat_formats import CALL_ENDS
+from engines.llm.chat_formats import CALL_ENDS, SECTIONS
 from server.tool_calls import ToolCallParser
 
 _FENCE_HEADER = re.compile(r"```(?:json)?[ \t]*")
@@ -47,6 +48,8 @@ class FirstCallEnd:
         think_opened: bool,
     ) -> None:
         self._marker = CALL_ENDS.get(tool_format)
+        self._opener = SECTIONS[tool_format][0] if self._marker else ""  # (each has one)
+        self._opened: int | None = None  # just after the first section's opening marker
         self._schemas = schemas
         self._reasoning = reasoning
         self._thinking = think_opened  # inside the reasoning block (known open)
@@ -93,7 +96,12 @@ class FirstCallEnd:
     def _tagged_end(self, before: int) -> int | None:
         if self._marker is None:
             return None
-        found = self._text.find(self._marker, max(self._start, before - len(self._marker) + 1))
+        if self._opened is None:  # a marker before any call opened ends none (the edge: text)
+            found = self._text.find(self._opener, max(self._start, before - len(self._opener) + 1))
+            if found < 0:
+                return None
+            self._opened = found + len(self._opener)
+        found = self._text.find(self._marker, max(self._opened, before - len(self._marker) + 1))
         return None if found < 0 else found + len(self._marker)
 
     def _untagged_end(self) -> int | None:

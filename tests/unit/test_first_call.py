@@ -120,3 +120,11 @@ def test_a_long_first_value_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> 
     text = f"{rows}\n{PARIS}"
     assert kept(FirstCallEnd("json_tools", SCHEMAS, None, False), text, 1) == text
     assert sum(decoded) < 4 * len(text)
+
+
+@pytest.mark.parametrize("piece", [1, 4, 1000])
+def test_a_marker_before_any_call_opened_ends_nothing(piece: int) -> None:
+    """The edge reads a lone closing marker as text: the output goes on to its first call."""
+    first = f"Write </tool_call> to close one.\n<tool_call>\n{PARIS}\n</tool_call>"
+    text = f"{first}\n<tool_call>\n{LONDON}\n</tool_call>"
+    assert kept(FirstCallEnd("json_tools", SCHEMAS, None, False), text, piece) == first
