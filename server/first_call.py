@@ -23,15 +23,12 @@ token than a short one.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from engines.llm.chat_formats import CALL_ENDS, SECTIONS
 from server.tool_calls import ToolCallParser
+from server.untagged import FENCE_HEADER, JSON_IN_STRING, JSON_STRUCTURE
 
-_FENCE_HEADER = re.compile(r"```(?:json)?[ \t]*")
-_STRUCTURE = re.compile(r'["{}\[\]]')  # in JSON, outside strings
-_IN_STRING = re.compile(r'["\\]')
 _DECODER = json.JSONDecoder()
 
 
@@ -140,12 +137,12 @@ class FirstCallEnd:
         text, at = self._text, self._scanned
         while True:
             if self._in_string:
-                found = _IN_STRING.search(text, at)
+                found = JSON_IN_STRING.search(text, at)
                 if found is not None and found[0] == "\\" and found.end() == len(text):
                     self._scanned = found.start()  # the escaped character is still to come
                     return None
             else:
-                found = _STRUCTURE.search(text, at)
+                found = JSON_STRUCTURE.search(text, at)
             if found is None:
                 self._scanned = len(text)
                 return None
@@ -167,7 +164,7 @@ class FirstCallEnd:
         line_end = self._text.find("\n", self._head)
         if line_end < 0:
             return None
-        if _FENCE_HEADER.fullmatch(self._text, self._head, line_end) is None:
+        if FENCE_HEADER.fullmatch(self._text, self._head, line_end) is None:
             self._schemas = None  # no ```json fence: no untagged call
             return None
         close = self._text.find("```", max(self._scanned, line_end + 1))

@@ -49,7 +49,7 @@ from referencing.exceptions import Unresolvable
 
 from engines.llm.tools import CLOSE, MISTRAL_TAG, OPEN, PYTHON_TAG
 from server.body import MAX_JSON_DEPTH, nests_deeper
-from server.untagged import UntaggedWatch
+from server.untagged import JSON_IN_STRING, JSON_STRUCTURE, UntaggedWatch
 
 # `$ref`s resolve within the client's schema: a URL it names is never fetched (jsonschema's
 # default registry would fetch it, from the event loop or the engine thread).
@@ -71,8 +71,6 @@ def _unchecked(*_: Any) -> None:
     return None
 
 
-_STRUCTURE = re.compile(r'["{}\[\]]')  # in JSON, outside strings
-_IN_STRING = re.compile(r'["\\]')
 _HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
 _FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*?)\n?```$", re.DOTALL)
 _BARE_PREFIXES = (PYTHON_TAG, MISTRAL_TAG)
@@ -379,7 +377,7 @@ class _ObjectEnd:
     def end(self, text: str) -> int | None:
         at = self._seen
         while self._end is None:
-            found = (_IN_STRING if self._in_string else _STRUCTURE).search(text, at)
+            found = (JSON_IN_STRING if self._in_string else JSON_STRUCTURE).search(text, at)
             if found is None or (found[0] == "\\" and found.end() == len(text)):
                 self._seen = len(text) if found is None else found.start()
                 return None  # (an escaped character still to come: read on from its backslash)

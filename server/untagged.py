@@ -33,9 +33,12 @@ from typing import Any
 from server.body import MAX_JSON_DEPTH, nests_deeper
 
 _BETWEEN = re.compile(r"[^ \t\r\n;,]")  # between values: the next character that is no separator
-_STRUCTURE = re.compile(r'["{}\[\]]')  # inside a value, outside strings
-_IN_STRING = re.compile(r'["\\]')
-_FENCE_HEADER = re.compile(r"```(?:json)?[ \t]*")
+# JSON's structural characters (read outside strings) and what ends or escapes inside a string;
+# the first line of a fence that may hold JSON. Shared by every incremental reader of model JSON
+# (here, server/tool_calls.py, server/first_call.py).
+JSON_STRUCTURE = re.compile(r'["{}\[\]]')
+JSON_IN_STRING = re.compile(r'["\\]')
+FENCE_HEADER = re.compile(r"```(?:json)?[ \t]*")
 _DECODER = json.JSONDecoder()
 
 
@@ -78,9 +81,9 @@ class UntaggedWatch:
         end = text.find("\n", self._start)
         header = text[self._start : len(text) if end < 0 else end]
         if end < 0:
-            self._out = not ("```json".startswith(header) or _FENCE_HEADER.fullmatch(header))
+            self._out = not ("```json".startswith(header) or FENCE_HEADER.fullmatch(header))
             return False
-        self._out = _FENCE_HEADER.fullmatch(header) is None
+        self._out = FENCE_HEADER.fullmatch(header) is None
         self._fenced, self._seen = True, end + 1
         return not self._out
 
@@ -91,7 +94,7 @@ class UntaggedWatch:
                 self._out = bool(text[at:].strip())
                 at = len(text)
             elif self._in_string:
-                found = _IN_STRING.search(text, at)
+                found = JSON_IN_STRING.search(text, at)
                 if found is None:
                     at = len(text)
                 elif found[0] == "\\":
@@ -123,7 +126,7 @@ class UntaggedWatch:
                 else:
                     self._out = True
             else:
-                found = _STRUCTURE.search(text, at)
+                found = JSON_STRUCTURE.search(text, at)
                 if found is None:
                     at = len(text)
                     continue
