@@ -3,7 +3,8 @@
 Every error leaves as `{"error": {"message", "type", "param", "code"}}` — or, to Anthropic
 clients (the Messages routes, or any request with an `anthropic-version` header), as Anthropic's
 `{"type": "error", "error": {"type", "message"}}` with the same status; on Ollama's routes as
-`{"error": message}` and on Cohere's embed routes as `{"message": message}`. Engine errors map to a
+`{"error": message}` and to Cohere clients (its embed routes and `/v2/rerank`, or any request
+from a Cohere SDK) as `{"message": message}`. Engine errors map to a
 status through `ERRORS`; HTTP-level errors (unknown route, wrong method) and anything unexpected
 are shaped here too, so no client ever sees a framework's own error body.
 """
@@ -18,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from engines.errors import (
     ContextTooLong,
@@ -100,18 +102,23 @@ ANTHROPIC_PATH = "/v1/messages"
 
 
 OLLAMA_PREFIX = "/api/"
-COHERE_PATHS = frozenset({"/v1/embed", "/v2/embed"})
+COHERE_PATHS = frozenset({"/v1/embed", "/v2/embed", "/v2/rerank"})
 
 Wire = Literal["openai", "anthropic", "ollama", "cohere"]
 
 
-def error_wire(path: str, anthropic_version: bool) -> Wire:
+def error_wire(scope: Scope) -> Wire:
     """The API whose error shape a request's errors take: Anthropic's on its routes (and for
-    any request carrying `anthropic-version`), Ollama's on `/api/…`, Cohere's on its embed
-    routes, else OpenAI's."""
-    if anthropic_version or path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/"):
+    any request carrying `anthropic-version`); Cohere's on the paths only Cohere's clients post
+    to (its embed routes, `/v2/rerank`) and for any request from a Cohere SDK, which names
+    itself in `X-Fern-SDK-Name` ("cohere", "cohere-ai": /v1/rerank is also Jina's, Voyage's
+    and Open WebUI's, which read OpenAI's shape); Ollama's on `/api/…`; else OpenAI's."""
+    path: str = scope["path"]
+    headers = dict(scope["headers"])  # names are lower-case bytes in ASGI
+    anthropic_path = path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/")
+    if anthropic_path or b"anthropic-version" in headers:
         return "anthropic"
-    if path in COHERE_PATHS:
+    if path in COHERE_PATHS or b"cohere" in headers.get(b"x-fern-sdk-name", b"").lower():
         return "cohere"
     return "ollama" if path.startswith(OLLAMA_PREFIX) else "openai"
 
@@ -173,10 +180,16 @@ def anthropic_wording(error: ContextTooLong) -> str | None:
     )
 
 
-def _response(error: APIError, request: Request) -> JSONResponse:
-    wire = error_wire(request.url.path, "anthropic-version" in request.headers)
+def wire_body(error: APIError, wire: Wire) -> dict[str, Any]:
+    """`error`'s body in `wire`'s shape: what the handlers send, and what a route that answers
+    an engine error itself (server/serving.py's `shape`) passes as
+    `functools.partial(wire_body, wire=error_wire(request.scope))`."""
     message = (error.anthropic_message or error.message) if wire == "anthropic" else error.message
-    body = wire_error_body(wire, error.status, message, error.type, error.code, error.param)
+    return wire_error_body(wire, error.status, message, error.type, error.code, error.param)
+
+
+def _response(error: APIError, request: Request) -> JSONResponse:
+    body = wire_body(error, error_wire(request.scope))
     return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 

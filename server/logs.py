@@ -90,8 +90,7 @@ class RequestId:
             await self.app(scope, receive, send)
             return
         token = request_id.set(f"req-{secrets.token_hex(8)}")
-        versioned = any(name == b"anthropic-version" for name, _ in scope["headers"])
-        anthropic = error_wire(scope["path"], versioned) == "anthropic"
+        anthropic = error_wire(scope) == "anthropic"
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -7,9 +7,9 @@ origins are configured (a page could otherwise make the model work for it even i
 answer), and API keys when configured.
 
 Invariants: the checks run on the ASGI scope's routed `path` (what the router matches), before any
-route code; every refusal is an OpenAI-shaped error (Anthropic-shaped for Anthropic clients); a key
-comes as `Authorization: Bearer` or, as Anthropic clients send it, `x-api-key`; keys are compared
-in constant time against every configured key; `/health`, the status page `/` and its data
+route code; every refusal is in the error shape of the request's API (server.errors.error_wire);
+a key comes as `Authorization: Bearer` or, as Anthropic clients send it, `x-api-key`; keys are
+compared in constant time against every configured key; `/health`, the status page `/` and its data
 `/status` (versions, models, counters: what /health shows) are the only routes open without a key.
 """
 
@@ -84,8 +84,7 @@ class AccessControl:
             await self.app(scope, receive, send)
             return
         status, message, code, extra = refusal
-        versioned = any(name == b"anthropic-version" for name, _ in scope["headers"])
-        wire = error_wire(scope["path"], versioned)
+        wire = error_wire(scope)
         await send_error(send, status, message, "invalid_request_error", code, extra, wire)
 
     def _refusal(self, scope: Scope) -> tuple[int, str, str, list[tuple[bytes, bytes]]] | None:
@@ -149,8 +148,7 @@ class ConcurrencyLimit:
         if self.in_progress >= self.limit:
             message = f"The server is handling {self.limit} requests, its limit; retry shortly"
             retry = [(b"retry-after", b"1")]
-            versioned = any(name == b"anthropic-version" for name, _ in scope["headers"])
-            wire = error_wire(scope["path"], versioned)
+            wire = error_wire(scope)
             await send_error(send, 503, message, "server_error", "server_busy", retry, wire)
             return
         self.in_progress += 1  # the event loop is single-threaded: no lock needed
@@ -180,7 +178,7 @@ class ShapedCORS(CORSMiddleware):
                     for name, value in response.raw_headers
                     if name not in (b"content-type", b"content-length")
                 ]
-                wire = error_wire(scope["path"], "anthropic-version" in headers)
+                wire = error_wire(scope)
                 await send_error(
                     send, 400, message, "invalid_request_error", "cors_disallowed", cors, wire
                 )

@@ -20,13 +20,19 @@ naming it and its token count against the limit. An over-long query is refused (
 cross-encoder, one that leaves no room for a document).
 Results are sorted by score, best first, `top_n` of them.
 A body in Voyage's words (`top_k`) gets Voyage's answer (`data`, documents as strings).
+
+Errors are OpenAI's shape, except to Cohere's clients (on `/v2/rerank`, or from a Cohere SDK on
+any path: server.errors.error_wire), which read Cohere's `{"message": ...}`; the engine's own
+failures, which this route answers itself, take the same shape as the handlers'.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,7 +46,7 @@ from engines.types import EmbeddingModelInfo, EmbeddingRequest
 from server import judging, logs
 from server.body import read_json_object, validate
 from server.deps import PoolDep, SettingsDep
-from server.errors import APIError
+from server.errors import APIError, error_wire, wire_body
 from server.generation import EventSource
 from server.routes.embeddings import run, token_inputs
 from server.schemas.common import documented_body, response_headers
@@ -85,7 +91,7 @@ async def rerank(request: Request, settings: SettingsDep, pool: PoolDep) -> Resp
         work = EmbeddingRequest(request_id, [ids for ids, _ in pairs], [t for _, t in pairs])
     else:
         work = EmbeddingRequest(request_id, inputs)
-    outcome = await run(request, engine, work)
+    outcome = await run(request, engine, work, _shape(request))
     if isinstance(outcome, Response):
         return outcome
     scores = relevance(info, outcome.vectors)
@@ -115,7 +121,7 @@ async def _judged(
     if isinstance(scores, Response):
         return scores
     if isinstance(scores, Exception):
-        return error_response(scores, headers)
+        return error_response(scores, headers, _shape(request))
     tokens = sum(len(prompt) for prompt in prompts)
     return JSONResponse(_ranked(request_id, body, scores, tokens), headers=headers)
 
@@ -153,6 +159,12 @@ async def _check_pairs_fit(
                 param="documents",
                 code="context_length_exceeded",
             )
+
+
+def _shape(request: Request) -> Callable[[APIError], dict[str, Any]]:
+    """How this request's engine errors are written: in its wire's shape (Cohere's or
+    OpenAI's)."""
+    return functools.partial(wire_body, wire=error_wire(request.scope))
 
 
 def _kind(pool: EnginePool, model: str) -> str:

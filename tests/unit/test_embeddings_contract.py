@@ -10,6 +10,7 @@ import base64
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import cohere
 import httpx
@@ -447,6 +448,94 @@ async def test_cohere_sdks_rerank(http: httpx.AsyncClient) -> None:
     assert plain.status_code == 200, plain.text
     expected = (await http.post("/v1/rerank", json=body)).json()["results"]
     assert plain.json()["results"] == expected
+
+
+@pytest.mark.parametrize("version", [2, 1])
+@pytest.mark.parametrize(
+    ("fields", "status", "fragment"),
+    [
+        ({"query": ""}, 400, "'query'"),
+        ({"documents": ["a"] * 1001}, 400, "'documents'"),
+        ({"documents": []}, 400, "'documents'"),
+        ({"documents": ["a", 3]}, 400, "'documents[1]'"),
+        ({"query": ["a"]}, 400, "'query'"),
+        ({"top_n": "two"}, 400, "'top_n'"),
+        ({"query": "a " * 20, "model": "fake-reranker"}, 400, "query is 20 tokens long"),
+        ({"model": "fake-kokoro"}, 400, "'fake-kokoro'"),
+        ({"model": "nope"}, 404, "'nope'"),
+    ],
+)
+async def test_cohere_sdk_rerank_refusals_are_cohere_shaped(
+    http: httpx.AsyncClient,
+    embedder: FakeEmbedEngine,
+    version: int,
+    fields: dict[str, Any],
+    status: int,
+    fragment: str,
+) -> None:
+    """Cohere's clients read Cohere's error body, `{"message": ...}`: /v2/rerank answers in it
+    (as /v2/embed does), and so does /v1/rerank for a Cohere SDK's request (its `X-Fern-SDK-Name`),
+    where Jina's, Voyage's and Open WebUI's bodies keep OpenAI's shape. The SDK's ApiError
+    carries the status and that body, whose message names the field; no engine work is done."""
+    args = {"model": "fake-embed", "query": "a man", "documents": ["the horse"], **fields}
+    client = (
+        cohere_v2(http)
+        if version == 2
+        else cohere.AsyncClient(api_key="unused", base_url="http://127.0.0.1", httpx_client=http)
+    )
+    with pytest.raises(cohere.core.ApiError) as refused:
+        await client.rerank(**args)
+    assert refused.value.status_code == status
+    assert isinstance(refused.value.body, dict) and set(refused.value.body) == {"message"}
+    assert fragment in refused.value.body["message"], refused.value.body
+    assert embedder.requests == []
+
+
+@pytest.mark.parametrize("model", ["fake-embed", "fake"], ids=["embedding", "chat-judge"])
+async def test_a_cohere_clients_rerank_engine_failure_is_cohere_shaped(
+    http: httpx.AsyncClient, embedder: FakeEmbedEngine, model: str
+) -> None:
+    """An engine failure after the request was accepted, which the route answers itself (not
+    the handlers): Cohere's shape too. The chat fake cannot judge (its answer misses yes and
+    no); the embedding fake fails as scripted."""
+    embedder.fail = True
+    with pytest.raises(cohere.InternalServerError) as failed:
+        await cohere_v2(http).rerank(
+            model=model, query="a man", documents=["the horse"],
+            request_options={"max_retries": 0},
+        )  # fmt: skip
+    assert set(failed.value.body) == {"message"}, failed.value.body
+    expected = "scripted failure" if model == "fake-embed" else "miss yes or no"
+    assert expected in failed.value.body["message"]
+    body = {"model": model, "query": "a man", "documents": ["the horse"]}
+    openai = await http.post("/v1/rerank", json=body)
+    assert openai.status_code == 500 and expected in openai.json()["error"]["message"]
+
+
+async def test_a_cohere_clients_refused_key_is_cohere_shaped(embedder: FakeEmbedEngine) -> None:
+    """Refusals before any route (here a wrong API key) take Cohere's shape for a Cohere SDK's
+    request too, on the path it shares with other clients."""
+    app = create_app(Settings(api_key="right"), EnginePool([embedder]))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        v1 = cohere.AsyncClient(api_key="wrong", base_url="http://127.0.0.1", httpx_client=http)
+        with pytest.raises(cohere.UnauthorizedError) as refused:
+            await v1.rerank(model="fake-embed", query="a", documents=["b"])
+        assert refused.value.body == {"message": "Incorrect or missing API key"}
+        plain = await http.post("/v1/rerank", json={"model": "fake-embed"})
+        assert plain.status_code == 401 and plain.json()["error"]["code"] == "invalid_api_key"
+
+
+async def test_rerank_errors_keep_openais_shape_for_other_clients(http: httpx.AsyncClient) -> None:
+    """Without a Cohere SDK's header, /v1/rerank and /rerank answer OpenAI's error shape (Jina,
+    Open WebUI, vLLM's clients); /v2/rerank is Cohere's path, whoever posts there."""
+    body = {"model": "fake-embed", "query": "", "documents": ["a"]}
+    for path in ("/v1/rerank", "/rerank"):
+        response = await http.post(path, json=body)
+        assert response.status_code == 400 and response.json()["error"]["param"] == "query"
+    response = await http.post("/v2/rerank", json=body)
+    assert response.status_code == 400 and set(response.json()) == {"message"}
+    assert "'query'" in response.json()["message"]
 
 
 async def test_voyage_rerank_shape(http: httpx.AsyncClient) -> None:
