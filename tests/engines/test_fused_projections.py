@@ -16,7 +16,7 @@ import mlx.nn as nn
 import pytest
 from mlx.utils import tree_flatten
 from mlx_lm import load
-from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
+from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 
 from engines.kinds import build_chat
 from engines.llm import fused_projections
@@ -367,3 +367,51 @@ def test_the_setting_reaches_the_engine(
     engine = build_chat("tiny", tiny_model_dir, {}, settings)
     assert isinstance(engine, LLMEngine)
     assert engine.limits.fuse_projections is expected
+
+
+def lean_decode(
+    monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> tuple[list[mx.array], list[Any], int]:
+    """A lean model's logits for a 250-token prompt and 12 greedy steps (across the cache
+    buffer's exact fill at 256 and its growth), its caches, and how many times mlx-lm's own
+    `KVCache.update_and_fetch` ran; without `fast`, every write goes through it."""
+    model = tiny_model("llama")
+    install(model)
+    calls = 0
+    original = KVCache.update_and_fetch
+
+    def counted(self: KVCache, keys: mx.array, values: mx.array) -> Any:
+        nonlocal calls
+        calls += 1
+        return original(self, keys, values)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(KVCache, "update_and_fetch", counted)
+        if not fast:
+            patch.setattr(
+                fused_projections, "_update_and_fetch", lambda c, k, v: c.update_and_fetch(k, v)
+            )
+        cache = make_prompt_cache(model)
+        logits = [model(mx.array([(PROMPT * 13)[:250]]), cache=cache)[:, -1]]
+        for _ in range(12):
+            token = mx.argmax(logits[-1], axis=-1)
+            logits.append(model(token[:, None], cache=cache)[:, -1])
+        mx.eval(logits)
+    return logits, cache, calls
+
+
+def test_solo_cache_fast_path_keeps_mlx_lm_cache_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LeanBlock writes a single-sequence KVCache with plain slices where its buffer has room:
+    every step's logits, every layer's offset and buffers are those of mlx-lm's own
+    `update_and_fetch`, which still makes (and grows) the buffer."""
+    want, want_cache, want_calls = lean_decode(monkeypatch, fast=False)
+    have, have_cache, calls = lean_decode(monkeypatch, fast=True)
+    layers = len(want_cache)
+    assert want_calls == 13 * layers
+    assert calls == 2 * layers  # the prompt (no buffer yet) and the growth past 256
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, have, strict=True))
+    for expected, got in zip(want_cache, have_cache, strict=True):
+        assert expected.offset == got.offset == 262
+        assert expected.keys.shape == got.keys.shape and got.keys.shape[2] == 512
+        assert mx.array_equal(expected.keys, got.keys).item()
+        assert mx.array_equal(expected.values, got.values).item()
