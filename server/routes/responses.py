@@ -273,11 +273,21 @@ async def compact_conversation(
     )
 
     async def prepared_for(selected: list[int]) -> PreparedChat:
-        """The summary's chat request: these items of the conversation, then the prompt."""
+        """The summary's chat request: these items of the conversation, then the prompt. Too
+        many messages for a request is too long, as too many tokens is: the oldest turns go
+        (a 400 only where the last turn alone holds that many)."""
         kept = [*(items[k] for k in selected), prompt_message()]
         origin = [*selected, None]  # the prompt is no item of the request's
         paths = partial(chat_paths, parsed.instructions, kept, len(history), origin)
         chat = to_chat(summarize, kept, [])
+        if len(chat.messages) > settings.max_messages:
+            raise APIError(
+                400,
+                f"the conversation's last turn and the summary prompt make "
+                f"{len(chat.messages)} messages; at most {settings.max_messages} are allowed",
+                param="input",
+                code=TOO_LONG,
+            )
         return await _prepare(pool, settings, chat, compaction_id, paths, clamp_max_tokens=True)
 
     prepared = await fitted(items, prepared_for)
@@ -290,6 +300,8 @@ async def compact_conversation(
     choice = collected.choices.get(0)
     output = prepared.output_for()
     deltas = [*output.feed(choice.text if choice else ""), *output.finish()]
+    assert prepared.engine.info is not None  # loaded: it served the summary
+    context_length = prepared.engine.info.context_length
     summary = "".join(delta.get("content") or "" for delta in deltas).strip()  # no reasoning
     usage = usage_body(
         collected.prompt_tokens, choice.completion_tokens if choice else 0, collected.cached_tokens
@@ -298,7 +310,7 @@ async def compact_conversation(
         "id": compaction_id,
         "object": "response.compaction",
         "created_at": int(time.time()),
-        "output": [compaction_item(summary, items)],
+        "output": [compaction_item(summary, items, context_length)],
         "usage": usage,
     }
     return JSONResponse(compacted, headers=headers)

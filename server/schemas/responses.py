@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from server.body import check_json_text
-from server.compaction_content import SUMMARY_HEADING, decode
+from server.compaction_content import decode
 from server.errors import APIError, loc_to_param
 from server.schemas.common import Strict, object_schema, tool_choice_type_read
 from server.validation_messages import pydantic_message
@@ -164,12 +164,13 @@ class CompactionItem(Strict):
         return value
 
     def carried(self) -> list[MessageItem]:
-        """The user messages of the conversation it compacted."""
+        """The user messages it carries of the conversation it compacted (the newest)."""
         return [MessageItem.model_validate(raw) for raw in decode(self.encrypted_content).messages]
 
     def messages(self) -> list[MessageItem]:
-        """What the item stands for in the conversation: its user messages, then its summary."""
-        summary = f"{SUMMARY_HEADING}\n\n{decode(self.encrypted_content).summary}"
+        """What the item stands for in the conversation: its user messages, then its summary
+        (headed, saying how many earlier user messages it does not carry)."""
+        summary = decode(self.encrypted_content).summary_message()
         return [*self.carried(), MessageItem(role="user", content=summary)]
 
 

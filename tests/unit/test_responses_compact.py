@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,13 @@ import pytest
 from openai import AsyncOpenAI
 
 from server.compaction_content import PREFIX, SUMMARY_HEADING, Compacted, decode, encode
-from server.responses_compaction import COMPACTION_PROMPT, SUMMARY_MAX_TOKENS
+from server.responses_compaction import (
+    COMPACTION_PROMPT,
+    CUT_NOTE,
+    SUMMARY_MAX_TOKENS,
+    carried_budget,
+    carried_messages,
+)
 from server.settings import Settings
 from tests.fakes import FakeEngine
 from tests.helpers import assert_openai_error
@@ -214,7 +221,15 @@ BAD_COMPACTIONS = {
     "no summary": damaged(json.dumps({"messages": []}).encode()),
     "too deep": damaged(b"[" * 10_000 + b"]" * 10_000),
     "not a message": NOT_A_MESSAGE,
+    "dropped not a count": damaged(b'{"summary": "s", "messages": [], "dropped": true}'),
 }
+
+
+def test_a_compaction_written_before_the_dropped_count_reads_as_none_dropped() -> None:
+    """Items from before `dropped` was written (they carried every user message) still read."""
+    written = damaged(json.dumps({"summary": "s", "messages": [{"role": "user"}]}).encode())
+    assert decode(written) == Compacted("s", [{"role": "user"}], 0)
+    assert decode(encode(Compacted("s", [], 3))) == Compacted("s", [], 3)
 
 
 @pytest.mark.parametrize("path", ["/compact", ""], ids=["compact", "create"])
@@ -260,3 +275,150 @@ async def test_bad_input_is_an_openai_error_naming_the_field(
     http: httpx.AsyncClient, body: dict[str, Any], status: int, param: str
 ) -> None:
     assert_openai_error(await http.post(f"{URL}/compact", json=body), status, param)
+
+
+# -- the user messages a compaction carries are bounded ---------------------------------------
+
+
+def json_bytes(message: dict[str, Any]) -> int:
+    return len(json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def long_session(turns: int, size: int) -> list[dict[str, Any]]:
+    """`turns` turns, each user message `size` characters long and numbered."""
+    conversation: list[dict[str, Any]] = []
+    for turn in range(turns):
+        text = f"question {turn} " + "x" * size
+        conversation += [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}]
+    return conversation
+
+
+# One token a character: a context where the budget's bytes (4 a token) fit whole.
+ROOMY = FakeEngine(context_length=200_000, reply=SUMMARY)
+
+
+@pytest.mark.parametrize("fake_engine", [ROOMY], ids=["200k"])
+async def test_a_long_sessions_compaction_carries_its_newest_user_messages_within_a_budget(
+    client: AsyncOpenAI, fake_engine: FakeEngine
+) -> None:
+    """The user messages carried are the newest whole ones that fit `carried_budget` (the
+    bytes of their JSON, tied to the model's context); the oldest are dropped and the summary
+    heading says how many. They were all carried: a long session's compaction grew until its
+    request passed the body limit (a 413). Compacting again stays within the budget, and the
+    count of those left out adds up."""
+    budget = carried_budget(200_000)
+    conversation = long_session(turns=100, size=1000)
+    [item] = await compacted_items(client, input=conversation)
+    compaction = decode(item["encrypted_content"])
+    carried = [m["content"] for m in compaction.messages]
+    size = sum(json_bytes(m) for m in compaction.messages)
+    user_texts = [m["content"] for m in conversation if m["role"] == "user"]
+    kept = len(carried)
+    assert 0 < kept < 100 and carried == user_texts[-kept:]  # the newest, whole, in order
+    assert size <= budget < size + json_bytes(conversation[-2 * kept - 2])  # no room for more
+    assert compaction.dropped == 100 - kept
+    # Round trip: the item in `input` stands for those messages, then the summary saying so.
+    await client.responses.create(
+        model="fake",
+        input=[item, {"role": "user", "content": "go on"}],  # type: ignore[list-item]
+    )
+    prompt = prompt_of(fake_engine)
+    assert prompt.startswith("".join(f"<user>{text}" for text in carried))
+    assert f"left out above to keep it short: the earliest {100 - kept} user messages" in prompt
+    assert prompt.endswith(f"{SUMMARY}<user>go on")
+    # Again, with more turns: still within the budget, the dropped counted on.
+    more = long_session(turns=110, size=1000)[200:]
+    [again] = await compacted_items(client, input=[item, *more])
+    second = decode(again["encrypted_content"])
+    assert sum(json_bytes(m) for m in second.messages) <= budget
+    assert second.messages[-1]["content"] == more[-2]["content"]
+    assert second.dropped == 110 - len(second.messages)
+
+
+@pytest.mark.parametrize("fake_engine", [ROOMY], ids=["200k"])
+async def test_a_newest_user_message_over_the_budget_is_carried_cut(
+    client: AsyncOpenAI, fake_engine: FakeEngine
+) -> None:
+    """A last message longer than the whole budget (a paste) keeps its start and end, the
+    middle replaced by a note of how much was cut; older messages are dropped. In parts, the
+    text parts are cut alike."""
+    budget = carried_budget(200_000)
+    head, tail = "START " + "a" * 100, "b" * 100 + " END"
+    paste = head + "m" * (budget + 10_000) + tail
+    conversation = [
+        {"role": "user", "content": "older"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": paste},
+    ]
+    [item] = await compacted_items(client, input=conversation)
+    [message] = decode(item["encrypted_content"]).messages
+    assert budget - 100 <= json_bytes(message) <= budget
+    text = message["content"]
+    assert text.startswith(head) and text.endswith(tail)
+    note = re.search(re.escape(CUT_NOTE).replace(re.escape("{}"), r"(\d+)"), text)
+    assert note is not None and len(text) - len(note[0]) + int(note[1]) == len(paste)
+    assert decode(item["encrypted_content"]).dropped == 1
+    conversation[-1]["content"] = [
+        {"type": "input_text", "text": "see:"},
+        {"type": "input_text", "text": paste},
+    ]
+    [item] = await compacted_items(client, input=conversation)
+    [message] = decode(item["encrypted_content"]).messages
+    assert json_bytes(message) <= budget
+    first, second = message["content"]
+    assert first["text"] == "see:" and second["text"].startswith(head)
+    assert second["text"].endswith(tail)
+
+
+def test_a_cut_message_leaves_out_what_does_not_fit() -> None:
+    """Cutting the newest message to the budget: its text parts are cut in the middle, an
+    image that does not fit in what is left is left out (a compaction carries no megabytes of
+    base64), one that fits is kept."""
+    small = {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}
+    big = {"type": "input_image", "image_url": "data:image/png;base64," + "A" * 5000}
+    text = {"type": "input_text", "text": "t" * 5000}
+    message = {"role": "user", "content": [small, text, big]}
+    [cut], dropped = carried_messages([{"role": "user", "content": "old"}, message], 2000)
+    assert dropped == 1 and json_bytes(cut) <= 2000
+    kept_small, kept_text = cut["content"]
+    assert kept_small == small and kept_text["type"] == "input_text"
+    assert "characters cut" in kept_text["text"]
+
+
+@pytest.mark.parametrize("fake_engine", [FakeEngine(context_length=200_000)], ids=["200k"])
+async def test_more_messages_than_a_request_may_hold_are_compacted_from_the_latest_turns(
+    client: AsyncOpenAI, fake_engine: FakeEngine, settings: Settings
+) -> None:
+    """A conversation of more messages than `max_messages` (4,096) is summarized from its
+    latest turns that make a request of at most that many (with the prompt), as one too long
+    for the context is; it was a 400 ("At most 4096 messages are allowed"), so a session past
+    that count could not be compacted at all."""
+    turns = settings.max_messages // 2 + 10
+    conversation: list[dict[str, Any]] = []
+    for turn in range(turns):
+        conversation += [
+            {"role": "user", "content": f"q{turn}"},
+            {"role": "assistant", "content": f"a{turn}"},
+        ]
+    [item] = await compacted_items(client, input=conversation)
+    assert item["type"] == "compaction"
+    prompt = prompt_of(fake_engine)
+    read = (settings.max_messages - 1) // 2  # whole turns, with the prompt's message
+    first = turns - read
+    assert prompt.startswith(f"<user>q{first}<assistant>a{first}<user>q{first + 1}")
+    assert prompt.endswith(f"<assistant>a{turns - 1}<user>{COMPACTION_PROMPT}")
+    assert decode(item["encrypted_content"]).messages[-1]["content"] == f"q{turns - 1}"
+
+
+@pytest.mark.parametrize("settings", [Settings(max_messages=4)], ids=["4"])
+async def test_a_last_turn_of_more_messages_than_a_request_may_hold_is_a_400(
+    http: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    """Turns are dropped whole: where the last one alone (with the prompt) is more messages
+    than `max_messages`, nothing can be summarized."""
+    last_turn = CONVERSATION[2:]  # a user message, a call, its output, the answer: 4 messages
+    body = {"model": "fake", "input": [{"role": "user", "content": "hi"}, *last_turn]}
+    response = await http.post(f"{URL}/compact", json=body)
+    assert_openai_error(response, 400, "input", "context_length_exceeded")
+    assert "5 messages; at most 4 are allowed" in response.json()["error"]["message"]
+    assert fake_engine.requests == []
