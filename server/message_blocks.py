@@ -21,6 +21,7 @@ import hashlib
 import json
 from typing import Any
 
+from server.body import MAX_JSON_DEPTH, nests_deeper
 from server.tool_calls import without_surrogates
 
 Event = dict[str, Any]
@@ -134,9 +135,12 @@ def tool_input(arguments: str) -> dict[str, Any]:
     """A `tool_use` block's `input` from its streamed JSON. A call cut inside its arguments (by
     `max_tokens`, or a stop sequence) has no whole object: `{}`, which is also what the SDK
     makes of the cut JSON of a string (its partial parse drops what is unfinished). A `\\ud800`
-    escape in it is U+FFFD (`tool_calls.without_surrogates`)."""
+    escape in it is U+FFFD (`tool_calls.without_surrogates`). Arguments that are no object, or
+    nest deeper than a request body may (server/body.py), are `{}` too."""
     try:
         parsed = json.loads(arguments or "{}")
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # (nested past what Python parses: no object either)
         return {}
-    return without_surrogates(parsed) if isinstance(parsed, dict) else {}
+    if not isinstance(parsed, dict) or nests_deeper(parsed, MAX_JSON_DEPTH, arguments):
+        return {}  # (deeper than a body may be: what follows would meet the recursion limit)
+    return without_surrogates(parsed)

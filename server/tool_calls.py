@@ -25,12 +25,20 @@ Invariants of `ToolCallParser`:
   string holding the object, which are sent whole when the call closes — is the same JSON with
   the model's characters, never `\\u` escapes), and end where that object ends (members the
   model writes after it are no part); a call's `name` is sent once, in its first delta, with
-  its id (its first "name", where the model wrote two).
-- A tagged call that does not parse as `{"name": str, "arguments": object}` is returned as
-  content. JSON nested deeper than a request body may be (server/body.py `MAX_JSON_DEPTH`) is
-  no call: the parser never raises on what the model writes. Arguments are checked against
-  the function's schema without fetching anything (a `$ref` to a URL is not followed) and
-  without running the client's regular expressions (`pattern`, `patternProperties`).
+  its id (its first "name", and its first "arguments", where the model wrote two).
+- A tagged call is a call once its head `{"name": "…", "arguments":` is whole, its name a JSON
+  string: streamed, its name goes out then, and a client cannot be told to forget a tool-call
+  delta (OpenAI's and Anthropic's streams have no such event), so read whole the same text is
+  that call too, whatever follows. Its arguments are then the model's text, parsed or not: the
+  object where it closes, else what was written up to the call's closing brace (the edge takes
+  them as a call cut short's: no JSON, chat's `finish_reason` stays "stop"; no object,
+  Messages' `input` is `{}`). Holding the name until the call parses would stream nothing of a
+  well-formed call (an agent's file write) before it ends. A tagged call without a whole head
+  that does not parse as `{"name": str, "arguments": object}` is returned as content, and so
+  is one nested deeper than a request body may be (server/body.py `MAX_JSON_DEPTH`): the
+  parser never raises on what the model writes. Arguments of untagged calls are checked
+  against the function's schema without fetching anything (a `$ref` to a URL is not followed)
+  and without running the client's regular expressions (`pattern`, `patternProperties`).
 """
 
 from __future__ import annotations
@@ -313,20 +321,25 @@ class ToolCallParser:
             self._streamed_arguments = safe
 
     def _close_call(self, body: str, out: ParsedDeltas, closed: bool) -> None:
+        """A call whose text is `body` (whole, or all the output left): a call if it parses,
+        or if its head is whole (its name was sent, streamed: the module docstring)."""
         index = len(self._calls)
         parsed = _parse_call(body)
         head = _HEAD.match(body)
-        if parsed is None and self._current_id is None:
+        # The first "name" (the one streamed), also where a later duplicate wins in json.loads.
+        first = _name(head) if head else None
+        if parsed is None and first is None:
             out.add_text(f"{OPEN}{body}{CLOSE if closed else ''}")  # not a call: it is text
             self._after_call = False
             return
-        raw = _arguments_text(body[head.end() :], parsed) if head else None
+        raw = None
+        if head and body.startswith("{", head.end()):  # the model's object (what was streamed)
+            end = _ObjectEnd().end(body[head.end() :])
+            raw = None if end is None else body[head.end() : head.end() + end]
         if raw is None and parsed is not None:
             raw = json.dumps(parsed[1], ensure_ascii=False)  # keys in another order: re-serialise
-        elif raw is None:  # no call that parses, but its name was sent: what was written
+        elif raw is None:  # no call that parses, its head whole: what was written
             raw = body[head.end() :].rstrip().removesuffix("}").rstrip() if head else ""
-        # The first "name" (the one streamed), also where a later duplicate wins in json.loads.
-        first = _name(head) if head else None
         name = first if first is not None else parsed[0] if parsed is not None else ""
         if self._current_id is None:
             self._current_id = new_call_id()
@@ -391,18 +404,6 @@ class _ObjectEnd:
                 if self._depth == 0:
                     self._end = at
         return self._end
-
-
-def _arguments_text(text: str, parsed: tuple[str, dict[str, Any]] | None) -> str | None:
-    """The model's text of a call's arguments: the object `text` begins with, where it is the
-    call's arguments (None: it is not, or they were written as a JSON string)."""
-    try:
-        value, end = json.JSONDecoder().raw_decode(text)
-    except (ValueError, RecursionError):
-        return None
-    if parsed is None or not isinstance(value, dict) or without_surrogates(value) != parsed[1]:
-        return None
-    return text[:end]
 
 
 def _json_object(text: str) -> dict[str, Any] | None:

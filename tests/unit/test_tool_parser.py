@@ -64,13 +64,14 @@ def test_hermes_calls_in_any_chunking(seed: int) -> None:
 @pytest.mark.parametrize("seed", range(20))
 @pytest.mark.parametrize(
     "after",
-    [', "id": "call_1"', ', "name": "search"', ', "extra": {"a": "}"}'],
-    ids=["id", "duplicate name", "object"],
+    [', "id": "call_1"', ', "name": "search"', ', "extra": {"a": "}"}', ', "arguments": {"x": 1}'],
+    ids=["id", "duplicate name", "object", "duplicate arguments"],
 )
 def test_members_after_the_arguments_are_no_part_of_them(after: str, seed: int) -> None:
     """Streamed, the argument fragments stop where the model's arguments object closes: they
     ran on to the call's last brace (a client's concatenation was no JSON), while the call
-    held the arguments alone. The first "name" names the call (the one streamed)."""
+    held the arguments alone. The first "name" names the call (the one streamed), and the first
+    "arguments" are its arguments (the ones streamed; whole, the call held the last)."""
     arguments = '{"city":"Paris", "note": "a } b"}'
     text = f'<tool_call>\n{{"name": "get_weather", "arguments": {arguments}{after}}}\n</tool_call>'
     content, calls, _ = run(text, seed)
@@ -79,6 +80,35 @@ def test_members_after_the_arguments_are_no_part_of_them(after: str, seed: int) 
     whole.feed(text)
     whole.finish()
     assert [(c.name, c.arguments) for c in whole.calls] == calls
+
+
+NEVER_PARSES = {
+    "arguments no object": ("[1, 2]", "[1, 2]"),
+    "arguments null": ("null", "null"),
+    "no JSON in the object": ('{"city": tru}', '{"city": tru}'),
+    "members after the object": ('{"city": "Paris"}, oops', '{"city": "Paris"}'),
+    "object never closed": ('{"city": ["Paris"', '{"city": ["Paris"'),
+    "deeper than a body may be": ("[" * 200 + "]" * 200, "[" * 200 + "]" * 200),
+}
+
+
+@pytest.mark.parametrize("arguments, sent", NEVER_PARSES.values(), ids=NEVER_PARSES.keys())
+def test_a_call_whose_head_is_whole_is_a_call_whatever_follows(arguments: str, sent: str) -> None:
+    """Once `{"name": "…", "arguments":` is whole the name is streamed, and a client cannot
+    be told to forget a call: the output is that call however it is cut, whole included (whole,
+    it was text, streamed a call), its arguments what the model wrote (the object where it
+    closes, else up to the call's closing brace), whether or not they parse."""
+    text = f'Sure.<tool_call>\n{{"name": "get_weather", "arguments": {arguments}}}\n</tool_call>'
+    expected = ("Sure.", [("get_weather", sent)])
+    whole = ToolCallParser()
+    content = whole.feed(text).content + whole.finish().content
+    assert (content, [(c.name, c.arguments) for c in whole.calls]) == expected
+    for seed in range(10):
+        assert run(text, seed)[:2] == expected
+    pieces = ToolCallParser()
+    sent_pieces = [pieces.feed(char) for char in text] + [pieces.finish()]
+    assert "".join(d.content for d in sent_pieces) == "Sure."
+    assert [(c.name, c.arguments) for c in pieces.calls] == expected[1]
 
 
 @pytest.mark.parametrize("seed", range(10))

@@ -494,6 +494,8 @@ async def test_a_call_cut_inside_its_arguments_is_no_tool_calls_finish(
 
 DEEP_ARGUMENTS = "[" * 1500 + "]" * 1500  # past Python's recursion limit, parsed or repaired
 DEEP_CALL = '{"name": "get_weather", "arguments": {"city": ' + DEEP_ARGUMENTS + "}}"
+# Parsed by json.loads, but past the recursion limit for a recursive walk of what it parsed.
+WALKED_CALL = DEEP_CALL.replace(DEEP_ARGUMENTS, "[" * 600 + "]" * 600)
 LAST_STREAMED = {
     "/v1/chat/completions": "data: [DONE]",
     "/v1/responses": '"type":"response.completed"',
@@ -504,7 +506,10 @@ LAST_STREAMED = {
 
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("path", list(LAST_STREAMED))
-@pytest.mark.parametrize("reply", [DEEP_CALL, f"<tool_call>\n{DEEP_CALL}\n</tool_call>"])
+@pytest.mark.parametrize(
+    "reply",
+    [DEEP_CALL, *(f"<tool_call>\n{call}\n</tool_call>" for call in (DEEP_CALL, WALKED_CALL))],
+)
 async def test_output_json_nested_too_deeply_is_answered(
     http: httpx.AsyncClient, fake_engine: FakeEngine, reply: str, path: str, stream: bool
 ) -> None:
