@@ -50,7 +50,7 @@ class ChoiceOutput:
         )
         self._tools: CallParser | None = None
         if harmony or tool_schemas:
-            self._tools = call_parser(tool_format, tool_schemas, untagged)
+            self._tools = call_parser(tool_format, tool_schemas, untagged, single_call)
         self.reasoning_text = ""
         self.content = ""
         self._after_call = ""  # what was kept after the first call: text and reasoning

@@ -5,15 +5,17 @@ model to one. The output ends just after the first call, so the calls after it a
 generated nor counted (the edge, `ChoiceOutput`, would leave them out).
 
 A call ends at its format's marker (engines/llm/chat_formats.py `CALL_ENDS`) after its section's
-opening (`SECTIONS`), or, untagged, at
-the end of a bare JSON call object or of the ```json fence holding one (Qwen2.5-Coder writes its
-calls so, one object a line, more often than in its tags). A reasoning block the output opens
-(or the prompt left open) is passed first: a marker written while thinking ends nothing.
+opening (`SECTIONS`); in the formats that list their calls with no end of each (mistral,
+pythonic), where the first call in the list closes (server/first_listed_call.py); or, untagged,
+at the end of a bare JSON call object (after a `<|python_tag|>` / `[TOOL_CALLS]` prefix, as
+llama3 writes its calls) or of the ```json fence holding one (Qwen2.5-Coder writes its calls so,
+one object a line, more often than in its tags). A reasoning block the output opens (or the
+prompt left open) is passed first: a marker written while thinking ends nothing.
 
 Invariants: runs on the engine thread (pure Python, no MLX); it ends an output only after a
-call: its marker, or untagged text that the edge's parser reads as exactly one call. It never
-raises on what the model writes (JSON nested too deeply to parse is no call): an exception here
-would fail the engine step, and with it every request in the batch. Where it ends does not depend
+call: its marker, or a listed or untagged call that the edge's parser reads as exactly one. It
+never raises on what the model writes (JSON nested too deeply to parse is no call): an exception
+here would fail the engine step, and with it every request in the batch. Where it ends does not depend
 on how the output is cut into pieces (the earlier of a marker and an untagged call's end). Cheap
 per piece: each character is read once (the first value is decoded once, when its brackets
 balance; a marker is searched for in the new text only), so a long output costs no more per
@@ -26,8 +28,10 @@ import json
 from typing import Any
 
 from engines.llm.chat_formats import CALL_ENDS, SECTIONS
+from engines.llm.tools import MISTRAL_TAG, PYTHON_TAG
+from server.first_listed_call import LISTED, FirstListedCallEnd
 from server.tool_calls import ToolCallParser
-from server.untagged import FENCE_HEADER, JSON_IN_STRING, JSON_STRUCTURE
+from server.untagged import FENCE_HEADER, ValueEnd
 
 _DECODER = json.JSONDecoder()
 
@@ -47,16 +51,20 @@ class FirstCallEnd:
         self._marker = CALL_ENDS.get(tool_format)
         self._opener = SECTIONS[tool_format][0] if self._marker else ""  # (each has one)
         self._opened: int | None = None  # just after the first section's opening marker
+        self._listed = FirstListedCallEnd(tool_format) if tool_format in LISTED else None
         self._schemas = schemas
+        # What the edge's parser strips before untagged calls (server/tool_calls.py; the section
+        # formats' parser reads them as text).
+        sections = tool_format in SECTIONS and tool_format != "json_tools"
+        self._prefixes = () if sections else (PYTHON_TAG, MISTRAL_TAG)
         self._reasoning = reasoning
         self._thinking = think_opened  # inside the reasoning block (known open)
         self._text = ""
         self._start = 0  # where calls may begin: after the reasoning block
         self._searched = 0  # where the reasoning block's closing may begin, not found before
         self._head: int | None = None  # where the output's first value (or fence) begins
-        self._scanned = 0  # where reading that value (or fence) goes on
-        self._depth = 0  # of brackets in the first value, outside its strings
-        self._in_string = False
+        self._scanned = 0  # where reading that fence goes on
+        self._value: ValueEnd | None = None  # reads the first value, where it is an object
 
     def __call__(self, piece: str) -> int | None:
         before = len(self._text)
@@ -91,6 +99,8 @@ class FirstCallEnd:
         return True
 
     def _tagged_end(self, before: int) -> int | None:
+        if self._listed is not None:
+            return self._listed(self._text, self._start, before)
         if self._marker is None:
             return None
         if self._opened is None:  # a marker before any call opened ends none (the edge: text)
@@ -106,11 +116,15 @@ class FirstCallEnd:
             return None
         if self._head is None:
             head = self._text[self._start :].lstrip()
-            if not head:
-                return None
+            for prefix in self._prefixes:
+                head = head.removeprefix(prefix)
+            head = head.lstrip()
+            if not head or any(prefix.startswith(head) for prefix in self._prefixes):
+                return None  # (a prefix not yet whole)
             self._head = self._scanned = len(self._text) - len(head)
         if self._text.startswith("{", self._head):
-            end = self._object_end()
+            self._value = self._value or ValueEnd(self._head)
+            end = self._value.end(self._text)
         elif self._text.startswith("```", self._head):
             end = self._fence_end()
         else:
@@ -125,38 +139,11 @@ class FirstCallEnd:
             end = None
         if end is not None:
             parser = ToolCallParser(self._schemas)
-            parser.feed(head)
+            parser.feed(self._text[self._start : end])  # with its prefix, as the edge reads it
             if parser.finish_untagged() is not None and len(parser.calls) == 1:
                 return end  # (a tagged call in a fence is no untagged call)
         self._schemas = None  # the output's first object (or fence) is no single call
         return None
-
-    def _object_end(self) -> int | None:
-        """Where the first value's brackets balance (None: not yet). Read on from where the
-        last piece was left, outside strings, so each character is read once."""
-        text, at = self._text, self._scanned
-        while True:
-            if self._in_string:
-                found = JSON_IN_STRING.search(text, at)
-                if found is not None and found[0] == "\\" and found.end() == len(text):
-                    self._scanned = found.start()  # the escaped character is still to come
-                    return None
-            else:
-                found = JSON_STRUCTURE.search(text, at)
-            if found is None:
-                self._scanned = len(text)
-                return None
-            at = found.end()
-            if found[0] == "\\":
-                at += 1
-            elif found[0] == '"':
-                self._in_string = not self._in_string
-            elif found[0] in "{[":
-                self._depth += 1
-            else:
-                self._depth -= 1
-                if self._depth == 0:
-                    return at
 
     def _fence_end(self) -> int | None:
         """Just after a ```json fence's closing ``` (None: not yet)."""

@@ -40,6 +40,51 @@ JSON_STRUCTURE = re.compile(r'["{}\[\]]')
 JSON_IN_STRING = re.compile(r'["\\]')
 FENCE_HEADER = re.compile(r"```(?:json)?[ \t]*")
 _DECODER = json.JSONDecoder()
+_JSON_STRINGS = {'"': JSON_IN_STRING}
+
+
+class ValueEnd:
+    """Where a bracketed value that a text holds from `start` ends: just after the bracket that
+    balances its first, strings skipped. Read as the text grows (each call's text extends the
+    last's), each character once: the one small scanner of the incremental readers that want
+    only a value's end (server/tool_calls.py's argument streaming, server/first_call.py's end
+    watch). `structure` finds the brackets and string quotes, `strings` what ends or escapes a
+    string, by its opening quote: JSON's by default (pythonic calls pass Python's)."""
+
+    def __init__(
+        self,
+        start: int,
+        structure: re.Pattern[str] = JSON_STRUCTURE,
+        strings: dict[str, re.Pattern[str]] = _JSON_STRINGS,
+    ) -> None:
+        self._seen = start
+        self._structure = structure
+        self._strings = strings
+        self._string: re.Pattern[str] | None = None  # inside a string: what ends or escapes it
+        self._depth = 0
+        self._end: int | None = None
+
+    def end(self, text: str) -> int | None:
+        at = self._seen
+        while self._end is None:
+            found = (self._string or self._structure).search(text, at)
+            if found is None or (found[0] == "\\" and found.end() == len(text)):
+                self._seen = len(text) if found is None else found.start()
+                return None  # (an escaped character still to come: read on from its backslash)
+            char = found[0]
+            at = found.end() + (char == "\\")
+            if self._string is not None:
+                if char != "\\":  # the string's own quote: `strings` finds no other
+                    self._string = None
+            elif char in self._strings:
+                self._string = self._strings[char]
+            elif char in "([{":
+                self._depth += 1
+            else:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._end = at
+        return self._end
 
 
 class UntaggedWatch:

@@ -47,8 +47,9 @@ SECTIONS: dict[str, tuple[str, str]] = {
 
 # The marker that ends one call, by format, where each call has one of its own (its section's
 # end, or a call's inside a section that holds several): an output cut just after it holds the
-# first call whole. The others end no single call (mistral, pythonic, llama3, kimi_k3), or end
-# the turn with it (harmony).
+# first call whole. The others write no end of a single call: mistral and pythonic list their
+# calls (server/first_listed_call.py finds where the first ends), llama3's are bare JSON
+# (server/first_call.py reads where the first object ends); harmony's turn ends with its call.
 CALL_ENDS: dict[str, str] = {
     **{
         name: SECTIONS[name][1]
@@ -56,6 +57,7 @@ CALL_ENDS: dict[str, str] = {
     },
     "minicpm5": SECTIONS["minicpm5"][1],
     "kimi_k2": "<|tool_call_end|>",
+    "kimi_k3": "<|close|>call<|sep|>",
     "minimax_m2": "</invoke>",
 }
 

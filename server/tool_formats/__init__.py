@@ -29,11 +29,16 @@ class CallParser(Protocol):
 
 
 def call_parser(
-    tool_format: str, schemas: dict[str, dict[str, Any] | None], untagged: bool = True
+    tool_format: str,
+    schemas: dict[str, dict[str, Any] | None],
+    untagged: bool = True,
+    single_call: bool = False,
 ) -> CallParser:
-    """A parser for one choice's output in `tool_format` (`schemas`: the request's functions)."""
+    """A parser for one choice's output in `tool_format` (`schemas`: the request's functions;
+    `single_call`: a one-call turn, whose output may end inside a list of calls after its first,
+    server/first_call.py)."""
     if tool_format == "harmony":
         return HarmonyParser(schemas)
     if tool_format in SECTIONS and tool_format != "json_tools":
-        return SectionParser(tool_format, schemas, untagged)
+        return SectionParser(tool_format, schemas, untagged, single_call)
     return ToolCallParser(schemas, untagged)

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from server.tool_formats.calls import ParsedCall, Tools
-from server.tool_formats.json_bodies import json_tools, kimi_k2, kimi_k3, mistral
-from server.tool_formats.notation_bodies import function_gemma, gemma4, pythonic
+from server.tool_formats.json_bodies import json_tools, kimi_k2, kimi_k3, mistral, mistral_cut
+from server.tool_formats.notation_bodies import function_gemma, gemma4, pythonic, pythonic_cut
 from server.tool_formats.xml_bodies import glm47, longcat, minicpm5, minimax_m2, qwen3_coder
 
 BODIES: dict[str, Callable[[str, Tools | None], list[ParsedCall] | None]] = {
@@ -31,4 +31,13 @@ BODIES: dict[str, Callable[[str, Tools | None], list[ParsedCall] | None]] = {
     "gemma4": gemma4,
     "function_gemma": function_gemma,
     "pythonic": pythonic,
+}
+
+# The formats that write a turn's calls as one list (mistral's `[{…}, …]`, pythonic's
+# `[f(…), …]`): a list cut after whole calls, as the list it began, where mlx-lm reads no call.
+# A one-call turn's output is so cut: the end watch (server/first_call.py) stops it after its
+# first call, before the list closes.
+CUT_LISTS: dict[str, Callable[[str, Tools | None], list[ParsedCall] | None]] = {
+    "mistral": mistral_cut,
+    "pythonic": pythonic_cut,
 }

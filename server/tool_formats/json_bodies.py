@@ -137,3 +137,14 @@ def mistral(text: str, tools: Tools | None) -> list[ParsedCall] | None:
             return None  # cut short
         calls.append(ParsedCall(header.group(1), arguments))
     return calls or None
+
+
+def mistral_cut(text: str, tools: Tools | None) -> list[ParsedCall] | None:
+    """A list of calls cut after whole calls (`[{…}, {…}`), as the list it began (None: the text
+    is no such list)."""
+    closed = text.rstrip() + "]"
+    try:
+        value = json.loads(closed)
+    except ValueError:
+        return None
+    return mistral(closed, tools) if isinstance(value, list) else None

@@ -175,3 +175,12 @@ def pythonic(text: str, tools: Tools | None) -> list[ParsedCall] | None:
         text = bare.strip() if bare is not None else quoted
         arguments[argument.group("key").strip()] = literal_or_text(text)
     return [ParsedCall(match.group("name"), arguments)]
+
+
+def pythonic_cut(text: str, tools: Tools | None) -> list[ParsedCall] | None:
+    """A list of calls cut after whole calls (`[f(k=1), g()`), as the list it began (None: the
+    text is no such list)."""
+    try:
+        return _python_list(text + "]")
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        return None

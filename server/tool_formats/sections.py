@@ -11,6 +11,9 @@ Invariants (those of server/tool_calls.py's `ToolCallParser`, which serves json_
   Mistral's, and a section still open at the end: when the output ends). Each call is sent as
   one delta with its id and name, then one with its arguments as JSON text (the model's own id
   where the format writes one).
+- In a one-call turn (`single_call`), a section the output ended in that is a list cut after
+  whole calls (mistral's, pythonic's: bodies.py `CUT_LISTS`) is those calls: the end watch
+  (server/first_call.py) stops such an output after its first call, before the list closes.
 - A section that does not parse is content, markers included: nothing the model wrote is lost.
   Arguments nested deeper than a request body may be (server/body.py `MAX_JSON_DEPTH`) do not
   parse: the parser never raises on what the model writes.
@@ -35,7 +38,8 @@ from server.tool_calls import (
     text_before,
     without_surrogates,
 )
-from server.tool_formats.bodies import BODIES, ParsedCall
+from server.tool_formats.bodies import BODIES, CUT_LISTS, ParsedCall
+from server.tool_formats.calls import Tools
 
 
 class SectionParser:
@@ -44,9 +48,11 @@ class SectionParser:
         tool_format: str,
         schemas: dict[str, dict[str, Any] | None],
         untagged: bool = True,
+        single_call: bool = False,
     ) -> None:
         self._start, self._end = SECTIONS[tool_format]
-        self._body = BODIES[tool_format]
+        self._format = tool_format
+        self._single_call = single_call
         self._schemas = schemas
         self._tools = [
             {"type": "function", "function": {"name": name, "parameters": parameters}}
@@ -130,14 +136,7 @@ class SectionParser:
         return True
 
     def _close(self, body: str, out: ParsedDeltas, closed: bool) -> None:
-        try:
-            calls = self._body(body, self._tools)
-        except RecursionError:  # JSON nested past what Python parses: no call, as json_tools'
-            calls = None
-        if calls is not None and any(
-            nests_deeper(call.arguments, MAX_JSON_DEPTH, body) for call in calls
-        ):
-            calls = None  # deeper than a body may be: no call (server/tool_calls.py `_too_deep`)
+        calls = section_calls(self._format, body, self._tools, self._single_call and not closed)
         if calls is None:
             out.add_text(f"{self._start}{body}{self._end if closed else ''}")
             self._after_call = False
@@ -156,3 +155,22 @@ class SectionParser:
         out.add_call(ToolCallDelta(index, arguments=call.arguments))
         self._calls.append(call)
         self._after_call = True
+
+
+def section_calls(
+    tool_format: str, body: str, tools: Tools | None, cut: bool
+) -> list[ParsedCall] | None:
+    """The calls in a section's text, as this parser reads them (None: it is content). `cut`:
+    the output ended in the section, in a one-call turn."""
+    read_cut = CUT_LISTS.get(tool_format) if cut else None
+    try:
+        calls = read_cut(body, tools) if read_cut else None
+        if calls is None:
+            calls = BODIES[tool_format](body, tools)
+    except RecursionError:  # JSON nested past what Python parses: no call, as json_tools'
+        return None
+    if calls is not None and any(
+        nests_deeper(call.arguments, MAX_JSON_DEPTH, body) for call in calls
+    ):
+        return None  # deeper than a body may be: no call (server/tool_calls.py `_too_deep`)
+    return calls
