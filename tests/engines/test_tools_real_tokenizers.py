@@ -11,9 +11,11 @@ comes from the imported Qwen2.5-Coder store entry, which needs the 491 MB packag
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,10 @@ from mlx.utils import tree_flatten
 from openai import AsyncOpenAI
 
 from engines.llm.call_grammars import GRAMMAR_FORMATS
+from engines.llm.constrain import lark_grammar
 from engines.llm.engine import LLMEngine
 from engines.pool import EnginePool
-from engines.types import ChatLimits
+from engines.types import ChatLimits, GenerationRequest, SamplingParams
 from engines.weights.checkpoint import DEQUANTIZE_ON_LOAD
 from engines.weights.embedded import (
     CATALOG,
@@ -37,7 +40,9 @@ from engines.weights.embedded import (
 )
 from engines.weights.store import COMPLETE_MARKER, ModelStore
 from server.app import create_app
+from server.first_call import FirstCallEnd
 from server.settings import Settings
+from tests.helpers import PROMPT, run
 from tests.servers import serve
 
 ARGUMENTS = {
@@ -677,3 +682,57 @@ def test_an_answer_schema_with_refs_beside_calls(grammar_tokenizer: tuple[Any, A
     matcher = llguidance.LLMatcher(compiler._tokenizer, grammar)
     tokens = tokenizer.encode('{"place": {"city": "Paris"}}', add_special_tokens=False)
     assert all(matcher.consume_token(token) for token in tokens) and matcher.is_accepting()
+
+
+# -- a one-call turn's end, on real tokens ------------------------------------------------------
+# `parallel_tool_calls: false` in the formats that write no end of a single call: the engine's
+# end watch (server/first_call.py) reads the text as the detokenizer emits it, and SmolLM2's
+# tokens merge a call's closing bracket with what follows it (`}},`, `)],`). A grammar of the
+# two-call text holds the random model to it, in whichever of its tokenizations it samples.
+
+ONE_CALL_TURNS = {
+    "mistral": (
+        '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris }]", "days": 3}}',
+        ', {"name": "get_weather", "arguments": {"city": "Oslo"}}]',
+    ),
+    "mistral ([ARGS])": (
+        '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris", "days": 3}',
+        '[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo"}',
+    ),
+    "llama3": (
+        '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris {\\""}}',
+        '; {"name": "get_weather", "parameters": {"city": "Oslo"}}',
+    ),
+    "pythonic": (
+        '<|tool_call_start|>[get_weather(city="Paris )", days=3)',
+        ', get_weather(city="Oslo")]<|tool_call_end|>',
+    ),
+    "kimi_k3": (
+        '<|open|>tools<|sep|><|open|>call tool="get_weather"<|sep|><|open|>argument key="city"'
+        "<|sep|>Paris<|close|>argument<|sep|><|close|>call<|sep|>",
+        '<|open|>call tool="get_weather"<|sep|><|close|>call<|sep|><|close|>tools<|sep|>',
+    ),
+}
+
+
+async def test_a_one_call_turn_ends_after_its_first_call(tmp_path: Path) -> None:
+    directory = random_weights_dir(store_entry(SMOLLM2.name), tmp_path / "model")
+    engine = LLMEngine("tiny", directory)
+    engine.start()
+    try:
+        await engine.wait_loaded()
+        for turn, (first, rest) in ONE_CALL_TURNS.items():
+            fmt = turn.split()[0]
+            grammar = lark_grammar(f"start: {json.dumps(first + rest)}")
+            watch = partial(FirstCallEnd, fmt, {"get_weather": None}, None, False)
+            for seed in range(3):
+                sampling = SamplingParams(temperature=1.0, seed=seed)
+                whole = GenerationRequest(f"w{seed}", PROMPT, 400, sampling, grammar=grammar)
+                text, tokens, _ = await run(engine, whole)
+                assert text == first + rest, turn
+                one = dataclasses.replace(whole, request_id=f"o{seed}", end_watch=watch)
+                cut, cut_tokens, finish = await run(engine, one)
+                assert (cut, finish.reason) == (first, "stop"), turn
+                assert len(cut_tokens) < len(tokens), turn
+    finally:
+        engine.stop()
