@@ -25,8 +25,10 @@ class ChoiceOutput:
     are recognised; `tool_format`: the format the model writes calls in; `single_call`: at most
     one call (`parallel_tool_calls: false`): where no grammar held the model to one, the engine
     ended the output after its first (server/first_call.py), and calls after it that this did
-    not catch (a list, one fence of several) are left out, streamed or not (as vLLM does); a
-    turn the output limit cut only in what was left out finishes as a call (`finish_reason`).
+    not catch (an untagged list, one fence of several) are left out, streamed or not (as vLLM
+    does), while a mistral or pythonic list it cut open after its first call is read as that
+    call (server/tool_formats/sections.py); a turn the output limit cut only in what was left
+    out finishes as a call (`finish_reason`).
     `forced`: a grammar held the output to calls of these functions (`tool_choice` "required"
     or one named): a call cut (by `max_tokens`, a stop sequence) before its name was whole is
     no content, since its markup is no answer, but a call of the one function it can be, its
