@@ -39,6 +39,8 @@ Invariants of `ToolCallParser`:
   parser never raises on what the model writes. Arguments of untagged calls are checked
   against the function's schema without fetching anything (a `$ref` to a URL is not followed)
   and without running the client's regular expressions (`pattern`, `patternProperties`).
+- Cheap per piece: a call being written is read incrementally (server/tagged_call.py), and the
+  buffered output grows in place, so a long call costs no more per token than a short one.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ from referencing.exceptions import Unresolvable
 
 from engines.llm.tools import CLOSE, MISTRAL_TAG, OPEN, PYTHON_TAG
 from server.body import MAX_JSON_DEPTH, nests_deeper
-from server.untagged import JSON_IN_STRING, JSON_STRUCTURE, UntaggedWatch
+from server.tagged_call import Arguments, Head, ObjectEnd, head_end
+from server.untagged import UntaggedWatch
 
 # `$ref`s resolve within the client's schema: a URL it names is never fetched (jsonschema's
 # default registry would fetch it, from the event loop or the engine thread).
@@ -79,7 +82,6 @@ def _unchecked(*_: Any) -> None:
     return None
 
 
-_HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
 _FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*?)\n?```$", re.DOTALL)
 _BARE_PREFIXES = (PYTHON_TAG, MISTRAL_TAG)
 _FENCE_OPENERS = ("```json", "```\n", "```{", "```[")
@@ -178,12 +180,23 @@ class ToolCallParser:
         self._mode = "start"
         self._watch: UntaggedWatch | None = None  # in bare mode
         self._buffer = ""  # text not yet classified
+        self._lead_end = 0  # (start mode) the buffer up to here: only whitespace and prefixes
+        self._prefixed = False  # ... a prefix among them
         self._in_call = False
         self._after_call = False  # nothing but whitespace was written since the last call
+        self._blank = 0  # (text mode, after a call) the buffer up to here: only whitespace
         self._calls: list[ToolCall] = []
+        self._new_call()
+
+    def _new_call(self) -> None:
+        """The open call's state, read as its text (the buffer, from after `<tool_call>`)
+        grows (server/tagged_call.py)."""
+        self._close_from = 0  # where `</tool_call>` may begin, not found before
+        self._head = Head()
+        self._nameless = False  # its head is whole but the name no JSON string: no call
         self._current_id: str | None = None  # the open call's id, once its name was sent
+        self._arguments: Arguments | None = None  # its arguments object, once it begins
         self._streamed_arguments = 0  # characters of the open call's arguments sent
-        self._arguments = _ObjectEnd()  # where the open call's arguments object ends
 
     @property
     def calls(self) -> list[ToolCall]:
@@ -196,10 +209,12 @@ class ToolCallParser:
         return self._mode != "text"
 
     def feed(self, text: str) -> ParsedDeltas:
-        self._buffer += text
+        buffer, self._buffer = self._buffer, ""
+        buffer += text  # its only reference: CPython extends it in place, no copy of the output
+        self._buffer = buffer
         out = ParsedDeltas()
         if self._mode == "start":
-            head = _strip_bare_prefix(self._buffer)
+            head = self._lead()
             if not head:
                 return out
             untagged = may_be_untagged(head) if self._untagged else False
@@ -216,20 +231,36 @@ class ToolCallParser:
             self._mode = "text"  # no untagged calls: what was held goes out, read as text
         while True:
             if not self._in_call:
-                content, self._buffer, opened = text_before(self._buffer, OPEN, self._after_call)
+                content, self._buffer, opened = text_before(
+                    self._buffer, OPEN, self._after_call, self._blank
+                )
                 out.add_text(content)
                 self._after_call = self._after_call and not content
+                self._blank = 0
                 if not opened:
+                    if self._after_call:  # held whitespace: read once, however long
+                        self._blank = len(self._buffer) - partial_suffix(self._buffer, OPEN)
                     return out
                 self._in_call = True
                 continue
-            end = self._buffer.find(CLOSE)
+            end = self._buffer.find(CLOSE, self._close_from)
             if end < 0:
+                self._close_from = max(self._close_from, len(self._buffer) - len(CLOSE) + 1)
                 self._stream_partial(out)
                 return out
             body, self._buffer = self._buffer[:end], self._buffer[end + len(CLOSE) :]
             self._in_call = False
             self._close_call(body, out, closed=True)
+
+    def _lead(self) -> str:
+        """The output after its whitespace and a `<|python_tag|>` / `[TOOL_CALLS]` prefix (a
+        text that is only those is skipped for good: a flood of newlines is read once)."""
+        rest = self._buffer[self._lead_end :]
+        head = rest.lstrip() if self._prefixed else _strip_bare_prefix(rest)
+        if not head and rest[-1:].isspace():  # (a prefix's last character is none: it may go on)
+            self._lead_end = len(self._buffer)
+            self._prefixed = self._prefixed or bool(rest.strip())
+        return head
 
     def finish(self) -> ParsedDeltas:
         """End of output: flush held-back text; an unclosed call that parses counts as a call.
@@ -297,26 +328,26 @@ class ToolCallParser:
 
     def _stream_partial(self, out: ParsedDeltas) -> None:
         """Send the id and name, then argument text, of a call still being generated."""
-        head = _HEAD.match(self._buffer)
-        if head is None:
+        buffer = self._buffer
+        start = self._head.end(buffer)  # where its arguments begin
+        if start is None or self._nameless:
             return
         index = len(self._calls)
         if self._current_id is None:
-            name = _name(head)
+            name = _name(self._head.name)
             if name is None:  # no JSON string: not a call, which its close will say
+                self._nameless = True
                 return
             self._current_id = new_call_id()
             out.add_call(ToolCallDelta(index, self._current_id, name))
-        arguments = self._buffer[head.end() :]
-        if not arguments.startswith("{"):
+        if not buffer.startswith("{", start):
             return  # a JSON string holding the object (or no object): its close decodes it
-        safe = self._arguments.end(arguments)  # the object whole: members after it are no part
-        if safe is None:
-            # Hold back what may be the outer object's closing brace, whitespace, a partial tag.
-            safe = len(arguments) - partial_suffix(arguments, CLOSE)
-            safe = min(safe, len(arguments[:safe].rstrip().removesuffix("}").rstrip()))
+        if self._arguments is None:
+            self._arguments = Arguments(start)
+        cut = len(buffer) - partial_suffix(buffer, CLOSE)
+        safe = self._arguments.safe(buffer, cut) - start
         if safe > self._streamed_arguments:
-            fragment = arguments[self._streamed_arguments : safe]
+            fragment = buffer[start + self._streamed_arguments : start + safe]
             out.add_call(ToolCallDelta(index, arguments=fragment))
             self._streamed_arguments = safe
 
@@ -325,21 +356,22 @@ class ToolCallParser:
         or if its head is whole (its name was sent, streamed: the module docstring)."""
         index = len(self._calls)
         parsed = _parse_call(body)
-        head = _HEAD.match(body)
+        head = head_end(body)
         # The first "name" (the one streamed), also where a later duplicate wins in json.loads.
-        first = _name(head) if head else None
+        first = _name(head[0]) if head else None
         if parsed is None and first is None:
             out.add_text(f"{OPEN}{body}{CLOSE if closed else ''}")  # not a call: it is text
             self._after_call = False
+            self._new_call()
             return
         raw = None
-        if head and body.startswith("{", head.end()):  # the model's object (what was streamed)
-            end = _ObjectEnd().end(body[head.end() :])
-            raw = None if end is None else body[head.end() : head.end() + end]
+        if head and body.startswith("{", head[1]):  # the model's object (what was streamed)
+            end = ObjectEnd(head[1]).end(body)
+            raw = None if end is None else body[head[1] : end]
         if raw is None and parsed is not None:
             raw = json.dumps(parsed[1], ensure_ascii=False)  # keys in another order: re-serialise
         elif raw is None:  # no call that parses, its head whole: what was written
-            raw = body[head.end() :].rstrip().removesuffix("}").rstrip() if head else ""
+            raw = body[head[1] :].rstrip().removesuffix("}").rstrip() if head else ""
         name = first if first is not None else parsed[0] if parsed is not None else ""
         if self._current_id is None:
             self._current_id = new_call_id()
@@ -348,19 +380,21 @@ class ToolCallParser:
             out.add_call(ToolCallDelta(index, arguments=raw[self._streamed_arguments :]))
         self._calls.append(ToolCall(self._current_id, name, raw))
         self._after_call = True
-        self._current_id, self._streamed_arguments = None, 0
-        self._arguments = _ObjectEnd()
+        self._new_call()
 
 
-def text_before(buffer: str, marker: str, after_call: bool) -> tuple[str, str, bool]:
+def text_before(
+    buffer: str, marker: str, after_call: bool, blank: int = 0
+) -> tuple[str, str, bool]:
     """Split streamed output at the first `marker`: (content to emit now, what stays buffered —
     from just after the marker, or the tail that could still begin it —, whether the marker was
     found). Whitespace right after a call (`after_call`) separates calls and is not content,
-    unless text follows it: until then it stays buffered."""
-    start = buffer.find(marker)
+    unless text follows it: until then it stays buffered. `blank`: the buffer's first
+    characters are known to be whitespace (so no marker begins there)."""
+    start = buffer.find(marker, blank)
     held = partial_suffix(buffer, marker) if start < 0 else 0
     text_end = start if start >= 0 else len(buffer) - held
-    separator = after_call and not buffer[:text_end].strip()
+    separator = after_call and not buffer[blank:text_end].strip()
     if separator and start < 0:
         return "", buffer, False
     content = "" if separator else buffer[:text_end]
@@ -375,35 +409,6 @@ def partial_suffix(text: str, tag: str) -> int:
         if text.endswith(tag[:length]):
             return length
     return 0
-
-
-class _ObjectEnd:
-    """Where a JSON object that a text begins with ends, read as the text grows (each call's
-    text extends the last's); each character is read once."""
-
-    def __init__(self) -> None:
-        self._seen = 0
-        self._depth = 0
-        self._in_string = False
-        self._end: int | None = None
-
-    def end(self, text: str) -> int | None:
-        at = self._seen
-        while self._end is None:
-            found = (JSON_IN_STRING if self._in_string else JSON_STRUCTURE).search(text, at)
-            if found is None or (found[0] == "\\" and found.end() == len(text)):
-                self._seen = len(text) if found is None else found.start()
-                return None  # (an escaped character still to come: read on from its backslash)
-            at = found.end() + (found[0] == "\\")
-            if found[0] == '"':
-                self._in_string = not self._in_string
-            elif found[0] in "{[":
-                self._depth += 1
-            elif found[0] in "}]":
-                self._depth -= 1
-                if self._depth == 0:
-                    self._end = at
-        return self._end
 
 
 def _json_object(text: str) -> dict[str, Any] | None:
@@ -458,10 +463,10 @@ def _call_of(call: Any) -> tuple[str, dict[str, Any]] | None:
     return without_surrogates(call["name"]), without_surrogates(arguments)
 
 
-def _name(head: re.Match[str]) -> str | None:
+def _name(text: str) -> str | None:
     """A call's name from the text of its JSON string; None where that is no valid JSON."""
     try:
-        return str(without_surrogates(json.loads(f'"{head[1]}"')))
+        return str(without_surrogates(json.loads(f'"{text}"')))
     except ValueError:
         return None
 

@@ -7,6 +7,7 @@ import random
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -332,3 +333,31 @@ def test_a_clients_regular_expressions_are_not_run_on_the_models_text(
     root = Path(__file__).parents[2]
     done = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=20, check=True)
     assert done.stdout.strip() == "1"
+
+
+LONG_CODE = "function f() { return {a: 1}; }\n" * 5000
+LONG = {
+    "call": "<tool_call>\n"
+    + json.dumps({"name": "write_file", "arguments": {"path": "a.js", "content": LONG_CODE}}),
+    "whitespace after a call": '<tool_call>{"name": "f", "arguments": {}}</tool_call>'
+    + "\n" * 160_000,
+}
+
+
+@pytest.mark.parametrize("text", LONG.values(), ids=LONG.keys())
+def test_a_piece_costs_no_more_late_in_a_long_output(text: str) -> None:
+    """The parser runs on the event loop: each piece of a long call was copied, sliced,
+    stripped and searched from the call's start (200 KB in 4-character pieces took seconds),
+    and so was whitespace held after a call. The last pieces now cost what the first do (best
+    of three runs: the ratio is ~1 read incrementally, ~9 and more read again each piece)."""
+    pieces = [text[i : i + 4] for i in range(0, len(text), 4)]
+    ratios = []
+    for _ in range(3):
+        parser = ToolCallParser()
+        took = []
+        for piece in pieces:
+            started = time.perf_counter()
+            parser.feed(piece)
+            took.append(time.perf_counter() - started)
+        ratios.append(sum(took[-5000:]) / sum(took[100:5100]))
+    assert min(ratios) < 3
