@@ -5,21 +5,24 @@ model to one. The output ends just after the first call, so the calls after it a
 generated nor counted (the edge, `ChoiceOutput`, would leave them out).
 
 A call ends at its format's marker (engines/llm/chat_formats.py `CALL_ENDS`) after its section's
-opening (`SECTIONS`); in the formats that list their calls with no end of each (mistral,
-pythonic), where the first call in the list closes (server/first_listed_call.py); or, untagged,
-at the end of a bare JSON call object (after a `<|python_tag|>` / `[TOOL_CALLS]` prefix, as
-llama3 writes its calls) or of the ```json fence holding one (Qwen2.5-Coder writes its calls so,
-one object a line, more often than in its tags). A reasoning block the output opens (or the
-prompt left open) is passed first: a marker written while thinking ends nothing.
+opening (`SECTIONS`), where the edge reads a call in the section so far (the section formats'
+parser reads a section with none as text: the watch looks on for the next marker, up to
+`_CHECKS` times); in the formats that list their calls with no end of each (mistral,
+pythonic), where the first call in the list closes (server/first_listed_call.py); or,
+untagged, at the end of a bare JSON call object (after a `<|python_tag|>` / `[TOOL_CALLS]`
+prefix, as llama3 writes its calls) or of the ```json fence holding one (Qwen2.5-Coder writes
+its calls so, one object a line, more often than in its tags). A reasoning block the output
+opens (or the prompt left open) is passed first: a marker written while thinking ends nothing.
 
 Invariants: runs on the engine thread (pure Python, no MLX); it ends an output only after a
-call: its marker, or a listed or untagged call that the edge's parser reads as exactly one. It
-never raises on what the model writes (JSON nested too deeply to parse is no call): an exception
-here would fail the engine step, and with it every request in the batch. Where it ends does not depend
-on how the output is cut into pieces (the earlier of a marker and an untagged call's end). Cheap
-per piece: each character is read once (the first value is decoded once, when its brackets
-balance; a marker is searched for in the new text only), so a long output costs no more per
-token than a short one.
+call: json_tools' marker after `<tool_call>` (its body is not read here), or a section, listed
+or untagged call that the edge's parser reads as one. It never raises on what the model writes
+(JSON nested too deeply to parse is no call): an exception here would fail the engine step, and
+with it every request in the batch. Where it ends does not depend on how the output is cut into
+pieces (the earlier of a marker and an untagged call's end). Cheap per piece: each character is
+read once (the first value is decoded once, when its brackets balance; a marker is searched for
+in the new text only; a section is read at its markers, a bounded number of times), so a long
+output costs no more per token than a short one.
 """
 
 from __future__ import annotations
@@ -31,9 +34,13 @@ from engines.llm.chat_formats import CALL_ENDS, SECTIONS
 from engines.llm.tools import MISTRAL_TAG, PYTHON_TAG
 from server.first_listed_call import LISTED, FirstListedCallEnd
 from server.tool_calls import ToolCallParser
+from server.tool_formats.sections import section_calls
 from server.untagged import FENCE_HEADER, ValueEnd
 
 _DECODER = json.JSONDecoder()
+# Markers whose section the edge reads no call in, before the watch stops checking them (the
+# output runs on): each check reads the section so far, so a bound keeps the watch linear.
+_CHECKS = 8
 
 
 class FirstCallEnd:
@@ -48,15 +55,20 @@ class FirstCallEnd:
         reasoning: tuple[str, str] | None,
         think_opened: bool,
     ) -> None:
+        self._format = tool_format
         self._marker = CALL_ENDS.get(tool_format)
-        self._opener = SECTIONS[tool_format][0] if self._marker else ""  # (each has one)
-        self._opened: int | None = None  # just after the first section's opening marker
+        self._opener, closer = SECTIONS[tool_format] if self._marker else ("", "")  # (each has one)
+        self._opened: int | None = None  # just after the open section's opening marker
+        self._marked = 0  # where markers are searched for: after the last that ended no call
+        self._closes_section = self._marker == closer  # (else it ends a call inside the section)
+        self._checks = _CHECKS
         self._listed = FirstListedCallEnd(tool_format) if tool_format in LISTED else None
         self._schemas = schemas
-        # What the edge's parser strips before untagged calls (server/tool_calls.py; the section
-        # formats' parser reads them as text).
-        sections = tool_format in SECTIONS and tool_format != "json_tools"
-        self._prefixes = () if sections else (PYTHON_TAG, MISTRAL_TAG)
+        # The section formats' edge parser (server/tool_formats/sections.py) reads a section with
+        # no call as text, and `<|python_tag|>` as text; server/tool_calls.py (json_tools,
+        # llama3) strips it before untagged calls.
+        self._sections = tool_format in SECTIONS and tool_format != "json_tools"
+        self._prefixes = () if self._sections else (PYTHON_TAG, MISTRAL_TAG)
         self._reasoning = reasoning
         self._thinking = think_opened  # inside the reasoning block (known open)
         self._text = ""
@@ -101,15 +113,37 @@ class FirstCallEnd:
     def _tagged_end(self, before: int) -> int | None:
         if self._listed is not None:
             return self._listed(self._text, self._start, before)
-        if self._marker is None:
-            return None
-        if self._opened is None:  # a marker before any call opened ends none (the edge: text)
-            found = self._text.find(self._opener, max(self._start, before - len(self._opener) + 1))
+        while self._marker is not None:
+            if self._opened is None:  # a marker before any call opened ends none (the edge: text)
+                since = max(self._start, self._marked, before - len(self._opener) + 1)
+                found = self._text.find(self._opener, since)
+                if found < 0:
+                    return None
+                self._opened = found + len(self._opener)
+            since = max(self._opened, self._marked, before - len(self._marker) + 1)
+            found = self._text.find(self._marker, since)
             if found < 0:
                 return None
-            self._opened = found + len(self._opener)
-        found = self._text.find(self._marker, max(self._opened, before - len(self._marker) + 1))
-        return None if found < 0 else found + len(self._marker)
+            end = found + len(self._marker)
+            if self._reads_a_call(found, end):
+                return end
+            self._marked = end
+            if self._closes_section:
+                self._opened = None
+        return None
+
+    def _reads_a_call(self, found: int, end: int) -> bool:
+        """Whether the edge reads a call in the section up to the marker at `found` (the
+        section closed by it, or cut just after it)."""
+        if not self._sections:
+            return True
+        body = self._text[self._opened : found if self._closes_section else end]
+        if section_calls(self._format, body, None, cut=not self._closes_section):
+            return True
+        self._checks -= 1
+        if self._checks == 0:
+            self._marker = None  # the output runs on to its end
+        return False
 
     def _untagged_end(self) -> int | None:
         if self._schemas is None:

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from server import first_call
+from server.chat_output import ChoiceOutput
 from server.first_call import FirstCallEnd
 
 SCHEMAS: dict[str, dict[str, Any] | None] = {
@@ -128,3 +130,63 @@ def test_a_marker_before_any_call_opened_ends_nothing(piece: int) -> None:
     first = f"Write </tool_call> to close one.\n<tool_call>\n{PARIS}\n</tool_call>"
     text = f"{first}\n<tool_call>\n{LONDON}\n</tool_call>"
     assert kept(FirstCallEnd("json_tools", SCHEMAS, None, False), text, piece) == first
+
+
+def edge_calls(fmt: str, text: str) -> tuple[str, list[tuple[str, Any]]]:
+    """The edge's reading of a one-call turn's output: its content and calls."""
+    output = ChoiceOutput(None, False, SCHEMAS, True, fmt, single_call=True)
+    output.feed(text)
+    output.finish()
+    calls = output.tool_calls
+    return output.content, [(c["function"]["name"], c["function"]["arguments"]) for c in calls]
+
+
+K3_BROKEN = '<|open|>call tool="get_weather"<|sep|><|open|>json<|sep|>{"city": <|close|>json<|sep|>'
+K3_PARIS = '<|open|>call tool="get_weather"<|sep|><|open|>argument key="city"<|sep|>Paris'
+K3_PARIS += "<|close|>argument<|sep|><|close|>call<|sep|>"
+
+
+@pytest.mark.parametrize("piece", [1, 3, 1000])
+@pytest.mark.parametrize(
+    ("fmt", "first", "rest"),
+    [
+        (  # a section the edge reads as text, then one holding a call
+            "qwen3_coder",
+            "<tool_call>not a call</tool_call>\n<tool_call>\n<function=get_weather>\n"
+            "<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>",
+            "\n<tool_call>\n<function=get_weather>\n</function>\n</tool_call>",
+        ),
+        (  # a call the edge skips (its JSON does not parse), then one it reads
+            "kimi_k3",
+            f"<|open|>tools<|sep|>{K3_BROKEN}<|close|>call<|sep|>{K3_PARIS}",
+            f"{K3_PARIS}<|close|>tools<|sep|>",
+        ),
+    ],
+    ids=["section", "call in a section"],
+)
+def test_a_marker_ends_the_output_only_after_a_call_the_edge_reads(
+    fmt: str, first: str, rest: str, piece: int
+) -> None:
+    """Cut at the first marker, the output would be text where the whole of it holds a call."""
+    assert kept(FirstCallEnd(fmt, SCHEMAS, None, False), first + rest, piece) == first
+    whole = edge_calls(fmt, first + rest)
+    assert whole[1] == [("get_weather", '{"city": "Paris"}')]
+    assert edge_calls(fmt, first) == whole
+
+
+def test_a_section_without_calls_is_read_a_bounded_number_of_times(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each check reads the section so far (on the engine thread): after a few markers that end
+    no call the edge reads, the watch stops checking, and the output runs on."""
+    reads: list[int] = []
+    read = first_call.section_calls
+
+    def counted(fmt: str, body: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(len(body))
+        return read(fmt, body, *args, **kwargs)
+
+    monkeypatch.setattr(first_call, "section_calls", counted)
+    text = f"<|open|>tools<|sep|>{f'{K3_BROKEN}<|close|>call<|sep|>' * 200}{K3_PARIS}"
+    assert kept(FirstCallEnd("kimi_k3", SCHEMAS, None, False), text, 1) == text
+    assert len(reads) == first_call._CHECKS

@@ -16,6 +16,8 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from server.chat_output import ChoiceOutput
 from server.first_call import FirstCallEnd
@@ -205,3 +207,93 @@ def test_a_long_first_call_is_read_once(sample: str, monkeypatch: pytest.MonkeyP
     text = first + rest
     assert watched(FirstCallEnd(fmt, None, None, False), list(text)) == first
     assert sum(read_chars) < 4 * len(text)
+
+
+# Strings for the calls' arguments: brackets, quotes of both kinds, backslashes and the formats'
+# markers (but pythonic's section end, which ends the edge's section wherever it is written).
+TRICKY = st.lists(
+    st.sampled_from([*"\"'\\[](){},:=; ab\n", "[TOOL_CALLS]", "[ARGS]", "<|python_tag|>"]),
+    max_size=24,
+).map("".join)
+
+
+def two_calls(shape: str, city: str, tz: str) -> tuple[str, str, str]:
+    """(format, the output up to the end of its first call, the rest) with these strings."""
+    weather, time = {"city": city}, {"tz": tz}
+    if shape == "pythonic":
+        return (
+            shape,
+            f"<|tool_call_start|>[get_weather(city={city!r})",
+            f", get_time(tz={tz!r})]<|tool_call_end|>",
+        )
+    if shape == "mistral-args":
+        return (
+            "mistral",
+            f"[TOOL_CALLS]get_weather[ARGS]{json.dumps(weather, ensure_ascii=False)}",
+            f"[TOOL_CALLS]get_time[ARGS]{json.dumps(time, ensure_ascii=False)}",
+        )
+    fmt, key, opener, separator = {
+        "mistral-list": ("mistral", "arguments", "[TOOL_CALLS][", ", "),
+        "llama3": ("llama3", "parameters", "<|python_tag|>", "; "),
+    }[shape]
+    first = json.dumps({"name": "get_weather", key: weather}, ensure_ascii=False)
+    second = json.dumps({"name": "get_time", key: time}, ensure_ascii=False)
+    return fmt, opener + first, separator + second + ("]" if fmt == "mistral" else "")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    shape=st.sampled_from(["mistral-list", "mistral-args", "pythonic", "llama3"]),
+    city=TRICKY,
+    tz=TRICKY,
+    seed=st.integers(0, 2**16),
+)
+def test_any_strings_in_the_calls(shape: str, city: str, tz: str, seed: int) -> None:
+    fmt, first, rest = two_calls(shape, city, tz)
+    rng = random.Random(seed)
+    pieces, at = [], 0
+    while at < len(first + rest):
+        size = rng.randint(1, 6)
+        pieces.append((first + rest)[at : at + size])
+        at += size
+    assert watched(FirstCallEnd(fmt, SCHEMAS, None, False), pieces) == first
+    whole = read(fmt, [first + rest])
+    assert whole[1] == [("get_weather", {"city": city})]
+    assert read(fmt, [first[: len(first) // 2], first[len(first) // 2 :]]) == (*whole[:2], whole[1])
+
+
+# Pieces of the formats' markup, whole calls among them, and the characters that matter.
+FRAGMENTS = st.lists(
+    st.sampled_from(
+        [
+            *("[TOOL_CALLS]", "<|tool_call_start|>", "<|tool_call_end|>", "<|python_tag|>"),
+            *("get_time", "[ARGS]", '"name"', '"get_time"', '"arguments"', '"tz"', '"UTC"'),
+            *('{"name": "get_time", "arguments": {"tz": "UTC"}}', "get_time(tz='UTC')"),
+            *('{"name": "get_time", "parameters": {}}', '{"tz": "UTC"}', "tz=", "'UTC'"),
+            *(
+                "<|open|>tools<|sep|>",
+                '<|open|>call tool="get_time"<|sep|>',
+                "<|close|>call<|sep|>",
+            ),
+            *"{}[]()\"'\\:,;= \n",
+        ]
+    ),
+    max_size=30,
+).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    fmt=st.sampled_from(["mistral", "pythonic", "llama3", "kimi_k3"]),
+    text=FRAGMENTS,
+    pieces=st.integers(1, 7),
+)
+@example(fmt="kimi_k3", text="<|open|>tools<|sep|><|close|>call<|sep|>More.", pieces=1)
+def test_an_end_is_where_the_edge_reads_exactly_one_call(fmt: str, text: str, pieces: int) -> None:
+    """Whatever the model writes: the watch never raises, ends the same way in any pieces, and
+    only where the edge reads the output so far as one call."""
+    cut = watched(FirstCallEnd(fmt, SCHEMAS, None, False), list(text))
+    chunks = [text[at : at + pieces] for at in range(0, len(text), pieces)]
+    assert watched(FirstCallEnd(fmt, SCHEMAS, None, False), chunks) == cut
+    if cut != text:
+        assert len(read(fmt, [cut])[1]) == 1, cut
