@@ -16,7 +16,7 @@ import re
 from collections import deque
 
 from engines.llm.tools import CLOSE
-from server.untagged import JSON_IN_STRING, JSON_STRUCTURE
+from server.untagged import JSON_IN_STRING, ValueEnd
 
 _SPACE = re.compile(r"\s*")
 # The head, `\s*{\s*"name"\s*:\s*"<name>"\s*,\s*"arguments"\s*:\s*`, part by part (None: the
@@ -78,42 +78,13 @@ def head_end(text: str) -> tuple[str, int] | None:
     return None if end is None else (head.name, end)
 
 
-class ObjectEnd:
-    """Where a JSON object that a text begins with (at `start`) ends, read as the text grows;
-    each character is read once."""
-
-    def __init__(self, start: int = 0) -> None:
-        self._seen = start
-        self._depth = 0
-        self._in_string = False
-        self._end: int | None = None
-
-    def end(self, text: str) -> int | None:
-        at = self._seen
-        while self._end is None:
-            found = (JSON_IN_STRING if self._in_string else JSON_STRUCTURE).search(text, at)
-            if found is None or (found[0] == "\\" and found.end() == len(text)):
-                self._seen = len(text) if found is None else found.start()
-                return None  # (an escaped character still to come: read on from its backslash)
-            at = found.end() + (found[0] == "\\")
-            if found[0] == '"':
-                self._in_string = not self._in_string
-            elif found[0] in "{[":
-                self._depth += 1
-            elif found[0] in "}]":
-                self._depth -= 1
-                if self._depth == 0:
-                    self._end = at
-        return self._end
-
-
 class Arguments:
     """How much of a call's arguments object (beginning at `start` with `{`) may be streamed:
     all of it once it closes (members after it are no part); before that, all but what may
     be the call's closing brace, whitespace and the start of `</tool_call>`."""
 
     def __init__(self, start: int) -> None:
-        self._object = ObjectEnd(start)
+        self._object = ValueEnd(start)
         self._read = start
         # The last non-space characters read: enough to step back over a partial closing tag
         # (no space in it), then a `}`, to the character before them.

@@ -59,8 +59,8 @@ from referencing.exceptions import Unresolvable
 
 from engines.llm.tools import CLOSE, MISTRAL_TAG, OPEN, PYTHON_TAG
 from server.body import MAX_JSON_DEPTH, nests_deeper
-from server.tagged_call import Arguments, Head, ObjectEnd, head_end
-from server.untagged import UntaggedWatch
+from server.tagged_call import Arguments, Head, head_end
+from server.untagged import UntaggedWatch, ValueEnd
 
 # `$ref`s resolve within the client's schema: a URL it names is never fetched (jsonschema's
 # default registry would fetch it, from the event loop or the engine thread).
@@ -366,7 +366,7 @@ class ToolCallParser:
             return
         raw = None
         if head and body.startswith("{", head[1]):  # the model's object (what was streamed)
-            end = ObjectEnd(head[1]).end(body)
+            end = ValueEnd(head[1]).end(body)
             raw = None if end is None else body[head[1] : end]
         if raw is None and parsed is not None:
             raw = json.dumps(parsed[1], ensure_ascii=False)  # keys in another order: re-serialise
