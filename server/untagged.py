@@ -35,7 +35,7 @@ from server.body import MAX_JSON_DEPTH, nests_deeper
 _BETWEEN = re.compile(r"[^ \t\r\n;,]")  # between values: the next character that is no separator
 # JSON's structural characters (read outside strings) and what ends or escapes inside a string;
 # the first line of a fence that may hold JSON. Shared by every incremental reader of model JSON
-# (here, server/tool_calls.py, server/first_call.py).
+# (here, server/tagged_call.py, server/first_call.py).
 JSON_STRUCTURE = re.compile(r'["{}\[\]]')
 JSON_IN_STRING = re.compile(r'["\\]')
 FENCE_HEADER = re.compile(r"```(?:json)?[ \t]*")
@@ -47,9 +47,10 @@ class ValueEnd:
     """Where a bracketed value that a text holds from `start` ends: just after the bracket that
     balances its first, strings skipped. Read as the text grows (each call's text extends the
     last's), each character once: the one small scanner of the incremental readers that want
-    only a value's end (server/tool_calls.py's argument streaming, server/first_call.py's end
-    watch). `structure` finds the brackets and string quotes, `strings` what ends or escapes a
-    string, by its opening quote: JSON's by default (pythonic calls pass Python's)."""
+    only a value's end (server/tagged_call.py's argument streaming, the one-call end watch in
+    server/first_call.py and server/first_listed_call.py). `structure` finds the brackets and
+    string quotes, `strings` what ends or escapes a string, by its opening quote: JSON's by
+    default (pythonic calls pass Python's)."""
 
     def __init__(
         self,
