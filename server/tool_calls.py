@@ -390,7 +390,7 @@ def text_before(
     from just after the marker, or the tail that could still begin it —, whether the marker was
     found). Whitespace right after a call (`after_call`) separates calls and is not content,
     unless text follows it: until then it stays buffered. `blank`: the buffer's first
-    characters are known to be whitespace (so no marker begins there)."""
+    characters are known to be whitespace (no marker begins with one, so none begins there)."""
     start = buffer.find(marker, blank)
     held = partial_suffix(buffer, marker) if start < 0 else 0
     text_end = start if start >= 0 else len(buffer) - held

@@ -19,6 +19,10 @@ Invariants (those of server/tool_calls.py's `ToolCallParser`, which serves json_
   parse: the parser never raises on what the model writes.
 - An output that is nothing but untagged JSON calls is recognised as ToolCallParser does: held
   back only while it may still be such calls, then read on as text with sections.
+- Cheap per piece: the buffer grows in place, a section's end marker is searched for from where
+  the last search stopped, and whitespace before the first character or held after a call is
+  read once, so a long section costs no more per token than a short one (its body is parsed
+  once, when it closes).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from server.tool_calls import (
     ToolCallParser,
     may_be_untagged,
     new_call_id,
+    partial_suffix,
     text_before,
     without_surrogates,
 )
@@ -63,8 +68,11 @@ class SectionParser:
         self._mode = "start"
         self._bare: ToolCallParser | None = None  # reads the held-back output, in bare mode
         self._buffer = ""
+        self._lead_end = 0  # (start mode) the buffer up to here: only whitespace
         self._in_section = False
+        self._end_from = 0  # (in a section) where its end marker may begin, not found before
         self._after_call = False  # nothing but whitespace was written since the last call
+        self._blank = 0  # (after a call) the buffer up to here: only whitespace
         self._calls: list[ToolCall] = []
 
     @property
@@ -72,7 +80,9 @@ class SectionParser:
         return list(self._calls)
 
     def feed(self, text: str) -> ParsedDeltas:
-        self._buffer += text
+        buffer, self._buffer = self._buffer, ""
+        buffer += text  # its only reference: CPython extends it in place, no copy of the output
+        self._buffer = buffer
         out = ParsedDeltas()
         if self._mode == "start":
             if not self._classify():
@@ -87,17 +97,21 @@ class SectionParser:
         while True:
             if not self._in_section:
                 content, self._buffer, opened = text_before(
-                    self._buffer, self._start, self._after_call
+                    self._buffer, self._start, self._after_call, self._blank
                 )
                 out.add_text(content)
                 self._after_call = self._after_call and not content
+                self._blank = 0
                 if not opened:
+                    if self._after_call:  # held whitespace: read once, however long
+                        self._blank = len(self._buffer) - partial_suffix(self._buffer, self._start)
                     return out
-                self._in_section = True
+                self._in_section, self._end_from = True, 0
             if not self._end:
                 return out  # the section runs to the end of the output
-            end = self._buffer.find(self._end)
+            end = self._buffer.find(self._end, self._end_from)
             if end < 0:
+                self._end_from = max(self._end_from, len(self._buffer) - len(self._end) + 1)
                 return out
             body, self._buffer = self._buffer[:end], self._buffer[end + len(self._end) :]
             self._in_section = False
@@ -124,8 +138,11 @@ class SectionParser:
     def _classify(self) -> bool:
         """Decide, from the output's first characters, whether it may be untagged JSON (held
         back) or is text with sections; False while it cannot tell yet."""
-        head = self._buffer.lstrip()
-        if not head or (self._start.startswith(head) and head != self._start):
+        head = self._buffer[self._lead_end :].lstrip()
+        if not head:
+            self._lead_end = len(self._buffer)  # (a flood of newlines is read once)
+            return False
+        if self._start.startswith(head) and head != self._start:
             return False
         untagged: bool | None = False
         if self._untagged and not head.startswith(self._start):
