@@ -12,7 +12,8 @@ Invariant: draft row i holds exactly the first `lengths[i]` tokens of its choice
    padding is rewound at once;
 2. then K − 1 one-token passes, K the longest draft asked for: each row draws its next draft
    from the logits of the previous position (greedy rows: argmax; sampling rows: their own
-   sampler's distribution `q`, keyed by their seed and step, `q` kept for verification);
+   sampler's distribution `q`, keyed by their seed, step and own draft count — never by K,
+   which other rows decide —, `q` kept for verification);
 3. after verification (`verified`) each row rewinds to the longest prefix of its new context it
    holds: its context plus the drafts that were kept (never the last draft: it was not fed).
 Rows that do not draft this step are fed padding, rewound at the end of the step; rows that
@@ -163,8 +164,10 @@ class DraftModel:
         self._rewind([width - len(tokens) for tokens in catch_up])
         last = mx.array([max(len(tokens), 1) - 1 for tokens in catch_up])
         logits = mx.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
+        # A row's keys are split by its own draft count: split(key, n)[i] depends on n, and
+        # a seeded row must draw alike whatever the longest row of the batch asks for.
         keys = [
-            draft_keys(c.sampler, longest) if w and not c.sampler.params.greedy else None
+            draft_keys(c.sampler, w) if w and not c.sampler.params.greedy else None
             for c, w in zip(choices, wanted, strict=True)
         ]
         columns: list[mx.array] = []

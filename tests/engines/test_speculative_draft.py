@@ -205,3 +205,22 @@ def test_predictions_beside_the_target_as_draft_keep_every_draft(
     assert counters.drafted_tokens > 50 and counters.accepted_drafts == counters.drafted_tokens
     kept = [s.finish.usage.accepted_prediction_tokens for s in drafted if s.finish]
     assert kept[0] > 20 and sum(kept) < counters.accepted_drafts, kept  # the model drafted too
+
+
+def test_a_seeded_row_draws_the_same_drafts_whatever_else_drafts(
+    llama: tuple[Any, Any], perturbed_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seeded request gives the same output alone and beside rows that draft more than it
+    does (docs/api.md `seed`): its draft model draws are keyed by its own seed, step and draft
+    position, not by how many drafts the longest row of the batch asked for."""
+    monkeypatch.setattr(PassCost, "line", lambda self: None)  # widths: the rows' own
+    seeded = [
+        GenerationRequest(f"s{i}", PROMPT, 9 + 4 * i, SamplingParams(0.8, seed=21 + i))
+        for i in range(3)
+    ]
+    alone = [serve(scheduler(llama, str(perturbed_dir)), [r])[0].tokens for r in seeded]
+    greedy = [GenerationRequest(f"g{i}", LOOP[i:], 40, SamplingParams(0.0)) for i in range(2)]
+    sched = scheduler(llama, str(perturbed_dir))
+    together = serve(sched, [*greedy, *seeded])
+    assert [s.tokens for s in together[len(greedy) :]] == alone
+    assert sched.counters.accepted_drafts > 0, sched.counters
