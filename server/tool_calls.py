@@ -37,8 +37,9 @@ Invariants of `ToolCallParser`:
   that does not parse as `{"name": str, "arguments": object}` is returned as content, and so
   is one nested deeper than a request body may be (server/body.py `MAX_JSON_DEPTH`): the
   parser never raises on what the model writes. Arguments of untagged calls are checked
-  against the function's schema without fetching anything (a `$ref` to a URL is not followed)
-  and without running the client's regular expressions (`pattern`, `patternProperties`).
+  against the function's schema without fetching anything (a `$ref` to a URL is not followed),
+  without running the client's regular expressions (`pattern`, `patternProperties`), and
+  without comparing every pair of items (`uniqueItems` hashes each item once).
 - Cheap per piece: a call being written is read incrementally (server/tagged_call.py), and the
   buffered output grows in place, so a long call costs no more per token than a short one.
 """
@@ -49,6 +50,7 @@ import functools
 import json
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -74,12 +76,40 @@ _PATTERN_PROPERTIES = '"patternProperties":'
 
 
 @functools.cache
-def _patterns_unchecked(validator: type[Validator]) -> type[Validator]:
-    return cast(type[Validator], jsonschema.validators.extend(validator, {"pattern": _unchecked}))
+def _checked_safely(validator: type[Validator]) -> type[Validator]:
+    keywords = {"pattern": _unchecked, "uniqueItems": _unique_items}
+    return cast(type[Validator], jsonschema.validators.extend(validator, keywords))
 
 
 def _unchecked(*_: Any) -> None:
     return None
+
+
+def _unique_items(
+    validator: Validator, unique: Any, instance: Any, _: Any
+) -> Iterator[jsonschema.ValidationError]:
+    """`uniqueItems`, each item hashed once: jsonschema compares every pair of items that do
+    not sort (objects, lists, mixed types), so a list of 10k objects the model wrote took
+    minutes, on the event loop or the engine thread."""
+    if unique and validator.is_type(instance, "array"):
+        keys = [_json_key(item) for item in instance]
+        if len(set(keys)) < len(keys):
+            yield jsonschema.ValidationError("has non-unique elements")
+
+
+def _json_key(value: Any) -> Any:
+    """A key for a decoded JSON value, equal where JSON Schema holds the values equal: `1` and
+    `1.0` are (Python's hash agrees), `true` and `1` are not, an object's key order does not
+    count."""
+    if isinstance(value, bool):
+        return (1, value)
+    if isinstance(value, int | float):
+        return (2, value)
+    if isinstance(value, list):
+        return (3, tuple(_json_key(item) for item in value))
+    if isinstance(value, dict):
+        return (4, frozenset((key, _json_key(item)) for key, item in value.items()))
+    return (0, value)  # a string, null
 
 
 _FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*?)\n?```$", re.DOTALL)
@@ -317,7 +347,7 @@ class ToolCallParser:
         try:
             validator = jsonschema.validators.validator_for(schema)
             validator.check_schema(schema)
-            _patterns_unchecked(validator)(schema, registry=_NOTHING_FETCHED).validate(arguments)
+            _checked_safely(validator)(schema, registry=_NOTHING_FETCHED).validate(arguments)
         except jsonschema.ValidationError:
             return False
         except (jsonschema.SchemaError, Unresolvable, RecursionError):

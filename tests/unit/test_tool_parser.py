@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from server.tool_calls import ToolCallParser
@@ -361,3 +362,47 @@ def test_a_piece_costs_no_more_late_in_a_long_output(text: str) -> None:
             took.append(time.perf_counter() - started)
         ratios.append(sum(took[-5000:]) / sum(took[100:5100]))
     assert min(ratios) < 3
+
+
+UNIQUE = {"type": "object", "properties": {"xs": {"type": "array", "uniqueItems": True}}}
+# JSON values JSON Schema holds equal or not (jsonschema gives NaN, unequal to itself, too)
+ITEMS = '1|1.0|true|false|0|0.0|null|"1"|[1]|[true]|[1.0]|[]|{}|NaN|{"a": 1}|{"a": 1.0}'
+ITEMS += '|{"a": true}|{"a": 1, "b": 2}|{"b": 2, "a": 1}'
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_unique_items_as_json_schema_means_them(seed: int) -> None:
+    """`uniqueItems` is checked by hashing (below), with JSON Schema's equality, jsonschema's:
+    `1` and `1.0` are equal, `true` and `1` are not, nor `[true]` and `[1]`; key order does not
+    count."""
+    rng = random.Random(seed)
+    items = "[" + ", ".join(rng.choice(ITEMS.split("|")) for _ in range(rng.randint(0, 5))) + "]"
+    call = f'{{"name": "f", "arguments": {{"xs": {items}}}}}'
+    parser = ToolCallParser({"f": UNIQUE})
+    parser.feed(call)
+    parser.finish()
+    expected = jsonschema.Draft202012Validator(UNIQUE).is_valid({"xs": json.loads(items)})
+    assert bool(parser.calls) is expected
+
+
+def test_unique_items_are_not_compared_pair_by_pair(monkeypatch: pytest.MonkeyPatch) -> None:
+    """jsonschema compares every pair of items that do not sort (objects, lists): a list of
+    10k objects the model wrote (the prompt can ask for it) took minutes to validate, on the
+    event loop or, through server/first_call.py, the engine thread. Each item is hashed once."""
+    compared = 0
+    equal = jsonschema._utils.equal
+
+    def counted(one: object, two: object) -> bool:
+        nonlocal compared
+        compared += 1
+        return bool(equal(one, two))
+
+    monkeypatch.setattr(jsonschema._utils, "equal", counted)
+    items = [{"id": i} for i in range(2000)]
+    for duplicate in (False, True):
+        arguments = {"xs": items + items[-1:] if duplicate else items}
+        parser = ToolCallParser({"f": UNIQUE})
+        parser.feed(json.dumps({"name": "f", "arguments": arguments}))
+        parser.finish()
+        assert len(parser.calls) == (not duplicate)
+    assert compared < 100
