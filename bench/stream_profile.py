@@ -3,14 +3,14 @@ lean blocks decode 1.38x faster than mlx-lm's layers, but over HTTP mlxd is ~1.2
 
 Starts mlxd on `--model`, sends `--warm` streamed requests (kernels planned, the background
 warm-up over), then samples the server with py-spy (`--spy`: its binary; `--nonblocking`, idle
-threads dropped by py-spy) at `--rate` Hz while `--streams` greedy requests of `--tokens` tokens
-run one after another. Reports the requests' decode rates, each thread's share of the samples
-and its top frames by self samples (the Python frame that was running, or that called into
-MLX's C++ when the sample caught it there), so the engine thread's step can be told from its
-bookkeeping and from the event loop's per-token work.
+threads dropped by py-spy) at `--rate` Hz while `--streams` rounds of `--concurrent` greedy
+requests (1: one stream at a time) of `--tokens` tokens run. Reports the requests' decode rates,
+each thread's share of the samples and its top frames by self samples (the Python frame that
+was running, or that called into MLX's C++ when the sample caught it there), so the engine
+thread's step can be told from its bookkeeping and from the event loop's per-token work.
 
     python bench/stream_profile.py --model DIR --spy PATH [--streams 4] [--tokens 1024]
-        [--rate 500] [--warm 2] [--top 25] [--out FILE]
+        [--concurrent 1] [--rate 500] [--warm 2] [--top 25] [--out FILE]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--spy", required=True, help="the py-spy binary")
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=1024)
+    parser.add_argument("--concurrent", type=int, default=1, help="streams at once per round")
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--warm", type=int, default=2)
     parser.add_argument("--top", type=int, default=25)
@@ -87,7 +89,14 @@ def main() -> None:
         record = ["record", "--pid", pid, "-r", rate, "-f", "raw", "-o", str(raw_path)]
         spy = subprocess.Popen([args.spy, *record, "--threads", "--nonblocking"])
         time.sleep(2)  # py-spy attaches
-        results = [stream_chat(server, MESSAGES, args.tokens) for _ in range(args.streams)]
+        results = []
+        with ThreadPoolExecutor(args.concurrent) as clients:  # HTTP clients only: no MLX here
+            for _ in range(args.streams):
+                round_ = [
+                    clients.submit(stream_chat, server, MESSAGES, args.tokens)
+                    for _ in range(args.concurrent)
+                ]
+                results += [future.result() for future in round_]
         spy.send_signal(signal.SIGINT)
         spy.wait(timeout=60)
     finally:
@@ -101,6 +110,7 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.system()}",
         "model": args.model,
         "streams": args.streams,
+        "concurrent": args.concurrent,
         "tokens": args.tokens,
         "rate_hz": args.rate,
         "decode_tok_s": rates,
