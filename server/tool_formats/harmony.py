@@ -19,7 +19,8 @@ reasoning after a preamble stays after it); header markup never reaches either f
 reasoning and content stream as they come (a possible partial terminator held back), a call
 when its message ends. Output that does not begin with a header (a model
 ignoring its format) is content as it stands; a call whose body is not a JSON object is
-content (nothing is lost).
+content (nothing is lost). Cheap per piece: the buffer grows in place and a marker is searched
+for from where the last search stopped, so a long call costs no more per token than a short one.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from server.tool_calls import ParsedDeltas, ToolCall, ToolCallDelta, new_call_id
 
 MESSAGE = "<|message|>"
 TERMINATORS = ("<|end|>", "<|call|>", "<|return|>")
+_LONGEST_TERMINATOR = max(map(len, TERMINATORS))
 _HEADER_OPENERS = ("<|start|>", "<|channel|>", "assistant", "to=")
 _CHANNEL = re.compile(r"<\|channel\|>\s*([\w-]+)")
 _RECIPIENT = re.compile(r"\bto=([^\s<]+)")
@@ -48,6 +50,8 @@ class HarmonyParser:
         self._kind = ""  # the open message's: reasoning | content | call
         self._name = ""  # a call's function
         self._buffer = ""
+        self._harmony = False  # (header) it begins with a whole header opener
+        self._searched = 0  # where the next marker (or terminator) may begin, not found before
         self._calls: list[ToolCall] = []
 
     @property
@@ -55,7 +59,9 @@ class HarmonyParser:
         return list(self._calls)
 
     def feed(self, text: str) -> ParsedDeltas:
-        self._buffer += text
+        buffer, self._buffer = self._buffer, ""
+        buffer += text  # its only reference: CPython extends it in place, no copy of the output
+        self._buffer = buffer
         out = ParsedDeltas()
         while self._buffer:
             if self._state == "plain":
@@ -75,19 +81,23 @@ class HarmonyParser:
             self._end_message(self._buffer, out)
         else:
             out.add_text(self._buffer)
-        self._buffer, self._state = "", "header"
+        self._buffer, self._state, self._harmony, self._searched = "", "header", False, 0
         return out
 
     def _read_header(self) -> bool:
         """Consume a complete header (False: it is not complete yet)."""
-        head = self._buffer.lstrip()
-        if not any(head.startswith(o) or o.startswith(head) for o in _HEADER_OPENERS):
-            self._state = "plain"
-            return True
-        end = self._buffer.find(MESSAGE)
+        if not self._harmony:
+            head = self._buffer.lstrip()
+            if not any(head.startswith(o) or o.startswith(head) for o in _HEADER_OPENERS):
+                self._state = "plain"
+                return True
+            self._harmony = head.startswith(_HEADER_OPENERS)  # (then whatever follows it)
+        end = self._buffer.find(MESSAGE, self._searched)
         if end < 0:
+            self._searched = max(0, len(self._buffer) - len(MESSAGE) + 1)
             return False
         header, self._buffer = self._buffer[:end], self._buffer[end + len(MESSAGE) :]
+        self._harmony, self._searched = False, 0
         channel = _CHANNEL.search(header)
         recipient = _RECIPIENT.search(header)
         name = recipient.group(1).removeprefix("functions.") if recipient else ""
@@ -102,15 +112,16 @@ class HarmonyParser:
 
     def _read_body(self, out: ParsedDeltas) -> bool:
         """Consume body text; False when what is left may be a terminator's start."""
-        found = [(i, t) for t in TERMINATORS if (i := self._buffer.find(t)) >= 0]
+        found = [(i, t) for t in TERMINATORS if (i := self._buffer.find(t, self._searched)) >= 0]
         if found:
             end, terminator = min(found)
             body, self._buffer = self._buffer[:end], self._buffer[end + len(terminator) :]
             self._end_message(body, out)
-            self._state = "header"
+            self._state, self._searched = "header", 0
             return True
-        if self._kind == "call":
-            return False  # a call's arguments go out whole, when its message ends
+        if self._kind == "call":  # a call's arguments go out whole, when its message ends
+            self._searched = max(0, len(self._buffer) - _LONGEST_TERMINATOR + 1)
+            return False
         held = max(partial_suffix(self._buffer, t) for t in TERMINATORS)
         self._send(self._buffer[: len(self._buffer) - held], out)
         self._buffer = self._buffer[len(self._buffer) - held :]

@@ -443,24 +443,35 @@ def test_arguments_nested_too_deeply_are_text(fmt: str, depth: int) -> None:
 
 LONG_CODE = "function f() { return {a: 1}; }\n" * 5000
 LONG_SECTION = {
-    "section": "<tool_call>\n<function=write_file>\n<parameter=content>\n" + LONG_CODE,
-    "whitespace after a call": "<tool_call>\n<function=write_file>\n</function>\n</tool_call>"
-    + "\n" * 160_000,
-    "whitespace before anything": "\n" * 160_000,
+    "section": (
+        "qwen3_coder",
+        "<tool_call>\n<function=write_file>\n<parameter=content>\n" + LONG_CODE,
+    ),
+    "whitespace after a call": (
+        "qwen3_coder",
+        "<tool_call>\n<function=write_file>\n</function>\n</tool_call>" + "\n" * 160_000,
+    ),
+    "whitespace before anything": ("qwen3_coder", "\n" * 160_000),
+    "harmony call": (
+        "harmony",
+        "<|channel|>commentary to=functions.write_file <|constrain|>json<|message|>"
+        + json.dumps({"content": LONG_CODE}),
+    ),
 }
 
 
-@pytest.mark.parametrize("text", LONG_SECTION.values(), ids=LONG_SECTION.keys())
-def test_a_piece_costs_no_more_late_in_a_long_output(text: str) -> None:
-    """The parsers run on the event loop: each piece of a long section copied the buffer (+=
-    on an attribute) and searched the end marker from the section's start (200 KB in
-    4-character pieces took 1.4 s), and whitespace held after a call or before the first
-    character was read again each piece. The last pieces now cost what the first do (best of
-    three runs: the ratio is ~1 read incrementally, 10 and more read again each piece)."""
+@pytest.mark.parametrize("fmt, text", LONG_SECTION.values(), ids=LONG_SECTION.keys())
+def test_a_piece_costs_no_more_late_in_a_long_output(fmt: str, text: str) -> None:
+    """The parsers run on the event loop: each piece of a long section (or harmony call)
+    copied the buffer (+= on an attribute) and searched the end marker from the section's
+    start (200 KB in 4-character pieces took 1.4 s; harmony's 6.5 s), and whitespace held
+    after a call or before the first character was read again each piece. The last pieces now
+    cost what the first do (best of three runs: the ratio is ~1 read incrementally, 10 and
+    more read again each piece)."""
     pieces = [text[i : i + 4] for i in range(0, len(text), 4)]
     ratios = []
     for _ in range(3):
-        parser = call_parser("qwen3_coder", {"write_file": None})
+        parser = call_parser(fmt, {"write_file": None})
         took = []
         for piece in pieces:
             started = time.perf_counter()
