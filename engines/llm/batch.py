@@ -34,7 +34,9 @@ per row, the kept drafts to emit before the row's new pending token. The batch t
 steps no prefill or change of rows interrupted) so drafting is priced on this device. Where the
 device pipelines (`coast`), a step whose pricing found no drafting that pays starts COAST_STEPS
 plain steps that the scheduler runs pipelined (`coasting`: nothing is drafted, each counts as an
-idle step of every row), then drafting is priced again.
+idle step of every row), then drafting is priced again. Never while a seeded sampling row
+speculates (`speculative.seeded`): whether it drafts at a step changes its draws, and a seeded
+request must give the same output whatever else runs beside it; one joining ends the coasting.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from engines.llm.cpu_decode import decode_step
 from engines.llm.ragged_cache import RaggedKVCache
 from engines.llm.sampling import Sampled
 from engines.llm.sequence import Choice
-from engines.llm.speculative import Drafter, Drafts, PassCost, verify
+from engines.llm.speculative import Drafter, Drafts, PassCost, seeded, verify
 from engines.readback import host_list
 
 COAST_STEPS = 16  # pipelined plain steps after a pricing found no drafting that pays
@@ -187,6 +189,8 @@ class DecodeBatch:
         else:  # the running rows keep the drafts their pending step verified
             self._pending = self._pending.joined(first)
         self.choices.extend(choices)
+        if any(seeded(choice) for choice in choices):
+            self._coasting = 0  # it drafts from its next step, as it would alone
         if self._drafter is not None:
             self._drafter.join(choices)
 
@@ -220,7 +224,7 @@ class DecodeBatch:
             if any(drafts.tokens):
                 self._pending = self._verify(current, drafts)
                 return current
-            if self._coast:
+            if self._coast and not any(seeded(choice) for choice in self.choices):
                 self._coasting = COAST_STEPS
         # The new tokens' positions: every layer's cache holds as many as the first one's.
         with decode_step(self._caches[0].offset) if self._cpu_decode else nullcontext():

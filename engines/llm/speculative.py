@@ -337,7 +337,7 @@ def fit_to_pass(
     timings were. A speculating row left without drafts counts an idle step (its acceptance
     estimate drifts back towards the prior)."""
     acceptance = [c.speculation.length.acceptance if c.speculation else 0.0 for c in choices]
-    fixed = [_seeded(choice) for choice in choices]
+    fixed = [seeded(choice) for choice in choices]
     least = 1 + max((p for p, f in zip(proposed, fixed, strict=True) if f), default=0)
     width = best_width(proposed, acceptance, relative_cost, least)
     counts = [p if f else min(p, width - 1) for p, f in zip(proposed, fixed, strict=True)]
@@ -347,9 +347,11 @@ def fit_to_pass(
     return counts
 
 
-def _seeded(choice: Choice) -> bool:
+def seeded(choice: Choice) -> bool:
+    """A speculating row that samples with a seed: its draws depend on what it drafts, so what
+    it drafts must depend on nothing but its own tokens (not pass timings, not other rows)."""
     params = choice.sampler.params
-    return not params.greedy and params.seed is not None
+    return choice.speculation is not None and not params.greedy and params.seed is not None
 
 
 def record(choices: list[Choice], results: list[RowResult]) -> None:

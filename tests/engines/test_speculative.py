@@ -7,6 +7,7 @@ stop strings and max_tokens landing inside a run of kept drafts — and drafts a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -190,6 +191,37 @@ def test_seeded_sampling_is_reproducible_with_speculation(llama: tuple[Any, Any]
     again = serve(scheduler(llama, "prompt_lookup"), requests)
     assert [s.tokens for s in first] == [s.tokens for s in again]
     assert all(len(s.tokens) == 30 for s in first)
+
+
+def test_a_seeded_row_drafts_alike_beside_rows_on_a_device_that_pipelines(
+    llama: tuple[Any, Any],
+) -> None:
+    """Where the device pipelines, a batch that finds nothing to draft coasts (plain steps, no
+    drafting) for a while; a seeded sampling row drafts whenever it has drafts, as it would
+    alone, whether it runs beside rows that keep the batch drafting, joins a coasting batch or
+    runs alone: the same seed gives the same output whatever else is running."""
+    seeded = [
+        GenerationRequest(f"s{i}", LOOP[: 12 + i], 30, SamplingParams(0.9, seed=3 + i))
+        for i in range(3)
+    ]
+    alone = [
+        serve(scheduler(llama, "prompt_lookup", pipelined=True), [r])[0].tokens for r in seeded
+    ]
+    greedy = [GenerationRequest(f"g{i}", LOOP[i:], 40, SamplingParams(0.0)) for i in range(2)]
+    together = serve(scheduler(llama, "prompt_lookup", pipelined=True), [*greedy, *seeded])
+    assert [s.tokens for s in together[len(greedy) :]] == alone
+    # Joining a batch that coasts: rows that draft nothing (speculation off) make it coast.
+    sched = scheduler(llama, "prompt_lookup", pipelined=True)
+    for request in greedy:
+        sched.insert(dataclasses.replace(request, speculative=False), ListSink())
+    for _ in range(3):
+        sched.step()
+    assert sched.batch.coasting
+    late = [ListSink() for _ in seeded]
+    for request, sink in zip(seeded, late, strict=True):
+        sched.insert(request, sink)
+    run_until_idle(sched, limit=400)
+    assert [s.tokens for s in late] == alone
 
 
 def test_prefix_cache_gets_only_the_tokens_fed(llama: tuple[Any, Any]) -> None:
