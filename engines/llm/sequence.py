@@ -109,6 +109,8 @@ class Choice:
         """Handle one sampled token; True when the choice has finished (FinishEvent pushed)."""
         self.generated += 1
         self.tokens.append(token)
+        if self.speculation is not None:
+            self.speculation.emitted()
         request = self.request
         if token in self.vocabulary.eos_token_ids or token in request.stop_token_ids:
             self.finish("stop", "", flush=True)

@@ -293,7 +293,11 @@ class RowSpeculation:
     index: NgramIndex | None
     length: DraftLength
     seen: int = 0  # output tokens already added to the index
-    prediction_kept: int = 0  # the request's prediction's tokens kept as drafts (each once)
+    # The request's prediction's tokens kept as drafts and emitted (each once): a kept draft
+    # past the choice's end (a stop string inside a run of kept drafts) is in no output.
+    prediction_kept: int = 0
+    _counted: int = 0  # of the last verification's kept drafts, the first ones: counted before
+    _new: int = 0  # then these: new prediction tokens, counted as they are emitted
 
     def propose(self, output: list[int], room: int) -> list[int]:
         """Drafts to follow `output` (the choice's tokens so far), at most `room` of them."""
@@ -301,6 +305,19 @@ class RowSpeculation:
         self.index.extend(output[self.seen :])
         self.seen = len(output)
         return self.index.propose(min(self.length.current, room))
+
+    def kept_from_prediction(self, accepted: int, new: int) -> None:
+        """The last verification kept `accepted` drafts from the prediction, its last `new` of
+        them not counted before: they count once emitted (`emitted`)."""
+        self._counted, self._new = accepted - new, new
+
+    def emitted(self) -> None:
+        """The choice emitted a token: the next of its kept drafts, if any are left to emit."""
+        if self._counted:
+            self._counted -= 1
+        elif self._new:
+            self._new -= 1
+            self.prediction_kept += 1
 
 
 def draft_room(choice: Choice) -> int:
@@ -362,7 +379,8 @@ def record(choices: list[Choice], results: list[RowResult]) -> None:
         if speculation is not None and result.drafted:
             speculation.length.record(result.drafted, result.accepted)
             if speculation.index is not None and speculation.index.from_prediction:
-                speculation.prediction_kept += speculation.index.kept(result.accepted)
+                new = speculation.index.kept(result.accepted)
+                speculation.kept_from_prediction(result.accepted, new)
 
 
 class Drafter(Protocol):

@@ -485,6 +485,8 @@ def follow(prompt: list[int], prediction: list[int], output: list[int]) -> tuple
             kept += 1
         result = RowResult(truth[: kept + 1], drafted=len(drafts), accepted=kept)
         record([row], [result])  # type: ignore[list-item]
+        for _ in result.tokens:  # emitted, as Choice.accept does
+            speculation.emitted()
         written, steps = written + truth[: kept + 1], steps + 1
     return speculation.prediction_kept, steps
 
@@ -529,6 +531,27 @@ def test_a_prediction_drafts_and_changes_no_token(llama: tuple[Any, Any]) -> Non
     (right_kept, right_passes), (wrong_kept, wrong_passes) = passes
     assert right_kept >= 30 and right_passes <= 10 and wrong_kept == 0, passes
     assert wrong_passes >= 30, passes  # noise saves (almost) nothing
+
+
+def test_kept_predicted_drafts_past_a_stop_are_not_counted(llama: tuple[Any, Any]) -> None:
+    """A stop string inside a run of kept drafts ends the output there: the drafts kept after
+    it are in no output, so usage's accepted_prediction_tokens leaves them out (it counted them,
+    and came out above completion_tokens)."""
+    prompt = [(37 * i) % 190 + 20 for i in range(24)]
+    [plain] = serve(scheduler(llama, None), [GenerationRequest("p", prompt, 40, GREEDY)])
+    text = text_of(plain)
+    stop = text[len(text) // 3 :][:2]
+    request = GenerationRequest(
+        "r", prompt, 40, GREEDY, stop=(stop,), prediction=tuple(plain.tokens)
+    )
+    [without] = serve(scheduler(llama, None), [request])
+    sched = scheduler(llama, "prompt_lookup")
+    [sink] = serve(sched, [request])
+    assert sink.tokens == without.tokens and len(sink.tokens) < len(plain.tokens)
+    usage = finish_of(sink).usage
+    # Every token but the first (the prompt's pass made it) can be a kept predicted draft.
+    assert 0 < usage.accepted_prediction_tokens < usage.completion_tokens, usage
+    assert sched.counters.accepted_drafts > usage.accepted_prediction_tokens  # drafts kept past
 
 
 def test_a_looping_output_keeps_no_more_than_its_prediction(llama: tuple[Any, Any]) -> None:
