@@ -5,9 +5,9 @@ model to one. The output ends just after the first call, so the calls after it a
 generated nor counted (the edge, `ChoiceOutput`, would leave them out).
 
 A call ends at its format's marker (engines/llm/chat_formats.py `CALL_ENDS`) after its section's
-opening (`SECTIONS`), where the edge reads a call in the section so far (the section formats'
-parser reads a section with none as text: the watch looks on for the next marker, up to
-`_CHECKS` times); in the formats that list their calls with no end of each (mistral,
+opening (`SECTIONS`), where the edge reads a call in the section so far (the edge reads a section
+with none, or a `<tool_call>` that is no call, as text: the watch looks on for the next marker, up
+to `_CHECKS` times); in the formats that list their calls with no end of each (mistral,
 pythonic), where the first call in the list closes (server/first_listed_call.py); or,
 untagged, at the end of a bare JSON call object (after a `<|python_tag|>` / `[TOOL_CALLS]`
 prefix, as llama3 writes its calls) or of the ```json fence holding one (Qwen2.5-Coder writes
@@ -15,14 +15,14 @@ its calls so, one object a line, more often than in its tags). A reasoning block
 opens (or the prompt left open) is passed first: a marker written while thinking ends nothing.
 
 Invariants: runs on the engine thread (pure Python, no MLX); it ends an output only after a
-call: json_tools' marker after `<tool_call>` (its body is not read here), or a section, listed
-or untagged call that the edge's parser reads as one. It never raises on what the model writes
+call: a tagged, section, listed or untagged call that the edge's parser reads as one (with the
+request's functions, which type a section's values). It never raises on what the model writes
 (JSON nested too deeply to parse is no call): an exception here would fail the engine step, and
 with it every request in the batch. Where it ends does not depend on how the output is cut into
 pieces (the earlier of a marker and an untagged call's end). Cheap per piece: each character is
 read once (the first value is decoded once, when its brackets balance; a marker is searched for
-in the new text only; a section is read at its markers, a bounded number of times), so a long
-output costs no more per token than a short one.
+in the new text only; a section or a `<tool_call>` is read at its markers, a bounded number of
+times), so a long output costs no more per token than a short one.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import json
 from typing import Any
 
 from engines.llm.chat_formats import CALL_ENDS, SECTIONS
-from engines.llm.tools import MISTRAL_TAG, PYTHON_TAG
+from engines.llm.tools import CLOSE, MISTRAL_TAG, OPEN, PYTHON_TAG
 from server.first_listed_call import LISTED, FirstListedCallEnd
 from server.tool_calls import ToolCallParser
 from server.tool_formats.sections import section_calls
@@ -45,8 +45,9 @@ _CHECKS = 8
 
 class FirstCallEnd:
     """One choice's watch: fed each piece of its text, the characters of the piece to keep
-    where the first call ends in it (None: go on). `schemas`: the request's functions, for
-    untagged calls (None: the model's untagged calls are not read)."""
+    where the first call ends in it (None: go on). `schemas`: the request's functions, by
+    which the edge types a section's values (one that does not convert is no call: the section
+    is text) and reads untagged calls, where `untagged` (None: no functions)."""
 
     def __init__(
         self,
@@ -54,16 +55,22 @@ class FirstCallEnd:
         schemas: dict[str, dict[str, Any] | None] | None,
         reasoning: tuple[str, str] | None,
         think_opened: bool,
+        untagged: bool = True,
     ) -> None:
         self._format = tool_format
         self._marker = CALL_ENDS.get(tool_format)
-        self._opener, closer = SECTIONS[tool_format] if self._marker else ("", "")  # (each has one)
+        self._opener, self._closer = SECTIONS[tool_format] if self._marker else ("", "")
         self._opened: int | None = None  # just after the open section's opening marker
         self._marked = 0  # where markers are searched for: after the last that ended no call
-        self._closes_section = self._marker == closer  # (else it ends a call inside the section)
+        # (else it ends a call inside the section)
+        self._closes_section = self._marker == self._closer
         self._checks = _CHECKS
         self._listed = FirstListedCallEnd(tool_format) if tool_format in LISTED else None
-        self._schemas = schemas
+        self._tools = [
+            {"type": "function", "function": {"name": name, "parameters": parameters}}
+            for name, parameters in (schemas or {}).items()
+        ]  # as the edge's SectionParser passes them
+        self._schemas = schemas if untagged else None  # (None: no untagged call to end at)
         # The section formats' edge parser (server/tool_formats/sections.py) reads a section with
         # no call as text, and `<|python_tag|>` as text; server/tool_calls.py (json_tools,
         # llama3) strips it before untagged calls.
@@ -113,17 +120,26 @@ class FirstCallEnd:
     def _tagged_end(self, before: int) -> int | None:
         if self._listed is not None:
             return self._listed(self._text, self._start, before)
+        found = -1  # the first marker at or after where the last search began
         while self._marker is not None:
             if self._opened is None:  # a marker before any call opened ends none (the edge: text)
                 since = max(self._start, self._marked, before - len(self._opener) + 1)
-                found = self._text.find(self._opener, since)
-                if found < 0:
+                opener = self._text.find(self._opener, since)
+                if opener < 0:
                     return None
-                self._opened = found + len(self._opener)
+                self._opened = opener + len(self._opener)
             since = max(self._opened, self._marked, before - len(self._marker) + 1)
-            found = self._text.find(self._marker, since)
+            if found < since:
+                found = self._text.find(self._marker, since)
             if found < 0:
                 return None
+            if not self._closes_section:
+                # The section closed before this marker (after one that ended no call): the edge
+                # reads what follows its end as text, not as this section's. On to the next.
+                closed = self._text.find(self._closer, max(self._opened, self._marked), found)
+                if closed >= 0:
+                    self._marked, self._opened = closed + len(self._closer), None
+                    continue
             end = found + len(self._marker)
             if self._reads_a_call(found, end):
                 return end
@@ -135,10 +151,13 @@ class FirstCallEnd:
     def _reads_a_call(self, found: int, end: int) -> bool:
         """Whether the edge reads a call in the section up to the marker at `found` (the
         section closed by it, or cut just after it)."""
-        if not self._sections:
-            return True
         body = self._text[self._opened : found if self._closes_section else end]
-        if section_calls(self._format, body, None, cut=not self._closes_section):
+        if self._sections:
+            cut = not self._closes_section
+            reads = bool(section_calls(self._format, body, self._tools, cut))
+        else:  # json_tools: one `<tool_call>`'s body
+            reads = _tagged_call(body)
+        if reads:
             return True
         self._checks -= 1
         if self._checks == 0:
@@ -193,3 +212,13 @@ class FirstCallEnd:
             self._scanned = max(line_end + 1, len(self._text) - 2)
             return None
         return close + 3
+
+
+def _tagged_call(body: str) -> bool:
+    """Whether json_tools' edge parser reads `<tool_call>{body}</tool_call>` as a call (a body
+    with no whole head that does not parse is text there: a model's malformed first call, after
+    which it may still write a good one)."""
+    parser = ToolCallParser(untagged=False)
+    parser.feed(f"{OPEN}{body}{CLOSE}")
+    parser.finish()
+    return bool(parser.calls)

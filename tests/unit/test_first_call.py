@@ -13,7 +13,10 @@ from server.chat_output import ChoiceOutput
 from server.first_call import FirstCallEnd
 
 SCHEMAS: dict[str, dict[str, Any] | None] = {
-    "get_weather": {"type": "object", "properties": {"city": {"type": "string"}}}
+    "get_weather": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+    }
 }
 PARIS = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
 LONDON = '{"name": "get_weather", "arguments": {"city": "London"}}'
@@ -71,6 +74,7 @@ def test_a_fence_is_an_untagged_call_only_when_its_json_is_one() -> None:
 def test_untagged_calls_are_left_alone_where_the_edge_reads_none() -> None:
     text = f"{PARIS}\n{LONDON}"
     assert kept(FirstCallEnd("json_tools", None, None, False), text, 1) == text
+    assert kept(FirstCallEnd("json_tools", SCHEMAS, None, False, untagged=False), text, 1) == text
 
 
 @pytest.mark.parametrize("opened", [False, True])
@@ -142,6 +146,7 @@ def edge_calls(fmt: str, text: str) -> tuple[str, list[tuple[str, Any]]]:
 
 
 K3_BROKEN = '<|open|>call tool="get_weather"<|sep|><|open|>json<|sep|>{"city": <|close|>json<|sep|>'
+MM_PARIS = '\n<parameter name="city">Paris</parameter>\n</invoke>'
 K3_PARIS = '<|open|>call tool="get_weather"<|sep|><|open|>argument key="city"<|sep|>Paris'
 K3_PARIS += "<|close|>argument<|sep|><|close|>call<|sep|>"
 
@@ -156,13 +161,33 @@ K3_PARIS += "<|close|>argument<|sep|><|close|>call<|sep|>"
             "<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>",
             "\n<tool_call>\n<function=get_weather>\n</function>\n</tool_call>",
         ),
+        (  # a section whose value does not convert to its schema's type is text to the edge
+            "qwen3_coder",
+            "<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo\n</parameter>\n"
+            "<parameter=days>\nthree\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n"
+            "<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n"
+            "</tool_call>",
+            "\n<tool_call>\n<function=get_weather>\n</function>\n</tool_call>",
+        ),
+        (  # a <tool_call> the edge reads as text (its head not whole, no JSON), then a call
+            "json_tools",
+            '<tool_call>\n{"name": "get_weather", "city": "Oslo"}}\n</tool_call>\n'
+            f"<tool_call>\n{PARIS}\n</tool_call>",
+            f"\n<tool_call>\n{LONDON}\n</tool_call>",
+        ),
+        (  # a section of no call it reads, a call's markup after its end (text), then a call
+            "minimax_m2",
+            f"<minimax:tool_call>\n<invoke>{MM_PARIS}</minimax:tool_call>\n<invoke name="
+            f'"get_weather">{MM_PARIS}<minimax:tool_call>\n<invoke name="get_weather">{MM_PARIS}',
+            "\n</minimax:tool_call>",
+        ),
         (  # a call the edge skips (its JSON does not parse), then one it reads
             "kimi_k3",
             f"<|open|>tools<|sep|>{K3_BROKEN}<|close|>call<|sep|>{K3_PARIS}",
             f"{K3_PARIS}<|close|>tools<|sep|>",
         ),
     ],
-    ids=["section", "call in a section"],
+    ids=["section", "typed section", "tagged", "closed section", "call in a section"],
 )
 def test_a_marker_ends_the_output_only_after_a_call_the_edge_reads(
     fmt: str, first: str, rest: str, piece: int
