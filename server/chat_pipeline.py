@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -132,16 +132,29 @@ def template_inputs(
     return tools, messages
 
 
+def listed_tools(tools: list[dict[str, Any]], deferred: Collection[str]) -> list[dict[str, Any]]:
+    """The tools the template writes in the prompt's tools block: `tools` less the `deferred`
+    ones (Messages' deferred tools: the conversation holds their definitions where a tool search
+    loaded them, server/schemas/deferred_tools.py). Those are offered all the same: a forced
+    tool_choice, the grammar, the tool-call parser and argument validation take every tool."""
+    return [tool for tool in tools if tool["function"]["name"] not in deferred]
+
+
 async def count_prompt_tokens(
-    pool: EnginePool, chat: ChatCompletionRequest, fit: bool = False
+    pool: EnginePool,
+    chat: ChatCompletionRequest,
+    fit: bool = False,
+    deferred: Collection[str] = frozenset(),
 ) -> int:
     """The prompt's length in tokens exactly as `prepare_chat` renders it (template, tools,
     image placeholders), without checking or queueing anything else; `fit`: but that it and
-    `max_tokens` fit the context, as `prepare_chat` checks (ContextTooLong)."""
+    `max_tokens` fit the context, as `prepare_chat` checks (ContextTooLong). `deferred`: as
+    `prepare_chat`'s."""
     tools, messages = template_inputs(chat)
     engine, _ = await engine_and_images(pool, chat.model, messages)
     kwargs = template_kwargs(chat, engine)
-    tokens = len(await asyncio.to_thread(engine.encode_chat, messages, tools, kwargs))
+    listed = listed_tools(tools, deferred)
+    tokens = len(await asyncio.to_thread(engine.encode_chat, messages, listed, kwargs))
     if fit:
         engine.check_fits(tokens, chat.requested_max_tokens())
     return tokens
@@ -153,11 +166,13 @@ async def prepare_chat(
     chat: ChatCompletionRequest,
     request_id: str,
     clamp_max_tokens: bool = False,
+    deferred: Collection[str] = frozenset(),
 ) -> PreparedChat:
     """Check `chat` against the settings and its model and build its `GenerationRequest`.
 
     `clamp_max_tokens`: a `max_tokens` beyond the room left in the context is lowered to that
     room instead of refused (Anthropic clients send 32k–128k whatever the model).
+    `deferred`: names of tools left out of the prompt's tools block (`listed_tools`).
 
     Long on purpose: the checks run in this order (request-only ones before the model loads,
     the model's before any work is queued), and one function keeps that order visible.
@@ -189,7 +204,8 @@ async def prepare_chat(
     # Rendering and tokenizing (no MLX: any thread) off the event loop: a prompt near the body
     # limit takes seconds, which would stall every other request and stream meanwhile.
     kwargs = template_kwargs(chat, engine)
-    prompt = await asyncio.to_thread(engine.encode_chat, messages, tools, kwargs)
+    listed = listed_tools(tools, deferred)
+    prompt = await asyncio.to_thread(engine.encode_chat, messages, listed, kwargs)
     prediction: list[int] = []
     if chat.prediction is not None:
         prediction = await asyncio.to_thread(engine.encode_output, chat.prediction.text())

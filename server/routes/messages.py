@@ -82,7 +82,12 @@ async def create_message(
     with errors_named(names, message.chat_paths):
         chat = validate(ChatCompletionRequest, message.chat_body())
         prepared = await prepare_chat(
-            pool, settings, chat, f"msg_{uuid.uuid4().hex}", clamp_max_tokens=True
+            pool,
+            settings,
+            chat,
+            f"msg_{uuid.uuid4().hex}",
+            clamp_max_tokens=True,
+            deferred=message.deferred_tools(),
         )
     headers = response_headers(prepared.request_id, body, MessagesRequest, IGNORED_FIELDS)
     # A stream's `message_start` reports the prefix cache's reads, known at admission.
@@ -112,13 +117,15 @@ async def create_message(
 
 @router.post("/v1/messages/count_tokens", openapi_extra=documented_body(CountTokensRequest))
 async def count_tokens(request: Request, settings: SettingsDep, pool: PoolDep) -> dict[str, int]:
-    """The prompt's length in tokens as `/v1/messages` would render it (template and tools)."""
+    """The prompt's length in tokens as `/v1/messages` would render it (template and tools;
+    deferred tools where a `tool_reference` loads them, not in the tools block)."""
     body = await read_json_object(request, settings.max_body_bytes)
     counted = _validated(CountTokensRequest, body)
     names = BETA_FORMAT_PARAMS if counted.output_format else CHAT_PARAMS
     with errors_named(names, counted.chat_paths):
         chat = validate(ChatCompletionRequest, counted.chat_body())
-        return {"input_tokens": await count_prompt_tokens(pool, chat)}
+        tokens = await count_prompt_tokens(pool, chat, deferred=counted.deferred_tools())
+        return {"input_tokens": tokens}
 
 
 def message_body(

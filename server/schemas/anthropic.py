@@ -8,10 +8,11 @@ read as a note, a PDF elsewhere refused — or `tool_reference` blocks) / `think
 `{"role": "system"}` messages (Claude Code sends its environment that way), `tools`,
 `tool_choice`, `max_tokens`, `stop_sequences`, `temperature` / `top_p` / `top_k`, `thinking`,
 `output_config.format` (JSON schema; `output_format`, its structured-outputs beta name, too).
-A tool's `strict` is read as chat's. Accepted and ignored: `IGNORED_FIELDS`, `cache_control`,
-`defer_loading` and the other tool options, `thinking.budget_tokens`; tools of Anthropic's own
-types (web search, bash, …: no schema to show the model) are left out. Anything else a block or
-tool asks for is a 400 naming the field.
+A tool's `strict` is read as chat's; `defer_loading` keeps it out of the prompt's tools block
+until a `tool_reference` loads it (server/schemas/deferred_tools.py). Accepted and ignored:
+`IGNORED_FIELDS`, `cache_control` and the other tool options, `thinking.budget_tokens`; tools of
+Anthropic's own types (web search, bash, …: no schema to show the model) are left out. Anything
+else a block or tool asks for is a 400 naming the field.
 
 Invariants of the translation: the top-level `system` is the leading system message and each
 `system` message stays a system message where it is (Claude Code's `x-anthropic-billing-header:`
@@ -33,6 +34,7 @@ from pydantic import Field, field_validator, model_validator
 
 from server.schemas.anthropic_tools import schema_for
 from server.schemas.common import Strict, object_schema
+from server.schemas.deferred_tools import ToolLoads, definition, kept_out
 
 # Anthropic's own limit, 128 (Claude Code names MCP tools `mcp__<server>__<tool>`, often past
 # OpenAI's 64); the chat path's tool schema takes as many.
@@ -140,17 +142,11 @@ class ToolUseBlock(Strict):
 
 class ToolReferenceBlock(Strict):
     """A tool a tool search found, in a `tool_result` (the advanced-tool-use beta: Claude Code's
-    ToolSearch answers with them, and adds the tool to `tools` with `defer_loading`). Anthropic's
-    API loads the deferred tool's definition there; mlxd offers every tool, deferred or not, in
-    the prompt's tools block from the start, so the model reads the reference as a line naming
-    the tool."""
+    ToolSearch answers with them, and adds the tool to `tools` with `defer_loading`). The model
+    reads it as the deferred tool's definition, loaded there (server/schemas/deferred_tools.py)."""
 
     type: Literal["tool_reference"]
     tool_name: str = Field(min_length=1)
-
-    @property
-    def text(self) -> str:
-        return f"Tool loaded: {self.tool_name}"
 
 
 ResultBlock = Annotated[
@@ -164,18 +160,18 @@ class ToolResultBlock(Strict):
     content: str | list[ResultBlock] | None = None
     is_error: bool | None = None
 
-    def chat_content(self) -> str | list[dict[str, Any]]:
+    def chat_content(self, loads: ToolLoads) -> str | list[dict[str, Any]]:
         """The tool message's content: its text (an error's prefixed `Error: `), blocks joined
         by newlines (a document as its text, as in a user turn, a PDF as `TOOL_PDF_TEXT`; a
-        `tool_reference` as a line naming the tool); with images, chat parts in the
-        blocks' order (server/images.py decides what a model that reads no images sees of
-        them)."""
+        `tool_reference` as `loads` reads it); with images, chat parts in the blocks' order
+        (server/images.py decides what a model that reads no images sees of them)."""
         prefix = "Error: " if self.is_error else ""
         if self.content is None or isinstance(self.content, str):
             return prefix + (self.content or "")
         if not any(isinstance(block, ImageBlock) for block in self.content):
-            return prefix + "\n".join(b.text for b in self.content if not isinstance(b, ImageBlock))
-        return [part for part, _ in self._parts()]
+            texts = (b for b in self.content if not isinstance(b, ImageBlock))
+            return prefix + "\n".join(_result_text(block, loads) for block in texts)
+        return [part for part, _ in self._parts(loads)]
 
     def part_blocks(self) -> dict[int, int]:
         """For each part of `chat_content()`'s parts that is a block, the block's index (the
@@ -183,9 +179,9 @@ class ToolResultBlock(Strict):
         name the client's block."""
         if not isinstance(self.content, list):
             return {}
-        return {j: b for j, (_, b) in enumerate(self._parts()) if b is not None}
+        return {j: b for j, (_, b) in enumerate(self._parts(ToolLoads())) if b is not None}
 
-    def _parts(self) -> list[tuple[dict[str, Any], int | None]]:
+    def _parts(self, loads: ToolLoads) -> list[tuple[dict[str, Any], int | None]]:
         """Chat parts, each with the index of the block it is (None: text mlxd adds)."""
         assert isinstance(self.content, list)
         parts: list[tuple[dict[str, Any], int | None]] = []
@@ -197,10 +193,18 @@ class ToolResultBlock(Strict):
             part = (
                 block.chat_part()
                 if isinstance(block, ImageBlock)
-                else {"type": "text", "text": block.text}
+                else {"type": "text", "text": _result_text(block, loads)}
             )
             parts.append((part, n))
         return parts
+
+
+def _result_text(
+    block: TextBlock | ResultDocumentBlock | ToolReferenceBlock, loads: ToolLoads
+) -> str:
+    if isinstance(block, ToolReferenceBlock):
+        return loads.text(block.tool_name)
+    return block.text
 
 
 class ThinkingBlock(Strict):
@@ -270,6 +274,8 @@ class Tool(Strict):
     description: str | None = None
     input_schema: dict[str, Any] | None = None
     strict: bool | None = None  # as chat's: a forced call is held to all of the schema
+    # Kept out of the prompt's tools block until loaded (server/schemas/deferred_tools.py)
+    defer_loading: bool | None = None
 
     _an_object = field_validator("input_schema")(object_schema)
 
@@ -361,13 +367,30 @@ class MessagesFields(Strict):
                 offered.append(tool)
         return offered
 
+    def deferred_tools(self) -> frozenset[str]:
+        """The names of the offered tools kept out of the prompt's tools block (deferred until a
+        `tool_reference` loads them where it stands: server/schemas/deferred_tools.py)."""
+        offered = {tool.name: bool(tool.defer_loading) for tool in self.custom_tools()}
+        return kept_out(offered, _referenced(self.messages))
+
+    def _tool_loads(self) -> ToolLoads:
+        deferred = self.deferred_tools()
+        return ToolLoads(
+            {
+                tool.name: definition(_chat_tool(tool))
+                for tool in self.custom_tools()
+                if tool.name in deferred
+            }
+        )
+
     def thinking_shown(self) -> bool:
         return not (self.thinking and self.thinking.display == "omitted")
 
     def chat_body(self) -> dict[str, Any]:
         """The body of the chat request this asks for (a `ChatCompletionRequest` once
-        validated)."""
-        messages = chat_messages(self.system, self.messages)
+        validated). Its `tools` are all the offered tools, deferred ones included: the chat
+        path is told which of them the prompt's tools block leaves out (`deferred_tools()`)."""
+        messages = chat_messages(self.system, self.messages, self._tool_loads())
         body: dict[str, Any] = {"model": self.model, "messages": messages}
         # A prefill: the reply continues it. (`messages` may be empty: empty system turns make
         # no chat message, and the chat request's own check answers that.)
@@ -440,10 +463,13 @@ IGNORED_FIELDS = (
 
 
 def chat_messages(
-    system: str | list[TextBlock] | None, messages: list[InputMessage]
+    system: str | list[TextBlock] | None,
+    messages: list[InputMessage],
+    loads: ToolLoads | None = None,
 ) -> list[dict[str, Any]]:
-    """Chat messages for an Anthropic `system` and `messages` (see the module's invariants)."""
-    return _conversation(system, messages)[0]
+    """Chat messages for an Anthropic `system` and `messages` (see the module's invariants);
+    `loads`: the deferred tools' definitions, for the `tool_reference` blocks that load them."""
+    return _conversation(system, messages, loads or ToolLoads())[0]
 
 
 def chat_paths(
@@ -454,11 +480,11 @@ def chat_paths(
     `messages[k].content[b]` (its block) and its parts → `messages[k].content[b].content[c]`,
     `messages[i].content[j]` → `messages[k].content[b]` (tool results are no part of the user
     turn's content, so block and part indices differ)."""
-    return _conversation(system, messages)[1]
+    return _conversation(system, messages, ToolLoads())[1]
 
 
 def _conversation(
-    system: str | list[TextBlock] | None, messages: list[InputMessage]
+    system: str | list[TextBlock] | None, messages: list[InputMessage], loads: ToolLoads
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     turns = _system_turns(system or "")
     paths = {f"messages[{i}]": "system" for i in range(len(turns))}
@@ -467,7 +493,7 @@ def _conversation(
         if message.role == "system":
             turns.extend(_system_turns(message.content))
         elif message.role == "user":
-            turns.extend(_user_turns(message.content))
+            turns.extend(_user_turns(message.content, loads))
         else:
             turns.append(_assistant_turn(message.content))
         paths.update({f"messages[{i}]": f"messages[{k}]" for i in range(first, len(turns))})
@@ -523,13 +549,26 @@ def _text_of(content: str | list[Any]) -> str:
     )
 
 
-def _user_turns(content: str | list[Any]) -> list[dict[str, Any]]:
+def _referenced(messages: list[InputMessage]) -> set[str]:
+    """The tools the conversation's `tool_reference` blocks name."""
+    return {
+        reference.tool_name
+        for message in messages
+        if isinstance(message.content, list)
+        for block in message.content
+        if isinstance(block, ToolResultBlock) and isinstance(block.content, list)
+        for reference in block.content
+        if isinstance(reference, ToolReferenceBlock)
+    }
+
+
+def _user_turns(content: str | list[Any], loads: ToolLoads) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"role": "user", "content": content}]
     turns: list[dict[str, Any]] = []
     for block in content:
         if isinstance(block, ToolResultBlock):
-            result = block.chat_content()
+            result = block.chat_content(loads)
             turns.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": result})
     text = _text_of(content)
     if any(isinstance(block, ImageBlock) for block in content):
