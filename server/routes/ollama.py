@@ -65,6 +65,7 @@ from server.schemas.ollama import (
 )
 from server.serving import cancel_on_close, collected_whole
 from server.settings import Settings
+from server.tool_calls import without_surrogates
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -279,7 +280,8 @@ def _logprob(entry: TokenLogprob) -> dict[str, Any]:
 
 
 def _calls(output: ChoiceOutput) -> list[dict[str, Any]]:
-    """The choice's tool calls as Ollama writes them (arguments an object); a call whose
+    """The choice's tool calls as Ollama writes them (arguments an object, each lone surrogate
+    the model's `\\ud800` escapes decode to as U+FFFD, which UTF-8 can carry); a call whose
     arguments were cut (not JSON), or nest deeper than a body may (server/body.py), is left
     out."""
     calls = []
@@ -291,6 +293,7 @@ def _calls(output: ChoiceOutput) -> list[dict[str, Any]]:
             continue
         if nests_deeper(arguments, MAX_JSON_DEPTH, text):
             continue
+        arguments = without_surrogates(arguments)
         calls.append({"function": {"name": call["function"]["name"], "arguments": arguments}})
     return calls
 

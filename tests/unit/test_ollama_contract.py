@@ -125,6 +125,21 @@ async def test_tool_calls_come_whole_and_their_results_go_back(
     assert prompt_of(fake_engine).endswith("<tool>18 degrees, sun")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_lone_surrogate_escape_in_a_calls_arguments_is_a_replacement_character(
+    http: httpx.AsyncClient, fake_engine: FakeEngine, stream: bool
+) -> None:
+    """The model's `\\ud800` escape decodes to no character, which UTF-8 cannot carry: the
+    reply (arguments as an object) failed to encode, a 500 or a stream cut short."""
+    fake_engine.reply = CALL.replace("Paris", "Pa\\ud800ris")
+    body = {"model": "fake", "messages": HI, "tools": [WEATHER], "stream": stream}
+    response = await http.post("/api/chat", json=body)
+    assert response.status_code == 200
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    calls = [call for line in lines for call in line["message"].get("tool_calls", [])]
+    assert calls == [{"function": {"name": "get_weather", "arguments": {"city": "Pa\ufffdris"}}}]
+
+
 async def test_generate_templated_raw_and_fill_in_the_middle(
     client: ollama.AsyncClient, fake_engine: FakeEngine
 ) -> None:
