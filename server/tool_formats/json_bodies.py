@@ -106,6 +106,10 @@ def kimi_k3(text: str, tools: Tools | None) -> list[ParsedCall] | None:
 # -- mistral: [{"name": …, "arguments": …}, …] or NAME[ARGS]{…}NAME[ARGS]{…} ---------------------
 
 _MISTRAL_HEADER = re.compile(r"([\w-]+)\s*\[ARGS\]\s*")
+# The same, beginning only where a name can (not inside a run of its characters): searched for
+# alone, the header was tried at every character of a long run, each try reading to the run's
+# end (quadratic: 50 KB of one word took 40 s, on the event loop or the engine thread).
+_MISTRAL_HEADER_START = re.compile(r"(?<![\w-])([\w-]+)\s*\[ARGS\]\s*")
 
 
 def mistral(text: str, tools: Tools | None) -> list[ParsedCall] | None:
@@ -130,13 +134,19 @@ def mistral(text: str, tools: Tools | None) -> list[ParsedCall] | None:
         return calls
     decoder = json.JSONDecoder()
     calls, position = [], 0
-    while (header := _MISTRAL_HEADER.search(text, position)) is not None:
+    while (header := _mistral_header(text, position)) is not None:
         try:
             arguments, position = decoder.raw_decode(text, header.end())
         except ValueError:
             return None  # cut short
         calls.append(ParsedCall(header.group(1), arguments))
     return calls or None
+
+
+def _mistral_header(text: str, position: int) -> re.Match[str] | None:
+    """`_MISTRAL_HEADER.search(text, position)`, in linear time: a match found later than
+    `position` begins a run of name characters (from the run's start it would match too)."""
+    return _MISTRAL_HEADER.match(text, position) or _MISTRAL_HEADER_START.search(text, position)
 
 
 def mistral_cut(text: str, tools: Tools | None) -> list[ParsedCall] | None:

@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 from engines.llm.chat_formats import CALL_ENDS, SECTIONS, think_tags, tool_format
 from server.body import MAX_JSON_DEPTH
 from server.tool_formats import call_parser
+from server.tool_formats.calls import ParsedCall
+from server.tool_formats.sections import section_calls
 
 WEATHER = {
     "type": "object",
@@ -458,6 +460,21 @@ LONG_SECTION = {
         + json.dumps({"content": LONG_CODE}),
     ),
 }
+
+
+@pytest.mark.parametrize("cut", [False, True])
+@pytest.mark.parametrize("run", ["x", "-", "é", "7"])
+def test_a_mistral_section_is_read_in_linear_time(run: str, cut: bool) -> None:
+    """A section that is no JSON is searched for `NAME[ARGS]`: tried at every character of a
+    long run of name characters, each try reading to the run's end, 20 KB took seconds (on
+    the event loop, or the engine thread for the one-call end watch); a millisecond now."""
+    body = '[{"name": "get_weather", "arguments": {"city": "' + run * 20_000
+    started = time.perf_counter()
+    assert section_calls("mistral", body, TOOLS, cut) is None
+    assert section_calls("mistral", f"{run * 20_000} get_time[ARGS]{{}}", TOOLS, cut) == [
+        ParsedCall("get_time", {})
+    ]
+    assert time.perf_counter() - started < 0.5
 
 
 @pytest.mark.parametrize("fmt, text", LONG_SECTION.values(), ids=LONG_SECTION.keys())
