@@ -228,8 +228,9 @@ async def prepare_chat(
     if single_call and tools and grammar is None and tool_format != "harmony":
         # No grammar holds the model to one call: the output ends after its first (harmony's
         # turn ends with its call).
-        schemas = tool_schemas if untagged else None
-        end_watch = partial(FirstCallEnd, tool_format, schemas, think_tags, think_opened)
+        end_watch = partial(
+            FirstCallEnd, tool_format, tool_schemas, think_tags, think_opened, untagged
+        )
 
     named = chat.forced_tool()
     forced = None

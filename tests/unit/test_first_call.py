@@ -3,14 +3,18 @@ it ends the output just after the first call, tagged or untagged, and nowhere el
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
+import httpx
 import pytest
 
+from engines.types import ChatModelInfo
 from server import first_call
 from server.chat_output import ChoiceOutput
 from server.first_call import FirstCallEnd
+from tests.fakes import FakeEngine
 
 SCHEMAS: dict[str, dict[str, Any] | None] = {
     "get_weather": {
@@ -215,3 +219,31 @@ def test_a_section_without_calls_is_read_a_bounded_number_of_times(
     text = f"<|open|>tools<|sep|>{f'{K3_BROKEN}<|close|>call<|sep|>' * 200}{K3_PARIS}"
     assert kept(FirstCallEnd("kimi_k3", SCHEMAS, None, False), text, 1) == text
     assert len(reads) == first_call._CHECKS
+
+
+class UntaggedOffEngine(FakeEngine):
+    """A qwen3_coder model configured with `untagged_tool_calls: false`."""
+
+    def loaded_info(self) -> ChatModelInfo:
+        info = super().loaded_info()
+        return dataclasses.replace(info, tool_format="qwen3_coder", untagged_tool_calls=False)
+
+
+@pytest.mark.parametrize("fake_engine", [UntaggedOffEngine(context_length=4096)])
+async def test_the_watch_types_sections_by_the_requests_functions_with_untagged_calls_off(
+    http: httpx.AsyncClient, fake_engine: FakeEngine
+) -> None:
+    """The request's functions type a section's values (its untagged calls aside): a value
+    that does not convert (`three` for an integer) makes the section text at the edge."""
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": SCHEMAS[
+        "get_weather"]}}  # fmt: skip
+    body = {"model": "fake", "messages": [{"role": "user", "content": "weather?"}],
+            "tools": [tool], "parallel_tool_calls": False}  # fmt: skip
+    assert (await http.post("/v1/chat/completions", json=body)).status_code == 200
+    end_watch = fake_engine.requests[-1].end_watch
+    assert end_watch is not None
+    typed = "<tool_call>\n<function=get_weather>\n<parameter=days>\nthree\n</parameter>\n"
+    call = "<tool_call>\n<function=get_weather>\n<parameter=days>\n3\n</parameter>\n"
+    first = f"{typed}</function>\n</tool_call>\n{call}</function>\n</tool_call>"
+    assert kept(end_watch(), f"{first}\n{call}</function>\n</tool_call>", 1) == first
+    assert kept(end_watch(), f"{PARIS}\n{LONDON}", 1) == f"{PARIS}\n{LONDON}"  # (untagged off)
