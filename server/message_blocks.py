@@ -12,6 +12,10 @@ Invariants:
   with `display: "omitted"` its text is not sent, the block and its signature are.
 - Whitespace-only text while no text block is open is held back: sent when more text follows,
   dropped before a tool call or at the end (small models wrap their calls in newlines).
+- A `tool_use` block's `input_json_delta`s together are always the beginning of a JSON object
+  (server/json_prefix.py): the SDKs parse them after each delta and raise on any other text
+  (ending the client's stream), so arguments that are no JSON (a raw newline in a string,
+  `True`) stream only up to where they stop being JSON, and lone surrogate escapes as U+FFFD.
 - `assembled` never fails on a call's JSON: a call cut inside its arguments gets `input: {}`.
 """
 
@@ -22,6 +26,7 @@ import json
 from typing import Any
 
 from server.body import MAX_JSON_DEPTH, nests_deeper
+from server.json_prefix import JsonPrefix
 from server.tool_calls import without_surrogates
 
 Event = dict[str, Any]
@@ -34,6 +39,7 @@ class MessageBlocks:
         self._index = -1
         self._thoughts = ""  # the open thinking block's text, for its signature
         self._held_space = ""
+        self._input = JsonPrefix()  # what the open tool_use block's input may stream
 
     def feed(self, deltas: list[dict[str, Any]]) -> list[Event]:
         """The events for a `ChoiceOutput`'s deltas (possibly none)."""
@@ -74,9 +80,12 @@ class MessageBlocks:
             events += self._close()
             name = call["function"]["name"]
             events += self._start({"type": "tool_use", "id": call["id"], "name": name, "input": {}})
+            self._input = JsonPrefix()
         arguments = call.get("function", {}).get("arguments", "")
         if arguments and self._kind() == "tool_use":
-            events.append(self._delta({"type": "input_json_delta", "partial_json": arguments}))
+            partial = self._input.feed(arguments)
+            if partial:
+                events.append(self._delta({"type": "input_json_delta", "partial_json": partial}))
         return events
 
     def _kind(self) -> str | None:
