@@ -272,7 +272,13 @@ def minimax_m2(text: str, tools: Tools | None) -> list[ParsedCall] | None:
 
 # -- minicpm5: "NAME"><param name="K">V</param>… (markers stripped) ----------------------------
 
+# mlx-lm's pattern, its first line a guard that changes no match: it is not tried inside a run
+# of a bare name's characters, where the run's start would match too, but where `name=` may begin
+# a quoted or spaced name (else tried at each character of a long run, each try reading to its
+# end: 20 KB of one word took 7 s, on the event loop or, through the one-call end watch, the
+# engine thread).
 _MINICPM_FUNCTION = re.compile(
+    r"(?:(?<![^\s\"'<>])|(?=[\s\"'<>])|(?=name(?:\s+=|=[\s\"'])))"
     r"(?:<function\s+)?(?:name\s*=\s*)?(?P<name>\"[^\"]*\"|'[^']*'|[^\s\"'<>]+)\s*>"
     r"(?P<body>.*?)(?:</function>|$)",
     re.DOTALL,
@@ -281,6 +287,7 @@ _MINICPM_PARAM = re.compile(
     r"<param\s+name\s*=\s*(?P<name>\"[^\"]*\"|'[^']*'|[^\s\"'<>]+)\s*>(?P<value>.*?)</param>",
     re.DOTALL,
 )
+_PARAM_END = "</param>"
 _CDATA = re.compile(r"^\s*<!\[CDATA\[(.*?)\]\]>\s*$", re.DOTALL)
 
 
@@ -290,7 +297,12 @@ def minicpm5(text: str, tools: Tools | None) -> list[ParsedCall] | None:
         name = _unquote(function.group("name"))
         properties = properties_of(name, tools)
         arguments: dict[str, Any] = {}
-        for param in _MINICPM_PARAM.finditer(function.group("body")):
+        body = function.group("body")
+        # A parameter ends with `</param>`: none is looked for past the last (each unclosed one
+        # was read to the end: quadratic in them).
+        last = body.rfind(_PARAM_END)
+        params = _MINICPM_PARAM.finditer(body, 0, last + len(_PARAM_END)) if last >= 0 else ()
+        for param in params:
             key = _unquote(param.group("name"))
             cdata = _CDATA.match(param.group("value"))
             raw = cdata.group(1) if cdata else param.group("value").strip()

@@ -477,6 +477,23 @@ def test_a_mistral_section_is_read_in_linear_time(run: str, cut: bool) -> None:
     assert time.perf_counter() - started < 0.5
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        "x" * 20_000,  # one long word: no name, tried at each of its characters
+        "name=" * 4_000,
+        '"get_time"></param>' + '<param name="tz">UTC' * 4_000,  # unclosed parameters
+    ],
+    ids=["word", "name=", "parameters"],
+)
+def test_a_minicpm5_section_is_read_in_linear_time(body: str) -> None:
+    """Each was quadratic (20 KB: seconds), on the event loop or the engine thread."""
+    started = time.perf_counter()
+    calls = section_calls("minicpm5", body, TOOLS, False)
+    assert time.perf_counter() - started < 0.5
+    assert calls == ([ParsedCall("get_time", {})] if body.startswith('"') else None)
+
+
 @pytest.mark.parametrize("fmt, text", LONG_SECTION.values(), ids=LONG_SECTION.keys())
 def test_a_piece_costs_no_more_late_in_a_long_output(fmt: str, text: str) -> None:
     """The parsers run on the event loop: each piece of a long section (or harmony call)
