@@ -6,6 +6,12 @@ sent), then, when tools are in play, the calls in the model's own format (server
 become tool calls; the rest is content. gpt-oss's harmony carries reasoning, content and calls
 in one format: its parser does all three, tools or not. Streaming and non-streaming use the
 same object, so they cannot disagree.
+
+A call's arguments leave here, streamed and whole, as the model wrote them but for raw control
+characters inside JSON strings, which go out escaped (server/strict_strings.py): small models
+write a file's lines so, and strict clients (`JSON.parse`, jiter) refuse them. Every API reads
+calls from here, so this is the one place that does it; a call's streamed fragments still
+concatenate to its final arguments.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 from typing import Any
 
 from server.reasoning import ReasoningParser
+from server.strict_strings import StrictStrings, strict_json
 from server.tool_calls import ParsedDeltas, Thought, ToolCall, ToolCallDelta, new_call_id
 from server.tool_formats import CallParser, call_parser
 
@@ -58,6 +65,7 @@ class ChoiceOutput:
         self._after_call = ""  # what was kept after the first call: text and reasoning
         self._called = False
         self._cut_call: ToolCall | None = None  # `forced`'s call cut before its name
+        self._strict: dict[int, StrictStrings] = {}  # each streamed call's arguments, by index
 
     @property
     def tool_calls(self) -> list[dict[str, Any]]:
@@ -67,7 +75,11 @@ class ChoiceOutput:
         if self._single_call:
             calls = calls[:1]
         return [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": strict_json(c.arguments)},
+            }
             for c in calls
         ]
 
@@ -141,9 +153,10 @@ class ChoiceOutput:
             self._called = True
             if self._single_call and piece.index > 0:
                 continue
+            strict = self._strict.setdefault(piece.index, StrictStrings())
             body: dict[str, Any] = {
                 "index": piece.index,
-                "function": {"arguments": piece.arguments},
+                "function": {"arguments": strict.feed(piece.arguments)},
             }
             if piece.id is not None:
                 body.update(id=piece.id, type="function")

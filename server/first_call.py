@@ -37,7 +37,7 @@ from server.tool_calls import ToolCallParser
 from server.tool_formats.sections import section_calls
 from server.untagged import FENCE_HEADER, ValueEnd
 
-_DECODER = json.JSONDecoder()
+_DECODER = json.JSONDecoder(strict=False)  # as the edge reads calls (server/tool_calls.py)
 # Markers whose section the edge reads no call in, before the watch stops checking them (the
 # output runs on): each check reads the section so far, so a bound keeps the watch linear.
 _CHECKS = 8

@@ -1,8 +1,9 @@
 """How much of a JSON object, streamed in pieces, a strict partial parser can read: the
 anthropic SDK parses a `tool_use` block's `input_json_delta`s after each one with jiter's
 partial mode, and raises (ending the client's stream) on the first text that cannot begin a
-JSON object. A model's arguments may be such text (a raw newline in a string, `True`, a
-trailing comma), which server/message_blocks.py then stops forwarding.
+JSON object. A model's arguments may be such text (`True`, a trailing comma; a raw newline in a
+string is escaped before it gets here, server/strict_strings.py), which
+server/message_blocks.py then stops forwarding.
 
 `JsonPrefix.feed(piece)` gives the part of `piece` to forward: all of it while the text so far
 can begin a JSON object (spaces before it held: jiter reads none alone), nothing from the first

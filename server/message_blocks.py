@@ -14,8 +14,10 @@ Invariants:
   dropped before a tool call or at the end (small models wrap their calls in newlines).
 - A `tool_use` block's `input_json_delta`s together are always the beginning of a JSON object
   (server/json_prefix.py): the SDKs parse them after each delta and raise on any other text
-  (ending the client's stream), so arguments that are no JSON (a raw newline in a string,
-  `True`) stream only up to where they stop being JSON, and lone surrogate escapes as U+FFFD.
+  (ending the client's stream), so arguments that are no JSON (`True`, a trailing comma) stream
+  only up to where they stop being JSON, and lone surrogate escapes as U+FFFD. (Raw control
+  characters in strings, as small models write a file's lines, come escaped from
+  server/chat_output.py: those arguments are whole JSON here.)
 - `assembled` never fails on a call's JSON: a call cut inside its arguments gets `input: {}`.
 """
 

@@ -40,6 +40,9 @@ Invariants of `ToolCallParser`:
   against the function's schema without fetching anything (a `$ref` to a URL is not followed),
   without running the client's regular expressions (`pattern`, `patternProperties`), and
   without comparing every pair of items (`uniqueItems` hashes each item once).
+- JSON is read as `json.loads(strict=False)` reads it: raw control characters inside strings
+  (a file's lines, as small models write them) spoil no call. The arguments keep them here;
+  server/chat_output.py escapes them for every API (server/strict_strings.py).
 - Cheap per piece: a call being written is read incrementally (server/tagged_call.py), and the
   buffered output grows in place, so a long call costs no more per token than a short one.
 """
@@ -443,7 +446,7 @@ def partial_suffix(text: str, tag: str) -> int:
 
 def _json_object(text: str) -> dict[str, Any] | None:
     try:
-        value = json.loads(text)
+        value = json.loads(text, strict=False)  # (raw control characters: module docstring)
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) and not _too_deep(value, text) else None
@@ -458,7 +461,7 @@ def _too_deep(value: Any, text: str) -> bool:
 
 def _bare_calls(text: str) -> list[tuple[str, dict[str, Any]]] | None:
     """Calls from bare JSON: one object, several (separated by whitespace or ';'), or a list."""
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(strict=False)
     values: list[Any] = []
     position = 0
     while position < len(text):

@@ -39,7 +39,7 @@ _BETWEEN = re.compile(r"[^ \t\r\n;,]")  # between values: the next character tha
 JSON_STRUCTURE = re.compile(r'["{}\[\]]')
 JSON_IN_STRING = re.compile(r'["\\]')
 FENCE_HEADER = re.compile(r"```(?:json)?[ \t]*")
-_DECODER = json.JSONDecoder()
+_DECODER = json.JSONDecoder(strict=False)  # as the parser reads calls (tool_calls.py)
 _JSON_STRINGS = {'"': JSON_IN_STRING}
 
 
