@@ -23,7 +23,13 @@ finds a match: the model drafts nothing for it that step (it is fed padding, as 
 not draft), and its draft row catches up on the kept tokens the next time the model drafts.
 
 A row's prompt is prefilled into its draft row when it joins, in one go on the engine thread
-(the target's prompt prefill is chunked and spread over steps; this one is not).
+(the target's prompt prefill is chunked and spread over steps; this one is not). The draft
+caches of the last KEPT_PROMPTS prompts are kept (`_kept`, newest last): a prompt sharing a
+prefix with one of them (an agent's next turn holds its last turn's prompt) is prefilled from
+its longest such prefix on, so a conversation's follow-up feeds the draft model its new tokens,
+not the whole conversation again. Kept caches are only ever read (sliced into a new cache),
+never written; their memory (at most KEPT_PROMPTS prompts' worth of the draft model's KV) is
+not counted by admission.
 
 Only draft models whose caches are plain KV caches (trimmable, unbounded) are accepted: a
 sliding window or an SSM state cannot drop rejected drafts, and re-feeding the context after
@@ -57,6 +63,7 @@ from engines.llm.speculative import (
 from engines.readback import host_list
 
 PREFILL_CHUNK = 512  # prompt tokens per draft prefill pass
+KEPT_PROMPTS = 2  # prompts whose draft caches are kept for later prompts sharing their prefix
 
 
 class DraftModel:
@@ -78,6 +85,8 @@ class DraftModel:
         self._cache: list[RaggedKVCache] | None = None
         self._drafted = 0  # K of the last proposal: each drafting row fed K - 1 drafts
         self._fed_drafts: list[bool] = []  # per row: the model drafted for it last proposal
+        self._kept: list[tuple[list[int], list[Any]]] = []  # (prompt, its draft cache)
+        self.prefilled_tokens = 0  # prompt tokens fed to the draft model, all told
 
     @classmethod
     def load(
@@ -208,10 +217,24 @@ class DraftModel:
                 layer.rewind(drop)
 
     def _prefill(self, prompt: list[int]) -> list[Any]:
+        """A draft cache holding `prompt`: from a kept prompt's cache as far as the two agree,
+        the rest fed in chunks. Kept as the newest, the oldest beyond KEPT_PROMPTS dropped."""
+        shared, kept = max(
+            ((_shared_prefix(prompt, tokens), cache) for tokens, cache in self._kept),
+            key=lambda found: found[0],
+            default=(0, None),
+        )
         cache = make_prompt_cache(self.model)
-        for start in range(0, len(prompt), PREFILL_CHUNK):
+        if kept is not None and shared:
+            for layer, source in zip(cache, kept, strict=True):
+                layer.keys = source.keys[..., :shared, :]  # a new array: the source is not written
+                layer.values = source.values[..., :shared, :]
+                layer.offset = shared
+        for start in range(shared, len(prompt), PREFILL_CHUNK):
             self.model(mx.array(prompt[start : start + PREFILL_CHUNK])[None], cache=cache)
             mx.eval([array for layer in cache for array in (layer.keys, layer.values)])
+        self.prefilled_tokens += len(prompt) - shared
+        self._kept = [*self._kept, (list(prompt), cache)][-KEPT_PROMPTS:]
         return cache
 
     def _empty_row(self) -> list[RaggedKVCache]:
@@ -220,6 +243,16 @@ class DraftModel:
             RaggedKVCache(mx.zeros(keys, dtype), mx.zeros(values, dtype), [0])
             for keys, values, dtype in self._shapes
         ]
+
+
+def _shared_prefix(a: list[int], b: list[int]) -> int:
+    """How many first tokens `a` and `b` have in common."""
+    shared = 0
+    for x, y in zip(a, b, strict=False):  # (of different lengths)
+        if x != y:
+            break
+        shared += 1
+    return shared
 
 
 def _predicted(choice: Choice, room: int) -> list[int]:

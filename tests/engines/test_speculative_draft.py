@@ -224,3 +224,26 @@ def test_a_seeded_row_draws_the_same_drafts_whatever_else_drafts(
     together = serve(sched, [*greedy, *seeded])
     assert [s.tokens for s in together[len(greedy) :]] == alone
     assert sched.counters.accepted_drafts > 0, sched.counters
+
+
+def test_a_follow_up_prompt_prefills_the_draft_model_from_the_kept_prefix(
+    llama: tuple[Any, Any], target_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent's next turn holds its last turn's prompt and reply: the draft model is fed only
+    what the kept prompt's cache does not hold, and its cache then drafts as a cold prefill's
+    would (the target drafting for itself keeps every draft; output equals mlx-lm's)."""
+    monkeypatch.setattr(PassCost, "line", lambda self: None)
+    sched = scheduler(llama, str(target_dir))
+    model, _ = llama
+    [first] = serve(sched, [GenerationRequest("turn-1", PROMPT, 24, SamplingParams(0.0))])
+    follow_up = [*PROMPT, *first.tokens, 15, 16, 17]
+    before = sched.counters.accepted_drafts, sched.counters.drafted_tokens
+    [second] = serve(sched, [GenerationRequest("turn-2", follow_up, 30, SamplingParams(0.0))])
+    draft = sched.draft_model
+    assert draft is not None
+    assert draft.prefilled_tokens == len(PROMPT) + (len(follow_up) - len(PROMPT))
+    expected = [int(t) for t, _ in generate_step(mx.array(follow_up), model, max_tokens=30)]
+    assert second.tokens == expected
+    counters = sched.counters
+    drafted = counters.drafted_tokens - before[1]
+    assert drafted > 10 and counters.accepted_drafts - before[0] == drafted
