@@ -5,10 +5,11 @@
 - `POST /api/chat` and `POST /api/generate`: front ends over the chat path (server/schemas/
   ollama.py builds the chat request; `prepare_chat` checks it, the same engine batch runs it,
   `ChoiceOutput` splits thinking, content and tool calls). A raw generate (`raw`, or a
-  `suffix`: fill-in-the-middle) is tokenized as `/v1/completions` does. Streamed as NDJSON
-  (one JSON object per line; Ollama's default), else one object. Tool calls come whole, in one
-  line before the last; the last line has `done: true`, `done_reason` and Ollama's counts and
-  durations (nanoseconds). An empty `messages` or `prompt` only loads the model
+  `suffix`: fill-in-the-middle) is tokenized as `/v1/completions` does, and so is a generate for
+  a model with no chat template (Ollama's default template is the prompt itself). Streamed as
+  NDJSON (one JSON object per line; Ollama's default), else one object. Tool calls come whole,
+  in one line before the last; the last line has `done: true`, `done_reason` and Ollama's counts
+  and durations (nanoseconds). An empty `messages` or `prompt` only loads the model
   (`done_reason: "load"`), as Ollama answers.
 - `POST /api/embed` (and the older `POST /api/embeddings`): the embedding engine's vectors. No
   input (none, `""` or `[]`; an empty `prompt`) only loads the model, as Ollama answers.
@@ -34,6 +35,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from engines.errors import NoChatTemplate
 from engines.kinds import CHAT, EMBEDDING, ChatEngine
 from engines.pool import EnginePool, PoolModel
 from engines.types import (
@@ -197,7 +199,10 @@ async def generate(
         else:
             chat_request = validate(ChatCompletionRequest, body.chat_body())
             request_id = f"ollama-{uuid.uuid4().hex}"
-            prepared = await prepare_chat(pool, settings, chat_request, request_id)
+            try:
+                prepared = await prepare_chat(pool, settings, chat_request, request_id)
+            except NoChatTemplate:  # Ollama's template is then `{{ .Prompt }}`: the prompt as is
+                prepared = await _raw(pool, body)
     return await _serve(request, settings, metrics, prepared, body.model, body.stream, "response")
 
 

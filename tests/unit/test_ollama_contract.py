@@ -12,6 +12,7 @@ import httpx
 import ollama
 import pytest
 
+from engines.errors import NoChatTemplate
 from engines.pool import EnginePool, ModelSpec
 from server.app import create_app
 from server.settings import Settings
@@ -310,3 +311,29 @@ async def test_a_client_that_leaves_cancels_its_generation(stream: bool) -> None
                     await http.post("/api/chat", json=body)
         assert await wait_until(lambda: engine.active == 0, timeout=2)
     assert 0 < engine.tokens_generated < 1000
+
+
+async def test_generate_for_a_model_without_a_chat_template_reads_the_prompt_as_written() -> None:
+    """Ollama's default template is `{{ .Prompt }}`: a generate (not raw) for a model with no
+    chat template is its prompt as written, where it was a 400; a chat is still refused."""
+
+    class NoTemplate(FakeEngine):
+        def encode_chat(self, *args: Any, **kwargs: Any) -> list[int]:
+            raise NoChatTemplate()
+
+    engine = NoTemplate()
+    pool = EnginePool([engine])
+    await pool.start()
+    transport = httpx.ASGITransport(app=create_app(Settings(), pool))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        for stream in (False, True):
+            body = {"model": "fake", "prompt": "Once upon", "system": "x", "stream": stream}
+            response = await http.post("/api/generate", json=body)
+            assert response.status_code == 200, response.text
+            lines = [json.loads(line) for line in response.text.splitlines()]
+            assert "".join(line["response"] for line in lines) == "Hello there!"
+            assert prompt_of(engine) == "Once upon"
+        chat = {"model": "fake", "messages": [{"role": "user", "content": "Hi"}]}
+        refused = await http.post("/api/chat", json=chat)
+        assert refused.status_code == 400 and "no chat template" in refused.json()["error"]
+    await pool.drain(timeout=1)
