@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -187,3 +188,21 @@ async def responses_events(http: httpx.AsyncClient, body: dict[str, Any]) -> lis
         assert name == f"event: {event['type']}"
         events.append(event)
     return events
+
+
+def late_over_early_cost(new_feed: Callable[[], Callable[[str], object]], text: str) -> float:
+    """How much a parser's last 5,000 four-character pieces of `text` cost over its first
+    5,000 (after 100 warm ones), best of three fresh parsers (`new_feed` makes one and returns
+    its feed): ~1 where each piece is read once, far more where a piece rereads what came
+    before."""
+    pieces = [text[i : i + 4] for i in range(0, len(text), 4)]
+    ratios = []
+    for _ in range(3):
+        feed = new_feed()
+        took = []
+        for piece in pieces:
+            started = time.perf_counter()
+            feed(piece)
+            took.append(time.perf_counter() - started)
+        ratios.append(sum(took[-5000:]) / sum(took[100:5100]))
+    return min(ratios)

@@ -25,6 +25,7 @@ from server.body import MAX_JSON_DEPTH
 from server.tool_formats import call_parser
 from server.tool_formats.calls import ParsedCall
 from server.tool_formats.sections import section_calls
+from tests.helpers import late_over_early_cost
 
 WEATHER = {
     "type": "object",
@@ -502,14 +503,4 @@ def test_a_piece_costs_no_more_late_in_a_long_output(fmt: str, text: str) -> Non
     after a call or before the first character was read again each piece. The last pieces now
     cost what the first do (best of three runs: the ratio is ~1 read incrementally, 10 and
     more read again each piece)."""
-    pieces = [text[i : i + 4] for i in range(0, len(text), 4)]
-    ratios = []
-    for _ in range(3):
-        parser = call_parser(fmt, {"write_file": None})
-        took = []
-        for piece in pieces:
-            started = time.perf_counter()
-            parser.feed(piece)
-            took.append(time.perf_counter() - started)
-        ratios.append(sum(took[-5000:]) / sum(took[100:5100]))
-    assert min(ratios) < 3
+    assert late_over_early_cost(lambda: call_parser(fmt, {"write_file": None}).feed, text) < 3

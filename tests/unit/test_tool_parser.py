@@ -7,13 +7,13 @@ import random
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jsonschema
 import pytest
 
 from server.tool_calls import ToolCallParser
+from tests.helpers import late_over_early_cost
 
 HERMES = (
     "Let me check.<tool_call>\n"
@@ -351,17 +351,7 @@ def test_a_piece_costs_no_more_late_in_a_long_output(text: str) -> None:
     stripped and searched from the call's start (200 KB in 4-character pieces took seconds),
     and so was whitespace held after a call. The last pieces now cost what the first do (best
     of three runs: the ratio is ~1 read incrementally, ~9 and more read again each piece)."""
-    pieces = [text[i : i + 4] for i in range(0, len(text), 4)]
-    ratios = []
-    for _ in range(3):
-        parser = ToolCallParser()
-        took = []
-        for piece in pieces:
-            started = time.perf_counter()
-            parser.feed(piece)
-            took.append(time.perf_counter() - started)
-        ratios.append(sum(took[-5000:]) / sum(took[100:5100]))
-    assert min(ratios) < 3
+    assert late_over_early_cost(lambda: ToolCallParser().feed, text) < 3
 
 
 UNIQUE = {"type": "object", "properties": {"xs": {"type": "array", "uniqueItems": True}}}
