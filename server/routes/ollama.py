@@ -202,6 +202,8 @@ async def generate(
             try:
                 prepared = await prepare_chat(pool, settings, chat_request, request_id)
             except NoChatTemplate:  # Ollama's template is then `{{ .Prompt }}`: the prompt as is
+                if body.images or body.format:
+                    raise  # they need a template: the model's lack is the answer, not `raw`'s
                 prepared = await _raw(pool, body)
     return await _serve(request, settings, metrics, prepared, body.model, body.stream, "response")
 

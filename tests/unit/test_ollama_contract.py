@@ -4,6 +4,7 @@ and fill-in-the-middle prompts, loading), embeddings, and Ollama's `{"error"}` b
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +20,7 @@ from server.settings import Settings
 from tests.fake_embed import FakeEmbedEngine
 from tests.fakes import FakeEngine
 from tests.servers import serve, wait_until
+from tests.unit.test_images_contract import FakeVisionEngine, png
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 WEATHER = {
@@ -317,11 +319,11 @@ async def test_generate_for_a_model_without_a_chat_template_reads_the_prompt_as_
     """Ollama's default template is `{{ .Prompt }}`: a generate (not raw) for a model with no
     chat template is its prompt as written, where it was a 400; a chat is still refused."""
 
-    class NoTemplate(FakeEngine):
+    class NoTemplate(FakeVisionEngine):  # (a vision model: its images reach the template)
         def encode_chat(self, *args: Any, **kwargs: Any) -> list[int]:
             raise NoChatTemplate()
 
-    engine = NoTemplate()
+    engine = NoTemplate("fake")
     pool = EnginePool([engine])
     await pool.start()
     transport = httpx.ASGITransport(app=create_app(Settings(), pool))
@@ -336,4 +338,13 @@ async def test_generate_for_a_model_without_a_chat_template_reads_the_prompt_as_
         chat = {"model": "fake", "messages": [{"role": "user", "content": "Hi"}]}
         refused = await http.post("/api/chat", json=chat)
         assert refused.status_code == 400 and "no chat template" in refused.json()["error"]
+        # `format` and `images` need a template: refused for the model's lack of one, not as
+        # though the client had asked for `raw` (which it did not).
+        image = base64.b64encode(png()).decode()
+        for field, value in (("format", "json"), ("images", [image])):
+            asked = {"model": "fake", "prompt": "Once upon", field: value, "stream": False}
+            refused = await http.post("/api/generate", json=asked)
+            error = refused.json()["error"]
+            assert refused.status_code == 400 and "no chat template" in error, error
+            assert "raw" not in error, error
     await pool.drain(timeout=1)
