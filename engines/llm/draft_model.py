@@ -29,7 +29,8 @@ prefix with one of them (an agent's next turn holds its last turn's prompt) is p
 its longest such prefix on, so a conversation's follow-up feeds the draft model its new tokens,
 not the whole conversation again. Kept caches are only ever read (sliced into a new cache),
 never written; their memory (at most KEPT_PROMPTS prompts' worth of the draft model's KV) is
-not counted by admission.
+not counted by admission, so it is bounded apart: at most KEPT_BYTES, the newest first (a prompt
+whose cache alone is larger is not kept).
 
 Only draft models whose caches are plain KV caches (trimmable, unbounded) are accepted: a
 sliding window or an SSM state cannot drop rejected drafts, and re-feeding the context after
@@ -64,6 +65,7 @@ from engines.readback import host_list
 
 PREFILL_CHUNK = 512  # prompt tokens per draft prefill pass
 KEPT_PROMPTS = 2  # prompts whose draft caches are kept for later prompts sharing their prefix
+KEPT_BYTES = 1 << 30  # at most this much KV kept so (the newest first; a longer prompt: none)
 
 
 class DraftModel:
@@ -218,7 +220,8 @@ class DraftModel:
 
     def _prefill(self, prompt: list[int]) -> list[Any]:
         """A draft cache holding `prompt`: from a kept prompt's cache as far as the two agree,
-        the rest fed in chunks. Kept as the newest, the oldest beyond KEPT_PROMPTS dropped."""
+        the rest fed in chunks. Kept as the newest; the oldest beyond KEPT_PROMPTS or
+        KEPT_BYTES dropped."""
         shared, kept = max(
             ((_shared_prefix(prompt, tokens), cache) for tokens, cache in self._kept),
             key=lambda found: found[0],
@@ -234,7 +237,13 @@ class DraftModel:
             self.model(mx.array(prompt[start : start + PREFILL_CHUNK])[None], cache=cache)
             mx.eval([array for layer in cache for array in (layer.keys, layer.values)])
         self.prefilled_tokens += len(prompt) - shared
-        self._kept = [*self._kept, (list(prompt), cache)][-KEPT_PROMPTS:]
+        kept, size = [], 0
+        for tokens, entry in reversed([*self._kept, (list(prompt), cache)][-KEPT_PROMPTS:]):
+            size += self.profile.row_bytes(len(tokens))
+            if size > KEPT_BYTES:
+                break
+            kept.insert(0, (tokens, entry))
+        self._kept = kept
         return cache
 
     def _empty_row(self) -> list[RaggedKVCache]:

@@ -19,6 +19,7 @@ import pytest
 from mlx_lm.generate import generate_step, speculative_generate_step
 from mlx_lm.utils import load
 
+from engines.llm import draft_model
 from engines.llm.engine import LLMEngine
 from engines.llm.speculative import PassCost
 from engines.types import ChatLimits, GenerationRequest, SamplingParams
@@ -247,3 +248,20 @@ def test_a_follow_up_prompt_prefills_the_draft_model_from_the_kept_prefix(
     counters = sched.counters
     drafted = counters.drafted_tokens - before[1]
     assert drafted > 10 and counters.accepted_drafts - before[0] == drafted
+
+
+def test_draft_caches_over_the_kept_bytes_are_not_kept(
+    llama: tuple[Any, Any], target_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kept prompts' draft caches are not counted by admission: past KEPT_BYTES none is
+    kept, and a follow-up is prefilled whole (the output is the same)."""
+    monkeypatch.setattr(draft_model, "KEPT_BYTES", 1)
+    sched = scheduler(llama, str(target_dir))
+    [first] = serve(sched, [GenerationRequest("turn-1", PROMPT, 8, SamplingParams(0.0))])
+    follow_up = [*PROMPT, *first.tokens, 15]
+    [second] = serve(sched, [GenerationRequest("turn-2", follow_up, 8, SamplingParams(0.0))])
+    draft = sched.draft_model
+    assert draft is not None and draft.prefilled_tokens == len(PROMPT) + len(follow_up)
+    model, _ = llama
+    expected = [int(t) for t, _ in generate_step(mx.array(follow_up), model, max_tokens=8)]
+    assert second.tokens == expected
