@@ -371,7 +371,11 @@ class MessagesFields(Strict):
         """The names of the offered tools kept out of the prompt's tools block (deferred until a
         `tool_reference` loads them where it stands: server/schemas/deferred_tools.py)."""
         offered = {tool.name: bool(tool.defer_loading) for tool in self.custom_tools()}
-        return kept_out(offered, _referenced(self.messages))
+        referenced = _referenced(self.messages)
+        choice = self.tool_choice
+        if choice is not None and choice.type == "tool" and choice.name not in referenced:
+            offered[str(choice.name)] = False  # made to call it: the model is shown it
+        return kept_out(offered, referenced)
 
     def _tool_loads(self) -> ToolLoads:
         deferred = self.deferred_tools()

@@ -14,7 +14,9 @@ Invariants (they keep turn k+1's prompt an extension of turn k's):
   a `tool_reference` anywhere in the conversation names, whatever its flag on this turn (a
   client may drop the flag once the tool is loaded). Where that would leave no tool in the
   block, none is deferred: the model would be shown no tool, and most templates would not say
-  how to call one.
+  how to call one. A deferred tool a `tool_choice` forces before any reference loads it is in
+  the block for that request (the model is made to call it: it is shown what it is; that
+  request's prompt then differs from the top block on).
 - A definition is the tool's name, description and input schema as the chat template receives
   them (`{"type": "function", "function": {...}}`), in JSON as templates' `tojson` writes it
   (characters as they are): the tool's place in `tools` and its other options

@@ -161,8 +161,21 @@ async def test_a_forced_call_of_a_deferred_tool_is_held_to_its_schema(
     response = await http.post("/v1/messages", json=body, headers=REFERENCE["headers"])
     assert response.status_code == 200, response.text
     assert response.json()["content"][0]["name"] == "WebFetch"
-    assert "WebFetch" not in names(engine.tools_seen)  # not shown, yet forced:
+    assert "WebFetch" in names(engine.tools_seen)  # made to call it, the model is shown it
     assert engine.requests[-1].grammar is not None and "WebFetch" in engine.grammars_checked[-1]
+    loaded = {"type": "tool_reference", "tool_name": "WebFetch"}  # once loaded: defined there
+    search = {"type": "tool_use", "id": "t1", "name": "ToolSearch", "input": {"query": "fetch"}}
+    found = {"type": "tool_result", "tool_use_id": "t1", "content": [loaded]}
+    later = [
+        *body["messages"],
+        {"role": "assistant", "content": [search]},
+        {"role": "user", "content": [found]},
+    ]
+    response = await http.post(
+        "/v1/messages", json={**body, "messages": later}, headers=REFERENCE["headers"]
+    )
+    assert response.status_code == 200, response.text
+    assert "WebFetch" not in names(engine.tools_seen)
 
 
 @pytest.mark.parametrize(
